@@ -1,0 +1,33 @@
+"""How many tokens of KV cache fit on the GPU(s) once the weights and a working-memory reserve are placed.
+This bounds the batch: S3's gain comes from packing more requests into exactly this budget."""
+
+from __future__ import annotations
+
+from s3sim.errors import ConfigError
+from s3sim.hardware.gpus import GpuSpec
+from s3sim.hardware.models import ModelSpec
+
+
+def kv_capacity_tokens(model: ModelSpec, gpu: GpuSpec, activation_reserve_frac: float = 0.1,
+                       activation_reserve_bytes: int = 0, num_gpus: int = 1) -> int:
+    """Tokens of KV cache that fit in ``num_gpus`` x ``gpu`` (weights sharded, stored once in total).
+
+    The reserve (``activation_reserve_frac`` of total memory plus ``activation_reserve_bytes``) stands for
+    activations, the CUDA context and allocator fragmentation, which a serving engine also keeps back.
+    """
+    if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
+        raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+    if not 0 <= activation_reserve_frac < 1:
+        raise ConfigError(f"activation_reserve_frac must be in [0, 1), got {activation_reserve_frac!r}")
+    if activation_reserve_bytes < 0:
+        raise ConfigError(f"activation_reserve_bytes must be >= 0, got {activation_reserve_bytes!r}")
+    total = gpu.memory_bytes * num_gpus
+    reserve = activation_reserve_frac * total + activation_reserve_bytes
+    free = total - model.weight_bytes - reserve
+    tokens = int(free // model.kv_bytes_per_token) if free > 0 else 0
+    if tokens < 1:
+        used = f"weights {model.weight_bytes / 1e9:.1f} GB + activation reserve {reserve / 1e9:.1f} GB"
+        verdict = f"> {total / 1e9:.1f} GB of GPU memory" if free < 0 else \
+            f"leave less than one token of KV cache ({model.kv_bytes_per_token} bytes) in {total / 1e9:.1f} GB"
+        raise ConfigError(f"model '{model.name}' does not fit on {num_gpus} x {gpu.name}: {used} {verdict}")
+    return tokens

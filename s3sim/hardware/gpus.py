@@ -1,0 +1,57 @@
+"""GPU datasheet numbers: memory size, HBM bandwidth, dense tensor throughput and the host link used to
+swap KV cache. These are peak figures; the latency model applies efficiency factors on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from s3sim.errors import ConfigError
+
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator. Bandwidths are bytes/s, ``peak_flops`` is dense fp16/bf16 tensor FLOP/s."""
+
+    name: str
+    memory_bytes: int
+    mem_bandwidth: float
+    peak_flops: float
+    host_link_bandwidth: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"gpu name must be a non-empty string, got {self.name!r}")
+        for field in ("memory_bytes", "mem_bandwidth", "peak_flops", "host_link_bandwidth"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"gpu '{self.name}': {field} must be a positive number, got {value!r}")
+
+
+_A100 = "NVIDIA A100 Tensor Core GPU datasheet (2021): 312 TFLOP/s dense FP16/BF16 tensor"
+_PCIE4 = "host link PCIe Gen4 x16, 32 GB/s peak, ~25 GB/s effective"
+_PCIE5 = "host link PCIe Gen5 x16, 64 GB/s peak, ~50 GB/s effective"
+
+GPU_PRESETS: dict[str, GpuSpec] = {
+    g.name: g
+    for g in (
+        GpuSpec("a100-40gb-pcie", 40 * GiB, 1555e9, 312e12, 25e9, f"{_A100}; 40GB HBM2 (40 GiB), 1,555 GB/s; {_PCIE4}"),
+        GpuSpec("a100-40gb-sxm", 40 * GiB, 1555e9, 312e12, 25e9, f"{_A100}; 40GB HBM2 (40 GiB), 1,555 GB/s; {_PCIE4}"),
+        GpuSpec("a100-80gb-pcie", 80 * GiB, 1935e9, 312e12, 25e9,
+                f"{_A100}; 80GB HBM2e (80 GiB), 1,935 GB/s; {_PCIE4}"),
+        GpuSpec("a100-80gb-sxm", 80 * GiB, 2039e9, 312e12, 25e9, f"{_A100}; 80GB HBM2e (80 GiB), 2,039 GB/s; {_PCIE4}"),
+        GpuSpec("h100-sxm", 80 * GiB, 3.35e12, 989e12, 50e9,
+                f"NVIDIA H100 datasheet: SXM5 80GB HBM3 (80 GiB), 3.35 TB/s, 989 TFLOP/s dense BF16; {_PCIE5}"),
+        GpuSpec("h200", 141 * 10**9, 4.8e12, 989e12, 50e9,
+                "NVIDIA H200 datasheet: 141GB HBM3e taken as 141e9 bytes (nvidia-smi shows ~140 GiB, so this is"
+                f" conservative), 4.8 TB/s, 989 TFLOP/s dense BF16; {_PCIE5}"),
+    )
+}
+
+
+def get_gpu(name: str) -> GpuSpec:
+    if name in GPU_PRESETS:
+        return GPU_PRESETS[name]
+    raise ConfigError(f"unknown gpu {name!r}: valid names are {', '.join(sorted(GPU_PRESETS))}")

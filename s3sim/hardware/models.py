@@ -1,0 +1,165 @@
+"""Model shapes: the few numbers that decide weight memory, KV-cache bytes per token and FLOPs per token.
+
+Presets use the architecture numbers of each model's Hugging Face ``config.json`` and its published
+parameter count; ``ModelSpec.from_hf_config`` reads any other decoder-only config the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from s3sim.errors import ConfigError
+
+_DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
+# Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.
+_GATED_MLP = {"llama", "mistral", "qwen2", "gemma"}
+# Families whose lm_head shares the embedding matrix when the config does not say otherwise.
+_TIED_BY_DEFAULT = {"opt", "gpt2"}
+# Families with a learned position-embedding table (the others use rotary embeddings).
+_LEARNED_POSITIONS = {"opt", "gpt2"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer, described only as far as serving cost needs."""
+
+    name: str
+    n_params: int
+    n_layers: int
+    hidden_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_context: int
+    dtype_bytes: int = 2
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"model name must be a non-empty string, got {self.name!r}")
+        for f in fields(self):
+            if f.name in ("name", "source"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"model '{self.name}': {f.name} must be a positive integer, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model '{self.name}': n_kv_heads must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
+            )
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.n_params * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer and KV head: what one cached token costs in GPU memory."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @classmethod
+    def from_hf_config(cls, path: str | Path) -> ModelSpec:
+        """Read a Hugging Face ``config.json`` (the file or its folder); the parameter count is
+        estimated from the shape (embeddings, attention and MLP matrices; norms and biases ignored)."""
+        p = Path(path)
+        file = p / "config.json" if p.is_dir() else p
+        if not file.is_file():
+            raise ConfigError(f"model config: no such file {str(file)!r} (expected a config.json or its folder)")
+        try:
+            cfg = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"model config {str(file)!r}: invalid JSON ({e})") from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"model config {str(file)!r}: expected a JSON object at the top level")
+
+        def get(*keys: str, default=None):
+            for k in keys:
+                if cfg.get(k) is not None:
+                    return cfg[k]
+            if default is None:
+                raise ConfigError(f"model config {str(file)!r}: missing key {' / '.join(keys)}")
+            return default
+
+        def as_int(value, key: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+                raise ConfigError(f"model config {str(file)!r}: {key} must be an integer, got {value!r}")
+            return int(value)
+
+        family = str(cfg.get("model_type", "")).lower()
+        n_layers = as_int(get("num_hidden_layers", "n_layer", "num_layers"), "num_hidden_layers")
+        hidden = as_int(get("hidden_size", "n_embd", "d_model"), "hidden_size")
+        n_heads = as_int(get("num_attention_heads", "n_head"), "num_attention_heads")
+        n_kv_heads = as_int(get("num_key_value_heads", default=n_heads), "num_key_value_heads")
+        head_dim = as_int(get("head_dim", default=hidden // n_heads if n_heads > 0 else 0), "head_dim")
+        vocab = as_int(get("vocab_size"), "vocab_size")
+        max_ctx = as_int(get("max_position_embeddings", "n_positions"), "max_position_embeddings")
+        inter = as_int(get("intermediate_size", "ffn_dim", "n_inner", default=4 * hidden), "intermediate_size")
+        dtype = str(get("torch_dtype", "dtype", default="float16")).lower().removeprefix("torch.")
+        if dtype not in _DTYPE_BYTES:
+            raise ConfigError(
+                f"model config {str(file)!r}: torch_dtype {dtype!r} not understood (valid: float16, bfloat16, float32)"
+            )
+        tied = bool(cfg.get("tie_word_embeddings", family in _TIED_BY_DEFAULT))
+        n_params = estimate_params(
+            n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, inter,
+            gated_mlp=family in _GATED_MLP, tied_embeddings=tied,
+            learned_positions=max_ctx if family in _LEARNED_POSITIONS else 0,
+        )
+        name = str(cfg.get("_name_or_path") or file.parent.name or file.stem)
+        return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
+                   _DTYPE_BYTES[dtype], source=str(file))
+
+
+def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,
+                    intermediate: int, gated_mlp: bool, tied_embeddings: bool, learned_positions: int = 0) -> int:
+    """Matrix parameters of a decoder-only transformer; norms and biases are under 0.1% and left out."""
+    q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+    attention = hidden * q_dim + 2 * hidden * kv_dim + q_dim * hidden
+    mlp = (3 if gated_mlp else 2) * hidden * intermediate
+    embeddings = vocab * hidden * (1 if tied_embeddings else 2) + learned_positions * hidden
+    return n_layers * (attention + mlp) + embeddings
+
+
+_HF = "huggingface.co/{}/blob/main/config.json"
+
+MODEL_PRESETS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec("gpt-j-6b", 6_053_381_344, 28, 4096, 16, 16, 256, 50400, 2048,
+                  source=_HF.format("EleutherAI/gpt-j-6b") + "; 6.05B params per the model card"),
+        ModelSpec("gpt-neox-20b", 20_554_567_680, 44, 6144, 64, 64, 96, 50432, 2048,
+                  source=_HF.format("EleutherAI/gpt-neox-20b") + "; 20.55B params per Black et al. 2022"),
+        ModelSpec("llama-2-7b", 6_738_415_616, 32, 4096, 32, 32, 128, 32000, 4096,
+                  source=_HF.format("meta-llama/Llama-2-7b-hf") + "; 6.74B params (safetensors count)"),
+        ModelSpec("llama-2-13b", 13_015_864_320, 40, 5120, 40, 40, 128, 32000, 4096,
+                  source=_HF.format("meta-llama/Llama-2-13b-hf") + "; 13.0B params (safetensors count)"),
+        ModelSpec("llama-3-8b", 8_030_261_248, 32, 4096, 32, 8, 128, 128256, 8192,
+                  source=_HF.format("meta-llama/Meta-Llama-3-8B") + "; 8.03B params (safetensors count)"),
+        ModelSpec("opt-13b", 12_850_000_000, 40, 5120, 40, 40, 128, 50272, 2048,
+                  source=_HF.format("facebook/opt-13b") + "; ~12.85B params (Zhang et al. 2022)"),
+        ModelSpec("opt-30b", 29_970_000_000, 48, 7168, 56, 56, 128, 50272, 2048,
+                  source=_HF.format("facebook/opt-30b") + "; ~29.97B params (Zhang et al. 2022)"),
+        ModelSpec("tiny-llama", estimate_params(2, 64, 4, 2, 16, 256, 128, gated_mlp=True, tied_embeddings=False),
+                  2, 64, 4, 2, 16, 256, 512,
+                  source="synthetic 2-layer llama-style shape for tests; params computed from the shape"),
+    )
+}
+
+
+def get_model(name_or_path: str | Path) -> ModelSpec:
+    """A preset by name, or a model read from a Hugging Face config.json (file or folder)."""
+    key = str(name_or_path)
+    if key in MODEL_PRESETS:
+        return MODEL_PRESETS[key]
+    if Path(key).exists():
+        return ModelSpec.from_hf_config(key)
+    raise ConfigError(
+        f"unknown model {key!r}: valid presets are {', '.join(sorted(MODEL_PRESETS))}, or a path to a config.json"
+    )

@@ -1,0 +1,50 @@
+"""The one question the simulator asks about hardware: how long does a serving iteration take?
+
+An iteration is one forward pass over a batch mixing prefills of newly admitted requests with one decode
+token for each running request. Implementations (a roofline estimate now, a measured profile later) must be
+vectorised so the engine can price many candidate iterations, or a long decode-only run, in one numpy call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from s3sim.errors import ConfigError
+from s3sim.hardware.gpus import GpuSpec
+from s3sim.hardware.models import ModelSpec
+
+
+class LatencyModel(ABC):
+    """Wall time of serving iterations for one model on one GPU type."""
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec) -> None:
+        self.model = model
+        self.gpu = gpu
+
+    @abstractmethod
+    def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
+        """Seconds for one iteration; numbers or numpy arrays (broadcast together), float or ndarray back.
+
+        prefill_tokens: prompt tokens prefilled; prefill_sq: sum of (prompt tokens)^2 over prefilled requests;
+        decode_tokens: requests decoding one token; decode_ctx: sum of their context lengths (tokens in KV).
+        An iteration with no prefill and no decode tokens takes 0.
+        """
+
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
+        """Durations of ``k`` consecutive decode-only iterations of a fixed batch; step i has context sum
+        ``decode_ctx_start + i * decode_tokens``. Equal, float for float, to calling iteration_time per step."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ConfigError(f"decode_run: k must be a non-negative integer, got {k!r}")
+        ctx = float(decode_ctx_start) + np.arange(k, dtype=np.float64) * float(decode_tokens)
+        times = self.iteration_time(0, 0, decode_tokens, ctx)
+        return np.array(np.broadcast_to(times, (k,)), dtype=np.float64)
+
+    def swap_time(self, n_tokens):
+        """Seconds to move ``n_tokens`` of KV cache between GPU and host memory (either direction)."""
+        n = np.asarray(n_tokens, dtype=np.float64)
+        if np.any(n < 0):
+            raise ConfigError(f"swap_time: n_tokens must be >= 0, got {n_tokens!r}")
+        t = n * self.model.kv_bytes_per_token / self.gpu.host_link_bandwidth
+        return float(t) if t.ndim == 0 else t

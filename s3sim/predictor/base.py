@@ -1,0 +1,23 @@
+"""The predictor interface shared by both engines: predict buckets for arriving requests, and receive
+the supervisor's feedback (`observe`) so that a learning predictor can retrain online."""
+from __future__ import annotations
+
+import numpy as np
+
+from s3sim.predictor.buckets import Buckets
+
+
+class Predictor:
+    name = "base"
+
+    def __init__(self, buckets: Buckets):
+        self.buckets = buckets
+        self.observed = 0
+
+    def predict(self, requests) -> np.ndarray:
+        """Bucket index for each request (batched: one call per group of arrivals)."""
+        raise NotImplementedError
+
+    def observe(self, request, true_length: int) -> None:
+        """Feedback from the supervisor: `request` really produced `true_length` tokens."""
+        self.observed += 1

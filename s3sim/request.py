@@ -1,0 +1,52 @@
+"""A request and its lifecycle: waiting -> running -> (preempted -> waiting ->) running -> finished.
+
+Timestamps are recorded as the request moves so that every metric (TTFT, TPOT, ITL, e2e) can be derived
+from the finished requests alone. While a request runs, its progress is kept lazily by the scheduler
+(`gen0` tokens at decode iteration `iter0`) so that many decode iterations can be applied at once.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, slots=True)
+class Request:
+    id: int
+    prompt_len: int
+    output_len: int  # tokens the engine will generate (fixed-length replay); predictors must not read it
+    arrival: float
+    phase: Phase = Phase.WAITING
+    # prediction and reservation
+    first_bucket: int = -1  # bucket predicted at arrival
+    bucket: int = -1  # bucket the current reservation is sized for (grows on misprediction)
+    reserved_out: int = 0  # output tokens the current reservation covers
+    # progress (materialised whenever the request is not running)
+    generated: int = 0
+    swapped: bool = False  # KV lives in host memory after a swap-mode preemption
+    # timestamps (seconds)
+    admitted: float = math.nan
+    first_token: float = math.nan
+    last_token: float = math.nan
+    finished: float = math.nan
+    # counters
+    preemptions: int = 0
+    recomputed_tokens: int = 0
+    swapped_tokens: int = 0
+    # scheduler-private lazy progress
+    iter0: int = 0
+    gen0: int = 0
+    epoch: int = 0
+    seq: int = 0  # admission order, newest has the largest
+
+    @property
+    def context(self) -> int:
+        """KV slots the request occupies (prompt plus generated tokens); valid when not running."""
+        return self.prompt_len + self.generated

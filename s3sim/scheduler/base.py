@@ -1,0 +1,216 @@
+"""The policy interface both engines drive, and the bookkeeping every policy shares.
+
+An engine's loop reads aloud: `batch = schedule(now)`, run the batch, `advance(batch, k, end_time)`.
+`k > 1` applies k identical decode-only iterations at once; `horizon()` says how many can be applied
+before anything could change (a request finishing, outgrowing its reservation or running out of
+blocks), so jumping is exact. Progress of running requests is lazy: a request that joined at decode
+iteration `iter0` with `gen0` tokens has `gen0 + (iter - iter0)` tokens now; an event heap orders the
+iterations at which each running request needs attention.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+
+import numpy as np
+
+from s3sim.errors import InvariantViolation
+from s3sim.kv.pool import KVPool
+from s3sim.request import Phase, Request
+from s3sim.scheduler.batch import Batch
+
+
+class Scheduler:
+    name = "base"
+
+    def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None,
+                 preemption_mode: str = "recompute"):
+        self.pool = pool
+        self.max_seq_len = int(max_seq_len)
+        self.max_batch = int(max_batch_size) if max_batch_size else math.inf
+        self.preemption_mode = preemption_mode
+        self.running: dict[int, Request] = {}  # insertion order = admission order
+        self.finished: list[Request] = []
+        self.iter = 0
+        self.now = 0.0
+        self.preemptions = 0
+        self.pending_transfer = 0  # swap-out tokens, paid by the next iteration
+        self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption
+        self._events: list = []
+        self._pushes = itertools.count()
+        self._admissions = itertools.count()
+        self._ctx_base = 0
+        self._ctx_iter = 0
+
+    # ---- verbs the engines call -------------------------------------------------------------
+    def add(self, requests: list[Request]) -> None:
+        raise NotImplementedError
+
+    def schedule(self, now: float) -> Batch:
+        raise NotImplementedError
+
+    def could_admit(self, request: Request) -> bool:
+        """Could `request`, arriving now, be admitted at the next iteration boundary if nothing else
+        changed? May answer True when unsure (that only shortens a multi-iteration jump)."""
+        raise NotImplementedError
+
+    def has_waiting(self) -> bool:
+        raise NotImplementedError
+
+    def horizon(self) -> int:
+        """Decode iterations that can run before the next event (>= 1 while anything runs)."""
+        self._drop_stale()
+        return self._events[0][0] - self.iter if self._events else 0
+
+    def advance(self, batch: Batch, k: int, now: float) -> None:
+        """Apply `k` iterations of `batch` that ended at `now` (k > 1 only for decode-only batches)."""
+        if k > 1 and not batch.is_decode_only:
+            raise InvariantViolation(f"t={now:.6f}s a batch with prefill or transfers was repeated {k} times")
+        self.now = self.pool.now = now
+        self._on_steps(k)
+        self.iter += k
+        for r in batch.prefill:
+            if r.generated > 0:  # resumed by recomputation: the gap since its last token is one ITL sample
+                self.stall_gaps.append(now - r.last_token)
+            r.generated += 1
+            if math.isnan(r.first_token):
+                r.first_token = now
+            self._join(r)
+        for r in batch.resumed:
+            self.stall_gaps.append(now - r.last_token)
+            r.generated += 1
+            self._join(r)
+        self._fire_events(now)
+
+    # ---- policy hooks -----------------------------------------------------------------------
+    def _event_target(self, r: Request) -> int:
+        """Tokens generated at which `r` next needs attention (finish, or the end of its reservation)."""
+        return min(r.output_len, r.reserved_out)
+
+    def _on_limit(self, r: Request, now: float) -> None:
+        raise InvariantViolation(
+            f"t={now:.6f}s request {r.id} used its whole reservation ({r.reserved_out} output tokens) "
+            f"before finishing ({r.output_len}) under a policy with no supervisor")
+
+    def _on_steps(self, k: int) -> None:
+        """Called before `k` decode iterations are applied (paged growth hooks in here)."""
+
+    def _on_finish(self, r: Request) -> None:
+        """Called after `r` finished and released its memory."""
+
+    # ---- shared mechanics -------------------------------------------------------------------
+    def generated(self, r: Request) -> int:
+        return r.gen0 + (self.iter - r.iter0)
+
+    def ctx_sum(self) -> int:
+        return self._ctx_base + len(self.running) * (self.iter - self._ctx_iter)
+
+    def kv_reserved_tokens(self) -> int:
+        return self.pool.used * self.pool.unit_tokens
+
+    def kv_reserved_profile(self, k: int) -> np.ndarray:
+        """Reserved KV tokens during each of the next k decode steps (constant unless memory grows)."""
+        return np.full(k, self.kv_reserved_tokens(), dtype=np.int64)
+
+    def _rebase(self) -> None:
+        self._ctx_base = self.ctx_sum()
+        self._ctx_iter = self.iter
+
+    def _join(self, r: Request) -> None:
+        self._rebase()
+        r.phase = Phase.RUNNING
+        r.gen0, r.iter0 = r.generated, self.iter
+        self.running[r.id] = r
+        self._ctx_base += r.prompt_len + r.generated
+        self._push_event(r)
+
+    def _leave(self, r: Request) -> None:
+        self._rebase()
+        r.generated = self.generated(r)
+        self._ctx_base -= r.prompt_len + r.generated
+        del self.running[r.id]
+        r.epoch += 1
+
+    def _push_event(self, r: Request) -> None:
+        at = r.iter0 + self._event_target(r) - r.gen0
+        heapq.heappush(self._events, (at, next(self._pushes), r.epoch, r))
+
+    def _drop_stale(self) -> None:
+        ev = self._events
+        while ev and (ev[0][2] != ev[0][3].epoch or ev[0][3].phase is not Phase.RUNNING):
+            heapq.heappop(ev)
+
+    def _fire_events(self, now: float) -> None:
+        ev = self._events
+        while ev and ev[0][0] <= self.iter:
+            at, _, epoch, r = heapq.heappop(ev)
+            if epoch != r.epoch or r.phase is not Phase.RUNNING:
+                continue
+            if at < self.iter:
+                raise InvariantViolation(
+                    f"t={now:.6f}s request {r.id} was advanced {self.iter - at} iterations past its event "
+                    f"at {self.generated(r) - (self.iter - at)} tokens: an engine jumped too far")
+            if self.generated(r) >= r.output_len:
+                self._finish(r, now)
+            else:
+                self._on_limit(r, now)
+
+    def _admit(self, r: Request, batch: Batch, now: float) -> None:
+        """Put a waiting request (whose memory is already reserved) into this iteration's batch."""
+        r.seq = next(self._admissions)
+        if math.isnan(r.admitted):
+            r.admitted = now
+        if r.swapped:
+            r.swapped = False
+            batch.resumed.append(r)
+            batch.transfer_tokens += r.context
+            batch.decode_n += 1
+            batch.decode_ctx += r.context
+        else:
+            tokens = r.context
+            if r.generated:
+                r.recomputed_tokens += tokens
+            batch.prefill.append(r)
+            batch.prefill_tokens += tokens
+            batch.prefill_sq += tokens * tokens
+
+    def _decode_batch(self) -> Batch:
+        b = Batch(decode_n=len(self.running), decode_ctx=self.ctx_sum(), transfer_tokens=self.pending_transfer)
+        b.itl_tokens = b.decode_n
+        self.pending_transfer = 0
+        return b
+
+    def _finish(self, r: Request, now: float) -> None:
+        self._leave(r)
+        self._complete(r, now, last_token=now)
+
+    def _complete(self, r: Request, now: float, last_token: float) -> None:
+        """Return a request to its client: checks exactly-once and token conservation, frees memory."""
+        if r.phase is Phase.FINISHED:
+            raise InvariantViolation(f"t={now:.6f}s request {r.id} finished twice")
+        if r.generated != r.output_len:
+            raise InvariantViolation(
+                f"t={now:.6f}s request {r.id} finished with {r.generated} tokens, expected {r.output_len}")
+        self._release(r)
+        r.phase = Phase.FINISHED
+        r.last_token, r.finished = last_token, now
+        self.finished.append(r)
+        self._on_finish(r)
+
+    def _release(self, r: Request) -> None:
+        self.pool.release(r.id)
+
+    def _preempt(self, r: Request, now: float) -> None:
+        """Take `r` off the GPU: free its memory; keep its KV in host memory (swap) or drop it (recompute).
+        Tokens already generated stay generated: a recomputed request re-prefills them."""
+        self._leave(r)
+        self._release(r)
+        r.phase = Phase.WAITING
+        r.preemptions += 1
+        r.last_token = now
+        self.preemptions += 1
+        if self.preemption_mode == "swap":
+            r.swapped = True
+            r.swapped_tokens += r.context
+            self.pending_transfer += r.context

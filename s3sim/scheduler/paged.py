@@ -1,0 +1,130 @@
+"""vLLM-style paged allocation: KV in fixed-size blocks allocated on demand, no length prediction.
+
+Admission is first-come first-served while the free blocks, after this iteration's growth and the new
+request's prompt, stay above a watermark (which avoids admitting into immediate thrashing). When the
+running requests need more blocks than are free, the newest is preempted (recompute by default, or
+swap) and goes back to the front of the queue.
+
+Block growth is accounted in aggregate so that k decode iterations cost O(block_size), not O(batch):
+a running request with c tokens in KV needs a new block at the step whose new slot index is a multiple
+of the block size, so requests are counted by their phase modulo the block size (`_phase`), and the
+blocks needed over the next i steps have a closed form (see `_growth`).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from s3sim.request import Request
+from s3sim.scheduler.base import Scheduler
+from s3sim.scheduler.batch import Batch
+
+
+class PagedScheduler(Scheduler):
+    name = "paged"
+
+    def __init__(self, pool, max_seq_len, watermark: float = 0.01, **kw):
+        super().__init__(pool, max_seq_len, **kw)
+        self.bs = pool.unit_tokens
+        self.watermark = int(math.ceil(watermark * pool.capacity))
+        self.waiting: deque[Request] = deque()
+        self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
+
+    def _event_target(self, r: Request) -> int:
+        return r.output_len
+
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.bs)
+
+    def add(self, requests):
+        for r in requests:
+            r.reserved_out = self.max_seq_len
+        self.waiting.extend(requests)
+
+    def has_waiting(self) -> bool:
+        return bool(self.waiting)
+
+    # ---- block growth in closed form --------------------------------------------------------
+    def _first_need(self) -> np.ndarray:
+        """C[d]: running requests that need a new block within their next d steps (d = 0..bs)."""
+        d_minus_1 = (-np.arange(self.bs) - self.iter) % self.bs
+        counts = self._phase[d_minus_1]
+        return np.concatenate(([0], np.cumsum(counts)))
+
+    def _growth(self, steps: int, c: np.ndarray | None = None) -> int:
+        """Blocks the running requests need over the next `steps` decode steps."""
+        if c is None:
+            c = self._first_need()
+        q, rem = divmod(steps, self.bs)
+        return int(len(self.running) * q + c[rem])
+
+    def _growth_profile(self, k: int) -> np.ndarray:
+        c = self._first_need()
+        i = np.arange(1, k + 1)
+        return len(self.running) * (i // self.bs) + c[i % self.bs]
+
+    def horizon(self) -> int:
+        k = super().horizon()
+        n = len(self.running)
+        if n == 0 or k == 0:
+            return k
+        c = self._first_need()
+        q0, r = divmod(self.pool.free, n)
+        rem = int(np.searchsorted(c[: self.bs], r, side="right")) - 1
+        return min(k, q0 * self.bs + rem)
+
+    def kv_reserved_profile(self, k: int) -> np.ndarray:
+        """Tokens of allocated blocks during each of the next k decode steps (growth is allocated first)."""
+        return (self.pool.used + self._growth_profile(k)) * self.bs
+
+    # ---- engine verbs -----------------------------------------------------------------------
+    def could_admit(self, r: Request) -> bool:
+        return (not self.waiting and len(self.running) < self.max_batch
+                and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
+
+    def schedule(self, now: float) -> Batch:
+        need = self._growth(1)
+        preempted = False
+        while need > self.pool.free and self.running:
+            victim = self.running[next(reversed(self.running))]
+            self._preempt(victim, now)
+            self.waiting.appendleft(victim)
+            need = self._growth(1)
+            preempted = True
+        batch = self._decode_batch()
+        if preempted:
+            return batch
+        room = self.max_batch - len(self.running)
+        free = self.pool.free - need
+        while self.waiting and room > 0:
+            r = self.waiting[0]
+            blocks = self._blocks(r.context + 1)
+            if free - blocks < self.watermark and (self.running or batch.prefill or batch.resumed):
+                break
+            if blocks > free:
+                break
+            self.waiting.popleft()
+            self.pool.reserve(r.id, blocks)
+            free -= blocks
+            self._admit(r, batch, now)
+            room -= 1
+        return batch
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def _on_steps(self, k: int) -> None:
+        if self.running:
+            self.pool.grow_untracked(self._growth(k))
+
+    def _join(self, r: Request) -> None:
+        # a joining request's blocks already cover its context (allocated at admission)
+        super()._join(r)
+        self._phase[(r.context - self.iter) % self.bs] += 1
+
+    def _leave(self, r: Request) -> None:
+        self._phase[(r.prompt_len + self.generated(r) - self.iter) % self.bs] -= 1
+        super()._leave(r)
+
+    def _release(self, r: Request) -> None:
+        self.pool.release(r.id, self._blocks(r.context))

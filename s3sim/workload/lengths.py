@@ -1,0 +1,280 @@
+"""Request length tables: (prompt tokens, output tokens[, arrival time]) per request, read from the shared data.
+
+Only token counts matter to the simulator, so every loader returns the same small `Workload` table. Loaders
+never copy data; they read it from the shared data folder (default `../shared/data` next to the repository).
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+
+from s3sim.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+ALPACA_FIELDS = ("L_gt", "L_t0.0", "L_t0.3", "L_t0.5", "L_t0.7")
+ALPACA_SPLITS = ("train", "val")
+ALPACA_TEXT_FILES = ("alpaca/alpaca_data_first_rows.json", "alpaca/llamafactory_alpaca_en_demo.json")
+SHAREGPT_FILE = "sharegpt/sharegpt_8k_lengths_llama2_tokenizer.csv"
+AZURE_TRACE_FILE = "traces/azure_conv_2023.csv"
+TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+CHARS_PER_TOKEN = 4  # rough rate for English text with Llama-family tokenizers
+
+
+@dataclass
+class Workload:
+    """One row per request. `timestamps` (seconds from the first request) is set only for traces;
+    `clipped` counts outputs cut down to `max_output`; `source` says where the numbers came from."""
+
+    name: str
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+    timestamps: np.ndarray | None = None
+    clipped: int = 0
+    source: str = ""
+
+    def __post_init__(self):
+        self.prompt_len = np.asarray(self.prompt_len, dtype=np.int64)
+        self.output_len = np.asarray(self.output_len, dtype=np.int64)
+        n = len(self.prompt_len)
+        if self.prompt_len.ndim != 1 or self.output_len.shape != (n,):
+            raise ConfigError(f"workload {self.name!r}: prompt_len ({self.prompt_len.shape}) and output_len "
+                              f"({self.output_len.shape}) must be 1-D arrays of equal length")
+        if n and self.prompt_len.min() < 1:
+            raise ConfigError(f"workload {self.name!r}: every prompt_len must be >= 1, got {self.prompt_len.min()}")
+        if n and self.output_len.min() < 1:
+            raise ConfigError(f"workload {self.name!r}: every output_len must be >= 1, got {self.output_len.min()}")
+        if self.timestamps is not None:
+            self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
+            if self.timestamps.shape != (n,):
+                raise ConfigError(f"workload {self.name!r}: timestamps has shape {self.timestamps.shape}, "
+                                  f"expected ({n},) like prompt_len")
+            if n and not (np.isfinite(self.timestamps).all() and self.timestamps[0] >= 0
+                          and (np.diff(self.timestamps) >= 0).all()):
+                raise ConfigError(f"workload {self.name!r}: timestamps must be finite, >= 0 and non-decreasing")
+        if self.clipped < 0:
+            raise ConfigError(f"workload {self.name!r}: clipped must be >= 0, got {self.clipped}")
+
+    def __len__(self) -> int:
+        return len(self.prompt_len)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def _data_dir(data_dir) -> Path:
+    return Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).resolve()
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path} (expected the shared data folder; set workload.data_dir)")
+    return path
+
+
+def _check_options(max_output, limit) -> None:
+    if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, (int, np.integer))
+                                   or max_output < 1):
+        raise ConfigError(f"workload.max_output must be a positive integer or null, got {max_output!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ConfigError(f"workload.limit must be a non-negative integer or null, got {limit!r}")
+
+
+def _finish(name, prompt, output, timestamps, max_output, limit, source) -> Workload:
+    """Apply `limit` (first N rows) then clip outputs to `max_output`, counting what was clipped."""
+    if limit is not None:
+        prompt, output = prompt[:limit], output[:limit]
+        timestamps = None if timestamps is None else timestamps[:limit]
+    clipped = 0
+    if max_output is not None:
+        clipped = int((output > max_output).sum())
+        output = np.minimum(output, max_output)
+    return Workload(name, prompt, output, timestamps, clipped, source)
+
+
+def _read_json(path: Path):
+    try:
+        with open(_require(path), encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def _nonneg_int(text: str, where: str, field: str) -> int:
+    try:
+        v = int(text)
+    except (TypeError, ValueError):
+        v = -1
+    if v < 0:
+        raise ConfigError(f"{where}: {field} {text!r} is not a non-negative integer")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- alpaca
+
+def estimated_alpaca_prompt_lengths(data_dir=None) -> np.ndarray:
+    """Estimated prompt token counts of the Alpaca rows with text (instruction, plus "\\n" + input when there
+    is one; duplicates across the two files counted once): max(1, round(characters / 4)). An estimate only:
+    about 4 characters per token holds for English with Llama-family tokenizers, not exactly."""
+    d = _data_dir(data_dir)
+    texts = {}
+    for rel in ALPACA_TEXT_FILES:
+        path = d / rel
+        for i, row in enumerate(_read_json(path)):
+            try:
+                instr, inp = str(row["instruction"]), str(row.get("input") or "")
+            except (KeyError, TypeError):
+                raise ConfigError(f"{path} item {i}: expected an object with 'instruction' and 'input'") from None
+            texts[(instr, inp)] = instr + ("\n" + inp if inp else "")
+    return np.array([max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts.values()], dtype=np.int64)
+
+
+def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt", max_output: int | None = None,
+                limit: int | None = None, seed: int = 0) -> Workload:
+    """Alpaca output lengths (Llama tokens) from `alpaca/alpaca_{split}_10k_lengths.json`: `L_gt` is the
+    reference answer, `L_t0.0`...`L_t0.7` what Vicuna-7B generated at that temperature. Lengths of 0 become 1.
+
+    These files carry NO prompt lengths, so prompt lengths are ESTIMATED: drawn (seeded by `seed`) from the
+    empirical distribution of `estimated_alpaca_prompt_lengths`, i.e. characters / 4 of real Alpaca prompts.
+    Treat them as an estimate until real tokenizer counts are available.
+    """
+    _check_options(max_output, limit)
+    if split not in ALPACA_SPLITS:
+        raise ConfigError(f"workload.split must be one of {', '.join(ALPACA_SPLITS)}; got {split!r}")
+    if length_field not in ALPACA_FIELDS:
+        raise ConfigError(f"workload.length_field must be one of {', '.join(ALPACA_FIELDS)}; got {length_field!r}")
+    d = _data_dir(data_dir)
+    path = d / f"alpaca/alpaca_{split}_10k_lengths.json"
+    rows = _read_json(path)
+    output = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        v = row.get(length_field) if isinstance(row, dict) else None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{path} item {i}: {length_field} {v!r} is not a non-negative integer")
+        output[i] = max(v, 1)
+    pool = estimated_alpaca_prompt_lengths(d)
+    prompt = np.random.default_rng(seed).choice(pool, size=len(output), replace=True)
+    source = (f"{path} field {length_field}; prompt lengths ESTIMATED (characters/4 of {len(pool)} Alpaca "
+              f"prompts, sampled with seed {seed}), not tokenizer counts")
+    return _finish("alpaca", prompt, output, None, max_output, limit, source)
+
+
+# ---------------------------------------------------------------------------------------------- sharegpt
+
+def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | None = None) -> Workload:
+    """ShareGPT prompt/output token counts (Llama-2 tokenizer). Zero counts become 1."""
+    _check_options(max_output, limit)
+    path = _require(_data_dir(data_dir) / SHAREGPT_FILE)
+    cols = ("num_prefill_tokens", "num_decode_tokens")
+    prompt, output = [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not set(cols) <= set(reader.fieldnames):
+            raise ConfigError(f"{path} line 1: header must include columns {', '.join(cols)}; "
+                              f"got {reader.fieldnames}")
+        for row in reader:
+            where = f"{path.name} line {reader.line_num}"
+            prompt.append(max(1, _nonneg_int(row[cols[0]], where, cols[0])))
+            output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
+    return _finish("sharegpt", np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64), None,
+                   max_output, limit, f"{path} (Llama-2 tokenizer counts)")
+
+
+# ---------------------------------------------------------------------------------------------- traces
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _parse_time(text: str) -> tuple[int, float] | None:
+    """(whole seconds, fraction) for a float string or a 'YYYY-MM-DD HH:MM:SS[.fraction]' stamp (any number of
+    fraction digits; Azure writes 7, which older `datetime` parsers reject). Kept apart so that epoch-sized
+    seconds do not swallow the sub-microsecond digits. None when the text is neither."""
+    try:
+        v = float(text)
+        return (0, v) if math.isfinite(v) else None
+    except ValueError:
+        pass
+    whole, _, frac = text.strip().partition(".")
+    if frac and not frac.isdigit():
+        return None
+    try:
+        delta = datetime.fromisoformat(whole) - _EPOCH  # naive: no time-zone or DST shifts
+    except (ValueError, TypeError):
+        return None
+    return delta.days * 86400 + delta.seconds, (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None, limit: int | None = None,
+               data_dir=None) -> Workload:
+    """A request trace in the Azure LLM inference format (header `TIMESTAMP,ContextTokens,GeneratedTokens`;
+    TIMESTAMP is a date-time stamp or plain seconds). Defaults to the Azure conversation trace.
+
+    Timestamps become seconds since the earliest row, times `time_scale` (0.5 replays twice as fast). Rows
+    out of time order are stably sorted by time (and `limit` keeps the first N after sorting). Token counts of
+    0 become 1: a request always has a prompt and yields at least one token.
+    """
+    _check_options(max_output, limit)
+    if isinstance(time_scale, bool) or not isinstance(time_scale, Real) or not (
+            math.isfinite(time_scale) and time_scale > 0):
+        raise ConfigError(f"workload.time_scale must be a positive finite number, got {time_scale!r}")
+    path = _require(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
+    whole, frac, prompt, output = [], [], [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if tuple(header[:3]) != TRACE_COLUMNS:
+            raise ConfigError(f"{path} line 1: header must start with {','.join(TRACE_COLUMNS)}; "
+                              f"got {','.join(header) or 'an empty file'}")
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path.name} line {reader.line_num}"
+            if len(row) < 3:
+                raise ConfigError(f"{where}: expected 3 fields {','.join(TRACE_COLUMNS)}, got {len(row)}")
+            t = _parse_time(row[0])
+            if t is None:
+                raise ConfigError(f"{where}: TIMESTAMP {row[0]!r} is neither seconds nor 'YYYY-MM-DD HH:MM:SS.f'")
+            if whole and (t[0] == 0) != (whole[0] == 0):
+                raise ConfigError(f"{where}: TIMESTAMP {row[0]!r} mixes plain seconds and date-time stamps")
+            whole.append(t[0])
+            frac.append(t[1])
+            prompt.append(max(1, _nonneg_int(row[1], where, "ContextTokens")))
+            output.append(max(1, _nonneg_int(row[2], where, "GeneratedTokens")))
+    w, fr = np.array(whole, dtype=np.int64), np.array(frac, dtype=np.float64)
+    order = np.lexsort((fr, w))  # stable: equal times keep file order
+    w, fr = w[order], fr[order]
+    t = ((w - w[0]) + (fr - fr[0])) * time_scale if len(w) else fr
+    p = np.array(prompt, dtype=np.int64)[order]
+    o = np.array(output, dtype=np.int64)[order]
+    return _finish("trace", p, o, t, max_output, limit, f"{path} (time_scale {time_scale})")
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+
+LOADERS = {"alpaca": load_alpaca, "sharegpt": load_sharegpt, "trace": load_trace}
+
+
+def load_workload(name: str, data_dir=None, path=None, **kw) -> Workload:
+    """Load a workload by name: `alpaca`, `sharegpt` or `trace` (`path` picks the trace file; default the
+    Azure conversation trace). Extra keywords go to the loader."""
+    if name not in LOADERS:
+        raise ConfigError(f"workload.name must be one of {', '.join(LOADERS)}; got {name!r}")
+    loader = LOADERS[name]
+    allowed = [p for p in inspect.signature(loader).parameters if p not in ("data_dir", "path")]
+    unknown = sorted(set(kw) - set(allowed))
+    if unknown:
+        raise ConfigError(f"workload option {unknown[0]!r} does not apply to {name!r}; "
+                          f"valid options: {', '.join(allowed)}")
+    if name == "trace":
+        return load_trace(path, data_dir=data_dir, **kw)
+    if path is not None:
+        raise ConfigError(f"workload.path is only used by the trace workload, not {name!r}")
+    return loader(data_dir, **kw)

@@ -1,0 +1,138 @@
+import json
+
+import pytest
+
+from s3sim.errors import ConfigError
+from s3sim.hardware.capacity import kv_capacity_tokens
+from s3sim.hardware.gpus import GPU_PRESETS, GpuSpec, get_gpu
+from s3sim.hardware.models import MODEL_PRESETS, ModelSpec, get_model
+
+LLAMA2_7B_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+}
+
+
+def write_config(tmp_path, cfg):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return tmp_path / "config.json"
+
+
+def test_preset_names():
+    assert set(MODEL_PRESETS) == {"gpt-j-6b", "gpt-neox-20b", "llama-2-7b", "llama-2-13b", "llama-3-8b",
+                                  "opt-13b", "opt-30b", "tiny-llama"}
+    assert set(GPU_PRESETS) == {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm",
+                                "h100-sxm", "h200"}
+    assert all(m.source for m in MODEL_PRESETS.values())
+    assert all(g.source for g in GPU_PRESETS.values())
+
+
+def test_kv_bytes_per_token():
+    assert get_model("gpt-j-6b").kv_bytes_per_token == 458752
+    assert get_model("llama-3-8b").kv_bytes_per_token == 131072  # GQA: 8 KV heads of 32
+    assert get_model("llama-2-7b").kv_bytes_per_token == 524288
+
+
+def test_derived_properties():
+    m = get_model("gpt-j-6b")
+    assert m.weight_bytes == m.n_params * 2
+    assert m.q_dim == 4096
+
+
+def test_capacity_gpt_j_on_a100_80gb():
+    tokens = kv_capacity_tokens(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
+    # (80 GiB * 0.9 - 12.1 GB) / 448 KiB per token: about 140k tokens.
+    assert 100_000 < tokens < 200_000
+    assert tokens == kv_capacity_tokens(get_model("gpt-j-6b"), get_gpu("a100-80gb-sxm"))
+
+
+def test_capacity_grows_with_gpus_and_shrinks_with_reserve():
+    m, g = get_model("llama-2-13b"), get_gpu("a100-40gb-pcie")
+    one = kv_capacity_tokens(m, g)
+    assert kv_capacity_tokens(m, g, num_gpus=2) > 2 * one
+    assert kv_capacity_tokens(m, g, activation_reserve_bytes=2 * 10**9) < one
+    assert kv_capacity_tokens(m, g, activation_reserve_frac=0.0) > one
+
+
+def test_model_that_does_not_fit():
+    with pytest.raises(ConfigError, match="does not fit") as e:
+        kv_capacity_tokens(get_model("opt-30b"), get_gpu("a100-40gb-pcie"))
+    assert "opt-30b" in str(e.value) and "a100-40gb-pcie" in str(e.value) and "\n" not in str(e.value)
+    assert kv_capacity_tokens(get_model("opt-30b"), get_gpu("a100-40gb-pcie"), num_gpus=2) > 0
+
+
+@pytest.mark.parametrize("kwargs", [{"activation_reserve_frac": 1.0}, {"activation_reserve_frac": -0.1},
+                                    {"activation_reserve_bytes": -1}, {"num_gpus": 0}])
+def test_capacity_rejects_bad_arguments(kwargs):
+    with pytest.raises(ConfigError):
+        kv_capacity_tokens(get_model("tiny-llama"), get_gpu("h100-sxm"), **kwargs)
+
+
+def test_unknown_names_list_valid_ones():
+    with pytest.raises(ConfigError, match="llama-3-8b") as e:
+        get_model("llama-9000")
+    assert "gpt-j-6b" in str(e.value)
+    with pytest.raises(ConfigError, match="h100-sxm") as e:
+        get_gpu("v100")
+    assert "a100-40gb-pcie" in str(e.value)
+
+
+def test_spec_validation():
+    with pytest.raises(ConfigError, match="n_layers"):
+        ModelSpec("bad", 10, 0, 64, 4, 4, 16, 256, 512)
+    with pytest.raises(ConfigError, match="n_kv_heads"):
+        ModelSpec("bad", 10, 2, 64, 4, 3, 16, 256, 512)
+    with pytest.raises(ConfigError, match="mem_bandwidth"):
+        GpuSpec("bad", 1, 0.0, 1.0, 1.0)
+
+
+def test_from_hf_config_llama2_7b(tmp_path):
+    path = write_config(tmp_path, LLAMA2_7B_CONFIG)
+    for arg in (path, tmp_path, str(path)):
+        m = ModelSpec.from_hf_config(arg)
+        assert m.kv_bytes_per_token == 524288
+        assert m.n_params == pytest.approx(6.74e9, rel=0.02)
+        assert (m.n_layers, m.hidden_size, m.n_heads, m.head_dim, m.max_context) == (32, 4096, 32, 128, 4096)
+    assert get_model(str(tmp_path)).n_params == m.n_params
+
+
+def test_from_hf_config_gqa_and_gpt_style_keys(tmp_path):
+    llama3 = dict(LLAMA2_7B_CONFIG, num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
+                  max_position_embeddings=8192, torch_dtype="bfloat16")
+    m = ModelSpec.from_hf_config(write_config(tmp_path, llama3))
+    assert m.kv_bytes_per_token == 131072
+    assert m.n_params == pytest.approx(8.03e9, rel=0.02)
+
+    gptj = {"model_type": "gptj", "n_layer": 28, "n_embd": 4096, "n_head": 16, "n_inner": None,
+            "vocab_size": 50400, "n_positions": 2048, "tie_word_embeddings": False, "torch_dtype": "float32"}
+    m = ModelSpec.from_hf_config(write_config(tmp_path, gptj))
+    assert m.dtype_bytes == 4
+    assert m.kv_bytes_per_token == 2 * 458752
+    assert m.n_params == pytest.approx(6.05e9, rel=0.02)
+
+    opt = {"model_type": "opt", "num_hidden_layers": 40, "hidden_size": 5120, "num_attention_heads": 40,
+           "ffn_dim": 20480, "vocab_size": 50272, "max_position_embeddings": 2048}
+    assert ModelSpec.from_hf_config(write_config(tmp_path, opt)).n_params == pytest.approx(12.85e9, rel=0.02)
+
+
+def test_from_hf_config_errors(tmp_path):
+    cfg = dict(LLAMA2_7B_CONFIG)
+    del cfg["num_attention_heads"]
+    with pytest.raises(ConfigError, match="num_attention_heads"):
+        ModelSpec.from_hf_config(write_config(tmp_path, cfg))
+    with pytest.raises(ConfigError, match="no such file"):
+        ModelSpec.from_hf_config(tmp_path / "missing.json")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        ModelSpec.from_hf_config(tmp_path)
+    with pytest.raises(ConfigError, match="torch_dtype"):
+        ModelSpec.from_hf_config(write_config(tmp_path, dict(LLAMA2_7B_CONFIG, torch_dtype="int3")))

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from s3sim.errors import ConfigError
+from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.latency import LatencyModel, RooflineLatency
+
+
+@pytest.fixture
+def lat():
+    return RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
+
+
+def test_is_a_latency_model(lat):
+    assert isinstance(lat, LatencyModel)
+
+
+@pytest.mark.parametrize("batch,ctx0,k", [(1, 0, 1), (8, 800, 50), (37, 12345, 200), (512, 256 * 512, 64)])
+def test_decode_run_equals_step_by_step(lat, batch, ctx0, k):
+    run = lat.decode_run(batch, ctx0, k)
+    steps = [lat.iteration_time(0, 0, batch, ctx0 + i * batch) for i in range(k)]
+    assert run.shape == (k,)
+    assert run.tolist() == steps  # exact float equality
+
+
+def test_decode_run_empty(lat):
+    assert lat.decode_run(4, 100, 0).shape == (0,)
+    assert lat.decode_run(0, 0, 3).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_vectorised_matches_scalar(lat):
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 4000, 100)
+    sq = p * rng.integers(0, 2000, 100)
+    d = rng.integers(0, 300, 100)
+    ctx = d * rng.integers(0, 2000, 100)
+    vec = lat.iteration_time(p, sq, d, ctx)
+    assert vec.shape == (100,)
+    assert vec.tolist() == [lat.iteration_time(int(a), int(b), int(c), int(e)) for a, b, c, e in zip(p, sq, d, ctx)]
+    assert isinstance(lat.iteration_time(10, 100, 2, 50), float)
+    assert isinstance(lat.iteration_time(np.int64(10), 100, 2, 50), float)
+
+
+def test_monotone_in_each_argument(lat):
+    base = np.array([0, 0, 1, 100])
+    grid = np.concatenate([[0], np.unique(np.geomspace(1, 1e8, 60).astype(np.int64))])
+    for i in range(4):
+        args = [np.full(grid.shape, v) for v in base]
+        args[i] = grid
+        t = lat.iteration_time(*args)
+        assert np.all(np.diff(t) >= 0), f"not monotone in argument {i}"
+
+
+def test_batch_one_decode_is_memory_bound(lat):
+    m, g = lat.model, lat.gpu
+    t = lat.iteration_time(0, 0, 1, 100)
+    expected = m.weight_bytes / (g.mem_bandwidth * 0.8) + 0.002
+    assert t == pytest.approx(expected, rel=0.01)
+
+
+def test_large_batch_decode_is_compute_bound(lat):
+    m, g = lat.model, lat.gpu
+    batch = 4096
+    ctx = batch * 8
+    flops = 2 * m.n_params * batch + 4 * m.n_layers * m.q_dim * ctx
+    bytes_ = m.weight_bytes + m.kv_bytes_per_token * (ctx + batch)
+    compute_s = flops / (g.peak_flops * 0.6)
+    assert compute_s > bytes_ / (g.mem_bandwidth * 0.8)
+    assert lat.iteration_time(0, 0, batch, ctx) == pytest.approx(0.002 + compute_s, rel=1e-12)
+
+
+def test_prefill_attention_is_quadratic(lat):
+    one_long = lat.iteration_time(8192, 8192**2, 0, 0)
+    many_short = lat.iteration_time(8192, 16 * 512**2, 0, 0)
+    assert one_long > many_short
+
+
+def test_empty_iteration_takes_no_time(lat):
+    assert lat.iteration_time(0, 0, 0, 0) == 0.0
+    assert lat.iteration_time(np.zeros(3), 0, 0, 0).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_swap_time_is_linear(lat):
+    one = lat.swap_time(1000)
+    assert one == pytest.approx(1000 * lat.model.kv_bytes_per_token / lat.gpu.host_link_bandwidth)
+    assert lat.swap_time(4000) == pytest.approx(4 * one)
+    assert lat.swap_time(0) == 0.0
+    assert lat.swap_time(np.array([1000, 2000])).tolist() == pytest.approx([one, 2 * one])
+
+
+def test_more_gpus_is_faster():
+    m, g = get_model("llama-2-13b"), get_gpu("a100-40gb-pcie")
+    assert RooflineLatency(m, g, num_gpus=2).iteration_time(0, 0, 8, 800) < \
+        RooflineLatency(m, g).iteration_time(0, 0, 8, 800)
+
+
+@pytest.mark.parametrize("kwargs", [{"compute_efficiency": 0}, {"compute_efficiency": 1.5},
+                                    {"memory_efficiency": 0}, {"overhead_s": -1e-3}, {"num_gpus": 0}])
+def test_rejects_bad_parameters(kwargs):
+    with pytest.raises(ConfigError):
+        RooflineLatency(get_model("tiny-llama"), get_gpu("h100-sxm"), **kwargs)
+
+
+def test_rejects_negative_inputs(lat):
+    with pytest.raises(ConfigError, match="decode_ctx"):
+        lat.iteration_time(0, 0, 1, -5)
+    with pytest.raises(ConfigError, match="prefill_tokens"):
+        lat.iteration_time(np.array([1, -1]), 0, 0, 0)
+    with pytest.raises(ConfigError, match="k must"):
+        lat.decode_run(1, 0, -1)
