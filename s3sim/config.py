@@ -1,0 +1,149 @@
+"""From a resolved config (Hydra's or a plain dict) to the objects of one simulation, validated.
+
+Every bad value becomes a one-line `ConfigError` naming the config field and what would be valid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3sim.errors import ConfigError
+from s3sim.hardware.capacity import kv_capacity_tokens
+from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.kv.pool import KVPool
+from s3sim.latency import RooflineLatency
+from s3sim.metrics.summary import Slo
+from s3sim.predictor import Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.scheduler.orca import FasterTransformerScheduler, OrcaScheduler
+from s3sim.scheduler.paged import PagedScheduler
+from s3sim.scheduler.s3 import S3Scheduler
+from s3sim.scheduler.supervisor import Supervisor
+from s3sim.workload import arrival_times, load_workload
+
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+PREDICTORS = ("oracle", "synthetic")
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+@dataclass
+class Setup:
+    prompt_len: np.ndarray
+    output_len: np.ndarray
+    arrivals: np.ndarray
+    scheduler: object
+    latency: object
+    slo: Slo
+    capacity_tokens: int
+    clipped: int
+
+
+def _get(cfg, path, default=None):
+    node = cfg
+    for key in path.split("."):
+        if node is None or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _choice(value, valid, field):
+    if value not in valid:
+        raise ConfigError(f"{field} '{value}' is unknown; valid: {', '.join(valid)}")
+    return value
+
+
+def _positive_int(value, field, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def build_workload(cfg):
+    w = cfg["workload"]
+    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    kw = {k: w[k] for k in ("split", "length_field", "time_scale") if _get(w, k) is not None}
+    wl = load_workload(w["name"], data_dir=_get(w, "data_dir"), path=_get(w, "path"), max_output=max_seq_len, **kw)
+    rows = len(wl.prompt_len)
+    n = _positive_int(_get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
+    seed = int(_get(cfg, "seed", 0))
+    # fewer requests than rows: a seeded sample; more: cycle through the table
+    idx = np.random.default_rng(seed).permutation(rows)[:n] if n <= rows else np.arange(n) % rows
+    a = cfg["arrival"]
+    process = a["process"]
+    ts = None
+    if process == "trace":
+        if wl.timestamps is None:
+            raise ConfigError(f"arrival.process=trace needs a workload with timestamps (workload=trace), "
+                              f"not workload={w['name']}")
+        if n > len(wl.prompt_len):
+            raise ConfigError(f"num_requests={n} exceeds the trace's {len(wl.prompt_len)} rows with arrival=trace")
+        idx = np.arange(n)
+        ts = wl.timestamps[idx]
+    arr = arrival_times(n, process, rate=_get(a, "rate"), burstiness=_get(a, "burstiness", 1.0), seed=seed,
+                        timestamps=ts)
+    return wl.prompt_len[idx], wl.output_len[idx], arr, wl
+
+
+def build(cfg) -> Setup:
+    policy = _choice(cfg["policy"]["name"], POLICIES, "policy.name")
+    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    model = get_model(cfg["model"]["name"])
+    gpu = get_gpu(cfg["gpu"]["name"])
+    num_gpus = _positive_int(_get(cfg, "gpu.count", 1), "gpu.count")
+    cap = kv_capacity_tokens(model, gpu, activation_reserve_frac=float(_get(cfg, "gpu.activation_reserve_frac", 0.1)),
+                             num_gpus=num_gpus)
+    lat_cfg = cfg["latency"]
+    _choice(lat_cfg["name"], ("roofline",), "latency.name")
+    latency = RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
+                              memory_efficiency=float(lat_cfg["memory_efficiency"]),
+                              overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)
+    prompt, output, arr, wl = build_workload(cfg)
+    need = int(prompt.max()) + max_seq_len
+    if need > cap:
+        raise ConfigError(
+            f"KV capacity of {cap} tokens ({model.name} on {num_gpus} x {gpu.name}) cannot hold one request of "
+            f"{int(prompt.max())} prompt + max_seq_len={max_seq_len} tokens; lower max_seq_len or use a larger GPU")
+    p = cfg["policy"]
+    max_batch = _positive_int(_get(p, "max_batch_size"), "policy.max_batch_size", allow_none=True)
+    mode = _choice(_get(p, "preemption_mode", "recompute"), PREEMPTION_MODES, "policy.preemption_mode")
+    common = dict(max_batch_size=max_batch, preemption_mode=mode)
+    if policy == "ft":
+        sched = FasterTransformerScheduler(KVPool(cap), max_seq_len, **common)
+    elif policy == "orca":
+        sched = OrcaScheduler(KVPool(cap), max_seq_len, **common)
+    elif policy == "paged":
+        bs = _positive_int(_get(p, "block_size", 16), "policy.block_size")
+        wm = float(_get(p, "watermark", 0.01))
+        if not 0 <= wm < 1:
+            raise ConfigError(f"policy.watermark must be a fraction in [0, 1), got {wm}")
+        sched = PagedScheduler(KVPool(cap // bs, unit_tokens=bs), max_seq_len, watermark=wm, **common)
+    else:
+        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=(policy == "oracle"))
+        sup = Supervisor(predictor, grow=_get(p, "grow", "next"), in_place=bool(_get(p, "in_place", False)))
+        sched = S3Scheduler(KVPool(cap), max_seq_len, predictor, sup, **common)
+        sched.name = policy
+    s = cfg.get("slo") or {}
+    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
+    return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
+
+
+def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False):
+    pc = cfg["predictor"]
+    k = pc["num_buckets"]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ConfigError(f"predictor.num_buckets must be an integer of at least 2, got {k!r}")
+    scheme = _choice(_get(pc, "bucketing", "equal"), ("equal", "quantile"), "predictor.bucketing")
+    buckets = (Buckets.equal(k, max_seq_len) if scheme == "equal"
+               else Buckets.quantile(k, max_seq_len, output_lengths))
+    name = "oracle" if force_oracle else _choice(pc["name"], PREDICTORS, "predictor.name")
+    if name == "oracle":
+        return OraclePredictor(buckets)
+    acc = pc["accuracy"]
+    if not isinstance(acc, (int, float)) or math.isnan(acc):
+        raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")
+    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=int(_get(cfg, "seed", 0)))

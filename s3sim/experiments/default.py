@@ -1,0 +1,105 @@
+"""The default experiment (`make run`): every policy on Alpaca lengths, GPT-J 6B on one A100 80 GB.
+
+Offline (all requests at t=0) gives maximum throughput; online, a sweep of Poisson arrival rates gives
+the latency-throughput frontier. Configs are composed from `conf/` exactly as `s3sim` composes them.
+Writes results/default/{offline,online}.csv, frontier.png and the data behind it, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s3sim.cli import CONF_DIR
+from s3sim.errors import ConfigError
+from s3sim.runner import run_config, write_csv
+
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+RATES = (10, 25, 50, 75, 100, 125, 150, 175)
+COLUMNS = ["policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50",
+           "e2e_latency_p99", "mean_batch_size", "max_batch_size", "kv_reserved_frac", "kv_used_frac",
+           "preemptions", "mispredictions", "recomputed_tokens", "goodput"]
+
+
+def configs(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for ov in overrides:
+            yield ov, OmegaConf.to_container(compose("config", overrides=ov), resolve=True)
+
+
+def run_all(overrides, label):
+    rows = []
+    for ov, cfg in configs(overrides):
+        t0 = time.perf_counter()
+        rows.append(run_config(cfg))
+        print(f"  {label}: {' '.join(ov):55s} {time.perf_counter() - t0:6.2f}s wall", flush=True)
+    return pd.DataFrame(rows)
+
+
+def ratios(offline: pd.DataFrame) -> pd.DataFrame:
+    thr = offline.set_index("policy").request_throughput
+    return pd.DataFrame({"ratio": ["s3/orca", "s3/ft", "oracle/orca", "s3/oracle", "paged/orca", "s3/paged"],
+                         "value": [thr.s3 / thr.orca, thr.s3 / thr.ft, thr.oracle / thr.orca,
+                                   thr.s3 / thr.oracle, thr.paged / thr.orca, thr.s3 / thr.paged]})
+
+
+def plot_frontier(online: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for policy, g in online.groupby("policy", sort=False):
+        g = g.sort_values("rate")
+        axes[0].plot(g.request_throughput, g.e2e_latency_p50, marker="o", label=policy)
+        axes[1].plot(g.request_throughput, g.tpot_p50 * 1000, marker="o", label=policy)
+    axes[0].set(xlabel="achieved throughput (requests/s)", ylabel="median e2e latency (s)", yscale="log",
+                title="latency-throughput frontier")
+    axes[1].set(xlabel="achieved throughput (requests/s)", ylabel="median TPOT (ms)", title="time per output token")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("GPT-J 6B, A100 80 GB PCIe, Alpaca lengths, Poisson arrivals (simulated)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="results/default")
+    ap.add_argument("--num-requests", type=int, default=10000)
+    ap.add_argument("--online-requests", type=int, default=4000)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"offline: {args.num_requests} requests, all at t=0")
+        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in POLICIES], "offline")
+        write_csv(offline, out / "offline.csv")
+        print(f"online: {args.online_requests} requests, Poisson arrivals at {list(RATES)} req/s")
+        online = run_all([[f"policy={p}", "arrival=poisson", f"arrival.rate={r}",
+                           f"num_requests={args.online_requests}"] for p in POLICIES for r in RATES], "online")
+    except ConfigError as e:
+        print(f"s3sim: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    write_csv(online, out / "online.csv")
+    write_csv(online[["policy", "rate", "request_throughput", "e2e_latency_p50", "tpot_p50"]],
+              out / "frontier_data.csv")
+    plot_frontier(online, out / "frontier.png")
+    r = ratios(offline)
+    write_csv(r, out / "ratios.csv")
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 3):
+        print("\noffline (maximum throughput):")
+        print(offline[COLUMNS].to_string(index=False))
+        print("\nthroughput ratios:")
+        print(r.to_string(index=False))
+    print(f"\nwrote {out}/offline.csv, online.csv, ratios.csv, frontier.png, frontier_data.csv")
+
+
+if __name__ == "__main__":
+    main()

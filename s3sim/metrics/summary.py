@@ -1,0 +1,111 @@
+"""Per-request records and one summary row per run, named as in vLLM's benchmarks plus S3's own.
+
+Latencies: `ttft` = first token - arrival; `tpot` = (last token - first token) / (output - 1);
+`e2e_latency` = finished - arrival (for static batching a request is returned with its batch);
+`itl` = every gap between consecutive tokens of a request: an iteration's duration counts once per
+token it produced for an already-running request, and a gap across a preemption counts once.
+KV fractions are time-weighted over the iterations (idle time excluded), relative to KV capacity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+PCTS = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives for goodput; None disables one."""
+    ttft: float | None = None
+    tpot: float | None = None
+    e2e: float | None = None
+
+
+def request_records(requests) -> pd.DataFrame:
+    cols = ("id", "arrival", "admitted", "first_token", "last_token", "finished", "prompt_len", "output_len",
+            "generated", "first_bucket", "bucket", "reserved_out", "preemptions", "recomputed_tokens",
+            "swapped_tokens")
+    df = pd.DataFrame({c: [getattr(r, c) for r in requests] for c in cols})
+    df["ttft"] = df.first_token - df.arrival
+    df["e2e_latency"] = df.finished - df.arrival
+    decode_gaps = (df.output_len - 1).where(df.output_len > 1)
+    df["tpot"] = (df.last_token - df.first_token) / decode_gaps
+    df["queue_time"] = df.admitted - df.arrival
+    return df
+
+
+def _pcts(name: str, values, weights=None) -> dict:
+    v = np.asarray(values, dtype=float)
+    w = None if weights is None else np.asarray(weights, dtype=float)
+    keep = ~np.isnan(v)
+    v = v[keep]
+    if w is not None:
+        w = w[keep]
+        keep = w > 0
+        v, w = v[keep], w[keep]
+    if len(v) == 0:
+        return {f"{name}_mean": np.nan, **{f"{name}_p{p}": np.nan for p in PCTS}}
+    if w is None:
+        return {f"{name}_mean": float(v.mean()), **{f"{name}_p{p}": float(np.percentile(v, p)) for p in PCTS}}
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cw = np.cumsum(w)
+    out = {f"{name}_mean": float(np.dot(v, w) / cw[-1])}
+    for p in PCTS:  # inverted-CDF weighted percentile
+        out[f"{name}_p{p}"] = float(v[min(np.searchsorted(cw, p / 100 * cw[-1], side="left"), len(v) - 1)])
+    return out
+
+
+def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> dict:
+    """One row of numbers for a finished `SimResult` (or an executor run with the same fields)."""
+    df = request_records(result.requests) if records is None else records
+    it = result.log.frame()
+    sched = result.scheduler
+    start = float(df.arrival.min()) if len(df) else 0.0
+    span = max(result.end_time - start, 1e-12)
+    ok = np.ones(len(df), dtype=bool)
+    for col, limit in (("ttft", slo.ttft), ("tpot", slo.tpot), ("e2e_latency", slo.e2e)):
+        if limit is not None:
+            ok &= ~(df[col].to_numpy() > limit)  # a 1-token request has no tpot and meets that SLO
+    busy = float(it.duration.sum())
+    cap = result.kv_capacity_tokens
+    w = it.duration.to_numpy()
+    row = {
+        "policy": sched.name,
+        "num_requests": len(df),
+        "duration": span,
+        "request_throughput": len(df) / span,
+        "output_throughput": float(df.output_len.sum()) / span,
+        "total_token_throughput": float(df.output_len.sum() + df.prompt_len.sum()) / span,
+        "goodput": float(ok.sum()) / span,
+        "slo_attainment": float(ok.mean()) if len(df) else np.nan,
+    }
+    row.update(_pcts("ttft", df.ttft))
+    row.update(_pcts("tpot", df.tpot))
+    itl_v = np.concatenate([w, np.asarray(sched.stall_gaps, dtype=float)])
+    itl_w = np.concatenate([it.itl_tokens.to_numpy(), np.ones(len(sched.stall_gaps))])
+    row.update(_pcts("itl", itl_v, itl_w))
+    row.update(_pcts("e2e_latency", df.e2e_latency))
+    sup = getattr(sched, "supervisor", None)
+    row.update({
+        "mean_batch_size": float(it.batch_size.mean()) if len(it) else 0.0,
+        "max_batch_size": int(it.batch_size.max()) if len(it) else 0,
+        "kv_capacity_tokens": cap,
+        "kv_reserved_frac": float(np.dot(it.kv_reserved, w) / busy / cap) if busy else 0.0,
+        "kv_used_frac": float(np.dot(it.kv_used, w) / busy / cap) if busy else 0.0,
+        "kv_peak_reserved_frac": float(sched.pool.peak * sched.pool.unit_tokens / cap),
+        "gpu_busy_frac": busy / span,
+        "iterations": len(it),
+        "engine_steps": result.engine_steps,
+        "preemptions": int(sched.preemptions),
+        "mispredictions": int(sup.mispredictions) if sup else 0,
+        "under_predictions": int(sup.under_predictions) if sup else 0,
+        "grown_in_place": int(sup.grown_in_place) if sup else 0,
+        "recomputed_tokens": int(df.recomputed_tokens.sum()),
+        "swapped_tokens": int(df.swapped_tokens.sum()),
+        "padding_tokens": int(getattr(sched, "padding_tokens", 0)),
+    })
+    return row
