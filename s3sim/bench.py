@@ -1,0 +1,64 @@
+"""`make bench`: simulated requests per wall-clock second for each policy, and the memory of a 10^6 run.
+
+Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB) offline and under Poisson
+load; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import time
+
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s3sim.cli import CONF_DIR
+from s3sim.config import build
+from s3sim.engine.simulator import make_requests, simulate
+
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+
+
+def cfg_for(overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+
+
+def time_one(overrides) -> tuple[float, int, float]:
+    setup = build(cfg_for(overrides))
+    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
+    t0 = time.perf_counter()
+    res = simulate(reqs, setup.scheduler, setup.latency)
+    wall = time.perf_counter() - t0
+    return wall, res.engine_steps, len(reqs) / wall
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=100_000)
+    ap.add_argument("--big", type=int, default=1_000_000, help="requests for the memory run (0 skips it)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--policy", default="s3")
+    args = ap.parse_args(argv)
+    if args.child:
+        wall, steps, rate = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+        print(f"{args.policy:7s} {args.n:>9,d} requests  {wall:7.2f} s wall  {rate:9,.0f} req/s  peak RSS {rss:.2f} GiB")
+        return
+    print(f"{'policy':7s} {'arrivals':>16s} {'requests':>9s} {'wall s':>8s} {'steps':>8s} {'sim req/s':>10s}")
+    for arrival in (["arrival=offline"], ["arrival=poisson", "arrival.rate=100"]):
+        for p in POLICIES:
+            wall, steps, rate = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
+            label = arrival[0].split("=")[1] + (f"@{arrival[1].split('=')[1]}/s" if len(arrival) > 1 else "")
+            print(f"{p:7s} {label:>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}", flush=True)
+    if args.big:
+        print(f"\nmemory: {args.big:,} requests offline in a fresh process")
+        for p in ("s3", "orca"):
+            subprocess.run([sys.executable, "-m", "s3sim.bench", "--child", "-n", str(args.big), "--policy", p],
+                           check=True)
+
+
+if __name__ == "__main__":
+    main()

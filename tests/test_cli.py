@@ -1,0 +1,91 @@
+"""The user-facing surface: the s3sim app, its run directory, sweeps, collection, and clear errors."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from s3sim.config import build
+from s3sim.errors import ConfigError
+from s3sim.runner import run_config
+
+S3SIM = [sys.executable, "-c", "from s3sim.cli import main; main()"]
+SMALL = ["num_requests=200", "max_seq_len=512"]
+
+
+def s3sim(*args, cwd):
+    return subprocess.run([*S3SIM, *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_run_writes_summary_records_and_config(tmp_path):
+    p = s3sim(*SMALL, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "run"
+    summary = pd.read_csv(run / "summary.csv")
+    assert len(summary) == 1 and summary.policy[0] == "s3"
+    records = pd.read_csv(run / "requests.csv")
+    assert len(records) == 200 and (records.generated == records.output_len).all()
+    assert "max_seq_len: 512" in (run / "resolved_config.yaml").read_text()
+
+
+def test_multirun_compares_policies_and_collects(tmp_path):
+    p = s3sim("-m", "policy=ft,orca,s3,oracle,paged", *SMALL, f"hydra.sweep.dir={tmp_path}/mr", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    out = subprocess.run([sys.executable, "-c", "from s3sim.cli import collect_main; collect_main()",
+                          str(tmp_path / "mr"), str(tmp_path / "all.csv")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    table = pd.read_csv(tmp_path / "all.csv")
+    assert sorted(table.policy) == sorted(["ft", "orca", "s3", "oracle", "paged"])
+    assert (table.num_requests == 200).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["policy=nope"], "Could not find 'policy/nope'"),
+    (["policy.name=nope"], "policy.name 'nope' is unknown; valid: ft, orca, s3, oracle, paged"),
+    (["arrival=poisson", "arrival.rate=-1"], "arrival.rate must be a positive number"),
+    (["arrival=poisson", "arrival.rate=0"], "arrival.rate must be a positive number"),
+    (["model=opt-30b", "gpu=a100-40gb-pcie"], "does not fit"),
+    (["model.name=gpt-5"], "gpt-j-6b"),
+    (["gpu.name=tpu"], "a100-80gb-pcie"),
+    (["workload.data_dir=/nonexistent/data"], "data file not found"),
+    (["predictor.num_buckets=1"], "predictor.num_buckets must be"),
+    (["predictor.accuracy=1.5"], "predictor.accuracy must be between 0 and 1"),
+    (["max_seq_len=100000000"], "cannot hold one request"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    p = s3sim(*SMALL, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run" / "summary.csv").exists()
+
+
+def test_malformed_trace_row_names_the_line(tmp_path, cfg):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0.0,10,5\n1.5,12,oops\n")
+    with pytest.raises(ConfigError, match=r"line 3.*GeneratedTokens"):
+        build(cfg("workload=trace", f"workload.path={trace}", "arrival=trace", "max_seq_len=64"))
+
+
+def test_trace_replay_uses_its_timestamps(tmp_path, cfg):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0.0,10,5\n2.0,12,7\n4.0,8,3\n")
+    c = cfg("workload=trace", f"workload.path={trace}", "workload.time_scale=0.5", "arrival=trace",
+            "max_seq_len=64", "num_requests=null")
+    row = run_config(c, tmp_path / "run")
+    rec = pd.read_csv(tmp_path / "run" / "requests.csv")
+    assert rec.arrival.tolist() == [0.0, 1.0, 2.0]
+    assert row["num_requests"] == 3
+
+
+def test_trace_arrivals_need_a_trace_workload(cfg):
+    with pytest.raises(ConfigError, match="arrival.process=trace needs"):
+        build(cfg("arrival=trace", *SMALL))
+
+
+def test_same_config_same_numbers(cfg):
+    c = cfg("arrival=gamma", "arrival.rate=30", *SMALL)
+    a, b = run_config(c), run_config(c)
+    for key in ("request_throughput", "ttft_p99", "itl_p50", "preemptions", "mispredictions"):
+        assert a[key] == b[key]

@@ -1,0 +1,177 @@
+"""Property tests: every policy, on random small workloads, keeps the serving invariants, and the
+multi-iteration jump of the simulator gives exactly the same result as stepping one iteration at a time."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3sim.engine.simulator import make_requests, simulate
+from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.kv.pool import KVPool
+from s3sim.latency import RooflineLatency
+from s3sim.predictor import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.request import Phase
+from s3sim.scheduler.orca import FasterTransformerScheduler, OrcaScheduler
+from s3sim.scheduler.paged import PagedScheduler
+from s3sim.scheduler.s3 import S3Scheduler
+from s3sim.scheduler.supervisor import Supervisor
+
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
+# a fast GPU with a slow host link makes swap transfers and prefills matter relative to decode steps
+LAT_ALT = RooflineLatency(get_model("opt-13b"), get_gpu("h100-sxm"), overhead_s=0.0005)
+
+REQUEST_FIELDS = ("admitted", "first_token", "last_token", "finished", "preemptions",
+                  "recomputed_tokens", "swapped_tokens", "generated")
+LOG_COLUMNS = ("duration", "batch_size", "decode_tokens", "itl_tokens", "prefill_tokens", "kv_used", "kv_reserved")
+
+
+@st.composite
+def scenarios(draw, policy):
+    msl = draw(st.sampled_from([16, 32, 64]))
+    n = draw(st.integers(1, 40))
+    prompts = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
+    outputs = draw(st.lists(st.integers(1, msl), min_size=n, max_size=n))
+    # arrival times on a coarse grid (many simultaneous) or continuous, spread over up to ~1 s
+    grid = draw(st.sampled_from([0.0, 0.005, 0.02, None]))
+    if grid is None:
+        arrivals = draw(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=n, max_size=n))
+    elif grid == 0.0:
+        arrivals = [0.0] * n
+    else:
+        arrivals = [grid * k for k in draw(st.lists(st.integers(0, 50), min_size=n, max_size=n))]
+    one = max(prompts) + msl  # the largest single request must fit
+    cap = draw(st.one_of(st.just(one), st.integers(one, 3 * one), st.integers(one, n * (64 + msl) + 1)))
+    s = dict(policy=policy, msl=msl, prompts=prompts, outputs=outputs, arrivals=arrivals, cap=cap,
+             max_batch=draw(st.sampled_from([None, None, 1, 2, 3, 5])),
+             mode=draw(st.sampled_from(["recompute", "swap"])),
+             latency=draw(st.sampled_from(["a100", "h100"])))
+    if policy in ("s3", "oracle"):
+        s.update(buckets=draw(st.integers(2, 10)), grow=draw(st.sampled_from(["next", "max"])),
+                 in_place=draw(st.booleans()))
+    if policy == "s3":
+        s.update(accuracy=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]) | st.floats(0.0, 1.0)),
+                 shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
+    if policy == "paged":
+        s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=draw(st.sampled_from([0.0, 0.01, 0.1])))
+    return s
+
+
+def build(s):
+    msl, cap, mb = s["msl"], s["cap"], s["max_batch"]
+    p = s["policy"]
+    if p == "ft":
+        return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb)
+    if p == "orca":
+        return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb)
+    if p == "paged":
+        bs = s["block"]
+        one_blocks = -(-(max(s["prompts"]) + msl) // bs)
+        blocks = max(cap // bs, one_blocks)
+        return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
+                              preemption_mode=s["mode"], max_batch_size=mb)
+    buckets = Buckets.equal(min(s["buckets"], msl), msl)
+    pred = (OraclePredictor(buckets) if p == "oracle"
+            else SyntheticPredictor(buckets, s["accuracy"], s["shape"], seed=s["seed"]))
+    return S3Scheduler(KVPool(cap), msl, pred, Supervisor(pred, grow=s["grow"], in_place=s["in_place"]),
+                       preemption_mode=s["mode"], max_batch_size=mb)
+
+
+def run(s, max_jump):
+    reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"])
+    sched = build(s)
+    lat = LAT if s["latency"] == "a100" else LAT_ALT
+    return simulate(reqs, sched, lat, max_jump=max_jump)
+
+
+def check_invariants(s, res):
+    sched = res.scheduler
+    reqs = res.requests
+    n = len(reqs)
+    assert len(sched.finished) == n
+    assert sorted(r.id for r in sched.finished) == list(range(n))
+    by_id = sorted(reqs, key=lambda r: r.id)
+    expected = sorted(zip(*(np.asarray(s[k])[np.argsort(s["arrivals"], kind="stable")]
+                            for k in ("prompts", "outputs"))))
+    assert sorted((r.prompt_len, r.output_len) for r in by_id) == [(int(a), int(b)) for a, b in expected]
+    for r in reqs:
+        assert r.phase is Phase.FINISHED
+        assert r.generated == r.output_len
+        assert not r.swapped
+        for name in ("admitted", "first_token", "last_token", "finished"):
+            assert math.isfinite(getattr(r, name)), (r.id, name)
+        assert r.arrival <= r.admitted <= r.first_token <= r.last_token <= r.finished, r
+        if r.output_len == 1:
+            assert r.first_token == r.last_token
+        assert r.finished <= res.end_time
+        if r.preemptions == 0:
+            assert r.recomputed_tokens == 0 and r.swapped_tokens == 0
+    assert sum(r.preemptions for r in reqs) == sched.preemptions
+    assert len(sched.stall_gaps) == sched.preemptions
+    assert all(g > 0 for g in sched.stall_gaps)
+    if s["policy"] in ("ft", "orca"):
+        assert sched.preemptions == 0
+    if s["policy"] in ("s3", "oracle", "paged"):
+        if s["mode"] == "recompute":
+            assert all(r.swapped_tokens == 0 for r in reqs)
+            assert all((r.recomputed_tokens > 0) == (r.preemptions > 0) for r in reqs)
+        else:
+            assert all(r.recomputed_tokens == 0 for r in reqs)
+            assert all((r.swapped_tokens > 0) == (r.preemptions > 0) for r in reqs)
+    if s["policy"] == "oracle":
+        assert sched.preemptions == 0
+        assert sched.supervisor.mispredictions == 0
+    if s["policy"] in ("s3", "oracle") and s["grow"] == "max":
+        assert all(r.preemptions <= 1 for r in reqs)
+    # memory
+    pool = sched.pool
+    assert pool.used == 0 and not pool.held
+    pool.check_empty()
+    assert pool.peak <= pool.capacity
+    assert res.kv_capacity_tokens == pool.capacity * pool.unit_tokens
+    f = res.log.frame()
+    assert len(f) == len(np.concatenate(res.log.durations))
+    assert (f.duration > 0).all()
+    assert (f.kv_reserved <= res.kv_capacity_tokens).all()
+    assert (f.kv_reserved >= 0).all()
+    assert (f.kv_used <= f.kv_reserved).all()
+    assert (f.batch_size >= 1).all()
+    if s["max_batch"]:
+        assert (f.batch_size <= s["max_batch"]).all()
+    # every token is either a first token (from a prefill), the first token after a preemption (its gap
+    # is a stall gap), or a decode token whose inter-token latency is its iteration's duration
+    assert f.itl_tokens.sum() == sum(r.output_len for r in reqs) - n - sched.preemptions
+    assert res.end_time == pytest.approx(f.start.iloc[-1] + f.duration.iloc[-1], rel=1e-12, abs=1e-12)
+
+
+def check_jump_exact(a, b):
+    assert a.end_time == b.end_time
+    for ra, rb in zip(a.requests, b.requests):
+        assert ra.id == rb.id
+        for name in REQUEST_FIELDS:
+            assert getattr(ra, name) == getattr(rb, name), (ra.id, name, getattr(ra, name), getattr(rb, name))
+    assert a.scheduler.preemptions == b.scheduler.preemptions
+    assert a.scheduler.stall_gaps == b.scheduler.stall_gaps
+    fa, fb = a.log.frame(), b.log.frame()
+    assert len(fa) == len(fb)
+    for col in LOG_COLUMNS:
+        assert fa[col].tolist() == fb[col].tolist(), col
+    assert a.engine_steps <= b.engine_steps == len(fb)
+
+
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@SETTINGS
+@given(data=st.data())
+def test_invariants_and_exact_jump(policy, data):
+    s = data.draw(scenarios(policy))
+    jumped = run(s, None)
+    check_invariants(s, jumped)
+    stepped = run(s, 1)
+    check_invariants(s, stepped)
+    check_jump_exact(jumped, stepped)
