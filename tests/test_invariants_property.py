@@ -26,7 +26,8 @@ LAT_ALT = RooflineLatency(get_model("opt-13b"), get_gpu("h100-sxm"), overhead_s=
 
 REQUEST_FIELDS = ("admitted", "first_token", "last_token", "finished", "preemptions",
                   "recomputed_tokens", "swapped_tokens", "generated")
-LOG_COLUMNS = ("duration", "batch_size", "decode_tokens", "itl_tokens", "prefill_tokens", "kv_used", "kv_reserved")
+LOG_COLUMNS = ("start", "duration", "batch_size", "decode_tokens", "itl_tokens", "prefill_tokens", "kv_used",
+               "kv_reserved")
 
 
 @st.composite
@@ -83,6 +84,15 @@ def build(s):
 def run(s, max_jump):
     reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"])
     sched = build(s)
+    sched.victims = []
+    if s["policy"] == "paged":  # record whether each victim is the most recently admitted running request
+        preempt = sched._preempt
+
+        def spy(r, now):
+            sched.victims.append(r is max(sched.running.values(), key=lambda q: q.seq))
+            preempt(r, now)
+
+        sched._preempt = spy
     lat = LAT if s["latency"] == "a100" else LAT_ALT
     return simulate(reqs, sched, lat, max_jump=max_jump)
 
@@ -114,6 +124,16 @@ def check_invariants(s, res):
     assert all(g > 0 for g in sched.stall_gaps)
     if s["policy"] in ("ft", "orca"):
         assert sched.preemptions == 0
+    if s["policy"] in ("ft", "orca", "paged"):  # first-come first-served
+        first = [r.admitted for r in by_id]
+        assert first == sorted(first)
+    if s["policy"] == "paged":
+        assert len(sched.victims) == sched.preemptions and all(sched.victims)  # newest first
+    if s["policy"] == "ft":  # a static batch is returned when its longest member is done
+        for r in reqs:
+            batch = [q for q in reqs if q.admitted == r.admitted]
+            assert r.finished == max(q.last_token for q in batch)
+            assert all(q.admitted >= r.finished for q in reqs if q.admitted > r.admitted)
     if s["policy"] in ("s3", "oracle", "paged"):
         if s["mode"] == "recompute":
             assert all(r.swapped_tokens == 0 for r in reqs)
@@ -144,7 +164,17 @@ def check_invariants(s, res):
     # every token is either a first token (from a prefill), the first token after a preemption (its gap
     # is a stall gap), or a decode token whose inter-token latency is its iteration's duration
     assert f.itl_tokens.sum() == sum(r.output_len for r in reqs) - n - sched.preemptions
-    assert res.end_time == pytest.approx(f.start.iloc[-1] + f.duration.iloc[-1], rel=1e-12, abs=1e-12)
+    # the timeline: iterations follow each other (idle gaps allowed), and every
+    # timestamp of a request is an iteration boundary
+    start, dur = f.start.to_numpy(), f.duration.to_numpy()
+    ends = start + dur
+    assert start[0] >= 0.0
+    assert (start[1:] >= ends[:-1]).all()
+    assert res.end_time == ends[-1]
+    starts, ends = set(start.tolist()), set(ends.tolist())
+    for r in reqs:
+        assert r.admitted in starts
+        assert {r.first_token, r.last_token, r.finished} <= ends
 
 
 def check_jump_exact(a, b):

@@ -41,11 +41,14 @@ class IterationLog:
         steps = np.asarray(self.steps, dtype=np.int64)
         d = np.concatenate(self.durations) if self.durations else np.zeros(0)
         first = np.cumsum(steps) - steps  # index of each engine step's first iteration
-        excl = np.cumsum(d) - d  # time from the log's start to each iteration, ignoring idle gaps
         within = np.arange(len(d)) - np.repeat(first, steps)
         rep = lambda x: np.repeat(np.asarray(x), steps)  # noqa: E731
+        start = rep(self.start).astype(np.float64)
+        for j in np.flatnonzero(steps > 1):  # inside a jump: add the durations in the engine's order (exact)
+            start[first[j]:first[j] + steps[j]] = np.cumsum(
+                np.concatenate(([self.start[j]], self.durations[j][:-1])))
         return pd.DataFrame({
-            "start": rep(self.start) + excl - np.repeat(excl[first] if len(d) else excl, steps),
+            "start": start,
             "duration": d,
             "batch_size": rep(self.batch),
             "decode_tokens": rep(self.decode),

@@ -34,9 +34,15 @@ class KVPool:
         if rid in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} reserved KV twice")
         self.held[rid] = 0
-        self.grow(rid, units)
+        try:
+            self.grow(rid, units)
+        except InvariantViolation:
+            del self.held[rid]  # a failed reservation holds nothing
+            raise
 
     def grow(self, rid: int, units: int) -> None:
+        if rid not in self.held:
+            raise InvariantViolation(f"t={self.now:.6f}s request {rid} grew KV it does not hold")
         if units < 0:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} grew KV by {units} < 0")
         if self.used + units > self.capacity:

@@ -25,13 +25,16 @@ class Buckets:
         _check(num_buckets, max_len)
         if num_buckets > max_len:
             raise ConfigError(f"predictor.num_buckets={num_buckets} exceeds max_seq_len={max_len}")
-        edges = np.ceil(np.arange(1, num_buckets + 1) * (max_len / num_buckets)).astype(np.int64)
+        # ceil(i * max_len / K) in integers: the float product can land just above an exact multiple
+        edges = -(-np.arange(1, num_buckets + 1, dtype=np.int64) * int(max_len) // int(num_buckets))
         return cls(edges)
 
     @classmethod
     def quantile(cls, num_buckets: int, max_len: int, lengths) -> "Buckets":
         """Edges at the 1/K ... (K-1)/K quantiles of `lengths`; the last edge is `max_len`."""
         _check(num_buckets, max_len)
+        if num_buckets > max_len:  # there are not enough distinct edges: fewer buckets than asked for
+            raise ConfigError(f"predictor.num_buckets={num_buckets} exceeds max_seq_len={max_len}")
         lengths = np.clip(np.asarray(lengths, dtype=np.int64), 1, max_len)
         if len(lengths) == 0:
             raise ConfigError("quantile buckets need a non-empty sample of lengths")

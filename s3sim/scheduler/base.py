@@ -70,16 +70,14 @@ class Scheduler:
         self.now = self.pool.now = now
         self._on_steps(k)
         self.iter += k
-        for r in batch.prefill:
-            if r.generated > 0:  # resumed by recomputation: the gap since its last token is one ITL sample
+        # join in admission order (prefills and swap-ins interleaved), so `running` stays oldest to newest
+        joining = sorted(batch.prefill + batch.resumed, key=lambda q: q.seq) if batch.resumed else batch.prefill
+        for r in joining:
+            if r.generated > 0:  # resumed (swap-in or recomputation): the gap since its last token is one ITL sample
                 self.stall_gaps.append(now - r.last_token)
             r.generated += 1
             if math.isnan(r.first_token):
                 r.first_token = now
-            self._join(r)
-        for r in batch.resumed:
-            self.stall_gaps.append(now - r.last_token)
-            r.generated += 1
             self._join(r)
         self._fire_events(now)
 
