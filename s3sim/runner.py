@@ -25,8 +25,7 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     row.update({
         "model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], "workload": cfg["workload"]["name"],
         "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
-        "predictor": row["policy"] in ("s3", "oracle") and ("oracle" if row["policy"] == "oracle"
-                                                              else cfg["predictor"]["name"]) or "none",
+        "predictor": {"s3": cfg["predictor"]["name"], "oracle": "oracle"}.get(row["policy"], "none"),
         "accuracy": cfg["predictor"].get("accuracy") if row["policy"] == "s3" else None,
         "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0), "clipped_outputs": setup.clipped,
         "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf"),
