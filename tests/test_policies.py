@@ -177,8 +177,8 @@ def test_s3_reserves_prompt_plus_bucket_upper_bound():
 def test_s3_packs_the_largest_waiting_request_that_fits():
     msl = 100
     b = Buckets.equal(10, msl)
-    # capacity 150: the 0 (needs 110) runs; of 1 (needs 60), 2 (needs 30), 3 (needs 40), 3 then 2 don't
-    # both fit beside 0 (110 + 40 = 150 leaves 0), so S3 takes the largest that fits: 3
+    # reservations: 0 needs 10 + 100, 1 needs 10 + 50, 2 needs 10 + 20, 3 needs 10 + 30; capacity 150.
+    # Largest first: 0 (110), then the largest of the rest that fits in the 40 left: 3 (filling it exactly)
     res = simulate(reqs([10, 10, 10, 10], [100, 50, 20, 30]), s3(150, msl, OraclePredictor(b)), LAT)
     r = sorted(res.requests, key=lambda q: q.id)
     assert r[0].admitted == 0.0 and r[3].admitted == 0.0
