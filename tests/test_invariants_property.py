@@ -209,6 +209,26 @@ def test_invariants_and_exact_jump(policy, data):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_arrivals_exactly_on_iteration_boundaries(policy, data):
+    """Arrivals that coincide with the end of an iteration (to the last bit) are taken in at that boundary
+    in both modes: the jump must cut at, not past, them."""
+    s = data.draw(scenarios(policy))
+    n = len(s["prompts"])
+    head = max(1, n // 2)
+    first = dict(s, prompts=s["prompts"][:head], outputs=s["outputs"][:head], arrivals=[0.0] * head)
+    f = run(first, 1).log.frame()
+    ends = (f.start + f.duration).tolist()
+    picks = data.draw(st.lists(st.integers(0, len(ends) - 1), min_size=n - head, max_size=n - head))
+    s = dict(s, arrivals=[0.0] * head + sorted(ends[i] for i in picks))
+    jumped, stepped = run(s, None), run(s, 1)
+    check_invariants(s, jumped)
+    check_invariants(s, stepped)
+    check_jump_exact(jumped, stepped)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
 def test_the_jump_skips_iterations_and_stays_exact(policy):
     """The exactness property above is not vacuous: on a plain workload the jump merges many iterations."""
     rng = np.random.default_rng(0)
