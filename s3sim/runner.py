@@ -41,21 +41,18 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a table."""
+    """Write a table atomically (see `write_text`)."""
+    write_text(df.to_csv(index=False), path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write to a temporary file and rename, so a reader never sees half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            df.to_csv(f, index=False)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

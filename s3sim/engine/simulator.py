@@ -133,7 +133,7 @@ def _gpu_loop(env, requests, arrivals, sched: Scheduler, latency: LatencyModel, 
         log.itl_tokens.append(batch.itl_tokens)
         log.prefill_tokens.append(batch.prefill_tokens)
         log.used0.append(ctx + decode_n + batch.prefill_tokens + len(batch.prefill))
-        log.waiting.append(_waiting_count(sched))
+        log.waiting.append(len(sched.waiting))
         log.durations.append(durations)
         log.reserved.append(sched.kv_reserved_profile(k))
         t = float(ends[-1])
@@ -150,10 +150,6 @@ def _cut_at_admissible_arrival(sched, requests, arrivals, nxt, ends, k) -> int:
         if sched.could_admit(requests[j]):
             return int(np.searchsorted(ends, arrivals[j], side="left")) + 1
     return k
-
-
-def _waiting_count(sched) -> int:
-    return len(sched.waiting)
 
 
 def _check_all_finished(requests, sched: Scheduler, t: float) -> None:

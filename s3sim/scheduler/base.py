@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 
 import numpy as np
 
@@ -212,3 +213,20 @@ class Scheduler:
             r.swapped = True
             r.swapped_tokens += r.context
             self.pending_transfer += r.context
+
+
+class FcfsScheduler(Scheduler):
+    """A first-come first-served queue for policies that know nothing of lengths (every request may
+    need up to max_seq_len); preempted requests can be put back at its front."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.waiting: deque[Request] = deque()
+
+    def add(self, requests):
+        for r in requests:
+            r.reserved_out = self.max_seq_len
+        self.waiting.extend(requests)
+
+    def has_waiting(self) -> bool:
+        return bool(self.waiting)

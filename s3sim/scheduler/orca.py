@@ -4,30 +4,17 @@ Admission is first-come first-served and stops at the first request that does no
 """
 from __future__ import annotations
 
-from collections import deque
 
 from s3sim.request import Request
-from s3sim.scheduler.base import Scheduler
+from s3sim.scheduler.base import FcfsScheduler
 from s3sim.scheduler.batch import Batch
 
 
-class OrcaScheduler(Scheduler):
+class OrcaScheduler(FcfsScheduler):
     name = "orca"
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.waiting: deque[Request] = deque()
 
     def _need(self, r: Request) -> int:
         return self.pool.units_for(r.prompt_len + self.max_seq_len)
-
-    def add(self, requests):
-        for r in requests:
-            r.reserved_out = self.max_seq_len
-        self.waiting.extend(requests)
-
-    def has_waiting(self) -> bool:
-        return bool(self.waiting)
 
     def could_admit(self, r: Request) -> bool:
         return not self.waiting and len(self.running) < self.max_batch and self.pool.can_reserve(self._need(r))

@@ -13,23 +13,21 @@ blocks needed over the next i steps have a closed form (see `_growth`).
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 
 from s3sim.request import Request
-from s3sim.scheduler.base import Scheduler
+from s3sim.scheduler.base import FcfsScheduler
 from s3sim.scheduler.batch import Batch
 
 
-class PagedScheduler(Scheduler):
+class PagedScheduler(FcfsScheduler):
     name = "paged"
 
     def __init__(self, pool, max_seq_len, watermark: float = 0.01, **kw):
         super().__init__(pool, max_seq_len, **kw)
         self.bs = pool.unit_tokens
         self.watermark = int(math.ceil(watermark * pool.capacity))
-        self.waiting: deque[Request] = deque()
         self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
 
     def _event_target(self, r: Request) -> int:
@@ -37,14 +35,6 @@ class PagedScheduler(Scheduler):
 
     def _blocks(self, tokens: int) -> int:
         return -(-tokens // self.bs)
-
-    def add(self, requests):
-        for r in requests:
-            r.reserved_out = self.max_seq_len
-        self.waiting.extend(requests)
-
-    def has_waiting(self) -> bool:
-        return bool(self.waiting)
 
     # ---- block growth in closed form --------------------------------------------------------
     def _first_need(self) -> np.ndarray:
