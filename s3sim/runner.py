@@ -1,16 +1,60 @@
-"""Run one configuration end to end and write its results atomically into a run directory."""
+"""Run one configuration end to end and write its results atomically into a run directory.
+
+A run directory says its own state: `summary.csv` (written last) marks a finished run, `failed.txt` a
+failed one, and `resolved_config.yaml` alone one that is running or was killed. `run_dir` reuses a
+finished run of the very same resolved config instead of recomputing it, so a sweep can be resumed.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from s3sim.config import build
 from s3sim.engine.simulator import make_requests, simulate
 from s3sim.metrics.summary import request_records, summarize
+
+
+SUMMARY, FAILED, CONFIG = "summary.csv", "failed.txt", "resolved_config.yaml"
+PREDICTING = ("s3", "paged_spf")  # policies that use the configured predictor (oracle uses its own)
+
+
+def config_text(cfg) -> str:
+    """The resolved config as YAML: what a run directory is keyed on."""
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+
+
+def run_dir(cfg: dict, out: str | Path, write_iterations: bool = False) -> tuple[dict, bool]:
+    """Run `cfg` into `out`, or reuse the finished run already there if its config is the same.
+
+    Returns the summary row and whether it was reused. A failure leaves `failed.txt` (the error and its
+    traceback) and re-raises; a later attempt clears it.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = config_text(cfg)
+    summary, conf = out / SUMMARY, out / CONFIG
+    if summary.is_file() and conf.is_file() and conf.read_text() == text:
+        return pd.read_csv(summary).iloc[0].to_dict(), True
+    for stale in (SUMMARY, FAILED, "requests.csv", "iterations.csv"):  # summary first: the run is unfinished
+        (out / stale).unlink(missing_ok=True)
+    write_text(text, conf)
+    try:
+        return run_config(cfg, out, write_iterations=write_iterations), False
+    except Exception as e:
+        record_failure(out, e)
+        raise
+
+
+def record_failure(out: str | Path, err: BaseException) -> None:
+    """Write `failed.txt`: one line naming the error, then the traceback."""
+    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    write_text(f"{type(err).__name__}: {err}\n\n{tb}", Path(out) / FAILED)
 
 
 def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = False) -> dict:
@@ -22,11 +66,12 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
+    predicts = row["policy"] in PREDICTING
     row.update({
         "model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], "workload": cfg["workload"]["name"],
         "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
-        "predictor": {"s3": cfg["predictor"]["name"], "oracle": "oracle"}.get(row["policy"], "none"),
-        "accuracy": cfg["predictor"].get("accuracy") if row["policy"] == "s3" else None,
+        "predictor": {"oracle": "oracle"}.get(row["policy"], cfg["predictor"]["name"] if predicts else "none"),
+        "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
         "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0), "clipped_outputs": setup.clipped,
         "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf"),
     })
@@ -50,6 +95,7 @@ def write_text(text: str, path: Path) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results unreadable to others
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)

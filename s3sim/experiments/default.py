@@ -1,8 +1,10 @@
 """The default experiment (`make run`): every policy on Alpaca lengths, GPT-J 6B on one A100 80 GB.
 
 Offline (all requests at t=0) gives maximum throughput; online, a sweep of Poisson arrival rates gives
-the latency-throughput frontier. Configs are composed from `conf/` exactly as `s3sim` composes them.
-Writes results/default/{offline,online}.csv, frontier.png and the data behind it, and prints the table.
+the latency-throughput frontier. Then S3 with real predictions: the trained predictor's committed
+predictions for ShareGPT's held-out prompts, beside the oracle and a synthetic predictor. Configs are
+composed from `conf/` exactly as `s3sim` composes them. Writes results/default/{offline,online,
+predictors}.csv, frontier.png and the data behind it, and prints the tables.
 """
 from __future__ import annotations
 
@@ -21,6 +23,15 @@ from s3sim.runner import run_config, write_csv
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 RATES = (10, 25, 50, 75, 100, 125, 150, 175)
+PREDICTOR_RUNS = {  # S3 on the held-out ShareGPT prompts, offline, under each predictor
+    "s3 + trained": ["policy=s3", "predictor=trained"],
+    "s3 + synthetic 80% adjacent": ["policy=s3", "predictor=synthetic"],
+    "s3 + synthetic 50% under": ["policy=s3", "predictor=synthetic", "predictor.accuracy=0.5",
+                                 "predictor.error_shape=under"],
+    "oracle": ["policy=oracle"],
+    "orca": ["policy=orca"],
+}
+PREDICTOR_COMMON = ["workload=sharegpt_pairs", "workload.split=test", "num_requests=null"]
 COLUMNS = ["policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50",
            "e2e_latency_p99", "mean_batch_size", "max_batch_size", "kv_reserved_frac", "kv_used_frac",
            "preemptions", "mispredictions", "recomputed_tokens", "goodput"]
@@ -88,6 +99,14 @@ def main(argv=None) -> None:
         print(f"s3sim: error: {e}", file=sys.stderr)
         sys.exit(2)
     write_csv(online, out / "online.csv")
+    try:
+        print("predictors: ShareGPT held-out prompts (SmolLM2 token counts), offline")
+        pred = run_all([PREDICTOR_COMMON + ov for ov in PREDICTOR_RUNS.values()], "predictors")
+    except ConfigError as e:
+        print(f"s3sim: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    pred.insert(0, "run", list(PREDICTOR_RUNS))
+    write_csv(pred, out / "predictors.csv")
     write_csv(online[["policy", "rate", "request_throughput", "e2e_latency_p50", "tpot_p50"]],
               out / "frontier_data.csv")
     plot_frontier(online, out / "frontier.png")
@@ -98,7 +117,9 @@ def main(argv=None) -> None:
         print(offline[COLUMNS].to_string(index=False))
         print("\nthroughput ratios:")
         print(r.to_string(index=False))
-    print(f"\nwrote {out}/offline.csv, online.csv, ratios.csv, frontier.png, frontier_data.csv")
+        print("\nS3 with real predictions (ShareGPT held-out prompts, offline):")
+        print(pred[["run"] + COLUMNS[1:]].to_string(index=False))
+    print(f"\nwrote {out}/offline.csv, online.csv, predictors.csv, ratios.csv, frontier.png, frontier_data.csv")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,15 @@ class Scheduler:
             self._join(r)
         self._fire_events(now)
 
+    def set_output_len(self, r: Request, n: int) -> None:
+        """An engine that learns a length only as it generates (end of sequence, real model) re-aims `r` at
+        `n` output tokens, before the `advance` of the iteration that produced the token. A running
+        request's pending event is replaced; a joining one is aimed when it joins."""
+        r.output_len = int(n)
+        if r.id in self.running:
+            r.epoch += 1
+            self._push_event(r)
+
     # ---- policy hooks -----------------------------------------------------------------------
     def _event_target(self, r: Request) -> int:
         """Tokens generated at which `r` next needs attention (finish, or the end of its reservation)."""

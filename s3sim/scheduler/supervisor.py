@@ -5,7 +5,8 @@ On overflow the reservation is enlarged to the next bucket (`grow=next`) or to m
 memory is free; otherwise (and always with the paper's default) the request is preempted: its memory is
 released and it is re-queued with the larger reservation, its KV either dropped and recomputed later
 (`recompute`) or kept in host memory and copied back (`swap`). Every finished request whose first
-predicted bucket was wrong is counted and fed back to the predictor through `observe`.
+predicted bucket was wrong is counted and fed back to the predictor through `observe` (the paper's
+choice; `feedback="all"` reports every finished request, which a predictor facing a shift learns more from).
 """
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from s3sim.predictor.base import Predictor
 from s3sim.request import Request
 
 GROW_MODES = ("next", "max")
+FEEDBACK = ("mispredicted", "all")
 
 
 class Supervisor:
-    def __init__(self, predictor: Predictor, grow: str = "next", in_place: bool = False):
+    def __init__(self, predictor: Predictor, grow: str = "next", in_place: bool = False,
+                 feedback: str = "mispredicted"):
         if grow not in GROW_MODES:
             raise ConfigError(f"supervisor.grow '{grow}' is unknown; valid: {', '.join(GROW_MODES)}")
+        if feedback not in FEEDBACK:
+            raise ConfigError(f"predictor.feedback '{feedback}' is unknown; valid: {', '.join(FEEDBACK)}")
+        self.feedback = feedback
         self.predictor = predictor
         self.buckets = predictor.buckets
         self.grow = grow
@@ -47,4 +53,5 @@ class Supervisor:
                 self.under_predictions += 1
             else:
                 self.over_predictions += 1
+        if true_bucket != r.first_bucket or self.feedback == "all":
             self.predictor.observe(r, r.output_len)

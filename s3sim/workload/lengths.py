@@ -27,7 +27,6 @@ ALPACA_TEXT_FILES = ("alpaca/alpaca_data_first_rows.json", "alpaca/llamafactory_
 SHAREGPT_FILE = "sharegpt/sharegpt_8k_lengths_llama2_tokenizer.csv"
 AZURE_TRACE_FILE = "traces/azure_conv_2023.csv"
 TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
-CHARS_PER_TOKEN = 4  # rough rate for English text with Llama-family tokenizers
 
 
 @dataclass
@@ -41,6 +40,7 @@ class Workload:
     timestamps: np.ndarray | None = None
     clipped: int = 0
     source: str = ""
+    keys: np.ndarray | None = None  # row keys of text workloads: how a trained predictor finds its prompt
 
     def __post_init__(self):
         self.prompt_len = np.asarray(self.prompt_len, dtype=np.int64)
@@ -61,6 +61,10 @@ class Workload:
             if n and not (np.isfinite(self.timestamps).all() and self.timestamps[0] >= 0
                           and (np.diff(self.timestamps) >= 0).all()):
                 raise ConfigError(f"workload {self.name!r}: timestamps must be finite, >= 0 and non-decreasing")
+        if self.keys is not None:
+            self.keys = np.asarray(self.keys, dtype=object)
+            if self.keys.shape != (n,):
+                raise ConfigError(f"workload {self.name!r}: keys has shape {self.keys.shape}, expected ({n},)")
         if self.clipped < 0:
             raise ConfigError(f"workload {self.name!r}: clipped must be >= 0, got {self.clipped}")
 
@@ -88,16 +92,17 @@ def _check_options(max_output, limit) -> None:
         raise ConfigError(f"workload.limit must be a non-negative integer or null, got {limit!r}")
 
 
-def _finish(name, prompt, output, timestamps, max_output, limit, source) -> Workload:
+def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=None) -> Workload:
     """Apply `limit` (first N rows) then clip outputs to `max_output`, counting what was clipped."""
     if limit is not None:
         prompt, output = prompt[:limit], output[:limit]
         timestamps = None if timestamps is None else timestamps[:limit]
+        keys = None if keys is None else keys[:limit]
     clipped = 0
     if max_output is not None:
         clipped = int((output > max_output).sum())
         output = np.minimum(output, max_output)
-    return Workload(name, prompt, output, timestamps, clipped, source)
+    return Workload(name, prompt, output, timestamps, clipped, source, keys)
 
 
 def _read_json(path: Path):
@@ -120,21 +125,10 @@ def _nonneg_int(text: str, where: str, field: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- alpaca
 
-def estimated_alpaca_prompt_lengths(data_dir=None) -> np.ndarray:
-    """Estimated prompt token counts of the Alpaca rows with text (instruction, plus "\\n" + input when there
-    is one; duplicates across the two files counted once): max(1, round(characters / 4)). An estimate only:
-    about 4 characters per token holds for English with Llama-family tokenizers, not exactly."""
-    d = _data_dir(data_dir)
-    texts = {}
-    for rel in ALPACA_TEXT_FILES:
-        path = d / rel
-        for i, row in enumerate(_read_json(path)):
-            try:
-                instr, inp = str(row["instruction"]), str(row.get("input") or "")
-            except (KeyError, TypeError):
-                raise ConfigError(f"{path} item {i}: expected an object with 'instruction' and 'input'") from None
-            texts[(instr, inp)] = instr + ("\n" + inp if inp else "")
-    return np.array([max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts.values()], dtype=np.int64)
+def alpaca_prompt_lengths() -> np.ndarray:
+    """SmolLM2-tokenizer counts of the real Alpaca prompts that have text (instruction, plus a newline and
+    the input when there is one), from the committed table `tables/alpaca_rows.csv`."""
+    return _text_table("alpaca_rows")["prompt_tokens"].to_numpy(np.int64).clip(1)
 
 
 def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt", max_output: int | None = None,
@@ -142,9 +136,9 @@ def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt",
     """Alpaca output lengths (Llama tokens) from `alpaca/alpaca_{split}_10k_lengths.json`: `L_gt` is the
     reference answer, `L_t0.0`...`L_t0.7` what Vicuna-7B generated at that temperature. Lengths of 0 become 1.
 
-    These files carry NO prompt lengths, so prompt lengths are ESTIMATED: drawn (seeded by `seed`) from the
-    empirical distribution of `estimated_alpaca_prompt_lengths`, i.e. characters / 4 of real Alpaca prompts.
-    Treat them as an estimate until real tokenizer counts are available.
+    These files carry no prompt lengths (and the rows' text is not in the shared data), so each request's
+    prompt length is drawn (seeded by `seed`) from the tokenizer counts of the 1,334 Alpaca prompts that
+    are (`alpaca_prompt_lengths`): the right distribution, not the row's own prompt.
     """
     _check_options(max_output, limit)
     if split not in ALPACA_SPLITS:
@@ -160,10 +154,10 @@ def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt",
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"{path} item {i}: {length_field} {v!r} is not a non-negative integer")
         output[i] = max(v, 1)
-    pool = estimated_alpaca_prompt_lengths(d)
+    pool = alpaca_prompt_lengths()
     prompt = np.random.default_rng(seed).choice(pool, size=len(output), replace=True)
-    source = (f"{path} field {length_field}; prompt lengths ESTIMATED (characters/4 of {len(pool)} Alpaca "
-              f"prompts, sampled with seed {seed}), not tokenizer counts")
+    source = (f"{path} field {length_field}; prompt lengths sampled (seed {seed}) from SmolLM2-tokenizer "
+              f"counts of {len(pool)} Alpaca prompts")
     return _finish("alpaca", prompt, output, None, max_output, limit, source)
 
 
@@ -186,6 +180,77 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
             output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
     return _finish("sharegpt", np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64), None,
                    max_output, limit, f"{path} (Llama-2 tokenizer counts)")
+
+
+# ---------------------------------------------------------------------------------------------- text tables
+
+TABLES = Path(__file__).resolve().parent / "tables"
+TEXT_SOURCES = {
+    "sharegpt_pairs": "sharegpt/sharegpt_v3_firstturn_pairs.jsonl",
+    "alpaca_eval": "alpaca_eval/<generator>.model_outputs.json",
+    "alpaca_rows": " and ".join(ALPACA_TEXT_FILES),
+}
+
+
+def _text_table(name: str):
+    import pandas as pd
+
+    path = TABLES / f"{name}.csv"
+    if not path.is_file():
+        raise ConfigError(f"token-count table {path} is missing: rebuild it with "
+                          f"`python -m s3sim.workload.token_counts`")
+    return pd.read_csv(path, dtype={"key": str, "prompt_hash": str})
+
+
+def load_text(name: str, generator: str | None = None, split: str = "all", split_seed: int = 0,
+              test_frac: float = 0.2, max_prompt: int | None = None, max_output: int | None = None,
+              limit: int | None = None) -> Workload:
+    """A text data set's prompt/response token counts (SmolLM2 tokenizer; see `token_counts.py`), keyed by
+    row so that the trained predictor can find each prompt. `split` keeps the rows on one side of the
+    predictor's seeded split by prompt (`train`, `test`, or `all`); `generator` picks the AlpacaEval model;
+    `max_prompt` drops rows with longer prompts (as serving benchmarks filter ShareGPT)."""
+    from s3sim.predictor.split import select, holdout_mask
+
+    _check_options(max_output, limit)
+    df = _text_table(name)
+    if name == "alpaca_eval":
+        names = sorted(df["generator"].unique())
+        if generator not in names:
+            raise ConfigError(f"workload.generator must be one of {', '.join(names)}; got {generator!r}")
+        df = df[df["generator"] == generator]
+        keys = df["key"].to_numpy(object)
+    elif generator is not None:
+        raise ConfigError(f"workload.generator only applies to alpaca_eval, not {name!r}")
+    else:
+        keys = (df["source"] + ":" + df["key"] if "source" in df else df["key"]).to_numpy(object)
+    keep = select(holdout_mask(df["prompt_hash"], split_seed, test_frac), split)
+    if max_prompt is not None:
+        if isinstance(max_prompt, bool) or not isinstance(max_prompt, (int, np.integer)) or max_prompt < 1:
+            raise ConfigError(f"workload.max_prompt must be a positive integer or null, got {max_prompt!r}")
+        keep &= df["prompt_tokens"].to_numpy() <= max_prompt
+    df, keys = df[keep], keys[keep]
+    src = TEXT_SOURCES[name].replace("<generator>", str(generator))
+    return _finish(name if generator is None else f"{name}:{generator}",
+                   df["prompt_tokens"].to_numpy(np.int64).clip(1), df["output_tokens"].to_numpy(np.int64).clip(1),
+                   None, max_output, limit, f"{src} (SmolLM2 tokenizer counts, split {split})", keys)
+
+
+def load_prompts(name: str, keys, generator: str | None = None, data_dir=None) -> list[str]:
+    """The prompt text of each key of a text workload (what a live predictor or the executor reads)."""
+    from s3sim.workload.text import read_pairs
+
+    if name not in TEXT_SOURCES:
+        raise ConfigError(f"workload {name!r} has no prompt text; text workloads: {', '.join(TEXT_SOURCES)}")
+    d = _data_dir(data_dir)
+    if name == "alpaca_rows":
+        text = {f"{Path(rel).stem}:{p.key}": p.prompt for rel in ALPACA_TEXT_FILES for p in read_pairs(d / rel)}
+    else:
+        rel = TEXT_SOURCES[name].replace("<generator>", str(generator))
+        text = {p.key: p.prompt for p in read_pairs(d / rel)}
+    missing = [k for k in keys if k not in text]
+    if missing:
+        raise ConfigError(f"{name}: no prompt for row {missing[0]!r} in the data ({len(missing)} missing)")
+    return [text[k] for k in keys]
 
 
 # ---------------------------------------------------------------------------------------------- traces
@@ -259,16 +324,18 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
 
 # ---------------------------------------------------------------------------------------------- dispatch
 
-LOADERS = {"alpaca": load_alpaca, "sharegpt": load_sharegpt, "trace": load_trace}
+LOADERS = {"alpaca": load_alpaca, "sharegpt": load_sharegpt, "trace": load_trace,
+           **{name: load_text for name in TEXT_SOURCES}}
 
 
 def load_workload(name: str, data_dir=None, path=None, **kw) -> Workload:
-    """Load a workload by name: `alpaca`, `sharegpt` or `trace` (`path` picks the trace file; default the
-    Azure conversation trace). Extra keywords go to the loader."""
+    """Load a workload by name: `alpaca`, `sharegpt`, `trace` (`path` picks the trace file; default the
+    Azure conversation trace), or a text data set's token counts (`sharegpt_pairs`, `alpaca_eval`,
+    `alpaca_rows`). Extra keywords go to the loader."""
     if name not in LOADERS:
         raise ConfigError(f"workload.name must be one of {', '.join(LOADERS)}; got {name!r}")
     loader = LOADERS[name]
-    allowed = [p for p in inspect.signature(loader).parameters if p not in ("data_dir", "path")]
+    allowed = [p for p in inspect.signature(loader).parameters if p not in ("data_dir", "path", "name")]
     unknown = sorted(set(kw) - set(allowed))
     if unknown:
         raise ConfigError(f"workload option {unknown[0]!r} does not apply to {name!r}; "
@@ -277,4 +344,6 @@ def load_workload(name: str, data_dir=None, path=None, **kw) -> Workload:
         return load_trace(path, data_dir=data_dir, **kw)
     if path is not None:
         raise ConfigError(f"workload.path is only used by the trace workload, not {name!r}")
+    if loader is load_text:
+        return load_text(name, **kw)
     return loader(data_dir, **kw)

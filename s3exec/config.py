@@ -1,0 +1,145 @@
+"""From a resolved `s3exec` config to a ready executor: model, prompts, KV budget, policy, cache.
+
+The workload, arrivals, predictor and policy are built by the simulator's own functions
+(`s3sim.config`); only the KV capacity differs: it is what the memory budget buys on this device for
+this model, not a GPU preset's. Every bad value is a one-line `ConfigError`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3sim.config import _get, _positive_int, build_scheduler, sample_workload
+from s3sim.errors import ConfigError
+from s3sim.metrics.summary import Slo
+from s3sim.request import Request
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclass
+class ExecSetup:
+    loaded: object  # LoadedModel
+    requests: list[Request]
+    prompts: list[list[int]]
+    caps: list[int]
+    scheduler: object
+    executor: object
+    slo: Slo
+    kv_bytes: int
+    capacity_tokens: int
+    clipped_outputs: int
+    truncated_prompts: int
+
+
+def parse_bytes(value, field: str) -> int | float:
+    """An int of bytes, a string with a unit (`64MiB`, `2GB`), or a float fraction in (0, 1]."""
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{field} must be bytes (e.g. 268435456 or '256MiB') or a fraction in (0, 1], got {value!r}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ConfigError(f"{field} {value!r} is not a size like '256MiB', '2GB' or a number of bytes")
+        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if isinstance(value, float) and 0 < value <= 1:
+        return value
+    if isinstance(value, (int, np.integer, float)) and value > 1:
+        return int(value)
+    raise ConfigError(f"{field} must be bytes (> 1) or a fraction in (0, 1], got {value!r}")
+
+
+def free_memory(device: str) -> tuple[int, str]:
+    """Bytes free on the device now, and how that was measured."""
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"executor.device={device} but no CUDA device is available")
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]), f"free memory of {device}"
+    if device != "cpu":
+        raise ConfigError(f"executor.device '{device}' is unknown; valid: cpu, cuda, cuda:N")
+    import psutil
+
+    return int(psutil.virtual_memory().available), "available host memory"
+
+
+def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
+    """Everything one run needs; `loaded` reuses a model already loaded from the same source."""
+    import torch
+
+    from s3exec.engine import MODES, Executor
+    from s3exec.kv_cache import KVCache
+    from s3exec.model_runner import ModelRunner
+    from s3exec.models import load_model
+    from s3exec.prompts import TEXT_WORKLOADS, synthetic_prompts, text_prompts
+
+    ex = cfg["executor"]
+    threads = _positive_int(_get(ex, "threads"), "executor.threads", allow_none=True)
+    if threads:
+        torch.set_num_threads(threads)
+    mode = _get(ex, "mode", "fixed")
+    if mode not in MODES:
+        raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
+    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    seed = int(_get(cfg, "seed", 0))
+    device = str(_get(ex, "device", "cpu"))
+    limit = _get(ex, "memory_limit")
+    if limit is None:
+        available, where = free_memory(device)
+    else:
+        available = parse_bytes(limit, "executor.memory_limit")
+        if isinstance(available, float):
+            raise ConfigError(f"executor.memory_limit must be bytes, got the fraction {limit!r}")
+        where = f"executor.memory_limit={limit}"
+    source = _get(ex, "model") or cfg["model"]["name"]
+    if loaded is None:
+        loaded = load_model(str(source), _get(ex, "dtype", "float32"), device, seed, available, where)
+
+    wl, idx, arrivals = sample_workload(cfg)
+    output = wl.output_len[idx].astype(np.int64)
+    if cfg["workload"]["name"] in TEXT_WORKLOADS:
+        prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(_get(ex, "chat_template", True)))
+    else:
+        prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
+    max_prompt = _positive_int(_get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
+    truncated = 0
+    if max_prompt:
+        truncated = sum(len(p) > max_prompt for p in prompts)
+        prompts = [p[-max_prompt:] for p in prompts]  # keep the end: the chat template's turn header
+    plen = np.array([len(p) for p in prompts], dtype=np.int64)
+    worst = int(np.argmax(plen))
+    if plen[worst] + max_seq_len > loaded.max_context:
+        raise ConfigError(
+            f"request {worst}: a prompt of {plen[worst]} tokens plus max_seq_len={max_seq_len} exceeds the context of "
+            f"{source!r} ({loaded.max_context} tokens); set executor.max_prompt_len or lower max_seq_len")
+
+    budget = parse_bytes(_get(ex, "kv_memory", "256MiB"), "executor.kv_memory")
+    left = available - loaded.weight_bytes
+    kv_bytes = int(budget * left) if isinstance(budget, float) else budget
+    if kv_bytes > left:
+        raise ConfigError(f"executor.kv_memory={_get(ex, 'kv_memory')} asks for {kv_bytes / 2**20:.1f} MiB but only "
+                          f"{left / 2**20:.1f} MiB are left after the weights ({where})")
+    cap = kv_bytes // loaded.kv_bytes_per_token
+    need = int(plen.max()) + max_seq_len
+    if cap < need:
+        raise ConfigError(
+            f"KV budget of {kv_bytes} bytes holds {cap} tokens of {source!r} ({loaded.kv_bytes_per_token} bytes each), "
+            f"less than one request of {int(plen.max())} prompt + max_seq_len={max_seq_len} tokens; raise "
+            f"executor.kv_memory or lower max_seq_len")
+
+    order = np.argsort(arrivals, kind="stable")
+    requests = [Request(i, int(plen[j]), int(output[j]), float(arrivals[j])) for i, j in enumerate(order)]
+    prompts = [prompts[j] for j in order]
+    caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
+    keys = None if getattr(wl, "keys", None) is None else wl.keys[idx][order]  # request.id indexes them
+    sched = build_scheduler(cfg, cap, np.array([r.output_len for r in requests]), keys)
+    cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
+                    sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
+    tokens = _positive_int(_get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
+    executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
+                        progress=progress)
+    s = cfg.get("slo") or {}
+    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
+    return ExecSetup(loaded, requests, prompts, caps, sched, executor, slo, kv_bytes, cap, wl.clipped, truncated)

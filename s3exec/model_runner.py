@@ -1,0 +1,94 @@
+"""One forward pass of an iteration: batched prefill and batched decode over the paged cache, greedy.
+
+The caller says which sequences decode (their last token, at the next position of their cached context)
+and which prefill (all their tokens, from an empty cache: new requests and recomputed ones). The runner
+takes the cache blocks they need, lays the step out for the attention function and returns the next
+token of every sequence, decode ones first. Prefills beyond `max_batch_tokens` tokens go through further
+forward passes of the same iteration, which bounds activation memory when hundreds of requests join at once.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from s3exec.attention import StepLayout, register
+from s3exec.kv_cache import KVCache
+
+
+class ModelRunner:
+    def __init__(self, model, cache: KVCache, max_batch_tokens: int | None = None):
+        self.model = model
+        self.max_batch_tokens = max_batch_tokens
+        self.cache = cache
+        self.device = cache.data.device
+        self.attn = register()
+
+    def _tensor(self, a, dtype=torch.int64) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=dtype)
+
+    def layout(self, decode: list[tuple[int, int]], prefill: list[tuple[int, list[int]]]):
+        """Inputs of one step: token ids, positions, the last position of each sequence and the layout."""
+        c = self.cache
+        bs = c.block_size
+        ids, pos, slots = [], [], []
+        step = StepLayout(cache=c, slots=None, n_decode=len(decode))
+        if decode:
+            rows = np.fromiter((c.row[rid] for rid, _ in decode), np.int64, len(decode))
+            p = c.length[rows].copy()
+            c.ensure(rows, p + 1)
+            c.length[rows] = p + 1
+            ids.append(np.fromiter((t for _, t in decode), np.int64, len(decode)))
+            pos.append(p)
+            slots.append(c.table[rows, p // bs] * bs + p % bs)
+            nb = int(c.nblocks[rows].max())
+            step.dec_blocks = self._tensor(c.table[rows, :nb])
+            keys = np.arange(nb * bs)
+            step.dec_mask = self._tensor(keys[None, :] <= p[:, None], torch.bool)[:, None, None, :]
+        if prefill:
+            lens = np.array([len(t) for _, t in prefill], dtype=np.int64)
+            longest = int(lens.max())
+            for (rid, toks), n in zip(prefill, lens):
+                r = c.allocate(rid, int(n))
+                c.length[r] = n
+                ids.append(np.asarray(toks, dtype=np.int64))
+                pos.append(np.arange(n))
+                slots.append(c.slots(r, 0, int(n)))
+            ar = np.arange(longest)
+            valid = ar[None, :] < lens[:, None]
+            starts = np.cumsum(lens) - lens
+            step.pre_index = self._tensor(np.where(valid, starts[:, None] + ar[None, :], 0))
+            step.pre_valid = self._tensor(valid, torch.bool)
+            causal = ar[None, :] <= ar[:, None]
+            step.pre_mask = self._tensor(causal[None] & valid[:, None, :], torch.bool)[:, None]
+        step.slots = self._tensor(np.concatenate(slots))
+        ids = np.concatenate(ids)
+        pos = np.concatenate(pos)
+        last = np.arange(len(decode))
+        if prefill:
+            last = np.concatenate([last, len(decode) + np.cumsum(lens) - 1])
+        return ids, pos, last, step
+
+    @torch.inference_mode()
+    def step(self, decode: list[tuple[int, int]], prefill: list[tuple[int, list[int]]]) -> list[int]:
+        """Next greedy token for each (request id, last token) in `decode`, then each (request id,
+        tokens) in `prefill`."""
+        if self.model.config._attn_implementation != self.attn:  # the model may be shared with generate()
+            self.model.set_attn_implementation(self.attn)
+        limit = self.max_batch_tokens or float("inf")
+        chunks, size = [[]], len(decode)
+        for seq in prefill:
+            if chunks[-1] and size + len(seq[1]) > limit:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(seq)
+            size += len(seq[1])
+        out = self._forward(decode, chunks[0]) if decode or chunks[0] else []
+        for chunk in chunks[1:]:
+            out += self._forward([], chunk)
+        return out
+
+    def _forward(self, decode, prefill) -> list[int]:
+        ids, pos, last, layout = self.layout(decode, prefill)
+        out = self.model(input_ids=self._tensor(ids)[None], position_ids=self._tensor(pos)[None],
+                         logits_to_keep=self._tensor(last), use_cache=False, s3exec_step=layout)
+        return out.logits[0].argmax(-1).tolist()

@@ -1,0 +1,61 @@
+"""Execute one configuration and write its results as the simulator does (same summary and per-request
+schema), plus `tokens.csv`: every generated token with the time it appeared."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from s3sim.metrics.summary import request_records, summarize
+from s3sim.runner import write_csv
+
+PREDICTING = ("s3", "paged_spf")  # policies that use the configured predictor (oracle has its own)
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
+
+
+def token_table(result) -> pd.DataFrame:
+    rows = [(i, k, tok, ts) for i, toks in result.outputs.items()
+            for k, (tok, ts) in enumerate(zip(toks, result.token_times[i]))]
+    return pd.DataFrame(rows, columns=["id", "index", "token", "time"])
+
+
+def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, write_iterations: bool = False,
+             write_tokens: bool = True):
+    """Execute `cfg`; return (summary row, result). Files go to `out_dir` if given, summary.csv last."""
+    from s3exec.config import build_exec
+
+    setup = build_exec(cfg, progress=progress)
+    t0 = time.perf_counter()
+    result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
+    wall = time.perf_counter() - t0
+    records = request_records(result.requests)
+    row = summarize(result, setup.slo, records)
+    ex, policy = cfg["executor"], row["policy"]
+    row.update({
+        "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))),
+        "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
+        "predictor": "oracle" if policy == "oracle" else cfg["predictor"]["name"] if policy in PREDICTING else "none",
+        "accuracy": cfg["predictor"].get("accuracy") if policy in PREDICTING else None,
+        "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0), "clipped_outputs": setup.clipped_outputs,
+        "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
+        "kv_bytes": setup.kv_bytes, "truncated_prompts": setup.truncated_prompts,
+        "peak_kv_used_frac": result.peak_kv_blocks / setup.scheduler.pool.capacity, "wall_s": wall,
+    })
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(records, out / "requests.csv")
+        if write_iterations:
+            write_csv(result.log.frame(), out / "iterations.csv")
+        if write_tokens:
+            write_csv(token_table(result), out / "tokens.csv")
+        write_csv(pd.DataFrame([row]), out / "summary.csv")  # last: its presence marks a finished run
+    return row, result

@@ -1,0 +1,181 @@
+"""The S3 paper's evaluation in simulation (`make paper`): maximum throughput of ft, orca, s3 and oracle
+(and paged, the peer the paper predates) for GPT-J 6B, LLaMA 13B, GPT-NeoX 20B and OPT 30B on one A100
+80 GB and LLaMA 65B on two; the highest Poisson rate each sustains under the reading-speed SLO; and how
+many GPUs each needs to serve what s3 serves.
+
+GPUs needed: for each model the target is s3's SLO capacity at the model's smallest GPU count. Every
+policy is measured at 1x, 2x and 4x that count (ideal tensor parallelism, `gpu.count`); serving the
+target with replicas of a k-GPU server that each sustain c requests/s needs k * ceil(target / c) GPUs
+(a Poisson stream split evenly over replicas is Poisson at rate target / replicas, which is what c was
+measured with). The table keeps the cheapest k.
+
+Runs go to multirun/paper/<overrides> (resumable: finished runs are reused); tables and figures, each
+with its data, to results/paper/.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from s3sim import plots
+from s3sim.experiments.common import Composer, run_many, slo_capacity
+from s3sim.plots import bars, frontier, timeline
+from s3sim.runner import write_csv
+
+LLAMA_65B = Path(__file__).with_name("llama-65b.json")
+# label, overrides, GPUs the model needs at least (80 GB each)
+MODELS = {
+    "gpt-j-6b": (["model=gpt-j-6b"], 1),
+    "llama-13b": (["model=llama-2-13b"], 1),
+    "gpt-neox-20b": (["model=gpt-neox-20b"], 1),
+    "opt-30b": (["model=opt-30b"], 1),
+    "llama-65b": ([f"model.name={LLAMA_65B}"], 2),
+}
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+PAPER_GAIN = 6.49  # S3's best throughput gain over max-length reservation, offline and under the SLO
+OFFLINE_COLUMNS = ["model", "gpus", "policy", "request_throughput", "output_throughput", "mean_batch_size",
+                   "max_batch_size", "kv_reserved_frac", "kv_used_frac", "tpot_p50", "preemptions",
+                   "mispredictions"]
+
+
+def gpu_overrides(n: int) -> list[str]:
+    return [f"gpu.count={n}"] if n != 1 else []
+
+
+def offline_points(models, policies, multiples, extra):
+    return [{"model": m, "policy": p, "gpus": MODELS[m][1] * k,
+             "overrides": MODELS[m][0] + [f"policy={p}"] + gpu_overrides(MODELS[m][1] * k) + extra}
+            for m in models for k in multiples for p in policies]
+
+
+def gpus_needed(cap: pd.DataFrame) -> pd.DataFrame:
+    """Per model and policy: the cheapest GPU count (k-GPU replicas) serving s3's rate at the base count."""
+    rows = []
+    for model, g in cap.groupby("model", sort=False):
+        base = g.gpus.min()
+        s3 = g[(g.policy == "s3") & (g.gpus == base)].capacity
+        target = float(s3.iloc[0]) if len(s3) else math.nan
+        for policy, h in g.groupby("policy", sort=False):
+            best, how = math.inf, ""
+            for _, r in h.sort_values("gpus").iterrows():
+                if r.capacity > 0 and target > 0:
+                    n = int(r.gpus) * math.ceil(target / r.capacity - 1e-9)
+                    if n < best:
+                        best, how = n, f"{math.ceil(target / r.capacity - 1e-9)} x {int(r.gpus)}"
+            one = h[h.gpus == base].capacity
+            rows.append({"model": model, "policy": policy, "target_rate": target, "gpus": best, "as": how,
+                         "replicas_only": (int(base) * math.ceil(target / float(one.iloc[0]) - 1e-9)
+                                           if len(one) and one.iloc[0] > 0 and target > 0 else math.inf)})
+    return pd.DataFrame(rows)
+
+
+def comparison(offline: pd.DataFrame, cap: pd.DataFrame, gpus: pd.DataFrame) -> pd.DataFrame:
+    """One row per model: s3's gains in this simulator, beside the paper's headline figure."""
+    rows = []
+    for model, g in offline.groupby("model", sort=False):
+        base = g.gpus.min()
+        thr = g[g.gpus == base].set_index("policy").request_throughput
+        c = cap[(cap.model == model) & (cap.gpus == base)].set_index("policy").capacity
+        n = gpus[gpus.model == model].set_index("policy").gpus
+        ratio = lambda s, a, b: s[a] / s[b] if a in s and b in s and s[b] > 0 else math.nan  # noqa: E731
+        rows.append({"model": model, "gpus": int(base),
+                     "offline_s3/orca": ratio(thr, "s3", "orca"), "offline_s3/ft": ratio(thr, "s3", "ft"),
+                     "offline_s3/oracle": ratio(thr, "s3", "oracle"), "offline_s3/paged": ratio(thr, "s3", "paged"),
+                     "slo_s3/orca": ratio(c, "s3", "orca"), "slo_s3/ft": ratio(c, "s3", "ft"),
+                     "slo_s3/oracle": ratio(c, "s3", "oracle"), "slo_s3/paged": ratio(c, "s3", "paged"),
+                     **{f"gpus_{p}": n.get(p, math.nan) for p in POLICIES},
+                     "paper_gain_max": PAPER_GAIN})
+    return pd.DataFrame(rows)
+
+
+def timeline_data(composer, runs, model, policies, n, jobs):
+    pts = [{"policy": p, "overrides": MODELS[model][0] + [f"policy={p}", f"num_requests={n}"]} for p in policies]
+    res = run_many(pts, runs, composer, jobs=jobs, write_iterations=True, label="timeline")
+    parts = []
+    for _, r in res[res.status == "finished"].iterrows():
+        it = pd.read_csv(Path(runs) / r.key / "iterations.csv")
+        parts.append(timeline.resample(it, int(r.kv_capacity_tokens)).assign(policy=r.policy))
+    return pd.concat(parts, ignore_index=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="results/paper")
+    ap.add_argument("--runs", default="multirun/paper", help="run directories (reused when finished)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--num-requests", type=int, default=None, help="offline runs (default: the preset's)")
+    ap.add_argument("--window", type=float, default=60.0, help="seconds of arrivals in each online run")
+    ap.add_argument("--least-requests", type=int, default=2000, help="fewest requests in an online run")
+    ap.add_argument("--timeline-requests", type=int, default=3000)
+    ap.add_argument("--gpu-multiples", default="1,2,4", help="GPU counts tried, as multiples of the least")
+    ap.add_argument("--rounds", type=int, default=4, help="bisection rounds of the SLO-capacity search")
+    ap.add_argument("--jobs", type=int, default=None, help="worker processes (default $S3SIM_JOBS or 2)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    models, policies = args.models.split(","), args.policies.split(",")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        sys.exit(f"paper: unknown model {unknown[0]!r}; valid: {', '.join(MODELS)}")
+    multiples = [int(k) for k in args.gpu_multiples.split(",")]
+    composer = Composer("paper")
+    runs, out = Path(args.runs), Path(args.out)
+    extra = [] if args.num_requests in (None, composer([])["num_requests"]) else [f"num_requests={args.num_requests}"]
+
+    print(f"offline: {len(models)} models x {len(policies)} policies x GPU counts {multiples}")
+    offline = run_many(offline_points(models, policies, multiples, extra), runs, composer, jobs=args.jobs,
+                       label="offline")
+    done = offline[offline.status == "finished"]
+    print("online: highest Poisson rate meeting the SLO (bisection)")
+    pts = [{"model": r.model, "policy": r.policy, "gpus": r.gpus, "scale": r.request_throughput,
+            "overrides": MODELS[r.model][0] + [f"policy={r.policy}"] + gpu_overrides(r.gpus)}
+           for _, r in done.iterrows()]
+    cap, online = slo_capacity(pts, runs, composer, rounds=args.rounds, jobs=args.jobs, label="online",
+                               window_s=args.window, least=args.least_requests)
+    gpus = gpus_needed(cap)
+    table = comparison(done, cap, gpus)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(done[OFFLINE_COLUMNS], out / "offline.csv")
+    write_csv(cap, out / "slo_capacity.csv")
+    write_csv(gpus, out / "gpus_needed.csv")
+    write_csv(table, out / "paper_vs_sim.csv")
+    base = done.groupby("model").gpus.transform("min") == done.gpus
+    plots.save(bars.draw(done[base][["model", "policy", "request_throughput"]], "request_throughput",
+                         "max throughput (requests/s)", "offline maximum throughput (fewest GPUs per model)"),
+               done[base][["model", "gpus", "policy", "request_throughput"]], out, "throughput")
+    plots.save(bars.draw(gpus, "gpus", "GPUs (A100 80 GB)", "GPUs to serve s3's rate under the SLO"),
+               gpus, out, "gpus_needed")
+    on = online[online.status == "finished"]
+    on = on[on.groupby("model").gpus.transform("min") == on.gpus].assign(panel=lambda d: d.model)
+    rank = on.panel.map({m: i for i, m in enumerate(MODELS)})
+    fr = on.assign(rank=rank).sort_values(["rank", "policy", "rate"])[frontier.COLUMNS]
+    plots.save(frontier.draw(fr, "latency-throughput frontier, Poisson arrivals (fewest GPUs per model)"),
+               fr, out, "frontier")
+    tl_model = "gpt-j-6b" if "gpt-j-6b" in models else models[0]
+    # ft's static batches take ~6x as long to drain: left out so that the others stay readable
+    tl = timeline_data(composer, runs, tl_model, [p for p in policies if p != "ft"], args.timeline_requests,
+                       args.jobs)
+    plots.save(timeline.draw(tl, f"{tl_model}, {args.timeline_requests} requests at t=0"), tl, out, "timeline")
+
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 3):
+        print("\noffline maximum throughput (requests/s):")
+        print(done.pivot_table(index=["model", "gpus"], columns="policy", values="request_throughput",
+                               sort=False)[policies].to_string())
+        print("\nhighest Poisson rate meeting the SLO (requests/s):")
+        print(cap.pivot_table(index=["model", "gpus"], columns="policy", values="capacity",
+                              sort=False)[policies].to_string())
+        print("\nGPUs to serve s3's rate:")
+        print(gpus.to_string(index=False))
+        print("\nside by side with the paper (up to 6.49x over max-length reservation):")
+        print(table.to_string(index=False))
+    print(f"\nwrote {out}/ in {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

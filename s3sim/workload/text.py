@@ -1,0 +1,86 @@
+"""Prompt/response text pairs from JSON or JSONL files, in the formats the shared data uses.
+
+Recognised rows (one object per JSONL line, or a JSON list of objects):
+- ShareGPT pairs: `{id, prompt, response}`
+- ShareGPT conversations: `{id, conversations: [{from: human, value}, {from: gpt, value}, ...]}` (first turn)
+- Alpaca: `{instruction, input, output}` (the prompt is the instruction, plus a newline and the input)
+- AlpacaEval: `{instruction, output, generator}` (one file per answering model)
+Every reader error names the file, the row and the fields that would be valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from s3sim.errors import ConfigError
+
+EXPECTED = ("'prompt' and 'response' (ShareGPT pairs), 'conversations' (ShareGPT), "
+            "or 'instruction' and 'output' (Alpaca, AlpacaEval)")
+
+
+@dataclass(frozen=True, slots=True)
+class TextPair:
+    key: str
+    prompt: str
+    response: str
+
+
+def prompt_hash(prompt: str) -> int:
+    """A stable 64-bit hash of the prompt text: splits are by prompt, so duplicates stay on one side."""
+    return int.from_bytes(hashlib.blake2b(prompt.strip().encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _rows(path: Path) -> list:
+    if not path.is_file():
+        raise ConfigError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise ConfigError(f"{path} is empty: expected JSON or JSONL rows with {EXPECTED}")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        return [(i, r) for i, r in enumerate(rows)]
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def _pair(row, where: str, index: int) -> TextPair | None:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected an object with {EXPECTED}, got {type(row).__name__}")
+    key = str(row.get("id", index))
+    if "prompt" in row and "response" in row:
+        return TextPair(key, str(row["prompt"]), str(row["response"]))
+    if "conversations" in row:
+        turns = row["conversations"] or []
+        human = next((t.get("value") for t in turns if t.get("from") in ("human", "user")), None)
+        gpt = next((t.get("value") for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
+        return None if human is None or gpt is None else TextPair(key, str(human), str(gpt))
+    if "instruction" in row and "output" in row:
+        inp = str(row.get("input") or "")
+        return TextPair(key, str(row["instruction"]) + ("\n" + inp if inp else ""), str(row["output"]))
+    raise ConfigError(f"{where}: no prompt/response fields; found {sorted(row)[:6]}, expected {EXPECTED}")
+
+
+def read_pairs(path) -> list[TextPair]:
+    """Every pair in the file, in file order. Conversations without a reply are skipped."""
+    path = Path(path)
+    pairs = []
+    for i, (where, row) in enumerate(_rows(path)):
+        p = _pair(row, f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}", i)
+        if p is not None:
+            pairs.append(p)
+    if not pairs:
+        raise ConfigError(f"{path} holds no prompt/response pairs: expected rows with {EXPECTED}")
+    return pairs

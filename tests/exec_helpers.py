@@ -1,0 +1,80 @@
+"""Shared pieces of the executor tests: the tiny random Llama, small workloads, policies over a given KV
+budget, and `model.generate` as the reference for greedy tokens."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+
+from s3exec.engine import Executor
+from s3exec.kv_cache import KVCache
+from s3exec.model_runner import ModelRunner
+from s3exec.models import load_model
+from s3exec.prompts import synthetic_prompts
+from s3sim.config import build_scheduler
+from s3sim.request import Request
+
+torch.set_num_threads(1)
+MSL = 48  # max_seq_len of the test policies
+POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny():
+    """The `tiny-llama` preset with random weights (2 layers, hidden 64, 4 heads, 2 KV heads, vocab 256)."""
+    return load_model("tiny-llama", seed=0)
+
+
+def workload(n=8, seed=1, max_prompt=24, max_output=40):
+    rng = np.random.default_rng(seed)
+    plen = rng.integers(4, max_prompt + 1, n)
+    out = rng.integers(1, max_output + 1, n)
+    prompts = synthetic_prompts(plen, tiny().vocab_size, seed)
+    return prompts, out.tolist()
+
+
+def requests(prompts, outputs, arrivals=None):
+    arrivals = arrivals if arrivals is not None else [0.0] * len(prompts)
+    return [Request(i, len(p), int(o), float(a)) for i, (p, o, a) in enumerate(zip(prompts, outputs, arrivals))]
+
+
+def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error_shape="adjacent", block_size=4,
+              msl=MSL, **policy_kw):
+    cfg = {"max_seq_len": msl, "seed": 0,
+           "policy": {"name": policy, "preemption_mode": mode, "block_size": block_size, "watermark": 0.0,
+                      **policy_kw},
+           "predictor": {"name": "synthetic", "num_buckets": 4, "bucketing": "equal", "accuracy": accuracy,
+                         "error_shape": error_shape}}
+    return build_scheduler(cfg, cap_tokens, np.asarray(outputs))
+
+
+def executor(sched, mode="fixed", eos_ids=(), max_tokens=200):
+    m = tiny()
+    cache = KVCache(m.num_layers, m.kv_heads, m.head_dim, sched.pool.capacity, sched.pool.unit_tokens, max_tokens)
+    return Executor(ModelRunner(m.model, cache), sched, mode=mode, eos_ids=eos_ids)
+
+
+def run(policy, cap_tokens, prompts, outputs, exec_mode="fixed", eos_ids=(), caps=None, arrivals=None, **kw):
+    sched = scheduler(policy, cap_tokens, outputs, **kw)
+    reqs = requests(prompts, outputs, arrivals)
+    return executor(sched, exec_mode, eos_ids).run(reqs, prompts, caps)
+
+
+@torch.inference_mode()
+def reference(prompts, outputs, eos=None):
+    """`model.generate`'s greedy tokens for each prompt alone (SDPA attention, no paging)."""
+    model = tiny().model
+    impl, saved = model.config._attn_implementation, model.generation_config.eos_token_id
+    model.set_attn_implementation("sdpa")
+    model.generation_config.eos_token_id = eos  # None: never stop early (fixed lengths)
+    try:
+        refs = []
+        for p, n in zip(prompts, outputs):
+            out = model.generate(torch.tensor([p]), max_new_tokens=int(n), do_sample=False, pad_token_id=0,
+                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
+            refs.append(out[0, len(p):].tolist())
+        return refs
+    finally:
+        model.set_attn_implementation(impl)
+        model.generation_config.eos_token_id = saved

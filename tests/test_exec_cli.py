@@ -1,0 +1,89 @@
+"""The `s3exec` app: the simulator's config groups and output schema, and one clear line for bad input."""
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s3exec.config import build_exec, parse_bytes
+from s3exec.runner import run_exec
+from s3sim.cli import CONF_DIR
+from s3sim.errors import ConfigError
+from s3sim.metrics.summary import request_records
+from s3sim.runner import run_config
+
+SMALL = ["num_requests=12", "max_seq_len=32", "executor.kv_memory=1MiB", "executor.threads=1"]
+
+
+def exec_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("exec", overrides=[*SMALL, *overrides]), resolve=True)
+
+
+def sim_cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def test_run_writes_the_simulator_schema_with_real_timestamps(tmp_path):
+    row, result = run_exec(exec_cfg("policy=paged"), tmp_path, write_iterations=True)
+    sim = run_config(sim_cfg("model=tiny-llama", "num_requests=12", "max_seq_len=32", "policy=paged"))
+    assert set(sim) - {"sim_wall_s", "sim_requests_per_s"} <= set(row)
+    assert row["engine"] == "exec" and row["num_requests"] == 12 and row["policy"] == "paged"
+    records = pd.read_csv(tmp_path / "requests.csv")
+    assert list(records.columns) == list(request_records(result.requests).columns)
+    assert (records.generated == records.output_len).all()
+    tokens = pd.read_csv(tmp_path / "tokens.csv")
+    assert len(tokens) == records.output_len.sum()
+    last = tokens.groupby("id").time.max()
+    assert (last.sort_index().to_numpy() == records.sort_values("id").last_token.to_numpy()).all()
+    assert (tmp_path / "iterations.csv").is_file() and (tmp_path / "summary.csv").is_file()
+
+
+def test_same_config_same_requests_as_the_simulator():
+    setup = build_exec(exec_cfg("policy=orca"))
+    from s3sim.config import build_workload
+    prompt, output, arr, _ = build_workload(exec_cfg("policy=orca"))
+    assert sorted(r.output_len for r in setup.requests) == sorted(output.tolist())
+    assert sorted(r.prompt_len for r in setup.requests) == sorted(prompt.tolist())
+    assert setup.capacity_tokens == 2**20 // setup.loaded.kv_bytes_per_token
+
+
+@pytest.mark.parametrize("args, message", [
+    (["executor.memory_limit=100000"], "does not fit: its weights take"),
+    (["executor.kv_memory=4KiB"], "less than one request of"),
+    (["executor.memory_limit=1MiB", "executor.kv_memory=2MiB"], "are left after the weights"),
+    (["workload=sharegpt", "executor.max_prompt_len=null"], "exceeds the context of"),
+    (["executor.mode=greedy"], "executor.mode 'greedy' is unknown"),
+    (["executor.kv_memory=lots"], "is not a size like"),
+    (["executor.kv_memory=0"], "must be bytes"),
+    (["executor.dtype=int8"], "executor.dtype 'int8' is unknown"),
+    (["executor.device=tpu"], "executor.device 'tpu' is unknown"),
+    (["executor.model=gpt-5"], "is neither smollm2"),
+    (["workload=alpaca_rows"], "need a model with a tokenizer"),
+    (["policy.name=nope"], "policy.name 'nope' is unknown"),
+])
+def test_bad_input_is_a_config_error(args, message):
+    with pytest.raises(ConfigError, match=message):
+        build_exec(exec_cfg(*args))
+
+
+def test_sizes():
+    assert parse_bytes("256MiB", "f") == 256 * 2**20
+    assert parse_bytes("2GB", "f") == 2 * 10**9
+    assert parse_bytes(4096, "f") == 4096
+    assert parse_bytes(0.5, "f") == 0.5
+
+
+def test_cli_runs_and_fails_with_one_line(tmp_path):
+    """One process (the imports dominate): a sweep whose first run succeeds and whose second cannot fit."""
+    small = [a for a in SMALL if not a.startswith("executor.kv_memory")]
+    p = subprocess.run([sys.executable, "-c", "from s3exec.cli import main; main()", "-m", *small,
+                        "executor.kv_memory=1MiB,4KiB", f"hydra.sweep.dir={tmp_path}/mr"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert "policy=s3" in p.stdout
+    assert len(list((tmp_path / "mr").glob("*/summary.csv"))) == 1
+    assert p.returncode == 2
+    assert "s3exec: error: KV budget" in p.stderr and "Traceback" not in p.stderr
