@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec paper beyond predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity paper beyond predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,14 @@ bench: setup
 # The executor's speed against transformers' continuous batching, and S3 vs ORCA on one real KV budget.
 bench-exec: setup
 	$(BIN)/python -m s3exec.bench
+
+# Measure this machine's iteration latency (results/profiles/), then the simulator's error against the executor.
+profile: setup
+	$(BIN)/python -m s3exec.profile --name tiny-llama-cpu
+	$(BIN)/python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
+
+fidelity: setup
+	$(BIN)/python -m s3sim.experiments.fidelity --spread
 
 # The S3 paper's evaluation, simulated (results/paper/), and the sweeps beyond it (results/beyond/).
 paper: setup

@@ -28,11 +28,12 @@ def token_table(result) -> pd.DataFrame:
 
 
 def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, write_iterations: bool = False,
-             write_tokens: bool = True):
-    """Execute `cfg`; return (summary row, result). Files go to `out_dir` if given, summary.csv last."""
+             write_tokens: bool = True, loaded=None):
+    """Execute `cfg`; return (summary row, result). Files go to `out_dir` if given, summary.csv last;
+    `loaded` reuses a model already loaded from the same source."""
     from s3exec.config import build_exec
 
-    setup = build_exec(cfg, progress=progress)
+    setup = build_exec(cfg, progress=progress, loaded=loaded)
     t0 = time.perf_counter()
     result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
     wall = time.perf_counter() - t0

@@ -106,13 +106,11 @@ def build(cfg) -> Setup:
     model = get_model(cfg["model"]["name"])
     gpu = get_gpu(cfg["gpu"]["name"])
     num_gpus = _positive_int(_get(cfg, "gpu.count", 1), "gpu.count")
-    cap = kv_capacity_tokens(model, gpu, activation_reserve_frac=float(_get(cfg, "gpu.activation_reserve_frac", 0.1)),
-                             num_gpus=num_gpus)
-    lat_cfg = cfg["latency"]
-    _choice(lat_cfg["name"], ("roofline",), "latency.name")
-    latency = RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
-                              memory_efficiency=float(lat_cfg["memory_efficiency"]),
-                              overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)
+    fixed_cap = _get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
+    cap = (_positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
+           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(_get(cfg, "gpu.activation_reserve_frac", 0.1)),
+                              num_gpus=num_gpus))
+    latency = build_latency(cfg["latency"], model, gpu, num_gpus)
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
     keys = None if wl.keys is None else wl.keys[idx]
@@ -125,6 +123,20 @@ def build(cfg) -> Setup:
     s = cfg.get("slo") or {}
     slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
     return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
+
+
+def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):
+    """The `latency` group: the roofline estimate, or a fit to a profile measured by `s3exec.profile`."""
+    name = _choice(lat_cfg["name"], ("roofline", "profiled"), "latency.name")
+    if name == "profiled":
+        from s3sim.latency.profiled import ProfiledLatency
+
+        if not _get(lat_cfg, "path"):
+            raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
+        return ProfiledLatency(model, gpu, lat_cfg["path"], overhead_s=float(_get(lat_cfg, "overhead_s", 0.0)))
+    return RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
+                           memory_efficiency=float(lat_cfg["memory_efficiency"]),
+                           overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)
 
 
 def build_scheduler(cfg, cap: int, output, keys=None):

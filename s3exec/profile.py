@@ -1,0 +1,207 @@
+"""`python -m s3exec.profile`: measure the executor's iteration latency over a grid of batch shapes, so the
+simulator can replay this hardware (`latency=profiled`) instead of assuming a roofline.
+
+Each grid point is one `ModelRunner.step` of the shape the engine issues: `prompts` prefills of
+`prompt_len` tokens beside `decode_tokens` decodes whose cached context is `ctx_per_seq` tokens each.
+After warm-up runs, the median of the repeats is kept (CUDA is synchronised around each run). The KV
+cache contents are zeros: the cost of a forward pass does not depend on the values.
+
+Writes `<out>/<name>.csv` (one row per point, with the simulator's features `prefill_tokens`,
+`prefill_sq`, `decode_tokens`, `decode_ctx`) and `<out>/<name>.json` (device, model, dtype, versions,
+threads, grid, date, measured swap seconds per token). Hydra overrides of `conf/exec.yaml` pick the model:
+
+    python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.errors import ConfigError
+
+COLUMNS = ("kind", "prompt_len", "prompts", "decode_tokens", "ctx_per_seq", "prefill_tokens", "prefill_sq",
+           "decode_ctx", "median_s", "min_s", "max_s", "repeats")
+PROMPT_LENS = (16, 64, 256, 1024)
+PROMPT_COUNTS = (1, 4)
+BATCHES = (1, 4, 16, 64)
+CONTEXTS = (16, 128, 512, 1024)
+
+
+def grid(prompt_lens=PROMPT_LENS, prompt_counts=PROMPT_COUNTS, batches=BATCHES, contexts=CONTEXTS,
+         max_prefill=1024, max_kv=32768, max_context=None) -> list[tuple[int, int, int, int]]:
+    """(prompt_len, prompts, decode_tokens, ctx_per_seq) points: prefill-only, decode-only and mixed ones
+    (a small and a large decode batch joined by one prompt), bounded in tokens so a CPU run stays short."""
+    top = (max_context or 10**9) - 1
+    pts = [(L, k, 0, 0) for L in prompt_lens for k in prompt_counts if L * k <= max_prefill and L <= top]
+    pts += [(0, 0, b, c) for b in batches for c in contexts if b * c <= max_kv and c < top]
+    mid = sorted(contexts)[(len(contexts) - 1) // 2]
+    for b in (batches[len(batches) // 2], batches[-1]):
+        for L in prompt_lens[:2]:
+            if b * mid + L <= max_kv and mid < top and L <= top:
+                pts.append((L, 1, b, mid))
+    return list(dict.fromkeys(pts))
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))
+
+
+def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int, rng) -> list[float]:
+    """Seconds of `repeats` steps of one grid point (after `warmup` untimed ones)."""
+    L, k, b, c = point
+    cache = runner.cache
+    for i in range(b):  # decoding sequences: context of c tokens already cached
+        r = cache.allocate(10**9 + i, c)
+        cache.length[r] = c
+    rows = np.array([cache.row[10**9 + i] for i in range(b)], dtype=np.int64)
+    decode = [(10**9 + i, int(t)) for i, t in enumerate(rng.integers(0, vocab, b))]
+    times = []
+    for rep in range(warmup + repeats):
+        prefill = [(i, rng.integers(0, vocab, L).tolist()) for i in range(k)]
+        cache.length[rows] = c
+        _sync(device)
+        t0 = time.perf_counter()
+        runner.step(decode, prefill)
+        _sync(device)
+        t = time.perf_counter() - t0
+        for i in range(k):
+            cache.release(i)
+        if rep >= warmup:
+            times.append(t)
+    for i in range(b):
+        cache.release(10**9 + i)
+    return times
+
+
+def swap_seconds_per_token(cache, device: str, tokens: int = 512, repeats: int = 3) -> float:
+    """Median seconds per token of a swap out plus a swap in, halved: one direction, as the simulator charges."""
+    out = []
+    tokens = min(tokens, (cache.max_blocks - 1) * cache.block_size)
+    for _ in range(repeats):
+        r = cache.allocate(-1, tokens)
+        cache.length[r] = tokens
+        _sync(device)
+        t0 = time.perf_counter()
+        cache.swap_out(-1)
+        cache.swap_in(-1)
+        _sync(device)
+        out.append((time.perf_counter() - t0) / 2 / tokens)
+        cache.release(-1)
+    return statistics.median(out)
+
+
+def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print):
+    """Measure every point of `points` (default `grid()`) on the model of `cfg` (an `s3exec` config);
+    returns the table and its metadata."""
+    import torch
+    import transformers
+
+    from s3exec.config import free_memory
+    from s3exec.kv_cache import KVCache
+    from s3exec.model_runner import ModelRunner
+    from s3exec.models import load_model
+    from s3sim.config import _get, _positive_int
+
+    ex = cfg["executor"]
+    threads = _positive_int(_get(ex, "threads"), "executor.threads", allow_none=True)
+    if threads:
+        torch.set_num_threads(threads)
+    device = str(_get(ex, "device", "cpu"))
+    available, where = free_memory(device)
+    source = str(_get(ex, "model") or cfg["model"]["name"])
+    dtype = str(_get(ex, "dtype", "float32"))
+    m = load_model(source, dtype, device, int(_get(cfg, "seed", 0)), available, where)
+    points = points or grid(max_context=m.max_context)
+    points = [p for p in points if max(p[0], p[3] + 1) <= m.max_context]
+    if not points:
+        raise ConfigError(f"no grid point fits the context of {source!r} ({m.max_context} tokens)")
+    bs = 16
+    need = max(L * k + b * (c + 1) + bs * (k + b) for L, k, b, c in points)
+    longest = max(max(L, c + 1) for L, _, _, c in points)
+    cache = KVCache(m.num_layers, m.kv_heads, m.head_dim, -(-need // bs) + 64, bs, longest + bs, dtype=m.dtype,
+                    device=device)
+    runner = ModelRunner(m.model, cache, _positive_int(_get(ex, "max_batch_tokens"), "executor.max_batch_tokens",
+                                                       allow_none=True))
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, (L, k, b, c) in enumerate(points):
+        ts = time_point(runner, (L, k, b, c), m.vocab_size, device, warmup, repeats, rng)
+        kind = "mixed" if k and b else "prefill" if k else "decode"
+        rows.append((kind, L, k, b, c, L * k, L * L * k, b * c, statistics.median(ts), min(ts), max(ts), len(ts)))
+        log(f"  [{n + 1}/{len(points)}] {kind:7s} prompt {L}x{k} decode {b}x{c}: {statistics.median(ts) * 1e3:.2f} ms")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    meta = {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
+        "model": source, "dtype": dtype, "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+        "grid": [list(p) for p in points], "block_size": bs, "kv_bytes_per_token": m.kv_bytes_per_token,
+        "swap_s_per_token": swap_seconds_per_token(cache, device),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return table, meta
+
+
+def write_profile(table: pd.DataFrame, meta: dict, out: Path, name: str) -> Path:
+    """`<out>/<name>.csv` and its `<name>.json` sidecar, atomically; returns the CSV's path."""
+    from s3sim.runner import write_csv, write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.csv"
+    write_text(json.dumps(meta, indent=1) + "\n", path.with_suffix(".json"))
+    write_csv(table, path)
+    return path
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/exec.yaml (executor.model=smollm2 ...)")
+    ap.add_argument("--name", help="profile name (default: <model>-<device>)")
+    ap.add_argument("--out", default="results/profiles", help="folder of profiles (default results/profiles)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompt-lens", type=_ints, default=PROMPT_LENS)
+    ap.add_argument("--prompt-counts", type=_ints, default=PROMPT_COUNTS)
+    ap.add_argument("--batches", type=_ints, default=BATCHES)
+    ap.add_argument("--contexts", type=_ints, default=CONTEXTS)
+    ap.add_argument("--max-prefill", type=int, default=1024, help="most prefill tokens in one point")
+    args = ap.parse_args(argv)
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from s3sim.cli import CONF_DIR
+    from s3sim.latency.profiled import fit_report
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = OmegaConf.to_container(compose("exec", overrides=args.overrides), resolve=True)
+        pts = grid(args.prompt_lens, args.prompt_counts, args.batches, args.contexts, args.max_prefill)
+        t0 = time.perf_counter()
+        table, meta = profile(cfg, pts, args.warmup, args.repeats)
+        name = args.name or f"{Path(meta['model']).stem}-{meta['device'].replace(':', '')}"
+        path = write_profile(table, meta, Path(args.out), name)
+        print(f"{len(table)} points in {time.perf_counter() - t0:.1f} s -> {path}")
+        print(fit_report(path))
+    except ConfigError as e:
+        print(f"s3exec.profile: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
