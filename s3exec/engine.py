@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from s3sim.engine.simulator import IterationLog, SimResult, _check_all_finished
+from s3sim.engine.simulator import IterationLog, SimResult, _check_all_finished, stalled
 from s3sim.errors import ConfigError, InvariantViolation
 from s3sim.request import Phase, Request
 from s3sim.scheduler.base import Scheduler
@@ -94,8 +94,7 @@ class Executor:
             batch = sched.schedule(t)
             if batch.is_empty:
                 if nxt >= n:
-                    raise InvariantViolation(f"t={t:.6f}s nothing can run but {n - len(sched.finished)} requests "
-                                             f"are unfinished")
+                    raise stalled(sched, n, t)
                 self.sleep(max(0.0, float(arrivals[nxt]) - (self.clock() - t0)))
                 t = self.clock() - t0
                 continue

@@ -8,9 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from s3sim.metrics.summary import request_records, summarize
-from s3sim.runner import write_csv
-
-PREDICTING = ("s3", "paged_spf")  # policies that use the configured predictor (oracle has its own)
+from s3sim.runner import run_fields, write_results
 
 
 def device_name(device: str) -> str:
@@ -39,24 +37,15 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
-    ex, policy = cfg["executor"], row["policy"]
+    ex = cfg["executor"]
     row.update({
-        "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))),
-        "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
-        "predictor": "oracle" if policy == "oracle" else cfg["predictor"]["name"] if policy in PREDICTING else "none",
-        "accuracy": cfg["predictor"].get("accuracy") if policy in PREDICTING else None,
-        "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0), "clipped_outputs": setup.clipped_outputs,
+        "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))), **run_fields(cfg, row["policy"]),
+        "clipped_outputs": setup.clipped_outputs,
         "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
         "kv_bytes": setup.kv_bytes, "truncated_prompts": setup.truncated_prompts,
         "peak_kv_used_frac": result.peak_kv_blocks / setup.scheduler.pool.capacity, "wall_s": wall,
     })
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(records, out / "requests.csv")
-        if write_iterations:
-            write_csv(result.log.frame(), out / "iterations.csv")
-        if write_tokens:
-            write_csv(token_table(result), out / "tokens.csv")
-        write_csv(pd.DataFrame([row]), out / "summary.csv")  # last: its presence marks a finished run
+        write_results(out_dir, records, row, result.log if write_iterations else None,
+                      {"tokens.csv": token_table(result)} if write_tokens else None)
     return row, result

@@ -66,23 +66,36 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
-    predicts = row["policy"] in PREDICTING
-    row.update({
-        "model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], "workload": cfg["workload"]["name"],
-        "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
-        "predictor": {"oracle": "oracle"}.get(row["policy"], cfg["predictor"]["name"] if predicts else "none"),
-        "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
-        "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0), "clipped_outputs": setup.clipped,
-        "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf"),
-    })
+    row.update({"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
+                "clipped_outputs": setup.clipped,
+                "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(records, out / "requests.csv")
-        if write_iterations:
-            write_csv(result.log.frame(), out / "iterations.csv")
-        write_csv(pd.DataFrame([row]), out / "summary.csv")  # last: its presence marks a finished run
+        write_results(out_dir, records, row, result.log if write_iterations else None)
     return row
+
+
+def run_fields(cfg, policy: str) -> dict:
+    """The summary fields that say what ran, shared by the simulator's and the executor's runs."""
+    predicts = policy in PREDICTING
+    return {
+        "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
+        "predictor": "oracle" if policy == "oracle" else cfg["predictor"]["name"] if predicts else "none",
+        "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
+        "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
+    }
+
+
+def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: dict | None = None) -> None:
+    """requests.csv, iterations.csv (if `log`), any `extra` tables, and summary.csv last: its presence marks
+    a finished run."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(records, out / "requests.csv")
+    if log is not None:
+        write_csv(log.frame(), out / "iterations.csv")
+    for name, table in (extra or {}).items():
+        write_csv(table, out / name)
+    write_csv(pd.DataFrame([row]), out / "summary.csv")
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -90,6 +90,16 @@ def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyMode
                      scheduler.pool.capacity * scheduler.pool.unit_tokens)
 
 
+def stalled(sched: Scheduler, n: int, t: float) -> InvariantViolation:
+    """The error for a run where nothing can be scheduled and no arrival is left to change that (both
+    engines raise it)."""
+    stuck = sched.waiting[0] if sched.has_waiting() else None
+    return InvariantViolation(
+        f"t={t:.6f}s nothing can run but {n - len(sched.finished)} requests are unfinished"
+        + (f" (request {stuck.id} waits for {stuck.prompt_len}+{stuck.reserved_out} tokens "
+           f"of KV with {sched.pool.free} free units)" if stuck else ""))
+
+
 def _gpu_loop(env, requests, arrivals, sched: Scheduler, latency: LatencyModel, log, max_jump, state):
     n = len(requests)
     nxt = 0  # next request not yet handed to the scheduler
@@ -102,11 +112,7 @@ def _gpu_loop(env, requests, arrivals, sched: Scheduler, latency: LatencyModel, 
         batch = sched.schedule(t)
         if batch.is_empty:
             if nxt >= n:
-                stuck = sched.waiting[0] if sched.has_waiting() else None
-                raise InvariantViolation(
-                    f"t={t:.6f}s nothing can run but {n - len(sched.finished)} requests are unfinished"
-                    + (f" (request {stuck.id} waits for {stuck.prompt_len}+{stuck.reserved_out} tokens "
-                       f"of KV with {sched.pool.free} free units)" if stuck else ""))
+                raise stalled(sched, n, t)
             t = max(t, float(arrivals[nxt]))
             yield env.timeout(max(0.0, t - env.now))
             continue

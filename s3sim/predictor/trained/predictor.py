@@ -47,6 +47,8 @@ class TrainedPredictor(Predictor):
         super().__init__(buckets)
         self.scheme = scheme
         self.retrain_rounds = 0
+        self._by_id: np.ndarray | None = None  # table source: the bucket of each request id
+        self.model = None                      # model source: the classifier
 
     # ------------------------------------------------------------------ table source
     @classmethod
@@ -119,13 +121,13 @@ class TrainedPredictor(Predictor):
         return self.model.probabilities(ids)[self.scheme]
 
     def predict(self, requests) -> np.ndarray:
-        if hasattr(self, "_by_id"):
+        if self._by_id is not None:
             return self._by_id[np.fromiter((r.id for r in requests), np.int64, len(requests))]
         return self.probabilities(requests).argmax(1)
 
     def observe(self, request, true_length: int) -> None:
         super().observe(request, true_length)
-        if not hasattr(self, "model") or not self.retrain.every:
+        if self.model is None or not self.retrain.every:
             return
         self._buffer.append((self._encoded(request.id), int(true_length)))
         del self._buffer[:-self.retrain.window]
