@@ -3,7 +3,8 @@ simulator can replay this hardware (`latency=profiled`) instead of assuming a ro
 
 Each grid point is one `ModelRunner.step` of the shape the engine issues: `prompts` prefills of
 `prompt_len` tokens beside `decode_tokens` decodes whose cached context is `ctx_per_seq` tokens each.
-After warm-up runs, the median of the repeats is kept (CUDA is synchronised around each run). The KV
+After warm-up runs, the median of the repeats is kept (CUDA is synchronised around each run); short
+points are repeated until their runs add up to `--min-seconds`. The KV
 cache contents are zeros: the cost of a forward pass does not depend on the values.
 
 Writes `<out>/<name>.csv` (one row per point, with the simulator's features `prefill_tokens`,
@@ -30,23 +31,26 @@ from s3sim.errors import ConfigError
 COLUMNS = ("kind", "prompt_len", "prompts", "decode_tokens", "ctx_per_seq", "prefill_tokens", "prefill_sq",
            "decode_ctx", "median_s", "min_s", "max_s", "repeats")
 PROMPT_LENS = (16, 64, 256, 1024)
-PROMPT_COUNTS = (1, 4)
-BATCHES = (1, 4, 16, 64)
-CONTEXTS = (16, 128, 512, 1024)
+PROMPT_COUNTS = (1, 4, 16)
+# every small batch size: measured decode time is not monotone in it (kernels are picked by shape)
+BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 48, 64)
+CONTEXTS = (16, 64, 128, 256, 512, 1024)
 
 
 def grid(prompt_lens=PROMPT_LENS, prompt_counts=PROMPT_COUNTS, batches=BATCHES, contexts=CONTEXTS,
          max_prefill=1024, max_kv=32768, max_context=None) -> list[tuple[int, int, int, int]]:
     """(prompt_len, prompts, decode_tokens, ctx_per_seq) points: prefill-only, decode-only and mixed ones
-    (a small and a large decode batch joined by one prompt), bounded in tokens so a CPU run stays short."""
+    (a small and a large decode batch joined by one or a few short prompts), bounded in tokens so a CPU run
+    stays short."""
     top = (max_context or 10**9) - 1
     pts = [(L, k, 0, 0) for L in prompt_lens for k in prompt_counts if L * k <= max_prefill and L <= top]
     pts += [(0, 0, b, c) for b in batches for c in contexts if b * c <= max_kv and c < top]
     mid = sorted(contexts)[(len(contexts) - 1) // 2]
+    joins = [(L, 1) for L in prompt_lens[:2]] + [(prompt_lens[0], max(prompt_counts))]
     for b in (batches[len(batches) // 2], batches[-1]):
-        for L in prompt_lens[:2]:
-            if b * mid + L <= max_kv and mid < top and L <= top:
-                pts.append((L, 1, b, mid))
+        for L, k in joins:
+            if b * mid + L * k <= max_kv and mid < top and L <= top:
+                pts.append((L, k, b, mid))
     return list(dict.fromkeys(pts))
 
 
@@ -57,8 +61,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(torch.device(device))
 
 
-def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int, rng) -> list[float]:
-    """Seconds of `repeats` steps of one grid point (after `warmup` untimed ones)."""
+def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int, rng, min_seconds: float = 0.0,
+               max_repeats: int = 50) -> list[float]:
+    """Seconds of `repeats` steps of one grid point (after `warmup` untimed ones), or more while the timed
+    steps add up to less than `min_seconds` (at most `max_repeats`): sub-millisecond steps jitter by 10 %."""
     L, k, b, c = point
     cache = runner.cache
     for i in range(b):  # decoding sequences: context of c tokens already cached
@@ -67,7 +73,8 @@ def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int
     rows = np.array([cache.row[10**9 + i] for i in range(b)], dtype=np.int64)
     decode = [(10**9 + i, int(t)) for i, t in enumerate(rng.integers(0, vocab, b))]
     times = []
-    for rep in range(warmup + repeats):
+    rep = 0
+    while rep < warmup + repeats or (sum(times) < min_seconds and len(times) < max(max_repeats, repeats)):
         prefill = [(i, rng.integers(0, vocab, L).tolist()) for i in range(k)]
         cache.length[rows] = c
         _sync(device)
@@ -79,6 +86,7 @@ def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int
             cache.release(i)
         if rep >= warmup:
             times.append(t)
+        rep += 1
     for i in range(b):
         cache.release(10**9 + i)
     return times
@@ -101,9 +109,55 @@ def swap_seconds_per_token(cache, device: str, tokens: int = 512, repeats: int =
     return statistics.median(out)
 
 
-def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print):
-    """Measure every point of `points` (default `grid()`) on the model of `cfg` (an `s3exec` config);
-    returns the table and its metadata."""
+def model_spec(m) -> dict:
+    """The measured model's shape as `s3sim.hardware.models.ModelSpec` fields (for roofline calibration)."""
+    c = m.model.config
+    heads = int(c.num_attention_heads)
+    return {"name": str(m.name), "n_params": int(sum(p.numel() for p in m.model.parameters())),
+            "n_layers": int(m.num_layers), "hidden_size": int(c.hidden_size), "n_heads": heads,
+            "n_kv_heads": int(m.kv_heads), "head_dim": int(m.head_dim), "vocab_size": int(m.vocab_size),
+            "max_context": int(m.max_context), "dtype_bytes": int(m.dtype.itemsize)}
+
+
+def engine_overhead(cfg, loaded, requests: int = 48, max_seq_len: int = 64) -> dict:
+    """Executor seconds per iteration spent outside the forward pass (scheduling, cache bookkeeping,
+    invariant checks), from a short offline run of `cfg`'s policy with room for every request: a least-squares
+    line over the batch size, with neither coefficient negative."""
+    import copy
+
+    from s3exec.config import build_exec
+
+    run = copy.deepcopy(cfg)
+    run.update(num_requests=requests, max_seq_len=max_seq_len, arrival={"process": "offline"})
+    longest = int(run["executor"].get("max_prompt_len") or 256) + max_seq_len + 16
+    run["executor"].update(kv_memory=requests * longest * loaded.kv_bytes_per_token, progress=False)
+    setup = build_exec(run, loaded=loaded)
+    runner, inside = setup.executor.runner, []
+    step = runner.step
+
+    def timed(decode, prefill):
+        _sync(str(runner.device))
+        t0 = time.perf_counter()
+        out = step(decode, prefill)
+        _sync(str(runner.device))
+        inside.append(time.perf_counter() - t0)
+        return out
+
+    runner.step = timed
+    result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
+    outside = np.concatenate(result.log.durations) - np.array(inside)
+    batch = np.array(result.log.batch, dtype=np.float64)
+    slope = float(np.polyfit(batch, outside, 1)[0]) if np.ptp(batch) > 0 else 0.0
+    slope = max(slope, 0.0)
+    const = max(float(np.mean(outside - slope * batch)), 0.0)
+    return {"per_iteration_s": const, "per_sequence_s": slope, "iterations": len(outside),
+            "policy": run["policy"]["name"], "requests": requests}
+
+
+def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, overhead: bool = True,
+            min_seconds: float = 0.05):
+    """Measure every point of `points` (default `grid()`) on the model of `cfg` (an `s3exec` config), and
+    (with `overhead`) the engine's time outside the forward pass; returns the table and its metadata."""
     import torch
     import transformers
 
@@ -136,7 +190,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print):
     rng = np.random.default_rng(0)
     rows = []
     for n, (L, k, b, c) in enumerate(points):
-        ts = time_point(runner, (L, k, b, c), m.vocab_size, device, warmup, repeats, rng)
+        ts = time_point(runner, (L, k, b, c), m.vocab_size, device, warmup, repeats, rng, min_seconds)
         kind = "mixed" if k and b else "prefill" if k else "decode"
         rows.append((kind, L, k, b, c, L * k, L * L * k, b * c, statistics.median(ts), min(ts), max(ts), len(ts)))
         log(f"  [{n + 1}/{len(points)}] {kind:7s} prompt {L}x{k} decode {b}x{c}: {statistics.median(ts) * 1e3:.2f} ms")
@@ -145,9 +199,11 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print):
         "device": device,
         "device_name": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
         "model": source, "dtype": dtype, "torch": torch.__version__, "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+        "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "min_seconds": min_seconds,
         "grid": [list(p) for p in points], "block_size": bs, "kv_bytes_per_token": m.kv_bytes_per_token,
         "swap_s_per_token": swap_seconds_per_token(cache, device),
+        "engine_overhead": engine_overhead(cfg, m) if overhead else None,
+        "model_spec": model_spec(m),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return table, meta
@@ -174,17 +230,22 @@ def main(argv=None) -> int:
     ap.add_argument("--name", help="profile name (default: <model>-<device>)")
     ap.add_argument("--out", default="results/profiles", help="folder of profiles (default results/profiles)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per point, at least")
+    ap.add_argument("--min-seconds", type=float, default=0.05,
+                    help="repeat a point (up to 50 times) until its timed runs add up to this much")
     ap.add_argument("--prompt-lens", type=_ints, default=PROMPT_LENS)
     ap.add_argument("--prompt-counts", type=_ints, default=PROMPT_COUNTS)
     ap.add_argument("--batches", type=_ints, default=BATCHES)
     ap.add_argument("--contexts", type=_ints, default=CONTEXTS)
     ap.add_argument("--max-prefill", type=int, default=1024, help="most prefill tokens in one point")
+    ap.add_argument("--gpu", default="a100-80gb-pcie", help="GPU preset the calibrated roofline is relative to")
     args = ap.parse_args(argv)
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from s3sim.cli import CONF_DIR
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.latency.calibrate import calibrate, profile_model
     from s3sim.latency.profiled import fit_report
 
     try:
@@ -192,11 +253,14 @@ def main(argv=None) -> int:
             cfg = OmegaConf.to_container(compose("exec", overrides=args.overrides), resolve=True)
         pts = grid(args.prompt_lens, args.prompt_counts, args.batches, args.contexts, args.max_prefill)
         t0 = time.perf_counter()
-        table, meta = profile(cfg, pts, args.warmup, args.repeats)
+        table, meta = profile(cfg, pts, args.warmup, args.repeats, min_seconds=args.min_seconds)
         name = args.name or f"{Path(meta['model']).stem}-{meta['device'].replace(':', '')}"
         path = write_profile(table, meta, Path(args.out), name)
         print(f"{len(table)} points in {time.perf_counter() - t0:.1f} s -> {path}")
         print(fit_report(path))
+        cal = calibrate(table, profile_model(meta, None), get_gpu(args.gpu))
+        print(f"roofline calibrated to it (relative to {args.gpu}): {cal.overrides()}; relative error mean "
+              f"{cal.mean_error:.1%}, max {cal.max_error:.1%}")
     except ConfigError as e:
         print(f"s3exec.profile: error: {e}", file=sys.stderr)
         return 2

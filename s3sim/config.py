@@ -126,14 +126,17 @@ def build(cfg) -> Setup:
 
 
 def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):
-    """The `latency` group: the roofline estimate, or a fit to a profile measured by `s3exec.profile`."""
+    """The `latency` group: the roofline estimate, or a profile measured by `s3exec.profile`."""
     name = _choice(lat_cfg["name"], ("roofline", "profiled"), "latency.name")
     if name == "profiled":
         from s3sim.latency.profiled import ProfiledLatency
 
         if not _get(lat_cfg, "path"):
             raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
-        return ProfiledLatency(model, gpu, lat_cfg["path"], overhead_s=float(_get(lat_cfg, "overhead_s", 0.0)))
+        over = _get(lat_cfg, "overhead_s")
+        if over is not None and (isinstance(over, bool) or not isinstance(over, (int, float))):
+            raise ConfigError(f"latency.overhead_s must be seconds (a number) or null, got {over!r}")
+        return ProfiledLatency(model, gpu, lat_cfg["path"], overhead_s=None if over is None else float(over))
     return RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
                            memory_efficiency=float(lat_cfg["memory_efficiency"]),
                            overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)

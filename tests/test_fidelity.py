@@ -3,6 +3,8 @@ simulator with that fit stays near the executor on the tiny model (a loose bound
 silently break)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,46 +19,89 @@ from s3sim.hardware.models import get_model
 from s3sim.latency.profiled import FEATURES, ProfiledLatency, fit_report, holdout_error
 
 torch.set_num_threads(1)
-TRUE = np.array([1e-3, 2e-5, 3e-8, 4e-5, 5e-7])  # const, then per FEATURES
+PRE = np.array([1e-3, 2e-5, 3e-8, 1e-4])  # prefill: const, per token, per squared prompt, per prompt
+DEC = (1e-3, 4e-5, 5e-7)  # decode: const, per sequence, per cached token (bilinear, so interpolation is exact)
+SHARED = 8e-4  # paid once, not twice, by a mixed iteration
 
 
-def synthetic_profile(path, coef=TRUE, noise=0.0):
-    pts = grid(max_context=2048)
-    rng = np.random.default_rng(0)
-    rows = []
-    for L, k, b, c in pts:
-        x = np.array([L * k, L * L * k, b, b * c], dtype=float)
-        t = (coef[0] + x @ coef[1:]) * (1 + noise * rng.standard_normal())
-        rows.append(dict(zip(FEATURES, x), median_s=t))
+def truth(L, k, b, c, pre=PRE):
+    dec = DEC[0] + DEC[1] * b + DEC[2] * b * c if b else 0.0
+    pf = pre[0] + pre[1] * L * k + pre[2] * L * L * k + pre[3] * k if k else 0.0
+    return dec + pf - (SHARED if b and k else 0.0)
+
+
+def write_profile_table(path, times, meta=None):
+    """A profile at the default grid's points with the given time per (L, k, b, c) point."""
+    rows = [dict(prefill_tokens=L * k, prefill_sq=L * L * k, decode_tokens=b, decode_ctx=b * c, prompts=k,
+                 median_s=times(L, k, b, c)) for L, k, b, c in grid(max_context=2048)]
     pd.DataFrame(rows).to_csv(path, index=False)
+    if meta is not None:
+        path.with_suffix(".json").write_text(json.dumps(meta))
     return path
+
+
+def synthetic_profile(path, pre=PRE, meta=None):
+    return write_profile_table(path, lambda *pt: truth(*pt, pre=pre), meta)
 
 
 def latency(path, **kw):
     return ProfiledLatency(get_model("tiny-llama"), get_gpu("a100-80gb-pcie"), path, **kw)
 
 
-def test_fit_recovers_a_linear_model(tmp_path):
-    lat = latency(synthetic_profile(tmp_path / "p.csv"))
-    np.testing.assert_allclose(lat.coef, TRUE, rtol=1e-6)
-    assert holdout_error(pd.read_csv(tmp_path / "p.csv")).max() < 1e-9
-    assert "held-out" in fit_report(tmp_path / "p.csv")
+def test_profile_model_reproduces_a_profile_it_can_represent(tmp_path):
+    path = synthetic_profile(tmp_path / "p.csv")
+    lat = latency(path)
+    np.testing.assert_allclose(lat.prefill_coef, PRE, rtol=1e-6)
+    assert lat.shared_s == pytest.approx(SHARED)
+    err, kinds = holdout_error(pd.read_csv(path))
+    assert err.max() < 1e-9 and set(kinds) == {"decode", "prefill", "mixed"}
+    assert lat.iteration_time(0, 0, 5, 5 * 300) == pytest.approx(truth(0, 0, 5, 300))  # between grid points
+    assert lat.iteration_time(20, 400, 0, 0) == pytest.approx(truth(20, 1, 0, 0))
+    assert "held-out" in fit_report(path)
+
+
+def test_decode_follows_measurements_that_are_not_monotone(tmp_path):
+    """On real kernels a larger batch can be faster; the table keeps that, and never extrapolates downwards."""
+    odd = {1: 0.040, 2: 0.061, 3: 0.077, 4: 0.058, 64: 0.050}
+
+    def times(L, k, b, c):
+        return truth(L, k, b, c) if k else odd.get(b, 0.06) + 1e-6 * b * c
+
+    lat = latency(write_profile_table(tmp_path / "p.csv", times))
+    assert lat.iteration_time(0, 0, 3, 3 * 16) == pytest.approx(0.077 + 1e-6 * 48)
+    assert lat.iteration_time(0, 0, 3, 3 * 16) > lat.iteration_time(0, 0, 4, 4 * 16)
+    assert lat.iteration_time(0, 0, 3.5, 3.5 * 16) == pytest.approx((0.077 + 0.058) / 2 + 1e-6 * 3.5 * 16)
+    top = lat.iteration_time(0, 0, 64, 64 * 16)
+    assert lat.iteration_time(0, 0, 200, 200 * 16) == pytest.approx(top)  # 48 -> 64 got faster: flat beyond
+    assert lat.iteration_time(0, 0, 1, 2) == pytest.approx(0.040 + 1e-6 * 2)  # below the grid: the edge's slope
 
 
 def test_iteration_time_scalar_array_and_decode_run_agree(tmp_path):
     lat = latency(synthetic_profile(tmp_path / "p.csv"), overhead_s=0.01)
     assert lat.iteration_time(0, 0, 0, 0) == 0.0
     one = lat.iteration_time(10, 100, 3, 60)
-    assert one == pytest.approx(0.01 + TRUE[0] + TRUE[1:] @ [10, 100, 3, 60])
+    assert one == pytest.approx(0.01 + truth(10, 1, 3, 20))
     arr = lat.iteration_time(np.array([10, 0]), np.array([100, 0]), 3, np.array([60, 0]))
-    assert arr[0] == pytest.approx(one)
+    assert arr[0] == pytest.approx(one) and arr[1] == pytest.approx(lat.iteration_time(0, 0, 3, 0))
     run = lat.decode_run(4, 100, 5)
     assert run == pytest.approx([lat.iteration_time(0, 0, 4, 100 + 4 * i) for i in range(5)])
+    with pytest.raises(ConfigError, match=">= 0"):
+        lat.iteration_time(-1, 0, 1, 1)
 
 
-def test_fit_keeps_coefficients_non_negative(tmp_path):
-    lat = latency(synthetic_profile(tmp_path / "p.csv", coef=np.array([1e-3, 2e-5, -1e-8, 4e-5, 5e-7])))
-    assert (lat.coef >= 0).all()
+def test_engine_overhead_comes_from_the_profile_unless_overridden(tmp_path):
+    meta = {"engine_overhead": {"per_iteration_s": 1e-4, "per_sequence_s": 1e-5}}
+    path = synthetic_profile(tmp_path / "p.csv", meta=meta)
+    measured, none = latency(path), latency(path, overhead_s=0.0)
+    # 3 decoding sequences and 2 equal prompts (p^2 / sq = 2): 5 sequences
+    assert measured.iteration_time(20, 200, 3, 60) - none.iteration_time(20, 200, 3, 60) == pytest.approx(1e-4 + 5e-5)
+    with pytest.raises(ConfigError, match="overhead_s"):
+        latency(path, overhead_s=-1.0)
+
+
+def test_prefill_fit_keeps_coefficients_non_negative(tmp_path):
+    lat = latency(synthetic_profile(tmp_path / "p.csv", pre=np.array([1e-3, 2e-5, -1e-8, 1e-4])))
+    assert (lat.prefill_coef >= 0).all()
 
 
 def test_missing_and_malformed_profiles_are_one_line_errors(tmp_path):
@@ -65,9 +110,20 @@ def test_missing_and_malformed_profiles_are_one_line_errors(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match="lacks the columns"):
         latency(tmp_path / "bad.csv")
-    (tmp_path / "neg.csv").write_text(",".join(FEATURES) + ",median_s\n" + "1,1,1,1,-1\n" * 6)
+    head = ",".join(FEATURES) + ",prompts,median_s\n"
+    (tmp_path / "neg.csv").write_text(head + "1,1,1,1,1,-1\n" * 6)
     with pytest.raises(ConfigError, match="negative or zero"):
         latency(tmp_path / "neg.csv")
+    (tmp_path / "dec.csv").write_text(head + "0,0,4,64,0,0.01\n" * 6)
+    with pytest.raises(ConfigError, match="no prefill-only point"):
+        latency(tmp_path / "dec.csv")
+    (tmp_path / "empty.csv").write_text(head + "0,0,4,64,0,0.01\n16,256,0,0,1,0.01\n0,0,0,0,0,0.01\n")
+    with pytest.raises(ConfigError, match="line 4"):
+        latency(tmp_path / "empty.csv")
+    path = synthetic_profile(tmp_path / "p.csv")
+    path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        latency(path)
 
 
 def test_config_builds_profiled_latency_and_fixed_capacity(cfg, tmp_path):
@@ -88,6 +144,8 @@ def tiny_profile(tmp_path_factory):
     pts = grid((16, 64), (1, 4), (1, 8), (16, 128))
     table, meta = profile(base, pts, warmup=1, repeats=3, log=lambda *_: None)
     assert meta["model"] == "tiny-llama" and meta["swap_s_per_token"] >= 0 and (table.median_s > 0).all()
+    eng = meta["engine_overhead"]
+    assert eng["iterations"] > 0 and eng["per_iteration_s"] >= 0 and eng["per_sequence_s"] >= 0
     return write_profile(table, meta, tmp_path_factory.mktemp("prof"), "tiny")
 
 
@@ -129,3 +187,28 @@ def test_fidelity_cli_writes_table_requests_and_scatter(tiny_profile, tmp_path, 
     assert list(df.arrival) == ["offline", "poisson 0.5x"] and (out / "finish_tiny-llama.png").is_file()
     assert len(pd.read_csv(out / "requests.csv")) == 2 * 32
     assert "req/s" in capsys.readouterr().out
+
+
+def test_roofline_calibration_recovers_the_factors_of_a_roofline_profile(tmp_path):
+    from s3sim.latency.calibrate import calibrate
+    from s3sim.latency.roofline import RooflineLatency
+
+    model, gpu = get_model("llama-2-7b"), get_gpu("a100-80gb-pcie")
+    roof = RooflineLatency(model, gpu, compute_efficiency=0.3, memory_efficiency=0.6, overhead_s=1e-3)
+    path = write_profile_table(tmp_path / "p.csv", lambda L, k, b, c: roof.iteration_time(L * k, L * L * k, b, b * c))
+    cal = calibrate(pd.read_csv(path), model, gpu)
+    assert cal.compute_efficiency == pytest.approx(0.3, rel=0.01)
+    assert cal.memory_efficiency == pytest.approx(0.6, rel=0.01)
+    assert cal.overhead_s == pytest.approx(1e-3, rel=0.05) and cal.mean_error < 0.005
+    assert cal.flops_per_s == pytest.approx(0.3 * gpu.peak_flops, rel=0.01)
+
+
+def test_calibrate_cli_prints_overrides_and_needs_a_model_shape(tmp_path, capsys):
+    from s3sim.latency.calibrate import main
+
+    path = synthetic_profile(tmp_path / "p.csv")
+    assert main([str(path), "--model", "tiny-llama"]) == 0
+    assert "latency.compute_efficiency=" in capsys.readouterr().out
+    assert main([str(path)]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main([str(path), "--model", "tiny-llama", "--gpu", "tpu"]) == 2

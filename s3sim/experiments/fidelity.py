@@ -48,7 +48,7 @@ def sim_config(exec_cfg: dict, cap_tokens: int, profile: str | Path) -> dict:
     """The simulator's config of the same run: shared groups copied, the executor's pool, the profile."""
     cfg = {k: exec_cfg[k] for k in ("seed", "max_seq_len", "num_requests", "model", "workload", "arrival",
                                     "policy", "predictor", "slo")}
-    cfg.update(gpu={"name": "a100-80gb-pcie"}, latency={"name": "profiled", "path": str(profile), "overhead_s": 0.0},
+    cfg.update(gpu={"name": "a100-80gb-pcie"}, latency={"name": "profiled", "path": str(profile), "overhead_s": None},
                kv_capacity_tokens=int(cap_tokens), max_jump=None)
     return cfg
 
