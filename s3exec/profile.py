@@ -119,23 +119,29 @@ def model_spec(m) -> dict:
             "max_context": int(m.max_context), "dtype_bytes": int(m.dtype.itemsize)}
 
 
-def engine_overhead(cfg, loaded, requests: int = 48, max_seq_len: int = 64) -> dict:
-    """Executor seconds per iteration spent outside the forward pass (scheduling, cache bookkeeping,
-    invariant checks), from a short offline run of `cfg`'s policy with room for every request: a least-squares
-    line over the batch size, with neither coefficient negative."""
+def engine_overhead(cfg, loaded, table: pd.DataFrame, requests: int = 48, max_seq_len: int = 64) -> dict:
+    """What serving adds to the forward passes the grid timed, from a short offline run of `cfg`'s policy
+    with room for every request: the engine's seconds outside the forward pass (scheduling, admission,
+    bookkeeping, checks) as a non-negative fit on relative error (so a rare slow iteration, a garbage
+    collection say, does not set the rest) per iteration, per decoding sequence and per admitted prompt; and `step_factor`, the median ratio of its forward passes to what `table` predicts
+    for the same shapes."""
     import copy
 
     from s3exec.config import build_exec
+    from s3sim.latency.profiled import ProfiledLatency, fit, forward_time
 
     run = copy.deepcopy(cfg)
     run.update(num_requests=requests, max_seq_len=max_seq_len, arrival={"process": "offline"})
     longest = int(run["executor"].get("max_prompt_len") or 256) + max_seq_len + 16
     run["executor"].update(kv_memory=requests * longest * loaded.kv_bytes_per_token, progress=False)
     setup = build_exec(run, loaded=loaded)
-    runner, inside = setup.executor.runner, []
-    step = runner.step
+    runner, inside, shapes = setup.executor.runner, [], []
+    step, cache = runner.step, runner.cache
 
     def timed(decode, prefill):
+        lens = [len(t) for _, t in prefill]
+        ctx = sum(int(cache.length[cache.row[r]]) + 1 for r, _ in decode)
+        shapes.append((sum(lens), sum(n * n for n in lens), len(decode), ctx, len(lens)))
         _sync(str(runner.device))
         t0 = time.perf_counter()
         out = step(decode, prefill)
@@ -146,12 +152,12 @@ def engine_overhead(cfg, loaded, requests: int = 48, max_seq_len: int = 64) -> d
     runner.step = timed
     result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
     outside = np.concatenate(result.log.durations) - np.array(inside)
-    batch = np.array(result.log.batch, dtype=np.float64)
-    slope = float(np.polyfit(batch, outside, 1)[0]) if np.ptp(batch) > 0 else 0.0
-    slope = max(slope, 0.0)
-    const = max(float(np.mean(outside - slope * batch)), 0.0)
-    return {"per_iteration_s": const, "per_sequence_s": slope, "iterations": len(outside),
-            "policy": run["policy"]["name"], "requests": requests}
+    x = pd.DataFrame(shapes, columns=["prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx", "prompts"])
+    per = fit(np.column_stack([x.decode_tokens, x.prompts]).astype(np.float64), np.maximum(outside, 1e-7))
+    predicted = forward_time(ProfiledLatency(None, None, table=table), x)
+    return {"per_iteration_s": float(per[0]), "per_decode_s": float(per[1]), "per_prompt_s": float(per[2]),
+            "step_factor": float(np.median(np.array(inside) / predicted)), "iterations": len(outside),
+            "policy": run["policy"]["name"], "requests": requests, "max_seq_len": max_seq_len}
 
 
 def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, overhead: bool = True,
@@ -202,7 +208,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
         "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "min_seconds": min_seconds,
         "grid": [list(p) for p in points], "block_size": bs, "kv_bytes_per_token": m.kv_bytes_per_token,
         "swap_s_per_token": swap_seconds_per_token(cache, device),
-        "engine_overhead": engine_overhead(cfg, m) if overhead else None,
+        "engine_overhead": engine_overhead(cfg, m, table) if overhead else None,
         "model_spec": model_spec(m),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -90,11 +90,16 @@ def test_iteration_time_scalar_array_and_decode_run_agree(tmp_path):
 
 
 def test_engine_overhead_comes_from_the_profile_unless_overridden(tmp_path):
-    meta = {"engine_overhead": {"per_iteration_s": 1e-4, "per_sequence_s": 1e-5}}
+    meta = {"engine_overhead": {"per_iteration_s": 1e-4, "per_decode_s": 1e-5, "per_prompt_s": 3e-5,
+                                "step_factor": 1.5}}
     path = synthetic_profile(tmp_path / "p.csv", meta=meta)
-    measured, none = latency(path), latency(path, overhead_s=0.0)
-    # 3 decoding sequences and 2 equal prompts (p^2 / sq = 2): 5 sequences
-    assert measured.iteration_time(20, 200, 3, 60) - none.iteration_time(20, 200, 3, 60) == pytest.approx(1e-4 + 5e-5)
+    measured, bare, const = latency(path), latency(path, overhead_s=0.0), latency(path, overhead_s=0.01)
+    # 3 decoding sequences and 2 equal prompts (p^2 / sq = 2)
+    forward = bare.iteration_time(20, 200, 3, 60)
+    assert measured.iteration_time(20, 200, 3, 60) == pytest.approx(1.5 * forward + 1e-4 + 3 * 1e-5 + 2 * 3e-5)
+    assert const.iteration_time(20, 200, 3, 60) == pytest.approx(forward + 0.01)
+    assert measured.decode_run(3, 60, 4) == pytest.approx([measured.iteration_time(0, 0, 3, 60 + 3 * i)
+                                                           for i in range(4)])
     with pytest.raises(ConfigError, match="overhead_s"):
         latency(path, overhead_s=-1.0)
 
@@ -145,7 +150,8 @@ def tiny_profile(tmp_path_factory):
     table, meta = profile(base, pts, warmup=1, repeats=3, log=lambda *_: None)
     assert meta["model"] == "tiny-llama" and meta["swap_s_per_token"] >= 0 and (table.median_s > 0).all()
     eng = meta["engine_overhead"]
-    assert eng["iterations"] > 0 and eng["per_iteration_s"] >= 0 and eng["per_sequence_s"] >= 0
+    assert eng["iterations"] > 0 and min(eng["per_iteration_s"], eng["per_decode_s"], eng["per_prompt_s"]) >= 0
+    assert 0.5 < eng["step_factor"] < 3  # the executor's forward passes against the table, same shapes
     return write_profile(table, meta, tmp_path_factory.mktemp("prof"), "tiny")
 
 

@@ -3,7 +3,7 @@ simulator replays the hardware the executor ran on.
 
 An iteration's time is split the way its work is, each part predicted the way its measurements behave::
 
-    time = decode(b, c) + prefill(p, sq) - shared + overhead(b + k)
+    time = step_factor * (decode(b, c) + prefill(p, sq) - shared) + overhead(b, k)
 
 * ``decode(b, c)``: decode-only iterations of ``b`` sequences with ``c`` tokens of context each (the mean:
   ``decode_ctx / decode_tokens``), interpolated bilinearly in the profile's table. A table, not a formula,
@@ -17,9 +17,13 @@ An iteration's time is split the way its work is, each part predicted the way it
 * ``shared``: what a mixed iteration pays once rather than twice (the fixed cost of one forward pass): the
   median, over the profile's mixed points, of ``decode + prefill - measured``; the prefill fit's ``c0``
   if the profile has no mixed point. A mixed iteration never takes less than either part alone.
-* ``overhead``: engine time per iteration outside the forward pass (scheduling, bookkeeping), per
-  iteration and per sequence, which the profiler measures by running the executor (`engine_overhead` in
-  the profile's JSON); ``latency.overhead_s`` replaces it with a constant.
+* ``overhead`` and ``step_factor``: what serving adds to a forward pass timed alone. The profiler runs
+  the executor on a short workload (`engine_overhead` in the profile's JSON) and measures the engine's
+  time outside the forward pass (scheduling, admission, bookkeeping) as a fit per iteration, per decoding
+  sequence and per admitted prompt, and how much slower its forward passes are than the table says for
+  the same shapes (the median ratio; shapes change every step and the engine's work evicts caches
+  between steps, which a grid point repeated back to back does not see). ``latency.overhead_s`` replaces
+  both with a constant per iteration.
 
 `fit_report` gives the error on held-out grid points (every 4th point predicted from the others). Swaps
 cost the profile's measured seconds per token when it has one, else the GPU preset's host link.
@@ -77,16 +81,22 @@ def kind_of(table: pd.DataFrame) -> np.ndarray:
     return np.where(p & d, "mixed", np.where(p, "prefill", np.where(d, "decode", "empty")))
 
 
-def fit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Non-negative coefficients (constant first) minimising the relative error of `x @ c[1:] + c[0]` to `t`."""
-    a = np.column_stack([np.ones(len(t)), np.asarray(x, dtype=np.float64)]) / t[:, None]
+def nonneg_lstsq(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares `a @ c ~ y` with no coefficient negative: a column whose coefficient comes out negative
+    is dropped (its coefficient 0) and the rest refitted."""
     keep = np.ones(a.shape[1], dtype=bool)
     while True:
         coef = np.zeros(a.shape[1])
-        coef[keep] = np.linalg.lstsq(a[:, keep], np.ones(len(t)), rcond=None)[0]
+        coef[keep] = np.linalg.lstsq(a[:, keep], y, rcond=None)[0]
         if (coef >= 0).all():
             return coef
         keep &= coef > 0
+
+
+def fit(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients (constant first) minimising the relative error of `x @ c[1:] + c[0]` to `t`."""
+    a = np.column_stack([np.ones(len(t)), np.asarray(x, dtype=np.float64)]) / t[:, None]
+    return nonneg_lstsq(a, np.ones(len(t)))
 
 
 def _bracket(xs: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -171,9 +181,11 @@ class ProfiledLatency(LatencyModel):
             self.shared_s = float(self.prefill_coef[0])
         eng = self.meta.get("engine_overhead") or {}
         if overhead_s is not None:
-            self.overhead = (float(overhead_s), 0.0)
+            self.overhead, self.step_factor = (float(overhead_s), 0.0, 0.0), 1.0
         else:
-            self.overhead = tuple(max(0.0, float(eng.get(k, 0.0))) for k in ("per_iteration_s", "per_sequence_s"))
+            self.overhead = tuple(max(0.0, float(eng.get(k) or 0.0))
+                                  for k in ("per_iteration_s", "per_decode_s", "per_prompt_s"))
+            self.step_factor = max(float(eng.get("step_factor") or 1.0), 0.0)
         s = self.meta.get("swap_s_per_token")
         self.swap_s_per_token = float(s) if isinstance(s, (int, float)) and s >= 0 else None
 
@@ -193,8 +205,9 @@ class ProfiledLatency(LatencyModel):
         k = prompts_estimate(p, sq)
         dec, pre = self._decode(d, ctx), self._prefill(p, sq, k)
         both = np.maximum(dec + pre - self.shared_s, np.maximum(dec, pre))
-        t = np.where((p > 0) & (d > 0), both, dec + pre)
-        t = np.where(p + d > 0, t + self.overhead[0] + self.overhead[1] * (d + k), 0.0)
+        t = self.step_factor * np.where((p > 0) & (d > 0), both, dec + pre)
+        o = self.overhead
+        t = np.where(p + d > 0, t + o[0] + o[1] * d + o[2] * k, 0.0)
         return float(t) if t.ndim == 0 else t
 
     def swap_time(self, n_tokens):
@@ -235,7 +248,7 @@ def fit_report(path) -> str:
     c = lat.prefill_coef
     return (f"decode table {len(lat.decode.batches)} batch sizes x {len(lat.decode.contexts)} contexts; prefill fit "
             f"const={c[0]:.3g} s, per token={c[1]:.3g}, per squared prompt={c[2]:.3g}, per prompt={c[3]:.3g}; "
-            f"shared in mixed={lat.shared_s:.3g} s; engine overhead {lat.overhead[0]:.3g} s/iteration + "
-            f"{lat.overhead[1]:.3g} s/sequence\n"
+            f"shared in mixed={lat.shared_s:.3g} s; engine: forward passes x{lat.step_factor:.3f}, overhead "
+            f"{lat.overhead[0]:.3g} s/iteration + {lat.overhead[1]:.3g} s/decode + {lat.overhead[2]:.3g} s/prompt\n"
             f"relative error on held-out points (every 4th of {len(t)}, {len(held)} points): mean {held.mean():.1%}, "
             f"max {held.max():.1%}; {per}. On all points (in the model): mean {err.mean():.1%}, max {err.max():.1%}")
