@@ -139,7 +139,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
                     sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
     tokens = _positive_int(_get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
     executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
-                        progress=progress)
+                        progress=progress, warmup=bool(_get(ex, "warmup", True)))
     s = cfg.get("slo") or {}
     slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, slo, kv_bytes, cap, wl.clipped, truncated)

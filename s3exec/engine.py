@@ -54,7 +54,7 @@ class ExecResult(SimResult):
 
 class Executor:
     def __init__(self, runner, scheduler: Scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
-                 clock=time.perf_counter, sleep=time.sleep):
+                 clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
         if mode not in MODES:
             raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
         if mode == "natural" and not eos_ids:
@@ -68,6 +68,7 @@ class Executor:
         self.eos = set(int(e) for e in eos_ids)
         self.progress = progress
         self.clock, self.sleep = clock, sleep
+        self.warmup = warmup
 
     def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
         """Serve `requests` (sorted by arrival, ids 0..n-1) whose prompt tokens are `prompts`; `caps` bounds
@@ -83,6 +84,8 @@ class Executor:
                 raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len "
                                          f"{r.prompt_len}")
         arrivals = np.fromiter((r.arrival for r in requests), float, n)
+        if self.warmup:
+            self.warm_up(prompts)
         sched, log = self.sched, IterationLog()
         bar = tqdm(total=n, disable=not self.progress, desc="requests", unit="req", leave=False)
         nxt, steps, t0, t = 0, 0, self.clock(), 0.0
@@ -95,7 +98,7 @@ class Executor:
             if batch.is_empty:
                 if nxt >= n:
                     raise stalled(sched, n, t)
-                self.sleep(max(0.0, float(arrivals[nxt]) - (self.clock() - t0)))
+                self._wait_until(t0 + float(arrivals[nxt]))
                 t = self.clock() - t0
                 continue
             self._sync()
@@ -134,6 +137,39 @@ class Executor:
                           outputs={i: s.generated for i, s in self.seqs.items()},
                           token_times={i: s.times for i, s in self.seqs.items()},
                           peak_kv_blocks=self.cache.peak_blocks)
+
+    def _wait_until(self, when: float, spin: float = 0.002) -> None:
+        """Idle until the clock reads `when`: sleep, then spin for the last `spin` seconds, since a sleep
+        overshoots by a tenth of a millisecond or more, which would delay every request arriving at an idle
+        engine (the simulator starts its iteration at the arrival itself)."""
+        left = when - self.clock()
+        if left > spin:
+            self.sleep(left - spin)
+        while self.clock() < when:
+            pass
+
+    def warm_up(self, prompts) -> None:
+        """One untimed prefill of the first prompts (as many as the KV pool and `max_batch_tokens` take) and one
+        decode step of them, before the clock starts, as serving engines do at start-up: the first pass at a
+        new largest size pays for growing activation memory, which no request of the run should be charged
+        (and which the profile, measured after warm-up, does not contain)."""
+        cache, bs = self.cache, self.cache.block_size
+        limit = self.runner.max_batch_tokens or float("inf")
+        batch, tokens, blocks = [], 0, 0
+        for i, p in enumerate(prompts):
+            need = -(-(len(p) + 1) // bs)
+            if tokens + len(p) > limit or blocks + need > cache.nfree or len(p) + 1 > cache.max_blocks * bs:
+                break
+            batch.append((-1 - i, [int(t) for t in p]))
+            tokens, blocks = tokens + len(p), blocks + need
+        if not batch:
+            return
+        peak = cache.peak_blocks
+        out = self.runner.step([], batch)
+        self.runner.step([(rid, tok) for (rid, _), tok in zip(batch, out)], [])
+        for rid, _ in batch:
+            cache.release(rid)
+        cache.peak_blocks = peak
 
     # ---- one iteration ----------------------------------------------------------------------
     def _iterate(self, batch) -> list[Seq]:

@@ -151,6 +151,8 @@ def engine_overhead(cfg, loaded, table: pd.DataFrame, requests: int = 48, max_se
 
     runner.step = timed
     result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
+    n = len(result.log.durations)  # the calls before them are the executor's untimed warm-up
+    inside, shapes = inside[-n:], shapes[-n:]
     outside = np.concatenate(result.log.durations) - np.array(inside)
     x = pd.DataFrame(shapes, columns=["prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx", "prompts"])
     per = fit(np.column_stack([x.decode_tokens, x.prompts]).astype(np.float64), np.maximum(outside, 1e-7))

@@ -93,3 +93,23 @@ def test_log_matches_the_simulator_schema():
     assert len(f) == res.engine_steps and (f.duration > 0).all()
     assert np.all(np.diff(f.start) > 0)
     assert f.prefill_tokens.sum() == sum(len(p) for p in PROMPTS) + sum(r.recomputed_tokens for r in res.requests)
+
+
+def test_warm_up_runs_before_the_clock_and_leaves_nothing_behind():
+    """The untimed warm-up prefills the first prompts that fit the pool, decodes them once and frees them:
+    the run's tokens and its peak KV use are those of a run without it."""
+    prompts, outputs = workload(8)
+    runs = {}
+    for warm in (False, True):
+        sched = scheduler("orca", 200, outputs)
+        ex = executor(sched)
+        ex.warmup = warm
+        calls = []
+        step = ex.runner.step
+        ex.runner.step = lambda d, p, step=step: calls.append((len(d), len(p))) or step(d, p)
+        runs[warm] = (ex.run(requests(prompts, outputs), prompts), calls)
+    (cold, cold_calls), (warm, warm_calls) = runs[False], runs[True]
+    assert warm.outputs == cold.outputs and warm.peak_kv_blocks == cold.peak_kv_blocks
+    k = warm_calls[0][1]
+    assert k > 0 and warm_calls[:2] == [(0, k), (k, 0)] and warm_calls[2:] == cold_calls
+    assert sum(-(-(len(p) + 1) // 4) for p in prompts[:k]) <= 200 // 4  # only what the pool holds

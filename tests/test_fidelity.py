@@ -218,3 +218,13 @@ def test_calibrate_cli_prints_overrides_and_needs_a_model_shape(tmp_path, capsys
     assert main([str(path)]) == 2
     assert "--model" in capsys.readouterr().err
     assert main([str(path), "--model", "tiny-llama", "--gpu", "tpu"]) == 2
+
+
+def test_target_summary_counts_cells_and_names_each_miss():
+    from s3sim.experiments.fidelity import METRICS, target_summary
+
+    row = {"model": "m", "arrival": "offline", "policy": "orca", **{f"err_{m}": 0.01 for m in METRICS}}
+    df = pd.DataFrame([row, {**row, "policy": "s3", "err_request_throughput": -0.06, "err_e2e_latency_p99": 0.2}])
+    text = target_summary(df)
+    assert "throughput within 5%: 3/4" in text and "p50 within 10%: 6/6" in text and "p99 within 15%: 5/6" in text
+    assert "m offline s3 request_throughput: -6.0%" in text and "e2e_latency_p99: +20.0%" in text

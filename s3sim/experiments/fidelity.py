@@ -2,11 +2,13 @@
 
 For each model, arrival and policy the same workload, KV capacity (in tokens) and seed run once through
 the executor on this machine and once through the simulator with `latency=profiled` (a profile of this
-machine, measured first if missing). The table gives the simulator's relative error per metric; with
+machine, measured first if missing; `--fresh-profile` measures it again into `<out>/profiles`, since a
+shared CPU drifts over minutes). The table gives the simulator's relative error per metric; with
 `--spread` the executor runs twice and its own run-to-run difference is shown beside the error, since
 no simulator can be closer than the hardware is to itself. Poisson rates are fractions of the mean
 offline request throughput the executor reached. Writes `results/fidelity/`: `fidelity.csv`,
-`requests.csv` (per request: measured and simulated finish times) and one scatter PNG per model.
+`requests.csv` (per request: measured and simulated finish times) and one scatter PNG per model, and
+prints how many cells meet the targets (`target_summary`).
 """
 from __future__ import annotations
 
@@ -77,9 +79,10 @@ def rel(a, b) -> float:
     return float((a - b) / b) if b else float("nan")
 
 
-def ensure_profile(model: str, folder: Path, log=print) -> Path:
+def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False) -> Path:
+    """`<folder>/<model>-cpu.csv`, measured now if missing or `fresh`."""
     path = folder / f"{model}-cpu.csv"
-    if not path.is_file():
+    if fresh or not path.is_file():
         from s3exec.profile import profile, write_profile
 
         log(f"profiling {model} -> {path}")
@@ -163,6 +166,25 @@ def table_text(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+TARGETS = {"throughput": (("request_throughput", "output_throughput"), 0.05),
+           "p50": (("ttft_p50", "tpot_p50", "e2e_latency_p50"), 0.10),
+           "p99": (("ttft_p99", "tpot_p99", "e2e_latency_p99"), 0.15)}
+
+
+def target_summary(df: pd.DataFrame) -> str:
+    """How many cells meet the targets (throughput within 5 %, p50 latencies within 10 %, p99 within 15 %),
+    and each miss with the executor's own spread where measured."""
+    lines, misses = [], []
+    for name, (metrics, bound) in TARGETS.items():
+        cells = [(r, m) for _, r in df.iterrows() for m in metrics]
+        bad = [(r, m) for r, m in cells if not abs(r[f"err_{m}"]) <= bound]
+        lines.append(f"{name} within {bound:.0%}: {len(cells) - len(bad)}/{len(cells)}")
+        for r, m in bad:
+            spread = f" (executor spread {r[f'spread_{m}']:+.0%})" if f"spread_{m}" in r else ""
+            misses.append(f"  {r['model']} {r['arrival']} {r['policy']} {m}: {r[f'err_{m}']:+.1%}{spread}")
+    return "targets: " + "; ".join(lines) + ("\nmisses:\n" + "\n".join(misses) if misses else "")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny-llama,smollm2")
@@ -170,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates as fractions of the offline throughput")
     ap.add_argument("--spread", action="store_true", help="run the executor twice and report its own spread")
     ap.add_argument("--profiles", default="results/profiles")
+    ap.add_argument("--fresh-profile", action="store_true",
+                    help="profile each model again first, into <out>/profiles (a shared CPU drifts over minutes)")
     ap.add_argument("--out", default="results/fidelity")
     args = ap.parse_args(argv)
     from s3sim.runner import write_csv
@@ -180,7 +204,8 @@ def main(argv=None) -> int:
     all_rows, all_finish = [], []
     try:
         for model in args.models.split(","):
-            prof = ensure_profile(model, Path(args.profiles))
+            prof = (ensure_profile(model, out / "profiles", fresh=True) if args.fresh_profile
+                    else ensure_profile(model, Path(args.profiles)))
             rows, fin = run_model(model, args.policies.split(","), fractions, prof, args.spread)
             all_rows += rows
             finish = pd.concat(fin, ignore_index=True)
@@ -193,6 +218,7 @@ def main(argv=None) -> int:
     write_csv(pd.concat(all_finish, ignore_index=True), out / "requests.csv")
     write_csv(df, out / "fidelity.csv")
     print(table_text(df))
+    print(target_summary(df))
     print(f"results: {out}")
     return 0
 
