@@ -196,6 +196,11 @@ class ProfiledLatency(LatencyModel):
         c = self.prefill_coef
         return np.where(p > 0, c[0] + _prefill_x(p, sq, k) @ c[1:], 0.0)
 
+    def forward(self, p, sq, d, ctx, k):
+        """The model's forward pass alone (no engine terms) for arrays of iterations with `k` prompts."""
+        dec, pre = self._decode(d, ctx), self._prefill(p, sq, k)
+        return np.where((p > 0) & (d > 0), np.maximum(dec + pre - self.shared_s, np.maximum(dec, pre)), dec + pre)
+
     def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
         args = (prefill_tokens, prefill_sq, decode_tokens, decode_ctx)
         p, sq, d, ctx = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
@@ -203,9 +208,7 @@ class ProfiledLatency(LatencyModel):
             raise ConfigError(f"iteration_time: arguments must be >= 0, got {args!r}" if p.ndim == 0 else
                               "iteration_time: arguments must be >= 0 everywhere")
         k = prompts_estimate(p, sq)
-        dec, pre = self._decode(d, ctx), self._prefill(p, sq, k)
-        both = np.maximum(dec + pre - self.shared_s, np.maximum(dec, pre))
-        t = self.step_factor * np.where((p > 0) & (d > 0), both, dec + pre)
+        t = self.step_factor * self.forward(p, sq, d, ctx, k)
         o = self.overhead
         t = np.where(p + d > 0, t + o[0] + o[1] * d + o[2] * k, 0.0)
         return float(t) if t.ndim == 0 else t
@@ -223,9 +226,7 @@ class ProfiledLatency(LatencyModel):
 def forward_time(lat: ProfiledLatency, table: pd.DataFrame) -> np.ndarray:
     """The model's forward-pass time (no engine overhead) at each point of a profile table, with the
     table's own prompt counts."""
-    p, sq, d, ctx, k = (table[c].to_numpy(np.float64) for c in FEATURES + ("prompts",))
-    dec, pre = lat._decode(d, ctx), lat._prefill(p, sq, k)
-    return np.where((p > 0) & (d > 0), np.maximum(dec + pre - lat.shared_s, np.maximum(dec, pre)), dec + pre)
+    return lat.forward(*(table[c].to_numpy(np.float64) for c in FEATURES + ("prompts",)))
 
 
 def holdout_error(table: pd.DataFrame, every: int = 4) -> tuple[np.ndarray, np.ndarray]:
