@@ -40,7 +40,7 @@ profile: setup
 	$(BIN)/python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
 
 fidelity: setup
-	$(BIN)/python -m s3sim.experiments.fidelity --spread --fresh-profile
+	$(BIN)/python -m s3exec.fidelity --spread --fresh-profile
 
 # The S3 paper's evaluation, simulated (results/paper/), and the sweeps beyond it (results/beyond/).
 paper: setup

@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.errors import ConfigError, InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 
 
 def _fail(kind: str, err: Exception) -> None:

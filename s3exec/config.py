@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import _get, _positive_int, build_scheduler, sample_workload
-from s3sim.errors import ConfigError
+from s3sim.config import get, positive_int, build_scheduler, sample_workload
+from s3sim.core.errors import ConfigError
 from s3sim.metrics.summary import Slo
-from s3sim.request import Request
+from s3sim.core.request import Request
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -76,16 +76,16 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     from s3exec.prompts import TEXT_WORKLOADS, synthetic_prompts, text_prompts
 
     ex = cfg["executor"]
-    threads = _positive_int(_get(ex, "threads"), "executor.threads", allow_none=True)
+    threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
     if threads:
         torch.set_num_threads(threads)
-    mode = _get(ex, "mode", "fixed")
+    mode = get(ex, "mode", "fixed")
     if mode not in MODES:
         raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
-    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
-    seed = int(_get(cfg, "seed", 0))
-    device = str(_get(ex, "device", "cpu"))
-    limit = _get(ex, "memory_limit")
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    seed = int(get(cfg, "seed", 0))
+    device = str(get(ex, "device", "cpu"))
+    limit = get(ex, "memory_limit")
     if limit is None:
         available, where = free_memory(device)
     else:
@@ -93,17 +93,17 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
         if isinstance(available, float):
             raise ConfigError(f"executor.memory_limit must be bytes, got the fraction {limit!r}")
         where = f"executor.memory_limit={limit}"
-    source = _get(ex, "model") or cfg["model"]["name"]
+    source = get(ex, "model") or cfg["model"]["name"]
     if loaded is None:
-        loaded = load_model(str(source), _get(ex, "dtype", "float32"), device, seed, available, where)
+        loaded = load_model(str(source), get(ex, "dtype", "float32"), device, seed, available, where)
 
     wl, idx, arrivals = sample_workload(cfg)
     output = wl.output_len[idx].astype(np.int64)
     if cfg["workload"]["name"] in TEXT_WORKLOADS:
-        prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(_get(ex, "chat_template", True)))
+        prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
     else:
         prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
-    max_prompt = _positive_int(_get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
+    max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
     truncated = 0
     if max_prompt:
         truncated = sum(len(p) > max_prompt for p in prompts)
@@ -115,11 +115,11 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
             f"request {worst}: a prompt of {plen[worst]} tokens plus max_seq_len={max_seq_len} exceeds the context of "
             f"{source!r} ({loaded.max_context} tokens); set executor.max_prompt_len or lower max_seq_len")
 
-    budget = parse_bytes(_get(ex, "kv_memory", "256MiB"), "executor.kv_memory")
+    budget = parse_bytes(get(ex, "kv_memory", "256MiB"), "executor.kv_memory")
     left = available - loaded.weight_bytes
     kv_bytes = int(budget * left) if isinstance(budget, float) else budget
     if kv_bytes > left:
-        raise ConfigError(f"executor.kv_memory={_get(ex, 'kv_memory')} asks for {kv_bytes / 2**20:.1f} MiB but only "
+        raise ConfigError(f"executor.kv_memory={get(ex, 'kv_memory')} asks for {kv_bytes / 2**20:.1f} MiB but only "
                           f"{left / 2**20:.1f} MiB are left after the weights ({where})")
     cap = kv_bytes // loaded.kv_bytes_per_token
     need = int(plen.max()) + max_seq_len
@@ -137,9 +137,9 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     sched = build_scheduler(cfg, cap, np.array([r.output_len for r in requests]), keys)
     cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
                     sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
-    tokens = _positive_int(_get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
+    tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
     executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
-                        progress=progress, warmup=bool(_get(ex, "warmup", True)))
+                        progress=progress, warmup=bool(get(ex, "warmup", True)))
     s = cfg.get("slo") or {}
-    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
+    slo = Slo(ttft=get(s, "ttft"), tpot=get(s, "tpot"), e2e=get(s, "e2e"))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, slo, kv_bytes, cap, wl.clipped, truncated)

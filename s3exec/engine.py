@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from s3sim.engine.simulator import IterationLog, SimResult, _check_all_finished, stalled
-from s3sim.errors import ConfigError, InvariantViolation
-from s3sim.request import Phase, Request
-from s3sim.scheduler.base import Scheduler
+from s3sim.simulator.engine import IterationLog, SimResult, check_all_finished, stalled
+from s3sim.core.errors import ConfigError, InvariantViolation
+from s3sim.core.request import Phase, Request
+from s3sim.core.policies.base import Scheduler
 
 MODES = ("fixed", "natural")
 
@@ -126,7 +126,7 @@ class Executor:
             steps += 1
             t = end
         bar.close()
-        _check_all_finished(requests, sched, t)
+        check_all_finished(requests, sched, t)
         self.cache.check_empty()
         for r in requests:
             if self.seqs[r.id].count != r.output_len:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s3sim.errors import InvariantViolation
+from s3sim.core.errors import InvariantViolation
 
 
 class KVCache:

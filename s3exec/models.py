@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")

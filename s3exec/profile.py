@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 COLUMNS = ("kind", "prompt_len", "prompts", "decode_tokens", "ctx_per_seq", "prefill_tokens", "prefill_sq",
            "decode_ctx", "median_s", "min_s", "max_s", "repeats")
@@ -173,17 +173,17 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
     from s3exec.models import load_model
-    from s3sim.config import _get, _positive_int
+    from s3sim.config import get, positive_int
 
     ex = cfg["executor"]
-    threads = _positive_int(_get(ex, "threads"), "executor.threads", allow_none=True)
+    threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
     if threads:
         torch.set_num_threads(threads)
-    device = str(_get(ex, "device", "cpu"))
+    device = str(get(ex, "device", "cpu"))
     available, where = free_memory(device)
-    source = str(_get(ex, "model") or cfg["model"]["name"])
-    dtype = str(_get(ex, "dtype", "float32"))
-    m = load_model(source, dtype, device, int(_get(cfg, "seed", 0)), available, where)
+    source = str(get(ex, "model") or cfg["model"]["name"])
+    dtype = str(get(ex, "dtype", "float32"))
+    m = load_model(source, dtype, device, int(get(cfg, "seed", 0)), available, where)
     points = points or grid(max_context=m.max_context)
     points = [p for p in points if max(p[0], p[3] + 1) <= m.max_context]
     if not points:
@@ -193,7 +193,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     longest = max(max(L, c + 1) for L, _, _, c in points)
     cache = KVCache(m.num_layers, m.kv_heads, m.head_dim, -(-need // bs) + 64, bs, longest + bs, dtype=m.dtype,
                     device=device)
-    runner = ModelRunner(m.model, cache, _positive_int(_get(ex, "max_batch_tokens"), "executor.max_batch_tokens",
+    runner = ModelRunner(m.model, cache, positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens",
                                                        allow_none=True))
     rng = np.random.default_rng(0)
     rows = []

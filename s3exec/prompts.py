@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 TEXT_WORKLOADS = ("sharegpt_pairs", "alpaca_eval", "alpaca_rows")
 

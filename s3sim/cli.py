@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s3sim.errors import ConfigError, InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 

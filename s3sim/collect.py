@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.runner import CONFIG, FAILED, SUMMARY
 
 STATUSES = ("finished", "failed", "incomplete")

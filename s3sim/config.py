@@ -9,19 +9,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
-from s3sim.kv.pool import KVPool
+from s3sim.core.kv_pool import KVPool
 from s3sim.latency import RooflineLatency
 from s3sim.metrics.summary import Slo
-from s3sim.predictor import Buckets, OraclePredictor, SyntheticPredictor
-from s3sim.scheduler.orca import FasterTransformerScheduler, OrcaScheduler
-from s3sim.scheduler.paged import PagedScheduler
-from s3sim.scheduler.paged_spf import PagedSpfScheduler
-from s3sim.scheduler.s3 import S3Scheduler
-from s3sim.scheduler.supervisor import Supervisor
+from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
+from s3sim.core.policies.paged import PagedScheduler
+from s3sim.core.policies.paged_spf import PagedSpfScheduler
+from s3sim.core.policies.s3 import S3Scheduler
+from s3sim.core.policies.supervisor import Supervisor
 from s3sim.workload import arrival_times, load_workload
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged", "paged_spf")
@@ -41,7 +41,7 @@ class Setup:
     clipped: int
 
 
-def _get(cfg, path, default=None):
+def get(cfg, path, default=None):
     node = cfg
     for key in path.split("."):
         if node is None or key not in node:
@@ -50,13 +50,13 @@ def _get(cfg, path, default=None):
     return node
 
 
-def _choice(value, valid, field):
+def choice(value, valid, field):
     if value not in valid:
         raise ConfigError(f"{field} '{value}' is unknown; valid: {', '.join(valid)}")
     return value
 
 
-def _positive_int(value, field, allow_none=False):
+def positive_int(value, field, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -74,14 +74,14 @@ def sample_workload(cfg):
     """The workload table of `cfg`, the rows its requests take (a seeded sample, or the table cycled) and
     their arrival times. The executor reads the rows to find each request's prompt text."""
     w = cfg["workload"]
-    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
                                      "max_prompt")
-          if _get(w, k) is not None}
-    wl = load_workload(w["name"], data_dir=_get(w, "data_dir"), path=_get(w, "path"), max_output=max_seq_len, **kw)
+          if get(w, k) is not None}
+    wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
-    n = _positive_int(_get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
-    seed = int(_get(cfg, "seed", 0))
+    n = positive_int(get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
+    seed = int(get(cfg, "seed", 0))
     # fewer requests than rows: a seeded sample; more: cycle through the table
     idx = np.random.default_rng(seed).permutation(rows)[:n] if n <= rows else np.arange(n) % rows
     a = cfg["arrival"]
@@ -95,20 +95,20 @@ def sample_workload(cfg):
             raise ConfigError(f"num_requests={n} exceeds the trace's {len(wl.prompt_len)} rows with arrival=trace")
         idx = np.arange(n)
         ts = wl.timestamps[idx]
-    arr = arrival_times(n, process, rate=_get(a, "rate"), burstiness=_get(a, "burstiness", 1.0), seed=seed,
+    arr = arrival_times(n, process, rate=get(a, "rate"), burstiness=get(a, "burstiness", 1.0), seed=seed,
                         timestamps=ts)
     return wl, idx, arr
 
 
 def build(cfg) -> Setup:
-    policy = _choice(cfg["policy"]["name"], POLICIES, "policy.name")
-    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    policy = choice(cfg["policy"]["name"], POLICIES, "policy.name")
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     model = get_model(cfg["model"]["name"])
     gpu = get_gpu(cfg["gpu"]["name"])
-    num_gpus = _positive_int(_get(cfg, "gpu.count", 1), "gpu.count")
-    fixed_cap = _get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
-    cap = (_positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
-           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(_get(cfg, "gpu.activation_reserve_frac", 0.1)),
+    num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
+    fixed_cap = get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
+    cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
+           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac", 0.1)),
                               num_gpus=num_gpus))
     latency = build_latency(cfg["latency"], model, gpu, num_gpus)
     wl, idx, arr = sample_workload(cfg)
@@ -121,19 +121,19 @@ def build(cfg) -> Setup:
             f"{int(prompt.max())} prompt + max_seq_len={max_seq_len} tokens; lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
     s = cfg.get("slo") or {}
-    slo = Slo(ttft=_get(s, "ttft"), tpot=_get(s, "tpot"), e2e=_get(s, "e2e"))
+    slo = Slo(ttft=get(s, "ttft"), tpot=get(s, "tpot"), e2e=get(s, "e2e"))
     return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
 
 
 def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):
     """The `latency` group: the roofline estimate, or a profile measured by `s3exec.profile`."""
-    name = _choice(lat_cfg["name"], ("roofline", "profiled"), "latency.name")
+    name = choice(lat_cfg["name"], ("roofline", "profiled"), "latency.name")
     if name == "profiled":
         from s3sim.latency.profiled import ProfiledLatency
 
-        if not _get(lat_cfg, "path"):
+        if not get(lat_cfg, "path"):
             raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
-        over = _get(lat_cfg, "overhead_s")
+        over = get(lat_cfg, "overhead_s")
         if over is not None and (isinstance(over, bool) or not isinstance(over, (int, float))):
             raise ConfigError(f"latency.overhead_s must be seconds (a number) or null, got {over!r}")
         return ProfiledLatency(model, gpu, lat_cfg["path"], overhead_s=None if over is None else float(over))
@@ -146,19 +146,19 @@ def build_scheduler(cfg, cap: int, output, keys=None):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
     rows (a trained predictor finds each prompt by it)."""
-    policy = _choice(cfg["policy"]["name"], POLICIES, "policy.name")
-    max_seq_len = _positive_int(cfg["max_seq_len"], "max_seq_len")
+    policy = choice(cfg["policy"]["name"], POLICIES, "policy.name")
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     p = cfg["policy"]
-    max_batch = _positive_int(_get(p, "max_batch_size"), "policy.max_batch_size", allow_none=True)
-    mode = _choice(_get(p, "preemption_mode", "recompute"), PREEMPTION_MODES, "policy.preemption_mode")
+    max_batch = positive_int(get(p, "max_batch_size"), "policy.max_batch_size", allow_none=True)
+    mode = choice(get(p, "preemption_mode", "recompute"), PREEMPTION_MODES, "policy.preemption_mode")
     common = dict(max_batch_size=max_batch, preemption_mode=mode)
     if policy == "ft":
         sched = FasterTransformerScheduler(KVPool(cap), max_seq_len, **common)
     elif policy == "orca":
         sched = OrcaScheduler(KVPool(cap), max_seq_len, **common)
     elif policy in ("paged", "paged_spf"):
-        bs = _positive_int(_get(p, "block_size", 16), "policy.block_size")
-        wm = float(_get(p, "watermark", 0.01))
+        bs = positive_int(get(p, "block_size", 16), "policy.block_size")
+        wm = float(get(p, "watermark", 0.01))
         if not 0 <= wm < 1:
             raise ConfigError(f"policy.watermark must be a fraction in [0, 1), got {wm}")
         pool = KVPool(cap // bs, unit_tokens=bs)
@@ -170,8 +170,8 @@ def build_scheduler(cfg, cap: int, output, keys=None):
                                       **common)
     else:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=(policy == "oracle"), keys=keys)
-        sup = Supervisor(predictor, grow=_get(p, "grow", "next"), in_place=bool(_get(p, "in_place", False)),
-                         feedback=_get(cfg, "predictor.feedback", "mispredicted"))
+        sup = Supervisor(predictor, grow=get(p, "grow", "next"), in_place=bool(get(p, "in_place", False)),
+                         feedback=get(cfg, "predictor.feedback", "mispredicted"))
         sched = S3Scheduler(KVPool(cap), max_seq_len, predictor, sup, **common)
         sched.name = policy
     return sched
@@ -182,10 +182,10 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=N
     k = pc["num_buckets"]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
         raise ConfigError(f"predictor.num_buckets must be an integer of at least 2, got {k!r}")
-    scheme = _choice(_get(pc, "bucketing", "equal"), ("equal", "quantile"), "predictor.bucketing")
+    scheme = choice(get(pc, "bucketing", "equal"), ("equal", "quantile"), "predictor.bucketing")
     buckets = (Buckets.equal(k, max_seq_len) if scheme == "equal"
                else Buckets.quantile(k, max_seq_len, output_lengths))
-    name = "oracle" if force_oracle else _choice(pc["name"], PREDICTORS, "predictor.name")
+    name = "oracle" if force_oracle else choice(pc["name"], PREDICTORS, "predictor.name")
     if name == "oracle":
         return OraclePredictor(buckets)
     if name == "trained":  # its buckets come from its training data, not from this run's lengths
@@ -194,4 +194,4 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=N
     acc = pc["accuracy"]
     if not isinstance(acc, (int, float)) or math.isnan(acc):
         raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")
-    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=int(_get(cfg, "seed", 0)))
+    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=int(get(cfg, "seed", 0)))

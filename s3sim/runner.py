@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from s3sim.config import build
-from s3sim.engine.simulator import make_requests, simulate
+from s3sim.simulator.engine import make_requests, simulate
 from s3sim.metrics.summary import request_records, summarize
 
 

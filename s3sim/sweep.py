@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 class SweepReport(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         from s3sim.collect import collect, status_line
-        from s3sim.errors import ConfigError
+        from s3sim.core.errors import ConfigError
 
         root = Path(config.hydra.sweep.dir)
         try:

@@ -13,7 +13,7 @@ from s3exec.model_runner import ModelRunner
 from s3exec.models import load_model
 from s3exec.prompts import synthetic_prompts
 from s3sim.config import build_scheduler
-from s3sim.request import Request
+from s3sim.core.request import Request
 
 torch.set_num_threads(1)
 MSL = 48  # max_seq_len of the test policies

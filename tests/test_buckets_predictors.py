@@ -4,9 +4,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from s3sim.errors import ConfigError
-from s3sim.predictor import ERROR_SHAPES, Buckets, OraclePredictor, Predictor, SyntheticPredictor
-from s3sim.request import Request
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, Predictor, SyntheticPredictor
+from s3sim.core.request import Request
 
 MAX_LEN = 2048
 

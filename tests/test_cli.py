@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from s3sim.config import build
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.runner import run_config
 
 S3SIM = [sys.executable, "-c", "from s3sim.cli import main; main()"]

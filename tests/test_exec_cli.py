@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from s3exec.config import build_exec, parse_bytes
 from s3exec.runner import run_exec
 from s3sim.cli import CONF_DIR
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.metrics.summary import request_records
 from s3sim.runner import run_config
 

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exec_helpers import POLICIES, executor, requests, run, scheduler, workload
-from s3sim.errors import InvariantViolation
-from s3sim.request import Phase
+from s3sim.core.errors import InvariantViolation
+from s3sim.core.request import Phase
 
 PROMPTS, OUTPUTS = workload(10, seed=3)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from s3exec.kv_cache import KVCache
-from s3sim.errors import InvariantViolation
+from s3sim.core.errors import InvariantViolation
 
 
 def cache(blocks=10, bs=4):

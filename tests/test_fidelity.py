@@ -12,8 +12,8 @@ import torch
 
 from s3exec.profile import grid, profile, write_profile
 from s3sim.config import build
-from s3sim.errors import ConfigError
-from s3sim.experiments.fidelity import compare, exec_config, sim_config
+from s3sim.core.errors import ConfigError
+from s3exec.fidelity import compare, exec_config, sim_config
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency.profiled import FEATURES, ProfiledLatency, fit_report, holdout_error
@@ -180,7 +180,7 @@ def test_profile_cli_writes_a_profile_and_its_fit(tmp_path, capsys):
 def test_fidelity_cli_writes_table_requests_and_scatter(tiny_profile, tmp_path, capsys):
     import shutil
 
-    from s3sim.experiments.fidelity import main
+    from s3exec.fidelity import main
 
     prof = tmp_path / "profiles"
     prof.mkdir()
@@ -221,7 +221,7 @@ def test_calibrate_cli_prints_overrides_and_needs_a_model_shape(tmp_path, capsys
 
 
 def test_target_summary_counts_cells_and_names_each_miss():
-    from s3sim.experiments.fidelity import METRICS, target_summary
+    from s3exec.fidelity import METRICS, target_summary
 
     row = {"model": "m", "arrival": "offline", "policy": "orca", **{f"err_{m}": 0.01 for m in METRICS}}
     df = pd.DataFrame([row, {**row, "policy": "s3", "err_request_throughput": -0.06, "err_e2e_latency_p99": 0.2}])

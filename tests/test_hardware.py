@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import GPU_PRESETS, GpuSpec, get_gpu
 from s3sim.hardware.models import MODEL_PRESETS, ModelSpec, get_model

@@ -7,17 +7,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sim.engine.simulator import make_requests, simulate
+from s3sim.simulator.engine import make_requests, simulate
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
-from s3sim.kv.pool import KVPool
+from s3sim.core.kv_pool import KVPool
 from s3sim.latency import RooflineLatency
-from s3sim.predictor import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
-from s3sim.request import Phase
-from s3sim.scheduler.orca import FasterTransformerScheduler, OrcaScheduler
-from s3sim.scheduler.paged import PagedScheduler
-from s3sim.scheduler.s3 import S3Scheduler
-from s3sim.scheduler.supervisor import Supervisor
+from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.request import Phase
+from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
+from s3sim.core.policies.paged import PagedScheduler
+from s3sim.core.policies.s3 import S3Scheduler
+from s3sim.core.policies.supervisor import Supervisor
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))

@@ -1,7 +1,7 @@
 import pytest
 
-from s3sim.errors import InvariantViolation
-from s3sim.kv.pool import KVPool
+from s3sim.core.errors import InvariantViolation
+from s3sim.core.kv_pool import KVPool
 
 
 def test_reserve_grow_release_accounting():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency import LatencyModel, RooflineLatency

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_invariants_property import LAT, LAT_ALT, SETTINGS, check_invariants, check_jump_exact, scenarios
 
-from s3sim.engine.simulator import make_requests, simulate
-from s3sim.kv.pool import KVPool
-from s3sim.predictor import ERROR_SHAPES, Buckets, SyntheticPredictor
-from s3sim.scheduler.paged_spf import PagedSpfScheduler
+from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.predictors import ERROR_SHAPES, Buckets, SyntheticPredictor
+from s3sim.core.policies.paged_spf import PagedSpfScheduler
 
 
 @st.composite

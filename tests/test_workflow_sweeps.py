@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from s3sim.cli import CONF_DIR
 from s3sim.collect import collect, status_line
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.runner import run_dir
 
 S3SIM = [sys.executable, "-m", "s3sim.cli"]

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.workload import Workload, arrival_times, load_workload
 from s3sim.workload.lengths import DEFAULT_DATA_DIR, load_alpaca, load_trace
 

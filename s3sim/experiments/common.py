@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.runner import run_dir
 
 ATTAINMENT = 0.9  # a rate meets the SLO when at least this share of requests meets every SLO

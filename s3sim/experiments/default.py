@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.runner import run_config, write_csv
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged")

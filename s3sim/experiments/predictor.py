@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.predictor import table_path
 from s3sim.runner import write_csv, write_text

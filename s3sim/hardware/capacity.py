@@ -3,7 +3,7 @@ This bounds the batch: S3's gain comes from packing more requests into exactly t
 
 from __future__ import annotations
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 GiB = 1024**3
 

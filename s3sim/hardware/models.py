@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
 # Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec, get_gpu
 from s3sim.hardware.models import ModelSpec, get_model
 from s3sim.latency.profiled import FEATURES, load_profile

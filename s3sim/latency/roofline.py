@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.latency.base import LatencyModel

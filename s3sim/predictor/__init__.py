@@ -1,6 +1,2 @@
-from s3sim.predictor.base import Predictor
-from s3sim.predictor.buckets import Buckets
-from s3sim.predictor.oracle import OraclePredictor
-from s3sim.predictor.synthetic import ERROR_SHAPES, SyntheticPredictor
-
-__all__ = ["Buckets", "Predictor", "OraclePredictor", "SyntheticPredictor", "ERROR_SHAPES"]
+"""Predictor training and the committed prediction tables: the trained output-length predictor, its data
+splits and its command line. The predictor interface and the simple predictors live in `s3sim.core.predictors`."""

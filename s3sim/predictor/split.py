@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 SPLITS = ("all", "train", "test")
 _M64 = (1 << 64) - 1

@@ -7,7 +7,7 @@ from numbers import Real
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 PROCESSES = ("offline", "poisson", "gamma", "trace")
 

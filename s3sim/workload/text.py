@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 EXPECTED = ("'prompt' and 'response' (ShareGPT pairs), 'conversations' (ShareGPT), "
             "or 'instruction' and 'output' (Alpaca, AlpacaEval)")

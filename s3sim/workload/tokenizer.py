@@ -10,7 +10,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 
 def cache_dir(arg: str | None = None) -> Path:

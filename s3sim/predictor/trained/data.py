@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 from s3sim.predictor.split import holdout_mask
 from s3sim.workload.text import prompt_hash, read_pairs
 

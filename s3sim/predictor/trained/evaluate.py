@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.predictors.buckets import Buckets
 
 
 def metrics(pred_bucket, true_len, buckets: Buckets) -> dict:

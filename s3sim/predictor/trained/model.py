@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from s3sim.errors import ConfigError
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.buckets import Buckets
 
 
 def base_path(base: str) -> Path:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.errors import ConfigError
-from s3sim.predictor.base import Predictor
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.base import Predictor
+from s3sim.core.predictors.buckets import Buckets
 
 TABLES = Path(__file__).resolve().parents[1] / "tables"
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.errors import ConfigError
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.buckets import Buckets
 
 KINDS = ("equal", "quantile")
 

@@ -1,4 +1,4 @@
-"""`python -m s3sim.experiments.fidelity`: how far the simulator is from the executor it models.
+"""`python -m s3exec.fidelity`: how far the simulator is from the executor it models.
 
 For each model, arrival and policy the same workload, KV capacity (in tokens) and seed run once through
 the executor on this machine and once through the simulator with `latency=profiled` (a profile of this
@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 METRICS = ("request_throughput", "output_throughput", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
            "e2e_latency_p50", "e2e_latency_p99")
@@ -60,7 +60,7 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
     simulator row, per-request finish times of the first executor run and of the simulator)."""
     from s3exec.runner import run_exec
     from s3sim.config import build
-    from s3sim.engine.simulator import make_requests, simulate
+    from s3sim.simulator.engine import make_requests, simulate
     from s3sim.metrics.summary import request_records, summarize
 
     runs = [run_exec(exec_cfg, loaded=loaded) for _ in range(repeats)]

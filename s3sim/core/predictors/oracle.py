@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.predictor.base import Predictor
+from s3sim.core.predictors.base import Predictor
 
 
 class OraclePredictor(Predictor):

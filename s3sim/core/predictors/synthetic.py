@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.errors import ConfigError
-from s3sim.predictor.base import Predictor
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.base import Predictor
+from s3sim.core.predictors.buckets import Buckets
 
 ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
 

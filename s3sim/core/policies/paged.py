@@ -16,9 +16,9 @@ import math
 
 import numpy as np
 
-from s3sim.request import Request
-from s3sim.scheduler.base import FcfsScheduler
-from s3sim.scheduler.batch import Batch
+from s3sim.core.request import Request
+from s3sim.core.policies.base import FcfsScheduler
+from s3sim.core.batch import Batch
 
 
 class PagedScheduler(FcfsScheduler):

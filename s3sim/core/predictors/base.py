@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.predictor.buckets import Buckets
+from s3sim.core.predictors.buckets import Buckets
 
 
 class Predictor:

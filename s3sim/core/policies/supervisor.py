@@ -10,9 +10,9 @@ choice; `feedback="all"` reports every finished request, which a predictor facin
 """
 from __future__ import annotations
 
-from s3sim.errors import ConfigError
-from s3sim.predictor.base import Predictor
-from s3sim.request import Request
+from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.base import Predictor
+from s3sim.core.request import Request
 
 GROW_MODES = ("next", "max")
 FEEDBACK = ("mispredicted", "all")

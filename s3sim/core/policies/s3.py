@@ -10,12 +10,12 @@ import math
 
 from sortedcontainers import SortedKeyList
 
-from s3sim.errors import InvariantViolation
-from s3sim.predictor.base import Predictor
-from s3sim.request import Request
-from s3sim.scheduler.base import Scheduler
-from s3sim.scheduler.batch import Batch
-from s3sim.scheduler.supervisor import Supervisor
+from s3sim.core.errors import InvariantViolation
+from s3sim.core.predictors.base import Predictor
+from s3sim.core.request import Request
+from s3sim.core.policies.base import Scheduler
+from s3sim.core.batch import Batch
+from s3sim.core.policies.supervisor import Supervisor
 
 
 class S3Scheduler(Scheduler):

@@ -16,10 +16,10 @@ from collections import deque
 
 import numpy as np
 
-from s3sim.errors import InvariantViolation
-from s3sim.kv.pool import KVPool
-from s3sim.request import Phase, Request
-from s3sim.scheduler.batch import Batch
+from s3sim.core.errors import InvariantViolation
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.request import Phase, Request
+from s3sim.core.batch import Batch
 
 
 class Scheduler:

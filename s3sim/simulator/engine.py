@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from s3sim.errors import InvariantViolation
+from s3sim.core.errors import InvariantViolation
 from s3sim.latency.base import LatencyModel
-from s3sim.request import Phase, Request
-from s3sim.scheduler.base import Scheduler
+from s3sim.core.request import Phase, Request
+from s3sim.core.policies.base import Scheduler
 
 
 @dataclass
@@ -85,7 +85,7 @@ def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyMode
     state = {"steps": 0, "t": 0.0}
     env.process(_gpu_loop(env, requests, arrivals, scheduler, latency, log, max_jump, state))
     env.run()
-    _check_all_finished(requests, scheduler, state["t"])
+    check_all_finished(requests, scheduler, state["t"])
     return SimResult(requests, log, scheduler, state["t"], state["steps"],
                      scheduler.pool.capacity * scheduler.pool.unit_tokens)
 
@@ -158,7 +158,7 @@ def _cut_at_admissible_arrival(sched, requests, arrivals, nxt, ends, k) -> int:
     return k
 
 
-def _check_all_finished(requests, sched: Scheduler, t: float) -> None:
+def check_all_finished(requests, sched: Scheduler, t: float) -> None:
     if len(sched.finished) != len(requests):
         raise InvariantViolation(f"t={t:.6f}s {len(sched.finished)} of {len(requests)} requests finished")
     seen = set()

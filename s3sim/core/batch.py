@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from s3sim.request import Request
+from s3sim.core.request import Request
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ bug surfaces as an `InvariantViolation` naming the request and the time instead 
 """
 from __future__ import annotations
 
-from s3sim.errors import InvariantViolation
+from s3sim.core.errors import InvariantViolation
 
 
 class KVPool:

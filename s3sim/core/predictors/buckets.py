@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from s3sim.errors import ConfigError
+from s3sim.core.errors import ConfigError
 
 
 class Buckets:
