@@ -1,11 +1,12 @@
-"""The executor: the simulator's loop (`s3sim/engine/simulator.py`) with a real forward pass and the wall
-clock instead of a latency model.
+"""The executor: the core's serving loop (`s3sim.core.serving`) with a real forward pass and the wall clock
+instead of a latency model.
 
-At each iteration boundary the requests that have arrived are handed to the scheduler, which returns a
-batch; the engine makes the KV cache agree with the scheduler's decisions (frees what finished, drops or
-swaps out what was preempted, swaps back in what resumes), runs one forward pass over the batch, records
-each new token with its time, and calls `advance` with the time the iteration ended. Policies,
-predictor and supervisor are the very objects the simulator drives; only time and tokens are real.
+At each iteration boundary the requests that have arrived are handed to the scheduler, whose output names
+what to do; the executor makes the KV cache agree with it (drops or swaps out what was preempted, swaps
+back in what resumes), runs one forward pass over the batch, and records each new token with its time.
+After `advance`, it frees the KV of what finished and drops or swaps out what the supervisor preempted, as
+the outcome names them. Policies, predictor and supervisor are the very objects the simulator drives; only
+time and tokens are real.
 
 Fixed mode generates exactly each request's `output_len` tokens, ignoring end-of-sequence (how serving
 benchmarks replay a data set). Natural mode lets the model decide: a request ends at an end-of-sequence
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from s3sim.simulator.engine import IterationLog, SimResult, check_all_finished, stalled
 from s3sim.core.errors import ConfigError, InvariantViolation
-from s3sim.core.request import Phase, Request
+from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import Scheduler
+from s3sim.core.request import Phase, Request
+from s3sim.core.results import IterationLog, RunResult, Step
+from s3sim.core.serving import Inbox, drive, serve
 
 MODES = ("fixed", "natural")
 
@@ -33,7 +36,6 @@ class Seq:
     prompt_len: int
     cap: int  # most output tokens it may generate (natural mode)
     times: list[float] = field(default_factory=list)
-    preemptions: int = 0  # the request's count when its KV was last made to agree
     feed: int = -1  # the next decode input: its last token (padding, once a static-batch member is done)
 
     @property
@@ -46,7 +48,7 @@ class Seq:
 
 
 @dataclass
-class ExecResult(SimResult):
+class ExecResult(RunResult):
     outputs: dict[int, list[int]] = field(default_factory=dict)  # request id -> generated tokens
     token_times: dict[int, list[float]] = field(default_factory=dict)  # seconds from the start, per token
     peak_kv_blocks: int = 0
@@ -77,66 +79,58 @@ class Executor:
 
         n = len(requests)
         caps = [r.output_len for r in requests] if caps is None else caps
-        self.reqs = {r.id: r for r in requests}
         self.seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
         for r, s in zip(requests, self.seqs.values()):
             if s.prompt_len != r.prompt_len:
                 raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len "
                                          f"{r.prompt_len}")
-        arrivals = np.fromiter((r.arrival for r in requests), float, n)
         if self.warmup:
             self.warm_up(prompts)
-        sched, log = self.sched, IterationLog()
-        bar = tqdm(total=n, disable=not self.progress, desc="requests", unit="req", leave=False)
-        nxt, steps, t0, t = 0, 0, self.clock(), 0.0
-        while len(sched.finished) < n:  # t: this iteration's start, the previous one's end (no gaps but idle ones)
-            upto = int(np.searchsorted(arrivals, t, side="right"))
-            if upto > nxt:
-                sched.add(requests[nxt:upto])
-                nxt = upto
-            batch = sched.schedule(t)
-            if batch.is_empty:
-                if nxt >= n:
-                    raise stalled(sched, n, t)
-                self._wait_until(t0 + float(arrivals[nxt]))
-                t = self.clock() - t0
-                continue
-            self._sync()
-            reserved = sched.kv_reserved_profile(1)
-            fed = self._iterate(batch)
-            end = self.clock() - t0
-            log.start.append(t)
-            log.steps.append(1)
-            log.batch.append(batch.size)
-            log.decode.append(batch.decode_n)
-            log.itl_tokens.append(batch.itl_tokens)
-            log.prefill_tokens.append(batch.prefill_tokens)
-            log.used0.append(int(self.cache.length.sum()))
-            log.waiting.append(len(sched.waiting))
-            log.durations.append(np.array([end - t]))
-            log.reserved.append(reserved)
-            for s in fed:
-                s.times.append(end)
-            done = len(sched.finished)
-            sched.advance(batch, 1, end)
-            self._check(batch)
-            self._sync()
-            self._check_memory(end)
-            bar.update(len(sched.finished) - done)
-            steps += 1
-            t = end
-        bar.close()
-        check_all_finished(requests, sched, t)
+        self._bar = tqdm(total=n, disable=not self.progress, desc="requests", unit="req", leave=False)
+        self._inbox, log = Inbox(requests), IterationLog()
+        self._t0 = self.clock()
+        end, steps = drive(serve(self.sched, self, self._inbox, log))
+        self._bar.close()
         self.cache.check_empty()
         for r in requests:
             if self.seqs[r.id].count != r.output_len:
                 raise InvariantViolation(f"request {r.id} finished with {self.seqs[r.id].count} tokens "
                                          f"generated, the core counted {r.output_len}")
-        cap = self.cache.capacity_tokens
-        return ExecResult(requests, log, sched, t, steps, cap,
+        return ExecResult(requests, log, self.sched, end, steps, self.cache.capacity_tokens,
                           outputs={i: s.generated for i, s in self.seqs.items()},
                           token_times={i: s.times for i, s in self.seqs.items()},
                           peak_kv_blocks=self.cache.peak_blocks)
+
+    # ---- the backend verbs (see s3sim.core.serving) ------------------------------------------
+    def execute(self, out: SchedulerOutput, t: float) -> Step:
+        """Drop or swap out what was preempted, run the forward pass, timestamp each new token."""
+        self._evict(out.preempted)
+        self._check_memory(t)
+        fed = self._iterate(out)
+        end = self.clock() - self._t0
+        for s in fed:
+            s.times.append(end)
+        return Step(1, np.array([end - t]), end, int(self.cache.length.sum()))
+
+    def wait(self, step: Step) -> Step:
+        return step  # the forward pass took the time already
+
+    def idle(self, t: float) -> float:
+        self._wait_until(self._t0 + self._inbox.next_arrival)
+        return self.clock() - self._t0
+
+    def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
+        """Free the KV of what finished, drop or swap out what the supervisor preempted, then check that the
+        engine and the core agree on every token and on memory."""
+        for r in outcome.finished:
+            self.cache.release(r.id)
+        self._evict(outcome.preempted)
+        for rid in self.cache.row:
+            if rid not in self.sched.running:
+                raise InvariantViolation(f"request {rid} holds KV but is neither running, finished nor preempted")
+        self._check(out)
+        self._check_memory(self.sched.now)
+        self._bar.update(len(outcome.finished))
 
     def _wait_until(self, when: float, spin: float = 0.002) -> None:
         """Idle until the clock reads `when`: sleep, then spin for the last `spin` seconds, since a sleep
@@ -175,9 +169,9 @@ class Executor:
     def _iterate(self, batch) -> list[Seq]:
         """Swap in what resumes, run the forward pass, append each sequence's new token; returns the
         sequences that got one (not the padding of finished static-batch members)."""
-        sched, cache = self.sched, self.cache
-        padding = self._padding()
-        order = list(sched.running.values())
+        cache = self.cache
+        padding = {m.id for m in batch.padding}
+        order = list(batch.decode)
         for r in batch.resumed:
             if r.id not in cache.host:
                 raise InvariantViolation(f"request {r.id} resumes from host memory it was never swapped to")
@@ -206,32 +200,20 @@ class Executor:
         elif g >= r.output_len:
             self.sched.set_output_len(r, s.cap)
 
-    def _padding(self) -> set[int]:
-        """Static-batch members that already finished and compute padding until their batch does."""
-        return {m.id for m in getattr(self.sched, "done", ())}
-
     # ---- keeping the cache and the core in agreement ----------------------------------------
-    def _sync(self) -> None:
-        """Free the KV of finished requests; drop (recompute) or swap out (swap) that of preempted ones."""
-        cache, sched = self.cache, self.sched
-        for rid in list(cache.row):
-            r, s = self.reqs[rid], self.seqs[rid]
-            if r.phase is Phase.FINISHED:
-                cache.release(rid)
-            elif r.preemptions != s.preemptions:
-                s.preemptions = r.preemptions
-                if sched.preemption_mode == "swap":
-                    cache.swap_out(rid)
-                else:
-                    cache.release(rid)
-            elif rid not in sched.running:
-                raise InvariantViolation(f"request {rid} holds KV but is neither running, finished nor preempted")
+    def _evict(self, preempted: list[Request]) -> None:
+        """Preempted requests leave the GPU: their KV goes to host memory (swap) or is dropped (recompute)."""
+        for r in preempted:
+            if r.swapped:
+                self.cache.swap_out(r.id)
+            else:
+                self.cache.release(r.id)
 
-    def _check(self, batch) -> None:
+    def _check(self, batch: SchedulerOutput) -> None:
         """Tokens are conserved: the engine holds exactly as many generated tokens as the core counts."""
-        sched, padding = self.sched, self._padding()
-        for r in list(sched.running.values()) + batch.prefill + batch.resumed:
-            g = sched.generated(r) if r.id in sched.running else r.generated
+        sched, padding = self.sched, {m.id for m in batch.padding}
+        for r in [*batch.decode, *batch.prefill, *batch.resumed]:
+            g = sched.progress(r)
             have = self.seqs[r.id].count
             if have != g and not (r.phase is Phase.FINISHED or r.id in padding):
                 raise InvariantViolation(f"t={sched.now:.6f}s request {r.id} has {have} generated tokens but the "

@@ -60,7 +60,8 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
     simulator row, per-request finish times of the first executor run and of the simulator)."""
     from s3exec.runner import run_exec
     from s3sim.config import build
-    from s3sim.simulator.engine import make_requests, simulate
+    from s3sim.core.request import make_requests
+    from s3sim.simulator.engine import simulate
     from s3sim.metrics.summary import request_records, summarize
 
     runs = [run_exec(exec_cfg, loaded=loaded) for _ in range(repeats)]

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.config import build
-from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 

@@ -16,7 +16,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from s3sim.config import build
-from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
 from s3sim.metrics.summary import request_records, summarize
 
 

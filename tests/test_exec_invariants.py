@@ -75,10 +75,11 @@ def test_physical_memory_beyond_the_core_accounting_is_caught():
     real_advance = sched.advance
 
     def leaky_advance(batch, k, now):  # the core forgets a request's reservation
-        real_advance(batch, k, now)
+        outcome = real_advance(batch, k, now)
         for rid, units in list(sched.pool.held.items())[:1]:
             sched.pool.used -= units
             sched.pool.held[rid] = 0
+        return outcome
 
     sched.advance = leaky_advance
     with pytest.raises(InvariantViolation, match="accounts for only"):

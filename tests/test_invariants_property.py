@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.core.kv_pool import KVPool

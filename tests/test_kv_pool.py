@@ -36,11 +36,37 @@ def test_reserve_exactly_to_capacity():
 def test_release_with_lazily_computed_holding():
     pool = KVPool(20, unit_tokens=4)
     pool.reserve(3, 2)
-    pool.grow_untracked(5, rid_hint=3)
-    assert pool.used == 7
-    assert pool.release(3, 7) == 7
+    pool.grow_lazily(5)
+    assert pool.used == 7 and pool.unsettled == 5
+    pool.check()
+    pool.settle(3, 7)
+    assert pool.held == {3: 7} and pool.unsettled == 0
+    assert pool.release(3) == 7
     assert pool.used == 0
     pool.check_empty()
+
+
+def test_settling_more_than_was_grown_lazily_raises_at_that_request():
+    pool = KVPool(20)
+    pool.reserve(1, 2)
+    pool.reserve(2, 2)
+    pool.grow_lazily(3)
+    pool.settle(1, 4)  # takes 2 of the 3
+    with pytest.raises(InvariantViolation, match="request 2 needs 2 lazily grown"):
+        pool.settle(2, 4)
+    with pytest.raises(InvariantViolation, match="request 2 .*shrank"):
+        pool.settle(2, 1)
+    pool.settle(2, 3)
+    pool.check()
+
+
+def test_check_finds_units_no_request_accounts_for():
+    pool = KVPool(20)
+    pool.reserve(1, 5)
+    pool.check()
+    pool.used += 1  # drift that bypassed the verbs
+    with pytest.raises(InvariantViolation, match="hold 5"):
+        pool.check()
 
 
 def test_over_capacity_reserve_raises_and_leaves_pool_unchanged():
@@ -64,12 +90,12 @@ def test_over_capacity_grow_raises():
     assert pool.used == 10
 
 
-def test_over_capacity_untracked_growth_raises():
+def test_over_capacity_lazy_growth_raises():
     pool = KVPool(8, unit_tokens=16)
     pool.reserve(0, 6)
     with pytest.raises(InvariantViolation):
-        pool.grow_untracked(3)
-    pool.grow_untracked(2)
+        pool.grow_lazily(3)
+    pool.grow_lazily(2)
     assert pool.used == 8
 
 
@@ -111,8 +137,9 @@ def test_release_of_unknown_id_raises():
 def test_release_going_negative_raises():
     pool = KVPool(100)
     pool.reserve(1, 3)
+    pool.used -= 1  # drift that bypassed the verbs
     with pytest.raises(InvariantViolation, match="negative"):
-        pool.release(1, 5)
+        pool.release(1)
 
 
 def test_check_empty_raises_while_something_is_held():
@@ -127,7 +154,7 @@ def test_check_empty_raises_while_something_is_held():
     with pytest.raises(InvariantViolation):
         pool.check_empty()
     pool.release(2)
-    pool.grow_untracked(1)  # units in use that no request accounts for
+    pool.grow_lazily(1)  # units in use that no request accounts for
     with pytest.raises(InvariantViolation):
         pool.check_empty()
 
@@ -170,10 +197,10 @@ def test_peak_tracks_the_high_water_mark():
     assert pool.peak == 95
     pool.release(2)
     pool.release(3)
-    pool.grow_untracked(97)
+    pool.grow_lazily(97)
     assert pool.peak == 97
     with pytest.raises(InvariantViolation):
-        pool.grow_untracked(4)
+        pool.grow_lazily(4)
     assert pool.peak == 97
 
 

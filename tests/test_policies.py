@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.core.kv_pool import KVPool

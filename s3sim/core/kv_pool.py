@@ -1,8 +1,13 @@
 """KV-cache accounting: the one place where memory capacity is enforced.
 
 Capacity and holdings are counted in units (tokens for reservation policies, blocks for paged ones).
-Every change goes through `reserve`/`grow`/`release`, each of which checks the invariants, so a policy
-bug surfaces as an `InvariantViolation` naming the request and the time instead of a silent wrong number.
+Every unit in use is accounted for one way, for every policy: either it is held by a named request
+(`held[rid]`, set by `reserve` and `grow`), or it was grown lazily on behalf of the running requests and is
+not yet attributed to one (`unsettled`: paged decoding allocates blocks in aggregate, k iterations at once,
+so that a jump costs O(block size), not O(batch)). A lazy policy attributes a request's blocks when it
+stops running (`settle`), and `release` frees exactly what the request holds. Every verb checks the
+invariants, so a policy bug surfaces as an `InvariantViolation` naming the request and the time, at that
+request, not only at the end of the run.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ class KVPool:
         self.unit_tokens = int(unit_tokens)
         self.used = 0
         self.held: dict[int, int] = {}
+        self.unsettled = 0  # grown lazily for running requests, not yet attributed to one
         self.peak = 0
         self.now = 0.0  # set by the engine so violations can say when
 
@@ -43,42 +49,63 @@ class KVPool:
     def grow(self, rid: int, units: int) -> None:
         if rid not in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} grew KV it does not hold")
-        if units < 0:
-            raise InvariantViolation(f"t={self.now:.6f}s request {rid} grew KV by {units} < 0")
-        if self.used + units > self.capacity:
-            raise InvariantViolation(
-                f"t={self.now:.6f}s request {rid} needs {units} KV units but only {self.free} of "
-                f"{self.capacity} are free: capacity would be exceeded")
+        self._take(units, f"request {rid}")
         self.held[rid] += units
-        self.used += units
-        if self.used > self.peak:
-            self.peak = self.used
 
-    def grow_untracked(self, units: int, rid_hint: int = -1) -> None:
-        """Aggregate growth for policies that keep per-request holdings lazily (paged)."""
-        if self.used + units > self.capacity:
+    def grow_lazily(self, units: int) -> None:
+        """Allocate `units` for the running requests as a whole; each request's share is attributed to it by
+        `settle` when it stops running."""
+        self._take(units, "lazy growth of the running requests")
+        self.unsettled += units
+
+    def settle(self, rid: int, units: int) -> None:
+        """Request `rid` now holds `units` in all: what it was given plus its share of the lazy growth, which
+        must have been allocated (and never shrinks a holding)."""
+        if rid not in self.held:
+            raise InvariantViolation(f"t={self.now:.6f}s request {rid} settled KV it does not hold")
+        share = units - self.held[rid]
+        if share < 0:
+            raise InvariantViolation(f"t={self.now:.6f}s request {rid} holds {self.held[rid]} KV units but settles "
+                                     f"at {units}: a holding shrank")
+        if share > self.unsettled:
             raise InvariantViolation(
-                f"t={self.now:.6f}s block allocation of {units} (request {rid_hint}) exceeds capacity "
-                f"{self.capacity} with {self.used} used")
-        self.used += units
-        if self.used > self.peak:
-            self.peak = self.used
+                f"t={self.now:.6f}s request {rid} needs {share} lazily grown KV units but only {self.unsettled} were "
+                f"allocated: the lazy growth fell behind the requests' contexts")
+        self.unsettled -= share
+        self.held[rid] = units
 
-    def release(self, rid: int, units: int | None = None) -> int:
-        """Free what `rid` holds. `units` is the holding computed by a lazy policy, which must add up."""
+    def release(self, rid: int) -> int:
+        """Free everything `rid` holds; returns how much that was."""
         if rid not in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} released KV it does not hold")
         held = self.held.pop(rid)
-        if units is not None:
-            held = units
         self.used -= held
-        if self.used < 0:
+        if self.used < self.unsettled:
             raise InvariantViolation(f"t={self.now:.6f}s KV accounting went negative after releasing request {rid}")
         return held
 
+    def check(self) -> None:
+        """Every unit in use is held by a request or lazily grown for the running ones (O(requests))."""
+        held = sum(self.held.values())
+        if held + self.unsettled != self.used or not 0 <= self.used <= self.capacity:
+            raise InvariantViolation(
+                f"t={self.now:.6f}s KV pool uses {self.used} of {self.capacity} units but requests hold {held} "
+                f"and {self.unsettled} are unsettled")
+
     def check_empty(self) -> None:
-        if self.held or self.used:
+        if self.held or self.used or self.unsettled:
             some = list(self.held)[:5]
             raise InvariantViolation(
-                f"t={self.now:.6f}s run ended with {self.used} KV units still held by requests {some}: "
-                f"a reservation outlived its request")
+                f"t={self.now:.6f}s run ended with {self.used} KV units still held by requests {some} "
+                f"({self.unsettled} lazily grown and never attributed): a reservation outlived its request")
+
+    def _take(self, units: int, who: str) -> None:
+        if units < 0:
+            raise InvariantViolation(f"t={self.now:.6f}s {who} grew KV by {units} < 0")
+        if self.used + units > self.capacity:
+            raise InvariantViolation(
+                f"t={self.now:.6f}s {who} needs {units} KV units but only {self.free} of {self.capacity} are free: "
+                f"capacity would be exceeded")
+        self.used += units
+        if self.used > self.peak:
+            self.peak = self.used

@@ -50,3 +50,12 @@ class Request:
     def context(self) -> int:
         """KV slots the request occupies (prompt plus generated tokens); valid when not running."""
         return self.prompt_len + self.generated
+
+
+def make_requests(prompt_len, output_len, arrivals) -> list[Request]:
+    """Requests sorted by arrival (stable), with ids 0..n-1 in that order."""
+    import numpy as np
+
+    order = np.argsort(np.asarray(arrivals), kind="stable")
+    p, o, a = (np.asarray(x)[order] for x in (prompt_len, output_len, arrivals))
+    return [Request(i, int(pi), int(oi), float(ai)) for i, (pi, oi, ai) in enumerate(zip(p.tolist(), o.tolist(), a.tolist()))]

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.config import build
-from s3sim.simulator.engine import make_requests, simulate
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
 from s3sim.core.errors import ConfigError
 from s3sim.experiments.predictor import SCHEMES
 from s3sim.metrics.summary import summarize

@@ -60,7 +60,7 @@ def _pcts(name: str, values, weights=None) -> dict:
 
 
 def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> dict:
-    """One row of numbers for a finished `SimResult` (or an executor run with the same fields)."""
+    """One row of numbers for a finished `RunResult` (either engine's)."""
     df = request_records(result.requests) if records is None else records
     it = result.log.frame()
     sched = result.scheduler
@@ -89,7 +89,7 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
     itl_w = np.concatenate([it.itl_tokens.to_numpy(), np.ones(len(sched.stall_gaps))])
     row.update(_pcts("itl", itl_v, itl_w))
     row.update(_pcts("e2e_latency", df.e2e_latency))
-    sup = getattr(sched, "supervisor", None)
+    counts = sched.counters()
     row.update({
         "mean_batch_size": float(it.batch_size.mean()) if len(it) else 0.0,
         "max_batch_size": int(it.batch_size.max()) if len(it) else 0,
@@ -100,12 +100,12 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "gpu_busy_frac": busy / span,
         "iterations": len(it),
         "engine_steps": result.engine_steps,
-        "preemptions": int(sched.preemptions),
-        "mispredictions": int(sup.mispredictions) if sup else 0,
-        "under_predictions": int(sup.under_predictions) if sup else 0,
-        "grown_in_place": int(sup.grown_in_place) if sup else 0,
+        "preemptions": int(counts["preemptions"]),
+        "mispredictions": int(counts["mispredictions"]),
+        "under_predictions": int(counts["under_predictions"]),
+        "grown_in_place": int(counts["grown_in_place"]),
         "recomputed_tokens": int(df.recomputed_tokens.sum()),
         "swapped_tokens": int(df.swapped_tokens.sum()),
-        "padding_tokens": int(getattr(sched, "padding_tokens", 0)),
+        "padding_tokens": int(counts["padding_tokens"]),
     })
     return row

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from s3sim.core.request import Request
 from s3sim.core.policies.base import FcfsScheduler
-from s3sim.core.batch import Batch
+from s3sim.core.output import SchedulerOutput
 
 
 class OrcaScheduler(FcfsScheduler):
@@ -19,7 +19,7 @@ class OrcaScheduler(FcfsScheduler):
     def could_admit(self, r: Request) -> bool:
         return not self.waiting and len(self.running) < self.max_batch and self.pool.can_reserve(self._need(r))
 
-    def schedule(self, now: float) -> Batch:
+    def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
         room = self.max_batch - len(self.running)
         while self.waiting and room > 0:
@@ -50,12 +50,16 @@ class FasterTransformerScheduler(OrcaScheduler):
     def could_admit(self, r: Request) -> bool:
         return not self.running and super().could_admit(r)
 
-    def schedule(self, now: float) -> Batch:
+    def schedule(self, now: float) -> SchedulerOutput:
         if self.running:
             batch = self._decode_batch()
+            batch.padding = list(self.done)
             batch.itl_tokens = batch.decode_n - len(self.done)
             return batch
         return super().schedule(now)
+
+    def counters(self) -> dict:
+        return {**super().counters(), "padding_tokens": self.padding_tokens}
 
     def _event_target(self, r: Request) -> int:
         return r.output_len

@@ -18,7 +18,7 @@ import numpy as np
 
 from s3sim.core.request import Request
 from s3sim.core.policies.base import FcfsScheduler
-from s3sim.core.batch import Batch
+from s3sim.core.output import SchedulerOutput
 
 
 class PagedScheduler(FcfsScheduler):
@@ -74,7 +74,7 @@ class PagedScheduler(FcfsScheduler):
         return (not self.waiting and len(self.running) < self.max_batch
                 and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
 
-    def schedule(self, now: float) -> Batch:
+    def schedule(self, now: float) -> SchedulerOutput:
         need = self._growth(1)
         preempted = False
         while need > self.pool.free and self.running:
@@ -105,7 +105,7 @@ class PagedScheduler(FcfsScheduler):
     # ---- hooks ------------------------------------------------------------------------------
     def _on_steps(self, k: int) -> None:
         if self.running:
-            self.pool.grow_untracked(self._growth(k))
+            self.pool.grow_lazily(self._growth(k))
 
     def _join(self, r: Request) -> None:
         # a joining request's blocks already cover its context (allocated at admission)
@@ -117,4 +117,5 @@ class PagedScheduler(FcfsScheduler):
         super()._leave(r)
 
     def _release(self, r: Request) -> None:
-        self.pool.release(r.id, self._blocks(r.context))
+        self.pool.settle(r.id, self._blocks(r.context))  # its blocks: admission's plus its decode growth
+        self.pool.release(r.id)

@@ -14,7 +14,7 @@ from s3sim.core.errors import InvariantViolation
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
 from s3sim.core.policies.base import Scheduler
-from s3sim.core.batch import Batch
+from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.supervisor import Supervisor
 
 
@@ -48,7 +48,7 @@ class S3Scheduler(Scheduler):
         return len(self.running) < self.max_batch and self.pool.can_reserve(
             self.pool.units_for(r.prompt_len + self._smallest_out))
 
-    def schedule(self, now: float) -> Batch:
+    def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
         room = self.max_batch - len(self.running)
         free = self.pool.free
@@ -80,6 +80,11 @@ class S3Scheduler(Scheduler):
         self._preempt(r, now)
         r.bucket, r.reserved_out = bucket, new_out
         self.waiting.add(r)
+
+    def counters(self) -> dict:
+        sup = self.supervisor
+        return {**super().counters(), "mispredictions": sup.mispredictions,
+                "under_predictions": sup.under_predictions, "grown_in_place": sup.grown_in_place}
 
     def _on_finish(self, r: Request) -> None:
         self.supervisor.on_finish(r)

@@ -1,0 +1,118 @@
+"""The one serving loop both engines run: arrivals -> schedule -> run -> advance.
+
+    while work is left:
+        hand the scheduler every request that has arrived by t
+        out = scheduler.schedule(t)              nothing to run: idle until the next arrival
+        step = backend.execute(out, t)           price it (simulator) or run a forward pass (executor)
+        step = yield backend.wait(step)          let time pass; the simulator may cut a jump short
+        outcome = scheduler.advance(out, step.k, step.end)
+        backend.settle(out, outcome)             free or swap the KV of what finished or was preempted
+
+The loop is a generator that yields whatever its backend's `wait` and `idle` return and expects the
+answer sent back: the simulator's are SimPy events (so the loop is a SimPy process as it stands), the
+executor's are plain values it has already waited for (`drive` runs such a loop). Nothing here imports
+simpy or torch.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Any, Protocol
+
+from s3sim.core.output import SchedulerOutput, StepOutcome
+from s3sim.core.policies.base import Scheduler
+from s3sim.core.request import Request
+from s3sim.core.results import IterationLog, Step, check_all_finished, stalled
+
+
+class Backend(Protocol):
+    def execute(self, out: SchedulerOutput, t: float) -> Step:
+        """Carry out `out` starting at `t` (once, or k times for a decode-only output)."""
+
+    def wait(self, step: Step) -> Any:
+        """Something to yield until `step` is over; the step actually run is sent back."""
+
+    def idle(self, t: float) -> Any:
+        """Something to yield until a request arrives after `t`; the time it arrived is sent back."""
+
+    def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
+        """Act on what `advance` changed (the executor frees or swaps KV; the simulator has nothing to do)."""
+
+
+class Inbox:
+    """Requests delivered to one engine and not yet handed to its scheduler, in arrival order. `source`,
+    if given, is asked to deliver everything due by a time before the engine takes from the inbox (so an
+    engine at an iteration boundary sees exactly the requests that arrived by then, whatever order a
+    simulation processes simultaneous events in)."""
+
+    def __init__(self, requests: list[Request] = (), source=None):
+        self.received: list[Request] = []
+        self._times: list[float] = []
+        self._next = 0
+        self.source = source
+        self.put(list(requests))
+
+    def put(self, requests: list[Request]) -> None:
+        """Deliver requests (in arrival order, after those already here)."""
+        times = [r.arrival for r in requests]
+        if times and ((self._times and times[0] < self._times[-1]) or any(b < a for a, b in zip(times, times[1:]))):
+            raise ValueError("requests were delivered out of arrival order")
+        self.received.extend(requests)
+        self._times.extend(times)
+
+    def due(self, t: float) -> list[Request]:
+        """Take every request that arrived by `t`."""
+        if self.source is not None:
+            self.source.deliver_due(t)
+        upto = bisect_right(self._times, t, lo=self._next)
+        taken = self.received[self._next:upto]
+        self._next = upto
+        return taken
+
+    @property
+    def queued(self) -> bool:
+        return self._next < len(self.received)
+
+    @property
+    def next_arrival(self) -> float:
+        return self._times[self._next]
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing queued here and nothing more will be delivered."""
+        return not self.queued and (self.source is None or not self.source.pending)
+
+
+def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog):
+    """Serve until every delivered request has finished; returns (end time, engine steps). A generator: see
+    the module's docstring."""
+    t, steps = 0.0, 0
+    while True:
+        arrived = inbox.due(t)
+        if arrived:
+            sched.add(arrived)
+        if inbox.exhausted and sched.is_idle():
+            break
+        out = sched.schedule(t)
+        if out.is_empty:
+            if inbox.exhausted:
+                raise stalled(sched, len(inbox.received) - len(sched.finished), t)
+            t = yield backend.idle(t)
+            continue
+        step = yield backend.wait(backend.execute(out, t))
+        log.record(t, out, step, sched)
+        outcome = sched.advance(out, step.k, step.end)
+        backend.settle(out, outcome)
+        steps += 1
+        t = step.end
+    check_all_finished(inbox.received, sched, t)
+    return t, steps
+
+
+def drive(loop):
+    """Run a serving loop whose backend has already waited for what it yields; returns the loop's value."""
+    try:
+        answer = next(loop)
+        while True:
+            answer = loop.send(answer)
+    except StopIteration as done:
+        return done.value
