@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import get, positive_int, build_scheduler, sample_workload
+from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload
 from s3sim.core.errors import ConfigError
 from s3sim.metrics.summary import Slo
-from s3sim.core.request import Request
+from s3sim.core.request import Request, make_requests
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -69,7 +69,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     """Everything one run needs; `loaded` reuses a model already loaded from the same source."""
     import torch
 
-    from s3exec.engine import MODES, Executor
+    from s3exec.engine import Executor, check_mode
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
     from s3exec.models import load_model
@@ -80,8 +80,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     if threads:
         torch.set_num_threads(threads)
     mode = get(ex, "mode", "fixed")
-    if mode not in MODES:
-        raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
+    check_mode(mode)
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     seed = int(get(cfg, "seed", 0))
     device = str(get(ex, "device", "cpu"))
@@ -123,23 +122,18 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
                           f"{left / 2**20:.1f} MiB are left after the weights ({where})")
     cap = kv_bytes // loaded.kv_bytes_per_token
     need = int(plen.max()) + max_seq_len
-    if cap < need:
-        raise ConfigError(
-            f"KV budget of {kv_bytes} bytes holds {cap} tokens of {source!r} ({loaded.kv_bytes_per_token} bytes each), "
-            f"less than one request of {int(plen.max())} prompt + max_seq_len={max_seq_len} tokens; raise "
-            f"executor.kv_memory or lower max_seq_len")
+    check_fits(cap, int(plen.max()), max_seq_len,
+               f"a budget of {kv_bytes} bytes of {source!r} at {loaded.kv_bytes_per_token} bytes each",
+               "raise executor.kv_memory or lower max_seq_len")
 
-    order = np.argsort(arrivals, kind="stable")
-    requests = [Request(i, int(plen[j]), int(output[j]), float(arrivals[j])) for i, j in enumerate(order)]
-    prompts = [prompts[j] for j in order]
+    requests = make_requests(plen, output, arrivals)  # rows come in arrival order: request i is row idx[i]
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
-    keys = None if getattr(wl, "keys", None) is None else wl.keys[idx][order]  # request.id indexes them
-    sched = build_scheduler(cfg, cap, np.array([r.output_len for r in requests]), keys)
+    keys = None if getattr(wl, "keys", None) is None else wl.keys[idx]
+    sched = build_scheduler(cfg, cap, output, keys)
     cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
                     sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
     tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
     executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
                         progress=progress, warmup=bool(get(ex, "warmup", True)))
-    s = cfg.get("slo") or {}
-    slo = Slo(ttft=get(s, "ttft"), tpot=get(s, "tpot"), e2e=get(s, "e2e"))
-    return ExecSetup(loaded, requests, prompts, caps, sched, executor, slo, kv_bytes, cap, wl.clipped, truncated)
+    return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap, wl.clipped,
+                     truncated)

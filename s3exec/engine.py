@@ -29,6 +29,14 @@ from s3sim.core.serving import Inbox, drive, serve
 MODES = ("fixed", "natural")
 
 
+def check_mode(mode: str, eos_ids=None) -> None:
+    """`executor.mode` is known, and natural mode has an end-of-sequence token to stop at (when known)."""
+    if mode not in MODES:
+        raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
+    if mode == "natural" and eos_ids is not None and not eos_ids:
+        raise ConfigError("executor.mode=natural needs an end-of-sequence token, and the model has none")
+
+
 @dataclass
 class Seq:
     """What the engine keeps of a request: its tokens, when each generated one appeared, and its cap."""
@@ -57,10 +65,7 @@ class ExecResult(RunResult):
 class Executor:
     def __init__(self, runner, scheduler: Scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
-        if mode not in MODES:
-            raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
-        if mode == "natural" and not eos_ids:
-            raise ConfigError("executor.mode=natural needs an end-of-sequence token, and the model has none")
+        check_mode(mode, eos_ids)
         self.runner, self.cache, self.sched = runner, runner.cache, scheduler
         if self.cache.block_size != scheduler.pool.unit_tokens or self.cache.num_blocks != scheduler.pool.capacity:
             raise InvariantViolation(

@@ -24,10 +24,10 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.core.errors import ConfigError
+from s3sim.core.policies import COMPARED
 
 METRICS = ("request_throughput", "output_throughput", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99",
            "e2e_latency_p50", "e2e_latency_p99")
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 # model -> (requests, max_seq_len, KV capacity in tokens): small enough for a 2-core CPU in minutes, tight
 # enough that the policies build different batches
 SIZES = {"tiny-llama": (32, 128, 1200), "smollm2": (12, 64, 600)}
@@ -189,7 +189,7 @@ def target_summary(df: pd.DataFrame) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny-llama,smollm2")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(COMPARED))
     ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates as fractions of the offline throughput")
     ap.add_argument("--spread", action="store_true", help="run the executor twice and report its own spread")
     ap.add_argument("--profiles", default="results/profiles")

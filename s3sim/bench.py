@@ -18,8 +18,8 @@ from s3sim.cli import CONF_DIR
 from s3sim.config import build
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
+from s3sim.core.policies import COMPARED
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 
 
 def cfg_for(overrides):
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
         return
     print(f"{'policy':7s} {'arrivals':>16s} {'requests':>9s} {'wall s':>8s} {'steps':>8s} {'sim req/s':>10s}")
     for arrival in (["arrival=offline"], ["arrival=poisson", "arrival.rate=100"]):
-        for p in POLICIES:
+        for p in COMPARED:
             wall, steps, rate = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
             label = arrival[0].split("=")[1] + (f"@{arrival[1].split('=')[1]}/s" if len(arrival) > 1 else "")
             print(f"{p:7s} {label:>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}", flush=True)

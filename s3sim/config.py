@@ -1,5 +1,8 @@
-"""From a resolved config (Hydra's or a plain dict) to the objects of one simulation, validated.
+"""From a resolved config (Hydra's or a plain dict) to the objects of one run, validated; shared by the
+simulator and the executor.
 
+The policy and the latency model are chosen by name (`POLICIES`, `LATENCY_MODELS`) and read through their
+structured configs (dataclasses: OmegaConf checks types and unknown keys, the dataclass checks values).
 Every bad value becomes a one-line `ConfigError` naming the config field and what would be valid.
 """
 from __future__ import annotations
@@ -13,20 +16,13 @@ from s3sim.core.errors import ConfigError
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
-from s3sim.core.kv_pool import KVPool
-from s3sim.latency import RooflineLatency
-from s3sim.metrics.summary import Slo
+from s3sim.core.policies import POLICIES
 from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
-from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
-from s3sim.core.policies.paged import PagedScheduler
-from s3sim.core.policies.paged_spf import PagedSpfScheduler
-from s3sim.core.policies.s3 import S3Scheduler
-from s3sim.core.policies.supervisor import Supervisor
+from s3sim.latency import LATENCY_MODELS
+from s3sim.metrics.summary import Slo
 from s3sim.workload import arrival_times, load_workload
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged", "paged_spf")
 PREDICTORS = ("oracle", "synthetic", "trained")
-PREEMPTION_MODES = ("recompute", "swap")
 
 
 @dataclass
@@ -54,6 +50,25 @@ def choice(value, valid, field):
     if value not in valid:
         raise ConfigError(f"{field} '{value}' is unknown; valid: {', '.join(valid)}")
     return value
+
+
+def structured(schema, node, group: str):
+    """`node` (a dict or DictConfig) read into the dataclass `schema`: OmegaConf checks each field's type and
+    refuses keys the schema lacks, the dataclass's `__post_init__` checks values."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{group}.{e.full_key}: {str(e.msg).splitlines()[0]}") from None
+
+
+def check_fits(capacity_tokens: int, longest_prompt: int, max_seq_len: int, what: str, remedy: str) -> None:
+    """Refuse a KV pool that cannot hold even the largest request alone (nothing could ever run it)."""
+    if longest_prompt + max_seq_len > capacity_tokens:
+        raise ConfigError(f"KV capacity of {capacity_tokens} tokens ({what}) cannot hold one request of "
+                          f"{longest_prompt} prompt + max_seq_len={max_seq_len} tokens; {remedy}")
 
 
 def positive_int(value, field, allow_none=False):
@@ -97,12 +112,13 @@ def sample_workload(cfg):
         ts = wl.timestamps[idx]
     arr = arrival_times(n, process, rate=get(a, "rate"), burstiness=get(a, "burstiness", 1.0), seed=seed,
                         timestamps=ts)
-    return wl, idx, arr
+    order = np.argsort(arr, kind="stable")  # rows in arrival order: request i is row idx[i] in both engines
+    return wl, idx[order], arr[order]
 
 
 def build(cfg) -> Setup:
-    policy = choice(cfg["policy"]["name"], POLICIES, "policy.name")
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    policy_class(cfg)
     model = get_model(cfg["model"]["name"])
     gpu = get_gpu(cfg["gpu"]["name"])
     num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
@@ -114,67 +130,33 @@ def build(cfg) -> Setup:
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
     keys = None if wl.keys is None else wl.keys[idx]
-    need = int(prompt.max()) + max_seq_len
-    if need > cap:
-        raise ConfigError(
-            f"KV capacity of {cap} tokens ({model.name} on {num_gpus} x {gpu.name}) cannot hold one request of "
-            f"{int(prompt.max())} prompt + max_seq_len={max_seq_len} tokens; lower max_seq_len or use a larger GPU")
+    check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
+               "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
-    s = cfg.get("slo") or {}
-    slo = Slo(ttft=get(s, "ttft"), tpot=get(s, "tpot"), e2e=get(s, "e2e"))
-    return Setup(prompt, output, arr, sched, latency, slo, cap, wl.clipped)
+    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, wl.clipped)
 
 
 def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):
     """The `latency` group: the roofline estimate, or a profile measured by `s3exec.profile`."""
-    name = choice(lat_cfg["name"], ("roofline", "profiled"), "latency.name")
-    if name == "profiled":
-        from s3sim.latency.profiled import ProfiledLatency
+    cls = LATENCY_MODELS[choice(lat_cfg["name"], tuple(LATENCY_MODELS), "latency.name")]
+    return cls.from_config(structured(cls.Config, lat_cfg, "latency"), model, gpu, num_gpus)
 
-        if not get(lat_cfg, "path"):
-            raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
-        over = get(lat_cfg, "overhead_s")
-        if over is not None and (isinstance(over, bool) or not isinstance(over, (int, float))):
-            raise ConfigError(f"latency.overhead_s must be seconds (a number) or null, got {over!r}")
-        return ProfiledLatency(model, gpu, lat_cfg["path"], overhead_s=None if over is None else float(over))
-    return RooflineLatency(model, gpu, compute_efficiency=float(lat_cfg["compute_efficiency"]),
-                           memory_efficiency=float(lat_cfg["memory_efficiency"]),
-                           overhead_s=float(lat_cfg["overhead_s"]), num_gpus=num_gpus)
+
+def policy_class(cfg):
+    return POLICIES[choice(cfg["policy"]["name"], tuple(POLICIES), "policy.name")]
 
 
 def build_scheduler(cfg, cap: int, output, keys=None):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
     rows (a trained predictor finds each prompt by it)."""
-    policy = choice(cfg["policy"]["name"], POLICIES, "policy.name")
+    cls = policy_class(cfg)
+    conf = structured(cls.Config, cfg["policy"], "policy")
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
-    p = cfg["policy"]
-    max_batch = positive_int(get(p, "max_batch_size"), "policy.max_batch_size", allow_none=True)
-    mode = choice(get(p, "preemption_mode", "recompute"), PREEMPTION_MODES, "policy.preemption_mode")
-    common = dict(max_batch_size=max_batch, preemption_mode=mode)
-    if policy == "ft":
-        sched = FasterTransformerScheduler(KVPool(cap), max_seq_len, **common)
-    elif policy == "orca":
-        sched = OrcaScheduler(KVPool(cap), max_seq_len, **common)
-    elif policy in ("paged", "paged_spf"):
-        bs = positive_int(get(p, "block_size", 16), "policy.block_size")
-        wm = float(get(p, "watermark", 0.01))
-        if not 0 <= wm < 1:
-            raise ConfigError(f"policy.watermark must be a fraction in [0, 1), got {wm}")
-        pool = KVPool(cap // bs, unit_tokens=bs)
-        if policy == "paged":
-            sched = PagedScheduler(pool, max_seq_len, watermark=wm, **common)
-        else:
-            sched = PagedSpfScheduler(pool, max_seq_len, build_predictor(cfg, max_seq_len, output, keys=keys),
-                                      watermark=wm,
-                                      **common)
-    else:
-        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=(policy == "oracle"), keys=keys)
-        sup = Supervisor(predictor, grow=get(p, "grow", "next"), in_place=bool(get(p, "in_place", False)),
-                         feedback=get(cfg, "predictor.feedback", "mispredicted"))
-        sched = S3Scheduler(KVPool(cap), max_seq_len, predictor, sup, **common)
-        sched.name = policy
-    return sched
+    predictor = None
+    if cls.uses_predictor:
+        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys)
+    return cls.from_config(conf, cap, max_seq_len, predictor, feedback=get(cfg, "predictor.feedback", "mispredicted"))
 
 
 def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None):

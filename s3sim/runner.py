@@ -16,13 +16,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from s3sim.config import build
+from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
 from s3sim.metrics.summary import request_records, summarize
 
 
 SUMMARY, FAILED, CONFIG = "summary.csv", "failed.txt", "resolved_config.yaml"
-PREDICTING = ("s3", "paged_spf")  # policies that use the configured predictor (oracle uses its own)
 
 
 def config_text(cfg) -> str:
@@ -77,10 +77,11 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
 
 def run_fields(cfg, policy: str) -> dict:
     """The summary fields that say what ran, shared by the simulator's and the executor's runs."""
-    predicts = policy in PREDICTING
+    cls = POLICIES[policy]
+    predicts = cls.uses_predictor and cls.fixed_predictor is None  # the configured predictor, not its own
     return {
         "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
-        "predictor": "oracle" if policy == "oracle" else cfg["predictor"]["name"] if predicts else "none",
+        "predictor": cls.fixed_predictor or (cfg["predictor"]["name"] if predicts else "none"),
         "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
         "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
     }

@@ -13,11 +13,12 @@ from s3exec.model_runner import ModelRunner
 from s3exec.models import load_model
 from s3exec.prompts import synthetic_prompts
 from s3sim.config import build_scheduler
+from s3sim.core.policies import COMPARED, POLICIES as POLICY_CLASSES
 from s3sim.core.request import Request
 
 torch.set_num_threads(1)
 MSL = 48  # max_seq_len of the test policies
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+POLICIES = COMPARED
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,9 +42,10 @@ def requests(prompts, outputs, arrivals=None):
 
 def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error_shape="adjacent", block_size=4,
               msl=MSL, **policy_kw):
+    paged = "block_size" in POLICY_CLASSES[policy].Config.__dataclass_fields__
+    paging = {"block_size": block_size, "watermark": 0.0} if paged else {}
     cfg = {"max_seq_len": msl, "seed": 0,
-           "policy": {"name": policy, "preemption_mode": mode, "block_size": block_size, "watermark": 0.0,
-                      **policy_kw},
+           "policy": {"name": policy, "preemption_mode": mode, **paging, **policy_kw},
            "predictor": {"name": "synthetic", "num_buckets": 4, "bucketing": "equal", "accuracy": accuracy,
                          "error_shape": error_shape}}
     return build_scheduler(cfg, cap_tokens, np.asarray(outputs))

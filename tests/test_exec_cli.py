@@ -53,7 +53,7 @@ def test_same_config_same_requests_as_the_simulator():
 
 @pytest.mark.parametrize("args, message", [
     (["executor.memory_limit=100000"], "does not fit: its weights take"),
-    (["executor.kv_memory=4KiB"], "less than one request of"),
+    (["executor.kv_memory=4KiB"], "cannot hold one request of"),
     (["executor.memory_limit=1MiB", "executor.kv_memory=2MiB"], "are left after the weights"),
     (["workload=sharegpt", "executor.max_prompt_len=null"], "exceeds the context of"),
     (["executor.mode=greedy"], "executor.mode 'greedy' is unknown"),
@@ -86,4 +86,4 @@ def test_cli_runs_and_fails_with_one_line(tmp_path):
     assert "policy=s3" in p.stdout
     assert len(list((tmp_path / "mr").glob("*/summary.csv"))) == 1
     assert p.returncode == 2
-    assert "s3exec: error: KV budget" in p.stderr and "Traceback" not in p.stderr
+    assert "s3exec: error: KV capacity of" in p.stderr and "Traceback" not in p.stderr

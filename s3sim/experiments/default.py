@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from s3sim.cli import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.runner import run_config, write_csv
+from s3sim.core.policies import COMPARED
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 RATES = (10, 25, 50, 75, 100, 125, 150, 175)
 PREDICTOR_RUNS = {  # S3 on the held-out ShareGPT prompts, offline, under each predictor
     "s3 + trained": ["policy=s3", "predictor=trained"],
@@ -90,11 +90,11 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         print(f"offline: {args.num_requests} requests, all at t=0")
-        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in POLICIES], "offline")
+        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in COMPARED], "offline")
         write_csv(offline, out / "offline.csv")
         print(f"online: {args.online_requests} requests, Poisson arrivals at {list(RATES)} req/s")
         online = run_all([[f"policy={p}", "arrival=poisson", f"arrival.rate={r}",
-                           f"num_requests={args.online_requests}"] for p in POLICIES for r in RATES], "online")
+                           f"num_requests={args.online_requests}"] for p in COMPARED for r in RATES], "online")
     except ConfigError as e:
         print(f"s3sim: error: {e}", file=sys.stderr)
         sys.exit(2)

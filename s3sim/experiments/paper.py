@@ -26,6 +26,7 @@ from s3sim import plots
 from s3sim.experiments.common import Composer, run_many, slo_capacity
 from s3sim.plots import bars, frontier, timeline
 from s3sim.runner import write_csv
+from s3sim.core.policies import COMPARED
 
 LLAMA_65B = Path(__file__).with_name("llama-65b.json")
 # label, overrides, GPUs the model needs at least (80 GB each)
@@ -36,7 +37,6 @@ MODELS = {
     "opt-30b": (["model=opt-30b"], 1),
     "llama-65b": ([f"model.name={LLAMA_65B}"], 2),
 }
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 PAPER_GAIN = 6.49  # S3's best throughput gain over max-length reservation, offline and under the SLO
 OFFLINE_COLUMNS = ["model", "gpus", "policy", "request_throughput", "output_throughput", "mean_batch_size",
                    "max_batch_size", "kv_reserved_frac", "kv_used_frac", "tpot_p50", "preemptions",
@@ -88,7 +88,7 @@ def comparison(offline: pd.DataFrame, cap: pd.DataFrame, gpus: pd.DataFrame) -> 
                      "offline_s3/oracle": ratio(thr, "s3", "oracle"), "offline_s3/paged": ratio(thr, "s3", "paged"),
                      "slo_s3/orca": ratio(c, "s3", "orca"), "slo_s3/ft": ratio(c, "s3", "ft"),
                      "slo_s3/oracle": ratio(c, "s3", "oracle"), "slo_s3/paged": ratio(c, "s3", "paged"),
-                     **{f"gpus_{p}": n.get(p, math.nan) for p in POLICIES},
+                     **{f"gpus_{p}": n.get(p, math.nan) for p in COMPARED},
                      "paper_gain_max": PAPER_GAIN})
     return pd.DataFrame(rows)
 
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="results/paper")
     ap.add_argument("--runs", default="multirun/paper", help="run directories (reused when finished)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(COMPARED))
     ap.add_argument("--num-requests", type=int, default=None, help="offline runs (default: the preset's)")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of arrivals in each online run")
     ap.add_argument("--least-requests", type=int, default=2000, help="fewest requests in an online run")

@@ -4,4 +4,6 @@ from s3sim.latency.base import LatencyModel
 from s3sim.latency.profiled import ProfiledLatency
 from s3sim.latency.roofline import RooflineLatency
 
-__all__ = ["LatencyModel", "ProfiledLatency", "RooflineLatency"]
+LATENCY_MODELS: dict[str, type[LatencyModel]] = {cls.name: cls for cls in (RooflineLatency, ProfiledLatency)}
+
+__all__ = ["LATENCY_MODELS", "LatencyModel", "ProfiledLatency", "RooflineLatency"]

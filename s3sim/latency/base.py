@@ -17,7 +17,15 @@ from s3sim.hardware.models import ModelSpec
 
 
 class LatencyModel(ABC):
-    """Wall time of serving iterations for one model on one GPU type."""
+    """Wall time of serving iterations for one model on one GPU type. A subclass is selected by its `name`
+    (`latency.name`, conf/latency/<name>.yaml) and built from its structured config `Config`."""
+
+    name = "base"
+    Config = None  # a dataclass of its `latency` fields
+
+    @classmethod
+    def from_config(cls, conf, model: ModelSpec, gpu: GpuSpec, num_gpus: int = 1) -> "LatencyModel":
+        raise NotImplementedError
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec) -> None:
         self.model = model

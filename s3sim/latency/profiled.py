@@ -31,7 +31,9 @@ cost the profile's measured seconds per token when it has one, else the GPU pres
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -152,8 +154,26 @@ def prompts_estimate(p, sq):
     return np.where(sq > 0, p * p / np.where(sq > 0, sq, 1.0), 0.0)
 
 
+@dataclass
+class ProfiledConfig:
+    name: str = "profiled"
+    path: Optional[str] = None  # a profile CSV written by `python -m s3exec.profile`
+    overhead_s: Optional[float] = None  # seconds per iteration; None: the engine overhead the profiler measured
+
+    def __post_init__(self):
+        if not self.path:
+            raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
+
+
 class ProfiledLatency(LatencyModel):
     """Iteration time from a measured profile (see the module doc)."""
+
+    name = "profiled"
+    Config = ProfiledConfig
+
+    @classmethod
+    def from_config(cls, conf: ProfiledConfig, model, gpu, num_gpus: int = 1) -> "ProfiledLatency":
+        return cls(model, gpu, conf.path, overhead_s=conf.overhead_s)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, path=None, overhead_s: float | None = None,
                  table: pd.DataFrame | None = None, meta: dict | None = None) -> None:

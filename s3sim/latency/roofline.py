@@ -27,6 +27,8 @@ profile measured by `python -m s3exec.profile` (s3sim/latency/calibrate.py):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from s3sim.core.errors import ConfigError
@@ -37,8 +39,24 @@ from s3sim.latency.base import LatencyModel
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
 
 
+@dataclass
+class RooflineConfig:
+    name: str = "roofline"
+    compute_efficiency: float = 0.6
+    memory_efficiency: float = 0.8
+    overhead_s: float = 0.002
+
+
 class RooflineLatency(LatencyModel):
     """Max of compute time and memory time, plus a fixed overhead, per iteration."""
+
+    name = "roofline"
+    Config = RooflineConfig
+
+    @classmethod
+    def from_config(cls, conf: RooflineConfig, model, gpu, num_gpus: int = 1) -> "RooflineLatency":
+        return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
+                   overhead_s=conf.overhead_s, num_gpus=num_gpus)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency: float = 0.6,
                  memory_efficiency: float = 0.8, overhead_s: float = 0.002, num_gpus: int = 1) -> None:

@@ -23,6 +23,12 @@ class Slo:
     tpot: float | None = None
     e2e: float | None = None
 
+    @classmethod
+    def from_config(cls, cfg) -> "Slo":
+        """The `slo` block of a run's config (missing: no SLO)."""
+        s = cfg.get("slo") or {}
+        return cls(ttft=s.get("ttft"), tpot=s.get("tpot"), e2e=s.get("e2e"))
+
 
 def request_records(requests) -> pd.DataFrame:
     cols = ("id", "arrival", "admitted", "first_token", "last_token", "finished", "prompt_len", "output_len",

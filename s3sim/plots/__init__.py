@@ -7,9 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from s3sim.core.policies import POLICIES
 from s3sim.runner import write_csv
 
-POLICY_ORDER = ("ft", "orca", "s3", "oracle", "paged", "paged_spf")
+POLICY_ORDER = tuple(POLICIES)
 
 
 def pyplot():

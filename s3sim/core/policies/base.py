@@ -13,17 +13,49 @@ import heapq
 import itertools
 import math
 from collections import deque
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from s3sim.core.errors import InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.request import Phase, Request
 from s3sim.core.output import SchedulerOutput, StepOutcome
 
 
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+@dataclass
+class PolicyConfig:
+    """The fields of `conf/policy/<name>.yaml` every policy takes; a policy with more subclasses it. Types are
+    checked when the config is read (`s3sim.config.structured`), values here."""
+    name: str = ""
+    max_batch_size: Optional[int] = None  # None: memory is the only limit
+    preemption_mode: str = "recompute"  # what a preempted request's KV becomes: dropped, or kept in host memory
+
+    def __post_init__(self):
+        if self.max_batch_size is not None and self.max_batch_size <= 0:
+            raise ConfigError(f"policy.max_batch_size must be a positive integer or null, got {self.max_batch_size!r}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ConfigError(f"policy.preemption_mode '{self.preemption_mode}' is unknown; valid: "
+                              f"{', '.join(PREEMPTION_MODES)}")
+
+
 class Scheduler:
     name = "base"
+    Config = PolicyConfig  # its structured config
+    uses_predictor = False  # built with the configured predictor
+    fixed_predictor: str | None = None  # ... or always with this one (the oracle policy)
+
+    @classmethod
+    def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
+                    feedback: str = "mispredicted") -> "Scheduler":
+        """The policy `conf` describes over a KV pool of `capacity_tokens` (`predictor` and `feedback` for
+        policies that predict)."""
+        return cls(KVPool(capacity_tokens), max_seq_len, max_batch_size=conf.max_batch_size,
+                   preemption_mode=conf.preemption_mode)
 
     def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None,
                  preemption_mode: str = "recompute"):

@@ -13,16 +13,40 @@ blocks needed over the next i steps have a closed form (see `_growth`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
+from s3sim.core.errors import ConfigError
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.base import FcfsScheduler, PolicyConfig
 from s3sim.core.request import Request
-from s3sim.core.policies.base import FcfsScheduler
 from s3sim.core.output import SchedulerOutput
+
+
+@dataclass
+class PagedConfig(PolicyConfig):
+    block_size: int = 16  # tokens per KV block
+    watermark: float = 0.01  # fraction of blocks kept free at admission
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.block_size <= 0:
+            raise ConfigError(f"policy.block_size must be a positive integer, got {self.block_size!r}")
+        if not 0 <= self.watermark < 1:
+            raise ConfigError(f"policy.watermark must be a fraction in [0, 1), got {self.watermark}")
 
 
 class PagedScheduler(FcfsScheduler):
     name = "paged"
+    Config = PagedConfig
+
+    @classmethod
+    def from_config(cls, conf: PagedConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
+        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        extra = {"predictor": predictor} if cls.uses_predictor else {}
+        return cls(pool, max_seq_len, watermark=conf.watermark, max_batch_size=conf.max_batch_size,
+                   preemption_mode=conf.preemption_mode, **extra)
 
     def __init__(self, pool, max_seq_len, watermark: float = 0.01, **kw):
         super().__init__(pool, max_seq_len, **kw)

@@ -54,6 +54,7 @@ class PredictedQueue:
 
 class PagedSpfScheduler(PagedScheduler):
     name = "paged_spf"
+    uses_predictor = True
 
     def __init__(self, pool, max_seq_len, predictor: Predictor, **kw):
         super().__init__(pool, max_seq_len, **kw)

@@ -7,19 +7,40 @@ sorted container keeps that O(log n) per admission even with 10^6 requests waiti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from sortedcontainers import SortedKeyList
 
-from s3sim.core.errors import InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
+from s3sim.core.kv_pool import KVPool
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
-from s3sim.core.policies.base import Scheduler
+from s3sim.core.policies.base import PolicyConfig, Scheduler
 from s3sim.core.output import SchedulerOutput
-from s3sim.core.policies.supervisor import Supervisor
+from s3sim.core.policies.supervisor import GROW_MODES, Supervisor
+
+
+@dataclass
+class S3Config(PolicyConfig):
+    grow: str = "next"  # on overflow, re-reserve for the next bucket, or for max_seq_len
+    in_place: bool = False  # grow the reservation in place when memory is free (else preempt, as the paper)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grow not in GROW_MODES:
+            raise ConfigError(f"policy.grow '{self.grow}' is unknown; valid: {', '.join(GROW_MODES)}")
 
 
 class S3Scheduler(Scheduler):
     name = "s3"
+    Config = S3Config
+    uses_predictor = True
+
+    @classmethod
+    def from_config(cls, conf: S3Config, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
+        sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback)
+        return cls(KVPool(capacity_tokens), max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
+                   preemption_mode=conf.preemption_mode)
 
     def __init__(self, pool, max_seq_len, predictor: Predictor, supervisor: Supervisor | None = None, **kw):
         super().__init__(pool, max_seq_len, **kw)
@@ -88,3 +109,9 @@ class S3Scheduler(Scheduler):
 
     def _on_finish(self, r: Request) -> None:
         self.supervisor.on_finish(r)
+
+
+class OracleScheduler(S3Scheduler):
+    """S3 with a predictor that knows every length: the upper bound of prediction."""
+    name = "oracle"
+    fixed_predictor = "oracle"
