@@ -134,6 +134,7 @@ class Executor:
             if rid not in self.sched.running:
                 raise InvariantViolation(f"request {rid} holds KV but is neither running, finished nor preempted")
         self._check(out)
+        self.sched.pool.check()
         self._check_memory(self.sched.now)
         self._bar.update(len(outcome.finished))
 

@@ -91,10 +91,24 @@ def run(s, max_jump):
         preempt = sched._preempt
 
         def spy(r, now):
-            sched.victims.append(r is max(sched.running.values(), key=lambda q: q.seq))
+            sched.victims.append(r is max(sched.running.values(), key=sched.seq))
             preempt(r, now)
 
         sched._preempt = spy
+    advance = sched.advance
+    sched.pool_checks = 0
+
+    def checked_advance(out, k, now):  # the pool's bookkeeping holds after every engine step, not only at the end
+        outcome = advance(out, k, now)
+        sched.pool.check()
+        sched.pool_checks += 1
+        for r in outcome.finished:
+            assert r.id not in sched.pool.held  # no reservation outlives its request
+        for r in outcome.preempted + out.preempted:
+            assert r.id not in sched.pool.held or r.id in sched.running
+        return outcome
+
+    sched.advance = checked_advance
     lat = LAT if s["latency"] == "a100" else LAT_ALT
     return simulate(reqs, sched, lat, max_jump=max_jump)
 
@@ -122,6 +136,7 @@ def check_invariants(s, res):
         if r.preemptions == 0:
             assert r.recomputed_tokens == 0 and r.swapped_tokens == 0
     assert sum(r.preemptions for r in reqs) == sched.preemptions
+    assert sched.pool_checks == res.engine_steps
     assert len(sched.stall_gaps) == sched.preemptions
     assert all(g > 0 for g in sched.stall_gaps)
     if s["policy"] in ("ft", "orca"):

@@ -335,7 +335,7 @@ def test_paged_preempts_newest_first_under_a_tight_budget(mode, seed):
     orig = sched._preempt
 
     def spy(r, now):
-        newest = max(sched.running.values(), key=lambda q: q.seq)
+        newest = max(sched.running.values(), key=sched.seq)
         victims.append((r.id, newest.id))
         orig(r, now)
 

@@ -1,8 +1,8 @@
 """A request and its lifecycle: waiting -> running -> (preempted -> waiting ->) running -> finished.
 
 Timestamps are recorded as the request moves so that every metric (TTFT, TPOT, ITL, e2e) can be derived
-from the finished requests alone. While a request runs, its progress is kept lazily by the scheduler
-(`gen0` tokens at decode iteration `iter0`) so that many decode iterations can be applied at once.
+from the finished requests alone. While a request runs, `generated` is stale: the scheduler keeps its
+progress lazily (`Scheduler.generated`) so that many decode iterations can be applied at once.
 """
 from __future__ import annotations
 
@@ -40,11 +40,6 @@ class Request:
     preemptions: int = 0
     recomputed_tokens: int = 0
     swapped_tokens: int = 0
-    # scheduler-private lazy progress
-    iter0: int = 0
-    gen0: int = 0
-    epoch: int = 0
-    seq: int = 0  # admission order, newest has the largest
 
     @property
     def context(self) -> int:

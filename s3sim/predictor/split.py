@@ -6,25 +6,19 @@ from __future__ import annotations
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.core.hashing import splitmix64
 
 SPLITS = ("all", "train", "test")
 _M64 = (1 << 64) - 1
-
-
-def _mix(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
 
 
 def holdout_mask(prompt_hashes, seed: int = 0, test_frac: float = 0.2) -> np.ndarray:
     """True where a row belongs to the test side. `prompt_hashes`: ints or 16-digit hex strings."""
     if not 0 < float(test_frac) < 1:
         raise ConfigError(f"test_frac must be between 0 and 1 (exclusive), got {test_frac!r}")
-    salt = _mix(int(seed) & _M64)
-    hs = [int(h, 16) if isinstance(h, str) else int(h) for h in prompt_hashes]
-    u = np.array([_mix(h ^ salt) for h in hs], dtype=np.float64) / 2.0 ** 64
+    salt = splitmix64(int(seed) & _M64)
+    hs = np.array([int(h, 16) if isinstance(h, str) else int(h) for h in prompt_hashes], dtype=np.uint64)
+    u = splitmix64(hs ^ salt).astype(np.float64) / 2.0 ** 64
     return u < float(test_frac)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.core.hashing import GOLDEN, mix64
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.predictors.buckets import Buckets
 
@@ -22,14 +23,8 @@ ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
 def _uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     """Counter-based uniforms in [0, 1): splitmix64 of (seed, id, stream); vectorised and order-free."""
     with np.errstate(over="ignore"):
-        x = (ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        x = (ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
+    return (mix64(x) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class SyntheticPredictor(Predictor):

@@ -1,0 +1,26 @@
+"""Counter-based randomness: splitmix64's finaliser, vectorised. A value that depends only on its inputs
+(a seed, a request id, a prompt hash) needs no generator state, so draws never depend on the order in which
+requests arrive or are predicted."""
+from __future__ import annotations
+
+import numpy as np
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
+
+
+def mix64(x) -> np.ndarray:
+    """splitmix64's output function of uint64 values (arithmetic mod 2**64)."""
+    x = np.array(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def splitmix64(x) -> np.ndarray:
+    """splitmix64 of uint64 values: the finaliser of `x + GOLDEN`."""
+    with np.errstate(over="ignore"):
+        return mix64(np.array(x, dtype=np.uint64) + GOLDEN)
