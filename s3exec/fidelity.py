@@ -76,6 +76,43 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
     return [r for r, _ in runs], sim_row, finish
 
 
+def simulate_config(sim_cfg: dict) -> dict:
+    """The simulator's summary row of a `sim_config`."""
+    from s3sim.config import build
+    from s3sim.core.request import make_requests
+    from s3sim.metrics.summary import summarize
+    from s3sim.simulator.engine import simulate
+
+    setup = build(sim_cfg)
+    result = simulate(make_requests(setup.prompt_len, setup.output_len, setup.arrivals), setup.scheduler,
+                      setup.latency)
+    return summarize(result, setup.slo)
+
+
+def resimulate(table: pd.DataFrame, profiles: Path) -> pd.DataFrame:
+    """A fidelity table with its simulator columns (and the errors derived from them) computed again from its
+    rows: same workload, rate, policy, pool and profile. The executor's columns are measurements and stay."""
+    new = table.copy()
+    for i, r in table.iterrows():
+        rate = None if pd.isna(r["rate"]) else float(r["rate"])
+        cfg = exec_config(r["model"], r["policy"], int(r["requests"]), int(r["max_seq_len"]),
+                          int(r["kv_capacity_tokens"]), 1, rate)
+        sim = simulate_config(sim_config(cfg, int(r["kv_capacity_tokens"]), profiles / f"{r['model']}-cpu.csv"))
+        new.loc[i, "sim_mean_batch"] = sim["mean_batch_size"]
+        for m in METRICS:
+            new.loc[i, f"sim_{m}"] = sim[m]
+            new.loc[i, f"err_{m}"] = rel(sim[m], r[f"exec_{m}"])
+    return new
+
+
+def compare_simulator(table: pd.DataFrame, again: pd.DataFrame) -> tuple[int, int, float]:
+    """(identical simulator cells, cells, largest relative difference) between a table and `resimulate`'s."""
+    cols = ["sim_mean_batch"] + [f"sim_{m}" for m in METRICS]
+    a, b = table[cols].to_numpy(float), again[cols].to_numpy(float)
+    worst = float(np.nanmax(np.abs(a - b) / np.maximum(np.abs(a), 1e-300))) if a.size else 0.0
+    return int((a == b).sum()), a.size, worst
+
+
 def rel(a, b) -> float:
     return float((a - b) / b) if b else float("nan")
 
@@ -196,10 +233,29 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh-profile", action="store_true",
                     help="profile each model again first, into <out>/profiles (a shared CPU drifts over minutes)")
     ap.add_argument("--out", default="results/fidelity")
+    ap.add_argument("--check-simulator", action="store_true",
+                    help="only simulate every row of <out>/fidelity.csv again (with <out>/profiles) and check that "
+                         "its simulator columns come out identical")
+    ap.add_argument("--resimulate", action="store_true",
+                    help="only recompute the simulator and error columns of <out>/fidelity.csv from its rows, in place")
     args = ap.parse_args(argv)
     from s3sim.runner import write_csv
 
     out = Path(args.out)
+    if args.check_simulator or args.resimulate:
+        path = out / "fidelity.csv"
+        if not path.is_file():
+            print(f"fidelity: error: {path} not found (run the experiment first)", file=sys.stderr)
+            return 2
+        table = pd.read_csv(path)
+        again = resimulate(table, out / "profiles")
+        same, total, worst = compare_simulator(table, again)
+        print(f"simulator cells identical to {path}: {same}/{total} (largest relative difference {worst:.2g})")
+        if args.resimulate:
+            write_csv(again, path)
+            print(f"rewrote the simulator and error columns of {path}")
+            return 0
+        return 0 if same == total else 1
     out.mkdir(parents=True, exist_ok=True)
     fractions = [float(x) for x in args.rates.split(",") if x]
     all_rows, all_finish = [], []

@@ -228,3 +228,35 @@ def test_target_summary_counts_cells_and_names_each_miss():
     text = target_summary(df)
     assert "throughput within 5%: 3/4" in text and "p50 within 10%: 6/6" in text and "p99 within 15%: 5/6" in text
     assert "m offline s3 request_throughput: -6.0%" in text and "e2e_latency_p99: +20.0%" in text
+
+
+def test_committed_fidelity_table_is_what_the_simulator_gives_now():
+    """The simulator's columns of results/fidelity are deterministic: simulating a row again reproduces them
+    exactly (a change to the simulator that moves them must refresh the table: `--resimulate`)."""
+    from pathlib import Path
+
+    from s3exec.fidelity import compare_simulator, resimulate
+
+    root = Path(__file__).resolve().parent.parent / "results" / "fidelity"
+    table = pd.read_csv(root / "fidelity.csv")
+    rows = table[(table.model == "tiny-llama") & table.policy.isin(["orca", "paged"])].head(3)
+    same, total, worst = compare_simulator(rows, resimulate(rows, root / "profiles"))
+    assert total == 3 * 9 and same == total and worst == 0
+
+
+def test_check_simulator_cli_fails_on_a_stale_table(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from s3exec.fidelity import main
+
+    root = Path(__file__).resolve().parent.parent / "results" / "fidelity"
+    shutil.copytree(root / "profiles", tmp_path / "profiles")
+    table = pd.read_csv(root / "fidelity.csv").head(2)
+    table.loc[1, "sim_tpot_p50"] *= 1.01  # a stale cell
+    table.to_csv(tmp_path / "fidelity.csv", index=False)
+    assert main(["--check-simulator", "--out", str(tmp_path)]) == 1
+    assert "17/18" in capsys.readouterr().out
+    assert main(["--resimulate", "--out", str(tmp_path)]) == 0
+    assert main(["--check-simulator", "--out", str(tmp_path)]) == 0
+    assert main(["--check-simulator", "--out", str(tmp_path / "none")]) == 2
