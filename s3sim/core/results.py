@@ -76,16 +76,6 @@ class IterationLog:
 
 
 @dataclass
-class SimResult:
-    requests: list[Request]
-    log: IterationLog
-    scheduler: Scheduler
-    end_time: float
-    engine_steps: int
-    kv_capacity_tokens: int
-
-
-@dataclass
 class RunResult:
     requests: list[Request]
     log: IterationLog
