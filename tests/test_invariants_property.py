@@ -83,6 +83,24 @@ def build(s):
                        preemption_mode=s["mode"], max_batch_size=mb)
 
 
+def check_pool_every_step(sched):
+    """Make `sched` check its KV pool's bookkeeping after every engine step, not only at the end of the run."""
+    advance = sched.advance
+    sched.pool_checks = 0
+
+    def checked_advance(out, k, now):
+        outcome = advance(out, k, now)
+        sched.pool.check()
+        sched.pool_checks += 1
+        for r in outcome.finished:
+            assert r.id not in sched.pool.held  # no reservation outlives its request
+        for r in outcome.preempted + out.preempted:
+            assert r.id not in sched.pool.held or r.id in sched.running
+        return outcome
+
+    sched.advance = checked_advance
+
+
 def run(s, max_jump):
     reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"])
     sched = build(s)
@@ -95,20 +113,7 @@ def run(s, max_jump):
             preempt(r, now)
 
         sched._preempt = spy
-    advance = sched.advance
-    sched.pool_checks = 0
-
-    def checked_advance(out, k, now):  # the pool's bookkeeping holds after every engine step, not only at the end
-        outcome = advance(out, k, now)
-        sched.pool.check()
-        sched.pool_checks += 1
-        for r in outcome.finished:
-            assert r.id not in sched.pool.held  # no reservation outlives its request
-        for r in outcome.preempted + out.preempted:
-            assert r.id not in sched.pool.held or r.id in sched.running
-        return outcome
-
-    sched.advance = checked_advance
+    check_pool_every_step(sched)
     lat = LAT if s["latency"] == "a100" else LAT_ALT
     return simulate(reqs, sched, lat, max_jump=max_jump)
 

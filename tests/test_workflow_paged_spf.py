@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_invariants_property import LAT, LAT_ALT, SETTINGS, check_invariants, check_jump_exact, scenarios
+from test_invariants_property import (LAT, LAT_ALT, SETTINGS, check_invariants, check_jump_exact,
+                                     check_pool_every_step, scenarios)
 
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
@@ -26,6 +27,7 @@ def run(s, max_jump):
     pred = SyntheticPredictor(Buckets.equal(min(s["buckets"], msl), msl), s["accuracy"], s["shape"], seed=s["seed"])
     sched = PagedSpfScheduler(KVPool(blocks, unit_tokens=bs), msl, pred, watermark=s["watermark"],
                               preemption_mode=s["mode"], max_batch_size=s["max_batch"])
+    check_pool_every_step(sched)
     lat = LAT if s["latency"] == "a100" else LAT_ALT
     return simulate(make_requests(s["prompts"], s["outputs"], s["arrivals"]), sched, lat, max_jump=max_jump)
 
