@@ -13,8 +13,8 @@ import numpy as np
 
 from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload
 from s3sim.core.errors import ConfigError
-from s3sim.metrics.summary import Slo
 from s3sim.core.request import Request, make_requests
+from s3sim.metrics.summary import Slo
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

@@ -16,10 +16,9 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.config import build
+from s3sim.core.policies import COMPARED
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
-from s3sim.core.policies import COMPARED
-
 
 
 def cfg_for(overrides):

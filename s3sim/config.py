@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.core.policies import POLICIES
+from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
-from s3sim.core.policies import POLICIES
-from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.latency import LATENCY_MODELS
 from s3sim.metrics.summary import Slo
 from s3sim.workload import arrival_times, load_workload

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from s3sim.config import build
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
-from s3sim.simulator.engine import simulate
 from s3sim.metrics.summary import request_records, summarize
+from s3sim.simulator.engine import simulate
 
 
 SUMMARY, FAILED, CONFIG = "summary.csv", "failed.txt", "resolved_config.yaml"

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from s3exec.fidelity import compare, exec_config, sim_config
 from s3exec.profile import grid, profile, write_profile
 from s3sim.config import build
 from s3sim.core.errors import ConfigError
-from s3exec.fidelity import compare, exec_config, sim_config
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency.profiled import FEATURES, ProfiledLatency, fit_report, holdout_error

@@ -7,18 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3sim.core.request import make_requests
-from s3sim.simulator.engine import simulate
-from s3sim.hardware.gpus import get_gpu
-from s3sim.hardware.models import get_model
 from s3sim.core.kv_pool import KVPool
-from s3sim.latency import RooflineLatency
-from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
-from s3sim.core.request import Phase
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.s3 import S3Scheduler
 from s3sim.core.policies.supervisor import Supervisor
+from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.request import Phase
+from s3sim.core.request import make_requests
+from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.latency import RooflineLatency
+from s3sim.simulator.engine import simulate
 
 POLICIES = ("ft", "orca", "s3", "oracle", "paged")
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))

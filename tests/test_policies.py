@@ -2,17 +2,17 @@
 import numpy as np
 import pytest
 
-from s3sim.core.request import make_requests
-from s3sim.simulator.engine import simulate
-from s3sim.hardware.gpus import get_gpu
-from s3sim.hardware.models import get_model
 from s3sim.core.kv_pool import KVPool
-from s3sim.latency import RooflineLatency
-from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.s3 import S3Scheduler
 from s3sim.core.policies.supervisor import Supervisor
+from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.request import make_requests
+from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.latency import RooflineLatency
+from s3sim.simulator.engine import simulate
 
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 REQUEST_FIELDS = ("admitted", "first_token", "last_token", "finished", "preemptions", "recomputed_tokens",

@@ -9,11 +9,11 @@ import pytest
 
 from s3sim.config import build
 from s3sim.core.errors import ConfigError
-from s3sim.core.predictors.buckets import Buckets
-from s3sim.predictor.trained.predictor import TABLES, TrainedPredictor
-from s3sim.core.request import Request
-from s3sim.runner import run_config
 from s3sim.core.policies.supervisor import Supervisor
+from s3sim.core.predictors.buckets import Buckets
+from s3sim.core.request import Request
+from s3sim.predictor.trained.predictor import TABLES, TrainedPredictor
+from s3sim.runner import run_config
 from s3sim.workload.lengths import load_prompts, load_workload
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.predictors.buckets import Buckets
+from s3sim.core.request import Request
 from s3sim.predictor.split import select, holdout_mask
 from s3sim.predictor.trained.evaluate import baselines, compare, confusion, metrics
 from s3sim.predictor.trained.schemes import Scheme
-from s3sim.core.request import Request
 from s3sim.workload.text import prompt_hash, read_pairs
 
 torch = pytest.importorskip("torch")

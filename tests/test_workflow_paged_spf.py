@@ -6,11 +6,11 @@ from hypothesis import strategies as st
 from test_invariants_property import (LAT, LAT_ALT, SETTINGS, check_invariants, check_jump_exact,
                                      check_pool_every_step, scenarios)
 
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.paged_spf import PagedSpfScheduler
+from s3sim.core.predictors import ERROR_SHAPES, Buckets, SyntheticPredictor
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
-from s3sim.core.kv_pool import KVPool
-from s3sim.core.predictors import ERROR_SHAPES, Buckets, SyntheticPredictor
-from s3sim.core.policies.paged_spf import PagedSpfScheduler
 
 
 @st.composite

@@ -23,10 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from s3sim import plots
+from s3sim.core.policies import COMPARED
 from s3sim.experiments.common import Composer, run_many, slo_capacity
 from s3sim.plots import bars, frontier, timeline
 from s3sim.runner import write_csv
-from s3sim.core.policies import COMPARED
 
 # label, overrides, GPUs the model needs at least (80 GB each)
 MODELS = {

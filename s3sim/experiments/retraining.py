@@ -21,14 +21,14 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.config import build
-from s3sim.core.request import make_requests
-from s3sim.simulator.engine import simulate
 from s3sim.core.errors import ConfigError
+from s3sim.core.request import make_requests
 from s3sim.experiments.predictor import SCHEMES
 from s3sim.metrics.summary import summarize
 from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.evaluate import metrics
 from s3sim.runner import write_csv, write_text
+from s3sim.simulator.engine import simulate
 from s3sim.workload.lengths import DEFAULT_DATA_DIR
 
 TRAIN_ON, SERVE = "alpaca-7b", "Meta-Llama-3-8B-Instruct"

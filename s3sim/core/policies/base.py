@@ -20,8 +20,8 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.kv_pool import KVPool
-from s3sim.core.request import Phase, Request
 from s3sim.core.output import SchedulerOutput, StepOutcome
+from s3sim.core.request import Phase, Request
 
 
 PREEMPTION_MODES = ("recompute", "swap")

@@ -5,9 +5,9 @@ Admission is first-come first-served and stops at the first request that does no
 from __future__ import annotations
 
 
-from s3sim.core.request import Request
-from s3sim.core.policies.base import FcfsScheduler
 from s3sim.core.output import SchedulerOutput
+from s3sim.core.policies.base import FcfsScheduler
+from s3sim.core.request import Request
 
 
 class OrcaScheduler(FcfsScheduler):

@@ -19,9 +19,9 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import FcfsScheduler, PolicyConfig
 from s3sim.core.request import Request
-from s3sim.core.output import SchedulerOutput
 
 
 @dataclass

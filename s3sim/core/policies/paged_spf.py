@@ -12,9 +12,9 @@ import itertools
 
 from sortedcontainers import SortedKeyList
 
+from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
-from s3sim.core.policies.paged import PagedScheduler
 
 
 class PredictedQueue:

@@ -13,11 +13,11 @@ from sortedcontainers import SortedKeyList
 
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.output import SchedulerOutput
+from s3sim.core.policies.base import PolicyConfig, Scheduler
+from s3sim.core.policies.supervisor import GROW_MODES, Supervisor
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
-from s3sim.core.policies.base import PolicyConfig, Scheduler
-from s3sim.core.output import SchedulerOutput
-from s3sim.core.policies.supervisor import GROW_MODES, Supervisor
 
 
 @dataclass
