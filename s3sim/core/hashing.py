@@ -8,19 +8,18 @@ import numpy as np
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment
 
 
-def mix64(x) -> np.ndarray:
-    """splitmix64's output function of uint64 values (arithmetic mod 2**64)."""
-    x = np.array(x, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's output function of a uint64 array, in place (arithmetic mod 2**64); returns it. Call it
+    under `np.errstate(over="ignore")` when the array may be 0-d."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
     return x
 
 
 def splitmix64(x) -> np.ndarray:
-    """splitmix64 of uint64 values: the finaliser of `x + GOLDEN`."""
+    """splitmix64 of uint64 values: the finaliser of `x + GOLDEN` (a new array)."""
     with np.errstate(over="ignore"):
         return mix64(np.array(x, dtype=np.uint64) + GOLDEN)

@@ -40,6 +40,8 @@ class Request:
     preemptions: int = 0
     recomputed_tokens: int = 0
     swapped_tokens: int = 0
+    # the scheduler's own bookkeeping of this request while admitted (`Progress`); opaque to everything else
+    progress: object = None
 
     @property
     def context(self) -> int:

@@ -63,10 +63,12 @@ class Inbox:
         """Take every request that arrived by `t`."""
         if self.source is not None:
             self.source.deliver_due(t)
-        upto = bisect_right(self._times, t, lo=self._next)
-        taken = self.received[self._next:upto]
+        i = self._next
+        if i == len(self._times) or self._times[i] > t:
+            return []
+        upto = bisect_right(self._times, t, lo=i)
         self._next = upto
-        return taken
+        return self.received[i:upto]
 
     @property
     def queued(self) -> bool:

@@ -11,6 +11,8 @@ step-by-step; tests compare both).
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 import simpy
 
@@ -28,7 +30,7 @@ class ArrivalSource:
 
     def __init__(self, requests: list[Request], route):
         self.requests = requests
-        self._times = np.fromiter((r.arrival for r in requests), float, len(requests))
+        self._times = [r.arrival for r in requests]
         self._next = 0
         self.route = route
 
@@ -38,14 +40,15 @@ class ArrivalSource:
 
     @property
     def next_time(self) -> float:
-        return float(self._times[self._next])
+        return self._times[self._next]
 
     def deliver_due(self, t: float) -> None:
         """Hand out every request that arrived by `t` (all of one instant together)."""
-        upto = int(np.searchsorted(self._times, t, side="right"))
-        if upto > self._next:
-            due, self._next = self.requests[self._next:upto], upto
-            self.route(due)
+        i = self._next
+        if i < len(self._times) and self._times[i] <= t:
+            upto = bisect_right(self._times, t, lo=i)
+            self._next = upto
+            self.route(self.requests[i:upto])
 
 
 def arrival_process(env: simpy.Environment, source: ArrivalSource):
@@ -88,15 +91,17 @@ class SimBackend:
             if self.max_jump:
                 k = min(k, self.max_jump)
             durations = lat.decode_run(decode_n, ctx, k)
+            ends = np.cumsum(np.concatenate(([t], durations)))[1:]  # the same additions as step by step
+            end = float(ends[-1])
         else:
-            k = 1
+            k, ends = 1, None
             d = lat.iteration_time(out.prefill_tokens, out.prefill_sq, decode_n, ctx)
             if out.transfer_tokens:
                 d = d + lat.swap_time(out.transfer_tokens)
             durations = np.array([d], dtype=float)
-        ends = np.cumsum(np.concatenate(([t], durations)))[1:]
+            end = t + float(durations[0])
         used0 = ctx + decode_n + out.prefill_tokens + len(out.prefill)
-        return Step(k, durations, float(ends[-1]), used0, ends)
+        return Step(k, durations, end, used0, ends)
 
     def wait(self, step: Step):
         if step.k == 1:

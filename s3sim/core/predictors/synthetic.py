@@ -23,8 +23,8 @@ ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
 def _uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     """Counter-based uniforms in [0, 1): splitmix64 of (seed, id, stream); vectorised and order-free."""
     with np.errstate(over="ignore"):
-        x = (ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
-    return (mix64(x) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        x = mix64(ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class SyntheticPredictor(Predictor):
