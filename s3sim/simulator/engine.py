@@ -11,8 +11,6 @@ step-by-step; tests compare both).
 """
 from __future__ import annotations
 
-from bisect import bisect_right
-
 import numpy as np
 import simpy
 
@@ -29,26 +27,22 @@ class ArrivalSource:
     a router across replicas would choose among several)."""
 
     def __init__(self, requests: list[Request], route):
-        self.requests = requests
-        self._times = [r.arrival for r in requests]
-        self._next = 0
+        self._queue = Inbox(requests)
         self.route = route
 
     @property
     def pending(self) -> bool:
-        return self._next < len(self.requests)
+        return self._queue.queued
 
     @property
     def next_time(self) -> float:
-        return self._times[self._next]
+        return self._queue.next_arrival
 
     def deliver_due(self, t: float) -> None:
         """Hand out every request that arrived by `t` (all of one instant together)."""
-        i = self._next
-        if i < len(self._times) and self._times[i] <= t:
-            upto = bisect_right(self._times, t, lo=i)
-            self._next = upto
-            self.route(self.requests[i:upto])
+        due = self._queue.due(t)
+        if due:
+            self.route(due)
 
 
 def arrival_process(env: simpy.Environment, source: ArrivalSource):
