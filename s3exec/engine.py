@@ -66,6 +66,9 @@ class Executor:
     def __init__(self, runner, scheduler: Scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
         check_mode(mode, eos_ids)
+        if scheduler.chunks_prefill:
+            raise ConfigError(f"policy={scheduler.name} prefills prompts in chunks, which the executor does not run yet "
+                              f"(its runner prefills a whole prompt per pass); use it in the simulator")
         self.runner, self.cache, self.sched = runner, runner.cache, scheduler
         if self.cache.block_size != scheduler.pool.unit_tokens or self.cache.num_blocks != scheduler.pool.capacity:
             raise InvariantViolation(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
+from s3sim.core.policies.vllm import VllmScheduler
 from s3sim.core.policies.s3 import S3Scheduler
 from s3sim.core.policies.supervisor import Supervisor
 from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
@@ -20,7 +21,7 @@ from s3sim.hardware.models import get_model
 from s3sim.latency import RooflineLatency
 from s3sim.simulator.engine import simulate
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged")
+POLICIES = ("ft", "orca", "s3", "oracle", "paged", "vllm")
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
 # decode and swap costs
@@ -60,6 +61,10 @@ def scenarios(draw, policy):
                  shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
     if policy == "paged":
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=draw(st.sampled_from([0.0, 0.01, 0.1])))
+    if policy == "vllm":  # a token budget small enough to chunk prompts, recompute only, max_num_seqs below it
+        budget = draw(st.sampled_from([8, 16, 50, 2048]))
+        s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=0.0, mode="recompute", budget=budget,
+                 max_batch=min(s["max_batch"] or 256, budget - 1))
     return s
 
 
@@ -70,10 +75,13 @@ def build(s):
         return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb)
     if p == "orca":
         return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb)
-    if p == "paged":
+    if p in ("paged", "vllm"):
         bs = s["block"]
         one_blocks = -(-(max(s["prompts"]) + msl) // bs)
         blocks = max(cap // bs, one_blocks)
+        if p == "vllm":
+            return VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
+                                 max_batch_size=mb)
         return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
                               preemption_mode=s["mode"], max_batch_size=mb)
     buckets = Buckets.equal(min(s["buckets"], msl), msl)
@@ -105,7 +113,7 @@ def run(s, max_jump):
     reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"])
     sched = build(s)
     sched.victims = []
-    if s["policy"] == "paged":  # record whether each victim is the most recently admitted running request
+    if s["policy"] in ("paged", "vllm"):  # record whether each victim is the newest running request
         preempt = sched._preempt
 
         def spy(r, now):
@@ -146,17 +154,17 @@ def check_invariants(s, res):
     assert all(g > 0 for g in sched.stall_gaps)
     if s["policy"] in ("ft", "orca"):
         assert sched.preemptions == 0
-    if s["policy"] in ("ft", "orca", "paged"):  # first-come first-served
+    if s["policy"] in ("ft", "orca", "paged", "vllm"):  # first-come first-served
         first = [r.admitted for r in by_id]
         assert first == sorted(first)
-    if s["policy"] == "paged":
+    if s["policy"] in ("paged", "vllm"):
         assert len(sched.victims) == sched.preemptions and all(sched.victims)  # newest first
     if s["policy"] == "ft":  # a static batch is returned when its longest member is done
         for r in reqs:
             batch = [q for q in reqs if q.admitted == r.admitted]
             assert r.finished == max(q.last_token for q in batch)
             assert all(q.admitted >= r.finished for q in reqs if q.admitted > r.admitted)
-    if s["policy"] in ("s3", "oracle", "paged"):
+    if s["policy"] in ("s3", "oracle", "paged", "vllm"):
         if s["mode"] == "recompute":
             assert all(r.swapped_tokens == 0 for r in reqs)
             assert all((r.recomputed_tokens > 0) == (r.preemptions > 0) for r in reqs)
@@ -259,10 +267,14 @@ def test_the_jump_skips_iterations_and_stays_exact(policy):
              cap=4 * (64 + msl), max_batch=None,
              mode="swap", latency="a100", buckets=10, grow="next", in_place=False, accuracy=0.6, shape="uniform",
              seed=1, block=4, watermark=0.01)
+    if policy == "vllm":  # prompts of up to 63 tokens over a 40-token budget: some are prefilled in two chunks
+        s.update(mode="recompute", watermark=0.0, budget=40, max_batch=39)
     jumped, stepped = run(s, None), run(s, 1)
     check_invariants(s, jumped)
     check_invariants(s, stepped)
     check_jump_exact(jumped, stepped)
     assert jumped.engine_steps < 0.6 * stepped.engine_steps
-    if policy in ("s3", "paged"):
+    if policy in ("s3", "paged", "vllm"):
         assert jumped.scheduler.preemptions > 0
+    if policy == "vllm":
+        assert (jumped.log.frame().prefill_tokens == 40).any()  # a full budget of prefill chunks

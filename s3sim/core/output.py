@@ -1,7 +1,7 @@
 """What the scheduler decided, and what an iteration changed: the only things a backend acts on.
 
-`schedule()` returns a `SchedulerOutput` (as vLLM's scheduler does): which requests prefill this iteration
-and how many tokens each computes, which decode, which resume from host memory, which were taken off the
+`schedule()` returns a `SchedulerOutput` (as vLLM's scheduler does): which requests prefill this iteration,
+how many tokens each computes and over how long a prefix (chunked prefill), which decode, which resume from host memory, which were taken off the
 GPU before it ran, and the batch's shape that a latency model prices. `advance()` returns a `StepOutcome`:
 which requests finished and which were preempted when the iteration's tokens were counted. A backend never
 infers either by comparing counters or reading a policy's fields.
@@ -17,7 +17,10 @@ from s3sim.core.request import Request
 @dataclass(slots=True)
 class SchedulerOutput:
     prefill: list[Request] = field(default_factory=list)  # start (or recompute) a prefill; emit one token each
-    prefill_lens: list[int] = field(default_factory=list)  # tokens each prefill computes (prompt + generated)
+    prefill_lens: list[int] = field(default_factory=list)  # tokens each prefill computes this iteration
+    prefill_prefix: list[int] = field(default_factory=list)  # tokens of it already in KV (earlier chunks)
+    partial: list[Request] = field(default_factory=list)  # prefills whose chunk does not finish the prompt:
+    # they emit no token (chunked prefill); the others emit their first token
     resumed: list[Request] = field(default_factory=list)  # KV swapped back in; decode one token
     decode: Collection[Request] = ()  # running requests that decode one token, oldest first (valid until advance)
     padding: list[Request] = field(default_factory=list)  # static-batch members already done: decode padding
@@ -27,7 +30,7 @@ class SchedulerOutput:
     decode_n: int = 0  # sequences decoding one token (running + resumed + static-batch padding)
     decode_ctx: int = 0  # their summed context lengths (tokens already in KV)
     prefill_tokens: int = 0
-    prefill_sq: int = 0  # sum of squared prefill lengths, for quadratic attention
+    prefill_sq: int = 0  # sum over chunks of (prefix + chunk)^2 - prefix^2: quadratic attention, chunked or not
     transfer_tokens: int = 0  # KV moved over the host link this iteration (swap in and swap out)
     itl_tokens: int = 0  # tokens whose inter-token latency is this iteration's duration
 

@@ -94,7 +94,11 @@ class SimBackend:
                 d = d + lat.swap_time(out.transfer_tokens)
             durations = np.array([d], dtype=float)
             end = t + float(durations[0])
+        # KV in use after the first iteration: contexts, each decode's new token, each prefill's prefix and chunk,
+        # and the first output token of every prefill that finishes its prompt
         used0 = ctx + decode_n + out.prefill_tokens + len(out.prefill)
+        if out.partial or out.prefill_prefix and any(out.prefill_prefix):
+            used0 += sum(out.prefill_prefix) - len(out.partial)
         return Step(k, durations, end, used0, ends)
 
     def wait(self, step: Step):

@@ -6,12 +6,15 @@ from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.paged_spf import PagedSpfScheduler
 from s3sim.core.policies.s3 import OracleScheduler, S3Scheduler
+from s3sim.core.policies.vllm import VllmScheduler
 
 POLICIES: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
-    FasterTransformerScheduler, OrcaScheduler, S3Scheduler, OracleScheduler, PagedScheduler, PagedSpfScheduler)}
+    FasterTransformerScheduler, OrcaScheduler, S3Scheduler, OracleScheduler, PagedScheduler, PagedSpfScheduler,
+    VllmScheduler)}
 
 # what the default, paper, bench and fidelity experiments compare: the paper's two baselines, S3, its oracle and
-# paging (paged_spf, prediction on top of paging, is studied in `make beyond`)
-COMPARED = tuple(name for name in POLICIES if name != "paged_spf")
+# paging as vLLM did it in 2023 (paged_spf, prediction on top of paging, is studied in `make beyond`; vllm, the
+# V1 scheduler with chunked prefill, is validated against real vLLM runs by `s3sim-validate`)
+COMPARED = ("ft", "orca", "s3", "oracle", "paged")
 
 __all__ = ["COMPARED", "POLICIES", "PolicyConfig", "Scheduler"]

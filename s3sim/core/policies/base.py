@@ -30,12 +30,14 @@ PREEMPTION_MODES = ("recompute", "swap")
 @dataclass(eq=False, slots=True)
 class Progress:
     """What the scheduler keeps of a request it admitted: `gen0` tokens at decode iteration `iter0` (valid
-    while it runs), `epoch` (bumped to invalidate its pending events) and `seq` (admission order)."""
+    while it runs), `epoch` (bumped to invalidate its pending events), `seq` (admission order) and how much
+    of its context a chunked prefill has computed."""
     request: Request
     iter0: int = 0
     gen0: int = 0
     epoch: int = 0
     seq: int = 0
+    prefilled: int = 0  # context tokens already in KV while a chunked prefill is under way
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Scheduler:
     Config = PolicyConfig  # its structured config
     uses_predictor = False  # built with the configured predictor
     fixed_predictor: str | None = None  # ... or always with this one (the oracle policy)
+    chunks_prefill = False  # may split a prompt's prefill over several iterations
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
@@ -126,8 +129,14 @@ class Scheduler:
         done0 = len(self.finished)
         self._on_steps(k)
         self.iter += k
+        joining = batch.prefill
+        if batch.partial:  # chunks that do not finish their prompt: no token yet
+            self._on_chunks(batch)
+            unfinished = {r.id for r in batch.partial}
+            joining = [r for r in joining if r.id not in unfinished]
         # join in admission order (prefills and swap-ins interleaved), so `running` stays oldest to newest
-        joining = sorted(batch.prefill + batch.resumed, key=self.seq) if batch.resumed else batch.prefill
+        if batch.resumed:
+            joining = sorted(joining + batch.resumed, key=self.seq)
         for r in joining:
             if r.generated > 0:  # resumed (swap-in or recomputation): the gap since its last token is one ITL sample
                 self.stall_gaps.append(now - r.last_token)
@@ -164,6 +173,10 @@ class Scheduler:
 
     def _on_finish(self, r: Request) -> None:
         """Called after `r` finished and released its memory."""
+
+    def _on_chunks(self, batch: SchedulerOutput) -> None:
+        """Called before the requests of `batch` join when some of its prefills were partial chunks."""
+        raise InvariantViolation(f"policy {self.name} scheduled a partial prefill but does not chunk")
 
     # ---- shared mechanics -------------------------------------------------------------------
     def generated(self, r: Request) -> int:
@@ -235,8 +248,9 @@ class Scheduler:
             else:
                 self._on_limit(r, now)
 
-    def _admit(self, r: Request, batch: SchedulerOutput, now: float) -> None:
-        """Put a waiting request (whose memory is already reserved) into this iteration's batch."""
+    def _admit(self, r: Request, batch: SchedulerOutput, now: float, chunk: int | None = None) -> None:
+        """Put a waiting request (whose memory is already reserved) into this iteration's batch; `chunk`
+        prefills only that many of its tokens (chunked prefill)."""
         p = r.progress
         if p is None:
             p = r.progress = Progress(r)
@@ -253,10 +267,17 @@ class Scheduler:
             tokens = r.context
             if r.generated:
                 r.recomputed_tokens += tokens
-            batch.prefill.append(r)
-            batch.prefill_lens.append(tokens)
-            batch.prefill_tokens += tokens
-            batch.prefill_sq += tokens * tokens
+            self._add_prefill(batch, r, 0, tokens if chunk is None else chunk)
+
+    def _add_prefill(self, batch: SchedulerOutput, r: Request, prefix: int, chunk: int) -> None:
+        """`r` prefills tokens prefix..prefix+chunk of its context this iteration."""
+        batch.prefill.append(r)
+        batch.prefill_lens.append(chunk)
+        batch.prefill_prefix.append(prefix)
+        batch.prefill_tokens += chunk
+        batch.prefill_sq += chunk * (chunk + 2 * prefix)
+        if prefix + chunk < r.context:
+            batch.partial.append(r)
 
     def _decode_batch(self) -> SchedulerOutput:
         """This iteration's output before admissions: every running request decodes; the preemptions made

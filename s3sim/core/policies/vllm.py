@@ -1,0 +1,118 @@
+"""The vLLM V1 scheduler: paged KV blocks under a per-iteration token budget, with chunked prefill.
+
+Each iteration (vLLM's `Scheduler.schedule`, as of its V1 engine):
+- the running requests decode first, one token each out of the budget (`max_num_batched_tokens`); if the
+  blocks they need are not free, the newest running request is preempted (recompute: its blocks are freed
+  and it goes back to the front of the queue), and no new request is admitted in that iteration;
+- requests whose prompt is partly computed continue with the next chunk the budget allows, oldest first;
+- then waiting requests are admitted first-come first-served while the budget, `max_num_seqs` (here
+  `max_batch_size`) and free blocks allow; a prompt longer than what is left of the budget is prefilled over
+  several iterations and keeps its place. Admission reserves the blocks of the whole prompt at once (vLLM's
+  `scheduler_reserve_full_isl`), so a partly prefilled request never waits for memory mid-prompt.
+Decoding then grows blocks on demand exactly as `paged` does (the same closed form, the same exact jumps).
+The chunk a request computes emits no token until its last one, which samples the first output token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from s3sim.core.errors import ConfigError
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.output import SchedulerOutput
+from s3sim.core.policies.paged import PagedConfig, PagedScheduler
+from s3sim.core.request import Request
+
+
+@dataclass
+class VllmConfig(PagedConfig):
+    max_batch_size: Optional[int] = 256  # vLLM's max_num_seqs: requests running or part-way through a prefill
+    max_num_batched_tokens: int = 2048  # tokens one iteration computes: decodes first, then prefill chunks
+    watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.preemption_mode != "recompute":
+            raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
+        if self.max_num_batched_tokens <= 0:
+            raise ConfigError(f"policy.max_num_batched_tokens must be a positive integer, got "
+                              f"{self.max_num_batched_tokens!r}")
+        if self.max_batch_size is None or self.max_batch_size >= self.max_num_batched_tokens:
+            raise ConfigError(f"policy.max_batch_size (vLLM's max_num_seqs) must be set and below "
+                              f"policy.max_num_batched_tokens={self.max_num_batched_tokens}, got {self.max_batch_size!r}")
+
+
+class VllmScheduler(PagedScheduler):
+    name = "vllm"
+    Config = VllmConfig
+    chunks_prefill = True
+
+    def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0, **kw):
+        super().__init__(pool, max_seq_len, watermark=watermark, **kw)
+        self.token_budget = int(max_num_batched_tokens)
+        if not self.max_batch < self.token_budget:
+            raise ConfigError(f"max_num_seqs={self.max_batch} must be below max_num_batched_tokens={self.token_budget}")
+        self.prefilling: dict[int, Request] = {}  # admitted, prompt not yet fully computed, oldest first
+
+    @classmethod
+    def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
+        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
+                   max_batch_size=conf.max_batch_size, preemption_mode=conf.preemption_mode)
+
+    def is_idle(self) -> bool:
+        return not self.prefilling and super().is_idle()
+
+    def could_admit(self, r: Request) -> bool:
+        return (not self.waiting and len(self.running) + len(self.prefilling) < self.max_batch
+                and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        need = self._growth(1)
+        preempted = False
+        while need > self.pool.free and self.running:
+            victim = self.running[next(reversed(self.running))]
+            self._preempt(victim, now)
+            self.waiting.appendleft(victim)
+            need = self._growth(1)
+            preempted = True
+        batch = self._decode_batch()
+        budget = self.token_budget - batch.decode_n
+        for r in self.prefilling.values():  # partly prefilled requests keep their place
+            if budget <= 0:
+                break
+            done = r.progress.prefilled
+            chunk = min(r.context - done, budget)
+            self._add_prefill(batch, r, done, chunk)
+            budget -= chunk
+        if preempted:
+            return batch
+        room = self.max_batch - len(self.running) - len(self.prefilling)
+        free = self.pool.free - need
+        while self.waiting and room > 0 and budget > 0:
+            r = self.waiting[0]
+            blocks = self._blocks(r.context + 1)  # the whole prompt, and the slot of its first output token
+            if free - blocks < self.watermark and (self.running or batch.prefill):
+                break
+            if blocks > free:
+                break
+            self.waiting.popleft()
+            self.pool.reserve(r.id, blocks)
+            free -= blocks
+            chunk = min(r.context, budget)
+            self._admit(r, batch, now, chunk)
+            if chunk < r.context:
+                self.prefilling[r.id] = r
+            budget -= chunk
+            room -= 1
+        return batch
+
+    def _on_chunks(self, batch: SchedulerOutput) -> None:
+        partial = {r.id for r in batch.partial}
+        for r, prefix, chunk in zip(batch.prefill, batch.prefill_prefix, batch.prefill_lens):
+            if r.id in partial:
+                r.progress.prefilled = prefix + chunk
+
+    def _join(self, r: Request) -> None:
+        self.prefilling.pop(r.id, None)  # its last chunk ran
+        super()._join(r)
