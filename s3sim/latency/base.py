@@ -49,6 +49,15 @@ class LatencyModel(ABC):
         times = self.iteration_time(0, 0, decode_tokens, ctx)
         return np.array(np.broadcast_to(times, (k,)), dtype=np.float64)
 
+    def batch_time(self, out) -> float:
+        """Seconds for one iteration of a scheduler output (`SchedulerOutput`): its shape priced by
+        `iteration_time`, plus the KV it moves over the host link. A model that prices each prefill chunk and
+        prefix on its own overrides this."""
+        d = self.iteration_time(out.prefill_tokens, out.prefill_sq, out.decode_n, out.decode_ctx)
+        if out.transfer_tokens:
+            d = d + self.swap_time(out.transfer_tokens)
+        return d
+
     def swap_time(self, n_tokens):
         """Seconds to move ``n_tokens`` of KV cache between GPU and host memory (either direction)."""
         n = np.asarray(n_tokens, dtype=np.float64)

@@ -89,10 +89,7 @@ class SimBackend:
             end = float(ends[-1])
         else:
             k, ends = 1, None
-            d = lat.iteration_time(out.prefill_tokens, out.prefill_sq, decode_n, ctx)
-            if out.transfer_tokens:
-                d = d + lat.swap_time(out.transfer_tokens)
-            durations = np.array([d], dtype=float)
+            durations = np.array([lat.batch_time(out)], dtype=float)
             end = t + float(durations[0])
         # KV in use after the first iteration: contexts, each decode's new token, each prefill's prefix and chunk,
         # and the first output token of every prefill that finishes its prompt

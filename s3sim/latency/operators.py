@@ -1,0 +1,281 @@
+"""Per-operator iteration latency from an operator profile measured under vLLM on a real GPU.
+
+The profile format is that of the shared runs' `profile/tp<N>/` folders (one decoder layer measured with
+`load_format=dummy`, CUDA graphs off):
+- `dense.csv` (`layer, tokens, time_us`): the non-attention operators of a layer by the tokens in the batch;
+  `embedding` and `final_layernorm` run once per iteration, `layernorm` twice per layer, the rest once per
+  layer;
+- `attention.csv` (`prefill_chunk, kv_prefill, n_decode, kv_decode, time_us`): one layer's attention for a
+  batch of one prefill chunk over a cached prefix together with `n_decode` decodes of context `kv_decode`;
+- `per_sequence.csv` (`layer, sequences, time_us`): the LM head and the sampler by the sequences that sample.
+
+An iteration costs the dense operators at its token count, times the layers, plus attention at its shape,
+times the layers, plus the per-sequence operators, plus a fixed `overhead_s`. Each curve is interpolated
+linearly between measured points and extrapolated along its last segment; attention is interpolated in
+all four dimensions at once, because a mixed batch is measurably slower than its prefill and decode parts
+timed apart (by about a quarter on the RTX 4090 profile). A batch with several prefill chunks is priced as
+its largest chunk together with the decodes, plus each other chunk alone less one kernel's fixed cost (the
+profile measures one chunk per batch). Decodes are priced at their mean context.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError
+from s3sim.hardware.gpus import GpuSpec
+from s3sim.hardware.models import ModelSpec
+from s3sim.latency.base import LatencyModel
+
+PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
+             "down_proj": 1}
+ONCE = {"embedding": 1, "final_layernorm": 1}
+PER_SEQUENCE = ("lm_head", "sampler")
+ATTENTION_COLUMNS = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
+
+
+@dataclass
+class OperatorsConfig:
+    name: str = "operators"
+    path: Optional[str] = None  # a profile folder: `profile/` holding `tp<N>/`, or a `tp<N>/` folder itself
+    tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
+    overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
+
+    def __post_init__(self):
+        if not self.path:
+            raise ConfigError("latency.path must name an operator profile folder (with dense.csv, attention.csv "
+                              "and per_sequence.csv, or tp<N>/ folders holding them)")
+        if self.tp < 1:
+            raise ConfigError(f"latency.tp must be a positive integer, got {self.tp}")
+        if not self.overhead_s >= 0:
+            raise ConfigError(f"latency.overhead_s must be >= 0 seconds, got {self.overhead_s}")
+
+
+class Curve:
+    """A measured time by one count, linear between points, along the last segment beyond them, 0 at 0."""
+
+    def __init__(self, x, seconds):
+        order = np.argsort(x)
+        self.x = np.concatenate(([0.0], np.asarray(x, np.float64)[order]))
+        self.y = np.concatenate(([0.0], np.asarray(seconds, np.float64)[order]))
+
+    def __call__(self, x):
+        return self._linear(self.x, self.y, np.asarray(x, np.float64))
+
+    @staticmethod
+    def _linear(xs, ys, x):
+        """Linear between the points (xs ascending), along the end segments beyond them."""
+        y = np.interp(x, xs, ys)
+        lo = ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (x - xs[0])
+        hi = ys[-1] + (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) * (x - xs[-1])
+        return np.where(x > xs[-1], hi, np.where(x < xs[0], lo, y))
+
+
+def _bracket(axis: np.ndarray, x: np.ndarray):
+    """Lower index and weight of `x` on `axis` (weights beyond [0, 1] extrapolate the end segments)."""
+    i = np.clip(np.searchsorted(axis, x, side="right") - 1, 0, len(axis) - 2)
+    w = (x - axis[i]) / (axis[i + 1] - axis[i])
+    return i, w
+
+
+class AttentionTable:
+    """One layer's attention time on the full grid (prefill chunk, prefix, decodes, decode context)."""
+
+    def __init__(self, table: pd.DataFrame, where: str):
+        t = table.astype({c: np.float64 for c in ATTENTION_COLUMNS})
+        t["s"] = t.time_us * 1e-6
+        mixed = t[(t.prefill_chunk > 0) & (t.n_decode > 0)]
+        prefill = t[(t.prefill_chunk > 0) & (t.n_decode == 0)].set_index(["prefill_chunk", "kv_prefill"]).s
+        decode = t[(t.prefill_chunk == 0) & (t.n_decode > 0)].set_index(["n_decode", "kv_decode"]).s
+        if mixed.empty or prefill.empty or decode.empty:
+            raise ConfigError(f"{where}: needs prefill-only, decode-only and mixed rows")
+        self.c = np.unique(np.concatenate(([0.0], prefill.index.get_level_values(0))))
+        self.kp = np.unique(np.concatenate(([0.0], prefill.index.get_level_values(1))))
+        self.n = np.unique(np.concatenate(([0.0], decode.index.get_level_values(0))))
+        self.kd = np.unique(decode.index.get_level_values(1))
+        grid = np.full((len(self.c), len(self.kp), len(self.n), len(self.kd)), np.nan)
+        ci = {v: i for i, v in enumerate(self.c)}
+        pi = {v: i for i, v in enumerate(self.kp)}
+        ni = {v: i for i, v in enumerate(self.n)}
+        di = {v: i for i, v in enumerate(self.kd)}
+        grid[0, :, 0, :] = 0.0  # nothing to attend
+        for (c, kp), s in prefill.items():
+            grid[ci[c], pi[kp], 0, :] = s
+        for (n, kd), s in decode.items():
+            grid[0, :, ni[n], di[kd]] = s
+        for c, kp, n, kd, s in mixed[["prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "s"]].itertuples(
+                index=False):
+            grid[ci[c], pi[kp], ni[n], di[kd]] = s
+        # mixed batches beyond the largest measured mixed decode count: add the decode-only difference
+        top = int(mixed.n_decode.max())
+        for n in self.n[self.n > top]:
+            grid[1:, :, ni[n], :] = (grid[1:, :, ni[top], :] + grid[0:1, 0:1, ni[n], :] - grid[0:1, 0:1, ni[top], :])
+        grid = self._complete(grid)
+        if np.isnan(grid).any():
+            raise ConfigError(f"{where}: the attention grid has gaps that no measured line spans "
+                              f"({int(np.isnan(grid).sum())} cells)")
+        self.grid = grid
+        self.floor = float(prefill.min())  # one kernel's fixed cost
+
+    def _complete(self, grid: np.ndarray) -> np.ndarray:
+        """Fill the cells a profile did not measure (a coarse full grid plus scattered extra points leaves
+        gaps on the union of their axes) by linear interpolation along one axis at a time, where that line
+        holds two measured cells or more: decode context first, then prefix, chunk and decode count. The
+        measured cells stay as they are."""
+        axes = (self.c, self.kp, self.n, self.kd)
+        self.filled = int(np.isnan(grid).sum())
+        for _ in range(4):
+            if not np.isnan(grid).any():
+                break
+            for axis in (3, 1, 0, 2):
+                moved = np.moveaxis(grid, axis, -1)
+                lines = moved.reshape(-1, moved.shape[-1])
+                x = axes[axis]
+                for line in lines:
+                    known = ~np.isnan(line)
+                    if known.all() or known.sum() < 2:
+                        continue
+                    line[~known] = np.maximum(Curve._linear(x[known], line[known], x[~known]), 0.0)
+                grid = np.moveaxis(lines.reshape(moved.shape), -1, axis)
+        return grid
+
+    def __call__(self, c, kp, n, kd):
+        """Seconds for the given batches (numbers or arrays, broadcast together)."""
+        c, kp, n, kd = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (c, kp, n, kd)))
+        idx = [_bracket(a, v) for a, v in zip((self.c, self.kp, self.n, self.kd), (c, kp, n, kd))]
+        out = np.zeros(c.shape)
+        for corner in range(16):
+            weight = np.ones(c.shape)
+            at = []
+            for axis, (i, w) in enumerate(idx):
+                up = (corner >> axis) & 1
+                at.append(i + up)
+                weight = weight * (w if up else 1 - w)
+            out += weight * self.grid[tuple(at)]
+        return np.maximum(out, 0.0)
+
+
+def _read(path: Path, columns) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConfigError(f"operator profile: no file {str(path)!r}")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ConfigError(f"operator profile {str(path)!r}: not a CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"operator profile {str(path)!r}: missing column {missing[0]!r} (needs {', '.join(columns)})")
+    numeric = [c for c in columns if c != "layer"]
+    bad = table[numeric].apply(pd.to_numeric, errors="coerce").isna().any(axis=1)
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise ConfigError(f"operator profile {str(path)!r} line {line}: not a number in {', '.join(numeric)}")
+    if table.empty:
+        raise ConfigError(f"operator profile {str(path)!r}: no rows")
+    return table
+
+
+def _curve(table: pd.DataFrame, layer: str, x: str, where: Path) -> Curve:
+    rows = table[table.layer == layer]
+    if rows.empty:
+        raise ConfigError(f"operator profile {str(where)!r}: no rows for operator {layer!r}, which the model needs")
+    return Curve(rows[x].to_numpy(np.float64), rows.time_us.to_numpy(np.float64) * 1e-6)
+
+
+def profile_folder(path, tp: int = 1) -> Path:
+    """The folder holding the three CSVs: `path` itself, or its `tp<N>` sub-folder."""
+    p = Path(path)
+    if (p / f"tp{tp}").is_dir():
+        return p / f"tp{tp}"
+    if (p / "dense.csv").is_file() and tp == 1:
+        return p
+    raise ConfigError(f"operator profile {str(p)!r}: no tp{tp}/ folder and no dense.csv in it")
+
+
+class OperatorLatency(LatencyModel):
+    """Iteration time as the sum of measured operators (see the module doc)."""
+
+    name = "operators"
+    Config = OperatorsConfig
+
+    def __init__(self, model: ModelSpec, gpu: GpuSpec | None, dense: Curve, attention: AttentionTable,
+                 per_sequence: Curve, overhead_s: float = 0.0, source: str = ""):
+        self.model, self.gpu = model, gpu
+        self.dense, self.attention, self.per_sequence = dense, attention, per_sequence
+        self.layers = model.n_layers
+        self.overhead_s = float(overhead_s)
+        self.source = source
+
+    @classmethod
+    def from_config(cls, conf: OperatorsConfig, model, gpu, num_gpus: int = 1) -> "OperatorLatency":
+        if num_gpus != conf.tp:
+            raise ConfigError(f"latency=operators prices tensor parallelism from its tp<N> profile: gpu.count="
+                              f"{num_gpus} needs latency.tp={num_gpus}")
+        return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s)
+
+    @classmethod
+    def from_profile(cls, path, model: ModelSpec, gpu: GpuSpec | None = None, tp: int = 1,
+                     overhead_s: float = 0.0) -> "OperatorLatency":
+        if tp != 1:
+            raise ConfigError(f"tensor parallelism (tp={tp}) needs all-reduce pricing, which the operator model "
+                              f"does not have yet; use a tp1 profile")
+        folder = profile_folder(path, tp)
+        dense_t = _read(folder / "dense.csv", ("layer", "tokens", "time_us"))
+        seq_t = _read(folder / "per_sequence.csv", ("layer", "sequences", "time_us"))
+        att_t = _read(folder / "attention.csv", ATTENTION_COLUMNS)
+        layer = {op: _curve(dense_t, op, "tokens", folder / "dense.csv") for op in (*PER_LAYER, *ONCE)}
+        x = np.unique(dense_t.tokens.to_numpy(np.float64))
+        total = sum(PER_LAYER[op] * model.n_layers * layer[op](x) for op in PER_LAYER)
+        total = total + sum(ONCE[op] * layer[op](x) for op in ONCE)
+        per_seq = [_curve(seq_t, op, "sequences", folder / "per_sequence.csv") for op in PER_SEQUENCE]
+        s = np.unique(seq_t.sequences.to_numpy(np.float64))
+        return cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
+                   Curve(s, per_seq[0](s) + per_seq[1](s)), overhead_s, source=str(folder))
+
+    # ---- pricing ------------------------------------------------------------------------------
+    def _time(self, tokens, sequences, attention):
+        busy = np.asarray(tokens) > 0
+        t = self.overhead_s + self.dense(tokens) + self.layers * attention + self.per_sequence(sequences)
+        return np.where(busy, t, 0.0)
+
+    def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
+        """The generic shape: one prefill chunk of `prefill_tokens` from an empty prefix, with the decodes at
+        their mean context (`batch_time` knows each chunk and prefix)."""
+        p, d, ctx = (np.asarray(v, np.float64) for v in (prefill_tokens, decode_tokens, decode_ctx))
+        mean_ctx = np.where(d > 0, ctx / np.where(d > 0, d, 1.0), 0.0)
+        att = self.attention(p, 0.0, d, np.maximum(mean_ctx, self.attention.kd[0]))
+        t = self._time(p + d, d + (p > 0), att)
+        return float(t) if t.ndim == 0 else t
+
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
+        n = float(decode_tokens)
+        ctx = (float(decode_ctx_start) + np.arange(k, dtype=np.float64) * n) / n
+        att = self.attention(0.0, 0.0, n, np.maximum(ctx, self.attention.kd[0]))
+        return np.array(np.broadcast_to(self._time(n, n, att), (k,)), dtype=np.float64)
+
+    def batch_time(self, out) -> float:
+        n = out.decode_n
+        mean_ctx = max(out.decode_ctx / n, float(self.attention.kd[0])) if n else 0.0
+        chunks = sorted(zip(out.prefill_lens, out.prefill_prefix), reverse=True)
+        if chunks:
+            (c, kp), rest = chunks[0], chunks[1:]
+            att = float(self.attention(c, kp, n, mean_ctx))
+            if rest:
+                cs, kps = np.array(rest, dtype=np.float64).T
+                att += float(np.sum(self.attention(cs, kps, 0.0, mean_ctx) - self.attention.floor))
+        else:
+            att = float(self.attention(0.0, 0.0, n, mean_ctx))
+        sampling = n + len(out.prefill) - len(out.partial)
+        t = float(self._time(out.prefill_tokens + n, sampling, att))
+        if out.transfer_tokens:
+            t += self.swap_time(out.transfer_tokens)
+        return t
+
+    def swap_time(self, n_tokens):
+        if self.gpu is None:
+            raise ConfigError("swapping KV needs a GPU's host link: give latency=operators a gpu preset")
+        return super().swap_time(n_tokens)

@@ -1,0 +1,99 @@
+"""Per-operator latency from a vLLM operator profile: measured points come back exactly, a grid with gaps
+is filled along its lines, a batch is priced operator by operator, and a bad profile is one clear line."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s3sim.core.errors import ConfigError
+from s3sim.core.output import SchedulerOutput
+from s3sim.core.request import Request
+from s3sim.hardware.models import get_model
+from s3sim.latency.operators import ONCE, PER_LAYER, PER_SEQUENCE, OperatorLatency, profile_folder
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm_runs"
+MODEL = get_model("tiny-llama")  # 2 layers
+
+
+def att_us(c, kp, n, kd):
+    """A made-up attention time, linear in each coordinate on every cell of the grid (so multilinear
+    interpolation reproduces it exactly) with a mixing term (a mixed batch is slower than its parts)."""
+    return 5.0 + 0.5 * c + 0.01 * c * kp / 16 + 0.2 * n * kd / 16 + 0.05 * c * n
+
+
+def write_profile(folder: Path, drop=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = [1, 4, 16, 64]
+    pd.DataFrame([(op, t, 1.0 + t) for op in (*PER_LAYER, *ONCE) for t in tokens],
+                 columns=["layer", "tokens", "time_us"]).to_csv(folder / "dense.csv", index=False)
+    pd.DataFrame([(op, s, 100.0 + 2 * s) for op in PER_SEQUENCE for s in (1, 2, 4, 8)],
+                 columns=["layer", "sequences", "time_us"]).to_csv(folder / "per_sequence.csv", index=False)
+    rows = []
+    for c in (0, 16, 32):
+        for kp in ((0,) if c == 0 else (0, 16, 64)):
+            for n in (0, 1, 2, 4):
+                for kd in ((0,) if n == 0 else (16, 32, 64)):
+                    if (c, n) != (0, 0) and (c, kp, n, kd) not in drop:
+                        rows.append((c, kp, n, kd, att_us(c, kp, n, kd) if n else att_us(c, kp, 0, 0)))
+    pd.DataFrame(rows, columns=["prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"]).to_csv(
+        folder / "attention.csv", index=False)
+    return folder
+
+
+def test_a_batch_is_the_sum_of_its_operators(tmp_path):
+    lat = OperatorLatency.from_profile(write_profile(tmp_path / "tp1"), MODEL, overhead_s=0.001)
+    r = Request(0, 40, 5, 0.0)
+    out = SchedulerOutput(decode_n=2, decode_ctx=64)  # two decodes of context 32, and a 16-token chunk
+    out.prefill, out.prefill_lens, out.prefill_prefix, out.prefill_tokens = [r], [16], [16], 16
+    out.partial = [r]
+    layer_dense = sum(PER_LAYER[op] * (1.0 + 18) for op in PER_LAYER)
+    expect_us = (1000 + 2 * layer_dense + sum(ONCE[op] * (1.0 + 18) for op in ONCE)
+                 + 2 * att_us(16, 16, 2, 32) + 2 * (100.0 + 2 * 2))  # only the decodes sample
+    assert lat.batch_time(out) == pytest.approx(expect_us * 1e-6, rel=1e-12)
+
+
+def test_decode_run_is_iteration_by_iteration(tmp_path):
+    lat = OperatorLatency.from_profile(write_profile(tmp_path / "tp1"), MODEL)
+    run = lat.decode_run(3, 3 * 20, 5)
+    steps = [lat.decode_run(3, 3 * 20 + i * 3, 1)[0] for i in range(5)]
+    assert run.tolist() == steps and np.all(np.diff(run) > 0)
+    assert lat.iteration_time(0, 0, 3, 3 * 20) == pytest.approx(run[0], rel=1e-12)
+
+
+def test_cells_the_profile_did_not_measure_are_filled_along_their_lines(tmp_path):
+    drop = {(16, 16, 2, 32), (32, 64, 4, 16), (16, 0, 1, 64)}
+    lat = OperatorLatency.from_profile(write_profile(tmp_path / "tp1", drop=drop), MODEL)
+    assert lat.attention.filled == len(drop)
+    for c, kp, n, kd in drop:
+        assert float(lat.attention(c, kp, n, kd)) * 1e6 == pytest.approx(att_us(c, kp, n, kd), rel=1e-9)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="the shared data folder is not beside the repository")
+@pytest.mark.parametrize("run", ["rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b"])
+def test_every_measured_attention_point_comes_back(run):
+    lat = OperatorLatency.from_profile(SHARED / run / "profile", get_model("llama-3.1-8b"))
+    t = pd.read_csv(SHARED / run / "profile" / "tp1" / "attention.csv")
+    t = t[(t.kv_decode > 0) | (t.n_decode == 0)]
+    got = lat.attention(t.prefill_chunk, t.kv_prefill, t.n_decode, np.maximum(t.kv_decode, lat.attention.kd[0]))
+    assert np.allclose(got * 1e6, t.time_us, rtol=1e-12)
+
+
+def test_a_bad_profile_is_one_line(tmp_path):
+    folder = write_profile(tmp_path / "p" / "tp1")
+    assert profile_folder(tmp_path / "p", 1) == folder == profile_folder(folder, 1)
+    with pytest.raises(ConfigError, match="no tp2/ folder"):
+        profile_folder(tmp_path / "p", 2)
+    dense = pd.read_csv(folder / "dense.csv")
+    dense[dense.layer != "o_proj"].to_csv(folder / "dense.csv", index=False)
+    with pytest.raises(ConfigError, match="no rows for operator 'o_proj'"):
+        OperatorLatency.from_profile(folder, MODEL)
+    dense.to_csv(folder / "dense.csv", index=False)
+    (folder / "per_sequence.csv").write_text("layer,sequences,time_us\nlm_head,1,abc\n")
+    with pytest.raises(ConfigError, match="per_sequence.csv' line 2: not a number"):
+        OperatorLatency.from_profile(folder, MODEL)
+    (folder / "per_sequence.csv").write_text("layer,count,time_us\n")
+    with pytest.raises(ConfigError, match="missing column 'sequences'"):
+        OperatorLatency.from_profile(folder, MODEL)
+    with pytest.raises(ConfigError, match="all-reduce"):
+        OperatorLatency.from_profile(folder, MODEL, tp=2)
