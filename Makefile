@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity paper beyond predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity validate paper beyond predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,15 @@ profile: setup
 
 fidelity: setup
 	$(BIN)/python -m s3exec.fidelity --spread --fresh-profile
+
+# Replay the real vLLM runs of ../shared/data/vllm_runs in the simulator (vllm policy), with each run's operator
+# profile and with the datasheet roofline alone: results/validation/<run>[-roofline]/.
+VLLM_RUNS := ../shared/data/vllm_runs
+validate: setup
+	for r in rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b; do \
+	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
+	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-roofline --profile none || exit 1; \
+	done
 
 # The S3 paper's evaluation, simulated (results/paper/), and the sweeps beyond it (results/beyond/).
 paper: setup

@@ -47,6 +47,18 @@ GPU_PRESETS: dict[str, GpuSpec] = {
         GpuSpec("h200", 141 * 10**9, 4.8e12, 989e12, 50e9,
                 "NVIDIA H200 datasheet: 141GB HBM3e taken as 141e9 bytes (nvidia-smi shows ~140 GiB, so this is"
                 f" conservative), 4.8 TB/s, 989 TFLOP/s dense BF16; {_PCIE5}"),
+        GpuSpec("rtx-4090", 25_250_627_584, 1008e9, 165.2e12, 25e9,
+                "NVIDIA Ada GPU architecture whitepaper (RTX 4090): 24GB GDDR6X taken as 25,250,627,584 bytes, the"
+                " total torch reported on the card of the vLLM run in ../shared/data/vllm_runs/rtx4090-llama-3.1-8b"
+                " (meta.json); 1,008 GB/s; 165.2 TFLOP/s dense BF16 tensor with FP32 accumulate, as vLLM runs it (about"
+                " 330 with sparsity; GeForce parts do FP32 accumulate at half their FP16-accumulate rate);"
+                f" {_PCIE4}"),
+        GpuSpec("rtx-pro-6000", 96 * GiB, 1792e9, 503.8e12, 50e9,
+                "NVIDIA RTX PRO 6000 Blackwell Server Edition datasheet: 96GB GDDR7 with ECC (taken as 96 GiB; the"
+                " device's usable total is a little lower and was not measured here), 1,792 GB/s (NVIDIA's figure;"
+                " other sources say 1.6-1.8 TB/s); dense FP16/BF16 tensor 503.8 TFLOP/s is the best-known reading"
+                " of the datasheet's tensor table, which headlines 4 PFLOPS FP4 with sparsity: UNCERTAIN, not"
+                f" measured; {_PCIE5}"),
     )
 }
 

@@ -1,0 +1,580 @@
+"""`s3sim-validate`: replay a real vLLM serving run in the simulator and compare the two, metric by metric.
+
+    s3sim-validate RUN_DIR --out DIR [--profile PROFILE_DIR|none] [--model PRESET_OR_CONFIG_JSON] [--gpu PRESET]
+
+RUN_DIR holds what a real run recorded (`meta.json`, `requests.jsonl`, `timeseries.csv`; the folder above it,
+with `run/` inside, is accepted too). Every request is replayed with the `vllm` policy (vLLM's V1 scheduler)
+under the run's engine settings, arriving at its `queued_ts` (relative to the earliest one: the zero of every
+real metric) with the run's prompt and output lengths. The metrics, real and simulated alike:
+TTFT = first token - queued; TPOT = (last token - first token) / (output tokens - 1) over requests with more
+than one output token; end-to-end latency = last token - queued; throughput = requests (output tokens) /
+(last token of the run - first queued). Times are reported in milliseconds, like the peer's table.
+
+KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; otherwise vLLM's memory accounting,
+
+    blocks = floor((floor(gpu_memory_utilization * device memory) - weights - NON_KV_RESERVE_BYTES)
+                   / (block_size * KV bytes per token))          (per GPU: weights and KV heads split by TP)
+
+with the device memory from meta.json (`hardware.device_total_memory_bytes`) or else the GPU preset, and the
+non-KV reserve calibrated on the one run where every term is known (see `NON_KV_RESERVE_BYTES`).
+
+Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
+`s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the roofline on the GPU's datasheet.
+
+Writes into DIR, all atomically and only once the replay has succeeded: `timeline.png` and `timeline_data.csv`
+(running, waiting and KV use over time, real against simulated), `peer.csv` (the errors another simulator
+reports on the same run, from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last
+(`metric, real, simulated, error_pct` with error_pct = 100 * (simulated - real) / real).
+Bad input is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError, InvariantViolation
+
+PROG = "s3sim-validate"
+META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
+REQUEST_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
+TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
+COLUMNS = ("metric", "real", "simulated", "error_pct")
+STATS = (("mean", None), ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))
+LATENCIES = ("ttft", "tpot", "e2e_latency")
+METRICS = tuple(f"{lat}_{s}" for lat in LATENCIES for s, _ in STATS) + ("request_throughput", "output_throughput")
+
+# Hugging Face ids (as vLLM's meta.json names the model) -> model presets; anything else needs --model.
+HF_MODELS = {
+    "meta-llama/llama-3.1-8b": "llama-3.1-8b",
+    "meta-llama/llama-3.1-8b-instruct": "llama-3.1-8b",
+    "meta-llama/meta-llama-3.1-8b": "llama-3.1-8b",
+    "meta-llama/meta-llama-3.1-8b-instruct": "llama-3.1-8b",
+    "meta-llama/meta-llama-3-8b": "llama-3-8b",
+    "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
+    "meta-llama/llama-2-7b-hf": "llama-2-7b",
+    "meta-llama/llama-2-13b-hf": "llama-2-13b",
+    "eleutherai/gpt-j-6b": "gpt-j-6b",
+    "eleutherai/gpt-neox-20b": "gpt-neox-20b",
+    "facebook/opt-13b": "opt-13b",
+    "facebook/opt-30b": "opt-30b",
+}
+# Device names (torch's, as in meta.json's hardware block or a profile's meta.yaml) -> GPU presets.
+DEVICE_GPUS = {
+    "nvidia geforce rtx 4090": "rtx-4090",
+    "nvidia rtx pro 6000 blackwell server edition": "rtx-pro-6000",
+    "nvidia h100 80gb hbm3": "h100-sxm",
+    "nvidia h200": "h200",
+    "nvidia a100-sxm4-80gb": "a100-80gb-sxm",
+    "nvidia a100-sxm4-40gb": "a100-40gb-sxm",
+    "nvidia a100 80gb pcie": "a100-80gb-pcie",
+    "nvidia a100-pcie-40gb": "a100-40gb-pcie",
+}
+VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
+# What vLLM keeps back besides weights and KV cache (activations of a max_num_batched_tokens forward pass, the
+# sampler, CUDA graphs, the allocator's slack), calibrated on the RTX 4090 run (rtx4090-llama-3.1-8b), the one
+# where every term is known: Llama-3.1-8B bf16 (8,030,261,248 params x 2 bytes), gpu_memory_utilization 0.9 of
+# 25,250,627,584 bytes, 2,588 KV blocks of 16 tokens at 131,072 bytes per token:
+#   floor(0.9 x 25,250,627,584) - 16,060,522,496 - 2,588 x 16 x 131,072 = 1,237,612,953 bytes (1.24 GB).
+# One point, one model and one token budget (2,048): other models, budgets or TP degrees would keep back more or
+# less; the number is applied to them unchanged (per GPU), which is an assumption.
+NON_KV_RESERVE_BYTES = int(0.9 * 25_250_627_584) - 8_030_261_248 * 2 - 2588 * 16 * 131_072
+RESERVE_NOTE = "non-KV reserve 1,237,612,953 bytes calibrated on the RTX 4090 run (2,588 blocks known there)"
+
+
+# ---- reading a run ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    dir: Path  # the folder with meta.json, requests.jsonl, timeseries.csv
+    meta: dict
+    requests: pd.DataFrame  # REQUEST_FIELDS, in file order
+    timeseries: pd.DataFrame  # TIMESERIES_FIELDS
+
+    @property
+    def name(self) -> str:
+        return (self.dir.parent if self.dir.name == "run" else self.dir).name
+
+
+def find_run_dir(path: str | Path) -> Path:
+    """The folder holding the run's files: `path` itself, or `path/run`."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ConfigError(f"run folder {str(p)!r} does not exist")
+    if not (p / META).exists() and (p / "run" / META).exists():
+        p = p / "run"
+    for name in (META, REQUESTS, TIMESERIES):
+        if not (p / name).is_file():
+            raise ConfigError(f"{str(p / name)!r}: no such file (a run folder holds {META}, {REQUESTS}, {TIMESERIES})")
+    return p
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{str(path)!r}: cannot be read ({e})") from None
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{str(path)!r}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{str(path)!r}: expected a JSON object at the top level")
+    for key in ("engine_kwargs", "kv_cache", "hardware"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ConfigError(f"{str(path)!r}: {key} must be an object, got {meta[key]!r}")
+    if not isinstance(meta.get("engine_kwargs"), dict):
+        raise ConfigError(f"{str(path)!r}: missing engine_kwargs (the engine's max_num_seqs, max_num_batched_tokens)")
+    return meta
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_requests(path: Path) -> pd.DataFrame:
+    rows = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{str(path)!r} line {lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        for f in REQUEST_FIELDS:
+            if f not in row:
+                raise ConfigError(f"{where}: missing field {f!r}")
+            if not _is_number(row[f]):
+                raise ConfigError(f"{where}: field {f!r} must be a number, got {row[f]!r}")
+        for f in ("input_toks", "output_toks"):
+            if row[f] != int(row[f]) or row[f] < 1:
+                raise ConfigError(f"{where}: field {f!r} must be a positive integer, got {row[f]!r}")
+        if not row["queued_ts"] <= row["first_token_ts"] <= row["last_token_ts"]:
+            raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
+                              f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")
+        rows.append({f: row[f] for f in REQUEST_FIELDS})
+    if not rows:
+        raise ConfigError(f"{str(path)!r}: no requests")
+    df = pd.DataFrame(rows, columns=list(REQUEST_FIELDS))
+    return df.astype({"input_toks": np.int64, "output_toks": np.int64})
+
+
+def read_timeseries(path: Path) -> pd.DataFrame:
+    reader = csv.reader(_read_text(path).splitlines())
+    header = next(reader, None)
+    if header is None:
+        raise ConfigError(f"{str(path)!r}: empty file (expected a header {','.join(TIMESERIES_FIELDS)},...)")
+    header = [h.strip() for h in header]
+    missing = [f for f in TIMESERIES_FIELDS if f not in header]
+    if missing:
+        raise ConfigError(f"{str(path)!r}: missing column {missing[0]!r} (columns: {','.join(header)})")
+    cols = [header.index(f) for f in TIMESERIES_FIELDS]
+    rows = []
+    for lineno, rec in enumerate(reader, 2):
+        if not rec:
+            continue
+        row = []
+        for f, i in zip(TIMESERIES_FIELDS, cols):
+            cell = rec[i] if i < len(rec) else ""
+            try:
+                v = float(cell)
+            except ValueError:
+                raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be a number, got {cell!r}") from None
+            if not math.isfinite(v):
+                raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be finite, got {cell!r}")
+            row.append(v)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TIMESERIES_FIELDS), dtype=float)
+
+
+def read_run(path: str | Path) -> Run:
+    d = find_run_dir(path)
+    return Run(d, read_meta(d / META), read_requests(d / REQUESTS), read_timeseries(d / TIMESERIES))
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+def metrics(ttft, tpot, e2e, n_requests: int, output_tokens: int, span: float) -> dict:
+    """The rows of validation.csv from per-request seconds (TPOT: only requests with more than one output
+    token; NaN elsewhere is dropped), in milliseconds; throughputs per second of `span`."""
+    out = {}
+    for name, values in zip(LATENCIES, (ttft, tpot, e2e)):
+        v = np.asarray(values, dtype=float)
+        v = v[~np.isnan(v)] * 1e3
+        for stat, p in STATS:
+            out[f"{name}_{stat}"] = (float(v.mean()) if p is None else float(np.percentile(v, p))) if len(v) \
+                else float("nan")
+    out["request_throughput"] = n_requests / span if span > 0 else float("nan")
+    out["output_throughput"] = output_tokens / span if span > 0 else float("nan")
+    return out
+
+
+def real_metrics(req: pd.DataFrame) -> dict:
+    many = req.output_toks > 1
+    tpot = ((req.last_token_ts - req.first_token_ts) / (req.output_toks - 1)).where(many)
+    span = float(req.last_token_ts.max() - req.queued_ts.min())
+    return metrics(req.first_token_ts - req.queued_ts, tpot, req.last_token_ts - req.queued_ts, len(req),
+                   int(req.output_toks.sum()), span)
+
+
+def simulated_metrics(records: pd.DataFrame) -> dict:
+    """From `request_records` of the replay: the same definitions (end-to-end ends at the last token)."""
+    many = records.output_len > 1
+    tpot = ((records.last_token - records.first_token) / (records.output_len - 1)).where(many)
+    span = float(records.last_token.max() - records.arrival.min())
+    return metrics(records.first_token - records.arrival, tpot, records.last_token - records.arrival,
+                   len(records), int(records.output_len.sum()), span)
+
+
+def comparison(real: dict, sim: dict) -> pd.DataFrame:
+    rows = []
+    for m in METRICS:
+        r, s = real[m], sim[m]
+        rows.append((m, r, s, 100.0 * (s - r) / r if r else float("nan")))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+# ---- the peer's table ------------------------------------------------------------------------------------
+_PEER_ROW = re.compile(r"^\s*(TTFT|TPOT|Latency)\s+(Mean|Median|P\d+)\s+(\S+)\s+(\S+)\s+([-+]?[\d.]+)%\s*$", re.I)
+_PEER_LAT = {"ttft": "ttft", "tpot": "tpot", "latency": "e2e_latency"}
+
+
+def read_peer(path: Path) -> pd.DataFrame:
+    """`llmservingsim_summary.txt` (rows like `TTFT Mean  65456.6  65820.2  +0.6%`) as
+    `metric, real, peer_simulated, peer_error_pct`, with validation.csv's metric names."""
+    rows = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
+        m = _PEER_ROW.match(line)
+        if not m:
+            continue
+        lat, stat = _PEER_LAT[m[1].lower()], m[2].lower()
+        stat = "p50" if stat == "median" else stat
+        try:
+            real, sim, err = float(m[3]), float(m[4]), float(m[5])
+        except ValueError:
+            raise ConfigError(f"{str(path)!r} line {lineno}: expected numbers, got {line.strip()!r}") from None
+        rows.append((f"{lat}_{stat}", real, sim, err))
+    if not rows:
+        raise ConfigError(f"{str(path)!r}: no rows like 'TTFT Mean  <vLLM>  <Sim>  <Diff>%'")
+    return pd.DataFrame(rows, columns=["metric", "real", "peer_simulated", "peer_error_pct"])
+
+
+# ---- the engine ------------------------------------------------------------------------------------------
+def _positive_int(value, where: str) -> int:
+    if not _is_number(value) or value != int(value) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class Engine:
+    """What the replay takes from meta.json."""
+    model: str | None
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    tp: int
+    block_size: int
+    num_gpu_blocks: int | None
+    gpu_memory_utilization: float
+    prefix_caching: bool
+    device_name: str | None
+    device_memory: int | None
+
+
+def engine_settings(meta: dict, where: str) -> Engine:
+    """The engine settings, refusing the ones the simulator does not model (one line naming them)."""
+    ek, kv, hw = meta["engine_kwargs"], meta.get("kv_cache") or {}, meta.get("hardware") or {}
+    dp = ek.get("data_parallel_size", 1)
+    if dp not in (None, 1):
+        raise ConfigError(f"{where}: engine_kwargs.data_parallel_size={dp!r}: data parallelism is not modelled "
+                          "(one engine only)")
+    if ek.get("enable_expert_parallel"):
+        raise ConfigError(f"{where}: engine_kwargs.enable_expert_parallel=true: expert parallelism is not modelled")
+    dtype = str(ek.get("dtype") or "auto").lower().removeprefix("torch.")
+    if dtype not in ("auto", "bfloat16", "float16", "half", "bf16", "fp16"):
+        raise ConfigError(f"{where}: engine_kwargs.dtype={dtype!r} is not modelled (16-bit weights only)")
+    kv_dtype = str(ek.get("kv_cache_dtype") or "auto").lower()
+    if kv_dtype not in ("auto", "bfloat16", "float16"):
+        raise ConfigError(f"{where}: engine_kwargs.kv_cache_dtype={kv_dtype!r} is not modelled (16-bit KV only)")
+    tp = ek.get("tensor_parallel_size")
+    tp = 1 if tp is None else _positive_int(tp, f"{where}: engine_kwargs.tensor_parallel_size")
+    seqs = _positive_int(ek.get("max_num_seqs"), f"{where}: engine_kwargs.max_num_seqs")
+    budget = _positive_int(ek.get("max_num_batched_tokens"), f"{where}: engine_kwargs.max_num_batched_tokens")
+    block = _positive_int(kv.get("block_size") or DEFAULT_BLOCK_SIZE, f"{where}: kv_cache.block_size")
+    blocks = kv.get("num_gpu_blocks")
+    blocks = None if blocks is None else _positive_int(blocks, f"{where}: kv_cache.num_gpu_blocks")
+    util = kv.get("gpu_memory_utilization")
+    util = VLLM_GPU_MEMORY_UTILIZATION if util is None else util
+    if not _is_number(util) or not 0 < util <= 1:
+        raise ConfigError(f"{where}: kv_cache.gpu_memory_utilization must be in (0, 1], got {util!r}")
+    mem = hw.get("device_total_memory_bytes")
+    mem = None if mem is None else _positive_int(mem, f"{where}: hardware.device_total_memory_bytes")
+    model = meta.get("model") or ek.get("model")
+    return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
+                  bool(kv.get("enable_prefix_caching")), hw.get("device_name"), mem)
+
+
+def resolve_model(name: str | None, engine: Engine):
+    from s3sim.hardware.models import get_model
+    if name is None:
+        if engine.model is None:
+            raise ConfigError("meta.json names no model: give --model (a preset name or a config.json)")
+        name = HF_MODELS.get(engine.model.lower())
+        if name is None:
+            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here: give --model (a preset name "
+                              "or a config.json path)")
+    return get_model(name)
+
+
+def profile_device(profile: Path | None) -> str | None:
+    """The device a profile was measured on (its meta.yaml's `gpu`), if it says."""
+    if profile is None or not (profile / "meta.yaml").is_file():
+        return None
+    import yaml
+    try:
+        meta = yaml.safe_load((profile / "meta.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{str(profile / 'meta.yaml')!r}: cannot be read ({str(e).splitlines()[0]})") from None
+    return meta.get("gpu") if isinstance(meta, dict) and isinstance(meta.get("gpu"), str) else None
+
+
+def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_for: str | None):
+    """The GPU preset: --gpu, else the device meta.json (or the profile) names; (spec, how) or (None, None)
+    when nothing needs one."""
+    from s3sim.hardware.gpus import get_gpu
+    if name is not None:
+        return get_gpu(name), f"{name} (--gpu)"
+    for device, where in ((engine.device_name, "meta.json"), (profile_device(profile), "the profile's meta.yaml")):
+        if device and device.strip().lower() in DEVICE_GPUS:
+            preset = DEVICE_GPUS[device.strip().lower()]
+            return get_gpu(preset), f"{preset} ({device!r} in {where})"
+    if needed_for is None:
+        return None, None
+    from s3sim.hardware.gpus import GPU_PRESETS
+    seen = engine.device_name or profile_device(profile)
+    raise ConfigError(f"{needed_for} needs the GPU, and {'device ' + repr(seen) if seen else 'the run'} names no "
+                      f"preset: give --gpu (one of {', '.join(sorted(GPU_PRESETS))})")
+
+
+def derived_kv_blocks(engine: Engine, model, device_memory: int) -> int:
+    """KV blocks by vLLM's memory accounting (see the module's docstring), per GPU of `engine.tp`."""
+    tp = engine.tp
+    per_token = -(-model.kv_bytes_per_token * max(1, model.n_kv_heads // tp) // model.n_kv_heads)  # KV heads split
+    free = int(engine.gpu_memory_utilization * device_memory) - model.weight_bytes // tp - NON_KV_RESERVE_BYTES
+    return max(0, free // (engine.block_size * per_token))
+
+
+def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
+    """(KV blocks, how they were obtained)."""
+    if engine.num_gpu_blocks is not None:
+        return engine.num_gpu_blocks, f"from meta.json (kv_cache.num_gpu_blocks={engine.num_gpu_blocks})"
+    if engine.device_memory is not None:
+        mem, mem_how = engine.device_memory, "meta.json's hardware.device_total_memory_bytes"
+    else:
+        mem, mem_how = gpu.memory_bytes, f"the {gpu.name} preset's memory_bytes"
+    blocks = derived_kv_blocks(engine, model, mem)
+    if blocks < 1:
+        raise ConfigError(f"model '{model.name}' leaves no KV cache in {engine.gpu_memory_utilization} x {mem:,} bytes "
+                          f"after weights {model.weight_bytes:,} and the {RESERVE_NOTE}")
+    how = (f"derived from vLLM's memory accounting: {engine.gpu_memory_utilization} x {mem:,} bytes ({mem_how}) - "
+           f"weights {model.weight_bytes:,} - {RESERVE_NOTE}")
+    return blocks, how
+
+
+def build_latency(profile: Path | None, model, gpu, tp: int):
+    """The run's operator profile, or the datasheet roofline when there is none; (model, description)."""
+    if profile is None:
+        if tp > 1:
+            raise ConfigError(f"tensor_parallel_size={tp} needs an operator profile measured at tp{tp} (--profile): "
+                              "the roofline does not model TP communication")
+        from s3sim.latency import RooflineLatency
+        return RooflineLatency(model, gpu), f"roofline on the {gpu.name} datasheet (no profile)"
+    if tp > 1 and not (profile / f"tp{tp}").is_dir():
+        raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
+    from s3sim.latency.operators import OperatorLatency
+    return OperatorLatency.from_profile(profile, model, tp=tp), f"operator profile {profile} (tp{tp})"
+
+
+# ---- the timeline ----------------------------------------------------------------------------------------
+def timeline(real: pd.DataFrame, frame: pd.DataFrame, capacity_tokens: int, sim_end: float) -> pd.DataFrame:
+    """Running, waiting and KV use (%) at the run's 1-second ticks, real against simulated. Simulated values
+    are those of the iteration in progress at the tick (none: the engine is idle, all zero); its running
+    count is the iteration's batch (decodes + prefill chunks), the run's counts partial prefills too."""
+    t = real.t.to_numpy(dtype=float)
+    tick = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+    last = t[-1] if len(t) else 0.0
+    if sim_end > last:  # the replay ran longer: extend the ticks over it
+        extra = last + tick * np.arange(1, int(math.ceil((sim_end - last) / tick)) + 2)
+        t = np.concatenate([t, extra])
+    start = frame.start.to_numpy(dtype=float)
+    end = start + frame.duration.to_numpy(dtype=float)
+    i = np.searchsorted(start, t, side="right") - 1
+    busy = (i >= 0) & (t < end[np.maximum(i, 0)])
+    j = np.maximum(i, 0)
+
+    def sample(col):
+        return np.where(busy, frame[col].to_numpy(dtype=float)[j], 0.0) if len(frame) else np.zeros(len(t))
+
+    n = len(real)
+    pad = lambda col: np.concatenate([real[col].to_numpy(dtype=float), np.full(len(t) - n, np.nan)])  # noqa: E731
+    return pd.DataFrame({
+        "t": t,
+        "real_running": pad("running"), "sim_running": sample("batch_size"),
+        "real_waiting": pad("waiting"), "sim_waiting": sample("waiting"),
+        "real_kv_pct": pad("kv_cache_pct"), "sim_kv_pct": 100.0 * sample("kv_reserved") / capacity_tokens,
+    })
+
+
+def draw_timeline(data: pd.DataFrame, title: str = ""):
+    """`data`: timeline_data.csv (t, real_/sim_ running, waiting, kv_pct)."""
+    from s3sim.plots import pyplot
+    plt = pyplot()
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    for ax, (key, label) in zip(axes, (("running", "running"), ("waiting", "waiting"), ("kv_pct", "KV use (%)"))):
+        ax.plot(data.t, data[f"real_{key}"], color="k", lw=1.2, label="real (vLLM)")
+        ax.plot(data.t, data[f"sim_{key}"], color="C1", lw=1.0, label="simulated")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[-1].set_xlabel("time since the first request was queued (s)")
+    if title:
+        axes[0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---- the whole replay ------------------------------------------------------------------------------------
+def _fmt(v: float) -> str:
+    return "nan" if v != v else f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3f}"
+
+
+def format_table(table: pd.DataFrame) -> str:
+    lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}"]
+    for m, r, s, e in table.itertuples(index=False):
+        lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%")
+    return "\n".join(lines)
+
+
+def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
+             echo=print) -> pd.DataFrame:
+    """Replay the run in `run_dir`, write the results into `out` and return the validation table.
+    `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one."""
+    from s3sim.core.kv_pool import KVPool
+    from s3sim.core.policies.vllm import VllmScheduler
+    from s3sim.core.request import make_requests
+    from s3sim.metrics.summary import request_records
+    from s3sim.simulator.engine import simulate
+
+    run = read_run(run_dir)
+    engine = engine_settings(run.meta, str(run.dir / META))
+    own = run.dir.parent / "profile"
+    own = own if own.is_dir() else None
+    if profile is None:
+        prof = own
+    elif str(profile).lower() == "none":
+        prof = None
+    else:
+        prof = Path(profile)
+        if not prof.is_dir():
+            raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet roofline)")
+    spec = resolve_model(model, engine)
+    needs = ("the roofline latency (no profile)" if prof is None else
+             "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else None)
+    gpu_spec, gpu_how = resolve_gpu(gpu, engine, prof or own, needs)  # a profile names the device it ran on
+    peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
+    peer = read_peer(peer_path) if peer_path is not None else None
+    blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
+    capacity = blocks * engine.block_size
+    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp)
+
+    req = run.requests
+    too_big = np.flatnonzero(-(-(req.input_toks + req.output_toks) // engine.block_size) > blocks)
+    if len(too_big):
+        k = int(too_big[0])
+        raise ConfigError(f"{str(run.dir / REQUESTS)!r}: request {k + 1} ({req.input_toks[k]} + {req.output_toks[k]} "
+                          f"tokens) does not fit in the KV cache of {capacity:,} tokens")
+
+    echo(f"run: {run.dir} ({len(req)} requests); model {spec.name}"
+         + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}")
+    echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}")
+    if engine.prefix_caching:
+        echo("prefix caching: on in the run, modelled as off (the ShareGPT prompts here are distinct conversations)")
+    echo(f"latency: {lat_how}")
+
+    arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
+    requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
+    max_seq_len = int(req.output_toks.max())  # bounds outputs only: vllm reserves nothing by it
+    sched = VllmScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
+                          max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs)
+    t0 = time.perf_counter()
+    result = simulate(requests, sched, latency)
+    wall = time.perf_counter() - t0
+
+    records = request_records(result.requests)
+    table = comparison(real_metrics(req), simulated_metrics(records))
+    frame = result.log.frame()
+    data = timeline(run.timeseries, frame, capacity, float(records.last_token.max()))
+
+    echo(format_table(table))
+    echo(f"replay: {wall:.2f} s wall, {len(frame):,} simulated iterations ({result.engine_steps:,} engine steps), "
+         f"{int(sched.counters()['preemptions'])} preemptions")
+
+    from s3sim.plots import save
+    from s3sim.runner import write_csv
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = f"operator profile, tp{engine.tp}" if prof is not None else f"roofline, {gpu_spec.name} datasheet"
+    save(draw_timeline(data, f"{run.name}: vLLM against the replay ({kind})"), data, out, "timeline")
+    if peer is not None:
+        write_csv(peer, out / "peer.csv")
+        echo(f"peer: {len(peer)} rows of {peer_path} -> {out / 'peer.csv'}")
+    else:
+        echo(f"peer: no peer table ({PEER}) beside the run")
+    write_csv(table, out / "validation.csv")  # last: its presence marks a finished validation
+    echo(f"results: {out}")
+    return table
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + error
+        raise ConfigError(message)
+
+
+def main(argv=None) -> int:
+    p = _Parser(prog=PROG, description="Replay a real vLLM run in the simulator and compare the metrics.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder with meta.json, requests.jsonl, timeseries.csv "
+                   "(or the folder with run/ inside)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where validation.csv and the rest go")
+    p.add_argument("--profile", metavar="PROFILE_DIR", help="operator profile folder, or 'none' for the roofline "
+                   "(default: RUN_DIR/../profile if it exists)")
+    p.add_argument("--model", metavar="PRESET_OR_CONFIG_JSON", help="model preset or config.json (default: from "
+                   "meta.json's model)")
+    p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")
+    try:
+        args = p.parse_args(sys.argv[1:] if argv is None else argv)
+        validate(args.run_dir, args.out, args.profile, args.model, args.gpu)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except InvariantViolation as e:
+        print(f"{PROG}: invariant violated: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""`s3sim-validate` on a trimmed copy of a real vLLM run: the table's shape and numbers, the timeline and peer
+files, the KV capacity it derives, and one-line errors for bad input."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s3sim.validate import main
+
+DATA = Path(__file__).parents[2] / "shared" / "data"
+RUNS = DATA / "vllm_runs"
+R4090, R6000 = RUNS / "rtx4090-llama-3.1-8b", RUNS / "rtxpro6000-llama-3.1-8b"
+pytestmark = pytest.mark.skipif(not (R4090 / "run").is_dir() or not (R6000 / "run").is_dir(),
+                                reason=f"the shared vLLM runs are not at {RUNS} (see ../shared/data/MANIFEST.md)")
+
+N = 40  # requests kept: the first ones of the run
+METRICS = [f"{lat}_{s}" for lat in ("ttft", "tpot", "e2e_latency") for s in ("mean", "p50", "p90", "p95", "p99")] \
+    + ["request_throughput", "output_throughput"]
+LLAMA31_WEIGHTS, LLAMA31_KV_PER_TOKEN = 8_030_261_248 * 2, 2 * 32 * 8 * 128 * 2
+
+
+def trim(src: Path, dst: Path, profile: bool = True, peer: bool = True) -> Path:
+    """The first N requests of the run in `src` (and its first seconds of timeseries) as a run folder in
+    `dst`, with the run's profile linked beside it; returns the run folder (`dst/run`)."""
+    run = dst / "run"
+    run.mkdir(parents=True)
+    shutil.copy(src / "run" / "meta.json", run / "meta.json")
+    lines = (src / "run" / "requests.jsonl").read_text().splitlines()[:N]
+    (run / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    ts = (src / "run" / "timeseries.csv").read_text().splitlines()[:16]
+    (run / "timeseries.csv").write_text("\n".join(ts) + "\n")
+    if profile:
+        (dst / "profile").symlink_to(src / "profile")
+    if peer:
+        shutil.copy(src / "llmservingsim_summary.txt", dst / "llmservingsim_summary.txt")
+    return run
+
+
+def edit_meta(run: Path, change) -> None:
+    meta = json.loads((run / "meta.json").read_text())
+    change(meta)
+    (run / "meta.json").write_text(json.dumps(meta))
+
+
+def real_metrics(path: Path) -> dict:
+    """The run's metrics from requests.jsonl, by the definitions the peer's vLLM column reproduces (ms)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    q, f, last, out = (np.array([r[k] for r in rows], dtype=float)
+                       for k in ("queued_ts", "first_token_ts", "last_token_ts", "output_toks"))
+    many = out > 1
+    values = {"ttft": (f - q) * 1e3, "tpot": (last - f)[many] / (out[many] - 1) * 1e3, "e2e_latency": (last - q) * 1e3}
+    m = {}
+    for name, v in values.items():
+        m[f"{name}_mean"] = v.mean()
+        for p in (50, 90, 95, 99):
+            m[f"{name}_p{p}"] = np.percentile(v, p)
+    span = last.max() - q.min()
+    m["request_throughput"], m["output_throughput"] = len(rows) / span, out.sum() / span
+    return m
+
+
+def run_ok(capsys, *args):
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    return cap.out
+
+
+def kv_line(stdout: str) -> int:
+    m = re.search(r"^KV capacity: ([\d,]+) tokens", stdout, re.M)
+    assert m, stdout
+    return int(m[1].replace(",", ""))
+
+
+@pytest.mark.parametrize("latency", ["profile", "roofline"])
+def test_validation_table(tmp_path, capsys, latency):
+    run = trim(R4090, tmp_path / "rtx4090")
+    out = tmp_path / "out"
+    extra = ["--profile", "none"] if latency == "roofline" else []
+    stdout = run_ok(capsys, run, "--out", out, *extra)
+    assert ("latency: operator profile" if latency == "profile" else "latency: roofline on the rtx-4090") in stdout
+    assert "prefix caching: on in the run, modelled as off" in stdout
+    assert kv_line(stdout) == 2588 * 16
+    assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
+
+    table = pd.read_csv(out / "validation.csv")
+    assert list(table.columns) == ["metric", "real", "simulated", "error_pct"]
+    assert list(table.metric) == METRICS
+    assert np.isfinite(table[["real", "simulated", "error_pct"]].to_numpy()).all()
+    assert (table.simulated > 0).all()
+    np.testing.assert_allclose(table.error_pct, 100 * (table.simulated - table.real) / table.real, rtol=1e-12)
+    expected = real_metrics(run / "requests.jsonl")
+    np.testing.assert_allclose(table.real, [expected[m] for m in METRICS], rtol=1e-9)
+
+    assert (out / "timeline.png").stat().st_size > 0
+    data = pd.read_csv(out / "timeline_data.csv")
+    assert list(data.columns) == ["t", "real_running", "sim_running", "real_waiting", "sim_waiting", "real_kv_pct",
+                                  "sim_kv_pct"]
+    ts = pd.read_csv(run / "timeseries.csv")
+    np.testing.assert_array_equal(data.t[:len(ts)], ts.t)
+    np.testing.assert_array_equal(data.real_running[:len(ts)], ts.running)
+    np.testing.assert_array_equal(data.real_kv_pct[:len(ts)], ts.kv_cache_pct)
+    assert data.sim_running.max() > 0 and 0 <= data.sim_kv_pct.min() and data.sim_kv_pct.max() <= 100
+
+    peer = pd.read_csv(out / "peer.csv")
+    assert list(peer.columns) == ["metric", "real", "peer_simulated", "peer_error_pct"]
+    assert list(peer.metric) == METRICS[:15]
+    assert peer.set_index("metric").loc["ttft_mean"].tolist() == [65456.6, 65820.2, 0.6]  # the file's first row
+
+
+def test_no_peer_table_is_said(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090", peer=False)
+    stdout = run_ok(capsys, run.parent, "--out", tmp_path / "out", "--profile", "none")  # the folder above run/
+    assert "peer: no peer table" in stdout
+    assert not (tmp_path / "out" / "peer.csv").exists()
+    assert (tmp_path / "out" / "validation.csv").is_file()
+
+
+def reserve_bytes() -> int:
+    """vLLM's non-KV memory, calibrated on the RTX 4090 run (everything known there)."""
+    return int(0.9 * 25_250_627_584) - LLAMA31_WEIGHTS - 2588 * 16 * LLAMA31_KV_PER_TOKEN
+
+
+def test_derived_kv_reproduces_the_calibration_run(tmp_path, capsys):
+    """Without kv_cache the RTX 4090 run's memory gives back the block count it was calibrated on."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    edit_meta(run, lambda m: m.pop("kv_cache"))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert kv_line(stdout) == 41_408
+    assert "derived from vLLM's memory accounting" in stdout and "calibrated on the RTX 4090 run" in stdout
+    assert "prefix caching" not in stdout  # vLLM's V1 default is on, but the meta does not say: nothing to note
+
+
+def test_derived_kv_from_the_gpu_preset(tmp_path, capsys):
+    """The RTX PRO 6000 run's meta has no kv_cache and no hardware: the preset's 96 GiB decide."""
+    run = trim(R6000, tmp_path / "rtxpro6000", profile=False)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--gpu", "rtx-pro-6000")
+    blocks = (int(0.9 * 96 * 2**30) - LLAMA31_WEIGHTS - reserve_bytes()) // (16 * LLAMA31_KV_PER_TOKEN)
+    assert blocks == 35_988
+    assert kv_line(stdout) == blocks * 16
+    assert "latency: roofline on the rtx-pro-6000 datasheet" in stdout
+
+
+def _drop(field, line):
+    def change(run):
+        lines = (run / "requests.jsonl").read_text().splitlines()
+        row = json.loads(lines[line - 1])
+        del row[field]
+        lines[line - 1] = json.dumps(row)
+        (run / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    return change
+
+
+def _set(field, line, value):
+    def change(run):
+        lines = (run / "requests.jsonl").read_text().splitlines()
+        lines[line - 1] = json.dumps(dict(json.loads(lines[line - 1]), **{field: value}))
+        (run / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    return change
+
+
+def _engine(**kw):
+    return lambda run: edit_meta(run, lambda m: m["engine_kwargs"].update(kw))
+
+
+@pytest.mark.parametrize("change, args, words", [
+    (lambda run: (run / "requests.jsonl").unlink(), [], ["requests.jsonl", "no such file"]),
+    (lambda run: (run / "timeseries.csv").unlink(), [], ["timeseries.csv", "no such file"]),
+    (_drop("output_toks", 3), [], ["requests.jsonl", "line 3", "'output_toks'", "missing"]),
+    (_set("input_toks", 5, "1200"), [], ["requests.jsonl", "line 5", "'input_toks'", "number"]),
+    (_set("first_token_ts", 2, None), [], ["line 2", "'first_token_ts'"]),
+    (lambda run: (run / "meta.json").write_text("{not json"), [], ["meta.json", "invalid JSON"]),
+    (lambda run: (run / "timeseries.csv").write_text("t,running,waiting,kv_cache_pct\n1.0,5,x,1.0\n"), [],
+     ["timeseries.csv", "line 2", "'waiting'"]),
+    (None, ["--profile", "none", "--gpu", "rtx-9090"], ["unknown gpu 'rtx-9090'"]),
+    (None, ["--model", "llama-9"], ["unknown model 'llama-9'"]),
+    (lambda run: edit_meta(run, lambda m: m.update(model="org/mystery-7b")), [], ["org/mystery-7b", "--model"]),
+    (_engine(data_parallel_size=2), [], ["data_parallel_size"]),
+    (_engine(enable_expert_parallel=True), [], ["enable_expert_parallel"]),
+    (_engine(tensor_parallel_size=2), ["--profile", "none"], ["tensor_parallel_size=2", "profile"]),
+    (_engine(tensor_parallel_size=2), [], ["tp2"]),  # the RTX 4090 profile has tp1 only
+    (None, ["--profile", "nowhere"], ["--profile", "nowhere"]),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, change, args, words):
+    run = trim(R4090, tmp_path / "rtx4090")
+    if change is not None:
+        change(run)
+    out = tmp_path / "out"
+    assert main([str(run), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("s3sim-validate: error: ") and "Traceback" not in err
+    for w in words:
+        assert w in err, err
+    assert not (out / "validation.csv").exists()
+
+
+def test_a_run_without_a_gpu_needs_one(tmp_path, capsys):
+    run = trim(R6000, tmp_path / "rtxpro6000", profile=False)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--gpu" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2  # no --out
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err
+    assert main([str(tmp_path / "none"), "--out", str(tmp_path / "out")]) == 2
+    assert "does not exist" in capsys.readouterr().err
