@@ -80,6 +80,7 @@ DEVICE_GPUS = {
     "nvidia a100-pcie-40gb": "a100-40gb-pcie",
 }
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
+VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 # What vLLM keeps back besides weights and KV cache (activations of a max_num_batched_tokens forward pass, the
 # sampler, CUDA graphs, the allocator's slack), calibrated on the RTX 4090 run (rtx4090-llama-3.1-8b), the one
@@ -291,6 +292,7 @@ class Engine:
     num_gpu_blocks: int | None
     gpu_memory_utilization: float
     prefix_caching: bool
+    prefix_caching_recorded: bool
     device_name: str | None
     device_memory: int | None
 
@@ -324,8 +326,12 @@ def engine_settings(meta: dict, where: str) -> Engine:
     mem = hw.get("device_total_memory_bytes")
     mem = None if mem is None else _positive_int(mem, f"{where}: hardware.device_total_memory_bytes")
     model = meta.get("model") or ek.get("model")
+    caching = kv.get("enable_prefix_caching")
+    caching = VLLM_PREFIX_CACHING if caching is None else caching
+    if not isinstance(caching, bool):
+        raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
-                  bool(kv.get("enable_prefix_caching")), hw.get("device_name"), mem)
+                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem)
 
 
 def resolve_model(name: str | None, engine: Engine):
@@ -511,15 +517,18 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     echo(f"run: {run.dir} ({len(req)} requests); model {spec.name}"
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}")
     echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}")
-    if engine.prefix_caching:
-        echo("prefix caching: on in the run, modelled as off (the ShareGPT prompts here are distinct conversations)")
+    how = "as recorded" if engine.prefix_caching_recorded else "vLLM V1's default (the run does not record it)"
+    echo(f"prefix caching: {'on' if engine.prefix_caching else 'off'}, {how}"
+         + ("; modelled for preempted requests' own blocks (prompts are not shared between requests here)"
+            if engine.prefix_caching else ""))
     echo(f"latency: {lat_how}")
 
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
     max_seq_len = int(req.output_toks.max())  # bounds outputs only: vllm reserves nothing by it
     sched = VllmScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
-                          max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs)
+                          max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs,
+                          prefix_caching=engine.prefix_caching)
     t0 = time.perf_counter()
     result = simulate(requests, sched, latency)
     wall = time.perf_counter() - t0
@@ -530,8 +539,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     data = timeline(run.timeseries, frame, capacity, float(records.last_token.max()))
 
     echo(format_table(table))
+    counts = sched.counters()
     echo(f"replay: {wall:.2f} s wall, {len(frame):,} simulated iterations ({result.engine_steps:,} engine steps), "
-         f"{int(sched.counters()['preemptions'])} preemptions")
+         f"{int(counts['preemptions'])} preemptions, {int(counts['cached_tokens']):,} recomputed tokens found "
+         f"in the prefix cache")
 
     from s3sim.plots import save
     from s3sim.runner import write_csv

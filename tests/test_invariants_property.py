@@ -64,7 +64,7 @@ def scenarios(draw, policy):
     if policy == "vllm":  # a token budget small enough to chunk prompts, recompute only, max_num_seqs below it
         budget = draw(st.sampled_from([8, 16, 50, 2048]))
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=0.0, mode="recompute", budget=budget,
-                 max_batch=min(s["max_batch"] or 256, budget - 1))
+                 max_batch=min(s["max_batch"] or 256, budget - 1), caching=draw(st.booleans()))
     return s
 
 
@@ -81,7 +81,7 @@ def build(s):
         blocks = max(cap // bs, one_blocks)
         if p == "vllm":
             return VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
-                                 max_batch_size=mb)
+                                 max_batch_size=mb, prefix_caching=s.get("caching", False))
         return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
                               preemption_mode=s["mode"], max_batch_size=mb)
     buckets = Buckets.equal(min(s["buckets"], msl), msl)

@@ -83,7 +83,7 @@ def test_validation_table(tmp_path, capsys, latency):
     extra = ["--profile", "none"] if latency == "roofline" else []
     stdout = run_ok(capsys, run, "--out", out, *extra)
     assert ("latency: operator profile" if latency == "profile" else "latency: roofline on the rtx-4090") in stdout
-    assert "prefix caching: on in the run, modelled as off" in stdout
+    assert "prefix caching: on, as recorded; modelled for preempted requests" in stdout
     assert kv_line(stdout) == 2588 * 16
     assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
 
@@ -132,7 +132,7 @@ def test_derived_kv_reproduces_the_calibration_run(tmp_path, capsys):
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert kv_line(stdout) == 41_408
     assert "derived from vLLM's memory accounting" in stdout and "calibrated on the RTX 4090 run" in stdout
-    assert "prefix caching" not in stdout  # vLLM's V1 default is on, but the meta does not say: nothing to note
+    assert "prefix caching: on, vLLM V1's default (the run does not record it)" in stdout
 
 
 def test_derived_kv_from_the_gpu_preset(tmp_path, capsys):

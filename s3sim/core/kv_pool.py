@@ -24,6 +24,7 @@ class KVPool:
         self.held: dict[int, int] = {}
         self.unsettled = 0  # grown lazily for running requests, not yet attributed to one
         self.peak = 0
+        self.allocated = 0  # units ever taken from the free ones (an LRU cache of freed blocks ages by it)
         self.now = 0.0  # set by the engine so violations can say when
 
     @property
@@ -107,5 +108,6 @@ class KVPool:
                 f"t={self.now:.6f}s {who} needs {units} KV units but only {self.free} of {self.capacity} are free: "
                 f"capacity would be exceeded")
         self.used += units
+        self.allocated += units
         if self.used > self.peak:
             self.peak = self.used

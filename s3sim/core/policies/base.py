@@ -38,6 +38,7 @@ class Progress:
     epoch: int = 0
     seq: int = 0
     prefilled: int = 0  # context tokens already in KV while a chunked prefill is under way
+    cached: tuple | None = None  # a preempted request's freed blocks in a prefix cache: (allocated, free, blocks)
 
 
 @dataclass
@@ -248,9 +249,10 @@ class Scheduler:
             else:
                 self._on_limit(r, now)
 
-    def _admit(self, r: Request, batch: SchedulerOutput, now: float, chunk: int | None = None) -> None:
+    def _admit(self, r: Request, batch: SchedulerOutput, now: float, chunk: int | None = None,
+               prefix: int = 0) -> None:
         """Put a waiting request (whose memory is already reserved) into this iteration's batch; `chunk`
-        prefills only that many of its tokens (chunked prefill)."""
+        prefills only that many of its tokens (chunked prefill), from `prefix` tokens found cached."""
         p = r.progress
         if p is None:
             p = r.progress = Progress(r)
@@ -266,8 +268,8 @@ class Scheduler:
         else:
             tokens = r.context
             if r.generated:
-                r.recomputed_tokens += tokens
-            self._add_prefill(batch, r, 0, tokens if chunk is None else chunk)
+                r.recomputed_tokens += tokens - prefix
+            self._add_prefill(batch, r, prefix, tokens - prefix if chunk is None else chunk)
 
     def _add_prefill(self, batch: SchedulerOutput, r: Request, prefix: int, chunk: int) -> None:
         """`r` prefills tokens prefix..prefix+chunk of its context this iteration."""

@@ -9,6 +9,11 @@ Each iteration (vLLM's `Scheduler.schedule`, as of its V1 engine):
   `max_batch_size`) and free blocks allow; a prompt longer than what is left of the budget is prefilled over
   several iterations and keeps its place. Admission reserves the blocks of the whole prompt at once (vLLM's
   `scheduler_reserve_full_isl`), so a partly prefilled request never waits for memory mid-prompt.
+With `prefix_caching`, the full blocks a preempted request frees stay cached until the free queue, an LRU
+list, hands them out again: vLLM appends them in reverse order, so after `a` allocations beyond the `f`
+blocks that were free before them, the request's last `a - f` blocks are gone and the rest of its prefix is
+found when it is admitted again; only the tokens after it are recomputed (at least the last one). Prompts
+shared between requests are not modelled (each request's prompt is taken to be its own).
 Decoding then grows blocks on demand exactly as `paged` does (the same closed form, the same exact jumps).
 The chunk a request computes emits no token until its last one, which samples the first output token.
 """
@@ -29,6 +34,7 @@ class VllmConfig(PagedConfig):
     max_batch_size: Optional[int] = 256  # vLLM's max_num_seqs: requests running or part-way through a prefill
     max_num_batched_tokens: int = 2048  # tokens one iteration computes: decodes first, then prefill chunks
     watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
+    prefix_caching: bool = False  # a preempted request finds the blocks it freed if they were not reused
 
     def __post_init__(self):
         super().__post_init__()
@@ -47,9 +53,12 @@ class VllmScheduler(PagedScheduler):
     Config = VllmConfig
     chunks_prefill = True
 
-    def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0, **kw):
+    def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
+                 prefix_caching: bool = False, **kw):
         super().__init__(pool, max_seq_len, watermark=watermark, **kw)
         self.token_budget = int(max_num_batched_tokens)
+        self.prefix_caching = bool(prefix_caching)
+        self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
         if not self.max_batch < self.token_budget:
             raise ConfigError(f"max_num_seqs={self.max_batch} must be below max_num_batched_tokens={self.token_budget}")
         self.prefilling: dict[int, Request] = {}  # admitted, prompt not yet fully computed, oldest first
@@ -58,7 +67,8 @@ class VllmScheduler(PagedScheduler):
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
         pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
-                   max_batch_size=conf.max_batch_size, preemption_mode=conf.preemption_mode)
+                   prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
+                   preemption_mode=conf.preemption_mode)
 
     def is_idle(self) -> bool:
         return not self.prefilling and super().is_idle()
@@ -97,15 +107,36 @@ class VllmScheduler(PagedScheduler):
             if blocks > free:
                 break
             self.waiting.popleft()
+            prefix = self._cached_prefix(r)  # found before its blocks are taken from the free queue
             self.pool.reserve(r.id, blocks)
             free -= blocks
-            chunk = min(r.context, budget)
-            self._admit(r, batch, now, chunk)
-            if chunk < r.context:
+            chunk = min(r.context - prefix, budget)
+            self._admit(r, batch, now, chunk, prefix)
+            if prefix + chunk < r.context:
                 self.prefilling[r.id] = r
             budget -= chunk
             room -= 1
         return batch
+
+    def counters(self) -> dict:
+        return {**super().counters(), "cached_tokens": self.cached_tokens}
+
+    def _preempt(self, r: Request, now: float) -> None:
+        if self.prefix_caching:
+            r.progress.cached = (self.pool.allocated, self.pool.free, (r.prompt_len + self.generated(r)) // self.bs)
+        super()._preempt(r, now)
+
+    def _cached_prefix(self, r: Request) -> int:
+        """Tokens of `r`'s context still in the prefix cache (see the module doc)."""
+        p = r.progress
+        if p is None or p.cached is None:
+            return 0
+        allocated, free, blocks = p.cached
+        p.cached = None
+        lost = max(0, self.pool.allocated - allocated - free)
+        tokens = min(max(0, blocks - lost) * self.bs, r.context - 1)
+        self.cached_tokens += tokens
+        return tokens
 
     def _on_chunks(self, batch: SchedulerOutput) -> None:
         partial = {r.id for r in batch.partial}
