@@ -61,6 +61,9 @@ def scenarios(draw, policy):
                  shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
     if policy == "paged":
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=draw(st.sampled_from([0.0, 0.01, 0.1])))
+    if policy in ("orca", "s3", "oracle", "paged") and draw(st.booleans()):  # chunked prefill under a budget
+        budget = draw(st.sampled_from([8, 16, 50]))
+        s.update(budget=budget, max_batch=min(s["max_batch"] or 256, budget - 1))
     if policy == "vllm":  # a token budget small enough to chunk prompts, recompute only, max_num_seqs below it
         budget = draw(st.sampled_from([8, 16, 50, 2048]))
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=0.0, mode="recompute", budget=budget,
@@ -74,7 +77,7 @@ def build(s):
     if p == "ft":
         return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb)
     if p == "orca":
-        return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb)
+        return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
     if p in ("paged", "vllm"):
         bs = s["block"]
         one_blocks = -(-(max(s["prompts"]) + msl) // bs)
@@ -83,12 +86,12 @@ def build(s):
             return VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
                                  max_batch_size=mb, prefix_caching=s.get("caching", False))
         return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
-                              preemption_mode=s["mode"], max_batch_size=mb)
+                              preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
     buckets = Buckets.equal(min(s["buckets"], msl), msl)
     pred = (OraclePredictor(buckets) if p == "oracle"
             else SyntheticPredictor(buckets, s["accuracy"], s["shape"], seed=s["seed"]))
     return S3Scheduler(KVPool(cap), msl, pred, Supervisor(pred, grow=s["grow"], in_place=s["in_place"]),
-                       preemption_mode=s["mode"], max_batch_size=mb)
+                       preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
 
 
 def check_pool_every_step(sched):

@@ -109,3 +109,24 @@ def test_a_preempted_request_finds_its_surviving_blocks_in_the_prefix_cache(cach
     else:
         assert sched.cached_tokens == 0 and b.recomputed_tokens == 4 and readmit[3] == [4]
     assert b.finished == res.end_time
+
+
+def test_any_iteration_level_policy_takes_the_token_budget():
+    """S3 (and orca, oracle, paged) with `max_num_batched_tokens`: the same chunked schedule as vllm's first
+    test, on S3's reservations; ft refuses a budget; a budget needs max_batch_size below it."""
+    from s3sim.core.policies.s3 import S3Scheduler
+    from s3sim.core.predictors import Buckets, OraclePredictor
+
+    pred = OraclePredictor(Buckets.equal(4, 16))
+    sched = S3Scheduler(KVPool(100), 16, pred, max_num_batched_tokens=8, max_batch_size=4)
+    res, _ = run(sched, [10, 3], [3, 2])
+    assert res.log.frame().prefill_tokens.tolist() == [8, 5, 0, 0]
+    assert [r.first_token for r in res.requests] == [2.0, 2.0]
+    cfg = {"max_seq_len": 64, "predictor": {"name": "oracle", "num_buckets": 4},
+           "policy": {"name": "s3", "max_batch_size": 4, "max_num_batched_tokens": 32}}
+    assert build_scheduler(cfg, 1024, np.array([10])).token_budget == 32
+    with pytest.raises(ConfigError, match="must be set and below"):
+        build_scheduler({**cfg, "policy": {"name": "s3", "max_num_batched_tokens": 32}}, 1024, np.array([10]))
+    with pytest.raises(ConfigError, match="does not apply to ft"):
+        build_scheduler({**cfg, "policy": {"name": "ft", "max_batch_size": 4, "max_num_batched_tokens": 32}}, 1024,
+                        np.array([10]))

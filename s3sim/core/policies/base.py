@@ -48,10 +48,20 @@ class PolicyConfig:
     name: str = ""
     max_batch_size: Optional[int] = None  # None: memory is the only limit
     preemption_mode: str = "recompute"  # what a preempted request's KV becomes: dropped, or kept in host memory
+    max_num_batched_tokens: Optional[int] = None  # a token budget per iteration, decodes first, then prefill
+    # chunks (chunked prefill, as vLLM's V1 engine); None: every admitted prompt is prefilled whole
 
     def __post_init__(self):
         if self.max_batch_size is not None and self.max_batch_size <= 0:
             raise ConfigError(f"policy.max_batch_size must be a positive integer or null, got {self.max_batch_size!r}")
+        if self.max_num_batched_tokens is not None:
+            if self.max_num_batched_tokens <= 0:
+                raise ConfigError(f"policy.max_num_batched_tokens must be a positive integer or null, got "
+                                  f"{self.max_num_batched_tokens!r}")
+            if self.max_batch_size is None or self.max_batch_size >= self.max_num_batched_tokens:
+                raise ConfigError(f"policy.max_batch_size must be set and below policy.max_num_batched_tokens="
+                                  f"{self.max_num_batched_tokens} (decodes come out of the same budget), got "
+                                  f"{self.max_batch_size!r}")
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ConfigError(f"policy.preemption_mode '{self.preemption_mode}' is unknown; valid: "
                               f"{', '.join(PREEMPTION_MODES)}")
@@ -62,7 +72,6 @@ class Scheduler:
     Config = PolicyConfig  # its structured config
     uses_predictor = False  # built with the configured predictor
     fixed_predictor: str | None = None  # ... or always with this one (the oracle policy)
-    chunks_prefill = False  # may split a prompt's prefill over several iterations
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
@@ -70,10 +79,10 @@ class Scheduler:
         """The policy `conf` describes over a KV pool of `capacity_tokens` (`predictor` and `feedback` for
         policies that predict)."""
         return cls(KVPool(capacity_tokens), max_seq_len, max_batch_size=conf.max_batch_size,
-                   preemption_mode=conf.preemption_mode)
+                   preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens)
 
     def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None,
-                 preemption_mode: str = "recompute"):
+                 preemption_mode: str = "recompute", max_num_batched_tokens: int | None = None):
         self.pool = pool
         self.max_seq_len = int(max_seq_len)
         self.max_batch = int(max_batch_size) if max_batch_size else math.inf
@@ -91,6 +100,12 @@ class Scheduler:
         self._ctx_base = 0
         self._ctx_iter = 0
         self._preempted: list[Request] = []  # taken off the GPU since the last output or outcome
+        self.token_budget = None if max_num_batched_tokens is None else int(max_num_batched_tokens)
+        if self.token_budget is not None and not self.max_batch < self.token_budget:
+            raise ConfigError(f"max_batch_size={max_batch_size} must be set and below max_num_batched_tokens="
+                              f"{self.token_budget}")
+        self.prefilling: dict[int, Request] = {}  # admitted, prompt partly computed, oldest first (chunked prefill)
+        self._budget_left = math.inf  # tokens this iteration can still compute
 
     # ---- verbs the engines call -------------------------------------------------------------
     def add(self, requests: list[Request]) -> None:
@@ -108,8 +123,13 @@ class Scheduler:
         raise NotImplementedError
 
     def is_idle(self) -> bool:
-        """Nothing running and nothing waiting."""
-        return not self.running and not self.has_waiting()
+        """Nothing running, part-way through a prefill or waiting."""
+        return not self.running and not self.prefilling and not self.has_waiting()
+
+    @property
+    def chunks_prefill(self) -> bool:
+        """May split a prompt's prefill over several iterations (a token budget is set)."""
+        return self.token_budget is not None
 
     def counters(self) -> dict:
         """The policy's own counts for a run's summary (preemptions; a supervisor's and a static batch's)."""
@@ -176,8 +196,12 @@ class Scheduler:
         """Called after `r` finished and released its memory."""
 
     def _on_chunks(self, batch: SchedulerOutput) -> None:
-        """Called before the requests of `batch` join when some of its prefills were partial chunks."""
-        raise InvariantViolation(f"policy {self.name} scheduled a partial prefill but does not chunk")
+        """Called before the requests of `batch` join when some of its prefills were partial chunks: record
+        how far each got."""
+        partial = {r.id for r in batch.partial}
+        for r, prefix, chunk in zip(batch.prefill, batch.prefill_prefix, batch.prefill_lens):
+            if r.id in partial:
+                r.progress.prefilled = prefix + chunk
 
     # ---- shared mechanics -------------------------------------------------------------------
     def generated(self, r: Request) -> int:
@@ -208,6 +232,8 @@ class Scheduler:
         self._ctx_iter = self.iter
 
     def _join(self, r: Request) -> None:
+        if self.prefilling:
+            self.prefilling.pop(r.id, None)  # its last chunk ran
         self._rebase()
         r.phase = Phase.RUNNING
         p = r.progress
@@ -261,6 +287,7 @@ class Scheduler:
             r.admitted = now
         if r.swapped:
             r.swapped = False
+            self._budget_left -= 1  # it decodes
             batch.resumed.append(r)
             batch.transfer_tokens += r.context
             batch.decode_n += 1
@@ -269,7 +296,11 @@ class Scheduler:
             tokens = r.context
             if r.generated:
                 r.recomputed_tokens += tokens - prefix
-            self._add_prefill(batch, r, prefix, tokens - prefix if chunk is None else chunk)
+            chunk = min(tokens - prefix if chunk is None else chunk, self._budget_left)
+            self._budget_left -= chunk
+            self._add_prefill(batch, r, prefix, chunk)
+            if prefix + chunk < tokens:
+                self.prefilling[r.id] = r
 
     def _add_prefill(self, batch: SchedulerOutput, r: Request, prefix: int, chunk: int) -> None:
         """`r` prefills tokens prefix..prefix+chunk of its context this iteration."""
@@ -289,7 +320,25 @@ class Scheduler:
         b.itl_tokens = b.decode_n
         self.pending_transfer = 0
         self._preempted = []
+        if self.token_budget is None:
+            self._budget_left = math.inf
+            return b
+        budget = self.token_budget - b.decode_n
+        for r in self.prefilling.values():  # partly prefilled requests continue first, oldest first
+            if budget <= 0:
+                break
+            done = r.progress.prefilled
+            chunk = min(r.context - done, budget)
+            self._add_prefill(b, r, done, chunk)
+            budget -= chunk
+        self._budget_left = budget
         return b
+
+    def _room(self) -> int:
+        """Requests that can still be admitted this iteration: 0 once the batch or the token budget is full."""
+        if self._budget_left <= 0:
+            return 0
+        return self.max_batch - len(self.running) - len(self.prefilling)
 
     def _finish(self, r: Request, now: float) -> None:
         self._leave(r)

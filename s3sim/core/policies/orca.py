@@ -5,6 +5,7 @@ Admission is first-come first-served and stops at the first request that does no
 from __future__ import annotations
 
 
+from s3sim.core.errors import ConfigError
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import FcfsScheduler
 from s3sim.core.request import Request
@@ -21,8 +22,8 @@ class OrcaScheduler(FcfsScheduler):
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
-        room = self.max_batch - len(self.running)
-        while self.waiting and room > 0:
+        room = self._room()
+        while self.waiting and room > 0 and self._budget_left > 0:
             r = self.waiting[0]
             need = self._need(r)
             if not self.pool.can_reserve(need):
@@ -44,6 +45,8 @@ class FasterTransformerScheduler(OrcaScheduler):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        if self.token_budget is not None:
+            raise ConfigError("policy.max_num_batched_tokens does not apply to ft: a static batch prefills whole")
         self.done: list[Request] = []  # members that produced their last token, awaiting the batch's end
         self.padding_tokens = 0
 

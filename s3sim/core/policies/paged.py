@@ -46,7 +46,7 @@ class PagedScheduler(FcfsScheduler):
         pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
         extra = {"predictor": predictor} if cls.uses_predictor else {}
         return cls(pool, max_seq_len, watermark=conf.watermark, max_batch_size=conf.max_batch_size,
-                   preemption_mode=conf.preemption_mode, **extra)
+                   preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens, **extra)
 
     def __init__(self, pool, max_seq_len, watermark: float = 0.01, **kw):
         super().__init__(pool, max_seq_len, **kw)
@@ -110,9 +110,9 @@ class PagedScheduler(FcfsScheduler):
         batch = self._decode_batch()
         if preempted:
             return batch
-        room = self.max_batch - len(self.running)
+        room = self._room()
         free = self.pool.free - need
-        while self.waiting and room > 0:
+        while self.waiting and room > 0 and self._budget_left > 0:
             r = self.waiting[0]
             blocks = self._blocks(r.context + 1)
             if free - blocks < self.watermark and (self.running or batch.prefill or batch.resumed):

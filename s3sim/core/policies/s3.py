@@ -40,7 +40,7 @@ class S3Scheduler(Scheduler):
     def from_config(cls, conf: S3Config, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
         sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback)
         return cls(KVPool(capacity_tokens), max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
-                   preemption_mode=conf.preemption_mode)
+                   preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens)
 
     def __init__(self, pool, max_seq_len, predictor: Predictor, supervisor: Supervisor | None = None, **kw):
         super().__init__(pool, max_seq_len, **kw)
@@ -71,9 +71,9 @@ class S3Scheduler(Scheduler):
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
-        room = self.max_batch - len(self.running)
+        room = self._room()
         free = self.pool.free
-        while self.waiting and room > 0:
+        while self.waiting and room > 0 and self._budget_left > 0:
             i = self.waiting.bisect_key_right((free, math.inf))
             if i == 0:
                 break

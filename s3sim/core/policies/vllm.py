@@ -32,7 +32,7 @@ from s3sim.core.request import Request
 @dataclass
 class VllmConfig(PagedConfig):
     max_batch_size: Optional[int] = 256  # vLLM's max_num_seqs: requests running or part-way through a prefill
-    max_num_batched_tokens: int = 2048  # tokens one iteration computes: decodes first, then prefill chunks
+    max_num_batched_tokens: Optional[int] = 2048  # tokens one iteration computes: decodes first, then chunks
     watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
     prefix_caching: bool = False  # a preempted request finds the blocks it freed if they were not reused
 
@@ -40,28 +40,19 @@ class VllmConfig(PagedConfig):
         super().__post_init__()
         if self.preemption_mode != "recompute":
             raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
-        if self.max_num_batched_tokens <= 0:
-            raise ConfigError(f"policy.max_num_batched_tokens must be a positive integer, got "
-                              f"{self.max_num_batched_tokens!r}")
-        if self.max_batch_size is None or self.max_batch_size >= self.max_num_batched_tokens:
-            raise ConfigError(f"policy.max_batch_size (vLLM's max_num_seqs) must be set and below "
-                              f"policy.max_num_batched_tokens={self.max_num_batched_tokens}, got {self.max_batch_size!r}")
+        if self.max_num_batched_tokens is None:
+            raise ConfigError("policy.max_num_batched_tokens must be set for vllm (its V1 engine always has a budget)")
 
 
 class VllmScheduler(PagedScheduler):
     name = "vllm"
     Config = VllmConfig
-    chunks_prefill = True
 
     def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
                  prefix_caching: bool = False, **kw):
-        super().__init__(pool, max_seq_len, watermark=watermark, **kw)
-        self.token_budget = int(max_num_batched_tokens)
+        super().__init__(pool, max_seq_len, watermark=watermark, max_num_batched_tokens=max_num_batched_tokens, **kw)
         self.prefix_caching = bool(prefix_caching)
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
-        if not self.max_batch < self.token_budget:
-            raise ConfigError(f"max_num_seqs={self.max_batch} must be below max_num_batched_tokens={self.token_budget}")
-        self.prefilling: dict[int, Request] = {}  # admitted, prompt not yet fully computed, oldest first
 
     @classmethod
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
@@ -69,9 +60,6 @@ class VllmScheduler(PagedScheduler):
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
                    prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode)
-
-    def is_idle(self) -> bool:
-        return not self.prefilling and super().is_idle()
 
     def could_admit(self, r: Request) -> bool:
         return (not self.waiting and len(self.running) + len(self.prefilling) < self.max_batch
@@ -86,20 +74,12 @@ class VllmScheduler(PagedScheduler):
             self.waiting.appendleft(victim)
             need = self._growth(1)
             preempted = True
-        batch = self._decode_batch()
-        budget = self.token_budget - batch.decode_n
-        for r in self.prefilling.values():  # partly prefilled requests keep their place
-            if budget <= 0:
-                break
-            done = r.progress.prefilled
-            chunk = min(r.context - done, budget)
-            self._add_prefill(batch, r, done, chunk)
-            budget -= chunk
+        batch = self._decode_batch()  # decodes, then the chunks of partly prefilled prompts
         if preempted:
             return batch
-        room = self.max_batch - len(self.running) - len(self.prefilling)
+        room = self._room()
         free = self.pool.free - need
-        while self.waiting and room > 0 and budget > 0:
+        while self.waiting and room > 0 and self._budget_left > 0:
             r = self.waiting[0]
             blocks = self._blocks(r.context + 1)  # the whole prompt, and the slot of its first output token
             if free - blocks < self.watermark and (self.running or batch.prefill):
@@ -110,11 +90,7 @@ class VllmScheduler(PagedScheduler):
             prefix = self._cached_prefix(r)  # found before its blocks are taken from the free queue
             self.pool.reserve(r.id, blocks)
             free -= blocks
-            chunk = min(r.context - prefix, budget)
-            self._admit(r, batch, now, chunk, prefix)
-            if prefix + chunk < r.context:
-                self.prefilling[r.id] = r
-            budget -= chunk
+            self._admit(r, batch, now, prefix=prefix)
             room -= 1
         return batch
 
@@ -137,13 +113,3 @@ class VllmScheduler(PagedScheduler):
         tokens = min(max(0, blocks - lost) * self.bs, r.context - 1)
         self.cached_tokens += tokens
         return tokens
-
-    def _on_chunks(self, batch: SchedulerOutput) -> None:
-        partial = {r.id for r in batch.partial}
-        for r, prefix, chunk in zip(batch.prefill, batch.prefill_prefix, batch.prefill_lens):
-            if r.id in partial:
-                r.progress.prefilled = prefix + chunk
-
-    def _join(self, r: Request) -> None:
-        self.prefilling.pop(r.id, None)  # its last chunk ran
-        super()._join(r)
