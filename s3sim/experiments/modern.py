@@ -1,0 +1,127 @@
+"""`python -m s3sim.experiments.modern`: S3 on a modern engine, priced by a real GPU's operators.
+
+The question the paper could not ask: does reserving by predicted length still pay when the baseline is
+vLLM's V1 scheduler (paged blocks on demand, chunked prefill under a token budget) rather than systems that
+reserve the maximum? Each shared vLLM run (../shared/data/vllm_runs) is replayed exactly as
+`s3sim-validate` does (the same arrivals, token counts, engine settings, KV blocks and the run's own
+operator profile, against which the `vllm` row is validated: see results/validation), and then with every
+other policy under the same token budget, `max_num_seqs` and KV memory:
+- `vllm`: the engine as it ran (prefix caching as recorded);
+- `s3` with the oracle predictor (the upper bound of prediction), and with synthetic predictors of 80 %
+  accuracy (errors one bucket either way, the paper's setting) and 50 % (errors one bucket under): S3
+  reserves prompt + the predicted bucket's upper bound (10 equal buckets up to `max_seq_len`) and its
+  supervisor preempts a request that outgrows its reservation;
+- `orca`: prompt + `max_seq_len` reserved up front, under the same budget;
+- `paged`: paging as vLLM did it in 2023, whole prompts in one iteration (no budget).
+`max_seq_len` is the smallest multiple of 128 above the run's longest output (1,024 here). Writes
+`results/modern/<run>.csv` (one row per policy: latency percentiles, throughput, batch and KV use,
+preemptions) and prints it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.orca import OrcaScheduler
+from s3sim.core.policies.paged import PagedScheduler
+from s3sim.core.policies.s3 import S3Scheduler
+from s3sim.core.policies.supervisor import Supervisor
+from s3sim.core.policies.vllm import VllmScheduler
+from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.request import make_requests
+from s3sim.metrics.summary import request_records, summarize
+from s3sim.simulator.engine import simulate
+from s3sim.validate import (META, build_latency, engine_settings, kv_capacity, read_run, resolve_gpu,
+                            resolve_model, simulated_metrics)
+
+RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
+COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_latency_mean", "e2e_latency_p50",
+           "e2e_latency_p99", "request_throughput", "output_throughput")
+
+
+def policies(engine, blocks: int, max_seq_len: int, seed: int = 0) -> dict:
+    """name -> a function building the policy afresh (each replay needs its own pool and scheduler)."""
+    cap = blocks * engine.block_size
+    budget = dict(max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs)
+    buckets = Buckets.equal(10, max_seq_len)
+
+    def s3_with(make_pred):
+        def build():
+            pred = make_pred()
+            return S3Scheduler(KVPool(cap), max_seq_len, pred, Supervisor(pred), **budget)
+        return build
+
+    return {
+        "vllm": lambda: VllmScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
+                                      prefix_caching=engine.prefix_caching, **budget),
+        "s3 oracle": s3_with(lambda: OraclePredictor(buckets)),
+        "s3 80% adjacent": s3_with(lambda: SyntheticPredictor(buckets, 0.8, "adjacent", seed=seed)),
+        "s3 50% under": s3_with(lambda: SyntheticPredictor(buckets, 0.5, "under", seed=seed)),
+        "orca": lambda: OrcaScheduler(KVPool(cap), max_seq_len, **budget),
+        "paged (2023)": lambda: PagedScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
+                                               max_batch_size=engine.max_num_seqs),
+    }
+
+
+def compare(run_dir: Path) -> pd.DataFrame:
+    run = read_run(run_dir)
+    engine = engine_settings(run.meta, str(run.dir / META))
+    profile = run.dir.parent / "profile"
+    if not profile.is_dir():
+        raise ConfigError(f"{run.dir}: no operator profile beside the run (../profile)")
+    model = resolve_model(None, engine)
+    gpu, _ = resolve_gpu(None, engine, profile, "deriving the KV capacity" if engine.num_gpu_blocks is None else None)
+    blocks, _ = kv_capacity(engine, model, gpu)
+    latency, _ = build_latency(profile, model, gpu, engine.tp)
+    req = run.requests
+    arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
+    max_seq_len = int(-(-(int(req.output_toks.max()) + 1) // 128) * 128)
+    rows = []
+    for name, build in policies(engine, blocks, max_seq_len).items():
+        sched = build()
+        result = simulate(make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals), sched,
+                          latency)
+        records = request_records(result.requests)
+        m = simulated_metrics(records)
+        summary = summarize(result, records=records)
+        rows.append({"policy": name, **{c: m[c] for c in COLUMNS},
+                     "mean_batch_size": summary["mean_batch_size"], "kv_reserved_frac": summary["kv_reserved_frac"],
+                     "kv_used_frac": summary["kv_used_frac"], "preemptions": summary["preemptions"],
+                     "mispredictions": summary["mispredictions"]})
+    table = pd.DataFrame(rows)
+    base = table.set_index("policy").loc["vllm"]
+    table["throughput_vs_vllm"] = table.request_throughput / base.request_throughput
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--data", default="../shared/data/vllm_runs")
+    ap.add_argument("--out", default="results/modern")
+    args = ap.parse_args(argv)
+    from s3sim.runner import write_csv
+
+    out = Path(args.out)
+    try:
+        tables = {name: compare(Path(args.data) / name / "run") for name in args.runs.split(",") if name}
+    except ConfigError as e:
+        print(f"modern: error: {e}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        write_csv(table, out / f"{name}.csv")
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+            print(f"\n{name}\n{table.to_string(index=False)}")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
