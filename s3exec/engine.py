@@ -66,9 +66,9 @@ class Executor:
     def __init__(self, runner, scheduler: Scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
         check_mode(mode, eos_ids)
-        if scheduler.chunks_prefill:
-            raise ConfigError(f"policy={scheduler.name} prefills prompts in chunks, which the executor does not run yet "
-                              f"(its runner prefills a whole prompt per pass); use it in the simulator")
+        if getattr(scheduler, "prefix_caching", False):
+            raise ConfigError("policy.prefix_caching=true: the executor keeps no prefix cache (a preempted request's "
+                              "KV is dropped), so it cannot run what the simulator would assume; set it to false")
         self.runner, self.cache, self.sched = runner, runner.cache, scheduler
         if self.cache.block_size != scheduler.pool.unit_tokens or self.cache.num_blocks != scheduler.pool.capacity:
             raise InvariantViolation(
@@ -134,8 +134,12 @@ class Executor:
             self.cache.release(r.id)
         self._evict(outcome.preempted)
         for rid in self.cache.row:
-            if rid not in self.sched.running:
-                raise InvariantViolation(f"request {rid} holds KV but is neither running, finished nor preempted")
+            if rid not in self.sched.running and rid not in self.sched.prefilling:
+                raise InvariantViolation(f"request {rid} holds KV but is neither running, part-way through its "
+                                         f"prefill, finished nor preempted")
+            if rid in self.sched.prefilling and self.cache.tokens(rid) != self.sched.prefilling[rid].progress.prefilled:
+                raise InvariantViolation(f"request {rid} has {self.cache.tokens(rid)} tokens of KV but the core counts "
+                                         f"{self.sched.prefilling[rid].progress.prefilled} prefilled")
         self._check(out)
         self.sched.pool.check()
         self._check_memory(self.sched.now)
@@ -187,10 +191,14 @@ class Executor:
             cache.swap_in(r.id)
         order += batch.resumed
         decode = [(r.id, self.seqs[r.id].feed) for r in order]
-        prefill = [(r.id, self.seqs[r.id].tokens) for r in batch.prefill]
+        prefill = [(r.id, self.seqs[r.id].tokens[k:k + n], k)
+                   for r, k, n in zip(batch.prefill, batch.prefill_prefix, batch.prefill_lens)]
         out = self.runner.step(decode, prefill)
         fed = []
+        partial = {r.id for r in batch.partial}  # chunks that do not finish their prompt: their token is dropped
         for r, tok in zip(order + batch.prefill, out):
+            if r.id in partial:
+                continue
             s = self.seqs[r.id]
             s.feed = tok
             if r.id in padding:

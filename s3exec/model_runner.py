@@ -1,7 +1,8 @@
 """One forward pass of an iteration: batched prefill and batched decode over the paged cache, greedy.
 
 The caller says which sequences decode (their last token, at the next position of their cached context)
-and which prefill (all their tokens, from an empty cache: new requests and recomputed ones). The runner
+and which prefill: all their tokens from an empty cache (new requests and recomputed ones), or, with
+chunked prefill, the next chunk of a prompt whose first tokens are already cached (`(id, tokens, prefix)`). The runner
 takes the cache blocks they need, lays the step out for the attention function and returns the next
 token of every sequence, decode ones first. Prefills beyond `max_batch_tokens` tokens go through further
 forward passes of the same iteration, which bounds activation memory when hundreds of requests join at once.
@@ -13,6 +14,7 @@ import torch
 
 from s3exec.attention import StepLayout, register
 from s3exec.kv_cache import KVCache
+from s3sim.core.errors import InvariantViolation
 
 
 class ModelRunner:
@@ -45,21 +47,36 @@ class ModelRunner:
             keys = np.arange(nb * bs)
             step.dec_mask = self._tensor(keys[None, :] <= p[:, None], torch.bool)[:, None, None, :]
         if prefill:
-            lens = np.array([len(t) for _, t in prefill], dtype=np.int64)
-            longest = int(lens.max())
-            for (rid, toks), n in zip(prefill, lens):
-                r = c.allocate(rid, int(n))
-                c.length[r] = n
+            lens = np.array([len(p[1]) for p in prefill], dtype=np.int64)
+            prefix = np.array([p[2] if len(p) > 2 else 0 for p in prefill], dtype=np.int64)
+            rows = np.empty(len(prefill), dtype=np.int64)
+            for i, (p, n, k) in enumerate(zip(prefill, lens, prefix)):
+                rid, toks = p[0], p[1]
+                if k and rid not in c.row:
+                    raise InvariantViolation(f"request {rid} continues a prefill at token {k} but holds no KV")
+                r = c.allocate(rid, int(k + n))
+                c.length[r] = k + n
+                rows[i] = r
                 ids.append(np.asarray(toks, dtype=np.int64))
-                pos.append(np.arange(n))
-                slots.append(c.slots(r, 0, int(n)))
-            ar = np.arange(longest)
-            valid = ar[None, :] < lens[:, None]
+                pos.append(np.arange(k, k + n))
+                slots.append(c.slots(r, int(k), int(k + n)))
             starts = np.cumsum(lens) - lens
-            step.pre_index = self._tensor(np.where(valid, starts[:, None] + ar[None, :], 0))
-            step.pre_valid = self._tensor(valid, torch.bool)
-            causal = ar[None, :] <= ar[:, None]
-            step.pre_mask = self._tensor(causal[None] & valid[:, None, :], torch.bool)[:, None]
+            whole = prefix == 0
+            if whole.any():
+                step.pre_index, step.pre_valid, valid = self._packed(starts[whole], lens[whole])
+                ar = np.arange(int(lens[whole].max()))
+                causal = ar[None, :] <= ar[:, None]
+                step.pre_mask = self._tensor(causal[None] & valid[:, None, :], torch.bool)[:, None]
+            if not whole.all():
+                part = ~whole
+                step.ctx_index, step.ctx_valid, valid = self._packed(starts[part], lens[part])
+                r, k = rows[part], prefix[part]
+                nb = int(c.nblocks[r].max())
+                step.ctx_blocks = self._tensor(c.table[r, :nb])
+                qpos = k[:, None] + np.arange(valid.shape[1])[None, :]  # [C, L] position of each query
+                keys = np.arange(nb * bs)
+                mask = (keys[None, None, :] <= qpos[:, :, None]) | ~valid[:, :, None]  # padding rows see all
+                step.ctx_mask = self._tensor(mask, torch.bool)[:, None]
         step.slots = self._tensor(np.concatenate(slots))
         ids = np.concatenate(ids)
         pos = np.concatenate(pos)
@@ -68,10 +85,17 @@ class ModelRunner:
             last = np.concatenate([last, len(decode) + np.cumsum(lens) - 1])
         return ids, pos, last, step
 
+    def _packed(self, starts: np.ndarray, lens: np.ndarray):
+        """Padded [n, longest] indices of sequences laid side by side in the packed prefill part."""
+        ar = np.arange(int(lens.max()))
+        valid = ar[None, :] < lens[:, None]
+        index = np.where(valid, starts[:, None] + ar[None, :], 0)
+        return self._tensor(index), self._tensor(valid, torch.bool), valid
+
     @torch.inference_mode()
     def step(self, decode: list[tuple[int, int]], prefill: list[tuple[int, list[int]]]) -> list[int]:
         """Next greedy token for each (request id, last token) in `decode`, then each (request id,
-        tokens) in `prefill`."""
+        tokens[, cached prefix]) in `prefill`."""
         if self.model.config._attn_implementation != self.attn:  # the model may be shared with generate()
             self.model.set_attn_implementation(self.attn)
         limit = self.max_batch_tokens or float("inf")

@@ -139,7 +139,7 @@ def engine_overhead(cfg, loaded, table: pd.DataFrame, requests: int = 48, max_se
     step, cache = runner.step, runner.cache
 
     def timed(decode, prefill):
-        lens = [len(t) for _, t in prefill]
+        lens = [len(p[1]) for p in prefill]  # (id, tokens[, cached prefix])
         ctx = sum(int(cache.length[cache.row[r]]) + 1 for r, _ in decode)
         shapes.append((sum(lens), sum(n * n for n in lens), len(decode), ctx, len(lens)))
         _sync(str(runner.device))

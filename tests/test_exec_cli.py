@@ -66,7 +66,7 @@ def test_same_config_same_requests_as_the_simulator():
     (["executor.model=gpt-5"], "is neither smollm2"),
     (["workload=alpaca_rows"], "need a model with a tokenizer"),
     (["policy.name=nope"], "policy.name 'nope' is unknown"),
-    (["policy=vllm"], "prefills prompts in chunks, which the executor does not run yet"),
+    (["policy=vllm", "policy.prefix_caching=true"], "the executor keeps no prefix cache"),
 ])
 def test_bad_input_is_a_config_error(args, message):
     with pytest.raises(ConfigError, match=message):

@@ -134,3 +134,17 @@ def test_transformers_continuous_batching_agrees(ref):
     m = tiny()
     wall, out = hf_continuous_batching(m.model, PROMPTS, OUTPUTS, 2**20, m.kv_bytes_per_token)
     assert out == ref and wall > 0
+
+
+@pytest.mark.parametrize("policy, budget", [("vllm", 12), ("vllm", 40), ("s3", 12), ("orca", 20)])
+def test_chunked_prefill_gives_the_same_tokens(policy, budget, ref):
+    """Under a token budget prompts are prefilled in chunks that attend to their cached prefix; the tokens
+    are still `generate`'s, with and without preemption (vllm at 150 tokens of KV)."""
+    for cap in (4000, 150):
+        res = run(policy, cap, PROMPTS, OUTPUTS, accuracy=1.0, max_num_batched_tokens=budget,
+                  max_batch_size=min(budget - 1, 8))
+        check_equal(res, ref)
+        f = res.log.frame()
+        assert (f.prefill_tokens + f.decode_tokens <= budget).all()
+        assert res.scheduler.prefilling == {}
+    assert max(len(p) for p in PROMPTS) > 12  # some prompt needed several chunks at budget 12
