@@ -8,6 +8,7 @@ from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import GPU_PRESETS, GpuSpec, get_gpu
 from s3sim.hardware.models import MODEL_PRESETS, ModelSpec, get_model, preset_spec
 from s3sim.hardware.presets import preset_names, preset_path, read_preset
+from s3sim.latency import RooflineLatency
 
 LLAMA2_7B_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -31,7 +32,8 @@ def write_config(tmp_path, cfg):
 
 def test_preset_names():
     assert set(MODEL_PRESETS) == {"gpt-j-6b", "gpt-neox-20b", "llama-2-7b", "llama-2-13b", "llama-3-8b",
-                                  "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "tiny-llama"}
+                                  "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "qwen3-30b-a3b", "qwen3-32b",
+                                  "tiny-llama"}
     assert set(GPU_PRESETS) == {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm",
                                 "h100-sxm", "h200", "rtx-4090", "rtx-pro-6000"}
     assert all(m.source for m in MODEL_PRESETS.values())
@@ -170,3 +172,31 @@ def test_a_malformed_preset_is_one_line_naming_the_file(tmp_path, text, message)
     with pytest.raises(ConfigError, match=message) as e:
         preset_spec(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_mixture_of_experts_holds_every_expert_and_computes_the_routed_ones(tmp_path):
+    """Qwen3-30B-A3B: 30.5B parameters in memory, 3.3B per token (the model card's figures); a decode step of
+    one token reads its 8 experts per layer, a batch of hundreds reads nearly all 128."""
+    m = get_model("qwen3-30b-a3b")
+    assert (m.n_experts, m.experts_per_token) == (128, 8)
+    assert round(m.n_params / 1e9, 1) == 30.5 and round(m.active_params / 1e9, 1) == 3.4
+    one, many = m.weight_bytes_read(1), m.weight_bytes_read(512)
+    assert one < 0.15 * m.weight_bytes and m.weight_bytes * 0.99 < many <= m.weight_bytes
+    dense = (m.n_params - m.expert_params) * m.dtype_bytes
+    assert one == pytest.approx(dense + m.expert_params * m.dtype_bytes * 8 / 128)
+    gpu = get_gpu("h100-sxm")
+    lat = RooflineLatency(m, gpu)
+    flops_bound = RooflineLatency(m, gpu)._compute_s(4096, 0, 0, 0)
+    assert flops_bound == pytest.approx(2 * m.active_params * 4096 / (gpu.peak_flops * 0.6))
+    assert lat.iteration_time(0, 0, 1, 1000) < 0.2 * RooflineLatency(get_model("qwen3-32b"), gpu).iteration_time(0, 0, 1, 1000)
+    cfg = json.loads(json.dumps({"model_type": "qwen2_moe", "hidden_size": 64, "num_hidden_layers": 2,
+                                 "num_attention_heads": 4, "vocab_size": 100, "max_position_embeddings": 128,
+                                 "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                 "shared_expert_intermediate_size": 64}))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="shared experts"):
+        ModelSpec.from_hf_config(tmp_path / "config.json")
+    cfg.pop("shared_expert_intermediate_size")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    small = ModelSpec.from_hf_config(tmp_path / "config.json")
+    assert small.expert_params == 2 * 4 * 3 * 64 * 32 and small.active_params < small.n_params

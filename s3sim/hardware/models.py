@@ -16,7 +16,7 @@ from s3sim.hardware.presets import preset_names, preset_path, read_preset
 
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
 # Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.
-_GATED_MLP = {"llama", "mistral", "qwen2", "gemma"}
+_GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma"}
 # Families whose lm_head shares the embedding matrix when the config does not say otherwise.
 _TIED_BY_DEFAULT = {"opt", "gpt2"}
 # Families with a learned position-embedding table (the others use rotary embeddings).
@@ -38,12 +38,25 @@ class ModelSpec:
     max_context: int
     dtype_bytes: int = 2
     source: str = ""
+    # mixture of experts (0 for a dense model): the experts' parameters over all layers (counted in
+    # n_params), experts per MoE layer and experts each token is routed to
+    expert_params: int = 0
+    n_experts: int = 0
+    experts_per_token: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"model name must be a non-empty string, got {self.name!r}")
+        moe = ("expert_params", "n_experts", "experts_per_token")
+        for f in moe:
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"model '{self.name}': {f} must be a non-negative integer, got {value!r}")
+        if self.n_experts and not (0 < self.experts_per_token <= self.n_experts and 0 < self.expert_params < self.n_params):
+            raise ConfigError(f"model '{self.name}': a mixture of experts needs 0 < experts_per_token <= n_experts "
+                              f"and 0 < expert_params < n_params")
         for f in fields(self):
-            if f.name in ("name", "source"):
+            if f.name in ("name", "source", *moe):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -55,7 +68,24 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> int:
+        """Every parameter is in memory, every expert included."""
         return self.n_params * self.dtype_bytes
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token passes through (its experts only, for a mixture of experts)."""
+        if not self.n_experts:
+            return self.n_params
+        return self.n_params - self.expert_params + self.expert_params * self.experts_per_token // self.n_experts
+
+    def weight_bytes_read(self, tokens):
+        """Weight bytes one iteration of `tokens` tokens reads: the dense part, and of the experts those its
+        tokens are routed to, expected over uniform routing: n (1 - (1 - k/n)^tokens) of n per layer."""
+        if not self.n_experts:
+            return self.weight_bytes
+        import numpy as np
+        touched = 1.0 - (1.0 - self.experts_per_token / self.n_experts) ** np.asarray(tokens, dtype=np.float64)
+        return (self.n_params - self.expert_params + self.expert_params * touched) * self.dtype_bytes
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -117,15 +147,29 @@ class ModelSpec:
             raise ConfigError(
                 f"model config {where!r}: torch_dtype {dtype!r} not understood (valid: float16, bfloat16, float32)"
             )
+        gated = family in _GATED_MLP or "moe" in family
+        experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0
+        experts = as_int(experts, "num_experts")
+        per_token = expert_params = 0
+        if experts:  # a mixture of experts: every MoE layer holds `experts` MLPs, a token passes `per_token`
+            per_token = as_int(get("num_experts_per_tok"), "num_experts_per_tok")
+            moe_inter = as_int(get("moe_intermediate_size", default=inter), "moe_intermediate_size")
+            if cfg.get("n_shared_experts") or cfg.get("shared_expert_intermediate_size") or cfg.get("mlp_only_layers") \
+                    or cfg.get("first_k_dense_replace") or (cfg.get("decoder_sparse_step") or 1) != 1:
+                raise ConfigError(f"model config {where!r}: shared experts and dense layers among MoE layers are not "
+                                  f"modelled (only every layer a mixture of experts)")
+            expert_params = n_layers * experts * (3 if gated else 2) * hidden * moe_inter
+            inter = 0  # no dense MLP
         if n_params is None:
             tied = bool(cfg.get("tie_word_embeddings", family in _TIED_BY_DEFAULT))
             n_params = estimate_params(
                 n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, inter,
-                gated_mlp=family in _GATED_MLP, tied_embeddings=tied,
+                gated_mlp=gated, tied_embeddings=tied,
                 learned_positions=max_ctx if family in _LEARNED_POSITIONS else 0,
-            )
+            ) + expert_params + n_layers * hidden * experts  # experts and their routers
         return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
-                   _DTYPE_BYTES[dtype], source=source)
+                   _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
+                   experts_per_token=per_token)
 
 
 def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,

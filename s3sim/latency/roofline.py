@@ -75,7 +75,7 @@ class RooflineLatency(LatencyModel):
         # Constants as floats so the scalar and the array path do the very same float operations.
         self._flops_rate = float(gpu.peak_flops) * self.compute_efficiency * num_gpus
         self._bytes_rate = float(gpu.mem_bandwidth) * self.memory_efficiency * num_gpus
-        self._flops_per_token = 2.0 * model.n_params
+        self._flops_per_token = 2.0 * model.active_params  # a mixture of experts computes its routed experts
         self._flops_per_prefill_sq = 2.0 * model.n_layers * model.q_dim
         self._flops_per_ctx = 4.0 * model.n_layers * model.q_dim
         self._weight_bytes = float(model.weight_bytes)
@@ -86,7 +86,8 @@ class RooflineLatency(LatencyModel):
         return flops / self._flops_rate
 
     def _memory_s(self, p, d, ctx):
-        return (self._weight_bytes + self._kv_bytes * (ctx + p + d)) / self._bytes_rate
+        weights = self._weight_bytes if not self.model.n_experts else self.model.weight_bytes_read(p + d)
+        return (weights + self._kv_bytes * (ctx + p + d)) / self._bytes_rate
 
     def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
         args = (prefill_tokens, prefill_sq, decode_tokens, decode_ctx)
