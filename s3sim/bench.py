@@ -35,12 +35,39 @@ def time_one(overrides) -> tuple[float, int, float]:
     return wall, res.engine_steps, len(reqs) / wall
 
 
+def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.1-8b") -> None:
+    """The vllm policy with the RTX 4090 run's settings (2,588 blocks, a 2,048-token budget, 256 sequences)
+    and its operator profile, on ShareGPT lengths at Poisson 1x and 2x the rate that run sustained (1.63/s)."""
+    import numpy as np
+
+    from s3sim.core.kv_pool import KVPool
+    from s3sim.core.policies.vllm import VllmScheduler
+    from s3sim.hardware.models import get_model
+    from s3sim.latency.operators import OperatorLatency
+    from s3sim.workload import arrival_times, load_workload
+
+    latency = OperatorLatency.from_profile(f"{run}/profile", get_model("llama-3.1-8b"))
+    wl = load_workload("sharegpt", max_output=1024)
+    idx = np.random.default_rng(0).integers(0, len(wl.prompt_len), n)
+    prompts, outputs = np.minimum(wl.prompt_len[idx], 4096), wl.output_len[idx]
+    print(f"\nvllm on per-operator latency (RTX 4090 profile), {n:,} ShareGPT requests")
+    for rate in (1.63, 3.26):
+        sched = VllmScheduler(KVPool(2588, unit_tokens=16), 1024, max_num_batched_tokens=2048, max_batch_size=256)
+        reqs = make_requests(prompts, outputs, arrival_times(n, "poisson", rate=rate, seed=0))
+        t0 = time.perf_counter()
+        res = simulate(reqs, sched, latency)
+        wall = time.perf_counter() - t0
+        print(f"vllm    {f'poisson@{rate}/s':>16s} {n:>9,d} {wall:8.2f} {res.engine_steps:8d} {n / wall:10,.0f}", flush=True)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--big", type=int, default=1_000_000, help="requests for the memory run (0 skips it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default="s3")
+    ap.add_argument("--vllm", type=int, default=20_000,
+                    help="requests for the vllm policy on per-operator latency (0 skips it)")
     args = ap.parse_args(argv)
     if args.child:
         wall, steps, rate = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
@@ -53,6 +80,8 @@ def main(argv=None) -> None:
             wall, steps, rate = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
             label = arrival[0].split("=")[1] + (f"@{arrival[1].split('=')[1]}/s" if len(arrival) > 1 else "")
             print(f"{p:7s} {label:>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}", flush=True)
+    if args.vllm:
+        vllm_operators(args.vllm)
     if args.big:
         print(f"\nmemory: {args.big:,} requests offline in a fresh process")
         for p in ("s3", "orca"):

@@ -141,6 +141,8 @@ def test_config_builds_profiled_latency_and_fixed_capacity(cfg, tmp_path):
         build(cfg("latency=profiled", "latency.path=nowhere.csv", "model=tiny-llama"))
     with pytest.raises(ConfigError, match="kv_capacity_tokens"):
         build(cfg("model=tiny-llama", "+kv_capacity_tokens=0"))
+    with pytest.raises(ConfigError, match="cannot price gpu.count=2"):  # it used to ignore it silently
+        build(cfg("latency=profiled", f"latency.path={path}", "model=tiny-llama", "gpu.count=2"))
 
 
 @pytest.fixture(scope="module")

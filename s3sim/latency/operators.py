@@ -77,7 +77,7 @@ class Curve:
 
 def _bracket(axis: np.ndarray, x: np.ndarray):
     """Lower index and weight of `x` on `axis` (weights beyond [0, 1] extrapolate the end segments)."""
-    i = np.clip(np.searchsorted(axis, x, side="right") - 1, 0, len(axis) - 2)
+    i = np.minimum(np.maximum(np.searchsorted(axis, x, side="right") - 1, 0), len(axis) - 2)
     w = (x - axis[i]) / (axis[i + 1] - axis[i])
     return i, w
 
@@ -143,20 +143,21 @@ class AttentionTable:
                 grid = np.moveaxis(lines.reshape(moved.shape), -1, axis)
         return grid
 
+    _CORNERS = np.array([[(corner >> axis) & 1 for axis in range(4)] for corner in range(16)], dtype=bool)
+
     def __call__(self, c, kp, n, kd):
-        """Seconds for the given batches (numbers or arrays, broadcast together)."""
+        """Seconds for the given batches (numbers or arrays, broadcast together): the 16 grid cells around
+        each point, weighted multilinearly (one gather, no loop over corners)."""
         c, kp, n, kd = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (c, kp, n, kd)))
-        idx = [_bracket(a, v) for a, v in zip((self.c, self.kp, self.n, self.kd), (c, kp, n, kd))]
-        out = np.zeros(c.shape)
-        for corner in range(16):
-            weight = np.ones(c.shape)
-            at = []
-            for axis, (i, w) in enumerate(idx):
-                up = (corner >> axis) & 1
-                at.append(i + up)
-                weight = weight * (w if up else 1 - w)
-            out += weight * self.grid[tuple(at)]
-        return np.maximum(out, 0.0)
+        shape = c.shape
+        points = [v.reshape(-1) for v in (c, kp, n, kd)]
+        brackets = [_bracket(a, v) for a, v in zip((self.c, self.kp, self.n, self.kd), points)]
+        lower = np.stack([i for i, _ in brackets], axis=-1)  # [N, 4]
+        w = np.stack([w for _, w in brackets], axis=-1)  # [N, 4]
+        at = lower[:, None, :] + self._CORNERS[None]  # [N, 16, 4]
+        cells = self.grid[at[..., 0], at[..., 1], at[..., 2], at[..., 3]]  # [N, 16]
+        weights = np.where(self._CORNERS[None], w[:, None, :], 1.0 - w[:, None, :]).prod(axis=-1)
+        return np.maximum((weights * cells).sum(axis=-1), 0.0).reshape(shape)
 
 
 def _read(path: Path, columns) -> pd.DataFrame:

@@ -173,6 +173,9 @@ class ProfiledLatency(LatencyModel):
 
     @classmethod
     def from_config(cls, conf: ProfiledConfig, model, gpu, num_gpus: int = 1) -> "ProfiledLatency":
+        if num_gpus != 1:
+            raise ConfigError(f"latency=profiled reads a profile of one device and cannot price gpu.count={num_gpus} "
+                              f"(it has no communication term); use latency=roofline or latency=operators")
         return cls(model, gpu, conf.path, overhead_s=conf.overhead_s)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, path=None, overhead_s: float | None = None,
