@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from s3sim.core.errors import ConfigError
-from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.gpus import GpuSpec, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency import LatencyModel, RooflineLatency
 
@@ -109,3 +109,34 @@ def test_rejects_negative_inputs(lat):
         lat.iteration_time(np.array([1, -1]), 0, 0, 0)
     with pytest.raises(ConfigError, match="k must"):
         lat.decode_run(1, 0, -1)
+
+
+def test_tensor_parallelism_pays_two_all_reduces_per_layer():
+    """The all-reduce term grows with the TP degree and the tokens; `none` keeps the old ideal scaling; a
+    measured table (the shared A100 NVLink one) is interpolated by message size."""
+    from pathlib import Path
+
+    from s3sim.hardware.network import MeasuredAllReduce, RingAllReduce
+    from s3sim.latency.roofline import all_reduce_model
+
+    model, gpu = get_model("llama-65b"), get_gpu("a100-80gb-sxm")
+    ideal = RooflineLatency(model, gpu, num_gpus=2)
+    ring = {g: RooflineLatency(model, gpu, num_gpus=g, all_reduce=all_reduce_model("ring", gpu)) for g in (2, 4, 8)}
+    extra = {g: ring[g].iteration_time(0, 0, 64, 64 * 500) - RooflineLatency(model, gpu, num_gpus=g)
+             .iteration_time(0, 0, 64, 64 * 500) for g in (2, 4, 8)}
+    assert 0 < extra[2] < extra[4] < extra[8]
+    r = RingAllReduce(300e9, 5e-6)
+    nbytes = 64 * model.hidden_size * 2
+    assert extra[2] == pytest.approx(2 * model.n_layers * (2 * 5e-6 + nbytes / 300e9), rel=1e-9)
+    assert float(r.time_s(1, nbytes)) == 0.0
+    assert ring[2].iteration_time(0, 0, 64, 64 * 500) > ideal.iteration_time(0, 0, 64, 64 * 500)
+    assert np.all(np.diff(ring[2].decode_run(64, 64 * 500, 5)) > 0)
+    with pytest.raises(ConfigError, match="no interconnect bandwidth"):
+        all_reduce_model("ring", GpuSpec("bare", 10**10, 1e12, 1e14, 1e10))
+    shared = Path(__file__).resolve().parents[2] / "shared/data/gpu_profiles/network/a100_dgx/all_reduce.csv"
+    if shared.is_file():
+        m = MeasuredAllReduce.from_csv(shared)
+        small, big = (float(m.time_s(8, b)) for b in (2048, 64 * 2**20))
+        assert 0 < small < big and float(m.time_s(4, 2048)) > 0
+        with pytest.raises(ConfigError, match="no measurement for 3 GPUs"):
+            m.time_s(3, 2048)

@@ -4,8 +4,8 @@
 many GPUs each needs to serve what s3 serves.
 
 GPUs needed: for each model the target is s3's SLO capacity at the model's smallest GPU count. Every
-policy is measured at 1x, 2x and 4x that count (ideal tensor parallelism, `gpu.count`); serving the
-target with replicas of a k-GPU server that each sustain c requests/s needs k * ceil(target / c) GPUs
+policy is measured at 1x, 2x and 4x that count (tensor parallelism, `gpu.count`, its all-reduces
+priced); serving the target with replicas of a k-GPU server that each sustain c requests/s needs k * ceil(target / c) GPUs
 (a Poisson stream split evenly over replicas is Poisson at rate target / replicas, which is what c was
 measured with). The table keeps the cheapest k.
 

@@ -21,8 +21,11 @@ profile measured by `python -m s3exec.profile` (s3sim/latency/calibrate.py):
   attention kernels reach at serving shapes.
 * ``memory_efficiency`` (default 0.8): fraction of datasheet HBM bandwidth achieved by streaming reads.
 * ``overhead_s`` (default 2 ms): fixed per-iteration cost of kernel launches, sampling and the scheduler.
-* ``num_gpus`` (default 1): tensor-parallel degree, taken as perfect scaling of both FLOPs and bandwidth
-  (communication cost is not modelled).
+* ``num_gpus`` (default 1): tensor-parallel degree: FLOPs and bandwidth scale with it, and every iteration
+  adds two all-reduces per layer of its tokens' activations (``tokens x hidden x dtype bytes``), priced by
+  ``all_reduce`` (``s3sim/hardware/network.py``): ``ring`` over the GPU preset's interconnect (the
+  default), a measured table (the path of an all-reduce CSV such as
+  ``../shared/data/gpu_profiles/network/a100_dgx/all_reduce.csv``), or ``none`` (free, as ideal scaling).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class RooflineConfig:
     compute_efficiency: float = 0.6
     memory_efficiency: float = 0.8
     overhead_s: float = 0.002
+    all_reduce: str = "ring"  # tensor parallelism's cost: ring (over the GPU's interconnect), none, or a CSV path
 
 
 class RooflineLatency(LatencyModel):
@@ -56,10 +60,11 @@ class RooflineLatency(LatencyModel):
     @classmethod
     def from_config(cls, conf: RooflineConfig, model, gpu, num_gpus: int = 1) -> "RooflineLatency":
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
-                   overhead_s=conf.overhead_s, num_gpus=num_gpus)
+                   overhead_s=conf.overhead_s, num_gpus=num_gpus, all_reduce=all_reduce_model(conf.all_reduce, gpu))
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency: float = 0.6,
-                 memory_efficiency: float = 0.8, overhead_s: float = 0.002, num_gpus: int = 1) -> None:
+                 memory_efficiency: float = 0.8, overhead_s: float = 0.002, num_gpus: int = 1,
+                 all_reduce=None) -> None:
         super().__init__(model, gpu)
         for name, value in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency)):
             if not 0 < value <= 1:
@@ -72,6 +77,8 @@ class RooflineLatency(LatencyModel):
         self.memory_efficiency = float(memory_efficiency)
         self.overhead_s = float(overhead_s)
         self.num_gpus = num_gpus
+        self.all_reduce = all_reduce if num_gpus > 1 else None  # None: tensor parallelism costs nothing
+        self._activation_bytes = float(model.hidden_size * model.dtype_bytes)
         # Constants as floats so the scalar and the array path do the very same float operations.
         self._flops_rate = float(gpu.peak_flops) * self.compute_efficiency * num_gpus
         self._bytes_rate = float(gpu.mem_bandwidth) * self.memory_efficiency * num_gpus
@@ -84,6 +91,10 @@ class RooflineLatency(LatencyModel):
     def _compute_s(self, p, sq, d, ctx):
         flops = self._flops_per_token * (p + d) + self._flops_per_prefill_sq * sq + self._flops_per_ctx * ctx
         return flops / self._flops_rate
+
+    def _communication_s(self, tokens):
+        """Two all-reduces of the tokens' activations per layer across the tensor-parallel GPUs."""
+        return 2 * self.model.n_layers * self.all_reduce.time_s(self.num_gpus, tokens * self._activation_bytes)
 
     def _memory_s(self, p, d, ctx):
         weights = self._weight_bytes if not self.model.n_experts else self.model.weight_bytes_read(p + d)
@@ -99,11 +110,28 @@ class RooflineLatency(LatencyModel):
                     raise ConfigError(f"iteration_time: {name} must be >= 0, got {value!r}")
             if p + d <= 0:
                 return 0.0
-            return self.overhead_s + max(self._compute_s(p, sq, d, ctx), self._memory_s(p, d, ctx))
+            t = self.overhead_s + max(self._compute_s(p, sq, d, ctx), self._memory_s(p, d, ctx))
+            return t if self.all_reduce is None else t + float(self._communication_s(p + d))
         p, sq, d, ctx = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
         for name, value in zip(_ARG_NAMES, (p, sq, d, ctx)):
             if np.any(value < 0):
                 raise ConfigError(f"iteration_time: {name} must be >= 0 everywhere, got min {value.min()!r}")
         t = self.overhead_s + np.maximum(self._compute_s(p, sq, d, ctx), self._memory_s(p, d, ctx))
+        if self.all_reduce is not None:
+            t = t + self._communication_s(p + d)
         t = np.where(p + d > 0, t, 0.0)
         return float(t) if t.ndim == 0 else t
+
+
+def all_reduce_model(spec: str, gpu: GpuSpec):
+    """`latency.all_reduce`: ring over the GPU's interconnect, none, or a measured CSV."""
+    from s3sim.hardware.network import MeasuredAllReduce, RingAllReduce
+
+    if spec == "none":
+        return None
+    if spec == "ring":
+        if not gpu.interconnect_bandwidth:
+            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "
+                              f"latency.all_reduce=none or to a measured all-reduce CSV")
+        return RingAllReduce(gpu.interconnect_bandwidth, source=f"ring over {gpu.name}'s interconnect")
+    return MeasuredAllReduce.from_csv(spec)
