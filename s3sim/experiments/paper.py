@@ -1,7 +1,7 @@
 """The S3 paper's evaluation in simulation (`make paper`): maximum throughput of ft, orca, s3 and oracle
 (and paged, the peer the paper predates) for GPT-J 6B, LLaMA 13B, GPT-NeoX 20B and OPT 30B on one A100
-80 GB and LLaMA 65B on two; the highest Poisson rate each sustains under the reading-speed SLO; and how
-many GPUs each needs to serve what s3 serves.
+80 GB, LLaMA 65B on two and GPT-3 175B on eight SXM A100s; the highest Poisson rate each sustains under
+the reading-speed SLO; and how many GPUs each needs to serve what s3 serves.
 
 GPUs needed: for each model the target is s3's SLO capacity at the model's smallest GPU count. Every
 policy is measured at 1x, 2x and 4x that count (tensor parallelism, `gpu.count`, its all-reduces
@@ -35,6 +35,8 @@ MODELS = {
     "gpt-neox-20b": (["model=gpt-neox-20b"], 1),
     "opt-30b": (["model=opt-30b"], 1),
     "llama-65b": (["model=llama-65b"], 2),
+    # the paper's largest model: eight SXM A100s (NVLink), as such a model is served
+    "gpt-3-175b": (["model=gpt-3-175b", "gpu=a100-80gb-sxm"], 8),
 }
 PAPER_GAIN = 6.49  # S3's best throughput gain over max-length reservation, offline and under the SLO
 OFFLINE_COLUMNS = ["model", "gpus", "policy", "request_throughput", "output_throughput", "mean_batch_size",
