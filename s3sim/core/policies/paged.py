@@ -95,7 +95,7 @@ class PagedScheduler(FcfsScheduler):
 
     # ---- engine verbs -----------------------------------------------------------------------
     def could_admit(self, r: Request) -> bool:
-        return (not self.waiting and len(self.running) < self.max_batch
+        return (not self.waiting and len(self.running) + len(self.prefilling) < self.max_batch
                 and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
 
     def schedule(self, now: float) -> SchedulerOutput:
@@ -120,11 +120,16 @@ class PagedScheduler(FcfsScheduler):
             if blocks > free:
                 break
             self.waiting.popleft()
+            prefix = self._cached_prefix(r)  # found before its blocks are taken from the free queue
             self.pool.reserve(r.id, blocks)
             free -= blocks
-            self._admit(r, batch, now)
+            self._admit(r, batch, now, prefix=prefix)
             room -= 1
         return batch
+
+    def _cached_prefix(self, r: Request) -> int:
+        """Tokens of `r`'s context found in a prefix cache instead of recomputed (none without one)."""
+        return 0
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_steps(self, k: int) -> None:

@@ -24,7 +24,6 @@ from typing import Optional
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
-from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
 from s3sim.core.request import Request
 
@@ -60,39 +59,6 @@ class VllmScheduler(PagedScheduler):
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
                    prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode)
-
-    def could_admit(self, r: Request) -> bool:
-        return (not self.waiting and len(self.running) + len(self.prefilling) < self.max_batch
-                and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
-
-    def schedule(self, now: float) -> SchedulerOutput:
-        need = self._growth(1)
-        preempted = False
-        while need > self.pool.free and self.running:
-            victim = self.running[next(reversed(self.running))]
-            self._preempt(victim, now)
-            self.waiting.appendleft(victim)
-            need = self._growth(1)
-            preempted = True
-        batch = self._decode_batch()  # decodes, then the chunks of partly prefilled prompts
-        if preempted:
-            return batch
-        room = self._room()
-        free = self.pool.free - need
-        while self.waiting and room > 0 and self._budget_left > 0:
-            r = self.waiting[0]
-            blocks = self._blocks(r.context + 1)  # the whole prompt, and the slot of its first output token
-            if free - blocks < self.watermark and (self.running or batch.prefill):
-                break
-            if blocks > free:
-                break
-            self.waiting.popleft()
-            prefix = self._cached_prefix(r)  # found before its blocks are taken from the free queue
-            self.pool.reserve(r.id, blocks)
-            free -= blocks
-            self._admit(r, batch, now, prefix=prefix)
-            room -= 1
-        return batch
 
     def counters(self) -> dict:
         return {**super().counters(), "cached_tokens": self.cached_tokens}
