@@ -122,6 +122,10 @@ def build(cfg) -> Setup:
     model = get_model(cfg["model"]["name"])
     gpu = get_gpu(cfg["gpu"]["name"])
     num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
+    if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
+        raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
+                          f"({model.n_kv_heads} KV heads) evenly for tensor parallelism; use a divisor of "
+                          f"{model.n_heads}")
     fixed_cap = get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
     cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac", 0.1)),

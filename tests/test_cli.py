@@ -52,6 +52,7 @@ def test_multirun_compares_policies_and_collects(tmp_path):
     (["predictor.num_buckets=1"], "predictor.num_buckets must be"),
     (["predictor.accuracy=1.5"], "predictor.accuracy must be between 0 and 1"),
     (["max_seq_len=100000000"], "cannot hold one request"),
+    (["gpu.count=3"], "gpu.count=3 cannot split gpt-j-6b's 16 attention heads"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     p = s3sim(*SMALL, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
