@@ -200,3 +200,13 @@ def test_a_mixture_of_experts_holds_every_expert_and_computes_the_routed_ones(tm
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     small = ModelSpec.from_hf_config(tmp_path / "config.json")
     assert small.expert_params == 2 * 4 * 3 * 64 * 32 and small.active_params < small.n_params
+
+
+def test_mixtral_experts_are_gated_mlps():
+    """Mixtral's config names its experts `num_local_experts`; counted as gated MLPs, the shape gives the
+    published 46.7B parameters, 12.9B active."""
+    cfg = {"model_type": "mixtral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2,
+           "vocab_size": 32000, "max_position_embeddings": 32768}
+    m = ModelSpec.from_hf_dict(cfg, "mixtral-8x7b")
+    assert round(m.n_params / 1e9, 1) == 46.7 and round(m.active_params / 1e9, 1) == 12.9

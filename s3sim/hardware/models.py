@@ -16,7 +16,7 @@ from s3sim.hardware.presets import preset_names, preset_path, read_preset
 
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
 # Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.
-_GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma"}
+_GATED_MLP = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma"}
 # Families whose lm_head shares the embedding matrix when the config does not say otherwise.
 _TIED_BY_DEFAULT = {"opt", "gpt2"}
 # Families with a learned position-embedding table (the others use rotary embeddings).
@@ -147,9 +147,9 @@ class ModelSpec:
             raise ConfigError(
                 f"model config {where!r}: torch_dtype {dtype!r} not understood (valid: float16, bfloat16, float32)"
             )
-        gated = family in _GATED_MLP or "moe" in family
         experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0
         experts = as_int(experts, "num_experts")
+        gated = family in _GATED_MLP or experts > 0  # MoE experts are gated MLPs (Mixtral, Qwen, DeepSeek)
         per_token = expert_params = 0
         if experts:  # a mixture of experts: every MoE layer holds `experts` MLPs, a token passes `per_token`
             per_token = as_int(get("num_experts_per_tok"), "num_experts_per_tok")

@@ -65,7 +65,9 @@ class VllmScheduler(PagedScheduler):
 
     def _preempt(self, r: Request, now: float) -> None:
         if self.prefix_caching:
-            r.progress.cached = (self.pool.allocated, self.pool.free, (r.prompt_len + self.generated(r)) // self.bs)
+            # full blocks of computed KV: the last sampled token's KV is not written yet
+            r.progress.cached = (self.pool.allocated, self.pool.free,
+                                 (r.prompt_len + self.generated(r) - 1) // self.bs)
         super()._preempt(r, now)
 
     def _cached_prefix(self, r: Request) -> int:
