@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity validate modern paper beyond predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity validate modern calibrate paper beyond predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ validate: setup
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-roofline --profile none || exit 1; \
 	done
+
+# How well datasheet figures price each operator on A100 and A40 (../shared/data/gpu_profiles), fitted.
+calibrate: setup
+	$(BIN)/python -m s3sim.latency.operator_calibration
 
 # S3 on a modern engine: every policy on the replayed runs, with vLLM's budget and the run's operator profile.
 modern: setup

@@ -35,7 +35,7 @@ def test_preset_names():
                                   "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "qwen3-30b-a3b", "qwen3-32b",
                                   "tiny-llama"}
     assert set(GPU_PRESETS) == {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm",
-                                "h100-sxm", "h200", "rtx-4090", "rtx-pro-6000"}
+                                "a40", "h100-sxm", "h200", "rtx-4090", "rtx-pro-6000"}
     assert all(m.source for m in MODEL_PRESETS.values())
     assert all(g.source for g in GPU_PRESETS.values())
 

@@ -55,6 +55,9 @@ GPU_PRESETS: dict[str, GpuSpec] = {
         GpuSpec("h200", 141 * 10**9, 4.8e12, 989e12, 50e9,
                 "NVIDIA H200 datasheet: 141GB HBM3e taken as 141e9 bytes (nvidia-smi shows ~140 GiB, so this is"
                 f" conservative), 4.8 TB/s, 989 TFLOP/s dense BF16; {_PCIE5}; {_NVLINK4}", 450e9),
+        GpuSpec("a40", 48 * GiB, 696e9, 149.7e12, 25e9,
+                "NVIDIA A40 datasheet: 48GB GDDR6 with ECC (48 GiB), 696 GB/s, 149.7 TFLOP/s dense FP16/BF16 tensor"
+                f" (299.4 with sparsity); {_PCIE4}; {_PCIE_TP4} (NVLink bridges for pairs exist, not assumed)", 25e9),
         GpuSpec("rtx-4090", 25_250_627_584, 1008e9, 165.2e12, 25e9,
                 "NVIDIA Ada GPU architecture whitepaper (RTX 4090): 24GB GDDR6X taken as 25,250,627,584 bytes, the"
                 " total torch reported on the card of the vLLM run in ../shared/data/vllm_runs/rtx4090-llama-3.1-8b"
