@@ -31,6 +31,7 @@ class ExecSetup:
     kv_bytes: int
     capacity_tokens: int
     clipped_outputs: int
+    workload_rows: int
     truncated_prompts: int
 
 
@@ -136,4 +137,5 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
                         progress=progress, warmup=bool(get(ex, "warmup", True)))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap, wl.clipped,
+                     len(wl.prompt_len),
                      truncated)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from s3sim.metrics.summary import request_records, summarize
+from s3sim.config import rows_used
 from s3sim.runner import run_fields, write_results
 
 
@@ -40,7 +41,8 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
     ex = cfg["executor"]
     row.update({
         "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))), **run_fields(cfg, row["policy"]),
-        "clipped_outputs": setup.clipped_outputs,
+        "clipped_outputs": setup.clipped_outputs, "workload_rows": setup.workload_rows,
+        "rows_used": rows_used(len(setup.requests), setup.workload_rows),
         "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
         "kv_bytes": setup.kv_bytes, "truncated_prompts": setup.truncated_prompts,
         "peak_kv_used_frac": result.peak_kv_blocks / setup.scheduler.pool.capacity, "wall_s": wall,

@@ -47,6 +47,10 @@ def main(cfg: DictConfig) -> None:
             "mean_batch_size", "preemptions")
     print(("(reused) " if reused else "")
           + "  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))
+    from s3sim.config import rows_note
+    note = rows_note(row)
+    if note:
+        print(note)
     print(f"results: {out}")
 
 

@@ -35,6 +35,21 @@ class Setup:
     slo: Slo
     capacity_tokens: int
     clipped: int
+    workload_rows: int  # rows of the workload table the requests were drawn from
+
+
+def rows_used(requests: int, rows: int) -> str:
+    """How a run's requests relate to its workload's rows: every row once, a seeded sample, or cycled."""
+    return "all" if requests == rows else "sample" if requests < rows else "cycled"
+
+
+def rows_note(row: dict) -> str | None:
+    """The line a command prints when a run did not replay its workload's rows exactly once."""
+    use = row.get("rows_used")
+    if use in (None, "all"):
+        return None
+    return (f"note: {row['num_requests']:,} requests from {row['workload_rows']:,} workload rows ({use}); "
+            f"num_requests=null replays every row once")
 
 
 def get(cfg, path, default=None):
@@ -137,7 +152,7 @@ def build(cfg) -> Setup:
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
-    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, wl.clipped)
+    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, wl.clipped, len(wl.prompt_len))
 
 
 def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):

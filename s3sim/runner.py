@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from s3sim.config import build
+from s3sim.config import build, rows_used
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.metrics.summary import request_records, summarize
@@ -68,7 +68,8 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
     row.update({"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
-                "clipped_outputs": setup.clipped,
+                "clipped_outputs": setup.clipped, "workload_rows": setup.workload_rows,
+                "rows_used": rows_used(len(reqs), setup.workload_rows),
                 "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
     if out_dir is not None:
         write_results(out_dir, records, row, result.log if write_iterations else None)

@@ -27,6 +27,24 @@ def test_run_writes_summary_records_and_config(tmp_path):
     records = pd.read_csv(run / "requests.csv")
     assert len(records) == 200 and (records.generated == records.output_len).all()
     assert "max_seq_len: 512" in (run / "resolved_config.yaml").read_text()
+    assert summary.workload_rows[0] == 10_000 and summary.rows_used[0] == "sample"
+    assert "note: 200 requests from 10,000 workload rows (sample); num_requests=null replays every row once" \
+        in p.stdout
+
+
+def test_a_split_and_a_trace_replay_whole_by_default(tmp_path, cfg):
+    """No num_requests given: every row of the held-out split, every request of the trace, once; a number
+    given is a recorded sample (or a recorded cycle), never a silent cut."""
+    split = build(cfg("workload=sharegpt_pairs", "workload.split=test"))
+    whole = build(cfg("workload=sharegpt_pairs", "workload.split=test", "num_requests=null"))
+    assert len(split.prompt_len) == split.workload_rows == len(whole.prompt_len) > 2000
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{i}.0,{10 + i},5\n" for i in range(30)))
+    c = cfg("workload=trace", f"workload.path={trace}", "arrival=trace", "max_seq_len=64")
+    row = run_config(c)
+    assert row["num_requests"] == row["workload_rows"] == 30 and row["rows_used"] == "all"
+    more = run_config(cfg("workload=trace", f"workload.path={trace}", "max_seq_len=64", "num_requests=45"))
+    assert more["rows_used"] == "cycled" and more["workload_rows"] == 30
 
 
 def test_multirun_compares_policies_and_collects(tmp_path):
