@@ -479,8 +479,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
              echo=print) -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
     `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one."""
-    from s3sim.core.kv_pool import KVPool
-    from s3sim.core.policies.vllm import VllmScheduler
+    from s3sim.config import build_scheduler
     from s3sim.core.request import make_requests
     from s3sim.metrics.summary import request_records
     from s3sim.simulator.engine import simulate
@@ -526,9 +525,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
     max_seq_len = int(req.output_toks.max())  # bounds outputs only: vllm reserves nothing by it
-    sched = VllmScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
-                          max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs,
-                          prefix_caching=engine.prefix_caching)
+    policy = {"name": "vllm", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs,
+              "max_num_batched_tokens": engine.max_num_batched_tokens, "prefix_caching": engine.prefix_caching}
+    sched = build_scheduler({"max_seq_len": max_seq_len, "policy": policy}, capacity, req.output_toks.to_numpy())
     t0 = time.perf_counter()
     result = simulate(requests, sched, latency)
     wall = time.perf_counter() - t0

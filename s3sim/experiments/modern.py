@@ -26,14 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s3sim.config import build_scheduler
 from s3sim.core.errors import ConfigError
-from s3sim.core.kv_pool import KVPool
-from s3sim.core.policies.orca import OrcaScheduler
-from s3sim.core.policies.paged import PagedScheduler
-from s3sim.core.policies.s3 import S3Scheduler
-from s3sim.core.policies.supervisor import Supervisor
-from s3sim.core.policies.vllm import VllmScheduler
-from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.core.request import make_requests
 from s3sim.metrics.summary import request_records, summarize
 from s3sim.simulator.engine import simulate
@@ -45,27 +39,26 @@ COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_la
            "e2e_latency_p99", "request_throughput", "output_throughput")
 
 
-def policies(engine, blocks: int, max_seq_len: int, seed: int = 0) -> dict:
-    """name -> a function building the policy afresh (each replay needs its own pool and scheduler)."""
-    cap = blocks * engine.block_size
-    budget = dict(max_num_batched_tokens=engine.max_num_batched_tokens, max_batch_size=engine.max_num_seqs)
-    buckets = Buckets.equal(10, max_seq_len)
+def policy_configs(engine, max_seq_len: int, seed: int = 0) -> dict[str, dict]:
+    """label -> the config `s3sim.config.build_scheduler` builds it from: the run's token budget,
+    `max_num_seqs` and block size for every policy that takes them."""
+    budget = {"max_num_batched_tokens": engine.max_num_batched_tokens, "max_batch_size": engine.max_num_seqs}
 
-    def s3_with(make_pred):
-        def build():
-            pred = make_pred()
-            return S3Scheduler(KVPool(cap), max_seq_len, pred, Supervisor(pred), **budget)
-        return build
+    def run(policy: dict, predictor: dict | None = None) -> dict:
+        return {"max_seq_len": max_seq_len, "seed": seed, "policy": policy,
+                "predictor": predictor or {"name": "oracle", "num_buckets": 10}}
+
+    def synthetic(accuracy: float, shape: str) -> dict:
+        return {"name": "synthetic", "num_buckets": 10, "accuracy": accuracy, "error_shape": shape}
 
     return {
-        "vllm": lambda: VllmScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
-                                      prefix_caching=engine.prefix_caching, **budget),
-        "s3 oracle": s3_with(lambda: OraclePredictor(buckets)),
-        "s3 80% adjacent": s3_with(lambda: SyntheticPredictor(buckets, 0.8, "adjacent", seed=seed)),
-        "s3 50% under": s3_with(lambda: SyntheticPredictor(buckets, 0.5, "under", seed=seed)),
-        "orca": lambda: OrcaScheduler(KVPool(cap), max_seq_len, **budget),
-        "paged (2023)": lambda: PagedScheduler(KVPool(blocks, unit_tokens=engine.block_size), max_seq_len,
-                                               max_batch_size=engine.max_num_seqs),
+        "vllm": run({"name": "vllm", "block_size": engine.block_size, "prefix_caching": engine.prefix_caching,
+                     **budget}),
+        "s3 oracle": run({"name": "oracle", **budget}),
+        "s3 80% adjacent": run({"name": "s3", **budget}, synthetic(0.8, "adjacent")),
+        "s3 50% under": run({"name": "s3", **budget}, synthetic(0.5, "under")),
+        "orca": run({"name": "orca", **budget}),
+        "paged (2023)": run({"name": "paged", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs}),
     }
 
 
@@ -83,8 +76,9 @@ def compare(run_dir: Path) -> pd.DataFrame:
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     max_seq_len = int(-(-(int(req.output_toks.max()) + 1) // 128) * 128)
     rows = []
-    for name, build in policies(engine, blocks, max_seq_len).items():
-        sched = build()
+    output = req.output_toks.to_numpy()
+    for name, cfg in policy_configs(engine, max_seq_len).items():
+        sched = build_scheduler(cfg, blocks * engine.block_size, output)
         result = simulate(make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals), sched,
                           latency)
         records = request_records(result.requests)
