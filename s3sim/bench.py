@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.config import build
+from s3sim.config import build, build_scheduler
 from s3sim.core.policies import COMPARED
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
@@ -40,8 +40,6 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
     and its operator profile, on ShareGPT lengths at Poisson 1x and 2x the rate that run sustained (1.63/s)."""
     import numpy as np
 
-    from s3sim.core.kv_pool import KVPool
-    from s3sim.core.policies.vllm import VllmScheduler
     from s3sim.hardware.models import get_model
     from s3sim.latency.operators import OperatorLatency
     from s3sim.workload import arrival_times, load_workload
@@ -52,7 +50,8 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
     prompts, outputs = np.minimum(wl.prompt_len[idx], 4096), wl.output_len[idx]
     print(f"\nvllm on per-operator latency (RTX 4090 profile), {n:,} ShareGPT requests")
     for rate in (1.63, 3.26):
-        sched = VllmScheduler(KVPool(2588, unit_tokens=16), 1024, max_num_batched_tokens=2048, max_batch_size=256)
+        sched = build_scheduler({"max_seq_len": 1024, "policy": {"name": "vllm", "block_size": 16, "max_batch_size": 256,
+                                                                  "max_num_batched_tokens": 2048}}, 2588 * 16, outputs)
         reqs = make_requests(prompts, outputs, arrival_times(n, "poisson", rate=rate, seed=0))
         t0 = time.perf_counter()
         res = simulate(reqs, sched, latency)
