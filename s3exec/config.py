@@ -131,11 +131,17 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
     keys = None if getattr(wl, "keys", None) is None else wl.keys[idx]
     sched = build_scheduler(cfg, cap, output, keys)
-    cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
-                    sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
-    tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
-    executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
-                        progress=progress, warmup=bool(get(ex, "warmup", True)))
+    if sched.name == "hf":  # transformers' generate with its own growing cache, not the paged runner
+        from s3exec.generate import GenerateExecutor
+
+        executor = GenerateExecutor(loaded, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress,
+                                    warmup=bool(get(ex, "warmup", True)))
+    else:
+        cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
+                        sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
+        tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
+        executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
+                            progress=progress, warmup=bool(get(ex, "warmup", True)))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap, wl.clipped,
                      len(wl.prompt_len),
                      truncated)

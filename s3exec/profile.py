@@ -9,7 +9,7 @@ cache contents are zeros: the cost of a forward pass does not depend on the valu
 
 Writes `<out>/<name>.csv` (one row per point, with the simulator's features `prefill_tokens`,
 `prefill_sq`, `decode_tokens`, `decode_ctx`) and `<out>/<name>.json` (device, model, dtype, versions,
-threads, grid, date, measured swap seconds per token). Hydra overrides of `conf/exec.yaml` pick the model:
+threads, grid, date, measured swap and KV-copy seconds per token). Hydra overrides of `conf/exec.yaml` pick the model:
 
     python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
 """
@@ -107,6 +107,27 @@ def swap_seconds_per_token(cache, device: str, tokens: int = 512, repeats: int =
         out.append((time.perf_counter() - t0) / 2 / tokens)
         cache.release(-1)
     return statistics.median(out)
+
+
+def copy_seconds_per_token(m, device: str, rows: int = 8, tokens: int = 512, repeats: int = 5) -> float:
+    """Median seconds per cached token of one growth step of a `DynamicCache`: every layer's keys and values
+    concatenated with one new token per row (`torch.cat` into a fresh buffer, as `generate` grows its cache),
+    over `rows` rows of `tokens` tokens."""
+    import torch
+
+    shape = (rows, m.kv_heads, tokens, m.head_dim)
+    layers = [(torch.zeros(shape, dtype=m.dtype, device=device), torch.zeros(shape, dtype=m.dtype, device=device))
+              for _ in range(m.num_layers)]
+    new = torch.zeros((rows, m.kv_heads, 1, m.head_dim), dtype=m.dtype, device=device)
+    out = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        grown = [(torch.cat([k, new], dim=-2), torch.cat([v, new], dim=-2)) for k, v in layers]
+        _sync(device)
+        out.append((time.perf_counter() - t0) / (rows * tokens))
+        del grown
+    return statistics.median(out[1:])
 
 
 def model_spec(m) -> dict:
@@ -210,6 +231,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
         "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "min_seconds": min_seconds,
         "grid": [list(p) for p in points], "block_size": bs, "kv_bytes_per_token": m.kv_bytes_per_token,
         "swap_s_per_token": swap_seconds_per_token(cache, device),
+        "kv_copy_s_per_token": copy_seconds_per_token(m, device),
         "engine_overhead": engine_overhead(cfg, m, table) if overhead else None,
         "model_spec": model_spec(m),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

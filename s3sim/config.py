@@ -152,6 +152,8 @@ def build(cfg) -> Setup:
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
+    if getattr(sched, "copies_kv", False):
+        latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, wl.clipped, len(wl.prompt_len))
 
 

@@ -60,7 +60,7 @@ def test_multirun_compares_policies_and_collects(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["policy=nope"], "Could not find 'policy/nope'"),
-    (["policy.name=nope"], "policy.name 'nope' is unknown; valid: ft, orca, s3, oracle, paged"),
+    (["policy.name=nope"], "policy.name 'nope' is unknown; valid: ft, hf, orca, s3, oracle, paged"),
     (["arrival=poisson", "arrival.rate=-1"], "arrival.rate must be a positive number"),
     (["arrival=poisson", "arrival.rate=0"], "arrival.rate must be a positive number"),
     (["model=opt-30b", "gpu=a100-40gb-pcie"], "does not fit"),

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.hf import SIZINGS, HfScheduler, peak_tokens
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.vllm import VllmScheduler
@@ -21,7 +22,7 @@ from s3sim.hardware.models import get_model
 from s3sim.latency import RooflineLatency
 from s3sim.simulator.engine import simulate
 
-POLICIES = ("ft", "orca", "s3", "oracle", "paged", "vllm")
+POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm")
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
 # decode and swap costs
@@ -59,6 +60,8 @@ def scenarios(draw, policy):
     if policy == "s3":
         s.update(accuracy=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]) | st.floats(0.0, 1.0)),
                  shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
+    if policy == "hf":
+        s.update(sizing=draw(st.sampled_from(SIZINGS)))
     if policy == "paged":
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=draw(st.sampled_from([0.0, 0.01, 0.1])))
     if policy in ("orca", "s3", "oracle", "paged") and draw(st.booleans()):  # chunked prefill under a budget
@@ -76,6 +79,10 @@ def build(s):
     p = s["policy"]
     if p == "ft":
         return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb)
+    if p == "hf":  # the peak of the largest request alone (its cache copied once) must fit
+        longest = msl if s.get("sizing", "max_len") == "max_len" else max(s["outputs"])
+        return HfScheduler(KVPool(max(cap, peak_tokens(1, max(s["prompts"]), longest))), msl, max_batch_size=mb,
+                           sizing=s.get("sizing", "max_len"))
     if p == "orca":
         return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
     if p in ("paged", "vllm"):

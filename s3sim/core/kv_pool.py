@@ -75,6 +75,17 @@ class KVPool:
         self.unsettled -= share
         self.held[rid] = units
 
+    def hold_briefly(self, units: int, who: str) -> None:
+        """`units` held for a moment on top of what is in use (the old buffer while a cache is copied into a
+        larger one): checked against capacity and counted in the peak, then given back."""
+        if units < 0:
+            raise InvariantViolation(f"t={self.now:.6f}s {who} held {units} < 0 KV units briefly")
+        if self.used + units > self.capacity:
+            raise InvariantViolation(
+                f"t={self.now:.6f}s {who} needs {units} KV units for a moment but only {self.free} of {self.capacity} "
+                f"are free: out of memory")
+        self.peak = max(self.peak, self.used + units)
+
     def release(self, rid: int) -> int:
         """Free everything `rid` holds; returns how much that was."""
         if rid not in self.held:

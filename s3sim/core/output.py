@@ -33,6 +33,9 @@ class SchedulerOutput:
     prefill_sq: int = 0  # sum over chunks of (prefix + chunk)^2 - prefix^2: quadratic attention, chunked or not
     transfer_tokens: int = 0  # KV moved over the host link this iteration (swap in and swap out)
     itl_tokens: int = 0  # tokens whose inter-token latency is this iteration's duration
+    copies_kv: bool = False  # each decode step reallocates the batch's KV cache by concatenation (dynamic
+    # growth, as transformers' DynamicCache): the `decode_ctx - decode_n` tokens cached before the step (the
+    # context less the token each row feeds now) are copied into a buffer one token longer
 
     @property
     def is_empty(self) -> bool:

@@ -65,3 +65,12 @@ class LatencyModel(ABC):
             raise ConfigError(f"swap_time: n_tokens must be >= 0, got {n_tokens!r}")
         t = n * self.model.kv_bytes_per_token / self.gpu.host_link_bandwidth
         return float(t) if t.ndim == 0 else t
+
+    def copy_time(self, n_tokens):
+        """Seconds to copy ``n_tokens`` of KV cache into a new buffer in device memory (each byte read once and
+        written once), as growing a cache by concatenation does every step: over the datasheet bandwidth."""
+        n = np.asarray(n_tokens, dtype=np.float64)
+        if self.gpu is None:
+            raise ConfigError("pricing a KV copy needs a GPU's memory bandwidth: give the latency model a gpu preset")
+        t = 2.0 * n * self.model.kv_bytes_per_token / self.gpu.mem_bandwidth
+        return float(t) if t.ndim == 0 else t

@@ -26,7 +26,9 @@ An iteration's time is split the way its work is, each part predicted the way it
   both with a constant per iteration.
 
 `fit_report` gives the error on held-out grid points (every 4th point predicted from the others). Swaps
-cost the profile's measured seconds per token when it has one, else the GPU preset's host link.
+cost the profile's measured seconds per token when it has one, else the GPU preset's host link; a KV
+cache grown by copying (`policy=hf`) costs the profile's measured seconds per token copied, and a profile
+without that measurement refuses to price it.
 """
 from __future__ import annotations
 
@@ -211,6 +213,8 @@ class ProfiledLatency(LatencyModel):
             self.step_factor = max(float(eng.get("step_factor") or 1.0), 0.0)
         s = self.meta.get("swap_s_per_token")
         self.swap_s_per_token = float(s) if isinstance(s, (int, float)) and s >= 0 else None
+        c = self.meta.get("kv_copy_s_per_token")
+        self.copy_s_per_token = float(c) if isinstance(c, (int, float)) and c >= 0 else None
 
     def _decode(self, d, ctx):
         return np.where(d > 0, self.decode(np.maximum(d, 1.0), ctx / np.maximum(d, 1.0)), 0.0)
@@ -243,6 +247,15 @@ class ProfiledLatency(LatencyModel):
         if np.any(n < 0):
             raise ConfigError(f"swap_time: n_tokens must be >= 0, got {n_tokens!r}")
         t = n * self.swap_s_per_token
+        return float(t) if t.ndim == 0 else t
+
+
+    def copy_time(self, n_tokens):
+        """The profile's measured seconds per KV token copied by concatenation (`kv_copy_s_per_token`)."""
+        if self.copy_s_per_token is None:
+            raise ConfigError(f"latency.path: the profile {self.path} has no measured KV copy time "
+                              f"(kv_copy_s_per_token), which policy=hf needs; profile again with python -m s3exec.profile")
+        t = np.asarray(n_tokens, dtype=np.float64) * self.copy_s_per_token
         return float(t) if t.ndim == 0 else t
 
 

@@ -100,6 +100,11 @@ class RooflineLatency(LatencyModel):
         weights = self._weight_bytes if not self.model.n_experts else self.model.weight_bytes_read(p + d)
         return (weights + self._kv_bytes * (ctx + p + d)) / self._bytes_rate
 
+    def copy_time(self, n_tokens):
+        """A KV copy streams its bytes twice (read, write) at the bandwidth the memory term assumes."""
+        t = 2.0 * self._kv_bytes * np.asarray(n_tokens, dtype=np.float64) / self._bytes_rate
+        return float(t) if t.ndim == 0 else t
+
     def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
         args = (prefill_tokens, prefill_sq, decode_tokens, decode_ctx)
         if all(type(a) in (int, float) for a in args):

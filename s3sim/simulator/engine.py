@@ -85,11 +85,16 @@ class SimBackend:
             if self.max_jump:
                 k = min(k, self.max_jump)
             durations = lat.decode_run(decode_n, ctx, k)
+            if out.copies_kv:  # each step copies the cache it starts with into a buffer one token longer
+                durations = durations + lat.copy_time(ctx - decode_n + np.arange(k, dtype=np.float64) * decode_n)
             ends = np.cumsum(np.concatenate(([t], durations)))[1:]  # the same additions as step by step
             end = float(ends[-1])
         else:
             k, ends = 1, None
-            durations = np.array([lat.batch_time(out)], dtype=float)
+            d = lat.batch_time(out)
+            if out.copies_kv:
+                d = d + lat.copy_time(float(ctx - decode_n))
+            durations = np.array([d], dtype=float)
             end = t + float(durations[0])
         # KV in use after the first iteration: contexts, each decode's new token, each prefill's prefix and chunk,
         # and the first output token of every prefill that finishes its prompt

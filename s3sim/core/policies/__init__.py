@@ -2,6 +2,7 @@
 structured config (`Config`) and a YAML file in `conf/policy/`. `POLICIES` is the one list of them, by the
 name `policy.name` selects."""
 from s3sim.core.policies.base import PolicyConfig, Scheduler
+from s3sim.core.policies.hf import HfScheduler
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.paged_spf import PagedSpfScheduler
@@ -9,8 +10,8 @@ from s3sim.core.policies.s3 import OracleScheduler, S3Scheduler
 from s3sim.core.policies.vllm import VllmScheduler
 
 POLICIES: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
-    FasterTransformerScheduler, OrcaScheduler, S3Scheduler, OracleScheduler, PagedScheduler, PagedSpfScheduler,
-    VllmScheduler)}
+    FasterTransformerScheduler, HfScheduler, OrcaScheduler, S3Scheduler, OracleScheduler, PagedScheduler,
+    PagedSpfScheduler, VllmScheduler)}
 
 # what the default, paper, bench and fidelity experiments compare: the paper's two baselines, S3, its oracle and
 # paging as vLLM did it in 2023 (paged_spf, prediction on top of paging, is studied in `make beyond`; vllm, the

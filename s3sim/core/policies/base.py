@@ -136,6 +136,10 @@ class Scheduler:
         return {"preemptions": self.preemptions, "mispredictions": 0, "under_predictions": 0,
                 "grown_in_place": 0, "padding_tokens": 0}
 
+    def summary_fields(self) -> dict:
+        """Columns only this policy has, for its run's summary (how a static batch was sized, say)."""
+        return {}
+
     def horizon(self) -> int:
         """Decode iterations that can run before the next event (>= 1 while anything runs)."""
         self._drop_stale()
@@ -192,6 +196,10 @@ class Scheduler:
     def _on_steps(self, k: int) -> None:
         """Called before `k` decode iterations are applied (paged growth hooks in here)."""
 
+    def _cached_prompt(self, r: Request) -> int:
+        """Prompt tokens a running request's KV holds (a left-padded static batch: its longest prompt)."""
+        return r.prompt_len
+
     def _on_finish(self, r: Request) -> None:
         """Called after `r` finished and released its memory."""
 
@@ -239,13 +247,13 @@ class Scheduler:
         p = r.progress
         p.gen0, p.iter0 = r.generated, self.iter
         self.running[r.id] = r
-        self._ctx_base += r.prompt_len + r.generated
+        self._ctx_base += self._cached_prompt(r) + r.generated
         self._push_event(r)
 
     def _leave(self, r: Request) -> None:
         self._rebase()
         r.generated = self.generated(r)
-        self._ctx_base -= r.prompt_len + r.generated
+        self._ctx_base -= self._cached_prompt(r) + r.generated
         del self.running[r.id]
         r.progress.epoch += 1
 

@@ -1,0 +1,175 @@
+"""Hugging Face Transformers' `generate`: request-level static batches whose KV cache grows by copying.
+
+A batch is formed only when the previous one has returned, first come first served, left-padded to its
+longest prompt (every member's prefill computes that many tokens), and it runs until its longest member
+finishes: members that finish early keep decoding padding, as `generate`'s finished rows do, and are
+returned with the batch. Nothing is reserved: each decode step appends one token to every row, and
+`DynamicCache` appends with `torch.cat`, which allocates a buffer one token longer and copies the cache
+into it, so for a moment memory holds the old cache and the new one (the pool's `hold_briefly`), and the
+copy costs time (the output's `copies_kv`: a latency model adds the bytes moved).
+
+A batch must not run out of memory, so it is admitted only if its peak, both copies at its longest length,
+fits the KV capacity (`peak_tokens`); `policy.sizing` says which length that is:
+
+* ``max_len``: the prompt plus `max_seq_len` output tokens, what a user who knows no output length must
+  assume so that no batch ever runs out of memory;
+* ``actual``: the batch's actual longest output, the largest first-come-first-served batch that would not
+  have run out of memory. It reads each request's length as the oracle does, so it is a best case for
+  `generate`, which no real deployment reaches without knowing lengths.
+
+The peak counts the whole cache twice, as the copy of a cache would; `DynamicCache` copies one layer at a
+time, so a real run holds the second copy of one layer only, and this sizing is conservative by up to a
+factor of two.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3sim.core.errors import ConfigError
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.output import SchedulerOutput
+from s3sim.core.policies.base import PolicyConfig
+from s3sim.core.policies.orca import FasterTransformerScheduler
+from s3sim.core.request import Request
+
+SIZINGS = ("max_len", "actual")
+
+
+@dataclass
+class HfConfig(PolicyConfig):
+    sizing: str = "max_len"  # the length a batch's peak memory is checked at: prompt + max_seq_len, or actual
+
+    def __post_init__(self):
+        if self.max_num_batched_tokens is not None:
+            raise ConfigError("policy.max_num_batched_tokens does not apply to hf: generate prefills a batch whole")
+        if self.preemption_mode != "recompute":
+            raise ConfigError("policy.preemption_mode does not apply to hf: generate never preempts; leave it "
+                              "'recompute'")
+        if self.sizing not in SIZINGS:
+            raise ConfigError(f"policy.sizing '{self.sizing}' is unknown; valid: {', '.join(SIZINGS)}")
+        super().__post_init__()
+
+
+def peak_tokens(batch: int, prompt: int, longest: int) -> int:
+    """KV tokens a batch of `batch` rows, left-padded to `prompt` tokens, holds at its peak when its longest
+    member generates `longest` tokens. As for every policy, a row's KV counts the token it has just produced
+    (the next step writes it): the prefill leaves prompt + 1 per row; decode step j grows every row from
+    prompt + j - 1 cached tokens to prompt + j, both buffers held while one is copied into the other, and
+    counts prompt + j + 1; the last step is j = longest - 1, so the peak is 2 (prompt + longest - 1) per row."""
+    if longest <= 1:  # no decode step, no copy
+        return batch * (prompt + 1)
+    return batch * 2 * (prompt + longest - 1)
+
+
+class HfScheduler(FasterTransformerScheduler):
+    name = "hf"
+    Config = HfConfig
+    copies_kv = True  # its latency model must price a KV copy (checked when a run is built)
+
+    @classmethod
+    def from_config(cls, conf: HfConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
+                    feedback: str = "mispredicted") -> "HfScheduler":
+        return cls(KVPool(capacity_tokens), max_seq_len, max_batch_size=conf.max_batch_size, sizing=conf.sizing)
+
+    def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None, sizing: str = "max_len"):
+        super().__init__(pool, max_seq_len, max_batch_size=max_batch_size)
+        if sizing not in SIZINGS:
+            raise ConfigError(f"policy.sizing '{sizing}' is unknown; valid: {', '.join(SIZINGS)}")
+        self.sizing = sizing
+        self.width = 0  # the running batch's padded prompt length
+        self.batches = 0
+        self.batch_rows: list[int] = []  # size of every batch formed
+        self.copied_tokens = 0  # KV tokens copied by growth, over the run
+
+    # ---- sizing -----------------------------------------------------------------------------
+    def longest(self, r: Request) -> int:
+        """Output tokens a batch holding `r` must be sized for, on its account."""
+        return r.output_len if self.sizing == "actual" else self.max_seq_len
+
+    def add(self, requests):
+        for r in requests:
+            need = peak_tokens(1, r.prompt_len, self.longest(r))
+            if need > self.pool.capacity:
+                raise ConfigError(
+                    f"request {r.id}: policy=hf with sizing={self.sizing} needs {need} KV tokens at its peak alone "
+                    f"(prompt {r.prompt_len}, {self.longest(r)} output tokens, the cache copied once), more than "
+                    f"the capacity of {self.pool.capacity}; lower max_seq_len or give the KV cache more memory")
+        super().add(requests)
+
+    def _form(self) -> list[Request]:
+        """The longest first-come-first-served prefix of the queue whose peak fits (at most max_batch_size)."""
+        members, width, longest = [], 0, 0
+        for r in self.waiting:
+            if len(members) >= self.max_batch:
+                break
+            w, n = max(width, r.prompt_len), max(longest, self.longest(r))
+            if peak_tokens(len(members) + 1, w, n) > self.pool.capacity:
+                break
+            members.append(r)
+            width, longest = w, n
+        return members
+
+    def could_admit(self, r: Request) -> bool:
+        return not self.running and not self.waiting
+
+    # ---- one iteration ----------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        if self.running:
+            batch = self._decode_batch()
+            batch.padding = list(self.done)
+            batch.itl_tokens = batch.decode_n - len(self.done)
+            batch.copies_kv = True
+            return batch
+        batch = self._decode_batch()
+        members = self._form()
+        if not members:
+            return batch
+        self.width = max(r.prompt_len for r in members)
+        self.batches += 1
+        self.batch_rows.append(len(members))
+        for r in members:
+            self.waiting.popleft()
+            self.padding_tokens += self.width - r.prompt_len
+            self.pool.reserve(r.id, self.width + 1)
+            self._admit(r, batch, now, chunk=self.width)
+        return batch
+
+    def kv_reserved_profile(self, k: int) -> np.ndarray:
+        """KV held during each of the next k steps: a decode step grows every row by one token."""
+        grow = len(self.running) * np.arange(1, k + 1, dtype=np.int64)
+        return self.pool.used * self.pool.unit_tokens + grow
+
+    def _cached_prompt(self, r: Request) -> int:
+        return self.width
+
+    def _on_steps(self, k: int) -> None:
+        """k decode steps: every row grows by one token a step, the old cache held while it is copied."""
+        super()._on_steps(k)
+        rows = len(self.running)
+        if not rows:
+            return
+        cached = self.pool.used - rows  # tokens in the cache before the first of these steps
+        self.copied_tokens += k * cached + rows * k * (k - 1) // 2
+        self.pool.grow_lazily(k * rows)
+        self.pool.hold_briefly(cached + (k - 1) * rows, f"the hf batch of {rows} rows copying its cache")
+
+    def _finish(self, r: Request, now: float) -> None:
+        """A member produced its last token: it decodes padding until the last member does; then every row's
+        cache (padded prompt, one token per decode step and the last token produced) is attributed to it and
+        freed."""
+        r.last_token = now
+        self.done.append(r)
+        if len(self.done) == len(self.running):
+            for m in self.done:
+                self._leave(m)
+                self.pool.settle(m.id, self.width + m.generated)
+                m.generated = m.output_len
+                self._complete(m, now, last_token=m.last_token)
+            self.done = []
+
+    def summary_fields(self) -> dict:
+        rows = np.asarray(self.batch_rows, dtype=np.float64)
+        return {"batch_sizing": self.sizing, "static_batches": self.batches,
+                "mean_static_batch": float(rows.mean()) if len(rows) else 0.0, "copied_tokens": self.copied_tokens}
