@@ -69,7 +69,8 @@ def test_multirun_compares_policies_and_collects(tmp_path):
     (["workload.data_dir=/nonexistent/data"], "data file not found"),
     (["predictor.num_buckets=1"], "predictor.num_buckets must be"),
     (["predictor.accuracy=1.5"], "predictor.accuracy must be between 0 and 1"),
-    (["max_seq_len=100000000"], "cannot hold one request"),
+    (["max_seq_len=100000000"], "max_seq_len=100000000 exceeds the context window of gpt-j-6b (2,048 tokens)"),
+    (["+kv_capacity_tokens=10"], "cannot hold one request"),
     (["gpu.count=3"], "gpu.count=3 cannot split gpt-j-6b's 16 attention heads"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):

@@ -31,8 +31,10 @@ PREDICTOR_RUNS = {  # S3 on the held-out ShareGPT prompts, offline, under each p
     "oracle": ["policy=oracle"],
     "orca": ["policy=orca"],
 }
+# hf sized by each batch's actual longest output (a best case for generate) beside its default (max_len)
+HF_ACTUAL = ["policy=hf", "policy.sizing=actual"]
 PREDICTOR_COMMON = ["workload=sharegpt_pairs", "workload.split=test", "num_requests=null"]
-COLUMNS = ["policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50",
+COLUMNS = ["run", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50",
            "e2e_latency_p99", "mean_batch_size", "max_batch_size", "kv_reserved_frac", "kv_used_frac",
            "preemptions", "mispredictions", "recomputed_tokens", "goodput"]
 
@@ -53,10 +55,11 @@ def run_all(overrides, label):
 
 
 def ratios(offline: pd.DataFrame) -> pd.DataFrame:
-    thr = offline.set_index("policy").request_throughput
-    return pd.DataFrame({"ratio": ["s3/orca", "s3/ft", "oracle/orca", "s3/oracle", "paged/orca", "s3/paged"],
-                         "value": [thr.s3 / thr.orca, thr.s3 / thr.ft, thr.oracle / thr.orca,
-                                   thr.s3 / thr.oracle, thr.paged / thr.orca, thr.s3 / thr.paged]})
+    thr = offline[offline.run == offline.policy].set_index("policy").request_throughput
+    pairs = [("s3", "orca"), ("s3", "ft"), ("oracle", "orca"), ("s3", "oracle"), ("paged", "orca"), ("s3", "paged"),
+             ("s3", "vllm"), ("s3", "hf"), ("hf", "ft")]
+    pairs = [(a, b) for a, b in pairs if a in thr and b in thr]
+    return pd.DataFrame({"ratio": [f"{a}/{b}" for a, b in pairs], "value": [thr[a] / thr[b] for a, b in pairs]})
 
 
 def plot_frontier(online: pd.DataFrame, path: Path) -> None:
@@ -90,7 +93,9 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         print(f"offline: {args.num_requests} requests, all at t=0")
-        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in COMPARED], "offline")
+        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in COMPARED]
+                          + [HF_ACTUAL + [f"num_requests={args.num_requests}"]], "offline")
+        offline.insert(0, "run", [*COMPARED, "hf, sizing=actual"])
         write_csv(offline, out / "offline.csv")
         print(f"online: {args.online_requests} requests, Poisson arrivals at {list(RATES)} req/s")
         online = run_all([[f"policy={p}", "arrival=poisson", f"arrival.rate={r}",

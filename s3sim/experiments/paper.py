@@ -1,5 +1,5 @@
-"""The S3 paper's evaluation in simulation (`make paper`): maximum throughput of ft, orca, s3 and oracle
-(and paged, the peer the paper predates) for GPT-J 6B, LLaMA 13B, GPT-NeoX 20B and OPT 30B on one A100
+"""The S3 paper's evaluation in simulation (`make paper`): maximum throughput of ft, hf, orca, s3 and oracle
+(and paged and vllm, the peers the paper predates) for GPT-J 6B, LLaMA 13B, GPT-NeoX 20B and OPT 30B on one A100
 80 GB, LLaMA 65B on two and GPT-3 175B on eight SXM A100s; the highest Poisson rate each sustains under
 the reading-speed SLO; and how many GPUs each needs to serve what s3 serves.
 
@@ -87,8 +87,10 @@ def comparison(offline: pd.DataFrame, cap: pd.DataFrame, gpus: pd.DataFrame) -> 
         rows.append({"model": model, "gpus": int(base),
                      "offline_s3/orca": ratio(thr, "s3", "orca"), "offline_s3/ft": ratio(thr, "s3", "ft"),
                      "offline_s3/oracle": ratio(thr, "s3", "oracle"), "offline_s3/paged": ratio(thr, "s3", "paged"),
+                     "offline_s3/vllm": ratio(thr, "s3", "vllm"), "offline_s3/hf": ratio(thr, "s3", "hf"),
                      "slo_s3/orca": ratio(c, "s3", "orca"), "slo_s3/ft": ratio(c, "s3", "ft"),
                      "slo_s3/oracle": ratio(c, "s3", "oracle"), "slo_s3/paged": ratio(c, "s3", "paged"),
+                     "slo_s3/vllm": ratio(c, "s3", "vllm"), "slo_s3/hf": ratio(c, "s3", "hf"),
                      **{f"gpus_{p}": n.get(p, math.nan) for p in COMPARED},
                      "paper_gain_max": PAPER_GAIN})
     return pd.DataFrame(rows)

@@ -13,9 +13,11 @@ POLICIES: dict[str, type[Scheduler]] = {cls.name: cls for cls in (
     FasterTransformerScheduler, HfScheduler, OrcaScheduler, S3Scheduler, OracleScheduler, PagedScheduler,
     PagedSpfScheduler, VllmScheduler)}
 
-# what the default, paper, bench and fidelity experiments compare: the paper's two baselines, S3, its oracle and
-# paging as vLLM did it in 2023 (paged_spf, prediction on top of paging, is studied in `make beyond`; vllm, the
-# V1 scheduler with chunked prefill, is validated against real vLLM runs by `s3sim-validate`)
-COMPARED = ("ft", "orca", "s3", "oracle", "paged")
+# what the default, paper, bench and fidelity experiments compare: the paper's three kinds of baseline (static
+# batches reserving the maximum, ft; static batches growing their cache by copying, hf, transformers' generate;
+# iteration-level batches reserving the maximum, orca), S3, its oracle, paging as vLLM did it in 2023 (paged) and
+# vLLM's V1 scheduler with chunked prefill (vllm, also validated against real vLLM runs by `s3sim-validate`);
+# paged_spf, prediction on top of paging, is studied in `make beyond`
+COMPARED = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm")
 
 __all__ = ["COMPARED", "POLICIES", "PolicyConfig", "Scheduler"]
