@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload
+from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload, served_clipped
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -142,6 +142,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
         tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
         executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
                             progress=progress, warmup=bool(get(ex, "warmup", True)))
-    return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap, wl.clipped,
+    return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
+                     served_clipped(wl, idx),
                      len(wl.prompt_len),
                      truncated)

@@ -42,6 +42,7 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
     row.update({
         "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))), **run_fields(cfg, row["policy"]),
         "clipped_outputs": setup.clipped_outputs, "workload_rows": setup.workload_rows,
+        "context_clipped": 0,  # the executor refuses a prompt + max_seq_len beyond the context instead
         "rows_used": rows_used(len(setup.requests), setup.workload_rows),
         "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
         "kv_bytes": setup.kv_bytes, "truncated_prompts": setup.truncated_prompts,

@@ -47,9 +47,8 @@ def main(cfg: DictConfig) -> None:
             "mean_batch_size", "preemptions")
     print(("(reused) " if reused else "")
           + "  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))
-    from s3sim.config import rows_note
-    note = rows_note(row)
-    if note:
+    from s3sim.config import run_notes
+    for note in run_notes(row):
         print(note)
     print(f"results: {out}")
 

@@ -34,8 +34,9 @@ class Setup:
     latency: object
     slo: Slo
     capacity_tokens: int
-    clipped: int
+    clipped: int  # requests whose output was cut to max_seq_len
     workload_rows: int  # rows of the workload table the requests were drawn from
+    context_clipped: int = 0  # requests whose output was cut where it would run past the model's context
 
 
 def rows_used(requests: int, rows: int) -> str:
@@ -50,6 +51,38 @@ def rows_note(row: dict) -> str | None:
         return None
     return (f"note: {row['num_requests']:,} requests from {row['workload_rows']:,} workload rows ({use}); "
             f"num_requests=null replays every row once")
+
+
+def run_notes(row: dict) -> list[str]:
+    """Every line a command prints about what it changed in the workload it was given (recorded in the
+    summary too): rows sampled or cycled, outputs cut to max_seq_len or to the model's context."""
+    notes = [rows_note(row)]
+    if row.get("clipped_outputs"):
+        notes.append(f"note: {row['clipped_outputs']:,} requests had their output cut to max_seq_len="
+                     f"{row['max_seq_len']} (clipped_outputs)")
+    if row.get("context_clipped"):
+        notes.append(f"note: {row['context_clipped']:,} requests stop where their output would run past the "
+                     f"model's context window (context_clipped)")
+    return [n for n in notes if n]
+
+
+def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,
+                who: str) -> tuple[np.ndarray, int]:
+    """Requests as a server with a context window of `context` tokens takes them: `max_seq_len` must fit the
+    window, every prompt must leave room for one output token, and an output that would run past the window
+    stops at its end, as vLLM stops at `max_model_len`. Returns the outputs and how many were cut."""
+    if max_seq_len > context:
+        raise ConfigError(f"max_seq_len={max_seq_len} exceeds the context window of {who} ({context:,} tokens); "
+                          f"lower max_seq_len to at most {context}")
+    long = np.flatnonzero(prompt >= context)
+    if len(long):
+        i = int(long[0])
+        raise ConfigError(f"workload row {int(rows[i])}: a prompt of {int(prompt[i]):,} tokens leaves no room for an "
+                          f"output token in the context window of {who} ({context:,} tokens); shorten the prompts "
+                          f"(workload.max_prompt, where the workload has it) or use a model with a longer context")
+    room = context - prompt
+    cut = output > room
+    return np.where(cut, room, output), int(cut.sum())
 
 
 def get(cfg, path, default=None):
@@ -148,13 +181,20 @@ def build(cfg) -> Setup:
     latency = build_latency(cfg["latency"], model, gpu, num_gpus)
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
+    output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
     keys = None if wl.keys is None else wl.keys[idx]
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
-    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, wl.clipped, len(wl.prompt_len))
+    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
+                 len(wl.prompt_len), context_clipped)
+
+
+def served_clipped(wl, idx) -> int:
+    """Requests (rows served, a cycled row once per time) whose output was cut to max_seq_len."""
+    return 0 if wl.clipped_rows is None else int(np.asarray(wl.clipped_rows)[idx].sum())
 
 
 def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):

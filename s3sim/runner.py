@@ -68,7 +68,8 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
     row.update({"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
-                "clipped_outputs": setup.clipped, "workload_rows": setup.workload_rows,
+                "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
+                "workload_rows": setup.workload_rows,
                 "rows_used": rows_used(len(reqs), setup.workload_rows),
                 "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
     if out_dir is not None:

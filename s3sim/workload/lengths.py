@@ -41,6 +41,7 @@ class Workload:
     clipped: int = 0
     source: str = ""
     keys: np.ndarray | None = None  # row keys of text workloads: how a trained predictor finds its prompt
+    clipped_rows: np.ndarray | None = None  # which rows' outputs were cut to max_output (None: none were)
 
     def __post_init__(self):
         self.prompt_len = np.asarray(self.prompt_len, dtype=np.int64)
@@ -98,11 +99,12 @@ def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=No
         prompt, output = prompt[:limit], output[:limit]
         timestamps = None if timestamps is None else timestamps[:limit]
         keys = None if keys is None else keys[:limit]
-    clipped = 0
+    clipped, rows = 0, None
     if max_output is not None:
-        clipped = int((output > max_output).sum())
+        rows = np.asarray(output) > max_output
+        clipped = int(rows.sum())
         output = np.minimum(output, max_output)
-    return Workload(name, prompt, output, timestamps, clipped, source, keys)
+    return Workload(name, prompt, output, timestamps, clipped, source, keys, rows)
 
 
 def _read_json(path: Path):
