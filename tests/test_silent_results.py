@@ -1,0 +1,63 @@
+"""Answers that used to come out silently wrong: each is now an error naming what to change, or a
+counted change recorded in the summary and noted by the command."""
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s3sim.cli import CONF_DIR
+from s3sim.config import fit_context, run_notes
+from s3sim.core.errors import ConfigError
+from s3sim.runner import run_config
+
+
+def cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def trace(tmp_path, rows):
+    path = tmp_path / "trace.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},{p},{o}\n" for t, p, o in rows))
+    return [f"workload=trace", f"workload.path={path}", "arrival=trace"]
+
+
+def test_max_seq_len_beyond_the_context_window_is_an_error():
+    with pytest.raises(ConfigError, match=r"max_seq_len=4096 exceeds the context window of tiny-llama \(512 tokens\)"):
+        run_config(cfg("model=tiny-llama", "max_seq_len=4096", "num_requests=10"))
+    with pytest.raises(ConfigError, match=r"max_seq_len=100000 exceeds the context window of gpt-j-6b \(2,048"):
+        run_config(cfg("max_seq_len=100000", "num_requests=10"))
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_naming_its_row(tmp_path):
+    over = trace(tmp_path, [(0.0, 10, 5), (1.0, 100_000, 5), (2.0, 20, 5)])
+    with pytest.raises(ConfigError, match=r"workload row 1: a prompt of 100,000 tokens leaves no room"):
+        run_config(cfg(*over, "max_seq_len=64"))
+
+
+def test_an_output_running_past_the_context_stops_there_and_is_counted(tmp_path):
+    rows = [(0.0, 2000, 500), (1.0, 10, 5), (2.0, 2040, 100), (3.0, 100, 100)]
+    row = run_config(cfg(*trace(tmp_path, rows), "max_seq_len=2048", "policy=orca"))
+    assert row["context_clipped"] == 2 and row["clipped_outputs"] == 0
+    assert row["num_requests"] == 4
+    # outputs stop at the window: 48 and 8 tokens instead of 500 and 100
+    assert "2 requests stop where their output would run past the model's context window" in " ".join(run_notes(row))
+
+
+def test_fit_context_keeps_what_fits():
+    out, cut = fit_context(np.array([10, 20]), np.array([5, 6]), np.array([0, 1]), 64, 32, "m")
+    assert out.tolist() == [5, 6] and cut == 0
+    out, cut = fit_context(np.array([60, 20]), np.array([5, 6]), np.array([0, 1]), 64, 32, "m")
+    assert out.tolist() == [4, 6] and cut == 1
+
+
+def test_clipped_outputs_counts_the_requests_served_not_the_table(tmp_path):
+    rows = [(float(i), 10, 500 if i < 3 else 5) for i in range(10)]  # 3 of 10 rows exceed max_seq_len=64
+    whole = run_config(cfg(*trace(tmp_path, rows), "max_seq_len=64", "policy=orca"))
+    assert whole["clipped_outputs"] == 3
+    first = run_config(cfg(*trace(tmp_path, rows), "max_seq_len=64", "policy=orca", "num_requests=2"))
+    assert first["clipped_outputs"] == 2  # the trace's first two rows
+    later = [(float(i), 10, 500 if i >= 7 else 5) for i in range(10)]  # the long ones last
+    last = run_config(cfg(*trace(tmp_path, later), "max_seq_len=64", "policy=orca", "num_requests=7"))
+    assert last["clipped_outputs"] == 0
+    assert "3 requests had their output cut to max_seq_len=64" in " ".join(run_notes(whole))
