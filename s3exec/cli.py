@@ -17,25 +17,36 @@ def _fail(kind: str, err: Exception) -> None:
     sys.exit(2 if kind == "error" else 3)
 
 
+def _record(out: Path, err: Exception) -> None:
+    """`failed.txt` in the run directory, so a collector reports the run failed."""
+    from s3sim.runner import record_failure
+
+    if out.is_dir():
+        record_failure(out, err)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="exec", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from s3exec.runner import run_exec
-    from s3sim.runner import write_text
+    from s3sim.runner import clear, write_text
 
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         out.mkdir(parents=True, exist_ok=True)
+        clear(out)  # an earlier run's summary must not sit beside this run's config
         write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "resolved_config.yaml")
         ex = resolved["executor"]
         row, _ = run_exec(resolved, out, progress=bool(ex.get("progress", True)) and sys.stderr.isatty(),
                           write_iterations=bool(cfg.get("write_iterations", False)),
                           write_tokens=bool(ex.get("write_tokens", True)))
     except ConfigError as e:
+        _record(out, e)
         _fail("error", e)
     except InvariantViolation as e:
+        _record(out, e)
         _fail("invariant violated", e)
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")

@@ -55,24 +55,30 @@ def main(cfg: DictConfig) -> None:
 
 def collect_main(argv=None) -> None:
     """`s3sim-collect DIR [OUT.csv]`: one table of every run under DIR (summary, status and resolved
-    config); failed and unfinished runs are listed on stderr."""
-    from s3sim.collect import collect, status_line
+    config) written to OUT.csv; a short one printed (key metrics and the config fields the runs vary);
+    failed, invalid and unfinished runs listed on stderr. Exit code 0 when every run finished, 1 when
+    some did not, 2 on bad input."""
+    from s3sim.collect import collect, short_table, status_line
 
     args = sys.argv[1:] if argv is None else argv
-    if not args:
+    if not args or len(args) > 2:
         print("usage: s3sim-collect DIR [OUT.csv]", file=sys.stderr)
         sys.exit(2)
     try:
         table = collect(args[0])
+        if len(args) > 1:
+            from s3sim.runner import write_csv
+            try:
+                write_csv(table, Path(args[1]))
+            except OSError as e:
+                raise ConfigError(f"cannot write {args[1]}: {e.strerror or e}") from None
     except ConfigError as e:
         _fail("error", e)
-    if len(args) > 1:
-        from s3sim.runner import write_csv
-        write_csv(table, Path(args[1]))
-    shown = [c for c in table.columns if "." not in c]  # the summaries; config columns are in the file
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 12):
-        print(table[shown].to_string(index=False, max_colwidth=14))
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 14):
+        print(short_table(table).to_string(index=False, max_colwidth=24))
     print(status_line(table), file=sys.stderr)
+    if (table.status != "finished").any():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

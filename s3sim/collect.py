@@ -1,8 +1,9 @@
 """Gather every run under a directory (a Hydra multirun, or several) into one table.
 
 A run is a directory holding `resolved_config.yaml`, `summary.csv` or `failed.txt`. Each becomes one
-row: its status (`finished`, `failed`, or `incomplete` for a run still going or killed before it could
-say), the error line of a failed one, the summary's numbers, and every field of the resolved config as
+row: its status (`finished`; `failed`; `invalid` for a summary that cannot be read, is not one row, or
+lacks the summary's columns; or `incomplete` for a run still going or killed before it could say), the
+error line of a failed or invalid one, the summary's numbers, and every field of the resolved config as
 a dotted column (`predictor.accuracy`). Files are written atomically, so a sweep still running (or one
 that crashed) yields a table of what is there, never a half-read row.
 """
@@ -16,7 +17,10 @@ import yaml
 from s3sim.core.errors import ConfigError
 from s3sim.runner import CONFIG, FAILED, SUMMARY
 
-STATUSES = ("finished", "failed", "incomplete")
+STATUSES = ("finished", "failed", "invalid", "incomplete")
+REQUIRED = ("policy", "num_requests", "request_throughput")  # a summary without them is not one
+KEY_COLUMNS = ("policy", "num_requests", "request_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
+               "goodput")  # what the command prints, beside the config fields that differ between runs
 
 
 def flatten(node, prefix: str = "") -> dict:
@@ -36,16 +40,47 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def read_summary(path: Path) -> tuple[dict | None, str | None]:
+    """A summary's one row, or None and why it is not a summary."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        return None, f"{SUMMARY} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if len(table) != 1:
+        return None, f"{SUMMARY} has {len(table)} rows, not one"
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        return None, f"{SUMMARY} lacks the column {missing[0]!r}: not a run's summary"
+    return table.iloc[0].to_dict(), None
+
+
 def read_run(d: Path, root: Path) -> dict:
     row = {"run_dir": str(d.relative_to(root)) or ".", "status": "incomplete", "error": None}
     if (d / SUMMARY).is_file():
-        row["status"] = "finished"
-        row.update(pd.read_csv(d / SUMMARY).iloc[0].to_dict())
+        summary, why = read_summary(d / SUMMARY)
+        if summary is None:
+            row.update(status="invalid", error=why)
+        else:
+            row["status"] = "finished"
+            row.update(summary)
     elif (d / FAILED).is_file():
         row["status"] = "failed"
-        row["error"] = (d / FAILED).read_text().splitlines()[0] if (d / FAILED).stat().st_size else "failed"
+        try:
+            lines = (d / FAILED).read_text(errors="replace").splitlines()
+        except OSError as e:
+            lines = [f"{FAILED} cannot be read ({e.strerror})"]
+        row["error"] = lines[0] if lines else "failed"
     if (d / CONFIG).is_file():
-        for k, v in flatten(yaml.safe_load((d / CONFIG).read_text())).items():
+        try:
+            config = yaml.safe_load((d / CONFIG).read_text())
+            if not isinstance(config, dict):
+                raise ValueError("not a mapping")
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            row.update(status="invalid" if row["status"] == "finished" else row["status"],
+                       error=row["error"] or f"{CONFIG} cannot be read ({first})")
+            return row
+        for k, v in flatten(config).items():
             row.setdefault(k, v)
     return row
 
@@ -61,8 +96,17 @@ def collect(root) -> pd.DataFrame:
     return pd.DataFrame([read_run(d, root) for d in dirs])
 
 
+def short_table(table: pd.DataFrame) -> pd.DataFrame:
+    """What a person reads: the run, its status, the key metrics and the config fields that differ between
+    runs (what the sweep varied); the written table keeps every column."""
+    config = [c for c in table.columns if "." in c or c in ("seed", "max_seq_len", "num_requests")]
+    varied = [c for c in config if c not in KEY_COLUMNS and table[c].astype(str).nunique() > 1]
+    keys = [c for c in KEY_COLUMNS if c in table.columns]
+    return table[["run_dir", "status", *varied, *keys]]
+
+
 def status_line(table: pd.DataFrame) -> str:
-    """`N runs: a finished, b failed, c incomplete`, then one line per run that did not finish."""
+    """`N runs: a finished, b failed, c invalid, d incomplete`, then one line per run that did not finish."""
     counts = table.status.value_counts()
     lines = [f"{len(table)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)]
     for _, r in table[table.status != "finished"].iterrows():

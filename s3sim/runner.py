@@ -2,10 +2,13 @@
 
 A run directory says its own state: `summary.csv` (written last) marks a finished run, `failed.txt` a
 failed one, and `resolved_config.yaml` alone one that is running or was killed. `run_dir` reuses a
-finished run of the very same resolved config instead of recomputing it, so a sweep can be resumed.
+finished run instead of recomputing it, so a sweep can be resumed, but only when the same resolved
+config, the same data files (by content) and the same code would give it (`inputs.json`, written after
+the summary: a run without it is never reused), and a summary that cannot be read runs again.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -18,11 +21,13 @@ from omegaconf import OmegaConf
 from s3sim.config import build, rows_used
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
+from s3sim.inputs import fingerprint, recording, unchanged
 from s3sim.metrics.summary import request_records, summarize
 from s3sim.simulator.engine import simulate
 
 
-SUMMARY, FAILED, CONFIG = "summary.csv", "failed.txt", "resolved_config.yaml"
+SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
+RESULT_FILES = (SUMMARY, FAILED, INPUTS, "requests.csv", "iterations.csv", "tokens.csv")  # summary first
 
 
 def config_text(cfg) -> str:
@@ -39,17 +44,42 @@ def run_dir(cfg: dict, out: str | Path, write_iterations: bool = False) -> tuple
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     text = config_text(cfg)
-    summary, conf = out / SUMMARY, out / CONFIG
-    if summary.is_file() and conf.is_file() and conf.read_text() == text:
-        return pd.read_csv(summary).iloc[0].to_dict(), True
-    for stale in (SUMMARY, FAILED, "requests.csv", "iterations.csv"):  # summary first: the run is unfinished
-        (out / stale).unlink(missing_ok=True)
-    write_text(text, conf)
+    row = reusable(out, text)
+    if row is not None:
+        return row, True
+    clear(out)
+    write_text(text, out / CONFIG)
     try:
-        return run_config(cfg, out, write_iterations=write_iterations), False
+        with recording() as files:
+            row = run_config(cfg, out, write_iterations=write_iterations)
     except Exception as e:
         record_failure(out, e)
         raise
+    write_text(json.dumps(fingerprint(files), indent=1) + "\n", out / INPUTS)
+    return row, False
+
+
+def reusable(out: Path, text: str) -> dict | None:
+    """The summary row of a finished run in `out` that the config `text`, the files it read and the code
+    would give again; None if there is none (a changed input, or a summary that cannot be read)."""
+    summary, conf, inputs = out / SUMMARY, out / CONFIG, out / INPUTS
+    if not (summary.is_file() and conf.is_file() and inputs.is_file()):
+        return None
+    try:
+        if conf.read_text() != text or not unchanged(json.loads(inputs.read_text())):
+            return None
+        rows = pd.read_csv(summary)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    if len(rows) != 1 or not {"policy", "request_throughput", "num_requests"} <= set(rows.columns):
+        return None
+    return rows.iloc[0].to_dict()
+
+
+def clear(out: Path) -> None:
+    """Remove an earlier run's results from `out`, its summary first (from then on the run is unfinished)."""
+    for stale in RESULT_FILES:
+        (out / stale).unlink(missing_ok=True)
 
 
 def record_failure(out: str | Path, err: BaseException) -> None:

@@ -104,3 +104,18 @@ def test_cli_runs_and_fails_with_one_line(tmp_path):
     assert len(list((tmp_path / "mr").glob("*/summary.csv"))) == 1
     assert p.returncode == 2
     assert "s3exec: error: KV capacity of" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_failed_rerun_leaves_no_earlier_summary_behind(tmp_path):
+    """The first run succeeds into a directory; a second, failing one into the same directory removes the
+    first run's summary before it starts, and records its failure."""
+    small = [a for a in SMALL if not a.startswith("executor.kv_memory")]
+    run = [sys.executable, "-c", "from s3exec.cli import main; main()", *small, f"hydra.run.dir={tmp_path}/run"]
+    first = subprocess.run([*run, "executor.kv_memory=1MiB"], capture_output=True, text=True, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "run" / "summary.csv").is_file()
+    second = subprocess.run([*run, "executor.kv_memory=4KiB"], capture_output=True, text=True, cwd=tmp_path)
+    assert second.returncode == 2
+    assert not (tmp_path / "run" / "summary.csv").exists() and not (tmp_path / "run" / "requests.csv").exists()
+    assert (tmp_path / "run" / "failed.txt").read_text().startswith("ConfigError: KV capacity of")
+    assert "kv_memory: 4KiB" in (tmp_path / "run" / "resolved_config.yaml").read_text()

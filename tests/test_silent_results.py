@@ -61,3 +61,83 @@ def test_clipped_outputs_counts_the_requests_served_not_the_table(tmp_path):
     last = run_config(cfg(*trace(tmp_path, later), "max_seq_len=64", "policy=orca", "num_requests=7"))
     assert last["clipped_outputs"] == 0
     assert "3 requests had their output cut to max_seq_len=64" in " ".join(run_notes(whole))
+
+
+# ---- stale results ------------------------------------------------------------------------------
+
+def small_trace_cfg(tmp_path, outputs):
+    over = trace(tmp_path, [(float(i), 10, o) for i, o in enumerate(outputs)])
+    return cfg(*over, "max_seq_len=64", "policy=orca")
+
+
+def test_a_finished_run_is_not_reused_when_a_file_it_read_changed(tmp_path):
+    from s3sim.runner import run_dir
+
+    c = small_trace_cfg(tmp_path, [5, 6, 7])
+    row, reused = run_dir(c, tmp_path / "run")
+    assert not reused and row["num_requests"] == 3
+    again, reused = run_dir(c, tmp_path / "run")
+    assert reused and again["request_throughput"] == row["request_throughput"]
+    small_trace_cfg(tmp_path, [5, 6, 7, 8, 9])  # the trace edited in place; the config text is the same
+    edited, reused = run_dir(c, tmp_path / "run")
+    assert not reused and edited["num_requests"] == 5
+    inputs = (tmp_path / "run" / "inputs.json").read_text()
+    assert str((tmp_path / "trace.csv").resolve()) in inputs and '"code"' in inputs
+
+
+def test_a_finished_run_is_not_reused_after_the_code_changed(tmp_path, monkeypatch):
+    from s3sim import inputs
+    from s3sim.runner import run_dir
+
+    c = small_trace_cfg(tmp_path, [5, 6, 7])
+    run_dir(c, tmp_path / "run")
+    monkeypatch.setattr(inputs, "code_version", lambda: "another version")
+    _, reused = run_dir(c, tmp_path / "run")
+    assert not reused
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff\xfe random bytes \x81", b"", b"policy,num_requests,request_throughput\n",
+                                     b"a,b\n1,2\n"])
+def test_a_corrupt_summary_is_run_again_and_collected_as_invalid(tmp_path, content):
+    from s3sim.collect import collect
+    from s3sim.runner import run_dir
+
+    c = small_trace_cfg(tmp_path, [5, 6, 7])
+    run_dir(c, tmp_path / "run")
+    (tmp_path / "run" / "summary.csv").write_bytes(content)
+    table = collect(tmp_path / "run")
+    assert table.status.tolist() == ["invalid"] and "summary.csv" in table.error.iloc[0]
+    row, reused = run_dir(c, tmp_path / "run")  # the point runs again and recovers by itself
+    assert not reused and row["num_requests"] == 3
+    assert collect(tmp_path / "run").status.tolist() == ["finished"]
+
+
+def collect_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "from s3sim.cli import collect_main; collect_main()", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_collect_reports_unreadable_configs_and_exits_nonzero_when_runs_did_not_finish(tmp_path):
+    from s3sim.runner import run_dir
+
+    run_dir(small_trace_cfg(tmp_path, [5, 6]), tmp_path / "runs" / "ok")
+    p = collect_cli(tmp_path / "runs", tmp_path / "all.csv")
+    assert p.returncode == 0, p.stderr
+    assert "request_throughput" in p.stdout and "kv_capacity_tokens" not in p.stdout  # a short table
+    bad = tmp_path / "runs" / "bad"
+    bad.mkdir()
+    (bad / "resolved_config.yaml").write_text("policy: [unclosed\n")
+    p = collect_cli(tmp_path / "runs", tmp_path / "all.csv")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "incomplete: bad: resolved_config.yaml cannot be read" in p.stderr
+
+
+def test_collect_to_a_path_it_cannot_write_is_one_line(tmp_path):
+    from s3sim.runner import run_dir
+
+    run_dir(small_trace_cfg(tmp_path, [5, 6]), tmp_path / "runs" / "ok")
+    p = collect_cli(tmp_path / "runs", tmp_path / "no" / "such" / "dir" / "all.csv")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write" in p.stderr

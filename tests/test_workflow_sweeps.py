@@ -25,7 +25,7 @@ def test_two_point_sweep_through_joblib_then_resumed(tmp_path):
     p = s3sim(*sweep, "hydra/launcher=local", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "JoblibLauncher" in (tmp_path / "mr" / "multirun.yaml").read_text()
-    assert "2 runs: 2 finished, 0 failed, 0 incomplete" in p.stderr
+    assert "2 runs: 2 finished, 0 failed, 0 invalid, 0 incomplete" in p.stderr
     summaries = sorted((tmp_path / "mr").glob("*/summary.csv"))
     assert len(summaries) == 2
     stamps = [s.stat().st_mtime_ns for s in summaries]
@@ -41,11 +41,11 @@ def test_two_point_sweep_through_joblib_then_resumed(tmp_path):
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     p = s3sim("-m", "policy.name=s3,nope", *TINY, f"hydra.sweep.dir={tmp_path}/mr", cwd=tmp_path)
     assert p.returncode == 1
-    assert "2 runs: 1 finished, 1 failed, 0 incomplete" in p.stderr
+    assert "2 runs: 1 finished, 1 failed, 0 invalid, 0 incomplete" in p.stderr
     assert "policy.name 'nope' is unknown" in p.stderr
     out = subprocess.run([sys.executable, "-c", "from s3sim.cli import collect_main; collect_main()",
                           str(tmp_path / "mr"), str(tmp_path / "all.csv")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # not every run finished
     assert "failed: 1_max_seq_len=512,num_requests=50,policy.name=nope: ConfigError: policy.name 'nope' is unknown" in out.stderr
     table = pd.read_csv(tmp_path / "all.csv").set_index("policy.name")
     assert table.status.to_dict() == {"s3": "finished", "nope": "failed"}
@@ -64,7 +64,7 @@ def test_collector_reads_finished_failed_and_killed_runs(tmp_path, cfg):
     assert table.status.to_dict() == {"bad": "failed", "killed": "incomplete", "ok": "finished"}
     assert table.error["bad"].startswith("ConfigError: max_seq_len must be a positive integer")
     assert table["policy.name"].to_dict() == {"bad": "s3", "killed": "s3", "ok": "s3"}
-    assert status_line(table.reset_index()).startswith("3 runs: 1 finished, 1 failed, 1 incomplete")
+    assert status_line(table.reset_index()).startswith("3 runs: 1 finished, 1 failed, 0 invalid, 1 incomplete")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no runs under"):
         collect(tmp_path / "empty")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.presets import preset_names, preset_path, read_preset
+from s3sim.inputs import note
 
 _DTYPE_BYTES = {"float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2, "float32": 4, "fp32": 4, "float": 4}
 # Families with a gated (SwiGLU) MLP: gate, up and down projections instead of two matrices.
@@ -104,6 +105,7 @@ class ModelSpec:
         file = p / "config.json" if p.is_dir() else p
         if not file.is_file():
             raise ConfigError(f"model config: no such file {str(file)!r} (expected a config.json or its folder)")
+        note(file)
         try:
             cfg = json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -29,6 +29,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
+from s3sim.inputs import note
 from s3sim.latency.base import LatencyModel
 
 PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
@@ -163,6 +164,7 @@ class AttentionTable:
 def _read(path: Path, columns) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"operator profile: no file {str(path)!r}")
+    note(path)
     try:
         table = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

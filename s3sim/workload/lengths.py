@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.inputs import note
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -82,6 +83,7 @@ def _data_dir(data_dir) -> Path:
 def _require(path: Path) -> Path:
     if not path.is_file():
         raise ConfigError(f"data file not found: {path} (expected the shared data folder; set workload.data_dir)")
+    note(path)
     return path
 
 
@@ -201,6 +203,7 @@ def _text_table(name: str):
     if not path.is_file():
         raise ConfigError(f"token-count table {path} is missing: rebuild it with "
                           f"`python -m s3sim.workload.token_counts`")
+    note(path)
     return pd.read_csv(path, dtype={"key": str, "prompt_hash": str})
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s3sim.core.errors import ConfigError
+from s3sim.inputs import note
 
 EXPECTED = ("'prompt' and 'response' (ShareGPT pairs), 'conversations' (ShareGPT), "
             "or 'instruction' and 'output' (Alpaca, AlpacaEval)")
@@ -35,6 +36,7 @@ def prompt_hash(prompt: str) -> int:
 def _rows(path: Path) -> list:
     if not path.is_file():
         raise ConfigError(f"data file not found: {path}")
+    note(path)
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         raise ConfigError(f"{path} is empty: expected JSON or JSONL rows with {EXPECTED}")

@@ -20,6 +20,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.predictors.buckets import Buckets
+from s3sim.inputs import note
 
 TABLES = Path(__file__).resolve().parents[1] / "tables"
 
@@ -60,6 +61,8 @@ class TrainedPredictor(Predictor):
         if not path.is_file() or not side.is_file():
             raise ConfigError(f"prediction table {path} (and its .json) not found; write one with "
                               f"`s3predict table` or use predictor.source=model")
+        note(path)
+        note(side)
         meta = json.loads(side.read_text())
         if scheme not in meta["buckets"]:
             raise ConfigError(f"{path.name} has no predictions for buckets {scheme}; it has "

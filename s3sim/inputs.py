@@ -1,0 +1,80 @@
+"""What a run read, so that a finished run is reused only while the same files and the same code would
+give it again.
+
+Every loader of a data file (workload tables and traces, text data sets, latency and all-reduce profiles,
+predictor tables, model config files) calls `note(path)`. `s3sim.runner.run_dir` records the files a run
+reads, writes their content hashes and a hash of the code beside the run's config (`inputs.json`), and
+reuses a finished run only when its config, its files and the code are all unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+_recorders: list[set] = []
+_hashes: dict[tuple, str] = {}
+CODE_DIRS = ("s3sim", "s3exec", "conf")
+CODE_SUFFIXES = (".py", ".yaml", ".json", ".csv", ".gz")
+
+
+def note(path) -> None:
+    """A data file is being read by whatever run is being recorded."""
+    for files in _recorders:
+        files.add(str(Path(path).resolve()))
+
+
+@contextmanager
+def recording():
+    """The set of files noted while the block runs."""
+    files: set[str] = set()
+    _recorders.append(files)
+    try:
+        yield files
+    finally:
+        _recorders.remove(files)
+
+
+def file_hash(path) -> str | None:
+    """SHA-256 of a file's bytes (None if it is gone), computed once per size and modification time."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _hashes[key] = h.hexdigest()
+    return _hashes[key]
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of the project's code, configs and bundled tables: any change to them makes earlier runs stale."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for folder in CODE_DIRS:
+        for f in sorted((root / folder).rglob("*")):
+            if f.suffix in CODE_SUFFIXES and "__pycache__" not in f.parts and f.is_file():
+                h.update(str(f.relative_to(root)).encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(files) -> dict:
+    """What a finished run is reused on: the code's hash and each file it read with its content hash."""
+    return {"code": code_version(), "files": {p: file_hash(p) for p in sorted(files)}}
+
+
+def unchanged(recorded: dict) -> bool:
+    """The code and every file of a recorded fingerprint are as they were."""
+    try:
+        return (recorded.get("code") == code_version()
+                and all(file_hash(p) == h for p, h in dict(recorded["files"]).items()))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return False
