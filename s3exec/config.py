@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload, served_clipped
+from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload, seed_of, served_clipped
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -83,7 +83,9 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     mode = get(ex, "mode", "fixed")
     check_mode(mode)
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
-    seed = int(get(cfg, "seed", 0))
+    seed = seed_of(cfg)
+    if get(cfg, "model.dtype") is not None:
+        raise ConfigError("model.dtype is the simulator's; the executor loads its model in executor.dtype")
     device = str(get(ex, "device", "cpu"))
     limit = get(ex, "memory_limit")
     if limit is None:

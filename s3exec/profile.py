@@ -194,7 +194,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
     from s3exec.models import load_model
-    from s3sim.config import get, positive_int
+    from s3sim.config import get, positive_int, seed_of
 
     ex = cfg["executor"]
     threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
@@ -204,7 +204,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     available, where = free_memory(device)
     source = str(get(ex, "model") or cfg["model"]["name"])
     dtype = str(get(ex, "dtype", "float32"))
-    m = load_model(source, dtype, device, int(get(cfg, "seed", 0)), available, where)
+    m = load_model(source, dtype, device, seed_of(cfg), available, where)
     points = points or grid(max_context=m.max_context)
     points = [p for p in points if max(p[0], p[3] + 1) <= m.max_context]
     if not points:

@@ -17,7 +17,7 @@ from s3sim.core.policies import POLICIES
 from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import get_gpu
-from s3sim.hardware.models import get_model
+from s3sim.hardware.models import get_model, with_dtype
 from s3sim.latency import LATENCY_MODELS
 from s3sim.metrics.summary import Slo
 from s3sim.workload import arrival_times, load_workload
@@ -37,6 +37,7 @@ class Setup:
     clipped: int  # requests whose output was cut to max_seq_len
     workload_rows: int  # rows of the workload table the requests were drawn from
     context_clipped: int = 0  # requests whose output was cut where it would run past the model's context
+    model: object = None  # the ModelSpec served
 
 
 def rows_used(requests: int, rows: int) -> str:
@@ -63,6 +64,12 @@ def run_notes(row: dict) -> list[str]:
     if row.get("context_clipped"):
         notes.append(f"note: {row['context_clipped']:,} requests stop where their output would run past the "
                      f"model's context window (context_clipped)")
+    if row.get("workload") == "trace" and row.get("arrival") != "trace":
+        notes.append(f"note: the trace's timestamps are not replayed (arrival={row.get('arrival')}); "
+                     f"arrival=trace replays them")
+    if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
+        notes.append(f"note: the model's config does not say, so the simulator assumed {row['model_assumed']} "
+                     f"(model_assumed; model.dtype overrides the dtype)")
     return [n for n in notes if n]
 
 
@@ -127,6 +134,19 @@ def positive_int(value, field, allow_none=False):
     return int(value)
 
 
+def seed_of(cfg) -> int:
+    """The run's `seed`: a non-negative integer (1.7 or -1 would be coerced or refused by numpy unseen)."""
+    value = get(cfg, "seed", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+# arrivals later than this (about 32 years) lose sub-microsecond resolution in float64 seconds, so a
+# run's latencies would come out rounded, even to 0
+LATEST_ARRIVAL_S = 1e9
+
+
 def build_workload(cfg):
     """Prompt and output lengths of the requests of `cfg`, their arrival times, and the workload table."""
     wl, idx, arr = sample_workload(cfg)
@@ -144,7 +164,7 @@ def sample_workload(cfg):
     wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
     n = positive_int(get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
-    seed = int(get(cfg, "seed", 0))
+    seed = seed_of(cfg)
     # fewer requests than rows: a seeded sample; more: cycle through the table
     idx = np.random.default_rng(seed).permutation(rows)[:n] if n <= rows else np.arange(n) % rows
     a = cfg["arrival"]
@@ -160,6 +180,11 @@ def sample_workload(cfg):
         ts = wl.timestamps[idx]
     arr = arrival_times(n, process, rate=get(a, "rate"), burstiness=get(a, "burstiness", 1.0), seed=seed,
                         timestamps=ts)
+    if len(arr) and not float(np.max(arr)) <= LATEST_ARRIVAL_S:
+        what = "arrival.rate" if process != "trace" else "workload.time_scale"
+        raise ConfigError(f"{what}: arrivals would reach {float(np.max(arr)):.3g} s, beyond {LATEST_ARRIVAL_S:.0e} s, "
+                          f"where float64 seconds lose the microseconds an iteration takes; "
+                          f"use a higher arrival.rate or a smaller workload.time_scale")
     order = np.argsort(arr, kind="stable")  # rows in arrival order: request i is row idx[i] in both engines
     return wl, idx[order], arr[order]
 
@@ -167,7 +192,7 @@ def sample_workload(cfg):
 def build(cfg) -> Setup:
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     policy_class(cfg)
-    model = get_model(cfg["model"]["name"])
+    model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
     gpu = get_gpu(cfg["gpu"]["name"])
     num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
     if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
@@ -189,7 +214,7 @@ def build(cfg) -> Setup:
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped)
+                 len(wl.prompt_len), context_clipped, model)
 
 
 def served_clipped(wl, idx) -> int:
@@ -235,6 +260,6 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=N
         from s3sim.predictor.trained.predictor import from_config
         return from_config(cfg, scheme, k, max_seq_len, keys)
     acc = pc["accuracy"]
-    if not isinstance(acc, (int, float)) or math.isnan(acc):
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or math.isnan(acc):
         raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")
-    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=int(get(cfg, "seed", 0)))
+    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=seed_of(cfg))

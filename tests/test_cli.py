@@ -72,6 +72,15 @@ def test_multirun_compares_policies_and_collects(tmp_path):
     (["max_seq_len=100000000"], "max_seq_len=100000000 exceeds the context window of gpt-j-6b (2,048 tokens)"),
     (["+kv_capacity_tokens=10"], "cannot hold one request"),
     (["gpu.count=3"], "gpu.count=3 cannot split gpt-j-6b's 16 attention heads"),
+    (["seed=1.7"], "seed must be a non-negative integer, got 1.7"),
+    (["seed=abc"], "seed must be a non-negative integer, got 'abc'"),
+    (["seed=-1"], "seed must be a non-negative integer, got -1"),
+    (["predictor.accuracy=true"], "predictor.accuracy must be a number between 0 and 1, got True"),
+    (["slo.ttft=-1"], "slo.ttft must be a positive number of seconds or null, got -1"),
+    (["slo.tpot=abc"], "slo.tpot must be a positive number of seconds or null, got 'abc'"),
+    (["arrival=poisson", "arrival.rate=1e-300"], "arrival.rate: arrivals would reach"),
+    (["latency.compute_efficiency=abc"], "latency.compute_efficiency"),
+    (["model.dtype=int8"], "model.dtype 'int8' is unknown; valid: float16, bfloat16, float32"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     p = s3sim(*SMALL, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)

@@ -141,3 +141,42 @@ def test_collect_to_a_path_it_cannot_write_is_one_line(tmp_path):
     run_dir(small_trace_cfg(tmp_path, [5, 6]), tmp_path / "runs" / "ok")
     p = collect_cli(tmp_path / "runs", tmp_path / "no" / "such" / "dir" / "all.csv")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cannot write" in p.stderr
+
+
+# ---- what was assumed or switched is said ---------------------------------------------------------
+
+def test_a_config_json_without_sizes_says_what_was_assumed_and_dtype_overrides(tmp_path):
+    import json
+
+    shape = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+             "vocab_size": 256, "max_position_embeddings": 512}
+    (tmp_path / "config.json").write_text(json.dumps(shape))
+    row = run_config(cfg(f"model.name={tmp_path / 'config.json'}", "num_requests=20", "max_seq_len=64"))
+    assert row["model_assumed"] == "intermediate_size = 4 x hidden_size; torch_dtype = float16"
+    assert any("assumed intermediate_size = 4 x hidden_size" in n for n in run_notes(row))
+    full = dict(shape, intermediate_size=128, torch_dtype="float32")
+    (tmp_path / "config.json").write_text(json.dumps(full))
+    row32 = run_config(cfg(f"model.name={tmp_path / 'config.json'}", "num_requests=20", "max_seq_len=64"))
+    assert row32["model_assumed"] == ""
+    assert row32["model_dtype_bytes"] == 4
+    row16 = run_config(cfg(f"model.name={tmp_path / 'config.json'}", "model.dtype=float16", "num_requests=20",
+                           "max_seq_len=64"))
+    assert row16["model_dtype_bytes"] == 2
+    assert row16["kv_capacity_tokens"] > row32["kv_capacity_tokens"]  # half the bytes per token, smaller weights
+
+
+def test_a_trace_served_without_its_timestamps_is_noted(tmp_path):
+    over = trace(tmp_path, [(0.0, 10, 5), (1.0, 12, 6)])
+    row = run_config(cfg(*over[:2], "max_seq_len=64"))  # workload=trace, arrival left offline
+    assert row["arrival"] == "offline"
+    assert any("the trace's timestamps are not replayed (arrival=offline)" in n for n in run_notes(row))
+    assert not any("timestamps" in n for n in run_notes(run_config(cfg(*over, "max_seq_len=64"))))
+
+
+def test_the_executor_refuses_the_simulators_dtype_override():
+    from s3exec.config import build_exec
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        c = OmegaConf.to_container(compose("exec", overrides=["model.dtype=float16", "num_requests=4"]), resolve=True)
+    with pytest.raises(ConfigError, match="model.dtype is the simulator's; the executor loads its model in executor.dtype"):
+        build_exec(c)

@@ -8,7 +8,7 @@ published parameter count where there is one. ``ModelSpec.from_hf_dict`` reads t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from s3sim.core.errors import ConfigError
@@ -44,6 +44,7 @@ class ModelSpec:
     expert_params: int = 0
     n_experts: int = 0
     experts_per_token: int = 0
+    assumed: tuple = ()  # what its config did not say and was assumed (e.g. "intermediate_size = 4 x hidden_size")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -57,7 +58,7 @@ class ModelSpec:
             raise ConfigError(f"model '{self.name}': a mixture of experts needs 0 < experts_per_token <= n_experts "
                               f"and 0 < expert_params < n_params")
         for f in fields(self):
-            if f.name in ("name", "source", *moe):
+            if f.name in ("name", "source", "assumed", *moe):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -143,6 +144,11 @@ class ModelSpec:
         head_dim = as_int(get("head_dim", default=hidden // n_heads if n_heads > 0 else 0), "head_dim")
         vocab = as_int(get("vocab_size"), "vocab_size")
         max_ctx = as_int(get("max_position_embeddings", "n_positions"), "max_position_embeddings")
+        assumed = []
+        if not any(k in cfg for k in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size")):
+            assumed.append("intermediate_size = 4 x hidden_size")  # (n_inner: null is GPT-2/J's own rule for it)
+        if not any(k in cfg for k in ("torch_dtype", "dtype")):
+            assumed.append("torch_dtype = float16")
         inter = as_int(get("intermediate_size", "ffn_dim", "n_inner", default=4 * hidden), "intermediate_size")
         dtype = str(get("torch_dtype", "dtype", default="float16")).lower().removeprefix("torch.")
         if dtype not in _DTYPE_BYTES:
@@ -171,7 +177,7 @@ class ModelSpec:
             ) + expert_params + n_layers * hidden * experts  # experts and their routers
         return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
                    _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
-                   experts_per_token=per_token)
+                   experts_per_token=per_token, assumed=tuple(assumed))
 
 
 def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,
@@ -191,6 +197,19 @@ def preset_spec(path: str | Path) -> ModelSpec:
 
 
 MODEL_PRESETS: dict[str, ModelSpec] = {name: preset_spec(preset_path(name)) for name in preset_names()}
+
+
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def with_dtype(model: ModelSpec, dtype: str | None) -> ModelSpec:
+    """`model` served in `dtype` (weights and KV), whatever its config says; None keeps the config's."""
+    if dtype is None:
+        return model
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype '{dtype}' is unknown; valid: {', '.join(DTYPES)} (or null: the config's)")
+    return replace(model, dtype_bytes=_DTYPE_BYTES[dtype],
+                   assumed=tuple(a for a in model.assumed if not a.startswith("torch_dtype")))
 
 
 def get_model(name_or_path: str | Path) -> ModelSpec:

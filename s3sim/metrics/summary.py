@@ -25,8 +25,17 @@ class Slo:
 
     @classmethod
     def from_config(cls, cfg) -> "Slo":
-        """The `slo` block of a run's config (missing: no SLO)."""
+        """The `slo` block of a run's config (missing: no SLO); each bound a positive number of seconds or null."""
+        from s3sim.core.errors import ConfigError
+
         s = cfg.get("slo") or {}
+        unknown = sorted(set(s) - {"ttft", "tpot", "e2e"})
+        if unknown:
+            raise ConfigError(f"slo.{unknown[0]} is unknown; valid: ttft, tpot, e2e")
+        for k in ("ttft", "tpot", "e2e"):
+            v = s.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+                raise ConfigError(f"slo.{k} must be a positive number of seconds or null, got {v!r}")
         return cls(ttft=s.get("ttft"), tpot=s.get("tpot"), e2e=s.get("e2e"))
 
 
