@@ -25,8 +25,16 @@ def _record(out: Path, err: Exception) -> None:
         record_failure(out, err)
 
 
+def main() -> None:
+    """The `s3exec` command: Hydra's own errors about the overrides first, as one line (exit 2), then the app."""
+    from s3sim.hydra_errors import precheck
+
+    precheck(CONF_DIR, "exec", sys.argv[1:], "s3exec")
+    app()
+
+
 @hydra.main(config_path=CONF_DIR, config_name="exec", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from s3exec.runner import run_exec

@@ -17,8 +17,16 @@ def _fail(kind: str, err: Exception) -> None:
     sys.exit(2 if kind == "error" else 3)
 
 
+def main() -> None:
+    """The `s3sim` command: Hydra's own errors about the overrides first, as one line (exit 2), then the app."""
+    from s3sim.hydra_errors import precheck
+
+    precheck(CONF_DIR, "config", sys.argv[1:], "s3sim")
+    app()
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     """One run into Hydra's output dir. In a sweep a failing run is recorded (failed.txt) and the sweep
     goes on; `SweepReport` names the failures at the end. A finished run of the same config is reused."""
     from hydra.core.hydra_config import HydraConfig

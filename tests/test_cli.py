@@ -59,7 +59,8 @@ def test_multirun_compares_policies_and_collects(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["policy=nope"], "Could not find 'policy/nope'"),
+    (["policy=nope"], "policy=nope: unknown; valid: ft, hf, oracle, orca, paged, paged_spf, s3, vllm"),
+    (["polcy.name=s3"], "polcy.name: no such key; did you mean policy.name?"),
     (["policy.name=nope"], "policy.name 'nope' is unknown; valid: ft, hf, orca, s3, oracle, paged"),
     (["arrival=poisson", "arrival.rate=-1"], "arrival.rate must be a positive number"),
     (["arrival=poisson", "arrival.rate=0"], "arrival.rate must be a positive number"),

@@ -96,7 +96,7 @@ def test_trace_bad_row_reports_line(tmp_path):
 def test_trace_bad_header_missing_file_bad_scale(tmp_path):
     with pytest.raises(ConfigError, match="TIMESTAMP,ContextTokens,GeneratedTokens"):
         load_trace(write(tmp_path, "time,prompt,output\n1,2,3\n"))
-    with pytest.raises(ConfigError, match="data file not found: .*nope.csv"):
+    with pytest.raises(ConfigError, match="workload.path: no trace file .*nope.csv"):
         load_trace(tmp_path / "nope.csv")
     with pytest.raises(ConfigError, match="time_scale"):
         load_trace(write(tmp_path, HEADER + "1,2,3\n"), time_scale=0)

@@ -175,9 +175,15 @@ class ModelSpec:
                 gated_mlp=gated, tied_embeddings=tied,
                 learned_positions=max_ctx if family in _LEARNED_POSITIONS else 0,
             ) + expert_params + n_layers * hidden * experts  # experts and their routers
-        return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
-                   _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
-                   experts_per_token=per_token, assumed=tuple(assumed))
+        try:
+            return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
+                       _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
+                       experts_per_token=per_token, assumed=tuple(assumed))
+        except ConfigError as e:  # say it in the config's own words: its file and JSON key
+            msg = str(e).replace(f"model '{name}': ", f"model config {where!r}: ", 1)
+            for field, key in _JSON_KEYS.items():
+                msg = msg.replace(f": {field} ", f": {key} ", 1)
+            raise ConfigError(msg) from None
 
 
 def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,
@@ -200,6 +206,10 @@ MODEL_PRESETS: dict[str, ModelSpec] = {name: preset_spec(preset_path(name)) for 
 
 
 DTYPES = ("float16", "bfloat16", "float32")
+# ModelSpec fields by the config.json key they come from (for errors about a config file)
+_JSON_KEYS = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads",
+              "max_context": "max_position_embeddings", "n_params": "the parameter count (from the shape)",
+              "n_experts": "num_experts", "experts_per_token": "num_experts_per_tok"}
 
 
 def with_dtype(model: ModelSpec, dtype: str | None) -> ModelSpec:

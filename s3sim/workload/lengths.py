@@ -115,6 +115,11 @@ def _read_json(path: Path):
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
+
+
+MAX_TOKENS = 10**9  # no prompt or output is this long; a count beyond it is a corrupt row, not a request
 
 
 def _nonneg_int(text: str, where: str, field: str) -> int:
@@ -123,8 +128,28 @@ def _nonneg_int(text: str, where: str, field: str) -> int:
     except (TypeError, ValueError):
         v = -1
     if v < 0:
-        raise ConfigError(f"{where}: {field} {text!r} is not a non-negative integer")
+        raise ConfigError(f"{where}: {field} {_short(text)} is not a non-negative integer")
+    if v > MAX_TOKENS:
+        raise ConfigError(f"{where}: {field} {_short(text)} is more than {MAX_TOKENS:,} tokens")
     return v
+
+
+def _short(text, limit: int = 40) -> str:
+    """A field as an error line quotes it: its repr, cut to `limit` characters."""
+    r = repr(text)
+    return r if len(r) <= limit else r[:limit] + f"... ({len(str(text)):,} characters)"
+
+
+def _csv_rows(path: Path, reader_rows):
+    """Rows of a CSV file, with a bad byte or an oversized field as one line naming the file and line."""
+    try:
+        yield from reader_rows
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte {e.object[e.start:e.start + 1]!r} at offset {e.start} is not UTF-8 text") \
+            from None
+    except csv.Error as e:
+        line = getattr(reader_rows, "line_num", "?")
+        raise ConfigError(f"{path.name} line {line}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- alpaca
@@ -178,7 +203,7 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
         if reader.fieldnames is None or not set(cols) <= set(reader.fieldnames):
             raise ConfigError(f"{path} line 1: header must include columns {', '.join(cols)}; "
                               f"got {reader.fieldnames}")
-        for row in reader:
+        for row in _csv_rows(path, reader):
             where = f"{path.name} line {reader.line_num}"
             prompt.append(max(1, _nonneg_int(row[cols[0]], where, cols[0])))
             output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
@@ -295,15 +320,17 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
     if isinstance(time_scale, bool) or not isinstance(time_scale, Real) or not (
             math.isfinite(time_scale) and time_scale > 0):
         raise ConfigError(f"workload.time_scale must be a positive finite number, got {time_scale!r}")
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"workload.path: no trace file {str(path)!r}")
     path = _require(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
     whole, frac, prompt, output = [], [], [], []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
+        header = [h.strip() for h in next(_csv_rows(path, reader), [])]
         if tuple(header[:3]) != TRACE_COLUMNS:
             raise ConfigError(f"{path} line 1: header must start with {','.join(TRACE_COLUMNS)}; "
                               f"got {','.join(header) or 'an empty file'}")
-        for row in reader:
+        for row in _csv_rows(path, reader):
             if not row:
                 continue
             where = f"{path.name} line {reader.line_num}"
@@ -311,13 +338,15 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
                 raise ConfigError(f"{where}: expected 3 fields {','.join(TRACE_COLUMNS)}, got {len(row)}")
             t = _parse_time(row[0])
             if t is None:
-                raise ConfigError(f"{where}: TIMESTAMP {row[0]!r} is neither seconds nor 'YYYY-MM-DD HH:MM:SS.f'")
+                raise ConfigError(f"{where}: TIMESTAMP {_short(row[0])} is neither seconds nor 'YYYY-MM-DD HH:MM:SS.f'")
             if whole and (t[0] == 0) != (whole[0] == 0):
-                raise ConfigError(f"{where}: TIMESTAMP {row[0]!r} mixes plain seconds and date-time stamps")
+                raise ConfigError(f"{where}: TIMESTAMP {_short(row[0])} mixes plain seconds and date-time stamps")
             whole.append(t[0])
             frac.append(t[1])
             prompt.append(max(1, _nonneg_int(row[1], where, "ContextTokens")))
             output.append(max(1, _nonneg_int(row[2], where, "GeneratedTokens")))
+    if not whole:
+        raise ConfigError(f"{path}: no requests after the header line")
     w, fr = np.array(whole, dtype=np.int64), np.array(frac, dtype=np.float64)
     order = np.lexsort((fr, w))  # stable: equal times keep file order
     w, fr = w[order], fr[order]

@@ -37,7 +37,10 @@ def _rows(path: Path) -> list:
     if not path.is_file():
         raise ConfigError(f"data file not found: {path}")
     note(path)
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
     if not text.strip():
         raise ConfigError(f"{path} is empty: expected JSON or JSONL rows with {EXPECTED}")
     stripped = text.lstrip()

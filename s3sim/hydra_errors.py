@@ -1,0 +1,100 @@
+"""Hydra's own errors as the project's: one line, exit code 2, naming the valid choices or the nearest key.
+
+Hydra composes a config before the app runs and reports a bad override (an unknown group value, a
+misspelt key, a syntax error) over several lines with exit code 1. `precheck` composes the config first
+the same way, once for each value a sweep gives, and turns such an error into one line.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out += _flat_keys(v, key + ".")
+    return out
+
+
+def _choices(conf_dir: str, group: str) -> list[str]:
+    folder = Path(conf_dir) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def explain(err: Exception, override: str, conf_dir: str, config_name: str) -> str:
+    """One line for Hydra's error about `override`."""
+    text = str(err)
+    key, _, value = override.lstrip("+~").partition("=")
+    groups = [p.name for p in Path(conf_dir).iterdir() if p.is_dir()]
+    if "Could not find" in text or key in groups and "Could not" in text:
+        valid = _choices(conf_dir, key)
+        if valid:
+            return f"{key}={value}: unknown; valid: {', '.join(valid)}"
+    if "Could not override" in text or "not in struct" in text or "Key '" in text:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            known = _flat_keys(OmegaConf.to_container(compose(config_name)))
+        near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else "see `--cfg job` for the keys"
+        return f"{key}: no such key; {hint} (a new key needs +{key}=...)"
+    first = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
+    return f"{override}: {first}"
+
+
+def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> None:
+    """Exit with one line (code 2) if Hydra would refuse the overrides in `args`."""
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
+           or a.startswith("--info") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        print(f"{prog}: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    # the first value of every override, then each other value of each sweep on its own
+    base = [f"{o.get_key_element()}={_first(o)}" for o in parsed]
+    trials = [(base, o.input_line) for o in parsed]
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            for v in list(o.sweep_string_iterator())[1:]:
+                trials.append((base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1:], f"{o.get_key_element()}={v}"))
+    seen = set()
+    for ovs, _ in trials:
+        if tuple(ovs) in seen:
+            continue
+        seen.add(tuple(ovs))
+        try:
+            with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+                compose(config_name, overrides=ovs)
+        except (HydraException, OmegaConfBaseException) as e:
+            print(f"{prog}: error: {explain(e, _culprit(e, ovs), conf_dir, config_name)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def _first(o) -> str:
+    if o.is_sweep_override():
+        return next(iter(o.sweep_string_iterator()))
+    return o.get_value_element_as_str()
+
+
+def _culprit(err: Exception, overrides: list[str]) -> str:
+    """The override Hydra's error is about (the first one its message names), else the last one."""
+    text = str(err)
+    for ov in overrides:
+        key = ov.lstrip("+~").partition("=")[0]
+        if f"'{key}'" in text or f"{key}/" in text or f"'{key.split('.')[-1]}'" in text:
+            return ov
+    return overrides[-1] if overrides else ""
