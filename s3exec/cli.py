@@ -36,6 +36,7 @@ def main() -> None:
 @hydra.main(config_path=CONF_DIR, config_name="exec", version_base="1.3")
 def app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from s3exec.runner import run_exec
     from s3sim.runner import clear, write_text
@@ -50,12 +51,16 @@ def app(cfg: DictConfig) -> None:
         row, _ = run_exec(resolved, out, progress=bool(ex.get("progress", True)) and sys.stderr.isatty(),
                           write_iterations=bool(cfg.get("write_iterations", False)),
                           write_tokens=bool(ex.get("write_tokens", True)))
-    except ConfigError as e:
+    except Exception as e:
         _record(out, e)
-        _fail("error", e)
-    except InvariantViolation as e:
-        _record(out, e)
-        _fail("invariant violated", e)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; SweepReport names it at the end
+            print(f"s3exec: {out}: {type(e).__name__}: {e}", file=sys.stderr)
+            return
+        if isinstance(e, ConfigError):
+            _fail("error", e)
+        if isinstance(e, InvariantViolation):
+            _fail("invariant violated", e)
+        raise
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
     print("  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))

@@ -94,16 +94,26 @@ def test_every_preset_runs_at_the_shape_the_simulator_reads():
     assert resolve_source("gpt-j-6b")[1].model_type == "gpt_neox"  # GPT-J's shape on GPT-NeoX's code
 
 
-def test_cli_runs_and_fails_with_one_line(tmp_path):
-    """One process (the imports dominate): a sweep whose first run succeeds and whose second cannot fit."""
+def test_a_sweep_goes_on_past_a_failing_point_and_names_it(tmp_path):
+    """One process (the imports dominate): the second of three points cannot fit; the third still runs, the
+    failure is recorded in its run directory and named at the end, and the exit code is 1."""
     small = [a for a in SMALL if not a.startswith("executor.kv_memory")]
     p = subprocess.run([sys.executable, "-c", "from s3exec.cli import main; main()", "-m", *small,
-                        "executor.kv_memory=1MiB,4KiB", f"hydra.sweep.dir={tmp_path}/mr"],
+                        "executor.kv_memory=1MiB,4KiB,2MiB", f"hydra.sweep.dir={tmp_path}/mr"],
                        capture_output=True, text=True, cwd=tmp_path)
-    assert "policy=s3" in p.stdout
-    assert len(list((tmp_path / "mr").glob("*/summary.csv"))) == 1
-    assert p.returncode == 2
-    assert "s3exec: error: KV capacity of" in p.stderr and "Traceback" not in p.stderr
+    assert p.stdout.count("policy=s3") == 2
+    assert len(list((tmp_path / "mr").glob("*/summary.csv"))) == 2
+    failed = list((tmp_path / "mr").glob("*/failed.txt"))
+    assert len(failed) == 1 and failed[0].read_text().startswith("ConfigError: KV capacity of")
+    assert p.returncode == 1
+    assert "3 runs: 2 finished, 1 failed, 0 invalid, 0 incomplete" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_single_run_fails_with_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-c", "from s3exec.cli import main; main()", *SMALL, "executor.kv_memory=4KiB",
+                        f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("s3exec: error: KV capacity of")
 
 
 def test_a_failed_rerun_leaves_no_earlier_summary_behind(tmp_path):
