@@ -8,6 +8,7 @@ published parameter count where there is one. ``ModelSpec.from_hf_dict`` reads t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -132,7 +133,8 @@ class ModelSpec:
             return default
 
         def as_int(value, key: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or isinstance(value, float) and not math.isfinite(value) or value != int(value)):
                 raise ConfigError(f"model config {where!r}: {key} must be an integer, got {value!r}")
             return int(value)
 

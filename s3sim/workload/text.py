@@ -69,6 +69,10 @@ def _pair(row, where: str, index: int) -> TextPair | None:
         return TextPair(key, str(row["prompt"]), str(row["response"]))
     if "conversations" in row:
         turns = row["conversations"] or []
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            bad = turns if not isinstance(turns, list) else next(t for t in turns if not isinstance(t, dict))
+            raise ConfigError(f"{where}: conversations must be a list of {{\"from\": ..., \"value\": ...}} objects, "
+                              f"got a {type(bad).__name__}")
         human = next((t.get("value") for t in turns if t.get("from") in ("human", "user")), None)
         gpt = next((t.get("value") for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
         return None if human is None or gpt is None else TextPair(key, str(human), str(gpt))

@@ -29,6 +29,16 @@ def cache_dir(arg: str | None = None) -> Path:
     return Path(arg or os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3" / "predictors")
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1 (exclusive), got {text}")
+    return v
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -36,14 +46,21 @@ def _positive(text: str) -> int:
     return v
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad argument as one line (the project's form) instead of the usage and the error."""
+
+    def error(self, message):
+        self.exit(2, f"s3predict: error: {message} ({' '.join([*self.prog.split(), '--help'])})\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="s3predict", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = OneLineParser(prog="s3predict", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("data", help="JSON/JSONL prompt/response file")
     common.add_argument("--tokenizer", default="smollm2", help="served model's tokenizer: smollm2 or a folder")
     common.add_argument("--split-seed", type=int, default=0)
-    common.add_argument("--test-frac", type=float, default=0.2)
+    common.add_argument("--test-frac", type=_fraction, default=0.2)
     common.add_argument("--limit", type=_positive, default=None, help="use only the first N rows")
     common.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
     common.add_argument("--no-progress", action="store_true")
@@ -92,7 +109,9 @@ def train(a) -> Path:
     folder = cache_dir(a.cache_dir) / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
     _recover(folder)
     if (folder / "meta.json").is_file() and not a.fresh:
-        meta = json.loads((folder / "meta.json").read_text())
+        from s3sim.predictor.trained.model import read_meta
+
+        meta = read_meta(folder)
         if meta.get("settings") != settings:
             raise ConfigError(f"{folder} holds a run with other settings; pass --fresh to replace it or --name")
         if meta.get("done"):

@@ -125,7 +125,7 @@ class LengthClassifier(nn.Module):
         folder = Path(folder)
         if not (folder / "meta.json").is_file():
             raise ConfigError(f"{folder} is not a trained predictor (no meta.json); train one with `s3predict train`")
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = read_meta(folder)
         buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
         enc = AutoModel.from_pretrained(folder / "encoder", local_files_only=True)
         tok = AutoTokenizer.from_pretrained(folder / "encoder", local_files_only=True)
@@ -137,3 +137,16 @@ class LengthClassifier(nn.Module):
 
 def _key(name: str) -> str:
     return name.replace(":", "_")  # ModuleDict keys cannot hold some characters
+
+
+def read_meta(folder: Path) -> dict:
+    """A trained predictor's `meta.json`, checked: one line naming the file if it is not a run's metadata."""
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a trained predictor's metadata ({str(e).splitlines()[0]}); train again with "
+                          f"`s3predict train --fresh`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("buckets", {}), dict):
+        raise ConfigError(f"{path}: not a trained predictor's metadata (expected an object with 'buckets')")
+    return meta

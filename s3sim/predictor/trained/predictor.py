@@ -201,7 +201,9 @@ def _training_rows(folder: Path):
     """The prompts and output lengths the model was trained on (its run's data file, train side)."""
     from s3sim.predictor.trained.data import labelled_rows
 
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else {}
+    from s3sim.predictor.trained.model import read_meta
+
+    meta = read_meta(folder) if (folder / "meta.json").is_file() else {}
     st = meta.get("settings")
     if not st:
         raise ConfigError(f"{folder} does not record its training data; set predictor.retrain.replay=0")

@@ -1,0 +1,124 @@
+"""Bad input to the three command lines (s3sim, s3exec, s3predict): exit code 2, one line naming the field or
+line, no traceback, and no file left that claims success. Random traces and model configs (hypothesis)
+either load or fail with the project's one-line error, never another exception."""
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3sim.core.errors import ConfigError
+from s3sim.hardware.models import ModelSpec
+from s3sim.workload.lengths import load_trace
+
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+def cli(module_call, *args, cwd):
+    return subprocess.run([sys.executable, "-c", module_call, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def assert_one_line_error(p, needle, run_dir=None):
+    assert p.returncode == 2, (p.returncode, p.stderr[-500:])
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert needle in lines[0], lines[0]
+    if run_dir is not None:
+        assert not (run_dir / "summary.csv").exists()
+
+
+TRACES = {  # file content -> what the one line names
+    "header_only": (HEADER, "no requests after the header line"),
+    "twenty_digits": (HEADER + "0.0,12345678901234567890,5\n", "line 2: ContextTokens '12345678901234567890' is more than"),
+    "huge_field": (HEADER + "0.0,10,5\n1.0," + "7" * 200_000 + ",5\n", "line 3: field larger than field limit"),
+    "not_utf8": (HEADER.encode() + b"0.0,1\xff0,5\n", "is not UTF-8 text"),
+    "bad_header": ("time,prompt,output\n0,1,2\n", "line 1: header must start with TIMESTAMP"),
+    "negative": (HEADER + "0.0,-3,5\n", "line 2: ContextTokens '-3' is not a non-negative integer"),
+    "bad_time": (HEADER + "yesterday,3,5\n", "line 2: TIMESTAMP 'yesterday' is neither seconds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRACES))
+def test_s3sim_bad_traces(tmp_path, case):
+    content, needle = TRACES[case]
+    path = tmp_path / "trace.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    p = cli("from s3sim.cli import main; main()", "workload=trace", f"workload.path={path}", "arrival=trace",
+            "max_seq_len=64", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert_one_line_error(p, needle, tmp_path / "run")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["seed=abc"], "seed must be a non-negative integer, got 'abc'"),
+    (["executor.dtype=int4"], "executor.dtype 'int4' is unknown"),
+    (["executor.kv_memory=lots"], "executor.kv_memory 'lots' is not a size"),
+    (["policy=nope"], "policy=nope: unknown; valid: ft, hf"),
+    (["executor.devise=cpu"], "executor.devise: no such key; did you mean executor.device?"),
+    (["model.dtype=float16"], "model.dtype is the simulator's"),
+    (["policy=hf", "policy.sizing=actual", "executor.mode=natural"], "executor.mode=natural with policy.sizing=actual"),
+])
+def test_s3exec_bad_input(tmp_path, args, needle):
+    p = cli("from s3exec.cli import main; main()", "num_requests=4", "max_seq_len=16", *args,
+            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert_one_line_error(p, needle, tmp_path / "run")
+
+
+def test_s3predict_bad_input(tmp_path):
+    (tmp_path / "conv.jsonl").write_text('{"id": "a", "conversations": ["hello", "hi"]}\n')
+    (tmp_path / "ok.jsonl").write_text('{"prompt": "hello there", "response": "hi"}\n')
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "meta.json").write_text("{not json")
+    call = "import sys; from s3sim.predictor.trained.cli import main; sys.exit(main())"
+    cases = [
+        (["train", tmp_path / "ok.jsonl", "--test-frac", "1.5"], "--test-frac: must be a fraction between 0 and 1"),
+        (["train", tmp_path / "conv.jsonl", "--no-progress"], "conv.jsonl line 1: conversations must be a list"),
+        (["evaluate", tmp_path / "ok.jsonl", "--model", tmp_path / "model", "--no-progress"],
+         "meta.json: not a trained predictor's metadata"),
+        (["train", tmp_path / "missing.jsonl", "--no-progress"], "missing.jsonl"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(cli(call, *args, cwd=tmp_path), needle)
+
+
+# ---- generated input: the project's one-line error or a result, nothing else ----------------------
+
+cells = st.one_of(st.integers(-5, 10**25).map(str), st.floats(allow_nan=True).map(str), st.text(max_size=12),
+                  st.sampled_from(["", " ", "2024-01-01 00:00:00.5", "1e400", "nan", "0x10", "٣"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.lists(cells, min_size=0, max_size=4), max_size=6),
+       header=st.sampled_from([HEADER, "", "TIMESTAMP,ContextTokens\n", HEADER.lower()]))
+def test_any_trace_loads_or_is_one_config_error(tmp_path_factory, rows, header):
+    path = tmp_path_factory.mktemp("t") / "trace.csv"
+    body = "".join(",".join(c.replace(",", " ").replace("\n", " ").replace("\r", " ").replace('"', "")
+                            for c in r) + "\n" for r in rows)
+    path.write_text(header + body, encoding="utf-8", errors="surrogatepass")
+    try:
+        wl = load_trace(path, max_output=64)
+    except ConfigError as e:
+        assert "\n" not in str(e)
+        return
+    assert len(wl) >= 1 and (wl.prompt_len >= 1).all() and (wl.output_len >= 1).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(cfg=st.fixed_dictionaries({}, optional={
+    k: st.one_of(st.integers(-3, 70000), st.floats(-1, 1e6), st.just(float("nan")), st.text(max_size=5), st.none(),
+                 st.booleans())
+    for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "vocab_size",
+              "max_position_embeddings", "intermediate_size", "head_dim", "torch_dtype", "num_experts",
+              "num_experts_per_tok")}))
+def test_any_model_config_reads_or_is_one_config_error(cfg):
+    try:
+        ModelSpec.from_hf_dict(cfg, "m", where="config.json")
+    except ConfigError as e:
+        assert "\n" not in str(e)
+        return
+    except (ZeroDivisionError, OverflowError) as e:  # pragma: no cover - would be a bug
+        raise AssertionError(f"{type(e).__name__} for {json.dumps(cfg, default=str)}") from e
