@@ -38,6 +38,7 @@ class Setup:
     workload_rows: int  # rows of the workload table the requests were drawn from
     context_clipped: int = 0  # requests whose output was cut where it would run past the model's context
     model: object = None  # the ModelSpec served
+    prefix_blocks: int = 0  # trace rows whose shared-prefix block hashes no policy uses yet
 
 
 def rows_used(requests: int, rows: int) -> str:
@@ -67,6 +68,9 @@ def run_notes(row: dict) -> list[str]:
     if row.get("workload") == "trace" and row.get("arrival") != "trace":
         notes.append(f"note: the trace's timestamps are not replayed (arrival={row.get('arrival')}); "
                      f"arrival=trace replays them")
+    if row.get("prefix_blocks"):
+        notes.append(f"note: {row['prefix_blocks']:,} trace rows carry prefix block hashes (hash_ids), which no policy "
+                     f"uses yet: no KV is shared between requests")
     if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
         notes.append(f"note: the model's config does not say, so the simulator assumed {row['model_assumed']} "
                      f"(model_assumed; model.dtype overrides the dtype)")
@@ -159,7 +163,7 @@ def sample_workload(cfg):
     w = cfg["workload"]
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
-                                     "max_prompt")
+                                     "max_prompt", "format", "columns", "time_unit")
           if get(w, k) is not None}
     wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
@@ -214,7 +218,7 @@ def build(cfg) -> Setup:
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped, model)
+                 len(wl.prompt_len), context_clipped, model, int(getattr(wl, "prefix_blocks", 0)))
 
 
 def served_clipped(wl, idx) -> int:

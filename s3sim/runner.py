@@ -100,6 +100,7 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     row.update({"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
                 "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
                 "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
+                "prefix_blocks": setup.prefix_blocks,
                 "workload_rows": setup.workload_rows,
                 "rows_used": rows_used(len(reqs), setup.workload_rows),
                 "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})

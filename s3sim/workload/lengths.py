@@ -43,6 +43,7 @@ class Workload:
     source: str = ""
     keys: np.ndarray | None = None  # row keys of text workloads: how a trained predictor finds its prompt
     clipped_rows: np.ndarray | None = None  # which rows' outputs were cut to max_output (None: none were)
+    prefix_blocks: int = 0  # rows that carry shared-prefix block hashes (Mooncake's hash_ids), read but unused
 
     def __post_init__(self):
         self.prompt_len = np.asarray(self.prompt_len, dtype=np.int64)
@@ -308,7 +309,8 @@ def _parse_time(text: str) -> tuple[int, float] | None:
 
 
 def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None, limit: int | None = None,
-               data_dir=None) -> Workload:
+               data_dir=None, format: str = "azure", columns: dict | None = None,
+               time_unit: str | None = None) -> Workload:
     """A request trace in the Azure LLM inference format (header `TIMESTAMP,ContextTokens,GeneratedTokens`;
     TIMESTAMP is a date-time stamp or plain seconds). Defaults to the Azure conversation trace.
 
@@ -322,6 +324,15 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
         raise ConfigError(f"workload.time_scale must be a positive finite number, got {time_scale!r}")
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"workload.path: no trace file {str(path)!r}")
+    if format != "azure" or columns or time_unit:  # BurstGPT, Mooncake or named columns
+        from s3sim.workload.trace_formats import read_log
+
+        if path is None:
+            raise ConfigError(f"workload.format={format} needs workload.path (the log file)")
+        t, p, o, hashed = read_log(path, format, columns, time_unit)
+        w = _finish("trace", p, o, t * time_scale, max_output, limit, f"{path} ({format}, time_scale {time_scale})")
+        w.prefix_blocks = hashed
+        return w
     path = _require(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
     whole, frac, prompt, output = [], [], [], []
     with open(path, newline="", encoding="utf-8-sig") as f:

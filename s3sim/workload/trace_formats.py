@@ -1,0 +1,112 @@
+"""Request logs in other formats than Azure's: BurstGPT, Mooncake-style JSONL, and any CSV or JSONL whose
+columns are named (`workload.format=columns`), so a user's own log replays without editing.
+
+* ``burstgpt``: CSV with `Timestamp` (seconds), `Request tokens`, `Response tokens` (and `Model`, `Total
+  tokens`, `Log Type`, which are not needed).
+* ``mooncake``: JSONL rows with `timestamp` (milliseconds), `input_length`, `output_length` and `hash_ids`
+  (the prompt's block hashes). No policy shares KV blocks across requests yet, so `hash_ids` are counted
+  (the summary's `prefix_blocks`) and noted, not used.
+* ``columns``: `workload.columns` names the timestamp, prompt-token and output-token fields, and
+  `workload.time_unit` says whether timestamps are seconds or milliseconds.
+
+Rows are sorted stably by time, timestamps become seconds from the earliest row times `time_scale`, and a
+token count of 0 becomes 1, as for the Azure format. Every bad row is one line naming its file and line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from s3sim.core.errors import ConfigError
+from s3sim.inputs import note
+
+FORMATS = ("azure", "burstgpt", "mooncake", "columns")
+TIME_UNITS = {"s": 1.0, "ms": 1e-3}
+PRESETS = {  # format -> (timestamp, prompt tokens, output tokens, time unit)
+    "burstgpt": ("Timestamp", "Request tokens", "Response tokens", "s"),
+    "mooncake": ("timestamp", "input_length", "output_length", "ms"),
+}
+
+
+def _rows(path: Path):
+    """(line number, dict) of a CSV file with a header, or of a JSONL file (chosen by the first character)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
+    if text.lstrip().startswith("{"):
+        for n, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{path.name} line {n}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ConfigError(f"{path.name} line {n}: expected a JSON object, got {type(row).__name__}")
+                yield n, row
+        return
+    reader = csv.DictReader(text.splitlines())
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as e:
+        raise ConfigError(f"{path.name} line {reader.line_num}: {e}") from None
+
+
+def _number(value, where: str, field: str, integer: bool) -> float:
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{where}: {field} is missing or not a number ({value!r})")
+    try:
+        v = float(value) if not integer else int(value) if isinstance(value, int) else int(str(value).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {field} {str(value)[:40]!r} is not "
+                          f"{'a non-negative integer' if integer else 'a number'}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ConfigError(f"{where}: {field} {str(value)[:40]!r} must be finite and >= 0")
+    if integer and v > 10**9:
+        raise ConfigError(f"{where}: {field} {str(value)[:40]!r} is more than 1,000,000,000 tokens")
+    return v
+
+
+def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None = None):
+    """(seconds, prompt tokens, output tokens, rows with block hashes, hash_ids column present) of a log."""
+    from s3sim.workload.lengths import _require
+
+    if fmt not in PRESETS and fmt != "columns":
+        raise ConfigError(f"workload.format '{fmt}' is unknown; valid: {', '.join(FORMATS)}")
+    if fmt == "columns":
+        columns = dict(columns or {})
+        missing = [k for k in ("timestamp", "prompt", "output") if not columns.get(k)]
+        if missing:
+            raise ConfigError(f"workload.format=columns needs workload.columns.{missing[0]} (the name of that field "
+                              f"in the file); give timestamp, prompt and output")
+        ts_col, p_col, o_col = columns["timestamp"], columns["prompt"], columns["output"]
+        unit = time_unit or "s"
+    else:
+        if columns:
+            raise ConfigError(f"workload.columns applies to workload.format=columns, not {fmt}")
+        ts_col, p_col, o_col, unit = PRESETS[fmt]
+        unit = time_unit or unit
+    if unit not in TIME_UNITS:
+        raise ConfigError(f"workload.time_unit '{unit}' is unknown; valid: {', '.join(TIME_UNITS)}")
+    path = _require(Path(path))
+    note(path)
+    times, prompt, output, hashed = [], [], [], 0
+    for n, row in _rows(path):
+        where = f"{path.name} line {n}"
+        missing = [c for c in (ts_col, p_col, o_col) if c not in row]
+        if missing:
+            raise ConfigError(f"{where}: no field {missing[0]!r}; it has {', '.join(map(str, list(row)[:8]))}")
+        times.append(_number(row[ts_col], where, ts_col, integer=False) * TIME_UNITS[unit])
+        prompt.append(max(1, int(_number(row[p_col], where, p_col, integer=True))))
+        output.append(max(1, int(_number(row[o_col], where, o_col, integer=True))))
+        hashed += bool(row.get("hash_ids"))
+    if not times:
+        raise ConfigError(f"{path}: no requests in it")
+    t = np.array(times, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    return t[order] - t[order][0], np.array(prompt)[order], np.array(output)[order], hashed

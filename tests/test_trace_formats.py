@@ -1,0 +1,69 @@
+"""Request logs in the BurstGPT, Mooncake and named-column formats replay like the Azure trace."""
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from s3sim.cli import CONF_DIR
+from s3sim.config import run_notes
+from s3sim.core.errors import ConfigError
+from s3sim.runner import run_config
+from s3sim.workload.lengths import load_trace
+
+
+def burstgpt(tmp_path):
+    path = tmp_path / "burst.csv"
+    path.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                    "5.5,ChatGPT,120,30,150,Conversation log\n"
+                    "2.0,GPT-4,40,0,40,Conversation log\n"
+                    "9.0,ChatGPT,300,80,380,API log\n")
+    return path
+
+
+def mooncake(tmp_path):
+    path = tmp_path / "mooncake.jsonl"
+    rows = [{"timestamp": 0, "input_length": 6000, "output_length": 12, "hash_ids": [0, 1, 2]},
+            {"timestamp": 1500, "input_length": 900, "output_length": 40, "hash_ids": [0, 7]},
+            {"timestamp": 2500, "input_length": 50, "output_length": 3, "hash_ids": []}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_burstgpt_rows_in_time_order_with_seconds(tmp_path):
+    wl = load_trace(burstgpt(tmp_path), format="burstgpt")
+    assert wl.timestamps.tolist() == [0.0, 3.5, 7.0]
+    assert wl.prompt_len.tolist() == [40, 120, 300] and wl.output_len.tolist() == [1, 30, 80]  # 0 -> 1
+
+
+def test_mooncake_milliseconds_and_block_hashes_are_counted(tmp_path):
+    wl = load_trace(mooncake(tmp_path), format="mooncake", time_scale=2.0)
+    assert wl.timestamps.tolist() == [0.0, 3.0, 5.0]
+    assert wl.prompt_len.tolist() == [6000, 900, 50] and wl.prefix_blocks == 2
+
+
+def test_named_columns_of_any_log(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("when_ms,in,out,user\n1000,10,5,a\n1250,20,7,b\n")
+    wl = load_trace(path, format="columns", columns={"timestamp": "when_ms", "prompt": "in", "output": "out"},
+                    time_unit="ms")
+    assert wl.timestamps.tolist() == [0.0, 0.25] and wl.output_len.tolist() == [5, 7]
+    with pytest.raises(ConfigError, match="workload.format=columns needs workload.columns.output"):
+        load_trace(path, format="columns", columns={"timestamp": "when_ms", "prompt": "in"})
+    with pytest.raises(ConfigError, match=r"mine.csv line 2: no field 'output'"):
+        load_trace(path, format="columns", columns={"timestamp": "when_ms", "prompt": "in", "output": "output"})
+    with pytest.raises(ConfigError, match="workload.format 'csv' is unknown; valid: azure, burstgpt, mooncake, columns"):
+        load_trace(path, format="csv")
+    path.write_text("when_ms,in,out\n1000,ten,5\n")
+    with pytest.raises(ConfigError, match=r"mine.csv line 2: in 'ten' is not a non-negative integer"):
+        load_trace(path, format="columns", columns={"timestamp": "when_ms", "prompt": "in", "output": "out"})
+
+
+def test_a_mooncake_replay_through_the_simulator_notes_the_unused_hashes(tmp_path):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=[
+            "workload=trace", f"workload.path={mooncake(tmp_path)}", "workload.format=mooncake", "arrival=trace",
+            "model=llama-3.1-8b", "max_seq_len=64", "policy=vllm"]), resolve=True)
+    row = run_config(cfg)
+    assert row["num_requests"] == 3 and row["prefix_blocks"] == 2
+    assert any("prefix block hashes (hash_ids), which no policy uses yet" in n for n in run_notes(row))
