@@ -87,7 +87,7 @@ def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path, cfg):
 
 @pytest.mark.parametrize("launcher, expect", [
     ("slurm", ["SlurmLauncher", "partition: null", "timeout_min: 30", "array_parallelism: 64"]),
-    ("local", ["JoblibLauncher", "n_jobs: 2"]),
+    ("local", ["JoblibLauncher", "n_jobs: -1"]),
 ])
 def test_launcher_configs_compose_without_a_cluster(tmp_path, launcher, expect):
     p = s3sim(f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher", cwd=tmp_path)

@@ -29,8 +29,10 @@ GROUPS = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
 
 
 def jobs_default() -> int:
-    """Worker processes: S3SIM_JOBS, else 2 (the machine this was measured on has 2 cores)."""
-    return int(os.environ.get("S3SIM_JOBS", "2"))
+    """Worker processes: S3SIM_JOBS, else one per core this process may use."""
+    if "S3SIM_JOBS" in os.environ:
+        return int(os.environ["S3SIM_JOBS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Composer:

@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     ap.add_argument("--timeline-requests", type=int, default=3000)
     ap.add_argument("--gpu-multiples", default="1,2,4", help="GPU counts tried, as multiples of the least")
     ap.add_argument("--rounds", type=int, default=4, help="bisection rounds of the SLO-capacity search")
-    ap.add_argument("--jobs", type=int, default=None, help="worker processes (default $S3SIM_JOBS or 2)")
+    ap.add_argument("--jobs", type=int, default=None, help="worker processes (default $S3SIM_JOBS, else one per core)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     models, policies = args.models.split(","), args.policies.split(",")
