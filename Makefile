@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity validate modern calibrate paper beyond predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity validate modern calibrate paper beyond trace-sweep predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,16 @@ paper: setup
 
 beyond: setup
 	$(BIN)/python -m s3sim.experiments.beyond
+
+# A sweep, collected and plotted with the everyday commands: the Azure conversation trace replayed at four speeds
+# (workload.time_scale) under four policies, Llama-3.1-8B on one A100: results/sweeps/azure_time_scale.{csv,png}.
+trace-sweep: setup
+	$(BIN)/s3sim -m workload=trace arrival=trace model=llama-3.1-8b policy=orca,s3,paged,vllm \
+	  workload.time_scale=2,1,0.5,0.25 hydra.sweep.dir=multirun/azure_time_scale
+	mkdir -p results/sweeps
+	$(BIN)/s3sim-collect multirun/azure_time_scale results/sweeps/azure_time_scale.csv
+	$(BIN)/s3sim-plot results/sweeps/azure_time_scale.csv --x offered_rate --y e2e_latency_p50 --hue policy \
+	  --logy --title "Azure conversation trace at four speeds, Llama-3.1-8B, A100 80 GB (simulated)"
 
 # Train (cached in ~/.cache/s3, resumable), evaluate and tabulate the length predictor on every text data set.
 predictor: setup

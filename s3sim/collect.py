@@ -9,6 +9,7 @@ that crashed) yields a table of what is there, never a half-read row.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -36,8 +37,9 @@ def flatten(node, prefix: str = "") -> dict:
 
 
 def run_dirs(root: Path) -> list[Path]:
+    """Every run directory under `root`, in natural order (a sweep's 2_... before 10_...)."""
     found = {p.parent for name in (CONFIG, SUMMARY, FAILED) for p in root.rglob(name)}
-    return sorted(found)
+    return sorted(found, key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(d))])
 
 
 def read_summary(path: Path) -> tuple[dict | None, str | None]:
@@ -100,7 +102,7 @@ def short_table(table: pd.DataFrame) -> pd.DataFrame:
     """What a person reads: the run, its status, the key metrics and the config fields that differ between
     runs (what the sweep varied); the written table keeps every column."""
     config = [c for c in table.columns if "." in c or c in ("seed", "max_seq_len", "num_requests")]
-    varied = [c for c in config if c not in KEY_COLUMNS and table[c].astype(str).nunique() > 1]
+    varied = [c for c in config if c not in KEY_COLUMNS and c != "policy.name" and table[c].astype(str).nunique() > 1]
     keys = [c for c in KEY_COLUMNS if c in table.columns]
     return table[["run_dir", "status", *varied, *keys]]
 

@@ -15,10 +15,11 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from s3sim.config import build, rows_used
+from s3sim.config import build, positive_int, rows_used, seed_of
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
@@ -89,7 +90,58 @@ def record_failure(out: str | Path, err: BaseException) -> None:
 
 
 def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = False) -> dict:
-    """Simulate `cfg`; return its summary row (config fields included) and write files if `out_dir`."""
+    """Simulate `cfg`; return its summary row (config fields included) and write files if `out_dir`. With
+    `repeats: N` (N > 1) the run is simulated with seeds seed .. seed + N - 1 (workload sample, arrivals,
+    predictor errors): the row holds each metric's mean over them, `<metric>_ci95` the half-width of its
+    95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.csv is the first seed's."""
+    n = positive_int(cfg.get("repeats", 1) if cfg.get("repeats") is not None else 1, "repeats")
+    if n == 1:
+        return _run_once(cfg, out_dir, write_iterations)
+    seed = seed_of(cfg)
+    rows = [_run_once({**cfg, "seed": seed + i}, out_dir if i == 0 else None, write_iterations, summary=False)
+            for i in range(n)]
+    row = mean_with_ci(rows)
+    row.update(seed=seed, repeats=n)
+    if out_dir is not None:
+        write_csv(pd.DataFrame(rows), Path(out_dir) / "repeats.csv")
+        write_csv(pd.DataFrame([row]), Path(out_dir) / SUMMARY)
+    return row
+
+
+def mean_with_ci(rows: list[dict]) -> dict:
+    """The rows' mean for every measured numeric column, with `<metric>_ci95`, the half-width of the 95 %
+    confidence interval of the mean; settings, counts of the workload and text: the first row's value."""
+    df = pd.DataFrame(rows)
+    out = dict(rows[0])
+    t = t975(len(rows) - 1)
+    for c in df.columns:
+        if c in ("seed",) or not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            continue
+        if c in CI_SKIP:  # a setting or a count of the workload: the first seed's value
+            continue
+        v = df[c].astype(float)
+        out[c] = float(v.mean())
+        finite = np.isfinite(v.to_numpy()).all()  # an offline run's offered_rate is inf, a missing metric NaN
+        out[f"{c}_ci95"] = float(t * v.std(ddof=1) / np.sqrt(len(v))) if finite else float("nan")
+    return out
+
+
+# Student's t, two-sided 95 %, by degrees of freedom (1..30); beyond 30 the normal's 1.96 is within 2 %
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+# summary columns that are settings or bookkeeping, not measurements: no confidence interval
+CI_SKIP = {"num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
+           "clipped_outputs", "context_clipped", "model_dtype_bytes", "prefix_blocks", "sim_wall_s",
+           "sim_requests_per_s", "repeats"}
+
+
+def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
     setup = build(cfg)
     reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
     t0 = time.perf_counter()
@@ -105,7 +157,7 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
                 "rows_used": rows_used(len(reqs), setup.workload_rows),
                 "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
     if out_dir is not None:
-        write_results(out_dir, records, row, result.log if write_iterations else None)
+        write_results(out_dir, records, row if summary else None, result.log if write_iterations else None)
     return row
 
 
@@ -131,7 +183,8 @@ def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: di
         write_csv(log.frame(), out / "iterations.csv")
     for name, table in (extra or {}).items():
         write_csv(table, out / name)
-    write_csv(pd.DataFrame([row]), out / "summary.csv")
+    if row is not None:
+        write_csv(pd.DataFrame([row]), out / "summary.csv")
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

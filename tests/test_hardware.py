@@ -152,7 +152,9 @@ def test_a_preset_is_its_config_json(tmp_path, name):
     folder.mkdir()
     from_json = ModelSpec.from_hf_config(write_config(folder, preset.config))
     assert MODEL_PRESETS[name] == replace(from_json, n_params=preset.n_params or from_json.n_params,
-                                          source=preset.source)
+                                          source=preset.source, assumed=())
+    # a preset's config gives its sizes; where it states no dtype, the file read alone says float16 was assumed
+    assert from_json.assumed == (() if "torch_dtype" in preset.config else ("torch_dtype = float16",))
     assert from_json.n_params == pytest.approx(MODEL_PRESETS[name].n_params, rel=1e-3)
     assert get_model(name) is MODEL_PRESETS[name]
 

@@ -1,6 +1,7 @@
 """Answers that used to come out silently wrong: each is now an error naming what to change, or a
 counted change recorded in the summary and noted by the command."""
 import numpy as np
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -180,3 +181,42 @@ def test_the_executor_refuses_the_simulators_dtype_override():
         c = OmegaConf.to_container(compose("exec", overrides=["model.dtype=float16", "num_requests=4"]), resolve=True)
     with pytest.raises(ConfigError, match="model.dtype is the simulator's; the executor loads its model in executor.dtype"):
         build_exec(c)
+
+
+# ---- repeats and plots -----------------------------------------------------------------------------
+
+def test_repeats_give_means_and_confidence_intervals(tmp_path):
+    from s3sim.runner import run_dir
+
+    c = cfg("policy=s3", "num_requests=300", "repeats=4")
+    row, _ = run_dir(c, tmp_path / "run")
+    per_seed = pd.read_csv(tmp_path / "run" / "repeats.csv")
+    assert per_seed.seed.tolist() == [0, 1, 2, 3] and row["repeats"] == 4 and row["seed"] == 0
+    thr = per_seed.request_throughput
+    assert row["request_throughput"] == pytest.approx(thr.mean())
+    assert row["request_throughput_ci95"] == pytest.approx(3.182 * thr.std(ddof=1) / 2)
+    assert row["num_requests"] == 300 and "num_requests_ci95" not in row
+    written = pd.read_csv(tmp_path / "run" / "summary.csv").iloc[0]
+    assert written.request_throughput == pytest.approx(row["request_throughput"])
+    one = run_config(cfg("policy=s3", "num_requests=300", "seed=2"))
+    assert one["request_throughput"] == pytest.approx(per_seed.request_throughput[2])
+    with pytest.raises(ConfigError, match="repeats must be a positive integer"):
+        run_config(cfg("policy=s3", "num_requests=30", "repeats=0"))
+
+
+def test_s3sim_plot_draws_a_collected_sweep_with_error_bars(tmp_path):
+    import subprocess
+    import sys
+
+    table = pd.DataFrame({"status": ["finished"] * 4 + ["failed"], "policy": ["a", "a", "b", "b", "b"],
+                          "offered_rate": [1.0, 2.0, 1.0, 2.0, 3.0], "e2e_latency_p50": [1.0, 3.0, 2.0, 5.0, None],
+                          "e2e_latency_p50_ci95": [0.1, 0.2, 0.1, 0.4, None]})
+    table.to_csv(tmp_path / "all.csv", index=False)
+    call = [sys.executable, "-c", "from s3sim.plot_cli import main; main()", str(tmp_path / "all.csv")]
+    p = subprocess.run([*call, "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--logy"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "all.png").stat().st_size > 10_000
+    bad = subprocess.run([*call, "--x", "rate", "--y", "e2e_latency_p50"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--x 'rate' is not a column of the table; similar: offered_rate" in bad.stderr

@@ -115,7 +115,14 @@ class ModelSpec:
         if not isinstance(cfg, dict):
             raise ConfigError(f"model config {str(file)!r}: expected a JSON object at the top level")
         name = str(cfg.get("_name_or_path") or file.parent.name or file.stem)
-        return cls.from_hf_dict(cfg, name, source=str(file), where=str(file))
+        spec = cls.from_hf_dict(cfg, name, source=str(file), where=str(file))
+        # what a user's file leaves unsaid is said (the presets state their serving dtype: float16)
+        assumed = []
+        if not any(k in cfg for k in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size")):
+            assumed.append("intermediate_size = 4 x hidden_size")  # (n_inner: null is GPT-2/J's own rule for it)
+        if not any(k in cfg for k in ("torch_dtype", "dtype")):
+            assumed.append("torch_dtype = float16")
+        return replace(spec, assumed=tuple(assumed))
 
     @classmethod
     def from_hf_dict(cls, cfg: dict, name: str, n_params: int | None = None, source: str = "",
@@ -146,11 +153,6 @@ class ModelSpec:
         head_dim = as_int(get("head_dim", default=hidden // n_heads if n_heads > 0 else 0), "head_dim")
         vocab = as_int(get("vocab_size"), "vocab_size")
         max_ctx = as_int(get("max_position_embeddings", "n_positions"), "max_position_embeddings")
-        assumed = []
-        if not any(k in cfg for k in ("intermediate_size", "ffn_dim", "n_inner", "moe_intermediate_size")):
-            assumed.append("intermediate_size = 4 x hidden_size")  # (n_inner: null is GPT-2/J's own rule for it)
-        if not any(k in cfg for k in ("torch_dtype", "dtype")):
-            assumed.append("torch_dtype = float16")
         inter = as_int(get("intermediate_size", "ffn_dim", "n_inner", default=4 * hidden), "intermediate_size")
         dtype = str(get("torch_dtype", "dtype", default="float16")).lower().removeprefix("torch.")
         if dtype not in _DTYPE_BYTES:
@@ -180,7 +182,7 @@ class ModelSpec:
         try:
             return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
                        _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
-                       experts_per_token=per_token, assumed=tuple(assumed))
+                       experts_per_token=per_token)
         except ConfigError as e:  # say it in the config's own words: its file and JSON key
             msg = str(e).replace(f"model '{name}': ", f"model config {where!r}: ", 1)
             for field, key in _JSON_KEYS.items():

@@ -88,9 +88,12 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
     busy = float(it.duration.sum())
     cap = result.kv_capacity_tokens
     w = it.duration.to_numpy()
+    arrivals = df.arrival.to_numpy(dtype=float)
+    offered_span = float(arrivals.max() - arrivals.min()) if len(df) > 1 else 0.0
     row = {
         "policy": sched.name,
         "num_requests": len(df),
+        "offered_rate": (len(df) - 1) / offered_span if offered_span > 0 else float("inf"),  # arrivals per second
         "duration": span,
         "request_throughput": len(df) / span,
         "output_throughput": float(df.output_len.sum()) / span,
