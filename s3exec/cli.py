@@ -38,6 +38,7 @@ def app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from s3exec.progress import mode_for
     from s3exec.runner import run_exec
     from s3sim.runner import clear, write_text
 
@@ -48,7 +49,7 @@ def app(cfg: DictConfig) -> None:
         clear(out)  # an earlier run's summary must not sit beside this run's config
         write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "resolved_config.yaml")
         ex = resolved["executor"]
-        row, _ = run_exec(resolved, out, progress=bool(ex.get("progress", True)) and sys.stderr.isatty(),
+        row, _ = run_exec(resolved, out, progress=mode_for(bool(ex.get("progress", True))),
                           write_iterations=bool(cfg.get("write_iterations", False)),
                           write_tokens=bool(ex.get("write_tokens", True)))
     except Exception as e:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from s3exec.progress import Progress
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import Scheduler
@@ -83,8 +84,6 @@ class Executor:
     def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
         """Serve `requests` (sorted by arrival, ids 0..n-1) whose prompt tokens are `prompts`; `caps` bounds
         each request's output in natural mode (default: its output_len)."""
-        from tqdm.auto import tqdm
-
         n = len(requests)
         caps = [r.output_len for r in requests] if caps is None else caps
         self.seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
@@ -94,7 +93,7 @@ class Executor:
                                          f"{r.prompt_len}")
         if self.warmup:
             self.warm_up(prompts)
-        self._bar = tqdm(total=n, disable=not self.progress, desc="requests", unit="req", leave=False)
+        self._bar = Progress(n, self.progress)
         self._inbox, log = Inbox(requests), IterationLog()
         self._t0 = self.clock()
         end, steps = drive(serve(self.sched, self, self._inbox, log))

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from s3exec.engine import ExecResult, Seq, check_mode
+from s3exec.progress import Progress
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.request import Request
@@ -49,8 +50,6 @@ class GenerateExecutor:
         self.batches: list[dict] = []  # per generate call: rows, width, new tokens, seconds
 
     def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
-        from tqdm.auto import tqdm
-
         caps = [r.output_len for r in requests] if caps is None else caps
         self.seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
         for r, s in zip(requests, self.seqs.values()):
@@ -59,7 +58,7 @@ class GenerateExecutor:
                                          f"{r.prompt_len}")
         if self.warmup:
             self._generate([list(map(int, p)) for p in prompts[:4]], 2)
-        self._bar = tqdm(total=len(requests), disable=not self.progress, desc="requests", unit="req", leave=False)
+        self._bar = Progress(len(requests), self.progress)
         self._inbox, log = Inbox(requests), IterationLog()
         self._steps: list[float] = []
         self._tokens = None

@@ -20,10 +20,21 @@ def device_name(device: str) -> str:
     return device
 
 
-def token_table(result) -> pd.DataFrame:
+def token_table(result, tokenizer=None) -> pd.DataFrame:
+    """Every generated token with the time it appeared, and its text when the model has a tokenizer."""
     rows = [(i, k, tok, ts) for i, toks in result.outputs.items()
             for k, (tok, ts) in enumerate(zip(toks, result.token_times[i]))]
-    return pd.DataFrame(rows, columns=["id", "index", "token", "time"])
+    table = pd.DataFrame(rows, columns=["id", "index", "token", "time"])
+    if tokenizer is not None:
+        vocab = {int(t): tokenizer.decode([int(t)]) for t in set(table.token.tolist())}
+        table["text"] = table.token.map(vocab)
+    return table
+
+
+def output_texts(result, tokenizer) -> pd.DataFrame:
+    """Each request's whole generated text (a person reads this; tokens.csv has it token by token)."""
+    return pd.DataFrame({"id": list(result.outputs),
+                         "text": [tokenizer.decode(list(map(int, t))) for t in result.outputs.values()]})
 
 
 def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, write_iterations: bool = False,
@@ -51,6 +62,9 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
         "peak_kv_used_frac": result.peak_kv_blocks / setup.scheduler.pool.capacity, "wall_s": wall,
     })
     if out_dir is not None:
-        write_results(out_dir, records, row, result.log if write_iterations else None,
-                      {"tokens.csv": token_table(result)} if write_tokens else None)
+        tok = setup.loaded.tokenizer
+        extra = {"tokens.csv": token_table(result, tok)} if write_tokens else {}
+        if write_tokens and tok is not None:
+            extra["outputs.csv"] = output_texts(result, tok)
+        write_results(out_dir, records, row, result.log if write_iterations else None, extra)
     return row, result

@@ -28,7 +28,7 @@ from s3sim.simulator.engine import simulate
 
 
 SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
-RESULT_FILES = (SUMMARY, FAILED, INPUTS, "requests.csv", "iterations.csv", "tokens.csv")  # summary first
+RESULT_FILES = (SUMMARY, FAILED, INPUTS, "requests.csv", "iterations.csv", "tokens.csv", "outputs.csv")  # summary first
 
 
 def config_text(cfg) -> str:
