@@ -21,8 +21,11 @@ def _record(out: Path, err: Exception) -> None:
     """`failed.txt` in the run directory, so a collector reports the run failed."""
     from s3sim.runner import record_failure
 
-    if out.is_dir():
-        record_failure(out, err)
+    try:
+        if out.is_dir():
+            record_failure(out, err)
+    except OSError:
+        pass  # a directory it cannot write: the error itself is reported
 
 
 def main() -> None:
@@ -61,6 +64,8 @@ def app(cfg: DictConfig) -> None:
             _fail("error", e)
         if isinstance(e, InvariantViolation):
             _fail("invariant violated", e)
+        if isinstance(e, OSError) and e.filename:  # a run directory it may not write, a full disk
+            _fail("error", f"cannot write {e.filename}: {e.strerror}")
         raise
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")

@@ -50,6 +50,8 @@ def app(cfg: DictConfig) -> None:
             _fail("error", e)
         if isinstance(e, InvariantViolation):
             _fail("invariant violated", e)
+        if isinstance(e, OSError) and e.filename:  # a run directory it may not write, a full disk
+            _fail("error", f"cannot write {e.filename}: {e.strerror}")
         raise
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")

@@ -58,6 +58,7 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    check_output_dir(args, prog)
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -82,6 +83,23 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
         except (HydraException, OmegaConfBaseException) as e:
             print(f"{prog}: error: {explain(e, _culprit(e, ovs), conf_dir, config_name)}", file=sys.stderr)
             sys.exit(2)
+
+
+def check_output_dir(args: list[str], prog: str) -> None:
+    """A run or sweep directory given on the command line must be one this process can create and write:
+    Hydra makes it before the app runs and would fail with a traceback."""
+    import tempfile
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            try:
+                Path(value).mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=value):
+                    pass
+            except OSError as e:
+                print(f"{prog}: error: {key}={value}: cannot write there ({e.strerror})", file=sys.stderr)
+                sys.exit(2)
 
 
 def _first(o) -> str:

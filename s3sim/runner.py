@@ -54,7 +54,10 @@ def run_dir(cfg: dict, out: str | Path, write_iterations: bool = False) -> tuple
         with recording() as files:
             row = run_config(cfg, out, write_iterations=write_iterations)
     except Exception as e:
-        record_failure(out, e)
+        try:
+            record_failure(out, e)
+        except OSError:
+            pass  # a directory it cannot write: the error itself is reported
         raise
     write_text(json.dumps(fingerprint(files), indent=1) + "\n", out / INPUTS)
     return row, False

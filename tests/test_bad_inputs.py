@@ -122,3 +122,11 @@ def test_any_model_config_reads_or_is_one_config_error(cfg):
         return
     except (ZeroDivisionError, OverflowError) as e:  # pragma: no cover - would be a bug
         raise AssertionError(f"{type(e).__name__} for {json.dumps(cfg, default=str)}") from e
+
+
+@pytest.mark.parametrize("module", ["s3sim", "s3exec"])
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, module):
+    (tmp_path / "afile").write_text("not a folder\n")
+    p = cli(f"from {module}.cli import main; main()", "num_requests=4", f"hydra.run.dir={tmp_path}/afile/run",
+            cwd=tmp_path)
+    assert_one_line_error(p, f"hydra.run.dir={tmp_path}/afile/run: cannot write there")
