@@ -159,6 +159,13 @@ def check_invariants(s, res):
         if r.preemptions == 0:
             assert r.recomputed_tokens == 0 and r.swapped_tokens == 0
     assert sum(r.preemptions for r in reqs) == sched.preemptions
+    # every preemption has one cause, and what it cost is split the same way
+    causes = sched.by_cause.values()
+    assert sum(c["preemptions"] for c in causes) == sched.preemptions
+    assert sum(c["recomputed_tokens"] for c in causes) == sum(r.recomputed_tokens for r in reqs)
+    assert sum(c["swapped_tokens"] for c in causes) == sum(r.swapped_tokens for r in reqs)
+    if s["policy"] in ("paged", "vllm"):
+        assert sched.by_cause["overflow"]["preemptions"] == 0  # nothing is reserved there to outgrow
     assert sched.pool_checks == res.engine_steps
     assert len(sched.stall_gaps) == sched.preemptions
     assert all(g > 0 for g in sched.stall_gaps)

@@ -250,6 +250,20 @@ def test_s3_in_place_growth_falls_back_to_preemption_when_memory_is_short():
     assert sup.overflows == sup.grown_in_place + res.scheduler.preemptions
 
 
+def test_preemptions_are_split_by_cause():
+    """The paper's supervisor preempts an overflowing request even with memory free ("overflow"); growing in
+    place, it preempts only when the memory is not there ("memory")."""
+    literal = _uniform_wrong_run("next", in_place=False).scheduler
+    assert literal.preemptions > 0
+    assert literal.by_cause["overflow"]["preemptions"] == literal.preemptions
+    assert literal.by_cause["memory"]["preemptions"] == 0
+    assert literal.by_cause["overflow"]["recomputed_tokens"] > 0
+    short = _uniform_wrong_run("next", in_place=True, cap=15 + 64).scheduler
+    assert short.preemptions > 0 and short.by_cause["memory"]["preemptions"] == short.preemptions
+    fields = short.cause_fields()
+    assert fields["preemptions_memory"] == short.preemptions and fields["preemptions_overflow"] == 0
+
+
 @pytest.mark.parametrize("mode", ["recompute", "swap"])
 def test_s3_preemption_modes_account_tokens(mode):
     res = _uniform_wrong_run("next", mode=mode, cap=200)

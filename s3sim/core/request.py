@@ -40,6 +40,7 @@ class Request:
     preemptions: int = 0
     recomputed_tokens: int = 0
     swapped_tokens: int = 0
+    preempt_cause: str = ""  # why it was last preempted: "overflow" or "memory" (see Scheduler.by_cause)
     # the scheduler's own bookkeeping of this request while admitted (`Progress`); opaque to everything else
     progress: object = None
 

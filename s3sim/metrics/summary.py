@@ -126,5 +126,6 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "swapped_tokens": int(df.swapped_tokens.sum()),
         "padding_tokens": int(counts["padding_tokens"]),
     })
+    row.update(sched.cause_fields())
     row.update(sched.summary_fields())
     return row

@@ -25,6 +25,7 @@ from s3sim.core.request import Phase, Request
 
 
 PREEMPTION_MODES = ("recompute", "swap")
+CAUSES = ("overflow", "memory")  # why a request was preempted (see Scheduler.by_cause)
 
 
 @dataclass(eq=False, slots=True)
@@ -92,6 +93,9 @@ class Scheduler:
         self.iter = 0
         self.now = 0.0
         self.preemptions = 0
+        # preemptions and the tokens they cost, by cause: "overflow" (a request outgrew its reservation while
+        # memory was free to grow it) or "memory" (no memory left for it or for the running requests)
+        self.by_cause = {c: {"preemptions": 0, "recomputed_tokens": 0, "swapped_tokens": 0} for c in CAUSES}
         self.pending_transfer = 0  # swap-out tokens, paid by the next iteration
         self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption
         self._events: list = []
@@ -139,6 +143,10 @@ class Scheduler:
     def summary_fields(self) -> dict:
         """Columns only this policy has, for its run's summary (how a static batch was sized, say)."""
         return {}
+
+    def cause_fields(self) -> dict:
+        """Preemptions, recomputed and swapped tokens split by cause, for every policy's summary."""
+        return {f"{k}_{c}": v for c, counts in self.by_cause.items() for k, v in counts.items()}
 
     def horizon(self) -> int:
         """Decode iterations that can run before the next event (>= 1 while anything runs)."""
@@ -304,6 +312,7 @@ class Scheduler:
             tokens = r.context
             if r.generated:
                 r.recomputed_tokens += tokens - prefix
+                self.by_cause[r.preempt_cause]["recomputed_tokens"] += tokens - prefix
             chunk = min(tokens - prefix if chunk is None else chunk, self._budget_left)
             self._budget_left -= chunk
             self._add_prefill(batch, r, prefix, chunk)
@@ -369,19 +378,23 @@ class Scheduler:
     def _release(self, r: Request) -> None:
         self.pool.release(r.id)
 
-    def _preempt(self, r: Request, now: float) -> None:
+    def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
         """Take `r` off the GPU: free its memory; keep its KV in host memory (swap) or drop it (recompute).
-        Tokens already generated stay generated: a recomputed request re-prefills them."""
+        Tokens already generated stay generated: a recomputed request re-prefills them. `cause`: see
+        `CAUSES`."""
         self._leave(r)
         self._release(r)
         r.phase = Phase.WAITING
         r.preemptions += 1
+        r.preempt_cause = cause
         r.last_token = now
         self.preemptions += 1
+        self.by_cause[cause]["preemptions"] += 1
         self._preempted.append(r)
         if self.preemption_mode == "swap":
             r.swapped = True
             r.swapped_tokens += r.context
+            self.by_cause[cause]["swapped_tokens"] += r.context
             self.pending_transfer += r.context
 
 

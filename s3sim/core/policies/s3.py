@@ -92,13 +92,14 @@ class S3Scheduler(Scheduler):
             raise InvariantViolation(
                 f"t={now:.6f}s request {r.id} needs more than max_seq_len={self.max_seq_len} output tokens")
         extra = new_out - r.reserved_out
-        if self.supervisor.in_place and self.pool.can_reserve(extra):
+        free = self.pool.can_reserve(extra)
+        if self.supervisor.in_place and free:
             self.pool.grow(r.id, extra)
             self.supervisor.grown_in_place += 1
             r.bucket, r.reserved_out = bucket, new_out
             self._push_event(r)
             return
-        self._preempt(r, now)
+        self._preempt(r, now, cause="overflow" if free else "memory")
         r.bucket, r.reserved_out = bucket, new_out
         self.waiting.add(r)
 

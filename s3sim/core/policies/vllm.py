@@ -63,12 +63,12 @@ class VllmScheduler(PagedScheduler):
     def counters(self) -> dict:
         return {**super().counters(), "cached_tokens": self.cached_tokens}
 
-    def _preempt(self, r: Request, now: float) -> None:
+    def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
         if self.prefix_caching:
             # full blocks of computed KV: the last sampled token's KV is not written yet
             r.progress.cached = (self.pool.allocated, self.pool.free,
                                  (r.prompt_len + self.generated(r) - 1) // self.bs)
-        super()._preempt(r, now)
+        super()._preempt(r, now, cause)
 
     def _cached_prefix(self, r: Request) -> int:
         """Tokens of `r`'s context still in the prefix cache (see the module doc)."""
