@@ -8,13 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s3sim.cli import CONF_DIR
-from s3sim.core.errors import ConfigError, InvariantViolation
-
-
-def _fail(kind: str, err: Exception) -> None:
-    print(f"s3exec: {kind}: {err}", file=sys.stderr)
-    sys.exit(2 if kind == "error" else 3)
+from s3sim.cli import CONF_DIR, report_failure
 
 
 def _record(out: Path, err: Exception) -> None:
@@ -57,16 +51,8 @@ def app(cfg: DictConfig) -> None:
                           write_tokens=bool(ex.get("write_tokens", True)))
     except Exception as e:
         _record(out, e)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep goes on; SweepReport names it at the end
-            print(f"s3exec: {out}: {type(e).__name__}: {e}", file=sys.stderr)
-            return
-        if isinstance(e, ConfigError):
-            _fail("error", e)
-        if isinstance(e, InvariantViolation):
-            _fail("invariant violated", e)
-        if isinstance(e, OSError) and e.filename:  # a run directory it may not write, a full disk
-            _fail("error", f"cannot write {e.filename}: {e.strerror}")
-        raise
+        report_failure(e, out, HydraConfig.get().mode == RunMode.MULTIRUN, "s3exec")  # a sweep goes on
+        return
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
     print("  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))

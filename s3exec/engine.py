@@ -56,6 +56,17 @@ class Seq:
         return len(self.tokens) - self.prompt_len
 
 
+def make_seqs(requests: list[Request], prompts: list[list[int]], caps=None) -> dict[int, Seq]:
+    """Each request's sequence: its prompt tokens (which must be as many as its prompt_len) and its cap
+    (default: its output_len)."""
+    caps = [r.output_len for r in requests] if caps is None else caps
+    seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
+    for r, s in zip(requests, seqs.values()):
+        if s.prompt_len != r.prompt_len:
+            raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len {r.prompt_len}")
+    return seqs
+
+
 @dataclass
 class ExecResult(RunResult):
     outputs: dict[int, list[int]] = field(default_factory=dict)  # request id -> generated tokens
@@ -85,12 +96,7 @@ class Executor:
         """Serve `requests` (sorted by arrival, ids 0..n-1) whose prompt tokens are `prompts`; `caps` bounds
         each request's output in natural mode (default: its output_len)."""
         n = len(requests)
-        caps = [r.output_len for r in requests] if caps is None else caps
-        self.seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
-        for r, s in zip(requests, self.seqs.values()):
-            if s.prompt_len != r.prompt_len:
-                raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len "
-                                         f"{r.prompt_len}")
+        self.seqs = make_seqs(requests, prompts, caps)
         if self.warmup:
             self.warm_up(prompts)
         self._bar = Progress(n, self.progress)

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from s3exec.engine import ExecResult, Seq, check_mode
+from s3exec.engine import ExecResult, check_mode, make_seqs
 from s3exec.progress import Progress
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
@@ -50,12 +50,7 @@ class GenerateExecutor:
         self.batches: list[dict] = []  # per generate call: rows, width, new tokens, seconds
 
     def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
-        caps = [r.output_len for r in requests] if caps is None else caps
-        self.seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
-        for r, s in zip(requests, self.seqs.values()):
-            if s.prompt_len != r.prompt_len:
-                raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len "
-                                         f"{r.prompt_len}")
+        self.seqs = make_seqs(requests, prompts, caps)
         if self.warmup:
             self._generate([list(map(int, p)) for p in prompts[:4]], 2)
         self._bar = Progress(len(requests), self.progress)

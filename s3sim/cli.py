@@ -12,9 +12,25 @@ from s3sim.core.errors import ConfigError, InvariantViolation
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def _fail(kind: str, err: Exception) -> None:
-    print(f"s3sim: {kind}: {err}", file=sys.stderr)
+def _fail(kind: str, err: Exception, prog: str = "s3sim") -> None:
+    print(f"{prog}: {kind}: {err}", file=sys.stderr)
     sys.exit(2 if kind == "error" else 3)
+
+
+def report_failure(e: Exception, out: Path, sweeping: bool, prog: str) -> None:
+    """A run failed: in a sweep, one line naming its directory (the sweep goes on, its failed.txt says the
+    rest); alone, one line and exit code 2 (bad input, a directory it cannot write) or 3 (an invariant
+    violated), or the traceback of what is neither."""
+    if sweeping:
+        print(f"{prog}: {out}: {type(e).__name__}: {e}", file=sys.stderr)
+        return
+    if isinstance(e, ConfigError):
+        _fail("error", e, prog)
+    if isinstance(e, InvariantViolation):
+        _fail("invariant violated", e, prog)
+    if isinstance(e, OSError) and e.filename:  # a run directory it may not write, a full disk
+        _fail("error", f"cannot write {e.filename}: {e.strerror}", prog)
+    raise e
 
 
 def main() -> None:
@@ -41,18 +57,10 @@ def app(cfg: DictConfig) -> None:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         row, reused = run_dir(resolved, out, write_iterations=bool(cfg.get("write_iterations", False)))
     except Exception as e:
-        if sweeping:
-            if not (out / "failed.txt").exists():
-                record_failure(out, e)
-            print(f"s3sim: {out}: {type(e).__name__}: {e}", file=sys.stderr)
-            return
-        if isinstance(e, ConfigError):
-            _fail("error", e)
-        if isinstance(e, InvariantViolation):
-            _fail("invariant violated", e)
-        if isinstance(e, OSError) and e.filename:  # a run directory it may not write, a full disk
-            _fail("error", f"cannot write {e.filename}: {e.strerror}")
-        raise
+        if sweeping and not (out / "failed.txt").exists():
+            record_failure(out, e)
+        report_failure(e, out, sweeping, "s3sim")
+        return
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
     print(("(reused) " if reused else "")
