@@ -61,7 +61,7 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=100_000)
+    ap.add_argument("-n", type=int, default=100_000, help="requests per policy (0 skips the policy table)")
     ap.add_argument("--big", type=int, default=1_000_000, help="requests for the memory run (0 skips it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default="s3")
@@ -74,7 +74,7 @@ def main(argv=None) -> None:
         print(f"{args.policy:7s} {args.n:>9,d} requests  {wall:7.2f} s wall  {rate:9,.0f} req/s  peak RSS {rss:.2f} GiB")
         return
     print(f"{'policy':7s} {'arrivals':>16s} {'requests':>9s} {'wall s':>8s} {'steps':>8s} {'sim req/s':>10s}")
-    for arrival in (["arrival=offline"], ["arrival=poisson", "arrival.rate=100"]):
+    for arrival in (["arrival=offline"], ["arrival=poisson", "arrival.rate=100"]) if args.n else ():
         for p in COMPARED:
             wall, steps, rate = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
             label = arrival[0].split("=")[1] + (f"@{arrival[1].split('=')[1]}/s" if len(arrival) > 1 else "")

@@ -19,6 +19,7 @@ profile measures one chunk per batch). Decodes are priced at their mean context.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -63,9 +64,18 @@ class Curve:
         order = np.argsort(x)
         self.x = np.concatenate(([0.0], np.asarray(x, np.float64)[order]))
         self.y = np.concatenate(([0.0], np.asarray(seconds, np.float64)[order]))
+        self._xl, self._yl = self.x.tolist(), self.y.tolist()  # for `at`
 
     def __call__(self, x):
         return self._linear(self.x, self.y, np.asarray(x, np.float64))
+
+    def at(self, x: float) -> float:
+        """One value (a plain number): the same line as `__call__`, without numpy's per-call cost."""
+        xs, ys = self._xl, self._yl
+        i = min(max(bisect_right(xs, x) - 1, 0), len(xs) - 2)  # the end segments extend beyond the points
+        if xs[i + 1] == xs[i]:
+            return ys[i + 1]
+        return ys[i] + (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i]) * (x - xs[i])
 
     @staticmethod
     def _linear(xs, ys, x):
@@ -120,6 +130,7 @@ class AttentionTable:
             raise ConfigError(f"{where}: the attention grid has gaps that no measured line spans "
                               f"({int(np.isnan(grid).sum())} cells)")
         self.grid = grid
+        self._axes = [a.tolist() for a in (self.c, self.kp, self.n, self.kd)]  # for `at`
         self.floor = float(prefill.min())  # one kernel's fixed cost
 
     def _complete(self, grid: np.ndarray) -> np.ndarray:
@@ -145,6 +156,23 @@ class AttentionTable:
         return grid
 
     _CORNERS = np.array([[(corner >> axis) & 1 for axis in range(4)] for corner in range(16)], dtype=bool)
+    _CORNER_TUPLES = [tuple(int(b) for b in row) for row in _CORNERS]
+
+    def at(self, c: float, kp: float, n: float, kd: float) -> float:
+        """One batch's seconds (plain numbers): the same multilinear weighting of the 16 cells around it as
+        `__call__`, without numpy's per-call cost (the simulator prices most chunked-prefill steps one by one)."""
+        lower, weight = [], []
+        for axis, x in zip(self._axes, (c, kp, n, kd)):
+            i = min(max(bisect_right(axis, x) - 1, 0), len(axis) - 2)
+            lower.append(i)
+            weight.append((x - axis[i]) / (axis[i + 1] - axis[i]))
+        (i0, i1, i2, i3), (w0, w1, w2, w3) = lower, weight
+        cell = self.grid.item
+        total = 0.0
+        for b0, b1, b2, b3 in self._CORNER_TUPLES:
+            total += ((w0 if b0 else 1.0 - w0) * (w1 if b1 else 1.0 - w1) * (w2 if b2 else 1.0 - w2)
+                      * (w3 if b3 else 1.0 - w3) * cell(i0 + b0, i1 + b1, i2 + b2, i3 + b3))
+        return max(total, 0.0)
 
     def __call__(self, c, kp, n, kd):
         """Seconds for the given batches (numbers or arrays, broadcast together): the 16 grid cells around
@@ -261,19 +289,26 @@ class OperatorLatency(LatencyModel):
         return np.array(np.broadcast_to(self._time(n, n, att), (k,)), dtype=np.float64)
 
     def batch_time(self, out) -> float:
+        """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the
+        decodes at their mean context."""
+        att_at = self.attention.at
         n = out.decode_n
         mean_ctx = max(out.decode_ctx / n, float(self.attention.kd[0])) if n else 0.0
         chunks = sorted(zip(out.prefill_lens, out.prefill_prefix), reverse=True)
         if chunks:
             (c, kp), rest = chunks[0], chunks[1:]
-            att = float(self.attention(c, kp, n, mean_ctx))
-            if rest:
-                cs, kps = np.array(rest, dtype=np.float64).T
-                att += float(np.sum(self.attention(cs, kps, 0.0, mean_ctx) - self.attention.floor))
+            att = att_at(float(c), float(kp), float(n), mean_ctx)
+            for c, kp in rest:
+                att += att_at(float(c), float(kp), 0.0, mean_ctx) - self.attention.floor
         else:
-            att = float(self.attention(0.0, 0.0, n, mean_ctx))
-        sampling = n + len(out.prefill) - len(out.partial)
-        t = float(self._time(out.prefill_tokens + n, sampling, att))
+            att = att_at(0.0, 0.0, float(n), mean_ctx)
+        tokens = out.prefill_tokens + n
+        if tokens <= 0:
+            t = 0.0
+        else:
+            sampling = n + len(out.prefill) - len(out.partial)
+            t = (self.overhead_s + self.dense.at(float(tokens)) + self.layers * att
+                 + self.per_sequence.at(float(sampling)))
         if out.transfer_tokens:
             t += self.swap_time(out.transfer_tokens)
         return t
