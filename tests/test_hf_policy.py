@@ -163,3 +163,45 @@ def test_exec_run_writes_hf_summary(tmp_path):
     assert (tmp_path / "summary.csv").is_file()
     with pytest.raises(ConfigError, match="executor.mode=natural with policy.sizing=actual"):
         run_exec(exec_cfg("policy=hf", "policy.sizing=actual", "executor.mode=natural"))
+
+
+def test_natural_mode_is_generate_as_shipped():
+    """Natural mode: each row ends at its first end-of-sequence token (a token the tiny model does produce is
+    made the end-of-sequence here), the batch when every row has; lengths come from generate, not the
+    workload, and the tokens up to each end are the fixed-length run's."""
+    prompts, outputs = workload(n=4, seed=5, max_output=12)
+    _, fixed = run_generate(prompts, [12] * 4, 10_000)
+    eos = fixed.outputs[0][2]  # request 0's third token
+    cfg = {"max_seq_len": 12, "seed": 0, "policy": {"name": "hf"},
+           "predictor": {"name": "synthetic", "num_buckets": 4, "bucketing": "equal", "accuracy": 1.0,
+                         "error_shape": "adjacent"}}
+    sched = build_scheduler(cfg, 10_000, np.asarray(outputs))
+    ex = GenerateExecutor(tiny(), sched, mode="natural", eos_ids=(eos,))
+    reqs = make_requests([len(p) for p in prompts], outputs, [0.0] * 4)
+    res = ex.run(reqs, prompts, caps=[12] * 4)
+    for r in res.requests:
+        full = fixed.outputs[r.id]
+        end = full.index(eos) + 1 if eos in full else 12
+        assert r.output_len == end and res.outputs[r.id] == full[:end]
+    assert res.requests[0].output_len <= 3
+    assert ex.batches[0]["steps"] == max(r.output_len for r in res.requests)
+
+
+def test_the_simulator_runs_hf_from_its_config_and_a_profile_without_copy_times_refuses_it(tmp_path):
+    from test_silent_results import cfg
+
+    from s3sim.runner import run_config
+
+    row = run_config(cfg("policy=hf", "num_requests=300", "policy.sizing=actual"))
+    assert row["policy"] == "hf" and row["batch_sizing"] == "actual" and row["copied_tokens"] > 0
+    assert row["preemptions"] == 0 and row["padding_tokens"] > 0
+    # the profiled latency model of a profile that never measured a KV copy cannot price hf: refused up front
+    import shutil
+    from pathlib import Path
+
+    src = Path("results/fidelity/profiles/tiny-llama-cpu.csv")
+    shutil.copy(src, tmp_path / "p.csv")
+    (tmp_path / "p.json").write_text("{}")
+    with pytest.raises(ConfigError, match="no measured KV copy time"):
+        run_config(cfg("policy=hf", "model=tiny-llama", "num_requests=20", "max_seq_len=64", "latency=profiled",
+                       f"latency.path={tmp_path / 'p.csv'}"))
