@@ -158,6 +158,20 @@ class AttentionTable:
     _CORNERS = np.array([[(corner >> axis) & 1 for axis in range(4)] for corner in range(16)], dtype=bool)
     _CORNER_TUPLES = [tuple(int(b) for b in row) for row in _CORNERS]
 
+    def decode_only(self, n: float, kd) -> np.ndarray:
+        """Seconds for `n` decodes (no prefill) at each decode context in `kd` (an array): the bilinear part of
+        `__call__` that remains when the chunk and prefix are 0 (their weights are then exactly 1 and 0)."""
+        if not hasattr(self, "_decode_grid"):
+            self._decode_grid = np.ascontiguousarray(self.grid[0, 0])
+        g = self._decode_grid
+        axis = self._axes[2]
+        i = min(max(bisect_right(axis, n) - 1, 0), len(axis) - 2)
+        w = (n - axis[i]) / (axis[i + 1] - axis[i])
+        j, v = _bracket(self.kd, np.asarray(kd, np.float64))
+        lo = g[i, j] * (1.0 - v) + g[i, j + 1] * v
+        hi = g[i + 1, j] * (1.0 - v) + g[i + 1, j + 1] * v
+        return np.maximum(lo * (1.0 - w) + hi * w, 0.0)
+
     def at(self, c: float, kp: float, n: float, kd: float) -> float:
         """One batch's seconds (plain numbers): the same multilinear weighting of the 16 cells around it as
         `__call__`, without numpy's per-call cost (the simulator prices most chunked-prefill steps one by one)."""
@@ -284,9 +298,12 @@ class OperatorLatency(LatencyModel):
 
     def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
         n = float(decode_tokens)
+        if n <= 0:
+            return np.zeros(k, dtype=np.float64)
         ctx = (float(decode_ctx_start) + np.arange(k, dtype=np.float64) * n) / n
-        att = self.attention(0.0, 0.0, n, np.maximum(ctx, self.attention.kd[0]))
-        return np.array(np.broadcast_to(self._time(n, n, att), (k,)), dtype=np.float64)
+        att = self.attention.decode_only(n, np.maximum(ctx, self.attention.kd[0]))
+        t = self.overhead_s + self.dense.at(n) + self.layers * att + self.per_sequence.at(n)
+        return np.array(t, dtype=np.float64)
 
     def batch_time(self, out) -> float:
         """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the
