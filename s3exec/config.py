@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import build_scheduler, check_fits, get, positive_int, sample_workload, seed_of, served_clipped
+from s3sim.config import (build_scheduler, check_fits, check_requests, get, positive_int, sample_workload, seed_of,
+                           served_clipped)
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -133,6 +134,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
     keys = None if getattr(wl, "keys", None) is None else wl.keys[idx]
     sched = build_scheduler(cfg, cap, output, keys)
+    check_requests(sched, plen, output)
     if sched.name == "hf":  # transformers' generate with its own growing cache, not the paged runner
         from s3exec.generate import GenerateExecutor
 

@@ -180,7 +180,13 @@ class GenerateExecutor:
         pad = self.eos[0] if self.mode == "natural" else 0
         gc = GenerationConfig(do_sample=False, max_new_tokens=int(new_tokens), eos_token_id=eos, pad_token_id=pad)
         stamps = Timestamps()
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc,
-                                      stopping_criteria=StoppingCriteriaList([stamps]))
+        # generate merges the model's own generation settings (sampling, repetition penalty, ...) into unset
+        # fields: a blank one during the call keeps decoding greedy and plain, as the paged executor's argmax
+        saved, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc,
+                                          stopping_criteria=StoppingCriteriaList([stamps]))
+        finally:
+            self.model.generation_config = saved
         return out[:, width:].cpu().numpy(), stamps.times

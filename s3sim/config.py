@@ -215,10 +215,18 @@ def build(cfg) -> Setup:
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
+    check_requests(sched, prompt, output)
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
                  len(wl.prompt_len), context_clipped, model, int(getattr(wl, "prefix_blocks", 0)))
+
+
+def check_requests(sched, prompt, output) -> None:
+    """A policy that checks each request alone (hf: its peak memory) checks them all before the run starts."""
+    if hasattr(sched, "check_fits"):
+        for i, (p, o) in enumerate(zip(np.asarray(prompt).tolist(), np.asarray(output).tolist())):
+            sched.check_fits(i, p, o)
 
 
 def served_clipped(wl, idx) -> int:

@@ -50,8 +50,8 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str) -> s
 
 def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> None:
     """Exit with one line (code 2) if Hydra would refuse the overrides in `args`."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
-           or a.startswith("--info") for a in args):
+    flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
+    if flags:  # --help, --cfg, -cn/-cp/-cd and the like: Hydra's own handling (and search path) applies
         return
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -65,13 +65,18 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
     except HydraException as e:
         print(f"{prog}: error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
-    # the first value of every override, then each other value of each sweep on its own
-    base = [f"{o.get_key_element()}={_first(o)}" for o in parsed]
-    trials = [(base, o.input_line) for o in parsed]
-    for i, o in enumerate(parsed):
-        if o.is_sweep_override():
-            for v in list(o.sweep_string_iterator())[1:]:
-                trials.append((base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1:], f"{o.get_key_element()}={v}"))
+    # the first value of every override, then each other value of each sweep on its own; a sweep that cannot
+    # be listed here (glob, interval) is left to Hydra
+    try:
+        base = [f"{o.get_key_element()}={_first(o)}" for o in parsed]
+        trials = [(base, o.input_line) for o in parsed]
+        for i, o in enumerate(parsed):
+            if o.is_sweep_override():
+                for v in list(o.sweep_string_iterator())[1:]:
+                    trials.append((base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1:],
+                                   f"{o.get_key_element()}={v}"))
+    except HydraException:
+        return
     seen = set()
     for ovs, _ in trials:
         if tuple(ovs) in seen:

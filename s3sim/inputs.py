@@ -19,10 +19,17 @@ CODE_DIRS = ("s3sim", "s3exec", "conf")
 CODE_SUFFIXES = (".py", ".yaml", ".json", ".csv", ".gz")
 
 
+def note_folder(folder) -> None:
+    """Every file under a folder is being read (a trained model: its weights, tokenizer and metadata)."""
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            note(p)
+
+
 def note(path) -> None:
     """A data file is being read by whatever run is being recorded."""
     for files in _recorders:
-        files.add(str(Path(path).resolve()))
+        files.add(str(Path(path).absolute()))  # not resolved: a data link pointed elsewhere is another input
 
 
 @contextmanager

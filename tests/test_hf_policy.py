@@ -205,3 +205,19 @@ def test_the_simulator_runs_hf_from_its_config_and_a_profile_without_copy_times_
     with pytest.raises(ConfigError, match="no measured KV copy time"):
         run_config(cfg("policy=hf", "model=tiny-llama", "num_requests=20", "max_seq_len=64", "latency=profiled",
                        f"latency.path={tmp_path / 'p.csv'}"))
+
+
+def test_generate_ignores_the_models_own_generation_settings():
+    """A model whose generation_config asks for sampling and a repetition penalty is still decoded greedily and
+    plainly, as the paged executor decodes it."""
+    prompts, outputs = workload(n=3, seed=6, max_output=10)
+    model = tiny().model
+    saved = model.generation_config
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(do_sample=True, repetition_penalty=5.0, temperature=0.7)
+    try:
+        _, res = run_generate(prompts, outputs, 10_000)
+    finally:
+        model.generation_config = saved
+    assert [res.outputs[i] for i in range(3)] == reference(prompts, outputs)

@@ -220,3 +220,32 @@ def test_s3sim_plot_draws_a_collected_sweep_with_error_bars(tmp_path):
     bad = subprocess.run([*call, "--x", "rate", "--y", "e2e_latency_p50"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "--x 'rate' is not a column of the table; similar: offered_rate" in bad.stderr
+
+
+def test_review_fixes_of_reuse_and_intervals(tmp_path):
+    from s3sim.inputs import note, recording
+    from s3sim.runner import run_dir, t975
+
+    assert t975(30) == 2.042 and abs(t975(31) - 2.040) < 2e-3 and abs(t975(120) - 1.980) < 2e-3
+    # a data link pointed at another file is another input: the link's own path is what is recorded
+    (tmp_path / "a.csv").write_text("x")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "a.csv")
+    with recording() as files:
+        note(tmp_path / "link.csv")
+    assert files == {str((tmp_path / "link.csv").absolute())}
+    # an earlier run's repeats.csv does not outlive it
+    c = cfg("policy=s3", "num_requests=100", "repeats=2")
+    run_dir(c, tmp_path / "run")
+    assert (tmp_path / "run" / "repeats.csv").is_file()
+    run_dir({**c, "repeats": 1}, tmp_path / "run")
+    assert not (tmp_path / "run" / "repeats.csv").exists()
+
+
+def test_precheck_leaves_flags_and_unlisted_sweeps_to_hydra(tmp_path):
+    from s3sim.hydra_errors import precheck
+
+    conf = str(__import__("s3sim.cli", fromlist=["CONF_DIR"]).CONF_DIR)
+    precheck(conf, "config", ["-cn", "exec", "executor.mode=natural"], "s3sim")  # Hydra's to judge
+    precheck(conf, "config", ["-m", "policy=glob(o*)", "num_requests=5"], "s3sim")
+    with pytest.raises(SystemExit):
+        precheck(conf, "config", ["-m", "policy=orca,nope"], "s3sim")

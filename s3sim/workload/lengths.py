@@ -324,7 +324,10 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
         raise ConfigError(f"workload.time_scale must be a positive finite number, got {time_scale!r}")
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"workload.path: no trace file {str(path)!r}")
-    if format != "azure" or columns or time_unit:  # BurstGPT, Mooncake or named columns
+    if format == "azure" and (columns or time_unit):
+        raise ConfigError("workload.columns and workload.time_unit apply to workload.format=columns (or burstgpt, "
+                          "mooncake), not azure, whose columns and times are fixed")
+    if format != "azure":  # BurstGPT, Mooncake or named columns
         from s3sim.workload.trace_formats import read_log
 
         if path is None:

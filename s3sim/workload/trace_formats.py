@@ -61,8 +61,12 @@ def _number(value, where: str, field: str, integer: bool) -> float:
     if isinstance(value, bool) or value is None:
         raise ConfigError(f"{where}: {field} is missing or not a number ({value!r})")
     try:
-        v = float(value) if not integer else int(value) if isinstance(value, int) else int(str(value).strip())
-    except (TypeError, ValueError):
+        v = float(value)
+        if integer:  # "12" or 12.0 (logs exported from pandas write floats), not 12.5
+            if not (math.isfinite(v) and v == int(v)):
+                raise ValueError
+            v = int(v) if not isinstance(value, str) or "." in value or "e" in value.lower() else int(value.strip())
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {field} {str(value)[:40]!r} is not "
                           f"{'a non-negative integer' if integer else 'a number'}") from None
     if not math.isfinite(v) or v < 0:

@@ -90,13 +90,19 @@ class HfScheduler(FasterTransformerScheduler):
 
     def add(self, requests):
         for r in requests:
-            need = peak_tokens(1, r.prompt_len, self.longest(r))
-            if need > self.pool.capacity:
-                raise ConfigError(
-                    f"request {r.id}: policy=hf with sizing={self.sizing} needs {need} KV tokens at its peak alone "
-                    f"(prompt {r.prompt_len}, {self.longest(r)} output tokens, the cache copied once), more than "
-                    f"the capacity of {self.pool.capacity}; lower max_seq_len or give the KV cache more memory")
+            self.check_fits(r.id, r.prompt_len, r.output_len)
         super().add(requests)
+
+    def check_fits(self, rid: int, prompt: int, output: int) -> None:
+        """A request whose batch of one would run out of memory is a configuration error (checked for every
+        request when a run is built, and again as each arrives)."""
+        longest = output if self.sizing == "actual" else self.max_seq_len
+        need = peak_tokens(1, prompt, longest)
+        if need > self.pool.capacity:
+            raise ConfigError(
+                f"request {rid}: policy=hf with sizing={self.sizing} needs {need} KV tokens at its peak alone "
+                f"(prompt {prompt}, {longest} output tokens, the cache copied once), more than the capacity of "
+                f"{self.pool.capacity}; lower max_seq_len or give the KV cache more memory")
 
     def _form(self) -> list[Request]:
         """The longest first-come-first-served prefix of the queue whose peak fits (at most max_batch_size)."""

@@ -126,6 +126,9 @@ class LengthClassifier(nn.Module):
         if not (folder / "meta.json").is_file():
             raise ConfigError(f"{folder} is not a trained predictor (no meta.json); train one with `s3predict train`")
         meta = read_meta(folder)
+        from s3sim.inputs import note_folder
+
+        note_folder(folder)
         buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
         enc = AutoModel.from_pretrained(folder / "encoder", local_files_only=True)
         tok = AutoTokenizer.from_pretrained(folder / "encoder", local_files_only=True)
