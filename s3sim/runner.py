@@ -47,7 +47,7 @@ def run_dir(cfg: dict, out: str | Path, write_iterations: bool = False) -> tuple
     out.mkdir(parents=True, exist_ok=True)
     text = config_text(cfg)
     row = reusable(out, text)
-    if row is not None:
+    if row is not None and (not write_iterations or (out / "iterations.csv").is_file()):
         return row, True
     clear(out)
     write_text(text, out / CONFIG)
