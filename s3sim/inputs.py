@@ -32,6 +32,19 @@ def note(path) -> None:
         files.add(str(Path(path).absolute()))  # not resolved: a data link pointed elsewhere is another input
 
 
+def read_csv(path, failure: str):
+    """A CSV table a run reads (noted as read); a file that is not one is one ConfigError: `failure`, then why."""
+    import pandas as pd
+
+    from s3sim.core.errors import ConfigError
+
+    note(path)
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{failure} ({str(e).splitlines()[0]})") from None
+
+
 @contextmanager
 def recording():
     """The set of files noted while the block runs."""

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.core.errors import ConfigError, InvariantViolation
+from s3sim.workload.text import json_lines
 
 PROG = "s3sim-validate"
 META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
@@ -147,16 +148,8 @@ def _is_number(v) -> bool:
 
 def read_requests(path: Path) -> pd.DataFrame:
     rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, row in json_lines(_read_text(path), repr(str(path))):
         where = f"{str(path)!r} line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{where}: expected a JSON object")
         for f in REQUEST_FIELDS:
             if f not in row:
                 raise ConfigError(f"{where}: missing field {f!r}")

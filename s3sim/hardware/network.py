@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import note
+from s3sim.inputs import read_csv
 
 
 class RingAllReduce:
@@ -47,8 +47,7 @@ class MeasuredAllReduce:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"all-reduce profile: no file {str(p)!r}")
-        note(p)
-        t = pd.read_csv(p)
+        t = read_csv(p, f"all-reduce profile {str(p)!r}: not a CSV")
         median = "time_stats.all_reduce.median"
         missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
         if missing:

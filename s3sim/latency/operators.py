@@ -30,7 +30,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.inputs import note
+from s3sim.inputs import read_csv
 from s3sim.latency.base import LatencyModel
 
 PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
@@ -206,11 +206,7 @@ class AttentionTable:
 def _read(path: Path, columns) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"operator profile: no file {str(path)!r}")
-    note(path)
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ConfigError(f"operator profile {str(path)!r}: not a CSV ({str(e).splitlines()[0]})") from None
+    table = read_csv(path, f"operator profile {str(path)!r}: not a CSV")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise ConfigError(f"operator profile {str(path)!r}: missing column {missing[0]!r} (needs {', '.join(columns)})")

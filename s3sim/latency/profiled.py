@@ -43,7 +43,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.inputs import note
+from s3sim.inputs import note, read_csv
 from s3sim.latency.base import LatencyModel
 
 FEATURES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
@@ -55,12 +55,8 @@ def load_profile(path) -> tuple[pd.DataFrame, dict]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"latency.path: no profile at {str(p)!r}; make one with `python -m s3exec.profile`")
-    note(p)
     note(p.with_suffix(".json"))
-    try:
-        table = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ConfigError(f"latency.path: {p} is not a CSV profile ({str(e).splitlines()[0]})") from None
+    table = read_csv(p, f"latency.path: {p} is not a CSV profile")
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ConfigError(f"latency.path: {p} lacks the columns {', '.join(missing)}")

@@ -50,15 +50,22 @@ def _rows(path: Path) -> list:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
         return [(i, r) for i, r in enumerate(rows)]
-    rows = []
+    return list(json_lines(text, str(path), objects=False))
+
+
+def json_lines(text: str, where: str, objects: bool = True):
+    """(line number, value) of every non-blank line of JSONL `text`; a line that is not JSON (or, with
+    `objects`, not a JSON object) is one error naming `where` and the line."""
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
-            rows.append((n, json.loads(line)))
+            value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    return rows
+            raise ConfigError(f"{where} line {n}: not valid JSON ({e.msg})") from None
+        if objects and not isinstance(value, dict):
+            raise ConfigError(f"{where} line {n}: expected a JSON object, got {type(value).__name__}")
+        yield n, value
 
 
 def _pair(row, where: str, index: int) -> TextPair | None:

@@ -15,14 +15,14 @@ token count of 0 becomes 1, as for the Azure format. Every bad row is one line n
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import note
+from s3sim.workload.lengths import _csv_rows, _require
+from s3sim.workload.text import json_lines
 
 FORMATS = ("azure", "burstgpt", "mooncake", "columns")
 TIME_UNITS = {"s": 1.0, "ms": 1e-3}
@@ -39,22 +39,11 @@ def _rows(path: Path):
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
     if text.lstrip().startswith("{"):
-        for n, line in enumerate(text.split("\n"), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{path.name} line {n}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ConfigError(f"{path.name} line {n}: expected a JSON object, got {type(row).__name__}")
-                yield n, row
+        yield from json_lines(text, path.name)
         return
     reader = csv.DictReader(text.splitlines())
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as e:
-        raise ConfigError(f"{path.name} line {reader.line_num}: {e}") from None
+    for row in _csv_rows(path, reader):
+        yield reader.line_num, row
 
 
 def _number(value, where: str, field: str, integer: bool) -> float:
@@ -78,7 +67,6 @@ def _number(value, where: str, field: str, integer: bool) -> float:
 
 def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None = None):
     """(seconds, prompt tokens, output tokens, rows with block hashes, hash_ids column present) of a log."""
-    from s3sim.workload.lengths import _require
 
     if fmt not in PRESETS and fmt != "columns":
         raise ConfigError(f"workload.format '{fmt}' is unknown; valid: {', '.join(FORMATS)}")
@@ -98,7 +86,6 @@ def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None 
     if unit not in TIME_UNITS:
         raise ConfigError(f"workload.time_unit '{unit}' is unknown; valid: {', '.join(TIME_UNITS)}")
     path = _require(Path(path))
-    note(path)
     times, prompt, output, hashed = [], [], [], 0
     for n, row in _rows(path):
         where = f"{path.name} line {n}"
