@@ -56,6 +56,17 @@ class Seq:
         return len(self.tokens) - self.prompt_len
 
 
+def wait_until(clock, sleep, when: float, spin: float = 0.002) -> None:
+    """Idle until `clock()` reads `when`: sleep, then spin for the last `spin` seconds, since a sleep
+    overshoots by a tenth of a millisecond or more, which would delay every request arriving at an idle
+    engine (the simulator starts its iteration at the arrival itself)."""
+    left = when - clock()
+    if left > spin:
+        sleep(left - spin)
+    while clock() < when:
+        pass
+
+
 def make_seqs(requests: list[Request], prompts: list[list[int]], caps=None) -> dict[int, Seq]:
     """Each request's sequence: its prompt tokens (which must be as many as its prompt_len) and its cap
     (default: its output_len)."""
@@ -129,7 +140,7 @@ class Executor:
         return step  # the forward pass took the time already
 
     def idle(self, t: float) -> float:
-        self._wait_until(self._t0 + self._inbox.next_arrival)
+        wait_until(self.clock, self.sleep, self._t0 + self._inbox.next_arrival)
         return self.clock() - self._t0
 
     def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
@@ -149,16 +160,6 @@ class Executor:
         self.sched.pool.check()
         self._check_memory(self.sched.now)
         self._bar.update(len(outcome.finished))
-
-    def _wait_until(self, when: float, spin: float = 0.002) -> None:
-        """Idle until the clock reads `when`: sleep, then spin for the last `spin` seconds, since a sleep
-        overshoots by a tenth of a millisecond or more, which would delay every request arriving at an idle
-        engine (the simulator starts its iteration at the arrival itself)."""
-        left = when - self.clock()
-        if left > spin:
-            self.sleep(left - spin)
-        while self.clock() < when:
-            pass
 
     def warm_up(self, prompts) -> None:
         """One untimed prefill of the first prompts (as many as the KV pool and `max_batch_tokens` take) and one

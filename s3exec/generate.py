@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from s3exec.engine import ExecResult, check_mode, make_seqs
+from s3exec.engine import ExecResult, check_mode, make_seqs, wait_until
 from s3exec.progress import Progress
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
@@ -100,12 +100,7 @@ class GenerateExecutor:
         return step  # generate took the time already
 
     def idle(self, t: float) -> float:
-        when = self._t0 + self._inbox.next_arrival
-        left = when - self.clock()
-        if left > 0.002:
-            self.sleep(left - 0.002)
-        while self.clock() < when:
-            pass
+        wait_until(self.clock, self.sleep, self._t0 + self._inbox.next_arrival)
         return self.clock() - self._t0
 
     def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
@@ -132,7 +127,7 @@ class GenerateExecutor:
             new = max(self.seqs[r.id].cap for r in members)
         tokens, times = self._generate(prompts, new)
         if self.mode == "natural":
-            tokens, lengths = self._natural_lengths(tokens, [self.seqs[r.id].cap for r in members])
+            lengths = self._natural_lengths(tokens, [self.seqs[r.id].cap for r in members])
             for r, n in zip(members, lengths):
                 self.sched.set_output_len(r, n)
             times = times[:max(lengths)]
@@ -144,13 +139,13 @@ class GenerateExecutor:
         self.batches.append({"rows": len(members), "width": max(map(len, prompts)), "steps": len(times),
                              "seconds": times[-1] - times[0] if times else 0.0})
 
-    def _natural_lengths(self, tokens: np.ndarray, caps: list[int]):
+    def _natural_lengths(self, tokens: np.ndarray, caps: list[int]) -> list[int]:
         """Each row's length under generate's own stopping: through its first end-of-sequence token, or its cap."""
         lengths = []
         for row, cap in zip(tokens, caps):
             hits = np.flatnonzero(np.isin(row[:cap], self.eos))
             lengths.append(int(hits[0]) + 1 if len(hits) else min(cap, len(row)))
-        return tokens, lengths
+        return lengths
 
     def _generate(self, prompts: list[list[int]], new_tokens: int):
         """Greedy `generate` of left-padded `prompts`: ([rows, new_tokens] token ids, the clock after each step)."""

@@ -219,7 +219,7 @@ def build(cfg) -> Setup:
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped, model, int(getattr(wl, "prefix_blocks", 0)))
+                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks)
 
 
 def check_requests(sched, prompt, output) -> None:

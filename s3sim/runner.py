@@ -119,10 +119,8 @@ def mean_with_ci(rows: list[dict]) -> dict:
     out = dict(rows[0])
     t = t975(len(rows) - 1)
     for c in df.columns:
-        if c in ("seed",) or not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
-            continue
-        if c in CI_SKIP:  # a setting or a count of the workload: the first seed's value
-            continue
+        if c in CI_SKIP or not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            continue  # a setting, a count of the workload, or text: the first seed's value
         v = df[c].astype(float)
         out[c] = float(v.mean(skipna=False))  # a metric missing for one seed is missing for the mean
         finite = np.isfinite(v.to_numpy()).all()  # an offline run's offered_rate is inf, a missing metric NaN
@@ -144,7 +142,7 @@ def t975(df: int) -> float:
 
 
 # summary columns that are settings or bookkeeping, not measurements: no confidence interval
-CI_SKIP = {"num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
+CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
            "clipped_outputs", "context_clipped", "model_dtype_bytes", "prefix_blocks", "sim_wall_s",
            "sim_requests_per_s", "repeats"}
 

@@ -78,12 +78,7 @@ class KVPool:
     def hold_briefly(self, units: int, who: str) -> None:
         """`units` held for a moment on top of what is in use (the old buffer while a cache is copied into a
         larger one): checked against capacity and counted in the peak, then given back."""
-        if units < 0:
-            raise InvariantViolation(f"t={self.now:.6f}s {who} held {units} < 0 KV units briefly")
-        if self.used + units > self.capacity:
-            raise InvariantViolation(
-                f"t={self.now:.6f}s {who} needs {units} KV units for a moment but only {self.free} of {self.capacity} "
-                f"are free: out of memory")
+        self._check_room(units, who, "for a moment", "out of memory")
         self.peak = max(self.peak, self.used + units)
 
     def release(self, rid: int) -> int:
@@ -111,13 +106,17 @@ class KVPool:
                 f"t={self.now:.6f}s run ended with {self.used} KV units still held by requests {some} "
                 f"({self.unsettled} lazily grown and never attributed): a reservation outlived its request")
 
-    def _take(self, units: int, who: str) -> None:
+    def _check_room(self, units: int, who: str, when: str = "", consequence: str = "capacity would be exceeded"):
+        """`units` more KV units fit beside those in use, or an InvariantViolation naming `who`."""
         if units < 0:
             raise InvariantViolation(f"t={self.now:.6f}s {who} grew KV by {units} < 0")
         if self.used + units > self.capacity:
             raise InvariantViolation(
-                f"t={self.now:.6f}s {who} needs {units} KV units but only {self.free} of {self.capacity} are free: "
-                f"capacity would be exceeded")
+                f"t={self.now:.6f}s {who} needs {units} KV units{' ' + when if when else ''} but only {self.free} "
+                f"of {self.capacity} are free: {consequence}")
+
+    def _take(self, units: int, who: str) -> None:
+        self._check_room(units, who)
         self.used += units
         self.allocated += units
         if self.used > self.peak:

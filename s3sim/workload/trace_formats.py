@@ -51,10 +51,10 @@ def _number(value, where: str, field: str, integer: bool) -> float:
         raise ConfigError(f"{where}: {field} is missing or not a number ({value!r})")
     try:
         v = float(value)
-        if integer:  # "12" or 12.0 (logs exported from pandas write floats), not 12.5
+        if integer:  # "12" or 12.0 (logs exported from pandas write floats), not 12.5; exact below 2^53
             if not (math.isfinite(v) and v == int(v)):
                 raise ValueError
-            v = int(v) if not isinstance(value, str) or "." in value or "e" in value.lower() else int(value.strip())
+            v = int(v)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}: {field} {str(value)[:40]!r} is not "
                           f"{'a non-negative integer' if integer else 'a number'}") from None

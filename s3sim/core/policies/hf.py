@@ -47,9 +47,13 @@ class HfConfig(PolicyConfig):
         if self.preemption_mode != "recompute":
             raise ConfigError("policy.preemption_mode does not apply to hf: generate never preempts; leave it "
                               "'recompute'")
-        if self.sizing not in SIZINGS:
-            raise ConfigError(f"policy.sizing '{self.sizing}' is unknown; valid: {', '.join(SIZINGS)}")
+        check_sizing(self.sizing)
         super().__post_init__()
+
+
+def check_sizing(sizing: str) -> None:
+    if sizing not in SIZINGS:
+        raise ConfigError(f"policy.sizing '{sizing}' is unknown; valid: {', '.join(SIZINGS)}")
 
 
 def peak_tokens(batch: int, prompt: int, longest: int) -> int:
@@ -75,18 +79,21 @@ class HfScheduler(FasterTransformerScheduler):
 
     def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None, sizing: str = "max_len"):
         super().__init__(pool, max_seq_len, max_batch_size=max_batch_size)
-        if sizing not in SIZINGS:
-            raise ConfigError(f"policy.sizing '{sizing}' is unknown; valid: {', '.join(SIZINGS)}")
+        check_sizing(sizing)
         self.sizing = sizing
         self.width = 0  # the running batch's padded prompt length
-        self.batches = 0
         self.batch_rows: list[int] = []  # size of every batch formed
         self.copied_tokens = 0  # KV tokens copied by growth, over the run
 
     # ---- sizing -----------------------------------------------------------------------------
-    def longest(self, r: Request) -> int:
-        """Output tokens a batch holding `r` must be sized for, on its account."""
-        return r.output_len if self.sizing == "actual" else self.max_seq_len
+    @property
+    def batches(self) -> int:
+        """Static batches formed so far."""
+        return len(self.batch_rows)
+
+    def longest(self, output_len: int) -> int:
+        """Output tokens a batch must be sized for on account of a member that will generate `output_len`."""
+        return output_len if self.sizing == "actual" else self.max_seq_len
 
     def add(self, requests):
         for r in requests:
@@ -96,7 +103,7 @@ class HfScheduler(FasterTransformerScheduler):
     def check_fits(self, rid: int, prompt: int, output: int) -> None:
         """A request whose batch of one would run out of memory is a configuration error (checked for every
         request when a run is built, and again as each arrives)."""
-        longest = output if self.sizing == "actual" else self.max_seq_len
+        longest = self.longest(output)
         need = peak_tokens(1, prompt, longest)
         if need > self.pool.capacity:
             raise ConfigError(
@@ -110,7 +117,7 @@ class HfScheduler(FasterTransformerScheduler):
         for r in self.waiting:
             if len(members) >= self.max_batch:
                 break
-            w, n = max(width, r.prompt_len), max(longest, self.longest(r))
+            w, n = max(width, r.prompt_len), max(longest, self.longest(r.output_len))
             if peak_tokens(len(members) + 1, w, n) > self.pool.capacity:
                 break
             members.append(r)
@@ -133,7 +140,6 @@ class HfScheduler(FasterTransformerScheduler):
         if not members:
             return batch
         self.width = max(r.prompt_len for r in members)
-        self.batches += 1
         self.batch_rows.append(len(members))
         for r in members:
             self.waiting.popleft()
