@@ -86,15 +86,18 @@ def plot_frontier(online: pd.DataFrame, path: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/default")
-    ap.add_argument("--num-requests", type=int, default=10000)
+    ap.add_argument("--num-requests", type=int, default=None,
+                    help="offline requests (default: every workload row once, Alpaca's 10,000)")
     ap.add_argument("--online-requests", type=int, default=4000)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"offline: {args.num_requests} requests, all at t=0")
-        offline = run_all([[f"policy={p}", f"num_requests={args.num_requests}"] for p in COMPARED]
-                          + [HF_ACTUAL + [f"num_requests={args.num_requests}"]], "offline")
+        n = "null" if args.num_requests is None else args.num_requests
+        print(f"offline: {'every workload row' if args.num_requests is None else args.num_requests} requests, "
+              f"all at t=0")
+        offline = run_all([[f"policy={p}", f"num_requests={n}"] for p in COMPARED]
+                          + [HF_ACTUAL + [f"num_requests={n}"]], "offline")
         offline.insert(0, "run", [*COMPARED, "hf, sizing=actual"])
         write_csv(offline, out / "offline.csv")
         print(f"online: {args.online_requests} requests, Poisson arrivals at {list(RATES)} req/s")
