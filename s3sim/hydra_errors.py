@@ -69,19 +69,14 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
     # be listed here (glob, interval) is left to Hydra
     try:
         base = [f"{o.get_key_element()}={_first(o)}" for o in parsed]
-        trials = [(base, o.input_line) for o in parsed]
+        trials = [base]
         for i, o in enumerate(parsed):
             if o.is_sweep_override():
-                for v in list(o.sweep_string_iterator())[1:]:
-                    trials.append((base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1:],
-                                   f"{o.get_key_element()}={v}"))
+                trials += [base[:i] + [f"{o.get_key_element()}={v}"] + base[i + 1:]
+                           for v in list(o.sweep_string_iterator())[1:]]
     except HydraException:
         return
-    seen = set()
-    for ovs, _ in trials:
-        if tuple(ovs) in seen:
-            continue
-        seen.add(tuple(ovs))
+    for ovs in trials:
         try:
             with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
                 compose(config_name, overrides=ovs)
