@@ -7,6 +7,14 @@ decode tokens (one per running sequence, attending to its whole cached context, 
 and padded), the prefill tokens (whole sequences, causal within themselves, padded) and the chunks that
 continue a partly prefilled prompt (attending to its cached prefix and causally to themselves) with one
 SDPA call each. The layout of the step travels in the `s3exec_step` keyword argument.
+
+Two kernels read the cache. `sdpa` (the reference, and the default on CPU) gathers each sequence's blocks
+into a padded dense tensor per layer, which reads and writes its KV once more than attention needs.
+`flex` (the default on CUDA) runs PyTorch's FlexAttention over the whole pool in place: a block mask made
+from the block tables (one row per sequence, its physical blocks in order) tells the kernel which blocks
+to read, and a mask on logical positions keeps the last block's unwritten slots and the future out. On
+CUDA it is compiled (Triton); on CPU it runs FlexAttention's reference path, which is how the tests check
+it against `sdpa`.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "s3exec_paged"
+KERNELS = ("sdpa", "flex")
 
 
 @dataclass
@@ -34,6 +43,9 @@ class StepLayout:
     ctx_valid: torch.Tensor | None = None  # [n_chunks, L]
     ctx_blocks: torch.Tensor | None = None  # [n_chunks, blocks] physical blocks of prefix and chunk
     ctx_mask: torch.Tensor | None = None  # [n_chunks, 1, L, blocks * block_size] causal over the whole context
+    kernel: str = "sdpa"  # how cached keys are read: "sdpa" (gathered) or "flex" (in place)
+    dec_flex: object = None  # flex: BlockMask of the decodes over the pool
+    ctx_flex: object = None  # flex: BlockMask of the chunks over the pool
 
 
 def paged_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -49,7 +61,9 @@ def paged_attention(module, query, key, value, attention_mask=None, scaling=None
     out = torch.empty_like(q)
     nd = step.n_decode
     gqa = q.shape[1] != kvh
-    if nd:
+    if nd and step.kernel == "flex":
+        out[:nd] = _flex(q[:nd].unsqueeze(2), data, step.dec_flex, scaling, gqa).squeeze(2)
+    elif nd:
         b = step.dec_blocks
         kc = data[0].index_select(0, b.reshape(-1)).view(nd, -1, kvh, d).transpose(1, 2)
         vc = data[1].index_select(0, b.reshape(-1)).view(nd, -1, kvh, d).transpose(1, 2)
@@ -66,7 +80,11 @@ def paged_attention(module, query, key, value, attention_mask=None, scaling=None
             out[nd:] = o.transpose(1, 2)[step.pre_valid]
         else:
             out[nd + idx[step.pre_valid]] = o.transpose(1, 2)[step.pre_valid]
-    if step.ctx_index is not None:  # chunks attend to their cached prefix and, causally, to themselves
+    if step.ctx_index is not None and step.kernel == "flex":
+        idx = step.ctx_index
+        o = _flex(q[nd:][idx].transpose(1, 2), data, step.ctx_flex, scaling, gqa)
+        out[nd + idx[step.ctx_valid]] = o.transpose(1, 2)[step.ctx_valid]
+    elif step.ctx_index is not None:  # chunks attend to their cached prefix and, causally, to themselves
         idx, b = step.ctx_index, step.ctx_blocks
         m = b.shape[0]
         qc = q[nd:][idx].transpose(1, 2)  # [C, H, L, D]
@@ -76,6 +94,66 @@ def paged_attention(module, query, key, value, attention_mask=None, scaling=None
                                            scale=scaling, enable_gqa=gqa)
         out[nd + idx[step.ctx_valid]] = o.transpose(1, 2)[step.ctx_valid]
     return out.unsqueeze(0), None
+
+
+_FLEX = {}
+
+
+def _flex_fn(device: torch.device):
+    """FlexAttention: compiled (Triton kernels) on CUDA, the reference implementation elsewhere."""
+    key = device.type
+    if key not in _FLEX:
+        import warnings
+
+        from torch.nn.attention.flex_attention import flex_attention
+
+        if key == "cuda":
+            _FLEX[key] = torch.compile(flex_attention, dynamic=True)
+        else:
+            def eager(*args, **kwargs):
+                with warnings.catch_warnings():  # "flex_attention called without torch.compile()": meant here
+                    warnings.simplefilter("ignore")
+                    return flex_attention(*args, **kwargs)
+            _FLEX[key] = eager
+    return _FLEX[key]
+
+
+def _flex(q, data, block_mask, scaling, gqa):
+    """q [B, H, L, D] against the whole pool of one layer, read in place: [B, H, L, D]."""
+    _, _, bs, kvh, d = data.shape
+    k = data[0].view(1, -1, kvh, d).transpose(1, 2).expand(q.shape[0], -1, -1, -1)
+    v = data[1].view(1, -1, kvh, d).transpose(1, 2).expand(q.shape[0], -1, -1, -1)
+    return _flex_fn(q.device)(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+
+
+def pool_block_mask(table: torch.Tensor, nblocks: torch.Tensor, qpos: torch.Tensor, pool_blocks: int,
+                    block_size: int):
+    """The BlockMask of a batch of sequences over a pool of `pool_blocks` blocks: sequence b reads its
+    `nblocks[b]` physical blocks `table[b]` (in logical order), and its query i sees the keys at logical
+    positions up to `qpos[b, i]` (-1: a padding query, which sees none). Fixed shapes only (no boolean
+    indexing), so a CUDA graph can capture it."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n, width = table.shape
+    device = table.device
+    cols = torch.arange(width, device=device)
+    held = cols[None, :] < nblocks[:, None]  # [n, width]: the entries that are real blocks
+    target = torch.where(held, table, pool_blocks).reshape(-1)  # the rest land on one spare entry
+    owner = torch.full((pool_blocks + 1,), -1, dtype=torch.int64, device=device).scatter_(
+        0, target, torch.arange(n, device=device)[:, None].expand(n, width).reshape(-1))
+    logical = torch.zeros(pool_blocks + 1, dtype=torch.int64, device=device).scatter_(
+        0, target, cols[None, :].expand(n, width).reshape(-1))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        blk = kv_idx // block_size
+        return (owner[blk] == b) & (logical[blk] * block_size + kv_idx % block_size <= qpos[b, q_idx])
+
+    L = qpos.shape[1]
+    q_blocks = -(-L // 128)
+    kv_num = nblocks.to(torch.int32).view(n, 1, 1).expand(n, 1, q_blocks).contiguous()
+    kv_idx = table.to(torch.int32).view(n, 1, 1, width).expand(n, 1, q_blocks, width).contiguous()
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=(128, block_size), mask_mod=mask_mod,
+                                    seq_lengths=(L, pool_blocks * block_size), compute_q_blocks=False)
 
 
 def register() -> str:

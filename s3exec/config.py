@@ -67,6 +67,28 @@ def free_memory(device: str) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available host memory"
 
 
+def attention_kernel(value, device: str) -> str:
+    """`executor.attention`: how decode and chunk attention read the cache (auto: flex on CUDA, sdpa elsewhere)."""
+    from s3exec.attention import KERNELS
+
+    if value == "auto":
+        return "flex" if str(device).startswith("cuda") else "sdpa"
+    if value not in KERNELS:
+        raise ConfigError(f"executor.attention={value!r} is unknown; valid: auto, {', '.join(KERNELS)}")
+    return value
+
+
+def cuda_graphs_enabled(value, device: str) -> bool:
+    """`executor.cuda_graphs`: capture decode steps (auto: on CUDA). CUDA graphs need a CUDA device."""
+    if value == "auto":
+        return str(device).startswith("cuda")
+    if not isinstance(value, bool):
+        raise ConfigError(f"executor.cuda_graphs must be auto, true or false, got {value!r}")
+    if value and not str(device).startswith("cuda"):
+        raise ConfigError(f"executor.cuda_graphs=true needs a CUDA device, but executor.device={device}")
+    return value
+
+
 def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     """Everything one run needs; `loaded` reuses a model already loaded from the same source."""
     import torch
@@ -141,10 +163,14 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
         executor = GenerateExecutor(loaded, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress,
                                     warmup=bool(get(ex, "warmup", True)))
     else:
-        cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, sched.pool.capacity,
-                        sched.pool.unit_tokens, need + 1, dtype=loaded.dtype, device=device)
+        block = positive_int(get(ex, "block_size", 16), "executor.block_size")
+        holders = min(len(requests), max(1, cap // max(1, int(plen.min()))))  # each holds at least its prompt
+        cache = KVCache.for_pool(sched.pool, loaded.num_layers, loaded.kv_heads, loaded.head_dim, need + 1, holders,
+                                 block, dtype=loaded.dtype, device=device)
         tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
-        executor = Executor(ModelRunner(loaded.model, cache, tokens), sched, mode=mode, eos_ids=loaded.eos_ids,
+        runner = ModelRunner(loaded.model, cache, tokens, kernel=attention_kernel(get(ex, "attention", "auto"), device),
+                             cuda_graphs=cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device))
+        executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids,
                             progress=progress, warmup=bool(get(ex, "warmup", True)))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
                      served_clipped(wl, idx),

@@ -83,6 +83,7 @@ class ExecResult(RunResult):
     outputs: dict[int, list[int]] = field(default_factory=dict)  # request id -> generated tokens
     token_times: dict[int, list[float]] = field(default_factory=dict)  # seconds from the start, per token
     peak_kv_blocks: int = 0
+    peak_kv_tokens: int = 0  # the cache's peak in token slots (whole blocks)
 
 
 class Executor:
@@ -93,10 +94,13 @@ class Executor:
             raise ConfigError("policy.prefix_caching=true: the executor keeps no prefix cache (a preempted request's "
                               "KV is dropped), so it cannot run what the simulator would assume; set it to false")
         self.runner, self.cache, self.sched = runner, runner.cache, scheduler
-        if self.cache.block_size != scheduler.pool.unit_tokens or self.cache.num_blocks != scheduler.pool.capacity:
+        pool, cache = scheduler.pool, self.cache
+        paged = pool.unit_tokens > 1
+        if (paged and (cache.block_size != pool.unit_tokens or cache.num_blocks != pool.capacity)) or (
+                not paged and (cache.num_blocks - cache.slack_blocks) * cache.block_size < pool.capacity):
             raise InvariantViolation(
-                f"KV cache of {self.cache.num_blocks} blocks of {self.cache.block_size} tokens does not match the "
-                f"core pool of {scheduler.pool.capacity} units of {scheduler.pool.unit_tokens} tokens")
+                f"KV cache of {cache.num_blocks} blocks of {cache.block_size} tokens does not match the "
+                f"core pool of {pool.capacity} units of {pool.unit_tokens} tokens")
         self.mode = mode
         self.eos = set(int(e) for e in eos_ids)
         self.progress = progress
@@ -120,10 +124,12 @@ class Executor:
             if self.seqs[r.id].count != r.output_len:
                 raise InvariantViolation(f"request {r.id} finished with {self.seqs[r.id].count} tokens "
                                          f"generated, the core counted {r.output_len}")
-        return ExecResult(requests, log, self.sched, end, steps, self.cache.capacity_tokens,
+        pool = self.sched.pool
+        return ExecResult(requests, log, self.sched, end, steps, pool.capacity * pool.unit_tokens,
                           outputs={i: s.generated for i, s in self.seqs.items()},
                           token_times={i: s.times for i, s in self.seqs.items()},
-                          peak_kv_blocks=self.cache.peak_blocks)
+                          peak_kv_blocks=self.cache.peak_blocks,
+                          peak_kv_tokens=self.cache.peak_blocks * self.cache.block_size)
 
     # ---- the backend verbs (see s3sim.core.serving) ------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:
@@ -175,6 +181,8 @@ class Executor:
                 break
             batch.append((-1 - i, [int(t) for t in p]))
             tokens, blocks = tokens + len(p), blocks + need
+        if self.runner.graphs is not None:
+            self.runner.graphs.capture_all()
         if not batch:
             return
         peak = cache.peak_blocks
@@ -243,7 +251,10 @@ class Executor:
                                          f"core counts {g}")
 
     def _check_memory(self, now: float) -> None:
-        used, pool = self.cache.used_blocks, self.sched.pool
+        """The cache never holds more than the core accounts for: blocks against a paged pool's blocks, tokens
+        written against a token pool's tokens."""
+        pool, cache = self.sched.pool, self.cache
+        used, what = (cache.used_blocks, "blocks") if pool.unit_tokens > 1 else (int(cache.length.sum()), "tokens")
         if used > pool.used:
-            raise InvariantViolation(f"t={now:.6f}s the KV cache holds {used} blocks but the core pool accounts for "
-                                     f"only {pool.used} units")
+            raise InvariantViolation(f"t={now:.6f}s the KV cache holds {used} {what} but the core pool accounts for "
+                                     f"only {pool.used} units of {pool.unit_tokens} tokens")

@@ -67,7 +67,8 @@ class GenerateExecutor:
         pool = self.sched.pool
         return ExecResult(requests, log, self.sched, end, steps, pool.capacity * pool.unit_tokens,
                           outputs={i: s.generated for i, s in self.seqs.items()},
-                          token_times={i: s.times for i, s in self.seqs.items()}, peak_kv_blocks=pool.peak)
+                          token_times={i: s.times for i, s in self.seqs.items()}, peak_kv_blocks=pool.peak,
+                          peak_kv_tokens=pool.peak * pool.unit_tokens)
 
     # ---- the backend verbs (see s3sim.core.serving) ------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:

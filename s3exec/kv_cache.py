@@ -1,10 +1,14 @@
 """The executor's KV cache: one preallocated tensor of fixed-size blocks, a block table per request, and
 host memory for swapped-out requests.
 
-Its capacity is the core pool's, unit for unit (a block of `block_size` tokens per pool unit: one token
-for the reservation policies, a paged block for paged ones), and blocks are taken only as a request's
-KV really grows, which never exceeds what the core reserved for it. So the core's accounting alone
-decides admission, and a failed allocation here means the core was wrong: an `InvariantViolation`.
+Every policy runs on blocks of the same size (16 tokens by default, as the profile is measured). For
+paged policies a block is a core pool unit, one for one. For reservation policies, whose pool counts single
+tokens, the cache holds the pool's tokens in whole blocks plus one partial block for each request that may
+hold KV at once (`slack_blocks`: the rounding a block layout costs, which the core's accounting does not
+see). Blocks are taken only as a request's KV really grows, which never exceeds what the core reserved for
+it. So the core's accounting alone decides admission, and a failed allocation here means the core was
+wrong: an `InvariantViolation`. One more block, `scratch`, is never handed out: padded rows of a captured
+decode step write there.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from s3sim.core.errors import InvariantViolation
 
 class KVCache:
     def __init__(self, num_layers: int, kv_heads: int, head_dim: int, num_blocks: int, block_size: int,
-                 max_tokens_per_seq: int, dtype=torch.float32, device="cpu"):
+                 max_tokens_per_seq: int, dtype=torch.float32, device="cpu", slack_blocks: int = 0):
         self.block_size = int(block_size)
-        self.num_blocks = int(num_blocks)
+        self.slack_blocks = int(slack_blocks)
+        self.num_blocks = int(num_blocks) + self.slack_blocks
+        self.scratch = self.num_blocks
         self.max_blocks = -(-int(max_tokens_per_seq) // self.block_size)
-        self.data = torch.zeros(num_layers, 2, self.num_blocks, self.block_size, kv_heads, head_dim,
+        self.data = torch.zeros(num_layers, 2, self.num_blocks + 1, self.block_size, kv_heads, head_dim,
                                 dtype=dtype, device=device)
         self.free = np.arange(self.num_blocks - 1, -1, -1, dtype=np.int64)  # a stack: pop from the end
         self.nfree = self.num_blocks
@@ -31,6 +37,16 @@ class KVCache:
         self._free_rows: list[int] = []
         self.host: dict[int, tuple[torch.Tensor, int]] = {}  # swapped out: (KV, tokens)
         self.peak_blocks = 0
+
+    @classmethod
+    def for_pool(cls, pool, num_layers: int, kv_heads: int, head_dim: int, max_tokens_per_seq: int,
+                 max_holders: int, block_size: int = 16, **kw) -> "KVCache":
+        """The cache of a core pool: its own blocks for a paged pool; for a token pool, its tokens in blocks
+        of `block_size` plus one partial block per request that may hold KV at once (`max_holders`)."""
+        if pool.unit_tokens > 1:
+            return cls(num_layers, kv_heads, head_dim, pool.capacity, pool.unit_tokens, max_tokens_per_seq, **kw)
+        return cls(num_layers, kv_heads, head_dim, -(-pool.capacity // block_size), block_size, max_tokens_per_seq,
+                   slack_blocks=max(1, int(max_holders)), **kw)
 
     # ---- sizes ------------------------------------------------------------------------------
     @property

@@ -6,24 +6,33 @@ chunked prefill, the next chunk of a prompt whose first tokens are already cache
 takes the cache blocks they need, lays the step out for the attention function and returns the next
 token of every sequence, decode ones first. Prefills beyond `max_batch_tokens` tokens go through further
 forward passes of the same iteration, which bounds activation memory when hundreds of requests join at once.
+With `cuda_graphs`, a decode-only step whose batch fits the captured ladder replays a CUDA graph
+(`s3exec.cuda_graphs`); everything else runs eagerly.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from s3exec.attention import StepLayout, register
+from s3exec.attention import StepLayout, pool_block_mask, register
 from s3exec.kv_cache import KVCache
 from s3sim.core.errors import InvariantViolation
 
 
 class ModelRunner:
-    def __init__(self, model, cache: KVCache, max_batch_tokens: int | None = None):
+    def __init__(self, model, cache: KVCache, max_batch_tokens: int | None = None, kernel: str = "sdpa",
+                 cuda_graphs: bool = False, graph_sizes=None):
         self.model = model
         self.max_batch_tokens = max_batch_tokens
         self.cache = cache
         self.device = cache.data.device
+        self.kernel = kernel
         self.attn = register()
+        self.graphs = None
+        if cuda_graphs:
+            from s3exec.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self, graph_sizes)
 
     def _tensor(self, a, dtype=torch.int64) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=self.device, dtype=dtype)
@@ -33,19 +42,20 @@ class ModelRunner:
         c = self.cache
         bs = c.block_size
         ids, pos, slots = [], [], []
-        step = StepLayout(cache=c, slots=None, n_decode=len(decode))
+        step = StepLayout(cache=c, slots=None, n_decode=len(decode), kernel=self.kernel)
         if decode:
-            rows = np.fromiter((c.row[rid] for rid, _ in decode), np.int64, len(decode))
-            p = c.length[rows].copy()
-            c.ensure(rows, p + 1)
-            c.length[rows] = p + 1
+            rows, p, s = self.grow_decodes(decode)
             ids.append(np.fromiter((t for _, t in decode), np.int64, len(decode)))
             pos.append(p)
-            slots.append(c.table[rows, p // bs] * bs + p % bs)
+            slots.append(s)
             nb = int(c.nblocks[rows].max())
-            step.dec_blocks = self._tensor(c.table[rows, :nb])
-            keys = np.arange(nb * bs)
-            step.dec_mask = self._tensor(keys[None, :] <= p[:, None], torch.bool)[:, None, None, :]
+            if self.kernel == "flex":
+                step.dec_flex = pool_block_mask(self._tensor(c.table[rows, :nb]), self._tensor(c.nblocks[rows]),
+                                                self._tensor(p[:, None]), c.data.shape[2], bs)
+            else:
+                step.dec_blocks = self._tensor(c.table[rows, :nb])
+                keys = np.arange(nb * bs)
+                step.dec_mask = self._tensor(keys[None, :] <= p[:, None], torch.bool)[:, None, None, :]
         if prefill:
             lens = np.array([len(p[1]) for p in prefill], dtype=np.int64)
             prefix = np.array([p[2] if len(p) > 2 else 0 for p in prefill], dtype=np.int64)
@@ -72,11 +82,15 @@ class ModelRunner:
                 step.ctx_index, step.ctx_valid, valid = self._packed(starts[part], lens[part])
                 r, k = rows[part], prefix[part]
                 nb = int(c.nblocks[r].max())
-                step.ctx_blocks = self._tensor(c.table[r, :nb])
                 qpos = k[:, None] + np.arange(valid.shape[1])[None, :]  # [C, L] position of each query
-                keys = np.arange(nb * bs)
-                mask = (keys[None, None, :] <= qpos[:, :, None]) | ~valid[:, :, None]  # padding rows see all
-                step.ctx_mask = self._tensor(mask, torch.bool)[:, None]
+                if self.kernel == "flex":
+                    step.ctx_flex = pool_block_mask(self._tensor(c.table[r, :nb]), self._tensor(c.nblocks[r]),
+                                                    self._tensor(np.where(valid, qpos, -1)), c.data.shape[2], bs)
+                else:
+                    step.ctx_blocks = self._tensor(c.table[r, :nb])
+                    keys = np.arange(nb * bs)
+                    mask = (keys[None, None, :] <= qpos[:, :, None]) | ~valid[:, :, None]  # padding rows see all
+                    step.ctx_mask = self._tensor(mask, torch.bool)[:, None]
         step.slots = self._tensor(np.concatenate(slots))
         ids = np.concatenate(ids)
         pos = np.concatenate(pos)
@@ -84,6 +98,16 @@ class ModelRunner:
         if prefill:
             last = np.concatenate([last, len(decode) + np.cumsum(lens) - 1])
         return ids, pos, last, step
+
+    def grow_decodes(self, decode: list[tuple[int, int]]):
+        """Each decoding sequence's row, the position its token takes and that position's cache slot (taking a
+        block where a sequence crosses into a new one)."""
+        c = self.cache
+        rows = np.fromiter((c.row[rid] for rid, _ in decode), np.int64, len(decode))
+        p = c.length[rows].copy()
+        c.ensure(rows, p + 1)
+        c.length[rows] = p + 1
+        return rows, p, c.table[rows, p // c.block_size] * c.block_size + p % c.block_size
 
     def _packed(self, starts: np.ndarray, lens: np.ndarray):
         """Padded [n, longest] indices of sequences laid side by side in the packed prefill part."""
@@ -106,6 +130,8 @@ class ModelRunner:
                 size = 0
             chunks[-1].append(seq)
             size += len(seq[1])
+        if self.graphs is not None and decode and not prefill and self.graphs.fits(len(decode)):
+            return self.graphs.run(decode)
         out = self._forward(decode, chunks[0]) if decode or chunks[0] else []
         for chunk in chunks[1:]:
             out += self._forward([], chunk)

@@ -51,16 +51,19 @@ def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error
     return build_scheduler(cfg, cap_tokens, np.asarray(outputs))
 
 
-def executor(sched, mode="fixed", eos_ids=(), max_tokens=200):
+def executor(sched, mode="fixed", eos_ids=(), max_tokens=200, kernel="sdpa", holders=64, block_size=16):
+    """The executor on the tiny model, its cache built as `build_exec` builds it (blocks of 16 tokens for a
+    token pool, with one partial block for each of up to `holders` requests)."""
     m = tiny()
-    cache = KVCache(m.num_layers, m.kv_heads, m.head_dim, sched.pool.capacity, sched.pool.unit_tokens, max_tokens)
-    return Executor(ModelRunner(m.model, cache), sched, mode=mode, eos_ids=eos_ids)
+    cache = KVCache.for_pool(sched.pool, m.num_layers, m.kv_heads, m.head_dim, max_tokens, holders, block_size)
+    return Executor(ModelRunner(m.model, cache, kernel=kernel), sched, mode=mode, eos_ids=eos_ids)
 
 
-def run(policy, cap_tokens, prompts, outputs, exec_mode="fixed", eos_ids=(), caps=None, arrivals=None, **kw):
+def run(policy, cap_tokens, prompts, outputs, exec_mode="fixed", eos_ids=(), caps=None, arrivals=None,
+        kernel="sdpa", **kw):
     sched = scheduler(policy, cap_tokens, outputs, **kw)
     reqs = requests(prompts, outputs, arrivals)
-    return executor(sched, exec_mode, eos_ids).run(reqs, prompts, caps)
+    return executor(sched, exec_mode, eos_ids, kernel=kernel).run(reqs, prompts, caps)
 
 
 @torch.inference_mode()
