@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity validate modern calibrate paper beyond trace-sweep predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond trace-sweep predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,17 @@ profile: setup
 
 fidelity: setup
 	$(BIN)/python -m s3exec.fidelity --spread --fresh-profile
+
+# The executor's whole GPU validation in one run (on a CUDA machine): results/gpu/<device>/. On a CPU:
+# python -m s3exec.gpu_check --smoke --out DIR (the test suite runs it so).
+gpu-check: setup
+	$(BIN)/python -m s3exec.gpu_check
+
+# The pure-Python packages the check needs beyond torch and transformers, as wheels in .whl/ for a GPU image
+# that lacks them (README: The GPU check); the versions are this environment's.
+gpu-wheels: setup
+	$(BIN)/pip wheel -q --no-deps -w .whl $$($(BIN)/pip freeze | grep -i -E '^(simpy|hydra-core|omegaconf|antlr4-python3-runtime)==')
+	ls .whl
 
 # Replay the real vLLM runs of ../shared/data/vllm_runs in the simulator (vllm policy), with each run's operator
 # profile and with the datasheet roofline alone: results/validation/<run>[-roofline]/.

@@ -93,6 +93,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     """Everything one run needs; `loaded` reuses a model already loaded from the same source."""
     import torch
 
+    from s3exec.cuda_graphs import ladder
     from s3exec.engine import Executor, check_mode
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
@@ -169,7 +170,8 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
                                  block, dtype=loaded.dtype, device=device)
         tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
         runner = ModelRunner(loaded.model, cache, tokens, kernel=attention_kernel(get(ex, "attention", "auto"), device),
-                             cuda_graphs=cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device))
+                             cuda_graphs=cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device),
+                             graph_sizes=ladder(min(256, len(requests))))  # no batch is larger than the run
         executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids,
                             progress=progress, warmup=bool(get(ex, "warmup", True)))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,

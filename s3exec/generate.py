@@ -186,3 +186,26 @@ class GenerateExecutor:
         finally:
             self.model.generation_config = saved
         return out[:, width:].cpu().numpy(), stamps.times
+
+
+def generate_reference(model, prompts, lengths, eos=None) -> list[list[int]]:
+    """`model.generate`'s greedy tokens for each prompt alone (SDPA attention, no paging): the reference the
+    executor's tokens must equal. `eos=None` never stops early (fixed lengths)."""
+    import torch
+
+    impl, saved = model.config._attn_implementation, model.generation_config.eos_token_id
+    model.set_attn_implementation("sdpa")
+    model.generation_config.eos_token_id = eos
+    device = next(model.parameters()).device
+    try:
+        refs = []
+        with torch.inference_mode():
+            for p, n in zip(prompts, lengths):
+                ids = torch.tensor([list(p)], device=device)
+                out = model.generate(ids, max_new_tokens=int(n), do_sample=False, pad_token_id=0,
+                                     attention_mask=torch.ones_like(ids))
+                refs.append(out[0, len(p):].tolist())
+        return refs
+    finally:
+        model.set_attn_implementation(impl)
+        model.generation_config.eos_token_id = saved

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from s3exec.engine import Executor
+from s3exec.generate import generate_reference
 from s3exec.kv_cache import KVCache
 from s3exec.model_runner import ModelRunner
 from s3exec.models import load_model
@@ -66,20 +67,6 @@ def run(policy, cap_tokens, prompts, outputs, exec_mode="fixed", eos_ids=(), cap
     return executor(sched, exec_mode, eos_ids, kernel=kernel).run(reqs, prompts, caps)
 
 
-@torch.inference_mode()
 def reference(prompts, outputs, eos=None):
     """`model.generate`'s greedy tokens for each prompt alone (SDPA attention, no paging)."""
-    model = tiny().model
-    impl, saved = model.config._attn_implementation, model.generation_config.eos_token_id
-    model.set_attn_implementation("sdpa")
-    model.generation_config.eos_token_id = eos  # None: never stop early (fixed lengths)
-    try:
-        refs = []
-        for p, n in zip(prompts, outputs):
-            out = model.generate(torch.tensor([p]), max_new_tokens=int(n), do_sample=False, pad_token_id=0,
-                                 attention_mask=torch.ones(1, len(p), dtype=torch.long))
-            refs.append(out[0, len(p):].tolist())
-        return refs
-    finally:
-        model.set_attn_implementation(impl)
-        model.generation_config.eos_token_id = saved
+    return generate_reference(tiny().model, prompts, outputs, eos)

