@@ -123,7 +123,10 @@ def _flex(q, data, block_mask, scaling, gqa):
     _, _, bs, kvh, d = data.shape
     k = data[0].view(1, -1, kvh, d).transpose(1, 2).expand(q.shape[0], -1, -1, -1)
     v = data[1].view(1, -1, kvh, d).transpose(1, 2).expand(q.shape[0], -1, -1, -1)
-    return _flex_fn(q.device)(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+    # the Triton kernel reads keys in tiles of BLOCK_N, which must divide the cache block
+    opts = {"BLOCK_N": bs} if q.is_cuda and bs < 64 else None
+    return _flex_fn(q.device)(q, k.to(q.dtype), v.to(q.dtype), block_mask=block_mask, scale=scaling, enable_gqa=gqa,
+                              kernel_options=opts)
 
 
 def pool_block_mask(table: torch.Tensor, nblocks: torch.Tensor, qpos: torch.Tensor, pool_blocks: int,
@@ -151,7 +154,10 @@ def pool_block_mask(table: torch.Tensor, nblocks: torch.Tensor, qpos: torch.Tens
     L = qpos.shape[1]
     q_blocks = -(-L // 128)
     kv_num = nblocks.to(torch.int32).view(n, 1, 1).expand(n, 1, q_blocks).contiguous()
-    kv_idx = table.to(torch.int32).view(n, 1, 1, width).expand(n, 1, q_blocks, width).contiguous()
+    # as wide as the pool: the compiled kernel checks that the mask covers every key (entries past a
+    # sequence's count are never read)
+    kv_idx = torch.zeros(n, 1, q_blocks, pool_blocks, dtype=torch.int32, device=device)
+    kv_idx[..., :width] = table.to(torch.int32).view(n, 1, 1, width)
     return BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=(128, block_size), mask_mod=mask_mod,
                                     seq_lengths=(L, pool_blocks * block_size), compute_q_blocks=False)
 

@@ -182,3 +182,31 @@ def test_batches_beyond_the_ladder_run_eagerly(ref):
     assert [res.outputs[i] for i in range(len(ref))] == ref
     assert max(res.log.batch) == len(PROMPTS) > 2  # the big batches ran eagerly, the tail replayed
     assert ex.runner.graphs.replays > 0
+
+
+@pytest.mark.slow
+def test_compiled_flex_equals_sdpa_across_shapes(monkeypatch):
+    """The compiled path (what CUDA runs, here through Inductor's CPU backend): equal to sdpa, and one
+    compilation serves steps of other shapes (dynamic shapes)."""
+    import s3exec.attention as attention
+    from torch.nn.attention.flex_attention import flex_attention
+
+    monkeypatch.setitem(attention._FLEX, "cpu", torch.compile(flex_attention, dynamic=True))
+    fake = type("M", (), {})()
+    for trial in range(3):
+        outs = {}
+        for kernel in ("sdpa", "flex"):
+            torch.manual_seed(trial)
+            c = KVCache(1, 2, 16, 40, 16, 200)
+            c.data.normal_()
+            runner = ModelRunner(fake, c, kernel=kernel)
+            for rid, n in ((0, 7 + trial), (1, 33), (2, 1), (3, 20)):
+                row = c.allocate(rid, n)
+                c.length[row] = n
+            decode = [(0, 1), (1, 2), (2, 3)][:3 - trial % 2]
+            ids, _, _, step = runner.layout(decode, [(9, list(range(6 + trial))), (3, [7, 8, 9], 20)])
+            torch.manual_seed(10)
+            t = len(ids)
+            q, k, v = torch.randn(1, 4, t, 16), torch.randn(1, 2, t, 16), torch.randn(1, 2, t, 16)
+            outs[kernel] = paged_attention(_Layer(), q, k, v, scaling=0.25, s3exec_step=step)[0]
+        assert torch.allclose(outs["sdpa"], outs["flex"], atol=1e-5)
