@@ -370,7 +370,52 @@ def write_operator_profile(dense: pd.DataFrame, attention: pd.DataFrame, per_seq
     out = Path(out)
     tp1 = out / "tp1"
     tp1.mkdir(parents=True, exist_ok=True)
+    (out / "meta.yaml").unlink(missing_ok=True)  # written last: a folder without it is not a finished profile
     for df, name in ((dense, "dense"), (attention, "attention"), (per_sequence, "per_sequence")):
         write_csv(df.round({"time_us": 4}), tp1 / f"{name}.csv")
     write_text(yaml.safe_dump(meta, sort_keys=False), out / "meta.yaml")
     return out
+
+
+def main(argv=None) -> int:
+    """`python -m s3exec.operator_profile --out DIR [overrides of conf/exec.yaml]`: the model of the executor
+    config (executor.model, device, dtype, attention) profiled operator by operator into DIR."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/exec.yaml (executor.model=smollm2 ...)")
+    ap.add_argument("--out", type=Path, required=True, help="the profile folder (meta.yaml, tp1/*.csv)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=0.01, help="sample a point until its samples add up to this")
+    args = ap.parse_args(argv)
+    try:
+        import torch
+
+        from s3exec.bench import compose
+        from s3exec.config import free_memory
+        from s3exec.models import load_model
+        from s3sim.config import get, positive_int, seed_of
+
+        cfg = compose(args.overrides)
+        ex = cfg["executor"]
+        threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
+        if threads:
+            torch.set_num_threads(threads)
+        device = str(get(ex, "device", "cpu"))
+        available, where = free_memory(device)
+        loaded = load_model(str(get(ex, "model") or cfg["model"]["name"]), str(get(ex, "dtype", "float32")), device,
+                            seed_of(cfg), available, where)
+        t0 = time.perf_counter()
+        tables = measure_operators(loaded, device, repeats=args.repeats, min_seconds=args.min_seconds,
+                                   kernel=str(get(ex, "attention", "auto")))
+        out = write_operator_profile(*tables, args.out)
+        print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
+              f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")
+    except ConfigError as e:
+        print(f"s3exec.operator_profile: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,3 +121,15 @@ def test_a_model_without_an_operator_is_one_line():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="no model.layers"):
         measure_operators(SimpleNamespace(model=torch.nn.Linear(4, 4), name="linear"), **GRID, log=lambda *_: None)
+
+
+def test_the_command_writes_a_profile_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from s3exec.operator_profile import main
+
+    assert main(["--out", str(tmp_path / "p"), "executor.threads=1"]) == 0
+    assert (tmp_path / "p" / "meta.yaml").is_file() and (tmp_path / "p" / "tp1" / "attention.csv").is_file()
+    assert "latency=operators latency.path=" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "q"), "executor.attention=triton"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "s3exec.operator_profile: error: executor.attention='triton' is unknown; valid: auto, sdpa, flex"
+    assert not (tmp_path / "q" / "meta.yaml").exists()
