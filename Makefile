@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond trace-sweep predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ paper: setup
 
 beyond: setup
 	$(BIN)/python -m s3sim.experiments.beyond
+
+# Replicas behind a router (results/cluster/): every router for s3, vllm and orca on the sped-up Azure trace.
+cluster: setup
+	$(BIN)/python -m s3sim.experiments.cluster
 
 # A sweep, collected and plotted with the everyday commands: the Azure conversation trace replayed at four speeds
 # (workload.time_scale) under four policies, Llama-3.1-8B on one A100: results/sweeps/azure_time_scale.{csv,png}.

@@ -1,7 +1,9 @@
 """`make bench`: simulated requests per wall-clock second for each policy, and the memory of a 10^6 run.
 
 Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB) offline and under Poisson
-load; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own.
+load; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own, and so
+does the cluster run: 64 replicas behind a router serving 10^6 requests of the Azure conversation
+trace's shape (`cluster_scale`).
 """
 from __future__ import annotations
 
@@ -59,15 +61,54 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
         print(f"vllm    {f'poisson@{rate}/s':>16s} {n:>9,d} {wall:8.2f} {res.engine_steps:8d} {n / wall:10,.0f}", flush=True)
 
 
+def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = "s3",
+                  router: str = "least_outstanding") -> None:
+    """`replicas` replicas (Llama 3.1 8B on A100 80 GB: the trace's prompts need its long context) behind `router` serving `n` requests of the Azure conversation
+    trace's shape: its rows cycled, its arrival times laid end to end and compressed to `per_replica_rate`
+    requests per second per replica on average, so its bursts stay bursts. Prints wall time, simulated
+    requests per wall second and this process's peak RSS."""
+    import numpy as np
+
+    from s3sim.cluster.build import build_cluster
+    from s3sim.cluster.engine import simulate_cluster
+    from s3sim.workload import load_workload
+
+    t0 = time.perf_counter()
+    setup = build_cluster(cfg_for([f"policy={policy}", "model=llama-3.1-8b", "workload=trace", "arrival=offline",
+                                   f"num_requests={n}", f"cluster.replicas={replicas}", f"cluster.router={router}"]))
+    ts = load_workload("trace").timestamps
+    ts = ts - ts[0]
+    period = ts[-1] * len(ts) / (len(ts) - 1)  # one trace's span plus one mean gap
+    i = np.arange(n)
+    arrivals = ts[i % len(ts)] + (i // len(ts)) * period
+    arrivals = arrivals * (n / arrivals[-1]) / (replicas * per_replica_rate)
+    reqs = make_requests(setup.prompt_len, setup.output_len, arrivals)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = simulate_cluster(reqs, setup.replicas, setup.router)
+    wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    counts = np.bincount(res.assignment, minlength=replicas)
+    print(f"cluster {replicas} x {policy} ({router}) {n:>9,d} requests  {wall:7.2f} s wall (+{built:.1f} s to build) "
+          f"{n / wall:9,.0f} req/s  peak RSS {rss:.2f} GiB; {res.end_time:,.0f} simulated s, requests per replica "
+          f"{counts.min():,}-{counts.max():,}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="requests per policy (0 skips the policy table)")
     ap.add_argument("--big", type=int, default=1_000_000, help="requests for the memory run (0 skips it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cluster", type=int, default=1_000_000,
+                    help="requests for the 64-replica cluster run (0 skips it)")
+    ap.add_argument("--cluster-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default="s3")
     ap.add_argument("--vllm", type=int, default=20_000,
                     help="requests for the vllm policy on per-operator latency (0 skips it)")
     args = ap.parse_args(argv)
+    if args.cluster_child:
+        cluster_scale(args.cluster, 64, 4.0)
+        return
     if args.child:
         wall, steps, rate = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
@@ -86,6 +127,11 @@ def main(argv=None) -> None:
         for p in ("s3", "orca"):
             subprocess.run([sys.executable, "-m", "s3sim.bench", "--child", "-n", str(args.big), "--policy", p],
                            check=True)
+    if args.cluster:
+        print(f"\ncluster: 64 replicas, {args.cluster:,} requests of the Azure conversation trace's shape, in a "
+              f"fresh process")
+        subprocess.run([sys.executable, "-m", "s3sim.bench", "--cluster-child", "--cluster", str(args.cluster)],
+                       check=True)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,19 @@ def build(cfg) -> Setup:
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     policy_class(cfg)
     model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
+    gpu, num_gpus, _ = engine_capacity(cfg, model)  # a model that does not fit fails before the workload is read
+    latency = build_latency(cfg["latency"], model, gpu, num_gpus)
+    wl, idx, arr = sample_workload(cfg)
+    prompt, output = wl.prompt_len[idx], wl.output_len[idx]
+    output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
+    keys = None if wl.keys is None else wl.keys[idx]
+    sched, latency, cap = build_engine(cfg, model, prompt, output, keys, latency)
+    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
+                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks)
+
+
+def engine_capacity(cfg, model) -> tuple[object, int, int]:
+    """(GPU, GPUs per engine, KV capacity in tokens) of the engine `cfg` describes."""
     gpu = get_gpu(cfg["gpu"]["name"])
     num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
     if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
@@ -207,19 +220,23 @@ def build(cfg) -> Setup:
     cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac", 0.1)),
                               num_gpus=num_gpus))
-    latency = build_latency(cfg["latency"], model, gpu, num_gpus)
-    wl, idx, arr = sample_workload(cfg)
-    prompt, output = wl.prompt_len[idx], wl.output_len[idx]
-    output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
-    keys = None if wl.keys is None else wl.keys[idx]
+    return gpu, num_gpus, cap
+
+
+def build_engine(cfg, model, prompt, output, keys, latency=None):
+    """One engine of `cfg` for these requests: (scheduler, latency model (`latency` if built already), KV
+    capacity in tokens)."""
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    gpu, num_gpus, cap = engine_capacity(cfg, model)
+    if latency is None:
+        latency = build_latency(cfg["latency"], model, gpu, num_gpus)
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
     check_requests(sched, prompt, output)
     if getattr(sched, "copies_kv", False):
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
-    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks)
+    return sched, latency, cap
 
 
 def check_requests(sched, prompt, output) -> None:

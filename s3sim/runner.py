@@ -148,6 +148,10 @@ CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capaci
 
 
 def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
+    from s3sim.cluster.build import replica_count
+
+    if replica_count(cfg) > 1:
+        return _run_cluster(cfg, out_dir, write_iterations, summary)
     setup = build(cfg)
     reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
     t0 = time.perf_counter()
@@ -164,6 +168,39 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
                 "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
     if out_dir is not None:
         write_results(out_dir, records, row if summary else None, result.log if write_iterations else None)
+    return row
+
+
+def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
+    """Replicas behind a router (`s3sim.cluster`): summary.csv holds the cluster's row, replicas.csv one row
+    per replica, requests.csv each request's `replica`; iterations.csv (if asked) every replica's, by `replica`."""
+    from s3sim.cluster.build import build_cluster
+    from s3sim.cluster.engine import simulate_cluster
+    from s3sim.cluster.summary import cluster_summary
+
+    setup = build_cluster(cfg)
+    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
+    t0 = time.perf_counter()
+    result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=cfg.get("max_jump"))
+    wall = time.perf_counter() - t0
+    records = request_records(result.requests)
+    records.insert(1, "replica", result.assignment[records.id.to_numpy()])
+    row, replica_rows = cluster_summary(result, setup.slo, records)
+    fields = {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
+              "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
+              "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
+              "prefix_blocks": setup.prefix_blocks, "workload_rows": setup.workload_rows,
+              "rows_used": rows_used(len(reqs), setup.workload_rows)}
+    row.update({**fields, "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
+    for r, gpu in zip(replica_rows, setup.gpus):
+        r["gpu"] = gpu
+    if out_dir is not None:
+        log = None
+        if write_iterations:
+            frames = [r.log.frame().assign(replica=i) for i, r in enumerate(result.replicas)]
+            log = pd.concat(frames, ignore_index=True)
+        write_results(out_dir, records, row if summary else None, None,
+                      {"replicas.csv": pd.DataFrame(replica_rows), **({"iterations.csv": log} if log is not None else {})})
     return row
 
 

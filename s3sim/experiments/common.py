@@ -174,3 +174,59 @@ def slo_capacity(points: list[dict], runs: Path, composer: Composer, grid=(0.25,
         lo, hi = _bracket(done[done.point == i])
         cap.append({**tags[i], "scale": points[i]["scale"], "capacity": lo, "first_failing_rate": hi})
     return pd.DataFrame(cap), done
+
+
+def replicas_needed(points: list[dict], runs: Path, composer: Composer, router: str = "least_outstanding",
+                    jobs: int | None = None, label: str = "", window_s: float = 60.0, least: int = 2000,
+                    max_rounds: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fewest replicas behind `router` that serve a Poisson stream at each point's `target` rate within
+    the SLO, found by simulating the cluster (`s3sim.cluster`), for every point.
+
+    Each point gives `overrides` (one replica's configuration), `target` and `start` (the replica count to
+    try first, the arithmetic estimate). A failing count doubles until one passes; then the gap between the
+    largest failing and the smallest passing count is bisected. Returns (one row per point with
+    `replicas`, None where nothing up to 64 times `start` passed; every run)."""
+    tags = [{k: v for k, v in p.items() if k != "overrides"} for p in points]
+    todo = {i: int(p["start"]) for i, p in enumerate(points) if p["target"] > 0 and p["start"] >= 1}
+    done = pd.DataFrame()
+    for rnd in range(max_rounds * 3):
+        if not todo:
+            break
+        batch = []
+        for i, n in todo.items():
+            rate = rate_text(points[i]["target"])
+            batch.append({**tags[i], "point": i, "n": n,
+                          "overrides": points[i]["overrides"] + [
+                              "arrival=poisson", f"arrival.rate={rate}", f"cluster.replicas={n}",
+                              f"cluster.router={router}",
+                              f"num_requests={online_requests(float(rate), window_s, least)}"]})
+        done = pd.concat([done, run_many(batch, runs, composer, jobs=jobs, label=f"{label} round {rnd}")],
+                         ignore_index=True)
+        todo = {}
+        for i, p in enumerate(points):
+            rows = done[done.point == i] if len(done) else done
+            if not len(rows):
+                continue
+            ok = rows.apply(meets_slo, axis=1)
+            passing = rows.n[ok]
+            failing = rows.n[(rows.status == "finished") & ~ok]
+            lo = int(failing.max()) if len(failing) else 0
+            if not len(passing):
+                nxt = max(lo, 1) * 2
+                if nxt <= 64 * p["start"] and not (rows.status != "finished").all():
+                    todo[i] = nxt
+                continue
+            hi = int(passing[passing > lo].min()) if (passing > lo).any() else int(passing.min())
+            if hi - lo > 1:
+                todo[i] = (lo + hi) // 2
+    out = []
+    for i in range(len(points)):
+        rows = done[done.point == i] if len(done) else done
+        ok = rows.apply(meets_slo, axis=1) if len(rows) else pd.Series(dtype=bool)
+        failing = rows.n[(rows.status == "finished") & ~ok] if len(rows) else pd.Series(dtype=int)
+        lo = int(failing.max()) if len(failing) else 0
+        passing = rows.n[ok] if len(rows) else pd.Series(dtype=int)
+        above = passing[passing > lo]  # the smallest passing count above every failing one (if any)
+        best = int(above.min()) if len(above) else (int(passing.min()) if len(passing) else None)
+        out.append({**tags[i], "replicas": best, "router": router})
+    return pd.DataFrame(out), done

@@ -5,9 +5,11 @@ the reading-speed SLO; and how many GPUs each needs to serve what s3 serves.
 
 GPUs needed: for each model the target is s3's SLO capacity at the model's smallest GPU count. Every
 policy is measured at 1x, 2x and 4x that count (tensor parallelism, `gpu.count`, its all-reduces
-priced); serving the target with replicas of a k-GPU server that each sustain c requests/s needs k * ceil(target / c) GPUs
-(a Poisson stream split evenly over replicas is Poisson at rate target / replicas, which is what c was
-measured with). The table keeps the cheapest k.
+priced). Two answers: by arithmetic, replicas of a k-GPU server that each sustain c requests/s need
+k * ceil(target / c) GPUs (as if the stream split evenly, each replica seeing Poisson at target /
+replicas); by simulation, the fewest replicas of k GPUs behind a router (least outstanding requests,
+`s3sim.cluster`) whose whole cluster serves the Poisson stream at the target within the SLO (a search:
+the arithmetic count first, then doubling or bisection). Each keeps the cheapest k.
 
 Runs go to multirun/paper/<overrides> (resumable: finished runs are reused); tables and figures, each
 with its data, to results/paper/.
@@ -24,7 +26,7 @@ import pandas as pd
 
 from s3sim import plots
 from s3sim.core.policies import COMPARED
-from s3sim.experiments.common import Composer, run_many, slo_capacity
+from s3sim.experiments.common import Composer, replicas_needed, run_many, slo_capacity
 from s3sim.plots import bars, frontier, timeline
 from s3sim.runner import write_csv
 
@@ -75,6 +77,35 @@ def gpus_needed(cap: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def simulated_points(cap: pd.DataFrame, gpus: pd.DataFrame) -> list[dict]:
+    """One cluster search per model, policy and replica size (GPUs) with a measured SLO capacity."""
+    pts = []
+    for _, g in gpus.iterrows():
+        if not g.target_rate > 0:
+            continue
+        rows = cap[(cap.model == g.model) & (cap.policy == g.policy) & (cap.capacity > 0)]
+        for _, r in rows.iterrows():
+            pts.append({"model": g.model, "policy": g.policy, "gpus_per_replica": int(r.gpus), "target": g.target_rate,
+                        "start": math.ceil(g.target_rate / r.capacity - 1e-9),
+                        "overrides": MODELS[g.model][0] + [f"policy={g.policy}"] + gpu_overrides(int(r.gpus))})
+    return pts
+
+
+def with_simulated(gpus: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
+    """The arithmetic table with the simulated answer beside it: `gpus_simulated` (the cheapest replicas x
+    GPUs found), `as_simulated` and the router."""
+    out = gpus.copy()
+    out["gpus_simulated"], out["as_simulated"], out["router"] = math.inf, "", ""
+    for i, g in out.iterrows():
+        f = found[(found.model == g.model) & (found.policy == g.policy) & found.replicas.notna()] if len(found) else found
+        if len(f):
+            cost = f.replicas.astype(int) * f.gpus_per_replica
+            best = f.loc[cost.idxmin()]
+            out.loc[i, ["gpus_simulated", "as_simulated", "router"]] = [
+                int(cost.min()), f"{int(best.replicas)} x {int(best.gpus_per_replica)}", best.router]
+    return out
+
+
 def comparison(offline: pd.DataFrame, cap: pd.DataFrame, gpus: pd.DataFrame) -> pd.DataFrame:
     """One row per model: s3's gains in this simulator, beside the paper's headline figure."""
     rows = []
@@ -82,7 +113,7 @@ def comparison(offline: pd.DataFrame, cap: pd.DataFrame, gpus: pd.DataFrame) -> 
         base = g.gpus.min()
         thr = g[g.gpus == base].set_index("policy").request_throughput
         c = cap[(cap.model == model) & (cap.gpus == base)].set_index("policy").capacity
-        n = gpus[gpus.model == model].set_index("policy").gpus
+        n = gpus[gpus.model == model].set_index("policy").gpus_simulated
         ratio = lambda s, a, b: s[a] / s[b] if a in s and b in s and s[b] > 0 else math.nan  # noqa: E731
         rows.append({"model": model, "gpus": int(base),
                      "offline_s3/orca": ratio(thr, "s3", "orca"), "offline_s3/ft": ratio(thr, "s3", "ft"),
@@ -119,6 +150,7 @@ def main(argv=None) -> None:
     ap.add_argument("--gpu-multiples", default="1,2,4", help="GPU counts tried, as multiples of the least")
     ap.add_argument("--rounds", type=int, default=4, help="bisection rounds of the SLO-capacity search")
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default $S3SIM_JOBS, else one per core)")
+    ap.add_argument("--router", default="least_outstanding", help="router of the simulated clusters")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     models, policies = args.models.split(","), args.policies.split(",")
@@ -141,18 +173,25 @@ def main(argv=None) -> None:
     cap, online = slo_capacity(pts, runs, composer, rounds=args.rounds, jobs=args.jobs, label="online",
                                window_s=args.window, least=args.least_requests)
     gpus = gpus_needed(cap)
+    print(f"GPUs needed, by simulating clusters behind the {args.router} router")
+    found, cluster_runs = replicas_needed(simulated_points(cap, gpus), runs, composer, router=args.router,
+                                          jobs=args.jobs, label="clusters", window_s=args.window,
+                                          least=args.least_requests)
+    gpus = with_simulated(gpus, found)
     table = comparison(done, cap, gpus)
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(done[OFFLINE_COLUMNS], out / "offline.csv")
     write_csv(cap, out / "slo_capacity.csv")
     write_csv(gpus, out / "gpus_needed.csv")
+    write_csv(found, out / "replicas_needed.csv")
     write_csv(table, out / "paper_vs_sim.csv")
     base = done.groupby("model").gpus.transform("min") == done.gpus
     plots.save(bars.draw(done[base][["model", "policy", "request_throughput"]], "request_throughput",
                          "max throughput (requests/s)", "offline maximum throughput (fewest GPUs per model)"),
                done[base][["model", "gpus", "policy", "request_throughput"]], out, "throughput")
-    plots.save(bars.draw(gpus, "gpus", "GPUs (A100 80 GB)", "GPUs to serve s3's rate under the SLO"),
+    plots.save(bars.draw(gpus.assign(gpus=gpus.gpus_simulated), "gpus", "GPUs (A100 80 GB)",
+                         f"GPUs to serve s3's rate under the SLO (simulated clusters, {args.router} router)"),
                gpus, out, "gpus_needed")
     on = online[online.status == "finished"]
     on = on[on.groupby("model").gpus.transform("min") == on.gpus].assign(panel=lambda d: d.model)

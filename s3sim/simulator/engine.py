@@ -77,6 +77,12 @@ class SimBackend:
                     proc.interrupt(r.arrival)
                     break
 
+    def close(self) -> None:
+        """No request will be delivered any more: an engine idling for one wakes up and ends its loop."""
+        if self._wake is not None and not self.inbox.queued:
+            wake, self._wake = self._wake, None
+            wake.succeed(self._idle_from)
+
     # ---- the backend verbs ---------------------------------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:
         lat, decode_n, ctx = self.latency, out.decode_n, out.decode_ctx
