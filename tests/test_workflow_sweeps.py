@@ -52,6 +52,21 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert table.request_throughput["s3"] > 0 and pd.isna(table.request_throughput["nope"])
 
 
+def test_a_sweep_through_submitit_runs_real_jobs(tmp_path):
+    """hydra/launcher=submitit_local: the SLURM launcher's code path (submitit pickles each point and runs
+    it as a job) with local processes for nodes; a failing point is reported, the others finish."""
+    p = s3sim("-m", "hydra/launcher=submitit_local", "policy.name=s3,nope", *TINY,
+              f"hydra.sweep.dir={tmp_path}/mr", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "2 runs: 1 finished, 1 failed, 0 invalid, 0 incomplete" in p.stderr
+    assert "policy.name 'nope' is unknown" in p.stderr
+    assert "LocalLauncher" in (tmp_path / "mr" / "multirun.yaml").read_text()
+    jobs = list((tmp_path / "mr" / ".submitit").rglob("*_submitted.pkl"))
+    assert len(jobs) == 2  # two real submitit jobs, one per point
+    table = collect(tmp_path / "mr").set_index("policy.name")
+    assert table.status.to_dict() == {"s3": "finished", "nope": "failed"}
+
+
 def test_collector_reads_finished_failed_and_killed_runs(tmp_path, cfg):
     c = cfg(*TINY)
     run_dir(c, tmp_path / "ok")

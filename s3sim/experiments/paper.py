@@ -103,6 +103,7 @@ def with_simulated(gpus: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
             best = f.loc[cost.idxmin()]
             out.loc[i, ["gpus_simulated", "as_simulated", "router"]] = [
                 int(cost.min()), f"{int(best.replicas)} x {int(best.gpus_per_replica)}", best.router]
+    out["gpus_simulated"] = [int(v) if math.isfinite(v) else v for v in out.gpus_simulated]  # counts, or inf
     return out
 
 
