@@ -67,6 +67,20 @@ def test_a_sweep_through_submitit_runs_real_jobs(tmp_path):
     assert table.status.to_dict() == {"s3": "finished", "nope": "failed"}
 
 
+def test_a_sweep_through_ray_runs_real_tasks(tmp_path):
+    """hydra/launcher=ray: a real Ray cluster started on this machine for the sweep, each point a Ray task;
+    the same sweep runs on a cluster by `hydra.launcher.ray.init.address`."""
+    p = s3sim("-m", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "policy.name=s3,nope", "seed=0,1",
+              *TINY, f"hydra.sweep.dir={tmp_path}/mr", cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert "Started a local Ray instance" in p.stderr
+    assert "4 runs: 2 finished, 2 failed, 0 invalid, 0 incomplete" in p.stderr
+    assert "RayLauncher" in (tmp_path / "mr" / "multirun.yaml").read_text()
+    table = collect(tmp_path / "mr")
+    assert sorted(zip(table["policy.name"], table.seed, table.status)) == [
+        ("nope", 0, "failed"), ("nope", 1, "failed"), ("s3", 0, "finished"), ("s3", 1, "finished")]
+
+
 def test_collector_reads_finished_failed_and_killed_runs(tmp_path, cfg):
     c = cfg(*TINY)
     run_dir(c, tmp_path / "ok")
@@ -103,6 +117,8 @@ def test_a_finished_run_is_reused_only_for_the_same_config(tmp_path, cfg):
 @pytest.mark.parametrize("launcher, expect", [
     ("slurm", ["SlurmLauncher", "partition: null", "timeout_min: 30", "array_parallelism: 64"]),
     ("local", ["JoblibLauncher", "n_jobs: -1"]),
+    ("ray", ["RayLauncher", "address: null"]),
+    ("submitit_local", ["LocalLauncher", "submitit_folder"]),
 ])
 def test_launcher_configs_compose_without_a_cluster(tmp_path, launcher, expect):
     p = s3sim(f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher", cwd=tmp_path)
