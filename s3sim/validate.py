@@ -405,7 +405,10 @@ def build_latency(profile: Path | None, model, gpu, tp: int):
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency
-    return OperatorLatency.from_profile(profile, model, tp=tp), f"operator profile {profile} (tp{tp})"
+    from s3sim.latency.roofline import all_reduce_model
+    ring = all_reduce_model("ring", gpu) if tp > 1 else None  # the profile times one GPU's shard
+    how = f"operator profile {profile} (tp{tp}" + (f", all-reduces as a {ring.source})" if ring else ")")
+    return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
 
 
 # ---- the timeline ----------------------------------------------------------------------------------------

@@ -97,3 +97,44 @@ def test_a_bad_profile_is_one_line(tmp_path):
         OperatorLatency.from_profile(folder, MODEL)
     with pytest.raises(ConfigError, match="all-reduce"):
         OperatorLatency.from_profile(folder, MODEL, tp=2)
+
+
+def test_tensor_parallel_profile_adds_two_all_reduces_per_layer():
+    """A tp2 profile times one GPU's shard; the model adds, at every token count, the two all-reduces of each
+    layer priced by the network model (here the ring over the RTX PRO 6000's 50 GB/s link)."""
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import NoAllReduce
+    from s3sim.latency.roofline import all_reduce_model
+
+    run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
+    if not (run / "tp2").is_dir():
+        pytest.skip("shared data not present")
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("rtx-pro-6000")
+    ring = all_reduce_model("ring", gpu)
+    priced = OperatorLatency.from_profile(run, model, gpu, tp=2, all_reduce=ring)
+    free = OperatorLatency.from_profile(run, model, gpu, tp=2, all_reduce=NoAllReduce())
+    tokens = np.array([1.0, 16.0, 256.0, 2048.0])
+    extra = priced.dense(tokens) - free.dense(tokens)
+    assert np.allclose(extra, 2 * model.n_layers * ring.time_s(2, tokens * model.hidden_size * model.dtype_bytes),
+                       rtol=1e-9)
+    # a decode of 64 sequences: the shard's operators are cheaper than one GPU's, the all-reduces cost extra
+    one = OperatorLatency.from_profile(run, model, gpu, tp=1)
+    assert free.iteration_time(0, 0, 64, 64 * 512) < one.iteration_time(0, 0, 64, 64 * 512)
+    assert priced.iteration_time(0, 0, 64, 64 * 512) > free.iteration_time(0, 0, 64, 64 * 512)
+    with pytest.raises(ConfigError, match="timed on one GPU's shard: its all-reduces need a price"):
+        OperatorLatency.from_profile(run, model, gpu, tp=2)
+
+
+def test_tensor_parallel_operators_from_the_config(cfg):
+    from s3sim.config import build
+
+    run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
+    if not (run / "tp2").is_dir():
+        pytest.skip("shared data not present")
+    base = ["model=llama-3.1-8b", "gpu=rtx-pro-6000", "latency=operators", f"latency.path={run}", "num_requests=50",
+            "max_seq_len=512"]
+    two = build(cfg(*base, "gpu.count=2", "latency.tp=2"))
+    none = build(cfg(*base, "gpu.count=2", "latency.tp=2", "latency.all_reduce=none"))
+    assert two.latency.iteration_time(0, 0, 8, 8 * 256) > none.latency.iteration_time(0, 0, 8, 8 * 256)
+    with pytest.raises(ConfigError, match="gpu.count=2 needs latency.tp=2"):
+        build(cfg(*base, "gpu.count=2"))

@@ -31,6 +31,15 @@ class RingAllReduce:
         return steps * self.hop_latency + steps / workers * nbytes / self.bandwidth
 
 
+class NoAllReduce:
+    """Tensor parallelism's communication taken as free (`latency.all_reduce=none`: ideal scaling)."""
+
+    source = "none (free)"
+
+    def time_s(self, workers: int, nbytes):
+        return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
+
+
 class MeasuredAllReduce:
     """Median all-reduce times by message size, per GPU count within one node; linear between measured
     sizes and along the last segment beyond them."""

@@ -46,6 +46,7 @@ class OperatorsConfig:
     path: Optional[str] = None  # a profile folder: `profile/` holding `tp<N>/`, or a `tp<N>/` folder itself
     tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
     overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
+    all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer, ring over the GPU's interconnect, or a CSV
 
     def __post_init__(self):
         if not self.path:
@@ -256,14 +257,25 @@ class OperatorLatency(LatencyModel):
         if num_gpus != conf.tp:
             raise ConfigError(f"latency=operators prices tensor parallelism from its tp<N> profile: gpu.count="
                               f"{num_gpus} needs latency.tp={num_gpus}")
-        return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s)
+        all_reduce = None
+        if conf.tp > 1:
+            from s3sim.hardware.network import NoAllReduce
+            from s3sim.latency.roofline import all_reduce_model
+
+            if gpu is None:
+                raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
+            all_reduce = all_reduce_model(conf.all_reduce, gpu) or NoAllReduce()
+        return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce)
 
     @classmethod
     def from_profile(cls, path, model: ModelSpec, gpu: GpuSpec | None = None, tp: int = 1,
-                     overhead_s: float = 0.0) -> "OperatorLatency":
-        if tp != 1:
-            raise ConfigError(f"tensor parallelism (tp={tp}) needs all-reduce pricing, which the operator model "
-                              f"does not have yet; use a tp1 profile")
+                     overhead_s: float = 0.0, all_reduce=None) -> "OperatorLatency":
+        """The profile's `tp<tp>` folder. Its operators were timed on one GPU's shard (vLLM profiles each
+        tensor-parallel degree that way), so for tp > 1 the two all-reduces of every layer are added to the
+        dense operators at each token count: `all_reduce` prices one (`s3sim.hardware.network`; None: free)."""
+        if tp > 1 and all_reduce is None:
+            raise ConfigError(f"an operator profile at tp{tp} was timed on one GPU's shard: its all-reduces need a "
+                              f"price (latency.all_reduce: ring, a measured CSV, or none for ideal scaling)")
         folder = profile_folder(path, tp)
         dense_t = _read(folder / "dense.csv", ("layer", "tokens", "time_us"))
         seq_t = _read(folder / "per_sequence.csv", ("layer", "sequences", "time_us"))
@@ -272,6 +284,8 @@ class OperatorLatency(LatencyModel):
         x = np.unique(dense_t.tokens.to_numpy(np.float64))
         total = sum(PER_LAYER[op] * model.n_layers * layer[op](x) for op in PER_LAYER)
         total = total + sum(ONCE[op] * layer[op](x) for op in ONCE)
+        if tp > 1:  # after attention and after the MLP, of every token's activations
+            total = total + 2 * model.n_layers * all_reduce.time_s(tp, x * model.hidden_size * model.dtype_bytes)
         per_seq = [_curve(seq_t, op, "sequences", folder / "per_sequence.csv") for op in PER_SEQUENCE]
         s = np.unique(seq_t.sequences.to_numpy(np.float64))
         return cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
