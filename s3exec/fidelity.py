@@ -2,8 +2,9 @@
 
 For each model, arrival and policy the same workload, KV capacity (in tokens) and seed run once through
 the executor on this machine and once through the simulator with `latency=profiled` (a profile of this
-machine, measured first if missing; `--fresh-profile` measures it again into `<out>/profiles`, since a
-shared CPU drifts over minutes). The table gives the simulator's relative error per metric; with
+machine, measured first if missing; `--fresh-profile` measures one into `<out>/profiles` just before each
+group of cells (offline, each Poisson rate), since a shared CPU drifts over minutes; each row names its
+profile). The table gives the simulator's relative error per metric; with
 `--spread` the executor runs twice and its own run-to-run difference is shown beside the error, since
 no simulator can be closer than the hardware is to itself. Poisson rates are fractions of the mean
 offline request throughput the executor reached. Writes `results/fidelity/`: `fidelity.csv`,
@@ -97,7 +98,8 @@ def resimulate(table: pd.DataFrame, profiles: Path) -> pd.DataFrame:
         rate = None if pd.isna(r["rate"]) else float(r["rate"])
         cfg = exec_config(r["model"], r["policy"], int(r["requests"]), int(r["max_seq_len"]),
                           int(r["kv_capacity_tokens"]), 1, rate)
-        sim = simulate_config(sim_config(cfg, int(r["kv_capacity_tokens"]), profiles / f"{r['model']}-cpu.csv"))
+        name = r["profile"] if "profile" in r and isinstance(r["profile"], str) else f"{r['model']}-cpu.csv"
+        sim = simulate_config(sim_config(cfg, int(r["kv_capacity_tokens"]), profiles / name))
         new.loc[i, "sim_mean_batch"] = sim["mean_batch_size"]
         for m in METRICS:
             new.loc[i, f"sim_{m}"] = sim[m]
@@ -117,9 +119,9 @@ def rel(a, b) -> float:
     return float((a - b) / b) if b else float("nan")
 
 
-def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False) -> Path:
-    """`<folder>/<model>-cpu.csv`, measured now if missing or `fresh`."""
-    path = folder / f"{model}-cpu.csv"
+def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False, name: str | None = None) -> Path:
+    """`<folder>/<name>.csv` (default `<model>-cpu`), measured now if missing or `fresh`."""
+    path = folder / f"{name or model + '-cpu'}.csv"
     if fresh or not path.is_file():
         from s3exec.profile import profile, write_profile
 
@@ -131,7 +133,9 @@ def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False) -> 
     return path
 
 
-def run_model(model: str, policies, fractions, profile: Path, spread: bool, log=print):
+def run_model(model: str, policies, fractions, profile, spread: bool, log=print):
+    """Every cell of one model. `profile` is a profile's path, or a function of the group's label ("offline",
+    "poisson 0.5x", ...) that measures one just before the group runs."""
     import torch
 
     from s3exec.models import load_model
@@ -141,12 +145,12 @@ def run_model(model: str, policies, fractions, profile: Path, spread: bool, log=
     loaded = load_model(model)
     rows, finishes = [], []
 
-    def one(policy, rate, label):
+    def one(policy, rate, label, prof):
         cfg = exec_config(model, policy, n, msl, cap, loaded.kv_bytes_per_token, rate)
         t0 = time.perf_counter()
-        ex, sim, fin = compare(cfg, cap, profile, loaded, repeats=2 if spread else 1)
+        ex, sim, fin = compare(cfg, cap, prof, loaded, repeats=2 if spread else 1)
         row = {"model": model, "arrival": label, "rate": rate, "policy": policy, "requests": n, "max_seq_len": msl,
-               "kv_capacity_tokens": cap, "exec_mean_batch": ex[0]["mean_batch_size"],
+               "kv_capacity_tokens": cap, "profile": Path(prof).name, "exec_mean_batch": ex[0]["mean_batch_size"],
                "sim_mean_batch": sim["mean_batch_size"]}
         for m in METRICS:
             row[f"exec_{m}"], row[f"sim_{m}"] = ex[0][m], sim[m]
@@ -158,13 +162,19 @@ def run_model(model: str, policies, fractions, profile: Path, spread: bool, log=
         log(f"  {model} {label} {policy}: throughput err {row['err_request_throughput']:+.1%} "
             f"({time.perf_counter() - t0:.1f} s)")
 
+    def profile_for(label):
+        return profile(label) if callable(profile) else profile
+
+    prof = profile_for("offline")
     for p in policies:
-        one(p, None, "offline")
+        one(p, None, "offline", prof)
     base = float(np.mean([r["exec_request_throughput"] for r in rows]))
     for f in fractions:
         rate = float(f"{f * base:.3g}")
+        label = f"poisson {f:g}x"
+        prof = profile_for(label)
         for p in policies:
-            one(p, rate, f"poisson {f:g}x")
+            one(p, rate, label, prof)
     return rows, finishes
 
 
@@ -231,7 +241,8 @@ def main(argv=None) -> int:
     ap.add_argument("--spread", action="store_true", help="run the executor twice and report its own spread")
     ap.add_argument("--profiles", default="results/profiles")
     ap.add_argument("--fresh-profile", action="store_true",
-                    help="profile each model again first, into <out>/profiles (a shared CPU drifts over minutes)")
+                    help="profile each model again before each group of cells, into <out>/profiles (a shared CPU "
+                         "drifts over minutes)")
     ap.add_argument("--out", default="results/fidelity")
     ap.add_argument("--check-simulator", action="store_true",
                     help="only simulate every row of <out>/fidelity.csv again (with <out>/profiles) and check that "
@@ -261,8 +272,13 @@ def main(argv=None) -> int:
     all_rows, all_finish = [], []
     try:
         for model in args.models.split(","):
-            prof = (ensure_profile(model, out / "profiles", fresh=True) if args.fresh_profile
-                    else ensure_profile(model, Path(args.profiles)))
+            if args.fresh_profile:  # one profile per group of cells, measured just before it: this CPU drifts
+                for old in (out / "profiles").glob(f"{model}-cpu*"):
+                    old.unlink()
+                prof = (lambda label, m=model: ensure_profile(m, out / "profiles", fresh=True,
+                                                               name=f"{m}-cpu-{label.replace(' ', '-')}"))
+            else:
+                prof = ensure_profile(model, Path(args.profiles))
             rows, fin = run_model(model, args.policies.split(","), fractions, prof, args.spread)
             all_rows += rows
             finish = pd.concat(fin, ignore_index=True)

@@ -4,6 +4,7 @@ silently break)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,3 +267,29 @@ def test_check_simulator_cli_fails_on_a_stale_table(tmp_path, capsys):
     assert main(["--resimulate", "--out", str(tmp_path)]) == 0
     assert main(["--check-simulator", "--out", str(tmp_path)]) == 0
     assert main(["--check-simulator", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_a_fresh_profile_is_measured_before_each_group_of_cells(monkeypatch, tmp_path):
+    """With a profile function, each group (offline, each Poisson rate) gets its own profile, measured just
+    before it, and each row names the profile it was simulated with."""
+    import s3exec.fidelity as fid
+
+    calls, used = [], []
+
+    def fake_compare(cfg, cap, prof, loaded, repeats=1):
+        used.append(Path(prof).name)
+        row = {m: 1.0 for m in fid.METRICS} | {"mean_batch_size": 1.0}
+        return [row] * repeats, row, pd.DataFrame({"exec_finished": [1.0], "sim_finished": [1.0]})
+
+    monkeypatch.setattr(fid, "compare", fake_compare)
+    monkeypatch.setattr("s3exec.models.load_model", lambda m: type("L", (), {"kv_bytes_per_token": 1})())
+    monkeypatch.setattr(fid, "exec_config", lambda *a, **k: {})
+
+    def profile_for(label):
+        calls.append(label)
+        return tmp_path / f"m-cpu-{label.replace(' ', '-')}.csv"
+
+    rows, _ = fid.run_model("tiny-llama", ["orca", "s3"], [0.5, 1.0], profile_for, spread=False, log=lambda *_: None)
+    assert calls == ["offline", "poisson 0.5x", "poisson 1x"]
+    assert [r["profile"] for r in rows] == used == ["m-cpu-offline.csv"] * 2 + ["m-cpu-poisson-0.5x.csv"] * 2 + [
+        "m-cpu-poisson-1x.csv"] * 2
