@@ -67,6 +67,22 @@ def free_memory(device: str) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available host memory"
 
 
+def load_executor_model(cfg):
+    """The model of an executor config on its device (threads set as it says): (LoadedModel, device)."""
+    import torch
+
+    from s3exec.models import load_model
+
+    ex = cfg["executor"]
+    threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
+    if threads:
+        torch.set_num_threads(threads)
+    device = str(get(ex, "device", "cpu"))
+    available, where = free_memory(device)
+    source = str(get(ex, "model") or cfg["model"]["name"])
+    return load_model(source, str(get(ex, "dtype", "float32")), device, seed_of(cfg), available, where), device
+
+
 def attention_kernel(value, device: str) -> str:
     """`executor.attention`: how decode and chunk attention read the cache (auto: flex on CUDA, sdpa elsewhere)."""
     from s3exec.attention import KERNELS

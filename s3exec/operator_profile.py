@@ -389,25 +389,15 @@ def main(argv=None) -> int:
     ap.add_argument("--min-seconds", type=float, default=0.01, help="sample a point until its samples add up to this")
     args = ap.parse_args(argv)
     try:
-        import torch
-
         from s3exec.bench import compose
-        from s3exec.config import free_memory
-        from s3exec.models import load_model
-        from s3sim.config import get, positive_int, seed_of
+        from s3exec.config import load_executor_model
+        from s3sim.config import get
 
         cfg = compose(args.overrides)
-        ex = cfg["executor"]
-        threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
-        if threads:
-            torch.set_num_threads(threads)
-        device = str(get(ex, "device", "cpu"))
-        available, where = free_memory(device)
-        loaded = load_model(str(get(ex, "model") or cfg["model"]["name"]), str(get(ex, "dtype", "float32")), device,
-                            seed_of(cfg), available, where)
+        loaded, device = load_executor_model(cfg)
         t0 = time.perf_counter()
         tables = measure_operators(loaded, device, repeats=args.repeats, min_seconds=args.min_seconds,
-                                   kernel=str(get(ex, "attention", "auto")))
+                                   kernel=str(get(cfg["executor"], "attention", "auto")))
         out = write_operator_profile(*tables, args.out)
         print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
               f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")

@@ -190,21 +190,14 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     import torch
     import transformers
 
-    from s3exec.config import free_memory
+    from s3exec.config import load_executor_model
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
-    from s3exec.models import load_model
-    from s3sim.config import get, positive_int, seed_of
+    from s3sim.config import get, positive_int
 
     ex = cfg["executor"]
-    threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
-    if threads:
-        torch.set_num_threads(threads)
-    device = str(get(ex, "device", "cpu"))
-    available, where = free_memory(device)
-    source = str(get(ex, "model") or cfg["model"]["name"])
-    dtype = str(get(ex, "dtype", "float32"))
-    m = load_model(source, dtype, device, seed_of(cfg), available, where)
+    m, device = load_executor_model(cfg)
+    source, dtype = m.name, str(get(ex, "dtype", "float32"))
     points = points or grid(max_context=m.max_context)
     points = [p for p in points if max(p[0], p[3] + 1) <= m.max_context]
     if not points:

@@ -159,16 +159,20 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
     row = summarize(result, setup.slo, records)
-    row.update({"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
-                "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
-                "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
-                "prefix_blocks": setup.prefix_blocks,
-                "workload_rows": setup.workload_rows,
-                "rows_used": rows_used(len(reqs), setup.workload_rows),
-                "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
+    row.update(setup_fields(cfg, setup, row["policy"], len(reqs), wall))
     if out_dir is not None:
         write_results(out_dir, records, row if summary else None, result.log if write_iterations else None)
     return row
+
+
+def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
+    """The summary fields that say what was simulated and how fast, for a single engine or a cluster."""
+    return {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, policy),
+            "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
+            "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
+            "prefix_blocks": setup.prefix_blocks, "workload_rows": setup.workload_rows,
+            "rows_used": rows_used(n, setup.workload_rows),
+            "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
 
 
 def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
@@ -186,12 +190,7 @@ def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> 
     records = request_records(result.requests)
     records.insert(1, "replica", result.assignment[records.id.to_numpy()])
     row, replica_rows = cluster_summary(result, setup.slo, records)
-    fields = {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, row["policy"]),
-              "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
-              "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
-              "prefix_blocks": setup.prefix_blocks, "workload_rows": setup.workload_rows,
-              "rows_used": rows_used(len(reqs), setup.workload_rows)}
-    row.update({**fields, "sim_wall_s": wall, "sim_requests_per_s": len(reqs) / wall if wall > 0 else float("inf")})
+    row.update(setup_fields(cfg, setup, row["policy"], len(reqs), wall))
     for r, gpu in zip(replica_rows, setup.gpus):
         r["gpu"] = gpu
     if out_dir is not None:
