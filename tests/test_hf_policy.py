@@ -199,7 +199,7 @@ def test_the_simulator_runs_hf_from_its_config_and_a_profile_without_copy_times_
     import shutil
     from pathlib import Path
 
-    src = Path("results/fidelity/profiles/tiny-llama-cpu.csv")
+    src = Path(__file__).resolve().parents[1] / "results" / "profiles" / "tiny-llama-cpu.csv"  # make profile's
     shutil.copy(src, tmp_path / "p.csv")
     (tmp_path / "p.json").write_text("{}")
     with pytest.raises(ConfigError, match="no measured KV copy time"):
