@@ -18,6 +18,7 @@ it against `sdpa`.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -158,8 +159,19 @@ def pool_block_mask(table: torch.Tensor, nblocks: torch.Tensor, qpos: torch.Tens
     # sequence's count are never read)
     kv_idx = torch.zeros(n, 1, q_blocks, pool_blocks, dtype=torch.int32, device=device)
     kv_idx[..., :width] = table.to(torch.int32).view(n, 1, 1, width)
+    extra = {"compute_q_blocks": False} if _can_skip_q_blocks() else {}  # an older torch always computes them
     return BlockMask.from_kv_blocks(kv_num, kv_idx, BLOCK_SIZE=(128, block_size), mask_mod=mask_mod,
-                                    seq_lengths=(L, pool_blocks * block_size), compute_q_blocks=False)
+                                    seq_lengths=(L, pool_blocks * block_size), **extra)
+
+
+@functools.lru_cache(maxsize=1)
+def _can_skip_q_blocks() -> bool:
+    """Whether this torch's BlockMask.from_kv_blocks can skip the query-side blocks (used by backward only)."""
+    import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
 
 
 def register() -> str:
