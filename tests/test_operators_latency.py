@@ -138,3 +138,18 @@ def test_tensor_parallel_operators_from_the_config(cfg):
     assert two.latency.iteration_time(0, 0, 8, 8 * 256) > none.latency.iteration_time(0, 0, 8, 8 * 256)
     with pytest.raises(ConfigError, match="gpu.count=2 needs latency.tp=2"):
         build(cfg(*base, "gpu.count=2"))
+
+
+def test_the_parallel_table_command(capsys):
+    from s3sim.latency.parallel_table import main
+
+    run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
+    if not (run / "tp2").is_dir():
+        pytest.skip("shared data not present")
+    assert main([str(run), "--model", "llama-3.1-8b", "--gpu", "rtx-pro-6000"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 4
+    for *_, one, free, ring in rows:
+        assert float(free) < float(one) and float(ring) > float(free)
+    assert main([str(SHARED / "rtx4090-llama-3.1-8b" / "profile"), "--model", "llama-3.1-8b", "--gpu", "rtx-4090"]) == 2
+    assert "no tp2/ folder" in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""`python -m s3sim.latency.parallel_table PROFILE --model M --gpu G [--tp N]`: what tensor parallelism
+costs and saves on the per-operator model, iteration by iteration.
+
+For a few decode and prefill shapes it prints the iteration time from the profile's `tp1/` folder (one
+GPU), from its `tp<N>/` folder with communication free (`latency.all_reduce=none`), and with the two
+all-reduces per layer priced as a ring over the GPU preset's link (the default of `latency=operators`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from s3sim.core.errors import ConfigError
+
+SHAPES = (("decode 1 x 512", 0, 1, 512), ("decode 64 x 512", 0, 64, 512), ("decode 256 x 1024", 0, 256, 1024),
+          ("prefill 2048", 2048, 0, 0))
+
+
+def table(profile, model: str, gpu: str, tp: int) -> list[tuple[str, float, float, float]]:
+    """(shape, one GPU, tp GPUs with free communication, tp GPUs with a ring) in seconds, per shape."""
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import NoAllReduce
+    from s3sim.latency.operators import OperatorLatency
+    from s3sim.latency.roofline import all_reduce_model
+
+    m, g = get_model(model), get_gpu(gpu)
+    one = OperatorLatency.from_profile(profile, m, g, tp=1)
+    free = OperatorLatency.from_profile(profile, m, g, tp=tp, all_reduce=NoAllReduce())
+    ring = OperatorLatency.from_profile(profile, m, g, tp=tp, all_reduce=all_reduce_model("ring", g))
+    rows = []
+    for name, p, n, ctx in SHAPES:
+        args = (float(p), float(p * p), float(n), float(n * ctx))
+        rows.append((name, *(float(x.iteration_time(*args)) for x in (one, free, ring))))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("profile", help="an operator profile folder holding tp1/ and tp<N>/")
+    ap.add_argument("--model", required=True, help="the model preset the profile measured (its layer count)")
+    ap.add_argument("--gpu", required=True, help="the GPU preset whose link the ring runs over")
+    ap.add_argument("--tp", type=int, default=2)
+    args = ap.parse_args(argv)
+    try:
+        rows = table(args.profile, args.model, args.gpu, args.tp)
+    except ConfigError as e:
+        print(f"parallel_table: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.model} on {args.gpu}, iteration time in ms: 1 GPU | {args.tp} GPUs, free communication | "
+          f"{args.tp} GPUs, ring all-reduces")
+    for name, a, b, c in rows:
+        print(f"  {name:18s} {a * 1e3:8.2f} {b * 1e3:8.2f} {c * 1e3:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
