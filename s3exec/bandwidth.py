@@ -15,15 +15,10 @@ import time
 import numpy as np
 import pandas as pd
 
+from s3exec.profile import sync_device, time_point
+
 COLUMNS = ("batch", "context", "step_s", "weight_bytes", "kv_bytes", "read_gb_s", "copy_gb_s", "utilisation",
            "floor_s", "vs_floor")
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(torch.device(device))
 
 
 def copy_bandwidth(device: str, nbytes: int = 2**30, repeats: int = 5) -> float:
@@ -34,10 +29,10 @@ def copy_bandwidth(device: str, nbytes: int = 2**30, repeats: int = 5) -> float:
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats + 1):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        sync_device(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * src.element_size() / best
 
@@ -45,7 +40,8 @@ def copy_bandwidth(device: str, nbytes: int = 2**30, repeats: int = 5) -> float:
 def decode_bandwidth(runner, loaded, batches, contexts, device: str, copy_bps: float, warmup: int = 2,
                      min_seconds: float = 0.2, max_repeats: int = 50, log=print) -> pd.DataFrame:
     """One row per (batch, context) that fits the runner's cache: the median time of a decode step whose
-    `batch` sequences each hold `context` cached tokens (the cache contents do not change the cost)."""
+    `batch` sequences each hold `context` cached tokens (`s3exec.profile.time_point`; the cache contents do
+    not change the cost)."""
     cache = runner.cache
     rng = np.random.default_rng(0)
     rows = []
@@ -55,24 +51,8 @@ def decode_bandwidth(runner, loaded, batches, contexts, device: str, copy_bps: f
             if need > cache.nfree or c + 1 > cache.max_blocks * cache.block_size:
                 log(f"  decode batch {b} x context {c}: skipped, the cache holds {cache.nfree} free blocks")
                 continue
-            ids = [10**9 + i for i in range(b)]
-            rows_ = np.array([cache.allocate(rid, c + 1) for rid in ids], dtype=np.int64)
-            times, skip = [], warmup
-            while len(times) < max_repeats and (len(times) < 3 or sum(times) < min_seconds):
-                cache.length[rows_] = c  # every step decodes at the same context
-                decode = [(rid, int(t)) for rid, t in zip(ids, rng.integers(0, loaded.vocab_size, b))]
-                _sync(device)
-                t0 = time.perf_counter()
-                runner.step(decode, [])
-                _sync(device)
-                t = time.perf_counter() - t0
-                if skip:
-                    skip -= 1
-                else:
-                    times.append(t)
-            for rid in ids:
-                cache.release(rid)
-            step = statistics.median(times)
+            step = statistics.median(time_point(runner, (0, 0, b, c), loaded.vocab_size, device, warmup, 3, rng,
+                                                min_seconds, max_repeats))
             kv = b * (c + 1) * loaded.kv_bytes_per_token
             read = loaded.weight_bytes + kv
             floor = read / copy_bps

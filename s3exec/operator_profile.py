@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s3exec.profile import sync_device
 from s3sim.core.errors import ConfigError
 
 PROFILER_VERSION = "1.0.0"
@@ -81,13 +82,6 @@ DECODES = doubling(1, 32)  # decode counts beside 0 (no decodes)
 CONTEXTS = doubling(16, 256)  # cached tokens: decode contexts, and prefixes beside 0
 
 
-def _sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(torch.device(device))
-
-
 def median_seconds(fn, device: str, warmup: int = 1, repeats: int = 3, min_seconds: float = 0.0, calls: int = 1,
                    max_samples: int = 50) -> float:
     """Median seconds of one call of `fn` over `repeats` samples (after `warmup` untimed calls), more while
@@ -97,11 +91,11 @@ def median_seconds(fn, device: str, warmup: int = 1, repeats: int = 3, min_secon
         fn()
     times: list[float] = []
     while len(times) < repeats or (sum(times) * calls < min_seconds and len(times) < max(max_samples, repeats)):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        _sync(device)
+        sync_device(device)
         times.append((time.perf_counter() - t0) / calls)
     return statistics.median(times)
 

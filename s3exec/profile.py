@@ -54,8 +54,9 @@ def grid(prompt_lens=PROMPT_LENS, prompt_counts=PROMPT_COUNTS, batches=BATCHES, 
     return list(dict.fromkeys(pts))
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+def sync_device(device) -> None:
+    """Wait for the device's queued work (a CUDA device's; a CPU's is done already): around every timing."""
+    if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.synchronize(torch.device(device))
@@ -77,10 +78,10 @@ def time_point(runner, point, vocab: int, device: str, warmup: int, repeats: int
     while rep < warmup + repeats or (sum(times) < min_seconds and len(times) < max(max_repeats, repeats)):
         prefill = [(i, rng.integers(0, vocab, L).tolist()) for i in range(k)]
         cache.length[rows] = c
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         runner.step(decode, prefill)
-        _sync(device)
+        sync_device(device)
         t = time.perf_counter() - t0
         for i in range(k):
             cache.release(i)
@@ -99,11 +100,11 @@ def swap_seconds_per_token(cache, device: str, tokens: int = 512, repeats: int =
     for _ in range(repeats):
         r = cache.allocate(-1, tokens)
         cache.length[r] = tokens
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         cache.swap_out(-1)
         cache.swap_in(-1)
-        _sync(device)
+        sync_device(device)
         out.append((time.perf_counter() - t0) / 2 / tokens)
         cache.release(-1)
     return statistics.median(out)
@@ -121,10 +122,10 @@ def copy_seconds_per_token(m, device: str, rows: int = 8, tokens: int = 512, rep
     new = torch.zeros((rows, m.kv_heads, 1, m.head_dim), dtype=m.dtype, device=device)
     out = []
     for _ in range(repeats + 1):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         grown = [(torch.cat([k, new], dim=-2), torch.cat([v, new], dim=-2)) for k, v in layers]
-        _sync(device)
+        sync_device(device)
         out.append((time.perf_counter() - t0) / (rows * tokens))
         del grown
     return statistics.median(out[1:])
@@ -163,10 +164,10 @@ def engine_overhead(cfg, loaded, table: pd.DataFrame, requests: int = 48, max_se
         lens = [len(p[1]) for p in prefill]  # (id, tokens[, cached prefix])
         ctx = sum(int(cache.length[cache.row[r]]) + 1 for r, _ in decode)
         shapes.append((sum(lens), sum(n * n for n in lens), len(decode), ctx, len(lens)))
-        _sync(str(runner.device))
+        sync_device(str(runner.device))
         t0 = time.perf_counter()
         out = step(decode, prefill)
-        _sync(str(runner.device))
+        sync_device(str(runner.device))
         inside.append(time.perf_counter() - t0)
         return out
 
