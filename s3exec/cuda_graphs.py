@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from s3exec.attention import StepLayout, pool_block_mask
+from s3exec.attention import StepLayout
 
 LADDER = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
@@ -106,14 +106,9 @@ class DecodeGraphs:
 
     def _forward(self, buf: Buffers) -> torch.Tensor:
         """One decode step over the static buffers; the mask is made inside, from the lengths in `buf`."""
-        runner, cache, bs = self.runner, self.runner.cache, self.bs
-        step = StepLayout(cache=cache, slots=buf.slots, n_decode=buf.size, kernel=runner.kernel)
-        if runner.kernel == "flex":
-            step.dec_flex = pool_block_mask(buf.table, buf.nblocks, buf.pos[:, None], cache.data.shape[2], bs)
-        else:
-            step.dec_blocks = buf.table
-            keys = torch.arange(self.max_blocks * bs, device=buf.pos.device)
-            step.dec_mask = (keys[None, :] <= buf.pos[:, None])[:, None, None, :]
+        runner = self.runner
+        step = StepLayout(cache=runner.cache, slots=buf.slots, n_decode=buf.size, kernel=runner.kernel)
+        runner.decode_attention(step, buf.table, buf.nblocks, buf.pos)
         out = runner.model(input_ids=buf.ids[None], position_ids=buf.pos[None], logits_to_keep=buf.keep,
                            use_cache=False, s3exec_step=step)
         return out.logits[0].argmax(-1)

@@ -49,13 +49,8 @@ class ModelRunner:
             pos.append(p)
             slots.append(s)
             nb = int(c.nblocks[rows].max())
-            if self.kernel == "flex":
-                step.dec_flex = pool_block_mask(self._tensor(c.table[rows, :nb]), self._tensor(c.nblocks[rows]),
-                                                self._tensor(p[:, None]), c.data.shape[2], bs)
-            else:
-                step.dec_blocks = self._tensor(c.table[rows, :nb])
-                keys = np.arange(nb * bs)
-                step.dec_mask = self._tensor(keys[None, :] <= p[:, None], torch.bool)[:, None, None, :]
+            self.decode_attention(step, self._tensor(c.table[rows, :nb]), self._tensor(c.nblocks[rows]),
+                                  self._tensor(p))
         if prefill:
             lens = np.array([len(p[1]) for p in prefill], dtype=np.int64)
             prefix = np.array([p[2] if len(p) > 2 else 0 for p in prefill], dtype=np.int64)
@@ -98,6 +93,19 @@ class ModelRunner:
         if prefill:
             last = np.concatenate([last, len(decode) + np.cumsum(lens) - 1])
         return ids, pos, last, step
+
+    def decode_attention(self, step: StepLayout, table: torch.Tensor, nblocks: torch.Tensor,
+                         pos: torch.Tensor) -> None:
+        """Where each decode reads its keys: `table` [n, blocks] of physical blocks, `nblocks` [n] of them in
+        use and `pos` [n], the position of its new token (it sees keys up to there). Tensor operations only,
+        so a captured decode step makes the same layout from its static buffers."""
+        bs = self.cache.block_size
+        if self.kernel == "flex":
+            step.dec_flex = pool_block_mask(table, nblocks, pos[:, None], self.cache.data.shape[2], bs)
+        else:
+            step.dec_blocks = table
+            keys = torch.arange(table.shape[1] * bs, device=pos.device)
+            step.dec_mask = (keys[None, :] <= pos[:, None])[:, None, None, :]
 
     def grow_decodes(self, decode: list[tuple[int, int]]):
         """Each decoding sequence's row, the position its token takes and that position's cache slot (taking a
