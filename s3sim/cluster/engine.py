@@ -24,8 +24,8 @@ from s3sim.simulator.engine import ArrivalSource, SimBackend, arrival_process
 class ReplicaState:
     """What a router sees of one replica: its requests in flight, its KV pool, its predicted load."""
 
-    def __init__(self, index: int, backend: SimBackend, capacity_tokens: int, track_footprints: bool = False):
-        self.index, self.backend, self.sched = index, backend, backend.sched
+    def __init__(self, sched, capacity_tokens: int, track_footprints: bool = False):
+        self.sched = sched
         self.capacity_tokens = capacity_tokens
         self.routed = 0
         self.predicted_tokens = 0  # footprints of the requests routed here and not finished (if tracked)
@@ -71,8 +71,8 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
     capacity in tokens) as `build_engine` gives them, behind `router` (see `s3sim.cluster.routers`)."""
     env = simpy.Environment()
     backends = [SimBackend(env, sched, latency, max_jump) for sched, latency, _ in replicas]
-    states = [ReplicaState(i, b, b.sched.pool.capacity * b.sched.pool.unit_tokens, router.uses_predictor)
-              for i, b in enumerate(backends)]
+    states = [ReplicaState(b.sched, b.sched.pool.capacity * b.sched.pool.unit_tokens, router.uses_predictor)
+              for b in backends]
     assignment = np.full(len(requests), -1, dtype=np.int64)
 
     def route(due: list[Request]) -> None:

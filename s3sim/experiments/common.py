@@ -207,26 +207,26 @@ def replicas_needed(points: list[dict], runs: Path, composer: Composer, router: 
             rows = done[done.point == i] if len(done) else done
             if not len(rows):
                 continue
-            ok = rows.apply(meets_slo, axis=1)
-            passing = rows.n[ok]
-            failing = rows.n[(rows.status == "finished") & ~ok]
-            lo = int(failing.max()) if len(failing) else 0
-            if not len(passing):
+            lo, hi = _replica_bounds(rows)
+            if hi is None:
                 nxt = max(lo, 1) * 2
                 if nxt <= 64 * p["start"] and not (rows.status != "finished").all():
                     todo[i] = nxt
-                continue
-            hi = int(passing[passing > lo].min()) if (passing > lo).any() else int(passing.min())
-            if hi - lo > 1:
+            elif hi - lo > 1:
                 todo[i] = (lo + hi) // 2
     out = []
     for i in range(len(points)):
         rows = done[done.point == i] if len(done) else done
-        ok = rows.apply(meets_slo, axis=1) if len(rows) else pd.Series(dtype=bool)
-        failing = rows.n[(rows.status == "finished") & ~ok] if len(rows) else pd.Series(dtype=int)
-        lo = int(failing.max()) if len(failing) else 0
-        passing = rows.n[ok] if len(rows) else pd.Series(dtype=int)
-        above = passing[passing > lo]  # the smallest passing count above every failing one (if any)
-        best = int(above.min()) if len(above) else (int(passing.min()) if len(passing) else None)
-        out.append({**tags[i], "replicas": best, "router": router})
+        out.append({**tags[i], "replicas": _replica_bounds(rows)[1] if len(rows) else None, "router": router})
     return pd.DataFrame(out), done
+
+
+def _replica_bounds(rows: pd.DataFrame) -> tuple[int, int | None]:
+    """(the largest replica count that finished and missed the SLO, 0 if none; the smallest passing count
+    above it, else the smallest passing count, None if none passed) of one point's cluster runs."""
+    ok = rows.apply(meets_slo, axis=1)
+    failing = rows.n[(rows.status == "finished") & ~ok]
+    lo = int(failing.max()) if len(failing) else 0
+    passing = rows.n[ok]
+    above = passing[passing > lo]
+    return lo, int(above.min()) if len(above) else (int(passing.min()) if len(passing) else None)
