@@ -115,7 +115,7 @@ class Executor:
         if self.warmup:
             self.warm_up(prompts)
         self._bar = Progress(n, self.progress)
-        self._inbox, log = Inbox(requests), IterationLog()
+        self._inbox, log = Inbox(requests, predict_s=self.sched.predict_s), IterationLog()
         self._t0 = self.clock()
         end, steps = drive(serve(self.sched, self, self._inbox, log))
         self._bar.close()

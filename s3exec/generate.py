@@ -54,7 +54,7 @@ class GenerateExecutor:
         if self.warmup:
             self._generate([list(map(int, p)) for p in prompts[:4]], 2)
         self._bar = Progress(len(requests), self.progress)
-        self._inbox, log = Inbox(requests), IterationLog()
+        self._inbox, log = Inbox(requests, predict_s=self.sched.predict_s), IterationLog()
         self._steps: list[float] = []
         self._tokens = None
         self._t0 = self.clock()

@@ -271,7 +271,18 @@ def build_scheduler(cfg, cap: int, output, keys=None):
     predictor = None
     if cls.uses_predictor:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys)
-    return cls.from_config(conf, cap, max_seq_len, predictor, feedback=get(cfg, "predictor.feedback", "mispredicted"))
+    sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=get(cfg, "predictor.feedback", "mispredicted"))
+    if cls.uses_predictor and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
+        sched.predict_s = predictor_latency_s(cfg)
+    return sched
+
+
+def predictor_latency_s(cfg) -> float:
+    """`predictor.latency_ms`: what one prediction costs, in seconds (0: free)."""
+    ms = get(cfg, "predictor.latency_ms", 0.0)
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < math.inf:
+        raise ConfigError(f"predictor.latency_ms must be a non-negative number of milliseconds, got {ms!r}")
+    return float(ms) / 1000.0
 
 
 def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None):

@@ -55,8 +55,10 @@ def scenarios(draw, policy):
              mode=draw(st.sampled_from(["recompute", "swap"])),
              latency=draw(st.sampled_from(["a100", "h100"])))
     if policy in ("s3", "oracle"):
-        s.update(buckets=draw(st.integers(2, 10)), grow=draw(st.sampled_from(["next", "max"])),
-                 in_place=draw(st.booleans()))
+        s.update(buckets=draw(st.integers(2, 10)), grow=draw(st.sampled_from(["next", "max", "conditional"])),
+                 in_place=draw(st.booleans()), make_room=draw(st.booleans()),
+                 max_wait=draw(st.sampled_from([None, None, 0.0, 0.05, 0.3])),
+                 predict_s=draw(st.sampled_from([0.0, 0.0, 0.001, 0.02])))
     if policy == "s3":
         s.update(accuracy=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]) | st.floats(0.0, 1.0)),
                  shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
@@ -97,8 +99,11 @@ def build(s):
     buckets = Buckets.equal(min(s["buckets"], msl), msl)
     pred = (OraclePredictor(buckets) if p == "oracle"
             else SyntheticPredictor(buckets, s["accuracy"], s["shape"], seed=s["seed"]))
-    return S3Scheduler(KVPool(cap), msl, pred, Supervisor(pred, grow=s["grow"], in_place=s["in_place"]),
-                       preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
+    sched = S3Scheduler(KVPool(cap), msl, pred, Supervisor(pred, grow=s["grow"], in_place=s["in_place"]),
+                        preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"),
+                        make_room=s.get("make_room", False), max_wait=s.get("max_wait"))
+    sched.predict_s = s.get("predict_s", 0.0)
+    return sched
 
 
 def check_pool_every_step(sched):
@@ -191,8 +196,8 @@ def check_invariants(s, res):
     if s["policy"] == "oracle":
         assert sched.preemptions == 0
         assert sched.supervisor.mispredictions == 0
-    if s["policy"] in ("s3", "oracle") and s["grow"] == "max":
-        assert all(r.preemptions <= 1 for r in reqs)
+    if s["policy"] in ("s3", "oracle") and s["grow"] == "max" and not s.get("make_room"):
+        assert all(r.preemptions <= 1 for r in reqs)  # (making room may preempt a request again for another)
     # memory
     pool = sched.pool
     assert pool.used == 0 and not pool.held

@@ -24,10 +24,12 @@ class Request:
     output_len: int  # tokens the engine will generate (fixed-length replay); predictors must not read it
     arrival: float
     phase: Phase = Phase.WAITING
+    ready: float = math.nan  # when its scheduler may first see it: arrival, plus the predictor's queue and latency
     # prediction and reservation
     first_bucket: int = -1  # bucket predicted at arrival
     bucket: int = -1  # bucket the current reservation is sized for (grows on misprediction)
     reserved_out: int = 0  # output tokens the current reservation covers
+    dist: object = None  # predicted probability of each bucket (kept only by policies that reserve from it)
     # progress (materialised whenever the request is not running)
     generated: int = 0
     swapped: bool = False  # KV lives in host memory after a swap-mode preemption

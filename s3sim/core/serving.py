@@ -15,7 +15,8 @@ simpy or torch.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+import math
+from bisect import bisect_left, bisect_right
 from typing import Any, Protocol
 
 from s3sim.core.output import SchedulerOutput, StepOutcome
@@ -42,25 +43,38 @@ class Inbox:
     """Requests delivered to one engine and not yet handed to its scheduler, in arrival order. `source`,
     if given, is asked to deliver everything due by a time before the engine takes from the inbox (so an
     engine at an iteration boundary sees exactly the requests that arrived by then, whatever order a
-    simulation processes simultaneous events in)."""
+    simulation processes simultaneous events in).
 
-    def __init__(self, requests: list[Request] = (), source=None):
+    With `predict_s > 0` each request first passes the length predictor, one request at a time in arrival
+    order, `predict_s` seconds each: it is handed out when its prediction is ready (`Request.ready`), so
+    prediction costs its time before admission, and its queue when requests come faster than it predicts."""
+
+    def __init__(self, requests: list[Request] = (), source=None, predict_s: float = 0.0):
         self.received: list[Request] = []
         self._times: list[float] = []
         self._next = 0
         self.source = source
+        self.predict_s = float(predict_s)
         self.put(list(requests))
 
     def put(self, requests: list[Request]) -> None:
         """Deliver requests (in arrival order, after those already here)."""
         times = [r.arrival for r in requests]
-        if times and ((self._times and times[0] < self._times[-1]) or any(b < a for a, b in zip(times, times[1:]))):
+        if times and ((self.received and times[0] < self.received[-1].arrival)
+                      or any(b < a for a, b in zip(times, times[1:]))):
             raise ValueError("requests were delivered out of arrival order")
+        if self.predict_s > 0:
+            free = self._times[-1] if self._times else -math.inf  # when the predictor is next free
+            for r in requests:
+                free = r.ready = max(r.arrival, free) + self.predict_s
+        else:
+            for r in requests:
+                r.ready = r.arrival
         self.received.extend(requests)
-        self._times.extend(times)
+        self._times.extend(r.ready for r in requests)
 
     def due(self, t: float) -> list[Request]:
-        """Take every request that arrived by `t`."""
+        """Take every request that arrived (and was predicted) by `t`."""
         if self.source is not None:
             self.source.deliver_due(t)
         i = self._next
@@ -69,6 +83,10 @@ class Inbox:
         upto = bisect_right(self._times, t, lo=i)
         self._next = upto
         return self.received[i:upto]
+
+    def waiting_before(self, t: float) -> list[Request]:
+        """Requests already delivered but not yet handed out (still being predicted) that are due before `t`."""
+        return self.received[self._next:bisect_left(self._times, t, lo=self._next)]
 
     @property
     def queued(self) -> bool:

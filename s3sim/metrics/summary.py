@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 PCTS = (50, 90, 99)
+# output-length classes for fairness: does one kind of request wait for the others? (upper bounds, tokens)
+LENGTH_CLASSES = (("short", 128), ("medium", 512), ("long", None))
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,22 @@ def _pcts(name: str, values, weights=None) -> dict:
     return out
 
 
+def fairness(df: pd.DataFrame) -> dict:
+    """Starvation shows in the tail of the wait for admission and in TTFT by output-length class: the longest
+    and p99 queue time, and TTFT p99 of short (<= 128 output tokens), medium (129-512) and long answers
+    (NaN for a class with no request)."""
+    q = df.queue_time.to_numpy(dtype=float)
+    out = {"queue_time_max": float(np.nanmax(q)) if len(q) else np.nan,
+           "queue_time_p99": float(np.nanpercentile(q, 99)) if len(q) else np.nan}
+    lower = 0
+    for name, upper in LENGTH_CLASSES:
+        sel = (df.output_len > lower) & (df.output_len <= (upper if upper is not None else np.inf))
+        t = df.ttft[sel].to_numpy(dtype=float)
+        out[f"ttft_p99_{name}"] = float(np.nanpercentile(t, 99)) if len(t) else np.nan
+        lower = upper
+    return out
+
+
 def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> dict:
     """One row of numbers for a finished `RunResult` (either engine's)."""
     df = request_records(result.requests) if records is None else records
@@ -107,6 +125,7 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
     itl_w = np.concatenate([it.itl_tokens.to_numpy(), np.ones(len(sched.stall_gaps))])
     row.update(_pcts("itl", itl_v, itl_w))
     row.update(_pcts("e2e_latency", df.e2e_latency))
+    row.update(fairness(df))
     counts = sched.counters()
     row.update({
         "mean_batch_size": float(it.batch_size.mean()) if len(it) else 0.0,

@@ -58,7 +58,7 @@ class SimBackend:
 
     def __init__(self, env: simpy.Environment, sched: Scheduler, latency: LatencyModel, max_jump: int | None = None):
         self.env, self.sched, self.latency, self.max_jump = env, sched, latency, max_jump
-        self.inbox = Inbox()
+        self.inbox = Inbox(predict_s=sched.predict_s)
         self._wake = None  # the event an idle engine waits on
         self._idle_from = 0.0
         self._jump = None  # (process, step) while a multi-iteration step may still be cut
@@ -72,9 +72,9 @@ class SimBackend:
         elif self._jump is not None:
             proc, step = self._jump
             for r in requests:
-                if r.arrival < step.end and self.sched.could_admit(r):
+                if r.ready < step.end and self.sched.could_admit(r):
                     self._jump = None
-                    proc.interrupt(r.arrival)
+                    proc.interrupt(r.ready)
                     break
 
     def close(self) -> None:
@@ -94,6 +94,13 @@ class SimBackend:
             if out.copies_kv:  # each step copies the cache it starts with into a buffer one token longer
                 durations = durations + lat.copy_time(ctx - decode_n + np.arange(k, dtype=np.float64) * decode_n)
             ends = np.cumsum(np.concatenate(([t], durations)))[1:]  # the same additions as step by step
+            # a request already delivered but still being predicted may become admissible within the jump: end
+            # it at the first boundary at or after that (as an arrival's interrupt would)
+            for r in self.inbox.waiting_before(float(ends[-1])):
+                if self.sched.could_admit(r):
+                    k = min(k, int(np.searchsorted(ends, r.ready, side="left")) + 1)
+                    durations, ends = durations[:k], ends[:k]
+                    break
             end = float(ends[-1])
         else:
             k, ends = 1, None

@@ -73,6 +73,7 @@ class Scheduler:
     Config = PolicyConfig  # its structured config
     uses_predictor = False  # built with the configured predictor
     fixed_predictor: str | None = None  # ... or always with this one (the oracle policy)
+    predict_s: float = 0.0  # seconds the configured predictor takes per request, charged before admission
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,

@@ -6,8 +6,12 @@ sorted container keeps that O(log n) per admission even with 10^6 requests waiti
 """
 from __future__ import annotations
 
+import heapq
 import math
+
+import numpy as np
 from dataclasses import dataclass
+from typing import Optional
 
 from sortedcontainers import SortedKeyList
 
@@ -15,20 +19,32 @@ from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import PolicyConfig, Scheduler
-from s3sim.core.policies.supervisor import GROW_MODES, Supervisor
+from s3sim.core.policies.supervisor import GROW_MODES, Supervisor, check_quantile, quantile_bucket
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
 
 
+RESERVE_MODES = ("mode", "quantile")
+
+
 @dataclass
 class S3Config(PolicyConfig):
-    grow: str = "next"  # on overflow, re-reserve for the next bucket, or for max_seq_len
-    in_place: bool = False  # grow the reservation in place when memory is free (else preempt, as the paper)
+    grow: str = "next"  # on overflow: the next bucket, max_seq_len, or the conditional distribution's quantile
+    in_place: bool = True  # grow the reservation in place when memory is free; false: the paper's supervisor
+    reserve: str = "mode"  # the bucket reserved at arrival: the most likely one (the paper) or a quantile
+    quantile: float = 0.5  # the quantile of the predicted distribution for reserve=quantile and grow=conditional
+    make_room: bool = True  # an overflow with memory short preempts the newest requests instead, if cheaper
+    max_wait: Optional[float] = None  # seconds: a request queued this long is admitted before any other
 
     def __post_init__(self):
         super().__post_init__()
         if self.grow not in GROW_MODES:
             raise ConfigError(f"policy.grow '{self.grow}' is unknown; valid: {', '.join(GROW_MODES)}")
+        if self.reserve not in RESERVE_MODES:
+            raise ConfigError(f"policy.reserve '{self.reserve}' is unknown; valid: {', '.join(RESERVE_MODES)}")
+        check_quantile(self.quantile)
+        if self.max_wait is not None and not 0 <= self.max_wait < math.inf:
+            raise ConfigError(f"policy.max_wait must be a non-negative number of seconds or null, got {self.max_wait!r}")
 
 
 class S3Scheduler(Scheduler):
@@ -38,16 +54,29 @@ class S3Scheduler(Scheduler):
 
     @classmethod
     def from_config(cls, conf: S3Config, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
-        sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback)
+        sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback,
+                         quantile=conf.quantile)
         return cls(KVPool(capacity_tokens), max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
-                   preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens)
+                   preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens,
+                   reserve=conf.reserve, make_room=conf.make_room, max_wait=conf.max_wait)
 
-    def __init__(self, pool, max_seq_len, predictor: Predictor, supervisor: Supervisor | None = None, **kw):
+    def __init__(self, pool, max_seq_len, predictor: Predictor, supervisor: Supervisor | None = None,
+                 reserve: str = "mode", make_room: bool = False, max_wait: float | None = None, **kw):
         super().__init__(pool, max_seq_len, **kw)
+        if reserve not in RESERVE_MODES:
+            raise ConfigError(f"policy.reserve '{reserve}' is unknown; valid: {', '.join(RESERVE_MODES)}")
         self.predictor = predictor
         self.supervisor = supervisor or Supervisor(predictor)
         self.buckets = predictor.buckets
+        self.reserve = reserve
+        self.make_room = bool(make_room)
+        # the predicted distribution is kept per request only when something reads it
+        self._keeps_dist = reserve == "quantile" or self.supervisor.grow == "conditional"
         self.waiting = SortedKeyList(key=lambda r: (r.prompt_len + r.reserved_out, -r.id))
+        self.max_wait = max_wait
+        self._queued_at: dict[int, float] = {}  # waiting request id -> when it (re-)entered the queue
+        self._by_age: list = []  # heap of (queued_at, id, request); entries of admitted requests are skipped
+        self.aged_admissions = 0  # admissions made ahead of the packing order because a request waited too long
         self._smallest_out = min(self.buckets.upper_of(0), self.max_seq_len)
 
     def _reserved_out(self, bucket: int) -> int:
@@ -56,10 +85,41 @@ class S3Scheduler(Scheduler):
     def add(self, requests):
         if not requests:
             return
-        for r, b in zip(requests, self.predictor.predict(requests)):
-            r.first_bucket = r.bucket = int(b)
-            r.reserved_out = self._reserved_out(r.bucket)
-        self.waiting.update(requests)
+        if self._keeps_dist:
+            probs = self.predictor.probabilities(requests)
+            q = self.supervisor.quantile
+            for r, p in zip(requests, probs):
+                r.dist = p
+                b = quantile_bucket(p, q) if self.reserve == "quantile" else -1
+                r.first_bucket = r.bucket = b if b >= 0 else int(np.argmax(p))
+                r.reserved_out = self._reserved_out(r.bucket)
+        else:
+            for r, b in zip(requests, self.predictor.predict(requests)):
+                r.first_bucket = r.bucket = int(b)
+                r.reserved_out = self._reserved_out(r.bucket)
+        for r in requests:
+            self._enqueue(r, r.arrival)
+
+    def _enqueue(self, r: Request, t: float) -> None:
+        self.waiting.add(r)
+        if self.max_wait is not None:
+            self._queued_at[r.id] = t
+            heapq.heappush(self._by_age, (t, r.id, r))
+
+    def _oldest(self):
+        """(queued_at, request) of the request that has waited longest, or None."""
+        h = self._by_age
+        while h and self._queued_at.get(h[0][1]) != h[0][0]:
+            heapq.heappop(h)
+        return (h[0][0], h[0][2]) if h else None
+
+    def _take(self, r: Request, batch: SchedulerOutput, now: float) -> int:
+        """Reserve for and admit waiting request `r` (already out of `waiting`); returns its reservation."""
+        need = r.prompt_len + r.reserved_out
+        self._queued_at.pop(r.id, None)
+        self.pool.reserve(r.id, need)
+        self._admit(r, batch, now)
+        return need
 
     def has_waiting(self) -> bool:
         return bool(self.waiting)
@@ -73,15 +133,21 @@ class S3Scheduler(Scheduler):
         batch = self._decode_batch()
         room = self._room()
         free = self.pool.free
+        if self.max_wait is not None and room > 0 and self._budget_left > 0:
+            old = self._oldest()
+            if old is not None and now - old[0] >= self.max_wait:
+                r = old[1]
+                if r.prompt_len + r.reserved_out > free:
+                    return batch  # nothing else is admitted until the memory it needs has been freed
+                self.waiting.remove(r)
+                free -= self._take(r, batch, now)
+                self.aged_admissions += 1
+                room -= 1
         while self.waiting and room > 0 and self._budget_left > 0:
             i = self.waiting.bisect_key_right((free, math.inf))
             if i == 0:
                 break
-            r = self.waiting.pop(i - 1)
-            need = r.prompt_len + r.reserved_out
-            self.pool.reserve(r.id, need)
-            free -= need
-            self._admit(r, batch, now)
+            free -= self._take(self.waiting.pop(i - 1), batch, now)
             room -= 1
         return batch
 
@@ -93,6 +159,8 @@ class S3Scheduler(Scheduler):
                 f"t={now:.6f}s request {r.id} needs more than max_seq_len={self.max_seq_len} output tokens")
         extra = new_out - r.reserved_out
         free = self.pool.can_reserve(extra)
+        if self.supervisor.in_place and not free and self.make_room:
+            free = self._make_room(r, extra, now)
         if self.supervisor.in_place and free:
             self.pool.grow(r.id, extra)
             self.supervisor.grown_in_place += 1
@@ -101,12 +169,34 @@ class S3Scheduler(Scheduler):
             return
         self._preempt(r, now, cause="overflow" if free else "memory")
         r.bucket, r.reserved_out = bucket, new_out
-        self.waiting.add(r)
+        self._enqueue(r, now)
+
+    def _make_room(self, r: Request, extra: int, now: float) -> bool:
+        """Preempt the newest running requests (not `r`) until `extra` tokens are free, if recomputing them
+        costs fewer tokens than recomputing `r`; returns whether the room is there."""
+        victims, freed, cost = [], self.pool.free, 0
+        for v in reversed(list(self.running.values())):
+            if freed >= extra or cost >= r.prompt_len + self.generated(r):
+                break
+            if v is r or self.generated(v) >= self._event_target(v):
+                continue  # a request due at this iteration (finishing, or at its limit) is handled by its event
+            victims.append(v)
+            freed += self.pool.held[v.id]
+            cost += v.prompt_len + self.generated(v)
+        if freed < extra or cost >= r.prompt_len + self.generated(r):
+            return False
+        for v in victims:
+            self._preempt(v, now, cause="memory")
+            self._enqueue(v, now)
+        return True
 
     def counters(self) -> dict:
         sup = self.supervisor
         return {**super().counters(), "mispredictions": sup.mispredictions,
                 "under_predictions": sup.under_predictions, "grown_in_place": sup.grown_in_place}
+
+    def summary_fields(self) -> dict:
+        return {"aged_admissions": self.aged_admissions} if self.max_wait is not None else {}
 
     def _on_finish(self, r: Request) -> None:
         self.supervisor.on_finish(r)

@@ -18,6 +18,14 @@ class Predictor:
         """Bucket index for each request (batched: one call per group of arrivals)."""
         raise NotImplementedError
 
+    def probabilities(self, requests) -> np.ndarray:
+        """Probability of each bucket per request, shape (n, buckets). A predictor that names one bucket
+        puts all its mass there; a classifier returns its softmax."""
+        pred = np.asarray(self.predict(requests), dtype=np.int64)
+        out = np.zeros((len(pred), self.buckets.num), dtype=np.float32)
+        out[np.arange(len(pred)), pred] = 1.0
+        return out
+
     def observe(self, request, true_length: int) -> None:
         """Feedback from the supervisor: `request` really produced `true_length` tokens."""
         self.observed += 1

@@ -49,6 +49,7 @@ class TrainedPredictor(Predictor):
         self.scheme = scheme
         self.retrain_rounds = 0
         self._by_id: np.ndarray | None = None  # table source: the bucket of each request id
+        self._probs_by_id: np.ndarray | None = None  # ... and its probabilities, where the table has them
         self.model = None                      # model source: the classifier
 
     # ------------------------------------------------------------------ table source
@@ -67,19 +68,25 @@ class TrainedPredictor(Predictor):
         if scheme not in meta["buckets"]:
             raise ConfigError(f"{path.name} has no predictions for buckets {scheme}; it has "
                               f"{', '.join(meta['buckets'])} (set predictor.bucketing/num_buckets/max_seq_len)")
-        df = pd.read_csv(path, dtype={"key": str}, usecols=["key", "split", f"{scheme}:bucket"])
-        table = dict(zip(df["key"], df[f"{scheme}:bucket"].astype(np.int64)))
-        split = dict(zip(df["key"], df["split"]))
+        buckets = Buckets(meta["buckets"][scheme])
+        header = pd.read_csv(path, nrows=0).columns
+        pcols = [f"{scheme}:p{j}" for j in range(buckets.num)]
+        pcols = pcols if all(c in header for c in pcols) else []  # a table of buckets only: one-hot
+        df = pd.read_csv(path, dtype={"key": str}, usecols=["key", "split", f"{scheme}:bucket", *pcols])
+        row = {k: i for i, k in enumerate(df["key"])}
         keys = np.asarray(keys, dtype=object)
-        missing = [k for k in keys if k not in table]
+        missing = [k for k in keys if k not in row]
         if missing:
             raise ConfigError(f"{path.name} has no prediction for row {missing[0]!r} ({len(missing)} missing)")
-        seen = sorted({k for k in keys if split[k] != "test"})
-        if seen and not allow_in_sample:
+        idx = np.fromiter((row[k] for k in keys), np.int64, len(keys))
+        split = df["split"].to_numpy()[idx]
+        if (split != "test").any() and not allow_in_sample:
+            seen = sorted({k for k, s in zip(keys, split) if s != "test"})
             raise ConfigError(f"{len(seen)} requested rows were in the predictor's training split (e.g. "
                               f"{seen[0]!r}): use workload.split=test, or predictor.allow_in_sample=true")
-        p = cls(Buckets(meta["buckets"][scheme]), scheme)
-        p._by_id = np.array([table[k] for k in keys], dtype=np.int64)
+        p = cls(buckets, scheme)
+        p._by_id = df[f"{scheme}:bucket"].to_numpy(np.int64)[idx]
+        p._probs_by_id = df[pcols].to_numpy(np.float32)[idx] if pcols else None
         return p
 
     # ------------------------------------------------------------------ model source
@@ -120,6 +127,10 @@ class TrainedPredictor(Predictor):
         return ids
 
     def probabilities(self, requests) -> np.ndarray:
+        if self._by_id is not None:
+            if self._probs_by_id is None:
+                return super().probabilities(requests)
+            return self._probs_by_id[np.fromiter((r.id for r in requests), np.int64, len(requests))]
         ids = [self._encoded(r.id) for r in requests]
         return self.model.probabilities(ids)[self.scheme]
 
