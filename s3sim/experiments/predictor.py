@@ -2,7 +2,7 @@
 
 For ShareGPT, each AlpacaEval model and the Alpaca rows: fine-tune one encoder with three bucket heads
 (10 equal buckets over 2048 and over 1024 tokens, 10 quantile buckets over 2048), cached and resumable
-(`s3predict train`); evaluate on the held-out prompts beside the majority and median baselines; and write
+(`s3predict train`; ShareGPT's as LoRA adapters, shipped in s3sim/predictor/shipped); evaluate on the held-out prompts beside the majority and median baselines; and write
 every row's predictions to `s3sim/predictor/tables/`, which `predictor=trained` reads.
 Writes results/predictor/metrics.csv, a markdown summary and ShareGPT's confusion matrices.
 """
@@ -22,6 +22,10 @@ from s3sim.runner import write_csv, write_text
 from s3sim.workload.lengths import DEFAULT_DATA_DIR
 
 SCHEMES = ("equal:10:2048", "equal:10:1024", "quantile:10:2048")
+# ShareGPT's predictor is the shipped one: LoRA adapters (rank 16) over the frozen encoder, a few MB, copied
+# into s3sim/predictor/shipped; the other data sets fine-tune the whole encoder (kept in the cache only)
+SHIPPED_LABEL = "sharegpt_pairs"
+SHIPPED_TRAIN = ["--lora", "16", "--lr", "3e-4"]
 MED = "trained, median of p"
 GENERATORS = ("alpaca-7b", "gpt4", "llama-2-7b-chat-hf", "Meta-Llama-3-8B-Instruct",
               "Mistral-7B-Instruct-v0.2", "text_davinci_003", "vicuna-13b-v1.3")
@@ -59,7 +63,11 @@ def main(argv=None) -> None:
             print(f"== {label}", flush=True)
             train = ["train", str(data), "--threads", str(a.threads), "--epochs", str(a.epochs)]
             train += [x for s in SCHEMES for x in ("--scheme", s)] + (["--no-progress"] if a.no_progress else [])
+            if label == SHIPPED_LABEL:
+                train += SHIPPED_TRAIN
             folder = cli.train(cli.parser().parse_args(train))
+            if label == SHIPPED_LABEL:
+                folder = ship(folder)
             ev = cli.parser().parse_args(["table", str(data), "--model", str(folder), "--threads", str(a.threads)])
             model, rows = cli._model(ev), cli._rows(ev)
             metrics, conf = cli.evaluate(ev, model, rows)
@@ -85,6 +93,33 @@ def main(argv=None) -> None:
     write_csv(new, path)
     write_text(summary_markdown(new), out / "summary.md")
     print(f"wrote {path}, {out / 'summary.md'} and the prediction tables in {table_path('x').parent}")
+
+
+def ship(folder: Path) -> Path:
+    """Copy a finished LoRA run into s3sim/predictor/shipped (adapters, heads, metadata; not the optimizer
+    state), written beside it and swapped in, so a failed copy never leaves half a predictor there."""
+    import json
+    import os
+    import shutil
+
+    from s3sim.predictor.trained.model import SHIPPED
+
+    meta = json.loads((folder / "meta.json").read_text())
+    if not meta.get("done") or not meta.get("lora"):
+        raise ConfigError(f"{folder} is not a finished LoRA run; only those are shipped")
+    tmp = SHIPPED.with_name(SHIPPED.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("train_state.pt"))
+    data = Path(meta["settings"]["data"])  # recorded relative to the data folder, not as this machine's path
+    meta["settings"]["data"] = (data.relative_to(DEFAULT_DATA_DIR.resolve()).as_posix()
+                                if data.is_relative_to(DEFAULT_DATA_DIR.resolve()) else data.name)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    old = SHIPPED.with_name(SHIPPED.name + ".old")
+    if SHIPPED.exists():
+        os.replace(SHIPPED, old)
+    os.replace(tmp, SHIPPED)
+    shutil.rmtree(old, ignore_errors=True)
+    return SHIPPED
 
 
 def _alpaca_rows_file(d: Path, out: Path) -> Path:

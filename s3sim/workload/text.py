@@ -100,3 +100,48 @@ def read_pairs(path) -> list[TextPair]:
     if not pairs:
         raise ConfigError(f"{path} holds no prompt/response pairs: expected rows with {EXPECTED}")
     return pairs
+
+
+PROMPT_FIELDS = "'prompt', 'instruction' (with an optional 'input'), 'conversations' or 'text'"
+
+
+def _prompt(row, where: str) -> str:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: expected an object with {PROMPT_FIELDS}, got {type(row).__name__}")
+    if "prompt" in row or "text" in row:
+        text = row.get("prompt", row.get("text"))
+    elif "instruction" in row:
+        inp = str(row.get("input") or "")
+        text = str(row["instruction"]) + ("\n" + inp if inp else "")
+    elif "conversations" in row and isinstance(row["conversations"], list):
+        text = next((t.get("value") for t in row["conversations"]
+                     if isinstance(t, dict) and t.get("from") in ("human", "user")), None)
+    else:
+        raise ConfigError(f"{where}: no prompt text; found {sorted(row)[:6]}, expected {PROMPT_FIELDS}")
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{where}: the prompt is empty or not text ({text!r:.40}); every row needs prompt text")
+    return text
+
+
+def read_prompts(path) -> list[tuple[str, str]]:
+    """(key, prompt) of every row of a prompt file: JSON/JSONL rows in any format above (no response needed,
+    or a bare `{"prompt": ...}` / `{"text": ...}`), or a .txt file with one prompt per non-blank line."""
+    path = Path(path)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise ConfigError(f"data file not found: {path}")
+        note(path)
+        try:
+            lines = path.read_text(encoding="utf-8-sig").split("\n")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
+        out = [(str(n), line) for n, line in enumerate(lines, 1) if line.strip()]
+    else:
+        out = []
+        for i, (where, row) in enumerate(_rows(path)):
+            label = f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
+            key = str(row.get("id", i)) if isinstance(row, dict) else str(i)
+            out.append((key, _prompt(row, label)))
+    if not out:
+        raise ConfigError(f"{path} holds no prompts: expected rows with {PROMPT_FIELDS}, or lines of text (.txt)")
+    return out

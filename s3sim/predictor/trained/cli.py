@@ -1,8 +1,12 @@
 """`s3predict`: train, evaluate and tabulate the output-length predictor on any prompt/response file.
 
     s3predict train DATA [--scheme equal:10:2048 ...] [--base minilm] [--epochs 3] ...
-    s3predict evaluate DATA --model RUN_DIR [--out DIR]
-    s3predict table DATA --model RUN_DIR --out PREDICTIONS.csv.gz
+    s3predict evaluate DATA [--model RUN_DIR] [--out DIR]
+    s3predict table DATA [--model RUN_DIR] --out PREDICTIONS.csv.gz
+    s3predict predict PROMPTS [--model RUN_DIR] [--out PREDICTIONS.csv]
+
+Without --model, the shipped predictor (s3sim/predictor/shipped: LoRA adapters and heads over the offline
+MiniLM encoder, trained on ShareGPT) is used.
 
 DATA is JSON or JSONL in the ShareGPT, Alpaca or AlpacaEval format. Output lengths are counted with the
 served model's tokenizer (SmolLM2's by default). Splits are by prompt and seeded; training uses the
@@ -39,6 +43,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return v
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -69,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
                    help="bucket scheme kind:K:max_len (repeatable; default equal:10:2048)")
     t.add_argument("--base", default="minilm", help="encoder: minilm or a local Hugging Face folder")
     t.add_argument("--max-length", type=_positive, default=128, help="prompt tokens the encoder reads")
+    t.add_argument("--lora", type=_non_negative, default=0,
+                   help="LoRA rank: train adapters over the frozen encoder (a few MB) instead of the whole encoder")
     t.add_argument("--epochs", type=_positive, default=3)
     t.add_argument("--batch-size", type=_positive, default=32)
     t.add_argument("--lr", type=float, default=5e-5)
@@ -80,9 +96,18 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="discard an existing run of the same name")
     for name, extra in (("evaluate", "report metrics on the test side"), ("table", "predict every row")):
         p = sub.add_parser(name, parents=[common], help=extra)
-        p.add_argument("--model", required=True, help="a run folder written by `s3predict train`")
+        p.add_argument("--model", default=None, help="a run folder written by `s3predict train` (default: the "
+                                                     "shipped predictor, s3sim/predictor/shipped)")
         p.add_argument("--out", default=None)
         p.add_argument("--batch-size", type=_positive, default=64)
+    p = sub.add_parser("predict", help="predict the output-length bucket of every prompt of a file (no answers "
+                                       "needed: JSON/JSONL rows with prompt text, or a .txt with one per line)")
+    p.add_argument("data", help="prompt file")
+    p.add_argument("--model", default=None, help="a run folder (default: the shipped predictor)")
+    p.add_argument("--scheme", default=None, help="bucket scheme (default: the model's first, equal:10:2048)")
+    p.add_argument("--out", default=None, help="CSV of every prompt's bucket, reservation and probabilities")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--threads", type=_positive, default=None)
     return ap
 
 
@@ -104,7 +129,7 @@ def train(a) -> Path:
                       save_every=a.save_every)
     settings = dict(data=str(Path(a.data).resolve()), tokenizer=a.tokenizer, split_seed=a.split_seed,
                     test_frac=a.test_frac, limit=a.limit, schemes=[s.name for s in schemes], base=a.base,
-                    max_length=a.max_length, train=asdict(cfg))
+                    max_length=a.max_length, train=asdict(cfg), **({"lora": a.lora} if a.lora else {}))
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = cache_dir(a.cache_dir) / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
     _recover(folder)
@@ -126,7 +151,8 @@ def train(a) -> Path:
                 train_median=float(np.median(tr["output_tokens"])),
                 baselines={n: baselines(tr["output_tokens"].to_numpy(), b) for n, b in bks.items()})
     resume = (folder / "train_state.pt").is_file() and not a.fresh
-    model = LengthClassifier.load(folder) if resume else LengthClassifier.from_base(a.base, bks, a.max_length, a.seed)
+    model = (LengthClassifier.load(folder, trainable=True) if resume
+             else LengthClassifier.from_base(a.base, bks, a.max_length, a.seed, lora=a.lora))
     ids = model.encode(tr["prompt"])
     trainer = Trainer(model, ids, {n: labels[n] for n in model.buckets}, cfg, folder, meta)
     if resume:
@@ -148,15 +174,35 @@ def _recover(folder: Path) -> None:
 
 
 def _model(a):
-    from s3sim.predictor.trained.model import LengthClassifier
+    from s3sim.predictor.trained.model import LengthClassifier, model_folder
     from s3sim.predictor.trained.train import set_threads
 
     set_threads(a.threads)
-    folder = Path(a.model)
+    folder = model_folder(a.model)
     _recover(folder)
-    if not folder.is_dir():
-        raise ConfigError(f"model folder {folder} not found; train one with `s3predict train`")
     return LengthClassifier.load(folder)
+
+
+def predict(a):
+    """Every prompt's bucket under one scheme, its reservation (the bucket's upper bound) and probabilities."""
+    import pandas as pd
+
+    from s3sim.workload.text import read_prompts
+
+    rows = read_prompts(a.data)
+    model = _model(a)
+    scheme = a.scheme or next(iter(model.buckets))
+    if scheme not in model.buckets:
+        raise ConfigError(f"--scheme {scheme}: the model predicts {', '.join(model.buckets)}")
+    t0 = time.perf_counter()
+    probs = model.probabilities(model.encode([p for _, p in rows]), a.batch_size)[scheme]
+    ms = (time.perf_counter() - t0) / len(rows) * 1e3
+    b = model.buckets[scheme]
+    bucket = probs.argmax(1)
+    df = pd.DataFrame({"key": [k for k, _ in rows], "bucket": bucket, "reserve_tokens": b.upper[bucket]})
+    for j in range(b.num):
+        df[f"p{j}"] = np.round(probs[:, j], 3)
+    return df, scheme, ms
 
 
 def evaluate(a, model=None, rows=None):
@@ -225,6 +271,17 @@ def main(argv=None) -> int:
                 write_csv(res, out / "metrics.csv")
                 for n, c in conf.items():
                     write_csv(c.reset_index(), out / f"confusion_{n.replace(':', '_')}.csv")
+        elif a.cmd == "predict":
+            df, scheme, ms = predict(a)
+            import pandas as pd
+            with pd.option_context("display.width", 160, "display.max_columns", 20):
+                print(df.head(20).to_string(index=False))
+            more = f" (first 20 shown)" if len(df) > 20 else ""
+            print(f"{len(df)} prompts{more}, buckets {scheme}, {ms:.1f} ms per prompt")
+            if a.out:
+                from s3sim.runner import write_csv
+                write_csv(df, Path(a.out))
+                print(f"-> {a.out}")
         else:
             df, model = table(a)
             out = Path(a.out or "predictions.csv.gz")

@@ -32,26 +32,37 @@ def base_path(base: str) -> Path:
 
 
 def _quiet():
+    import warnings
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
 
+LORA_TARGETS = ["query", "key", "value", "dense"]  # every linear layer of a BERT block
+
+
 class LengthClassifier(nn.Module):
-    def __init__(self, encoder, tokenizer, buckets: dict[str, Buckets], max_length: int = 128):
+    def __init__(self, encoder, tokenizer, buckets: dict[str, Buckets], max_length: int = 128, lora: int = 0,
+                 base: str | None = None):
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.buckets = dict(buckets)
         self.max_length = int(max_length)
+        self.lora = int(lora)  # LoRA rank (0: the whole encoder is fine-tuned and saved)
+        self.base = base      # the encoder a LoRA model's adapters apply to
         hidden = encoder.config.hidden_size
         self.dropout = nn.Dropout(0.1)
         self.heads = nn.ModuleDict({_key(n): nn.Linear(hidden, b.num) for n, b in self.buckets.items()})
 
     @classmethod
-    def from_base(cls, base: str, buckets: dict[str, Buckets], max_length: int = 128, seed: int = 0):
+    def from_base(cls, base: str, buckets: dict[str, Buckets], max_length: int = 128, seed: int = 0, lora: int = 0):
+        """A fresh classifier over encoder `base`; with `lora` > 0 the encoder stays frozen and LoRA adapters of
+        that rank (on every linear layer) are what trains, so a saved model is the adapters and the heads."""
         _quiet()
         from transformers import AutoModel, AutoTokenizer
 
@@ -59,7 +70,15 @@ class LengthClassifier(nn.Module):
         torch.manual_seed(seed)
         enc = AutoModel.from_pretrained(path, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return cls(enc, tok, buckets, max_length)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            enc = get_peft_model(enc, LoraConfig(r=int(lora), lora_alpha=2 * int(lora), lora_dropout=0.1,
+                                                 target_modules=LORA_TARGETS))
+        return cls(enc, tok, buckets, max_length, lora=lora, base=base)
+
+    def trainable_encoder_parameters(self):
+        return [p for p in self.encoder.parameters() if p.requires_grad]
 
     def encode(self, texts):
         """Token ids per text, truncated to `max_length` (padding happens per batch)."""
@@ -101,12 +120,18 @@ class LengthClassifier(nn.Module):
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(tmp / "encoder")
-        self.tokenizer.save_pretrained(tmp / "encoder")
-        torch.save(self.heads.state_dict(), tmp / "heads.pt")
+        if self.lora:  # the adapters only: the encoder is the base, found again by name when loading
+            self.encoder.save_pretrained(tmp / "adapter")
+            (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # peft's blank model card
+        else:
+            self.encoder.save_pretrained(tmp / "encoder")
+            self.tokenizer.save_pretrained(tmp / "encoder")
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.heads.state_dict().items()}, tmp / "heads.safetensors")
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
-        info = dict(meta or {}, max_length=self.max_length,
+        info = dict(meta or {}, max_length=self.max_length, lora=self.lora, base=self.base,
                     buckets={n: b.upper.tolist() for n, b in self.buckets.items()})
         (tmp / "meta.json").write_text(json.dumps(info, indent=1))
         old = folder.with_name(folder.name + ".old")
@@ -118,7 +143,8 @@ class LengthClassifier(nn.Module):
             shutil.rmtree(old)
 
     @classmethod
-    def load(cls, folder):
+    def load(cls, folder, trainable: bool = False):
+        """A saved classifier (`trainable`: its LoRA adapters keep learning, as when a run resumes)."""
         _quiet()
         from transformers import AutoModel, AutoTokenizer
 
@@ -129,17 +155,55 @@ class LengthClassifier(nn.Module):
         from s3sim.inputs import note_folder
 
         note_folder(folder)
-        buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
-        enc = AutoModel.from_pretrained(folder / "encoder", local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(folder / "encoder", local_files_only=True)
-        m = cls(enc, tok, buckets, meta["max_length"])
-        m.heads.load_state_dict(torch.load(folder / "heads.pt", weights_only=True))
+        try:
+            buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
+            lora = int(meta.get("lora") or 0)
+            if lora:
+                from peft import PeftModel
+
+                path = base_path(meta["base"])
+                enc = PeftModel.from_pretrained(AutoModel.from_pretrained(path, local_files_only=True),
+                                                folder / "adapter", is_trainable=trainable, local_files_only=True)
+            else:
+                path = folder / "encoder"
+                enc = AutoModel.from_pretrained(path, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            m = cls(enc, tok, buckets, meta["max_length"], lora=lora, base=meta.get("base"))
+            m.heads.load_state_dict(_read_heads(folder))
+        except ConfigError:
+            raise
+        except Exception as e:  # a missing or damaged file of the folder: one line naming it
+            raise ConfigError(f"{folder}: not a loadable trained predictor ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         m.meta = meta
+        m.eval()
         return m
+
+
+def _read_heads(folder: Path) -> dict:
+    if (folder / "heads.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(folder / "heads.safetensors")
+    return torch.load(folder / "heads.pt", weights_only=True)  # runs saved before heads.safetensors
 
 
 def _key(name: str) -> str:
     return name.replace(":", "_")  # ModuleDict keys cannot hold some characters
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "shipped"
+
+
+def model_folder(path=None) -> Path:
+    """A trained predictor's folder: `path`, or the shipped one when none is given."""
+    folder = SHIPPED if path is None else Path(path)
+    if not folder.is_dir():
+        if path is None:
+            raise ConfigError(f"the shipped predictor {folder} is missing (restore it with `git checkout -- "
+                              f"{folder}`), or pass --model RUN_DIR")
+        raise ConfigError(f"model folder {folder} not found; train one with `s3predict train`")
+    return folder
 
 
 def read_meta(folder: Path) -> dict:

@@ -93,14 +93,11 @@ class TrainedPredictor(Predictor):
     @classmethod
     def from_model(cls, folder, scheme: str, prompts, retrain: RetrainConfig | None = None,
                    replay_prompts=None, replay_lengths=None, threads: int | None = 1) -> "TrainedPredictor":
-        from s3sim.predictor.trained.model import LengthClassifier
+        from s3sim.predictor.trained.model import LengthClassifier, model_folder
         from s3sim.predictor.trained.train import set_threads
 
         set_threads(threads)
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ConfigError(f"predictor.model {folder} not found; train one with `s3predict train`")
-        model = LengthClassifier.load(folder)
+        model = LengthClassifier.load(model_folder(folder), trainable=bool(retrain and retrain.every))
         if scheme not in model.buckets:
             raise ConfigError(f"model {folder} was not trained for buckets {scheme}; it has "
                               f"{', '.join(model.buckets)}")
@@ -174,7 +171,7 @@ class TrainedPredictor(Predictor):
             loss = loss_on(self.model, ids, labels, np.arange(len(ids)))
             self._opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
             self._opt.step()
         self.model.eval()
         self.retrain_rounds += 1
@@ -196,16 +193,16 @@ def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys) -
                                            bool(pc.get("allow_in_sample", False)))
     if source != "model":
         raise ConfigError(f"predictor.source must be table or model, got {source!r}")
-    if not pc.get("model"):
-        raise ConfigError("predictor.source=model needs predictor.model: a run folder from `s3predict train`")
     from s3sim.workload.lengths import load_prompts
 
     prompts = load_prompts(w["name"], keys, w.get("generator"), w.get("data_dir"))
     rc = RetrainConfig(**dict(pc.get("retrain") or {}))
     replay = (None, None)
     if rc.every and rc.replay > 0:
-        replay = _training_rows(Path(pc["model"]))
-    return TrainedPredictor.from_model(pc["model"], scheme, prompts, rc, *replay, threads=pc.get("threads", 1))
+        from s3sim.predictor.trained.model import model_folder
+
+        replay = _training_rows(model_folder(pc.get("model")))
+    return TrainedPredictor.from_model(pc.get("model"), scheme, prompts, rc, *replay, threads=pc.get("threads", 1))
 
 
 def _training_rows(folder: Path):
@@ -218,6 +215,11 @@ def _training_rows(folder: Path):
     st = meta.get("settings")
     if not st:
         raise ConfigError(f"{folder} does not record its training data; set predictor.retrain.replay=0")
-    rows = labelled_rows(st["data"], st["tokenizer"], st["split_seed"], st["test_frac"], st["limit"])
+    data = Path(st["data"])
+    if not data.is_absolute():  # a shipped predictor records its data relative to the data folder
+        from s3sim.workload.lengths import DEFAULT_DATA_DIR
+
+        data = DEFAULT_DATA_DIR / data
+    rows = labelled_rows(data, st["tokenizer"], st["split_seed"], st["test_frac"], st["limit"])
     tr = rows[~rows["test"]]
     return tr["prompt"].tolist(), tr["output_tokens"].to_numpy()

@@ -57,7 +57,7 @@ def loss_on(model: LengthClassifier, ids, labels: dict[str, np.ndarray], sel) ->
 
 def make_optimizer(model: LengthClassifier, cfg: TrainConfig):
     return torch.optim.AdamW([
-        {"params": model.encoder.parameters(), "lr": cfg.lr},
+        {"params": model.trainable_encoder_parameters(), "lr": cfg.lr},
         {"params": model.heads.parameters(), "lr": cfg.head_lr},
     ], weight_decay=cfg.weight_decay)
 
@@ -108,7 +108,7 @@ class Trainer:
                 loss = loss_on(self.model, self.ids, self.labels, sel)
                 self.opt.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
                 self.opt.step()
                 self.sched.step()
                 self.step += 1

@@ -1,0 +1,157 @@
+"""The shipped predictor (LoRA adapters and heads over the offline MiniLM encoder, committed in
+s3sim/predictor/shipped): small, loads on a fresh clone, reproduces its committed predictions, predicts any
+prompt file; LoRA training resumes exactly; damaged or missing files and prompt files without text are
+one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from s3sim.predictor.trained.model import SHIPPED, LengthClassifier  # noqa: E402
+
+
+def s3predict(*args, cwd=None):
+    return subprocess.run([sys.executable, "-c", "from s3sim.predictor.trained.cli import main; import sys; "
+                           "sys.exit(main())", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_one_line(p, needle):
+    assert p.returncode == 2, (p.returncode, p.stderr[-800:])
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_shipped_predictor_is_small_and_complete():
+    files = [f for f in SHIPPED.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    names = {f.relative_to(SHIPPED).as_posix() for f in files}
+    assert {"meta.json", "heads.safetensors", "adapter/adapter_model.safetensors",
+            "adapter/adapter_config.json"} <= names
+    assert "train_state.pt" not in names  # the optimizer state is not shipped
+    meta = json.loads((SHIPPED / "meta.json").read_text())
+    assert meta["lora"] > 0 and meta["base"] == "minilm" and "equal:10:2048" in meta["buckets"]
+
+
+def test_shipped_predictor_reproduces_its_committed_predictions():
+    """A few held-out ShareGPT rows, predicted now, equal the committed table written by the same model."""
+    from s3sim.predictor.trained.predictor import table_path
+    from s3sim.workload.lengths import DEFAULT_DATA_DIR
+    from s3sim.workload.text import read_pairs
+
+    table = pd.read_csv(table_path("sharegpt_pairs"), dtype={"key": str})
+    side = json.loads(table_path("sharegpt_pairs").with_suffix("").with_suffix(".json").read_text())
+    assert side["settings"].get("lora") == json.loads((SHIPPED / "meta.json").read_text())["settings"]["lora"]
+    pairs = {p.key: p.prompt for p in read_pairs(DEFAULT_DATA_DIR / "sharegpt/sharegpt_v3_firstturn_pairs.jsonl")}
+    rows = table[table.split == "test"].head(6)
+    model = LengthClassifier.load(SHIPPED)
+    torch.set_num_threads(1)
+    probs = model.probabilities(model.encode([pairs[k] for k in rows.key]))
+    for scheme, p in probs.items():
+        assert (p.argmax(1) == rows[f"{scheme}:bucket"].to_numpy()).all(), scheme
+        committed = rows[[f"{scheme}:p{j}" for j in range(p.shape[1])]].to_numpy()
+        np.testing.assert_allclose(p, committed, atol=2e-3)
+
+
+def test_s3predict_predict_any_prompt_file_with_the_shipped_model(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write a haiku about the sea.\n\nExplain, step by step and in depth, how a compiler "
+                       "turns source code into machine code, with examples for each stage.\n")
+    out = tmp_path / "pred.csv"
+    p = s3predict("predict", prompts, "--out", out, "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out)
+    assert list(df.key) == [1, 3] and len(df) == 2
+    pcols = [c for c in df if c.startswith("p")]
+    np.testing.assert_allclose(df[pcols].sum(1), 1.0, atol=0.01)
+    assert (df.reserve_tokens > 0).all()
+    assert "2 prompts, buckets equal:10:2048" in p.stdout
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"id": "a", "prompt": "hello"}\n{"id": "b", "prompt": "   "}\n', "line 2: the prompt is empty"),
+    ('{"id": "a", "answer": "no prompt here"}\n', "line 1: no prompt text; found ['answer', 'id']"),
+    ("", "is empty"),
+])
+def test_a_prompt_file_without_text_is_one_line(tmp_path, content, needle):
+    f = tmp_path / "prompts.jsonl"
+    f.write_text(content)
+    assert_one_line(s3predict("predict", f), needle)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("truncate_heads", "not a loadable trained predictor"),
+    ("drop_adapter", "not a loadable trained predictor"),
+    ("bad_meta", "not a trained predictor's metadata"),
+    ("no_meta", "is not a trained predictor (no meta.json)"),
+])
+def test_a_missing_or_corrupt_predictor_file_is_one_line(tmp_path, damage, needle):
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED, folder)
+    if damage == "truncate_heads":
+        data = (folder / "heads.safetensors").read_bytes()
+        (folder / "heads.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "drop_adapter":
+        (folder / "adapter" / "adapter_model.safetensors").unlink()
+    elif damage == "bad_meta":
+        (folder / "meta.json").write_text("{not json")
+    else:
+        (folder / "meta.json").unlink()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    assert_one_line(s3predict("predict", prompts, "--model", folder), needle)
+
+
+def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path, monkeypatch):
+    """A LoRA run over a tiny encoder saves a few adapter weights (not the encoder) and, stopped mid-epoch,
+    resumes to the weights of an unbroken run."""
+    from test_predictor_trained import _train_args, synthetic_pairs  # noqa: F401  (shared fixtures' helpers)
+
+    from s3sim.predictor.trained import cli
+    from s3sim.predictor.trained.train import Trainer
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(p) for p in synthetic_pairs(96)))
+    enc = _tiny_encoder(tmp_path / "enc")
+    extra = ("--lora", "4", "--save-every", "3")
+    whole = cli.train(_train_args(data, enc, tmp_path / "a", *extra, epochs=1))
+    assert (whole / "adapter" / "adapter_model.safetensors").is_file() and not (whole / "encoder").exists()
+    real_save = Trainer.save
+
+    def crash(self):
+        real_save(self)
+        if self.step == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cli.train(_train_args(data, enc, tmp_path / "b", *extra, epochs=1))
+    monkeypatch.setattr(Trainer, "save", real_save)
+    resumed = cli.train(_train_args(data, enc, tmp_path / "b", *extra, epochs=1))
+    a, b = LengthClassifier.load(whole), LengthClassifier.load(resumed)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and any("lora" in k for k in sa)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], msg=k)
+
+
+def _tiny_encoder(folder):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from s3sim.predictor.trained.model import base_path
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(base_path("minilm"), local_files_only=True)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
