@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor supervisor retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -91,9 +91,14 @@ trace-sweep: setup
 	$(BIN)/s3sim-plot results/sweeps/azure_time_scale.csv --x offered_rate --y e2e_latency_p50 --hue policy \
 	  --logy --title "Azure conversation trace at four speeds, Llama-3.1-8B, A100 80 GB (simulated)"
 
-# Train (cached in ~/.cache/s3, resumable), evaluate and tabulate the length predictor on every text data set.
+# Train (cached in ~/.cache/s3, resumable), evaluate and tabulate the length predictor on every text data set;
+# ShareGPT's (LoRA adapters) is copied into s3sim/predictor/shipped. `ARGS="--only sharegpt_pairs"` for it alone.
 predictor: setup
-	$(BIN)/python -m s3sim.experiments.predictor --threads 2
+	$(BIN)/python -m s3sim.experiments.predictor --threads 2 $(ARGS)
+
+# S3 with the shipped predictor, supervisor by supervisor, beside the oracle; starvation and prediction latency.
+supervisor: setup
+	$(BIN)/python -m s3sim.experiments.supervisor
 
 # Online retraining under a shift: trained on alpaca-7b's answer lengths, serving Llama-3-8B's.
 retraining: setup

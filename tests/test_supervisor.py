@@ -201,3 +201,14 @@ def test_predictor_latency_config_is_checked(tmp_path):
                         "num_requests=5", f"hydra.run.dir={tmp_path}/run2"], capture_output=True, text=True, cwd=tmp_path)
     assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1
     assert "policy.quantile must be a fraction strictly between 0 and 1, got 1.5" in q.stderr
+
+
+def test_reserve_by_cost_trades_memory_against_the_expected_recompute():
+    """Prompt 10; 50 % <= 10 tokens, 50 % in 41-50. Reserving bucket 0 costs (10 + 10) * (1 + w * 0.5), bucket 4
+    costs 10 + 50 = 60: bucket 0 for w < 4, bucket 4 above."""
+    dist = [0.5, 0, 0, 0, 0.5, 0, 0, 0, 0, 0]
+    for w, bucket in [(0.0, 0), (1.0, 0), (3.9, 0), (4.1, 4), (10.0, 4)]:
+        res = simulate(reqs([10], [8]), s3(10_000, FixedDistribution(B, dist), reserve="cost", overflow_cost=w), LAT)
+        assert res.requests[0].first_bucket == bucket, w
+    with pytest.raises(ConfigError, match="policy.overflow_cost must be a non-negative number"):
+        S3Config(name="s3", overflow_cost=-1.0)

@@ -77,10 +77,12 @@ def main(argv=None) -> None:
                   "predictor=trained", "predictor.source=model", f"predictor.model={folder}",
                   f"predictor.threads={a.threads}", "predictor.allow_in_sample=true"]
         retrain = [f"predictor.retrain.every={a.every}", f"predictor.retrain.steps={a.steps}"]
+        # the paper's supervisor (preempt on every overflow): each misprediction it acts on is feedback
+        s3 = ["policy=s3", "policy.in_place=false", "policy.make_room=false"]
         variants = {
-            "no retraining": ["policy=s3"],
-            "retrain on mispredictions": ["policy=s3", *retrain],
-            "retrain on every finish": ["policy=s3", *retrain, "predictor.feedback=all"],
+            "no retraining": s3,
+            "retrain on mispredictions": [*s3, *retrain],
+            "retrain on every finish": [*s3, *retrain, "predictor.feedback=all"],
             "oracle": ["policy=oracle"],
             "orca (max-length reservation)": ["policy=orca"],
         }

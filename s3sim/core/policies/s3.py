@@ -3,16 +3,23 @@
 Waiting requests are packed into free KV memory by decreasing first-fit on their reservation size
 (equivalently: repeatedly admit the largest waiting request that fits; ties go to the earliest). A
 sorted container keeps that O(log n) per admission even with 10^6 requests waiting.
+
+The reserved bucket is the most likely one (`reserve=mode`, the paper) or the one at a quantile of the
+predicted distribution (`reserve=quantile`). A request that outgrows its reservation is the supervisor's
+(see `supervisor.py`): grown in place when memory is free; when it is not and `make_room` is on, the
+newest running requests are preempted to make room if recomputing them costs fewer tokens than
+recomputing the overflowing one, else that one is preempted. Decreasing first-fit starves large
+requests under a stream of small ones; `max_wait` bounds that: a request queued that long is admitted
+first, and nothing else is admitted until it fits.
 """
 from __future__ import annotations
 
 import heapq
 import math
-
-import numpy as np
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 from sortedcontainers import SortedKeyList
 
 from s3sim.core.errors import ConfigError, InvariantViolation
@@ -24,14 +31,15 @@ from s3sim.core.predictors.base import Predictor
 from s3sim.core.request import Request
 
 
-RESERVE_MODES = ("mode", "quantile")
+RESERVE_MODES = ("mode", "quantile", "cost")
 
 
 @dataclass
 class S3Config(PolicyConfig):
     grow: str = "next"  # on overflow: the next bucket, max_seq_len, or the conditional distribution's quantile
     in_place: bool = True  # grow the reservation in place when memory is free; false: the paper's supervisor
-    reserve: str = "mode"  # the bucket reserved at arrival: the most likely one (the paper) or a quantile
+    reserve: str = "mode"  # the bucket reserved at arrival: the most likely one (the paper), a quantile, or cost
+    overflow_cost: float = 1.0  # reserve=cost: what one token recomputed after an overflow costs, in reserved tokens
     quantile: float = 0.5  # the quantile of the predicted distribution for reserve=quantile and grow=conditional
     make_room: bool = True  # an overflow with memory short preempts the newest requests instead, if cheaper
     max_wait: Optional[float] = None  # seconds: a request queued this long is admitted before any other
@@ -43,6 +51,8 @@ class S3Config(PolicyConfig):
         if self.reserve not in RESERVE_MODES:
             raise ConfigError(f"policy.reserve '{self.reserve}' is unknown; valid: {', '.join(RESERVE_MODES)}")
         check_quantile(self.quantile)
+        if not 0 <= self.overflow_cost < math.inf:
+            raise ConfigError(f"policy.overflow_cost must be a non-negative number, got {self.overflow_cost!r}")
         if self.max_wait is not None and not 0 <= self.max_wait < math.inf:
             raise ConfigError(f"policy.max_wait must be a non-negative number of seconds or null, got {self.max_wait!r}")
 
@@ -58,10 +68,12 @@ class S3Scheduler(Scheduler):
                          quantile=conf.quantile)
         return cls(KVPool(capacity_tokens), max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens,
-                   reserve=conf.reserve, make_room=conf.make_room, max_wait=conf.max_wait)
+                   reserve=conf.reserve, make_room=conf.make_room, max_wait=conf.max_wait,
+                   overflow_cost=conf.overflow_cost)
 
     def __init__(self, pool, max_seq_len, predictor: Predictor, supervisor: Supervisor | None = None,
-                 reserve: str = "mode", make_room: bool = False, max_wait: float | None = None, **kw):
+                 reserve: str = "mode", make_room: bool = False, max_wait: float | None = None,
+                 overflow_cost: float = 1.0, **kw):
         super().__init__(pool, max_seq_len, **kw)
         if reserve not in RESERVE_MODES:
             raise ConfigError(f"policy.reserve '{reserve}' is unknown; valid: {', '.join(RESERVE_MODES)}")
@@ -71,7 +83,8 @@ class S3Scheduler(Scheduler):
         self.reserve = reserve
         self.make_room = bool(make_room)
         # the predicted distribution is kept per request only when something reads it
-        self._keeps_dist = reserve == "quantile" or self.supervisor.grow == "conditional"
+        self.overflow_cost = float(overflow_cost)
+        self._keeps_dist = reserve != "mode" or self.supervisor.grow == "conditional"
         self.waiting = SortedKeyList(key=lambda r: (r.prompt_len + r.reserved_out, -r.id))
         self.max_wait = max_wait
         self._queued_at: dict[int, float] = {}  # waiting request id -> when it (re-)entered the queue
@@ -88,9 +101,10 @@ class S3Scheduler(Scheduler):
         if self._keeps_dist:
             probs = self.predictor.probabilities(requests)
             q = self.supervisor.quantile
-            for r, p in zip(requests, probs):
+            cost = self._cheapest(requests, probs) if self.reserve == "cost" else None
+            for i, (r, p) in enumerate(zip(requests, probs)):
                 r.dist = p
-                b = quantile_bucket(p, q) if self.reserve == "quantile" else -1
+                b = quantile_bucket(p, q) if self.reserve == "quantile" else -1 if cost is None else int(cost[i])
                 r.first_bucket = r.bucket = b if b >= 0 else int(np.argmax(p))
                 r.reserved_out = self._reserved_out(r.bucket)
         else:
@@ -99,6 +113,16 @@ class S3Scheduler(Scheduler):
                 r.reserved_out = self._reserved_out(r.bucket)
         for r in requests:
             self._enqueue(r, r.arrival)
+
+    def _cheapest(self, requests, probs) -> np.ndarray:
+        """reserve=cost: per request, the bucket j minimising the tokens reserved, (prompt + upper_j), plus the
+        expected tokens recomputed if the answer outgrows it, overflow_cost * P(length > upper_j) * (prompt +
+        upper_j) (an overflow is not always a preemption: a bound, weighted)."""
+        prompt = np.fromiter((r.prompt_len for r in requests), np.float64, len(requests))[:, None]
+        upper = np.minimum(self.buckets.upper, self.max_seq_len)[None, :].astype(np.float64)
+        p = np.asarray(probs, dtype=np.float64)
+        beyond = 1.0 - np.cumsum(p, axis=1) / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+        return np.argmin((prompt + upper) * (1.0 + self.overflow_cost * np.clip(beyond, 0.0, 1.0)), axis=1)
 
     def _enqueue(self, r: Request, t: float) -> None:
         self.waiting.add(r)
