@@ -113,45 +113,15 @@ def test_a_missing_or_corrupt_predictor_file_is_one_line(tmp_path, damage, needl
 def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path, monkeypatch):
     """A LoRA run over a tiny encoder saves a few adapter weights (not the encoder) and, stopped mid-epoch,
     resumes to the weights of an unbroken run."""
-    from test_predictor_trained import _train_args, synthetic_pairs  # noqa: F401  (shared fixtures' helpers)
-
-    from s3sim.predictor.trained import cli
-    from s3sim.predictor.trained.train import Trainer
+    from test_predictor_trained import make_tiny_encoder, synthetic_pairs, whole_and_resumed
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(json.dumps(p) for p in synthetic_pairs(96)))
-    enc = _tiny_encoder(tmp_path / "enc")
-    extra = ("--lora", "4", "--save-every", "3")
-    whole = cli.train(_train_args(data, enc, tmp_path / "a", *extra, epochs=1))
+    enc = make_tiny_encoder(tmp_path / "enc")
+    whole, resumed = whole_and_resumed(data, enc, tmp_path, monkeypatch, 3, "--lora", "4")
     assert (whole / "adapter" / "adapter_model.safetensors").is_file() and not (whole / "encoder").exists()
-    real_save = Trainer.save
-
-    def crash(self):
-        real_save(self)
-        if self.step == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        cli.train(_train_args(data, enc, tmp_path / "b", *extra, epochs=1))
-    monkeypatch.setattr(Trainer, "save", real_save)
-    resumed = cli.train(_train_args(data, enc, tmp_path / "b", *extra, epochs=1))
     a, b = LengthClassifier.load(whole), LengthClassifier.load(resumed)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and any("lora" in k for k in sa)
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], msg=k)
-
-
-def _tiny_encoder(folder):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from s3sim.predictor.trained.model import base_path
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(base_path("minilm"), local_files_only=True)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)

@@ -22,13 +22,16 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))
+
+
+def make_tiny_encoder(folder) -> str:
     """A 2-layer BERT with all-MiniLM's tokenizer, random-initialised: trains in seconds on a CPU."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from s3sim.predictor.trained.model import base_path
 
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_encoder")
     tok = AutoTokenizer.from_pretrained(base_path("minilm"), local_files_only=True)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)
@@ -207,26 +210,35 @@ def test_training_loss_falls_and_beats_chance(synthetic_file, tiny_encoder, tmp_
     assert cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path)) == folder
 
 
-def test_checkpoint_resume_continues_exactly(synthetic_file, tiny_encoder, tmp_path, monkeypatch):
-    """A run stopped mid-epoch resumes from its checkpoint and ends with the weights of an unbroken run."""
+def whole_and_resumed(data, encoder, tmp_path, monkeypatch, at: int, *extra):
+    """Train one epoch unbroken (in tmp_path/a), and again stopped right after the checkpoint at step `at` and
+    resumed (in tmp_path/b); returns both run folders."""
     from s3sim.predictor.trained import cli
-    from s3sim.predictor.trained.model import LengthClassifier
     from s3sim.predictor.trained.train import Trainer
 
-    whole = cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path / "a", "--save-every", "5", epochs=1))
+    args = lambda sub: _train_args(data, encoder, tmp_path / sub, "--save-every", str(at), *extra, epochs=1)
+    whole = cli.train(args("a"))
     real_save = Trainer.save
 
     def crash_after_checkpoint(self):
         real_save(self)
-        if self.step == 5:
+        if self.step == at:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save", crash_after_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path / "b", "--save-every", "5", epochs=1))
+        cli.train(args("b"))
     monkeypatch.setattr(Trainer, "save", real_save)
-    assert json.loads((tmp_path / "b" / "run" / "meta.json").read_text())["step"] == 5
-    resumed = cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path / "b", "--save-every", "5", epochs=1))
+    assert json.loads((tmp_path / "b" / "run" / "meta.json").read_text())["step"] == at
+    return whole, cli.train(args("b"))
+
+
+def test_checkpoint_resume_continues_exactly(synthetic_file, tiny_encoder, tmp_path, monkeypatch):
+    """A run stopped mid-epoch resumes from its checkpoint and ends with the weights of an unbroken run."""
+    from s3sim.predictor.trained import cli
+    from s3sim.predictor.trained.model import LengthClassifier
+
+    whole, resumed = whole_and_resumed(synthetic_file, tiny_encoder, tmp_path, monkeypatch, 5)
     a, b = LengthClassifier.load(whole), LengthClassifier.load(resumed)
     for (n, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(pa, pb, msg=n)
