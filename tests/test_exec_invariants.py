@@ -114,3 +114,15 @@ def test_warm_up_runs_before_the_clock_and_leaves_nothing_behind():
     k = warm_calls[0][1]
     assert k > 0 and warm_calls[:2] == [(0, k), (k, 0)] and warm_calls[2:] == cold_calls
     assert sum(-(-(len(p) + 1) // 4) for p in prompts[:k]) <= 200 // 4  # only what the pool holds
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_s3_making_room_on_the_real_model_keeps_the_tokens(unconstrained, mode):
+    """Under-predicted requests in a tight pool: the supervisor grows them in place and preempts the newest
+    requests to make room; the executor frees (or swaps) those victims' KV and the tokens do not change."""
+    res = run("s3", 120, PROMPTS, OUTPUTS, mode=mode, accuracy=0.0, error_shape="under")
+    check_invariants(res, OUTPUTS)
+    assert res.outputs == unconstrained
+    s = res.scheduler
+    assert s.supervisor.grown_in_place > 0 and s.by_cause["memory"]["preemptions"] > 0
+    assert s.by_cause["overflow"]["preemptions"] == 0
