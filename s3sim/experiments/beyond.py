@@ -48,6 +48,8 @@ QUICK = dict(accuracy=(0.4, 1.0), shapes=("adjacent", "under"), buckets=(2, 10),
              policies=("orca", "s3", "paged_spf"), hw_policies=("orca", "s3"),
              bucket_series={"s3": ["policy=s3"], "oracle": ["policy=oracle"]}, grid=(0.5, 1.0))
 REFERENCES = ("orca", "oracle", "paged")
+# GPT-J's context is 2,048 tokens: ShareGPT rows whose prompt leaves fewer than 128 for the answer are dropped
+WORKLOAD_OVERRIDES = {"sharegpt": ["workload.max_prompt=1920"]}
 PAGING = {"paged": ["policy=paged"], "paged, max batch 256": ["policy=paged", "policy.max_batch_size=256"],
           "paged_spf": ["policy=paged_spf"], "s3": ["policy=s3"]}
 LATENCY = ["model", "policy", "rate", "goodput", "slo_attainment", "ttft_mean", "ttft_p99", "e2e_latency_mean",
@@ -148,7 +150,8 @@ def main(argv=None) -> None:
             plots.save(fig, t, st.out, f"{name}_{m}")
 
     policies = g["policies"]
-    wl = st.capacity([{"workload": w, "policy": p, "overrides": ["model=gpt-j-6b", f"workload={w}", f"policy={p}"]}
+    wl = st.capacity([{"workload": w, "policy": p, "overrides": ["model=gpt-j-6b", f"workload={w}", f"policy={p}",
+                                                                 *WORKLOAD_OVERRIDES.get(w, [])]}
                       for w in g["workloads"] for p in policies], "workloads")
     st.save(wl, "workloads")
     plots.save(bars.draw(wl.rename(columns={"workload": "model"}), "capacity", "highest rate meeting the SLO (req/s)",

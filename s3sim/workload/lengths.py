@@ -193,9 +193,14 @@ def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt",
 
 # ---------------------------------------------------------------------------------------------- sharegpt
 
-def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | None = None) -> Workload:
-    """ShareGPT prompt/output token counts (Llama-2 tokenizer). Zero counts become 1."""
+def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | None = None,
+                  max_prompt: int | None = None) -> Workload:
+    """ShareGPT prompt/output token counts (Llama-2 tokenizer). Zero counts become 1. `max_prompt` drops rows
+    with longer prompts (as serving benchmarks filter ShareGPT, and as a model's context window demands)."""
     _check_options(max_output, limit)
+    if max_prompt is not None and (isinstance(max_prompt, bool) or not isinstance(max_prompt, (int, np.integer))
+                                   or max_prompt < 1):
+        raise ConfigError(f"workload.max_prompt must be a positive integer or null, got {max_prompt!r}")
     path = _require(_data_dir(data_dir) / SHAREGPT_FILE)
     cols = ("num_prefill_tokens", "num_decode_tokens")
     prompt, output = [], []
@@ -208,8 +213,13 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
             where = f"{path.name} line {reader.line_num}"
             prompt.append(max(1, _nonneg_int(row[cols[0]], where, cols[0])))
             output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
-    return _finish("sharegpt", np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64), None,
-                   max_output, limit, f"{path} (Llama-2 tokenizer counts)")
+    prompt, output = np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
+    if max_prompt is not None:
+        keep = prompt <= int(max_prompt)
+        if not keep.any():
+            raise ConfigError(f"workload.max_prompt={max_prompt} keeps none of {path.name}'s rows")
+        prompt, output = prompt[keep], output[keep]
+    return _finish("sharegpt", prompt, output, None, max_output, limit, f"{path} (Llama-2 tokenizer counts)")
 
 
 # ---------------------------------------------------------------------------------------------- text tables
