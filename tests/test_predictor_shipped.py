@@ -71,7 +71,7 @@ def test_s3predict_predict_any_prompt_file_with_the_shipped_model(tmp_path):
     df = pd.read_csv(out)
     assert list(df.key) == [1, 3] and len(df) == 2
     pcols = [c for c in df if c.startswith("p")]
-    np.testing.assert_allclose(df[pcols].sum(1), 1.0, atol=0.01)
+    np.testing.assert_allclose(df[pcols].sum(axis=1), 1.0, atol=0.01)
     assert (df.reserve_tokens > 0).all()
     assert "2 prompts, buckets equal:10:2048" in p.stdout
 
