@@ -5,8 +5,8 @@
    preempting the cheapest newest requests (the default), reservations at quantiles of the predicted
    distribution or at the size that minimises reserved tokens plus the expected recompute (`reserve=cost`),
    and growth from the conditional distribution, each beside the oracle.
-2. Starvation: the Azure conversation trace on Llama-3.1-8B (one A100 80 GB, replayed 4x faster, where
-   memory binds), s3 with and without aging (`policy.max_wait`) beside paged and vllm: the longest wait,
+2. Starvation: the Azure conversation trace on Llama-3.1-8B (one A100 80 GB, replayed as recorded, near
+   capacity, and 4x faster, overloaded), s3 with and without aging (`policy.max_wait`) beside paged and vllm: the longest wait,
    TTFT p99 by output-length class, and the throughput aging costs.
 3. Prediction's own time: `predictor.latency_ms` charged before admission, offline and on the trace.
 
@@ -42,7 +42,8 @@ GROUNDED_RUNS = {k: OFFLINE[k] for k in list(OFFLINE)[:3]} | {"oracle": ["policy
                                                                "orca": ["policy=orca"]}
 QUANTILES = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9)
 OVERFLOW_COSTS = (0.25, 0.5, 1, 2, 4)
-TRACE = ["workload=trace", "arrival=trace", "model=llama-3.1-8b", "workload.time_scale=0.25"]
+TRACE = ["workload=trace", "arrival=trace", "model=llama-3.1-8b"]
+SPEEDS = {"x1": "workload.time_scale=1", "x4": "workload.time_scale=0.25"}  # near capacity, and overloaded
 FAIRNESS = {
     "s3, paper supervisor": ["policy=s3", "policy.in_place=false", "policy.make_room=false"],
     "s3 (default supervisor)": ["policy=s3"],
@@ -98,11 +99,13 @@ def main(argv=None) -> None:
                for w in OVERFLOW_COSTS}
         quant = of_oracle(labelled(qs, SHAREGPT, "quantiles"), oracle)
         write_csv(quant, out / "quantiles.csv")
-        fair = labelled(FAIRNESS, TRACE, "fairness")
+        fair = labelled({f"{speed}: {k}": v + [ts] for speed, ts in SPEEDS.items() for k, v in FAIRNESS.items()},
+                        TRACE, "fairness")
         write_csv(fair, out / "fairness.csv")
         lat = {f"{where}, latency_ms={ms}": (common + [f"predictor.latency_ms={ms}"])
                for where, common in (("offline sharegpt, s3 + trained", SHAREGPT + TRAINED),
-                                     ("azure trace x4, s3 + synthetic", TRACE + ["policy=s3"]))
+                                     *((f"azure trace {speed}, s3 + synthetic", TRACE + [ts, "policy=s3"])
+                                       for speed, ts in SPEEDS.items()))
                for ms in LATENCIES_MS}
         latency = labelled(lat, [], "latency")
         write_csv(latency, out / "latency.csv")
@@ -114,7 +117,8 @@ def main(argv=None) -> None:
          grounded, COLUMNS)
     show("reservation at a quantile of the predicted distribution, or by expected cost (default supervisor):",
          quant, COLUMNS)
-    show("starvation: Azure conversation trace x4, Llama-3.1-8B / A100 80 GB:", fair, FAIR_COLUMNS)
+    show("starvation: Azure conversation trace as recorded (x1) and 4x faster, Llama-3.1-8B / A100 80 GB:", fair,
+         FAIR_COLUMNS)
     show("prediction latency charged before admission:", latency,
          ["run", "request_throughput", "ttft_p50", "ttft_p99", "e2e_latency_p50", "preemptions"])
     print(f"\nwrote {out}/offline.csv, grounded.csv, quantiles.csv, fairness.csv, latency.csv")
