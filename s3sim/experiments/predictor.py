@@ -25,7 +25,7 @@ SCHEMES = ("equal:10:2048", "equal:10:1024", "quantile:10:2048")
 # ShareGPT's predictor is the shipped one: LoRA adapters (rank 16) over the frozen encoder, a few MB, copied
 # into s3sim/predictor/shipped; the other data sets fine-tune the whole encoder (kept in the cache only)
 SHIPPED_LABEL = "sharegpt_pairs"
-SHIPPED_TRAIN = ["--lora", "16", "--lr", "3e-4"]
+SHIPPED_TRAIN = ["--lora", "16", "--lr", "6e-4", "--epochs", "4"]
 MED = "trained, median of p"
 GENERATORS = ("alpaca-7b", "gpt4", "llama-2-7b-chat-hf", "Meta-Llama-3-8B-Instruct",
               "Mistral-7B-Instruct-v0.2", "text_davinci_003", "vicuna-13b-v1.3")
