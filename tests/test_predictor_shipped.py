@@ -125,3 +125,20 @@ def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path, monkeyp
     assert sa.keys() == sb.keys() and any("lora" in k for k in sa)
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], msg=k)
+
+
+def test_the_simulator_runs_the_shipped_model_live_without_a_model_path(cfg):
+    """`predictor=trained predictor.source=model` needs no `predictor.model`: the shipped predictor predicts each
+    arriving request's bucket, the same bucket the committed table holds for that row."""
+    from s3sim.config import build
+    from s3sim.core.request import make_requests
+
+    c = cfg("policy=s3", "predictor=trained", "predictor.source=model", "workload=sharegpt_pairs",
+            "workload.split=test", "num_requests=6")
+    setup = build(c)
+    live = setup.scheduler.predictor
+    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
+    table = build(cfg("policy=s3", "predictor=trained", "workload=sharegpt_pairs", "workload.split=test",
+                      "num_requests=6")).scheduler.predictor
+    assert live.model is not None and table.model is None
+    assert (live.predict(reqs) == table.predict(reqs)).all()
