@@ -191,6 +191,16 @@ def load_alpaca(data_dir=None, split: str = "train", length_field: str = "L_gt",
     return _finish("alpaca", prompt, output, None, max_output, limit, source)
 
 
+def _prompt_mask(prompt_tokens, max_prompt) -> np.ndarray:
+    """Rows whose prompt is at most `workload.max_prompt` tokens (every row when it is null), checked."""
+    prompt_tokens = np.asarray(prompt_tokens)
+    if max_prompt is None:
+        return np.ones(len(prompt_tokens), dtype=bool)
+    if isinstance(max_prompt, bool) or not isinstance(max_prompt, (int, np.integer)) or max_prompt < 1:
+        raise ConfigError(f"workload.max_prompt must be a positive integer or null, got {max_prompt!r}")
+    return prompt_tokens <= int(max_prompt)
+
+
 # ---------------------------------------------------------------------------------------------- sharegpt
 
 def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | None = None,
@@ -198,9 +208,6 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
     """ShareGPT prompt/output token counts (Llama-2 tokenizer). Zero counts become 1. `max_prompt` drops rows
     with longer prompts (as serving benchmarks filter ShareGPT, and as a model's context window demands)."""
     _check_options(max_output, limit)
-    if max_prompt is not None and (isinstance(max_prompt, bool) or not isinstance(max_prompt, (int, np.integer))
-                                   or max_prompt < 1):
-        raise ConfigError(f"workload.max_prompt must be a positive integer or null, got {max_prompt!r}")
     path = _require(_data_dir(data_dir) / SHAREGPT_FILE)
     cols = ("num_prefill_tokens", "num_decode_tokens")
     prompt, output = [], []
@@ -214,11 +221,10 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
             prompt.append(max(1, _nonneg_int(row[cols[0]], where, cols[0])))
             output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
     prompt, output = np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
-    if max_prompt is not None:
-        keep = prompt <= int(max_prompt)
-        if not keep.any():
-            raise ConfigError(f"workload.max_prompt={max_prompt} keeps none of {path.name}'s rows")
-        prompt, output = prompt[keep], output[keep]
+    keep = _prompt_mask(prompt, max_prompt)
+    if not keep.any():
+        raise ConfigError(f"workload.max_prompt={max_prompt} keeps none of {path.name}'s rows")
+    prompt, output = prompt[keep], output[keep]
     return _finish("sharegpt", prompt, output, None, max_output, limit, f"{path} (Llama-2 tokenizer counts)")
 
 
@@ -265,10 +271,7 @@ def load_text(name: str, generator: str | None = None, split: str = "all", split
     else:
         keys = (df["source"] + ":" + df["key"] if "source" in df else df["key"]).to_numpy(object)
     keep = select(holdout_mask(df["prompt_hash"], split_seed, test_frac), split)
-    if max_prompt is not None:
-        if isinstance(max_prompt, bool) or not isinstance(max_prompt, (int, np.integer)) or max_prompt < 1:
-            raise ConfigError(f"workload.max_prompt must be a positive integer or null, got {max_prompt!r}")
-        keep &= df["prompt_tokens"].to_numpy() <= max_prompt
+    keep &= _prompt_mask(df["prompt_tokens"].to_numpy(), max_prompt)
     df, keys = df[keep], keys[keep]
     src = TEXT_SOURCES[name].replace("<generator>", str(generator))
     return _finish(name if generator is None else f"{name}:{generator}",
