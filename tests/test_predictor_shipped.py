@@ -142,3 +142,13 @@ def test_the_simulator_runs_the_shipped_model_live_without_a_model_path(cfg):
                       "num_requests=6")).scheduler.predictor
     assert live.model is not None and table.model is None
     assert (live.predict(reqs) == table.predict(reqs)).all()
+
+
+def test_a_predictor_folder_left_aside_by_an_interrupted_save_is_recovered(tmp_path):
+    """A save that stopped between its two renames leaves only `<folder>.old`: loading puts it back."""
+    from s3sim.predictor.trained.model import model_folder
+
+    shutil.copytree(SHIPPED, tmp_path / "model.old")
+    folder = model_folder(tmp_path / "model")
+    assert folder.is_dir() and not (tmp_path / "model.old").exists()
+    assert LengthClassifier.load(folder).lora == json.loads((SHIPPED / "meta.json").read_text())["lora"]

@@ -99,10 +99,9 @@ def ship(folder: Path) -> Path:
     """Copy a finished LoRA run into s3sim/predictor/shipped (adapters, heads, metadata; not the optimizer
     state), written beside it and swapped in, so a failed copy never leaves half a predictor there."""
     import json
-    import os
     import shutil
 
-    from s3sim.predictor.trained.model import SHIPPED
+    from s3sim.predictor.trained.model import SHIPPED, swap_in
 
     meta = json.loads((folder / "meta.json").read_text())
     if not meta.get("done") or not meta.get("lora"):
@@ -114,11 +113,7 @@ def ship(folder: Path) -> Path:
     meta["settings"]["data"] = (data.relative_to(DEFAULT_DATA_DIR.resolve()).as_posix()
                                 if data.is_relative_to(DEFAULT_DATA_DIR.resolve()) else data.name)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    old = SHIPPED.with_name(SHIPPED.name + ".old")
-    if SHIPPED.exists():
-        os.replace(SHIPPED, old)
-    os.replace(tmp, SHIPPED)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, SHIPPED)
     return SHIPPED
 
 

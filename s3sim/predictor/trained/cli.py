@@ -119,7 +119,7 @@ def _rows(a):
 
 def train(a) -> Path:
     from s3sim.predictor.trained.evaluate import baselines
-    from s3sim.predictor.trained.model import LengthClassifier, base_path
+    from s3sim.predictor.trained.model import LengthClassifier, base_path, recover
     from s3sim.predictor.trained.schemes import Scheme
     from s3sim.predictor.trained.train import TrainConfig, Trainer, set_threads
 
@@ -132,7 +132,7 @@ def train(a) -> Path:
                     max_length=a.max_length, train=asdict(cfg), **({"lora": a.lora} if a.lora else {}))
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     folder = cache_dir(a.cache_dir) / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
-    _recover(folder)
+    recover(folder)
     if (folder / "meta.json").is_file() and not a.fresh:
         from s3sim.predictor.trained.model import read_meta
 
@@ -167,20 +167,12 @@ def train(a) -> Path:
     return folder
 
 
-def _recover(folder: Path) -> None:
-    old = folder.with_name(folder.name + ".old")
-    if not folder.exists() and old.exists():  # a crash between the two renames of a checkpoint
-        os.replace(old, folder)
-
-
 def _model(a):
     from s3sim.predictor.trained.model import LengthClassifier, model_folder
     from s3sim.predictor.trained.train import set_threads
 
     set_threads(a.threads)
-    folder = model_folder(a.model)
-    _recover(folder)
-    return LengthClassifier.load(folder)
+    return LengthClassifier.load(model_folder(a.model))
 
 
 def predict(a):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -134,13 +135,7 @@ class LengthClassifier(nn.Module):
         info = dict(meta or {}, max_length=self.max_length, lora=self.lora, base=self.base,
                     buckets={n: b.upper.tolist() for n, b in self.buckets.items()})
         (tmp / "meta.json").write_text(json.dumps(info, indent=1))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old.exists():
-            import shutil
-            shutil.rmtree(old)
+        swap_in(tmp, folder)
 
     @classmethod
     def load(cls, folder, trainable: bool = False):
@@ -195,9 +190,29 @@ def _key(name: str) -> str:
 SHIPPED = Path(__file__).resolve().parents[1] / "shipped"
 
 
+def swap_in(tmp: Path, folder: Path) -> None:
+    """Replace `folder` by the fully written `tmp`: the old one is renamed aside first and removed last, so a
+    crash leaves either folder whole (`recover` puts the old one back if it struck between the renames)."""
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover(folder: Path) -> None:
+    """Undo a `swap_in` that stopped between its two renames."""
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.exists():
+        os.replace(old, folder)
+
+
 def model_folder(path=None) -> Path:
-    """A trained predictor's folder: `path`, or the shipped one when none is given."""
+    """A trained predictor's folder: `path`, or the shipped one when none is given (recovered from an
+    interrupted save first)."""
     folder = SHIPPED if path is None else Path(path)
+    recover(folder)
     if not folder.is_dir():
         if path is None:
             raise ConfigError(f"the shipped predictor {folder} is missing (restore it with `git checkout -- "
