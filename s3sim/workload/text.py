@@ -33,14 +33,30 @@ def prompt_hash(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.strip().encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _rows(path: Path) -> list:
+def _read_text(path: Path) -> str:
+    """A data file's text: one line naming the file if it is missing or not UTF-8."""
     if not path.is_file():
         raise ConfigError(f"data file not found: {path}")
     note(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
+
+
+def _where(path: Path, where) -> str:
+    """How an error names a row: an item of a JSON list, or a line of a JSONL file."""
+    return f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
+
+
+def _instruction_prompt(row: dict) -> str:
+    """An Alpaca-style prompt: the instruction, plus a newline and the input when there is one."""
+    inp = str(row.get("input") or "")
+    return str(row["instruction"]) + ("\n" + inp if inp else "")
+
+
+def _rows(path: Path) -> list:
+    text = _read_text(path)
     if not text.strip():
         raise ConfigError(f"{path} is empty: expected JSON or JSONL rows with {EXPECTED}")
     stripped = text.lstrip()
@@ -84,8 +100,7 @@ def _pair(row, where: str, index: int) -> TextPair | None:
         gpt = next((t.get("value") for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
         return None if human is None or gpt is None else TextPair(key, str(human), str(gpt))
     if "instruction" in row and "output" in row:
-        inp = str(row.get("input") or "")
-        return TextPair(key, str(row["instruction"]) + ("\n" + inp if inp else ""), str(row["output"]))
+        return TextPair(key, _instruction_prompt(row), str(row["output"]))
     raise ConfigError(f"{where}: no prompt/response fields; found {sorted(row)[:6]}, expected {EXPECTED}")
 
 
@@ -94,7 +109,7 @@ def read_pairs(path) -> list[TextPair]:
     path = Path(path)
     pairs = []
     for i, (where, row) in enumerate(_rows(path)):
-        p = _pair(row, f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}", i)
+        p = _pair(row, _where(path, where), i)
         if p is not None:
             pairs.append(p)
     if not pairs:
@@ -111,8 +126,7 @@ def _prompt(row, where: str) -> str:
     if "prompt" in row or "text" in row:
         text = row.get("prompt", row.get("text"))
     elif "instruction" in row:
-        inp = str(row.get("input") or "")
-        text = str(row["instruction"]) + ("\n" + inp if inp else "")
+        text = _instruction_prompt(row)
     elif "conversations" in row and isinstance(row["conversations"], list):
         text = next((t.get("value") for t in row["conversations"]
                      if isinstance(t, dict) and t.get("from") in ("human", "user")), None)
@@ -128,20 +142,10 @@ def read_prompts(path) -> list[tuple[str, str]]:
     or a bare `{"prompt": ...}` / `{"text": ...}`), or a .txt file with one prompt per non-blank line."""
     path = Path(path)
     if path.suffix == ".txt":
-        if not path.is_file():
-            raise ConfigError(f"data file not found: {path}")
-        note(path)
-        try:
-            lines = path.read_text(encoding="utf-8-sig").split("\n")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
-        out = [(str(n), line) for n, line in enumerate(lines, 1) if line.strip()]
+        out = [(str(n), line) for n, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
     else:
-        out = []
-        for i, (where, row) in enumerate(_rows(path)):
-            label = f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
-            key = str(row.get("id", i)) if isinstance(row, dict) else str(i)
-            out.append((key, _prompt(row, label)))
+        out = [(str(row.get("id", i)) if isinstance(row, dict) else str(i), _prompt(row, _where(path, where)))
+               for i, (where, row) in enumerate(_rows(path))]
     if not out:
         raise ConfigError(f"{path} holds no prompts: expected rows with {PROMPT_FIELDS}, or lines of text (.txt)")
     return out
