@@ -82,8 +82,8 @@ class S3Scheduler(Scheduler):
         self.buckets = predictor.buckets
         self.reserve = reserve
         self.make_room = bool(make_room)
-        # the predicted distribution is kept per request only when something reads it
         self.overflow_cost = float(overflow_cost)
+        # the predicted distribution is kept per request only when something reads it
         self._keeps_dist = reserve != "mode" or self.supervisor.grow == "conditional"
         self.waiting = SortedKeyList(key=lambda r: (r.prompt_len + r.reserved_out, -r.id))
         self.max_wait = max_wait
@@ -100,19 +100,25 @@ class S3Scheduler(Scheduler):
             return
         if self._keeps_dist:
             probs = self.predictor.probabilities(requests)
-            q = self.supervisor.quantile
-            cost = self._cheapest(requests, probs) if self.reserve == "cost" else None
-            for i, (r, p) in enumerate(zip(requests, probs)):
+            buckets = self._reserved_buckets(requests, probs)
+            for r, p in zip(requests, probs):
                 r.dist = p
-                b = quantile_bucket(p, q) if self.reserve == "quantile" else -1 if cost is None else int(cost[i])
-                r.first_bucket = r.bucket = b if b >= 0 else int(np.argmax(p))
-                r.reserved_out = self._reserved_out(r.bucket)
         else:
-            for r, b in zip(requests, self.predictor.predict(requests)):
-                r.first_bucket = r.bucket = int(b)
-                r.reserved_out = self._reserved_out(r.bucket)
-        for r in requests:
+            buckets = self.predictor.predict(requests)
+        for r, b in zip(requests, buckets):
+            r.first_bucket = r.bucket = int(b)
+            r.reserved_out = self._reserved_out(r.bucket)
             self._enqueue(r, r.arrival)
+
+    def _reserved_buckets(self, requests, probs) -> np.ndarray:
+        """The bucket each request reserves at arrival, by `reserve` (a quantile of a distribution with no
+        mass falls back to its most likely bucket)."""
+        if self.reserve == "cost":
+            return self._cheapest(requests, probs)
+        if self.reserve == "quantile":
+            picked = [quantile_bucket(p, self.supervisor.quantile) for p in probs]
+            return np.array([b if b >= 0 else int(np.argmax(p)) for p, b in zip(probs, picked)], dtype=np.int64)
+        return np.argmax(probs, axis=1)
 
     def _cheapest(self, requests, probs) -> np.ndarray:
         """reserve=cost: per request, the bucket j minimising the tokens reserved, (prompt + upper_j), plus the
@@ -198,16 +204,17 @@ class S3Scheduler(Scheduler):
     def _make_room(self, r: Request, extra: int, now: float) -> bool:
         """Preempt the newest running requests (not `r`) until `extra` tokens are free, if recomputing them
         costs fewer tokens than recomputing `r`; returns whether the room is there."""
+        own = r.prompt_len + self.generated(r)  # what preempting `r` itself would recompute
         victims, freed, cost = [], self.pool.free, 0
         for v in reversed(list(self.running.values())):
-            if freed >= extra or cost >= r.prompt_len + self.generated(r):
+            if freed >= extra or cost >= own:
                 break
             if v is r or self.generated(v) >= self._event_target(v):
                 continue  # a request due at this iteration (finishing, or at its limit) is handled by its event
             victims.append(v)
             freed += self.pool.held[v.id]
             cost += v.prompt_len + self.generated(v)
-        if freed < extra or cost >= r.prompt_len + self.generated(r):
+        if freed < extra or cost >= own:
             return False
         for v in victims:
             self._preempt(v, now, cause="memory")
