@@ -53,6 +53,11 @@ def arrival_process(env: simpy.Environment, source: ArrivalSource):
         source.deliver_due(a)
 
 
+def steps_until(ends: np.ndarray, t: float) -> int:
+    """Iterations of a jump (ending at `ends`) up to the first boundary at or after `t`."""
+    return min(len(ends), int(np.searchsorted(ends, t, side="left")) + 1)
+
+
 class SimBackend:
     """Prices each scheduler output with a latency model and lets SimPy's clock pass over it."""
 
@@ -98,7 +103,7 @@ class SimBackend:
             # it at the first boundary at or after that (as an arrival's interrupt would)
             for r in self.inbox.waiting_before(float(ends[-1])):
                 if self.sched.could_admit(r):
-                    k = min(k, int(np.searchsorted(ends, r.ready, side="left")) + 1)
+                    k = steps_until(ends, r.ready)
                     durations, ends = durations[:k], ends[:k]
                     break
             end = float(ends[-1])
@@ -139,7 +144,7 @@ class SimBackend:
             self._jump = None
             return step
         except simpy.Interrupt as stop:  # an admissible arrival: end at the first boundary at or after it
-            k = min(step.k, int(np.searchsorted(step.ends, stop.cause, side="left")) + 1)
+            k = min(step.k, steps_until(step.ends, stop.cause))
             cut = Step(k, step.durations[:k], float(step.ends[k - 1]), step.used0, step.ends[:k])
             yield self.env.timeout(max(0.0, cut.end - self.env.now))
             return cut
