@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor supervisor retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -99,6 +99,15 @@ predictor: setup
 # S3 with the shipped predictor, supervisor by supervisor, beside the oracle; starvation and prediction latency.
 supervisor: setup
 	$(BIN)/python -m s3sim.experiments.supervisor
+
+# SmolLM2's own greedy answer lengths (cached, resumable): s3sim/workload/tables/smollm2_greedy.csv; then
+# `make predictor ARGS="--only smollm2_greedy"` trains the predictor on them.
+own-lengths: setup
+	$(BIN)/python -m s3exec.own_lengths $(ARGS)
+
+# S3 on the real model predicting its own lengths, natural mode, one binding KV budget, beside the simulator.
+natural: setup
+	$(BIN)/python -m s3exec.natural $(ARGS)
 
 # Online retraining under a shift: trained on alpaca-7b's answer lengths, serving Llama-3-8B's.
 retraining: setup

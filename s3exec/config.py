@@ -105,8 +105,10 @@ def cuda_graphs_enabled(value, device: str) -> bool:
     return value
 
 
-def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
-    """Everything one run needs; `loaded` reuses a model already loaded from the same source."""
+def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSetup:
+    """Everything one run needs; `loaded` reuses a model already loaded from the same source. `prompts`
+    (token ids) replaces the workload's rows: one request each, all arriving at t=0, each allowed
+    `max_seq_len` output tokens (what natural mode generates up to)."""
     import torch
 
     from s3exec.cuda_graphs import ladder
@@ -139,12 +141,16 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
     if loaded is None:
         loaded = load_model(str(source), get(ex, "dtype", "float32"), device, seed, available, where)
 
-    wl, idx, arrivals = sample_workload(cfg)
-    output = wl.output_len[idx].astype(np.int64)
-    if cfg["workload"]["name"] in TEXT_WORKLOADS:
-        prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
+    if prompts is not None:
+        wl, idx, arrivals = None, None, np.zeros(len(prompts))
+        output = np.full(len(prompts), max_seq_len, dtype=np.int64)
     else:
-        prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
+        wl, idx, arrivals = sample_workload(cfg)
+        output = wl.output_len[idx].astype(np.int64)
+        if cfg["workload"]["name"] in TEXT_WORKLOADS:
+            prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
+        else:
+            prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
     max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
     truncated = 0
     if max_prompt:
@@ -171,7 +177,7 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
 
     requests = make_requests(plen, output, arrivals)  # rows come in arrival order: request i is row idx[i]
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
-    keys = None if getattr(wl, "keys", None) is None else wl.keys[idx]
+    keys = None if wl is None or getattr(wl, "keys", None) is None else wl.keys[idx]
     sched = build_scheduler(cfg, cap, output, keys)
     check_requests(sched, plen, output)
     if sched.name == "hf":  # transformers' generate with its own growing cache, not the paged runner
@@ -191,6 +197,6 @@ def build_exec(cfg, progress: bool = False, loaded=None) -> ExecSetup:
         executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids,
                             progress=progress, warmup=bool(get(ex, "warmup", True)))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
-                     served_clipped(wl, idx),
-                     len(wl.prompt_len),
+                     0 if wl is None else served_clipped(wl, idx),
+                     len(prompts) if wl is None else len(wl.prompt_len),
                      truncated)

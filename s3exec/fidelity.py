@@ -119,16 +119,18 @@ def rel(a, b) -> float:
     return float((a - b) / b) if b else float("nan")
 
 
-def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False, name: str | None = None) -> Path:
-    """`<folder>/<name>.csv` (default `<model>-cpu`), measured now if missing or `fresh`."""
+def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False, name: str | None = None,
+                   threads: int = 1) -> Path:
+    """`<folder>/<name>.csv` (default `<model>-cpu`), measured now (on `threads` CPU threads) if missing or
+    `fresh`."""
     path = folder / f"{name or model + '-cpu'}.csv"
     if fresh or not path.is_file():
         from s3exec.profile import profile, write_profile
 
         log(f"profiling {model} -> {path}")
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = OmegaConf.to_container(compose("exec", overrides=[] if model == "tiny-llama" else
-                                                 [f"executor.model={model}"]), resolve=True)
+            over = [f"executor.threads={threads}"] + ([] if model == "tiny-llama" else [f"executor.model={model}"])
+            cfg = OmegaConf.to_container(compose("exec", overrides=over), resolve=True)
         write_profile(*profile(cfg, log=lambda *_: None), folder, path.stem)
     return path
 

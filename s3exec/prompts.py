@@ -1,19 +1,18 @@
 """Prompt tokens for the executor's requests.
 
-Text workloads (`sharegpt_pairs`, `alpaca_eval`, `alpaca_rows`) carry real prompts: each sampled row's text
+Text workloads (`sharegpt_pairs`, `alpaca_eval`, `alpaca_rows`, `smollm2_greedy`) carry real prompts: each sampled row's text
 is found by its key in the shared data and tokenized by the served model's tokenizer (through its chat
 template when it has one), so an instruct model answers as it would in service. Length-only workloads
 (`alpaca`, `sharegpt`, `trace`) get seeded random token ids of each request's prompt length.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.workload.lengths import TEXT_SOURCES, texts_by_key
 
-TEXT_WORKLOADS = ("sharegpt_pairs", "alpaca_eval", "alpaca_rows")
+TEXT_WORKLOADS = tuple(TEXT_SOURCES)
 
 
 def synthetic_prompts(lengths, vocab_size: int, seed: int, avoid=()) -> list[list[int]]:
@@ -25,19 +24,6 @@ def synthetic_prompts(lengths, vocab_size: int, seed: int, avoid=()) -> list[lis
     for a in avoid:
         ids[ids == a] = low if a != low else low + 1
     return [chunk.tolist() for chunk in np.split(ids, np.cumsum(lengths)[:-1])]
-
-
-def _texts_by_key(name: str, wl_name: str, data_dir) -> dict[str, str]:
-    from s3sim.workload.lengths import ALPACA_TEXT_FILES, DEFAULT_DATA_DIR, TEXT_SOURCES
-    from s3sim.workload.text import read_pairs
-
-    d = Path(data_dir or DEFAULT_DATA_DIR).resolve()
-    if name == "sharegpt_pairs":
-        return {p.key: p.prompt for p in read_pairs(d / TEXT_SOURCES[name])}
-    if name == "alpaca_eval":
-        generator = wl_name.split(":", 1)[1]
-        return {p.key: p.prompt for p in read_pairs(d / "alpaca_eval" / f"{generator}.model_outputs.json")}
-    return {f"{Path(rel).stem}:{p.key}": p.prompt for rel in ALPACA_TEXT_FILES for p in read_pairs(d / rel)}
 
 
 def encode(tokenizer, text: str, chat_template: bool) -> list[int]:
@@ -59,7 +45,8 @@ def text_prompts(cfg, wl, idx, tokenizer, chat_template: bool = True) -> list[li
                           f"length-only workloads (alpaca, sharegpt, trace)")
     if getattr(wl, "keys", None) is None:
         raise ConfigError(f"workload {name!r} has no row keys to find its prompts by")
-    texts = _texts_by_key(name, wl.name, cfg["workload"].get("data_dir"))
+    generator = wl.name.split(":", 1)[1] if ":" in wl.name else None
+    texts = texts_by_key(name, generator, cfg["workload"].get("data_dir"))
     out = []
     for key in wl.keys[np.asarray(idx)]:
         if key not in texts:

@@ -231,10 +231,14 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
 # ---------------------------------------------------------------------------------------------- text tables
 
 TABLES = Path(__file__).resolve().parent / "tables"
+OWN_LENGTHS = "smollm2_greedy"  # SmolLM2's own greedy answer lengths (s3exec.own_lengths writes the table)
+OWN_SOURCES = ("alpaca_rows", "alpaca_eval")  # its prompts: Alpaca's and AlpacaEval's instructions
+OWN_EVAL_GENERATOR = "Meta-Llama-3-8B-Instruct"  # any AlpacaEval file: all hold the same 805 instructions
 TEXT_SOURCES = {
     "sharegpt_pairs": "sharegpt/sharegpt_v3_firstturn_pairs.jsonl",
     "alpaca_eval": "alpaca_eval/<generator>.model_outputs.json",
     "alpaca_rows": " and ".join(ALPACA_TEXT_FILES),
+    OWN_LENGTHS: "SmolLM2-135M-Instruct's greedy answers to Alpaca and AlpacaEval prompts (s3exec.own_lengths)",
 }
 
 
@@ -243,8 +247,8 @@ def _text_table(name: str):
 
     path = TABLES / f"{name}.csv"
     if not path.is_file():
-        raise ConfigError(f"token-count table {path} is missing: rebuild it with "
-                          f"`python -m s3sim.workload.token_counts`")
+        how = "python -m s3exec.own_lengths" if name == OWN_LENGTHS else "python -m s3sim.workload.token_counts"
+        raise ConfigError(f"token-count table {path} is missing: rebuild it with `{how}`")
     note(path)
     return pd.read_csv(path, dtype={"key": str, "prompt_hash": str})
 
@@ -279,18 +283,26 @@ def load_text(name: str, generator: str | None = None, split: str = "all", split
                    None, max_output, limit, f"{src} (SmolLM2 tokenizer counts, split {split})", keys)
 
 
-def load_prompts(name: str, keys, generator: str | None = None, data_dir=None) -> list[str]:
-    """The prompt text of each key of a text workload (what a live predictor or the executor reads)."""
+def texts_by_key(name: str, generator: str | None = None, data_dir=None) -> dict[str, str]:
+    """Every prompt text of a text workload, by the row key its table uses (`smollm2_greedy` keys are
+    `<data set>:<row key>` of the data sets its prompts were drawn from)."""
     from s3sim.workload.text import read_pairs
 
     if name not in TEXT_SOURCES:
         raise ConfigError(f"workload {name!r} has no prompt text; text workloads: {', '.join(TEXT_SOURCES)}")
     d = _data_dir(data_dir)
+    if name == OWN_LENGTHS:
+        return {f"{src}:{k}": t for src in OWN_SOURCES
+                for k, t in texts_by_key(src, OWN_EVAL_GENERATOR if src == "alpaca_eval" else None, d).items()}
     if name == "alpaca_rows":
-        text = {f"{Path(rel).stem}:{p.key}": p.prompt for rel in ALPACA_TEXT_FILES for p in read_pairs(d / rel)}
-    else:
-        rel = TEXT_SOURCES[name].replace("<generator>", str(generator))
-        text = {p.key: p.prompt for p in read_pairs(d / rel)}
+        return {f"{Path(rel).stem}:{p.key}": p.prompt for rel in ALPACA_TEXT_FILES for p in read_pairs(d / rel)}
+    rel = TEXT_SOURCES[name].replace("<generator>", str(generator))
+    return {p.key: p.prompt for p in read_pairs(d / rel)}
+
+
+def load_prompts(name: str, keys, generator: str | None = None, data_dir=None) -> list[str]:
+    """The prompt text of each key of a text workload (what a live predictor or the executor reads)."""
+    text = texts_by_key(name, generator, data_dir)
     missing = [k for k in keys if k not in text]
     if missing:
         raise ConfigError(f"{name}: no prompt for row {missing[0]!r} in the data ({len(missing)} missing)")

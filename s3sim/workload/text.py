@@ -1,7 +1,8 @@
 """Prompt/response text pairs from JSON or JSONL files, in the formats the shared data uses.
 
 Recognised rows (one object per JSONL line, or a JSON list of objects):
-- ShareGPT pairs: `{id, prompt, response}`
+- ShareGPT pairs: `{id, prompt, response}`, with an optional `output_tokens` (the response's length as the
+  model that wrote it counted it; `s3exec.own_lengths` writes such rows)
 - ShareGPT conversations: `{id, conversations: [{from: human, value}, {from: gpt, value}, ...]}` (first turn)
 - Alpaca: `{instruction, input, output}` (the prompt is the instruction, plus a newline and the input)
 - AlpacaEval: `{instruction, output, generator}` (one file per answering model)
@@ -26,6 +27,7 @@ class TextPair:
     key: str
     prompt: str
     response: str
+    output_tokens: int | None = None  # the response's length in tokens where the file says it (generated rows)
 
 
 def prompt_hash(prompt: str) -> int:
@@ -89,7 +91,11 @@ def _pair(row, where: str, index: int) -> TextPair | None:
         raise ConfigError(f"{where}: expected an object with {EXPECTED}, got {type(row).__name__}")
     key = str(row.get("id", index))
     if "prompt" in row and "response" in row:
-        return TextPair(key, str(row["prompt"]), str(row["response"]))
+        n = row.get("output_tokens")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"{where}: output_tokens must be a positive integer (the response's length in "
+                              f"tokens) or absent, got {n!r}")
+        return TextPair(key, str(row["prompt"]), str(row["response"]), n)
     if "conversations" in row:
         turns = row["conversations"] or []
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):

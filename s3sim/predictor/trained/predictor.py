@@ -180,12 +180,13 @@ class TrainedPredictor(Predictor):
 def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys) -> TrainedPredictor:
     """`predictor=trained` in a run's config; see conf/predictor/trained.yaml for the fields."""
     from s3sim.predictor.trained.schemes import scheme_name
+    from s3sim.workload.lengths import TEXT_SOURCES
 
     pc, w = cfg["predictor"], cfg["workload"]
     scheme = scheme_name(bucketing, num_buckets, max_seq_len)
     if keys is None:
-        raise ConfigError(f"predictor=trained needs a text workload whose rows have prompts (sharegpt_pairs, "
-                          f"alpaca_eval, alpaca_rows), not workload={w['name']}")
+        raise ConfigError(f"predictor=trained needs a text workload whose rows have prompts "
+                          f"({', '.join(TEXT_SOURCES)}), not workload={w['name']}")
     source = pc.get("source", "table")
     label = w["name"] + (f"-{w['generator']}" if w.get("generator") else "")
     if source == "table":

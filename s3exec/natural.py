@@ -1,0 +1,184 @@
+"""`python -m s3exec.natural` (`make natural`): S3 on a real model that predicts the model's own lengths.
+
+SmolLM2 serves held-out prompts of `smollm2_greedy` (the test side of the predictor's split; the table holds
+SmolLM2's own greedy lengths, from `s3exec.own_lengths`) in natural mode on this CPU: each answer ends at
+end-of-sequence or `max_seq_len`, whatever the table says. All arrive at t=0, under one KV budget that binds
+(ORCA fits only a few maximal requests), once per policy: s3 with the predictor trained on SmolLM2's lengths
+(`predictor=trained`), the oracle (the generation run's lengths), orca, vllm (V1: paged, chunked prefill)
+and paged (vLLM 2023). The simulator then replays each run with a profile of this machine measured just
+before (`latency=profiled`, the executor's pool, the table's lengths).
+
+Each executor run is cached (`--cache`, resumed unless `--fresh`), so a stopped comparison goes on where it
+stopped. Writes `results/natural/`: `natural.csv` (executor and simulator rows side by side), `summary.md`,
+and the profile used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError
+
+POLICIES = ("s3", "oracle", "orca", "vllm", "paged")
+COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
+           "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "kv_reserved_frac", "kv_used_frac",
+           "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration")
+
+
+def exec_config(policy: str, a, kv_bytes: int) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from s3sim.cli import CONF_DIR
+
+    over = [f"policy={policy}", "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
+            f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
+            "executor.mode=natural", f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null",
+            f"executor.threads={a.threads}", "executor.progress=false", "executor.write_tokens=false"]
+    if policy == "s3":
+        over.append("predictor=trained")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("exec", overrides=over), resolve=True)
+
+
+def served_lengths(cfg) -> np.ndarray:
+    """The table's length of each request of `cfg`, in request order (what the oracle was told)."""
+    from s3sim.config import sample_workload
+
+    wl, idx, _ = sample_workload(cfg)
+    return wl.output_len[idx]
+
+
+def accuracy(records: pd.DataFrame, cap: int, buckets: int = 10) -> dict:
+    """How the first prediction of each request compares with the length it really generated."""
+    from s3sim.core.predictors.buckets import Buckets
+
+    b = Buckets.equal(buckets, cap)
+    true = np.asarray(b.of(records["output_len"].to_numpy()))
+    pred = records["first_bucket"].to_numpy()
+    return {"bucket_accuracy": float((pred == true).mean()), "under_predicted": float((pred < true).mean()),
+            "within_one_bucket": float((np.abs(pred - true) <= 1).mean())}
+
+
+def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path) -> dict:
+    """One executor run (cached as JSON): its summary row plus prediction accuracy and length agreement."""
+    from s3exec.runner import run_exec
+    from s3sim.metrics.summary import request_records
+
+    path = cache / f"{policy}.json"
+    if path.is_file() and not a.fresh:
+        return json.loads(path.read_text())
+    cfg = exec_config(policy, a, kv_bytes)
+    row, result = run_exec(cfg, loaded=loaded)
+    rec = request_records(result.requests)
+    table = served_lengths(cfg)
+    row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+    row["same_length_as_table"] = float((rec["output_len"].to_numpy() == table).mean())
+    row["hit_cap"] = int((rec["output_len"] >= a.cap).sum())
+    if policy in ("s3", "oracle"):
+        row.update(accuracy(rec, a.cap))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, default=str))
+    os.replace(tmp, path)
+    return row
+
+
+def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
+    """The simulator's run of the same requests (the table's lengths), pool and policy, on the profile."""
+    from s3exec.fidelity import sim_config, simulate_config
+
+    cfg = exec_config(policy, a, kv_tokens)  # kv_memory is unused by the simulator: the pool is given outright
+    return simulate_config(sim_config(cfg, kv_tokens, profile))
+
+
+def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
+    ex, sim = df[df.engine == "exec"].set_index("policy"), df[df.engine == "sim"].set_index("policy")
+    lines = [f"{a.requests} held-out smollm2_greedy prompts, natural mode, max_seq_len {a.cap}, all at t=0, "
+             f"KV budget {kv_tokens:,} tokens, SmolLM2 float32 on {a.threads} CPU threads.", "",
+             "| policy | req/s exec | req/s sim | error | x orca (exec) | mean batch exec / sim | preemptions "
+             "(overflow / memory) | recomputed | KV reserved / used | bucket accuracy (under) | length = table |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = ex.loc["orca", "request_throughput"] if "orca" in ex.index else float("nan")
+    for p in ex.index:
+        e, s = ex.loc[p], sim.loc[p] if p in sim.index else None
+        err = (s["request_throughput"] / e["request_throughput"] - 1) if s is not None else float("nan")
+        acc = (f"{e['bucket_accuracy']:.1%} ({e['under_predicted']:.1%})"
+               if "bucket_accuracy" in e and pd.notna(e["bucket_accuracy"]) else "—")
+        lines.append(
+            f"| {p} | {e['request_throughput']:.3f} | {s['request_throughput'] if s is not None else float('nan'):.3f} "
+            f"| {err:+.1%} | {e['request_throughput'] / base:.2f}x | {e['mean_batch_size']:.1f} / "
+            f"{s['mean_batch_size'] if s is not None else float('nan'):.1f} | {int(e['preemptions'])} "
+            f"({int(e['preemptions_overflow'])} / {int(e['preemptions_memory'])}) | {int(e['recomputed_tokens']):,} "
+            f"| {e['kv_reserved_frac']:.0%} / {e['kv_used_frac']:.0%} | {acc} | {e['same_length_as_table']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--cap", type=int, default=512, help="max_seq_len: the generation run's cap")
+    ap.add_argument("--kv-tokens", type=int, default=6144, help="the KV budget, in tokens")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policies", nargs="*", default=list(POLICIES))
+    ap.add_argument("--out", default="results/natural")
+    ap.add_argument("--cache", default=None, help="per-run cache (default under $S3_CACHE_DIR or ~/.cache/s3)")
+    ap.add_argument("--profile", default=None, help="a profile CSV of this machine (default: measure one now)")
+    ap.add_argument("--fresh", action="store_true", help="run every policy again")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    cache = Path(a.cache or Path(os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3") / "natural"
+                 / f"n{a.requests}-cap{a.cap}-kv{a.kv_tokens}-t{a.threads}-seed{a.seed}")
+    try:
+        import torch
+
+        from s3exec.config import load_executor_model
+        from s3exec.fidelity import ensure_profile
+        from s3sim.runner import write_csv, write_text
+
+        for p in a.policies:
+            if p not in POLICIES:
+                raise ConfigError(f"--policies: {p!r} is not one of {', '.join(POLICIES)}")
+        out.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(a.threads)
+        probe = exec_config("orca", a, 1)
+        loaded, _ = load_executor_model(probe)
+        kv_bytes = a.kv_tokens * loaded.kv_bytes_per_token
+        rows = []
+        for p in a.policies:
+            t0 = time.perf_counter()
+            row = run_policy(p, a, loaded, kv_bytes, cache)
+            print(f"exec {p:7s} {row['request_throughput']:.3f} req/s, mean batch {row['mean_batch_size']:.1f}, "
+                  f"{row['preemptions']} preemptions, lengths as the table {row['same_length_as_table']:.1%} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            rows.append({"engine": "exec", **row})
+        profile = Path(a.profile) if a.profile else ensure_profile(
+            "smollm2", out, fresh=True, name=f"smollm2-cpu-{a.threads}t", threads=a.threads)
+        for p in a.policies:
+            sim = replay(p, a, a.kv_tokens, profile)
+            rows.append({"engine": "sim", **sim})
+            print(f"sim  {p:7s} {sim['request_throughput']:.3f} req/s, mean batch {sim['mean_batch_size']:.1f}, "
+                  f"{sim['preemptions']} preemptions", flush=True)
+    except ConfigError as e:
+        print(f"natural: error: {e}", file=sys.stderr)
+        return 2
+    df = pd.DataFrame(rows)
+    keep = ["engine", "policy", *COLUMNS, "same_length_as_table", "hit_cap", "bucket_accuracy", "under_predicted",
+            "within_one_bucket", "peak_kv_used_frac", "wall_s"]
+    df = df[[c for c in keep if c in df.columns]]
+    write_csv(df, out / "natural.csv")
+    write_text(summary_markdown(df, a, a.kv_tokens), out / "summary.md")
+    print((out / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

