@@ -15,6 +15,7 @@ and the profile used.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -56,37 +57,52 @@ def served_lengths(cfg) -> np.ndarray:
     return wl.output_len[idx]
 
 
-def accuracy(records: pd.DataFrame, cap: int, buckets: int = 10) -> dict:
-    """How the first prediction of each request compares with the length it really generated."""
-    from s3sim.core.predictors.buckets import Buckets
-
-    b = Buckets.equal(buckets, cap)
-    true = np.asarray(b.of(records["output_len"].to_numpy()))
+def accuracy(records: pd.DataFrame, buckets) -> dict:
+    """How the first prediction of each request compares with the length it really generated (in the
+    scheduler's own buckets)."""
+    true = np.asarray(buckets.of(records["output_len"].to_numpy()))
     pred = records["first_bucket"].to_numpy()
     return {"bucket_accuracy": float((pred == true).mean()), "under_predicted": float((pred < true).mean()),
             "within_one_bucket": float((np.abs(pred - true) <= 1).mean())}
 
 
-def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path) -> dict:
+def inputs_digest() -> str:
+    """The length table and the predictions an executor run read: a cached run is reused only with these."""
+    from s3sim.predictor.trained.predictor import table_path
+    from s3sim.workload.lengths import OWN_LENGTHS, TABLES
+
+    h = hashlib.blake2b(digest_size=8)
+    for path in (TABLES / f"{OWN_LENGTHS}.csv", table_path(OWN_LENGTHS)):
+        h.update(path.read_bytes() if path.is_file() else b"missing")
+    return h.hexdigest()
+
+
+def cached_run(cache: Path, policy: str, digest: str) -> dict | None:
+    path = cache / f"{policy}.json"
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return row if row.get("inputs_digest") == digest else None
+
+
+def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path, digest: str) -> dict:
     """One executor run (cached as JSON): its summary row plus prediction accuracy and length agreement."""
     from s3exec.runner import run_exec
     from s3sim.metrics.summary import request_records
+    from s3sim.runner import write_text
 
-    path = cache / f"{policy}.json"
-    if path.is_file() and not a.fresh:
-        return json.loads(path.read_text())
     cfg = exec_config(policy, a, kv_bytes)
     row, result = run_exec(cfg, loaded=loaded)
     rec = request_records(result.requests)
     table = served_lengths(cfg)
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     row["same_length_as_table"] = float((rec["output_len"].to_numpy() == table).mean())
-    row["hit_cap"] = int((rec["output_len"] >= a.cap).sum())
+    row["hit_cap"] = int((rec["output_len"] >= a.cap).sum())  # the cap ended them (or EOS exactly there)
     if policy in ("s3", "oracle"):
-        row.update(accuracy(rec, a.cap))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, default=str))
-    os.replace(tmp, path)
+        row.update(accuracy(rec, result.scheduler.buckets))
+    row["inputs_digest"] = digest
+    write_text(json.dumps(row, default=str), cache / f"{policy}.json")
     return row
 
 
@@ -99,6 +115,8 @@ def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
 
 
 def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
+    from s3exec.fidelity import rel
+
     ex, sim = df[df.engine == "exec"].set_index("policy"), df[df.engine == "sim"].set_index("policy")
     lines = [f"{a.requests} held-out smollm2_greedy prompts, natural mode, max_seq_len {a.cap}, all at t=0, "
              f"KV budget {kv_tokens:,} tokens, SmolLM2 float32 on {a.threads} CPU threads.", "",
@@ -108,7 +126,7 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
     base = ex.loc["orca", "request_throughput"] if "orca" in ex.index else float("nan")
     for p in ex.index:
         e, s = ex.loc[p], sim.loc[p] if p in sim.index else None
-        err = (s["request_throughput"] / e["request_throughput"] - 1) if s is not None else float("nan")
+        err = rel(s["request_throughput"], e["request_throughput"]) if s is not None else float("nan")
         acc = (f"{e['bucket_accuracy']:.1%} ({e['under_predicted']:.1%})"
                if "bucket_accuracy" in e and pd.notna(e["bucket_accuracy"]) else "—")
         lines.append(
@@ -120,22 +138,30 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    from s3exec.own_lengths import _positive
+
     ap = argparse.ArgumentParser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=128)
-    ap.add_argument("--cap", type=int, default=512, help="max_seq_len: the generation run's cap")
-    ap.add_argument("--kv-tokens", type=int, default=6144, help="the KV budget, in tokens")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--requests", type=_positive, default=128)
+    ap.add_argument("--cap", type=_positive, default=512, help="max_seq_len: the generation run's cap")
+    ap.add_argument("--kv-tokens", type=_positive, default=6144, help="the KV budget, in tokens")
+    ap.add_argument("--threads", type=_positive, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policies", nargs="*", default=list(POLICIES))
+    ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     ap.add_argument("--out", default="results/natural")
-    ap.add_argument("--cache", default=None, help="per-run cache (default under $S3_CACHE_DIR or ~/.cache/s3)")
+    ap.add_argument("--cache", default=None,
+                    help="cache root (default $S3_NATURAL_DIR or ~/.cache/s3/natural); a folder per settings below it")
     ap.add_argument("--profile", default=None, help="a profile CSV of this machine (default: measure one now)")
     ap.add_argument("--fresh", action="store_true", help="run every policy again")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    a.policies = list(dict.fromkeys(a.policies))
     out = Path(a.out)
-    cache = Path(a.cache or Path(os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3") / "natural"
-                 / f"n{a.requests}-cap{a.cap}-kv{a.kv_tokens}-t{a.threads}-seed{a.seed}")
+    root = Path(a.cache or os.environ.get("S3_NATURAL_DIR") or Path.home() / ".cache" / "s3" / "natural")
+    cache = root / f"n{a.requests}-cap{a.cap}-kv{a.kv_tokens}-t{a.threads}-seed{a.seed}"
     try:
         import torch
 
@@ -143,19 +169,18 @@ def main(argv=None) -> int:
         from s3exec.fidelity import ensure_profile
         from s3sim.runner import write_csv, write_text
 
-        for p in a.policies:
-            if p not in POLICIES:
-                raise ConfigError(f"--policies: {p!r} is not one of {', '.join(POLICIES)}")
         out.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(a.threads)
-        probe = exec_config("orca", a, 1)
-        loaded, _ = load_executor_model(probe)
-        kv_bytes = a.kv_tokens * loaded.kv_bytes_per_token
-        rows = []
+        digest = inputs_digest()
+        rows, loaded = [], None
         for p in a.policies:
             t0 = time.perf_counter()
-            row = run_policy(p, a, loaded, kv_bytes, cache)
+            row = None if a.fresh else cached_run(cache, p, digest)
+            if row is None:
+                if loaded is None:
+                    loaded, _ = load_executor_model(exec_config("orca", a, 1))
+                row = run_policy(p, a, loaded, a.kv_tokens * loaded.kv_bytes_per_token, cache, digest)
             print(f"exec {p:7s} {row['request_throughput']:.3f} req/s, mean batch {row['mean_batch_size']:.1f}, "
                   f"{row['preemptions']} preemptions, lengths as the table {row['same_length_as_table']:.1%} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)

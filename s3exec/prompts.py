@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.workload.lengths import TEXT_SOURCES, texts_by_key
+from s3sim.workload.lengths import TEXT_SOURCES, load_prompts
 
 TEXT_WORKLOADS = tuple(TEXT_SOURCES)
 
@@ -46,10 +46,5 @@ def text_prompts(cfg, wl, idx, tokenizer, chat_template: bool = True) -> list[li
     if getattr(wl, "keys", None) is None:
         raise ConfigError(f"workload {name!r} has no row keys to find its prompts by")
     generator = wl.name.split(":", 1)[1] if ":" in wl.name else None
-    texts = texts_by_key(name, generator, cfg["workload"].get("data_dir"))
-    out = []
-    for key in wl.keys[np.asarray(idx)]:
-        if key not in texts:
-            raise ConfigError(f"workload {name!r}: no prompt with key {key!r} in the shared data")
-        out.append(encode(tokenizer, texts[key], chat_template))
-    return out
+    texts = load_prompts(name, list(wl.keys[np.asarray(idx)]), generator, cfg["workload"].get("data_dir"))
+    return [encode(tokenizer, t, chat_template) for t in texts]

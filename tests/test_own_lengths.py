@@ -9,6 +9,7 @@ import pytest
 from s3exec import own_lengths
 from s3sim.core.errors import ConfigError
 from s3sim.workload.lengths import OWN_LENGTHS, load_prompts, load_workload
+from s3sim.workload.own_cache import read_cache
 from s3sim.workload.text import read_pairs
 
 
@@ -69,7 +70,7 @@ def test_generation_resumes_after_a_stop(tmp_path, fake_model):
 
 def test_other_settings_in_the_cache_are_refused(tmp_path, fake_model):
     own_lengths.run(_args(tmp_path, "--rows", "2"))
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match="other .or unrecorded. settings"):
         own_lengths.run(own_lengths.parser().parse_args(
             ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"), "--rows", "2", "--cap", "7"]))
     assert own_lengths.main(["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"),
@@ -78,12 +79,14 @@ def test_other_settings_in_the_cache_are_refused(tmp_path, fake_model):
 
 def test_a_torn_last_line_is_dropped_and_a_damaged_one_refused(tmp_path):
     path = tmp_path / "rows.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "pro')
-    assert [r["id"] for r in own_lengths.read_cache(path)] == ["a", "b"]
-    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
-    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
-    with pytest.raises(ConfigError, match="line 2"):
-        own_lengths.read_cache(path)
+    for torn in ('{"id": "c", "pro', '{"id": "c"}'):  # cut mid-row, or before its newline (an append would join)
+        path.write_text('{"id": "a"}\n{"id": "b"}\n' + torn)
+        assert [r["id"] for r in read_cache(path)] == ["a", "b"]
+        assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    for bad in ("not json", '["a list"]', '{"no": "id"}'):
+        path.write_text('{"id": "a"}\n' + bad + '\n{"id": "b"}\n')
+        with pytest.raises(ConfigError, match="line 2: not a cached answer"):
+            read_cache(path)
 
 
 def test_rows_may_give_their_own_token_counts(tmp_path):
@@ -101,3 +104,11 @@ def test_rows_may_give_their_own_token_counts(tmp_path):
     path.write_text(json.dumps({"id": "x", "prompt": "p", "response": "r", "output_tokens": 0}) + "\n")
     with pytest.raises(ConfigError, match="line 1: output_tokens must be a positive integer"):
         read_pairs(path)
+
+
+def test_no_prompt_that_fits_is_one_error(tmp_path, fake_model, capsys):
+    argv = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "t.csv"), "--max-prompt", "5"]
+    assert own_lengths.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no prompt fits --max-prompt 5" in err[0]
+    assert not (tmp_path / "t.csv").exists()

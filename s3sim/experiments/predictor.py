@@ -21,6 +21,7 @@ from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.predictor import table_path
 from s3sim.runner import write_csv, write_text
 from s3sim.workload.lengths import DEFAULT_DATA_DIR, OWN_LENGTHS
+from s3sim.workload.own_cache import committed_training_file
 
 SCHEMES = ("equal:10:2048", "equal:10:1024", "quantile:10:2048")
 # SmolLM2's own greedy lengths (s3exec.own_lengths, capped at 512): its buckets cover the cap; LoRA as shipped,
@@ -63,8 +64,11 @@ def main(argv=None) -> None:
         for label, data in datasets(d).items():
             if a.only and label not in a.only:
                 continue
+            if label == OWN_LENGTHS and not a.only:
+                print(f"== {label}: skipped (needs the generation's cache; --only {label} trains it)", flush=True)
+                continue
             if data is None:
-                data = _own_lengths_file() if label == OWN_LENGTHS else _alpaca_rows_file(d, out)
+                data = committed_training_file() if label == OWN_LENGTHS else _alpaca_rows_file(d, out)
             t0 = time.perf_counter()
             print(f"== {label}", flush=True)
             train = ["train", str(data), "--threads", str(a.threads), "--epochs", str(a.epochs)]
@@ -124,24 +128,6 @@ def ship(folder: Path) -> Path:
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     swap_in(tmp, SHIPPED)
     return SHIPPED
-
-
-def _own_lengths_file() -> Path:
-    """The training file `s3exec.own_lengths` wrote beside its cache for the committed table's settings."""
-    import json
-
-    from s3sim.workload.lengths import TABLES
-
-    meta = TABLES / f"{OWN_LENGTHS}.json"
-    if not meta.is_file():
-        raise ConfigError(f"{meta} is missing: generate SmolLM2's own lengths first (python -m s3exec.own_lengths)")
-    m = json.loads(meta.read_text())
-    from s3exec.own_lengths import cache_root, folder_name
-
-    path = cache_root() / folder_name(m["cap"], m["max_prompt"], m["seed"]) / f"{OWN_LENGTHS}.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"{path} is missing: run `{m['command']}` (cached and resumable) to write it")
-    return path
 
 
 def _alpaca_rows_file(d: Path, out: Path) -> Path:
