@@ -112,3 +112,25 @@ def test_no_prompt_that_fits_is_one_error(tmp_path, fake_model, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no prompt fits --max-prompt 5" in err[0]
     assert not (tmp_path / "t.csv").exists()
+def test_committed_table_is_a_text_workload_with_prompts():
+    wl = load_workload(OWN_LENGTHS, split="test", max_output=512)
+    assert len(wl) > 100 and wl.keys is not None
+    assert wl.output_len.max() <= 512 and wl.clipped == 0  # the generation's cap is the table's
+    texts = load_prompts(OWN_LENGTHS, list(wl.keys[:5]))
+    assert all(isinstance(t, str) and t.strip() for t in texts)
+    whole = load_workload(OWN_LENGTHS)
+    assert len(whole) > len(wl) and set(wl.keys) <= set(whole.keys)
+    assert {k.split(":", 1)[0] for k in whole.keys} == {"alpaca_rows", "alpaca_eval"}
+
+
+def test_executor_serves_the_table_in_natural_mode_with_its_prompts():
+    """The executor builds requests for the own-lengths workload: chat-templated prompts of the table's
+    lengths (the tokenizer only; no generation)."""
+    from s3exec.prompts import text_prompts
+    from s3sim.workload.tokenizer import load_tokenizer
+
+    wl = load_workload(OWN_LENGTHS, split="test", max_output=512)
+    idx = np.arange(6)
+    cfg = {"workload": {"name": OWN_LENGTHS, "data_dir": None}}
+    prompts = text_prompts(cfg, wl, idx, load_tokenizer("smollm2"))
+    assert [len(p) for p in prompts] == wl.prompt_len[idx].tolist()
