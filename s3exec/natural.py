@@ -30,7 +30,7 @@ from s3sim.core.errors import ConfigError
 POLICIES = ("s3", "oracle", "orca", "vllm", "paged")
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
            "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "kv_reserved_frac", "kv_used_frac",
-           "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration")
+           "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration", "iterations")
 
 
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
@@ -120,19 +120,24 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
     ex, sim = df[df.engine == "exec"].set_index("policy"), df[df.engine == "sim"].set_index("policy")
     lines = [f"{a.requests} held-out smollm2_greedy prompts, natural mode, max_seq_len {a.cap}, all at t=0, "
              f"KV budget {kv_tokens:,} tokens, SmolLM2 float32 on {a.threads} CPU threads.", "",
-             "| policy | req/s exec | req/s sim | error | x orca (exec) | mean batch exec / sim | preemptions "
-             "(overflow / memory) | recomputed | KV reserved / used | bucket accuracy (under) | length = table |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    base = ex.loc["orca", "request_throughput"] if "orca" in ex.index else float("nan")
+             "| policy | req/s exec | req/s sim | error | x orca exec / sim | mean batch exec / sim | ms per iteration "
+             "exec / sim | preemptions (overflow / memory) | recomputed | KV reserved / used | bucket accuracy (under) "
+             "| length = table |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
+    base = ex.loc["orca", "request_throughput"] if "orca" in ex.index else nan
+    sim_base = sim.loc["orca", "request_throughput"] if "orca" in sim.index else nan
     for p in ex.index:
         e, s = ex.loc[p], sim.loc[p] if p in sim.index else None
-        err = rel(s["request_throughput"], e["request_throughput"]) if s is not None else float("nan")
+        err = rel(s["request_throughput"], e["request_throughput"]) if s is not None else nan
+        step = lambda r: 1e3 * r["duration"] / r["iterations"] if r is not None and r["iterations"] else nan
         acc = (f"{e['bucket_accuracy']:.1%} ({e['under_predicted']:.1%})"
                if "bucket_accuracy" in e and pd.notna(e["bucket_accuracy"]) else "—")
         lines.append(
             f"| {p} | {e['request_throughput']:.3f} | {s['request_throughput'] if s is not None else float('nan'):.3f} "
-            f"| {err:+.1%} | {e['request_throughput'] / base:.2f}x | {e['mean_batch_size']:.1f} / "
-            f"{s['mean_batch_size'] if s is not None else float('nan'):.1f} | {int(e['preemptions'])} "
+            f"| {err:+.1%} | {e['request_throughput'] / base:.2f}x / "
+            f"{(s['request_throughput'] if s is not None else nan) / sim_base:.2f}x | {e['mean_batch_size']:.1f} / "
+            f"{s['mean_batch_size'] if s is not None else nan:.1f} | {step(e):.0f} / {step(s):.0f} | {int(e['preemptions'])} "
             f"({int(e['preemptions_overflow'])} / {int(e['preemptions_memory'])}) | {int(e['recomputed_tokens']):,} "
             f"| {e['kv_reserved_frac']:.0%} / {e['kv_used_frac']:.0%} | {acc} | {e['same_length_as_table']:.1%} |")
     return "\n".join(lines) + "\n"
