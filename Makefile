@@ -103,7 +103,7 @@ supervisor: setup
 # SmolLM2's own greedy answer lengths (cached, resumable): s3sim/workload/tables/smollm2_greedy.csv; then
 # `make predictor ARGS="--only smollm2_greedy"` trains the predictor on them.
 own-lengths: setup
-	$(BIN)/python -m s3exec.own_lengths $(ARGS)
+	$(BIN)/python -m s3exec.own_lengths --rows 1200 $(ARGS)
 
 # S3 on the real model predicting its own lengths, natural mode, one binding KV budget, beside the simulator.
 natural: setup

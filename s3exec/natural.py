@@ -29,8 +29,8 @@ from s3sim.core.errors import ConfigError
 
 POLICIES = ("s3", "oracle", "orca", "vllm", "paged")
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
-           "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "kv_reserved_frac", "kv_used_frac",
-           "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration", "iterations")
+           "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "grown_in_place", "kv_reserved_frac",
+           "kv_used_frac", "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration", "iterations")
 
 
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
