@@ -144,13 +144,13 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from s3exec.own_lengths import _positive
+    from s3exec.own_lengths import positive_count
 
     ap = argparse.ArgumentParser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=_positive, default=128)
-    ap.add_argument("--cap", type=_positive, default=512, help="max_seq_len: the generation run's cap")
-    ap.add_argument("--kv-tokens", type=_positive, default=6144, help="the KV budget, in tokens")
-    ap.add_argument("--threads", type=_positive, default=2)
+    ap.add_argument("--requests", type=positive_count, default=128)
+    ap.add_argument("--cap", type=positive_count, default=512, help="max_seq_len: the generation run's cap")
+    ap.add_argument("--kv-tokens", type=positive_count, default=6144, help="the KV budget, in tokens")
+    ap.add_argument("--threads", type=positive_count, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
     ap.add_argument("--out", default="results/natural")

@@ -189,7 +189,7 @@ def run(a) -> dict:
     return meta
 
 
-def _positive(text: str) -> int:
+def positive_count(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -201,14 +201,14 @@ def _positive(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m s3exec.own_lengths", description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=_positive, default=None,
+    ap.add_argument("--rows", type=positive_count, default=None,
                     help="prompts to answer, a prefix of the seeded order (default: every prompt that fits)")
-    ap.add_argument("--cap", type=_positive, default=512, help="most tokens an answer may have")
-    ap.add_argument("--max-prompt", type=_positive, default=512, help="longest chat-templated prompt (tokens)")
+    ap.add_argument("--cap", type=positive_count, default=512, help="most tokens an answer may have")
+    ap.add_argument("--max-prompt", type=positive_count, default=512, help="longest chat-templated prompt (tokens)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=_positive, default=64, help="requests generating at once")
-    ap.add_argument("--chunk", type=_positive, default=256, help="prompts per cached chunk")
-    ap.add_argument("--threads", type=_positive, default=2, help="torch CPU threads")
+    ap.add_argument("--batch", type=positive_count, default=64, help="requests generating at once")
+    ap.add_argument("--chunk", type=positive_count, default=256, help="prompts per cached chunk")
+    ap.add_argument("--threads", type=positive_count, default=2, help="torch CPU threads")
     ap.add_argument("--cache", default=None,
                     help="cache folder (default: a folder per settings under $S3_OWN_LENGTHS_DIR or ~/.cache/s3/own_lengths)")
     ap.add_argument("--out", default=str(TABLE))
