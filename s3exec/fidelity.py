@@ -85,6 +85,10 @@ def simulate_config(sim_cfg: dict) -> dict:
     from s3sim.simulator.engine import simulate
 
     setup = build(sim_cfg)
+    if setup.context_clipped:  # the executor's requests were not cut: a replay that cuts them is another run
+        raise ConfigError(f"the simulator's model {setup.model.name} ({setup.model.max_context}-token context) cut "
+                          f"{setup.context_clipped} outputs the executor served whole; set the model group to the "
+                          f"executor's model")
     result = simulate(make_requests(setup.prompt_len, setup.output_len, setup.arrivals), setup.scheduler,
                       setup.latency)
     return summarize(result, setup.slo)

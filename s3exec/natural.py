@@ -41,6 +41,7 @@ def exec_config(policy: str, a, kv_bytes: int) -> dict:
 
     over = [f"policy={policy}", "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
             f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
+            "model=smollm2-135m",  # the simulator's replay prices and fits SmolLM2's shape and context
             "executor.mode=natural", f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null",
             f"executor.threads={a.threads}", "executor.progress=false", "executor.write_tokens=false"]
     if policy == "s3":
