@@ -60,13 +60,12 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
     """Run one config through the executor (`repeats` times) and the simulator; returns (executor rows,
     simulator row, per-request finish times of the first executor run and of the simulator)."""
     from s3exec.runner import run_exec
-    from s3sim.config import build
     from s3sim.core.request import make_requests
     from s3sim.simulator.engine import simulate
     from s3sim.metrics.summary import request_records, summarize
 
     runs = [run_exec(exec_cfg, loaded=loaded) for _ in range(repeats)]
-    setup = build(sim_config(exec_cfg, cap_tokens, profile))
+    setup = replay_setup(sim_config(exec_cfg, cap_tokens, profile))
     result = simulate(make_requests(setup.prompt_len, setup.output_len, setup.arrivals), setup.scheduler,
                       setup.latency)
     sim_req = request_records(result.requests)
@@ -77,18 +76,25 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
     return [r for r, _ in runs], sim_row, finish
 
 
+def replay_setup(sim_cfg: dict):
+    """The simulator's setup of a replay; one that cuts outputs the executor served whole is another run."""
+    from s3sim.config import build
+
+    setup = build(sim_cfg)
+    if setup.context_clipped:
+        raise ConfigError(f"the simulator's model {setup.model.name} ({setup.model.max_context}-token context) cut "
+                          f"{setup.context_clipped} outputs the executor served whole; set the model group to the "
+                          f"executor's model")
+    return setup
+
+
 def simulate_config(sim_cfg: dict) -> dict:
     """The simulator's summary row of a `sim_config`."""
-    from s3sim.config import build
     from s3sim.core.request import make_requests
     from s3sim.metrics.summary import summarize
     from s3sim.simulator.engine import simulate
 
-    setup = build(sim_cfg)
-    if setup.context_clipped:  # the executor's requests were not cut: a replay that cuts them is another run
-        raise ConfigError(f"the simulator's model {setup.model.name} ({setup.model.max_context}-token context) cut "
-                          f"{setup.context_clipped} outputs the executor served whole; set the model group to the "
-                          f"executor's model")
+    setup = replay_setup(sim_cfg)
     result = simulate(make_requests(setup.prompt_len, setup.output_len, setup.arrivals), setup.scheduler,
                       setup.latency)
     return summarize(result, setup.slo)

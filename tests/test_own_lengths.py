@@ -134,3 +134,16 @@ def test_executor_serves_the_table_in_natural_mode_with_its_prompts():
     cfg = {"workload": {"name": OWN_LENGTHS, "data_dir": None}}
     prompts = text_prompts(cfg, wl, idx, load_tokenizer("smollm2"))
     assert [len(p) for p in prompts] == wl.prompt_len[idx].tolist()
+
+
+def test_a_replay_that_cuts_what_the_executor_served_is_refused():
+    """The simulator's model must hold the executor's requests: tiny-llama's 512-token context cannot."""
+    from s3exec import natural
+    from s3exec.fidelity import replay_setup, sim_config
+
+    a = natural.parser().parse_args(["--requests", "64"])
+    cfg = sim_config(natural.exec_config("orca", a, 6144), 6144, "results/natural/smollm2-cpu-2t.csv")
+    assert replay_setup(cfg).context_clipped == 0  # SmolLM2's own shape, as the comparison names it
+    cfg["model"] = {"name": "tiny-llama"}
+    with pytest.raises(ConfigError, match="cut .* outputs the executor served whole"):
+        replay_setup(cfg)
