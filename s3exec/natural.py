@@ -34,10 +34,7 @@ COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_ba
 
 
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from s3sim.cli import CONF_DIR
+    from s3exec.bench import compose
 
     over = [f"policy={policy}", "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
             f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
@@ -46,8 +43,7 @@ def exec_config(policy: str, a, kv_bytes: int) -> dict:
             f"executor.threads={a.threads}", "executor.progress=false", "executor.write_tokens=false"]
     if policy == "s3":
         over.append("predictor=trained")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_container(compose("exec", overrides=over), resolve=True)
+    return compose(over)
 
 
 def served_lengths(cfg) -> np.ndarray:

@@ -60,16 +60,12 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 def exec_config(a, kv_bytes: int) -> dict:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from s3sim.cli import CONF_DIR
+    from s3exec.bench import compose
 
     over = [f"executor.model={SOURCE_KEY}", "executor.mode=natural", "policy=orca", f"max_seq_len={a.cap}",
             f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null", f"executor.threads={a.threads}",
             "executor.progress=false", "executor.write_tokens=false", "executor.warmup=false", "executor.dtype=float32"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_container(compose("exec", overrides=over), resolve=True)
+    return compose(over)
 
 
 def generate(chunk, loaded, a) -> tuple[list[dict], float, int]:
