@@ -19,7 +19,8 @@ with the device memory from meta.json (`hardware.device_total_memory_bytes`) or 
 non-KV reserve calibrated on the one run where every term is known (see `NON_KV_RESERVE_BYTES`).
 
 Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
-`s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the roofline on the GPU's datasheet.
+`s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
+(`s3sim.latency.datasheet`).
 
 Writes into DIR, all atomically and only once the replay has succeeded: `timeline.png` and `timeline_data.csv`
 (running, waiting and KV use over time, real against simulated), `peer.csv` (the errors another simulator
@@ -395,18 +396,18 @@ def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
 
 
 def build_latency(profile: Path | None, model, gpu, tp: int):
-    """The run's operator profile, or the datasheet roofline when there is none; (model, description)."""
+    """The run's operator profile, or the operator sum on the GPU's datasheet when there is none (with the
+    efficiencies the GPU preset was fitted to); (model, description)."""
+    from s3sim.latency.roofline import all_reduce_model
+    ring = all_reduce_model("ring", gpu) if tp > 1 else None
     if profile is None:
-        if tp > 1:
-            raise ConfigError(f"tensor_parallel_size={tp} needs an operator profile measured at tp{tp} (--profile): "
-                              "the roofline does not model TP communication")
-        from s3sim.latency import RooflineLatency
-        return RooflineLatency(model, gpu), f"roofline on the {gpu.name} datasheet (no profile)"
+        from s3sim.latency import DatasheetLatency
+        lat = DatasheetLatency(model, gpu, num_gpus=tp, all_reduce=ring)
+        return lat, (f"operators on the {gpu.name} datasheet (no profile; efficiencies {lat.compute_efficiency:.3g} / "
+                     f"{lat.memory_efficiency:.3g}, launch {lat.launch_s * 1e6:.3g} us: {gpu.calibration})")
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
-    from s3sim.latency.operators import OperatorLatency
-    from s3sim.latency.roofline import all_reduce_model
-    ring = all_reduce_model("ring", gpu) if tp > 1 else None  # the profile times one GPU's shard
+    from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
     how = f"operator profile {profile} (tp{tp}" + (f", all-reduces as a {ring.source})" if ring else ")")
     return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
 
@@ -491,9 +492,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     else:
         prof = Path(profile)
         if not prof.is_dir():
-            raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet roofline)")
+            raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
     spec = resolve_model(model, engine)
-    needs = ("the roofline latency (no profile)" if prof is None else
+    needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else None)
     gpu_spec, gpu_how = resolve_gpu(gpu, engine, prof or own, needs)  # a profile names the device it ran on
     peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
@@ -543,7 +544,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     from s3sim.runner import write_csv
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    kind = f"operator profile, tp{engine.tp}" if prof is not None else f"roofline, {gpu_spec.name} datasheet"
+    kind = f"operator profile, tp{engine.tp}" if prof is not None else f"operators on the {gpu_spec.name} datasheet"
     save(draw_timeline(data, f"{run.name}: vLLM against the replay ({kind})"), data, out, "timeline")
     if peer is not None:
         write_csv(peer, out / "peer.csv")
@@ -565,7 +566,7 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder with meta.json, requests.jsonl, timeseries.csv "
                    "(or the folder with run/ inside)")
     p.add_argument("--out", required=True, metavar="DIR", help="where validation.csv and the rest go")
-    p.add_argument("--profile", metavar="PROFILE_DIR", help="operator profile folder, or 'none' for the roofline "
+    p.add_argument("--profile", metavar="PROFILE_DIR", help="operator profile folder, or 'none' for the datasheet operator model "
                    "(default: RUN_DIR/../profile if it exists)")
     p.add_argument("--model", metavar="PRESET_OR_CONFIG_JSON", help="model preset or config.json (default: from "
                    "meta.json's model)")

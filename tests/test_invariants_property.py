@@ -19,7 +19,7 @@ from s3sim.core.request import Phase
 from s3sim.core.request import make_requests
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model
-from s3sim.latency import RooflineLatency
+from s3sim.latency import DatasheetLatency, RooflineLatency
 from s3sim.simulator.engine import simulate
 
 POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm")
@@ -27,6 +27,8 @@ LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
 # decode and swap costs
 LAT_ALT = RooflineLatency(get_model("opt-13b"), get_gpu("h100-sxm"), overhead_s=0.0005)
+# the per-operator datasheet model (a sum of bounds, not one bound), with tensor parallelism
+LAT_OPS = DatasheetLatency.from_config(DatasheetLatency.Config(), get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm"), 2)
 
 REQUEST_FIELDS = ("admitted", "first_token", "last_token", "finished", "preemptions",
                   "recomputed_tokens", "swapped_tokens", "generated")
@@ -53,7 +55,7 @@ def scenarios(draw, policy):
     s = dict(policy=policy, msl=msl, prompts=prompts, outputs=outputs, arrivals=arrivals, cap=cap,
              max_batch=draw(st.sampled_from([None, None, 1, 2, 3, 5])),
              mode=draw(st.sampled_from(["recompute", "swap"])),
-             latency=draw(st.sampled_from(["a100", "h100"])))
+             latency=draw(st.sampled_from(["a100", "h100", "operators"])))
     if policy in ("s3", "oracle"):
         s.update(buckets=draw(st.integers(2, 10)), grow=draw(st.sampled_from(["next", "max", "conditional"])),
                  in_place=draw(st.booleans()), make_room=draw(st.booleans()),
@@ -137,7 +139,7 @@ def run(s, max_jump):
 
         sched._preempt = spy
     check_pool_every_step(sched)
-    lat = LAT if s["latency"] == "a100" else LAT_ALT
+    lat = {"a100": LAT, "h100": LAT_ALT, "operators": LAT_OPS}[s["latency"]]
     return simulate(reqs, sched, lat, max_jump=max_jump)
 
 

@@ -3,7 +3,7 @@ swap KV cache. These are peak figures; the latency model applies efficiency fact
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from s3sim.core.errors import ConfigError
 
@@ -21,6 +21,14 @@ class GpuSpec:
     host_link_bandwidth: float
     source: str = ""
     interconnect_bandwidth: float = 0.0  # bytes/s per direction between two GPUs of a server (tensor parallelism)
+    # what a kernel reaches of the peaks, fitted to measured operators (`make calibrate`) for `latency=datasheet`:
+    # fractions of peak_flops and mem_bandwidth, a fixed cost per operator launch, and where the fit comes from
+    compute_efficiency: float = 0.0
+    memory_efficiency: float = 0.0
+    launch_s: float = 0.0
+    attention_prefill_efficiency: float = 0.0  # prefill attention's fraction of peak_flops
+    attention_decode_efficiency: float = 0.0  # decode attention's fraction of mem_bandwidth
+    calibration: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -72,6 +80,46 @@ GPU_PRESETS: dict[str, GpuSpec] = {
                 f" measured; {_PCIE5}; {_PCIE_TP5}", 50e9),
     )
 }
+
+
+# `make calibrate` (results/calibration/operators.csv): each layer's non-attention operators at their own bound,
+# fitted per GPU to operators measured on it (compute and memory efficiency, launch seconds), and attention:
+# prefill at a fraction of peak FLOP/s, decode at a fraction of peak bandwidth, fitted where a profile times
+# attention (the two vLLM runs' GPUs). Elsewhere attention takes the mean ratio of those fits to their GPU's
+# dense fit (prefill 0.598 x compute, decode 0.832 x memory efficiency), and a GPU without profiles borrows a
+# dense fit; each says so.
+_FIT = "fitted by make calibrate to {} (results/calibration/operators.csv)"
+_ATT = "; attention at the measured GPUs' mean ratio to their dense fit (not measured here)"
+
+
+def _borrowed_attention(ce: float, me: float, launch: float, how: str) -> tuple:
+    return ce, me, launch, round(0.598 * ce, 4), round(0.832 * me, 4), how + _ATT
+
+
+_A100_FIT = (0.6707, 0.7670, 7.32e-6)
+_A100_HOW = "borrowed from a100-80gb-sxm (same GA100 chip; " + _FIT.format("A100 profiles") + ")"
+_BORROWED = "NOT MEASURED on this GPU: the A100's dense fit borrowed (no {} profile is shared)"
+CALIBRATION: dict[str, tuple[float, float, float, float, float, str]] = {
+    "a100-80gb-sxm": _borrowed_attention(*_A100_FIT, _FIT.format("the A100 operator profiles of 8 models "
+                                                                 "(gpu_profiles/compute/a100)")),
+    "a100-80gb-pcie": _borrowed_attention(*_A100_FIT, _A100_HOW),
+    "a100-40gb-pcie": _borrowed_attention(*_A100_FIT, _A100_HOW),
+    "a100-40gb-sxm": _borrowed_attention(*_A100_FIT, _A100_HOW),
+    "a40": _borrowed_attention(0.7162, 0.7670, 7.60e-6, _FIT.format("the A40 operator profiles of 6 models "
+                                                                    "(gpu_profiles/compute/a40)")),
+    "rtx-4090": (1.0, 1.0, 10.36e-6, 0.700, 0.872,
+                 _FIT.format("the RTX 4090 vLLM run's Llama 3.1 8B profile (vllm_runs/rtx4090-llama-3.1-8b/profile); "
+                             "both dense efficiencies reach the fit's bound of 1")),
+    "rtx-pro-6000": (0.7670, 0.9365, 6.16e-6, 0.380, 0.742,
+                     _FIT.format("the RTX PRO 6000 vLLM run's Llama 3.1 8B profile, tp1 and tp2 "
+                                 "(vllm_runs/rtxpro6000-llama-3.1-8b/profile)")),
+    "h100-sxm": _borrowed_attention(*_A100_FIT, _BORROWED.format("H100")),
+    "h200": _borrowed_attention(*_A100_FIT, _BORROWED.format("H200")),
+}
+GPU_PRESETS = {name: replace(g, **dict(zip(("compute_efficiency", "memory_efficiency", "launch_s",
+                                            "attention_prefill_efficiency", "attention_decode_efficiency",
+                                            "calibration"), CALIBRATION[name])))
+               for name, g in GPU_PRESETS.items()}
 
 
 def get_gpu(name: str) -> GpuSpec:

@@ -45,12 +45,17 @@ class ModelSpec:
     expert_params: int = 0
     n_experts: int = 0
     experts_per_token: int = 0
+    # the MLP's shape, for pricing it operator by operator (`latency=datasheet`): the dense MLP's width (0 when
+    # every layer is a mixture of experts), one expert's width, and whether it is gated (gate, up, down)
+    intermediate_size: int = 0
+    moe_intermediate_size: int = 0
+    gated_mlp: bool = False
     assumed: tuple = ()  # what its config did not say and was assumed (e.g. "intermediate_size = 4 x hidden_size")
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"model name must be a non-empty string, got {self.name!r}")
-        moe = ("expert_params", "n_experts", "experts_per_token")
+        moe = ("expert_params", "n_experts", "experts_per_token", "intermediate_size", "moe_intermediate_size")
         for f in moe:
             value = getattr(self, f)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -59,7 +64,7 @@ class ModelSpec:
             raise ConfigError(f"model '{self.name}': a mixture of experts needs 0 < experts_per_token <= n_experts "
                               f"and 0 < expert_params < n_params")
         for f in fields(self):
-            if f.name in ("name", "source", "assumed", *moe):
+            if f.name in ("name", "source", "assumed", "gated_mlp", *moe):
                 continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -162,7 +167,7 @@ class ModelSpec:
         experts = cfg.get("num_experts") or cfg.get("num_local_experts") or cfg.get("n_routed_experts") or 0
         experts = as_int(experts, "num_experts")
         gated = family in _GATED_MLP or experts > 0  # MoE experts are gated MLPs (Mixtral, Qwen, DeepSeek)
-        per_token = expert_params = 0
+        per_token = expert_params = moe_inter = 0
         if experts:  # a mixture of experts: every MoE layer holds `experts` MLPs, a token passes `per_token`
             per_token = as_int(get("num_experts_per_tok"), "num_experts_per_tok")
             moe_inter = as_int(get("moe_intermediate_size", default=inter), "moe_intermediate_size")
@@ -182,7 +187,8 @@ class ModelSpec:
         try:
             return cls(name, n_params, n_layers, hidden, n_heads, n_kv_heads, head_dim, vocab, max_ctx,
                        _DTYPE_BYTES[dtype], source=source, expert_params=expert_params, n_experts=experts,
-                       experts_per_token=per_token)
+                       experts_per_token=per_token, intermediate_size=inter, moe_intermediate_size=moe_inter,
+                       gated_mlp=gated)
         except ConfigError as e:  # say it in the config's own words: its file and JSON key
             msg = str(e).replace(f"model '{name}': ", f"model config {where!r}: ", 1)
             for field, key in _JSON_KEYS.items():

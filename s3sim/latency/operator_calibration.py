@@ -29,6 +29,13 @@ from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec, get_gpu
 
 GPUS = {"a100": "a100-80gb-sxm", "a40": "a40"}  # profile folder -> GPU preset (the datasheet it is priced on)
+# the shared vLLM runs' own operator profiles (dense.csv of each tp<N>/): run folder -> (GPU preset, model preset)
+RUN_PROFILES = {"rtx4090-llama-3.1-8b": ("rtx-4090", "llama-3.1-8b"),
+                "rtxpro6000-llama-3.1-8b": ("rtx-pro-6000", "llama-3.1-8b")}
+# their operator names -> the names above (vLLM fuses the residual add into its two layernorms per layer)
+RUN_OPS = {"embedding": ("emb",), "layernorm": ("input_layernorm", "post_attention_layernorm"),
+           "qkv_proj": ("attn_pre_proj",), "rotary_emb": ("attn_rope",), "o_proj": ("attn_post_proj",),
+           "gate_up_proj": ("mlp_up_proj",), "act_fn": ("mlp_act",), "down_proj": ("mlp_down_proj",)}
 OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj", "post_attention_layernorm",
        "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 BUCKETS = ((1, 16), (17, 256), (257, 2048), (2049, 1 << 30))
@@ -93,6 +100,82 @@ def load(root: Path, gpu_dir: str) -> pd.DataFrame:
     return rows[rows.measured_s > 0]
 
 
+def load_run_profile(profile: Path, model_name: str) -> pd.DataFrame:
+    """The same rows from a shared run's `profile/tp<N>/dense.csv` (one decoder layer of `model_name`, each
+    TP degree profiled), each layernorm counted twice per layer as the model runs it."""
+    from s3sim.hardware.models import get_model
+
+    m = get_model(model_name)
+    folders = sorted(profile.glob("tp*/dense.csv"))
+    if not folders:
+        raise ConfigError(f"no operator profile under {str(profile)!r} (expected tp<N>/dense.csv)")
+    frames = []
+    for f in folders:
+        t = pd.read_csv(f)
+        if not {"layer", "tokens", "time_us"} <= set(t.columns):
+            raise ConfigError(f"operator profile {str(f)!r}: needs the columns layer, tokens, time_us")
+        tp = int(f.parent.name.removeprefix("tp"))
+        for layer, names in RUN_OPS.items():
+            sel = t[t.layer == layer]
+            if sel.empty:
+                raise ConfigError(f"operator profile {str(f)!r}: no {layer!r} rows")
+            shape = pd.DataFrame({"num_tokens": sel.tokens.to_numpy(), "num_tensor_parallel_workers": tp,
+                                  "n_head": m.n_heads, "n_kv_head": m.n_kv_heads, "n_embd": m.hidden_size,
+                                  "n_expanded_embd": m.intermediate_size, "use_gated_mlp": m.gated_mlp})
+            work = operator_work(shape, m.dtype_bytes)
+            for op in names:
+                flops, nbytes = work[op]
+                frames.append(pd.DataFrame({"model": m.name, "op": op, "tokens": sel.tokens.to_numpy(), "tp": tp,
+                                            "measured_s": sel.time_us.to_numpy() * 1e-6, "flops": flops,
+                                            "bytes": nbytes}))
+    rows = pd.concat(frames, ignore_index=True)
+    return rows[rows.measured_s > 0]
+
+
+def attention_rows(profile: Path, model_name: str) -> pd.DataFrame:
+    """A shared run's attention timings (`tp<N>/attention.csv`), prefill-only and decode-only rows, with the
+    FLOPs and bytes the datasheet model (`s3sim.latency.datasheet`) prices them by, per layer."""
+    from s3sim.hardware.models import get_model
+
+    m = get_model(model_name)
+    frames = []
+    for f in sorted(profile.glob("tp*/attention.csv")):
+        t = pd.read_csv(f)
+        tp = int(f.parent.name.removeprefix("tp"))
+        q, kv, b = m.n_heads * m.head_dim / tp, max(m.n_kv_heads // tp, 1) * m.head_dim, float(m.dtype_bytes)
+        c, kp, n, kd = (t[k].to_numpy(np.float64) for k in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode"))
+        prefill, decode = (c > 0) & (n == 0), (c == 0) & (n > 0)
+        sq = (kp + c) ** 2 - kp ** 2
+        frames.append(pd.DataFrame({
+            "kind": np.where(prefill, "prefill", "decode"), "tp": tp, "measured_s": t.time_us.to_numpy() * 1e-6,
+            "flops": np.where(prefill, 2 * q * sq, 4 * q * n * kd),
+            "bytes": np.where(prefill, b * (2 * q + 4 * kv) * c, b * (2 * kv * n * kd + 2 * q * n))})[prefill | decode])
+    if not frames:
+        raise ConfigError(f"no attention profile under {str(profile)!r} (expected tp<N>/attention.csv)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def fit_attention(rows: pd.DataFrame, gpu: GpuSpec, compute_eff: float, memory_eff: float, launch_s: float):
+    """Efficiencies of prefill attention (of peak FLOP/s; bytes at the dense fit's memory efficiency) and of
+    decode attention (of peak bandwidth; FLOPs at the dense fit's compute efficiency) minimising the mean
+    relative error of each kind's timings; and those errors before (the dense fit's) and after."""
+    grid = np.linspace(0.02, 1.0, 491)
+    out = []
+    for kind, fixed in (("prefill", memory_eff), ("decode", compute_eff)):
+        r = rows[rows.kind == kind]
+        f, by, m = r.flops.to_numpy(), r.bytes.to_numpy(), r.measured_s.to_numpy()
+
+        def err(e):
+            ce, me = (e, fixed) if kind == "prefill" else (fixed, e)
+            p = np.maximum(f / (gpu.peak_flops * ce), by / (gpu.mem_bandwidth * me)) + launch_s
+            return float(np.abs(p / m - 1).mean())
+
+        before = err(compute_eff if kind == "prefill" else memory_eff)
+        best = min(grid, key=err)
+        out.append((float(best), before, err(best)))
+    return out
+
+
 def predict(rows: pd.DataFrame, gpu: GpuSpec, compute_eff: float, memory_eff: float, launch_s: float):
     return np.maximum(rows.flops.to_numpy() / (gpu.peak_flops * compute_eff),
                       rows.bytes.to_numpy() / (gpu.mem_bandwidth * memory_eff)) + launch_s
@@ -141,6 +224,8 @@ def by_tokens(rows, gpu, params) -> dict[str, float]:
         name = f"{lo}-{hi if hi < 1 << 30 else 'max'}"
         sel = ((rows.tokens >= lo) & (rows.tokens <= hi)).to_numpy()
         lsel = ((layer.tokens >= lo) & (layer.tokens <= hi)).to_numpy()
+        if not sel.any():
+            continue  # a profile that stops at 2,048 tokens has nothing beyond
         out[name] = (float(err[sel].mean()), float(layer.error[lsel].mean()))
     out["all"] = (float(err.mean()), float(layer.error.mean()))
     return out
@@ -149,19 +234,34 @@ def by_tokens(rows, gpu, params) -> dict[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default="../shared/data/gpu_profiles/compute")
+    ap.add_argument("--runs", default="../shared/data/vllm_runs", help="folder of the shared vLLM runs, whose "
+                    "profile/ folders are fitted too")
     ap.add_argument("--out", default="results/calibration")
     args = ap.parse_args(argv)
     from s3sim.runner import write_csv
 
     fits, buckets = [], []
     try:
-        for folder, preset in GPUS.items():
+        sources = [(folder, preset, lambda folder=folder: load(Path(args.profiles), folder))
+                   for folder, preset in GPUS.items()]
+        sources += [(f"{run}/profile", preset, lambda run=run, m=m: load_run_profile(Path(args.runs) / run / "profile", m))
+                    for run, (preset, m) in RUN_PROFILES.items()]
+        for folder, preset, read in sources:
             gpu = get_gpu(preset)
-            rows = load(Path(args.profiles), folder)
+            rows = read()
             params = fit(rows, gpu)
             before, after = by_tokens(rows, gpu, DEFAULTS), by_tokens(rows, gpu, params)
+            att = {}
+            if folder.endswith("/profile"):  # a run's profile times attention too: fit its two efficiencies
+                run, model_name = folder.removesuffix("/profile"), RUN_PROFILES[folder.removesuffix("/profile")][1]
+                (pe, pb, pa), (de, db, da) = fit_attention(
+                    attention_rows(Path(args.runs) / run / "profile", model_name), gpu, *params)
+                att = {"attention_prefill_efficiency": pe, "attention_decode_efficiency": de,
+                       "prefill_attention_error_before": pb, "prefill_attention_error_after": pa,
+                       "decode_attention_error_before": db, "decode_attention_error_after": da}
             fits.append({"gpu": preset, "profiles": folder, "models": rows.model.nunique(), "points": len(rows),
                          "compute_efficiency": params[0], "memory_efficiency": params[1], "launch_us": params[2] * 1e6,
+                         **att,
                          "operator_error_before": before["all"][0], "operator_error_after": after["all"][0],
                          "layer_error_before": before["all"][1], "layer_error_after": after["all"][1]})
             for k in before:
@@ -171,6 +271,12 @@ def main(argv=None) -> int:
             print(f"{preset}: {rows.model.nunique()} models, {len(rows):,} operator timings; fitted compute "
                   f"efficiency {params[0]:.3f}, memory efficiency {params[1]:.3f}, launch {params[2] * 1e6:.1f} us")
             print("  mean relative error, defaults -> fitted:   single operators   layer totals")
+            if att:
+                print(f"  attention: prefill at {att['attention_prefill_efficiency']:.3f} of peak FLOP/s (mean error "
+                      f"{att['prefill_attention_error_before']:.1%} at the dense fit -> "
+                      f"{att['prefill_attention_error_after']:.1%}), decode at {att['attention_decode_efficiency']:.3f}"
+                      f" of peak bandwidth ({att['decode_attention_error_before']:.1%} -> "
+                      f"{att['decode_attention_error_after']:.1%})")
             for k in before:
                 print(f"  tokens {k:>10s}: {before[k][0]:19.1%} -> {after[k][0]:5.1%} {before[k][1]:9.1%} -> "
                       f"{after[k][1]:5.1%}")

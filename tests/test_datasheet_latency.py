@@ -1,0 +1,151 @@
+"""`latency=datasheet`: every operator at its own bound, efficiencies fitted to measured operators."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s3sim.core.errors import ConfigError
+from s3sim.hardware.gpus import CALIBRATION, GPU_PRESETS, get_gpu
+from s3sim.hardware.models import get_model
+from s3sim.hardware.network import RingAllReduce
+from s3sim.latency import DatasheetLatency, RooflineLatency
+from s3sim.latency.operator_calibration import fit, operator_work, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=[("gpt-j-6b", "a100-80gb-pcie", 1), ("llama-3.1-8b", "rtx-pro-6000", 2),
+                        ("qwen3-30b-a3b", "h200", 4)])
+def lat(request):
+    name, gpu, tp = request.param
+    g = get_gpu(gpu)
+    ring = RingAllReduce(g.interconnect_bandwidth) if tp > 1 else None
+    return DatasheetLatency(get_model(name), g, num_gpus=tp, all_reduce=ring)
+
+
+@pytest.mark.parametrize("batch,ctx0,k", [(1, 0, 1), (8, 800, 50), (512, 256 * 512, 64)])
+def test_decode_run_equals_step_by_step(lat, batch, ctx0, k):
+    run = lat.decode_run(batch, ctx0, k)
+    assert run.tolist() == [lat.iteration_time(0, 0, batch, ctx0 + i * batch) for i in range(k)]
+
+
+def test_vectorised_matches_scalar(lat):
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 4000, 50) * rng.integers(0, 2, 50)
+    sq = p * p
+    d = rng.integers(0, 300, 50)
+    ctx = d * rng.integers(1, 2000, 50)
+    vec = lat.iteration_time(p, sq, d, ctx)
+    assert vec.tolist() == [lat.iteration_time(int(a), int(b), int(c), int(e)) for a, b, c, e in zip(p, sq, d, ctx)]
+    assert lat.iteration_time(0, 0, 0, 0) == 0.0
+
+
+def test_monotone_in_tokens_and_context(lat):
+    t = lat.iteration_time(0, 0, np.arange(1, 600), 500 * np.arange(1, 600))
+    assert np.all(np.diff(t) > 0)
+    t = lat.iteration_time(np.arange(1, 4000), np.arange(1, 4000) ** 2, 0, 0)
+    assert np.all(np.diff(t) > 0)
+
+
+def test_each_operator_at_its_own_bound_costs_more_than_one_bound_over_all():
+    """The point of it: attention reading KV no longer hides under compute-bound matmuls. At the same
+    efficiencies and no fixed costs, the sum of bounds is at least the roofline's single bound."""
+    m, g = get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie")
+    ds = DatasheetLatency(m, g, compute_efficiency=0.6, memory_efficiency=0.8, launch_s=0.0,
+                          attention_prefill_efficiency=0.6, attention_decode_efficiency=0.8)
+    rf = RooflineLatency(m, g, overhead_s=0.0)
+    d = np.array([1, 64, 669, 669])
+    ctx = d * np.array([300, 1000, 300, 1000])
+    assert np.all(ds.iteration_time(0, 0, d, ctx) >= 0.95 * rf.iteration_time(0, 0, d, ctx))  # (it reads no embedding table)
+    # a large batch at a moderate context: compute-bound matmuls plus memory-bound attention
+    assert ds.iteration_time(0, 0, 669, 669 * 300) > 1.3 * rf.iteration_time(0, 0, 669, 669 * 300)
+
+
+def test_the_dense_operators_reproduce_the_calibration_they_were_fitted_on():
+    """The layer the model prices is the layer `make calibrate` fits: at the same efficiencies, a decode
+    layer's non-attention operators cost what the calibration's operator sum predicts for that shape."""
+    m, g = get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm")
+    ds = DatasheetLatency(m, g)
+    T = np.array([1.0, 16, 256, 2048])
+    shape = pd.DataFrame({"num_tokens": T, "num_tensor_parallel_workers": 1, "n_head": m.n_heads,
+                          "n_kv_head": m.n_kv_heads, "n_embd": m.hidden_size, "n_expanded_embd": m.intermediate_size,
+                          "use_gated_mlp": True})
+    work = operator_work(shape)
+    ops = [op for op in work if op != "emb"]
+    rows = pd.concat([pd.DataFrame({"flops": work[op][0], "bytes": work[op][1]}) for op in ops])
+    expected = predict(rows, g, ds.compute_efficiency, ds.memory_efficiency, ds.launch_s).reshape(len(ops), -1).sum(0)
+    layer = [sum(max(t * fc, wb + t * tb) for fc, wb, tb in ds._layer) + ds._layer_launches for t in T]
+    np.testing.assert_allclose(layer, expected, rtol=1e-9)
+
+
+def test_the_fit_recovers_the_efficiencies_a_profile_was_made_with():
+    m, g = get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm")
+    T = np.geomspace(1, 8192, 30).round()
+    shape = pd.DataFrame({"num_tokens": T, "num_tensor_parallel_workers": 1, "n_head": m.n_heads,
+                          "n_kv_head": m.n_kv_heads, "n_embd": m.hidden_size, "n_expanded_embd": m.intermediate_size,
+                          "use_gated_mlp": True})
+    work = operator_work(shape)
+    rows = pd.concat([pd.DataFrame({"model": "m", "op": op, "tokens": T, "tp": 1, "flops": f, "bytes": b})
+                      for op, (f, b) in work.items()], ignore_index=True)
+    rows["measured_s"] = predict(rows, g, 0.55, 0.7, 6e-6)
+    ce, me, launch = fit(rows, g)
+    assert ce == pytest.approx(0.55, rel=0.03) and me == pytest.approx(0.7, rel=0.03)
+    assert launch == pytest.approx(6e-6, rel=0.15)  # (a grid search, refined twice)
+
+
+def test_all_reduce_cost_grows_with_the_tp_degree():
+    m, g = get_model("llama-2-13b"), get_gpu("a100-80gb-sxm")
+    ring = RingAllReduce(g.interconnect_bandwidth)
+    comm = []
+    for tp in (2, 4, 8):
+        with_ring = DatasheetLatency(m, g, num_gpus=tp, all_reduce=ring).iteration_time(2048, 2048 ** 2, 0, 0)
+        free = DatasheetLatency(m, g, num_gpus=tp).iteration_time(2048, 2048 ** 2, 0, 0)
+        comm.append(with_ring - free)
+    assert 0 < comm[0] < comm[1] < comm[2]
+    # and sharding shortens the compute
+    assert (DatasheetLatency(m, g, num_gpus=2).iteration_time(2048, 2048 ** 2, 0, 0)
+            < 0.6 * DatasheetLatency(m, g).iteration_time(2048, 2048 ** 2, 0, 0))
+
+
+def test_moe_reads_the_experts_its_tokens_touch_and_computes_the_active_ones():
+    m, g = get_model("qwen3-30b-a3b"), get_gpu("h200")
+    ds = DatasheetLatency(m, g)
+    one, many = ds.iteration_time(0, 0, 1, 100), ds.iteration_time(0, 0, 256, 25600)
+    all_weights = m.weight_bytes / (g.mem_bandwidth * ds.memory_efficiency)
+    assert one < 0.35 * all_weights  # one token touches 8 of 128 experts per layer
+    assert many > 0.8 * all_weights  # 256 tokens touch nearly all of them
+    # at a compute-bound prefill, the time follows the active parameters, not all of them
+    dense_like = 2 * m.n_params * 8192 / (g.peak_flops * ds.compute_efficiency)
+    assert ds.iteration_time(8192, 8192 ** 2, 0, 0) < 0.4 * dense_like
+
+
+def test_every_gpu_preset_carries_the_fit_of_make_calibrate():
+    fits = pd.read_csv(ROOT / "results" / "calibration" / "operators.csv").set_index("gpu")
+    for name, g in GPU_PRESETS.items():
+        assert g.compute_efficiency > 0 and g.memory_efficiency > 0 and g.calibration, name
+        assert g.attention_prefill_efficiency > 0 and g.attention_decode_efficiency > 0, name
+    for name in fits.index:
+        g = get_gpu(name)
+        assert g.compute_efficiency == pytest.approx(fits.compute_efficiency[name], abs=6e-4)
+        assert g.memory_efficiency == pytest.approx(fits.memory_efficiency[name], abs=6e-4)
+        assert g.launch_s * 1e6 == pytest.approx(fits.launch_us[name], abs=0.01)
+        if not np.isnan(fits.attention_decode_efficiency[name]):
+            assert g.attention_prefill_efficiency == pytest.approx(fits.attention_prefill_efficiency[name], abs=6e-4)
+            assert g.attention_decode_efficiency == pytest.approx(fits.attention_decode_efficiency[name], abs=6e-4)
+    assert "NOT MEASURED" in CALIBRATION["h100-sxm"][-1]
+
+
+def test_bad_input_is_one_clear_error():
+    m, g = get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm")
+    with pytest.raises(ConfigError, match="compute_efficiency must be in"):
+        DatasheetLatency(m, g, compute_efficiency=1.5)
+    with pytest.raises(ConfigError, match="cannot split"):
+        DatasheetLatency(m, g, num_gpus=3)
+    from dataclasses import replace
+    with pytest.raises(ConfigError, match="no fitted memory_efficiency"):
+        DatasheetLatency(m, replace(g, memory_efficiency=0.0))
+    with pytest.raises(ConfigError, match="intermediate_size"):
+        DatasheetLatency(replace(m, intermediate_size=0), g)
+    with pytest.raises(ConfigError, match="decode_tokens must be >= 0"):
+        DatasheetLatency(m, g).iteration_time(0, 0, -1, 0)
