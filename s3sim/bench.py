@@ -1,7 +1,7 @@
 """`make bench`: simulated requests per wall-clock second for each policy, and the memory of a 10^6 run.
 
-Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB) offline and under Poisson
-load; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own, and so
+Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB, the default per-operator
+datasheet latency) offline, then under Poisson arrivals at 1x and 2x the throughput it served offline; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own, and so
 does the cluster run: 64 replicas behind a router serving 10^6 requests of the Azure conversation
 trace's shape (`cluster_scale`).
 """
@@ -28,13 +28,15 @@ def cfg_for(overrides):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
 
 
-def time_one(overrides) -> tuple[float, int, float]:
+def time_one(overrides) -> tuple[float, int, float, float]:
+    """Wall seconds, engine steps, simulated requests per wall second, and simulated requests per
+    simulated second (the throughput served) of one run on the default latency model."""
     setup = build(cfg_for(overrides))
     reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
     t0 = time.perf_counter()
     res = simulate(reqs, setup.scheduler, setup.latency)
     wall = time.perf_counter() - t0
-    return wall, res.engine_steps, len(reqs) / wall
+    return wall, res.engine_steps, len(reqs) / wall, len(reqs) / res.end_time
 
 
 def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.1-8b") -> None:
@@ -110,15 +112,20 @@ def main(argv=None) -> None:
         cluster_scale(args.cluster, 64, 4.0)
         return
     if args.child:
-        wall, steps, rate = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
+        wall, steps, rate, _ = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
         print(f"{args.policy:7s} {args.n:>9,d} requests  {wall:7.2f} s wall  {rate:9,.0f} req/s  peak RSS {rss:.2f} GiB")
         return
     print(f"{'policy':7s} {'arrivals':>16s} {'requests':>9s} {'wall s':>8s} {'steps':>8s} {'sim req/s':>10s}")
-    for arrival in (["arrival=offline"], ["arrival=poisson", "arrival.rate=100"]) if args.n else ():
-        for p in COMPARED:
-            wall, steps, rate = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
-            label = arrival[0].split("=")[1] + (f"@{arrival[1].split('=')[1]}/s" if len(arrival) > 1 else "")
+    for p in COMPARED if args.n else ():
+        # offline first: its throughput is the policy's capacity, then Poisson arrivals at 1x and 2x it
+        wall, steps, rate, capacity = time_one([f"policy={p}", f"num_requests={args.n}", "arrival=offline"])
+        print(f"{p:7s} {'offline':>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}   (capacity "
+              f"{capacity:,.1f} req/s)", flush=True)
+        for x in (1, 2):
+            arrival = ["arrival=poisson", f"arrival.rate={x * capacity:.4g}"]
+            wall, steps, rate, _ = time_one([f"policy={p}", f"num_requests={args.n}", *arrival])
+            label = f"poisson {x}x"
             print(f"{p:7s} {label:>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}", flush=True)
     if args.vllm:
         vllm_operators(args.vllm)
