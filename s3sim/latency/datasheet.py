@@ -144,8 +144,11 @@ class DatasheetLatency(LatencyModel):
         self._act_bytes = h * b
 
     # ---- pricing ------------------------------------------------------------------------------
-    def _price(self, p, sq, d, ctx, seqs, mx, prefilling, decoding):
-        """Seconds of a busy iteration; `mx` is max for plain numbers, np.maximum for arrays (same arithmetic)."""
+    def _price(self, p, sq, d, ctx, seqs, mx, prefilling, decoding, mx_ctx=None):
+        """Seconds of a busy iteration; `mx` is max for plain numbers, np.maximum for arrays (same arithmetic).
+        `mx_ctx` (default `mx`) takes the decode-attention term alone, so that a decode run varies `ctx` as an
+        array over plain-number tokens with each element priced by the very operations of a single step."""
+        mx_ctx = mx if mx_ctx is None else mx_ctx
         T = p + d
         layer = 0.0
         for fc, wb, tb in self._layer:
@@ -158,7 +161,7 @@ class DatasheetLatency(LatencyModel):
         pf, pb = self._att_prefill
         df, db, dq = self._att_decode
         attention = prefilling * (mx(sq * pf, p * pb) + self.launch_s) + decoding * (
-            mx(ctx * df, ctx * db + d * dq) + self.launch_s)
+            mx_ctx(ctx * df, ctx * db + d * dq) + self.launch_s)
         t = self._layers * (layer + self._layer_launches + attention)
         for fc, wb, tb in self._once:
             t = t + T * tb
@@ -182,6 +185,21 @@ class DatasheetLatency(LatencyModel):
         t = self._price(p, sq, d, ctx, seqs, np.maximum, (p > 0) * 1.0, (d > 0) * 1.0)
         t = np.where(p + d > 0, t, 0.0)
         return float(t) if t.ndim == 0 else t
+
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
+        """`k` decode-only steps of a fixed batch in one pass: the token-count terms once, the context term as
+        an array; equal, float for float, to `iteration_time` step by step (a test checks it)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ConfigError(f"decode_run: k must be a non-negative integer, got {k!r}")
+        d = float(decode_tokens)
+        if d < 0 or float(decode_ctx_start) < 0:
+            raise ConfigError(f"decode_run: decode_tokens and decode_ctx_start must be >= 0, got {d!r}, "
+                              f"{decode_ctx_start!r}")
+        if d == 0:
+            return np.zeros(k, dtype=np.float64)
+        ctx = float(decode_ctx_start) + np.arange(k, dtype=np.float64) * d
+        t = self._price(0.0, 0.0, d, ctx, d, max, 0.0, 1.0, mx_ctx=np.maximum)
+        return np.array(np.broadcast_to(t, (k,)), dtype=np.float64)
 
     def _scalar(self, p, sq, d, ctx, seqs) -> float:
         for name, value in zip(_ARG_NAMES, (p, sq, d, ctx)):
