@@ -104,12 +104,26 @@ def main(argv=None) -> None:
     ap.add_argument("--cluster", type=int, default=1_000_000,
                     help="requests for the 64-replica cluster run (0 skips it)")
     ap.add_argument("--cluster-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--e2e-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--policy", default="s3")
     ap.add_argument("--vllm", type=int, default=20_000,
                     help="requests for the vllm policy on per-operator latency (0 skips it)")
     args = ap.parse_args(argv)
     if args.cluster_child:
         cluster_scale(args.cluster, 64, 4.0)
+        return
+    if args.e2e_child:  # the user's command, whole: config, simulation, metrics, requests.parquet, summary
+        import tempfile
+
+        from s3sim.cli import main as s3sim_main
+
+        with tempfile.TemporaryDirectory() as out:
+            sys.argv = ["s3sim", f"policy={args.policy}", f"num_requests={args.n}", f"hydra.run.dir={out}"]
+            t0 = time.perf_counter()
+            s3sim_main()
+            wall = time.perf_counter() - t0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"s3sim policy={args.policy} num_requests={args.n:,} end to end: {wall:.2f} s wall, peak RSS {rss:.2f} GiB")
         return
     if args.child:
         wall, steps, rate, _ = time_one([f"policy={args.policy}", f"num_requests={args.n}"])
@@ -134,6 +148,9 @@ def main(argv=None) -> None:
         for p in ("s3", "orca"):
             subprocess.run([sys.executable, "-m", "s3sim.bench", "--child", "-n", str(args.big), "--policy", p],
                            check=True)
+        print("the same s3 run as a user runs it, with its results written (compare with the simulation alone)")
+        subprocess.run([sys.executable, "-m", "s3sim.bench", "--e2e-child", "-n", str(args.big), "--policy", "s3"],
+                       check=True)
     if args.cluster:
         print(f"\ncluster: 64 replicas, {args.cluster:,} requests of the Azure conversation trace's shape, in a "
               f"fresh process")

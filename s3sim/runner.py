@@ -28,7 +28,8 @@ from s3sim.simulator.engine import simulate
 
 
 SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
-RESULT_FILES = (SUMMARY, FAILED, INPUTS, "requests.csv", "iterations.csv", "tokens.csv", "outputs.csv",
+REQUESTS = "requests.parquet"  # per request, columnar: large runs write and read it fast (pandas.read_parquet)
+RESULT_FILES = (SUMMARY, FAILED, INPUTS, REQUESTS, "requests.csv", "iterations.csv", "tokens.csv", "outputs.csv",
                 "repeats.csv")  # summary first
 
 
@@ -97,7 +98,7 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     """Simulate `cfg`; return its summary row (config fields included) and write files if `out_dir`. With
     `repeats: N` (N > 1) the run is simulated with seeds seed .. seed + N - 1 (workload sample, arrivals,
     predictor errors): the row holds each metric's mean over them, `<metric>_ci95` the half-width of its
-    95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.csv is the first seed's."""
+    95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.parquet is the first seed's."""
     n = positive_int(cfg.get("repeats", 1) if cfg.get("repeats") is not None else 1, "repeats")
     if n == 1:
         return _run_once(cfg, out_dir, write_iterations)
@@ -177,7 +178,7 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
 
 def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
     """Replicas behind a router (`s3sim.cluster`): summary.csv holds the cluster's row, replicas.csv one row
-    per replica, requests.csv each request's `replica`; iterations.csv (if asked) every replica's, by `replica`."""
+    per replica, requests.parquet each request's `replica`; iterations.csv (if asked) every replica's, by `replica`."""
     from s3sim.cluster.build import build_cluster
     from s3sim.cluster.engine import simulate_cluster
     from s3sim.cluster.summary import cluster_summary
@@ -216,11 +217,11 @@ def run_fields(cfg, policy: str) -> dict:
 
 
 def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: dict | None = None) -> None:
-    """requests.csv, iterations.csv (if `log`), any `extra` tables, and summary.csv last: its presence marks
-    a finished run."""
+    """requests.parquet, iterations.csv (if `log`), any `extra` tables, and summary.csv last: its presence
+    marks a finished run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(records, out / "requests.csv")
+    write_parquet(records, out / REQUESTS)
     if log is not None:
         write_csv(log.frame(), out / "iterations.csv")
     for name, table in (extra or {}).items():
@@ -232,6 +233,20 @@ def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: di
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     """Write a table atomically (see `write_text`)."""
     write_text(df.to_csv(index=False), path)
+
+
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Write a table as Parquet, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_text(text: str, path: Path) -> None:

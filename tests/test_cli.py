@@ -24,7 +24,7 @@ def test_run_writes_summary_records_and_config(tmp_path):
     run = tmp_path / "run"
     summary = pd.read_csv(run / "summary.csv")
     assert len(summary) == 1 and summary.policy[0] == "s3"
-    records = pd.read_csv(run / "requests.csv")
+    records = pd.read_parquet(run / "requests.parquet")
     assert len(records) == 200 and (records.generated == records.output_len).all()
     assert "max_seq_len: 512" in (run / "resolved_config.yaml").read_text()
     assert summary.workload_rows[0] == 10_000 and summary.rows_used[0] == "sample"
@@ -104,7 +104,7 @@ def test_trace_replay_uses_its_timestamps(tmp_path, cfg):
     c = cfg("workload=trace", f"workload.path={trace}", "workload.time_scale=0.5", "arrival=trace",
             "max_seq_len=64", "num_requests=null")
     row = run_config(c, tmp_path / "run")
-    rec = pd.read_csv(tmp_path / "run" / "requests.csv")
+    rec = pd.read_parquet(tmp_path / "run" / "requests.parquet")
     assert rec.arrival.tolist() == [0.0, 1.0, 2.0]
     assert row["num_requests"] == 3
 

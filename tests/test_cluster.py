@@ -76,7 +76,7 @@ def test_predicted_places_by_footprint_per_pool_token():
 def test_every_request_finishes_once_on_one_replica(cfg, router, tmp_path):
     c = cfg(*SMALL, "cluster.replicas=3", f"cluster.router={router}")
     row = run_config(c, tmp_path)
-    req = pd.read_csv(tmp_path / "requests.csv")
+    req = pd.read_parquet(tmp_path / "requests.parquet")
     reps = pd.read_csv(tmp_path / "replicas.csv")
     assert len(req) == 400 and req.id.is_unique and req.finished.notna().all()
     assert set(req.replica) <= {0, 1, 2}

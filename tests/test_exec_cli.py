@@ -34,7 +34,7 @@ def test_run_writes_the_simulator_schema_with_real_timestamps(tmp_path):
     sim = run_config(sim_cfg("model=tiny-llama", "num_requests=12", "max_seq_len=32", "policy=paged"))
     assert set(sim) - {"sim_wall_s", "sim_requests_per_s"} <= set(row)
     assert row["engine"] == "exec" and row["num_requests"] == 12 and row["policy"] == "paged"
-    records = pd.read_csv(tmp_path / "requests.csv")
+    records = pd.read_parquet(tmp_path / "requests.parquet")
     assert list(records.columns) == list(request_records(result.requests).columns)
     assert (records.generated == records.output_len).all()
     tokens = pd.read_csv(tmp_path / "tokens.csv")
@@ -126,6 +126,6 @@ def test_a_failed_rerun_leaves_no_earlier_summary_behind(tmp_path):
     assert (tmp_path / "run" / "summary.csv").is_file()
     second = subprocess.run([*run, "executor.kv_memory=4KiB"], capture_output=True, text=True, cwd=tmp_path)
     assert second.returncode == 2
-    assert not (tmp_path / "run" / "summary.csv").exists() and not (tmp_path / "run" / "requests.csv").exists()
+    assert not (tmp_path / "run" / "summary.csv").exists() and not (tmp_path / "run" / "requests.parquet").exists()
     assert (tmp_path / "run" / "failed.txt").read_text().startswith("ConfigError: KV capacity of")
     assert "kv_memory: 4KiB" in (tmp_path / "run" / "resolved_config.yaml").read_text()
