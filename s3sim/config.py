@@ -198,7 +198,7 @@ def build(cfg) -> Setup:
     policy_class(cfg)
     model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
     gpu, num_gpus, _ = engine_capacity(cfg, model)  # a model that does not fit fails before the workload is read
-    latency = build_latency(cfg["latency"], model, gpu, num_gpus)
+    latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
     output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
@@ -219,7 +219,7 @@ def engine_capacity(cfg, model) -> tuple[object, int, int]:
     fixed_cap = get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
     cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac", 0.1)),
-                              num_gpus=num_gpus))
+                              num_gpus=num_gpus * pipeline_stages(cfg, model)))  # the stages' memory adds up too
     return gpu, num_gpus, cap
 
 
@@ -229,7 +229,7 @@ def build_engine(cfg, model, prompt, output, keys, latency=None):
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     gpu, num_gpus, cap = engine_capacity(cfg, model)
     if latency is None:
-        latency = build_latency(cfg["latency"], model, gpu, num_gpus)
+        latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
@@ -251,10 +251,24 @@ def served_clipped(wl, idx) -> int:
     return 0 if wl.clipped_rows is None else int(np.asarray(wl.clipped_rows)[idx].sum())
 
 
-def build_latency(lat_cfg, model, gpu, num_gpus: int = 1):
-    """The `latency` group: the roofline estimate, or a profile measured by `s3exec.profile`."""
+def pipeline_stages(cfg, model) -> int:
+    """`gpu.pipeline_stages`: pipeline parallelism's stages, each of `gpu.count` GPUs (1: none)."""
+    stages = positive_int(get(cfg, "gpu.pipeline_stages", 1), "gpu.pipeline_stages")
+    if stages > model.n_layers:
+        raise ConfigError(f"gpu.pipeline_stages={stages}: {model.name} has only {model.n_layers} layers to split")
+    return stages
+
+
+def build_latency(lat_cfg, model, gpu, num_gpus: int = 1, pipeline_stages: int = 1):
+    """The `latency` group: per-operator on the datasheet, the roofline, or a measured profile."""
     cls = LATENCY_MODELS[choice(lat_cfg["name"], tuple(LATENCY_MODELS), "latency.name")]
-    return cls.from_config(structured(cls.Config, lat_cfg, "latency"), model, gpu, num_gpus)
+    conf = structured(cls.Config, lat_cfg, "latency")
+    if pipeline_stages == 1:
+        return cls.from_config(conf, model, gpu, num_gpus)
+    if not getattr(cls, "pipelines", False):
+        raise ConfigError(f"gpu.pipeline_stages={pipeline_stages}: pipeline parallelism is priced by latency=datasheet "
+                          f"only, not latency={cls.name}")
+    return cls.from_config(conf, model, gpu, num_gpus, pipeline_stages=pipeline_stages)
 
 
 def policy_class(cfg):

@@ -89,7 +89,7 @@ def build_cluster(cfg) -> ClusterSetup:
             replicas.append(build_engine(c, model, prompt, output, keys))
         except ConfigError as e:
             raise ConfigError(f"cluster replica {i}: {e}") from None
-        gpus.append(f"{get(c, 'gpu.count', 1)} x {c['gpu']['name']}")
+        gpus.append(f"{get(c, 'gpu.count', 1) * get(c, 'gpu.pipeline_stages', 1)} x {c['gpu']['name']}")
     predictor = None
     if router_cls.uses_predictor:
         predictor = build_predictor(cfg, max_seq_len, output, keys=keys)

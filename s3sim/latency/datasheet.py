@@ -15,7 +15,14 @@ matmuls. Every operator costs
 - once: the embedding gather and the final norm on T tokens, the LM head and the sampler on the sequences
   that sample, a fixed `overhead_s`;
 - tensor parallelism (`gpu.count`): each GPU runs its shard (heads, MLP width and vocabulary split; KV heads
-  replicated where fewer than the GPUs), plus the two all-reduces of every layer priced by `all_reduce`.
+  replicated where fewer than the GPUs), plus the two all-reduces of every layer priced by `all_reduce`;
+- pipeline parallelism (`gpu.pipeline_stages` = P): each stage holds L/P layers (the last also embeds,
+  samples and adds the fixed cost). The batch is split into m = min(P, its sequences) microbatches, and an
+  iteration is one period of the pipeline: P stage-times of one microbatch plus the P - 1 send/recvs of
+  its activations (`send_recv`). With fewer microbatches than stages, stages idle: the bubble. (In a
+  memory-bound decode each stage reads its 1/P of the weights once per microbatch, P times a period, so
+  the weights cost what one GPU reading them all would; each stage reads only its own layers' KV, so the
+  KV reads are split P ways.)
 
 The efficiencies and launch cost come from the GPU preset (`GpuSpec.compute_efficiency`, fitted by `make
 calibrate` to measured operators; `gpu.calibration` says from which, or that they were borrowed), or from
@@ -49,6 +56,7 @@ class DatasheetConfig:
     attention_decode_efficiency: Optional[float] = None  # of peak bandwidth; null: the GPU preset's value
     overhead_s: float = 0.0  # seconds added to every iteration (scheduling, what the operators leave out)
     all_reduce: str = "ring"  # gpu.count > 1: ring over the GPU's interconnect, none (free), or a measured CSV
+    send_recv: str = "link"  # gpu.pipeline_stages > 1: over the GPU's interconnect, none (free), or a measured CSV
 
 
 class DatasheetLatency(LatencyModel):
@@ -57,18 +65,24 @@ class DatasheetLatency(LatencyModel):
     name = "datasheet"
     Config = DatasheetConfig
 
+    pipelines = True  # prices gpu.pipeline_stages
+
     @classmethod
-    def from_config(cls, conf: DatasheetConfig, model, gpu, num_gpus: int = 1) -> "DatasheetLatency":
+    def from_config(cls, conf: DatasheetConfig, model, gpu, num_gpus: int = 1,
+                    pipeline_stages: int = 1) -> "DatasheetLatency":
         from s3sim.latency.roofline import all_reduce_model
 
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
+                   pipeline_stages=pipeline_stages,
+                   send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,
                    launch_s=conf.launch_s, attention_prefill_efficiency=conf.attention_prefill_efficiency,
                    attention_decode_efficiency=conf.attention_decode_efficiency, overhead_s=conf.overhead_s, num_gpus=num_gpus,
                    all_reduce=all_reduce_model(conf.all_reduce, gpu) if num_gpus > 1 else None)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency=None, memory_efficiency=None,
                  launch_s=None, attention_prefill_efficiency=None, attention_decode_efficiency=None,
-                 overhead_s: float = 0.0, num_gpus: int = 1, all_reduce=None) -> None:
+                 overhead_s: float = 0.0, num_gpus: int = 1, all_reduce=None, pipeline_stages: int = 1,
+                 send_recv=None) -> None:
         super().__init__(model, gpu)
         ce = gpu.compute_efficiency if compute_efficiency is None else compute_efficiency
         me = gpu.memory_efficiency if memory_efficiency is None else memory_efficiency
@@ -85,6 +99,11 @@ class DatasheetLatency(LatencyModel):
                 raise ConfigError(f"latency.{name} must be >= 0 seconds, got {value!r}")
         if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
             raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+        if isinstance(pipeline_stages, bool) or not isinstance(pipeline_stages, int) or pipeline_stages < 1:
+            raise ConfigError(f"gpu.pipeline_stages must be a positive integer, got {pipeline_stages!r}")
+        if pipeline_stages > model.n_layers:
+            raise ConfigError(f"gpu.pipeline_stages={pipeline_stages}: {model.name} has only {model.n_layers} layers "
+                              f"to split into stages")
         if model.n_heads % num_gpus:
             raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads")
         if not model.intermediate_size and not model.n_experts:
@@ -97,6 +116,10 @@ class DatasheetLatency(LatencyModel):
         self.compute_efficiency, self.memory_efficiency, self.launch_s = float(ce), float(me), float(launch)
         self.attention_prefill_efficiency, self.attention_decode_efficiency = float(ap), float(ad)
         self.overhead_s, self.num_gpus, self.all_reduce = float(overhead_s), num_gpus, all_reduce
+        self.pp = pipeline_stages
+        if pipeline_stages > 1 and send_recv is None:
+            send_recv = _Free()
+        self.send_recv = send_recv
         self._build(model, gpu, num_gpus)
 
     def _build(self, m: ModelSpec, gpu: GpuSpec, tp: int) -> None:
@@ -140,7 +163,7 @@ class DatasheetLatency(LatencyModel):
         Ba = float(gpu.mem_bandwidth) * self.attention_decode_efficiency
         self._att_prefill = (2.0 * q / Fa, b * (2 * q + 4 * kv) / B)  # per unit of prefill_sq; per prefill token
         self._att_decode = (4.0 * q / F, b * 2 * kv / Ba, b * 2 * q / Ba)  # per context token; per decode
-        self._layers = float(m.n_layers)
+        self._layers = float(m.n_layers) / self.pp  # one stage's
         self._act_bytes = h * b
 
     # ---- pricing ------------------------------------------------------------------------------
@@ -176,13 +199,17 @@ class DatasheetLatency(LatencyModel):
         args = (prefill_tokens, prefill_sq, decode_tokens, decode_ctx)
         if all(type(a) in (int, float) for a in args):
             p, sq, d, ctx = (float(a) for a in args)
-            return self._scalar(p, sq, d, ctx, d + (1.0 if p > 0 else 0.0))
+            return self._scalar(p, sq, d, ctx, d + (1.0 if p > 0 else 0.0), d + (1.0 if p > 0 else 0.0))
         p, sq, d, ctx = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
         for name, value in zip(_ARG_NAMES, (p, sq, d, ctx)):
             if np.any(value < 0):
                 raise ConfigError(f"iteration_time: {name} must be >= 0 everywhere, got min {value.min()!r}")
         seqs = d + (p > 0)
-        t = self._price(p, sq, d, ctx, seqs, np.maximum, (p > 0) * 1.0, (d > 0) * 1.0)
+        if self.pp == 1:
+            t = self._price(p, sq, d, ctx, seqs, np.maximum, (p > 0) * 1.0, (d > 0) * 1.0)
+        else:
+            m = np.maximum(np.minimum(float(self.pp), seqs), 1.0)
+            t = self._pipelined(p, sq, d, ctx, seqs, m, np.maximum, (p > 0) * 1.0, (d > 0) * 1.0)
         t = np.where(p + d > 0, t, 0.0)
         return float(t) if t.ndim == 0 else t
 
@@ -198,23 +225,61 @@ class DatasheetLatency(LatencyModel):
         if d == 0:
             return np.zeros(k, dtype=np.float64)
         ctx = float(decode_ctx_start) + np.arange(k, dtype=np.float64) * d
-        t = self._price(0.0, 0.0, d, ctx, d, max, 0.0, 1.0, mx_ctx=np.maximum)
+        if self.pp == 1:
+            t = self._price(0.0, 0.0, d, ctx, d, max, 0.0, 1.0, mx_ctx=np.maximum)
+        else:
+            t = self._pipelined(0.0, 0.0, d, ctx, d, max(min(float(self.pp), d), 1.0), max, 0.0, 1.0,
+                                mx_ctx=np.maximum)
         return np.array(np.broadcast_to(t, (k,)), dtype=np.float64)
 
-    def _scalar(self, p, sq, d, ctx, seqs) -> float:
+    def _scalar(self, p, sq, d, ctx, seqs, nseq) -> float:
         for name, value in zip(_ARG_NAMES, (p, sq, d, ctx)):
             if value < 0:
                 raise ConfigError(f"iteration_time: {name} must be >= 0, got {value!r}")
         if p + d <= 0:
             return 0.0
-        return float(self._price(p, sq, d, ctx, seqs, max, 1.0 if p > 0 else 0.0, 1.0 if d > 0 else 0.0))
+        prefilling, decoding = 1.0 if p > 0 else 0.0, 1.0 if d > 0 else 0.0
+        if self.pp == 1:
+            return float(self._price(p, sq, d, ctx, seqs, max, prefilling, decoding))
+        m = max(min(float(self.pp), nseq), 1.0)
+        return float(self._pipelined(p, sq, d, ctx, seqs, m, max, prefilling, decoding))
+
+    def _pipelined(self, p, sq, d, ctx, seqs, m, mx, prefilling, decoding, mx_ctx=None):
+        """One period of the pipeline (module doc): `m` microbatches, each a share of the batch, cross the P
+        stages; the period is P stage-times of one microbatch plus its P - 1 send/recvs."""
+        stage = self._price(p / m, sq / m, d / m, ctx / m, seqs / m, mx, prefilling, decoding, mx_ctx)
+        return self.pp * stage + (self.pp - 1) * self.send_recv.time_s((p + d) / m * self._act_bytes)
 
     def batch_time(self, out) -> float:
         """One iteration of a scheduler output: the sequences that sample are the decodes and the prefills
         that finish their prompt (a partial chunk samples nothing)."""
         seqs = float(out.decode_n + len(out.prefill) - len(out.partial))
         t = self._scalar(float(out.prefill_tokens), float(out.prefill_sq), float(out.decode_n),
-                         float(out.decode_ctx), seqs)
+                         float(out.decode_ctx), seqs, float(out.decode_n + len(out.prefill)))
         if out.transfer_tokens:
             t += self.swap_time(out.transfer_tokens)
         return t
+
+
+class _Free:
+    """Pipeline stages' send/recv taken as free (`latency.send_recv=none`)."""
+
+    source = "none (free)"
+
+    @staticmethod
+    def time_s(nbytes):
+        return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
+
+
+def send_recv_model(spec: str, gpu: GpuSpec):
+    """`latency.send_recv`: over the GPU's interconnect (`link`), none, or a measured send/recv CSV."""
+    from s3sim.hardware.network import MeasuredSendRecv, PointToPoint
+
+    if spec == "none":
+        return _Free()
+    if spec == "link":
+        if not gpu.interconnect_bandwidth:
+            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price pipeline stages' send/recv "
+                              f"with: set latency.send_recv=none or to a measured send/recv CSV")
+        return PointToPoint(gpu.interconnect_bandwidth, source=f"over {gpu.name}'s interconnect")
+    return MeasuredSendRecv.from_csv(spec)
