@@ -398,7 +398,7 @@ def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
 def build_latency(profile: Path | None, model, gpu, tp: int):
     """The run's operator profile, or the operator sum on the GPU's datasheet when there is none (with the
     efficiencies the GPU preset was fitted to); (model, description)."""
-    from s3sim.latency.roofline import all_reduce_model
+    from s3sim.hardware.network import all_reduce_model
     ring = all_reduce_model("ring", gpu) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency

@@ -117,7 +117,7 @@ def test_tensor_parallelism_pays_two_all_reduces_per_layer():
     from pathlib import Path
 
     from s3sim.hardware.network import MeasuredAllReduce, RingAllReduce
-    from s3sim.latency.roofline import all_reduce_model
+    from s3sim.hardware.network import all_reduce_model
 
     model, gpu = get_model("llama-65b"), get_gpu("a100-80gb-sxm")
     ideal = RooflineLatency(model, gpu, num_gpus=2)

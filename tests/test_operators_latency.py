@@ -104,7 +104,7 @@ def test_tensor_parallel_profile_adds_two_all_reduces_per_layer():
     layer priced by the network model (here the ring over the RTX PRO 6000's 50 GB/s link)."""
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.network import NoAllReduce
-    from s3sim.latency.roofline import all_reduce_model
+    from s3sim.hardware.network import all_reduce_model
 
     run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
     if not (run / "tp2").is_dir():

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
+from s3sim.hardware.gpus import GpuSpec
 from s3sim.inputs import read_csv
 
 
@@ -54,17 +55,10 @@ class MeasuredAllReduce:
 
     @classmethod
     def from_csv(cls, path) -> "MeasuredAllReduce":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"all-reduce profile: no file {str(p)!r}")
-        t = read_csv(p, f"all-reduce profile {str(p)!r}: not a CSV")
-        median = "time_stats.all_reduce.median"
-        missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
-        if missing:
-            raise ConfigError(f"all-reduce profile {str(p)!r}: missing column {missing[0]!r}")
-        t = t[t.devices_per_node == t.num_workers].rename(columns={median: "ms"})  # within one node
+        t = read_collective(path, "all_reduce", "all-reduce")
+        t = t[t.devices_per_node == t.num_workers]  # within one node
         t = t.groupby(["num_workers", "size"], as_index=False).ms.median()
-        return cls(t, str(p))
+        return cls(t, str(path))
 
     def time_s(self, workers: int, nbytes):
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -73,9 +67,27 @@ class MeasuredAllReduce:
         if workers not in self.curves:
             raise ConfigError(f"all-reduce profile {self.source!r} has no measurement for {workers} GPUs in one node "
                               f"(it has {', '.join(map(str, sorted(self.curves)))})")
-        x, y = self.curves[workers]
-        slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
-        return np.where(nbytes > x[-1], y[-1] + slope * (nbytes - x[-1]), np.interp(nbytes, x, y))
+        return linear(*self.curves[workers], nbytes)
+
+
+def read_collective(path, collective: str, what: str) -> pd.DataFrame:
+    """A measured collective's CSV (the shared `gpu_profiles/network/*/<collective>.csv`): its rows with the
+    median time in milliseconds as `ms`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} profile: no file {str(p)!r}")
+    t = read_csv(p, f"{what} profile {str(p)!r}: not a CSV")
+    median = f"time_stats.{collective}.median"
+    missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
+    if missing:
+        raise ConfigError(f"{what} profile {str(p)!r}: missing column {missing[0]!r}")
+    return t.rename(columns={median: "ms"})
+
+
+def linear(x: np.ndarray, y: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """Seconds by message size: linear between measured sizes, along the last segment beyond them."""
+    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+    return np.where(nbytes > x[-1], y[-1] + slope * (nbytes - x[-1]), np.interp(nbytes, x, y))
 
 
 class PointToPoint:
@@ -100,22 +112,46 @@ class MeasuredSendRecv:
 
     @classmethod
     def from_csv(cls, path) -> "MeasuredSendRecv":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"send/recv profile: no file {str(p)!r}")
-        t = read_csv(p, f"send/recv profile {str(p)!r}: not a CSV")
-        median = "time_stats.send_recv.median"
-        missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
-        if missing:
-            raise ConfigError(f"send/recv profile {str(p)!r}: missing column {missing[0]!r}")
+        t = read_collective(path, "send_recv", "send/recv")
         t = t[(t.devices_per_node == 2) & (t.num_workers == 2)]  # two GPUs of one node
         if len(t) < 2:
-            raise ConfigError(f"send/recv profile {str(p)!r}: no two-GPU measurements within one node")
-        t = t.groupby("size", as_index=False)[median].median().sort_values("size")
-        return cls(t["size"].to_numpy(np.float64), t[median].to_numpy(np.float64) * 1e-3, str(p))
+            raise ConfigError(f"send/recv profile {str(path)!r}: no two-GPU measurements within one node")
+        t = t.groupby("size", as_index=False).ms.median().sort_values("size")
+        return cls(t["size"].to_numpy(np.float64), t.ms.to_numpy(np.float64) * 1e-3, str(path))
 
     def time_s(self, nbytes):
-        nbytes = np.asarray(nbytes, dtype=np.float64)
-        x, y = self.x, self.y
-        slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
-        return np.where(nbytes > x[-1], y[-1] + slope * (nbytes - x[-1]), np.interp(nbytes, x, y))
+        return linear(self.x, self.y, np.asarray(nbytes, dtype=np.float64))
+
+
+class FreeSendRecv:
+    """Pipeline stages' send/recv taken as free (`latency.send_recv=none`)."""
+
+    source = "none (free)"
+
+    @staticmethod
+    def time_s(nbytes):
+        return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
+
+
+def all_reduce_model(spec: str, gpu: GpuSpec):
+    """`latency.all_reduce`: ring over the GPU's interconnect, none (None: free), or a measured CSV."""
+    if spec == "none":
+        return None
+    if spec == "ring":
+        if not gpu.interconnect_bandwidth:
+            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "
+                              f"latency.all_reduce=none or to a measured all-reduce CSV")
+        return RingAllReduce(gpu.interconnect_bandwidth, source=f"ring over {gpu.name}'s interconnect")
+    return MeasuredAllReduce.from_csv(spec)
+
+
+def send_recv_model(spec: str, gpu: GpuSpec):
+    """`latency.send_recv`: over the GPU's interconnect (`link`), none, or a measured send/recv CSV."""
+    if spec == "none":
+        return FreeSendRecv()
+    if spec == "link":
+        if not gpu.interconnect_bandwidth:
+            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price pipeline stages' send/recv "
+                              f"with: set latency.send_recv=none or to a measured send/recv CSV")
+        return PointToPoint(gpu.interconnect_bandwidth, source=f"over {gpu.name}'s interconnect")
+    return MeasuredSendRecv.from_csv(spec)

@@ -41,6 +41,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
+from s3sim.hardware.network import FreeSendRecv, all_reduce_model, send_recv_model
 from s3sim.latency.base import LatencyModel
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
@@ -70,8 +71,6 @@ class DatasheetLatency(LatencyModel):
     @classmethod
     def from_config(cls, conf: DatasheetConfig, model, gpu, num_gpus: int = 1,
                     pipeline_stages: int = 1) -> "DatasheetLatency":
-        from s3sim.latency.roofline import all_reduce_model
-
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
                    pipeline_stages=pipeline_stages,
                    send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,
@@ -118,7 +117,7 @@ class DatasheetLatency(LatencyModel):
         self.overhead_s, self.num_gpus, self.all_reduce = float(overhead_s), num_gpus, all_reduce
         self.pp = pipeline_stages
         if pipeline_stages > 1 and send_recv is None:
-            send_recv = _Free()
+            send_recv = FreeSendRecv()
         self.send_recv = send_recv
         self._build(model, gpu, num_gpus)
 
@@ -260,26 +259,3 @@ class DatasheetLatency(LatencyModel):
             t += self.swap_time(out.transfer_tokens)
         return t
 
-
-class _Free:
-    """Pipeline stages' send/recv taken as free (`latency.send_recv=none`)."""
-
-    source = "none (free)"
-
-    @staticmethod
-    def time_s(nbytes):
-        return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
-
-
-def send_recv_model(spec: str, gpu: GpuSpec):
-    """`latency.send_recv`: over the GPU's interconnect (`link`), none, or a measured send/recv CSV."""
-    from s3sim.hardware.network import MeasuredSendRecv, PointToPoint
-
-    if spec == "none":
-        return _Free()
-    if spec == "link":
-        if not gpu.interconnect_bandwidth:
-            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price pipeline stages' send/recv "
-                              f"with: set latency.send_recv=none or to a measured send/recv CSV")
-        return PointToPoint(gpu.interconnect_bandwidth, source=f"over {gpu.name}'s interconnect")
-    return MeasuredSendRecv.from_csv(spec)

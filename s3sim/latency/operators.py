@@ -260,7 +260,7 @@ class OperatorLatency(LatencyModel):
         all_reduce = None
         if conf.tp > 1:
             from s3sim.hardware.network import NoAllReduce
-            from s3sim.latency.roofline import all_reduce_model
+            from s3sim.hardware.network import all_reduce_model
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")

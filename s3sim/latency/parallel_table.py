@@ -22,7 +22,7 @@ def table(profile, model: str, gpu: str, tp: int) -> list[tuple[str, float, floa
     from s3sim.hardware.models import get_model
     from s3sim.hardware.network import NoAllReduce
     from s3sim.latency.operators import OperatorLatency
-    from s3sim.latency.roofline import all_reduce_model
+    from s3sim.hardware.network import all_reduce_model
 
     m, g = get_model(model), get_gpu(gpu)
     one = OperatorLatency.from_profile(profile, m, g, tp=1)

@@ -37,6 +37,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
+from s3sim.hardware.network import all_reduce_model
 from s3sim.latency.base import LatencyModel
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
@@ -127,16 +128,3 @@ class RooflineLatency(LatencyModel):
         t = np.where(p + d > 0, t, 0.0)
         return float(t) if t.ndim == 0 else t
 
-
-def all_reduce_model(spec: str, gpu: GpuSpec):
-    """`latency.all_reduce`: ring over the GPU's interconnect, none, or a measured CSV."""
-    from s3sim.hardware.network import MeasuredAllReduce, RingAllReduce
-
-    if spec == "none":
-        return None
-    if spec == "ring":
-        if not gpu.interconnect_bandwidth:
-            raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "
-                              f"latency.all_reduce=none or to a measured all-reduce CSV")
-        return RingAllReduce(gpu.interconnect_bandwidth, source=f"ring over {gpu.name}'s interconnect")
-    return MeasuredAllReduce.from_csv(spec)
