@@ -206,3 +206,53 @@ def test_a_measured_send_recv_grows_with_the_message():
     sr = MeasuredSendRecv.from_csv(DATA / "gpu_profiles" / "network" / "a100_dgx" / "send_recv.csv")
     t = sr.time_s(np.array([2048.0, 1e6, 1e8, 1e10]))
     assert np.all(np.diff(t) > 0) and t[0] > 0
+
+
+def test_a_pipeline_period_adds_up_from_its_parts():
+    """P stage-times of the heaviest microbatch, P - 1 send/recvs, the once-per-iteration operators once
+    (the LM head once per microbatch) and the fixed cost once, not once per stage."""
+    m, g = get_model("llama-2-13b"), get_gpu("a100-80gb-sxm")
+    link = PointToPoint(g.interconnect_bandwidth)
+    kw = dict(launch_s=0.0, overhead_s=0.005)
+    two = DatasheetLatency(m, g, pipeline_stages=2, send_recv=link, **kw)
+    one = DatasheetLatency(m, g, **kw)
+    # one sequence: one microbatch crosses both stages, each with half the layers
+    t2, t1 = two.iteration_time(0, 0, 1, 500), one.iteration_time(0, 0, 1, 500)
+    send = float(link.time_s(m.hidden_size * m.dtype_bytes))
+    assert t2 == pytest.approx(t1 + send, rel=1e-9)  # the fixed cost is paid once, not per stage
+
+
+def test_a_prefill_chunk_is_not_split_across_microbatches():
+    m, g = get_model("llama-2-13b"), get_gpu("a100-80gb-sxm")
+    four = DatasheetLatency(m, g, pipeline_stages=4)
+    chunk = four.iteration_time(2048, 2048 ** 2, 0, 0)
+    for d in (1, 3, 8, 64):  # decodes beside it never make the iteration cheaper
+        assert four.iteration_time(2048, 2048 ** 2, d, d * 300) >= chunk
+
+
+def test_uneven_stages_are_priced_by_the_slowest():
+    m, g = get_model("llama-2-13b"), get_gpu("a100-80gb-sxm")  # 40 layers
+    three, four = DatasheetLatency(m, g, pipeline_stages=3), DatasheetLatency(m, g, pipeline_stages=4)
+    assert three._layers == 14.0 and four._layers == 10.0
+
+
+def test_moe_arrays_price_every_token_count_as_one_at_a_time():
+    ds = DatasheetLatency(get_model("qwen3-30b-a3b"), get_gpu("h200"))
+    d = np.arange(1, 200)
+    vec = ds.iteration_time(0, 0, d, d * 100)
+    assert vec.tolist() == [ds.iteration_time(0, 0, int(x), int(x) * 100) for x in d]
+    assert ds.decode_run(35, 3500, 3).tolist() == [ds.iteration_time(0, 0, 35, 3500 + 35 * i) for i in range(3)]
+
+
+def test_non_finite_or_inconsistent_input_is_refused():
+    m, g = get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm")
+    ds = DatasheetLatency(m, g)
+    with pytest.raises(ConfigError, match="decode_ctx must be a finite number"):
+        ds.iteration_time(0, 0, 4, float("nan"))
+    with pytest.raises(ConfigError, match="finite"):
+        ds.iteration_time(np.array([1.0, np.inf]), 0, 0, 0)
+    from dataclasses import replace
+    with pytest.raises(ConfigError, match="moe_intermediate_size"):
+        DatasheetLatency(replace(get_model("qwen3-30b-a3b"), moe_intermediate_size=0), g)
+    with pytest.raises(ConfigError, match="compute_efficiency must be in"):
+        DatasheetLatency(m, g, compute_efficiency=0.0)  # given explicitly: not "no fitted" value

@@ -114,9 +114,10 @@ class MeasuredSendRecv:
     def from_csv(cls, path) -> "MeasuredSendRecv":
         t = read_collective(path, "send_recv", "send/recv")
         t = t[(t.devices_per_node == 2) & (t.num_workers == 2)]  # two GPUs of one node
-        if len(t) < 2:
-            raise ConfigError(f"send/recv profile {str(path)!r}: no two-GPU measurements within one node")
         t = t.groupby("size", as_index=False).ms.median().sort_values("size")
+        if len(t) < 2:
+            raise ConfigError(f"send/recv profile {str(path)!r}: needs two-GPU measurements within one node at "
+                              f"two sizes at least")
         return cls(t["size"].to_numpy(np.float64), t.ms.to_numpy(np.float64) * 1e-3, str(path))
 
     def time_s(self, nbytes):

@@ -16,10 +16,12 @@ matmuls. Every operator costs
   that sample, a fixed `overhead_s`;
 - tensor parallelism (`gpu.count`): each GPU runs its shard (heads, MLP width and vocabulary split; KV heads
   replicated where fewer than the GPUs), plus the two all-reduces of every layer priced by `all_reduce`;
-- pipeline parallelism (`gpu.pipeline_stages` = P): each stage holds L/P layers (the last also embeds,
-  samples and adds the fixed cost). The batch is split into m = min(P, its sequences) microbatches, and an
-  iteration is one period of the pipeline: P stage-times of one microbatch plus the P - 1 send/recvs of
-  its activations (`send_recv`). With fewer microbatches than stages, stages idle: the bubble. (In a
+- pipeline parallelism (`gpu.pipeline_stages` = P): each stage holds ceil(L/P) layers (the slowest stage
+  sets the pace). The batch is split into m = min(P, its sequences) microbatches: the decodes evenly, the
+  prefill chunks (which cannot be split) all in one, the heaviest. An iteration is one period of the
+  pipeline: P stage-times of the heaviest microbatch plus its P - 1 send/recvs (`send_recv`), and once per
+  microbatch the LM head and sampler on its sequences, once the embedding, final norm and fixed cost. With
+  fewer microbatches than stages, stages idle: the bubble. (In a
   memory-bound decode each stage reads its 1/P of the weights once per microbatch, P times a period, so
   the weights cost what one GPU reading them all would; each stage reads only its own layers' KV, so the
   KV reads are split P ways.)
@@ -88,10 +90,14 @@ class DatasheetLatency(LatencyModel):
         launch = gpu.launch_s if launch_s is None else launch_s
         ap = gpu.attention_prefill_efficiency if attention_prefill_efficiency is None else attention_prefill_efficiency
         ad = gpu.attention_decode_efficiency if attention_decode_efficiency is None else attention_decode_efficiency
+        given = {"compute_efficiency": compute_efficiency, "memory_efficiency": memory_efficiency,
+                 "attention_prefill_efficiency": attention_prefill_efficiency,
+                 "attention_decode_efficiency": attention_decode_efficiency}
         for name, value in (("compute_efficiency", ce), ("memory_efficiency", me),
                             ("attention_prefill_efficiency", ap), ("attention_decode_efficiency", ad)):
             if not 0 < value <= 1:
-                hint = (f"gpu {gpu.name} has no fitted {name}: set latency.{name}" if value == 0 else "")
+                hint = (f"gpu {gpu.name} has no fitted {name}: set latency.{name}"
+                        if value == 0 and given[name] is None else "")
                 raise ConfigError(hint or f"latency.{name} must be in (0, 1], got {value!r}")
         for name, value in (("launch_s", launch), ("overhead_s", overhead_s)):
             if not value >= 0:
@@ -108,6 +114,9 @@ class DatasheetLatency(LatencyModel):
         if not model.intermediate_size and not model.n_experts:
             raise ConfigError(f"model {model.name}: latency=datasheet needs its MLP width (intermediate_size), "
                               f"which this model description lacks")
+        if model.n_experts and (not model.moe_intermediate_size or model.intermediate_size):
+            raise ConfigError(f"model {model.name}: a mixture of experts needs its expert width "
+                              f"(moe_intermediate_size) and no dense MLP beside it (intermediate_size 0)")
         if num_gpus > 1 and all_reduce is None:
             from s3sim.hardware.network import NoAllReduce
 
@@ -162,7 +171,7 @@ class DatasheetLatency(LatencyModel):
         Ba = float(gpu.mem_bandwidth) * self.attention_decode_efficiency
         self._att_prefill = (2.0 * q / Fa, b * (2 * q + 4 * kv) / B)  # per unit of prefill_sq; per prefill token
         self._att_decode = (4.0 * q / F, b * 2 * kv / Ba, b * 2 * q / Ba)  # per context token; per decode
-        self._layers = float(m.n_layers) / self.pp  # one stage's
+        self._layers = float(-(-m.n_layers // self.pp))  # the slowest stage's (all of them without a pipeline)
         self._act_bytes = h * b
 
     # ---- pricing ------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ class DatasheetLatency(LatencyModel):
             layer = layer + mx(T * fc, wb + T * tb)
         if self._moe is not None:
             (rfc, rwb, rtb), upf, downf, upw, downw, upt, downt, miss, n, (_, _, act) = self._moe
-            touched = n * (1.0 - miss ** T)
+            touched = n * (1.0 - _power(miss, T))
             layer = (layer + mx(T * rfc, rwb + T * rtb) + mx(T * upf, touched * upw + T * upt) + T * act
                      + mx(T * downf, touched * downw + T * downt))
         pf, pb = self._att_prefill
@@ -198,8 +207,10 @@ class DatasheetLatency(LatencyModel):
         args = (prefill_tokens, prefill_sq, decode_tokens, decode_ctx)
         if all(type(a) in (int, float) for a in args):
             p, sq, d, ctx = (float(a) for a in args)
+            _check_finite(p, sq, d, ctx)
             return self._scalar(p, sq, d, ctx, d + (1.0 if p > 0 else 0.0), d + (1.0 if p > 0 else 0.0))
         p, sq, d, ctx = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in args))
+        _check_finite(p, sq, d, ctx)
         for name, value in zip(_ARG_NAMES, (p, sq, d, ctx)):
             if np.any(value < 0):
                 raise ConfigError(f"iteration_time: {name} must be >= 0 everywhere, got min {value.min()!r}")
@@ -218,6 +229,7 @@ class DatasheetLatency(LatencyModel):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ConfigError(f"decode_run: k must be a non-negative integer, got {k!r}")
         d = float(decode_tokens)
+        _check_finite(d, float(decode_ctx_start))
         if d < 0 or float(decode_ctx_start) < 0:
             raise ConfigError(f"decode_run: decode_tokens and decode_ctx_start must be >= 0, got {d!r}, "
                               f"{decode_ctx_start!r}")
@@ -244,10 +256,35 @@ class DatasheetLatency(LatencyModel):
         return float(self._pipelined(p, sq, d, ctx, seqs, m, max, prefilling, decoding))
 
     def _pipelined(self, p, sq, d, ctx, seqs, m, mx, prefilling, decoding, mx_ctx=None):
-        """One period of the pipeline (module doc): `m` microbatches, each a share of the batch, cross the P
-        stages; the period is P stage-times of one microbatch plus its P - 1 send/recvs."""
-        stage = self._price(p / m, sq / m, d / m, ctx / m, seqs / m, mx, prefilling, decoding, mx_ctx)
-        return self.pp * stage + (self.pp - 1) * self.send_recv.time_s((p + d) / m * self._act_bytes)
+        """One period of the pipeline (module doc): `m` microbatches cross the P stages; the heaviest holds
+        every prefill chunk and its share of the decodes, and the period is P of its stage-times plus its
+        P - 1 send/recvs, with the once-per-iteration operators on top."""
+        mx_ctx = mx if mx_ctx is None else mx_ctx
+        dm = d / m
+        T = p + dm  # the heaviest microbatch's tokens
+        layer = 0.0
+        for fc, wb, tb in self._layer:
+            layer = layer + mx(T * fc, wb + T * tb)
+        if self._moe is not None:
+            (rfc, rwb, rtb), upf, downf, upw, downw, upt, downt, miss, n, (_, _, act) = self._moe
+            touched = n * (1.0 - _power(miss, T))
+            layer = (layer + mx(T * rfc, rwb + T * rtb) + mx(T * upf, touched * upw + T * upt) + T * act
+                     + mx(T * downf, touched * downw + T * downt))
+        pf, pb = self._att_prefill
+        df, db, dq = self._att_decode
+        cm = ctx / m
+        attention = prefilling * (mx(sq * pf, p * pb) + self.launch_s) + decoding * (
+            mx_ctx(cm * df, cm * db + dm * dq) + self.launch_s)
+        stage = self._layers * (layer + self._layer_launches + attention)
+        if self.all_reduce is not None:
+            stage = stage + 2.0 * self._layers * self.all_reduce.time_s(self.num_gpus, T * self._act_bytes)
+        t = self.pp * stage + (self.pp - 1) * self.send_recv.time_s(T * self._act_bytes)
+        for fc, wb, tb in self._once:  # embedding and final norm over every token
+            t = t + (p + d) * tb
+        hf, hw, ht = self._lm_head
+        sm = seqs / m
+        return (t + m * (mx(sm * hf, hw + sm * ht) + self._once_launches) + seqs * self._sampler[2]
+                + self.overhead_s)
 
     def batch_time(self, out) -> float:
         """One iteration of a scheduler output: the sequences that sample are the decodes and the prefills
@@ -259,3 +296,18 @@ class DatasheetLatency(LatencyModel):
             t += self.swap_time(out.transfer_tokens)
         return t
 
+
+
+def _power(base: float, x):
+    """`base ** x` by Python's own pow for every element, so that an array of token counts is priced with
+    the very same bits as one count at a time (numpy's vectorised power may differ in the last bit)."""
+    if isinstance(x, np.ndarray):
+        values, inverse = np.unique(x, return_inverse=True)
+        return np.array([base ** float(v) for v in values], dtype=np.float64)[inverse].reshape(x.shape)
+    return base ** x
+
+
+def _check_finite(*values) -> None:
+    for name, v in zip(_ARG_NAMES if len(values) == 4 else ("decode_tokens", "decode_ctx_start"), values):
+        if not np.all(np.isfinite(v)):
+            raise ConfigError(f"iteration_time: {name} must be a finite number, got {v!r}")
