@@ -395,16 +395,24 @@ def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
     return blocks, how
 
 
-def build_latency(profile: Path | None, model, gpu, tp: int):
-    """The run's operator profile, or the operator sum on the GPU's datasheet when there is none (with the
-    efficiencies the GPU preset was fitted to); (model, description)."""
+def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None):
+    """The run's operator profile, or the operator sum on the GPU's datasheet when there is none, with the
+    efficiencies the GPU preset was fitted to, or those of `fit_from` (another preset: what a GPU never
+    profiled would get); (model, description)."""
     from s3sim.hardware.network import all_reduce_model
     ring = all_reduce_model("ring", gpu) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
-        lat = DatasheetLatency(model, gpu, num_gpus=tp, all_reduce=ring)
-        return lat, (f"operators on the {gpu.name} datasheet (no profile; efficiencies {lat.compute_efficiency:.3g} / "
-                     f"{lat.memory_efficiency:.3g}, launch {lat.launch_s * 1e6:.3g} us: {gpu.calibration})")
+        f = fit_from or gpu
+        lat = DatasheetLatency(model, gpu, num_gpus=tp, all_reduce=ring, compute_efficiency=f.compute_efficiency,
+                               memory_efficiency=f.memory_efficiency, launch_s=f.launch_s,
+                               attention_prefill_efficiency=f.attention_prefill_efficiency,
+                               attention_decode_efficiency=f.attention_decode_efficiency)
+        whose = "" if fit_from is None else f" borrowed from {fit_from.name}"
+        return lat, (f"operators on the {gpu.name} datasheet (no profile; efficiencies{whose} "
+                     f"{lat.compute_efficiency:.3g} / {lat.memory_efficiency:.3g}, attention "
+                     f"{lat.attention_prefill_efficiency:.3g} / {lat.attention_decode_efficiency:.3g}, launch "
+                     f"{lat.launch_s * 1e6:.3g} us: {f.calibration})")
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
@@ -473,9 +481,10 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
-             echo=print) -> pd.DataFrame:
+             echo=print, fit_from: str | None = None) -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
-    `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one."""
+    `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
+    `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
     from s3sim.config import build_scheduler
     from s3sim.core.request import make_requests
     from s3sim.metrics.summary import request_records
@@ -501,7 +510,11 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     peer = read_peer(peer_path) if peer_path is not None else None
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
-    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp)
+    if fit_from is not None and prof is not None:
+        raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
+    from s3sim.hardware.gpus import get_gpu
+    borrowed = None if fit_from is None else get_gpu(fit_from)
+    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed)
 
     req = run.requests
     too_big = np.flatnonzero(-(-(req.input_toks + req.output_toks) // engine.block_size) > blocks)
@@ -571,9 +584,11 @@ def main(argv=None) -> int:
     p.add_argument("--model", metavar="PRESET_OR_CONFIG_JSON", help="model preset or config.json (default: from "
                    "meta.json's model)")
     p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")
+    p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
+                   "GPU preset (what a GPU never profiled gets), not the run GPU's own")
     try:
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
-        validate(args.run_dir, args.out, args.profile, args.model, args.gpu)
+        validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from)
     except ConfigError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

@@ -76,13 +76,15 @@ def kv_line(stdout: str) -> int:
     return int(m[1].replace(",", ""))
 
 
-@pytest.mark.parametrize("latency", ["profile", "datasheet"])
+@pytest.mark.parametrize("latency", ["profile", "datasheet", "borrowed fit"])
 def test_validation_table(tmp_path, capsys, latency):
     run = trim(R4090, tmp_path / "rtx4090")
     out = tmp_path / "out"
-    extra = ["--profile", "none"] if latency == "datasheet" else []
+    extra = {"profile": [], "datasheet": ["--profile", "none"],
+             "borrowed fit": ["--profile", "none", "--fit-from", "a100-80gb-sxm"]}[latency]
     stdout = run_ok(capsys, run, "--out", out, *extra)
     assert ("latency: operator profile" if latency == "profile" else "latency: operators on the rtx-4090 datasheet") in stdout
+    assert ("efficiencies borrowed from a100-80gb-sxm 0.671" in stdout) == (latency == "borrowed fit")
     assert "prefix caching: on, as recorded; modelled for preempted requests" in stdout
     assert kv_line(stdout) == 2588 * 16
     assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
@@ -183,6 +185,8 @@ def _engine(**kw):
     (_engine(enable_expert_parallel=True), [], ["enable_expert_parallel"]),
     (_engine(tensor_parallel_size=2), [], ["tp2"]),  # the RTX 4090 profile has tp1 only
     (None, ["--profile", "nowhere"], ["--profile", "nowhere"]),
+    (None, ["--fit-from", "a100-80gb-sxm"], ["--fit-from", "--profile none"]),
+    (None, ["--profile", "none", "--fit-from", "h900"], ["unknown gpu 'h900'"]),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, change, args, words):
     run = trim(R4090, tmp_path / "rtx4090")
