@@ -236,27 +236,24 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a table as Parquet, atomically (a temporary file renamed into place)."""
+    """Write a table as Parquet, atomically (see `write_atomically`)."""
+    write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write text atomically (see `write_atomically`)."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` a temporary file beside `path`, then rename it into place, so a reader never sees half a
+    file and a failed write leaves nothing behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text(text: str, path: Path) -> None:
-    """Write to a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results unreadable to others
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

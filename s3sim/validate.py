@@ -502,6 +502,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         prof = Path(profile)
         if not prof.is_dir():
             raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
+    if fit_from is not None and prof is not None:
+        raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
+    from s3sim.hardware.gpus import get_gpu
+    borrowed = None if fit_from is None else get_gpu(fit_from)
     spec = resolve_model(model, engine)
     needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else None)
@@ -510,10 +514,6 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     peer = read_peer(peer_path) if peer_path is not None else None
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
-    if fit_from is not None and prof is not None:
-        raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
-    from s3sim.hardware.gpus import get_gpu
-    borrowed = None if fit_from is None else get_gpu(fit_from)
     latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed)
 
     req = run.requests

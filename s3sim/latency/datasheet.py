@@ -175,11 +175,9 @@ class DatasheetLatency(LatencyModel):
         self._act_bytes = h * b
 
     # ---- pricing ------------------------------------------------------------------------------
-    def _price(self, p, sq, d, ctx, seqs, mx, prefilling, decoding, mx_ctx=None):
-        """Seconds of a busy iteration; `mx` is max for plain numbers, np.maximum for arrays (same arithmetic).
-        `mx_ctx` (default `mx`) takes the decode-attention term alone, so that a decode run varies `ctx` as an
-        array over plain-number tokens with each element priced by the very operations of a single step."""
-        mx_ctx = mx if mx_ctx is None else mx_ctx
+    def _layers_time(self, p, sq, d, ctx, mx, prefilling, decoding, mx_ctx):
+        """Seconds of the layers (of one stage) for `p` prefill and `d` decode tokens: the dense operators, the
+        MoE experts and attention, each at its bound, plus their launches."""
         T = p + d
         layer = 0.0
         for fc, wb, tb in self._layer:
@@ -193,7 +191,14 @@ class DatasheetLatency(LatencyModel):
         df, db, dq = self._att_decode
         attention = prefilling * (mx(sq * pf, p * pb) + self.launch_s) + decoding * (
             mx_ctx(ctx * df, ctx * db + d * dq) + self.launch_s)
-        t = self._layers * (layer + self._layer_launches + attention)
+        return self._layers * (layer + self._layer_launches + attention)
+
+    def _price(self, p, sq, d, ctx, seqs, mx, prefilling, decoding, mx_ctx=None):
+        """Seconds of a busy iteration; `mx` is max for plain numbers, np.maximum for arrays (same arithmetic).
+        `mx_ctx` (default `mx`) takes the decode-attention term alone, so that a decode run varies `ctx` as an
+        array over plain-number tokens with each element priced by the very operations of a single step."""
+        T = p + d
+        t = self._layers_time(p, sq, d, ctx, mx, prefilling, decoding, mx if mx_ctx is None else mx_ctx)
         for fc, wb, tb in self._once:
             t = t + T * tb
         hf, hw, ht = self._lm_head
@@ -259,23 +264,9 @@ class DatasheetLatency(LatencyModel):
         """One period of the pipeline (module doc): `m` microbatches cross the P stages; the heaviest holds
         every prefill chunk and its share of the decodes, and the period is P of its stage-times plus its
         P - 1 send/recvs, with the once-per-iteration operators on top."""
-        mx_ctx = mx if mx_ctx is None else mx_ctx
         dm = d / m
         T = p + dm  # the heaviest microbatch's tokens
-        layer = 0.0
-        for fc, wb, tb in self._layer:
-            layer = layer + mx(T * fc, wb + T * tb)
-        if self._moe is not None:
-            (rfc, rwb, rtb), upf, downf, upw, downw, upt, downt, miss, n, (_, _, act) = self._moe
-            touched = n * (1.0 - _power(miss, T))
-            layer = (layer + mx(T * rfc, rwb + T * rtb) + mx(T * upf, touched * upw + T * upt) + T * act
-                     + mx(T * downf, touched * downw + T * downt))
-        pf, pb = self._att_prefill
-        df, db, dq = self._att_decode
-        cm = ctx / m
-        attention = prefilling * (mx(sq * pf, p * pb) + self.launch_s) + decoding * (
-            mx_ctx(cm * df, cm * db + dm * dq) + self.launch_s)
-        stage = self._layers * (layer + self._layer_launches + attention)
+        stage = self._layers_time(p, sq, dm, ctx / m, mx, prefilling, decoding, mx if mx_ctx is None else mx_ctx)
         if self.all_reduce is not None:
             stage = stage + 2.0 * self._layers * self.all_reduce.time_s(self.num_gpus, T * self._act_bytes)
         t = self.pp * stage + (self.pp - 1) * self.send_recv.time_s(T * self._act_bytes)

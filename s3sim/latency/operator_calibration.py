@@ -245,20 +245,20 @@ def main(argv=None) -> int:
 
     fits, buckets = [], []
     try:
-        sources = [(folder, preset, lambda folder=folder: load(Path(args.profiles), folder))
+        # (label, GPU preset, its dense operator rows, its attention rows: only a run's profile times attention)
+        sources = [(folder, preset, lambda folder=folder: load(Path(args.profiles), folder), None)
                    for folder, preset in GPUS.items()]
-        sources += [(f"{run}/profile", preset, lambda run=run, m=m: load_run_profile(Path(args.runs) / run / "profile", m))
+        sources += [(f"{run}/profile", preset, lambda p=Path(args.runs) / run / "profile", m=m: load_run_profile(p, m),
+                     lambda p=Path(args.runs) / run / "profile", m=m: attention_rows(p, m))
                     for run, (preset, m) in RUN_PROFILES.items()]
-        for folder, preset, read in sources:
+        for folder, preset, read, read_attention in sources:
             gpu = get_gpu(preset)
             rows = read()
             params = fit(rows, gpu)
             before, after = by_tokens(rows, gpu, DEFAULTS), by_tokens(rows, gpu, params)
             att = {}
-            if folder.endswith("/profile"):  # a run's profile times attention too: fit its two efficiencies
-                run, model_name = folder.removesuffix("/profile"), RUN_PROFILES[folder.removesuffix("/profile")][1]
-                (pe, pb, pa), (de, db, da) = fit_attention(
-                    attention_rows(Path(args.runs) / run / "profile", model_name), gpu, *params)
+            if read_attention is not None:
+                (pe, pb, pa), (de, db, da) = fit_attention(read_attention(), gpu, *params)
                 att = {"attention_prefill_efficiency": pe, "attention_decode_efficiency": de,
                        "prefill_attention_error_before": pb, "prefill_attention_error_after": pa,
                        "decode_attention_error_before": db, "decode_attention_error_after": da}

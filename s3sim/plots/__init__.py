@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from s3sim.core.policies import POLICIES
-from s3sim.runner import write_csv
+from s3sim.runner import write_atomically, write_csv
 
 POLICY_ORDER = tuple(POLICIES)
 
@@ -39,13 +38,8 @@ def save(fig, data, out_dir, name: str) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(data, out / f"{name}_data.csv")
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".png")
-    os.fchmod(fd, 0o644)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out / f"{name}.png")
+        write_atomically(out / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
-        Path(tmp).unlink(missing_ok=True)
         pyplot().close(fig)
     return out / f"{name}.png"
