@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern calibrate paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,10 @@ validate: setup
 calibrate: setup
 	$(BIN)/python -m s3sim.latency.operator_calibration
 
+# Shared system prompts: vLLM with and without its prefix cache beside s3 and the oracle.
+prefix: setup
+	$(BIN)/python -m s3sim.experiments.prefix
+
 # S3 on a modern engine: every policy on the replayed runs, with vLLM's budget and the run's operator profile.
 modern: setup
 	$(BIN)/python -m s3sim.experiments.modern
@@ -106,7 +110,7 @@ supervisor: setup
 # SmolLM2's own greedy answer lengths (cached, resumable): s3sim/workload/tables/smollm2_greedy.csv; then
 # `make predictor ARGS="--only smollm2_greedy"` trains the predictor on them.
 own-lengths: setup
-	$(BIN)/python -m s3exec.own_lengths --rows 1200 $(ARGS)
+	$(BIN)/python -m s3exec.own_lengths --rows 2138 $(ARGS)
 
 # S3 on the real model predicting its own lengths, natural mode, one binding KV budget, beside the simulator.
 natural: setup

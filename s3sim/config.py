@@ -21,6 +21,7 @@ from s3sim.hardware.models import get_model, with_dtype
 from s3sim.latency import LATENCY_MODELS
 from s3sim.metrics.summary import Slo
 from s3sim.workload import arrival_times, load_workload
+from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
 
@@ -38,7 +39,9 @@ class Setup:
     workload_rows: int  # rows of the workload table the requests were drawn from
     context_clipped: int = 0  # requests whose output was cut where it would run past the model's context
     model: object = None  # the ModelSpec served
-    prefix_blocks: int = 0  # trace rows whose shared-prefix block hashes no policy uses yet
+    prefix_blocks: int = 0  # trace rows that carry shared-prefix block hashes
+    prefix: list | None = None  # each request's `Request.prefix` (the prompt blocks it shares), or None
+    shared_prefix: tuple = (0, 1)  # (tokens, groups) prepended to every prompt by `shared_prefix`
 
 
 def rows_used(requests: int, rows: int) -> str:
@@ -68,9 +71,13 @@ def run_notes(row: dict) -> list[str]:
     if row.get("workload") == "trace" and row.get("arrival") != "trace":
         notes.append(f"note: the trace's timestamps are not replayed (arrival={row.get('arrival')}); "
                      f"arrival=trace replays them")
-    if row.get("prefix_blocks"):
-        notes.append(f"note: {row['prefix_blocks']:,} trace rows carry prefix block hashes (hash_ids), which no policy "
-                     f"uses yet: no KV is shared between requests")
+    if row.get("prefix_blocks") or row.get("shared_prefix_tokens"):
+        what = (f"{row['prefix_blocks']:,} trace rows carry prefix block hashes (hash_ids)" if row.get("prefix_blocks")
+                else f"every prompt begins with one of {row.get('shared_prefix_groups')} shared prefixes of "
+                     f"{row['shared_prefix_tokens']:,} tokens (shared_prefix), prepended to the workload's")
+        used = row.get("policy") == "vllm" and row.get("prefix_caching")
+        notes.append(f"note: {what}; " + ("policy=vllm's prefix cache reuses their KV blocks" if used else
+                     "no KV is shared between requests: only policy=vllm with policy.prefix_caching=true reuses it"))
     if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
         notes.append(f"note: the model's config does not say, so the simulator assumed {row['model_assumed']} "
                      f"(model_assumed; model.dtype overrides the dtype)")
@@ -163,7 +170,7 @@ def sample_workload(cfg):
     w = cfg["workload"]
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
-                                     "max_prompt", "format", "columns", "time_unit")
+                                     "max_prompt", "format", "columns", "time_unit", "hash_block_tokens")
           if get(w, k) is not None}
     wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
@@ -201,11 +208,34 @@ def build(cfg) -> Setup:
     latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
+    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, prompt)
     output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
     keys = None if wl.keys is None else wl.keys[idx]
     sched, latency, cap = build_engine(cfg, model, prompt, output, keys, latency)
     return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks)
+                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks, prefix, shared)
+
+
+def prompt_prefixes(cfg, wl, idx, prompt) -> tuple[np.ndarray, list | None, tuple[int, int]]:
+    """The requests' prompt lengths, the blocks they share (`Request.prefix` of each, or None) and the
+    run's `shared_prefix` (tokens, groups): the trace's hash_ids, or a shared prefix prepended."""
+    tokens, groups = shared_prefix_config(cfg)
+    if tokens and wl.prefix is not None:
+        raise ConfigError("shared_prefix.tokens: the trace's hash_ids already say which prompt blocks are shared; "
+                          "set shared_prefix.tokens=0 with it")
+    if tokens:
+        prompt, prefix = shared_prefix(prompt, tokens, groups, seed_of(cfg))
+        return prompt, prefix, (tokens, groups)
+    return prompt, None if wl.prefix is None else [wl.prefix[i] for i in idx.tolist()], (0, groups)
+
+
+def shared_prefix_config(cfg) -> tuple[int, int]:
+    """(tokens, groups) of the run's `shared_prefix` (0 tokens: none), checked."""
+    tokens, groups = get(cfg, "shared_prefix.tokens", 0), get(cfg, "shared_prefix.groups", 1)
+    for name, v, low in (("tokens", tokens, 0), ("groups", groups, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"shared_prefix.{name} must be an integer >= {low}, got {v!r}")
+    return tokens, groups
 
 
 def engine_capacity(cfg, model) -> tuple[object, int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from s3sim.config import build, positive_int, rows_used, seed_of
+from s3sim.config import build, get, positive_int, rows_used, seed_of
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
@@ -144,7 +144,8 @@ def t975(df: int) -> float:
 
 # summary columns that are settings or bookkeeping, not measurements: no confidence interval
 CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
-           "clipped_outputs", "context_clipped", "model_dtype_bytes", "prefix_blocks", "sim_wall_s",
+           "clipped_outputs", "context_clipped", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
+           "shared_prefix_groups", "prefix_caching", "sim_wall_s",
            "sim_requests_per_s", "repeats"}
 
 
@@ -154,7 +155,7 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
     if replica_count(cfg) > 1:
         return _run_cluster(cfg, out_dir, write_iterations, summary)
     setup = build(cfg)
-    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
+    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals, setup.prefix)
     t0 = time.perf_counter()
     result = simulate(reqs, setup.scheduler, setup.latency, max_jump=cfg.get("max_jump"))
     wall = time.perf_counter() - t0
@@ -171,7 +172,9 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     return {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, policy),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
-            "prefix_blocks": setup.prefix_blocks, "workload_rows": setup.workload_rows,
+            "prefix_blocks": setup.prefix_blocks, "shared_prefix_tokens": setup.shared_prefix[0],
+            "shared_prefix_groups": setup.shared_prefix[1],
+            "prefix_caching": bool(get(cfg, "policy.prefix_caching", False)), "workload_rows": setup.workload_rows,
             "rows_used": rows_used(n, setup.workload_rows),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
 
@@ -184,7 +187,7 @@ def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> 
     from s3sim.cluster.summary import cluster_summary
 
     setup = build_cluster(cfg)
-    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals)
+    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals, setup.prefix)
     t0 = time.perf_counter()
     result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=cfg.get("max_jump"))
     wall = time.perf_counter() - t0

@@ -75,6 +75,12 @@ def scenarios(draw, policy):
         budget = draw(st.sampled_from([8, 16, 50, 2048]))
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=0.0, mode="recompute", budget=budget,
                  max_batch=min(s["max_batch"] or 256, budget - 1), caching=draw(st.booleans()))
+        if s["caching"] and draw(st.booleans()):  # prompts sharing prefixes: a chain of block keys per group
+            unit = draw(st.sampled_from([1, 3, 8, 16]))
+            groups = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+            depth = draw(st.lists(st.integers(0, 64), min_size=n, max_size=n))
+            s["prefix"] = [(unit, tuple(("c", g, i) for i in range(min(d, -(-p // unit)))))
+                           for g, d, p in zip(groups, depth, prompts)]
     return s
 
 
@@ -116,6 +122,8 @@ def check_pool_every_step(sched):
     def checked_advance(out, k, now):
         outcome = advance(out, k, now)
         sched.pool.check()
+        if getattr(sched, "cache", None) is not None:
+            sched.cache.check()
         sched.pool_checks += 1
         for r in outcome.finished:
             assert r.id not in sched.pool.held  # no reservation outlives its request
@@ -127,7 +135,7 @@ def check_pool_every_step(sched):
 
 
 def run(s, max_jump):
-    reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"])
+    reqs = make_requests(s["prompts"], s["outputs"], s["arrivals"], prefix=s.get("prefix"))
     sched = build(s)
     sched.victims = []
     if s["policy"] in ("paged", "vllm"):  # record whether each victim is the newest running request

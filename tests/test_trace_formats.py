@@ -59,11 +59,18 @@ def test_named_columns_of_any_log(tmp_path):
         load_trace(path, format="columns", columns={"timestamp": "when_ms", "prompt": "in", "output": "out"})
 
 
-def test_a_mooncake_replay_through_the_simulator_notes_the_unused_hashes(tmp_path):
+@pytest.mark.parametrize("caching", [False, True])
+def test_a_mooncake_replay_shares_its_hashed_blocks_only_under_a_prefix_cache(tmp_path, caching):
+    """Rows 0 and 1 share their first 512-token block (hash 0): with vLLM's prefix cache, row 1 finds it
+    (row 0 finished before it arrived and nothing has reused its blocks since); without it, a note says no
+    KV is shared."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config", overrides=[
             "workload=trace", f"workload.path={mooncake(tmp_path)}", "workload.format=mooncake", "arrival=trace",
-            "model=llama-3.1-8b", "max_seq_len=64", "policy=vllm"]), resolve=True)
+            "model=llama-3.1-8b", "max_seq_len=64", "policy=vllm", f"policy.prefix_caching={caching}"]),
+            resolve=True)
     row = run_config(cfg)
     assert row["num_requests"] == 3 and row["prefix_blocks"] == 2
-    assert any("prefix block hashes (hash_ids), which no policy uses yet" in n for n in run_notes(row))
+    assert row["prefix_cached_tokens"] == (512 if caching else 0)
+    said = "prefix cache reuses their KV blocks" if caching else "no KV is shared between requests"
+    assert any("prefix block hashes (hash_ids)" in n and said in n for n in run_notes(row))

@@ -13,7 +13,7 @@ import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
 from s3sim.config import (build_engine, build_predictor, choice, fit_context, get, policy_class, positive_int,
-                          sample_workload, served_clipped)
+                          prompt_prefixes, sample_workload, served_clipped)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
@@ -35,6 +35,8 @@ class ClusterSetup:
     context_clipped: int
     model: object
     prefix_blocks: int
+    prefix: list | None = None  # each request's `Request.prefix`, or None
+    shared_prefix: tuple = (0, 1)
 
 
 def replica_count(cfg) -> int:
@@ -80,6 +82,7 @@ def build_cluster(cfg) -> ClusterSetup:
     configs = replica_configs(cfg, n)
     wl, idx, arr = sample_workload(cfg)
     prompt, output = wl.prompt_len[idx], wl.output_len[idx]
+    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, prompt)
     output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
     keys = None if wl.keys is None else wl.keys[idx]
     replicas, gpus = [], []
@@ -95,4 +98,4 @@ def build_cluster(cfg) -> ClusterSetup:
         predictor = build_predictor(cfg, max_seq_len, output, keys=keys)
     router = router_cls(predictor, max_seq_len)
     return ClusterSetup(prompt, output, arr, replicas, gpus, router, Slo.from_config(cfg), served_clipped(wl, idx),
-                        len(wl.prompt_len), context_clipped, model, wl.prefix_blocks)
+                        len(wl.prompt_len), context_clipped, model, wl.prefix_blocks, prefix, shared)

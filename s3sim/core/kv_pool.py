@@ -8,6 +8,10 @@ so that a jump costs O(block size), not O(batch)). A lazy policy attributes a re
 stops running (`settle`), and `release` frees exactly what the request holds. Every verb checks the
 invariants, so a policy bug surfaces as an `InvariantViolation` naming the request and the time, at that
 request, not only at the end of the run.
+
+With a prefix cache (`s3sim.core.prefix_cache`), the free units also form an ordered free queue
+(`free_queue`): an allocation takes units from its head (evicting cached blocks it reaches), a hit takes a
+cached block out of its middle (`reused`), and freed units are appended to its tail.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class KVPool:
         self.peak = 0
         self.allocated = 0  # units ever taken from the free ones (an LRU cache of freed blocks ages by it)
         self.now = 0.0  # set by the engine so violations can say when
+        self.free_queue = None  # the free units in allocation order, kept by a prefix cache (None: unordered)
 
     @property
     def free(self) -> int:
@@ -37,21 +42,40 @@ class KVPool:
     def can_reserve(self, units: int) -> bool:
         return units <= self.capacity - self.used
 
-    def reserve(self, rid: int, units: int) -> None:
+    def reserve(self, rid: int, units: int, reused: int = 0) -> None:
         if rid in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} reserved KV twice")
         self.held[rid] = 0
         try:
-            self.grow(rid, units)
+            self.grow(rid, units, reused)
         except InvariantViolation:
             del self.held[rid]  # a failed reservation holds nothing
             raise
 
-    def grow(self, rid: int, units: int) -> None:
+    def grow(self, rid: int, units: int, reused: int = 0) -> None:
+        """`rid` holds `units` more; `reused` of them are cached blocks its caller took out of the free queue
+        (the rest come from the queue's head)."""
         if rid not in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} grew KV it does not hold")
-        self._take(units, f"request {rid}")
+        self._take(units, f"request {rid}", reused)
         self.held[rid] += units
+
+    def hold(self, rid: int, units: int, reused: int = 0) -> None:
+        """`grow`, reserving first if `rid` holds nothing (a holder that comes and goes: the prefix cache)."""
+        if rid not in self.held:
+            self.held[rid] = 0
+        self.grow(rid, units, reused)
+
+    def give_back(self, rid: int, units: int, order=()) -> None:
+        """`rid` frees `units` of what it holds (forgotten once it holds nothing); with a free queue, they join
+        its tail in `order` (see `FreeQueue.append`)."""
+        if rid not in self.held or not 0 <= units <= self.held[rid]:
+            raise InvariantViolation(f"t={self.now:.6f}s holder {rid} gave back {units} KV units but holds "
+                                     f"{self.held.get(rid, 0)}")
+        self.held[rid] -= units
+        if not self.held[rid]:
+            del self.held[rid]
+        self._put(units, order)
 
     def grow_lazily(self, units: int) -> None:
         """Allocate `units` for the running requests as a whole; each request's share is attributed to it by
@@ -81,15 +105,20 @@ class KVPool:
         self._check_room(units, who, "for a moment", "out of memory")
         self.peak = max(self.peak, self.used + units)
 
-    def release(self, rid: int) -> int:
-        """Free everything `rid` holds; returns how much that was."""
+    def release(self, rid: int, order=()) -> int:
+        """Free everything `rid` holds; returns how much that was. `order`: see `give_back`."""
         if rid not in self.held:
             raise InvariantViolation(f"t={self.now:.6f}s request {rid} released KV it does not hold")
         held = self.held.pop(rid)
-        self.used -= held
+        self._put(held, order)
         if self.used < self.unsettled:
             raise InvariantViolation(f"t={self.now:.6f}s KV accounting went negative after releasing request {rid}")
         return held
+
+    def _put(self, units: int, order) -> None:
+        self.used -= units
+        if self.free_queue is not None:
+            self.free_queue.append(units, order)
 
     def check(self) -> None:
         """Every unit in use is held by a request or lazily grown for the running ones (O(requests))."""
@@ -98,8 +127,14 @@ class KVPool:
             raise InvariantViolation(
                 f"t={self.now:.6f}s KV pool uses {self.used} of {self.capacity} units but requests hold {held} "
                 f"and {self.unsettled} are unsettled")
+        if self.free_queue is not None and self.free_queue.total != self.free:
+            raise InvariantViolation(f"t={self.now:.6f}s KV pool has {self.free} free units but its free queue "
+                                     f"holds {self.free_queue.total}")
 
     def check_empty(self) -> None:
+        if self.free_queue is not None and self.free_queue.total != self.capacity:
+            raise InvariantViolation(f"t={self.now:.6f}s run ended with {self.free_queue.total} of {self.capacity} KV "
+                                     f"units in the free queue")
         if self.held or self.used or self.unsettled:
             some = list(self.held)[:5]
             raise InvariantViolation(
@@ -115,9 +150,11 @@ class KVPool:
                 f"t={self.now:.6f}s {who} needs {units} KV units{' ' + when if when else ''} but only {self.free} "
                 f"of {self.capacity} are free: {consequence}")
 
-    def _take(self, units: int, who: str) -> None:
+    def _take(self, units: int, who: str, reused: int = 0) -> None:
         self._check_room(units, who)
         self.used += units
         self.allocated += units
+        if self.free_queue is not None:
+            self.free_queue.pop_head(units - reused)
         if self.used > self.peak:
             self.peak = self.used

@@ -30,6 +30,8 @@ class Request:
     bucket: int = -1  # bucket the current reservation is sized for (grows on misprediction)
     reserved_out: int = 0  # output tokens the current reservation covers
     dist: object = None  # predicted probability of each bucket (kept only by policies that reserve from it)
+    prefix: object = None  # (tokens per key, keys): the chain of block hashes a workload gives its prompt's
+    # shared part, key i covering tokens up to (i + 1) * tokens per key; None: its prompt is its own
     # progress (materialised whenever the request is not running)
     generated: int = 0
     swapped: bool = False  # KV lives in host memory after a swap-mode preemption
@@ -52,10 +54,15 @@ class Request:
         return self.prompt_len + self.generated
 
 
-def make_requests(prompt_len, output_len, arrivals) -> list[Request]:
-    """Requests sorted by arrival (stable), with ids 0..n-1 in that order."""
+def make_requests(prompt_len, output_len, arrivals, prefix=None) -> list[Request]:
+    """Requests sorted by arrival (stable), with ids 0..n-1 in that order; `prefix`: each row's
+    `Request.prefix` (None: no prompt is shared)."""
     import numpy as np
 
     order = np.argsort(np.asarray(arrivals), kind="stable")
     p, o, a = (np.asarray(x)[order] for x in (prompt_len, output_len, arrivals))
-    return [Request(i, int(pi), int(oi), float(ai)) for i, (pi, oi, ai) in enumerate(zip(p.tolist(), o.tolist(), a.tolist()))]
+    reqs = [Request(i, int(pi), int(oi), float(ai)) for i, (pi, oi, ai) in enumerate(zip(p.tolist(), o.tolist(), a.tolist()))]
+    if prefix is not None:
+        for r, i in zip(reqs, order.tolist()):
+            r.prefix = prefix[i]
+    return reqs

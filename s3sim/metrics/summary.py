@@ -144,6 +144,8 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "recomputed_tokens": int(df.recomputed_tokens.sum()),
         "swapped_tokens": int(df.swapped_tokens.sum()),
         "padding_tokens": int(counts["padding_tokens"]),
+        "prompt_tokens": int(df.prompt_len.sum()),
+        "prefix_cached_tokens": int(counts.get("cached_tokens", 0)),  # prefill tokens a prefix cache held already
     })
     row.update(sched.cause_fields())
     row.update(sched.summary_fields())

@@ -119,6 +119,7 @@ class SimBackend:
         used0 = ctx + decode_n + out.prefill_tokens + len(out.prefill)
         if out.partial or out.prefill_prefix and any(out.prefill_prefix):
             used0 += sum(out.prefill_prefix) - len(out.partial)
+        used0 -= self.sched.shared_kv_tokens()  # shared prompt blocks are held once
         return Step(k, durations, end, used0, ends)
 
     def wait(self, step: Step):

@@ -19,6 +19,7 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import note
+from s3sim.workload.prefix import HashChains
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -43,7 +44,8 @@ class Workload:
     source: str = ""
     keys: np.ndarray | None = None  # row keys of text workloads: how a trained predictor finds its prompt
     clipped_rows: np.ndarray | None = None  # which rows' outputs were cut to max_output (None: none were)
-    prefix_blocks: int = 0  # rows that carry shared-prefix block hashes (Mooncake's hash_ids), read but unused
+    prefix_blocks: int = 0  # rows that carry shared-prefix block hashes (Mooncake's hash_ids)
+    prefix: list | None = None  # each row's `Request.prefix` (the blocks it shares), None where none are
 
     def __post_init__(self):
         self.prompt_len = np.asarray(self.prompt_len, dtype=np.int64)
@@ -335,7 +337,7 @@ def _parse_time(text: str) -> tuple[int, float] | None:
 
 def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None, limit: int | None = None,
                data_dir=None, format: str = "azure", columns: dict | None = None,
-               time_unit: str | None = None) -> Workload:
+               time_unit: str | None = None, hash_block_tokens: int | None = None) -> Workload:
     """A request trace in the Azure LLM inference format (header `TIMESTAMP,ContextTokens,GeneratedTokens`;
     TIMESTAMP is a date-time stamp or plain seconds). Defaults to the Azure conversation trace.
 
@@ -349,6 +351,8 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
         raise ConfigError(f"workload.time_scale must be a positive finite number, got {time_scale!r}")
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"workload.path: no trace file {str(path)!r}")
+    if format != "mooncake" and hash_block_tokens is not None:
+        raise ConfigError(f"workload.hash_block_tokens applies to workload.format=mooncake (its hash_ids), not {format}")
     if format == "azure" and (columns or time_unit):
         raise ConfigError("workload.columns and workload.time_unit apply to workload.format=columns (or burstgpt, "
                           "mooncake), not azure, whose columns and times are fixed")
@@ -357,9 +361,16 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
 
         if path is None:
             raise ConfigError(f"workload.format={format} needs workload.path (the log file)")
-        t, p, o, hashed = read_log(path, format, columns, time_unit)
+        unit = 512 if hash_block_tokens is None else hash_block_tokens
+        if isinstance(unit, bool) or not isinstance(unit, int) or unit < 1:
+            raise ConfigError(f"workload.hash_block_tokens must be a positive integer, got {unit!r}")
+        t, p, o, hashes = read_log(path, format, columns, time_unit, unit)
         w = _finish("trace", p, o, t * time_scale, max_output, limit, f"{path} ({format}, time_scale {time_scale})")
-        w.prefix_blocks = hashed
+        hashes = hashes[:len(w.prompt_len)]
+        w.prefix_blocks = sum(bool(h) for h in hashes)
+        if w.prefix_blocks:
+            chains = HashChains()
+            w.prefix = [(unit, chains.chain(h)) if h else None for h in hashes]
         return w
     path = _require(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
     whole, frac, prompt, output = [], [], [], []

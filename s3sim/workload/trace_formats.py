@@ -4,8 +4,9 @@ columns are named (`workload.format=columns`), so a user's own log replays witho
 * ``burstgpt``: CSV with `Timestamp` (seconds), `Request tokens`, `Response tokens` (and `Model`, `Total
   tokens`, `Log Type`, which are not needed).
 * ``mooncake``: JSONL rows with `timestamp` (milliseconds), `input_length`, `output_length` and `hash_ids`
-  (the prompt's block hashes). No policy shares KV blocks across requests yet, so `hash_ids` are counted
-  (the summary's `prefix_blocks`) and noted, not used.
+  (the prompt's block hashes, one per `workload.hash_block_tokens` tokens: 512 in Mooncake's traces). They say
+  which prompt blocks requests share (`s3sim.workload.prefix`), which `policy=vllm` with
+  `policy.prefix_caching=true` reuses; rows that carry them are counted in the summary's `prefix_blocks`.
 * ``columns``: `workload.columns` names the timestamp, prompt-token and output-token fields, and
   `workload.time_unit` says whether timestamps are seconds or milliseconds.
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.workload.lengths import _csv_rows, _require
+from s3sim.workload.prefix import check_hash_ids
 from s3sim.workload.text import json_lines
 
 FORMATS = ("azure", "burstgpt", "mooncake", "columns")
@@ -65,8 +67,9 @@ def _number(value, where: str, field: str, integer: bool) -> float:
     return v
 
 
-def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None = None):
-    """(seconds, prompt tokens, output tokens, rows with block hashes, hash_ids column present) of a log."""
+def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None = None,
+             hash_block_tokens: int = 512):
+    """(seconds, prompt tokens, output tokens, each row's `hash_ids` or None) of a log, sorted by time."""
 
     if fmt not in PRESETS and fmt != "columns":
         raise ConfigError(f"workload.format '{fmt}' is unknown; valid: {', '.join(FORMATS)}")
@@ -86,7 +89,7 @@ def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None 
     if unit not in TIME_UNITS:
         raise ConfigError(f"workload.time_unit '{unit}' is unknown; valid: {', '.join(TIME_UNITS)}")
     path = _require(Path(path))
-    times, prompt, output, hashed = [], [], [], 0
+    times, prompt, output, hashes = [], [], [], []
     for n, row in _rows(path):
         where = f"{path.name} line {n}"
         missing = [c for c in (ts_col, p_col, o_col) if c not in row]
@@ -95,9 +98,11 @@ def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None 
         times.append(_number(row[ts_col], where, ts_col, integer=False) * TIME_UNITS[unit])
         prompt.append(max(1, int(_number(row[p_col], where, p_col, integer=True))))
         output.append(max(1, int(_number(row[o_col], where, o_col, integer=True))))
-        hashed += bool(row.get("hash_ids"))
+        h = row.get("hash_ids")
+        hashes.append(None if h is None else check_hash_ids(h, prompt[-1], hash_block_tokens, where))
     if not times:
         raise ConfigError(f"{path}: no requests in it")
     t = np.array(times, dtype=np.float64)
     order = np.argsort(t, kind="stable")
-    return t[order] - t[order][0], np.array(prompt)[order], np.array(output)[order], hashed
+    return (t[order] - t[order][0], np.array(prompt)[order], np.array(output)[order],
+            [hashes[i] for i in order.tolist()])

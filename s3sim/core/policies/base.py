@@ -39,7 +39,6 @@ class Progress:
     epoch: int = 0
     seq: int = 0
     prefilled: int = 0  # context tokens already in KV while a chunked prefill is under way
-    cached: tuple | None = None  # a preempted request's freed blocks in a prefix cache: (allocated, free, blocks)
 
 
 @dataclass
@@ -236,6 +235,11 @@ class Scheduler:
 
     def ctx_sum(self) -> int:
         return self._ctx_base + len(self.running) * (self.iter - self._ctx_iter)
+
+    def shared_kv_tokens(self) -> int:
+        """Tokens counted in more than one request's context but held once (blocks shared by a prefix
+        cache): what the sum of contexts overstates of the KV in use."""
+        return 0
 
     def kv_reserved_tokens(self) -> int:
         return self.pool.used * self.pool.unit_tokens

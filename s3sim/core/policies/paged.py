@@ -96,7 +96,7 @@ class PagedScheduler(FcfsScheduler):
     # ---- engine verbs -----------------------------------------------------------------------
     def could_admit(self, r: Request) -> bool:
         return (not self.waiting and len(self.running) + len(self.prefilling) < self.max_batch
-                and self.pool.free - self._growth(1) - self._blocks(r.context + 1) >= self.watermark)
+                and self.pool.free - self._growth(1) - self._free_needed(r) >= self.watermark)
 
     def schedule(self, now: float) -> SchedulerOutput:
         need = self._growth(1)
@@ -114,21 +114,26 @@ class PagedScheduler(FcfsScheduler):
         free = self.pool.free - need
         while self.waiting and room > 0 and self._budget_left > 0:
             r = self.waiting[0]
-            blocks = self._blocks(r.context + 1)
+            blocks = self._free_needed(r)
             if free - blocks < self.watermark and (self.running or batch.prefill or batch.resumed):
                 break
             if blocks > free:
                 break
             self.waiting.popleft()
-            prefix = self._cached_prefix(r)  # found before its blocks are taken from the free queue
-            self.pool.reserve(r.id, blocks)
+            prefix = self._take_blocks(r)
             free -= blocks
             self._admit(r, batch, now, prefix=prefix)
             room -= 1
         return batch
 
-    def _cached_prefix(self, r: Request) -> int:
-        """Tokens of `r`'s context found in a prefix cache instead of recomputed (none without one)."""
+    def _free_needed(self, r: Request) -> int:
+        """Free blocks admitting `r` takes: those of its context and its next token."""
+        return self._blocks(r.context + 1)
+
+    def _take_blocks(self, r: Request) -> int:
+        """Give `r` the blocks of its context and next token; returns the tokens of its context they hold
+        already (found in a prefix cache: none without one)."""
+        self.pool.reserve(r.id, self._blocks(r.context + 1))
         return 0
 
     # ---- hooks ------------------------------------------------------------------------------

@@ -9,11 +9,10 @@ Each iteration (vLLM's `Scheduler.schedule`, as of its V1 engine):
   `max_batch_size`) and free blocks allow; a prompt longer than what is left of the budget is prefilled over
   several iterations and keeps its place. Admission reserves the blocks of the whole prompt at once (vLLM's
   `scheduler_reserve_full_isl`), so a partly prefilled request never waits for memory mid-prompt.
-With `prefix_caching`, the full blocks a preempted request frees stay cached until the free queue, an LRU
-list, hands them out again: vLLM appends them in reverse order, so after `a` allocations beyond the `f`
-blocks that were free before them, the request's last `a - f` blocks are gone and the rest of its prefix is
-found when it is admitted again; only the tokens after it are recomputed (at least the last one). Prompts
-shared between requests are not modelled (each request's prompt is taken to be its own).
+With `prefix_caching`, full blocks of computed KV are found again instead of recomputed
+(`s3sim.core.prefix_cache`, vLLM's free queue and block hashes): the prompt blocks a workload marks as
+shared between requests (a trace's `hash_ids`, or `shared_prefix`), and the blocks a preempted request
+freed, until the free queue hands them out again.
 Decoding then grows blocks on demand exactly as `paged` does (the same closed form, the same exact jumps).
 The chunk a request computes emits no token until its last one, which samples the first output token.
 """
@@ -24,7 +23,9 @@ from typing import Optional
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
+from s3sim.core.prefix_cache import PrefixCache
 from s3sim.core.request import Request
 
 
@@ -33,7 +34,7 @@ class VllmConfig(PagedConfig):
     max_batch_size: Optional[int] = 256  # vLLM's max_num_seqs: requests running or part-way through a prefill
     max_num_batched_tokens: Optional[int] = 2048  # tokens one iteration computes: decodes first, then chunks
     watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
-    prefix_caching: bool = False  # a preempted request finds the blocks it freed if they were not reused
+    prefix_caching: bool = False  # full blocks found again: shared prompt blocks, a preempted request's own
 
     def __post_init__(self):
         super().__post_init__()
@@ -51,7 +52,9 @@ class VllmScheduler(PagedScheduler):
                  prefix_caching: bool = False, **kw):
         super().__init__(pool, max_seq_len, watermark=watermark, max_num_batched_tokens=max_num_batched_tokens, **kw)
         self.prefix_caching = bool(prefix_caching)
+        self.cache = PrefixCache(pool) if self.prefix_caching else None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
+        self._preempting = False
 
     @classmethod
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
@@ -64,20 +67,36 @@ class VllmScheduler(PagedScheduler):
         return {**super().counters(), "cached_tokens": self.cached_tokens}
 
     def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
-        if self.prefix_caching:
-            # full blocks of computed KV: the last sampled token's KV is not written yet
-            r.progress.cached = (self.pool.allocated, self.pool.free,
-                                 (r.prompt_len + self.generated(r) - 1) // self.bs)
-        super()._preempt(r, now, cause)
+        self._preempting = True
+        try:
+            super()._preempt(r, now, cause)
+        finally:
+            self._preempting = False
 
-    def _cached_prefix(self, r: Request) -> int:
-        """Tokens of `r`'s context still in the prefix cache (see the module doc)."""
-        p = r.progress
-        if p is None or p.cached is None:
-            return 0
-        allocated, free, blocks = p.cached
-        p.cached = None
-        lost = max(0, self.pool.allocated - allocated - free)
-        tokens = min(max(0, blocks - lost) * self.bs, r.context - 1)
+    def shared_kv_tokens(self) -> int:
+        return 0 if self.cache is None else self.cache.duplicates * self.bs
+
+    # ---- the prefix cache's hooks ----------------------------------------------------------
+    def _free_needed(self, r: Request) -> int:
+        blocks = self._blocks(r.context + 1)
+        return blocks if self.cache is None else self.cache.free_blocks_needed(r, blocks)
+
+    def _take_blocks(self, r: Request) -> int:
+        if self.cache is None:
+            return super()._take_blocks(r)
+        tokens = self.cache.admit(r, self._blocks(r.context + 1))
         self.cached_tokens += tokens
         return tokens
+
+    def _add_prefill(self, batch: SchedulerOutput, r: Request, prefix: int, chunk: int) -> None:
+        super()._add_prefill(batch, r, prefix, chunk)
+        if self.cache is not None:
+            self.cache.computed(r, prefix + chunk)
+
+    def _release(self, r: Request) -> None:
+        if self.cache is None:
+            return super()._release(r)
+        blocks = self._blocks(r.context)
+        self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
+        # the last sampled token's KV is not written yet
+        self.cache.release(r, r.context - 1, self._preempting)
