@@ -31,6 +31,7 @@ def test_a_request_finds_the_shared_blocks_another_computes_in_the_same_iteratio
     out = sched.schedule(0.0)
     assert [r.id for r in out.prefill] == [0, 1] and out.prefill_lens == [10, 2] and out.prefill_prefix == [0, 8]
     assert sched.cached_tokens == 8 and sched.pool.used == 4 and sched.shared_kv_tokens() == 8
+    assert sched.counters()["shared_cached_tokens"] == 8
     sched.pool.check()
     sched.cache.check()
 
@@ -74,6 +75,23 @@ def test_freed_shared_blocks_stay_cached_until_the_free_queue_reaches_them():
     assert fed == [(0, 8), (1, 16), (2, 5)]
     assert sched.cache.evictions == 1 and sched.cached_tokens == 4
     assert res.end_time == 4.0
+
+
+def test_a_victim_that_finds_a_shared_block_in_use_is_readmitted_as_soon_when_jumping():
+    """Both prompts are the 8 shared tokens, so B holds its own copy of block 1 (a hit stops at the 7th token).
+    Preempted, B frees that copy, and on readmission finds A's block 1 in use: it needs a block fewer than it
+    freed, so it is admitted at the very next iteration, and the multi-iteration jump must not skip it."""
+    def go(max_jump):
+        sched = VllmScheduler(KVPool(12, unit_tokens=4), 32, max_num_batched_tokens=64, max_batch_size=8,
+                              prefix_caching=True)
+        res = simulate(make_requests([8, 8], [20, 20], [0.0, 0.0], prefix=[SYSTEM, SYSTEM]), sched, OneSecond(),
+                       max_jump=max_jump)
+        return [(r.admitted, r.finished, r.preemptions, r.recomputed_tokens) for r in res.requests], sched.cached_tokens
+
+    stepped, jumped = go(1), go(None)
+    assert stepped == jumped
+    b = stepped[0][1]
+    assert b[2] == 1 and b[0] == 0.0
 
 
 def test_without_caching_shared_prompts_are_computed_in_full():

@@ -28,7 +28,6 @@ class KVPool:
         self.held: dict[int, int] = {}
         self.unsettled = 0  # grown lazily for running requests, not yet attributed to one
         self.peak = 0
-        self.allocated = 0  # units ever taken from the free ones (an LRU cache of freed blocks ages by it)
         self.now = 0.0  # set by the engine so violations can say when
         self.free_queue = None  # the free units in allocation order, kept by a prefix cache (None: unordered)
 
@@ -153,7 +152,6 @@ class KVPool:
     def _take(self, units: int, who: str, reused: int = 0) -> None:
         self._check_room(units, who)
         self.used += units
-        self.allocated += units
         if self.free_queue is not None:
             self.free_queue.pop_head(units - reused)
         if self.used > self.peak:

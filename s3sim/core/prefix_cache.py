@@ -97,6 +97,8 @@ class PrefixCache:
         self.shared: dict[int, dict[int, object]] = {}  # request id -> {block index: key} of the keyed blocks it shares
         self.evictions = 0
         self.duplicates = 0  # sum over blocks in use of (requests sharing it - 1): KV counted in contexts, not held
+        self.found_shared = 0  # blocks found by content (a prompt prefix some request computed)
+        self.found_own = 0  # blocks a preempted request found of its own
         pool.free_queue = FreeQueue(pool.free, self._evict)
 
     def _evict(self, key) -> None:
@@ -158,7 +160,9 @@ class PrefixCache:
                 queue.take(key)
                 del entries[key]
                 revived_own += 1
+                self.found_own += 1
                 continue
+            self.found_shared += 1
             e = entries[key]
             if e[0] == 0:
                 queue.take(key)
@@ -190,21 +194,25 @@ class PrefixCache:
             if (j + 1) * self.bs <= tokens:
                 self.entries[key][1] = True
 
-    def release(self, r, computed: int, preempted: bool) -> None:
-        """`r` frees its blocks (it holds them alone in the pool, settled): a preempted request's own full
-        blocks of `computed` tokens stay findable by it; a shared block no one else uses joins the queue."""
+    def release(self, r, blocks: int, computed: int, preempted: bool) -> None:
+        """`r` frees its `blocks` blocks (those it holds alone are settled in the pool): a preempted request's
+        own full blocks of `computed` tokens stay findable by it; a shared block no one else uses joins the
+        queue."""
         mine = self.shared.pop(r.id, {})
         order = []
         if preempted:  # vLLM frees a request's blocks last first: a partly computed block, then the full ones
             epoch = r.preemptions + 1  # counted once the preemption is done
-            full, partial = divmod(computed, self.bs)
-            order = [None] * (partial > 0)
+            full = computed // self.bs
+            own = []
             for j in reversed(range(full)):
                 if j not in mine:
                     key = ("own", r.id, epoch, j)
                     self.entries[key] = [0, True]
-                    order.append(key)
-                    # blocks past the computed KV (allocated a step ahead of vLLM, which has none) go last
+                    own.append(key)
+            # the unkeyed blocks come first: its partly computed block, and any block allocated a step ahead
+            # of vLLM (which never took it, so it stays ahead of the freed ones in its queue)
+            private = blocks - len(mine)
+            order = [None] * (private - len(own)) + own
         self.pool.release(r.id, order=order)
         freed, unkeyed = [], 0
         for j in sorted(mine, reverse=True):

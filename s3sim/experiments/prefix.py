@@ -21,7 +21,7 @@ BASE = ["model=llama-3.1-8b", "gpu=a100-80gb-sxm", "workload=sharegpt_pairs", "n
 PREFIXES = ((0, 1), (512, 1), (512, 16), (2048, 1), (2048, 16))
 POLICIES = {"vllm": ["policy=vllm"], "vllm + prefix cache": ["policy=vllm", "policy.prefix_caching=true"],
             "s3": ["policy=s3"], "oracle": ["policy=oracle"]}
-COLUMNS = ["prefix_tokens", "groups", "policy", "request_throughput", "x_vllm", "prefix_cached_frac",
+COLUMNS = ["prefix_tokens", "groups", "policy", "request_throughput", "x_vllm", "prefix_shared_frac",
            "mean_batch_size", "kv_used_frac", "preemptions", "recomputed_tokens", "ttft_p50", "tpot_p50"]
 
 
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     done = res[res.status == "finished"].copy()
     base = done[done.policy == "vllm"].set_index(["prefix_tokens", "groups"]).request_throughput
     done["x_vllm"] = [r.request_throughput / base[(r.prefix_tokens, r.groups)] for r in done.itertuples()]
-    done["prefix_cached_frac"] = done.prefix_cached_tokens / done.prompt_tokens  # of all prompt tokens
+    done["prefix_shared_frac"] = done.prefix_shared_tokens / done.prompt_tokens  # of all prompt tokens
     table = done[COLUMNS]
     out = Path(args.out)
     write_csv(table, out / "prefix.csv")

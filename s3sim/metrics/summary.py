@@ -146,6 +146,8 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "padding_tokens": int(counts["padding_tokens"]),
         "prompt_tokens": int(df.prompt_len.sum()),
         "prefix_cached_tokens": int(counts.get("cached_tokens", 0)),  # prefill tokens a prefix cache held already
+        "prefix_shared_tokens": int(counts.get("shared_cached_tokens", 0)),  # ... of them computed by another
+        # request (a shared prompt prefix) or by its own earlier run, found by content
     })
     row.update(sched.cause_fields())
     row.update(sched.summary_fields())

@@ -55,6 +55,7 @@ class VllmScheduler(PagedScheduler):
         self.cache = PrefixCache(pool) if self.prefix_caching else None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
         self._preempting = False
+        self._readmit_next = False  # the last schedule preempted with requests waiting (see `horizon`)
 
     @classmethod
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
@@ -64,7 +65,22 @@ class VllmScheduler(PagedScheduler):
                    preemption_mode=conf.preemption_mode)
 
     def counters(self) -> dict:
-        return {**super().counters(), "cached_tokens": self.cached_tokens}
+        shared = 0 if self.cache is None else self.cache.found_shared * self.bs
+        return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared}
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        before = self.preemptions
+        out = super().schedule(now)
+        self._readmit_next = self.cache is not None and self.preemptions > before and self.has_waiting()
+        return out
+
+    def horizon(self) -> int:
+        """As paged's, but one iteration after a preemption while requests wait: a victim that finds a shared
+        block in use on readmission needs fewer blocks than it freed, so it may be admitted at the next
+        boundary (without the cache it never can, and after an iteration that did not preempt the head
+        stays inadmissible while free blocks only shrink)."""
+        k = super().horizon()
+        return min(k, 1) if self._readmit_next else k
 
     def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
         self._preempting = True
@@ -99,4 +115,4 @@ class VllmScheduler(PagedScheduler):
         blocks = self._blocks(r.context)
         self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
         # the last sampled token's KV is not written yet
-        self.cache.release(r, r.context - 1, self._preempting)
+        self.cache.release(r, blocks, r.context - 1, self._preempting)
