@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.inputs import file_hash
 
 
 def cache_dir(arg: str | None = None) -> Path:
@@ -127,7 +128,9 @@ def train(a) -> Path:
     base_path(a.base)  # fail early on a missing encoder
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr, seed=a.seed,
                       save_every=a.save_every)
-    settings = dict(data=str(Path(a.data).resolve()), tokenizer=a.tokenizer, split_seed=a.split_seed,
+    # the data's content hash too: a training file that grew or changed is another run, never a stale one
+    settings = dict(data=str(Path(a.data).resolve()), data_sha256=file_hash(a.data), tokenizer=a.tokenizer,
+                    split_seed=a.split_seed,
                     test_frac=a.test_frac, limit=a.limit, schemes=[s.name for s in schemes], base=a.base,
                     max_length=a.max_length, train=asdict(cfg), **({"lora": a.lora} if a.lora else {}))
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
