@@ -55,6 +55,7 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
         "clipped_outputs": setup.clipped_outputs, "workload_rows": setup.workload_rows,
         "context_clipped": 0,  # the executor refuses a prompt + max_seq_len beyond the context instead
         "prefix_blocks": 0,  # the executor replays text or synthetic prompts, not traces of block hashes
+        "shared_prefix_tokens": 0, "shared_prefix_groups": 1, "prefix_caching": False,  # it shares no KV
         "model_dtype_bytes": setup.loaded.dtype.itemsize, "model_assumed": "",  # transformers reads the config
         "rows_used": rows_used(len(setup.requests), setup.workload_rows),
         "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
