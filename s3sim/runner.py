@@ -252,7 +252,6 @@ def write_atomically(path: Path, write) -> None:
     """`write(tmp)` a temporary file beside `path`, then rename it into place, so a reader never sees half a
     file and a failed write leaves nothing behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

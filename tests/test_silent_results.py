@@ -250,11 +250,3 @@ def test_precheck_leaves_flags_and_unlisted_sweeps_to_hydra(tmp_path):
     with pytest.raises(SystemExit):
         precheck(conf, "config", ["-m", "policy=orca,nope"], "s3sim")
 
-
-def test_a_table_written_to_a_new_folder_creates_it_and_leaves_no_temporary_file(tmp_path):
-    from s3sim.runner import write_csv
-
-    path = tmp_path / "new" / "deeper" / "table.csv"
-    write_csv(pd.DataFrame({"a": [1, 2]}), path)
-    assert pd.read_csv(path).a.tolist() == [1, 2]
-    assert [p.name for p in path.parent.iterdir()] == ["table.csv"]

@@ -38,6 +38,7 @@ def main(argv=None) -> None:
     cols = routers_plot.COLUMNS + ["goodput", "ttft_p50", "replica_imbalance", "replica_requests", "preemptions"]
     table = done[cols]
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "routers.csv")
     plots.save(routers_plot.draw(table[routers_plot.COLUMNS], "4 replicas, Azure conversation trace sped up"),
                table[routers_plot.COLUMNS], out, "routers")

@@ -42,6 +42,7 @@ def main(argv=None) -> None:
     done["prefix_shared_frac"] = done.prefix_shared_tokens / done.prompt_tokens  # of all prompt tokens
     table = done[COLUMNS]
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "prefix.csv")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"\nwrote {out}/prefix.csv in {time.perf_counter() - t0:.0f}s")
