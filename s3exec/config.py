@@ -128,6 +128,9 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     seed = seed_of(cfg)
     if get(cfg, "model.dtype") is not None:
         raise ConfigError("model.dtype is the simulator's; the executor loads its model in executor.dtype")
+    if get(cfg, "shared_prefix.tokens", 0):
+        raise ConfigError("shared_prefix is the simulator's: the executor serves the workload's own prompt text "
+                          "and shares no KV between requests; remove it")
     device = str(get(ex, "device", "cpu"))
     limit = get(ex, "memory_limit")
     if limit is None:

@@ -59,6 +59,7 @@ def test_s3sim_bad_traces(tmp_path, case):
     (["policy=nope"], "policy=nope: unknown; valid: ft, hf"),
     (["executor.devise=cpu"], "executor.devise: no such key; did you mean executor.device?"),
     (["model.dtype=float16"], "model.dtype is the simulator's"),
+    (["+shared_prefix.tokens=64"], "shared_prefix is the simulator's"),
     (["policy=hf", "policy.sizing=actual", "executor.mode=natural"], "executor.mode=natural with policy.sizing=actual"),
 ])
 def test_s3exec_bad_input(tmp_path, args, needle):
