@@ -49,7 +49,8 @@ def test_shipped_predictor_reproduces_its_committed_predictions():
 
     table = pd.read_csv(table_path("sharegpt_pairs"), dtype={"key": str})
     side = json.loads(table_path("sharegpt_pairs").with_suffix("").with_suffix(".json").read_text())
-    assert side["settings"].get("lora") == json.loads((SHIPPED / "meta.json").read_text())["settings"]["lora"]
+    shipped = json.loads((SHIPPED / "meta.json").read_text())
+    assert [side[k] for k in ("settings", "lora", "compressed")] == [shipped[k] for k in ("settings", "lora", "compressed")]
     pairs = {p.key: p.prompt for p in read_pairs(DEFAULT_DATA_DIR / "sharegpt/sharegpt_v3_firstturn_pairs.jsonl")}
     rows = table[table.split == "test"].head(6)
     model = LengthClassifier.load(SHIPPED)

@@ -297,3 +297,35 @@ def test_median_decision_rule():
 
     p = np.array([[0.6, 0.3, 0.1], [0.4, 0.0, 0.6], [0.3, 0.3, 0.4], [0.1, 0.2, 0.7]])
     assert median_bucket(p).tolist() == [0, 2, 1, 2]  # argmax would say 0, 2, 2, 2
+
+
+def test_a_whole_encoder_run_compressed_to_lora_adapters(synthetic_file, tiny_encoder, tmp_path):
+    """At full rank (the tiny encoder's 32) the adapters reproduce every linear layer's change exactly, and
+    with the biases and LayerNorms copied the compressed run predicts as the whole run does with the base
+    embeddings (the one part left out); a lower rank writes smaller adapters. It loads as any LoRA run."""
+    from transformers import AutoModel
+
+    from s3sim.predictor.trained import cli
+    from s3sim.predictor.trained.compress import compress
+    from s3sim.predictor.trained.model import LengthClassifier
+
+    folder = cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path / "run", epochs=1))
+    whole = LengthClassifier.load(folder)
+    base = AutoModel.from_pretrained(tiny_encoder, local_files_only=True).state_dict()
+    with torch.no_grad():
+        for k, v in whole.encoder.state_dict().items():
+            if k.startswith("embeddings.") and "LayerNorm" not in k:
+                v.copy_(base[k])
+    ids = whole.encode([r["prompt"] for r in synthetic_pairs(40, seed=1)])
+    full = LengthClassifier.load(compress(folder, 32, tmp_path / "full"))
+    assert full.lora == 32 and full.meta["compressed"]["rank"] == 32 and full.meta["done"]
+    p, q = whole.probabilities(ids), full.probabilities(ids)
+    for n in p:
+        np.testing.assert_allclose(q[n], p[n], atol=1e-5)
+    low = compress(folder, 2, tmp_path / "low")
+    size = lambda f: sum(x.stat().st_size for x in (f / "adapter").iterdir())  # noqa: E731
+    assert size(low) < size(tmp_path / "full") / 4
+    with pytest.raises(ConfigError, match="LoRA run already"):
+        compress(low, 2, tmp_path / "again")
+    with pytest.raises(ConfigError, match="exceeds"):
+        compress(folder, 33, tmp_path / "too_high")

@@ -299,7 +299,8 @@ def write_table(df, model, out: Path) -> None:
         df.to_csv(f, index=False)
     os.replace(tmp, out)
     side = {"buckets": {n: b.upper.tolist() for n, b in model.buckets.items()},
-            "settings": model.meta.get("settings"), "baselines": model.meta.get("baselines")}
+            "settings": model.meta.get("settings"), "baselines": model.meta.get("baselines"),
+            "lora": model.lora, "compressed": model.meta.get("compressed")}
     write_text(json.dumps(side, indent=1), out.with_suffix("").with_suffix(".json"))
 
 
