@@ -66,3 +66,48 @@ def compress(run, rank: int, out) -> Path:
                                            "how": "top singular directions of each linear layer's change; "
                                                   "biases and LayerNorms whole; base embeddings"}))
     return out
+
+
+def main(argv=None) -> None:
+    """`python -m s3sim.predictor.trained.compress RUN DATA --ranks ...`: the held-out accuracy and size of
+    a whole-encoder run compressed at each rank, beside the run itself (how the shipped rank was chosen)."""
+    import argparse
+    import sys
+    import tempfile
+
+    from s3sim.predictor.trained import cli
+    from s3sim.predictor.trained.model import LengthClassifier
+
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("run", help="a finished whole-encoder run folder")
+    ap.add_argument("data", help="its prompt/response file (the held-out split is taken from it)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[16, 32, 48, 64])
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        ev = cli.parser().parse_args(["evaluate", a.data, "--model", a.run] +
+                                     (["--threads", str(a.threads)] if a.threads else []))
+        rows = cli._rows(ev)
+        test = rows[rows["test"]]
+
+        def report(label, model, size):
+            scheme = next(iter(model.buckets))
+            p = model.probabilities(model.encode(test["prompt"]))[scheme].argmax(1)
+            acc = float((p == model.buckets[scheme].of(test["output_tokens"].to_numpy())).mean())
+            print(f"{label:>12}: {scheme} accuracy {acc:.1%} on {len(test)} held-out prompts, {size / 1e6:.1f} MB",
+                  flush=True)
+
+        whole = cli._model(ev)
+        report("whole run", whole, sum(p.numel() * 4 for p in whole.encoder.parameters()))
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in a.ranks:
+                folder = compress(a.run, r, Path(tmp) / f"r{r}")
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                report(f"rank {r}", LengthClassifier.load(folder), size)
+    except ConfigError as e:
+        print(f"s3predict: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
