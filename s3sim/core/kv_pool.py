@@ -60,10 +60,8 @@ class KVPool:
         self.held[rid] += units
 
     def hold(self, rid: int, units: int, reused: int = 0) -> None:
-        """`grow`, reserving first if `rid` holds nothing (a holder that comes and goes: the prefix cache)."""
-        if rid not in self.held:
-            self.held[rid] = 0
-        self.grow(rid, units, reused)
+        """`grow`, or `reserve` if `rid` holds nothing (a holder that comes and goes: the prefix cache)."""
+        (self.grow if rid in self.held else self.reserve)(rid, units, reused)
 
     def give_back(self, rid: int, units: int, order=()) -> None:
         """`rid` frees `units` of what it holds (forgotten once it holds nothing); with a free queue, they join

@@ -380,7 +380,8 @@ class Scheduler:
         self.finished.append(r)
         self._on_finish(r)
 
-    def _release(self, r: Request) -> None:
+    def _release(self, r: Request, preempted: bool = False) -> None:
+        """Free `r`'s memory, as it finishes or (`preempted`) is taken off the GPU."""
         self.pool.release(r.id)
 
     def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
@@ -388,7 +389,7 @@ class Scheduler:
         Tokens already generated stay generated: a recomputed request re-prefills them. `cause`: see
         `CAUSES`."""
         self._leave(r)
-        self._release(r)
+        self._release(r, preempted=True)
         r.phase = Phase.WAITING
         r.preemptions += 1
         r.preempt_cause = cause

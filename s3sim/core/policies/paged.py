@@ -150,6 +150,6 @@ class PagedScheduler(FcfsScheduler):
         self._phase[(r.prompt_len + self.generated(r) - self.iter) % self.bs] -= 1
         super()._leave(r)
 
-    def _release(self, r: Request) -> None:
+    def _release(self, r: Request, preempted: bool = False) -> None:
         self.pool.settle(r.id, self._blocks(r.context))  # its blocks: admission's plus its decode growth
         self.pool.release(r.id)

@@ -54,7 +54,6 @@ class VllmScheduler(PagedScheduler):
         self.prefix_caching = bool(prefix_caching)
         self.cache = PrefixCache(pool) if self.prefix_caching else None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
-        self._preempting = False
         self._readmit_next = False  # the last schedule preempted with requests waiting (see `horizon`)
 
     @classmethod
@@ -82,13 +81,6 @@ class VllmScheduler(PagedScheduler):
         k = super().horizon()
         return min(k, 1) if self._readmit_next else k
 
-    def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
-        self._preempting = True
-        try:
-            super()._preempt(r, now, cause)
-        finally:
-            self._preempting = False
-
     def shared_kv_tokens(self) -> int:
         return 0 if self.cache is None else self.cache.duplicates * self.bs
 
@@ -109,10 +101,10 @@ class VllmScheduler(PagedScheduler):
         if self.cache is not None:
             self.cache.computed(r, prefix + chunk)
 
-    def _release(self, r: Request) -> None:
+    def _release(self, r: Request, preempted: bool = False) -> None:
         if self.cache is None:
-            return super()._release(r)
+            return super()._release(r, preempted)
         blocks = self._blocks(r.context)
         self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
         # the last sampled token's KV is not written yet
-        self.cache.release(r, blocks, r.context - 1, self._preempting)
+        self.cache.release(r, blocks, r.context - 1, preempted)

@@ -88,14 +88,12 @@ def main(argv=None) -> None:
         ev = cli.parser().parse_args(["evaluate", a.data, "--model", a.run] +
                                      (["--threads", str(a.threads)] if a.threads else []))
         rows = cli._rows(ev)
-        test = rows[rows["test"]]
 
         def report(label, model, size):
-            scheme = next(iter(model.buckets))
-            p = model.probabilities(model.encode(test["prompt"]))[scheme].argmax(1)
-            acc = float((p == model.buckets[scheme].of(test["output_tokens"].to_numpy())).mean())
-            print(f"{label:>12}: {scheme} accuracy {acc:.1%} on {len(test)} held-out prompts, {size / 1e6:.1f} MB",
-                  flush=True)
+            table, _ = cli.evaluate(ev, model, rows)
+            first = table[(table.scheme == next(iter(model.buckets))) & (table.predictor == "trained")].iloc[0]
+            print(f"{label:>12}: {first.scheme} accuracy {first.accuracy:.1%} on {int(first.n)} held-out "
+                  f"prompts, {size / 1e6:.1f} MB", flush=True)
 
         whole = cli._model(ev)
         report("whole run", whole, sum(p.numel() * 4 for p in whole.encoder.parameters()))
