@@ -239,16 +239,17 @@ def test_target_summary_counts_cells_and_names_each_miss():
 
 def test_committed_fidelity_table_is_what_the_simulator_gives_now():
     """The simulator's columns of results/fidelity are deterministic: simulating a row again reproduces them
-    exactly (a change to the simulator that moves them must refresh the table: `--resimulate`)."""
+    to SIMULATOR_RTOL on any CPU (a change to the simulator that moves them must refresh the table:
+    `--resimulate`)."""
     from pathlib import Path
 
-    from s3exec.fidelity import compare_simulator, resimulate
+    from s3exec.fidelity import SIMULATOR_RTOL, compare_simulator, resimulate
 
     root = Path(__file__).resolve().parent.parent / "results" / "fidelity"
     table = pd.read_csv(root / "fidelity.csv")
     rows = table[(table.model == "tiny-llama") & table.policy.isin(["orca", "paged"])].head(3)
     same, total, worst = compare_simulator(rows, resimulate(rows, root / "profiles"))
-    assert total == 3 * 9 and same == total and worst == 0
+    assert total == 3 * 9 and same == total and worst <= SIMULATOR_RTOL
 
 
 def test_check_simulator_cli_fails_on_a_stale_table(tmp_path, capsys):
