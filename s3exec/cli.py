@@ -56,8 +56,8 @@ def app(cfg: DictConfig) -> None:
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
     print("  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))
-    from s3sim.config import run_notes
-    for note in run_notes(row):
+    from s3exec.runner import exec_notes
+    for note in exec_notes(row, resolved):
         print(note)
     print(f"results: {out}")
 

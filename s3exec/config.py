@@ -33,7 +33,7 @@ class ExecSetup:
     capacity_tokens: int
     clipped_outputs: int
     workload_rows: int
-    truncated_prompts: int
+    clipped_prompts: int  # prompts cut to their last executor.max_prompt_len tokens
 
 
 def parse_bytes(value, field: str) -> int | float:
@@ -65,6 +65,15 @@ def free_memory(device: str) -> tuple[int, str]:
     import psutil
 
     return int(psutil.virtual_memory().available), "available host memory"
+
+
+def check_memory_limit(limit, asked: int, device: str) -> None:
+    """`executor.memory_limit` may not exceed what the device has free now: above the host's memory the
+    process would be killed mid-run (exit 137) without a word, above a GPU's it would fail to allocate."""
+    available, where = free_memory(device)
+    if asked > available:
+        raise ConfigError(f"executor.memory_limit={limit} asks for {asked / 2**30:.2f} GiB but the {where} is "
+                          f"{available / 2**30:.2f} GiB; lower it, or set executor.memory_limit=null to use that")
 
 
 def load_executor_model(cfg):
@@ -139,6 +148,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         available = parse_bytes(limit, "executor.memory_limit")
         if isinstance(available, float):
             raise ConfigError(f"executor.memory_limit must be bytes, got the fraction {limit!r}")
+        check_memory_limit(limit, available, device)
         where = f"executor.memory_limit={limit}"
     source = get(ex, "model") or cfg["model"]["name"]
     if loaded is None:
@@ -155,9 +165,9 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         else:
             prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
     max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
-    truncated = 0
+    clipped = 0
     if max_prompt:
-        truncated = sum(len(p) > max_prompt for p in prompts)
+        clipped = sum(len(p) > max_prompt for p in prompts)
         prompts = [p[-max_prompt:] for p in prompts]  # keep the end: the chat template's turn header
     plen = np.array([len(p) for p in prompts], dtype=np.int64)
     worst = int(np.argmax(plen))
@@ -202,4 +212,4 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
                      0 if wl is None else served_clipped(wl, idx),
                      len(prompts) if wl is None else len(wl.prompt_len),
-                     truncated)
+                     clipped)

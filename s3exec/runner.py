@@ -37,6 +37,19 @@ def output_texts(result, tokenizer) -> pd.DataFrame:
                          "text": [tokenizer.decode(list(map(int, t))) for t in result.outputs.values()]})
 
 
+def exec_notes(row: dict, cfg) -> list[str]:
+    """Every line `s3exec` prints about what it changed in the workload: the simulator's notes, and how many
+    prompts it cut to their last `executor.max_prompt_len` tokens (`clipped_prompts` in the summary)."""
+    from s3sim.config import run_notes
+
+    notes = run_notes({**row, "clipped_prompts": 0})  # the simulator's note on it speaks of its own cut
+    if row.get("clipped_prompts"):
+        limit = (cfg.get("executor") or {}).get("max_prompt_len")
+        notes.append(f"note: {row['clipped_prompts']:,} prompts were cut to their last executor.max_prompt_len={limit} "
+                     f"tokens (clipped_prompts); executor.max_prompt_len=null keeps them whole")
+    return notes
+
+
 def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, write_iterations: bool = False,
              write_tokens: bool = True, loaded=None):
     """Execute `cfg`; return (summary row, result). Files go to `out_dir` if given, summary.csv last;
@@ -54,12 +67,13 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
         "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))), **run_fields(cfg, row["policy"]),
         "clipped_outputs": setup.clipped_outputs, "workload_rows": setup.workload_rows,
         "context_clipped": 0,  # the executor refuses a prompt + max_seq_len beyond the context instead
+        "dropped_requests": 0,  # it serves every request: a prompt too long is cut (clipped_prompts) or refused
         "prefix_blocks": 0,  # the executor replays text or synthetic prompts, not traces of block hashes
         "shared_prefix_tokens": 0, "shared_prefix_groups": 1, "prefix_caching": False,  # it shares no KV
         "model_dtype_bytes": setup.loaded.dtype.itemsize, "model_assumed": "",  # transformers reads the config
         "rows_used": rows_used(len(setup.requests), setup.workload_rows),
         "engine": "exec", "mode": ex.get("mode", "fixed"), "dtype": str(setup.loaded.dtype).removeprefix("torch."),
-        "kv_bytes": setup.kv_bytes, "truncated_prompts": setup.truncated_prompts,
+        "kv_bytes": setup.kv_bytes, "clipped_prompts": setup.clipped_prompts,
         # whole blocks of the cache over the budget: above 1 by at most the partial blocks a token pool's
         # requests leave (see s3exec.kv_cache)
         "peak_kv_used_frac": result.peak_kv_tokens / result.kv_capacity_tokens, "wall_s": wall,

@@ -61,6 +61,7 @@ def test_s3sim_bad_traces(tmp_path, case):
     (["model.dtype=float16"], "model.dtype is the simulator's"),
     (["+shared_prefix.tokens=64"], "shared_prefix is the simulator's"),
     (["policy=hf", "policy.sizing=actual", "executor.mode=natural"], "executor.mode=natural with policy.sizing=actual"),
+    (["executor.memory_limit=1000000GB"], "executor.memory_limit=1000000GB asks for 931322.57 GiB but the available host"),
 ])
 def test_s3exec_bad_input(tmp_path, args, needle):
     p = cli("from s3exec.cli import main; main()", "num_requests=4", "max_seq_len=16", *args,

@@ -129,3 +129,39 @@ def test_a_failed_rerun_leaves_no_earlier_summary_behind(tmp_path):
     assert not (tmp_path / "run" / "summary.csv").exists() and not (tmp_path / "run" / "requests.parquet").exists()
     assert (tmp_path / "run" / "failed.txt").read_text().startswith("ConfigError: KV capacity of")
     assert "kv_memory: 4KiB" in (tmp_path / "run" / "resolved_config.yaml").read_text()
+
+
+def test_prompts_cut_to_max_prompt_len_are_counted_and_noted(tmp_path):
+    """The cut keeps each prompt's last tokens; `s3exec` says how many it cut, and the summary counts them."""
+    whole = build_exec(exec_cfg("executor.max_prompt_len=null")).prompts
+    limit = sorted(map(len, whole))[len(whole) // 2]  # about half the prompts are longer
+    longer = sum(len(p) > limit for p in whole)
+    assert 0 < longer < len(whole)
+    cut = build_exec(exec_cfg(f"executor.max_prompt_len={limit}"))
+    assert cut.clipped_prompts == longer
+    assert all(c == w[-limit:] for c, w in zip(cut.prompts, whole))
+    p = subprocess.run([sys.executable, "-c", "from s3exec.cli import main; main()", *SMALL,
+                        f"executor.max_prompt_len={limit}", f"hydra.run.dir={tmp_path}/run"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    notes = [line for line in p.stdout.splitlines() if "(clipped_prompts)" in line]
+    assert len(notes) == 1 and f"{longer} prompts" in notes[0] and f"max_prompt_len={limit}" in notes[0]
+    assert pd.read_csv(tmp_path / "run" / "summary.csv").clipped_prompts.item() == longer
+    from s3exec.runner import exec_notes  # a run that cuts nothing says nothing about it
+    row, _ = run_exec(exec_cfg("executor.max_prompt_len=null"))
+    assert row["clipped_prompts"] == 0
+    assert not any("clipped_prompts" in n for n in exec_notes(row, exec_cfg("executor.max_prompt_len=null")))
+
+
+def test_a_memory_limit_above_the_host_memory_is_refused_before_loading(monkeypatch):
+    import psutil
+
+    from s3exec import models
+
+    available = psutil.virtual_memory().available
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match=r"^executor.memory_limit=\d+ asks for [0-9.]+ GiB but the available host "
+                                          r"memory is [0-9.]+ GiB"):
+        build_exec(exec_cfg(f"executor.memory_limit={available * 4}"))
+    monkeypatch.undo()
+    build_exec(exec_cfg(f"executor.memory_limit={min(available // 2, 2**30)}"))  # within it: accepted
