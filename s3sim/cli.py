@@ -74,24 +74,42 @@ def app(cfg: DictConfig) -> None:
 def collect_main(argv=None) -> None:
     """`s3sim-collect DIR [OUT.csv]`: one table of every run under DIR (summary, status and resolved
     config) written to OUT.csv; a short one printed (key metrics and the config fields the runs vary);
-    failed, invalid and unfinished runs listed on stderr. Exit code 0 when every run finished, 1 when
-    some did not, 2 on bad input."""
-    from s3sim.collect import collect, short_table, status_line
+    failed, invalid and unfinished runs, and the points of a Hydra sweep never started, listed on stderr.
+    Exit code 0 when every run (every point) finished, 1 when some did not, 2 on bad input."""
+    import argparse
 
-    args = sys.argv[1:] if argv is None else argv
-    if not args or len(args) > 2:
-        print("usage: s3sim-collect DIR [OUT.csv]", file=sys.stderr)
-        sys.exit(2)
+    from s3sim.collect import collect, read_paths, short_table, status_line
+
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"s3sim-collect: error: {message} (s3sim-collect --help)\n")
+
+    ap = OneLineParser(prog="s3sim-collect", description=" ".join(collect_main.__doc__.split()).split(": ", 1)[1],
+                       epilog="A killed sweep is reported whole: its multirun.yaml says which points it has, and "
+                              "those with no folder are rows with status 'never started'.")
+    ap.add_argument("dir", metavar="DIR", help="a results directory: a Hydra sweep (multirun) folder, a run, or "
+                                               "several of either")
+    ap.add_argument("out", metavar="OUT.csv", nargs="?",
+                    help="the whole table, written atomically; not inside a run folder DIR holds, nor DIR's "
+                         "multirun.yaml")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        table = collect(args[0])
-        if len(args) > 1:
+        table = collect(a.dir)
+        if a.out is not None:
             from s3sim.runner import write_csv
+            out = Path(a.out).resolve()
+            folders, files = read_paths(a.dir, table)
+            inside = next((f for f in folders if out == f or f in out.parents), None)
+            if inside is not None or out in files:
+                what = f"lies in the run folder {inside}" if inside is not None else "is the sweep file it reads"
+                raise ConfigError(f"OUT.csv {a.out} {what}: an output never overlaps an input; write it outside "
+                                  "every run folder (e.g. DIR/all.csv)")
             try:
-                write_csv(table, Path(args[1]))
+                write_csv(table, Path(a.out))
             except OSError as e:
-                raise ConfigError(f"cannot write {args[1]}: {e.strerror or e}") from None
+                raise ConfigError(f"cannot write {a.out}: {e.strerror or e}") from None
     except ConfigError as e:
-        _fail("error", e)
+        _fail("error", e, "s3sim-collect")
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 14):
         print(short_table(table).to_string(index=False, max_colwidth=24))
     print(status_line(table), file=sys.stderr)
