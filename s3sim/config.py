@@ -42,11 +42,18 @@ class Setup:
     prefix_blocks: int = 0  # trace rows that carry shared-prefix block hashes
     prefix: list | None = None  # each request's `Request.prefix` (the prompt blocks it shares), or None
     shared_prefix: tuple = (0, 1)  # (tokens, groups) prepended to every prompt by `shared_prefix`
+    dropped: int = 0  # requests removed by workload.overlong=drop
+    clipped_prompts: int = 0  # prompts cut by workload.overlong=clip
 
 
-def rows_used(requests: int, rows: int) -> str:
-    """How a run's requests relate to its workload's rows: every row once, a seeded sample, or cycled."""
-    return "all" if requests == rows else "sample" if requests < rows else "cycled"
+def rows_used(requests: int, rows: int, trace_prefix: bool = False) -> str:
+    """How a run's requests relate to its workload's rows: every row once, a seeded sample, the first rows
+    (a trace replayed with its own timestamps keeps its order), or cycled."""
+    if requests == rows:
+        return "all"
+    if requests < rows:
+        return "first" if trace_prefix else "sample"
+    return "cycled"
 
 
 def rows_note(row: dict) -> str | None:
@@ -54,8 +61,13 @@ def rows_note(row: dict) -> str | None:
     use = row.get("rows_used")
     if use in (None, "all"):
         return None
-    return (f"note: {row['num_requests']:,} requests from {row['workload_rows']:,} workload rows ({use}); "
+    how = {"sample": "a seeded sample", "first": "the first rows, in the trace's order", "cycled": "cycled"}.get(use, use)
+    asked = row['num_requests'] + (row.get("dropped_requests") or 0)
+    return (f"note: {asked:,} requests from {row['workload_rows']:,} workload rows ({how}); "
             f"num_requests=null replays every row once")
+
+
+TAIL_NOTE = 0.1  # a run whose tail (`tail_frac`) is this share of its duration or more says so
 
 
 def run_notes(row: dict) -> list[str]:
@@ -65,9 +77,23 @@ def run_notes(row: dict) -> list[str]:
     if row.get("clipped_outputs"):
         notes.append(f"note: {row['clipped_outputs']:,} requests had their output cut to max_seq_len="
                      f"{row['max_seq_len']} (clipped_outputs)")
+    if row.get("dropped_requests"):
+        notes.append(f"note: {row['dropped_requests']:,} requests were dropped: their prompt leaves no room for an "
+                     f"output token in the model's context (dropped_requests; workload.overlong=drop, as a server "
+                     f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run)")
+    if row.get("clipped_prompts"):
+        notes.append(f"note: {row['clipped_prompts']:,} prompts kept only their last tokens to fit the model's context "
+                     f"(clipped_prompts; workload.overlong=clip)")
     if row.get("context_clipped"):
         notes.append(f"note: {row['context_clipped']:,} requests stop where their output would run past the "
                      f"model's context window (context_clipped)")
+    tail = row.get("tail_frac")
+    if isinstance(tail, float) and tail >= TAIL_NOTE:
+        when = ("after the last arrival" if row.get("offered_rate") != float("inf") else
+                "with the batch under a tenth of its peak, a few long requests running out")
+        notes.append(f"note: {tail:.0%} of the run came {when} (tail_frac): request_throughput "
+                     f"{row['request_throughput']:.4g} req/s counts it, steady_request_throughput "
+                     f"{row['steady_request_throughput']:.4g} req/s does not")
     if row.get("workload") == "trace" and row.get("arrival") != "trace":
         notes.append(f"note: the trace's timestamps are not replayed (arrival={row.get('arrival')}); "
                      f"arrival=trace replays them")
@@ -84,11 +110,15 @@ def run_notes(row: dict) -> list[str]:
     return [n for n in notes if n]
 
 
+OVERLONG = ("error", "drop", "clip")
+
+
 def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,
                 who: str) -> tuple[np.ndarray, int]:
     """Requests as a server with a context window of `context` tokens takes them: `max_seq_len` must fit the
-    window, every prompt must leave room for one output token, and an output that would run past the window
-    stops at its end, as vLLM stops at `max_model_len`. Returns the outputs and how many were cut."""
+    window, every prompt must leave room for one output token (`fit_prompts` makes them), and an output that
+    would run past the window stops at its end, as vLLM stops at `max_model_len`. Returns the outputs and how
+    many were cut."""
     if max_seq_len > context:
         raise ConfigError(f"max_seq_len={max_seq_len} exceeds the context window of {who} ({context:,} tokens); "
                           f"lower max_seq_len to at most {context}")
@@ -96,11 +126,52 @@ def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, contex
     if len(long):
         i = int(long[0])
         raise ConfigError(f"workload row {int(rows[i])}: a prompt of {int(prompt[i]):,} tokens leaves no room for an "
-                          f"output token in the context window of {who} ({context:,} tokens); shorten the prompts "
-                          f"(workload.max_prompt, where the workload has it) or use a model with a longer context")
+                          f"output token in the context window of {who} ({context:,} tokens); set "
+                          f"workload.overlong=drop (a server rejects it) or workload.overlong=clip, or use a model "
+                          f"with a longer context")
     room = context - prompt
     cut = output > room
     return np.where(cut, room, output), int(cut.sum())
+
+
+@dataclass
+class Fitted:
+    """The requests of a run after `workload.overlong` met the model's context window."""
+    prompt: np.ndarray
+    output: np.ndarray
+    arrivals: np.ndarray
+    rows: np.ndarray  # the workload row of each request
+    prefix: list | None
+    dropped: int = 0  # requests removed: their prompt leaves no room for an output token
+    clipped_prompts: int = 0  # prompts that kept only their last tokens to fit
+    context_clipped: int = 0  # outputs cut where they would run past the context
+
+
+def fit_prompts(cfg, prompt, output, arrivals, rows, prefix, context: int, max_seq_len: int, who: str) -> Fitted:
+    """Apply `workload.overlong` to every prompt that leaves no room for an output token in `context`:
+    `error` refuses the run naming the first such row; `drop` removes those requests, as a server rejects
+    them; `clip` keeps each such prompt's last tokens, as many as leave room for its whole output (vLLM's
+    `truncate_prompt_tokens` keeps the last ones too), so it shares no prefix any more. Then outputs that
+    would run past the context stop at its end (`fit_context`)."""
+    mode = choice(get(cfg, "workload.overlong", "drop"), OVERLONG, "workload.overlong")
+    long = prompt >= context
+    dropped = clipped = 0
+    if long.any() and mode == "drop":
+        keep = ~long
+        dropped = int(long.sum())
+        prompt, output, arrivals, rows = prompt[keep], output[keep], arrivals[keep], rows[keep]
+        prefix = None if prefix is None else [p for p, k in zip(prefix, keep.tolist()) if k]
+        if not len(prompt):
+            raise ConfigError(f"workload.overlong=drop: every one of the {dropped:,} requests has a prompt that leaves "
+                              f"no room in the context window of {who} ({context:,} tokens); use a model with a "
+                              f"longer context or workload.overlong=clip")
+    elif long.any() and mode == "clip":
+        clipped = int(long.sum())
+        prompt = np.where(long, np.maximum(context - np.minimum(output, max_seq_len), 1), prompt)
+        if prefix is not None:
+            prefix = [None if c else p for p, c in zip(prefix, long.tolist())]
+    output, context_clipped = fit_context(prompt, output, rows, context, max_seq_len, who)
+    return Fitted(prompt, output, arrivals, rows, prefix, dropped, clipped, context_clipped)
 
 
 def get(cfg, path, default=None):
@@ -206,14 +277,21 @@ def build(cfg) -> Setup:
     model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
     gpu, num_gpus, _ = engine_capacity(cfg, model)  # a model that does not fit fails before the workload is read
     latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
+    wl, fit, shared = served_requests(cfg, model, max_seq_len)
+    keys = None if wl.keys is None else wl.keys[fit.rows]
+    sched, latency, cap = build_engine(cfg, model, fit.prompt, fit.output, keys, latency)
+    return Setup(fit.prompt, fit.output, fit.arrivals, sched, latency, Slo.from_config(cfg), cap,
+                 served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
+                 fit.prefix, shared, fit.dropped, fit.clipped_prompts)
+
+
+def served_requests(cfg, model, max_seq_len: int):
+    """(workload table, the requests as the model's context takes them (`Fitted`), shared_prefix (tokens,
+    groups)): the one path from a config to the requests both a single engine and a cluster serve."""
     wl, idx, arr = sample_workload(cfg)
-    prompt, output = wl.prompt_len[idx], wl.output_len[idx]
-    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, prompt)
-    output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
-    keys = None if wl.keys is None else wl.keys[idx]
-    sched, latency, cap = build_engine(cfg, model, prompt, output, keys, latency)
-    return Setup(prompt, output, arr, sched, latency, Slo.from_config(cfg), cap, served_clipped(wl, idx),
-                 len(wl.prompt_len), context_clipped, model, wl.prefix_blocks, prefix, shared)
+    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, wl.prompt_len[idx])
+    fit = fit_prompts(cfg, prompt, wl.output_len[idx], arr, idx, prefix, model.max_context, max_seq_len, model.name)
+    return wl, fit, shared
 
 
 def prompt_prefixes(cfg, wl, idx, prompt) -> tuple[np.ndarray, list | None, tuple[int, int]]:

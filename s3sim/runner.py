@@ -144,7 +144,7 @@ def t975(df: int) -> float:
 
 # summary columns that are settings or bookkeeping, not measurements: no confidence interval
 CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
-           "clipped_outputs", "context_clipped", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
+           "clipped_outputs", "context_clipped", "dropped_requests", "clipped_prompts", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
            "shared_prefix_groups", "prefix_caching", "sim_wall_s",
            "sim_requests_per_s", "repeats"}
 
@@ -171,11 +171,12 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     """The summary fields that say what was simulated and how fast, for a single engine or a cluster."""
     return {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, policy),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
+            "dropped_requests": setup.dropped, "clipped_prompts": setup.clipped_prompts,
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
             "prefix_blocks": setup.prefix_blocks, "shared_prefix_tokens": setup.shared_prefix[0],
             "shared_prefix_groups": setup.shared_prefix[1],
             "prefix_caching": bool(get(cfg, "policy.prefix_caching", False)), "workload_rows": setup.workload_rows,
-            "rows_used": rows_used(n, setup.workload_rows),
+            "rows_used": rows_used(n + setup.dropped, setup.workload_rows, get(cfg, "arrival.process") == "trace"),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
 
 

@@ -28,7 +28,7 @@ def test_run_writes_summary_records_and_config(tmp_path):
     assert len(records) == 200 and (records.generated == records.output_len).all()
     assert "max_seq_len: 512" in (run / "resolved_config.yaml").read_text()
     assert summary.workload_rows[0] == 10_000 and summary.rows_used[0] == "sample"
-    assert "note: 200 requests from 10,000 workload rows (sample); num_requests=null replays every row once" \
+    assert "note: 200 requests from 10,000 workload rows (a seeded sample); num_requests=null replays every row once" \
         in p.stdout
 
 

@@ -30,10 +30,52 @@ def test_max_seq_len_beyond_the_context_window_is_an_error():
         run_config(cfg("max_seq_len=100000", "num_requests=10"))
 
 
-def test_a_prompt_longer_than_the_context_is_an_error_naming_its_row(tmp_path):
+def test_a_prompt_longer_than_the_context_is_an_error_naming_its_row_with_overlong_error(tmp_path):
     over = trace(tmp_path, [(0.0, 10, 5), (1.0, 100_000, 5), (2.0, 20, 5)])
-    with pytest.raises(ConfigError, match=r"workload row 1: a prompt of 100,000 tokens leaves no room"):
-        run_config(cfg(*over, "max_seq_len=64"))
+    with pytest.raises(ConfigError, match=r"workload row 1: a prompt of 100,000 tokens leaves no room") as e:
+        run_config(cfg(*over, "max_seq_len=64", "workload.overlong=error"))
+    assert "workload.overlong=drop" in str(e.value) and "max_prompt" not in str(e.value)  # keys that exist
+
+
+@pytest.mark.parametrize("name", ["trace", "alpaca", "sharegpt_pairs", "sharegpt", "alpaca_eval", "smollm2_greedy"])
+def test_every_workload_states_its_overlong_rule_and_drop_is_the_default(name):
+    assert cfg(f"workload={name}")["workload"]["overlong"] == "drop"
+
+
+def test_a_prompt_longer_than_the_context_is_dropped_by_default_and_counted(tmp_path):
+    """As a server rejects the one request and serves the rest: the others keep their arrival times."""
+    over = trace(tmp_path, [(0.0, 10, 5), (1.0, 100_000, 5), (2.0, 20, 5), (3.0, 2048, 7)])
+    row = run_config(cfg(*over, "max_seq_len=64", "policy=orca"))
+    assert row["num_requests"] == 2 and row["dropped_requests"] == 2 and row["clipped_prompts"] == 0
+    assert row["rows_used"] == "all"  # every row was read; two were refused
+    assert "2 requests were dropped" in " ".join(run_notes(row))
+
+
+def test_clip_keeps_room_for_the_whole_output_and_counts_the_prompts(tmp_path):
+    from s3sim.config import build
+
+    over = trace(tmp_path, [(0.0, 10, 5), (1.0, 100_000, 5), (2.0, 2048, 64)])
+    setup = build(cfg(*over, "max_seq_len=64", "policy=orca", "workload.overlong=clip"))
+    assert setup.prompt_len.tolist() == [10, 2048 - 5, 2048 - 64] and setup.output_len.tolist() == [5, 5, 64]
+    assert setup.clipped_prompts == 2 and setup.dropped == 0 and setup.context_clipped == 0
+    row = run_config(cfg(*over, "max_seq_len=64", "policy=orca", "workload.overlong=clip"))
+    assert row["clipped_prompts"] == 2 and row["num_requests"] == 3
+    assert "2 prompts kept only their last tokens" in " ".join(run_notes(row))
+
+
+def test_overlong_takes_three_values_and_a_workload_of_only_overlong_prompts_is_an_error(tmp_path):
+    over = trace(tmp_path, [(0.0, 100_000, 5)])
+    with pytest.raises(ConfigError, match=r"workload.overlong 'cut' is unknown; valid: error, drop, clip"):
+        run_config(cfg(*over, "workload.overlong=cut"))
+    with pytest.raises(ConfigError, match=r"workload.overlong=drop: every one of the 1 requests"):
+        run_config(cfg(*over))
+
+
+def test_the_shipped_trace_replays_on_the_default_model(tmp_path):
+    """The Azure trace holds prompts longer than GPT-J's 2,048-token context: they are dropped, counted."""
+    row = run_config(cfg("workload=trace", "arrival=trace", "num_requests=40", "policy=orca"))
+    assert row["dropped_requests"] >= 1 and row["num_requests"] + row["dropped_requests"] == 40
+    assert row["rows_used"] == "first"
 
 
 def test_an_output_running_past_the_context_stops_there_and_is_counted(tmp_path):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
-from s3sim.config import (build_engine, build_predictor, choice, fit_context, get, policy_class, positive_int,
-                          prompt_prefixes, sample_workload, served_clipped)
+from s3sim.config import (build_engine, build_predictor, choice, get, policy_class, positive_int, served_clipped,
+                          served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
@@ -37,6 +37,8 @@ class ClusterSetup:
     prefix_blocks: int
     prefix: list | None = None  # each request's `Request.prefix`, or None
     shared_prefix: tuple = (0, 1)
+    dropped: int = 0
+    clipped_prompts: int = 0
 
 
 def replica_count(cfg) -> int:
@@ -80,11 +82,9 @@ def build_cluster(cfg) -> ClusterSetup:
     policy_class(cfg)
     model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
     configs = replica_configs(cfg, n)
-    wl, idx, arr = sample_workload(cfg)
-    prompt, output = wl.prompt_len[idx], wl.output_len[idx]
-    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, prompt)
-    output, context_clipped = fit_context(prompt, output, idx, model.max_context, max_seq_len, model.name)
-    keys = None if wl.keys is None else wl.keys[idx]
+    wl, fit, shared = served_requests(cfg, model, max_seq_len)
+    prompt, output = fit.prompt, fit.output
+    keys = None if wl.keys is None else wl.keys[fit.rows]
     replicas, gpus = [], []
     for i, c in enumerate(configs):
         try:
@@ -97,5 +97,6 @@ def build_cluster(cfg) -> ClusterSetup:
     if router_cls.uses_predictor:
         predictor = build_predictor(cfg, max_seq_len, output, keys=keys)
     router = router_cls(predictor, max_seq_len)
-    return ClusterSetup(prompt, output, arr, replicas, gpus, router, Slo.from_config(cfg), served_clipped(wl, idx),
-                        len(wl.prompt_len), context_clipped, model, wl.prefix_blocks, prefix, shared)
+    return ClusterSetup(prompt, output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg),
+                        served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
+                        fit.prefix, shared, fit.dropped, fit.clipped_prompts)

@@ -92,6 +92,36 @@ def fairness(df: pd.DataFrame) -> dict:
     return out
 
 
+TAIL_BATCH = 0.1  # offline, the steady part ends with the last iteration whose batch is at least this share of the peak
+
+
+def steady(df: pd.DataFrame, it: pd.DataFrame, end: float) -> dict:
+    """Throughput over the steady part of a run, beside the whole-run figures, which also count the warm-up
+    and the run-out. The steady part ends at the last arrival when requests arrive over time, and offline
+    (every request at once) with the last iteration whose batch is at least TAIL_BATCH of the run's peak:
+    after it a few long requests run out alone. Over it, completions are counted between the first finish
+    and the last finish by its end: (k - 1) requests, and their output tokens, over (f_k - f_1).
+    `tail_frac`: the share of the whole run's duration after the steady part."""
+    nan = {"steady_request_throughput": np.nan, "steady_output_throughput": np.nan, "tail_frac": np.nan}
+    if len(df) < 2 or not len(it):
+        return nan
+    start, last_arrival = float(df.arrival.min()), float(df.arrival.max())
+    if last_arrival > start:
+        steady_end = last_arrival
+    else:
+        big = it.batch_size.to_numpy() >= TAIL_BATCH * float(it.batch_size.max())
+        steady_end = float((it.start.to_numpy() + it.duration.to_numpy())[big].max())
+    order = np.argsort(df.finished.to_numpy(dtype=float), kind="stable")
+    f = df.finished.to_numpy(dtype=float)[order]
+    k = int(np.searchsorted(f, steady_end, side="right"))
+    span = f[k - 1] - f[0] if k >= 2 else 0.0
+    out = dict(nan, tail_frac=max(end - steady_end, 0.0) / max(end - start, 1e-12))
+    if span > 0:
+        out["steady_request_throughput"] = (k - 1) / span
+        out["steady_output_throughput"] = float(df.output_len.to_numpy()[order][1:k].sum()) / span
+    return out
+
+
 def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> dict:
     """One row of numbers for a finished `RunResult` (either engine's)."""
     df = request_records(result.requests) if records is None else records
@@ -118,6 +148,7 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "total_token_throughput": float(df.output_len.sum() + df.prompt_len.sum()) / span,
         "goodput": float(ok.sum()) / span,
         "slo_attainment": float(ok.mean()) if len(df) else np.nan,
+        **steady(df, it, float(result.end_time)),
     }
     row.update(_pcts("ttft", df.ttft))
     row.update(_pcts("tpot", df.tpot))
