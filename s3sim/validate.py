@@ -8,7 +8,8 @@ under the run's engine settings, arriving at its `queued_ts` (relative to the ea
 real metric) with the run's prompt and output lengths. The metrics, real and simulated alike:
 TTFT = first token - queued; TPOT = (last token - first token) / (output tokens - 1) over requests with more
 than one output token; end-to-end latency = last token - queued; throughput = requests (output tokens) /
-(last token of the run - first queued). Times are reported in milliseconds, like the peer's table.
+(last token of the run - first queued). Times are reported in milliseconds, like the peer's table, and their
+metric names say so (`ttft_p50_ms`).
 
 KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; otherwise vLLM's memory accounting,
 
@@ -54,6 +55,12 @@ COLUMNS = ("metric", "real", "simulated", "error_pct")
 STATS = (("mean", None), ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))
 LATENCIES = ("ttft", "tpot", "e2e_latency")
 METRICS = tuple(f"{lat}_{s}" for lat in LATENCIES for s, _ in STATS) + ("request_throughput", "output_throughput")
+
+
+def metric_name(metric: str) -> str:
+    """The name a metric has in validation.csv and peer.csv: latencies carry their unit, ms."""
+    return f"{metric}_ms" if metric.startswith(LATENCIES) else metric
+
 
 # Hugging Face ids (as vLLM's meta.json names the model) -> model presets; anything else needs --model.
 HF_MODELS = {
@@ -239,7 +246,7 @@ def comparison(real: dict, sim: dict) -> pd.DataFrame:
     rows = []
     for m in METRICS:
         r, s = real[m], sim[m]
-        rows.append((m, r, s, 100.0 * (s - r) / r if r else float("nan")))
+        rows.append((metric_name(m), r, s, 100.0 * (s - r) / r if r else float("nan")))
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -262,7 +269,7 @@ def read_peer(path: Path) -> pd.DataFrame:
             real, sim, err = float(m[3]), float(m[4]), float(m[5])
         except ValueError:
             raise ConfigError(f"{str(path)!r} line {lineno}: expected numbers, got {line.strip()!r}") from None
-        rows.append((f"{lat}_{stat}", real, sim, err))
+        rows.append((metric_name(f"{lat}_{stat}"), real, sim, err))
     if not rows:
         raise ConfigError(f"{str(path)!r}: no rows like 'TTFT Mean  <vLLM>  <Sim>  <Diff>%'")
     return pd.DataFrame(rows, columns=["metric", "real", "peer_simulated", "peer_error_pct"])

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (R4090 / "run").is_dir() or not (R6000 / "ru
                                 reason=f"the shared vLLM runs are not at {RUNS} (see ../shared/data/MANIFEST.md)")
 
 N = 40  # requests kept: the first ones of the run
-METRICS = [f"{lat}_{s}" for lat in ("ttft", "tpot", "e2e_latency") for s in ("mean", "p50", "p90", "p95", "p99")] \
+METRICS = [f"{lat}_{s}_ms" for lat in ("ttft", "tpot", "e2e_latency") for s in ("mean", "p50", "p90", "p95", "p99")] \
     + ["request_throughput", "output_throughput"]
 LLAMA31_WEIGHTS, LLAMA31_KV_PER_TOKEN = 8_030_261_248 * 2, 2 * 32 * 8 * 128 * 2
 
@@ -55,9 +55,9 @@ def real_metrics(path: Path) -> dict:
     values = {"ttft": (f - q) * 1e3, "tpot": (last - f)[many] / (out[many] - 1) * 1e3, "e2e_latency": (last - q) * 1e3}
     m = {}
     for name, v in values.items():
-        m[f"{name}_mean"] = v.mean()
+        m[f"{name}_mean_ms"] = v.mean()
         for p in (50, 90, 95, 99):
-            m[f"{name}_p{p}"] = np.percentile(v, p)
+            m[f"{name}_p{p}_ms"] = np.percentile(v, p)
     span = last.max() - q.min()
     m["request_throughput"], m["output_throughput"] = len(rows) / span, out.sum() / span
     return m
@@ -111,7 +111,7 @@ def test_validation_table(tmp_path, capsys, latency):
     peer = pd.read_csv(out / "peer.csv")
     assert list(peer.columns) == ["metric", "real", "peer_simulated", "peer_error_pct"]
     assert list(peer.metric) == METRICS[:15]
-    assert peer.set_index("metric").loc["ttft_mean"].tolist() == [65456.6, 65820.2, 0.6]  # the file's first row
+    assert peer.set_index("metric").loc["ttft_mean_ms"].tolist() == [65456.6, 65820.2, 0.6]  # the file's first row
 
 
 def test_no_peer_table_is_said(tmp_path, capsys):
