@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from s3sim.cli import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED
+from s3sim.experiments.common import write_table
 from s3sim.runner import run_config, write_csv
 
 RATES = (10, 25, 50, 75, 100, 125, 150, 175)
@@ -99,14 +100,14 @@ def main(argv=None) -> None:
         offline = run_all([[f"policy={p}", f"num_requests={n}"] for p in COMPARED]
                           + [HF_ACTUAL + [f"num_requests={n}"]], "offline")
         offline.insert(0, "run", [*COMPARED, "hf, sizing=actual"])
-        write_csv(offline, out / "offline.csv")
+        write_table(offline, out / "offline.csv")
         print(f"online: {args.online_requests} requests, Poisson arrivals at {list(RATES)} req/s")
         online = run_all([[f"policy={p}", "arrival=poisson", f"arrival.rate={r}",
                            f"num_requests={args.online_requests}"] for p in COMPARED for r in RATES], "online")
     except ConfigError as e:
         print(f"s3sim: error: {e}", file=sys.stderr)
         sys.exit(2)
-    write_csv(online, out / "online.csv")
+    write_table(online, out / "online.csv")
     try:
         print("predictors: ShareGPT held-out prompts (SmolLM2 token counts), offline")
         pred = run_all([PREDICTOR_COMMON + ov for ov in PREDICTOR_RUNS.values()], "predictors")
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
         print(f"s3sim: error: {e}", file=sys.stderr)
         sys.exit(2)
     pred.insert(0, "run", list(PREDICTOR_RUNS))
-    write_csv(pred, out / "predictors.csv")
+    write_table(pred, out / "predictors.csv")
     write_csv(online[["policy", "rate", "request_throughput", "e2e_latency_p50", "tpot_p50"]],
               out / "frontier_data.csv")
     plot_frontier(online, out / "frontier.png")

@@ -23,6 +23,7 @@ import pandas as pd
 
 from s3sim.core.errors import ConfigError
 from s3sim.experiments.default import run_all
+from s3sim.experiments.common import write_table
 from s3sim.runner import write_csv
 
 SHAREGPT = ["workload=sharegpt_pairs", "workload.split=test", "num_requests=null"]
@@ -88,27 +89,27 @@ def main(argv=None) -> None:
         off = labelled(OFFLINE, SHAREGPT, "offline")
         oracle = float(off.loc[off.run == "oracle", "request_throughput"].iloc[0])
         off = of_oracle(off, oracle)
-        write_csv(off, out / "offline.csv")
+        write_table(off, out / "offline.csv")
         grounded = labelled(GROUNDED_RUNS, SHAREGPT + GROUNDED, "grounded")
         grounded = of_oracle(grounded, float(grounded.loc[grounded.run == "oracle", "request_throughput"].iloc[0]))
-        write_csv(grounded, out / "grounded.csv")
+        write_table(grounded, out / "grounded.csv")
         qs = {f"s3 + trained, reserve=quantile q={q}{', grow=conditional' if g else ''}":
               TRAINED + ["policy.reserve=quantile", f"policy.quantile={q}"] + (["policy.grow=conditional"] if g else [])
               for g in (False, True) for q in QUANTILES}
         qs |= {f"s3 + trained, reserve=cost overflow_cost={w}": TRAINED + ["policy.reserve=cost", f"policy.overflow_cost={w}"]
                for w in OVERFLOW_COSTS}
         quant = of_oracle(labelled(qs, SHAREGPT, "quantiles"), oracle)
-        write_csv(quant, out / "quantiles.csv")
+        write_table(quant, out / "quantiles.csv")
         fair = labelled({f"{speed}: {k}": v + [ts] for speed, ts in SPEEDS.items() for k, v in FAIRNESS.items()},
                         TRACE, "fairness")
-        write_csv(fair, out / "fairness.csv")
+        write_table(fair, out / "fairness.csv")
         lat = {f"{where}, latency_ms={ms}": (common + [f"predictor.latency_ms={ms}"])
                for where, common in (("offline sharegpt, s3 + trained", SHAREGPT + TRAINED),
                                      *((f"azure trace {speed}, s3 + synthetic", TRACE + [ts, "policy=s3"])
                                        for speed, ts in SPEEDS.items()))
                for ms in LATENCIES_MS}
         latency = labelled(lat, [], "latency")
-        write_csv(latency, out / "latency.csv")
+        write_table(latency, out / "latency.csv")
     except ConfigError as e:
         print(f"s3sim: error: {e}", file=sys.stderr)
         sys.exit(2)
