@@ -14,12 +14,17 @@ going when one part fails (the part's error goes into the summary, the exit code
 5. fidelity: ft, orca, s3 and vllm run by the executor and simulated with that profile (its fixed cost
    per iteration fitted on a separate calibration run), relative errors per metric.
 
+Then it judges the measurements against `TARGETS` (each named, with its threshold there and nowhere
+else): a table of value / target / pass on screen and in `summary.json`, and exit code 1 when any target
+is missed or any part failed. A target whose part failed or did not measure it is missed, never passed.
+
 It writes into DIR (flat, eight files at most): `summary.md` (what it printed), `summary.json` (every
-number, the greedy and engine tables, errors), `bandwidth.csv`, `fidelity.csv` and `profile/` (meta.yaml,
-tp1/*.csv). `--smoke` runs the same code on the CPU with tiny shapes in about a minute; the test suite
-runs it so, so the script cannot rot. Targets (on a GPU): greedy tokens identical, decode at batch 1
-within 1.5x of the weight-read floor, bandwidth utilisation >= 50 % at batch 64 and above, the executor
-at least 1.0x `transformers`' continuous batching.
+number, the greedy and engine tables, the targets, errors), `bandwidth.csv`, `fidelity.csv` and
+`profile/` (meta.yaml, tp1/*.csv). It first removes those files from an earlier run in DIR, so nothing
+stale stands beside the new results (nor feeds a later part). `--smoke` runs the same code on the CPU
+with tiny shapes in about a minute and checks only that every part runs: the targets are measured and
+shown, not judged ("smoke: parts ran; targets not judged"), and the exit code is 0 when every part ran.
+The test suite runs it so, so the script cannot rot.
 
 The check needs simpy, hydra-core, omegaconf and antlr4-python3-runtime beside torch and transformers; a
 GPU image without them gets them as wheels (`make gpu-wheels`, README: "The GPU check").
@@ -30,18 +35,27 @@ import argparse
 import csv
 import importlib.util
 import json
+import math
+import shutil
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from s3sim.core.errors import ConfigError
 
 NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
+PARTS = ("greedy", "bandwidth", "profile", "engines", "fidelity")  # in the order they run
 GREEDY_POLICIES = ("ft", "orca", "s3", "oracle", "paged", "vllm")
+GREEDY_REQUESTS = 8
 FIDELITY_POLICIES = ("ft", "orca", "s3", "vllm")
 FIDELITY_METRICS = ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")
+# what a run writes into its folder, summaries first: all removed before a run, so none is an earlier run's
+OUTPUTS = ("summary.md", "summary.json", "bandwidth.csv", "fidelity.csv", "profile/meta.yaml", "profile/tp1/dense.csv",
+           "profile/tp1/attention.csv", "profile/tp1/per_sequence.csv")
 SMOLLM2_SHAPE = "smollm2-135m"  # the preset with SmolLM2's shape, for machines without its weights
 PLANS = {
     "gpu": dict(device="cuda", dtype="bfloat16", greedy_models=("tiny-llama", "smollm2"), big="llama-2-7b",
@@ -58,6 +72,111 @@ PLANS = {
                   op_grid=dict(tokens=(1, 4, 16, 64), sequences=(1, 4, 16), chunks=(16, 64), decodes=(1, 4, 16),
                                contexts=(16, 64))),
 }
+
+
+# ---- the targets: every threshold of the check, here and nowhere else ---------------------------------
+@dataclass(frozen=True)
+class Target:
+    name: str
+    what: str
+    op: str  # ">=" or "<="
+    threshold: float
+    unit: str  # "x" (a ratio) or "%" (a fraction)
+    measure: Callable[[dict], tuple[float | None, str]]  # summary -> (value or None if not measured, detail)
+
+
+def _greedy(s: dict) -> tuple[float | None, str]:
+    rows = s.get("greedy") or []
+    if not rows:
+        return None, "no greedy run"
+    failed = sum("error" in r for r in rows)
+    total = sum(r["requests"] for r in rows)
+    same = sum(r.get("identical", 0) for r in rows)  # a failed run's requests count as different
+    return (same / total if total else None), f"{same}/{total} requests, {failed} of {len(rows)} runs failed"
+
+
+def _graph_replays(s: dict) -> tuple[float | None, str]:
+    rows = [r for r in s.get("greedy") or [] if r.get("cuda_graphs")]
+    if not rows:
+        return None, "no greedy run with CUDA graphs"
+    used = sum(r.get("graph_replays", 0) > 0 for r in rows)
+    return used / len(rows), f"{used} of {len(rows)} runs with CUDA graphs replayed them"
+
+
+def _field(part: str, key: str, detail: str = "") -> Callable[[dict], tuple[float | None, str]]:
+    """A number of one part's summary, and a detail formatted from that summary."""
+    def measure(s: dict) -> tuple[float | None, str]:
+        got = s.get(part) or {}
+        return got.get(key), detail.format(**got) if got else f"no {part} measurements"
+    return measure
+
+
+TARGETS = (
+    Target("greedy_identical", "greedy requests whose tokens equal model.generate's (every policy, model, kernel)",
+           ">=", 1.0, "%", _greedy),
+    Target("cuda_graphs_replayed", "greedy runs with CUDA graphs that replayed a graph", ">=", 1.0, "%",
+           _graph_replays),
+    Target("batch1_vs_floor", "decode at batch 1: step time over the weight-read floor", "<=", 1.5, "x",
+           _field("bandwidth", "batch1_vs_floor", "{model}, {attention}, cuda_graphs={cuda_graphs}")),
+    Target("utilisation_batch64_up", "decode at batch >= 64: least fraction of the copy bandwidth", ">=", 0.5, "%",
+           _field("bandwidth", "min_utilisation_batch64_up", "batches measured {batches}")),
+    Target("cuda_graph_speedup", "decode at batch 1: eager step time over a replayed graph's", ">=", 1.0, "x",
+           _field("bandwidth", "graph_speedup_batch1", "{graph_detail}")),
+    Target("engine_speedup", "s3exec tokens/s over transformers' continuous batching", ">=", 1.0, "x",
+           _field("engines", "ratio", "{requests} requests, identical tokens {identical}")),
+    Target("fidelity_worst_error", "simulator vs executor: largest |relative error| of any policy x metric", "<=",
+           0.05, "%", _field("fidelity", "worst_abs_error", "{cells_within_5pct}")),
+)
+FIDELITY_TOLERANCE = next(t.threshold for t in TARGETS if t.name == "fidelity_worst_error")
+SMOKE_VERDICT = "smoke: parts ran; targets not judged"
+
+
+def _fmt(v: float | None, unit: str) -> str:
+    if v is None:
+        return "not measured"
+    return f"{v:.2f}x" if unit == "x" else f"{v:.1%}"
+
+
+def judge(summary: dict, smoke: bool = False) -> list[dict]:
+    """One row per target: its value (None: not measured), the target, and whether it passed (None in a
+    smoke run, which does not judge; False when not measured)."""
+    rows = []
+    for t in TARGETS:
+        try:
+            value, detail = t.measure(summary)
+        except (KeyError, TypeError, ValueError) as e:  # a part that wrote half its numbers measured nothing
+            value, detail = None, f"{type(e).__name__}: {e}"
+        if value is not None:
+            value = float(value)
+            if not math.isfinite(value):
+                value, detail = None, f"not finite; {detail}"
+        ok = value is not None and (value >= t.threshold if t.op == ">=" else value <= t.threshold)
+        rows.append({"target": t.name, "what": t.what, "value": value, "shown": _fmt(value, t.unit),
+                     "target_value": f"{t.op} {_fmt(t.threshold, t.unit)}", "pass": None if smoke else ok,
+                     "detail": detail})
+    return rows
+
+
+def verdict(rows: list[dict], errors: dict, smoke: bool) -> tuple[int, str]:
+    """The exit code and the one line that says it: a smoke run fails only on a part that failed; a GPU run
+    also on any target missed."""
+    failed = sorted(errors)
+    parts = f"parts FAILED: {', '.join(failed)}" if failed else "every part ran"
+    if smoke:
+        return (1, f"smoke: {parts}; targets not judged") if failed else (0, SMOKE_VERDICT)
+    missed = [r["target"] for r in rows if not r["pass"]]
+    targets = (f"targets missed: {', '.join(missed)}" if missed else "every target met") + \
+        f" ({len(rows) - len(missed)} of {len(rows)})"
+    return (1 if failed or missed else 0), f"{'FAIL' if failed or missed else 'PASS'}: {parts}; {targets}"
+
+
+def target_table(rows: list[dict]) -> list[str]:
+    """The targets as a small Markdown table (screen and summary.md)."""
+    out = ["| target | value | target | pass | detail |", "|---|---|---|---|---|"]
+    for r in rows:
+        mark = "not judged" if r["pass"] is None else "pass" if r["pass"] else "FAIL"
+        out.append(f"| {r['target']} | {r['shown']} | {r['target_value']} | {mark} | {r['detail']} |")
+    return out
 
 
 def preflight() -> None:
@@ -164,8 +283,9 @@ class Check:
                              "executor.attention": kernel, "executor.cuda_graphs": graphs}
                     if policy == "vllm":
                         extra.update({"policy.max_num_batched_tokens": 16, "policy.max_batch_size": 8})
-                    cfg = self.config(source, policy, 8, 32, 150, loaded.kv_bytes_per_token, **extra)
-                    row = {"model": source, "policy": policy, "attention": kernel, "cuda_graphs": graphs}
+                    cfg = self.config(source, policy, GREEDY_REQUESTS, 32, 150, loaded.kv_bytes_per_token, **extra)
+                    row = {"model": source, "policy": policy, "attention": kernel, "cuda_graphs": graphs,
+                           "requests": GREEDY_REQUESTS}
                     label = f"   {source:13s} {policy:6s} {kernel:4s}{' +graphs' if graphs else '        '}"
                     try:
                         setup = build_exec(cfg, loaded=loaded)
@@ -216,6 +336,7 @@ class Check:
         runner = ModelRunner(loaded.model, cache, kernel=self.attention, cuda_graphs=self.graphs)
         table = decode_bandwidth(runner, loaded, p["batches"], p["contexts"], self.device, copy_bps,
                                  min_seconds=p["min_seconds"], log=self.say)
+        speedup, detail = self.graph_speedup(loaded, runner, min(p["contexts"]))
         del runner, cache
         write_csv(table, self.out / "bandwidth.csv")
         one = table[table.batch == 1]
@@ -224,12 +345,44 @@ class Check:
             "model": p["big"], "attention": self.attention, "cuda_graphs": self.graphs, "copy_gb_s": copy_bps / 1e9, "weight_bytes": loaded.weight_bytes,
             "batch1_vs_floor": float(one.vs_floor.max()) if len(one) else None,
             "min_utilisation_batch64_up": float(big.utilisation.min()) if len(big) else None,
-            "max_utilisation": float(table.utilisation.max()) if len(table) else None}
+            "max_utilisation": float(table.utilisation.max()) if len(table) else None,
+            "batches": sorted(set(table.batch.astype(int).tolist())),
+            "graph_speedup_batch1": speedup, "graph_detail": detail}
         b = self.summary["bandwidth"]
         self.say(f"   copy bandwidth {b['copy_gb_s']:.0f} GB/s; batch 1 at {b['batch1_vs_floor'] or float('nan'):.2f}x "
-                 f"the weight-read floor (target <= 1.5x); utilisation at batch >= 64: "
+                 f"the weight-read floor; utilisation at batch >= 64: "
                  f"{'n/a' if b['min_utilisation_batch64_up'] is None else format(b['min_utilisation_batch64_up'], '.0%')}"
-                 f" at least (target >= 50 %)")
+                 f" at least; CUDA graphs at batch 1: {detail}")
+
+    def graph_speedup(self, loaded, runner, context: int) -> tuple[float | None, str]:
+        """Decode at batch 1 and `context` tokens: an eager step's median time over a replayed graph's, on the
+        same cache and kernel. The smoke run replays with a backend that reruns the captured step (CUDA
+        graphs need CUDA), so the path runs though its ratio means nothing."""
+        import statistics
+
+        import numpy as np
+
+        from s3exec.cuda_graphs import DecodeGraphs
+        from s3exec.model_runner import ModelRunner
+        from s3exec.profile import time_point
+
+        if not self.graphs and not self.smoke:
+            return None, "not measured: the executor fell back to eager steps (see greedy)"
+        graphed = runner
+        if not self.graphs:
+            graphed = ModelRunner(loaded.model, runner.cache, kernel=self.attention)
+            graphed.graphs = DecodeGraphs(graphed, sizes=(1,), backend=RerunBackend())
+        eager = ModelRunner(loaded.model, runner.cache, kernel=self.attention)
+        before = graphed.graphs.replays
+        rng = np.random.default_rng(0)
+        t = {name: statistics.median(time_point(r, (0, 0, 1, context), loaded.vocab_size, self.device, 2, 3, rng,
+                                                self.plan["min_seconds"]))
+             for name, r in (("eager", eager), ("graphs", graphed))}
+        if graphed.graphs.replays == before:
+            return None, "not measured: no step replayed a graph"
+        return t["eager"] / t["graphs"], (f"eager {t['eager'] * 1e3:.2f} ms, graph {t['graphs'] * 1e3:.2f} ms "
+                                          f"({t['eager'] / t['graphs']:.2f}x, context {context})"
+                                          + (" [smoke: rerun, not a graph]" if self.smoke else ""))
 
     # ---- 3. operator profile ------------------------------------------------------------------------
     def profile(self) -> None:
@@ -266,7 +419,7 @@ class Check:
                                    "transformers_tok_s": tokens / hf_wall, "s3exec_tok_s": tokens / ex_wall,
                                    "ratio": hf_wall / ex_wall, "identical": f"{same}/{n}"}
         self.say(f"   {n} requests, {tokens} output tokens: transformers continuous batching {tokens / hf_wall:.0f} "
-                 f"tok/s, s3exec (paged) {tokens / ex_wall:.0f} tok/s: {hf_wall / ex_wall:.2f}x (target >= 1.0x); "
+                 f"tok/s, s3exec (paged) {tokens / ex_wall:.0f} tok/s: {hf_wall / ex_wall:.2f}x; "
                  f"identical tokens {same}/{n}")
 
     # ---- 5. fidelity ---------------------------------------------------------------------------------
@@ -325,9 +478,10 @@ class Check:
         write_csv(table, self.out / "fidelity.csv")
         errs = table[[f"err_{m}" for m in FIDELITY_METRICS]].abs()
         self.summary["fidelity"] = {"model": p["big"], "overhead_s": overhead,
-                                    "cells_within_5pct": f"{int((errs <= 0.05).sum().sum())}/{errs.size}",
+                                    "cells_within_5pct": f"{int((errs <= FIDELITY_TOLERANCE).sum().sum())}/{errs.size} "
+                                                         f"cells within {FIDELITY_TOLERANCE:.0%}",
                                     "worst_abs_error": float(errs.max().max())}
-        self.say(f"   fixed cost per iteration {overhead * 1e3:.2f} ms (calibration run); cells within 5 %: "
+        self.say(f"   fixed cost per iteration {overhead * 1e3:.2f} ms (calibration run); "
                  f"{self.summary['fidelity']['cells_within_5pct']}")
 
     # ---- the whole check -----------------------------------------------------------------------------
@@ -338,22 +492,57 @@ class Check:
         from s3exec.runner import device_name
         from s3sim.runner import write_text
 
-        for stale in ("summary.md", "summary.json"):  # a summary from an earlier run must not stand for this one
-            (self.out / stale).unlink(missing_ok=True)
+        clear_outputs(self.out)
         self.summary.update(device_name=device_name(self.device), torch=torch.__version__,
                             transformers=transformers.__version__)
         self.say(f"# s3exec GPU check: {self.summary['device_name']}, {self.dtype}, torch {torch.__version__}, "
                  f"transformers {transformers.__version__}{' (smoke: CPU, tiny shapes)' if self.smoke else ''}")
         t0 = time.perf_counter()
-        for name in ("greedy", "bandwidth", "profile", "engines", "fidelity"):
-            self.run_step(name, getattr(self, name))
+        try:
+            for name in PARTS:
+                self.run_step(name, getattr(self, name))
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self.summary["wall_s"] = round(time.perf_counter() - t0, 1)
-        failed = sorted(self.summary["errors"])
-        self.say(f"# done in {self.summary['wall_s']:.0f} s; " + (f"FAILED: {', '.join(failed)}" if failed else
-                                                                 "every part ran"))
+        rows = judge(self.summary, self.smoke)
+        code, line = verdict(rows, self.summary["errors"], self.smoke)
+        self.summary.update(targets=rows, verdict=line, exit_code=code)
+        self.say("## targets" + (" (smoke: measured on tiny shapes, not judged)" if self.smoke else ""))
+        for row in target_table(rows):
+            self.say(row)
+        self.say(f"# done in {self.summary['wall_s']:.0f} s; {line}")
         write_text(json.dumps(self.summary, indent=1, default=str) + "\n", self.out / "summary.json")
         write_text("\n".join(self.lines) + "\n", self.out / "summary.md")
-        return 1 if failed else 0
+        return code
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove what an earlier run wrote into `out` (summaries first, so a run cut short leaves none that
+    claims its results), and the temporary files an interrupted write left; nothing else in `out`."""
+    for name in OUTPUTS:
+        path = out / name
+        path.unlink(missing_ok=True)
+        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+    for folder in ("profile/tp1", "profile"):  # empty now unless something else lives there
+        try:
+            (out / folder).rmdir()
+        except OSError:
+            pass
+
+
+class RerunBackend:
+    """Stands in for `torch.cuda.graph` on the smoke run: `replay` reruns the captured step and copies its
+    result into the output the capture returned, as a graph writes into its static output."""
+
+    def capture(self, fn):
+        out = fn()
+
+        class Graph:
+            def replay(self):
+                out.copy_(fn())
+
+        return Graph(), out
 
 
 def default_out(smoke: bool) -> Path:
