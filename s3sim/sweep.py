@@ -12,6 +12,17 @@ from hydra.experimental.callback import Callback
 
 
 class SweepReport(Callback):
+    def on_job_end(self, config, job_return=None, **kwargs) -> None:
+        """A sweep shows its points as they finish: this one, and how many of the sweep's points have a summary
+        by now (counted on disk, so it holds for parallel and cluster launchers too)."""
+        hc = config.hydra
+        if str(hc.mode) != "RunMode.MULTIRUN":
+            return
+        root = Path(hc.sweep.dir)
+        done = sum(1 for _ in root.glob("*/summary.csv"))
+        print(f"sweep: point {hc.job.num} done ({hc.job.override_dirname or 'no overrides'}); {done} points of "
+              f"{root} have a summary", file=sys.stderr, flush=True)
+
     def on_multirun_end(self, config, **kwargs) -> None:
         from s3sim.collect import collect, status_line
         from s3sim.core.errors import ConfigError

@@ -20,6 +20,7 @@ from s3sim.core.request import Request
 from s3sim.core.results import IterationLog, RunResult, Step
 from s3sim.core.serving import Inbox, serve
 from s3sim.latency.base import LatencyModel
+from s3sim.simulator import progress
 
 
 class ArrivalSource:
@@ -161,6 +162,6 @@ def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyMode
     log = IterationLog()
     env.process(arrival_process(env, source))
     engine = env.process(serve(scheduler, backend, backend.inbox, log))
-    env.run()
+    progress.run(env, progress.Progress(len(requests)), lambda: len(scheduler.finished))
     end, steps = engine.value
     return RunResult(requests, log, scheduler, end, steps, scheduler.pool.capacity * scheduler.pool.unit_tokens)
