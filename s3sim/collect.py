@@ -114,7 +114,8 @@ def sweep_points(sweep: Path) -> list[tuple[list[str], str]] | None:
             return None
         params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
         parser = OverridesParser.create()
-        (points,) = BasicSweeper.split_arguments(parser.parse_overrides(params + list(hydra["overrides"]["task"] or [])), None)
+        task = list(hydra["overrides"]["task"] or [])
+        (points,) = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)
         naming = hydra["job"]["config"]["override_dirname"]
         default_subdir = str(hydra["sweep"]["subdir"]) == "${hydra.job.num}_${hydra.job.override_dirname}"
     except Exception:  # noqa: BLE001 - whatever Hydra or YAML raise, the point count is unknown, nothing more
@@ -212,7 +213,8 @@ def short_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def status_line(table: pd.DataFrame) -> str:
     """`N runs: a finished, b failed, c invalid, d incomplete` (`N points: ..., e never started` when a
-    sweep's points have no folder yet), then one line per run that did not finish (the first LISTED points never started)."""
+    sweep's points have no folder yet), then one line per run that did not finish (of the points never
+    started, the first LISTED)."""
     counts = table.status.value_counts()
     never = int(counts.get(NEVER_STARTED, 0))
     lines = [f"{len(table)} {'points' if never else 'runs'}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)

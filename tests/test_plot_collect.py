@@ -28,7 +28,8 @@ def sweep(tmp_path_factory):
 
 
 def point_dirs(mr):
-    return sorted((d for d in mr.iterdir() if d.is_dir() and d.name[0].isdigit()), key=lambda d: int(d.name.split("_")[0]))
+    return sorted((d for d in mr.iterdir() if d.is_dir() and d.name[0].isdigit()),
+                  key=lambda d: int(d.name.split("_")[0]))
 
 
 # ---- s3sim-collect ---------------------------------------------------------------------------------
@@ -39,7 +40,8 @@ def test_collect_help_is_real_help_and_bad_arguments_are_one_line():
     assert "no such results directory" not in p.stdout + p.stderr
     for args in ([], ["a", "b", "c"], ["--nope", "x"]):
         p = collect_cli(*args)
-        assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("s3sim-collect: error:"), p.stderr
+        assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+        assert p.stderr.startswith("s3sim-collect: error:")
     p = collect_cli("/nonexistent/results")
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no such results directory" in p.stderr
 
@@ -96,3 +98,182 @@ def test_collect_refuses_an_output_that_overlaps_what_it_reads(sweep, tmp_path):
     p = collect_cli(mr, mr / "all.csv")  # beside the runs, as the sweep's own hint says: fine
     assert p.returncode == 0, p.stderr
     assert len(pd.read_csv(mr / "all.csv")) == 6
+
+
+# ---- s3sim-plot ------------------------------------------------------------------------------------
+
+def plot_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-c", "from s3sim.plot_cli import main; main()", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def sweep_table(**extra):
+    """Two policies at three offered rates and two time scales, latency rising with the rate."""
+    rows = []
+    for policy, base in (("orca", 2.0), ("s3", 1.0)):
+        for scale in (0.5, 1.0):
+            for rate in (1.0, 2.0, 4.0):
+                rows.append({"status": "finished", "policy": policy, "workload.time_scale": scale,
+                             "offered_rate": rate / scale, "e2e_latency_p50": base * rate * (1 + scale),
+                             "ttft_p50": 0.1 * base * rate})
+    return pd.DataFrame(rows).assign(**extra)
+
+
+def figure_of(tmp_path, table, *args):
+    from s3sim.plot_cli import build
+
+    table.to_csv(tmp_path / "t.csv", index=False)
+    notes = []
+    fig, out = build([str(tmp_path / "t.csv"), *args], note=notes.append)
+    return fig, notes
+
+
+def line_colours(ax):
+    from matplotlib.colors import to_hex
+    return [to_hex(line.get_color()) for line in ax.get_lines()]
+
+
+def test_hue_by_any_column_gives_each_value_its_own_colour_and_policies_keep_theirs(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from s3sim.plots import color
+
+    fig, _ = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "e2e_latency_p50",
+                       "--hue", "workload.time_scale", "--col", "policy")
+    for ax in fig.axes[:2]:
+        colours = line_colours(ax)
+        assert len(colours) == 2 and len(set(colours)) == 2  # one line per time scale, each its own colour
+    assert line_colours(fig.axes[0]) == line_colours(fig.axes[1])  # a value keeps its colour across panels
+    fig, _ = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy",
+                       "--col", "workload.time_scale")
+    ax = fig.axes[0]
+    assert line_colours(ax) == [to_hex(color("orca")), to_hex(color("s3"))]  # the figures' usual policy colours
+    # policies no figure knows still differ from each other and from the known ones
+    t = sweep_table()
+    t.loc[t.policy == "orca", "policy"] = "mine"
+    t = pd.concat([t, sweep_table().query("policy == 'orca'").assign(policy="yours")])
+    fig, _ = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy",
+                       "--col", "workload.time_scale")
+    assert len(set(line_colours(fig.axes[0]))) == 3
+
+
+def test_style_varies_line_style_and_marker_and_the_legend_names_both(tmp_path):
+    fig, _ = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "e2e_latency_p50",
+                       "--hue", "policy", "--style", "workload.time_scale")
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 4
+    looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(looks) == 4 and len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 2
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"policy", "orca", "s3", "workload.time_scale", "0.5", "1.0"} <= set(labels)
+
+
+def test_axes_carry_units_and_the_frontier_preset_draws_latency_against_offered_rate(tmp_path):
+    from s3sim.metrics.schema import unit
+
+    fig, _ = figure_of(tmp_path, sweep_table(), "--preset", "frontier")
+    assert len(fig.axes) == 2
+    ylabels = [ax.get_ylabel() for ax in fig.axes]
+    assert [label.split(" (")[0] for label in ylabels] == ["e2e_latency_p50", "ttft_p50"]
+    for ax, metric in zip(fig.axes, ("e2e_latency_p50", "ttft_p50")):
+        assert unit(metric) and ax.get_ylabel().endswith(f"({unit(metric)})")
+        assert unit("offered_rate") and ax.get_xlabel() == f"offered_rate ({unit('offered_rate')})"
+        assert ax.get_yscale() == "log"
+        assert len(set(line_colours(ax))) == 2  # hue policy
+    # an explicit option overrides the preset's
+    fig, _ = figure_of(tmp_path, sweep_table(), "--preset", "frontier", "--y", "ttft_p50")
+    assert len(fig.axes) == 1 and fig.axes[0].get_ylabel().startswith("ttft_p50")
+    # a column the preset needs and the table lacks is one line naming it
+    sweep_table().drop(columns="ttft_p50").to_csv(tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--preset", "frontier")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "ttft_p50" in p.stderr
+
+
+def test_panels_of_one_metric_in_a_row_share_y_unless_asked(tmp_path):
+    args = ["--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--col", "workload.time_scale"]
+    fig, _ = figure_of(tmp_path, sweep_table(), *args)
+    fig.canvas.draw()
+    a, b = fig.axes[:2]
+    ys = [y for ax in (a, b) for line in ax.get_lines() for y in line.get_ydata()]
+    low, high = a.get_ylim()
+    assert a.get_ylim() == b.get_ylim() and low <= min(ys) and high >= max(ys)  # one scale that shows every point
+    fig, _ = figure_of(tmp_path, sweep_table(), *args, "--no-sharey")
+    fig.canvas.draw()
+    assert fig.axes[0].get_ylim() != fig.axes[1].get_ylim()
+    # several metrics beside a --col: a row per metric, each row its own scale
+    fig, _ = figure_of(tmp_path, sweep_table(), *args[:2], "--y", "e2e_latency_p50,ttft_p50", "--col", "policy")
+    fig.canvas.draw()
+    grid = [fig.axes[:2], fig.axes[2:4]]
+    assert [ax.get_ylabel().split(" (")[0] for ax in (grid[0][0], grid[1][0])] == ["e2e_latency_p50", "ttft_p50"]
+    assert grid[0][0].get_ylim() == grid[0][1].get_ylim() != grid[1][0].get_ylim() == grid[1][1].get_ylim()
+    for row in grid:
+        ys = [y for ax in row for line in ax.get_lines() for y in line.get_ydata()]
+        assert row[0].get_ylim()[0] <= min(ys) and row[0].get_ylim()[1] >= max(ys)
+
+
+def test_confidence_bands_cover_the_interval_where_the_table_has_one(tmp_path):
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_hex
+
+    t = sweep_table()
+    t["e2e_latency_p50_ci95"] = 0.1 * t.e2e_latency_p50
+    fig, _ = figure_of(tmp_path, t.query("`workload.time_scale` == 1.0"), "--x", "offered_rate",
+                       "--y", "e2e_latency_p50", "--hue", "policy")
+    ax = fig.axes[0]
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2
+    for band, line in zip(bands, ax.get_lines()):
+        assert to_hex(band.get_facecolor()[0]) == to_hex(line.get_color())
+        y = np.asarray(line.get_ydata())
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx((0.9 * y).min()) and ys.max() == pytest.approx((1.1 * y).max())
+    fig, _ = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--ci", "none")
+    assert not [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+
+
+def test_what_is_left_out_is_said_and_a_figure_without_a_point_is_refused(tmp_path):
+    t = sweep_table()
+    t.loc[t["workload.time_scale"] == 0.5, "offered_rate"] = float("inf")  # offline runs
+    t = pd.concat([t, t.head(2).assign(status="failed")])
+    t["empty"] = float("nan")
+    t.to_csv(tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy")
+    assert p.returncode == 0, p.stderr
+    inf_rows = int((t.status == "finished").sum() // 2)
+    assert f"left out {inf_rows} of {int((t.status == 'finished').sum())} rows: offered_rate inf" in p.stderr
+    assert "left out 2 of" in p.stderr and "failed" in p.stderr
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "empty")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "no finite point" in p.stderr and "empty" in p.stderr
+    p = plot_cli(tmp_path / "t.csv", "--x", "workload.time_scale", "--y", "offered_rate", "--logx")
+    assert p.returncode == 0 and "offered_rate inf" in p.stderr
+
+
+def test_log_axes_leave_out_non_positive_values_in_one_line(tmp_path):
+    t = sweep_table()
+    t.loc[t.index[:3], "e2e_latency_p50"] = [0.0, -1.0, 0.0]
+    t.to_csv(tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--logy")
+    assert p.returncode == 0, p.stderr
+    assert "Warning" not in p.stderr and p.stderr.count("\n") == 1
+    assert "left out 3 of" in p.stderr and "<= 0" in p.stderr and "--logy" in p.stderr
+    t["e2e_latency_p50"] = 0.0
+    t.to_csv(tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--logy")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "no finite point" in p.stderr and "Warning" not in p.stderr
+
+
+def test_the_figure_never_overwrites_its_table(tmp_path):
+    sweep_table().to_csv(tmp_path / "t.csv", index=False)
+    before = (tmp_path / "t.csv").read_bytes()
+    for out in ("t.csv", "./t.csv", str(tmp_path / "t.csv")):
+        p = plot_cli("t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--out", out, cwd=tmp_path)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--out" in p.stderr, p.stderr
+    (tmp_path / "t.png").symlink_to(tmp_path / "t.csv")  # the default output, a link to the table
+    p = plot_cli("t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", cwd=tmp_path)
+    assert p.returncode == 2 and "overlaps an input" in p.stderr
+    assert (tmp_path / "t.csv").read_bytes() == before
+    p = plot_cli("--help")
+    assert p.returncode == 0 and "--preset" in p.stdout and "frontier" in p.stdout

@@ -27,6 +27,45 @@ def color(policy: str) -> str:
     return f"C{i}"
 
 
+POLICY_COLUMNS = ("policy", "policy.name")  # a hue by these keeps each policy's own colour
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def palette(column: str | None, values) -> dict:
+    """A distinct colour for each value of `column`, in the values' order: each policy's own colour when the
+    column names policies (other values take colours no policy has); otherwise matplotlib's categorical
+    tab10 (tab20 beyond 10 values, evenly spaced viridis beyond 20)."""
+    from matplotlib.colors import to_hex
+
+    values = list(dict.fromkeys(values))
+    if column in POLICY_COLUMNS:
+        used = {to_hex(color(p)) for p in POLICY_ORDER}
+        others = [v for v in values if v not in POLICY_ORDER]
+        spare = [c for c in categorical(10) + categorical(20)[1::2] if c not in used]  # C8, C9, then tab20's light
+        spare = iter(spare if len(others) <= len(spare) else categorical(len(others)))
+        return {v: to_hex(color(v)) if v in POLICY_ORDER else next(spare) for v in values}
+    return dict(zip(values, categorical(len(values))))
+
+
+def categorical(n: int) -> list[str]:
+    """`n` colours a reader tells apart, as hex."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if n <= 10:
+        return [to_hex(colormaps["tab10"](i)) for i in range(n)]
+    if n <= 20:
+        return [to_hex(colormaps["tab20"](i)) for i in range(n)]
+    return [to_hex(colormaps["viridis"](i / (n - 1))) for i in range(n)]
+
+
+def line_styles(values) -> dict:
+    """A (line style, marker) pair for each value, distinct for the first 8 (markers) and then by pairing."""
+    values = list(dict.fromkeys(values))
+    return {v: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, v in enumerate(values)}
+
+
 def ordered(values):
     """Policies in the usual order, anything else after them in first-seen order."""
     seen = list(dict.fromkeys(values))
