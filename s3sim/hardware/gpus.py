@@ -122,6 +122,25 @@ GPU_PRESETS = {name: replace(g, **dict(zip(("compute_efficiency", "memory_effici
                for name, g in GPU_PRESETS.items()}
 
 
+# The names GPUs give themselves (torch.cuda.get_device_name, nvidia-smi; lower case) -> preset: how a
+# profile or a run that records its device is matched to a preset.
+DEVICE_NAMES = {
+    "nvidia geforce rtx 4090": "rtx-4090",
+    "nvidia rtx pro 6000 blackwell server edition": "rtx-pro-6000",
+    "nvidia h100 80gb hbm3": "h100-sxm",
+    "nvidia h200": "h200",
+    "nvidia a100-sxm4-80gb": "a100-80gb-sxm",
+    "nvidia a100-sxm4-40gb": "a100-40gb-sxm",
+    "nvidia a100 80gb pcie": "a100-80gb-pcie",
+    "nvidia a100-pcie-40gb": "a100-40gb-pcie",
+}
+
+
+def preset_of_device(device) -> str | None:
+    """The preset a recorded device name stands for, or None (a CPU, a GPU without a preset)."""
+    return DEVICE_NAMES.get(str(device).strip().lower()) if device else None
+
+
 def get_gpu(name: str) -> GpuSpec:
     if name in GPU_PRESETS:
         return GPU_PRESETS[name]

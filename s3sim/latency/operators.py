@@ -32,6 +32,7 @@ from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.inputs import read_csv
 from s3sim.latency.base import LatencyModel
+from s3sim.latency.provenance import check_profile
 
 PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
              "down_proj": 1}
@@ -238,6 +239,21 @@ def profile_folder(path, tp: int = 1) -> Path:
     raise ConfigError(f"operator profile {str(p)!r}: no tp{tp}/ folder and no dense.csv in it")
 
 
+def profile_meta(path) -> dict:
+    """The `meta.yaml` of a profile folder (`path`, or the folder above its `tp<N>/`); {} if it has none."""
+    import yaml
+
+    p = Path(path)
+    for folder in (p, p.parent):
+        if (folder / "meta.yaml").is_file():
+            try:
+                meta = yaml.safe_load((folder / "meta.yaml").read_text())
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{folder / 'meta.yaml'}: not YAML ({str(e).splitlines()[0]})") from None
+            return meta if isinstance(meta, dict) else {}
+    return {}
+
+
 class OperatorLatency(LatencyModel):
     """Iteration time as the sum of measured operators (see the module doc)."""
 
@@ -265,6 +281,7 @@ class OperatorLatency(LatencyModel):
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
             all_reduce = all_reduce_model(conf.all_reduce, gpu) or NoAllReduce()
+        check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce)
 
     @classmethod

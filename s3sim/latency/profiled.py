@@ -43,6 +43,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
+from s3sim.latency.provenance import check_profile
 from s3sim.inputs import note, read_csv
 from s3sim.latency.base import LatencyModel
 
@@ -177,7 +178,9 @@ class ProfiledLatency(LatencyModel):
         if num_gpus != 1:
             raise ConfigError(f"latency=profiled reads a profile of one device and cannot price gpu.count={num_gpus} "
                               f"(it has no communication term); use latency=roofline or latency=operators")
-        return cls(model, gpu, conf.path, overhead_s=conf.overhead_s)
+        lat = cls(model, gpu, conf.path, overhead_s=conf.overhead_s)
+        check_profile(lat.meta, model, gpu, "latency=profiled", f"the profile {conf.path}")
+        return lat
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, path=None, overhead_s: float | None = None,
                  table: pd.DataFrame | None = None, meta: dict | None = None) -> None:
