@@ -53,9 +53,12 @@ def test_derived_properties():
 
 
 def test_capacity_gpt_j_on_a100_80gb():
-    tokens = kv_capacity_tokens(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
-    # (80 GiB * 0.9 - 12.1 GB) / 448 KiB per token: about 140k tokens.
-    assert 100_000 < tokens < 200_000
+    m = get_model("gpt-j-6b")
+    tokens = kv_capacity_tokens(m, get_gpu("a100-80gb-pcie"))
+    # KV per token: 28 layers x (K and V) x 4,096 x 2 bytes = 458,752 bytes; weights 6,053,381,344 x 2 bytes.
+    assert m.kv_bytes_per_token == 28 * 2 * 4096 * 2 and m.weight_bytes == 6_053_381_344 * 2
+    # (80 GiB x 0.9 - 12,106,762,688 B) // 458,752 B = (77,309,411,328 - 12,106,762,688) // 458,752 = 142,130
+    assert tokens == (80 * 2**30 * 9 // 10 - 12_106_762_688) // 458_752 == 142_130
     assert tokens == kv_capacity_tokens(get_model("gpt-j-6b"), get_gpu("a100-80gb-sxm"))
 
 

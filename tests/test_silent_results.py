@@ -292,3 +292,18 @@ def test_precheck_leaves_flags_and_unlisted_sweeps_to_hydra(tmp_path):
     with pytest.raises(SystemExit):
         precheck(conf, "config", ["-m", "policy=orca,nope"], "s3sim")
 
+
+
+@pytest.mark.parametrize("cap", [20_000, 3_500])
+def test_prefix_hits_are_a_share_of_what_admissions_asked_for_even_under_heavy_preemption(cap):
+    """Counters are divided by totals of their own kind: a readmitted victim asks for its prompt (and what it
+    generated) again and may find it cached again, so hits are bounded by prefill_context_tokens, not by
+    prompt_tokens (which they used to exceed: 'found cached' read over 100 %)."""
+    row = run_config(cfg("policy=vllm", "policy.prefix_caching=true", "num_requests=300", "shared_prefix.tokens=1024",
+                         f"+kv_capacity_tokens={cap}", "model=llama-3.1-8b", "max_seq_len=1024"))
+    assert row["prefix_shared_tokens"] <= row["prefix_cached_tokens"] <= row["prefill_context_tokens"]
+    if row["preemptions"] == 0:
+        assert row["prefill_context_tokens"] == row["prompt_tokens"]
+    else:  # each readmission asks for at least its prompt again
+        assert row["prefill_context_tokens"] > row["prompt_tokens"] + row["recomputed_tokens"]
+        assert row["prefix_cached_tokens"] > row["prompt_tokens"]  # the case that read over 100 %

@@ -1,6 +1,5 @@
 """Workload loaders on the real shared data, trace-file error reporting, and arrival processes."""
 
-import time
 
 import numpy as np
 import pytest
@@ -59,9 +58,7 @@ def test_sharegpt():
 # ---------------------------------------------------------------------------------------------- traces
 
 def test_azure_trace_real_file():
-    t0 = time.perf_counter()
     w = load_workload("trace")
-    assert time.perf_counter() - t0 < 1.0
     assert len(w) == 19_366 and w.timestamps[0] == 0.0 and (np.diff(w.timestamps) >= 0).all()
     span = w.timestamps[-1]
     assert 3300 < span < 3700

@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     done = res[res.status == "finished"].copy()
     base = done[done.policy == "vllm"].set_index(["prefix_tokens", "groups"]).request_throughput
     done["x_vllm"] = [r.request_throughput / base[(r.prefix_tokens, r.groups)] for r in done.itertuples()]
-    done["prefix_shared_frac"] = done.prefix_shared_tokens / done.prompt_tokens  # of all prompt tokens
+    # of every admission's context (a preempted request's readmission asks for its prompt again): a share <= 1
+    done["prefix_shared_frac"] = done.prefix_shared_tokens / done.prefill_context_tokens
     table = done[COLUMNS]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ family (`ttft_{stat}`: ttft_mean, ttft_p50, ...): see `family`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import functools
 import itertools
 import re
@@ -131,6 +132,9 @@ MEASURED = (
     Column("padding_tokens", "tokens", "ft and hf: decode slots spent on members of a static batch that already "
            "finished, plus (hf) the left-padding of prompts to the batch's longest; 0 for other policies"),
     Column("prompt_tokens", "tokens", "prompt tokens of every request (sum of prompt_len)"),
+    Column("prefill_context_tokens", "tokens", "the context every admission placed in KV, computed or found in the "
+           "prefix cache: each prompt on its first admission and, after each recompute preemption, its prompt and "
+           "generated tokens again; prefix_cached_tokens is a part of it, prompt_tokens is not a bound"),
     Column("prefix_cached_tokens", "tokens", "vllm: prefill tokens the prefix cache held already (0 elsewhere)"),
     Column("prefix_shared_tokens", "tokens", "vllm: of prefix_cached_tokens, those found by content (blocks "
            "computed by another request's shared prompt prefix or by the request's own earlier run)"),
@@ -361,6 +365,23 @@ def render(kinds=KINDS, as_markdown: bool = False) -> str:
     return "\n".join((markdown if as_markdown else plain)(k) for k in kinds)
 
 
+BEGIN, END = "<!-- outputs:begin -->\n", "<!-- outputs:end -->"
+
+
+def update_readme(path: Path) -> int:
+    """The README's Outputs section regenerated in place (atomically), so a new column is documented by
+    adding it to the tables above and running `s3sim-schema --update-readme README.md`."""
+    from s3sim.runner import write_text
+
+    text = path.read_text() if path.is_file() else ""
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        print(f"{PROG}: error: {path} needs one {BEGIN.strip()} and one {END} line", file=sys.stderr)
+        return 2
+    head, rest = text.split(BEGIN)
+    write_text(head + BEGIN + render(KINDS, True) + END + rest.split(END, 1)[1], path)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr, exit 2
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -371,10 +392,14 @@ def main(argv=None) -> int:
     p = _Parser(prog=PROG, description="Print every column of the files a run writes: unit and definition.")
     p.add_argument("kind", nargs="?", help=f"one of {', '.join(KINDS)} (default: all)")
     p.add_argument("--markdown", action="store_true", help="Markdown tables (the README's Outputs section)")
+    p.add_argument("--update-readme", metavar="README", help="rewrite README's section between "
+                   f"{BEGIN.strip()} and {END} with the Markdown tables")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.kind is not None and args.kind not in KINDS:
         print(f"{PROG}: error: kind must be one of {', '.join(KINDS)}, got {args.kind!r}", file=sys.stderr)
         return 2
+    if args.update_readme:
+        return update_readme(Path(args.update_readme))
     sys.stdout.write(render([args.kind] if args.kind else KINDS, args.markdown))
     return 0
 

@@ -176,6 +176,8 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "swapped_tokens": int(df.swapped_tokens.sum()),
         "padding_tokens": int(counts["padding_tokens"]),
         "prompt_tokens": int(df.prompt_len.sum()),
+        "prefill_context_tokens": int(counts.get("prefill_context_tokens", 0)),  # every admission's context:
+        # the prompt, and after each recompute preemption prompt + generated again; the cache's hits are part of it
         "prefix_cached_tokens": int(counts.get("cached_tokens", 0)),  # prefill tokens a prefix cache held already
         "prefix_shared_tokens": int(counts.get("shared_cached_tokens", 0)),  # ... of them computed by another
         # request (a shared prompt prefix) or by its own earlier run, found by content

@@ -97,6 +97,7 @@ class Scheduler:
         # memory was free to grow it) or "memory" (no memory left for it or for the running requests)
         self.by_cause = {c: {"preemptions": 0, "recomputed_tokens": 0, "swapped_tokens": 0} for c in CAUSES}
         self.pending_transfer = 0  # swap-out tokens, paid by the next iteration
+        self.prefill_context_tokens = 0  # context every admission placed in KV (computed or found cached)
         self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption
         self._events: list = []
         self._pushes = itertools.count()
@@ -138,7 +139,7 @@ class Scheduler:
     def counters(self) -> dict:
         """The policy's own counts for a run's summary (preemptions; a supervisor's and a static batch's)."""
         return {"preemptions": self.preemptions, "mispredictions": 0, "under_predictions": 0,
-                "grown_in_place": 0, "padding_tokens": 0}
+                "grown_in_place": 0, "padding_tokens": 0, "prefill_context_tokens": self.prefill_context_tokens}
 
     def summary_fields(self) -> dict:
         """Columns only this policy has, for its run's summary (how a static batch was sized, say)."""
@@ -315,6 +316,7 @@ class Scheduler:
             batch.decode_ctx += r.context
         else:
             tokens = r.context
+            self.prefill_context_tokens += tokens
             if r.generated:
                 r.recomputed_tokens += tokens - prefix
                 self.by_cause[r.preempt_cause]["recomputed_tokens"] += tokens - prefix
