@@ -69,6 +69,17 @@ def read_summary(path: Path) -> tuple[dict | None, str | None]:
     return table.iloc[0].to_dict(), None
 
 
+def missing_outputs(d: Path) -> list[str]:
+    """The result files the run's inputs.json says it wrote and that are not there any more."""
+    import json
+
+    try:
+        outputs = json.loads((d / "inputs.json").read_text()).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in outputs if not (d / str(n)).is_file()]
+
+
 def read_run(d: Path, root: Path) -> dict:
     row = {"run_dir": str(d.relative_to(root)) or ".", "status": "incomplete", "error": None}
     if (d / SUMMARY).is_file():
@@ -78,6 +89,10 @@ def read_run(d: Path, root: Path) -> dict:
         else:
             row["status"] = "finished"
             row.update(summary)
+            gone = missing_outputs(d)
+            if gone:
+                row.update(status="incomplete", error=f"{gone[0]} is gone since the run finished ({len(gone)} "
+                                                      f"result file(s) missing); running it again rewrites it")
     elif (d / FAILED).is_file():
         row["status"] = "failed"
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,10 +27,15 @@ def note_folder(folder) -> None:
             note(p)
 
 
+RELATIVE = "@relative"  # a path given relative to the working directory was read
+
+
 def note(path) -> None:
     """A data file is being read by whatever run is being recorded."""
     for files in _recorders:
         files.add(str(Path(path).absolute()))  # not resolved: a data link pointed elsewhere is another input
+        if not Path(path).is_absolute():  # the same config read elsewhere names another file
+            files.add(RELATIVE)
 
 
 def read_csv(path, failure: str):
@@ -87,14 +93,20 @@ def code_version() -> str:
 
 
 def fingerprint(files) -> dict:
-    """What a finished run is reused on: the code's hash and each file it read with its content hash."""
-    return {"code": code_version(), "files": {p: file_hash(p) for p in sorted(files)}}
+    """What a finished run is reused on: the code's hash, each file it read with its content hash, and the
+    working directory when a path was relative to it."""
+    out = {"code": code_version(), "files": {p: file_hash(p) for p in sorted(files) if p != RELATIVE}}
+    if RELATIVE in files:
+        out["cwd"] = os.getcwd()
+    return out
 
 
 def unchanged(recorded: dict) -> bool:
-    """The code and every file of a recorded fingerprint are as they were."""
+    """The code and every file of a recorded fingerprint are as they were, read from the same directory if a
+    path was relative (the same config in another directory reads another file)."""
     try:
         return (recorded.get("code") == code_version()
+                and recorded.get("cwd", os.getcwd()) == os.getcwd()
                 and all(file_hash(p) == h for p, h in dict(recorded["files"]).items()))
     except (AttributeError, KeyError, TypeError, ValueError):
         return False

@@ -30,7 +30,7 @@ from s3sim.simulator.engine import simulate
 SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
 REQUESTS = "requests.parquet"  # per request, columnar: large runs write and read it fast (pandas.read_parquet)
 RESULT_FILES = (SUMMARY, FAILED, INPUTS, REQUESTS, "requests.csv", "iterations.csv", "tokens.csv", "outputs.csv",
-                "repeats.csv")  # summary first
+                "repeats.csv", "replicas.csv")  # summary first
 
 
 def config_text(cfg) -> str:
@@ -61,18 +61,29 @@ def run_dir(cfg: dict, out: str | Path, write_iterations: bool = False) -> tuple
         except OSError:
             pass  # a directory it cannot write: the error itself is reported
         raise
-    write_text(json.dumps(fingerprint(files), indent=1) + "\n", out / INPUTS)
+    record = {**fingerprint(files), "outputs": written(out)}
+    write_text(json.dumps(record, indent=1) + "\n", out / INPUTS)
     return row, False
+
+
+def written(out: Path) -> list[str]:
+    """The result files a finished run wrote into `out`: all must still be there for it to be reused."""
+    return sorted(p.name for p in out.iterdir() if p.is_file() and p.name in RESULT_FILES and p.name != INPUTS)
 
 
 def reusable(out: Path, text: str) -> dict | None:
     """The summary row of a finished run in `out` that the config `text`, the files it read and the code
-    would give again; None if there is none (a changed input, or a summary that cannot be read)."""
+    would give again, with every result file it wrote still there; None if there is none (a changed input,
+    a deleted result, or a summary that cannot be read)."""
     summary, conf, inputs = out / SUMMARY, out / CONFIG, out / INPUTS
     if not (summary.is_file() and conf.is_file() and inputs.is_file()):
         return None
     try:
-        if conf.read_text() != text or not unchanged(json.loads(inputs.read_text())):
+        record = json.loads(inputs.read_text())
+        outputs = record.get("outputs") if isinstance(record, dict) else None
+        if conf.read_text() != text or not unchanged(record) or not isinstance(outputs, list):
+            return None
+        if not all((out / str(name)).is_file() for name in outputs):  # a result file deleted since
             return None
         rows = pd.read_csv(summary)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):

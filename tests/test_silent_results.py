@@ -139,6 +139,40 @@ def test_a_finished_run_is_not_reused_after_the_code_changed(tmp_path, monkeypat
     assert not reused
 
 
+def test_a_relative_path_ties_a_run_to_the_directory_it_was_read_from(tmp_path, monkeypatch):
+    """`workload.path=trace.csv` in two directories names two files: the second is not given the first's run."""
+    from s3sim.runner import run_dir
+
+    for d, outputs in (("a", [5, 6, 7]), ("b", [50, 60, 70, 80])):
+        (tmp_path / d).mkdir()
+        trace(tmp_path / d, [(float(i), 10, o) for i, o in enumerate(outputs)])
+    c = cfg("workload=trace", "workload.path=trace.csv", "arrival=trace", "max_seq_len=128", "policy=orca")
+    monkeypatch.chdir(tmp_path / "a")
+    first, reused = run_dir(c, tmp_path / "run")
+    assert not reused and first["num_requests"] == 3
+    assert run_dir(c, tmp_path / "run")[1]  # the same directory: reused
+    monkeypatch.chdir(tmp_path / "b")
+    second, reused = run_dir(c, tmp_path / "run")
+    assert not reused and second["num_requests"] == 4
+
+
+@pytest.mark.parametrize("extra", [[], ["cluster.replicas=2"], ["repeats=2"]])
+def test_a_run_whose_result_file_was_deleted_runs_again(tmp_path, extra):
+    from s3sim.collect import collect
+    from s3sim.runner import run_dir
+
+    c = cfg(*trace(tmp_path, [(float(i), 10, 5 + i) for i in range(4)]), "max_seq_len=64", "policy=orca", *extra)
+    run_dir(c, tmp_path / "run")
+    files = {"cluster.replicas=2": "replicas.csv", "repeats=2": "repeats.csv"}
+    for name in ["requests.parquet"] + [files[e] for e in extra]:
+        assert run_dir(c, tmp_path / "run")[1]
+        (tmp_path / "run" / name).unlink()
+        assert collect(tmp_path / "run").status.tolist() == ["incomplete"]
+        row, reused = run_dir(c, tmp_path / "run")
+        assert not reused and (tmp_path / "run" / name).is_file() and row["num_requests"] == 4
+        assert collect(tmp_path / "run").status.tolist() == ["finished"]
+
+
 @pytest.mark.parametrize("content", [b"\x00\xff\xfe random bytes \x81", b"", b"policy,num_requests,request_throughput\n",
                                      b"a,b\n1,2\n"])
 def test_a_corrupt_summary_is_run_again_and_collected_as_invalid(tmp_path, content):
