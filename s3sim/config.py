@@ -105,8 +105,8 @@ def run_notes(row: dict) -> list[str]:
         notes.append(f"note: {what}; " + ("policy=vllm's prefix cache reuses their KV blocks" if used else
                      "no KV is shared between requests: only policy=vllm with policy.prefix_caching=true reuses it"))
     if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
-        notes.append(f"note: the model's config does not say, so the simulator assumed {row['model_assumed']} "
-                     f"(model_assumed; model.dtype overrides the dtype)")
+        notes.append(f"note: where the model's config says nothing or what is not modelled, the simulator assumed "
+                     f"{row['model_assumed']} (model_assumed; model.dtype overrides the dtype)")
     return [n for n in notes if n]
 
 

@@ -242,6 +242,25 @@ def test_a_config_json_without_sizes_says_what_was_assumed_and_dtype_overrides(t
     assert row16["kv_capacity_tokens"] > row32["kv_capacity_tokens"]  # half the bytes per token, smaller weights
 
 
+def test_quantization_and_a_sliding_window_are_said_not_silently_ignored(tmp_path):
+    import json
+
+    shape = {"model_type": "mistral", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+             "intermediate_size": 128, "torch_dtype": "float16", "vocab_size": 256, "max_position_embeddings": 512,
+             "sliding_window": 128, "quantization_config": {"quant_method": "awq", "bits": 4}}
+    (tmp_path / "config.json").write_text(json.dumps(shape))
+    row = run_config(cfg(f"model.name={tmp_path / 'config.json'}", "num_requests=20", "max_seq_len=64"))
+    assert row["model_assumed"] == ("unquantized weights at 2 bytes (quantization_config: quant_method awq, bits 4, "
+                                    "not modelled); full attention over the whole context (sliding_window 128, "
+                                    "not modelled)")
+    assert any("quantization_config" in n and "sliding_window" in n for n in run_notes(row))
+    plain = {k: v for k, v in shape.items() if k != "quantization_config"}
+    for window in (None, 512, 4096):  # absent, or no narrower than the context: nothing to say
+        (tmp_path / "config.json").write_text(json.dumps(dict(plain, sliding_window=window)))
+        row = run_config(cfg(f"model.name={tmp_path / 'config.json'}", "num_requests=20", "max_seq_len=64"))
+        assert row["model_assumed"] == ""
+
+
 def test_a_trace_served_without_its_timestamps_is_noted(tmp_path):
     over = trace(tmp_path, [(0.0, 10, 5), (1.0, 12, 6)])
     row = run_config(cfg(*over[:2], "max_seq_len=64"))  # workload=trace, arrival left offline

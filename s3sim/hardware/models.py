@@ -127,6 +127,7 @@ class ModelSpec:
             assumed.append("intermediate_size = 4 x hidden_size")  # (n_inner: null is GPT-2/J's own rule for it)
         if not any(k in cfg for k in ("torch_dtype", "dtype")):
             assumed.append("torch_dtype = float16")
+        assumed += unmodelled(cfg, spec)
         return replace(spec, assumed=tuple(assumed))
 
     @classmethod
@@ -194,6 +195,22 @@ class ModelSpec:
             for field, key in _JSON_KEYS.items():
                 msg = msg.replace(f": {field} ", f": {key} ", 1)
             raise ConfigError(msg) from None
+
+
+def unmodelled(cfg: dict, spec: "ModelSpec") -> list[str]:
+    """What a config.json says that the cost model does not price, each said as what was assumed instead:
+    weight quantization (weights and KV at the config's dtype) and a sliding attention window (every layer
+    keeps and reads the whole context's KV, as full attention does)."""
+    out = []
+    q = cfg.get("quantization_config")
+    if isinstance(q, dict) and q:
+        what = ", ".join(f"{k} {q[k]}" for k in ("quant_method", "bits", "weight_bits") if k in q) or "present"
+        out.append(f"unquantized weights at {spec.dtype_bytes} bytes (quantization_config: {what}, not modelled)")
+    window = cfg.get("sliding_window")
+    if isinstance(window, int) and not isinstance(window, bool) and 0 < window < spec.max_context \
+            and cfg.get("use_sliding_window", True) is not False:
+        out.append(f"full attention over the whole context (sliding_window {window}, not modelled)")
+    return out
 
 
 def estimate_params(n_layers: int, hidden: int, n_heads: int, n_kv_heads: int, head_dim: int, vocab: int,
