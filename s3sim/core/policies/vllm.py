@@ -18,6 +18,7 @@ The chunk a request computes emits no token until its last one, which samples th
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -37,11 +38,27 @@ class VllmConfig(PagedConfig):
     prefix_caching: bool = False  # full blocks found again: shared prompt blocks, a preempted request's own
 
     def __post_init__(self):
-        super().__post_init__()
+        # vLLM's rule for the budget is its own (max_num_batched_tokens >= max_num_seqs: every running request's
+        # decode fits in one step), where other policies keep the batch strictly below the budget; so the
+        # inherited checks run with the budget set aside, and vLLM's rule after them
+        unbudgeted = copy.copy(self)
+        unbudgeted.max_num_batched_tokens = None
+        super(VllmConfig, unbudgeted).__post_init__()
         if self.preemption_mode != "recompute":
             raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
-        if self.max_num_batched_tokens is None:
-            raise ConfigError("policy.max_num_batched_tokens must be set for vllm (its V1 engine always has a budget)")
+        check_budget(self.max_batch_size, self.max_num_batched_tokens, "policy.")
+
+
+def check_budget(max_batch_size, max_num_batched_tokens, prefix: str = "") -> None:
+    """vLLM's rule: a token budget, and at most that many requests (`max_num_seqs`) running."""
+    if max_num_batched_tokens is None:
+        raise ConfigError(f"{prefix}max_num_batched_tokens must be set for vllm (its V1 engine always has a budget)")
+    if max_num_batched_tokens <= 0:
+        raise ConfigError(f"{prefix}max_num_batched_tokens must be a positive integer, got {max_num_batched_tokens!r}")
+    if not max_batch_size or max_batch_size > max_num_batched_tokens:
+        raise ConfigError(f"{prefix}max_batch_size (vLLM's max_num_seqs) must be set and at most {prefix}"
+                          f"max_num_batched_tokens={max_num_batched_tokens} (every running request decodes within "
+                          f"the budget, as vLLM requires), got {max_batch_size!r}")
 
 
 class VllmScheduler(PagedScheduler):
@@ -50,7 +67,9 @@ class VllmScheduler(PagedScheduler):
 
     def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
                  prefix_caching: bool = False, **kw):
-        super().__init__(pool, max_seq_len, watermark=watermark, max_num_batched_tokens=max_num_batched_tokens, **kw)
+        check_budget(kw.get("max_batch_size"), max_num_batched_tokens)
+        super().__init__(pool, max_seq_len, watermark=watermark, **kw)  # the budget by vLLM's rule, not the base's
+        self.token_budget = int(max_num_batched_tokens)
         self.prefix_caching = bool(prefix_caching)
         self.cache = PrefixCache(pool) if self.prefix_caching else None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
