@@ -23,11 +23,22 @@ Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says 
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
 (`s3sim.latency.datasheet`).
 
-Writes into DIR, all atomically and only once the replay has succeeded: `timeline.png` and `timeline_data.csv`
-(running, waiting and KV use over time, real against simulated), `peer.csv` (the errors another simulator
-reports on the same run, from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last
-(`metric, real, simulated, error_pct` with error_pct = 100 * (simulated - real) / real).
-Bad input is one line on stderr and exit status 2.
+Before any replay the inputs are checked against each other and against physics (`s3sim.validate_checks`):
+meta.json against itself, requests.jsonl against meta.json (every request once, timestamps in seconds within
+the run's recorded duration, no tokens at one instant), the recorded KV blocks against the recorded device
+memory, every request within `max_model_len`, and --gpu / --model against the GPU and model the run and its
+profile name (a disagreement is refused: `--profile none --fit-from PRESET` prices a run with another GPU's
+fitted efficiencies, and says so).
+
+Writes into DIR only once the replay has succeeded: `timeline.png` and `timeline_data.csv` (running, waiting and
+KV use over time, real against simulated), `peer.csv` (the errors another simulator reports on the same run,
+from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last (`metric, real, simulated,
+error_pct, kv_capacity_source` with error_pct = 100 * (simulated - real) / real and kv_capacity_source
+`recorded` (meta.json's block count) or `derived` (vLLM's memory accounting)). They are written into a
+temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`OUTPUTS`)
+are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not
+write, and a replay that fails leaves no validation.csv. Other files in DIR are left alone.
+Bad input is one line on stderr and exit status 2, before the replay and before DIR is touched.
 """
 from __future__ import annotations
 
@@ -35,21 +46,28 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from s3sim import validate_checks as checks
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.workload.text import json_lines
 
 PROG = "s3sim-validate"
 META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
 REQUEST_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
+OPTIONAL_FIELDS = ("request_id", "arrival_time")  # read when every row has them, for the consistency checks
+OUTPUTS = ("validation.csv", "peer.csv", "timeline.png", "timeline_data.csv")  # what a run writes into --out
 TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
 COLUMNS = ("metric", "real", "simulated", "error_pct")
 STATS = (("mean", None), ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))
@@ -107,7 +125,7 @@ RESERVE_NOTE = "non-KV reserve 1,237,612,953 bytes calibrated on the RTX 4090 ru
 class Run:
     dir: Path  # the folder with meta.json, requests.jsonl, timeseries.csv
     meta: dict
-    requests: pd.DataFrame  # REQUEST_FIELDS, in file order
+    requests: pd.DataFrame  # REQUEST_FIELDS, in file order, with each row's `line` and OPTIONAL_FIELDS if present
     timeseries: pd.DataFrame  # TIMESERIES_FIELDS
 
     @property
@@ -169,10 +187,15 @@ def read_requests(path: Path) -> pd.DataFrame:
         if not row["queued_ts"] <= row["first_token_ts"] <= row["last_token_ts"]:
             raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
                               f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")
-        rows.append({f: row[f] for f in REQUEST_FIELDS})
+        checks.check_request_row(row, where)
+        if "arrival_time" in row and not _is_number(row["arrival_time"]):
+            raise ConfigError(f"{where}: field 'arrival_time' must be a number (epoch seconds), got "
+                              f"{row['arrival_time']!r}")
+        rows.append({"line": lineno, **{f: row[f] for f in REQUEST_FIELDS + OPTIONAL_FIELDS if f in row}})
     if not rows:
         raise ConfigError(f"{str(path)!r}: no requests")
-    df = pd.DataFrame(rows, columns=list(REQUEST_FIELDS))
+    optional = [f for f in OPTIONAL_FIELDS if all(f in r for r in rows)]
+    df = pd.DataFrame(rows, columns=["line", *REQUEST_FIELDS, *optional])
     return df.astype({"input_toks": np.int64, "output_toks": np.int64})
 
 
@@ -205,8 +228,15 @@ def read_timeseries(path: Path) -> pd.DataFrame:
 
 
 def read_run(path: str | Path) -> Run:
+    """The run's files, each read and checked, then checked against each other (`s3sim.validate_checks`)."""
     d = find_run_dir(path)
-    return Run(d, read_meta(d / META), read_requests(d / REQUESTS), read_timeseries(d / TIMESERIES))
+    run = Run(d, read_meta(d / META), read_requests(d / REQUESTS), read_timeseries(d / TIMESERIES))
+    where = repr(str(d / META))
+    checks.check_meta(run.meta, where)
+    checks.check_requests(run.requests, run.meta, d / REQUESTS, where)
+    checks.check_span_against_timeseries(run.requests, run.timeseries, d / REQUESTS, d / TIMESERIES,
+                                         checks.recorded_duration(run.meta, where) is not None)
+    return run
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
@@ -296,6 +326,12 @@ class Engine:
     prefix_caching_recorded: bool
     device_name: str | None
     device_memory: int | None
+    kv_cache_memory: int | None = None  # kv_cache.kv_cache_memory_bytes: the KV cache's memory when set
+
+    @property
+    def kv_capacity_source(self) -> str:
+        """`recorded` when meta.json gives the block count, else `derived` (vLLM's memory accounting)."""
+        return "recorded" if self.num_gpu_blocks is not None else "derived"
 
 
 def engine_settings(meta: dict, where: str) -> Engine:
@@ -317,6 +353,9 @@ def engine_settings(meta: dict, where: str) -> Engine:
     tp = 1 if tp is None else _positive_int(tp, f"{where}: engine_kwargs.tensor_parallel_size")
     seqs = _positive_int(ek.get("max_num_seqs"), f"{where}: engine_kwargs.max_num_seqs")
     budget = _positive_int(ek.get("max_num_batched_tokens"), f"{where}: engine_kwargs.max_num_batched_tokens")
+    if budget < seqs:  # vLLM's own rule: every running sequence's decode fits in one step's budget
+        raise ConfigError(f"{where}: engine_kwargs.max_num_batched_tokens={budget} must be at least "
+                          f"engine_kwargs.max_num_seqs={seqs} (vLLM refuses a token budget below its sequence limit)")
     block = _positive_int(kv.get("block_size") or DEFAULT_BLOCK_SIZE, f"{where}: kv_cache.block_size")
     blocks = kv.get("num_gpu_blocks")
     blocks = None if blocks is None else _positive_int(blocks, f"{where}: kv_cache.num_gpu_blocks")
@@ -331,8 +370,10 @@ def engine_settings(meta: dict, where: str) -> Engine:
     caching = VLLM_PREFIX_CACHING if caching is None else caching
     if not isinstance(caching, bool):
         raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
+    kv_mem = kv.get("kv_cache_memory_bytes")
+    kv_mem = None if kv_mem is None else _positive_int(kv_mem, f"{where}: kv_cache.kv_cache_memory_bytes")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
-                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem)
+                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem)
 
 
 def resolve_model(name: str | None, engine: Engine):
@@ -347,8 +388,8 @@ def resolve_model(name: str | None, engine: Engine):
     return get_model(name)
 
 
-def profile_device(profile: Path | None) -> str | None:
-    """The device a profile was measured on (its meta.yaml's `gpu`), if it says."""
+def profile_field(profile: Path | None, key: str) -> str | None:
+    """A text field of a profile's meta.yaml (`gpu`: the device it was measured on, `model`), if it says."""
     if profile is None or not (profile / "meta.yaml").is_file():
         return None
     import yaml
@@ -356,7 +397,51 @@ def profile_device(profile: Path | None) -> str | None:
         meta = yaml.safe_load((profile / "meta.yaml").read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{str(profile / 'meta.yaml')!r}: cannot be read ({str(e).splitlines()[0]})") from None
-    return meta.get("gpu") if isinstance(meta, dict) and isinstance(meta.get("gpu"), str) else None
+    return meta.get(key) if isinstance(meta, dict) and isinstance(meta.get(key), str) else None
+
+
+def profile_device(profile: Path | None) -> str | None:
+    """The device a profile was measured on (its meta.yaml's `gpu`), if it says."""
+    return profile_field(profile, "gpu")
+
+
+SPEC_FIELDS = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim")  # a model's shape, as priced
+
+
+def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | None) -> None:
+    """The model priced must have the shape of the model the run (meta.json's `model`) and its profile
+    (meta.yaml's `model`) name, where they name a preset: a disagreement is refused, naming both."""
+    from s3sim.hardware.models import get_model
+    who = f"--model {given}" if given is not None else f"meta.json's model {engine.model!r} ({spec.name})"
+    for named, where in ((engine.model, "meta.json's model"), (profile_field(profile, "model"),
+                                                               f"the profile's meta.yaml ({profile}) model")):
+        preset = HF_MODELS.get(named.strip().lower()) if named else None
+        if preset is None or (given is None and where == "meta.json's model"):
+            continue
+        ref = get_model(preset)
+        diff = [f"{f} {getattr(spec, f)} vs {getattr(ref, f)}" for f in SPEC_FIELDS
+                if getattr(spec, f) != getattr(ref, f)]
+        if diff:
+            raise ConfigError(f"{who} disagrees with {where} {named!r} (preset {preset}: {'; '.join(diff)}): "
+                              "price the model the run served (leave --model out, or give its config.json)")
+
+
+def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:
+    """--gpu, meta.json's device and the profile's device must be one GPU where they name a preset: a
+    disagreement is refused, naming both (`--profile none --fit-from` is the way to borrow another GPU's fit)."""
+    known = [(DEVICE_GPUS[d.strip().lower()], d, where)
+             for d, where in ((engine.device_name, "meta.json's hardware.device_name"),
+                              (profile_device(profile), f"the profile's meta.yaml ({profile}) gpu"))
+             if d and d.strip().lower() in DEVICE_GPUS]
+    for preset, device, where in known:
+        if name is not None and preset != name:
+            raise ConfigError(f"--gpu {name} disagrees with the run's GPU: {where} is {device!r} (preset {preset}); "
+                              f"leave --gpu out, or price the run with {name}'s fitted efficiencies on its own GPU's "
+                              f"datasheet: --profile none --fit-from {name}")
+    if len(known) == 2 and known[0][0] != known[1][0]:
+        (p0, d0, w0), (p1, d1, w1) = known
+        raise ConfigError(f"{w0} is {d0!r} ({p0}) but {w1} is {d1!r} ({p1}): give a profile measured on the run's "
+                          "GPU, or --profile none")
 
 
 def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_for: str | None):
@@ -380,9 +465,31 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
 def derived_kv_blocks(engine: Engine, model, device_memory: int) -> int:
     """KV blocks by vLLM's memory accounting (see the module's docstring), per GPU of `engine.tp`."""
     tp = engine.tp
-    per_token = -(-model.kv_bytes_per_token * max(1, model.n_kv_heads // tp) // model.n_kv_heads)  # KV heads split
+    per_token = kv_bytes_per_token(engine, model)
     free = int(engine.gpu_memory_utilization * device_memory) - model.weight_bytes // tp - NON_KV_RESERVE_BYTES
     return max(0, free // (engine.block_size * per_token))
+
+
+def kv_bytes_per_token(engine: Engine, model) -> int:
+    """KV bytes a token takes on one GPU of `engine.tp` (KV heads split, at least one each)."""
+    return -(-model.kv_bytes_per_token * max(1, model.n_kv_heads // engine.tp) // model.n_kv_heads)
+
+
+def check_kv_memory(engine: Engine, model, gpu, where: str) -> None:
+    """Recorded KV blocks must fit beside the weights in the memory the run records (or its GPU preset's)."""
+    if engine.num_gpu_blocks is None:
+        return
+    if engine.device_memory is not None:
+        mem, how = engine.device_memory, "hardware.device_total_memory_bytes"
+    elif gpu is not None:
+        mem, how = gpu.memory_bytes, f"the {gpu.name} preset's memory_bytes"
+    else:
+        mem, how = None, ""
+    if mem is None and engine.kv_cache_memory is None:
+        return
+    checks.check_kv_memory(engine.num_gpu_blocks, engine.block_size, kv_bytes_per_token(engine, model),
+                           model.weight_bytes // engine.tp, model.name, engine.gpu_memory_utilization, mem, how,
+                           engine.kv_cache_memory, where)
 
 
 def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
@@ -482,7 +589,7 @@ def _fmt(v: float) -> str:
 
 def format_table(table: pd.DataFrame) -> str:
     lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}"]
-    for m, r, s, e in table.itertuples(index=False):
+    for m, r, s, e in table[list(COLUMNS)].itertuples(index=False):
         lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%")
     return "\n".join(lines)
 
@@ -497,6 +604,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     from s3sim.metrics.summary import request_records
     from s3sim.simulator.engine import simulate
 
+    out = checks.check_out(out)
     run = read_run(run_dir)
     engine = engine_settings(run.meta, str(run.dir / META))
     own = run.dir.parent / "profile"
@@ -514,21 +622,28 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     from s3sim.hardware.gpus import get_gpu
     borrowed = None if fit_from is None else get_gpu(fit_from)
     spec = resolve_model(model, engine)
+    check_model_agrees(spec, model, engine, prof or own)
     needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else None)
     gpu_spec, gpu_how = resolve_gpu(gpu, engine, prof or own, needs)  # a profile names the device it ran on
+    check_gpu_agrees(gpu, engine, prof or own)
     peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
     peer = read_peer(peer_path) if peer_path is not None else None
+    check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
     latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed)
 
     req = run.requests
+    limit, field = checks.max_model_len(run.meta)
+    checks.check_context(req, *((limit, f"meta.json's {field}") if limit is not None else
+                                (spec.max_context, f"the model's context ({spec.name}: max_context, meta.json "
+                                                   "records no max_model_len)")), run.dir / REQUESTS)
     too_big = np.flatnonzero(-(-(req.input_toks + req.output_toks) // engine.block_size) > blocks)
     if len(too_big):
         k = int(too_big[0])
-        raise ConfigError(f"{str(run.dir / REQUESTS)!r}: request {k + 1} ({req.input_toks[k]} + {req.output_toks[k]} "
-                          f"tokens) does not fit in the KV cache of {capacity:,} tokens")
+        raise ConfigError(f"{str(run.dir / REQUESTS)!r} line {req.line[k]}: {req.input_toks[k]} + "
+                          f"{req.output_toks[k]} tokens do not fit in the KV cache of {capacity:,} tokens")
 
     echo(f"run: {run.dir} ({len(req)} requests); model {spec.name}"
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}")
@@ -538,6 +653,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + ("; modelled for preempted requests' own blocks (prompts are not shared between requests here)"
             if engine.prefix_caching else ""))
     echo(f"latency: {lat_how}")
+    if borrowed is not None and borrowed.name != gpu_spec.name:
+        echo(f"note: cross-GPU pricing: the run's {gpu_spec.name} datasheet with {borrowed.name}'s fitted "
+             f"efficiencies (--fit-from), as a GPU never profiled would be priced; not the run GPU's own fit")
 
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
@@ -545,12 +663,14 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     policy = {"name": "vllm", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs,
               "max_num_batched_tokens": engine.max_num_batched_tokens, "prefix_caching": engine.prefix_caching}
     sched = build_scheduler({"max_seq_len": max_seq_len, "policy": policy}, capacity, req.output_toks.to_numpy())
+    clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
     result = simulate(requests, sched, latency)
     wall = time.perf_counter() - t0
 
     records = request_records(result.requests)
     table = comparison(real_metrics(req), simulated_metrics(records))
+    table["kv_capacity_source"] = engine.kv_capacity_source
     frame = result.log.frame()
     data = timeline(run.timeseries, frame, capacity, float(records.last_token.max()))
 
@@ -562,18 +682,43 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
 
     from s3sim.plots import save
     from s3sim.runner import write_csv
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     kind = f"operator profile, tp{engine.tp}" if prof is not None else f"operators on the {gpu_spec.name} datasheet"
-    save(draw_timeline(data, f"{run.name}: vLLM against the replay ({kind})"), data, out, "timeline")
-    if peer is not None:
-        write_csv(peer, out / "peer.csv")
-        echo(f"peer: {len(peer)} rows of {peer_path} -> {out / 'peer.csv'}")
-    else:
-        echo(f"peer: no peer table ({PEER}) beside the run")
-    write_csv(table, out / "validation.csv")  # last: its presence marks a finished validation
+    with staged_outputs(out) as stage:
+        save(draw_timeline(data, f"{run.name}: vLLM against the replay ({kind})"), data, stage, "timeline")
+        if peer is not None:
+            write_csv(peer, stage / "peer.csv")
+            echo(f"peer: {len(peer)} rows of {peer_path} -> {out / 'peer.csv'}")
+        else:
+            echo(f"peer: no peer table ({PEER}) beside the run")
+        write_csv(table, stage / "validation.csv")  # moved in last: its presence marks a finished validation
     echo(f"results: {out}")
     return table
+
+
+def clear_outputs(out: Path) -> None:
+    """Remove what an earlier run wrote into `out` (`OUTPUTS`, validation.csv first), nothing else."""
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
+@contextmanager
+def staged_outputs(out: Path):
+    """A temporary folder inside `out` to write the results into; on success its files move into `out`,
+    validation.csv last; on failure it goes, and `out` holds no result of this run."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".s3sim-validate-"))
+    try:
+        yield stage
+        unknown = [p.name for p in stage.iterdir() if p.name not in OUTPUTS]
+        if unknown:
+            raise InvariantViolation(f"outputs not in OUTPUTS: {unknown}")
+        for name in sorted(OUTPUTS, key=lambda n: n == "validation.csv"):
+            if (stage / name).is_file():
+                os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,10 +25,11 @@ LLAMA31_WEIGHTS, LLAMA31_KV_PER_TOKEN = 8_030_261_248 * 2, 2 * 32 * 8 * 128 * 2
 
 def trim(src: Path, dst: Path, profile: bool = True, peer: bool = True) -> Path:
     """The first N requests of the run in `src` (and its first seconds of timeseries) as a run folder in
-    `dst`, with the run's profile linked beside it; returns the run folder (`dst/run`)."""
+    `dst`, with the run's profile linked beside it; meta.json says N requests. Returns the run folder (`dst/run`)."""
     run = dst / "run"
     run.mkdir(parents=True)
     shutil.copy(src / "run" / "meta.json", run / "meta.json")
+    edit_meta(run, lambda m: m.update(num_requests=N))
     lines = (src / "run" / "requests.jsonl").read_text().splitlines()[:N]
     (run / "requests.jsonl").write_text("\n".join(lines) + "\n")
     ts = (src / "run" / "timeseries.csv").read_text().splitlines()[:16]
@@ -90,7 +91,8 @@ def test_validation_table(tmp_path, capsys, latency):
     assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
 
     table = pd.read_csv(out / "validation.csv")
-    assert list(table.columns) == ["metric", "real", "simulated", "error_pct"]
+    assert list(table.columns) == ["metric", "real", "simulated", "error_pct", "kv_capacity_source"]
+    assert set(table.kv_capacity_source) == {"recorded"}  # meta.json gives the RTX 4090 run's blocks
     assert list(table.metric) == METRICS
     assert np.isfinite(table[["real", "simulated", "error_pct"]].to_numpy()).all()
     assert (table.simulated > 0).all()
@@ -134,6 +136,7 @@ def test_derived_kv_reproduces_the_calibration_run(tmp_path, capsys):
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert kv_line(stdout) == 41_408
     assert "derived from vLLM's memory accounting" in stdout and "calibrated on the RTX 4090 run" in stdout
+    assert set(pd.read_csv(tmp_path / "out" / "validation.csv").kv_capacity_source) == {"derived"}
     assert "prefix caching: on, vLLM V1's default (the run does not record it)" in stdout
 
 
@@ -169,6 +172,12 @@ def _engine(**kw):
     return lambda run: edit_meta(run, lambda m: m["engine_kwargs"].update(kw))
 
 
+def _tp2(meta):
+    """Two GPUs in tensor parallel, said alike everywhere meta.json says it."""
+    meta["engine_kwargs"]["tensor_parallel_size"] = meta["hardware"]["device_count"] = 2
+    meta["resolved_config"]["parallel_config"]["tensor_parallel_size"] = 2
+
+
 @pytest.mark.parametrize("change, args, words", [
     (lambda run: (run / "requests.jsonl").unlink(), [], ["requests.jsonl", "no such file"]),
     (lambda run: (run / "timeseries.csv").unlink(), [], ["timeseries.csv", "no such file"]),
@@ -183,7 +192,7 @@ def _engine(**kw):
     (lambda run: edit_meta(run, lambda m: m.update(model="org/mystery-7b")), [], ["org/mystery-7b", "--model"]),
     (_engine(data_parallel_size=2), [], ["data_parallel_size"]),
     (_engine(enable_expert_parallel=True), [], ["enable_expert_parallel"]),
-    (_engine(tensor_parallel_size=2), [], ["tp2"]),  # the RTX 4090 profile has tp1 only
+    (lambda run: edit_meta(run, _tp2), [], ["tp2"]),  # the RTX 4090 profile has tp1 only
     (None, ["--profile", "nowhere"], ["--profile", "nowhere"]),
     (None, ["--fit-from", "a100-80gb-sxm"], ["--fit-from", "--profile none"]),
     (None, ["--profile", "none", "--fit-from", "h900"], ["unknown gpu 'h900'"]),

@@ -1,0 +1,226 @@
+"""What `s3sim-validate` checks before a replay beyond each file's format: that a recorded run's files agree
+with each other and with physics, and that its output folder can be written.
+
+Each check raises one `ConfigError` line naming the file, the field or line, and what would be valid:
+- meta.json against itself: `kv_cache.num_kv_tokens = num_gpu_blocks x block_size`; the `kv_cache` and
+  `engine_kwargs` values against the same settings in `resolved_config` (what vLLM resolved them to);
+  `finished_at` after `started_at`; no more tensor-parallel GPUs than `hardware.device_count`.
+- requests.jsonl against meta.json: one row per request (`num_requests` of them, every `request_id` once, no
+  row twice); timestamps in seconds (the requests span no longer than the run's recorded duration, arrivals
+  within it, `arrival_time` and `queued_ts` spacing requests alike); a first token after its request was
+  queued, and several tokens over some time (a run whose tokens come at one instant has no latency to compare).
+- the KV cache meta.json records against the device memory it records (`check_kv_memory`), and every request
+  within `max_model_len` (`check_context`).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError
+
+# (kv_cache field, resolved_config.cache_config field), and engine_kwargs fields against resolved_config's
+KV_RESOLVED = ("block_size", "num_gpu_blocks", "enable_prefix_caching", "gpu_memory_utilization")
+ENGINE_RESOLVED = (("max_num_seqs", "scheduler_config"), ("max_num_batched_tokens", "scheduler_config"),
+                   ("tensor_parallel_size", "parallel_config"), ("data_parallel_size", "parallel_config"),
+                   ("max_model_len", "model_config"))
+SPAN_SLACK = (1.1, 10.0)  # the requests may span at most 1.1 x the recorded duration + 10 s (clock offsets)
+ARRIVAL_SLACK_S = 60.0  # arrival_time may lie this far outside started_at..finished_at
+SPACING_SLACK = (2.0, 5.0)  # queued_ts and arrival_time spans may differ by at most 2x, or 5 s
+
+
+def _q(path) -> str:
+    return repr(str(path))
+
+
+# ---- the output folder -----------------------------------------------------------------------------------
+def check_out(out) -> Path:
+    """The output folder, refused unless it is a folder or can become one (nothing in its path is a file)."""
+    if out is None or not str(out).strip():
+        raise ConfigError("--out is empty: name the folder the results go to (new, or holding earlier results)")
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"--out {_q(p)} is a file, not a folder: name a folder (new, or holding earlier results)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {_q(p)}: {_q(parent)} is a file, so no folder can be made there")
+            break
+    return p
+
+
+# ---- meta.json against itself ----------------------------------------------------------------------------
+def _timestamp(meta: dict, key: str, where: str) -> float | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ConfigError(f"{where}: {key} must be an ISO 8601 time (2026-04-25T18:47:18Z), got {value!r}") from None
+
+
+def recorded_duration(meta: dict, where: str) -> tuple[float, float] | None:
+    """(started_at, finished_at) as epoch seconds when meta.json records both."""
+    start, end = _timestamp(meta, "started_at", where), _timestamp(meta, "finished_at", where)
+    if start is None or end is None:
+        return None
+    if not end > start:
+        raise ConfigError(f"{where}: finished_at ({meta['finished_at']}) must be after started_at "
+                          f"({meta['started_at']})")
+    return start, end
+
+
+def check_meta(meta: dict, where: str) -> None:
+    """meta.json's values that say the same thing twice must agree."""
+    kv = meta.get("kv_cache") or {}
+    ek = meta["engine_kwargs"]
+    blocks, size, tokens = kv.get("num_gpu_blocks"), kv.get("block_size"), kv.get("num_kv_tokens")
+    if None not in (blocks, size, tokens) and tokens != blocks * size:
+        raise ConfigError(f"{where}: kv_cache.num_kv_tokens={tokens!r} must be num_gpu_blocks x block_size = "
+                          f"{blocks!r} x {size!r} = {blocks * size!r} (one of the three is wrong)")
+    resolved = meta.get("resolved_config")
+    if isinstance(resolved, dict):
+        cache = resolved.get("cache_config")
+        for f in KV_RESOLVED if isinstance(cache, dict) else ():
+            if kv.get(f) is not None and cache.get(f) is not None and kv[f] != cache[f]:
+                raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but resolved_config.cache_config.{f}="
+                                  f"{cache[f]!r}: the two must agree")
+        for f, section in ENGINE_RESOLVED:
+            conf = resolved.get(section)
+            if isinstance(conf, dict) and ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
+                raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
+                                  f"{conf[f]!r}: the two must agree")
+    n = meta.get("num_requests")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"{where}: num_requests must be a positive integer (the requests the run recorded), "
+                          f"got {n!r}")
+    recorded_duration(meta, where)
+    count, tp = (meta.get("hardware") or {}).get("device_count"), ek.get("tensor_parallel_size") or 1
+    if isinstance(count, int) and not isinstance(count, bool) and isinstance(tp, int) and count < tp:
+        raise ConfigError(f"{where}: engine_kwargs.tensor_parallel_size={tp} needs {tp} GPUs but "
+                          f"hardware.device_count={count}: the device count must be at least the TP degree")
+
+
+def max_model_len(meta: dict) -> tuple[int | None, str]:
+    """(the longest request vLLM serves, the meta.json field that says so), (None, '') if it records none."""
+    for value, field in ((meta["engine_kwargs"].get("max_model_len"), "engine_kwargs.max_model_len"),
+                         (((meta.get("resolved_config") or {}).get("model_config") or {}).get("max_model_len"),
+                          "resolved_config.model_config.max_model_len")):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"meta.json: {field} must be a positive integer or null, got {value!r}")
+            return value, field
+    return None, ""
+
+
+# ---- requests.jsonl ---------------------------------------------------------------------------------------
+def check_request_row(row: dict, where: str) -> None:
+    """One request's times: its first token after it was queued, several tokens over some time."""
+    if not row["first_token_ts"] > row["queued_ts"]:
+        raise ConfigError(f"{where}: first_token_ts ({row['first_token_ts']}) must be later than queued_ts "
+                          f"({row['queued_ts']}): a first token takes a prefill")
+    if row["output_toks"] > 1 and not row["last_token_ts"] > row["first_token_ts"]:
+        raise ConfigError(f"{where}: {int(row['output_toks'])} output tokens at one instant (last_token_ts = "
+                          f"first_token_ts = {row['first_token_ts']}): last_token_ts must be later when "
+                          "output_toks > 1")
+
+
+def check_requests(req: pd.DataFrame, meta: dict, path: Path, meta_where: str) -> None:
+    """requests.jsonl (`req`: its rows, with their `line` and, where recorded, `request_id` and `arrival_time`)
+    against itself and meta.json."""
+    where = _q(path)
+    if "request_id" in req:
+        ids = req.request_id.astype(str)
+        first = ids.drop_duplicates()
+        dup = ids[ids.duplicated()]
+        if len(dup):
+            k = dup.index[0]
+            j = first.index[first == ids[k]][0]
+            raise ConfigError(f"{where} line {req.line[k]}: request_id {ids[k]!r} repeats line {req.line[j]} "
+                              f"({int(ids.duplicated(keep=False).sum())} rows share an id): every request once, "
+                              "ids unique")
+    values = req.drop(columns=[c for c in ("line", "request_id") if c in req])
+    dup = values.duplicated()
+    if dup.any():
+        k = int(np.flatnonzero(dup.to_numpy())[0])
+        same = values.eq(values.iloc[k]).all(axis=1).to_numpy()
+        raise ConfigError(f"{where} line {req.line[k]}: the same request as line {req.line[int(np.argmax(same))]} "
+                          "(every field equal): every request once")
+    n = meta.get("num_requests")
+    if n is not None and n != len(req):
+        raise ConfigError(f"{where}: {len(req)} requests, but {meta_where} num_requests={n}: requests.jsonl must "
+                          f"hold every request the run recorded, each once")
+    span = float(req.last_token_ts.max() - req.queued_ts.min())
+    duration = recorded_duration(meta, meta_where)
+    if duration is not None:
+        start, end = duration
+        limit = SPAN_SLACK[0] * (end - start) + SPAN_SLACK[1]
+        if span > limit:
+            raise ConfigError(f"{where}: the requests span {span:,.1f} s (first queued_ts to last last_token_ts), "
+                              f"longer than the run ({meta_where} started_at..finished_at: {end - start:,.1f} s): "
+                              "timestamps must be seconds, at most the run's duration apart")
+        if "arrival_time" in req:
+            a = req.arrival_time.to_numpy(dtype=float)
+            outside = np.flatnonzero((a < start - ARRIVAL_SLACK_S) | (a > end + ARRIVAL_SLACK_S))
+            if len(outside):
+                k = int(outside[0])
+                raise ConfigError(f"{where} line {req.line[k]}: arrival_time {a[k]!r} is outside the run "
+                                  f"({meta_where} started_at..finished_at: {start:.1f}..{end:.1f} epoch s): "
+                                  "arrival_time must be epoch seconds within the run")
+    if "arrival_time" in req and len(req) > 1:
+        a_span = float(req.arrival_time.max() - req.arrival_time.min())
+        q_span = float(req.queued_ts.max() - req.queued_ts.min())
+        ratio, slack = SPACING_SLACK
+        if abs(a_span - q_span) > slack and max(a_span, q_span) > ratio * min(a_span, q_span):
+            raise ConfigError(f"{where}: arrivals span {a_span:,.1f} s by arrival_time but {q_span:,.1f} s by "
+                              "queued_ts: both must be seconds (the same requests arrive the same time apart)")
+
+
+def check_span_against_timeseries(req: pd.DataFrame, ts: pd.DataFrame, path: Path, ts_path: Path,
+                                  recorded: bool) -> None:
+    """Without a recorded duration, the per-second series bounds the run loosely (10 x its length + 60 s)."""
+    if recorded or len(ts) < 2:
+        return
+    span = float(req.last_token_ts.max() - req.queued_ts.min())
+    ts_span = float(ts.t.max() - ts.t.min())
+    if span > 10 * ts_span + 60:
+        raise ConfigError(f"{_q(path)}: the requests span {span:,.1f} s (first queued_ts to last last_token_ts), "
+                          f"over 10 times the {ts_span:,.1f} s {_q(ts_path)} covers: timestamps must be seconds")
+
+
+# ---- physics ----------------------------------------------------------------------------------------------
+def check_kv_memory(blocks: int, block_size: int, per_token: int, weights: int, model: str, util: float,
+                    memory: int, memory_how: str, kv_bytes: int | None, where: str) -> None:
+    """The recorded KV blocks and the weights (per GPU) must fit in the memory vLLM was given:
+    `gpu_memory_utilization x device memory`, or `kv_cache.kv_cache_memory_bytes` for the KV cache when set."""
+    kv = blocks * block_size * per_token
+    if kv_bytes is not None:
+        if kv > kv_bytes:
+            raise ConfigError(f"{where}: kv_cache.num_gpu_blocks={blocks:,} ({blocks * block_size:,} tokens x "
+                              f"{per_token:,} bytes = {kv:,} bytes) exceeds kv_cache.kv_cache_memory_bytes="
+                              f"{kv_bytes:,}: at most {kv_bytes // (block_size * per_token):,} blocks fit")
+        return
+    budget = int(util * memory)
+    if kv + weights > budget:
+        most = max(0, (budget - weights) // (block_size * per_token))
+        raise ConfigError(f"{where}: kv_cache.num_gpu_blocks={blocks:,} ({kv / 1e9:,.1f} GB of KV per GPU at "
+                          f"{per_token:,} bytes a token) and {model}'s weights ({weights / 1e9:,.1f} GB per GPU) "
+                          f"do not fit in gpu_memory_utilization {util} x {memory:,} bytes ({memory_how}): at most "
+                          f"{most:,} blocks fit")
+
+
+def check_context(req: pd.DataFrame, limit: int | None, field: str, path: Path) -> None:
+    """Every request within the longest vLLM serves: prompt + output <= max_model_len."""
+    if limit is None:
+        return
+    total = (req.input_toks + req.output_toks).to_numpy()
+    over = np.flatnonzero(total > limit)
+    if len(over):
+        k = int(over[0])
+        raise ConfigError(f"{_q(path)} line {req.line[k]}: input_toks + output_toks = {req.input_toks[k]} + "
+                          f"{req.output_toks[k]} = {int(total[k]):,} tokens, over {field}={limit:,} "
+                          f"({len(over)} such requests): vLLM serves at most max_model_len tokens a request")
