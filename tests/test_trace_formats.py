@@ -74,3 +74,17 @@ def test_a_mooncake_replay_shares_its_hashed_blocks_only_under_a_prefix_cache(tm
     assert row["prefix_cached_tokens"] == (512 if caching else 0)
     said = "prefix cache reuses their KV blocks" if caching else "no KV is shared between requests"
     assert any("prefix block hashes (hash_ids)" in n and said in n for n in run_notes(row))
+
+
+def test_a_log_that_is_one_json_array_reads_like_its_jsonl(tmp_path):
+    lines = mooncake(tmp_path)
+    array = tmp_path / "mooncake.json"
+    array.write_text(json.dumps([json.loads(line) for line in lines.read_text().splitlines()], indent=1))
+    a, b = (load_trace(p, format="mooncake") for p in (lines, array))
+    assert a.prompt_len.tolist() == b.prompt_len.tolist() and a.timestamps.tolist() == b.timestamps.tolist()
+    array.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"mooncake.json item 1: expected a JSON object per request, got int"):
+        load_trace(array, format="mooncake")
+    array.write_text("[{\"timestamp\": 0,")
+    with pytest.raises(ConfigError, match="a JSON array that does not parse"):
+        load_trace(array, format="mooncake")

@@ -16,6 +16,7 @@ token count of 0 becomes 1, as for the Azure format. Every bad row is one line n
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def _rows(path: Path):
         raise ConfigError(f"{path}: byte at offset {e.start} is not UTF-8 text") from None
     if text.lstrip().startswith("{"):
         yield from json_lines(text, path.name)
+        return
+    if text.lstrip().startswith("["):  # one JSON array of request objects (as some tools export a log)
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: a JSON array that does not parse (line {e.lineno}: {e.msg})") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path.name} item {i + 1}: expected a JSON object per request, got "
+                                  f"{type(row).__name__}")
+            yield i + 1, row
         return
     reader = csv.DictReader(text.splitlines())
     for row in _csv_rows(path, reader):
