@@ -53,6 +53,10 @@ def app(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
+    if sweeping:
+        from s3sim.sweep import stop_with_parent
+
+        stop_with_parent()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         row, reused = run_dir(resolved, out, write_iterations=bool(cfg.get("write_iterations", False)))

@@ -11,6 +11,28 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 
+def stop_with_parent(poll_s: float = 0.5) -> None:
+    """In a sweep's worker process (the local launcher's), end this process when the sweep's main process
+    dies: after `kill -9` of a sweep its workers went on finishing points nobody would collect. A daemon
+    thread watches for this process being handed to another parent. Not in the main process itself (a
+    sweep started with nohup may outlive its shell)."""
+    import multiprocessing
+    import os
+    import threading
+    import time
+
+    if multiprocessing.parent_process() is None:
+        return
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)  # the run stays unfinished: its folder holds no summary.csv
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 class SweepReport(Callback):
     def on_job_end(self, config, job_return=None, **kwargs) -> None:
         """A sweep shows its points as they finish: this one, and how many of the sweep's points have a summary

@@ -2,6 +2,7 @@
 point that neither stops the others nor corrupts the collected table; cluster launchers that compose."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -133,3 +134,34 @@ def test_experiment_presets_compose(preset):
         c = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
     assert c.hydra.sweep.dir == f"multirun/{preset}"
     assert c.hydra.sweeper.params
+
+
+def test_a_sweep_worker_ends_when_the_sweep_is_killed(tmp_path):
+    """kill -9 of a sweep running on the local launcher: its workers stop instead of finishing points."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = (
+        "import multiprocessing, sys, time\n"
+        "def child():\n"
+        "    from s3sim.sweep import stop_with_parent\n"
+        "    stop_with_parent(poll_s=0.05)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    p = multiprocessing.get_context('spawn').Process(target=child)\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(60)\n")
+    main = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(CONF_DIR).parent)})
+    worker = psutil.Process(int(main.stdout.readline()))
+    time.sleep(1.0)  # the worker has started its watch
+    assert worker.is_running()
+    os.kill(main.pid, signal.SIGKILL)
+    main.wait()
+    worker.wait(timeout=20)  # raises if it is still running
