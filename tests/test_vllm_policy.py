@@ -86,7 +86,7 @@ def test_config_is_checked_and_built_by_name():
     sched = build_scheduler(cfg, 1024, np.array([10]))
     assert isinstance(sched, VllmScheduler) and sched.token_budget == 32 and sched.pool.unit_tokens == 16
     for bad, message in (({"preemption_mode": "swap"}, "only recomputes"),
-                         ({"max_batch_size": 32}, "below policy.max_num_batched_tokens"),
+                         ({"max_batch_size": 33}, "at most policy.max_num_batched_tokens"),
                          ({"max_num_batched_tokens": 0}, "max_num_batched_tokens must be a positive"),
                          ({"max_num_batched_tokens": "x"}, "policy.max_num_batched_tokens")):
         with pytest.raises(ConfigError, match=message):

@@ -274,6 +274,8 @@ VALIDATION = (
     Column("real", PER_ROW, "measured on the real vLLM run"),
     Column("simulated", PER_ROW, "the simulator's replay of that run"),
     Column("error_pct", "%", "100 x (simulated - real) / real; empty when real is 0"),
+    Column("kv_capacity_source", TEXT, "where the replay's KV capacity came from: recorded (meta.json's "
+           "kv_cache.num_gpu_blocks) or derived (vLLM's memory accounting from the recorded device memory)"),
     Column("ttft_{vstat}_ms", "ms", "TTFT, first token - queued, " + _VALID + "; `_mean` the mean, the rest "
            "percentiles with linear interpolation", row=True),
     Column("tpot_{vstat}_ms", "ms", "TPOT, (last token - first token) / (output tokens - 1), over requests with "
