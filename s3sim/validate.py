@@ -61,6 +61,7 @@ import pandas as pd
 
 from s3sim import validate_checks as checks
 from s3sim.core.errors import ConfigError, InvariantViolation
+from s3sim.hardware.gpus import DEVICE_NAMES
 from s3sim.workload.text import json_lines
 
 PROG = "s3sim-validate"
@@ -96,16 +97,7 @@ HF_MODELS = {
     "facebook/opt-30b": "opt-30b",
 }
 # Device names (torch's, as in meta.json's hardware block or a profile's meta.yaml) -> GPU presets.
-DEVICE_GPUS = {
-    "nvidia geforce rtx 4090": "rtx-4090",
-    "nvidia rtx pro 6000 blackwell server edition": "rtx-pro-6000",
-    "nvidia h100 80gb hbm3": "h100-sxm",
-    "nvidia h200": "h200",
-    "nvidia a100-sxm4-80gb": "a100-80gb-sxm",
-    "nvidia a100-sxm4-40gb": "a100-40gb-sxm",
-    "nvidia a100 80gb pcie": "a100-80gb-pcie",
-    "nvidia a100-pcie-40gb": "a100-40gb-pcie",
-}
+DEVICE_GPUS = DEVICE_NAMES  # a device name (lower case) -> GPU preset; kept in s3sim.hardware.gpus
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
