@@ -82,6 +82,36 @@ def test_the_simulator_prices_batches_from_it(latency):
     assert np.all(np.isfinite(run)) and np.all(run > 0) and np.all(run[1:] > 0.8 * run[:-1])
 
 
+def test_the_operators_count_what_a_real_step_computes(tmp_path, monkeypatch):
+    """Deterministic, on any machine: every operator is "timed" by the floating-point work torch's FLOP
+    counter sees it do, at one picosecond per FLOP, and so is a real decode step of 8 sequences of 32 cached
+    tokens. The operator model's sum at that shape must be the step's work to the rounding of the profile's
+    microseconds: an operator measured at the wrong shape, counted the wrong number of times (per layer, per
+    token, per sequence) or in the wrong unit would move it. (Attention kernels are not counted by the FLOP
+    counter on either side; the slow test below compares wall-clock times.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import s3exec.operator_profile as op
+
+    def flops(fn):
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    monkeypatch.setattr(op, "median_seconds", lambda fn, *a, **k: flops(fn) * 1e-12)
+    m = tiny()
+    tables = measure_operators(m, tokens=(4, 8, 16), sequences=(4, 8, 16), chunks=(16,), decodes=(8,),
+                               contexts=(16, 32), log=lambda *_: None)
+    lat = OperatorLatency.from_profile(write_operator_profile(*tables, tmp_path), ModelSpec(**model_spec(m)))
+    runner = ModelRunner(m.model, KVCache(m.num_layers, m.kv_heads, m.head_dim, 64, 16, 128, dtype=m.dtype))
+    for i in range(8):
+        row = runner.cache.allocate(i, 32)
+        runner.cache.length[row] = 32
+    step = flops(lambda: runner.step([(i, 3) for i in range(8)], []))
+    assert step > 0 and lat.iteration_time(0, 0, 8, 8 * 32) * 1e12 == pytest.approx(step, rel=1e-3)
+
+
+@pytest.mark.slow  # wall-clock against wall-clock: a measurement, not a property (the test above is exact)
 def test_the_operators_add_up_to_about_a_real_step(tmp_path):
     """A decode step of 8 sequences of 32 cached tokens, timed through `ModelRunner.step`, against the sum of
     the profile's operators at that shape (every point measured, nothing interpolated). The step also builds

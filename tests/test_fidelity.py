@@ -154,10 +154,16 @@ def tiny_profile(tmp_path_factory):
     assert meta["model"] == "tiny-llama" and meta["swap_s_per_token"] >= 0 and (table.median_s > 0).all()
     eng = meta["engine_overhead"]
     assert eng["iterations"] > 0 and min(eng["per_iteration_s"], eng["per_decode_s"], eng["per_prompt_s"]) >= 0
-    # the executor's forward passes against the table, same shapes: a sanity range, not a timing claim (a
-    # busy shared CPU has put it at 0.42 when the table was timed during a burst of other work)
-    assert 0.2 < eng["step_factor"] < 5
+    assert np.isfinite(eng["step_factor"]) and eng["step_factor"] > 0  # its size is a timing: see the slow test
     return write_profile(table, meta, tmp_path_factory.mktemp("prof"), "tiny")
+
+
+@pytest.mark.slow  # wall-clock against wall-clock: a busy shared CPU has put it at 0.42
+def test_the_executors_forward_passes_take_what_the_table_says(tiny_profile):
+    """`step_factor`: the executor's forward passes over the table's prediction for the same shapes, both
+    timed on this machine a few seconds apart: about 1 when the machine is quiet."""
+    meta = json.loads(Path(tiny_profile).with_suffix(".json").read_text())
+    assert 0.5 < meta["engine_overhead"]["step_factor"] < 2
 
 
 @pytest.mark.slow  # wall-clock against wall-clock: a busy or jittery 2-core machine failed it now and then
