@@ -1,0 +1,47 @@
+"""Both shared vLLM runs replayed with their own operator profiles, against the README's targets: every mean
+and median within 5 %, every p99 within 10 % (the RTX 4090 run meets all; the RTX PRO 6000 run all but its
+TTFT mean and median, as the README says), with the preemptions and prefix-cache hits the replay reports.
+Counts are compared within 1 %: they come from float timelines, which another CPU may round differently."""
+import re
+from pathlib import Path
+
+import pytest
+
+from s3sim.validate import validate
+
+RUNS = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm_runs"
+pytestmark = pytest.mark.skipif(not RUNS.is_dir(), reason="needs the shared data folder")
+MEAN_MEDIAN, P99 = 5.0, 10.0
+
+
+def replay(name, tmp_path):
+    lines = []
+    table = validate(RUNS / name / "run", tmp_path / name, echo=lines.append).set_index("metric")
+    counts = re.search(r"([\d,]+) preemptions, ([\d,]+) recomputed tokens found in the prefix cache", "\n".join(lines))
+    return table.error_pct, [int(c.replace(",", "")) for c in counts.groups()]
+
+
+def within(errors, names, bound):
+    return {n: round(float(errors[n]), 2) for n in names if not abs(errors[n]) <= bound}
+
+
+LATENCY = ("ttft", "tpot", "e2e_latency")
+MEANS_MEDIANS = [f"{m}_{s}_ms" for m in LATENCY for s in ("mean", "p50")] + ["request_throughput",
+                                                                             "output_throughput"]
+P99S = [f"{m}_p99_ms" for m in LATENCY]
+
+
+def test_the_rtx_4090_replay_meets_every_target(tmp_path):
+    errors, (preemptions, cached) = replay("rtx4090-llama-3.1-8b", tmp_path)
+    assert within(errors, MEANS_MEDIANS, MEAN_MEDIAN) == {} and within(errors, P99S, P99) == {}
+    assert preemptions == pytest.approx(187, rel=0.01) and cached == pytest.approx(72_288, rel=0.01)
+
+
+def test_the_rtx_pro_6000_replay_meets_them_but_for_ttft_as_the_readme_says(tmp_path):
+    errors, (preemptions, cached) = replay("rtxpro6000-llama-3.1-8b", tmp_path)
+    assert within(errors, [m for m in MEANS_MEDIANS if not m.startswith("ttft")], MEAN_MEDIAN) == {}
+    assert within(errors, P99S, P99) == {}
+    # the README's misses: TTFT mean -8.6 %, median -13.9 %
+    assert errors["ttft_mean_ms"] == pytest.approx(-8.6, abs=0.1)
+    assert errors["ttft_p50_ms"] == pytest.approx(-13.9, abs=0.1)
+    assert preemptions == 0 and cached == 0  # max_num_seqs=128 binds before memory does
