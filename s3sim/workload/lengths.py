@@ -19,7 +19,9 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import note
+from s3sim.workload.files import csv_rows, require_file
 from s3sim.workload.prefix import HashChains
+from s3sim.workload.trace_formats import read_log
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -83,13 +85,6 @@ def _data_dir(data_dir) -> Path:
     return Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).resolve()
 
 
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise ConfigError(f"data file not found: {path} (expected the shared data folder; set workload.data_dir)")
-    note(path)
-    return path
-
-
 def _check_options(max_output, limit) -> None:
     if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, (int, np.integer))
                                    or max_output < 1):
@@ -114,7 +109,7 @@ def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=No
 
 def _read_json(path: Path):
     try:
-        with open(_require(path), encoding="utf-8") as f:
+        with open(require_file(path), encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
@@ -141,18 +136,6 @@ def _short(text, limit: int = 40) -> str:
     """A field as an error line quotes it: its repr, cut to `limit` characters."""
     r = repr(text)
     return r if len(r) <= limit else r[:limit] + f"... ({len(str(text)):,} characters)"
-
-
-def _csv_rows(path: Path, reader_rows):
-    """Rows of a CSV file, with a bad byte or an oversized field as one line naming the file and line."""
-    try:
-        yield from reader_rows
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: byte {e.object[e.start:e.start + 1]!r} at offset {e.start} is not UTF-8 text") \
-            from None
-    except csv.Error as e:
-        line = getattr(reader_rows, "line_num", "?")
-        raise ConfigError(f"{path.name} line {line}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- alpaca
@@ -210,7 +193,7 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
     """ShareGPT prompt/output token counts (Llama-2 tokenizer). Zero counts become 1. `max_prompt` drops rows
     with longer prompts (as serving benchmarks filter ShareGPT, and as a model's context window demands)."""
     _check_options(max_output, limit)
-    path = _require(_data_dir(data_dir) / SHAREGPT_FILE)
+    path = require_file(_data_dir(data_dir) / SHAREGPT_FILE)
     cols = ("num_prefill_tokens", "num_decode_tokens")
     prompt, output = [], []
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -218,7 +201,7 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
         if reader.fieldnames is None or not set(cols) <= set(reader.fieldnames):
             raise ConfigError(f"{path} line 1: header must include columns {', '.join(cols)}; "
                               f"got {reader.fieldnames}")
-        for row in _csv_rows(path, reader):
+        for row in csv_rows(path, reader):
             where = f"{path.name} line {reader.line_num}"
             prompt.append(max(1, _nonneg_int(row[cols[0]], where, cols[0])))
             output.append(max(1, _nonneg_int(row[cols[1]], where, cols[1])))
@@ -357,8 +340,6 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
         raise ConfigError("workload.columns and workload.time_unit apply to workload.format=columns (or burstgpt, "
                           "mooncake), not azure, whose columns and times are fixed")
     if format != "azure":  # BurstGPT, Mooncake or named columns
-        from s3sim.workload.trace_formats import read_log
-
         if path is None:
             raise ConfigError(f"workload.format={format} needs workload.path (the log file)")
         unit = 512 if hash_block_tokens is None else hash_block_tokens
@@ -372,15 +353,15 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
             chains = HashChains()
             w.prefix = [(unit, chains.chain(h)) if h else None for h in hashes]
         return w
-    path = _require(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
+    path = require_file(Path(path) if path is not None else _data_dir(data_dir) / AZURE_TRACE_FILE)
     whole, frac, prompt, output = [], [], [], []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = [h.strip() for h in next(_csv_rows(path, reader), [])]
+        header = [h.strip() for h in next(csv_rows(path, reader), [])]
         if tuple(header[:3]) != TRACE_COLUMNS:
             raise ConfigError(f"{path} line 1: header must start with {','.join(TRACE_COLUMNS)}; "
                               f"got {','.join(header) or 'an empty file'}")
-        for row in _csv_rows(path, reader):
+        for row in csv_rows(path, reader):
             if not row:
                 continue
             where = f"{path.name} line {reader.line_num}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.workload.lengths import _csv_rows, _require
+from s3sim.workload.files import csv_rows, require_file
 from s3sim.workload.prefix import check_hash_ids
 from s3sim.workload.text import json_lines
 
@@ -56,7 +56,7 @@ def _rows(path: Path):
             yield i + 1, row
         return
     reader = csv.DictReader(text.splitlines())
-    for row in _csv_rows(path, reader):
+    for row in csv_rows(path, reader):
         yield reader.line_num, row
 
 
@@ -100,7 +100,7 @@ def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None 
         unit = time_unit or unit
     if unit not in TIME_UNITS:
         raise ConfigError(f"workload.time_unit '{unit}' is unknown; valid: {', '.join(TIME_UNITS)}")
-    path = _require(Path(path))
+    path = require_file(Path(path))
     times, prompt, output, hashes = [], [], [], []
     for n, row in _rows(path):
         where = f"{path.name} line {n}"
