@@ -37,7 +37,8 @@ def app(cfg: DictConfig) -> None:
 
     from s3exec.progress import mode_for
     from s3exec.runner import run_exec
-    from s3sim.runner import clear, write_text
+    from s3sim.runner import clear
+    from s3sim.writers import write_text
 
     out = Path(HydraConfig.get().runtime.output_dir)
     try:

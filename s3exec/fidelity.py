@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     ap.add_argument("--resimulate", action="store_true",
                     help="only recompute the simulator and error columns of <out>/fidelity.csv from its rows, in place")
     args = ap.parse_args(argv)
-    from s3sim.runner import write_csv
+    from s3sim.writers import write_csv
 
     out = Path(args.out)
     if args.check_simulator or args.resimulate:

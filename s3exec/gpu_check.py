@@ -322,7 +322,7 @@ class Check:
         from s3exec.config import free_memory
         from s3exec.kv_cache import KVCache
         from s3exec.model_runner import ModelRunner
-        from s3sim.runner import write_csv
+        from s3sim.writers import write_csv
 
         p = self.plan
         loaded = self.model(p["big"])
@@ -432,7 +432,7 @@ class Check:
         from s3exec.runner import run_exec
         from s3sim.hardware.models import get_model
         from s3sim.latency.operators import OperatorLatency
-        from s3sim.runner import write_csv
+        from s3sim.writers import write_csv
 
         p = self.plan
         profile = self.out / "profile"
@@ -490,7 +490,7 @@ class Check:
         import transformers
 
         from s3exec.runner import device_name
-        from s3sim.runner import write_text
+        from s3sim.writers import write_text
 
         clear_outputs(self.out)
         self.summary.update(device_name=device_name(self.device), torch=torch.__version__,

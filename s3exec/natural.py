@@ -87,7 +87,7 @@ def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path, digest: str) 
     """One executor run (cached as JSON): its summary row plus prediction accuracy and length agreement."""
     from s3exec.runner import run_exec
     from s3sim.metrics.summary import request_records
-    from s3sim.runner import write_text
+    from s3sim.writers import write_text
 
     cfg = exec_config(policy, a, kv_bytes)
     row, result = run_exec(cfg, loaded=loaded)
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
 
         from s3exec.config import load_executor_model
         from s3exec.fidelity import ensure_profile
-        from s3sim.runner import write_csv, write_text
+        from s3sim.writers import write_csv, write_text
 
         out.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)

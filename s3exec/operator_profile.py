@@ -359,7 +359,7 @@ def write_operator_profile(dense: pd.DataFrame, attention: pd.DataFrame, per_seq
     """`out/meta.yaml` and `out/tp1/{dense,attention,per_sequence}.csv`, each written atomically; returns `out`."""
     import yaml
 
-    from s3sim.runner import write_csv, write_text
+    from s3sim.writers import write_csv, write_text
 
     out = Path(out)
     tp1 = out / "tp1"

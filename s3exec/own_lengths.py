@@ -93,7 +93,7 @@ def write_outputs(rows: list[dict], settings: dict, folder: Path, table: Path, s
     each written atomically."""
     import pandas as pd
 
-    from s3sim.runner import write_csv, write_text
+    from s3sim.writers import write_csv, write_text
 
     if not rows:
         raise ConfigError(f"no prompt fits --max-prompt {settings['max_prompt']} (chat-templated tokens)")
@@ -129,7 +129,7 @@ def load_served_model(a):
 
 
 def run(a) -> dict:
-    from s3sim.runner import write_text
+    from s3sim.writers import write_text
 
     settings = settings_of(a)
     folder = Path(a.cache) if a.cache else cache_root() / folder_name(a.cap, a.max_prompt, a.seed)

@@ -235,7 +235,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
 
 def write_profile(table: pd.DataFrame, meta: dict, out: Path, name: str) -> Path:
     """`<out>/<name>.csv` and its `<name>.json` sidecar, atomically; returns the CSV's path."""
-    from s3sim.runner import write_csv, write_text
+    from s3sim.writers import write_csv, write_text
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.csv"

@@ -100,7 +100,7 @@ def collect_main(argv=None) -> None:
     try:
         table = collect(a.dir)
         if a.out is not None:
-            from s3sim.runner import write_csv
+            from s3sim.writers import write_csv
             out = Path(a.out).resolve()
             folders, files = read_paths(a.dir, table)
             inside = next((f for f in folders if out == f or f in out.parents), None)

@@ -272,7 +272,7 @@ def build(argv=None, note=say):
 
 def main(argv=None) -> None:
     from s3sim.plots import pyplot
-    from s3sim.runner import write_atomically
+    from s3sim.writers import write_atomically
 
     try:
         fig, out = build(argv)

@@ -9,8 +9,6 @@ the summary: a run without it is never reused), and a summary that cannot be rea
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +23,7 @@ from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
 from s3sim.metrics.summary import request_records, summarize
 from s3sim.simulator.engine import simulate
+from s3sim.writers import write_csv, write_parquet, write_text
 
 
 SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
@@ -243,33 +242,3 @@ def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: di
         write_csv(table, out / name)
     if row is not None:
         write_csv(pd.DataFrame([row]), out / "summary.csv")
-
-
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write a table atomically (see `write_text`)."""
-    write_text(df.to_csv(index=False), path)
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Write a table as Parquet, atomically (see `write_atomically`)."""
-    write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
-
-
-def write_text(text: str, path: Path) -> None:
-    """Write text atomically (see `write_atomically`)."""
-    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp)` a temporary file beside `path`, then rename it into place, so a reader never sees half a
-    file and a failed write leaves nothing behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

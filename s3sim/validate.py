@@ -673,7 +673,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          f"in the prefix cache")
 
     from s3sim.plots import save
-    from s3sim.runner import write_csv
+    from s3sim.writers import write_csv
     kind = f"operator profile, tp{engine.tp}" if prof is not None else f"operators on the {gpu_spec.name} datasheet"
     with staged_outputs(out) as stage:
         save(draw_timeline(data, f"{run.name}: vLLM against the replay ({kind})"), data, stage, "timeline")

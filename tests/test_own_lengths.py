@@ -1,6 +1,7 @@
 """SmolLM2's own lengths: the generation command resumes after a stop, its table is a text workload whose
 prompts the executor and the predictor find, and generated rows carry their own token counts."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -142,8 +143,10 @@ def test_a_replay_that_cuts_what_the_executor_served_is_refused():
     from s3exec.fidelity import replay_setup, sim_config
 
     a = natural.parser().parse_args(["--requests", "64"])
-    cfg = sim_config(natural.exec_config("orca", a, 6144), 6144, "results/natural/smollm2-cpu-2t.csv")
+    root = Path(__file__).resolve().parents[1]
+    cfg = sim_config(natural.exec_config("orca", a, 6144), 6144, str(root / "results/natural/smollm2-cpu-2t.csv"))
     assert replay_setup(cfg).context_clipped == 0  # SmolLM2's own shape, as the comparison names it
-    cfg["model"] = {"name": "tiny-llama"}
+    cfg["model"] = {"name": "tiny-llama"}  # with a profile of it: a profile of another model is refused first
+    cfg["latency"]["path"] = str(root / "results/profiles/tiny-llama-cpu.csv")
     with pytest.raises(ConfigError, match="cut .* outputs the executor served whole"):
         replay_setup(cfg)

@@ -288,14 +288,14 @@ def test_a_failed_replay_leaves_no_result(tmp_path, capsys, monkeypatch):
 
 def test_a_failed_write_leaves_no_result(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    import s3sim.runner as runner
-    write_csv = runner.write_csv
+    import s3sim.writers as writers
+    write_csv = writers.write_csv
 
     def failing(df, path):
         if Path(path).name == "validation.csv":
             raise OSError("disk full")
         write_csv(df, path)
-    monkeypatch.setattr(runner, "write_csv", failing)
+    monkeypatch.setattr(writers, "write_csv", failing)
     from s3sim.validate import validate
     with pytest.raises(OSError):
         validate(trim(R4090, tmp_path / "r"), out, profile="none", echo=lambda *a: None)

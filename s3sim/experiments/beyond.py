@@ -24,7 +24,7 @@ from s3sim import plots
 from s3sim.experiments.common import Composer, online_requests, rate_text, run_many, slo_capacity
 from s3sim.experiments.paper import MODELS
 from s3sim.plots import bars, sweep
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 
 FULL = dict(
     accuracy=(0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0),

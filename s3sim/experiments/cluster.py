@@ -16,7 +16,7 @@ from s3sim import plots
 from s3sim.cluster.routers import ROUTERS
 from s3sim.experiments.common import Composer, run_many
 from s3sim.plots import routers as routers_plot
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 
 POLICIES = ("s3", "vllm", "orca")
 SCALES = (0.3, 0.25)

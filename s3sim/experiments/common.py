@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
 from s3sim.core.errors import ConfigError
-from s3sim.runner import run_dir, write_csv
+from s3sim.runner import run_dir
+from s3sim.writers import write_csv
 
 ATTAINMENT = 0.9  # a rate meets the SLO when at least this share of requests meets every SLO
 GROUPS = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="../shared/data/vllm_runs")
     ap.add_argument("--out", default="results/modern")
     args = ap.parse_args(argv)
-    from s3sim.runner import write_csv
+    from s3sim.writers import write_csv
 
     out = Path(args.out)
     try:

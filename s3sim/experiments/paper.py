@@ -28,7 +28,7 @@ from s3sim import plots
 from s3sim.core.policies import COMPARED
 from s3sim.experiments.common import Composer, replicas_needed, run_many, slo_capacity
 from s3sim.plots import bars, frontier, timeline
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 
 # label, overrides, GPUs the model needs at least (80 GB each)
 MODELS = {

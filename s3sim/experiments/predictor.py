@@ -20,7 +20,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.predictor import table_path
-from s3sim.runner import write_csv, write_text
+from s3sim.writers import write_csv, write_text
 from s3sim.workload.lengths import DEFAULT_DATA_DIR, OWN_LENGTHS
 from s3sim.workload.own_cache import committed_training_file
 

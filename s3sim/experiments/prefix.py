@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from s3sim.experiments.common import Composer, run_many
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 
 BASE = ["model=llama-3.1-8b", "gpu=a100-80gb-sxm", "workload=sharegpt_pairs", "num_requests=2000"]
 PREFIXES = ((0, 1), (512, 1), (512, 16), (2048, 1), (2048, 16))

@@ -27,7 +27,7 @@ from s3sim.experiments.predictor import SCHEMES
 from s3sim.metrics.summary import summarize
 from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.evaluate import metrics
-from s3sim.runner import write_csv, write_text
+from s3sim.writers import write_csv, write_text
 from s3sim.simulator.engine import simulate
 from s3sim.workload.lengths import DEFAULT_DATA_DIR
 

@@ -24,7 +24,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.experiments.default import run_all
 from s3sim.experiments.common import write_table
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 
 SHAREGPT = ["workload=sharegpt_pairs", "workload.split=test", "num_requests=null"]
 TRAINED = ["policy=s3", "predictor=trained"]

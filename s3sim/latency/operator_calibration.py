@@ -241,7 +241,7 @@ def main(argv=None) -> int:
                     "profile/ folders are fitted too")
     ap.add_argument("--out", default="results/calibration")
     args = ap.parse_args(argv)
-    from s3sim.runner import write_csv
+    from s3sim.writers import write_csv
 
     fits, buckets = [], []
     try:

@@ -373,7 +373,7 @@ BEGIN, END = "<!-- outputs:begin -->\n", "<!-- outputs:end -->"
 def update_readme(path: Path) -> int:
     """The README's Outputs section regenerated in place (atomically), so a new column is documented by
     adding it to the tables above and running `s3sim-schema --update-readme README.md`."""
-    from s3sim.runner import write_text
+    from s3sim.writers import write_text
 
     text = path.read_text() if path.is_file() else ""
     if text.count(BEGIN) != 1 or text.count(END) != 1:

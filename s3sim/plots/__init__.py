@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from s3sim.core.policies import POLICIES
-from s3sim.runner import write_atomically, write_csv
+from s3sim.writers import write_atomically, write_csv
 
 POLICY_ORDER = tuple(POLICIES)
 

@@ -49,7 +49,7 @@ def training_file(folder: Path, table: Path = TABLES / f"{OWN_LENGTHS}.csv", row
     table's keys."""
     import pandas as pd
 
-    from s3sim.runner import write_text
+    from s3sim.writers import write_text
 
     table = Path(table)
     if not table.is_file():

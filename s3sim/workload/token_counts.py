@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
-from s3sim.runner import write_csv
+from s3sim.writers import write_csv
 from s3sim.workload.lengths import ALPACA_TEXT_FILES, DEFAULT_DATA_DIR
 from s3sim.workload.text import prompt_hash, read_pairs
 from s3sim.workload.tokenizer import count_tokens, load_tokenizer

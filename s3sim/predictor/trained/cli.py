@@ -401,7 +401,7 @@ def main(argv=None) -> int:
                 for n, c in conf.items():
                     print(f"\nconfusion matrix, {n} (rows: true bucket, columns: predicted)\n{c.to_string()}")
             if a.out:
-                from s3sim.runner import write_csv
+                from s3sim.writers import write_csv
                 out = Path(a.out)
                 out.mkdir(parents=True, exist_ok=True)
                 write_csv(res, out / "metrics.csv")
@@ -415,7 +415,7 @@ def main(argv=None) -> int:
             more = f" (first 20 shown)" if len(df) > 20 else ""
             print(f"{len(df)} prompts{more}, buckets {scheme}, {ms:.1f} ms per prompt")
             if a.out:
-                from s3sim.runner import write_csv
+                from s3sim.writers import write_csv
                 write_csv(df, Path(a.out))
                 print(f"-> {a.out}")
         else:
@@ -432,7 +432,7 @@ def main(argv=None) -> int:
 def write_table(df, model, out: Path) -> None:
     """The predictions (gzip CSV) and a JSON sidecar with each scheme's bucket edges, written atomically."""
     import gzip
-    from s3sim.runner import write_text
+    from s3sim.writers import write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

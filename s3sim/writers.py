@@ -1,0 +1,38 @@
+"""Every file a command writes is written atomically: a temporary file beside it, renamed into place, so a
+reader never sees half a file and a failed write leaves nothing behind. Results, tables, figures and
+profiles all go through here; the module imports nothing of the project, so any layer may use it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_csv(df, path: Path) -> None:
+    """Write a table atomically (see `write_text`)."""
+    write_text(df.to_csv(index=False), path)
+
+
+def write_parquet(df, path: Path) -> None:
+    """Write a table as Parquet, atomically (see `write_atomically`)."""
+    write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write text atomically (see `write_atomically`)."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp)` a temporary file beside `path`, then rename it into place, so a reader never sees half a
+    file and a failed write leaves nothing behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
