@@ -21,7 +21,7 @@ def compose(overrides):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from s3sim.cli import CONF_DIR
+    from s3sim.config import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return OmegaConf.to_container(hydra_compose("exec", overrides=overrides), resolve=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s3sim.cli import CONF_DIR, report_failure
+from s3sim.cli import report_failure
+from s3sim.config import CONF_DIR
 
 
 def _record(out: Path, err: Exception) -> None:

@@ -267,7 +267,7 @@ def main(argv=None) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from s3sim.cli import CONF_DIR
+    from s3sim.config import CONF_DIR
     from s3sim.hardware.gpus import get_gpu
     from s3sim.latency.calibrate import calibrate, profile_model
     from s3sim.latency.profiled import fit_report

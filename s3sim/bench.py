@@ -16,7 +16,7 @@ import time
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from s3sim.cli import CONF_DIR
+from s3sim.config import CONF_DIR
 from s3sim.config import build, build_scheduler
 from s3sim.core.policies import COMPARED
 from s3sim.core.request import make_requests

@@ -7,9 +7,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError, InvariantViolation
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _fail(kind: str, err: Exception, prog: str = "s3sim") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from s3sim.workload import arrival_times, load_workload
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the Hydra config groups
 
 
 @dataclass

@@ -20,7 +20,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from s3sim.cli import CONF_DIR
+from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.runner import run_dir
 from s3sim.writers import write_csv

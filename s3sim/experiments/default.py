@@ -17,7 +17,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from s3sim.cli import CONF_DIR
+from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED
 from s3sim.experiments.common import write_table

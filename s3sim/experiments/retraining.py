@@ -19,7 +19,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from s3sim.cli import CONF_DIR
+from s3sim.config import CONF_DIR
 from s3sim.config import build
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
