@@ -9,9 +9,9 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
+from s3sim.commandline import Parser
 
 POLICY_BUDGET_TOKENS = 8800  # ORCA fits 4 requests of prompt + 2048 tokens
 
@@ -64,7 +64,7 @@ def run_setup(setup):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=32, help="requests for the engine comparison")
     ap.add_argument("--policy-n", type=int, default=64, help="requests for ORCA versus S3")
     ap.add_argument("--model", default="smollm2")

@@ -13,7 +13,6 @@ prints how many cells meet the targets (`target_summary`).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED
@@ -253,7 +253,7 @@ def target_summary(df: pd.DataFrame) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny-llama,smollm2")
     ap.add_argument("--policies", default=",".join(COMPARED))
     ap.add_argument("--rates", default="0.5,1.0", help="Poisson rates as fractions of the offline throughput")
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh-profile", action="store_true",
                     help="profile each model again before each group of cells, into <out>/profiles (a shared CPU "
                          "drifts over minutes)")
-    ap.add_argument("--out", default="results/fidelity")
+    ap.add_argument("--out", type=out_path, default="results/fidelity")
     ap.add_argument("--check-simulator", action="store_true",
                     help="only simulate every row of <out>/fidelity.csv again (with <out>/profiles) and check that "
                          "its simulator columns come out identical")

@@ -31,7 +31,6 @@ GPU image without them gets them as wheels (`make gpu-wheels`, README: "The GPU 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import json
@@ -45,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
 NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
@@ -555,8 +555,8 @@ def default_out(smoke: bool) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, help="folder for the results (default results/gpu/<device>)")
+    ap = Parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=out_path, help="folder for the results (default results/gpu/<device>)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about a minute")
     args = ap.parse_args(argv)
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
 POLICIES = ("s3", "oracle", "orca", "vllm", "paged")
@@ -143,14 +144,14 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
 def parser() -> argparse.ArgumentParser:
     from s3exec.own_lengths import positive_count
 
-    ap = argparse.ArgumentParser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=positive_count, default=128)
     ap.add_argument("--cap", type=positive_count, default=512, help="max_seq_len: the generation run's cap")
     ap.add_argument("--kv-tokens", type=positive_count, default=6144, help="the KV budget, in tokens")
     ap.add_argument("--threads", type=positive_count, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
-    ap.add_argument("--out", default="results/natural")
+    ap.add_argument("--out", type=out_path, default="results/natural")
     ap.add_argument("--cache", default=None,
                     help="cache root (default $S3_NATURAL_DIR or ~/.cache/s3/natural); a folder per settings below it")
     ap.add_argument("--profile", default=None, help="a profile CSV of this machine (default: measure one now)")

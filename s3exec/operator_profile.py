@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from s3exec.profile import sync_device
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
 PROFILER_VERSION = "1.0.0"
@@ -376,9 +377,9 @@ def main(argv=None) -> int:
     config (executor.model, device, dtype, attention) profiled operator by operator into DIR."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/exec.yaml (executor.model=smollm2 ...)")
-    ap.add_argument("--out", type=Path, required=True, help="the profile folder (meta.yaml, tp1/*.csv)")
+    ap.add_argument("--out", type=out_path, required=True, help="the profile folder (meta.yaml, tp1/*.csv)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=0.01, help="sample a point until its samples add up to this")
     args = ap.parse_args(argv)

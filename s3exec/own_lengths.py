@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.workload.lengths import OWN_LENGTHS, OWN_SOURCES, TABLES, texts_by_key
 from s3sim.workload.own_cache import cache_root, folder_name, read_cache, training_file
@@ -196,7 +197,7 @@ def positive_count(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m s3exec.own_lengths", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m s3exec.own_lengths", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=positive_count, default=None,
                     help="prompts to answer, a prefix of the seeded order (default: every prompt that fits)")
     ap.add_argument("--cap", type=positive_count, default=512, help="most tokens an answer may have")
@@ -207,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=positive_count, default=2, help="torch CPU threads")
     ap.add_argument("--cache", default=None,
                     help="cache folder (default: a folder per settings under $S3_OWN_LENGTHS_DIR or ~/.cache/s3/own_lengths)")
-    ap.add_argument("--out", default=str(TABLE))
+    ap.add_argument("--out", type=out_path, default=str(TABLE))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--fresh", action="store_true", help="discard the cached answers")
     return ap

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
 COLUMNS = ("kind", "prompt_len", "prompts", "decode_tokens", "ctx_per_seq", "prefill_tokens", "prefill_sq",
@@ -249,10 +250,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/exec.yaml (executor.model=smollm2 ...)")
     ap.add_argument("--name", help="profile name (default: <model>-<device>)")
-    ap.add_argument("--out", default="results/profiles", help="folder of profiles (default results/profiles)")
+    ap.add_argument("--out", type=out_path, default="results/profiles", help="folder of profiles (default results/profiles)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per point, at least")
     ap.add_argument("--min-seconds", type=float, default=0.05,

@@ -16,6 +16,7 @@ import time
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from s3sim.commandline import Parser
 from s3sim.config import CONF_DIR
 from s3sim.config import build, build_scheduler
 from s3sim.core.policies import COMPARED
@@ -97,7 +98,7 @@ def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="requests per policy (0 skips the policy table)")
     ap.add_argument("--big", type=int, default=1_000_000, help="requests for the memory run (0 skips it)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

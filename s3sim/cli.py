@@ -80,15 +80,10 @@ def collect_main(argv=None) -> None:
     config) written to OUT.csv; a short one printed (key metrics and the config fields the runs vary);
     failed, invalid and unfinished runs, and the points of a Hydra sweep never started, listed on stderr.
     Exit code 0 when every run (every point) finished, 1 when some did not, 2 on bad input."""
-    import argparse
-
     from s3sim.collect import collect, read_paths, short_table, status_line
+    from s3sim.commandline import Parser
 
-    class OneLineParser(argparse.ArgumentParser):
-        def error(self, message):
-            self.exit(2, f"s3sim-collect: error: {message} (s3sim-collect --help)\n")
-
-    ap = OneLineParser(prog="s3sim-collect", description=" ".join(collect_main.__doc__.split()).split(": ", 1)[1],
+    ap = Parser(prog="s3sim-collect", description=" ".join(collect_main.__doc__.split()).split(": ", 1)[1],
                        epilog="A killed sweep is reported whole: its multirun.yaml says which points it has, and "
                               "those with no folder are rows with status 'never started'.")
     ap.add_argument("dir", metavar="DIR", help="a results directory: a Hydra sweep (multirun) folder, a run, or "

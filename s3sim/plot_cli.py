@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 
 PROG = "s3sim-plot"
@@ -202,17 +203,12 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     return fig
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{PROG}: error: {message} ({PROG} --help)\n")
-
-
 def columns(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
 def parser() -> OneLineParser:
-    ap = OneLineParser(prog=PROG, description=__doc__.split("\n\n", 1)[1],
+    ap = Parser(prog=PROG, description=__doc__.split("\n\n", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", help="a CSV of run summaries (s3sim-collect DIR OUT.csv writes one)")
     ap.add_argument("--preset", choices=sorted(PRESETS),

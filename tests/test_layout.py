@@ -46,3 +46,67 @@ def test_no_private_name_is_imported_across_packages():
                     if private and here != there:
                         offences.append(f"{name}: from {node.module} import {', '.join(private)}")
     assert offences == []
+
+
+def _graph():
+    """Every import of one project module by another, at module level or inside a function."""
+    names = {name for package in PACKAGES for name, _ in _modules(package)}
+
+    def resolve(dotted):
+        parts = dotted.split(".")
+        while parts and ".".join(parts) not in names:
+            parts.pop()
+        return ".".join(parts) or None
+
+    graph = {}
+    for package in PACKAGES:
+        for name, path in _modules(package):
+            edges = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                    edges |= {resolve(f"{node.module}.{a.name}") for a in node.names}
+                elif isinstance(node, ast.Import):
+                    edges |= {resolve(a.name) for a in node.names if a.name.split(".")[0] in PACKAGES}
+            graph[name] = edges - {None, name}
+    return graph
+
+
+def test_no_import_cycles_even_through_imports_inside_functions():
+    graph, cycles = _graph(), []
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+# the command-line layer: what a user runs; nothing below it imports it
+COMMANDS = ("s3sim.cli", "s3sim.plot_cli", "s3sim.experiments", "s3sim.bench", "s3sim.sweep", "s3exec.cli",
+            "s3exec.bench")
+
+
+def test_the_library_never_imports_a_command_and_writes_through_the_writers():
+    def command(m):
+        return any(m == c or m.startswith(c + ".") for c in COMMANDS)
+
+    graph = _graph()
+    up = {m: sorted(n for n in graph[m] if command(n)) for m in graph if not command(m)}
+    assert {m: n for m, n in up.items() if n} == {}
+    writers = ast.parse((ROOT / "s3sim" / "writers.py").read_text())
+    assert not [n for n in ast.walk(writers) if isinstance(n, (ast.Import, ast.ImportFrom))
+                and (getattr(n, "module", None) or "").startswith(PACKAGES)]
+    for package in PACKAGES:
+        for name, path in _modules(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "s3sim.runner":
+                    assert not [a.name for a in node.names if a.name.startswith("write_")], name

@@ -13,7 +13,6 @@ multirun/beyond/ and are reused when finished.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim import plots
+from s3sim.commandline import Parser, out_path
 from s3sim.experiments.common import Composer, online_requests, rate_text, run_many, slo_capacity
 from s3sim.experiments.paper import MODELS
 from s3sim.plots import bars, sweep
@@ -111,8 +111,8 @@ def predictor_sweep(st: Study, model: str, x: str, values, series: dict, rate: f
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/beyond")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/beyond")
     ap.add_argument("--runs", default="multirun/beyond")
     ap.add_argument("--num-requests", type=int, default=5000, help="offline runs")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of arrivals in each online run")

@@ -8,12 +8,12 @@ the table and figure to results/cluster/ (`routers.csv`, `routers.png` with its 
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from s3sim import plots
 from s3sim.cluster.routers import ROUTERS
+from s3sim.commandline import Parser, out_path
 from s3sim.experiments.common import Composer, run_many
 from s3sim.plots import routers as routers_plot
 from s3sim.writers import write_csv
@@ -24,8 +24,8 @@ BASE = ["model=llama-3.1-8b", "workload=trace", "arrival=trace", "slo.ttft=2.0",
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/cluster")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/cluster")
     ap.add_argument("--runs", default="multirun/cluster")
     ap.add_argument("--jobs", type=int, default=None)
     args = ap.parse_args(argv)

@@ -8,7 +8,6 @@ predictors}.csv, frontier.png and the data behind it, and prints the tables.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED
@@ -86,8 +86,8 @@ def plot_frontier(online: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/default")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/default")
     ap.add_argument("--num-requests", type=int, default=None,
                     help="offline requests (default: every workload row once, Alpaca's 10,000)")
     ap.add_argument("--online-requests", type=int, default=4000)

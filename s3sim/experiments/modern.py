@@ -19,13 +19,13 @@ preemptions) and prints it.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.config import build_scheduler
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
@@ -95,10 +95,10 @@ def compare(run_dir: Path) -> pd.DataFrame:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", default=",".join(RUNS))
     ap.add_argument("--data", default="../shared/data/vllm_runs")
-    ap.add_argument("--out", default="results/modern")
+    ap.add_argument("--out", type=out_path, default="results/modern")
     args = ap.parse_args(argv)
     from s3sim.writers import write_csv
 

@@ -16,7 +16,6 @@ with its data, to results/paper/.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from s3sim import plots
+from s3sim.commandline import Parser, out_path
 from s3sim.core.policies import COMPARED
 from s3sim.experiments.common import Composer, replicas_needed, run_many, slo_capacity
 from s3sim.plots import bars, frontier, timeline
@@ -139,8 +139,8 @@ def timeline_data(composer, runs, model, policies, n, jobs):
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/paper")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/paper")
     ap.add_argument("--runs", default="multirun/paper", help="run directories (reused when finished)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     ap.add_argument("--policies", default=",".join(COMPARED))

@@ -10,13 +10,13 @@ Writes results/predictor/metrics.csv, a markdown summary and ShareGPT's confusio
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.predictor.trained import cli
 from s3sim.predictor.trained.predictor import table_path
@@ -51,8 +51,8 @@ def datasets(data_dir: Path) -> dict[str, Path]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/predictor")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/predictor")
     ap.add_argument("--only", nargs="*", default=None, help="labels to (re)build, e.g. sharegpt_pairs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=3)

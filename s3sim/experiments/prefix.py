@@ -10,10 +10,10 @@ finished); the table to results/prefix/prefix.csv.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+from s3sim.commandline import Parser, out_path
 from s3sim.experiments.common import Composer, run_many
 from s3sim.writers import write_csv
 
@@ -26,8 +26,8 @@ COLUMNS = ["prefix_tokens", "groups", "policy", "request_throughput", "x_vllm", 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/prefix")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/prefix")
     ap.add_argument("--runs", default="multirun/prefix")
     ap.add_argument("--jobs", type=int, default=None)
     args = ap.parse_args(argv)

@@ -9,7 +9,6 @@ without retraining, beside the oracle. Writes results/retraining/.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
 from s3sim.config import build
 from s3sim.core.errors import ConfigError
@@ -58,8 +58,8 @@ def score(model, ids, lengths) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/retraining")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/retraining")
     ap.add_argument("--num-requests", type=int, default=1500)
     ap.add_argument("--rate", type=float, default=7.0, help="Poisson arrivals per second (about capacity)")
     ap.add_argument("--every", type=int, default=48, help="observations between retraining rounds")

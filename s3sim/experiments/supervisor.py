@@ -15,12 +15,12 @@ Writes results/supervisor/{offline,grounded,quantiles,fairness,latency}.csv and 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.experiments.default import run_all
 from s3sim.experiments.common import write_table
@@ -80,8 +80,8 @@ def show(title: str, df: pd.DataFrame, cols) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="results/supervisor")
+    ap = Parser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=out_path, default="results/supervisor")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

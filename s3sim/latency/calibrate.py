@@ -12,12 +12,12 @@ effective FLOP/s and bytes/s are printed beside them.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec, get_gpu
 from s3sim.hardware.models import ModelSpec, get_model
@@ -89,7 +89,7 @@ def profile_model(meta: dict, name: str | None) -> ModelSpec:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", help="a profile CSV written by `python -m s3exec.profile`")
     ap.add_argument("--gpu", default="a100-80gb-pcie", help="GPU preset the efficiencies are relative to")
     ap.add_argument("--model", help="model preset or config.json (default: the shape the profile recorded)")

@@ -19,13 +19,13 @@ efficiencies are what an operator-by-operator datasheet model of a GPU without i
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec, get_gpu
 
@@ -235,11 +235,11 @@ def by_tokens(rows, gpu, params) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default="../shared/data/gpu_profiles/compute")
     ap.add_argument("--runs", default="../shared/data/vllm_runs", help="folder of the shared vLLM runs, whose "
                     "profile/ folders are fitted too")
-    ap.add_argument("--out", default="results/calibration")
+    ap.add_argument("--out", type=out_path, default="results/calibration")
     args = ap.parse_args(argv)
     from s3sim.writers import write_csv
 

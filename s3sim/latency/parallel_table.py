@@ -7,9 +7,9 @@ all-reduces per layer priced as a ring over the GPU preset's link (the default o
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 
 SHAPES = (("decode 1 x 512", 0, 1, 512), ("decode 64 x 512", 0, 64, 512), ("decode 256 x 1024", 0, 256, 1024),
@@ -36,7 +36,7 @@ def table(profile, model: str, gpu: str, tp: int) -> list[tuple[str, float, floa
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("profile", help="an operator profile folder holding tp1/ and tp<N>/")
     ap.add_argument("--model", required=True, help="the model preset the profile measured (its layer count)")
     ap.add_argument("--gpu", required=True, help="the GPU preset whose link the ring runs over")

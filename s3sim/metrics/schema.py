@@ -9,13 +9,14 @@ family (`ttft_{stat}`: ttft_mean, ttft_p50, ...): see `family`.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 import functools
 import itertools
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+from s3sim.commandline import Parser
 
 PROG = "s3sim-schema"
 KINDS = ("summary", "requests", "iterations", "validation", "replicas")
@@ -384,14 +385,8 @@ def update_readme(path: Path) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit 2
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv=None) -> int:
-    p = _Parser(prog=PROG, description="Print every column of the files a run writes: unit and definition.")
+    p = Parser(prog=PROG, description="Print every column of the files a run writes: unit and definition.")
     p.add_argument("kind", nargs="?", help=f"one of {', '.join(KINDS)} (default: all)")
     p.add_argument("--markdown", action="store_true", help="Markdown tables (the README's Outputs section)")
     p.add_argument("--update-readme", metavar="README", help="rewrite README's section between "

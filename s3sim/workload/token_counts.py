@@ -7,12 +7,12 @@ no tokenizer. Each row keeps its key and a hash of its prompt (for seeded splits
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 from s3sim.writers import write_csv
 from s3sim.workload.lengths import ALPACA_TEXT_FILES, DEFAULT_DATA_DIR
@@ -55,7 +55,7 @@ def build_tables(data_dir=None, tokenizer: str = "smollm2", out_dir=TABLES) -> d
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--tokenizer", default="smollm2", help="'smollm2' or a local tokenizer folder")
     ap.add_argument("--out-dir", default=str(TABLES))

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import file_hash
 
@@ -73,16 +74,9 @@ def _positive(text: str) -> int:
     return v
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a bad argument as one line (the project's form) instead of the usage and the error."""
-
-    def error(self, message):
-        self.exit(2, f"s3predict: error: {message} ({' '.join([*self.prog.split(), '--help'])})\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    ap = OneLineParser(prog="s3predict", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
+    ap = Parser(prog="s3predict", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("data", help="JSON/JSONL prompt/response file")
     common.add_argument("--tokenizer", default="smollm2", help="served model's tokenizer: smollm2 or a folder")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 
 PREFIX = "base_model.model."
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     from s3sim.predictor.trained import cli
     from s3sim.predictor.trained.model import LengthClassifier
 
-    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap = Parser(description=main.__doc__.splitlines()[0])
     ap.add_argument("run", help="a finished whole-encoder run folder")
     ap.add_argument("data", help="its prompt/response file (the held-out split is taken from it)")
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 32, 48, 64])

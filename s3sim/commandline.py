@@ -1,0 +1,36 @@
+"""What every command line of the project shares: bad arguments as one line on stderr and exit code 2 (never
+argparse's usage block), named after the command as the user typed it, and output paths that cannot be
+empty (an empty `--out` wrote into the working directory)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _invoked_as() -> str:
+    """`python -m package.module` for a module run with -m, else the script's name."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return f"python -m {spec.name.removesuffix('.__main__')}"
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "s3sim"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `<command>: error: <what> (<command> --help)`, exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("prog", _invoked_as())
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        command = self.prog.split(" ")[0] if not self.prog.startswith("python -m") else self.prog
+        self.exit(2, f"{command}: error: {message} ({self.prog} --help)\n")
+
+
+def out_path(text: str) -> Path:
+    """The type of an `--out` argument: a path, never an empty one."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty path would write into the working directory; name a folder")
+    return Path(text)

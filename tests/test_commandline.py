@@ -1,0 +1,38 @@
+"""Every command line answers a bad argument in one line and exit code 2, named as the user ran it, and
+refuses an empty --out (it wrote into the working directory)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ["s3sim.experiments.default", "s3sim.experiments.prefix", "s3sim.latency.operator_calibration",
+           "s3exec.fidelity", "s3exec.gpu_check"]
+
+
+def run(module, *args, cwd):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_bad_argument_and_an_empty_out_are_one_line(module, tmp_path):
+    bad = run(module, "--no-such-option", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith(f"python -m {module}: error: unrecognized arguments: --no-such-option")
+    assert bad.stderr.rstrip().endswith(f"(python -m {module} --help)")
+    empty = run(module, "--out", "", cwd=tmp_path)
+    assert empty.returncode == 2 and empty.stderr.count("\n") == 1 and "empty path" in empty.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written into the working directory
+
+
+def test_a_subcommands_error_names_the_command_and_its_help():
+    from s3sim.commandline import Parser
+
+    ap = Parser(prog="tool")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
+    sub.add_parser("go").add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["go", "--n", "x"])
+    assert e.value.code == 2
