@@ -1,5 +1,6 @@
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -34,10 +35,37 @@ def test_preset_names():
     assert set(MODEL_PRESETS) == {"gpt-3-175b", "gpt-j-6b", "gpt-neox-20b", "llama-2-7b", "llama-2-13b", "llama-3-8b",
                                   "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "qwen3-30b-a3b", "qwen3-32b",
                                   "smollm2-135m", "tiny-llama"}
-    assert set(GPU_PRESETS) == {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm",
-                                "a40", "h100-sxm", "h200", "rtx-4090", "rtx-pro-6000"}
+    assert {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm", "a40", "h100-sxm", "h200",
+            "rtx-4090", "rtx-pro-6000"} <= set(GPU_PRESETS)
     assert all(m.source for m in MODEL_PRESETS.values())
-    assert all(g.source for g in GPU_PRESETS.values())
+    assert all(g.source and g.calibration for g in GPU_PRESETS.values())
+
+
+def test_every_gpu_preset_has_its_config_group_file_and_the_other_way_round():
+    from s3sim.config import CONF_DIR
+
+    assert {p.stem for p in Path(CONF_DIR, "gpu").glob("*.yaml")} == set(GPU_PRESETS)
+
+
+def test_a_gpu_preset_is_one_file_and_a_bad_one_is_one_line(tmp_path):
+    import yaml
+
+    from s3sim.hardware.gpus import PRESETS_DIR, read_gpu_preset
+
+    d = yaml.safe_load((PRESETS_DIR / "h100-sxm.yaml").read_text())
+    d["device_names"] = ["nvidia h100 nvl"]
+    (tmp_path / "h100-nvl.yaml").write_text(yaml.safe_dump(d))
+    spec, names = read_gpu_preset(tmp_path / "h100-nvl.yaml")
+    assert spec.name == "h100-nvl" and names == ["nvidia h100 nvl"]
+    assert spec.peak_flops == GPU_PRESETS["h100-sxm"].peak_flops and spec.launch_s == GPU_PRESETS["h100-sxm"].launch_s
+    del d["calibration"]["launch_s"]
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match=r"bad.yaml: launch_s is missing"):
+        read_gpu_preset(tmp_path / "bad.yaml")
+    d = dict(yaml.safe_load((PRESETS_DIR / "h100-sxm.yaml").read_text()), device_names=["NVIDIA H100"])
+    (tmp_path / "upper.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match="lower-case device names"):
+        read_gpu_preset(tmp_path / "upper.yaml")
 
 
 def test_kv_bytes_per_token():
