@@ -193,7 +193,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     keys = None if wl is None or getattr(wl, "keys", None) is None else wl.keys[idx]
     sched = build_scheduler(cfg, cap, output, keys)
     check_requests(sched, plen, output)
-    if sched.name == "hf":  # transformers' generate with its own growing cache, not the paged runner
+    if sched.executor_backend == "generate":  # transformers' generate with its own growing cache
         from s3exec.generate import GenerateExecutor
 
         executor = GenerateExecutor(loaded, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress,

@@ -46,10 +46,12 @@ from typing import Callable
 
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
+from s3sim.core.policies import COMPARED, POLICIES
 
 NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
 PARTS = ("greedy", "bandwidth", "profile", "engines", "fidelity")  # in the order they run
-GREEDY_POLICIES = ("ft", "orca", "s3", "oracle", "paged", "vllm")
+# every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to compare)
+GREEDY_POLICIES = tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
 GREEDY_REQUESTS = 8
 FIDELITY_POLICIES = ("ft", "orca", "s3", "vllm")
 FIDELITY_METRICS = ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")

@@ -344,7 +344,7 @@ def build_engine(cfg, model, prompt, output, keys, latency=None):
                "lower max_seq_len or use a larger GPU")
     sched = build_scheduler(cfg, cap, output, keys)
     check_requests(sched, prompt, output)
-    if getattr(sched, "copies_kv", False):
+    if sched.copies_kv:
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
     return sched, latency, cap
 

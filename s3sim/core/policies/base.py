@@ -73,6 +73,10 @@ class Scheduler:
     uses_predictor = False  # built with the configured predictor
     fixed_predictor: str | None = None  # ... or always with this one (the oracle policy)
     predict_s: float = 0.0  # seconds the configured predictor takes per request, charged before admission
+    # what the executor serves it with: "paged" (its model runner over a paged KV cache) or "generate"
+    # (transformers' own `generate`, whose cache grows by copying)
+    executor_backend = "paged"
+    copies_kv = False  # its batches copy their KV cache each step (hf): the latency model must price the copy
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,

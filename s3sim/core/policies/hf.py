@@ -71,6 +71,7 @@ class HfScheduler(FasterTransformerScheduler):
     name = "hf"
     Config = HfConfig
     copies_kv = True  # its latency model must price a KV copy (checked when a run is built)
+    executor_backend = "generate"
 
     @classmethod
     def from_config(cls, conf: HfConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
