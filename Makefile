@@ -32,20 +32,20 @@ bench: setup
 
 # The executor's speed against transformers' continuous batching, and S3 vs ORCA on one real KV budget.
 bench-exec: setup
-	$(BIN)/python -m s3exec.bench
+	$(BIN)/python -m s3exec.lab.bench
 
 # Measure this machine's iteration latency (results/profiles/), then the simulator's error against the executor.
 profile: setup
-	$(BIN)/python -m s3exec.profile --name tiny-llama-cpu
-	$(BIN)/python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
+	$(BIN)/python -m s3exec.lab.profile --name tiny-llama-cpu
+	$(BIN)/python -m s3exec.lab.profile --name smollm2-cpu executor.model=smollm2
 
 fidelity: setup
-	$(BIN)/python -m s3exec.fidelity --spread --fresh-profile
+	$(BIN)/python -m s3exec.lab.fidelity --spread --fresh-profile
 
 # The executor's whole GPU validation in one run (on a CUDA machine): results/gpu/<device>/. On a CPU:
-# python -m s3exec.gpu_check --smoke --out DIR (the test suite runs it so).
+# python -m s3exec.lab.gpu_check --smoke --out DIR (the test suite runs it so).
 gpu-check: setup
-	$(BIN)/python -m s3exec.gpu_check
+	$(BIN)/python -m s3exec.lab.gpu_check
 
 # The pure-Python packages the check needs beyond torch and transformers, as wheels in .whl/ for a GPU image
 # that lacks them (README: The GPU check); the versions are this environment's.
@@ -67,7 +67,7 @@ validate: setup
 
 # How well datasheet figures price each operator on A100, A40 (../shared/data/gpu_profiles) and the two vLLM runs' GPUs, fitted.
 calibrate: setup
-	$(BIN)/python -m s3sim.latency.operator_calibration
+	$(BIN)/python -m s3sim.lab.operator_calibration
 
 # Shared system prompts: vLLM with and without its prefix cache beside s3 and the oracle.
 prefix: setup
@@ -110,11 +110,11 @@ supervisor: setup
 # SmolLM2's own greedy answer lengths (cached, resumable): s3sim/workload/tables/smollm2_greedy.csv; then
 # `make predictor ARGS="--only smollm2_greedy"` trains the predictor on them.
 own-lengths: setup
-	$(BIN)/python -m s3exec.own_lengths --rows 2138 $(ARGS)
+	$(BIN)/python -m s3exec.lab.own_lengths --rows 2138 $(ARGS)
 
 # S3 on the real model predicting its own lengths, natural mode, one binding KV budget, beside the simulator.
 natural: setup
-	$(BIN)/python -m s3exec.natural $(ARGS)
+	$(BIN)/python -m s3exec.lab.natural $(ARGS)
 
 # Online retraining under a shift: trained on alpaca-7b's answer lengths, serving Llama-3-8B's.
 retraining: setup
@@ -122,7 +122,7 @@ retraining: setup
 
 # Re-count the text data sets' tokens into s3sim/workload/tables/ (committed; simulations need no tokenizer).
 token-counts: setup
-	$(BIN)/python -m s3sim.workload.token_counts
+	$(BIN)/python -m s3sim.lab.token_counts
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ["s3sim.experiments.default", "s3sim.experiments.prefix", "s3sim.latency.operator_calibration",
-           "s3exec.fidelity", "s3exec.gpu_check"]
+MODULES = ["s3sim.experiments.default", "s3sim.experiments.prefix", "s3sim.lab.operator_calibration",
+           "s3exec.lab.fidelity", "s3exec.lab.gpu_check"]
 
 
 def run(module, *args, cwd):

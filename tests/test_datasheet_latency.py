@@ -10,7 +10,7 @@ from s3sim.hardware.gpus import CALIBRATION, GPU_PRESETS, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.hardware.network import MeasuredSendRecv, PointToPoint, RingAllReduce
 from s3sim.latency import DatasheetLatency, RooflineLatency
-from s3sim.latency.operator_calibration import fit, operator_work, predict
+from s3sim.lab.operator_calibration import fit, operator_work, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -130,7 +130,7 @@ def test_prefills_split_over_forward_passes_give_the_same_tokens(ref):
 
 def test_transformers_continuous_batching_agrees(ref):
     """The bench's baseline serves the same tokens (so its speed is compared on equal work)."""
-    from s3exec.bench import hf_continuous_batching
+    from s3exec.lab.bench import hf_continuous_batching
     m = tiny()
     wall, out = hf_continuous_batching(m.model, PROMPTS, OUTPUTS, 2**20, m.kv_bytes_per_token)
     assert out == ref and wall > 0

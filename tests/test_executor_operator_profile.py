@@ -13,8 +13,8 @@ import yaml
 
 from s3exec.kv_cache import KVCache
 from s3exec.model_runner import ModelRunner
-from s3exec.operator_profile import measure_operators, write_operator_profile
-from s3exec.profile import model_spec, time_point
+from s3exec.lab.operator_profile import measure_operators, write_operator_profile
+from s3exec.lab.profile import model_spec, time_point
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import ModelSpec
 from s3sim.latency.operators import ATTENTION_COLUMNS, OperatorLatency
@@ -91,7 +91,7 @@ def test_the_operators_count_what_a_real_step_computes(tmp_path, monkeypatch):
     counter on either side; the slow test below compares wall-clock times.)"""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import s3exec.operator_profile as op
+    import s3exec.lab.operator_profile as op
 
     def flops(fn):
         with FlopCounterMode(display=False) as counter:
@@ -158,12 +158,12 @@ def test_a_model_without_an_operator_is_one_line():
 
 
 def test_the_command_writes_a_profile_and_refuses_bad_input_in_one_line(tmp_path, capsys):
-    from s3exec.operator_profile import main
+    from s3exec.lab.operator_profile import main
 
     assert main(["--out", str(tmp_path / "p"), "executor.threads=1"]) == 0
     assert (tmp_path / "p" / "meta.yaml").is_file() and (tmp_path / "p" / "tp1" / "attention.csv").is_file()
     assert "latency=operators latency.path=" in capsys.readouterr().out
     assert main(["--out", str(tmp_path / "q"), "executor.attention=triton"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "s3exec.operator_profile: error: executor.attention='triton' is unknown; valid: auto, sdpa, flex"
+    assert err == "s3exec.lab.operator_profile: error: executor.attention='triton' is unknown; valid: auto, sdpa, flex"
     assert not (tmp_path / "q" / "meta.yaml").exists()

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from s3exec.fidelity import compare, exec_config, sim_config
-from s3exec.profile import grid, profile, write_profile
+from s3exec.lab.fidelity import compare, exec_config, sim_config
+from s3exec.lab.profile import grid, profile, write_profile
 from s3sim.config import build
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import get_gpu
@@ -182,7 +182,7 @@ def test_simulator_tracks_the_executor_on_the_tiny_model(tiny_profile, policy):
 
 
 def test_profile_cli_writes_a_profile_and_its_fit(tmp_path, capsys):
-    from s3exec.profile import main
+    from s3exec.lab.profile import main
 
     assert main(["--name", "t", "--out", str(tmp_path), "--prompt-lens", "16", "--prompt-counts", "1,2",
                  "--batches", "1,2", "--contexts", "16,32", "--repeats", "1"]) == 0
@@ -193,7 +193,7 @@ def test_profile_cli_writes_a_profile_and_its_fit(tmp_path, capsys):
 def test_fidelity_cli_writes_table_requests_and_scatter(tiny_profile, tmp_path, capsys):
     import shutil
 
-    from s3exec.fidelity import main
+    from s3exec.lab.fidelity import main
 
     prof = tmp_path / "profiles"
     prof.mkdir()
@@ -209,7 +209,7 @@ def test_fidelity_cli_writes_table_requests_and_scatter(tiny_profile, tmp_path, 
 
 
 def test_roofline_calibration_recovers_the_factors_of_a_roofline_profile(tmp_path):
-    from s3sim.latency.calibrate import calibrate
+    from s3sim.lab.calibrate import calibrate
     from s3sim.latency.roofline import RooflineLatency
 
     model, gpu = get_model("llama-2-7b"), get_gpu("a100-80gb-pcie")
@@ -223,7 +223,7 @@ def test_roofline_calibration_recovers_the_factors_of_a_roofline_profile(tmp_pat
 
 
 def test_calibrate_cli_prints_overrides_and_needs_a_model_shape(tmp_path, capsys):
-    from s3sim.latency.calibrate import main
+    from s3sim.lab.calibrate import main
 
     path = synthetic_profile(tmp_path / "p.csv")
     assert main([str(path), "--model", "tiny-llama"]) == 0
@@ -234,7 +234,7 @@ def test_calibrate_cli_prints_overrides_and_needs_a_model_shape(tmp_path, capsys
 
 
 def test_target_summary_counts_cells_and_names_each_miss():
-    from s3exec.fidelity import METRICS, target_summary
+    from s3exec.lab.fidelity import METRICS, target_summary
 
     row = {"model": "m", "arrival": "offline", "policy": "orca", **{f"err_{m}": 0.01 for m in METRICS}}
     df = pd.DataFrame([row, {**row, "policy": "s3", "err_request_throughput": -0.06, "err_e2e_latency_p99": 0.2}])
@@ -249,7 +249,7 @@ def test_committed_fidelity_table_is_what_the_simulator_gives_now():
     `--resimulate`)."""
     from pathlib import Path
 
-    from s3exec.fidelity import SIMULATOR_RTOL, compare_simulator, resimulate
+    from s3exec.lab.fidelity import SIMULATOR_RTOL, compare_simulator, resimulate
 
     root = Path(__file__).resolve().parent.parent / "results" / "fidelity"
     table = pd.read_csv(root / "fidelity.csv")
@@ -262,7 +262,7 @@ def test_check_simulator_cli_fails_on_a_stale_table(tmp_path, capsys):
     import shutil
     from pathlib import Path
 
-    from s3exec.fidelity import main
+    from s3exec.lab.fidelity import main
 
     root = Path(__file__).resolve().parent.parent / "results" / "fidelity"
     shutil.copytree(root / "profiles", tmp_path / "profiles")
@@ -279,7 +279,7 @@ def test_check_simulator_cli_fails_on_a_stale_table(tmp_path, capsys):
 def test_a_fresh_profile_is_measured_before_each_group_of_cells(monkeypatch, tmp_path):
     """With a profile function, each group (offline, each Poisson rate) gets its own profile, measured just
     before it, and each row names the profile it was simulated with."""
-    import s3exec.fidelity as fid
+    import s3exec.lab.fidelity as fid
 
     calls, used = [], []
 

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
-from s3exec import gpu_check
+from s3exec.lab import gpu_check
 from s3sim.hardware.models import get_model
 from s3sim.latency.operators import OperatorLatency
 
@@ -73,10 +73,10 @@ def test_the_parts_measure_what_they_say(smoke):
 
 
 def test_without_a_gpu_and_without_smoke_it_says_so_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "s3exec.gpu_check", "--out", str(tmp_path)], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "s3exec.lab.gpu_check", "--out", str(tmp_path)], capture_output=True,
                        text=True)
     assert r.returncode == 2
-    assert r.stderr.strip() == ("s3exec.gpu_check: error: no CUDA device: run on a GPU, or pass --smoke for the "
+    assert r.stderr.strip() == ("s3exec.lab.gpu_check: error: no CUDA device: run on a GPU, or pass --smoke for the "
                                 "CPU run with tiny shapes")
 
 

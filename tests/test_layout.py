@@ -91,8 +91,13 @@ def test_no_import_cycles_even_through_imports_inside_functions():
 
 
 # the command-line layer: what a user runs; nothing below it imports it
-COMMANDS = ("s3sim.cli", "s3sim.plot_cli", "s3sim.experiments", "s3sim.bench", "s3sim.sweep", "s3exec.cli",
-            "s3exec.bench")
+COMMANDS = ("s3sim.cli", "s3sim.plot_cli", "s3sim.experiments", "s3sim.bench", "s3sim.sweep", "s3exec.cli")
+# the lab: tools that measure, fit or tabulate, run by a person or `make`; only commands and the lab import them
+LABS = ("s3sim.lab", "s3exec.lab")
+
+
+def _within(m, packages):
+    return any(m == p or m.startswith(p + ".") for p in packages)
 
 
 def test_the_library_never_imports_a_command_and_writes_through_the_writers():
@@ -110,3 +115,11 @@ def test_the_library_never_imports_a_command_and_writes_through_the_writers():
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module == "s3sim.runner":
                     assert not [a.name for a in node.names if a.name.startswith("write_")], name
+
+
+def test_the_runtime_never_imports_a_lab_tool():
+    graph = _graph()
+    lab = sorted(m for m in graph if _within(m, LABS))
+    assert len(lab) >= 14 and "s3sim.lab.calibrate" in lab and "s3exec.lab.gpu_check" in lab
+    up = {m: sorted(n for n in graph[m] if _within(n, LABS)) for m in graph if not _within(m, COMMANDS + LABS)}
+    assert {m: n for m, n in up.items() if n} == {}

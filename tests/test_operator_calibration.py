@@ -6,7 +6,7 @@ import pytest
 
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import get_gpu
-from s3sim.latency.operator_calibration import OPS, fit, layer_error, load, main, operator_work
+from s3sim.lab.operator_calibration import OPS, fit, layer_error, load, main, operator_work
 
 
 def write_profile(root, efficiencies=(0.55, 0.7, 4e-6)):

@@ -141,7 +141,7 @@ def test_tensor_parallel_operators_from_the_config(cfg):
 
 
 def test_the_parallel_table_command(capsys):
-    from s3sim.latency.parallel_table import main
+    from s3sim.lab.parallel_table import main
 
     run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
     if not (run / "tp2").is_dir():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from s3exec import own_lengths
+from s3exec.lab import own_lengths
 from s3sim.core.errors import ConfigError
 from s3sim.workload.lengths import OWN_LENGTHS, load_prompts, load_workload
 from s3sim.workload.own_cache import read_cache
@@ -139,8 +139,8 @@ def test_executor_serves_the_table_in_natural_mode_with_its_prompts():
 
 def test_a_replay_that_cuts_what_the_executor_served_is_refused():
     """The simulator's model must hold the executor's requests: tiny-llama's 512-token context cannot."""
-    from s3exec import natural
-    from s3exec.fidelity import replay_setup, sim_config
+    from s3exec.lab import natural
+    from s3exec.lab.fidelity import replay_setup, sim_config
 
     a = natural.parser().parse_args(["--requests", "64"])
     root = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Profiled latency: iteration time read off a measured profile (`python -m s3exec.profile`), so the
+"""Profiled latency: iteration time read off a measured profile (`python -m s3exec.lab.profile`), so the
 simulator replays the hardware the executor ran on.
 
 An iteration's time is split the way its work is, each part predicted the way its measurements behave::
@@ -55,7 +55,7 @@ def load_profile(path) -> tuple[pd.DataFrame, dict]:
     """The profile's table (features, `prompts` and `median_s`) and its JSON sidecar ({} if there is none)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"latency.path: no profile at {str(p)!r}; make one with `python -m s3exec.profile`")
+        raise ConfigError(f"latency.path: no profile at {str(p)!r}; make one with `python -m s3exec.lab.profile`")
     note(p.with_suffix(".json"))
     table = read_csv(p, f"latency.path: {p} is not a CSV profile")
     missing = [c for c in COLUMNS if c not in table.columns]
@@ -159,12 +159,12 @@ def prompts_estimate(p, sq):
 @dataclass
 class ProfiledConfig:
     name: str = "profiled"
-    path: Optional[str] = None  # a profile CSV written by `python -m s3exec.profile`
+    path: Optional[str] = None  # a profile CSV written by `python -m s3exec.lab.profile`
     overhead_s: Optional[float] = None  # seconds per iteration; None: the engine overhead the profiler measured
 
     def __post_init__(self):
         if not self.path:
-            raise ConfigError("latency.path must name a profile CSV (python -m s3exec.profile writes one)")
+            raise ConfigError("latency.path must name a profile CSV (python -m s3exec.lab.profile writes one)")
 
 
 class ProfiledLatency(LatencyModel):
@@ -256,7 +256,7 @@ class ProfiledLatency(LatencyModel):
         """The profile's measured seconds per KV token copied by concatenation (`kv_copy_s_per_token`)."""
         if self.copy_s_per_token is None:
             raise ConfigError(f"latency.path: the profile {self.path} has no measured KV copy time "
-                              f"(kv_copy_s_per_token), which policy=hf needs; profile again with python -m s3exec.profile")
+                              f"(kv_copy_s_per_token), which policy=hf needs; profile again with python -m s3exec.lab.profile")
         t = np.asarray(n_tokens, dtype=np.float64) * self.copy_s_per_token
         return float(t) if t.ndim == 0 else t
 

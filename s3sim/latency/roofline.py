@@ -14,8 +14,8 @@ For a non-empty iteration (``prefill_tokens + decode_tokens > 0``)::
 An empty iteration takes 0. Small decode batches are memory-bound (the weight read dominates, so time is
 nearly flat in batch size); large batches and long prefills become compute-bound.
 
-The factors below default to assumptions; `python -m s3sim.latency.calibrate <profile>` fits them to a
-profile measured by `python -m s3exec.profile` (s3sim/latency/calibrate.py):
+The factors below default to assumptions; `python -m s3sim.lab.calibrate <profile>` fits them to a
+profile measured by `python -m s3exec.lab.profile` (s3sim/lab/calibrate.py):
 
 * ``compute_efficiency`` (default 0.6): fraction of datasheet dense tensor FLOP/s that real GEMMs and
   attention kernels reach at serving shapes.

@@ -216,14 +216,14 @@ def load_sharegpt(data_dir=None, max_output: int | None = None, limit: int | Non
 # ---------------------------------------------------------------------------------------------- text tables
 
 TABLES = Path(__file__).resolve().parent / "tables"
-OWN_LENGTHS = "smollm2_greedy"  # SmolLM2's own greedy answer lengths (s3exec.own_lengths writes the table)
+OWN_LENGTHS = "smollm2_greedy"  # SmolLM2's own greedy answer lengths (s3exec.lab.own_lengths writes the table)
 OWN_SOURCES = ("alpaca_rows", "alpaca_eval")  # its prompts: Alpaca's and AlpacaEval's instructions
 OWN_EVAL_GENERATOR = "Meta-Llama-3-8B-Instruct"  # any AlpacaEval file: all hold the same 805 instructions
 TEXT_SOURCES = {
     "sharegpt_pairs": "sharegpt/sharegpt_v3_firstturn_pairs.jsonl",
     "alpaca_eval": "alpaca_eval/<generator>.model_outputs.json",
     "alpaca_rows": " and ".join(ALPACA_TEXT_FILES),
-    OWN_LENGTHS: "SmolLM2-135M-Instruct's greedy answers to Alpaca and AlpacaEval prompts (s3exec.own_lengths)",
+    OWN_LENGTHS: "SmolLM2-135M-Instruct's greedy answers to Alpaca and AlpacaEval prompts (s3exec.lab.own_lengths)",
 }
 
 
@@ -232,7 +232,7 @@ def _text_table(name: str):
 
     path = TABLES / f"{name}.csv"
     if not path.is_file():
-        how = "python -m s3exec.own_lengths" if name == OWN_LENGTHS else "python -m s3sim.workload.token_counts"
+        how = "python -m s3exec.lab.own_lengths" if name == OWN_LENGTHS else "python -m s3sim.lab.token_counts"
         raise ConfigError(f"token-count table {path} is missing: rebuild it with `{how}`")
     note(path)
     return pd.read_csv(path, dtype={"key": str, "prompt_hash": str})
@@ -241,7 +241,7 @@ def _text_table(name: str):
 def load_text(name: str, generator: str | None = None, split: str = "all", split_seed: int = 0,
               test_frac: float = 0.2, max_prompt: int | None = None, max_output: int | None = None,
               limit: int | None = None) -> Workload:
-    """A text data set's prompt/response token counts (SmolLM2 tokenizer; see `token_counts.py`), keyed by
+    """A text data set's prompt/response token counts (SmolLM2 tokenizer; see `s3sim/lab/token_counts.py`), keyed by
     row so that the trained predictor can find each prompt. `split` keeps the rows on one side of the
     predictor's seeded split by prompt (`train`, `test`, or `all`); `generator` picks the AlpacaEval model;
     `max_prompt` drops rows with longer prompts (as serving benchmarks filter ShareGPT)."""

@@ -1,4 +1,4 @@
-"""Where the served model's own answers (`s3exec.own_lengths`) are cached, and the predictor's training file
+"""Where the served model's own answers (`s3exec.lab.own_lengths`) are cached, and the predictor's training file
 made from them: kept in `s3sim` so that training needs neither the executor nor a model."""
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def training_file(folder: Path, table: Path = TABLES / f"{OWN_LENGTHS}.csv", row
 
     table = Path(table)
     if not table.is_file():
-        raise ConfigError(f"{table} is missing: generate SmolLM2's own lengths first (python -m s3exec.own_lengths)")
+        raise ConfigError(f"{table} is missing: generate SmolLM2's own lengths first (python -m s3exec.lab.own_lengths)")
     df = pd.read_csv(table, dtype={"key": str})
     keys = (df["source"] + ":" + df["key"]).tolist()
     rows = read_cache(folder / "rows.jsonl")[:len(keys)] if rows is None else rows
@@ -70,7 +70,7 @@ def committed_training_file() -> Path:
     """The training file for the committed table's settings (written from the generation's cache)."""
     meta = TABLES / f"{OWN_LENGTHS}.json"
     if not meta.is_file():
-        raise ConfigError(f"{meta} is missing: generate SmolLM2's own lengths first (python -m s3exec.own_lengths)")
+        raise ConfigError(f"{meta} is missing: generate SmolLM2's own lengths first (python -m s3exec.lab.own_lengths)")
     m = json.loads(meta.read_text())
     folder = cache_root() / folder_name(m["cap"], m["max_prompt"], m["seed"])
     if not (folder / "rows.jsonl").is_file():

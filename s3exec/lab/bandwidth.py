@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from s3exec.profile import sync_device, time_point
+from s3exec.lab.profile import sync_device, time_point
 
 COLUMNS = ("batch", "context", "step_s", "weight_bytes", "kv_bytes", "read_gb_s", "copy_gb_s", "utilisation",
            "floor_s", "vs_floor")
@@ -40,7 +40,7 @@ def copy_bandwidth(device: str, nbytes: int = 2**30, repeats: int = 5) -> float:
 def decode_bandwidth(runner, loaded, batches, contexts, device: str, copy_bps: float, warmup: int = 2,
                      min_seconds: float = 0.2, max_repeats: int = 50, log=print) -> pd.DataFrame:
     """One row per (batch, context) that fits the runner's cache: the median time of a decode step whose
-    `batch` sequences each hold `context` cached tokens (`s3exec.profile.time_point`; the cache contents do
+    `batch` sequences each hold `context` cached tokens (`s3exec.lab.profile.time_point`; the cache contents do
     not change the cost)."""
     cache = runner.cache
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""`python -m s3sim.latency.operator_calibration`: how well datasheet figures price each operator of a
+"""`python -m s3sim.lab.operator_calibration`: how well datasheet figures price each operator of a
 decoder layer, before and after fitting three numbers per GPU.
 
 Every non-attention operator of a layer (the shared `gpu_profiles/compute/<gpu>/<org>/<model>/mlp.csv`:

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s3exec.profile import sync_device
+from s3exec.lab.profile import sync_device
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
@@ -324,7 +324,7 @@ def measure_operators(loaded, device: str = "cpu", *, tokens=TOKENS, sequences=S
     seq_df = seq_df.sort_values(["layer", "sequences"], ignore_index=True)
     att_df = att_df.sort_values(list(ATTENTION_COLUMNS[:-1]), ignore_index=True)
     cuda = device.startswith("cuda")
-    from s3exec.profile import model_spec
+    from s3exec.lab.profile import model_spec
 
     dtype = str(loaded.dtype).removeprefix("torch.")
     meta = {
@@ -373,7 +373,7 @@ def write_operator_profile(dense: pd.DataFrame, attention: pd.DataFrame, per_seq
 
 
 def main(argv=None) -> int:
-    """`python -m s3exec.operator_profile --out DIR [overrides of conf/exec.yaml]`: the model of the executor
+    """`python -m s3exec.lab.operator_profile --out DIR [overrides of conf/exec.yaml]`: the model of the executor
     config (executor.model, device, dtype, attention) profiled operator by operator into DIR."""
     import argparse
 
@@ -384,7 +384,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-seconds", type=float, default=0.01, help="sample a point until its samples add up to this")
     args = ap.parse_args(argv)
     try:
-        from s3exec.bench import compose
+        from s3exec.lab.bench import compose
         from s3exec.config import load_executor_model
         from s3sim.config import get
 
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
         print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
               f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")
     except ConfigError as e:
-        print(f"s3exec.operator_profile: error: {e}", file=sys.stderr)
+        print(f"s3exec.lab.operator_profile: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,7 @@
-"""`python -m s3exec.natural` (`make natural`): S3 on a real model that predicts the model's own lengths.
+"""`python -m s3exec.lab.natural` (`make natural`): S3 on a real model that predicts the model's own lengths.
 
 SmolLM2 serves held-out prompts of `smollm2_greedy` (the test side of the predictor's split; the table holds
-SmolLM2's own greedy lengths, from `s3exec.own_lengths`) in natural mode on this CPU: each answer ends at
+SmolLM2's own greedy lengths, from `s3exec.lab.own_lengths`) in natural mode on this CPU: each answer ends at
 end-of-sequence or `max_seq_len`, whatever the table says. All arrive at t=0, under one KV budget that binds
 (ORCA fits only a few maximal requests), once per policy: s3 with the predictor trained on SmolLM2's lengths
 (`predictor=trained`), the oracle (the generation run's lengths), orca, vllm (V1: paged, chunked prefill)
@@ -35,7 +35,7 @@ COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_ba
 
 
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
-    from s3exec.bench import compose
+    from s3exec.lab.bench import compose
 
     over = [f"policy={policy}", "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
             f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
@@ -106,14 +106,14 @@ def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path, digest: str) 
 
 def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
     """The simulator's run of the same requests (the table's lengths), pool and policy, on the profile."""
-    from s3exec.fidelity import sim_config, simulate_config
+    from s3exec.lab.fidelity import sim_config, simulate_config
 
     cfg = exec_config(policy, a, kv_tokens)  # kv_memory is unused by the simulator: the pool is given outright
     return simulate_config(sim_config(cfg, kv_tokens, profile))
 
 
 def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
-    from s3exec.fidelity import rel
+    from s3exec.lab.fidelity import rel
 
     ex, sim = df[df.engine == "exec"].set_index("policy"), df[df.engine == "sim"].set_index("policy")
     lines = [f"{a.requests} held-out smollm2_greedy prompts, natural mode, max_seq_len {a.cap}, all at t=0, "
@@ -142,9 +142,9 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from s3exec.own_lengths import positive_count
+    from s3exec.lab.own_lengths import positive_count
 
-    ap = Parser(prog="python -m s3exec.natural", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m s3exec.lab.natural", description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=positive_count, default=128)
     ap.add_argument("--cap", type=positive_count, default=512, help="max_seq_len: the generation run's cap")
     ap.add_argument("--kv-tokens", type=positive_count, default=6144, help="the KV budget, in tokens")
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         import torch
 
         from s3exec.config import load_executor_model
-        from s3exec.fidelity import ensure_profile
+        from s3exec.lab.fidelity import ensure_profile
         from s3sim.writers import write_csv, write_text
 
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""`python -m s3exec.fidelity`: how far the simulator is from the executor it models.
+"""`python -m s3exec.lab.fidelity`: how far the simulator is from the executor it models.
 
 For each model, arrival and policy the same workload, KV capacity (in tokens) and seed run once through
 the executor on this machine and once through the simulator with `latency=profiled` (a profile of this
@@ -142,7 +142,7 @@ def ensure_profile(model: str, folder: Path, log=print, fresh: bool = False, nam
     `fresh`."""
     path = folder / f"{name or model + '-cpu'}.csv"
     if fresh or not path.is_file():
-        from s3exec.profile import profile, write_profile
+        from s3exec.lab.profile import profile, write_profile
 
         log(f"profiling {model} -> {path}")
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -1,6 +1,6 @@
 """Count prompt and response tokens of every text data set in the shared data, with a real tokenizer.
 
-    python -m s3sim.workload.token_counts [--data-dir DIR] [--tokenizer smollm2]
+    python -m s3sim.lab.token_counts [--data-dir DIR] [--tokenizer smollm2]
 
 writes the small tables in `s3sim/workload/tables/` that the text workloads read, so that simulations need
 no tokenizer. Each row keeps its key and a hash of its prompt (for seeded splits by prompt).
@@ -15,11 +15,10 @@ import pandas as pd
 from s3sim.commandline import Parser
 from s3sim.core.errors import ConfigError
 from s3sim.writers import write_csv
-from s3sim.workload.lengths import ALPACA_TEXT_FILES, DEFAULT_DATA_DIR
+from s3sim.workload.lengths import ALPACA_TEXT_FILES, DEFAULT_DATA_DIR, TABLES
 from s3sim.workload.text import prompt_hash, read_pairs
 from s3sim.workload.tokenizer import count_tokens, load_tokenizer
 
-TABLES = Path(__file__).resolve().parent / "tables"
 SHAREGPT_PAIRS = "sharegpt/sharegpt_v3_firstturn_pairs.jsonl"
 ALPACA_EVAL_DIR = "alpaca_eval"
 

@@ -1,4 +1,4 @@
-"""`python -m s3exec.own_lengths`: the served model's own greedy answer lengths (the `smollm2_greedy` workload).
+"""`python -m s3exec.lab.own_lengths`: the served model's own greedy answer lengths (the `smollm2_greedy` workload).
 
 In natural mode the executor stops at end-of-sequence, so the lengths a predictor must learn are the served
 model's, not a data set's reference answers. This command draws prompts in a seeded order from the Alpaca
@@ -61,7 +61,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 
 def exec_config(a, kv_bytes: int) -> dict:
-    from s3exec.bench import compose
+    from s3exec.lab.bench import compose
 
     over = [f"executor.model={SOURCE_KEY}", "executor.mode=natural", "policy=orca", f"max_seq_len={a.cap}",
             f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null", f"executor.threads={a.threads}",
@@ -112,7 +112,7 @@ def write_outputs(rows: list[dict], settings: dict, folder: Path, table: Path, s
             "output_tokens": {"mean": round(float(out.mean()), 1), "median": float(out.median()),
                               "p90": float(out.quantile(0.9))},
             "generated_tokens": int(out.sum()), "generation_seconds": round(seconds, 1),
-            "command": f"python -m s3exec.own_lengths --rows {len(df)} --cap {settings['cap']} "
+            "command": f"python -m s3exec.lab.own_lengths --rows {len(df)} --cap {settings['cap']} "
                        f"--max-prompt {settings['max_prompt']} --seed {settings['seed']}"}
     write_text(json.dumps(meta, indent=1) + "\n", table.with_suffix(".json"))
     return meta
@@ -197,7 +197,7 @@ def positive_count(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = Parser(prog="python -m s3exec.own_lengths", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m s3exec.lab.own_lengths", description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=positive_count, default=None,
                     help="prompts to answer, a prefix of the seeded order (default: every prompt that fits)")
     ap.add_argument("--cap", type=positive_count, default=512, help="most tokens an answer may have")

@@ -8,7 +8,7 @@ chooses `compute_efficiency`, `memory_efficiency` and `overhead_s` minimising th
 for each pair is a closed-form weighted mean). Efficiencies are relative to the chosen GPU preset's datasheet peak, and the
 effective FLOP/s and bytes/s are printed beside them.
 
-    python -m s3sim.latency.calibrate results/profiles/smollm2-cpu.csv --gpu a100-80gb-pcie
+    python -m s3sim.lab.calibrate results/profiles/smollm2-cpu.csv --gpu a100-80gb-pcie
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def profile_model(meta: dict, name: str | None) -> ModelSpec:
 
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("profile", help="a profile CSV written by `python -m s3exec.profile`")
+    ap.add_argument("profile", help="a profile CSV written by `python -m s3exec.lab.profile`")
     ap.add_argument("--gpu", default="a100-80gb-pcie", help="GPU preset the efficiencies are relative to")
     ap.add_argument("--model", help="model preset or config.json (default: the shape the profile recorded)")
     args = ap.parse_args(argv)
