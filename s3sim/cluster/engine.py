@@ -2,58 +2,125 @@
 serving loop over its own `SimBackend` (scheduler, KV pool, latency model).
 
 Each request is routed once, at its arrival (whichever comes first at that instant: the arrival process
-or a replica reaching an iteration boundary), and stays on its replica: no migration. Every replica's loop
-checks that each request delivered to it finished exactly once; together with the assignment (one replica
-per request) that is the cluster's invariant. With one replica this is the single engine event for event
-(`simulate`), which a test checks to the last bit.
+or a replica reaching an iteration boundary), and stays on its replica: no migration. The router reads each
+replica as it stands at that moment, as if it stepped one iteration at a time: a replica inside a
+multi-iteration jump (`SimBackend`'s `max_jump`) shows the KV of the iterations that have ended by then, not
+the KV at the jump's start, so routing does not depend on `max_jump` (a test checks every router and
+policy). Every replica's loop checks that each request delivered to it finished exactly once; together with
+the assignment (one replica per request) that is the cluster's invariant, and at the end every replica's
+bookkeeping (outstanding requests, predicted footprint) is back to zero. With one replica this is the single
+engine event for event (`simulate`), which a test checks to the last bit.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
 from s3sim.core.errors import InvariantViolation
+from s3sim.core.policies.base import Scheduler
 from s3sim.core.request import Request
 from s3sim.core.results import IterationLog, RunResult
 from s3sim.core.serving import serve
 from s3sim.simulator.engine import ArrivalSource, SimBackend, arrival_process
 
 
-class ReplicaState:
-    """What a router sees of one replica: its requests in flight, its KV pool, its predicted load."""
+class ReplicaBackend(SimBackend):
+    """A replica's `SimBackend` that also remembers the multi-iteration step it is waiting on, so that a
+    router can read the replica between two iterations of a jump as stepping one at a time would show it."""
 
-    def __init__(self, sched, capacity_tokens: int, track_footprints: bool = False):
-        self.sched = sched
+    def __init__(self, env, sched, latency, max_jump=None):
+        super().__init__(env, sched, latency, max_jump)
+        # the reserved KV of a jump's iterations differs from its start only where a policy's profile says so
+        # (paged blocks, hf's copies); elsewhere the scheduler's pool is the answer inside a jump too
+        self._grows = type(sched).kv_reserved_profile is not Scheduler.kv_reserved_profile
+        self._in_flight = None  # [step, scheduler iteration at its start, reserved-KV profile or None]
+
+    def wait(self, step):
+        if self._grows and step.k > 1:
+            self._in_flight = [step, self.sched.iter, None]
+        return super().wait(step)
+
+    def kv_reserved_tokens(self) -> int:
+        """KV tokens reserved now. Inside a jump the scheduler still holds the state of the jump's start
+        (it advances once, at the end); the iterations that have ended by now are read off the scheduler's
+        reserved-KV profile (`Scheduler.kv_reserved_profile`: after i iterations its i-th entry, which is
+        what `advance` leaves in the pool, one iteration at a time or i at once)."""
+        jump, sched = self._in_flight, self.sched
+        if jump is not None and jump[1] == sched.iter:  # no `advance` since the jump began: it is in flight
+            step = jump[0]
+            now = self.env.now
+            if now >= step.ends[0]:
+                if jump[2] is None:
+                    jump[2] = sched.kv_reserved_profile(step.k)
+                return int(jump[2][bisect_right(step.ends, now) - 1])
+        return sched.kv_reserved_tokens()
+
+
+class ReplicaState:
+    """What a router sees of one replica, as of the moment it decides: the requests routed there and not
+    finished, its KV pool's reserved fraction, the predicted footprint of its outstanding requests."""
+
+    def __init__(self, backend: ReplicaBackend, capacity_tokens: int, track_footprints: bool = False):
+        self.backend = backend
+        self.sched = backend.sched
         self.capacity_tokens = capacity_tokens
-        self.routed = 0
-        self.predicted_tokens = 0  # footprints of the requests routed here and not finished (if tracked)
+        self.routed = 0  # requests routed here
         self._track = track_footprints
-        self._footprint: dict[int, int] = {}
+        self._predicted = 0  # footprints of the requests routed here and not finished (if tracked)
+        self._footprint: dict[int, int] = {}  # each of those requests' footprint
         self._seen_finished = 0
 
     def take(self, request: Request, footprint: int) -> None:
         self.routed += 1
         if self._track:
-            self.predicted_tokens += footprint
+            if request.id in self._footprint:
+                raise InvariantViolation(f"request {request.id} was routed twice")
+            self._predicted += footprint
             self._footprint[request.id] = footprint
 
-    def refresh(self) -> None:
-        """Forget the footprints of the requests that finished since the last look."""
+    def _forget_finished(self) -> None:
+        """Release the footprints of the requests that finished since the last look."""
         done = self.sched.finished
-        for r in done[self._seen_finished:]:
-            self.predicted_tokens -= self._footprint.pop(r.id)
-        self._seen_finished = len(done)
+        if self._seen_finished < len(done):
+            if self._track:
+                for r in done[self._seen_finished:]:
+                    self._predicted -= self._footprint.pop(r.id)
+            self._seen_finished = len(done)
 
     @property
     def outstanding(self) -> int:
+        """Requests routed here and not finished."""
         return self.routed - len(self.sched.finished)
 
     @property
+    def predicted_tokens(self) -> int:
+        """Predicted KV footprint of the outstanding requests (0 unless the router tracks footprints)."""
+        self._forget_finished()
+        return self._predicted
+
+    @property
+    def tracked_requests(self) -> int:
+        """Requests whose footprint is held (the outstanding ones, if footprints are tracked)."""
+        self._forget_finished()
+        return len(self._footprint)
+
+    @property
     def kv_load(self) -> float:
-        pool = self.sched.pool
-        return pool.used * pool.unit_tokens / self.capacity_tokens
+        """Fraction of the KV pool reserved now (see `ReplicaBackend.kv_reserved_tokens`)."""
+        return self.backend.kv_reserved_tokens() / self.capacity_tokens
+
+    def check_drained(self, i: int, assigned: int) -> None:
+        """At the end of a run: every request routed here was counted once, has finished and was released."""
+        if self.routed != assigned:
+            raise InvariantViolation(f"replica {i} counted {self.routed} requests routed to it, but {assigned} were")
+        left = {"outstanding requests": self.outstanding, "predicted KV tokens": self.predicted_tokens,
+                "footprints held": self.tracked_requests}
+        for what, n in left.items():
+            if n:
+                raise InvariantViolation(f"replica {i} still shows {n} {what} after every request finished")
 
 
 @dataclass
@@ -63,6 +130,7 @@ class ClusterResult:
     assignment: np.ndarray  # replica of each request (by id)
     router: str
     end_time: float
+    states: list | None = None  # what the router saw of each replica (`ReplicaState`), drained at the end
 
 
 def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max_jump: int | None = None
@@ -70,16 +138,13 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
     """Serve `requests` (sorted by arrival, ids 0..n-1) on `replicas`, each a (scheduler, latency model, KV
     capacity in tokens) as `build_engine` gives them, behind `router` (see `s3sim.cluster.routers`)."""
     env = simpy.Environment()
-    backends = [SimBackend(env, sched, latency, max_jump) for sched, latency, _ in replicas]
-    states = [ReplicaState(b.sched, b.sched.pool.capacity * b.sched.pool.unit_tokens, router.uses_predictor)
+    backends = [ReplicaBackend(env, sched, latency, max_jump) for sched, latency, _ in replicas]
+    states = [ReplicaState(b, b.sched.pool.capacity * b.sched.pool.unit_tokens, router.uses_predictor)
               for b in backends]
     assignment = np.full(len(requests), -1, dtype=np.int64)
 
     def route(due: list[Request]) -> None:
         per: dict[int, list[Request]] = {}
-        if router.uses_predictor:  # only the predicted load needs finished requests forgotten
-            for s in states:
-                s.refresh()
         for r in due:
             f = router.footprint(r)
             i = router.place(r, states, f)
@@ -108,7 +173,8 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
     for i, (b, log, proc, state) in enumerate(zip(backends, logs, procs, states)):
         if not proc.triggered:
             raise InvariantViolation(f"replica {i} never finished serving")
+        state.check_drained(i, len(by_replica[i]))
         end, steps = proc.value
         results.append(RunResult(by_replica[i], log, b.sched, end, steps, state.capacity_tokens))
     end = max((r.end_time for r in results), default=0.0)
-    return ClusterResult(requests, results, assignment, router.name, end)
+    return ClusterResult(requests, results, assignment, router.name, end, states)

@@ -1,7 +1,9 @@
 """Routers: which replica serves an arriving request, decided at its arrival from what each replica shows.
 
-Each router sees the replicas' `ReplicaState` (see `s3sim.cluster.engine`) as of their last iteration
-boundary and picks one; ties go to the lowest index, so every decision is deterministic.
+Each router sees the replicas' `ReplicaState` (see `s3sim.cluster.engine`) as they stand at the request's
+arrival, as if every replica stepped one iteration at a time (a replica inside a multi-iteration jump shows
+the iterations that have ended by then), and picks one; ties go to the lowest index, so every decision is
+deterministic and does not depend on `max_jump`.
 - `round_robin`: replica 0, 1, ..., N-1, 0, ...;
 - `least_outstanding`: the fewest requests routed there and not finished;
 - `least_kv`: the smallest fraction of its KV pool reserved, then the fewest outstanding (a full cluster
