@@ -2,6 +2,7 @@
 as it says on hand-built states, a cluster keeps every invariant, and bad input is one line."""
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -110,10 +111,18 @@ def test_a_replica_on_another_gpu(cfg):
     ('cluster.overrides={5: {gpu: {name: a40}}}', "cluster.overrides: replica 5 does not exist"),
     ('cluster.overrides={1: {model: {name: opt-13b}}}', "replica 1 sets 'model'; a replica may differ in"),
     ('cluster.overrides={1: {gpu: {name: rtx-4090}}}', "cluster replica 1: "),
+    ('cluster.overrides={1: {policy: {name: orca}}}',
+     "cluster.overrides: replica 1 sets policy.name=orca, but every replica runs the run's policy (s3)"),
+    ('cluster.overrides={1: {policy: oracle}}', "replica 1 sets policy.name=oracle, but every replica runs"),
+    ('cluster.overrides={1: {policy: {name: nope}}}', "replica 1 policy.name 'nope' is unknown; valid: ft, hf"),
+    ('cluster.overrides={1: {latency: {name: nope}}}', "replica 1 latency.name 'nope' is unknown; valid: datasheet"),
+    ('cluster.overrides={1: {latency: {name: roofline, launch_s: 1}}}', "cluster replica 1: latency.launch_s"),
+    ('cluster.overrides={1: {policy: 3}}', "replica 1 policy must be settings such as {name: ...}, got 3"),
+    ('cluster.overrides={1.5: {gpu: {count: 2}}}', "cluster.overrides: 1.5 is not a replica index (0..1)"),
 ])
 def test_bad_cluster_input_is_one_line(cfg, override, message):
     c = cfg(*SMALL[:-1], "model=llama-2-13b", "cluster.replicas=2", override)
-    with pytest.raises(ConfigError, match=message) as e:
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
         build_cluster(c)
     assert "\n" not in str(e.value)
 
@@ -129,3 +138,57 @@ def test_replicas_needed_finds_the_fewest_that_meet_the_slo(tmp_path):
     assert ok[n] and n > 1 and (n - 1) in ok and not ok[n - 1]  # n passes; n - 1 was tried and failed
     assert list(runs.n) == sorted(set(runs.n), key=list(runs.n).index)  # no count simulated twice
     assert found.router.iloc[0] == "least_outstanding"
+
+
+# ---- a replica's own policy settings or latency model ---------------------------------------------
+def _group(group, name):
+    from omegaconf import OmegaConf
+
+    from s3sim.config import CONF_DIR
+    return OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/{group}/{name}.yaml"))
+
+
+def test_a_replica_naming_its_policy_starts_from_that_policys_defaults(cfg):
+    run = (*SMALL, "policy=vllm", "policy.max_num_batched_tokens=4096", "policy.block_size=32", "cluster.replicas=3")
+    s = build_cluster(cfg(*run, "cluster.overrides={1: {policy: {name: vllm, max_batch_size: 64}}, "
+                                "2: {policy: {max_batch_size: 64}}}"))
+    defaults = _group("policy", "vllm")
+    assert defaults["max_num_batched_tokens"] != 4096 and defaults["block_size"] != 32  # the run set its own
+    assert defaults["max_batch_size"] != 64
+    (s0, _, _), (s1, _, _), (s2, _, _) = s.replicas
+    assert (s0.token_budget, s0.pool.unit_tokens, s0.max_batch) == (4096, 32, defaults["max_batch_size"])
+    # named: as `policy=vllm` composes it, the override's other settings over that
+    assert (s1.token_budget, s1.pool.unit_tokens, s1.max_batch) == (
+        defaults["max_num_batched_tokens"], defaults["block_size"], 64)
+    # not named: merged over the run's
+    assert (s2.token_budget, s2.pool.unit_tokens, s2.max_batch) == (4096, 32, 64)
+
+
+@pytest.mark.parametrize("override", ["{1: {latency: {name: roofline}}}", "{1: {latency: roofline}}",
+                                      "{1: {latency: {name: roofline, overhead_s: 0.01}}}"])
+def test_a_replica_on_another_latency_model(cfg, override, tmp_path):
+    c = cfg(*SMALL, "cluster.replicas=2", "policy=orca", f"cluster.overrides={override}")
+    assert c["latency"]["name"] == "datasheet"
+    s = build_cluster(c)
+    (_, lat0, _), (_, lat1, _) = s.replicas
+    assert (lat0.name, lat1.name) == ("datasheet", "roofline")
+    want = {**_group("latency", "roofline"), **({"overhead_s": 0.01} if "overhead_s" in override else {})}
+    assert lat1.overhead_s == want["overhead_s"]
+    row = run_config(c, tmp_path)  # end to end: the summary row and one row per replica
+    reps = pd.read_csv(tmp_path / "replicas.csv")
+    assert row["num_requests"] == 400 and row["policy"] == "orca" and list(reps.replica) == [0, 1]
+    assert reps.num_requests.sum() == 400
+
+
+def test_mixed_policies_are_refused_before_anything_is_simulated(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "from s3sim.cli import main; main()", "policy=orca",
+                        "cluster.replicas=2", "cluster.overrides={1: {policy: {name: s3}}}", "num_requests=100000",
+                        f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-500:]
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "replica 1 sets policy.name=s3, but every replica runs the run's policy (orca)" in lines[0]
+    assert not (tmp_path / "run" / "summary.csv").exists() and not (tmp_path / "run" / "requests.parquet").exists()

@@ -2,23 +2,30 @@
 
 Every replica serves the same model with the run's policy, GPU and latency model, unless `overrides`
 gives it others: `cluster.overrides={1: {gpu: {name: a40}}, 2: {gpu: {count: 2}}}` (keys `gpu`,
-`latency`, `policy`, merged over the run's). Bad input is one line naming the replica.
+`latency`, `policy`). An override's settings are merged over the run's, except that one naming a latency
+model or policy (`{latency: {name: roofline}}`, or `{latency: roofline}`) starts from that group's own
+defaults, as `latency=roofline` would compose them, and its other settings go over those. Every replica runs
+the run's policy (`policy.name`): a cluster's summary row describes one policy, so a replica may differ in
+its policy's settings but not in its name. Bad input is one line naming the replica, before anything is
+simulated.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
-from s3sim.config import (build_engine, build_predictor, choice, get, policy_class, positive_int, served_clipped,
-                          served_requests)
+from s3sim.config import (CONF_DIR, build_engine, build_predictor, choice, get, policy_class, positive_int,
+                          served_clipped, served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
 
 OVERRIDABLE = ("gpu", "latency", "policy")
+COMPOSED = ("latency", "policy")  # groups whose options differ in their fields: a new name starts from its defaults
 
 
 @dataclass
@@ -52,26 +59,74 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def group_defaults(group: str, name: str) -> dict:
+    """The config group option `name` as Hydra composes `group=name` (conf/<group>/<name>.yaml)."""
+    from omegaconf import OmegaConf
+
+    folder = Path(CONF_DIR) / group
+    valid = sorted(p.stem for p in folder.glob("*.yaml"))
+    if name not in valid:
+        raise ConfigError(f"{group}.name '{name}' is unknown; valid: {', '.join(valid)}")
+    return OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"), resolve=True)
+
+
+def _replica_config(cfg: dict, i: int, over) -> dict:
+    """Replica `i`'s config: the run's `cfg` with its override `over` applied (see the module's docstring)."""
+    if not isinstance(over, dict) or not over:
+        raise ConfigError(f"cluster.overrides: replica {i} needs settings of {', '.join(OVERRIDABLE)}, got {over!r}")
+    bad = sorted(set(over) - set(OVERRIDABLE), key=str)
+    if bad:
+        raise ConfigError(f"cluster.overrides: replica {i} sets {bad[0]!r}; a replica may differ in "
+                          f"{', '.join(OVERRIDABLE)} only")
+    out = copy.deepcopy(cfg)
+    for group in OVERRIDABLE:
+        if group not in over:
+            continue
+        node = over[group]
+        if isinstance(node, str):  # `policy: s3` names the option, as `policy=s3` does
+            node = {"name": node}
+        if not isinstance(node, dict) or not node:
+            raise ConfigError(f"cluster.overrides: replica {i} {group} must be settings such as {{name: ...}}, "
+                              f"got {node!r}")
+        base = out[group]
+        if group in COMPOSED and "name" in node:
+            try:
+                base = group_defaults(group, node["name"])
+            except ConfigError as e:
+                raise ConfigError(f"cluster.overrides: replica {i} {e}") from None
+        out[group] = _merge(base, node)
+    ours, theirs = out["policy"]["name"], cfg["policy"]["name"]
+    if ours != theirs:
+        raise ConfigError(f"cluster.overrides: replica {i} sets policy.name={ours}, but every replica runs the run's "
+                          f"policy ({theirs}): set policy={ours} for the whole cluster, or override only the "
+                          f"policy's settings (e.g. {{{i}: {{policy: {{max_batch_size: 64}}}}}})")
+    return out
+
+
+def _index(key) -> int | None:
+    """A replica index as written in `cluster.overrides` (1 or '1'), or None."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, (int, np.integer)):
+        return int(key)
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    return None
+
+
 def replica_configs(cfg, n: int) -> list[dict]:
-    """The config of each replica: the run's, with its `cluster.overrides` entry merged in."""
+    """The config of each replica: the run's, with its `cluster.overrides` entry applied."""
     overrides = get(cfg, "cluster.overrides") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"cluster.overrides must map replica indices to settings, got {overrides!r}")
     out = [cfg] * n
     for key, over in overrides.items():
-        try:
-            i = int(key)
-        except (TypeError, ValueError):
-            raise ConfigError(f"cluster.overrides: {key!r} is not a replica index (0..{n - 1})") from None
+        i = _index(key)
+        if i is None:
+            raise ConfigError(f"cluster.overrides: {key!r} is not a replica index (0..{n - 1})")
         if not 0 <= i < n:
             raise ConfigError(f"cluster.overrides: replica {i} does not exist (cluster.replicas={n}: 0..{n - 1})")
-        if not isinstance(over, dict) or not over:
-            raise ConfigError(f"cluster.overrides: replica {i} needs settings of {', '.join(OVERRIDABLE)}, got {over!r}")
-        bad = sorted(set(over) - set(OVERRIDABLE))
-        if bad:
-            raise ConfigError(f"cluster.overrides: replica {i} sets {bad[0]!r}; a replica may differ in "
-                              f"{', '.join(OVERRIDABLE)} only")
-        out[i] = _merge(copy.deepcopy(cfg), over)
+        out[i] = _replica_config(cfg, i, over)
     return out
 
 
