@@ -20,7 +20,8 @@ from s3sim.writers import write_csv
 
 POLICIES = ("s3", "vllm", "orca")
 SCALES = (0.3, 0.25)
-BASE = ["model=llama-3.1-8b", "workload=trace", "arrival=trace", "slo.ttft=2.0", "cluster.replicas=4"]
+BASE = ["model=llama-3.1-8b", "workload=trace", "arrival=trace", "slo.ttft=2.0", "slo.tpot=0.18",  # the paper's SLO
+        "cluster.replicas=4"]
 
 
 def main(argv=None) -> None:
