@@ -3,6 +3,7 @@ points done in a sweep; and the simulation's results do not depend on whether it
 import io
 
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -60,7 +61,7 @@ def test_progress_can_be_turned_off(monkeypatch):
     assert Progress(10, stream=Tty()).mode == "off"
 
 
-def _run(monkeypatch, setting):
+def _run(monkeypatch, setting, *extra):
     from s3sim.runner import run_config
 
     monkeypatch.setenv("S3SIM_PROGRESS", setting)
@@ -68,11 +69,13 @@ def _run(monkeypatch, setting):
     monkeypatch.setattr("s3sim.simulator.progress.QUIET_S", 0.0)
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = OmegaConf.to_container(compose("config", overrides=["num_requests=300", "arrival=poisson",
-                                                                   "arrival.rate=50", "policy=vllm"]), resolve=True)
+                                                                   "arrival.rate=50", "policy=vllm",
+                                                                   *extra]), resolve=True)
     return run_config(cfg)
 
 
-def test_the_results_are_the_same_with_progress_shown_or_not(monkeypatch):
-    on, off = _run(monkeypatch, "1"), _run(monkeypatch, "0")
+@pytest.mark.parametrize("extra", [[], ["cluster.replicas=3", "cluster.router=least_kv"]])
+def test_the_results_are_the_same_with_progress_shown_or_not(monkeypatch, extra):
+    on, off = _run(monkeypatch, "1", *extra), _run(monkeypatch, "0", *extra)
     skip = ["sim_wall_s", "sim_requests_per_s"]
     pd.testing.assert_series_equal(pd.Series(on).drop(skip), pd.Series(off).drop(skip))

@@ -24,6 +24,7 @@ from s3sim.core.policies.base import Scheduler
 from s3sim.core.request import Request
 from s3sim.core.results import IterationLog, RunResult
 from s3sim.core.serving import serve
+from s3sim.simulator import progress
 from s3sim.simulator.engine import ArrivalSource, SimBackend, arrival_process
 
 
@@ -163,7 +164,7 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
         b.inbox.source = source
     env.process(arrival_process(env, source))
     procs = [env.process(serve(b.sched, b, b.inbox, log)) for b, log in zip(backends, logs)]
-    env.run()
+    progress.run(env, progress.Progress(len(requests)), lambda: sum(len(b.sched.finished) for b in backends))
     if (assignment < 0).any():
         raise InvariantViolation(f"request {int(np.argmax(assignment < 0))} was never routed")
     results = []
