@@ -194,7 +194,7 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
         handles += [Line2D([], [], color="0.3", ls=ls, marker=mk, ms=4, label=str(v))
                     for v, (ls, mk) in styles.items()]
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, wrap=True)  # a long title wraps within the figure, not past its edges
     if handles:
         texts = fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False).get_texts()
         for i in heads:
