@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from s3sim.core.errors import ConfigError, InvariantViolation
+
 
 def _invoked_as() -> str:
     """`python -m package.module` for a module run with -m, else the script's name."""
@@ -34,3 +36,17 @@ def out_path(text: str) -> Path:
     if not str(text).strip():
         raise argparse.ArgumentTypeError("an empty path would write into the working directory; name a folder")
     return Path(text)
+
+
+def exit_code(prog: str, body) -> int:
+    """Run `body()` as a command's work: 0 when it returns, one line on stderr and 2 for bad input
+    (`ConfigError`), 3 for a violated invariant; anything else is a bug and keeps its traceback."""
+    try:
+        body()
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except InvariantViolation as e:
+        print(f"{prog}: invariant violated: {e}", file=sys.stderr)
+        return 3
+    return 0

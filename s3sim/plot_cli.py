@@ -207,9 +207,8 @@ def columns(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def parser() -> OneLineParser:
-    ap = Parser(prog=PROG, description=__doc__.split("\n\n", 1)[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> Parser:
+    ap = Parser(prog=PROG, description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table", help="a CSV of run summaries (s3sim-collect DIR OUT.csv writes one)")
     ap.add_argument("--preset", choices=sorted(PRESETS),
                     help="a named figure (described above); options given override it")

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim import validate_checks as checks
+from s3sim.commandline import exit_code
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.hardware.gpus import DEVICE_NAMES
 from s3sim.workload.text import json_lines
@@ -730,16 +731,12 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")
     p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
                    "GPU preset (what a GPU never profiled gets), not the run GPU's own")
-    try:
+
+    def replay():
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
         validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from)
-    except ConfigError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except InvariantViolation as e:
-        print(f"{PROG}: invariant violated: {e}", file=sys.stderr)
-        return 3
-    return 0
+
+    return exit_code(PROG, replay)
 
 
 if __name__ == "__main__":

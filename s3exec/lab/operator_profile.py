@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from s3exec.lab.profile import sync_device
-from s3sim.commandline import Parser, out_path
+from s3sim.commandline import Parser, exit_code, out_path
 from s3sim.core.errors import ConfigError
 
 PROFILER_VERSION = "1.0.0"
@@ -375,31 +375,28 @@ def write_operator_profile(dense: pd.DataFrame, attention: pd.DataFrame, per_seq
 def main(argv=None) -> int:
     """`python -m s3exec.lab.operator_profile --out DIR [overrides of conf/exec.yaml]`: the model of the executor
     config (executor.model, device, dtype, attention) profiled operator by operator into DIR."""
-    import argparse
-
     ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/exec.yaml (executor.model=smollm2 ...)")
     ap.add_argument("--out", type=out_path, required=True, help="the profile folder (meta.yaml, tp1/*.csv)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=0.01, help="sample a point until its samples add up to this")
     args = ap.parse_args(argv)
-    try:
-        from s3exec.lab.bench import compose
-        from s3exec.config import load_executor_model
-        from s3sim.config import get
+    return exit_code("s3exec.lab.operator_profile", lambda: _profile_into(args))
 
-        cfg = compose(args.overrides)
-        loaded, device = load_executor_model(cfg)
-        t0 = time.perf_counter()
-        tables = measure_operators(loaded, device, repeats=args.repeats, min_seconds=args.min_seconds,
-                                   kernel=str(get(cfg["executor"], "attention", "auto")))
-        out = write_operator_profile(*tables, args.out)
-        print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
-              f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")
-    except ConfigError as e:
-        print(f"s3exec.lab.operator_profile: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def _profile_into(args) -> None:
+    from s3exec.config import load_executor_model
+    from s3exec.lab.bench import compose
+    from s3sim.config import get
+
+    cfg = compose(args.overrides)
+    loaded, device = load_executor_model(cfg)
+    t0 = time.perf_counter()
+    tables = measure_operators(loaded, device, repeats=args.repeats, min_seconds=args.min_seconds,
+                               kernel=str(get(cfg["executor"], "attention", "auto")))
+    out = write_operator_profile(*tables, args.out)
+    print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
+          f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.commandline import Parser, out_path
+from s3sim.commandline import Parser, exit_code, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.workload.lengths import OWN_LENGTHS, OWN_SOURCES, TABLES, texts_by_key
 from s3sim.workload.own_cache import cache_root, folder_name, read_cache, training_file
@@ -216,12 +216,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
-    try:
-        run(a)
-    except ConfigError as e:
-        print(f"own_lengths: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("own_lengths", lambda: run(a))
 
 
 if __name__ == "__main__":

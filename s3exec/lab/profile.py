@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s3sim.commandline import Parser, out_path
+from s3sim.commandline import Parser, exit_code, out_path
 from s3sim.core.errors import ConfigError
 
 COLUMNS = ("kind", "prompt_len", "prompts", "decode_tokens", "ctx_per_seq", "prefill_tokens", "prefill_sq",
@@ -265,6 +265,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-prefill", type=int, default=1024, help="most prefill tokens in one point")
     ap.add_argument("--gpu", default="a100-80gb-pcie", help="GPU preset the calibrated roofline is relative to")
     args = ap.parse_args(argv)
+    return exit_code("s3exec.lab.profile", lambda: _profile_into(args))
+
+
+def _profile_into(args) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -273,23 +277,18 @@ def main(argv=None) -> int:
     from s3sim.lab.calibrate import calibrate, profile_model
     from s3sim.latency.profiled import fit_report
 
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = OmegaConf.to_container(compose("exec", overrides=args.overrides), resolve=True)
-        pts = grid(args.prompt_lens, args.prompt_counts, args.batches, args.contexts, args.max_prefill)
-        t0 = time.perf_counter()
-        table, meta = profile(cfg, pts, args.warmup, args.repeats, min_seconds=args.min_seconds)
-        name = args.name or f"{Path(meta['model']).stem}-{meta['device'].replace(':', '')}"
-        path = write_profile(table, meta, Path(args.out), name)
-        print(f"{len(table)} points in {time.perf_counter() - t0:.1f} s -> {path}")
-        print(fit_report(path))
-        cal = calibrate(table, profile_model(meta, None), get_gpu(args.gpu))
-        print(f"roofline calibrated to it (relative to {args.gpu}): {cal.overrides()}; relative error mean "
-              f"{cal.mean_error:.1%}, max {cal.max_error:.1%}")
-    except ConfigError as e:
-        print(f"s3exec.lab.profile: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("exec", overrides=args.overrides), resolve=True)
+    pts = grid(args.prompt_lens, args.prompt_counts, args.batches, args.contexts, args.max_prefill)
+    t0 = time.perf_counter()
+    table, meta = profile(cfg, pts, args.warmup, args.repeats, min_seconds=args.min_seconds)
+    name = args.name or f"{Path(meta['model']).stem}-{meta['device'].replace(':', '')}"
+    path = write_profile(table, meta, Path(args.out), name)
+    print(f"{len(table)} points in {time.perf_counter() - t0:.1f} s -> {path}")
+    print(fit_report(path))
+    cal = calibrate(table, profile_model(meta, None), get_gpu(args.gpu))
+    print(f"roofline calibrated to it (relative to {args.gpu}): {cal.overrides()}; relative error mean "
+          f"{cal.mean_error:.1%}, max {cal.max_error:.1%}")
 
 
 if __name__ == "__main__":

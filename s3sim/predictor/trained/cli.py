@@ -406,7 +406,7 @@ def main(argv=None) -> int:
             import pandas as pd
             with pd.option_context("display.width", 160, "display.max_columns", 20):
                 print(df.head(20).to_string(index=False))
-            more = f" (first 20 shown)" if len(df) > 20 else ""
+            more = " (first 20 shown)" if len(df) > 20 else ""
             print(f"{len(df)} prompts{more}, buckets {scheme}, {ms:.1f} ms per prompt")
             if a.out:
                 from s3sim.writers import write_csv

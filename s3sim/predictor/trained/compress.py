@@ -72,7 +72,6 @@ def compress(run, rank: int, out) -> Path:
 def main(argv=None) -> None:
     """`python -m s3sim.predictor.trained.compress RUN DATA --ranks ...`: the held-out accuracy and size of
     a whole-encoder run compressed at each rank, beside the run itself (how the shipped rank was chosen)."""
-    import argparse
     import sys
     import tempfile
 
