@@ -95,7 +95,7 @@ def collect_main(argv=None) -> None:
     try:
         table = collect(a.dir)
         if a.out is not None:
-            from s3sim.writers import write_csv
+            from s3sim.writers import write_table
             out = Path(a.out).resolve()
             folders, files = read_paths(a.dir, table)
             inside = next((f for f in folders if out == f or f in out.parents), None)
@@ -104,7 +104,7 @@ def collect_main(argv=None) -> None:
                 raise ConfigError(f"OUT.csv {a.out} {what}: an output never overlaps an input; write it outside "
                                   "every run folder (e.g. DIR/all.csv)")
             try:
-                write_csv(table, Path(a.out))
+                write_table(table, Path(a.out))  # wall-clock columns beside it: OUT.wall_clock.csv
             except OSError as e:
                 raise ConfigError(f"cannot write {a.out}: {e.strerror or e}") from None
     except ConfigError as e:

@@ -13,6 +13,20 @@ def write_csv(df, path: Path) -> None:
     write_text(df.to_csv(index=False), path)
 
 
+WALL_CLOCK = ("sim_wall_s", "sim_requests_per_s")  # how fast this machine simulated: differs run to run
+
+
+def write_table(df, path: Path) -> None:
+    """A results table that stays byte-stable from run to run: its wall-clock columns go to
+    `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, run_dir, policy and rate columns."""
+    path = Path(path)
+    wall = [c for c in WALL_CLOCK if c in df.columns]
+    write_csv(df.drop(columns=wall), path)
+    if wall:
+        keys = [c for c in ("run", "run_dir", "policy", "rate") if c in df.columns] or [df.columns[0]]
+        write_csv(df[[*keys, *wall]], path.with_name(f"{path.stem}.wall_clock.csv"))
+
+
 def write_parquet(df, path: Path) -> None:
     """Write a table as Parquet, atomically (see `write_atomically`)."""
     write_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))

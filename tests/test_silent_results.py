@@ -197,6 +197,20 @@ def collect_cli(*args):
                           capture_output=True, text=True)
 
 
+def test_a_collected_table_keeps_this_machines_speed_beside_it_not_in_it(tmp_path):
+    """A committed sweep table (make trace-sweep) must not change with the machine that simulated it."""
+    from s3sim.runner import run_dir
+
+    for name, outputs in (("a", [5, 6]), ("b", [7, 8, 9])):
+        run_dir(small_trace_cfg(tmp_path, outputs), tmp_path / "runs" / name)
+    p = collect_cli(tmp_path / "runs", tmp_path / "all.csv")
+    assert p.returncode == 0, p.stderr
+    table, wall = pd.read_csv(tmp_path / "all.csv"), pd.read_csv(tmp_path / "all.wall_clock.csv")
+    assert not {"sim_wall_s", "sim_requests_per_s"} & set(table.columns)
+    assert list(wall.columns) == ["run_dir", "policy", "rate", "sim_wall_s", "sim_requests_per_s"]
+    assert sorted(wall.run_dir) == sorted(table.run_dir) == ["a", "b"] and (wall.sim_wall_s > 0).all()
+
+
 def test_collect_reports_unreadable_configs_and_exits_nonzero_when_runs_did_not_finish(tmp_path):
     from s3sim.runner import run_dir
 

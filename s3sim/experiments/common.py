@@ -23,23 +23,9 @@ from omegaconf import OmegaConf
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.runner import run_dir
-from s3sim.writers import write_csv
 
 ATTAINMENT = 0.9  # a rate meets the SLO when at least this share of requests meets every SLO
 GROUPS = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
-
-
-WALL_CLOCK = ("sim_wall_s", "sim_requests_per_s")  # how fast this machine simulated: differs run to run
-
-
-def write_table(df: pd.DataFrame, path: Path) -> None:
-    """A committed results table, byte-stable from run to run: its wall-clock columns go to
-    `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, policy and rate columns."""
-    wall = [c for c in WALL_CLOCK if c in df.columns]
-    write_csv(df.drop(columns=wall), path)
-    if wall:
-        keys = [c for c in ("run", "policy", "rate") if c in df.columns] or [df.columns[0]]
-        write_csv(df[[*keys, *wall]], path.with_name(f"{path.stem}.wall_clock.csv"))
 
 
 def jobs_default() -> int:

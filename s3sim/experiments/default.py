@@ -20,9 +20,8 @@ from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED
-from s3sim.experiments.common import write_table
 from s3sim.runner import run_config
-from s3sim.writers import write_csv
+from s3sim.writers import write_csv, write_table
 
 RATES = (10, 25, 50, 75, 100, 125, 150, 175)
 PREDICTOR_RUNS = {  # S3 on the held-out ShareGPT prompts, offline, under each predictor

@@ -23,7 +23,7 @@ import pandas as pd
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.experiments.default import run_all
-from s3sim.experiments.common import write_table
+from s3sim.writers import write_table
 
 SHAREGPT = ["workload=sharegpt_pairs", "workload.split=test", "num_requests=null"]
 TRAINED = ["policy=s3", "predictor=trained"]
