@@ -62,7 +62,8 @@ import pandas as pd
 from s3sim import validate_checks as checks
 from s3sim.commandline import exit_code
 from s3sim.core.errors import ConfigError, InvariantViolation
-from s3sim.hardware.gpus import DEVICE_NAMES
+from s3sim.hardware.gpus import preset_of_device
+from s3sim.latency.provenance import SPEC_FIELDS
 from s3sim.workload.text import json_lines
 
 PROG = "s3sim-validate"
@@ -98,7 +99,6 @@ HF_MODELS = {
     "facebook/opt-30b": "opt-30b",
 }
 # Device names (torch's, as in meta.json's hardware block or a profile's meta.yaml) -> GPU presets.
-DEVICE_GPUS = DEVICE_NAMES  # a device name (lower case) -> GPU preset; kept in s3sim.hardware.gpus
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
@@ -398,9 +398,6 @@ def profile_device(profile: Path | None) -> str | None:
     return profile_field(profile, "gpu")
 
 
-SPEC_FIELDS = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim")  # a model's shape, as priced
-
-
 def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | None) -> None:
     """The model priced must have the shape of the model the run (meta.json's `model`) and its profile
     (meta.yaml's `model`) name, where they name a preset: a disagreement is refused, naming both."""
@@ -422,10 +419,9 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
 def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:
     """--gpu, meta.json's device and the profile's device must be one GPU where they name a preset: a
     disagreement is refused, naming both (`--profile none --fit-from` is the way to borrow another GPU's fit)."""
-    known = [(DEVICE_GPUS[d.strip().lower()], d, where)
-             for d, where in ((engine.device_name, "meta.json's hardware.device_name"),
-                              (profile_device(profile), f"the profile's meta.yaml ({profile}) gpu"))
-             if d and d.strip().lower() in DEVICE_GPUS]
+    named = ((engine.device_name, "meta.json's hardware.device_name"),
+             (profile_device(profile), f"the profile's meta.yaml ({profile}) gpu"))
+    known = [(preset_of_device(d), d, where) for d, where in named if preset_of_device(d)]
     for preset, device, where in known:
         if name is not None and preset != name:
             raise ConfigError(f"--gpu {name} disagrees with the run's GPU: {where} is {device!r} (preset {preset}); "
@@ -444,8 +440,8 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
     if name is not None:
         return get_gpu(name), f"{name} (--gpu)"
     for device, where in ((engine.device_name, "meta.json"), (profile_device(profile), "the profile's meta.yaml")):
-        if device and device.strip().lower() in DEVICE_GPUS:
-            preset = DEVICE_GPUS[device.strip().lower()]
+        preset = preset_of_device(device)
+        if preset:
             return get_gpu(preset), f"{preset} ({device!r} in {where})"
     if needed_for is None:
         return None, None

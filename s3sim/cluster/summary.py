@@ -31,8 +31,7 @@ class _MergedScheduler:
 
     def __init__(self, results: list[RunResult]):
         scheds = [r.scheduler for r in results]
-        names = sorted({s.name for s in scheds})
-        self.name = names[0] if len(names) == 1 else "+".join(names)
+        self.name = scheds[0].name  # every replica runs the run's policy (cluster.build refuses another)
         self.stall_gaps = [g for s in scheds for g in s.stall_gaps]
         self.pool = _MergedPool(results)
         self._scheds = scheds

@@ -78,8 +78,8 @@ _CLUSTER = "; cluster runs only"
 
 # ---- what summarize() measures: summary.csv, and replicas.csv per replica -------------------------------
 MEASURED = (
-    Column("policy", TEXT, "the scheduling policy (ft, hf, orca, s3, oracle, paged, paged_spf, vllm); a cluster "
-           "of mixed policies joins theirs with '+'"),
+    Column("policy", TEXT, "the scheduling policy (ft, hf, orca, s3, oracle, paged, paged_spf, vllm); every "
+           "replica of a cluster runs the same one"),
     Column("num_requests", "requests", "requests served (every one finishes)"),
     Column("offered_rate", "req/s", "(num_requests - 1) / (last arrival - first arrival); inf when every request "
            "arrives at once (offline) or there is one"),
