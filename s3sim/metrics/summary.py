@@ -111,8 +111,9 @@ def steady(df: pd.DataFrame, it: pd.DataFrame, end: float) -> dict:
     else:
         big = it.batch_size.to_numpy() >= TAIL_BATCH * float(it.batch_size.max())
         steady_end = float((it.start.to_numpy() + it.duration.to_numpy())[big].max())
-    order = np.argsort(df.finished.to_numpy(dtype=float), kind="stable")
-    f = df.finished.to_numpy(dtype=float)[order]
+    finished = df.finished.to_numpy(dtype=float)
+    order = np.argsort(finished, kind="stable")
+    f = finished[order]
     k = int(np.searchsorted(f, steady_end, side="right"))
     span = f[k - 1] - f[0] if k >= 2 else 0.0
     out = dict(nan, tail_frac=max(end - steady_end, 0.0) / max(end - start, 1e-12))
@@ -176,7 +177,7 @@ def summarize(result, slo: Slo = Slo(), records: pd.DataFrame | None = None) -> 
         "swapped_tokens": int(df.swapped_tokens.sum()),
         "padding_tokens": int(counts["padding_tokens"]),
         "prompt_tokens": int(df.prompt_len.sum()),
-        "prefill_context_tokens": int(counts.get("prefill_context_tokens", 0)),  # every admission's context:
+        "prefill_context_tokens": int(counts["prefill_context_tokens"]),  # every admission's context:
         # the prompt, and after each recompute preemption prompt + generated again; the cache's hits are part of it
         "prefix_cached_tokens": int(counts.get("cached_tokens", 0)),  # prefill tokens a prefix cache held already
         "prefix_shared_tokens": int(counts.get("shared_cached_tokens", 0)),  # ... of them computed by another
