@@ -63,6 +63,7 @@ from s3sim import validate_checks as checks
 from s3sim.commandline import exit_code
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.hardware.gpus import preset_of_device
+from s3sim.hardware.models import preset_of_hf_name
 from s3sim.latency.provenance import SPEC_FIELDS
 from s3sim.workload.text import json_lines
 
@@ -83,21 +84,6 @@ def metric_name(metric: str) -> str:
     return f"{metric}_ms" if metric.startswith(LATENCIES) else metric
 
 
-# Hugging Face ids (as vLLM's meta.json names the model) -> model presets; anything else needs --model.
-HF_MODELS = {
-    "meta-llama/llama-3.1-8b": "llama-3.1-8b",
-    "meta-llama/llama-3.1-8b-instruct": "llama-3.1-8b",
-    "meta-llama/meta-llama-3.1-8b": "llama-3.1-8b",
-    "meta-llama/meta-llama-3.1-8b-instruct": "llama-3.1-8b",
-    "meta-llama/meta-llama-3-8b": "llama-3-8b",
-    "meta-llama/meta-llama-3-8b-instruct": "llama-3-8b",
-    "meta-llama/llama-2-7b-hf": "llama-2-7b",
-    "meta-llama/llama-2-13b-hf": "llama-2-13b",
-    "eleutherai/gpt-j-6b": "gpt-j-6b",
-    "eleutherai/gpt-neox-20b": "gpt-neox-20b",
-    "facebook/opt-13b": "opt-13b",
-    "facebook/opt-30b": "opt-30b",
-}
 # Device names (torch's, as in meta.json's hardware block or a profile's meta.yaml) -> GPU presets.
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
@@ -374,7 +360,7 @@ def resolve_model(name: str | None, engine: Engine):
     if name is None:
         if engine.model is None:
             raise ConfigError("meta.json names no model: give --model (a preset name or a config.json)")
-        name = HF_MODELS.get(engine.model.lower())
+        name = preset_of_hf_name(engine.model)
         if name is None:
             raise ConfigError(f"model {engine.model!r} of meta.json has no preset here: give --model (a preset name "
                               "or a config.json path)")
@@ -405,7 +391,7 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
     who = f"--model {given}" if given is not None else f"meta.json's model {engine.model!r} ({spec.name})"
     for named, where in ((engine.model, "meta.json's model"), (profile_field(profile, "model"),
                                                                f"the profile's meta.yaml ({profile}) model")):
-        preset = HF_MODELS.get(named.strip().lower()) if named else None
+        preset = preset_of_hf_name(named)
         if preset is None or (given is None and where == "meta.json's model"):
             continue
         ref = get_model(preset)

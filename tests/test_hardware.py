@@ -196,6 +196,8 @@ def test_a_preset_is_its_config_json(tmp_path, name):
     ("source: x\nconfig: {model_type: llama}\nparams: 7", "unknown key 'params'"),
     ("source: x", "'config' must be a mapping"),
     ("config: {model_type: llama}\nn_params: -1", "n_params must be a positive integer"),
+    ("config: {model_type: llama}\nhf_names: [Meta-Llama/X]", "hf_names must be a list of lower-case"),
+    ("config: {model_type: llama}\nhf_names: meta-llama/x", "hf_names must be a list of lower-case"),
     ("config: {model_type: llama, hidden_size: 64, num_hidden_layers: 2, vocab_size: 256,"
      " max_position_embeddings: 512}", "missing key num_attention_heads"),
 ])
@@ -205,6 +207,15 @@ def test_a_malformed_preset_is_one_line_naming_the_file(tmp_path, text, message)
     with pytest.raises(ConfigError, match=message) as e:
         preset_spec(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_recorded_run_finds_its_model_preset_by_hugging_face_id():
+    """A run's meta.json names its model by Hugging Face id; the preset file lists the ids it answers to."""
+    from s3sim.hardware.models import HF_NAMES, preset_of_hf_name
+    assert preset_of_hf_name("Qwen/Qwen3-32B") == "qwen3-32b"
+    assert preset_of_hf_name(" meta-llama/Llama-3.1-8B ") == "llama-3.1-8b"
+    assert preset_of_hf_name("someone/unknown") is None and preset_of_hf_name(None) is None
+    assert set(HF_NAMES.values()) <= set(MODEL_PRESETS)
 
 
 def test_a_mixture_of_experts_holds_every_expert_and_computes_the_routed_ones(tmp_path):

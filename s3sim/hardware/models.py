@@ -232,6 +232,25 @@ def preset_spec(path: str | Path) -> ModelSpec:
 MODEL_PRESETS: dict[str, ModelSpec] = {name: preset_spec(preset_path(name)) for name in preset_names()}
 
 
+def _hf_names() -> dict[str, str]:
+    """Hugging Face id (lower case) -> preset, from each preset's `hf_names`; one id in two presets is refused."""
+    names: dict[str, str] = {}
+    for preset in preset_names():
+        for hf in read_preset(preset_path(preset)).hf_names:
+            if hf in names:
+                raise ConfigError(f"model presets {names[hf]} and {preset} both claim the Hugging Face id {hf!r}")
+            names[hf] = preset
+    return names
+
+
+HF_NAMES = _hf_names()
+
+
+def preset_of_hf_name(name) -> str | None:
+    """The preset a recorded Hugging Face model id stands for (case-insensitive), or None."""
+    return HF_NAMES.get(str(name).strip().lower()) if name else None
+
+
 DTYPES = ("float16", "bfloat16", "float32")
 # ModelSpec fields by the config.json key they come from (for errors about a config file)
 _JSON_KEYS = {"n_layers": "num_hidden_layers", "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads",

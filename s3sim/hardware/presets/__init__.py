@@ -1,11 +1,13 @@
 """Model presets as data: one YAML file per model, read by the simulator (`ModelSpec`) and the
 executor (a `transformers` config) alike, so a model is described once.
 
-Each file holds three keys:
+Each file holds these keys:
 - `config`: a Hugging Face `config.json`, with the keys the config class of its `model_type` takes,
   so a preset and a `config.json` are one way in (`ModelSpec.from_hf_dict` reads both);
 - `n_params` (optional): the published parameter count; without it the count is estimated from the shape;
-- `source`: where the numbers come from.
+- `source`: where the numbers come from;
+- `hf_names` (optional): the Hugging Face repository ids (lower case) a recorded run may name this model by
+  (a vLLM run's meta.json `model`), so `s3sim-validate` finds the preset: one file per model, no list elsewhere.
 
 YAML rather than JSON because the files need comments: why a number is what it is (GPT-J runs on
 GPT-NeoX's code, say) belongs next to the number. Only plain scalars and mappings are used, so each
@@ -22,7 +24,7 @@ import yaml
 from s3sim.core.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).parent
-_KEYS = {"config", "n_params", "source"}
+_KEYS = {"config", "n_params", "source", "hf_names"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Preset:
     n_params: int | None
     source: str
     path: Path
+    hf_names: tuple[str, ...] = ()
 
 
 def preset_names() -> list[str]:
@@ -72,4 +75,7 @@ def read_preset(path: str | Path) -> Preset:
         raise ConfigError(f"{bad} n_params must be a positive integer, got {n_params!r}")
     if not isinstance(source, str):
         raise ConfigError(f"{bad} source must be a string, got {source!r}")
-    return Preset(path.stem, config, n_params, source, path)
+    names = data.get("hf_names") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and n == n.strip().lower() and n for n in names):
+        raise ConfigError(f"{bad} hf_names must be a list of lower-case Hugging Face ids, got {names!r}")
+    return Preset(path.stem, config, n_params, source, path, tuple(names))
