@@ -58,7 +58,7 @@ gpu-wheels: setup
 # results/validation/<run>[-datasheet[-a100-fit]]/.
 VLLM_RUNS := ../shared/data/vllm_runs
 validate: setup
-	for r in rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b; do \
+	for r in rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b rtxpro6000-qwen3-32b; do \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-datasheet --profile none || exit 1; \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-datasheet-a100-fit --profile none \

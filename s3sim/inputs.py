@@ -14,6 +14,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+# The shared data folder beside the repository (workloads, traces, GPU measurements): never copied into it.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 _recorders: list[set] = []
 _hashes: dict[tuple, str] = {}
 CODE_DIRS = ("s3sim", "s3exec", "conf")

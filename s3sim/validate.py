@@ -21,7 +21,9 @@ non-KV reserve calibrated on the one run where every term is known (see `NON_KV_
 
 Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
-(`s3sim.latency.datasheet`).
+(`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced from
+the all-reduce table measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two
+PCIe RTX PRO 6000, the A100 DGX), else as a ring over the preset's interconnect, and the latency line says which.
 
 Before any replay the inputs are checked against each other and against physics (`s3sim.validate_checks`):
 meta.json against itself, requests.jsonl against meta.json (every request once, timestamps in seconds within
@@ -484,12 +486,13 @@ def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
     return blocks, how
 
 
-def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None):
+def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_reduce: str = "auto"):
     """The run's operator profile, or the operator sum on the GPU's datasheet when there is none, with the
     efficiencies the GPU preset was fitted to, or those of `fit_from` (another preset: what a GPU never
-    profiled would get); (model, description)."""
-    from s3sim.hardware.network import all_reduce_model
-    ring = all_reduce_model("ring", gpu) if tp > 1 else None
+    profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
+    the GPU's measured table, else a ring); (model, description)."""
+    from s3sim.hardware.network import NoAllReduce, all_reduce_model
+    ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
         f = fit_from or gpu
@@ -505,7 +508,7 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None):
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
-    how = f"operator profile {profile} (tp{tp}" + (f", all-reduces as a {ring.source})" if ring else ")")
+    how = f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source})" if ring else ")")
     return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
 
 
@@ -570,7 +573,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
-             echo=print, fit_from: str | None = None) -> pd.DataFrame:
+             echo=print, fit_from: str | None = None, all_reduce: str = "auto") -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
     `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
     `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
@@ -599,7 +602,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     spec = resolve_model(model, engine)
     check_model_agrees(spec, model, engine, prof or own)
     needs = ("the datasheet latency (no profile)" if prof is None else
-             "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else None)
+             "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
+             "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
     gpu_spec, gpu_how = resolve_gpu(gpu, engine, prof or own, needs)  # a profile names the device it ran on
     check_gpu_agrees(gpu, engine, prof or own)
     peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
@@ -607,7 +611,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
-    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed)
+    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
@@ -713,10 +717,14 @@ def main(argv=None) -> int:
     p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")
     p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
                    "GPU preset (what a GPU never profiled gets), not the run GPU's own")
+    p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (the "
+                   "GPU preset's measured table, else a ring; default), measured, ring, link:<GB/s>:<us>, none, or "
+                   "a measured CSV")
 
     def replay():
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
-        validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from)
+        validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from,
+                 all_reduce=args.all_reduce)
 
     return exit_code(PROG, replay)
 

@@ -140,3 +140,46 @@ def test_tensor_parallelism_pays_two_all_reduces_per_layer():
         assert 0 < small < big and float(m.time_s(4, 2048)) > 0
         with pytest.raises(ConfigError, match="no measurement for 3 GPUs"):
             m.time_s(3, 2048)
+
+
+def test_all_reduce_priced_from_the_measured_pcie_pair_with_its_latency_floor():
+    """The RTX PRO 6000 preset names the NCCL all-reduce measured between the two PCIe GPUs of the shared runs:
+    a small message costs its measured floor (about 13 us), not a ring's 2 x 5 us; a large one the table's time."""
+    import pandas as pd
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import SHARED_DATA_DIR, MeasuredAllReduce, all_reduce_model
+    gpu = get_gpu("rtx-pro-6000")
+    table = SHARED_DATA_DIR / gpu.measured_all_reduce
+    if not table.is_file():
+        pytest.skip("the shared data folder is not beside the repository")
+    model = all_reduce_model("measured", gpu)
+    assert isinstance(model, MeasuredAllReduce) and "measured" in model.source
+    rows = pd.read_csv(table).query("collective == 'all_reduce'")
+    smallest = rows.sort_values("bytes").iloc[0]
+    assert model.time_s(2, 10.0) == pytest.approx(smallest.time_us * 1e-6)  # below the table: the floor
+    for r in rows.itertuples():
+        assert model.time_s(2, r.bytes) == pytest.approx(r.time_us * 1e-6)
+    assert all_reduce_model("auto", gpu, 2).source == model.source
+    fallback = all_reduce_model("auto", gpu, 4)  # four PRO 6000 were never measured: the ring, said so
+    assert "fallback" in fallback.source and fallback.time_s(4, 1e6) > 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("link:x", "expected link:<GB/s>:<us>"), ("link:16", "expected link:<GB/s>:<us>"),
+    ("link:16:20:1", "expected link:<GB/s>:<us>"), ("link:0:20", "bandwidth > 0"),
+])
+def test_a_bad_all_reduce_spec_is_one_line(spec, message):
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import all_reduce_model
+    with pytest.raises(ConfigError, match=message) as e:
+        all_reduce_model(spec, get_gpu("rtx-pro-6000"))
+    assert "\n" not in str(e.value)
+
+
+def test_a_link_all_reduce_is_its_latency_plus_bytes_over_bandwidth_and_measured_needs_a_table():
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import all_reduce_model
+    link = all_reduce_model("link:16:20", get_gpu("rtx-pro-6000"))
+    assert link.time_s(2, 16e6) == pytest.approx(20e-6 + 1e-3) and link.time_s(1, 16e6) == 0
+    with pytest.raises(ConfigError, match="names no measured all-reduce"):
+        all_reduce_model("measured", get_gpu("rtx-4090"))

@@ -86,7 +86,9 @@ def main(argv=None) -> None:
                 folder = ship(folder)
             ev = cli.parser().parse_args(["table", str(data), "--model", str(folder), "--threads", str(a.threads)])
             model, rows = cli._model(ev), cli._rows(ev)
-            metrics, conf = cli.evaluate(ev, model, rows)
+            # without the ranking columns (Kendall's tau, `s3predict evaluate`): the committed table keeps its
+            # columns, every cell of which a regeneration (about 1.5 h of training) would have to reproduce
+            metrics, conf = cli.evaluate(ev, model, rows, rank=False)
             probs = model.probabilities(model.encode(rows["prompt"]), ev.batch_size)
             tab = cli.predictions_frame(rows, probs)
             cli.write_table(tab, model, table_path(label))

@@ -33,6 +33,9 @@ class GpuSpec:
     attention_prefill_efficiency: float = 0.0  # prefill attention's fraction of peak_flops
     attention_decode_efficiency: float = 0.0  # decode attention's fraction of mem_bandwidth
     calibration: str = ""
+    # a measured all-reduce table of this GPU's servers, relative to the shared data folder (`measured_all_reduce`
+    # in its preset): what `latency.all_reduce=measured` and `s3sim-validate` price tensor parallelism with
+    measured_all_reduce: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -45,6 +48,7 @@ class GpuSpec:
 
 PRESETS_DIR = Path(__file__).parent / "gpu_presets"
 _SECTIONS = {"datasheet", "source", "calibration", "device_names"}
+_OPTIONAL = {"measured_all_reduce"}
 _DATASHEET = ("memory_bytes", "mem_bandwidth", "peak_flops", "host_link_bandwidth", "interconnect_bandwidth")
 _FITTED = ("compute_efficiency", "memory_efficiency", "launch_s", "attention_prefill_efficiency",
            "attention_decode_efficiency")
@@ -62,8 +66,12 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(d, dict) or set(d) != _SECTIONS:
-        raise ConfigError(f"{where}: needs exactly the keys {', '.join(sorted(_SECTIONS))}")
+    if not isinstance(d, dict) or not _SECTIONS <= set(d) <= _SECTIONS | _OPTIONAL:
+        raise ConfigError(f"{where}: needs the keys {', '.join(sorted(_SECTIONS))} (and may have "
+                          f"{', '.join(sorted(_OPTIONAL))}), nothing else")
+    table = d.get("measured_all_reduce") or ""
+    if not isinstance(table, str) or table.startswith("/"):
+        raise ConfigError(f"{where}: measured_all_reduce must be a path relative to the shared data folder")
     sheet, fit = d["datasheet"] or {}, d["calibration"] or {}
     missing = [k for k in _DATASHEET if k not in sheet] + [k for k in (*_FITTED, "how") if k not in fit]
     if missing:
@@ -73,7 +81,7 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
         raise ConfigError(f"{where}: device_names must be a list of lower-case device names")
     spec = GpuSpec(path.stem, *(sheet[k] for k in _DATASHEET[:4]), source=str(d["source"]),
                    interconnect_bandwidth=sheet["interconnect_bandwidth"], calibration=str(fit["how"]),
-                   **{k: fit[k] for k in _FITTED})
+                   measured_all_reduce=table, **{k: fit[k] for k in _FITTED})
     return spec, names
 
 

@@ -2,9 +2,17 @@
 and after the MLP), each of `tokens x hidden x dtype bytes`, across the tensor-parallel GPUs. Pipeline
 parallelism: one send/recv of the activations at every stage boundary (`PointToPoint`, `MeasuredSendRecv`).
 
-Two ways to price one: measured (`MeasuredAllReduce`, a table of times by message size and GPU count, such
-as the A100 NVLink measurements in ../shared/data/gpu_profiles/network), or a ring over the GPUs'
-interconnect (`RingAllReduce`): 2 (g - 1) / g of the message crosses each link, plus a latency per hop.
+Ways to price one (`latency.all_reduce`):
+- `measured`: the table the GPU preset names (`measured_all_reduce`, under the shared data folder: the NCCL
+  all-reduce between the two PCIe RTX PRO 6000, the A100 DGX's NVLink); a CSV path names any such table
+  (`MeasuredAllReduce`: times by message size and GPU count, linear between sizes; below the smallest size
+  measured, that size's time: the latency floor of a small message, 13-15 us on the PCIe pair, where a ring's
+  per-hop latency would say 5 us);
+- `ring`: a ring over the GPUs' interconnect (`RingAllReduce`): 2 (g - 1) / g of the message crosses each
+  link, plus a latency per hop; the fallback for a link never measured;
+- `link:<GB/s>:<us>`: one latency plus the message at one effective bandwidth (`LinkAllReduce`), for a link
+  known only by those two numbers (a sensitivity study, or another simulator's setting);
+- `none`: free (ideal scaling).
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import pandas as pd
 
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
-from s3sim.inputs import read_csv
+from s3sim.inputs import SHARED_DATA_DIR, read_csv
 
 
 class RingAllReduce:
@@ -42,9 +50,26 @@ class NoAllReduce:
         return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
 
 
+class LinkAllReduce:
+    """An all-reduce as one latency plus the message at one effective bandwidth, whatever the GPU count."""
+
+    def __init__(self, bandwidth: float, latency_s: float):
+        if not bandwidth > 0 or not latency_s >= 0:
+            raise ConfigError(f"latency.all_reduce=link:<GB/s>:<us> needs a bandwidth > 0 and a latency >= 0, got "
+                              f"{bandwidth / 1e9:g} GB/s and {latency_s * 1e6:g} us")
+        self.bandwidth, self.latency = float(bandwidth), float(latency_s)
+        self.source = f"link of {bandwidth / 1e9:g} GB/s with {latency_s * 1e6:g} us per all-reduce"
+
+    def time_s(self, workers: int, nbytes):
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        if workers <= 1:
+            return np.zeros_like(nbytes)
+        return self.latency + nbytes / self.bandwidth
+
+
 class MeasuredAllReduce:
     """Median all-reduce times by message size, per GPU count within one node; linear between measured
-    sizes and along the last segment beyond them."""
+    sizes and along the last segment beyond them, the smallest size's time below them."""
 
     def __init__(self, table: pd.DataFrame, source: str):
         self.source = source
@@ -55,10 +80,24 @@ class MeasuredAllReduce:
 
     @classmethod
     def from_csv(cls, path) -> "MeasuredAllReduce":
-        t = read_collective(path, "all_reduce", "all-reduce")
-        t = t[t.devices_per_node == t.num_workers]  # within one node
+        """Either format of the shared tables: `collective, num_gpus, bytes, time_us` (the RTX PRO 6000 pair), or
+        Vidur's (`num_workers, size, devices_per_node, time_stats.all_reduce.median` in ms)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"all-reduce profile: no file {str(p)!r}")
+        t = read_csv(p, f"all-reduce profile {str(p)!r}: not a CSV")
+        if {"collective", "num_gpus", "bytes", "time_us"} <= set(t.columns):
+            t = t[t.collective == "all_reduce"]
+            if t.empty or t[["num_gpus", "bytes", "time_us"]].isna().any().any():
+                raise ConfigError(f"all-reduce profile {str(p)!r}: needs all_reduce rows with num_gpus, bytes and time_us")
+            t = t.rename(columns={"num_gpus": "num_workers", "bytes": "size"}).assign(ms=t.time_us * 1e-3)
+        else:
+            t = read_collective(p, "all_reduce", "all-reduce")
+            t = t[t.devices_per_node == t.num_workers]  # within one node
         t = t.groupby(["num_workers", "size"], as_index=False).ms.median()
-        return cls(t, str(path))
+        if (t.groupby("num_workers").size() < 2).any():
+            raise ConfigError(f"all-reduce profile {str(p)!r}: needs two message sizes at least per GPU count")
+        return cls(t, str(p))
 
     def time_s(self, workers: int, nbytes):
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -134,10 +173,50 @@ class FreeSendRecv:
         return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
 
 
-def all_reduce_model(spec: str, gpu: GpuSpec):
-    """`latency.all_reduce`: ring over the GPU's interconnect, none (None: free), or a measured CSV."""
+def measured_table(gpu: GpuSpec) -> Path | None:
+    """The measured all-reduce table the GPU preset names, if it names one and the shared data holds it."""
+    if not gpu.measured_all_reduce:
+        return None
+    path = SHARED_DATA_DIR / gpu.measured_all_reduce
+    return path if path.is_file() else None
+
+
+def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
+    """`latency.all_reduce` (see the module doc): measured, ring, link:<GB/s>:<us>, none (None: free), a CSV
+    path; `auto`: measured where the preset's table has `workers` GPUs, else the ring (its source says why)."""
     if spec == "none":
         return None
+    if spec == "auto":
+        table = measured_table(gpu)
+        if table is not None:
+            model = MeasuredAllReduce.from_csv(table)
+            if workers is None or workers in model.curves:
+                model.source = f"measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
+                return model
+        ring = all_reduce_model("ring", gpu)
+        ring.source += (f" (no measured all-reduce of {workers} {gpu.name} GPUs: the ring is a fallback, "
+                        f"not a measurement)")
+        return ring
+    if spec == "measured":
+        if not gpu.measured_all_reduce:
+            raise ConfigError(f"latency.all_reduce=measured: the {gpu.name} preset names no measured all-reduce "
+                              f"table; use ring, link:<GB/s>:<us>, none or a CSV path")
+        table = measured_table(gpu)
+        if table is None:
+            raise ConfigError(f"latency.all_reduce=measured: {gpu.name}'s table {gpu.measured_all_reduce!r} is not "
+                              f"in the shared data folder {SHARED_DATA_DIR}")
+        model = MeasuredAllReduce.from_csv(table)
+        model.source = f"measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
+        return model
+    if spec.startswith("link:"):
+        parts = spec.split(":")
+        try:
+            bandwidth, latency = float(parts[1]) * 1e9, float(parts[2]) * 1e-6
+        except (IndexError, ValueError):
+            raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20") from None
+        if len(parts) != 3:
+            raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20")
+        return LinkAllReduce(bandwidth, latency)
     if spec == "ring":
         if not gpu.interconnect_bandwidth:
             raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "

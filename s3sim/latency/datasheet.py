@@ -78,7 +78,7 @@ class DatasheetLatency(LatencyModel):
                    send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,
                    launch_s=conf.launch_s, attention_prefill_efficiency=conf.attention_prefill_efficiency,
                    attention_decode_efficiency=conf.attention_decode_efficiency, overhead_s=conf.overhead_s, num_gpus=num_gpus,
-                   all_reduce=all_reduce_model(conf.all_reduce, gpu) if num_gpus > 1 else None)
+                   all_reduce=all_reduce_model(conf.all_reduce, gpu, num_gpus) if num_gpus > 1 else None)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency=None, memory_efficiency=None,
                  launch_s=None, attention_prefill_efficiency=None, attention_decode_efficiency=None,

@@ -280,7 +280,7 @@ class OperatorLatency(LatencyModel):
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            all_reduce = all_reduce_model(conf.all_reduce, gpu) or NoAllReduce()
+            all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce)
 

@@ -61,7 +61,7 @@ class RooflineLatency(LatencyModel):
     @classmethod
     def from_config(cls, conf: RooflineConfig, model, gpu, num_gpus: int = 1) -> "RooflineLatency":
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
-                   overhead_s=conf.overhead_s, num_gpus=num_gpus, all_reduce=all_reduce_model(conf.all_reduce, gpu))
+                   overhead_s=conf.overhead_s, num_gpus=num_gpus, all_reduce=all_reduce_model(conf.all_reduce, gpu, num_gpus))
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency: float = 0.6,
                  memory_efficiency: float = 0.8, overhead_s: float = 0.002, num_gpus: int = 1,

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import note
+from s3sim.inputs import SHARED_DATA_DIR, note
 from s3sim.workload.files import csv_rows, require_file
 from s3sim.workload.prefix import HashChains
 from s3sim.workload.trace_formats import read_log
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DEFAULT_DATA_DIR = SHARED_DATA_DIR
 
 ALPACA_FIELDS = ("L_gt", "L_t0.0", "L_t0.3", "L_t0.5", "L_t0.7")
 ALPACA_SPLITS = ("train", "val")

@@ -102,7 +102,7 @@ class PagedScheduler(FcfsScheduler):
         need = self._growth(1)
         preempted = False
         while need > self.pool.free and self.running:
-            victim = self.running[next(reversed(self.running))]
+            victim = self._victim()
             self._preempt(victim, now)
             self.waiting.appendleft(victim)
             need = self._growth(1)
@@ -125,6 +125,10 @@ class PagedScheduler(FcfsScheduler):
             self._admit(r, batch, now, prefix=prefix)
             room -= 1
         return batch
+
+    def _victim(self) -> Request:
+        """The running request preempted when the running ones need more blocks than are free: the newest."""
+        return self.running[next(reversed(self.running))]
 
     def _free_needed(self, r: Request) -> int:
         """Free blocks admitting `r` takes: those of its context and its next token."""

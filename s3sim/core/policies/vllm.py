@@ -15,19 +15,54 @@ shared between requests (a trace's `hash_ids`, or `shared_prefix`), and the bloc
 freed, until the free queue hands them out again.
 Decoding then grows blocks on demand exactly as `paged` does (the same closed form, the same exact jumps).
 The chunk a request computes emits no token until its last one, which samples the first output token.
+
+Length prediction as an ordering (the budget, the limits, the blocks and the prefix cache unchanged):
+- `order` ranks the waiting queue: `fcfs` (vLLM: arrival order, a preempted request back at the front), `sjf`
+  (shortest predicted output length first) or `srpt` (shortest predicted remaining length first: the
+  predicted length less the tokens generated before a preemption, which is what re-ranks a preempted
+  request); ties go to the earlier arrival. A request's predicted length is the upper bound of its
+  predicted bucket (what S3 would reserve, at most max_seq_len). Once a request has generated that many
+  tokens the prediction is known short and is refreshed to the first bucket not ruled out yet, the one
+  holding generated + 1 (the next bucket, or further ones: S3's supervisor's `grow=next`); beyond the last
+  bucket it is max_seq_len. So the remaining estimate is always at least one token, and it is re-read
+  whenever a request re-enters the queue (`Request.bucket` holds the bucket in use). Part-way prefills
+  keep their place (they continue before any admission, oldest first), as in vLLM.
+- `max_wait_s` bounds starvation: a request waiting that long (since it arrived, or since it was
+  preempted) is admitted first, oldest first, whatever its rank, and nothing else is admitted until it
+  fits (`aged_admissions` counts the admissions the bound took ahead of the order).
+- `victim` picks the request preempted when blocks run out: the `newest` (vLLM) or the one with the
+  `longest_remaining` predicted work (the newest among equals).
+Orders other than fcfs and the longest_remaining victim read a length predictor; fcfs with the newest victim
+and no bound is vLLM's scheduler, unchanged.
+
+Exact jumps under an ordering: an arrival that could fit may jump the queue, so it interrupts a jump
+whenever it fits (`could_admit`); after a preemption the next head may be another request than the victim,
+so the jump stops at the next boundary (as with the prefix cache); and with `max_wait_s` the head can change
+with time alone, so while the oldest waiting request would fit, iterations are taken one at a time (the
+scheduler does not know when the bound falls; it cannot fit later in a jump if it does not fit now, since
+free blocks only shrink while decoding).
 """
 from __future__ import annotations
 
 import copy
+import heapq
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Optional
+
+from sortedcontainers import SortedKeyList
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
+from s3sim.core.predictors.base import Predictor
 from s3sim.core.prefix_cache import PrefixCache
 from s3sim.core.request import Request
+
+ORDERS = ("fcfs", "sjf", "srpt")  # policy.order: how waiting requests are ranked
+VICTIMS = ("newest", "longest_remaining")  # policy.victim: which running request is preempted
 
 
 @dataclass
@@ -36,6 +71,14 @@ class VllmConfig(PagedConfig):
     max_num_batched_tokens: Optional[int] = 2048  # tokens one iteration computes: decodes first, then chunks
     watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
     prefix_caching: bool = False  # full blocks found again: shared prompt blocks, a preempted request's own
+    order: str = "fcfs"  # the waiting queue: fcfs | sjf (predicted length) | srpt (predicted remaining length)
+    victim: str = "newest"  # preempted when blocks run out: newest | longest_remaining (predicted)
+    max_wait_s: Optional[float] = None  # seconds: a request waiting this long is admitted first; null: no bound
+
+    @property
+    def predictor_use(self) -> str:
+        """The setting that reads a length predictor ('' when none does)."""
+        return predictor_use(self.order, self.victim)
 
     def __post_init__(self):
         # vLLM's rule for the budget is its own (max_num_batched_tokens >= max_num_seqs: every running request's
@@ -47,6 +90,25 @@ class VllmConfig(PagedConfig):
         if self.preemption_mode != "recompute":
             raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
         check_budget(self.max_batch_size, self.max_num_batched_tokens, "policy.")
+        check_ordering(self.order, self.victim, self.max_wait_s)
+
+
+def check_ordering(order, victim, max_wait_s) -> None:
+    """The ordering settings' values (`policy.order`, `policy.victim`, `policy.max_wait_s`)."""
+    if order not in ORDERS:
+        raise ConfigError(f"policy.order {order!r} is unknown; valid: {', '.join(ORDERS)}")
+    if victim not in VICTIMS:
+        raise ConfigError(f"policy.victim {victim!r} is unknown; valid: {', '.join(VICTIMS)}")
+    if max_wait_s is not None and (isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float))
+                                   or not 0 <= max_wait_s < math.inf):
+        raise ConfigError(f"policy.max_wait_s must be a non-negative number of seconds or null, got {max_wait_s!r}")
+
+
+def predictor_use(order: str, victim: str) -> str:
+    """The setting among `order` and `victim` that reads a length predictor, as `policy.<field>=<value>`, or ''."""
+    if order != "fcfs":
+        return f"policy.order={order}"
+    return "policy.victim=longest_remaining" if victim == "longest_remaining" else ""
 
 
 def check_budget(max_batch_size, max_num_batched_tokens, prefix: str = "") -> None:
@@ -66,39 +128,118 @@ class VllmScheduler(PagedScheduler):
     Config = VllmConfig
 
     def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
-                 prefix_caching: bool = False, **kw):
+                 prefix_caching: bool = False, order: str = "fcfs", victim: str = "newest",
+                 max_wait_s: float | None = None, predictor: Predictor | None = None, **kw):
         check_budget(kw.get("max_batch_size"), max_num_batched_tokens)
+        check_ordering(order, victim, max_wait_s)
+        use = predictor_use(order, victim)
+        if use and predictor is None:
+            raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor")
         super().__init__(pool, max_seq_len, watermark=watermark, **kw)  # the budget by vLLM's rule, not the base's
         self.token_budget = int(max_num_batched_tokens)
         self.prefix_caching = bool(prefix_caching)
         self.cache = PrefixCache(pool) if self.prefix_caching else None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
         self._readmit_next = False  # the last schedule preempted with requests waiting (see `horizon`)
+        self.order, self.victim = order, victim
+        self.max_wait_s = None if max_wait_s is None else float(max_wait_s)
+        self.predictor = predictor if use else None  # read only by the settings that rank by predicted length
+        if self.predictor is not None:
+            # predicted lengths: each bucket's upper bound, at most max_seq_len
+            self._upper = [min(int(u), self.max_seq_len) for u in self.predictor.buckets.upper]
+        self.aged_admissions = 0  # admissions max_wait_s took ahead of the order
+        if order != "fcfs" or self.max_wait_s is not None:
+            self.waiting = WaitingQueue(self)
 
     @classmethod
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
         pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
                    prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
-                   preemption_mode=conf.preemption_mode)
+                   preemption_mode=conf.preemption_mode, order=conf.order, victim=conf.victim,
+                   max_wait_s=conf.max_wait_s, predictor=predictor)
 
     def counters(self) -> dict:
         shared = 0 if self.cache is None else self.cache.found_shared * self.bs
         return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared}
 
+    def summary_fields(self) -> dict:
+        return {"aged_admissions": self.aged_admissions} if self.max_wait_s is not None else {}
+
+    def add(self, requests):
+        if self.predictor is not None and requests:
+            for r, b in zip(requests, self.predictor.predict(requests)):
+                r.first_bucket = r.bucket = int(b)
+        super().add(requests)
+
+    def could_admit(self, r: Request) -> bool:
+        if self.order == "fcfs":
+            return super().could_admit(r)
+        # ranked by prediction, an arrival may go ahead of the whole queue: only the batch and memory rule it out
+        return (len(self.running) + len(self.prefilling) < self.max_batch
+                and self.pool.free - self._growth(1) - self._free_needed(r) >= self.watermark)
+
     def schedule(self, now: float) -> SchedulerOutput:
         before = self.preemptions
+        if isinstance(self.waiting, WaitingQueue):
+            self.waiting.now = now  # the bound is read, and a preempted request re-queued, at this boundary
         out = super().schedule(now)
-        self._readmit_next = self.cache is not None and self.preemptions > before and self.has_waiting()
+        self._readmit_next = ((self.cache is not None or self.order != "fcfs") and self.preemptions > before
+                              and self.has_waiting())
         return out
 
     def horizon(self) -> int:
-        """As paged's, but one iteration after a preemption while requests wait: a victim that finds a shared
-        block in use on readmission needs fewer blocks than it freed, so it may be admitted at the next
-        boundary (without the cache it never can, and after an iteration that did not preempt the head
-        stays inadmissible while free blocks only shrink)."""
+        """As paged's, but one iteration after a preemption while requests wait, with the prefix cache or an
+        order other than fcfs: a victim that finds a shared block in use on readmission needs fewer blocks
+        than it freed, and a ranked queue may put a request that fits ahead of the victim, so a request may
+        be admitted at the next boundary (without either it never can, and after an iteration that did not
+        preempt the head stays inadmissible while free blocks only shrink). With `max_wait_s`, one iteration
+        too while the oldest waiting request would fit: the bound may make it the head at the next boundary."""
         k = super().horizon()
-        return min(k, 1) if self._readmit_next else k
+        if self._readmit_next:
+            return min(k, 1)
+        if k > 1 and self.max_wait_s is not None and self._oldest_may_enter():
+            return 1
+        return k
+
+    def _oldest_may_enter(self) -> bool:
+        """Could the request waiting longest be admitted at the next boundary if the bound made it the head?
+        (A necessary condition: room in the batch and the budget, and its blocks within those free after this
+        iteration's growth.)"""
+        old = self.waiting.oldest()
+        if old is None or len(self.running) + len(self.prefilling) >= self.max_batch:
+            return False
+        if self.token_budget - len(self.running) <= 0:
+            return False
+        return self._free_needed(old) <= self.pool.free - self._growth(1)
+
+    # ---- predicted lengths --------------------------------------------------------------------
+    def estimate(self, r: Request, generated: int) -> tuple[int, int]:
+        """(bucket, predicted output length) of `r` once it has `generated` tokens: its bucket's upper bound;
+        a bound already reached is refreshed to the bucket holding generated + 1, and past the last bucket
+        the length is max_seq_len."""
+        b = r.bucket
+        length = self._upper[b]
+        if generated >= length:
+            while b + 1 < len(self._upper) and self._upper[b] <= generated:
+                b += 1
+            length = self._upper[b] if self._upper[b] > generated else self.max_seq_len
+        return b, length
+
+    def remaining(self, r: Request, generated: int) -> int:
+        """Predicted output tokens `r` has left once it has `generated` (at least 1)."""
+        return max(self.estimate(r, generated)[1] - generated, 1)
+
+    def _victim(self) -> Request:
+        if self.victim == "newest":
+            return super()._victim()
+        # the largest predicted remaining work; among equals the newest (running is oldest to newest)
+        best, most = None, -1
+        for r in self.running.values():
+            left = self.remaining(r, self.generated(r))
+            if left >= most:
+                best, most = r, left
+        return best
 
     def shared_kv_tokens(self) -> int:
         return 0 if self.cache is None else self.cache.duplicates * self.bs
@@ -127,3 +268,82 @@ class VllmScheduler(PagedScheduler):
         self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
         # the last sampled token's KV is not written yet
         self.cache.release(r, blocks, r.context - 1, preempted)
+
+
+class WaitingQueue:
+    """vllm's waiting requests under `policy.order` and `policy.max_wait_s`, with the deque verbs
+    `PagedScheduler` uses: `[0]` (the head), `popleft` (admit it), `appendleft` (re-queue a preempted
+    request), `extend` (arrivals).
+
+    fcfs keeps the deque's order (arrivals at the back, a preempted request at the front, the latest first);
+    sjf and srpt rank every request, preempted ones included, by (predicted length or predicted remaining
+    length, arrival). With `max_wait_s`, the request that has waited longest (since its arrival, or since its
+    preemption) is the head once it has waited that long, at the scheduler's clock `now`."""
+
+    def __init__(self, sched: VllmScheduler):
+        self.sched = sched
+        self.now = 0.0  # the boundary being scheduled (set by `VllmScheduler.schedule`)
+        self._rank: dict[int, tuple] = {}  # request id -> its place in the order
+        self._q = SortedKeyList(key=lambda r: self._rank[r.id])
+        self._pushes = itertools.count()
+        self._age: dict[int, int] = {}  # request id -> its entry in `_by_age` (max_wait_s only)
+        self._by_age: list = []  # heap of (queued at, push, request); entries of admitted requests are skipped
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __getitem__(self, i: int) -> Request:
+        return self.head() if i == 0 else self._q[i]
+
+    def extend(self, requests) -> None:
+        for r in requests:
+            self._put(r, front=False, at=r.arrival)
+
+    def appendleft(self, r: Request) -> None:
+        self._put(r, front=True, at=self.now)
+
+    def popleft(self) -> Request:
+        r = self.head()
+        if r is self._q[0]:
+            self._q.pop(0)
+        else:  # the bound took it ahead of the order
+            self._q.remove(r)
+            self.sched.aged_admissions += 1
+        del self._rank[r.id]
+        self._age.pop(r.id, None)
+        return r
+
+    def head(self) -> Request:
+        """The request admitted next if it fits: the oldest once it has waited max_wait_s, else the first in
+        the order."""
+        wait = self.sched.max_wait_s
+        if wait is not None:
+            old = self._oldest_entry()
+            if old is not None and self.now - old[0] >= wait:
+                return old[2]
+        return self._q[0]
+
+    def oldest(self) -> Request | None:
+        """The request that has waited longest (max_wait_s only), or None."""
+        old = self._oldest_entry()
+        return None if old is None else old[2]
+
+    def _oldest_entry(self):
+        h = self._by_age
+        while h and self._age.get(h[0][2].id) != h[0][1]:
+            heapq.heappop(h)
+        return h[0] if h else None
+
+    def _put(self, r: Request, front: bool, at: float) -> None:
+        push = next(self._pushes)
+        sched = self.sched
+        if sched.order == "fcfs":
+            self._rank[r.id] = (0, -push) if front else (1, push)
+        else:
+            r.bucket, length = sched.estimate(r, r.generated)
+            left = max(length - r.generated, 1) if sched.order == "srpt" else length
+            self._rank[r.id] = (left, r.id)
+        self._q.add(r)
+        if sched.max_wait_s is not None:
+            self._age[r.id] = push
+            heapq.heappush(self._by_age, (at, push, r))

@@ -323,12 +323,14 @@ def _trained_prompts(path: Path, sha: str | None, st: dict) -> set | None:
     return {h for h, t in zip(hashes, test) if not t}
 
 
-def evaluate(a, model=None, rows=None):
+def evaluate(a, model=None, rows=None, rank: bool = True):
     """Metrics of the model and both baselines on the rows to score (`rows`' test side; by default those of
-    `evaluation_rows`), per scheme; returns (table, confusions)."""
+    `evaluation_rows`), per scheme; returns (table, confusions). With `rank`, each row also carries Kendall's
+    tau-b between its score and the true length on the same rows (`kendall_tau`, and `tau_score` naming the
+    score), and each scheme a `prompt length` row: the prompt's token count as the score, no buckets."""
     import pandas as pd
 
-    from s3sim.predictor.trained.evaluate import confusion, median_bucket, metrics
+    from s3sim.predictor.trained.evaluate import PROMPT, confusion, median_bucket, metrics, ranking, ranking_score
 
     model = model or _model(a)
     rows = evaluation_rows(a, model)[0] if rows is None else rows
@@ -338,16 +340,30 @@ def evaluate(a, model=None, rows=None):
     probs = model.probabilities(ids, a.batch_size)
     per_req_ms = (time.perf_counter() - t0) / len(test) * 1e3
     true = test["output_tokens"].to_numpy()
+    prompt_tau = {}
+    if rank:
+        from s3sim.workload.tokenizer import count_tokens, load_tokenizer
+
+        tok = load_tokenizer(a.tokenizer) if isinstance(a.tokenizer, str) else a.tokenizer
+        prompt_tau = ranking(count_tokens(tok, test["prompt"]), PROMPT, true)
     out, conf = [], {}
     base = model.meta.get("baselines", {})
     for n, b in model.buckets.items():
         pred = probs[n].argmax(1)
-        out.append({"scheme": n, "predictor": "trained", **metrics(pred, true, b), "ms_per_request": per_req_ms})
-        out.append({"scheme": n, "predictor": "trained, median of p", **metrics(median_bucket(probs[n]), true, b),
-                    "ms_per_request": per_req_ms})
+        med = median_bucket(probs[n])
+
+        def tau(**score):  # its kendall_tau and tau_score columns
+            return ranking(*ranking_score(b, **score), true) if rank else {}
+
+        out.append({"scheme": n, "predictor": "trained", **metrics(pred, true, b), "ms_per_request": per_req_ms,
+                    **tau(probs=probs[n])})
+        out.append({"scheme": n, "predictor": "trained, median of p", **metrics(med, true, b),
+                    "ms_per_request": per_req_ms, **tau(pred_bucket=med)})
         for bname, bucket in base.get(n, {}).items():
             out.append({"scheme": n, "predictor": bname, **metrics(np.full(len(true), bucket), true, b),
-                        "ms_per_request": 0.0})
+                        "ms_per_request": 0.0, **tau(pred_bucket=np.full(len(true), bucket))})
+        if rank:
+            out.append({"scheme": n, "predictor": "prompt length", "n": len(true), **prompt_tau})
         conf[n] = confusion(pred, true, b)
     return pd.DataFrame(out), conf
 
@@ -392,6 +408,7 @@ def main(argv=None) -> int:
             import pandas as pd
             with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
                 print(res.to_string(index=False))
+                print(ranking_note(res))
                 for n, c in conf.items():
                     print(f"\nconfusion matrix, {n} (rows: true bucket, columns: predicted)\n{c.to_string()}")
             if a.out:
@@ -421,6 +438,22 @@ def main(argv=None) -> int:
         print(f"s3predict: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def ranking_note(res) -> str:
+    """What the kendall_tau column measures, below the table, with the trained predictor's tau per scheme beside
+    the prompt-length baseline's."""
+    from s3sim.predictor.trained.evaluate import CONSTANT, EXPECTED, MIDPOINT, PROMPT
+
+    by = res.set_index(["scheme", "predictor"])
+    taus = "; ".join(f"{n}: trained {by.loc[(n, 'trained'), 'kendall_tau']:.3f}" for n in res["scheme"].unique())
+    prompt = res.loc[res["predictor"] == "prompt length", "kendall_tau"].iloc[0]
+    return (f"\nkendall_tau: Kendall's tau-b between each predictor's score (tau_score) and the true output length, "
+            f"on the same {int(res['n'].iloc[0]):,} rows as accuracy (1: the same order, 0: unrelated, -1: reversed; "
+            f"ties counted). Scores: trained, '{EXPECTED}' (its expected length: the probabilities times the "
+            f"bucket midpoints); the median-of-p rule, '{MIDPOINT}' of its bucket; majority and median predict one "
+            f"bucket for every row, '{CONSTANT}' (no order: NaN); '{PROMPT}', the prompt's length in the "
+            f"tokenizer's tokens (no model).\nKendall's tau-b, {taus}; prompt length {prompt:.3f}")
 
 
 def write_table(df, model, out: Path) -> None:

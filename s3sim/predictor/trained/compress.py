@@ -91,8 +91,8 @@ def main(argv=None) -> None:
         def report(label, model, size):
             table, _ = cli.evaluate(ev, model, rows)
             first = table[(table.scheme == next(iter(model.buckets))) & (table.predictor == "trained")].iloc[0]
-            print(f"{label:>12}: {first.scheme} accuracy {first.accuracy:.1%} on {int(first.n)} held-out "
-                  f"prompts, {size / 1e6:.1f} MB", flush=True)
+            print(f"{label:>12}: {first.scheme} accuracy {first.accuracy:.1%}, Kendall's tau-b "
+                  f"{first.kendall_tau:.3f} on {int(first.n)} held-out prompts, {size / 1e6:.1f} MB", flush=True)
 
         whole = cli._model(ev)
         rows, note = cli.evaluation_rows(ev, whole)  # the held-out side of its training file
