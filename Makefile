@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate steps paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,11 @@ validate: setup
 # How well datasheet figures price each operator on A100, A40 (../shared/data/gpu_profiles) and the two vLLM runs' GPUs, fitted.
 calibrate: setup
 	$(BIN)/python -m s3sim.lab.operator_calibration
+
+# Whole engine steps (the profiles' step.csv) and the runs' own decode-only seconds against the operator sum:
+# results/calibration/steps*.csv, run_decode_steps.csv.
+steps: setup
+	$(BIN)/python -m s3sim.lab.step_check
 
 # Shared system prompts: vLLM with and without its prefix cache beside s3 and the oracle.
 prefix: setup

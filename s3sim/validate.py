@@ -512,6 +512,22 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
 
 
+def calibrate_steps(latency, how: str, profile: Path | None, tp: int):
+    """The operator model priced as whole steps (`s3sim.latency.steps`): `own` fits the profile's
+    `tp<N>/step.csv`, anything else names a step table; (model, description)."""
+    from s3sim.latency.operators import OperatorLatency
+    from s3sim.latency.steps import StepCalibrated, fit_table
+    if not isinstance(latency, OperatorLatency):
+        raise ConfigError("--step-calibration prices an operator profile's sum as whole steps: it needs a profile "
+                          "(not --profile none)")
+    path = profile / f"tp{tp}" / "step.csv" if how == "own" else Path(how)
+    if how == "own" and not path.is_file():
+        raise ConfigError(f"--step-calibration own: the profile has no {path} (give a step table, or none)")
+    fit, _ = fit_table(latency, path)
+    modes = ", ".join(f"{b} {fit.scale[b]:.3g} x + {fit.offset_s[b] * 1e3:.3g} ms" for b in fit.scale)
+    return StepCalibrated(latency, fit), f"whole steps fitted to {path} ({modes})"
+
+
 # ---- the timeline ----------------------------------------------------------------------------------------
 def timeline(real: pd.DataFrame, frame: pd.DataFrame, capacity_tokens: int, sim_end: float) -> pd.DataFrame:
     """Running, waiting and KV use (%) at the run's 1-second ticks, real against simulated. Simulated values
@@ -573,7 +589,8 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
-             echo=print, fit_from: str | None = None, all_reduce: str = "auto") -> pd.DataFrame:
+             echo=print, fit_from: str | None = None, all_reduce: str = "auto",
+             step_calibration: str = "none") -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
     `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
     `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
@@ -612,6 +629,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
     latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
+    if step_calibration != "none":
+        latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
+        lat_how += f"; {step_how}"
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
@@ -720,11 +740,14 @@ def main(argv=None) -> int:
     p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (the "
                    "GPU preset's measured table, else a ring; default), measured, ring, link:<GB/s>:<us>, none, or "
                    "a measured CSV")
+    p.add_argument("--step-calibration", default="none", metavar="HOW", help="price each iteration as a whole "
+                   "step fitted to a step table (s3sim.latency.steps): none (default), own (the profile's "
+                   "tp<N>/step.csv), or a step.csv path")
 
     def replay():
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
         validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from,
-                 all_reduce=args.all_reduce)
+                 all_reduce=args.all_reduce, step_calibration=args.step_calibration)
 
     return exit_code(PROG, replay)
 

@@ -243,3 +243,19 @@ def test_a_tensor_parallel_run_is_found_by_its_model_id_and_priced_with_the_meas
     assert "all-reduces: ring over rtx-pro-6000's interconnect" in stdout
     ring = pd.read_csv(tmp_path / "ring" / "validation.csv").set_index("metric").simulated
     assert ring["tpot_mean_ms"] < auto["tpot_mean_ms"]  # the measured floor (13 us) is above the ring's 2 x 5 us
+
+
+def test_step_calibration_prices_whole_steps_only_when_asked(tmp_path, capsys):
+    """--step-calibration own fits the profile's tp1/step.csv and says so; every step then costs more than the
+    operator sum alone (the table's steps are above it); without a profile it is refused in one line."""
+    run = trim(R6000, tmp_path / "pro6000")
+    plain = run_ok(capsys, run, "--out", tmp_path / "plain")
+    assert "whole steps" not in plain
+    calibrated = run_ok(capsys, run, "--out", tmp_path / "steps", "--step-calibration", "own")
+    assert "whole steps fitted to" in calibrated and "step.csv (full" in calibrated
+    a = pd.read_csv(tmp_path / "plain" / "validation.csv").set_index("metric").simulated
+    b = pd.read_csv(tmp_path / "steps" / "validation.csv").set_index("metric").simulated
+    assert b["tpot_mean_ms"] > a["tpot_mean_ms"]
+    rc = main([str(run), "--out", str(tmp_path / "x"), "--profile", "none", "--step-calibration", "own"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs a profile" in err and len(err.strip().splitlines()) == 1

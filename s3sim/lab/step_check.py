@@ -1,0 +1,153 @@
+"""`python -m s3sim.lab.step_check` (`make steps`): what a whole engine step costs against the operator sum, in
+the shared step tables and in the shared runs themselves.
+
+1. Each profile's `tp<N>/step.csv` (whole steps timed in vLLM with CUDA graphs) against the operator model of
+   the same profile (tensor parallelism's all-reduces from the measured table of the GPUs,
+   `latency.all_reduce=auto`): per CUDA-graph mode, `step = scale x operator sum + offset`, fitted on all rows
+   and checked by two-fold cross-validation (fit on every other row, error on the rest).
+2. Each run's decode-only seconds: the run's `timeseries.csv` seconds with no prompt tokens and nothing waiting,
+   where one step takes `running / generated tokens per second`; the batch's contexts are rebuilt from
+   `requests.jsonl` (each running request's prompt plus the share of its output it had produced by the middle
+   of that second). Priced by the operator model alone, and by the step calibration of part 1 where the run's
+   profile has a step table. A measurement of the latency model on the run's own steps, apart from scheduling.
+
+Writes results/calibration/steps.csv (the fits and held-out errors), steps_rows.csv (every step row) and
+run_decode_steps.csv (every decode-only second), and prints the summary the README quotes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.commandline import Parser, exit_code
+from s3sim.core.errors import ConfigError
+
+RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b", "rtxpro6000-qwen3-32b")
+OUT = Path("results/calibration")
+
+
+def run_latency(run_dir: Path):
+    """(operator latency at the run's TP, model, step table or None) for a shared run folder."""
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.validate import engine_settings, preset_of_device, preset_of_hf_name, profile_device, read_meta
+    from s3sim.validate import build_latency
+
+    meta = read_meta(run_dir / "run" / "meta.json")
+    engine = engine_settings(meta, str(run_dir / "run" / "meta.json"))
+    profile = run_dir / "profile"
+    name = preset_of_hf_name(engine.model)
+    device = preset_of_device(engine.device_name) or preset_of_device(profile_device(profile))
+    if name is None or device is None:
+        raise ConfigError(f"{run_dir}: its model {engine.model!r} or GPU has no preset")
+    model, gpu = get_model(name), get_gpu(device)
+    latency, _ = build_latency(profile, model, gpu, engine.tp)
+    steps = profile / f"tp{engine.tp}" / "step.csv"
+    return latency, model, engine, steps if steps.is_file() else None
+
+
+def decode_seconds(run_dir: Path) -> pd.DataFrame:
+    """The run's decode-only seconds: `t, running, step_s` and the rebuilt batch (`n`, `ctx_sum`)."""
+    from s3sim.inputs import read_csv
+    from s3sim.validate import read_run
+
+    run = read_run(run_dir / "run")
+    req = run.requests
+    ts = read_csv(run.dir / "timeseries.csv", f"{run.dir / 'timeseries.csv'}: not a CSV")
+    need = ("t", "prompt_throughput", "gen_throughput", "running", "waiting")
+    if missing := [c for c in need if c not in ts.columns]:
+        raise ConfigError(f"{run.dir / 'timeseries.csv'}: missing column {missing[0]!r} (needs {', '.join(need)})")
+    t0 = req.queued_ts.min()
+    tick = float(np.median(np.diff(ts.t))) if len(ts) > 1 else 1.0
+    first, last = (req.first_token_ts - t0).to_numpy(), (req.last_token_ts - t0).to_numpy()
+    rows = []
+    for r in ts.itertuples(index=False):
+        if r.prompt_throughput > 0 or r.waiting > 0 or r.running < 1 or r.gen_throughput <= 0:
+            continue
+        mid = r.t - 0.5 * tick
+        on = (first <= mid) & (last >= mid)
+        if not on.any() or abs(int(on.sum()) - r.running) > max(1, 0.1 * r.running):
+            continue  # requests came or went within the second: its batch is not one size
+        share = np.clip((mid - first[on]) / np.maximum(last[on] - first[on], 1e-9), 0, 1)
+        ctx = req.input_toks.to_numpy()[on] + share * req.output_toks.to_numpy()[on]
+        rows.append((r.t, int(r.running), int(on.sum()), float(ctx.sum()), r.running / r.gen_throughput))
+    return pd.DataFrame(rows, columns=["t", "running", "n", "ctx_sum", "step_s"])
+
+
+def check(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    from s3sim.latency.steps import cross_validated_error, fit_table
+
+    fits, step_rows, ticks = [], [], []
+    for name in RUNS:
+        run_dir = data / "vllm_runs" / name
+        if not (run_dir / "run").is_dir():
+            raise ConfigError(f"no shared run {str(run_dir)!r} (see ../shared/data/MANIFEST.md)")
+        latency, model, engine, steps = run_latency(run_dir)
+        fit = None
+        if steps is not None:
+            fit, rows = fit_table(latency, steps)
+            step_rows.append(rows.assign(run=name))
+            cv = cross_validated_error(rows)
+            for b, scale in fit.scale.items():
+                held = cv[cv.branch == b]
+                fits.append({"run": name, "tp": engine.tp, "branch": b, "rows": int((rows.branch == b).sum()),
+                             "scale": scale, "offset_ms": fit.offset_s[b] * 1e3,
+                             "median_step_over_operators": float((rows.step_s / rows.operator_s)[rows.branch == b]
+                                                                 .median()),
+                             "held_out_mean_abs_pct": float(held.held_out_mean_abs_pct.iloc[0]) if len(held) else np.nan,
+                             "held_out_max_abs_pct": float(held.held_out_max_abs_pct.iloc[0]) if len(held) else np.nan})
+        sec = decode_seconds(run_dir)
+        sec["operator_s"] = [float(latency.decode_run(n, c, 1)[0]) for n, c in zip(sec.n, sec.ctx_sum)]
+        sec["step_calibrated_s"] = ([float(fit.seconds(o, fit.branch(n, True))) for o, n in zip(sec.operator_s, sec.n)]
+                                    if fit is not None else np.nan)
+        ticks.append(sec.assign(run=name, tp=engine.tp))
+    return pd.DataFrame(fits), pd.concat(step_rows, ignore_index=True), pd.concat(ticks, ignore_index=True)
+
+
+def summary(fits: pd.DataFrame, ticks: pd.DataFrame) -> str:
+    lines = ["step tables: step = scale x operator sum + offset, per CUDA-graph mode (two-fold cross-validation)"]
+    for r in fits.itertuples(index=False):
+        lines.append(f"  {r.run} tp{r.tp} {r.branch:9s} {r.rows:3d} rows: step/operators median "
+                     f"{r.median_step_over_operators:.2f}, fit {r.scale:.3f} x + {r.offset_ms:.2f} ms, held-out "
+                     f"error mean {r.held_out_mean_abs_pct:.1f} %, max {r.held_out_max_abs_pct:.1f} %")
+    lines.append("the runs' decode-only seconds (one step = running / generated tokens per second): model / run - 1")
+    for (run, tp), t in ticks.groupby(["run", "tp"], sort=False):
+        for lo, hi in ((1, 16), (17, 64), (65, 1024)):
+            band = t[(t.n >= lo) & (t.n <= hi)]
+            if band.empty:
+                continue
+            op = 100 * np.median(band.operator_s / band.step_s - 1)
+            cal = 100 * np.median(band.step_calibrated_s / band.step_s - 1)
+            lines.append(f"  {run} tp{tp} batches {lo}-{hi} ({len(band)} s): run step median "
+                         f"{1e3 * band.step_s.median():.1f} ms; operator sum {op:+.1f} %"
+                         + (f"; step-calibrated {cal:+.1f} %" if np.isfinite(cal) else "; no step table"))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = Parser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=None, help="the shared data folder (default: ../shared/data)")
+    ap.add_argument("--out", default=str(OUT), help=f"folder for the tables (default {OUT})")
+
+    def work():
+        from s3sim.inputs import SHARED_DATA_DIR
+        from s3sim.writers import write_csv
+
+        a = ap.parse_args(argv)
+        fits, rows, ticks = check(Path(a.data) if a.data else SHARED_DATA_DIR)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(fits.round(6), out / "steps.csv")
+        write_csv(rows.round(9), out / "steps_rows.csv")
+        write_csv(ticks.round(9), out / "run_decode_steps.csv")
+        print(summary(fits, ticks))
+        print(f"tables: {out}/steps.csv, steps_rows.csv, run_decode_steps.csv")
+
+    return exit_code("step_check", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
