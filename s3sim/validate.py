@@ -72,23 +72,26 @@ from s3sim.workload.text import json_lines
 PROG = "s3sim-validate"
 META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
 REQUEST_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
-OPTIONAL_FIELDS = ("request_id", "arrival_time")  # read when every row has them, for the consistency checks
+# read when every row has them: the consistency checks, and TTFT's split at `scheduled_ts` (first scheduled)
+OPTIONAL_FIELDS = ("request_id", "arrival_time", "scheduled_ts")
 OUTPUTS = ("validation.csv", "peer.csv", "timeline.png", "timeline_data.csv")  # what a run writes into --out
 TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
 COLUMNS = ("metric", "real", "simulated", "error_pct")
 STATS = (("mean", None), ("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))
 LATENCIES = ("ttft", "tpot", "e2e_latency")
+SPLIT = ("queue", "prefill")  # TTFT = queue (queued -> first scheduled) + prefill (first scheduled -> first token)
 METRICS = tuple(f"{lat}_{s}" for lat in LATENCIES for s, _ in STATS) + ("request_throughput", "output_throughput")
 
 
 def metric_name(metric: str) -> str:
     """The name a metric has in validation.csv and peer.csv: latencies carry their unit, ms."""
-    return f"{metric}_ms" if metric.startswith(LATENCIES) else metric
+    return f"{metric}_ms" if metric.startswith(LATENCIES + SPLIT) else metric
 
 
 # Device names (torch's, as in meta.json's hardware block or a profile's meta.yaml) -> GPU presets.
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
+VLLM_ASYNC_SCHEDULING = True  # vLLM V1 schedules a step ahead by default in recent versions (the runs' 0.19)
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 # What vLLM keeps back besides weights and KV cache (activations of a max_num_batched_tokens forward pass, the
 # sampler, CUDA graphs, the allocator's slack), calibrated on the RTX 4090 run (rtx4090-llama-3.1-8b), the one
@@ -169,6 +172,10 @@ def read_requests(path: Path) -> pd.DataFrame:
             raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
                               f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")
         checks.check_request_row(row, where)
+        if "scheduled_ts" in row and (not _is_number(row["scheduled_ts"])
+                                      or not row["queued_ts"] <= row["scheduled_ts"] <= row["first_token_ts"]):
+            raise ConfigError(f"{where}: field 'scheduled_ts' must be a number within queued_ts..first_token_ts "
+                              f"({row['queued_ts']}..{row['first_token_ts']}), got {row['scheduled_ts']!r}")
         if "arrival_time" in row and not _is_number(row["arrival_time"]):
             raise ConfigError(f"{where}: field 'arrival_time' must be a number (epoch seconds), got "
                               f"{row['arrival_time']!r}")
@@ -253,9 +260,20 @@ def simulated_metrics(records: pd.DataFrame) -> dict:
                    len(records), int(records.output_len.sum()), span)
 
 
+def split_metrics(queued, scheduled, first_token) -> dict:
+    """TTFT's two parts in ms (`SPLIT`): waiting to be scheduled, and from the first scheduling to the first token
+    (the prompt's chunks, and any wait for a slot between them)."""
+    out = {}
+    for name, values in zip(SPLIT, (np.asarray(scheduled) - queued, np.asarray(first_token) - scheduled)):
+        v = np.asarray(values, dtype=float) * 1e3
+        for stat, p in STATS:
+            out[f"{name}_{stat}"] = float(v.mean()) if p is None else float(np.percentile(v, p))
+    return out
+
+
 def comparison(real: dict, sim: dict) -> pd.DataFrame:
     rows = []
-    for m in METRICS:
+    for m in METRICS + tuple(f"{n}_{s}" for n in SPLIT for s, _ in STATS if f"{n}_{s}" in real):
         r, s = real[m], sim[m]
         rows.append((metric_name(m), r, s, 100.0 * (s - r) / r if r else float("nan")))
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -308,6 +326,8 @@ class Engine:
     device_name: str | None
     device_memory: int | None
     kv_cache_memory: int | None = None  # kv_cache.kv_cache_memory_bytes: the KV cache's memory when set
+    async_scheduling: bool = True  # resolved_config.scheduler_config.async_scheduling, else vLLM V1's default
+    async_recorded: bool = False
 
     @property
     def kv_capacity_source(self) -> str:
@@ -353,8 +373,13 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
     kv_mem = kv.get("kv_cache_memory_bytes")
     kv_mem = None if kv_mem is None else _positive_int(kv_mem, f"{where}: kv_cache.kv_cache_memory_bytes")
+    sched = ((meta.get("resolved_config") or {}).get("scheduler_config") or {})
+    asynchronous = sched.get("async_scheduling", ek.get("async_scheduling"))
+    if asynchronous is not None and not isinstance(asynchronous, bool):
+        raise ConfigError(f"{where}: async_scheduling must be true or false, got {asynchronous!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
-                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem)
+                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem,
+                  VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None)
 
 
 def resolve_model(name: str | None, engine: Engine):
@@ -590,7 +615,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
              echo=print, fit_from: str | None = None, all_reduce: str = "auto",
-             step_calibration: str = "none") -> pd.DataFrame:
+             step_calibration: str = "none", async_scheduling: str = "auto") -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
     `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
     `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
@@ -651,6 +676,14 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     echo(f"prefix caching: {'on' if engine.prefix_caching else 'off'}, {how}"
          + ("; modelled for preempted requests' own blocks (prompts are not shared between requests here)"
             if engine.prefix_caching else ""))
+    asynchronous = {"auto": engine.async_scheduling, "on": True, "off": False}.get(async_scheduling)
+    if asynchronous is None:
+        raise ConfigError(f"--async-scheduling must be auto, on or off, got {async_scheduling!r}")
+    how = ("--async-scheduling" if async_scheduling != "auto" else "as recorded" if engine.async_recorded
+           else "vLLM V1's default (the run does not record it)")
+    echo(f"asynchronous scheduling: {'on' if asynchronous else 'off'}, {how}"
+         + ("; an arrival joins the step after next, its scheduled_ts is its step's scheduling" if asynchronous
+            else ""))
     echo(f"latency: {lat_how}")
     if borrowed is not None and borrowed.name != gpu_spec.name:
         echo(f"note: cross-GPU pricing: the run's {gpu_spec.name} datasheet with {borrowed.name}'s fitted "
@@ -664,11 +697,17 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     sched = build_scheduler({"max_seq_len": max_seq_len, "policy": policy}, capacity, req.output_toks.to_numpy())
     clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
-    result = simulate(requests, sched, latency)
+    result = simulate(requests, sched, latency, async_scheduling=asynchronous)
     wall = time.perf_counter() - t0
 
     records = request_records(result.requests)
-    table = comparison(real_metrics(req), simulated_metrics(records))
+    real, sim = real_metrics(req), simulated_metrics(records)
+    if "scheduled_ts" in req.columns:  # the run says when each request was first scheduled: TTFT's split
+        real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
+        sim.update(split_metrics(records.arrival, records.admitted, records.first_token))
+    else:
+        echo("note: requests.jsonl records no scheduled_ts: TTFT is not split into queueing and prefill")
+    table = comparison(real, sim)
     table["kv_capacity_source"] = engine.kv_capacity_source
     frame = result.log.frame()
     data = timeline(run.timeseries, frame, capacity, float(records.last_token.max()))
@@ -743,11 +782,15 @@ def main(argv=None) -> int:
     p.add_argument("--step-calibration", default="none", metavar="HOW", help="price each iteration as a whole "
                    "step fitted to a step table (s3sim.latency.steps): none (default), own (the profile's "
                    "tp<N>/step.csv), or a step.csv path")
+    p.add_argument("--async-scheduling", default="auto", choices=("auto", "on", "off"), help="schedule each step "
+                   "while the one before runs, as vLLM V1 does: auto (as meta.json records it, else on, vLLM's "
+                   "default), on, off")
 
     def replay():
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
         validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from,
-                 all_reduce=args.all_reduce, step_calibration=args.step_calibration)
+                 all_reduce=args.all_reduce, step_calibration=args.step_calibration,
+                 async_scheduling=args.async_scheduling)
 
     return exit_code(PROG, replay)
 

@@ -1,4 +1,4 @@
-"""Both shared vLLM runs replayed with their own operator profiles, against the README's targets: every mean
+"""The shared vLLM runs replayed with their own operator profiles, against the README's targets: every mean
 and median within 5 %, every p99 within 10 % (the RTX 4090 run meets all; the RTX PRO 6000 run all but its
 TTFT mean and median, as the README says), with the preemptions and prefix-cache hits the replay reports.
 Counts are compared within 1 %: they come from float timelines, which another CPU may round differently."""
@@ -34,14 +34,25 @@ P99S = [f"{m}_p99_ms" for m in LATENCY]
 def test_the_rtx_4090_replay_meets_every_target(tmp_path):
     errors, (preemptions, cached) = replay("rtx4090-llama-3.1-8b", tmp_path)
     assert within(errors, MEANS_MEDIANS, MEAN_MEDIAN) == {} and within(errors, P99S, P99) == {}
-    assert preemptions == pytest.approx(187, rel=0.01) and cached == pytest.approx(72_288, rel=0.01)
+    assert preemptions == pytest.approx(181, rel=0.01) and cached == pytest.approx(67_104, rel=0.01)
+    # with asynchronous scheduling (the run records it) TTFT's prefill part is within 7 % on average too
+    assert abs(errors["prefill_mean_ms"]) <= 7.0
 
 
 def test_the_rtx_pro_6000_replay_meets_them_but_for_ttft_as_the_readme_says(tmp_path):
     errors, (preemptions, cached) = replay("rtxpro6000-llama-3.1-8b", tmp_path)
     assert within(errors, [m for m in MEANS_MEDIANS if not m.startswith("ttft")], MEAN_MEDIAN) == {}
     assert within(errors, P99S, P99) == {}
-    # the README's misses: TTFT mean -8.6 %, median -13.9 %
-    assert errors["ttft_mean_ms"] == pytest.approx(-8.6, abs=0.1)
+    # the README's misses: TTFT mean -8.2 %, median -13.9 %
+    assert errors["ttft_mean_ms"] == pytest.approx(-8.2, abs=0.1)
     assert errors["ttft_p50_ms"] == pytest.approx(-13.9, abs=0.1)
     assert preemptions == 0 and cached == 0  # max_num_seqs=128 binds before memory does
+
+
+def test_the_qwen3_32b_tensor_parallel_replay_misses_as_the_readme_says(tmp_path):
+    """Two GPUs over PCIe, all-reduces from the pair's measured table: about a fifth too fast everywhere."""
+    errors, (preemptions, cached) = replay("rtxpro6000-qwen3-32b", tmp_path)
+    assert errors["ttft_mean_ms"] == pytest.approx(-27.2, abs=0.1)
+    assert errors["tpot_mean_ms"] == pytest.approx(-17.9, abs=0.1)
+    assert errors["request_throughput"] == pytest.approx(20.2, abs=0.1)
+    assert preemptions == 0 and cached == 0

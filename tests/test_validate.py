@@ -18,8 +18,9 @@ pytestmark = pytest.mark.skipif(not (R4090 / "run").is_dir() or not (R6000 / "ru
                                 reason=f"the shared vLLM runs are not at {RUNS} (see ../shared/data/MANIFEST.md)")
 
 N = 40  # requests kept: the first ones of the run
-METRICS = [f"{lat}_{s}_ms" for lat in ("ttft", "tpot", "e2e_latency") for s in ("mean", "p50", "p90", "p95", "p99")] \
-    + ["request_throughput", "output_throughput"]
+STATS = ("mean", "p50", "p90", "p95", "p99")
+METRICS = [f"{lat}_{s}_ms" for lat in ("ttft", "tpot", "e2e_latency") for s in STATS] \
+    + ["request_throughput", "output_throughput"] + [f"{part}_{s}_ms" for part in ("queue", "prefill") for s in STATS]
 LLAMA31_WEIGHTS, LLAMA31_KV_PER_TOKEN = 8_030_261_248 * 2, 2 * 32 * 8 * 128 * 2
 
 
@@ -50,10 +51,11 @@ def edit_meta(run: Path, change) -> None:
 def real_metrics(path: Path) -> dict:
     """The run's metrics from requests.jsonl, by the definitions the peer's vLLM column reproduces (ms)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    q, f, last, out = (np.array([r[k] for r in rows], dtype=float)
-                       for k in ("queued_ts", "first_token_ts", "last_token_ts", "output_toks"))
+    q, f, last, out, sched = (np.array([r[k] for r in rows], dtype=float)
+                              for k in ("queued_ts", "first_token_ts", "last_token_ts", "output_toks", "scheduled_ts"))
     many = out > 1
-    values = {"ttft": (f - q) * 1e3, "tpot": (last - f)[many] / (out[many] - 1) * 1e3, "e2e_latency": (last - q) * 1e3}
+    values = {"ttft": (f - q) * 1e3, "tpot": (last - f)[many] / (out[many] - 1) * 1e3, "e2e_latency": (last - q) * 1e3,
+              "queue": (sched - q) * 1e3, "prefill": (f - sched) * 1e3}
     m = {}
     for name, v in values.items():
         m[f"{name}_mean_ms"] = v.mean()
@@ -61,7 +63,7 @@ def real_metrics(path: Path) -> dict:
             m[f"{name}_p{p}_ms"] = np.percentile(v, p)
     span = last.max() - q.min()
     m["request_throughput"], m["output_throughput"] = len(rows) / span, out.sum() / span
-    return m
+    return {k: m[k] for k in METRICS}
 
 
 def run_ok(capsys, *args):
@@ -196,6 +198,10 @@ def _tp2(meta):
     (None, ["--profile", "nowhere"], ["--profile", "nowhere"]),
     (None, ["--fit-from", "a100-80gb-sxm"], ["--fit-from", "--profile none"]),
     (None, ["--profile", "none", "--fit-from", "h900"], ["unknown gpu 'h900'"]),
+    (_set("scheduled_ts", 4, 0.0), [], ["line 4", "'scheduled_ts'", "within queued_ts..first_token_ts"]),
+    (lambda run: edit_meta(run, lambda m: m["resolved_config"]["scheduler_config"].update(async_scheduling="yes")),
+     [], ["async_scheduling must be true or false"]),
+    (None, ["--async-scheduling", "maybe"], ["--async-scheduling", "invalid choice"]),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, change, args, words):
     run = trim(R4090, tmp_path / "rtx4090")
@@ -259,3 +265,14 @@ def test_step_calibration_prices_whole_steps_only_when_asked(tmp_path, capsys):
     rc = main([str(run), "--out", str(tmp_path / "x"), "--profile", "none", "--step-calibration", "own"])
     err = capsys.readouterr().err
     assert rc == 2 and "needs a profile" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_without_scheduled_ts_is_not_split_and_says_so(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    rows = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
+    (run / "requests.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scheduled_ts"}) + "\n"
+                                                for r in rows))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--async-scheduling", "off")
+    assert "records no scheduled_ts" in stdout and "asynchronous scheduling: off, --async-scheduling" in stdout
+    table = pd.read_csv(tmp_path / "out" / "validation.csv")
+    assert list(table.metric) == METRICS[:17]

@@ -8,6 +8,13 @@
         outcome = scheduler.advance(out, step.k, step.end)
         backend.settle(out, outcome)             free or swap the KV of what finished or was preempted
 
+With `async_scheduling` (vLLM V1's, on by default in its recent versions) step N+1 is scheduled while step N
+runs: a request that arrives during step N is first seen when N+2 is scheduled (an engine that was idle
+schedules it at once), and its admission is recorded when its step was scheduled, at the start of the step
+before (vLLM's `scheduled_ts`). A request that stops at its length limit frees its slot on time, as vLLM knows
+it will stop; stops the engine cannot foresee (end of sequence) are not delayed here, which replays of
+recorded runs (fixed output lengths) do not need.
+
 The loop is a generator that yields whatever its backend's `wait` and `idle` return and expects the
 answer sent back: the simulator's are SimPy events (so the loop is a SimPy process as it stands), the
 executor's are plain values it has already waited for (`drive` runs such a loop). Nothing here imports
@@ -102,12 +109,13 @@ class Inbox:
         return not self.queued and (self.source is None or not self.source.pending)
 
 
-def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog):
+def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog, async_scheduling: bool = False):
     """Serve until every delivered request has finished; returns (end time, engine steps). A generator: see
     the module's docstring."""
     t, steps = 0.0, 0
+    seen = 0.0  # asynchronous scheduling: what arrived by then is what the scheduler of the next step has seen
     while True:
-        arrived = inbox.due(t)
+        arrived = inbox.due(seen if async_scheduling else t)
         if arrived:
             sched.add(arrived)
         if inbox.exhausted and sched.is_idle():
@@ -116,13 +124,18 @@ def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog):
         if out.is_empty:
             if inbox.exhausted:
                 raise stalled(sched, len(inbox.received) - len(sched.finished), t)
-            t = yield backend.idle(t)
+            t = seen = yield backend.idle(t)
             continue
+        if async_scheduling and seen < t:  # scheduled while the step before ran
+            for r in out.prefill:
+                if r.admitted == t:
+                    r.admitted = seen
         step = yield backend.wait(backend.execute(out, t))
         log.record(t, out, step, sched)
         outcome = sched.advance(out, step.k, step.end)
         backend.settle(out, outcome)
         steps += 1
+        seen = t if step.k == 1 or step.ends is None else float(step.ends[step.k - 2])  # the start of the last iteration run
         t = step.end
     check_all_finished(inbox.received, sched, t)
     return t, steps

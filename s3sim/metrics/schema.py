@@ -284,6 +284,10 @@ VALIDATION = (
     Column("e2e_latency_{vstat}_ms", "ms", "last token - queued " + _VALID, row=True),
     Column("request_throughput", "req/s", "requests / (the run's last token - its first queued)", row=True),
     Column("output_throughput", "tok/s", "output tokens / (the run's last token - its first queued)", row=True),
+    Column("queue_{vstat}_ms", "ms", "TTFT's first part: first scheduled (the run's scheduled_ts; the replay's "
+           "first admission) - queued; only where every request records scheduled_ts", row=True),
+    Column("prefill_{vstat}_ms", "ms", "TTFT's second part: first token - first scheduled (the prompt's chunks "
+           "and any wait between them); as queue", row=True),
 )
 
 REPLICAS = (

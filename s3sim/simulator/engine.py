@@ -153,15 +153,16 @@ class SimBackend:
 
 
 def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyModel,
-             max_jump: int | None = None) -> RunResult:
-    """Run `requests` (sorted by arrival, ids 0..n-1 in that order) to completion on one engine."""
+             max_jump: int | None = None, async_scheduling: bool = False) -> RunResult:
+    """Run `requests` (sorted by arrival, ids 0..n-1 in that order) to completion on one engine
+    (`async_scheduling`: vLLM V1's, see `s3sim.core.serving`)."""
     env = simpy.Environment()
     backend = SimBackend(env, scheduler, latency, max_jump)
     source = ArrivalSource(requests, backend.deliver)
     backend.inbox.source = source
     log = IterationLog()
     env.process(arrival_process(env, source))
-    engine = env.process(serve(scheduler, backend, backend.inbox, log))
+    engine = env.process(serve(scheduler, backend, backend.inbox, log, async_scheduling))
     progress.run(env, progress.Progress(len(requests)), lambda: len(scheduler.finished))
     end, steps = engine.value
     return RunResult(requests, log, scheduler, end, steps, scheduler.pool.capacity * scheduler.pool.unit_tokens)
