@@ -640,7 +640,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if fit_from is not None and prof is not None:
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     from s3sim.hardware.gpus import get_gpu
-    borrowed = None if fit_from is None else get_gpu(fit_from)
+    borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
     spec = resolve_model(model, engine)
     check_model_agrees(spec, model, engine, prof or own)
     needs = ("the datasheet latency (no profile)" if prof is None else
@@ -653,6 +653,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
     capacity = blocks * engine.block_size
+    if fit_from == "others":  # leave the run's GPU out: what it would get had it never been profiled
+        from s3sim.hardware.gpus import leave_one_out_fit
+        borrowed = leave_one_out_fit(gpu_spec)
     latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
     if step_calibration != "none":
         latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
@@ -775,7 +778,8 @@ def main(argv=None) -> int:
                    "meta.json's model)")
     p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")
     p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
-                   "GPU preset (what a GPU never profiled gets), not the run GPU's own")
+                   "GPU preset (what a GPU never profiled gets), not the run GPU's own; 'others': the mean of every "
+                   "other GPU measured")
     p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (the "
                    "GPU preset's measured table, else a ring; default), measured, ring, link:<GB/s>:<us>, none, or "
                    "a measured CSV")

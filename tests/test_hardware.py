@@ -254,3 +254,20 @@ def test_mixtral_experts_are_gated_mlps():
            "vocab_size": 32000, "max_position_embeddings": 32768}
     m = ModelSpec.from_hf_dict(cfg, "mixtral-8x7b")
     assert round(m.n_params / 1e9, 1) == 46.7 and round(m.active_params / 1e9, 1) == 12.9
+
+
+def test_the_leave_one_out_fit_never_uses_the_gpu_it_prices():
+    """--fit-from others: the mean of every other measured GPU's fit, the priced GPU's own fit left out."""
+    from s3sim.hardware.gpus import GPU_PRESETS, leave_one_out_fit, measured_fits
+    dense, attention = measured_fits()
+    assert {g.name for g in dense} >= {"a100-80gb-sxm", "a40", "rtx-4090", "rtx-pro-6000"}
+    assert {g.name for g in attention} == {"rtx-4090", "rtx-pro-6000"}  # the A100/A40 profiles have no attention
+    for name in ("rtx-4090", "rtx-pro-6000"):
+        own = GPU_PRESETS[name]
+        loo = leave_one_out_fit(own)
+        others = [g for g in dense if g.name != name]
+        assert loo.compute_efficiency == pytest.approx(sum(g.compute_efficiency for g in others) / len(others))
+        other = next(g for g in attention if g.name != name)
+        assert loo.attention_decode_efficiency == other.attention_decode_efficiency
+        assert name not in loo.calibration.split("none of them")[0]
+        assert loo.mem_bandwidth == own.mem_bandwidth  # the datasheet stays the priced GPU's

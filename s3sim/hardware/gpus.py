@@ -103,6 +103,31 @@ CALIBRATION: dict[str, tuple[float, float, float, float, float, str]] = {
     name: (*(getattr(g, k) for k in _FITTED), g.calibration) for name, g in GPU_PRESETS.items()}
 
 
+def measured_fits(exclude: str = "") -> tuple[list[GpuSpec], list[GpuSpec]]:
+    """The presets whose efficiencies `make calibrate` fitted to operators measured on that GPU (not borrowed),
+    other than `exclude`: (dense fits, attention fits); a preset fitted to a vLLM run's profile has its own
+    attention fit (the A100 and A40 profiles have no attention)."""
+    dense = [g for g in GPU_PRESETS.values() if g.calibration.startswith("fitted by make calibrate")
+             and g.name != exclude]
+    return dense, [g for g in dense if "vllm_runs/" in g.calibration]
+
+
+def leave_one_out_fit(gpu: GpuSpec) -> GpuSpec:
+    """`gpu` with the efficiencies of the other measured GPUs (their mean): what the datasheet model would price
+    it with had it never been profiled (`s3sim-validate --fit-from others`)."""
+    from dataclasses import replace
+
+    dense, attention = measured_fits(exclude=gpu.name)
+    if not dense or not attention:
+        raise ConfigError(f"no GPU other than {gpu.name} has measured efficiencies to borrow")
+    mean = lambda gs, k: sum(getattr(g, k) for g in gs) / len(gs)  # noqa: E731
+    how = (f"the mean of the other measured GPUs' fits (dense: {', '.join(g.name for g in dense)}; attention: "
+           f"{', '.join(g.name for g in attention)}), none of them {gpu.name}")
+    return replace(gpu, name=f"others than {gpu.name}", calibration=how,
+                   **{k: mean(dense, k) for k in ("compute_efficiency", "memory_efficiency", "launch_s")},
+                   **{k: mean(attention, k) for k in ("attention_prefill_efficiency", "attention_decode_efficiency")})
+
+
 def preset_of_device(device) -> str | None:
     """The preset a recorded device name stands for, or None (a CPU, a GPU without a preset)."""
     return DEVICE_NAMES.get(str(device).strip().lower()) if device else None
