@@ -16,6 +16,10 @@ all four dimensions at once, because a mixed batch is measurably slower than its
 timed apart (by about a quarter on the RTX 4090 profile). A batch with several prefill chunks is priced as
 its largest chunk together with the decodes, plus each other chunk alone less one kernel's fixed cost (the
 profile measures one chunk per batch). Decodes are priced at their mean context.
+
+A mixture-of-experts model's MLP is its fused expert layer, from the profile's `moe.csv` (`s3sim.latency.experts`:
+by tokens and the experts they activate) in place of `gate_up_proj`, `act_fn` and `down_proj`. Operators a
+profile measures that are not priced here are refused, never dropped; `qk_norm` (Qwen3) is priced once a layer.
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ from s3sim.latency.provenance import check_profile
 
 PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
              "down_proj": 1}
+# per-layer operators only some architectures have: priced where the profile measured them (Qwen3's norms of
+# the queries and keys, timed together)
+OPTIONAL_PER_LAYER = {"qk_norm": 1}
 ONCE = {"embedding": 1, "final_layernorm": 1}
 PER_SEQUENCE = ("lm_head", "sampler")
 ATTENTION_COLUMNS = ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us")
@@ -297,10 +304,24 @@ class OperatorLatency(LatencyModel):
         dense_t = _read(folder / "dense.csv", ("layer", "tokens", "time_us"))
         seq_t = _read(folder / "per_sequence.csv", ("layer", "sequences", "time_us"))
         att_t = _read(folder / "attention.csv", ATTENTION_COLUMNS)
-        layer = {op: _curve(dense_t, op, "tokens", folder / "dense.csv") for op in (*PER_LAYER, *ONCE)}
+        mlp = ("gate_up_proj", "act_fn", "down_proj")
+        experts = None
+        if model.n_experts:  # the MLP is the fused expert layer, measured apart (moe.csv)
+            from s3sim.latency.experts import ExpertTable
+            experts = ExpertTable.from_csv(folder / "moe.csv", model.n_experts, model.experts_per_token)
+        required = {op: n for op, n in PER_LAYER.items() if experts is None or op not in mlp}
+        known = {*required, *OPTIONAL_PER_LAYER, *ONCE}
+        unknown = sorted(set(dense_t.layer) - known)
+        if unknown:
+            raise ConfigError(f"operator profile {str(folder / 'dense.csv')!r}: operator {unknown[0]!r} is not one the "
+                              f"model prices ({', '.join(sorted(known))}): it would be left out of every step")
+        per_layer = {**required, **{op: n for op, n in OPTIONAL_PER_LAYER.items() if (dense_t.layer == op).any()}}
+        layer = {op: _curve(dense_t, op, "tokens", folder / "dense.csv") for op in (*per_layer, *ONCE)}
         x = np.unique(dense_t.tokens.to_numpy(np.float64))
-        total = sum(PER_LAYER[op] * model.n_layers * layer[op](x) for op in PER_LAYER)
+        total = sum(per_layer[op] * model.n_layers * layer[op](x) for op in per_layer)
         total = total + sum(ONCE[op] * layer[op](x) for op in ONCE)
+        if experts is not None:  # every decoder layer's experts (Qwen3-MoE: decoder_sparse_step 1)
+            total = total + model.n_layers * np.array([experts.seconds(float(v)) for v in x])
         if tp > 1:  # after attention and after the MLP, of every token's activations
             total = total + 2 * model.n_layers * all_reduce.time_s(tp, x * model.hidden_size * model.dtype_bytes)
         per_seq = [_curve(seq_t, op, "sequences", folder / "per_sequence.csv") for op in PER_SEQUENCE]
