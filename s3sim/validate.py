@@ -328,6 +328,8 @@ class Engine:
     kv_cache_memory: int | None = None  # kv_cache.kv_cache_memory_bytes: the KV cache's memory when set
     async_scheduling: bool = True  # resolved_config.scheduler_config.async_scheduling, else vLLM V1's default
     async_recorded: bool = False
+    dp: int = 1  # data_parallel_size: ranks of one MoE model stepping together (`s3sim.core.data_parallel`)
+    expert_parallel: bool = False  # enable_expert_parallel: the experts split across the data-parallel ranks
 
     @property
     def kv_capacity_source(self) -> str:
@@ -338,12 +340,11 @@ class Engine:
 def engine_settings(meta: dict, where: str) -> Engine:
     """The engine settings, refusing the ones the simulator does not model (one line naming them)."""
     ek, kv, hw = meta["engine_kwargs"], meta.get("kv_cache") or {}, meta.get("hardware") or {}
-    dp = ek.get("data_parallel_size", 1)
-    if dp not in (None, 1):
-        raise ConfigError(f"{where}: engine_kwargs.data_parallel_size={dp!r}: data parallelism is not modelled "
-                          "(one engine only)")
-    if ek.get("enable_expert_parallel"):
-        raise ConfigError(f"{where}: engine_kwargs.enable_expert_parallel=true: expert parallelism is not modelled")
+    dp = ek.get("data_parallel_size")
+    dp = 1 if dp is None else _positive_int(dp, f"{where}: engine_kwargs.data_parallel_size")
+    ep = ek.get("enable_expert_parallel") or False
+    if not isinstance(ep, bool):
+        raise ConfigError(f"{where}: engine_kwargs.enable_expert_parallel must be true or false, got {ep!r}")
     dtype = str(ek.get("dtype") or "auto").lower().removeprefix("torch.")
     if dtype not in ("auto", "bfloat16", "float16", "half", "bf16", "fp16"):
         raise ConfigError(f"{where}: engine_kwargs.dtype={dtype!r} is not modelled (16-bit weights only)")
@@ -352,6 +353,12 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: engine_kwargs.kv_cache_dtype={kv_dtype!r} is not modelled (16-bit KV only)")
     tp = ek.get("tensor_parallel_size")
     tp = 1 if tp is None else _positive_int(tp, f"{where}: engine_kwargs.tensor_parallel_size")
+    if dp > 1 and tp > 1:
+        raise ConfigError(f"{where}: data_parallel_size={dp} with tensor_parallel_size={tp} is not modelled "
+                          "(data-parallel ranks of one GPU each only)")
+    if ep and dp == 1:
+        raise ConfigError(f"{where}: enable_expert_parallel=true with data_parallel_size=1: experts split over "
+                          "tensor-parallel ranks are not modelled (only over data-parallel ranks)")
     seqs = _positive_int(ek.get("max_num_seqs"), f"{where}: engine_kwargs.max_num_seqs")
     budget = _positive_int(ek.get("max_num_batched_tokens"), f"{where}: engine_kwargs.max_num_batched_tokens")
     if budget < seqs:  # vLLM's own rule: every running sequence's decode fits in one step's budget
@@ -379,7 +386,7 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: async_scheduling must be true or false, got {asynchronous!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
                   caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem,
-                  VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None)
+                  VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep)
 
 
 def resolve_model(name: str | None, engine: Engine):
@@ -464,11 +471,18 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
                       f"preset: give --gpu (one of {', '.join(sorted(GPU_PRESETS))})")
 
 
+def weights_per_gpu(engine: Engine, model) -> int:
+    """Weight bytes one GPU holds: 1/tp of the model; under expert parallelism every shared weight and
+    1/dp of the experts."""
+    if engine.expert_parallel:
+        return (model.n_params - model.expert_params + model.expert_params // engine.dp) * model.dtype_bytes
+    return model.weight_bytes // engine.tp
+
+
 def derived_kv_blocks(engine: Engine, model, device_memory: int) -> int:
-    """KV blocks by vLLM's memory accounting (see the module's docstring), per GPU of `engine.tp`."""
-    tp = engine.tp
+    """KV blocks by vLLM's memory accounting (see the module's docstring), per GPU of `engine.tp` (per rank)."""
     per_token = kv_bytes_per_token(engine, model)
-    free = int(engine.gpu_memory_utilization * device_memory) - model.weight_bytes // tp - NON_KV_RESERVE_BYTES
+    free = int(engine.gpu_memory_utilization * device_memory) - weights_per_gpu(engine, model) - NON_KV_RESERVE_BYTES
     return max(0, free // (engine.block_size * per_token))
 
 
@@ -490,7 +504,7 @@ def check_kv_memory(engine: Engine, model, gpu, where: str) -> None:
     if mem is None and engine.kv_cache_memory is None:
         return
     checks.check_kv_memory(engine.num_gpu_blocks, engine.block_size, kv_bytes_per_token(engine, model),
-                           model.weight_bytes // engine.tp, model.name, engine.gpu_memory_utilization, mem, how,
+                           weights_per_gpu(engine, model), model.name, engine.gpu_memory_utilization, mem, how,
                            engine.kv_cache_memory, where)
 
 
@@ -505,9 +519,9 @@ def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
     blocks = derived_kv_blocks(engine, model, mem)
     if blocks < 1:
         raise ConfigError(f"model '{model.name}' leaves no KV cache in {engine.gpu_memory_utilization} x {mem:,} bytes "
-                          f"after weights {model.weight_bytes:,} and the {RESERVE_NOTE}")
+                          f"after weights {weights_per_gpu(engine, model):,} per GPU and the {RESERVE_NOTE}")
     how = (f"derived from vLLM's memory accounting: {engine.gpu_memory_utilization} x {mem:,} bytes ({mem_how}) - "
-           f"weights {model.weight_bytes:,} - {RESERVE_NOTE}")
+           f"weights {weights_per_gpu(engine, model):,}{' per GPU' if engine.dp > 1 else ''} - {RESERVE_NOTE}")
     return blocks, how
 
 
@@ -535,6 +549,25 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
     how = f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source})" if ring else ")")
     return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
+
+
+def data_parallel_latency(latency, engine: Engine, model, gpu):
+    """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
+    from s3sim.hardware.network import all_gather_model
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.latency.operators import OperatorLatency
+    if not model.n_experts:
+        raise ConfigError(f"data_parallel_size={engine.dp} of a dense model ({model.name}): its ranks would be "
+                          "independent engines, which s3sim-validate does not replay (simulate them as replicas "
+                          "behind a router: s3sim cluster.replicas=N)")
+    if not isinstance(latency, OperatorLatency):
+        raise ConfigError("data-parallel MoE ranks are priced from an operator profile with a moe.csv "
+                          "(not --profile none or --step-calibration)")
+    gather = all_gather_model(gpu, engine.dp) if engine.expert_parallel else None
+    how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token)"
+           + (f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})"
+              if engine.expert_parallel else "; every rank holds every expert"))
+    return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how), how
 
 
 def calibrate_steps(latency, how: str, profile: Path | None, tp: int):
@@ -660,6 +693,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if step_calibration != "none":
         latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
         lat_how += f"; {step_how}"
+    if engine.dp > 1:
+        latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec)
+        lat_how += f"; {dp_how}"
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
@@ -673,8 +709,11 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
                           f"{req.output_toks[k]} tokens do not fit in the KV cache of {capacity:,} tokens")
 
     echo(f"run: {run.dir} ({len(req)} requests); model {spec.name}"
-         + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}")
-    echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}")
+         + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}"
+         + (f"; data parallel {engine.dp}" + (" with expert parallelism" if engine.expert_parallel else "")
+            if engine.dp > 1 else ""))
+    echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}"
+         + (f"; on each of the {engine.dp} ranks" if engine.dp > 1 else ""))
     how = "as recorded" if engine.prefix_caching_recorded else "vLLM V1's default (the run does not record it)"
     echo(f"prefix caching: {'on' if engine.prefix_caching else 'off'}, {how}"
          + ("; modelled for preempted requests' own blocks (prompts are not shared between requests here)"
@@ -697,7 +736,15 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     max_seq_len = int(req.output_toks.max())  # bounds outputs only: vllm reserves nothing by it
     policy = {"name": "vllm", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs,
               "max_num_batched_tokens": engine.max_num_batched_tokens, "prefix_caching": engine.prefix_caching}
-    sched = build_scheduler({"max_seq_len": max_seq_len, "policy": policy}, capacity, req.output_toks.to_numpy())
+    conf = {"max_seq_len": max_seq_len, "policy": policy}
+    if engine.dp > 1:  # one scheduler per rank behind vLLM's load balancer, stepping together
+        from s3sim.core.data_parallel import DataParallelScheduler
+        sched = DataParallelScheduler([build_scheduler(conf, capacity, req.output_toks.to_numpy())
+                                       for _ in range(engine.dp)])
+        echo(f"data parallel: {engine.dp} ranks, each with its own KV cache, max_num_seqs and token budget; a request "
+             "goes to the rank with the lowest 4 x waiting + running; the ranks step together")
+    else:
+        sched = build_scheduler(conf, capacity, req.output_toks.to_numpy())
     clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
     result = simulate(requests, sched, latency, async_scheduling=asynchronous)
@@ -713,7 +760,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     table = comparison(real, sim)
     table["kv_capacity_source"] = engine.kv_capacity_source
     frame = result.log.frame()
-    data = timeline(run.timeseries, frame, capacity, float(records.last_token.max()))
+    data = timeline(run.timeseries, frame, capacity * engine.dp, float(records.last_token.max()))
 
     echo(format_table(table))
     counts = sched.counters()

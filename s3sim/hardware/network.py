@@ -79,24 +79,29 @@ class MeasuredAllReduce:
             self.curves[int(workers)] = (rows["size"].to_numpy(np.float64), rows.ms.to_numpy(np.float64) * 1e-3)
 
     @classmethod
-    def from_csv(cls, path) -> "MeasuredAllReduce":
-        """Either format of the shared tables: `collective, num_gpus, bytes, time_us` (the RTX PRO 6000 pair), or
-        Vidur's (`num_workers, size, devices_per_node, time_stats.all_reduce.median` in ms)."""
+    def from_csv(cls, path, collective: str = "all_reduce") -> "MeasuredAllReduce":
+        """Either format of the shared tables: `collective, num_gpus, bytes, time_us` (the RTX PRO 6000 pair: its
+        `all_reduce` or `all_gather` rows), or Vidur's (`num_workers, size, devices_per_node,
+        time_stats.all_reduce.median` in ms)."""
         p = Path(path)
+        what = collective.replace("_", "-")
         if not p.is_file():
-            raise ConfigError(f"all-reduce profile: no file {str(p)!r}")
-        t = read_csv(p, f"all-reduce profile {str(p)!r}: not a CSV")
+            raise ConfigError(f"{what} profile: no file {str(p)!r}")
+        t = read_csv(p, f"{what} profile {str(p)!r}: not a CSV")
         if {"collective", "num_gpus", "bytes", "time_us"} <= set(t.columns):
-            t = t[t.collective == "all_reduce"]
+            t = t[t.collective == collective]
             if t.empty or t[["num_gpus", "bytes", "time_us"]].isna().any().any():
-                raise ConfigError(f"all-reduce profile {str(p)!r}: needs all_reduce rows with num_gpus, bytes and time_us")
+                raise ConfigError(f"{what} profile {str(p)!r}: needs {collective} rows with num_gpus, bytes and "
+                                  f"time_us")
             t = t.rename(columns={"num_gpus": "num_workers", "bytes": "size"}).assign(ms=t.time_us * 1e-3)
         else:
+            if collective != "all_reduce":
+                raise ConfigError(f"{what} profile {str(p)!r}: a table of this format holds all-reduces only")
             t = read_collective(p, "all_reduce", "all-reduce")
             t = t[t.devices_per_node == t.num_workers]  # within one node
         t = t.groupby(["num_workers", "size"], as_index=False).ms.median()
         if (t.groupby("num_workers").size() < 2).any():
-            raise ConfigError(f"all-reduce profile {str(p)!r}: needs two message sizes at least per GPU count")
+            raise ConfigError(f"{what} profile {str(p)!r}: needs two message sizes at least per GPU count")
         return cls(t, str(p))
 
     def time_s(self, workers: int, nbytes):
@@ -179,6 +184,38 @@ def measured_table(gpu: GpuSpec) -> Path | None:
         return None
     path = SHARED_DATA_DIR / gpu.measured_all_reduce
     return path if path.is_file() else None
+
+
+class RingAllGather:
+    """An all-gather as a ring over the GPUs' link: (g - 1) / g of the gathered bytes cross each link, plus a
+    latency per hop."""
+
+    def __init__(self, link_bandwidth: float, hop_latency_s: float = 5e-6, source: str = ""):
+        self.bandwidth, self.hop_latency, self.source = float(link_bandwidth), float(hop_latency_s), source
+
+    def time_s(self, workers: int, nbytes):
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        if workers <= 1:
+            return np.zeros_like(nbytes)
+        return (workers - 1) * self.hop_latency + (workers - 1) / workers * nbytes / self.bandwidth
+
+
+def all_gather_model(gpu: GpuSpec, workers: int):
+    """The all-gather of `workers` GPUs: the GPU preset's measured table where it has that collective for that
+    many GPUs, else a ring over the preset's link (its source says it is a fallback)."""
+    table = measured_table(gpu)
+    if table is not None:
+        try:
+            model = MeasuredAllReduce.from_csv(table, "all_gather")
+        except ConfigError:
+            model = None
+        if model is not None and workers in model.curves:
+            model.source = f"all-gather measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
+            return model
+    if not gpu.interconnect_bandwidth:
+        raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price an all-gather with")
+    return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect "
+                                                            f"(no measured all-gather of {workers} GPUs: a fallback)")
 
 
 def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):

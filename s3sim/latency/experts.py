@@ -74,7 +74,19 @@ class ExpertTable:
         """One MoE layer's time for a batch of `tokens` tokens (0 for none)."""
         if tokens <= 0:
             return 0.0
-        experts = float(expected_experts(tokens, self.n_experts, self.per_token))
+        return self.at(tokens, float(expected_experts(tokens, self.n_experts, self.per_token)))
+
+    def seconds_expert_parallel(self, tokens: float, ranks: int) -> float:
+        """One rank's MoE layer under expert parallelism over `ranks` GPUs, for `tokens` tokens over all ranks:
+        it holds 1/ranks of the experts, so it computes about 1/ranks of the token-expert pairs (priced as that
+        share of the tokens) with the distinct experts of its own that the whole batch activates."""
+        if tokens <= 0:
+            return 0.0
+        local = float(expected_experts(tokens, self.n_experts, self.per_token)) / ranks
+        return self.at(tokens / ranks, local)
+
+    def at(self, tokens: float, experts: float) -> float:
+        """The table at `tokens` tokens and `experts` activated experts."""
         xs = self.tokens
         if len(xs) == 1:
             return self.row_at(0, experts)

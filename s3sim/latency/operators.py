@@ -320,14 +320,17 @@ class OperatorLatency(LatencyModel):
         x = np.unique(dense_t.tokens.to_numpy(np.float64))
         total = sum(per_layer[op] * model.n_layers * layer[op](x) for op in per_layer)
         total = total + sum(ONCE[op] * layer[op](x) for op in ONCE)
-        if experts is not None:  # every decoder layer's experts (Qwen3-MoE: decoder_sparse_step 1)
-            total = total + model.n_layers * np.array([experts.seconds(float(v)) for v in x])
         if tp > 1:  # after attention and after the MLP, of every token's activations
             total = total + 2 * model.n_layers * all_reduce.time_s(tp, x * model.hidden_size * model.dtype_bytes)
+        base = Curve(x, total)  # everything but the experts (a data-parallel group prices those across ranks)
+        if experts is not None:  # every decoder layer's experts (Qwen3-MoE: decoder_sparse_step 1)
+            total = total + model.n_layers * np.array([experts.seconds(float(v)) for v in x])
         per_seq = [_curve(seq_t, op, "sequences", folder / "per_sequence.csv") for op in PER_SEQUENCE]
         s = np.unique(seq_t.sequences.to_numpy(np.float64))
-        return cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
-                   Curve(s, per_seq[0](s) + per_seq[1](s)), overhead_s, source=str(folder))
+        lat = cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
+                  Curve(s, per_seq[0](s) + per_seq[1](s)), overhead_s, source=str(folder))
+        lat.dense_base, lat.experts = base, experts
+        return lat
 
     # ---- pricing ------------------------------------------------------------------------------
     def _time(self, tokens, sequences, attention):

@@ -1,0 +1,148 @@
+"""Data-parallel ranks of a mixture-of-experts model that step together, as vLLM V1 deploys one
+(`data_parallel_size` > 1, usually with `enable_expert_parallel`).
+
+Each rank is a whole scheduler with its own KV cache, sequence limit and token budget; the front end hands
+each request to the rank with the lowest `4 x waiting + running` (vLLM's data-parallel load balancer; the
+lowest index on a tie). The ranks of an MoE model run their forward passes in lockstep, because every MoE
+layer exchanges tokens between them: each step, every rank schedules its own batch, a rank with nothing to do
+runs a dummy batch, and the step lasts as long as the slowest rank (`s3sim.latency.data_parallel` prices it).
+
+`DataParallelScheduler` looks like one scheduler to the serving loop: its output is every rank's output
+merged (for the log and the metrics) with the parts kept (`RanksOutput.parts`, for pricing), and it never jumps
+several iterations at once (a horizon of one step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from s3sim.core.errors import InvariantViolation
+from s3sim.core.output import SchedulerOutput, StepOutcome
+from s3sim.core.request import Request
+
+
+@dataclass(slots=True)
+class RanksOutput(SchedulerOutput):
+    parts: list = field(default_factory=list)  # each rank's own output, by rank
+
+    @property
+    def is_decode_only(self) -> bool:
+        return False  # priced step by step: the ranks' decode-only stretches do not line up
+
+
+def merged(parts: list[SchedulerOutput]) -> RanksOutput:
+    out = RanksOutput(parts=parts)
+    for p in parts:
+        out.prefill += p.prefill
+        out.prefill_lens += p.prefill_lens
+        out.prefill_prefix += p.prefill_prefix
+        out.partial += p.partial
+        out.resumed += p.resumed
+        out.padding += p.padding
+        out.preempted += p.preempted
+        out.decode_n += p.decode_n
+        out.decode_ctx += p.decode_ctx
+        out.prefill_tokens += p.prefill_tokens
+        out.prefill_sq += p.prefill_sq
+        out.transfer_tokens += p.transfer_tokens
+        out.itl_tokens += p.itl_tokens
+    out.decode = [r for p in parts for r in p.decode]
+    return out
+
+
+class Pools:
+    """The ranks' KV pools seen as one, for the end-of-run checks and the run's capacity."""
+
+    def __init__(self, pools):
+        self.pools = pools
+        self.capacity = sum(p.capacity for p in pools)
+        units = {p.unit_tokens for p in pools}
+        if len(units) != 1:
+            raise InvariantViolation("data-parallel ranks must share one KV block size")
+        self.unit_tokens = units.pop()
+
+    @property
+    def used(self) -> int:
+        return sum(p.used for p in self.pools)
+
+    @property
+    def free(self) -> int:
+        return sum(p.free for p in self.pools)
+
+    def check_empty(self) -> None:
+        for p in self.pools:
+            p.check_empty()
+
+
+class DataParallelScheduler:
+    """Several ranks' schedulers behind vLLM's data-parallel load balancer, stepping together."""
+
+    name = "data-parallel"
+    copies_kv = False
+
+    def __init__(self, ranks: list):
+        if len(ranks) < 2:
+            raise ValueError("data parallelism needs two ranks or more")
+        self.ranks = ranks
+        self.pool = Pools([r.pool for r in ranks])
+        self.predict_s = max(r.predict_s for r in ranks)
+        self.rank_of: dict[int, int] = {}
+
+    # ---- the front end --------------------------------------------------------------------------
+    def load(self, i: int) -> int:
+        r = self.ranks[i]
+        return 4 * len(r.waiting) + len(r.running) + len(r.prefilling)
+
+    def add(self, requests: list[Request]) -> None:
+        for req in requests:
+            i = min(range(len(self.ranks)), key=lambda k: (self.load(k), k))
+            self.rank_of[req.id] = i
+            self.ranks[i].add([req])
+
+    # ---- the scheduler's verbs ----------------------------------------------------------------------
+    def schedule(self, now: float) -> RanksOutput:
+        return merged([r.schedule(now) for r in self.ranks])
+
+    def advance(self, out: RanksOutput, k: int, now: float) -> StepOutcome:
+        if k != 1:
+            raise InvariantViolation(f"data-parallel ranks advance one step at a time, got {k}")
+        outcome = StepOutcome()
+        for rank, part in zip(self.ranks, out.parts):
+            o = rank.advance(part, 1, now)
+            outcome.finished += o.finished
+            outcome.preempted += o.preempted
+        return outcome
+
+    def horizon(self) -> int:
+        return 1 if not self.is_idle() else 0
+
+    def could_admit(self, request: Request) -> bool:
+        return True
+
+    def has_waiting(self) -> bool:
+        return any(r.has_waiting() for r in self.ranks)
+
+    def is_idle(self) -> bool:
+        return all(r.is_idle() for r in self.ranks)
+
+    @property
+    def waiting(self) -> list:
+        return [q for r in self.ranks for q in r.waiting]
+
+    @property
+    def finished(self) -> list:
+        return [q for r in self.ranks for q in r.finished]
+
+    def shared_kv_tokens(self) -> int:
+        return sum(r.shared_kv_tokens() for r in self.ranks)
+
+    def kv_reserved_profile(self, k: int) -> np.ndarray:
+        return sum(r.kv_reserved_profile(k) for r in self.ranks)
+
+    def counters(self) -> dict:
+        total: dict = {}
+        for r in self.ranks:
+            for key, v in r.counters().items():
+                total[key] = total.get(key, 0) + v
+        return total

@@ -1,0 +1,73 @@
+"""A step of data-parallel MoE ranks in lockstep (`s3sim.core.data_parallel`), priced from one rank's operator
+profile.
+
+Each rank's batch costs what the operator model says for everything but the experts (`dense_base`, attention,
+LM head and sampler); a rank with nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of
+an MoE model stepping). The step takes the slowest rank's time plus, in every layer, the experts:
+- with expert parallelism, each rank holds 1/ranks of the experts, gathers every rank's tokens (an
+  all-gather of their hidden states), computes its experts' share of the token-expert pairs of the whole batch
+  (`ExpertTable.seconds_expert_parallel`), and hands the results back (priced as a second all-gather of the
+  same bytes, for the reduce-scatter nobody measured here); the collectives come from the GPU's measured table
+  where it has one (the RTX PRO 6000 pair's `all_gather` rows), else a ring over its link, said so in `source`;
+- without it, each rank holds every expert and computes its own tokens' (inside its own batch's time).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from s3sim.core.errors import ConfigError
+
+
+class DataParallelLatency:
+    def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = ""):
+        if getattr(inner, "experts", None) is None:
+            raise ConfigError("data-parallel ranks stepping together are modelled for a mixture-of-experts model "
+                              "priced by its operator profile (latency=operators with a moe.csv)")
+        if expert_parallel and gather is None:
+            raise ConfigError("expert parallelism needs a price for its all-gathers")
+        self.inner, self.ranks, self.expert_parallel, self.gather = inner, int(ranks), bool(expert_parallel), gather
+        self.model = inner.model
+        self.source = source
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _rank(self, out) -> tuple[float, int]:
+        """(seconds of everything but the experts, tokens) of one rank's batch; a dummy token when idle."""
+        lat = self.inner
+        tokens = out.prefill_tokens + out.decode_n
+        if tokens <= 0:
+            return lat.overhead_s + lat.dense_base.at(1.0), 1
+        n = out.decode_n
+        mean_ctx = max(out.decode_ctx / n, float(lat.attention.kd[0])) if n else 0.0
+        chunks = sorted(zip(out.prefill_lens, out.prefill_prefix), reverse=True)
+        if chunks:
+            (c, kp), rest = chunks[0], chunks[1:]
+            att = lat.attention.at(float(c), float(kp), float(n), mean_ctx)
+            for c, kp in rest:
+                att += lat.attention.at(float(c), float(kp), 0.0, mean_ctx) - lat.attention.floor
+        else:
+            att = lat.attention.at(0.0, 0.0, float(n), mean_ctx)
+        sampling = n + len(out.prefill) - len(out.partial)
+        t = (lat.overhead_s + lat.dense_base.at(float(tokens)) + lat.layers * att
+             + lat.per_sequence.at(float(sampling)))
+        if not self.expert_parallel:
+            t += lat.layers * lat.experts.seconds(float(tokens))
+        if out.transfer_tokens:
+            t += lat.swap_time(out.transfer_tokens)
+        return t, tokens
+
+    def batch_time(self, out) -> float:
+        if out.is_empty:
+            return 0.0
+        ranks = [self._rank(p) for p in out.parts]
+        t = max(s for s, _ in ranks)
+        if self.expert_parallel:
+            lat, total = self.inner, sum(n for _, n in ranks)
+            nbytes = total * self.model.hidden_size * self.model.dtype_bytes
+            exchange = 2 * float(np.asarray(self.gather.time_s(self.ranks, nbytes)))
+            t += lat.layers * (lat.experts.seconds_expert_parallel(float(total), self.ranks) + exchange)
+        return t
+
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int):
+        raise ConfigError("data-parallel ranks are priced step by step (no multi-iteration jump)")

@@ -1,0 +1,114 @@
+"""Data-parallel ranks of an MoE model stepping together (`s3sim.core.data_parallel`,
+`s3sim.latency.data_parallel`): vLLM's load balancing, lockstep steps priced by the slowest rank plus the
+experts, every request finished once, and s3sim-validate replaying a run recorded under DP + EP."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from s3sim.core.data_parallel import DataParallelScheduler
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.vllm import VllmScheduler
+from s3sim.core.request import make_requests
+from s3sim.simulator.engine import simulate
+
+DATA = Path(__file__).parents[2] / "shared" / "data" / "vllm_runs"
+MOE = DATA / "rtxpro6000-qwen3-30b-a3b" / "profile"
+LLAMA = DATA / "rtxpro6000-llama-3.1-8b" / "run"
+
+
+def rank(blocks=200):
+    return VllmScheduler(KVPool(blocks, unit_tokens=16), 64, max_num_batched_tokens=64, max_batch_size=8)
+
+
+class Flat:
+    """A latency model for the scheduler tests: every step 10 ms per rank's work, the slowest rank's."""
+
+    def batch_time(self, out):
+        return 0.001 + 0.0001 * max(p.prefill_tokens + p.decode_n for p in out.parts)
+
+
+def test_requests_go_to_the_least_loaded_rank_and_every_one_finishes_once():
+    dp = DataParallelScheduler([rank(), rank()])
+    reqs = make_requests([20] * 12, [10] * 12, [0.0] * 12)
+    dp.add(reqs)
+    assert [dp.rank_of[r.id] for r in reqs] == [0, 1] * 6  # 4 x waiting + running: alternate on ties
+    res = simulate(make_requests([20, 30, 5, 60, 8, 40], [10, 3, 30, 7, 12, 1], [0, 0, 0.001, 0.002, 0.01, 0.02]),
+                   DataParallelScheduler([rank(), rank()]), Flat())
+    assert sorted(r.id for r in res.scheduler.finished) == list(range(6))
+    for r in res.requests:
+        assert r.arrival <= r.admitted <= r.first_token <= r.last_token <= r.finished and r.generated == r.output_len
+    res.scheduler.pool.check_empty()
+
+
+def test_a_step_lasts_as_long_as_its_slowest_rank_and_the_ranks_step_together():
+    res = simulate(make_requests([64, 4], [2, 40], [0.0, 0.0]), DataParallelScheduler([rank(), rank()]), Flat())
+    frame = res.log.frame()
+    # the first step: rank 0 prefills 64 tokens, rank 1 4: the step is rank 0's
+    assert frame.duration.iloc[0] == pytest.approx(0.001 + 0.0064)
+    assert (frame.batch_size >= 1).all() and res.engine_steps == len(frame)
+
+
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exchange():
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import all_gather_model
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.latency.operators import OperatorLatency
+    from s3sim.core.data_parallel import merged
+    from s3sim.core.output import SchedulerOutput
+
+    m, g = get_model("qwen3-30b-a3b"), get_gpu("rtx-pro-6000")
+    inner = OperatorLatency.from_profile(MOE, m, g)
+    gather = all_gather_model(g, 2)
+    ep = DataParallelLatency(inner, 2, True, gather)
+    busy = SchedulerOutput(decode=[], decode_n=32, decode_ctx=32 * 1000)
+    idle = SchedulerOutput()
+    one_busy = ep.batch_time(merged([busy, idle]))
+    both_busy = ep.batch_time(merged([busy, busy]))
+    assert both_busy > one_busy > 0  # the experts see both ranks' tokens
+    expected = (ep._rank(busy)[0] + inner.layers * (inner.experts.seconds_expert_parallel(33.0, 2)
+                + 2 * float(gather.time_s(2, 33 * m.hidden_size * m.dtype_bytes))))
+    assert one_busy == pytest.approx(expected)  # the idle rank's dummy token joins the expert layer
+    alone = OperatorLatency.from_profile(MOE, m, g).batch_time(SimpleNamespace(
+        decode_n=32, decode_ctx=32000, prefill_lens=[], prefill_prefix=[], prefill_tokens=0, prefill=[],
+        partial=[], transfer_tokens=0))
+    assert abs(one_busy / alone - 1) < 1.0  # the same order as one engine serving it
+
+
+def moe_run(tmp_path, n=40, **engine):
+    """The first `n` requests of the PRO 6000 Llama run, recorded as if Qwen3-30B-A3B under `engine` settings."""
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    meta = json.loads((LLAMA / "meta.json").read_text())
+    meta["model"] = "Qwen/Qwen3-30B-A3B"
+    meta["num_requests"] = n
+    meta["engine_kwargs"].update(model="Qwen/Qwen3-30B-A3B", **engine)
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "requests.jsonl").write_text("".join((LLAMA / "requests.jsonl").read_text().splitlines(True)[:n]))
+    ts = pd.read_csv(LLAMA / "timeseries.csv")
+    ts.to_csv(run / "timeseries.csv", index=False)
+    (tmp_path / "profile").symlink_to(MOE)
+    return run
+
+
+@pytest.mark.skipif(not (MOE.is_dir() and LLAMA.is_dir()), reason="no shared runs")
+def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_it_does_not_model(tmp_path, capsys):
+    from s3sim.validate import main
+    run = moe_run(tmp_path / "a", data_parallel_size=2, enable_expert_parallel=True)
+    rc = main([str(run), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "data parallel 2 with expert parallelism" in out.out and "all-gather measured" in out.out
+    assert "on each of the 2 ranks" in out.out
+    table = pd.read_csv(tmp_path / "out" / "validation.csv")
+    assert (table.simulated > 0).all()
+    for bad, words in ((dict(data_parallel_size=2, tensor_parallel_size=2), "not modelled"),
+                       (dict(enable_expert_parallel=True), "data_parallel_size=1")):
+        run = moe_run(tmp_path / str(len(words)) / words[:3], **bad)
+        assert main([str(run), "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
