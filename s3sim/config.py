@@ -393,10 +393,14 @@ def build_scheduler(cfg, cap: int, output, keys=None):
     conf = structured(cls.Config, cfg["policy"], "policy")
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     predictor = None
-    if cls.uses_predictor:
+    use = getattr(conf, "predictor_use", "")  # a setting that ranks by predicted length (vllm's policy.order)
+    if use and not cls.uses_predictor and not cfg.get("predictor"):
+        raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor; valid: "
+                          f"predictor={', '.join(PREDICTORS)}")
+    if cls.uses_predictor or use:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys)
     sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=get(cfg, "predictor.feedback", "mispredicted"))
-    if cls.uses_predictor and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
+    if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
         sched.predict_s = predictor_latency_s(cfg)
     return sched
 

@@ -189,29 +189,31 @@ class VllmScheduler(PagedScheduler):
         return out
 
     def horizon(self) -> int:
-        """As paged's, but one iteration after a preemption while requests wait, with the prefix cache or an
-        order other than fcfs: a victim that finds a shared block in use on readmission needs fewer blocks
-        than it freed, and a ranked queue may put a request that fits ahead of the victim, so a request may
-        be admitted at the next boundary (without either it never can, and after an iteration that did not
-        preempt the head stays inadmissible while free blocks only shrink). With `max_wait_s`, one iteration
-        too while the oldest waiting request would fit: the bound may make it the head at the next boundary."""
+        """As paged's, but one iteration where a request may be admitted at the next boundary though none was
+        at this one: after a preemption while requests wait, with the prefix cache (a victim that finds a
+        shared block in use on readmission needs fewer blocks than it freed) or with an order other than
+        fcfs if the head fits (a ranked queue may put a request ahead of the victim); and with `max_wait_s`
+        while the request waiting longest would fit (the bound may make it the head at the next boundary).
+        Otherwise the head stays inadmissible while free blocks only shrink, and no preempted victim fits
+        again at the next boundary."""
         k = super().horizon()
-        if self._readmit_next:
-            return min(k, 1)
-        if k > 1 and self.max_wait_s is not None and self._oldest_may_enter():
+        if k <= 1:
+            return k
+        if self._readmit_next and (self.cache is not None or self._may_enter(self.waiting[0])):
+            return 1
+        if self.max_wait_s is not None and self._may_enter(self.waiting.oldest()):
             return 1
         return k
 
-    def _oldest_may_enter(self) -> bool:
-        """Could the request waiting longest be admitted at the next boundary if the bound made it the head?
-        (A necessary condition: room in the batch and the budget, and its blocks within those free after this
-        iteration's growth.)"""
-        old = self.waiting.oldest()
-        if old is None or len(self.running) + len(self.prefilling) >= self.max_batch:
+    def _may_enter(self, r: Request | None) -> bool:
+        """Could waiting request `r` be admitted at the next boundary if it were the head? A necessary
+        condition: room in the batch and the budget, and its blocks within those free after this iteration's
+        growth (the next boundary's own growth and the watermark only take more)."""
+        if r is None or len(self.running) + len(self.prefilling) >= self.max_batch:
             return False
         if self.token_budget - len(self.running) <= 0:
             return False
-        return self._free_needed(old) <= self.pool.free - self._growth(1)
+        return self._free_needed(r) <= self.pool.free - self._growth(1)
 
     # ---- predicted lengths --------------------------------------------------------------------
     def estimate(self, r: Request, generated: int) -> tuple[int, int]:
@@ -294,6 +296,10 @@ class WaitingQueue:
 
     def __getitem__(self, i: int) -> Request:
         return self.head() if i == 0 else self._q[i]
+
+    def __iter__(self):
+        """The waiting requests in the order's rank (the bound's head aside)."""
+        return iter(self._q)
 
     def extend(self, requests) -> None:
         for r in requests:
