@@ -146,8 +146,9 @@ MEASURED = (
            "request's last preemption"),
     Column("swapped_tokens_{cause}", "tokens", "swapped_tokens of the preemptions of that cause"),
     # a policy's own (Scheduler.summary_fields)
-    Column("aged_admissions", "requests", "s3 with `policy.max_wait`: admissions made ahead of its packing order "
-           "because the request had been queued at least max_wait seconds"),
+    Column("aged_admissions", "requests", "s3 with `policy.max_wait`, vllm with `policy.max_wait_s`: admissions "
+           "made ahead of the policy's order (s3: its packing order; vllm: `policy.order`) because the request had "
+           "been queued at least that many seconds"),
     Column("batch_sizing", TEXT, "hf: the length a static batch's peak memory is checked at (`policy.sizing`)"),
     Column("static_batches", "batches", "hf: static batches formed"),
     Column("mean_static_batch", "requests", "hf: requests per static batch, averaged over batches"),
