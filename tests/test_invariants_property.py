@@ -22,7 +22,11 @@ from s3sim.hardware.models import get_model
 from s3sim.latency import DatasheetLatency, RooflineLatency
 from s3sim.simulator.engine import simulate
 
-POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm")
+# vllm's orderings by predicted length (`policy.order`, `policy.max_wait_s`, `policy.victim`): each drawn as vllm
+# with these settings and a synthetic predictor
+VLLM_ORDERINGS = {"vllm-sjf": dict(order="sjf"), "vllm-srpt-wait": dict(order="srpt", max_wait_s=0.05),
+                  "vllm-longest": dict(victim="longest_remaining")}
+POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm", *VLLM_ORDERINGS)
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
 # decode and swap costs
@@ -38,6 +42,15 @@ LOG_COLUMNS = ("start", "duration", "batch_size", "decode_tokens", "itl_tokens",
 
 @st.composite
 def scenarios(draw, policy):
+    if policy in VLLM_ORDERINGS:  # vllm's scenarios, ranked by a synthetic predictor
+        s = draw(scenarios("vllm"))
+        s.update(VLLM_ORDERINGS[policy], buckets=draw(st.integers(2, 10)),
+                 accuracy=draw(st.sampled_from([0.0, 0.5, 1.0]) | st.floats(0.0, 1.0)),
+                 shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)),
+                 predict_s=draw(st.sampled_from([0.0, 0.0, 0.001])))
+        if "max_wait_s" in s:
+            s["max_wait_s"] = draw(st.sampled_from([0.0, 0.01, 0.05, 0.3]))
+        return s
     msl = draw(st.sampled_from([16, 32, 64]))
     n = draw(st.integers(1, 40))
     prompts = draw(st.lists(st.integers(1, 64), min_size=n, max_size=n))
@@ -100,8 +113,14 @@ def build(s):
         one_blocks = -(-(max(s["prompts"]) + msl) // bs)
         blocks = max(cap // bs, one_blocks)
         if p == "vllm":
-            return VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
-                                 max_batch_size=mb, prefix_caching=s.get("caching", False))
+            ranked = {k: s[k] for k in ("order", "victim", "max_wait_s") if k in s}
+            if ranked:
+                ranked["predictor"] = SyntheticPredictor(Buckets.equal(min(s["buckets"], msl), msl), s["accuracy"],
+                                                         s["shape"], seed=s["seed"])
+            sched = VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
+                                  max_batch_size=mb, prefix_caching=s.get("caching", False), **ranked)
+            sched.predict_s = s.get("predict_s", 0.0)
+            return sched
         return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
                               preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
     buckets = Buckets.equal(min(s["buckets"], msl), msl)
@@ -142,7 +161,11 @@ def run(s, max_jump):
         preempt = sched._preempt
 
         def spy(r, now):
-            sched.victims.append(r is max(sched.running.values(), key=sched.seq))
+            if s.get("victim") == "longest_remaining":  # ... or the newest of the longest predicted remaining
+                left = {v.id: (sched.remaining(v, sched.generated(v)), sched.seq(v)) for v in sched.running.values()}
+                sched.victims.append(left[r.id] == max(left.values()))
+            else:
+                sched.victims.append(r is max(sched.running.values(), key=sched.seq))
             preempt(r, now)
 
         sched._preempt = spy
@@ -186,11 +209,15 @@ def check_invariants(s, res):
     assert all(g > 0 for g in sched.stall_gaps)
     if s["policy"] in ("ft", "orca"):
         assert sched.preemptions == 0
-    if s["policy"] in ("ft", "orca", "paged", "vllm"):  # first-come first-served
+    if s["policy"] in ("ft", "orca", "paged", "vllm") and s.get("order", "fcfs") == "fcfs":  # first-come first-served
         first = [r.admitted for r in by_id]
         assert first == sorted(first)
     if s["policy"] in ("paged", "vllm"):
-        assert len(sched.victims) == sched.preemptions and all(sched.victims)  # newest first
+        assert len(sched.victims) == sched.preemptions and all(sched.victims)  # newest (or longest remaining) first
+    if s.get("max_wait_s") is None and s["policy"] == "vllm":
+        assert "aged_admissions" not in sched.summary_fields()
+    elif s["policy"] == "vllm":
+        assert 0 <= sched.summary_fields()["aged_admissions"] <= n + sched.preemptions  # admissions at most
     if s["policy"] == "ft":  # a static batch is returned when its longest member is done
         for r in reqs:
             batch = [q for q in reqs if q.admitted == r.admitted]
@@ -294,19 +321,20 @@ def test_the_jump_skips_iterations_and_stays_exact(policy):
     """The exactness property above is not vacuous: on a plain workload the jump merges many iterations."""
     rng = np.random.default_rng(0)
     n, msl = 30, 64
-    s = dict(policy=policy, msl=msl, prompts=rng.integers(1, 64, n).tolist(),
+    s = dict(policy=policy.split("-")[0], msl=msl, prompts=rng.integers(1, 64, n).tolist(),
              outputs=rng.integers(1, msl + 1, n).tolist(), arrivals=np.round(rng.uniform(0, 0.5, n), 2).tolist(),
              cap=4 * (64 + msl), max_batch=None,
              mode="swap", latency="a100", buckets=10, grow="next", in_place=False, accuracy=0.6, shape="uniform",
              seed=1, block=4, watermark=0.01)
-    if policy == "vllm":  # prompts of up to 63 tokens over a 40-token budget: some are prefilled in two chunks
-        s.update(mode="recompute", watermark=0.0, budget=40, max_batch=39)
+    if policy.startswith("vllm"):  # prompts of up to 63 tokens over a 40-token budget: some are prefilled in two chunks
+        s.update(mode="recompute", watermark=0.0, budget=40, max_batch=39, **VLLM_ORDERINGS.get(policy, {}))
     jumped, stepped = run(s, None), run(s, 1)
     check_invariants(s, jumped)
     check_invariants(s, stepped)
     check_jump_exact(jumped, stepped)
-    assert jumped.engine_steps < 0.6 * stepped.engine_steps
-    if policy in ("s3", "paged", "vllm"):
+    # (a ranked queue admits in more iterations of their own here, which never jump: 55 of sjf's 144 prefill)
+    assert jumped.engine_steps < (0.65 if policy in VLLM_ORDERINGS else 0.6) * stepped.engine_steps
+    if policy in ("s3", "paged") or policy.startswith("vllm"):
         assert jumped.scheduler.preemptions > 0
-    if policy == "vllm":
+    if policy.startswith("vllm"):
         assert (jumped.log.frame().prefill_tokens == 40).any()  # a full budget of prefill chunks

@@ -1,0 +1,147 @@
+"""policy=vllm ordered by predicted length (`policy.order`, `policy.max_wait_s`, `policy.victim`) on hand-worked
+schedules: every iteration takes one second (test_vllm_policy's OneSecond), so a timestamp is the number of
+the iteration that produced it; one-token blocks; an oracle predictor over the buckets (0,4], (4,8], (8,12],
+(12,16], so a request's predicted length is the upper bound of its true length's bucket. The property tests
+(invariants, a jump equal to stepping one iteration at a time) run these orderings in test_invariants_property."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_vllm_policy import run
+
+from s3sim.config import build_scheduler
+from s3sim.core.errors import ConfigError
+from s3sim.core.kv_pool import KVPool
+from s3sim.core.policies.vllm import VllmScheduler
+from s3sim.core.predictors import Buckets, OraclePredictor
+from s3sim.core.request import Request
+from s3sim.runner import run_config
+
+MSL = 16
+
+
+def vllm(blocks: int, max_batch: int = 8, budget: int = 64, **ordering) -> VllmScheduler:
+    predictor = OraclePredictor(Buckets.equal(4, MSL)) if ordering else None
+    return VllmScheduler(KVPool(blocks, unit_tokens=1), MSL, max_num_batched_tokens=budget, max_batch_size=max_batch,
+                         predictor=predictor, **ordering)
+
+
+def admitted(res) -> list[float]:
+    return [r.admitted for r in res.requests]
+
+
+def test_sjf_admits_a_short_predicted_request_before_an_earlier_long_one():
+    """One request at a time: X runs from t=0; B (12 tokens, arrived at 0.1) and C (2 tokens, arrived at 0.5) wait.
+    fcfs admits B when X is done at t=12, sjf admits C there, then B."""
+    prompts, outputs, arrivals = [1, 1, 1], [12, 12, 2], [0.0, 0.1, 0.5]
+    fcfs, _ = run(vllm(100, max_batch=1), prompts, outputs, arrivals)
+    sjf, _ = run(vllm(100, max_batch=1, order="sjf"), prompts, outputs, arrivals)
+    assert admitted(fcfs) == [0.0, 12.0, 24.0]
+    assert admitted(sjf) == [0.0, 14.0, 12.0]
+    assert [r.first_bucket for r in sjf.requests] == [2, 2, 0]
+
+
+def test_srpt_reranks_a_preempted_request_by_its_remaining_length():
+    """22 blocks. X (16 tokens) runs from t=0, A (12) from t=1, Q (7) from t=5. Q, the newest, is preempted at t=7
+    with 2 tokens (predicted 8, 6 left), A at t=9 with 8 tokens (predicted 12, 4 left). At t=10 Q's 5 blocks are
+    free, A's 11 are not. sjf ranks Q (8) before A (12) and readmits it at once; srpt ranks A (4 left) before Q
+    (6 left), so nothing is admitted until X is done at t=16, then A and Q in that order."""
+    prompts, outputs, arrivals = [2, 2, 2], [16, 12, 7], [0.0, 0.5, 4.5]
+    sjf, sjf_outs = run(vllm(22, order="sjf"), prompts, outputs, arrivals)
+    srpt, srpt_outs = run(vllm(22, order="srpt"), prompts, outputs, arrivals)
+    for outs in (sjf_outs, srpt_outs):
+        preempted = [(t, ids) for t, ids, _, _ in outs if ids]
+        assert preempted[:2] == [(7.0, [2]), (9.0, [1])]
+    readmissions = lambda outs: [(t, ids) for t, _, ids, _ in outs if ids and t > 9.0]
+    assert readmissions(sjf_outs)[0] == (10.0, [2])  # Q first
+    assert readmissions(srpt_outs) == [(16.0, [1, 2])]  # A, then Q
+    a, q = srpt.requests[1], srpt.requests[2]
+    assert q.finished > a.finished and sjf.requests[2].finished < sjf.requests[1].finished
+
+
+def test_a_predicted_length_already_reached_is_refreshed_to_the_next_bucket_not_yet_ruled_out():
+    sched = vllm(100, order="srpt")
+    r = Request(0, 1, 20, 0.0)
+    r.bucket = 0  # predicted (0, 4]
+    assert sched.estimate(r, 0) == (0, 4) and sched.remaining(r, 3) == 1
+    assert sched.estimate(r, 4) == (1, 8) and sched.remaining(r, 4) == 4  # 4 tokens generated: not (0, 4]
+    assert sched.estimate(r, 9) == (2, 12) and sched.remaining(r, 9) == 3
+    assert sched.estimate(r, 15) == (3, 16) and sched.remaining(r, 15) == 1
+    # buckets shorter than max_seq_len (a trained predictor's): past the last one, max_seq_len
+    short = VllmScheduler(KVPool(100, unit_tokens=1), 32, max_num_batched_tokens=64, max_batch_size=8, order="srpt",
+                          predictor=OraclePredictor(Buckets.equal(4, MSL)))
+    assert short.estimate(r, 20) == (3, 32) and short.remaining(r, 20) == 12
+
+
+def test_a_part_way_prefill_keeps_its_place_under_sjf():
+    """Budget 8: A's 20-token prompt is chunked over three iterations; B (2 tokens, predicted shorter) arrives at
+    0.5 and is admitted only with what A's last chunk leaves of the budget, as under fcfs."""
+    for order in ("fcfs", "sjf"):
+        sched = vllm(100, budget=8, **({} if order == "fcfs" else {"order": order}))
+        res, outs = run(sched, [20, 2], [12, 2], [0.0, 0.5])
+        assert [o[2:] for o in outs[:3]] == [([0], [8]), ([0], [8]), ([0, 1], [4, 2])]
+        a, b = res.requests
+        assert (a.first_token, b.admitted, b.first_token) == (3.0, 2.0, 3.0)
+
+
+def test_max_wait_forces_an_old_request_through_and_counts_it():
+    """One request at a time, every request at t=0: L (12 tokens) and six of 2 tokens. sjf serves the six first
+    (2 iterations each), L at t=12. With max_wait_s=3, L has waited 4 s at t=4 and goes next, ahead of the four
+    short ones still waiting: one admission forced by the bound."""
+    prompts, outputs = [1] * 7, [12] + [2] * 6
+    plain, _ = run(vllm(100, max_batch=1, order="sjf"), prompts, outputs)
+    assert admitted(plain) == [12.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert plain.scheduler.aged_admissions == 0 and "aged_admissions" not in plain.scheduler.summary_fields()
+    bound, _ = run(vllm(100, max_batch=1, order="sjf", max_wait_s=3.0), prompts, outputs)
+    assert admitted(bound) == [4.0, 0.0, 2.0, 16.0, 18.0, 20.0, 22.0]
+    assert bound.scheduler.summary_fields() == {"aged_admissions": 1}
+    # every request aged at once (max_wait_s=0): arrival order, each admission ahead of sjf's counted
+    zero, _ = run(vllm(100, max_batch=1, order="sjf", max_wait_s=0.0), prompts, outputs)
+    assert admitted(zero) == sorted(admitted(zero)) and zero.scheduler.aged_admissions == 1  # L only: then sjf's own
+
+
+def test_victim_longest_remaining_preempts_the_most_predicted_work_left():
+    """18 blocks: X (16 tokens) from t=0, A (8) from t=1; at t=7 they need 2 blocks and 1 is free. newest
+    preempts A (6 tokens, 2 left); longest_remaining preempts X (7 tokens, 9 left of its predicted 16)."""
+    newest, outs_n = run(vllm(18, victim="newest", order="fcfs", max_wait_s=None), [2, 2], [16, 8], [0.0, 0.5])
+    longest, outs_l = run(vllm(18, victim="longest_remaining"), [2, 2], [16, 8], [0.0, 0.5])
+    assert [(t, ids) for t, ids, _, _ in outs_n if ids] == [(7.0, [1])]
+    assert [(t, ids) for t, ids, _, _ in outs_l if ids] == [(7.0, [0])]
+    assert [r.preemptions for r in longest.requests] == [1, 0] and longest.requests[1].finished == 9.0
+
+
+def test_the_config_builds_each_ordering_with_the_predictor_and_reports_the_bound(cfg):
+    """Through the config (memory short enough to queue and preempt): sjf with the oracle, srpt with the synthetic
+    predictor, the bound and the longest_remaining victim; the bound's column only where it is set."""
+    base = ("policy=vllm", "num_requests=200", "max_seq_len=512", "arrival=poisson", "arrival.rate=80",
+            "+kv_capacity_tokens=3000")
+    plain = run_config(cfg(*base))
+    sjf = run_config(cfg(*base, "policy.order=sjf", "predictor=oracle"))
+    srpt = run_config(cfg(*base, "policy.order=srpt", "policy.max_wait_s=0.5", "policy.victim=longest_remaining"))
+    assert "aged_admissions" not in plain and "aged_admissions" not in sjf
+    assert srpt["aged_admissions"] > 0 and plain["preemptions"] > 0
+    assert sjf["ttft_mean"] < plain["ttft_mean"] and srpt["ttft_mean"] < plain["ttft_mean"]
+    spec = {"max_seq_len": 64, "policy": {"name": "vllm", "order": "sjf"}, "predictor": {}}
+    with pytest.raises(ConfigError, match=r"policy.order=sjf .* needs a length predictor; valid: predictor=oracle, "
+                                          r"synthetic, trained"):
+        build_scheduler(spec, 1024, np.array([10]))
+    with pytest.raises(ConfigError, match="policy.victim=longest_remaining .* needs a length predictor"):
+        VllmScheduler(KVPool(64, unit_tokens=16), 64, max_batch_size=4, victim="longest_remaining")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["policy.order=bogus"], "policy.order 'bogus' is unknown; valid: fcfs, sjf, srpt"),
+    (["policy.victim=oldest"], "policy.victim 'oldest' is unknown; valid: newest, longest_remaining"),
+    (["policy.max_wait_s=-1"], "policy.max_wait_s must be a non-negative number of seconds or null, got -1.0"),
+    (["policy.max_wait_s=abc"], "policy.max_wait_s: Value 'abc'"),
+    (["policy.order=srpt", "~predictor"], "policy.order=srpt ranks requests by predicted length and needs a length "
+                                          "predictor; valid: predictor=oracle, synthetic, trained"),
+    (["policy.victim=longest_remaining", "~predictor"], "policy.victim=longest_remaining ranks requests"),
+])
+def test_a_bad_ordering_is_one_line_and_exit_code_2(tmp_path, args, message):
+    p = subprocess.run([sys.executable, "-c", "from s3sim.cli import main; main()", "policy=vllm", "num_requests=20",
+                        *args, f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("s3sim: error: ") and message in p.stderr
+    assert not (tmp_path / "run" / "summary.csv").exists()
