@@ -547,8 +547,11 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
-    how = f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source})" if ring else ")")
-    return OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring), how
+    lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring)
+    how = (f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source}" if ring else "")
+           + (f", uneven decode contexts at the profile's measured alpha {lat.skew_alpha:g}" if lat.skew_alpha
+              else ", decodes at their mean context (the profile measured no skew)") + ")")
+    return lat, how
 
 
 def data_parallel_latency(latency, engine: Engine, model, gpu):

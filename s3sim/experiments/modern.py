@@ -13,7 +13,8 @@ other policy under the same token budget, `max_num_seqs` and KV memory:
   supervisor preempts a request that outgrows its reservation;
 - `orca`: prompt + `max_seq_len` reserved up front, under the same budget;
 - `paged`: paging as vLLM did it in 2023, whole prompts in one iteration (no budget).
-`max_seq_len` is the smallest multiple of 128 above the run's longest output (1,024 here). Writes
+Every policy runs in the run's engine loop (asynchronous scheduling as the run records it, else vLLM's default,
+as `s3sim-validate` replays it). `max_seq_len` is the smallest multiple of 128 above the run's longest output (1,024 here). Writes
 `results/modern/<run>.csv` (one row per policy: latency percentiles, throughput, batch and KV use,
 preemptions) and prints it.
 """
@@ -79,7 +80,7 @@ def compare(run_dir: Path) -> pd.DataFrame:
     for name, cfg in policy_configs(engine, max_seq_len).items():
         sched = build_scheduler(cfg, blocks * engine.block_size, output)
         result = simulate(make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals), sched,
-                          latency)
+                          latency, async_scheduling=engine.async_scheduling)
         records = request_records(result.requests)
         m = simulated_metrics(records)
         summary = summarize(result, records=records)

@@ -8,8 +8,8 @@ the shared step tables and in the shared runs themselves.
 2. Each run's decode-only seconds: the run's `timeseries.csv` seconds with no prompt tokens and nothing waiting,
    where one step takes `running / generated tokens per second`; the batch's contexts are rebuilt from
    `requests.jsonl` (each running request's prompt plus the share of its output it had produced by the middle
-   of that second). Priced by the operator model alone, and by the step calibration of part 1 where the run's
-   profile has a step table. A measurement of the latency model on the run's own steps, apart from scheduling.
+   of that second; the longest of them for uneven contexts, where the profile measured their cost). Priced by
+   the operator model alone, and by the step calibration of part 1 where the run's profile has a step table. A measurement of the latency model on the run's own steps, apart from scheduling.
 
 Writes results/calibration/steps.csv (the fits and held-out errors), steps_rows.csv (every step row) and
 run_decode_steps.csv (every decode-only second), and prints the summary the README quotes.
@@ -73,8 +73,9 @@ def decode_seconds(run_dir: Path) -> pd.DataFrame:
             continue  # requests came or went within the second: its batch is not one size
         share = np.clip((mid - first[on]) / np.maximum(last[on] - first[on], 1e-9), 0, 1)
         ctx = req.input_toks.to_numpy()[on] + share * req.output_toks.to_numpy()[on]
-        rows.append((r.t, int(r.running), int(on.sum()), float(ctx.sum()), r.running / r.gen_throughput))
-    return pd.DataFrame(rows, columns=["t", "running", "n", "ctx_sum", "step_s"])
+        rows.append((r.t, int(r.running), int(on.sum()), float(ctx.sum()), float(ctx.max()),
+                     r.running / r.gen_throughput))
+    return pd.DataFrame(rows, columns=["t", "running", "n", "ctx_sum", "ctx_max", "step_s"])
 
 
 def check(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -100,7 +101,8 @@ def check(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                              "held_out_mean_abs_pct": float(held.held_out_mean_abs_pct.iloc[0]) if len(held) else np.nan,
                              "held_out_max_abs_pct": float(held.held_out_max_abs_pct.iloc[0]) if len(held) else np.nan})
         sec = decode_seconds(run_dir)
-        sec["operator_s"] = [float(latency.decode_run(n, c, 1)[0]) for n, c in zip(sec.n, sec.ctx_sum)]
+        sec["operator_s"] = [float(latency.decode_run(n, c, 1, max_ctx=int(m))[0])
+                             for n, c, m in zip(sec.n, sec.ctx_sum, sec.ctx_max)]
         sec["step_calibrated_s"] = ([float(fit.seconds(o, fit.branch(n, True))) for o, n in zip(sec.operator_s, sec.n)]
                                     if fit is not None else np.nan)
         ticks.append(sec.assign(run=name, tp=engine.tp))

@@ -19,6 +19,8 @@ from s3sim.core.errors import ConfigError
 
 
 class DataParallelLatency:
+    skew_alpha = 0.0  # each rank's decodes are priced at their mean context
+
     def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = ""):
         if getattr(inner, "experts", None) is None:
             raise ConfigError("data-parallel ranks stepping together are modelled for a mixture-of-experts model "

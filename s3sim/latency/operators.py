@@ -55,6 +55,7 @@ class OperatorsConfig:
     tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
     overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
     all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer, ring over the GPU's interconnect, or a CSV
+    skew: str = "profile"  # uneven decode contexts: profile (its meta.yaml's measured alpha, where it has one) | none
 
     def __post_init__(self):
         if not self.path:
@@ -64,6 +65,8 @@ class OperatorsConfig:
             raise ConfigError(f"latency.tp must be a positive integer, got {self.tp}")
         if not self.overhead_s >= 0:
             raise ConfigError(f"latency.overhead_s must be >= 0 seconds, got {self.overhead_s}")
+        if self.skew not in ("profile", "none"):
+            raise ConfigError(f"latency.skew must be profile or none, got {self.skew!r}")
 
 
 class Curve:
@@ -261,6 +264,23 @@ def profile_meta(path) -> dict:
     return {}
 
 
+def skew_alpha(meta: dict, tp: int) -> float:
+    """The profile's measured share of the gap between a batch's longest and its mean decode context that uneven
+    contexts cost (`skew_fit.per_tp.<tp>.alpha_default` of its meta.yaml, fitted there to attention timed over
+    batches of unequal contexts: t = t(mean) + alpha (t(longest) - t(mean))); 0 where the profile says it did not
+    measure it (`skew_fit.enabled: false`) or has no such entry."""
+    fit = meta.get("skew_fit") if isinstance(meta.get("skew_fit"), dict) else {}
+    if not fit.get("enabled"):
+        return 0.0
+    entry = (fit.get("per_tp") or {}).get(tp) or (fit.get("per_tp") or {}).get(str(tp)) or {}
+    alpha = entry.get("alpha_default") if isinstance(entry, dict) else None
+    if alpha is None:
+        return 0.0
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ConfigError(f"profile meta.yaml: skew_fit.per_tp.{tp}.alpha_default must be in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
 class OperatorLatency(LatencyModel):
     """Iteration time as the sum of measured operators (see the module doc)."""
 
@@ -289,11 +309,12 @@ class OperatorLatency(LatencyModel):
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
             all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
-        return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce)
+        return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
+                                skew=conf.skew)
 
     @classmethod
     def from_profile(cls, path, model: ModelSpec, gpu: GpuSpec | None = None, tp: int = 1,
-                     overhead_s: float = 0.0, all_reduce=None) -> "OperatorLatency":
+                     overhead_s: float = 0.0, all_reduce=None, skew: str = "profile") -> "OperatorLatency":
         """The profile's `tp<tp>` folder. Its operators were timed on one GPU's shard (vLLM profiles each
         tensor-parallel degree that way), so for tp > 1 the two all-reduces of every layer are added to the
         dense operators at each token count: `all_reduce` prices one (`s3sim.hardware.network`; None: free)."""
@@ -330,6 +351,7 @@ class OperatorLatency(LatencyModel):
         lat = cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
                   Curve(s, per_seq[0](s) + per_seq[1](s)), overhead_s, source=str(folder))
         lat.dense_base, lat.experts = base, experts
+        lat.skew_alpha = skew_alpha(profile_meta(path), tp) if skew == "profile" else 0.0
         return lat
 
     # ---- pricing ------------------------------------------------------------------------------
@@ -347,21 +369,32 @@ class OperatorLatency(LatencyModel):
         t = self._time(p + d, d + (p > 0), att)
         return float(t) if t.ndim == 0 else t
 
-    def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
+    skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
+
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int, max_ctx: int = 0) -> np.ndarray:
         n = float(decode_tokens)
         if n <= 0:
             return np.zeros(k, dtype=np.float64)
         ctx = (float(decode_ctx_start) + np.arange(k, dtype=np.float64) * n) / n
         att = self.attention.decode_only(n, np.maximum(ctx, self.attention.kd[0]))
+        if self.skew_alpha and max_ctx and n > 1:  # every context grows by one a step, the longest too
+            longest = self.attention.decode_only(n, np.maximum(max_ctx + np.arange(k, dtype=np.float64),
+                                                               self.attention.kd[0]))
+            att = att + self.skew_alpha * np.maximum(longest - att, 0.0)
         t = self.overhead_s + self.dense.at(n) + self.layers * att + self.per_sequence.at(n)
         return np.array(t, dtype=np.float64)
 
-    def batch_time(self, out) -> float:
+    def batch_time(self, out, max_ctx: int = 0) -> float:
         """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the
-        decodes at their mean context."""
+        decodes at their mean context (and, with `skew_alpha`, the share of the longest one's extra cost)."""
         att_at = self.attention.at
         n = out.decode_n
         mean_ctx = max(out.decode_ctx / n, float(self.attention.kd[0])) if n else 0.0
+        if self.skew_alpha and max_ctx and n > 1:
+            gap = att_at(0.0, 0.0, float(n), max(float(max_ctx), mean_ctx)) - att_at(0.0, 0.0, float(n), mean_ctx)
+            skew = self.skew_alpha * self.layers * max(gap, 0.0)
+        else:
+            skew = 0.0
         chunks = sorted(zip(out.prefill_lens, out.prefill_prefix), reverse=True)
         if chunks:
             (c, kp), rest = chunks[0], chunks[1:]
@@ -376,7 +409,7 @@ class OperatorLatency(LatencyModel):
         else:
             sampling = n + len(out.prefill) - len(out.partial)
             t = (self.overhead_s + self.dense.at(float(tokens)) + self.layers * att
-                 + self.per_sequence.at(float(sampling)))
+                 + self.per_sequence.at(float(sampling)) + skew)
         if out.transfer_tokens:
             t += self.swap_time(out.transfer_tokens)
         return t

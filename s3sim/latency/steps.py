@@ -134,15 +134,15 @@ class StepCalibrated:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def batch_time(self, out) -> float:
-        t = self.inner.batch_time(out)
+    def batch_time(self, out, **kw) -> float:
+        t = self.inner.batch_time(out, **kw)
         if t <= 0:
             return t
         tokens = out.prefill_tokens + out.decode_n
         return float(self.fit.seconds(t, self.fit.branch(tokens, out.prefill_tokens == 0)))
 
-    def decode_run(self, decode_tokens, decode_ctx_start, k: int) -> np.ndarray:
-        t = self.inner.decode_run(decode_tokens, decode_ctx_start, k)
+    def decode_run(self, decode_tokens, decode_ctx_start, k: int, **kw) -> np.ndarray:
+        t = self.inner.decode_run(decode_tokens, decode_ctx_start, k, **kw)
         if decode_tokens <= 0:
             return t
         return np.asarray(self.fit.seconds(t, self.fit.branch(float(decode_tokens), True)), dtype=np.float64)

@@ -241,6 +241,12 @@ class Scheduler:
     def ctx_sum(self) -> int:
         return self._ctx_base + len(self.running) * (self.iter - self._ctx_iter)
 
+    def max_context(self) -> int:
+        """The longest context among the running requests (0 when none runs): what uneven decode contexts cost
+        beyond their mean is priced from it (`latency=operators` with a skew measurement). A scan, asked only by
+        a latency model that uses it."""
+        return max((r.prompt_len + self.generated(r) for r in self.running.values()), default=0)
+
     def shared_kv_tokens(self) -> int:
         """Tokens counted in more than one request's context but held once (blocks shared by a prefix
         cache): what the sum of contexts overstates of the KV in use."""
