@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate steps paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate steps ordering paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,10 @@ calibrate: setup
 # results/calibration/steps*.csv, run_decode_steps.csv.
 steps: setup
 	$(BIN)/python -m s3sim.lab.step_check
+
+# Length prediction as an ordering on vLLM V1 (FCFS, SJF, SRPT; predicted and oracle lengths): results/ordering/.
+ordering: setup
+	$(BIN)/python -m s3sim.experiments.ordering
 
 # Shared system prompts: vLLM with and without its prefix cache beside s3 and the oracle.
 prefix: setup

@@ -145,3 +145,13 @@ def test_a_bad_ordering_is_one_line_and_exit_code_2(tmp_path, args, message):
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith("s3sim: error: ") and message in p.stderr
     assert not (tmp_path / "run" / "summary.csv").exists()
+
+
+def test_the_summary_names_the_predictor_an_ordering_reads():
+    from s3sim.runner import run_fields
+    cfg = {"workload": {"name": "alpaca"}, "arrival": {"process": "offline"}, "max_seq_len": 256,
+           "predictor": {"name": "synthetic", "accuracy": 0.8},
+           "policy": {"name": "vllm", "max_batch_size": 8, "max_num_batched_tokens": 64, "order": "sjf"}}
+    assert run_fields(cfg, "vllm")["predictor"] == "synthetic" and run_fields(cfg, "vllm")["accuracy"] == 0.8
+    cfg["policy"]["order"] = "fcfs"
+    assert run_fields(cfg, "vllm")["predictor"] == "none"
