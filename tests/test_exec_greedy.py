@@ -148,3 +148,17 @@ def test_chunked_prefill_gives_the_same_tokens(policy, budget, ref):
         assert (f.prefill_tokens + f.decode_tokens <= budget).all()
         assert res.scheduler.prefilling == {}
     assert max(len(p) for p in PROMPTS) > 12  # some prompt needed several chunks at budget 12
+
+
+@pytest.mark.parametrize("ordering", [dict(order="sjf"), dict(order="srpt", max_wait_s=0.0),
+                                      dict(order="srpt", victim="longest_remaining")],
+                         ids=["sjf", "srpt-aged", "srpt-longest-victim"])
+def test_vllm_ordered_by_predicted_length_gives_the_same_tokens(ordering, ref):
+    """policy=vllm ordering its queue (and choosing its victims) by a synthetic predictor's lengths, in the
+    executor: the order changes, the tokens do not, with ample memory and with preemptions."""
+    for cap in (4000, 150):
+        res = run("vllm", cap, PROMPTS, OUTPUTS, accuracy=0.5, error_shape="adjacent", max_num_batched_tokens=40,
+                  max_batch_size=8, **ordering)
+        check_equal(res, ref)
+        assert sorted(r.id for r in res.scheduler.finished) == list(range(len(PROMPTS)))
+    assert res.scheduler.preemptions > 0  # the tight pool preempted and resumed

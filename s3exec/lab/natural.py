@@ -5,7 +5,8 @@ SmolLM2's own greedy lengths, from `s3exec.lab.own_lengths`) in natural mode on 
 end-of-sequence or `max_seq_len`, whatever the table says. All arrive at t=0, under one KV budget that binds
 (ORCA fits only a few maximal requests), once per policy: s3 with the predictor trained on SmolLM2's lengths
 (`predictor=trained`), the oracle (the generation run's lengths), orca, vllm (V1: paged, chunked prefill)
-and paged (vLLM 2023). The simulator then replays each run with a profile of this machine measured just
+and paged (vLLM 2023); on request, vllm ordering its queue by the predicted length (`vllm-sjf`, `vllm-srpt`:
+`policy.order` with `predictor=trained`). The simulator then replays each run with a profile of this machine measured just
 before (`latency=profiled`, the executor's pool, the table's lengths).
 
 Each executor run is cached (`--cache`, resumed unless `--fresh`), so a stopped comparison goes on where it
@@ -28,16 +29,20 @@ import pandas as pd
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
-POLICIES = ("s3", "oracle", "orca", "vllm", "paged")
+POLICIES = ("s3", "oracle", "orca", "vllm", "paged", "vllm-sjf", "vllm-srpt")
+# runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives
+VARIANTS = {"vllm-sjf": ["policy=vllm", "policy.order=sjf", "predictor=trained"],
+            "vllm-srpt": ["policy=vllm", "policy.order=srpt", "predictor=trained"]}
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
            "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "grown_in_place", "kv_reserved_frac",
-           "kv_used_frac", "ttft_p50", "e2e_latency_p50", "e2e_latency_p99", "duration", "iterations")
+           "kv_used_frac", "ttft_mean", "ttft_p50", "e2e_latency_mean", "e2e_latency_p50", "e2e_latency_p99", "duration",
+           "iterations")
 
 
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
     from s3exec.lab.bench import compose
 
-    over = [f"policy={policy}", "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
+    over = [*VARIANTS.get(policy, [f"policy={policy}"]), "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
             f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
             "model=smollm2-135m",  # the simulator's replay prices and fits SmolLM2's shape and context
             "executor.mode=natural", f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null",
@@ -100,6 +105,7 @@ def run_policy(policy: str, a, loaded, kv_bytes: int, cache: Path, digest: str) 
     if policy in ("s3", "oracle"):
         row.update(accuracy(rec, result.scheduler.buckets))
     row["inputs_digest"] = digest
+    row["policy"] = policy  # the run's label (a configured variant of a policy keeps its own)
     write_text(json.dumps(row, default=str), cache / f"{policy}.json")
     return row
 
@@ -109,7 +115,7 @@ def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
     from s3exec.lab.fidelity import sim_config, simulate_config
 
     cfg = exec_config(policy, a, kv_tokens)  # kv_memory is unused by the simulator: the pool is given outright
-    return simulate_config(sim_config(cfg, kv_tokens, profile))
+    return {**simulate_config(sim_config(cfg, kv_tokens, profile)), "policy": policy}
 
 
 def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
