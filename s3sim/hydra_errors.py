@@ -22,15 +22,15 @@ def _flat_keys(node, prefix: str = "") -> list[str]:
 
 
 def _choices(conf_dir: str, group: str) -> list[str]:
-    folder = Path(conf_dir) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+    from s3sim.config_groups import group_choices
+    return group_choices(group, conf_dir)
 
 
 def explain(err: Exception, override: str, conf_dir: str, config_name: str) -> str:
     """One line for Hydra's error about `override`."""
     text = str(err)
     key, _, value = override.lstrip("+~").partition("=")
-    groups = [p.name for p in Path(conf_dir).iterdir() if p.is_dir()]
+    groups = [p.name for p in Path(conf_dir).iterdir() if p.is_dir()] + ["gpu", "model"]
     if "Could not find" in text or key in groups and "Could not" in text:
         valid = _choices(conf_dir, key)
         if valid:

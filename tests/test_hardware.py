@@ -41,10 +41,21 @@ def test_preset_names():
     assert all(g.source and g.calibration for g in GPU_PRESETS.values())
 
 
-def test_every_gpu_preset_has_its_config_group_file_and_the_other_way_round():
-    from s3sim.config import CONF_DIR
+def test_every_preset_is_a_choice_of_its_config_group_from_its_file_alone():
+    """gpu=<preset> and model=<preset> compose from the preset files (no conf/gpu or conf/model file)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    assert {p.stem for p in Path(CONF_DIR, "gpu").glob("*.yaml")} == set(GPU_PRESETS)
+    from s3sim.config import CONF_DIR
+    from s3sim.config_groups import group_choices
+
+    assert not list(Path(CONF_DIR, "gpu").glob("*.yaml")) and not list(Path(CONF_DIR, "model").glob("*.yaml"))
+    assert group_choices("gpu") == sorted(GPU_PRESETS) and group_choices("model") == sorted(MODEL_PRESETS)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        for g in GPU_PRESETS:
+            cfg = OmegaConf.to_container(compose("config", overrides=[f"gpu={g}", "model=llama-3.1-8b"]))
+            assert cfg["gpu"] == {"name": g, "count": 1, "pipeline_stages": 1, "activation_reserve_frac": 0.1}
+            assert cfg["model"] == {"name": "llama-3.1-8b", "dtype": None}
 
 
 def test_a_gpu_preset_is_one_file_and_a_bad_one_is_one_line(tmp_path):

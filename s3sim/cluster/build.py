@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
-from s3sim.config import (CONF_DIR, build_engine, build_predictor, choice, get, policy_class, positive_int,
+from s3sim.config import (build_engine, build_predictor, choice, get, policy_class, positive_int,
                           served_clipped, served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
@@ -60,14 +59,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def group_defaults(group: str, name: str) -> dict:
-    """The config group option `name` as Hydra composes `group=name` (conf/<group>/<name>.yaml)."""
-    from omegaconf import OmegaConf
+    """The config group option `name` as Hydra composes `group=name` (a file of conf/<group>/, or a preset)."""
+    from s3sim.config_groups import group_entry
 
-    folder = Path(CONF_DIR) / group
-    valid = sorted(p.stem for p in folder.glob("*.yaml"))
-    if name not in valid:
-        raise ConfigError(f"{group}.name '{name}' is unknown; valid: {', '.join(valid)}")
-    return OmegaConf.to_container(OmegaConf.load(folder / f"{name}.yaml"), resolve=True)
+    return group_entry(group, name)
 
 
 def _replica_config(cfg: dict, i: int, over) -> dict:

@@ -21,11 +21,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.config import CONF_DIR
+from s3sim.config_groups import config_groups
 from s3sim.core.errors import ConfigError
 from s3sim.runner import run_dir
 
 ATTAINMENT = 0.9  # a rate meets the SLO when at least this share of requests meets every SLO
-GROUPS = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+GROUPS = config_groups()
 
 
 def jobs_default() -> int:

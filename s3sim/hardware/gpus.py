@@ -60,7 +60,8 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
     A GPU is data, as a model is: its datasheet figures with their source, the efficiencies `make calibrate`
     fitted to operators measured on it (or borrowed from another GPU, which `calibration.how` says), and the
     names the device gives itself (`torch.cuda.get_device_name`), by which `s3sim-validate` and a measured
-    profile are matched to it. Adding a GPU is one such file and one `conf/gpu/<name>.yaml`."""
+    profile are matched to it. Adding a GPU is one such file (`gpu=<name>` is a config choice from it:
+    `s3sim.config_groups`)."""
     where = f"GPU preset {path}"
     try:
         d = yaml.safe_load(path.read_text())
