@@ -22,7 +22,7 @@ class DataParallelLatency:
     skew_alpha = 0.0  # each rank's decodes are priced at their mean context
 
     def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = ""):
-        if getattr(inner, "experts", None) is None:
+        if inner.experts is None:
             raise ConfigError("data-parallel ranks stepping together are modelled for a mixture-of-experts model "
                               "priced by its operator profile (latency=operators with a moe.csv)")
         if expert_parallel and gather is None:
@@ -35,29 +35,13 @@ class DataParallelLatency:
         return getattr(self.inner, name)
 
     def _rank(self, out) -> tuple[float, int]:
-        """(seconds of everything but the experts, tokens) of one rank's batch; a dummy token when idle."""
+        """(seconds of one rank's batch, its tokens): everything but the experts under expert parallelism
+        (priced for the whole group in `batch_time`), its own experts too without it; a dummy token when idle."""
         lat = self.inner
         tokens = out.prefill_tokens + out.decode_n
         if tokens <= 0:
             return lat.overhead_s + lat.dense_base.at(1.0), 1
-        n = out.decode_n
-        mean_ctx = max(out.decode_ctx / n, float(lat.attention.kd[0])) if n else 0.0
-        chunks = sorted(zip(out.prefill_lens, out.prefill_prefix), reverse=True)
-        if chunks:
-            (c, kp), rest = chunks[0], chunks[1:]
-            att = lat.attention.at(float(c), float(kp), float(n), mean_ctx)
-            for c, kp in rest:
-                att += lat.attention.at(float(c), float(kp), 0.0, mean_ctx) - lat.attention.floor
-        else:
-            att = lat.attention.at(0.0, 0.0, float(n), mean_ctx)
-        sampling = n + len(out.prefill) - len(out.partial)
-        t = (lat.overhead_s + lat.dense_base.at(float(tokens)) + lat.layers * att
-             + lat.per_sequence.at(float(sampling)))
-        if not self.expert_parallel:
-            t += lat.layers * lat.experts.seconds(float(tokens))
-        if out.transfer_tokens:
-            t += lat.swap_time(out.transfer_tokens)
-        return t, tokens
+        return lat.batch_time(out, experts=not self.expert_parallel), tokens
 
     def batch_time(self, out) -> float:
         if out.is_empty:

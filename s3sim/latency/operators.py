@@ -370,6 +370,16 @@ class OperatorLatency(LatencyModel):
         return float(t) if t.ndim == 0 else t
 
     skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
+    experts = None  # an MoE model's expert table (`from_profile` sets it), None for a dense model
+
+    @property
+    def dense_base(self) -> Curve:
+        """The dense operators without the experts (the same curve for a dense model)."""
+        return self.__dict__.get("_dense_base", self.dense)
+
+    @dense_base.setter
+    def dense_base(self, curve: Curve) -> None:
+        self.__dict__["_dense_base"] = curve
 
     def decode_run(self, decode_tokens, decode_ctx_start, k: int, max_ctx: int = 0) -> np.ndarray:
         n = float(decode_tokens)
@@ -384,9 +394,11 @@ class OperatorLatency(LatencyModel):
         t = self.overhead_s + self.dense.at(n) + self.layers * att + self.per_sequence.at(n)
         return np.array(t, dtype=np.float64)
 
-    def batch_time(self, out, max_ctx: int = 0) -> float:
+    def batch_time(self, out, max_ctx: int = 0, experts: bool = True) -> float:
         """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the
-        decodes at their mean context (and, with `skew_alpha`, the share of the longest one's extra cost)."""
+        decodes at their mean context (and, with `skew_alpha`, the share of the longest one's extra cost).
+        `experts=False` leaves an MoE model's expert layers out (a data-parallel group prices them across
+        its ranks)."""
         att_at = self.attention.at
         n = out.decode_n
         mean_ctx = max(out.decode_ctx / n, float(self.attention.kd[0])) if n else 0.0
@@ -408,7 +420,8 @@ class OperatorLatency(LatencyModel):
             t = 0.0
         else:
             sampling = n + len(out.prefill) - len(out.partial)
-            t = (self.overhead_s + self.dense.at(float(tokens)) + self.layers * att
+            dense = self.dense if experts else self.dense_base
+            t = (self.overhead_s + dense.at(float(tokens)) + self.layers * att
                  + self.per_sequence.at(float(sampling)) + skew)
         if out.transfer_tokens:
             t += self.swap_time(out.transfer_tokens)
