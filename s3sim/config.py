@@ -24,7 +24,7 @@ from s3sim.workload import arrival_times, load_workload
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
-from s3sim.config_groups import CONF_DIR, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
+from s3sim.config_groups import CONF_DIR, GPU_ENTRY, register_presets, stated_default  # noqa: F401 (CONF_DIR: imported from here by the commands)
 
 register_presets()  # model=<preset> and gpu=<preset> are choices from the preset files alone
 
@@ -322,14 +322,15 @@ def shared_prefix_config(cfg) -> tuple[int, int]:
 def engine_capacity(cfg, model) -> tuple[object, int, int]:
     """(GPU, GPUs per engine, KV capacity in tokens) of the engine `cfg` describes."""
     gpu = get_gpu(cfg["gpu"]["name"])
-    num_gpus = positive_int(get(cfg, "gpu.count", 1), "gpu.count")
+    num_gpus = positive_int(get(cfg, "gpu.count", GPU_ENTRY["count"]), "gpu.count")
     if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
         raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
                           f"({model.n_kv_heads} KV heads) evenly for tensor parallelism; use a divisor of "
                           f"{model.n_heads}")
     fixed_cap = get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
     cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
-           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac", 0.1)),
+           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac",
+                                                                GPU_ENTRY["activation_reserve_frac"])),
                               num_gpus=num_gpus * pipeline_stages(cfg, model)))  # the stages' memory adds up too
     return gpu, num_gpus, cap
 
@@ -364,7 +365,7 @@ def served_clipped(wl, idx) -> int:
 
 def pipeline_stages(cfg, model) -> int:
     """`gpu.pipeline_stages`: pipeline parallelism's stages, each of `gpu.count` GPUs (1: none)."""
-    stages = positive_int(get(cfg, "gpu.pipeline_stages", 1), "gpu.pipeline_stages")
+    stages = positive_int(get(cfg, "gpu.pipeline_stages", GPU_ENTRY["pipeline_stages"]), "gpu.pipeline_stages")
     if stages > model.n_layers:
         raise ConfigError(f"gpu.pipeline_stages={stages}: {model.name} has only {model.n_layers} layers to split")
     return stages
@@ -431,4 +432,5 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=N
     acc = pc["accuracy"]
     if isinstance(acc, bool) or not isinstance(acc, (int, float)) or math.isnan(acc):
         raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")
-    return SyntheticPredictor(buckets, float(acc), pc.get("error_shape", "uniform"), seed=seed_of(cfg))
+    shape = pc.get("error_shape", stated_default("predictor", "synthetic", "error_shape"))
+    return SyntheticPredictor(buckets, float(acc), shape, seed=seed_of(cfg))

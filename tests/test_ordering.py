@@ -155,3 +155,15 @@ def test_the_summary_names_the_predictor_an_ordering_reads():
     assert run_fields(cfg, "vllm")["predictor"] == "synthetic" and run_fields(cfg, "vllm")["accuracy"] == 0.8
     cfg["policy"]["order"] = "fcfs"
     assert run_fields(cfg, "vllm")["predictor"] == "none"
+
+
+def test_a_hand_built_synthetic_predictor_takes_the_error_shape_its_yaml_states():
+    """One default per knob: code that builds a predictor from a dict without error_shape gets the value
+    conf/predictor/synthetic.yaml states, not another."""
+    import yaml
+
+    from s3sim.config import CONF_DIR, build_predictor
+    stated = yaml.safe_load(open(f"{CONF_DIR}/predictor/synthetic.yaml"))["error_shape"]
+    p = build_predictor({"seed": 0, "predictor": {"name": "synthetic", "num_buckets": 4, "accuracy": 0.5}}, 64,
+                        [10, 20, 30])
+    assert p.error_shape == stated
