@@ -53,6 +53,7 @@ class PagedScheduler(FcfsScheduler):
         self.bs = pool.unit_tokens
         self.watermark = int(math.ceil(watermark * pool.capacity))
         self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
+        self._need_cache = (None, None)  # (iter, phase counts as bytes) -> `_first_need`: asked many times a step
 
     def _event_target(self, r: Request) -> int:
         return r.output_len
@@ -62,10 +63,17 @@ class PagedScheduler(FcfsScheduler):
 
     # ---- block growth in closed form --------------------------------------------------------
     def _first_need(self) -> np.ndarray:
-        """C[d]: running requests that need a new block within their next d steps (d = 0..bs)."""
+        """C[d]: running requests that need a new block within their next d steps (d = 0..bs). Kept until the
+        iteration or the running set changes (`_join`, `_leave` clear it)."""
+        key, c = self._need_cache
+        if key == self.iter:
+            return c
         d_minus_1 = (-np.arange(self.bs) - self.iter) % self.bs
         counts = self._phase[d_minus_1]
-        return np.concatenate(([0], np.cumsum(counts)))
+        c = np.concatenate(([0], np.cumsum(counts)))
+        c.flags.writeable = False
+        self._need_cache = (self.iter, c)
+        return c
 
     def _growth(self, steps: int, c: np.ndarray | None = None) -> int:
         """Blocks the running requests need over the next `steps` decode steps."""
@@ -149,9 +157,11 @@ class PagedScheduler(FcfsScheduler):
         # a joining request's blocks already cover its context (allocated at admission)
         super()._join(r)
         self._phase[(r.context - self.iter) % self.bs] += 1
+        self._need_cache = (None, None)
 
     def _leave(self, r: Request) -> None:
         self._phase[(r.prompt_len + self.generated(r) - self.iter) % self.bs] -= 1
+        self._need_cache = (None, None)
         super()._leave(r)
 
     def _release(self, r: Request, preempted: bool = False) -> None:
