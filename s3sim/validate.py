@@ -547,8 +547,11 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
-    lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring)
+    from s3sim.hardware.network import NoAllReduce, all_gather_model
+    gather = all_gather_model(gpu, tp) if tp > 1 and not isinstance(ring, NoAllReduce) else None
+    lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring, gather=gather)
     how = (f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source}" if ring else "")
+           + (f"; the logits' gathering: {gather.source}" if gather is not None else "")
            + (f", uneven decode contexts at the profile's measured alpha {lat.skew_alpha:g}" if lat.skew_alpha
               else ", decodes at their mean context (the profile measured no skew)") + ")")
     return lat, how

@@ -99,9 +99,10 @@ def test_a_bad_profile_is_one_line(tmp_path):
         OperatorLatency.from_profile(folder, MODEL, tp=2)
 
 
-def test_tensor_parallel_profile_adds_two_all_reduces_per_layer():
+def test_tensor_parallel_profile_adds_two_all_reduces_per_layer_and_the_embeddings():
     """A tp2 profile times one GPU's shard; the model adds, at every token count, the two all-reduces of each
-    layer priced by the network model (here the ring over the RTX PRO 6000's 50 GB/s link)."""
+    layer and the vocabulary-parallel embedding's one, priced by the network model (here the ring over the RTX
+    PRO 6000's 50 GB/s link), and with a gather model the logits' gathering to each sampled sequence."""
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.network import NoAllReduce
     from s3sim.hardware.network import all_reduce_model
@@ -115,8 +116,14 @@ def test_tensor_parallel_profile_adds_two_all_reduces_per_layer():
     free = OperatorLatency.from_profile(run, model, gpu, tp=2, all_reduce=NoAllReduce())
     tokens = np.array([1.0, 16.0, 256.0, 2048.0])
     extra = priced.dense(tokens) - free.dense(tokens)
-    assert np.allclose(extra, 2 * model.n_layers * ring.time_s(2, tokens * model.hidden_size * model.dtype_bytes),
-                       rtol=1e-9)
+    assert np.allclose(extra, (2 * model.n_layers + 1)
+                       * ring.time_s(2, tokens * model.hidden_size * model.dtype_bytes), rtol=1e-9)
+    from s3sim.hardware.network import all_gather_model
+    gather = all_gather_model(gpu, 2)
+    gathered = OperatorLatency.from_profile(run, model, gpu, tp=2, all_reduce=ring, gather=gather)
+    seqs = np.array([1.0, 64.0, 256.0])
+    assert np.allclose(gathered.per_sequence(seqs) - priced.per_sequence(seqs),
+                       gather.time_s(2, seqs * model.vocab_size * model.dtype_bytes), rtol=1e-9)
     # a decode of 64 sequences: the shard's operators are cheaper than one GPU's, the all-reduces cost extra
     one = OperatorLatency.from_profile(run, model, gpu, tp=1)
     assert free.iteration_time(0, 0, 64, 64 * 512) < one.iteration_time(0, 0, 64, 64 * 512)

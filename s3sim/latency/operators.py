@@ -300,7 +300,7 @@ class OperatorLatency(LatencyModel):
         if num_gpus != conf.tp:
             raise ConfigError(f"latency=operators prices tensor parallelism from its tp<N> profile: gpu.count="
                               f"{num_gpus} needs latency.tp={num_gpus}")
-        all_reduce = None
+        all_reduce = gather = None
         if conf.tp > 1:
             from s3sim.hardware.network import NoAllReduce
             from s3sim.hardware.network import all_reduce_model
@@ -308,16 +308,22 @@ class OperatorLatency(LatencyModel):
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
             all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
+            if conf.all_reduce != "none":
+                from s3sim.hardware.network import all_gather_model
+                gather = all_gather_model(gpu, conf.tp)
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
-                                skew=conf.skew)
+                                skew=conf.skew, gather=gather)
 
     @classmethod
     def from_profile(cls, path, model: ModelSpec, gpu: GpuSpec | None = None, tp: int = 1,
-                     overhead_s: float = 0.0, all_reduce=None, skew: str = "profile") -> "OperatorLatency":
+                     overhead_s: float = 0.0, all_reduce=None, skew: str = "profile",
+                     gather=None) -> "OperatorLatency":
         """The profile's `tp<tp>` folder. Its operators were timed on one GPU's shard (vLLM profiles each
-        tensor-parallel degree that way), so for tp > 1 the two all-reduces of every layer are added to the
-        dense operators at each token count: `all_reduce` prices one (`s3sim.hardware.network`; None: free)."""
+        tensor-parallel degree that way), so for tp > 1 the two all-reduces of every layer and the one of the
+        vocabulary-parallel embedding are added to the dense operators at each token count (`all_reduce` prices
+        one, `s3sim.hardware.network`; None: free), and the gathering of the sampled sequences' logits shards
+        to the sampler (`gather`, an all-gather; None: free) to the per-sequence operators."""
         if tp > 1 and all_reduce is None:
             raise ConfigError(f"an operator profile at tp{tp} was timed on one GPU's shard: its all-reduces need a "
                               f"price (latency.all_reduce: ring, a measured CSV, or none for ideal scaling)")
@@ -341,15 +347,18 @@ class OperatorLatency(LatencyModel):
         x = np.unique(dense_t.tokens.to_numpy(np.float64))
         total = sum(per_layer[op] * model.n_layers * layer[op](x) for op in per_layer)
         total = total + sum(ONCE[op] * layer[op](x) for op in ONCE)
-        if tp > 1:  # after attention and after the MLP, of every token's activations
-            total = total + 2 * model.n_layers * all_reduce.time_s(tp, x * model.hidden_size * model.dtype_bytes)
+        if tp > 1:  # after attention and after the MLP of every layer, and after the embedding, of every token
+            total = total + (2 * model.n_layers + 1) * all_reduce.time_s(tp, x * model.hidden_size * model.dtype_bytes)
         base = Curve(x, total)  # everything but the experts (a data-parallel group prices those across ranks)
         if experts is not None:  # every decoder layer's experts (Qwen3-MoE: decoder_sparse_step 1)
             total = total + model.n_layers * np.array([experts.seconds(float(v)) for v in x])
         per_seq = [_curve(seq_t, op, "sequences", folder / "per_sequence.csv") for op in PER_SEQUENCE]
         s = np.unique(seq_t.sequences.to_numpy(np.float64))
+        sampling = per_seq[0](s) + per_seq[1](s)
+        if tp > 1 and gather is not None:  # each rank's logits shard (its part of the vocabulary), gathered
+            sampling = sampling + gather.time_s(tp, s * model.vocab_size * model.dtype_bytes)
         lat = cls(model, gpu, Curve(x, total), AttentionTable(att_t, str(folder / "attention.csv")),
-                  Curve(s, per_seq[0](s) + per_seq[1](s)), overhead_s, source=str(folder))
+                  Curve(s, sampling), overhead_s, source=str(folder))
         lat.dense_base, lat.experts = base, experts
         lat.skew_alpha = skew_alpha(profile_meta(path), tp) if skew == "profile" else 0.0
         return lat
