@@ -7,7 +7,6 @@ Every bad value becomes a one-line `ConfigError` naming the config field and wha
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from s3sim.workload import arrival_times, load_workload
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
-from s3sim.config_groups import CONF_DIR, GPU_ENTRY, register_presets, stated_default  # noqa: F401 (CONF_DIR: imported from here by the commands)
+from s3sim.config_groups import CONF_DIR, GPU_ENTRY, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
 
 register_presets()  # model=<preset> and gpu=<preset> are choices from the preset files alone
 
@@ -401,36 +400,43 @@ def build_scheduler(cfg, cap: int, output, keys=None):
                           f"predictor={', '.join(PREDICTORS)}")
     if cls.uses_predictor or use:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys)
-    sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=get(cfg, "predictor.feedback", "mispredicted"))
+    feedback = predictor_spec(cfg).feedback if cfg.get("predictor") else "mispredicted"
+    sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback)
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
         sched.predict_s = predictor_latency_s(cfg)
     return sched
 
 
+def predictor_spec(cfg):
+    """The run's `predictor` node read into its structured config (`s3sim.core.predictors.spec`): one default and
+    one check per knob; a wrong type, an unknown key or a value out of range is one line naming the field."""
+    from s3sim.core.predictors.spec import SPECS
+
+    pc = dict(cfg["predictor"])
+    choice(pc.get("name"), PREDICTORS, "predictor.name")
+    for key, what in (("num_buckets", "an integer of at least 2"), ("accuracy", "a number between 0 and 1"),
+                      ("latency_ms", "a non-negative number of milliseconds")):
+        v = pc.get(key)
+        if key in pc and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                          or (key == "num_buckets" and not float(v).is_integer())):
+            raise ConfigError(f"predictor.{key} must be {what}, got {v!r}")
+    return structured(SPECS[pc["name"]], pc, "predictor")
+
+
 def predictor_latency_s(cfg) -> float:
     """`predictor.latency_ms`: what one prediction costs, in seconds (0: free)."""
-    ms = get(cfg, "predictor.latency_ms", 0.0)
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < math.inf:
-        raise ConfigError(f"predictor.latency_ms must be a non-negative number of milliseconds, got {ms!r}")
-    return float(ms) / 1000.0
+    return predictor_spec(cfg).latency_ms / 1000.0 if cfg.get("predictor") else 0.0
 
 
 def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None):
-    pc = cfg["predictor"]
-    k = pc["num_buckets"]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-        raise ConfigError(f"predictor.num_buckets must be an integer of at least 2, got {k!r}")
-    scheme = choice(get(pc, "bucketing", "equal"), ("equal", "quantile"), "predictor.bucketing")
+    spec = predictor_spec(cfg)
+    k, scheme = spec.num_buckets, spec.bucketing
     buckets = (Buckets.equal(k, max_seq_len) if scheme == "equal"
                else Buckets.quantile(k, max_seq_len, output_lengths))
-    name = "oracle" if force_oracle else choice(pc["name"], PREDICTORS, "predictor.name")
+    name = "oracle" if force_oracle else spec.name
     if name == "oracle":
         return OraclePredictor(buckets)
     if name == "trained":  # its buckets come from its training data, not from this run's lengths
         from s3sim.predictor.trained.predictor import from_config
-        return from_config(cfg, scheme, k, max_seq_len, keys)
-    acc = pc["accuracy"]
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or math.isnan(acc):
-        raise ConfigError(f"predictor.accuracy must be a number between 0 and 1, got {acc!r}")
-    shape = pc.get("error_shape", stated_default("predictor", "synthetic", "error_shape"))
-    return SyntheticPredictor(buckets, float(acc), shape, seed=seed_of(cfg))
+        return from_config(cfg, scheme, k, max_seq_len, keys, spec)
+    return SyntheticPredictor(buckets, spec.accuracy, spec.error_shape, seed=seed_of(cfg))

@@ -11,7 +11,6 @@ A preset's group entry holds the settings a run may change around it:
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the Hydra config groups
@@ -53,17 +52,6 @@ def group_choices(group: str, conf_dir: str = CONF_DIR) -> list[str]:
 
         files |= set(GPU_PRESETS if group == "gpu" else MODEL_PRESETS)
     return sorted(files)
-
-
-def stated_default(group: str, option: str, key: str):
-    """The value `conf/<group>/<option>.yaml` (or a stored preset's entry) gives `key`: what code reads when a
-    config built by hand leaves the key out, so a knob has the one default its config file states."""
-    return _entry(group, option)[key]
-
-
-@functools.lru_cache(maxsize=None)
-def _entry(group: str, option: str) -> dict:
-    return group_entry(group, option)
 
 
 def group_entry(group: str, name: str) -> dict:

@@ -167,3 +167,34 @@ def test_a_hand_built_synthetic_predictor_takes_the_error_shape_its_yaml_states(
     p = build_predictor({"seed": 0, "predictor": {"name": "synthetic", "num_buckets": 4, "accuracy": 0.5}}, 64,
                         [10, 20, 30])
     assert p.error_shape == stated
+
+
+@pytest.mark.parametrize("name", ["oracle", "synthetic", "trained"])
+def test_every_predictor_knob_has_one_default_the_yaml_and_its_structured_config_agree(name):
+    """conf/predictor/<name>.yaml states each knob's default; the structured config (`s3sim.core.predictors.spec`)
+    holds the same one, so a config built by hand gets what a run from the files gets."""
+    import dataclasses
+
+    import yaml
+
+    from s3sim.config import CONF_DIR
+    from s3sim.core.predictors.spec import SPECS
+    stated = yaml.safe_load(open(f"{CONF_DIR}/predictor/{name}.yaml"))
+    spec = SPECS[name]()
+    fields = {f.name for f in dataclasses.fields(spec)}
+    assert set(stated) <= fields
+    for key, value in stated.items():
+        got = getattr(spec, key)
+        assert (dataclasses.asdict(got) if dataclasses.is_dataclass(got) else got) == value, key
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"bogus": 1}, "predictor.bogus"), ({"bucketing": "log"}, "predictor.bucketing 'log' is unknown"),
+    ({"error_shape": "wide"}, "predictor.error_shape 'wide' is unknown"), ({"feedback": "some"}, "predictor.feedback"),
+    ({"num_buckets": 2.5}, "predictor.num_buckets must be an integer"),
+])
+def test_a_bad_predictor_knob_is_one_line_naming_it(over, message):
+    from s3sim.config import predictor_spec
+    with pytest.raises(ConfigError, match=message) as e:
+        predictor_spec({"predictor": {"name": "synthetic", "num_buckets": 10, "accuracy": 0.8, **over}})
+    assert "\n" not in str(e.value)

@@ -183,33 +183,33 @@ class TrainedPredictor(Predictor):
         self.retrain_rounds += 1
 
 
-def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys) -> TrainedPredictor:
-    """`predictor=trained` in a run's config; see conf/predictor/trained.yaml for the fields."""
+def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys, spec=None) -> TrainedPredictor:
+    """`predictor=trained` in a run's config (`spec`: its structured config, `s3sim.core.predictors.spec`)."""
+    from s3sim.core.predictors.spec import TrainedSpec
     from s3sim.predictor.trained.schemes import scheme_name
     from s3sim.workload.lengths import TEXT_SOURCES
 
-    pc, w = cfg["predictor"], cfg["workload"]
+    w = cfg["workload"]
+    spec = spec if spec is not None else TrainedSpec(**{k: v for k, v in cfg["predictor"].items() if k != "retrain"})
     scheme = scheme_name(bucketing, num_buckets, max_seq_len)
     if keys is None:
         raise ConfigError(f"predictor=trained needs a text workload whose rows have prompts "
                           f"({', '.join(TEXT_SOURCES)}), not workload={w['name']}")
-    source = pc.get("source", "table")
     label = w["name"] + (f"-{w['generator']}" if w.get("generator") else "")
-    if source == "table":
-        return TrainedPredictor.from_table(pc.get("table") or table_path(label), scheme, keys,
-                                           bool(pc.get("allow_in_sample", False)))
-    if source != "model":
-        raise ConfigError(f"predictor.source must be table or model, got {source!r}")
+    if spec.source == "table":
+        return TrainedPredictor.from_table(spec.table or table_path(label), scheme, keys, spec.allow_in_sample)
     from s3sim.workload.lengths import load_prompts
 
     prompts = load_prompts(w["name"], keys, w.get("generator"), w.get("data_dir"))
-    rc = RetrainConfig(**dict(pc.get("retrain") or {}))
+    r = spec.retrain
+    rc = RetrainConfig(every=r.every, steps=r.steps, batch_size=r.batch_size, replay=r.replay, window=r.window,
+                       lr=r.lr, head_lr=r.head_lr, seed=r.seed)
     replay = (None, None)
     if rc.every and rc.replay > 0:
         from s3sim.predictor.trained.model import model_folder
 
-        replay = _training_rows(model_folder(pc.get("model")))
-    return TrainedPredictor.from_model(pc.get("model"), scheme, prompts, rc, *replay, threads=pc.get("threads", 1))
+        replay = _training_rows(model_folder(spec.model))
+    return TrainedPredictor.from_model(spec.model, scheme, prompts, rc, *replay, threads=spec.threads)
 
 
 def _training_rows(folder: Path):
