@@ -13,17 +13,18 @@ def write_csv(df, path: Path) -> None:
     write_text(df.to_csv(index=False), path)
 
 
-WALL_CLOCK = ("sim_wall_s", "sim_requests_per_s")  # how fast this machine simulated: differs run to run
+# how fast this machine simulated (`sim_*`) or how long the executor served (`wall_s`): differ run to run
+WALL_CLOCK = ("sim_wall_s", "sim_requests_per_s", "wall_s")
 
 
 def write_table(df, path: Path) -> None:
     """A results table that stays byte-stable from run to run: its wall-clock columns go to
-    `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, run_dir, policy and rate columns."""
+    `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, run_dir, engine, policy and rate columns."""
     path = Path(path)
     wall = [c for c in WALL_CLOCK if c in df.columns]
     write_csv(df.drop(columns=wall), path)
     if wall:
-        keys = [c for c in ("run", "run_dir", "policy", "rate") if c in df.columns] or [df.columns[0]]
+        keys = [c for c in ("run", "run_dir", "engine", "policy", "rate") if c in df.columns] or [df.columns[0]]
         write_csv(df[[*keys, *wall]], path.with_name(f"{path.stem}.wall_clock.csv"))
 
 

@@ -374,3 +374,16 @@ def test_prefix_hits_are_a_share_of_what_admissions_asked_for_even_under_heavy_p
     else:  # each readmission asks for at least its prompt again
         assert row["prefill_context_tokens"] > row["prompt_tokens"] + row["recomputed_tokens"]
         assert row["prefix_cached_tokens"] > row["prompt_tokens"]  # the case that read over 100 %
+
+
+def test_the_executors_served_time_goes_beside_a_committed_table_not_into_it(tmp_path):
+    """make natural's table (executor and simulator rows of each policy) keeps no wall-clock column: wall_s,
+    how long the executor served on this machine, goes to the ignored natural.wall_clock.csv, keyed by engine
+    and policy."""
+    from s3sim.writers import write_table
+    df = pd.DataFrame({"engine": ["exec", "sim"], "policy": ["vllm", "vllm"], "request_throughput": [0.4, 0.5],
+                       "wall_s": [318.9, None]})
+    write_table(df, tmp_path / "natural.csv")
+    table, wall = pd.read_csv(tmp_path / "natural.csv"), pd.read_csv(tmp_path / "natural.wall_clock.csv")
+    assert list(table.columns) == ["engine", "policy", "request_throughput"]
+    assert list(wall.columns) == ["engine", "policy", "wall_s"] and wall.wall_s[0] == 318.9
