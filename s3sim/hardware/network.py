@@ -85,9 +85,7 @@ class MeasuredAllReduce:
         time_stats.all_reduce.median` in ms)."""
         p = Path(path)
         what = collective.replace("_", "-")
-        if not p.is_file():
-            raise ConfigError(f"{what} profile: no file {str(p)!r}")
-        t = read_csv(p, f"{what} profile {str(p)!r}: not a CSV")
+        t = _read_table(p, what)
         if {"collective", "num_gpus", "bytes", "time_us"} <= set(t.columns):
             t = t[t.collective == collective]
             if t.empty or t[["num_gpus", "bytes", "time_us"]].isna().any().any():
@@ -97,7 +95,7 @@ class MeasuredAllReduce:
         else:
             if collective != "all_reduce":
                 raise ConfigError(f"{what} profile {str(p)!r}: a table of this format holds all-reduces only")
-            t = read_collective(p, "all_reduce", "all-reduce")
+            t = _median_ms(t, p, "all_reduce", what)
             t = t[t.devices_per_node == t.num_workers]  # within one node
         t = t.groupby(["num_workers", "size"], as_index=False).ms.median()
         if (t.groupby("num_workers").size() < 2).any():
@@ -114,18 +112,26 @@ class MeasuredAllReduce:
         return linear(*self.curves[workers], nbytes)
 
 
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise ConfigError(f"{what} profile: no file {str(path)!r}")
+    return read_csv(path, f"{what} profile {str(path)!r}: not a CSV")
+
+
+def _median_ms(t: pd.DataFrame, path: Path, collective: str, what: str) -> pd.DataFrame:
+    """Vidur's collective table `t`: its rows with the median time in milliseconds as `ms`."""
+    median = f"time_stats.{collective}.median"
+    missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
+    if missing:
+        raise ConfigError(f"{what} profile {str(path)!r}: missing column {missing[0]!r}")
+    return t.rename(columns={median: "ms"})
+
+
 def read_collective(path, collective: str, what: str) -> pd.DataFrame:
     """A measured collective's CSV (the shared `gpu_profiles/network/*/<collective>.csv`): its rows with the
     median time in milliseconds as `ms`."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} profile: no file {str(p)!r}")
-    t = read_csv(p, f"{what} profile {str(p)!r}: not a CSV")
-    median = f"time_stats.{collective}.median"
-    missing = [c for c in ("num_workers", "size", "devices_per_node", median) if c not in t.columns]
-    if missing:
-        raise ConfigError(f"{what} profile {str(p)!r}: missing column {missing[0]!r}")
-    return t.rename(columns={median: "ms"})
+    return _median_ms(_read_table(p, what), p, collective, what)
 
 
 def linear(x: np.ndarray, y: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
@@ -186,6 +192,23 @@ def measured_table(gpu: GpuSpec) -> Path | None:
     return path if path.is_file() else None
 
 
+def preset_measured(gpu: GpuSpec, collective: str = "all_reduce") -> MeasuredAllReduce | None:
+    """`collective` from the table the GPU preset names (None where it names none, the shared data lacks it, or
+    the table holds no such collective), its source saying so."""
+    table = measured_table(gpu)
+    if table is None:
+        return None
+    try:
+        model = MeasuredAllReduce.from_csv(table, collective)
+    except ConfigError:
+        if collective == "all_reduce":
+            raise
+        return None
+    what = "" if collective == "all_reduce" else collective.replace("_", "-") + " "
+    model.source = f"{what}measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
+    return model
+
+
 class RingAllGather:
     """An all-gather as a ring over the GPUs' link: (g - 1) / g of the gathered bytes cross each link, plus a
     latency per hop."""
@@ -203,15 +226,9 @@ class RingAllGather:
 def all_gather_model(gpu: GpuSpec, workers: int):
     """The all-gather of `workers` GPUs: the GPU preset's measured table where it has that collective for that
     many GPUs, else a ring over the preset's link (its source says it is a fallback)."""
-    table = measured_table(gpu)
-    if table is not None:
-        try:
-            model = MeasuredAllReduce.from_csv(table, "all_gather")
-        except ConfigError:
-            model = None
-        if model is not None and workers in model.curves:
-            model.source = f"all-gather measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
-            return model
+    model = preset_measured(gpu, "all_gather")
+    if model is not None and workers in model.curves:
+        return model
     if not gpu.interconnect_bandwidth:
         raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price an all-gather with")
     return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect "
@@ -224,12 +241,9 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     if spec == "none":
         return None
     if spec == "auto":
-        table = measured_table(gpu)
-        if table is not None:
-            model = MeasuredAllReduce.from_csv(table)
-            if workers is None or workers in model.curves:
-                model.source = f"measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
-                return model
+        model = preset_measured(gpu)
+        if model is not None and (workers is None or workers in model.curves):
+            return model
         ring = all_reduce_model("ring", gpu)
         ring.source += (f" (no measured all-reduce of {workers} {gpu.name} GPUs: the ring is a fallback, "
                         f"not a measurement)")
@@ -238,12 +252,10 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
         if not gpu.measured_all_reduce:
             raise ConfigError(f"latency.all_reduce=measured: the {gpu.name} preset names no measured all-reduce "
                               f"table; use ring, link:<GB/s>:<us>, none or a CSV path")
-        table = measured_table(gpu)
-        if table is None:
+        model = preset_measured(gpu)
+        if model is None:
             raise ConfigError(f"latency.all_reduce=measured: {gpu.name}'s table {gpu.measured_all_reduce!r} is not "
                               f"in the shared data folder {SHARED_DATA_DIR}")
-        model = MeasuredAllReduce.from_csv(table)
-        model.source = f"measured between {gpu.name} GPUs ({gpu.measured_all_reduce} in the shared data)"
         return model
     if spec.startswith("link:"):
         parts = spec.split(":")
