@@ -14,6 +14,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies import POLICIES
 from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.predictors.spec import PredictorSpec
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model, with_dtype
@@ -398,12 +399,14 @@ def build_scheduler(cfg, cap: int, output, keys=None):
     if use and not cls.uses_predictor and not cfg.get("predictor"):
         raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor; valid: "
                           f"predictor={', '.join(PREDICTORS)}")
+    spec = predictor_spec(cfg) if cfg.get("predictor") else None
     if cls.uses_predictor or use:
-        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys)
-    feedback = predictor_spec(cfg).feedback if cfg.get("predictor") else "mispredicted"
+        predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys,
+                                    spec=spec)
+    feedback = (spec or PredictorSpec()).feedback
     sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback)
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
-        sched.predict_s = predictor_latency_s(cfg)
+        sched.predict_s = spec.latency_ms / 1000.0  # what one prediction costs, charged before admission
     return sched
 
 
@@ -423,13 +426,8 @@ def predictor_spec(cfg):
     return structured(SPECS[pc["name"]], pc, "predictor")
 
 
-def predictor_latency_s(cfg) -> float:
-    """`predictor.latency_ms`: what one prediction costs, in seconds (0: free)."""
-    return predictor_spec(cfg).latency_ms / 1000.0 if cfg.get("predictor") else 0.0
-
-
-def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None):
-    spec = predictor_spec(cfg)
+def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None, spec=None):
+    spec = spec if spec is not None else predictor_spec(cfg)
     k, scheme = spec.num_buckets, spec.bucketing
     buckets = (Buckets.equal(k, max_seq_len) if scheme == "equal"
                else Buckets.quantile(k, max_seq_len, output_lengths))

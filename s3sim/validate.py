@@ -228,16 +228,20 @@ def read_run(path: str | Path) -> Run:
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
+def latency_stats(name: str, seconds) -> dict:
+    """`<name>_<stat>` (`STATS`) of per-request seconds in milliseconds, NaN (a request without it) dropped."""
+    v = np.asarray(seconds, dtype=float)
+    v = v[~np.isnan(v)] * 1e3
+    return {f"{name}_{stat}": (float(v.mean()) if p is None else float(np.percentile(v, p))) if len(v) else float("nan")
+            for stat, p in STATS}
+
+
 def metrics(ttft, tpot, e2e, n_requests: int, output_tokens: int, span: float) -> dict:
     """The rows of validation.csv from per-request seconds (TPOT: only requests with more than one output
     token; NaN elsewhere is dropped), in milliseconds; throughputs per second of `span`."""
     out = {}
     for name, values in zip(LATENCIES, (ttft, tpot, e2e)):
-        v = np.asarray(values, dtype=float)
-        v = v[~np.isnan(v)] * 1e3
-        for stat, p in STATS:
-            out[f"{name}_{stat}"] = (float(v.mean()) if p is None else float(np.percentile(v, p))) if len(v) \
-                else float("nan")
+        out.update(latency_stats(name, values))
     out["request_throughput"] = n_requests / span if span > 0 else float("nan")
     out["output_throughput"] = output_tokens / span if span > 0 else float("nan")
     return out
@@ -265,9 +269,7 @@ def split_metrics(queued, scheduled, first_token) -> dict:
     (the prompt's chunks, and any wait for a slot between them)."""
     out = {}
     for name, values in zip(SPLIT, (np.asarray(scheduled) - queued, np.asarray(first_token) - scheduled)):
-        v = np.asarray(values, dtype=float) * 1e3
-        for stat, p in STATS:
-            out[f"{name}_{stat}"] = float(v.mean()) if p is None else float(np.percentile(v, p))
+        out.update(latency_stats(name, values))
     return out
 
 
@@ -530,7 +532,7 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     efficiencies the GPU preset was fitted to, or those of `fit_from` (another preset: what a GPU never
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
     the GPU's measured table, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce, all_reduce_model
+    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model
     ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
@@ -547,7 +549,6 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
-    from s3sim.hardware.network import NoAllReduce, all_gather_model
     gather = all_gather_model(gpu, tp) if tp > 1 and not isinstance(ring, NoAllReduce) else None
     lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring, gather=gather)
     how = (f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source}" if ring else "")

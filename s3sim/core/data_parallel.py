@@ -31,22 +31,18 @@ class RanksOutput(SchedulerOutput):
         return False  # priced step by step: the ranks' decode-only stretches do not line up
 
 
+# SchedulerOutput's fields that hold each rank's requests (concatenated) and its counts (summed)
+_LISTS = ("prefill", "prefill_lens", "prefill_prefix", "partial", "resumed", "padding", "preempted")
+_COUNTS = ("decode_n", "decode_ctx", "prefill_tokens", "prefill_sq", "transfer_tokens", "itl_tokens")
+
+
 def merged(parts: list[SchedulerOutput]) -> RanksOutput:
     out = RanksOutput(parts=parts)
     for p in parts:
-        out.prefill += p.prefill
-        out.prefill_lens += p.prefill_lens
-        out.prefill_prefix += p.prefill_prefix
-        out.partial += p.partial
-        out.resumed += p.resumed
-        out.padding += p.padding
-        out.preempted += p.preempted
-        out.decode_n += p.decode_n
-        out.decode_ctx += p.decode_ctx
-        out.prefill_tokens += p.prefill_tokens
-        out.prefill_sq += p.prefill_sq
-        out.transfer_tokens += p.transfer_tokens
-        out.itl_tokens += p.itl_tokens
+        for f in _LISTS:
+            getattr(out, f).extend(getattr(p, f))
+        for f in _COUNTS:
+            setattr(out, f, getattr(out, f) + getattr(p, f))
     out.decode = [r for p in parts for r in p.decode]
     return out
 

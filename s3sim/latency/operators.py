@@ -294,6 +294,9 @@ class OperatorLatency(LatencyModel):
         self.layers = model.n_layers
         self.overhead_s = float(overhead_s)
         self.source = source
+        self.dense_base = dense  # the dense operators without an MoE model's experts (`from_profile` sets both)
+        self.experts = None  # an MoE model's expert table, None for a dense model
+        self.skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
 
     @classmethod
     def from_config(cls, conf: OperatorsConfig, model, gpu, num_gpus: int = 1) -> "OperatorLatency":
@@ -377,18 +380,6 @@ class OperatorLatency(LatencyModel):
         att = self.attention(p, 0.0, d, np.maximum(mean_ctx, self.attention.kd[0]))
         t = self._time(p + d, d + (p > 0), att)
         return float(t) if t.ndim == 0 else t
-
-    skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
-    experts = None  # an MoE model's expert table (`from_profile` sets it), None for a dense model
-
-    @property
-    def dense_base(self) -> Curve:
-        """The dense operators without the experts (the same curve for a dense model)."""
-        return self.__dict__.get("_dense_base", self.dense)
-
-    @dense_base.setter
-    def dense_base(self, curve: Curve) -> None:
-        self.__dict__["_dense_base"] = curve
 
     def decode_run(self, decode_tokens, decode_ctx_start, k: int, max_ctx: int = 0) -> np.ndarray:
         n = float(decode_tokens)

@@ -92,12 +92,13 @@ class SimBackend:
     # ---- the backend verbs ---------------------------------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:
         lat, decode_n, ctx = self.latency, out.decode_n, out.decode_ctx
+        # a model that prices uneven decode contexts is given the longest one (a scan, only for it)
+        skew = {"max_ctx": self.sched.max_context()} if getattr(lat, "skew_alpha", 0.0) else {}
         if out.is_decode_only:
             k = self.sched.horizon()
             if self.max_jump:
                 k = min(k, self.max_jump)
-            durations = (lat.decode_run(decode_n, ctx, k, max_ctx=self.sched.max_context())
-                         if getattr(lat, "skew_alpha", 0.0) else lat.decode_run(decode_n, ctx, k))
+            durations = lat.decode_run(decode_n, ctx, k, **skew)
             if out.copies_kv:  # each step copies the cache it starts with into a buffer one token longer
                 durations = durations + lat.copy_time(ctx - decode_n + np.arange(k, dtype=np.float64) * decode_n)
             ends = np.cumsum(np.concatenate(([t], durations)))[1:]  # the same additions as step by step
@@ -111,8 +112,7 @@ class SimBackend:
             end = float(ends[-1])
         else:
             k, ends = 1, None
-            d = (lat.batch_time(out, max_ctx=self.sched.max_context()) if getattr(lat, "skew_alpha", 0.0)
-                 else lat.batch_time(out))
+            d = lat.batch_time(out, **skew)
             if out.copies_kv:
                 d = d + lat.copy_time(float(ctx - decode_n))
             durations = np.array([d], dtype=float)

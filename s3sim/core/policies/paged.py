@@ -53,7 +53,7 @@ class PagedScheduler(FcfsScheduler):
         self.bs = pool.unit_tokens
         self.watermark = int(math.ceil(watermark * pool.capacity))
         self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
-        self._need_cache = (None, None)  # (iter, phase counts as bytes) -> `_first_need`: asked many times a step
+        self._need_cache = (None, None)  # (iter, `_first_need`'s counts at it): asked many times a step
 
     def _event_target(self, r: Request) -> int:
         return r.output_len
