@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate steps ordering paper beyond cluster trace-sweep predictor supervisor own-lengths natural retraining token-counts clean
+.PHONY: setup run test test-all bench bench-exec profile fidelity gpu-check gpu-wheels validate modern prefix calibrate steps ordering paper beyond cluster trace-sweep predictor supervisor own-lengths reprediction natural retraining token-counts clean
 
 setup: $(STAMP)
 
@@ -123,6 +123,11 @@ supervisor: setup
 # `make predictor ARGS="--only smollm2_greedy"` trains the predictor on them.
 own-lengths: setup
 	$(BIN)/python -m s3exec.lab.own_lengths --rows 2138 $(ARGS)
+
+# Re-predicting the remaining length from SmolLM2's own hidden states as it generates (cached): the probe, its
+# errors by tokens generated (results/predictor/reprediction.csv) and the simulator's error table.
+reprediction: setup
+	$(BIN)/python -m s3exec.lab.reprediction $(ARGS)
 
 # S3 on the real model predicting its own lengths, natural mode, one binding KV budget, beside the simulator.
 natural: setup

@@ -191,8 +191,12 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     requests = make_requests(plen, output, arrivals)  # rows come in arrival order: request i is row idx[i]
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
     keys = None if wl is None or getattr(wl, "keys", None) is None else wl.keys[idx]
-    sched = build_scheduler(cfg, cap, output, keys)
+    sched = build_scheduler(cfg, cap, output, keys, hidden_states=True)  # (repredict is read by policy=vllm only)
     check_requests(sched, plen, output)
+    probe = getattr(getattr(sched, "predictor", None), "reprediction", None)
+    if hasattr(probe, "observe") and str(source) != "smollm2":
+        raise ConfigError(f"predictor.repredict=hidden: the shipped probe reads SmolLM2's hidden states, not "
+                          f"{source!r}'s (set executor.model=smollm2 or predictor.repredict=measured)")
     if sched.executor_backend == "generate":  # transformers' generate with its own growing cache
         from s3exec.generate import GenerateExecutor
 

@@ -103,6 +103,10 @@ class Executor:
                 f"core pool of {pool.capacity} units of {pool.unit_tokens} tokens")
         self.mode = mode
         self.eos = set(int(e) for e in eos_ids)
+        # a re-predictor of remaining lengths that reads the served model's hidden states (predictor.repredict=hidden)
+        rp = getattr(getattr(scheduler, "predictor", None), "reprediction", None)
+        self.probe = rp if hasattr(rp, "observe") else None
+        runner.keep_hidden = self.probe is not None
         self.progress = progress
         self.clock, self.sleep = clock, sleep
         self.warmup = warmup
@@ -210,7 +214,7 @@ class Executor:
         out = self.runner.step(decode, prefill)
         fed = []
         partial = {r.id for r in batch.partial}  # chunks that do not finish their prompt: their token is dropped
-        for r, tok in zip(order + batch.prefill, out):
+        for i, (r, tok) in enumerate(zip(order + batch.prefill, out)):
             if r.id in partial:
                 continue
             s = self.seqs[r.id]
@@ -219,6 +223,8 @@ class Executor:
                 continue
             s.tokens.append(tok)
             fed.append(s)
+            if self.probe is not None and self.probe.wants(s.count - 1):  # the state after count - 1 tokens
+                self.probe.observe(r.id, s.count - 1, self.runner.hidden[i])
             if self.mode == "natural":
                 self._aim(r, s, tok)
         return fed

@@ -7,7 +7,9 @@ takes the cache blocks they need, lays the step out for the attention function a
 token of every sequence, decode ones first. Prefills beyond `max_batch_tokens` tokens go through further
 forward passes of the same iteration, which bounds activation memory when hundreds of requests join at once.
 With `cuda_graphs`, a decode-only step whose batch fits the captured ladder replays a CUDA graph
-(`s3exec.cuda_graphs`); everything else runs eagerly.
+(`s3exec.cuda_graphs`); everything else runs eagerly. With `keep_hidden` (a re-predictor reading the served
+model's states), every step runs eagerly and `hidden` holds the final norm's output for each returned token,
+in the same order.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 
 from s3exec.attention import StepLayout, pool_block_mask, register
 from s3exec.kv_cache import KVCache
-from s3sim.core.errors import InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 
 
 class ModelRunner:
@@ -29,6 +31,10 @@ class ModelRunner:
         self.kernel = kernel
         self.attn = register()
         self.graphs = None
+        self.keep_hidden = False  # also return the last layer's state of each row (`hidden`): a re-predictor reads it
+        self.hidden: list = []
+        self._norm_out = None
+        self._hooked = False
         if cuda_graphs:
             from s3exec.cuda_graphs import DecodeGraphs
 
@@ -138,7 +144,10 @@ class ModelRunner:
                 size = 0
             chunks[-1].append(seq)
             size += len(seq[1])
-        if self.graphs is not None and decode and not prefill and self.graphs.fits(len(decode)):
+        self.hidden = []
+        if self.keep_hidden:
+            self._hook_final_norm()
+        elif self.graphs is not None and decode and not prefill and self.graphs.fits(len(decode)):
             return self.graphs.run(decode)
         out = self._forward(decode, chunks[0]) if decode or chunks[0] else []
         for chunk in chunks[1:]:
@@ -147,6 +156,23 @@ class ModelRunner:
 
     def _forward(self, decode, prefill) -> list[int]:
         ids, pos, last, layout = self.layout(decode, prefill)
+        keep = self._tensor(last)
         out = self.model(input_ids=self._tensor(ids)[None], position_ids=self._tensor(pos)[None],
-                         logits_to_keep=self._tensor(last), use_cache=False, s3exec_step=layout)
+                         logits_to_keep=keep, use_cache=False, s3exec_step=layout)
+        if self.keep_hidden:
+            self.hidden.extend(self._norm_out[0, keep].float().cpu().numpy())
         return out.logits[0].argmax(-1).tolist()
+
+    def _hook_final_norm(self) -> None:
+        """Keep the output of the model's final norm (the state its head reads) at every forward."""
+        if self._hooked:
+            return
+        norm = getattr(getattr(self.model, "model", None), "norm", None)
+        if norm is None:
+            raise ConfigError(f"{type(self.model).__name__} has no model.norm whose output a re-predictor could read")
+
+        def keep(_module, _inputs, output):
+            self._norm_out = output
+
+        norm.register_forward_hook(keep)
+        self._hooked = True

@@ -8,6 +8,7 @@ Every bad value becomes a one-line `ConfigError` naming the config field and wha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -387,10 +388,11 @@ def policy_class(cfg):
     return POLICIES[choice(cfg["policy"]["name"], tuple(POLICIES), "policy.name")]
 
 
-def build_scheduler(cfg, cap: int, output, keys=None):
+def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = False):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
-    rows (a trained predictor finds each prompt by it)."""
+    rows (a trained predictor finds each prompt by it); `hidden_states`: the engine can hand the served
+    model's hidden states to a re-predictor (the executor's paged path)."""
     cls = policy_class(cfg)
     conf = structured(cls.Config, cfg["policy"], "policy")
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
@@ -400,14 +402,58 @@ def build_scheduler(cfg, cap: int, output, keys=None):
         raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor; valid: "
                           f"predictor={', '.join(PREDICTORS)}")
     spec = predictor_spec(cfg) if cfg.get("predictor") else None
+    if spec is not None and spec.repredict is not None and not use:
+        raise ConfigError(f"predictor.repredict={spec.repredict} re-ranks running requests and is read only by "
+                          f"policy=vllm with policy.order=sjf or srpt, or policy.victim=longest_remaining; this run "
+                          f"has policy={cls.name} with no such setting (set predictor.repredict=null)")
     if cls.uses_predictor or use:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys,
                                     spec=spec)
+        if spec is not None and spec.repredict is not None:
+            predictor.reprediction = build_reprediction(spec.repredict, seed_of(cfg), max_seq_len, hidden_states)
     feedback = (spec or PredictorSpec()).feedback
     sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback)
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
         sched.predict_s = spec.latency_ms / 1000.0  # what one prediction costs, charged before admission
     return sched
+
+
+REPREDICTION_TABLE = Path(__file__).parent / "predictor" / "tables" / "reprediction.csv"
+REPREDICTION_PROBE = Path(__file__).parent / "predictor" / "tables" / "reprediction_probe.npz"
+
+
+def build_reprediction(source: str, seed: int, max_seq_len: int, hidden_states: bool = False):
+    """The re-prediction model of `predictor.repredict`: `measured` (the error model measured on SmolLM2, the
+    shipped table of `python -m s3exec.lab.reprediction`), a CSV with columns generated, log_sd, log_bias, or
+    `hidden` (that command's probe reading the served model's hidden states: the executor only)."""
+    import csv
+
+    from s3sim.core.predictors.reprediction import HiddenStateRePrediction, RePrediction
+
+    if source == "hidden":
+        if not hidden_states:
+            raise ConfigError("predictor.repredict=hidden reads the served model's hidden states, which only the "
+                              "executor has (s3exec on executor.model=smollm2); the simulator takes "
+                              "predictor.repredict=measured, the error measured from those states")
+        if not REPREDICTION_PROBE.is_file():
+            raise ConfigError(f"predictor.repredict=hidden: no probe at {REPREDICTION_PROBE} (python -m "
+                              f"s3exec.lab.reprediction fits it)")
+        with np.load(REPREDICTION_PROBE, allow_pickle=False) as z:
+            return HiddenStateRePrediction(z["mean"], z["scale"], z["weights"], z["checkpoints"], max_seq_len)
+    path = REPREDICTION_TABLE if source == "measured" else Path(source)
+    if not path.is_file():
+        raise ConfigError(f"predictor.repredict={source}: no table at {path} (valid: null, measured, or a CSV with "
+                          f"columns generated, log_sd, log_bias)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    need = ("generated", "log_sd", "log_bias")
+    if not rows or any(c not in rows[0] for c in need):
+        raise ConfigError(f"predictor.repredict: {path} needs columns {', '.join(need)} and at least one row")
+    try:
+        cols = [[float(r[c]) for r in rows] for c in need]
+    except ValueError as e:
+        raise ConfigError(f"predictor.repredict: {path}: a value is not a number ({e})") from None
+    return RePrediction(*cols, seed=seed, max_seq_len=max_seq_len, name=source)
 
 
 def predictor_spec(cfg):

@@ -42,13 +42,13 @@ def requests(prompts, outputs, arrivals=None):
 
 
 def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error_shape="adjacent", block_size=4,
-              msl=MSL, **policy_kw):
+              msl=MSL, repredict=None, **policy_kw):
     paged = "block_size" in POLICY_CLASSES[policy].Config.__dataclass_fields__
     paging = {"block_size": block_size, "watermark": 0.0} if paged else {}
     cfg = {"max_seq_len": msl, "seed": 0,
            "policy": {"name": policy, "preemption_mode": mode, **paging, **policy_kw},
            "predictor": {"name": "synthetic", "num_buckets": 4, "bucketing": "equal", "accuracy": accuracy,
-                         "error_shape": error_shape}}
+                         "error_shape": error_shape, "repredict": repredict}}
     return build_scheduler(cfg, cap_tokens, np.asarray(outputs))
 
 

@@ -151,8 +151,9 @@ def test_chunked_prefill_gives_the_same_tokens(policy, budget, ref):
 
 
 @pytest.mark.parametrize("ordering", [dict(order="sjf"), dict(order="srpt", max_wait_s=0.0),
-                                      dict(order="srpt", victim="longest_remaining")],
-                         ids=["sjf", "srpt-aged", "srpt-longest-victim"])
+                                      dict(order="srpt", victim="longest_remaining"),
+                                      dict(order="srpt", victim="longest_remaining", repredict="measured")],
+                         ids=["sjf", "srpt-aged", "srpt-longest-victim", "srpt-repredicted"])
 def test_vllm_ordered_by_predicted_length_gives_the_same_tokens(ordering, ref):
     """policy=vllm ordering its queue (and choosing its victims) by a synthetic predictor's lengths, in the
     executor: the order changes, the tokens do not, with ample memory and with preemptions."""
@@ -162,3 +163,25 @@ def test_vllm_ordered_by_predicted_length_gives_the_same_tokens(ordering, ref):
         check_equal(res, ref)
         assert sorted(r.id for r in res.scheduler.finished) == list(range(len(PROMPTS)))
     assert res.scheduler.preemptions > 0  # the tight pool preempted and resumed
+
+
+def test_vllm_re_predicting_from_the_served_models_hidden_states_gives_the_same_tokens(ref):
+    """predictor.repredict=hidden's path on the tiny model: the executor hands the final norm's state of each
+    request at each checkpoint to a probe (random weights of the tiny model's width), whose estimates rank srpt
+    and pick the victims; the order changes, the tokens do not, and every request reaching a checkpoint was seen."""
+    import numpy as np
+
+    from exec_helpers import MSL, executor, requests
+    from s3sim.core.predictors.reprediction import HiddenStateRePrediction
+
+    sched = scheduler("vllm", 150, OUTPUTS, accuracy=0.5, error_shape="adjacent", max_num_batched_tokens=40,
+                      max_batch_size=8, order="srpt", victim="longest_remaining")
+    width = tiny().model.config.hidden_size
+    weights = np.random.default_rng(0).normal(0.0, 0.2, width + 2)
+    probe = HiddenStateRePrediction(np.zeros(width + 2), np.ones(width + 2), weights, [0, 2, 5], MSL)
+    sched.predictor.reprediction = probe
+    res = executor(sched).run(requests(PROMPTS, OUTPUTS), PROMPTS)
+    check_equal(res, ref)
+    assert res.scheduler.preemptions > 0
+    assert set(probe._latest) == {i for i, n in enumerate(OUTPUTS) if n > 2}
+    assert {c for c, _ in probe._latest.values()} <= {2, 5}

@@ -15,6 +15,7 @@ from s3sim.core.policies.vllm import VllmScheduler
 from s3sim.core.policies.s3 import S3Scheduler
 from s3sim.core.policies.supervisor import Supervisor
 from s3sim.core.predictors import ERROR_SHAPES, Buckets, OraclePredictor, SyntheticPredictor
+from s3sim.core.predictors.reprediction import RePrediction
 from s3sim.core.request import Phase
 from s3sim.core.request import make_requests
 from s3sim.hardware.gpus import get_gpu
@@ -25,7 +26,8 @@ from s3sim.simulator.engine import simulate
 # vllm's orderings by predicted length (`policy.order`, `policy.max_wait_s`, `policy.victim`): each drawn as vllm
 # with these settings and a synthetic predictor
 VLLM_ORDERINGS = {"vllm-sjf": dict(order="sjf"), "vllm-srpt-wait": dict(order="srpt", max_wait_s=0.05),
-                  "vllm-longest": dict(victim="longest_remaining")}
+                  "vllm-longest": dict(victim="longest_remaining"),
+                  "vllm-srpt-repredicted": dict(order="srpt", victim="longest_remaining", repredict=True)}
 POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm", *VLLM_ORDERINGS)
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
@@ -117,6 +119,9 @@ def build(s):
             if ranked:
                 ranked["predictor"] = SyntheticPredictor(Buckets.equal(min(s["buckets"], msl), msl), s["accuracy"],
                                                          s["shape"], seed=s["seed"])
+                if s.get("repredict"):  # re-predicted remaining lengths, their error shrinking with the tokens
+                    ranked["predictor"].reprediction = RePrediction([0, 2, 5, 9], [0.6, 0.5, 0.3, 0.1],
+                                                                    [0.0, -0.2, 0.1, 0.0], s["seed"], msl)
             sched = VllmScheduler(KVPool(blocks, unit_tokens=bs), msl, max_num_batched_tokens=s["budget"],
                                   max_batch_size=mb, prefix_caching=s.get("caching", False), **ranked)
             sched.predict_s = s.get("predict_s", 0.0)

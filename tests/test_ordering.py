@@ -3,6 +3,7 @@ schedules: every iteration takes one second (test_vllm_policy's OneSecond), so a
 the iteration that produced it; one-token blocks; an oracle predictor over the buckets (0,4], (4,8], (8,12],
 (12,16], so a request's predicted length is the upper bound of its true length's bucket. The property tests
 (invariants, a jump equal to stepping one iteration at a time) run these orderings in test_invariants_property."""
+import math
 import subprocess
 import sys
 
@@ -198,3 +199,67 @@ def test_a_bad_predictor_knob_is_one_line_naming_it(over, message):
     with pytest.raises(ConfigError, match=message) as e:
         predictor_spec({"predictor": {"name": "synthetic", "num_buckets": 10, "accuracy": 0.8, **over}})
     assert "\n" not in str(e.value)
+
+
+def test_a_re_predicted_remaining_length_is_drawn_per_checkpoint_carried_between_and_bounded():
+    """The error model: None before its first checkpoint (g = 0 is the prompt predictor's), at each checkpoint the
+    true remaining length times a factor drawn from (seed, id, checkpoint) only, carried less the tokens generated
+    since, at least 1 and at most what max_seq_len leaves; no spread and no bias is the exact remaining length."""
+    from s3sim.core.predictors.reprediction import RePrediction
+
+    r = Request(7, 1, 100, 0.0)
+    exact = RePrediction([0, 10, 50], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], seed=0, max_seq_len=200)
+    assert exact.remaining(r, 9) is None
+    assert [exact.remaining(r, g) for g in (10, 30, 50, 99)] == [90, 70, 50, 1]
+    noisy = RePrediction([0, 10, 50], [0.0, 1.0, 0.2], [0.0, 0.0, 0.0], seed=3, max_seq_len=200)
+    at10 = noisy.remaining(r, 10)
+    assert noisy.remaining(r, 20) == max(at10 - 10, 1) and at10 != 90
+    again = RePrediction([0, 10, 50], [0.0, 1.0, 0.2], [0.0, 0.0, 0.0], seed=3, max_seq_len=200)
+    assert again.remaining(r, 10) == at10  # the draw depends on (seed, id, checkpoint) only
+    assert 1 <= noisy.remaining(r, 60) <= 140
+    biased = RePrediction([10], [0.0], [math.log(10.0)], max_seq_len=200)
+    assert biased.remaining(r, 10) == 190  # 900 predicted, at most what max_seq_len leaves
+    spreads = [RePrediction([10], [s], [0.0], seed=k).remaining(r, 10) for s in (0.1, 1.0) for k in range(200)]
+    assert np.std(np.log(spreads[200:])) > 3 * np.std(np.log(spreads[:200]))  # the spread is the table's
+
+
+def test_srpt_with_exact_re_prediction_preempts_the_truly_longest_remaining():
+    """Buckets alone put X (16 tokens) and A (8) in one predicted length; re-predicted exactly from generated
+    token 2 on, longest_remaining preempts the request with most true work left."""
+    from s3sim.core.predictors.reprediction import RePrediction
+
+    pred = OraclePredictor(Buckets.equal(2, MSL))  # (0, 8], (8, 16]: X and A both predicted 16 when A is 9
+    pred.reprediction = RePrediction([0, 2], [0.0, 0.0], [0.0, 0.0], max_seq_len=MSL)
+    sched = VllmScheduler(KVPool(100, unit_tokens=1), MSL, max_num_batched_tokens=64, max_batch_size=8,
+                          order="srpt", victim="longest_remaining", predictor=pred)
+    x, a = Request(0, 1, 16, 0.0), Request(1, 1, 9, 0.0)
+    x.bucket = a.bucket = 1
+    assert sched.estimate(x, 1) == (1, 16) and sched.estimate(a, 1) == (1, 16)  # before the checkpoint: buckets
+    assert sched.remaining(x, 4) == 12 and sched.remaining(a, 4) == 5
+    assert sched.estimate(a, 4) == (1, 9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["policy.order=srpt", "predictor=oracle", "predictor.repredict=measured"],
+     "predictor.repredict=measured adds estimation error to the oracle"),
+    (["policy.order=fcfs", "predictor=synthetic", "predictor.repredict=measured"],
+     "predictor.repredict=measured re-ranks running requests and is read only by policy=vllm with policy.order=sjf"),
+    (["policy.order=srpt", "predictor=synthetic", "predictor.repredict=/nonexistent.csv"],
+     "predictor.repredict=/nonexistent.csv: no table at /nonexistent.csv"),
+])
+def test_a_bad_repredict_is_one_line_and_exit_code_2(tmp_path, args, message):
+    p = subprocess.run([sys.executable, "-c", "from s3sim.cli import main; main()", "policy=vllm", "num_requests=20",
+                        *args, f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("s3sim: error: ") and message in p.stderr
+
+
+def test_the_measured_re_prediction_table_ranks_a_config_run(cfg):
+    """Through the config with the shipped table: srpt re-predicted runs, keeps its invariants (run_config checks
+    them) and differs from srpt on the buckets alone once requests are preempted."""
+    base = ("policy=vllm", "num_requests=200", "max_seq_len=512", "arrival=poisson", "arrival.rate=80",
+            "+kv_capacity_tokens=3000", "policy.order=srpt", "policy.victim=longest_remaining", "predictor=synthetic")
+    plain = run_config(cfg(*base))
+    re = run_config(cfg(*base, "predictor.repredict=measured"))
+    assert plain["preemptions"] > 0 and re["preemptions"] > 0
+    assert (re["ttft_mean"], re["preemptions"]) != (plain["ttft_mean"], plain["preemptions"])

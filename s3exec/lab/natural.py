@@ -6,7 +6,9 @@ end-of-sequence or `max_seq_len`, whatever the table says. All arrive at t=0, un
 (ORCA fits only a few maximal requests), once per policy: s3 with the predictor trained on SmolLM2's lengths
 (`predictor=trained`), the oracle (the generation run's lengths), orca, vllm (V1: paged, chunked prefill)
 and paged (vLLM 2023); on request, vllm ordering its queue by the predicted length (`vllm-sjf`, `vllm-srpt`:
-`policy.order` with `predictor=trained`). The simulator then replays each run with a profile of this machine measured just
+`policy.order` with `predictor=trained`), and srpt preempting the longest predicted remaining work with that
+work predicted from the prompt (`vllm-srpt-longest`) or re-predicted from SmolLM2's own hidden states as it
+generates (`vllm-srpt-hidden`, `predictor.repredict=hidden`; its replay draws `repredict=measured`). The simulator then replays each run with a profile of this machine measured just
 before (`latency=profiled`, the executor's pool, the table's lengths).
 
 Each executor run is cached (`--cache`, resumed unless `--fresh`), so a stopped comparison goes on where it
@@ -29,10 +31,15 @@ import pandas as pd
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
-POLICIES = ("s3", "oracle", "orca", "vllm", "paged", "vllm-sjf", "vllm-srpt")
-# runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives
+POLICIES = ("s3", "oracle", "orca", "vllm", "paged", "vllm-sjf", "vllm-srpt", "vllm-srpt-longest", "vllm-srpt-hidden")
+# runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives;
+# the last two also preempt the request with the longest predicted remaining work, the last re-predicting it from
+# SmolLM2's hidden states as it generates (its simulator replay draws the error measured from them instead)
+SRPT_LONGEST = ["policy=vllm", "policy.order=srpt", "policy.victim=longest_remaining", "predictor=trained"]
 VARIANTS = {"vllm-sjf": ["policy=vllm", "policy.order=sjf", "predictor=trained"],
-            "vllm-srpt": ["policy=vllm", "policy.order=srpt", "predictor=trained"]}
+            "vllm-srpt": ["policy=vllm", "policy.order=srpt", "predictor=trained"],
+            "vllm-srpt-longest": SRPT_LONGEST,
+            "vllm-srpt-hidden": [*SRPT_LONGEST, "predictor.repredict=hidden"]}
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
            "preemptions_overflow", "preemptions_memory", "recomputed_tokens", "grown_in_place", "kv_reserved_frac",
            "kv_used_frac", "ttft_mean", "ttft_p50", "e2e_latency_mean", "e2e_latency_p50", "e2e_latency_p99", "duration",
@@ -69,13 +76,18 @@ def accuracy(records: pd.DataFrame, buckets) -> dict:
             "within_one_bucket": float((np.abs(pred - true) <= 1).mean())}
 
 
-def inputs_digest() -> str:
-    """The length table and the predictions an executor run read: a cached run is reused only with these."""
+def inputs_digest(policy: str = "") -> str:
+    """The length table and the predictions an executor run read (and the re-prediction probe, for the run that
+    reads it): a cached run is reused only with these."""
+    from s3sim.config import REPREDICTION_PROBE
     from s3sim.predictor.trained.predictor import table_path
     from s3sim.workload.lengths import OWN_LENGTHS, TABLES
 
     h = hashlib.blake2b(digest_size=8)
-    for path in (TABLES / f"{OWN_LENGTHS}.csv", table_path(OWN_LENGTHS)):
+    paths = [TABLES / f"{OWN_LENGTHS}.csv", table_path(OWN_LENGTHS)]
+    if "predictor.repredict=hidden" in VARIANTS.get(policy, ()):
+        paths.append(REPREDICTION_PROBE)
+    for path in paths:
         h.update(path.read_bytes() if path.is_file() else b"missing")
     return h.hexdigest()
 
@@ -115,6 +127,8 @@ def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
     from s3exec.lab.fidelity import sim_config, simulate_config
 
     cfg = exec_config(policy, a, kv_tokens)  # kv_memory is unused by the simulator: the pool is given outright
+    if cfg["predictor"].get("repredict") == "hidden":  # no hidden states here: the error measured from them
+        cfg["predictor"]["repredict"] = "measured"
     return {**simulate_config(sim_config(cfg, kv_tokens, profile)), "policy": policy}
 
 
@@ -181,10 +195,10 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         cache.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(a.threads)
-        digest = inputs_digest()
         rows, loaded = [], None
         for p in a.policies:
             t0 = time.perf_counter()
+            digest = inputs_digest(p)
             row = None if a.fresh else cached_run(cache, p, digest)
             if row is None:
                 if loaded is None:

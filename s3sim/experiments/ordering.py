@@ -7,6 +7,10 @@ chunked prefill and prefix caching; the `vllm` policy, whose `policy.order` rank
 - `fcfs`: vLLM as it ships;
 - `sjf`: shortest predicted output first; `srpt`: shortest predicted remaining output first (a preempted
   request is re-ranked by what it has left); each with a starvation bound (`policy.max_wait_s`) in one row;
+- `srpt` preempting the request with the longest predicted remaining work (`policy.victim=longest_remaining`),
+  with that work predicted from the prompt alone or re-predicted as tokens are generated
+  (`predictor.repredict=measured`: an error that shrinks with the tokens generated, as measured on SmolLM2's
+  hidden states by `python -m s3exec.lab.reprediction`);
 - predicted by the shipped predictor (the fine-tuned encoder, its committed predictions: `predictor=trained`),
   by a synthetic predictor where the workload has no prompt text, and by the oracle with one-token buckets
   (the exact length: the best any ordering by length can do).
@@ -47,6 +51,9 @@ WORKLOADS = {
 ORACLE = ["predictor=oracle", f"predictor.num_buckets={MAX_SEQ_LEN}"]
 SYNTHETIC = ["predictor=synthetic", "predictor.accuracy=0.8", "predictor.error_shape=adjacent"]
 TRAINED = ["predictor=trained"]
+LONGEST = ["policy.victim=longest_remaining"]
+# the remaining length re-predicted as tokens are generated, with the error measured on SmolLM2's hidden states
+REPREDICTED = ["predictor.repredict=measured"]
 METRICS = ("ttft_mean", "ttft_p99", "e2e_latency_mean", "e2e_latency_p99", "request_throughput", "offered_rate",
            "preemptions", "aged_admissions")
 
@@ -60,8 +67,11 @@ def configurations(workload: str) -> dict[str, list[str]]:
         f"sjf ({name})": ["policy.order=sjf", *predicted],
         f"srpt ({name})": ["policy.order=srpt", *predicted],
         f"srpt ({name}), max wait 20 s": ["policy.order=srpt", "policy.max_wait_s=20", *predicted],
+        f"srpt ({name}), longest victim": ["policy.order=srpt", *LONGEST, *predicted],
+        f"srpt ({name}), re-predicted, longest victim": ["policy.order=srpt", *LONGEST, *REPREDICTED, *predicted],
         "sjf (oracle)": ["policy.order=sjf", *ORACLE],
         "srpt (oracle)": ["policy.order=srpt", *ORACLE],
+        "srpt (oracle), longest victim": ["policy.order=srpt", *LONGEST, *ORACLE],
     }
 
 

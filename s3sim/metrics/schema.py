@@ -149,6 +149,9 @@ MEASURED = (
     Column("aged_admissions", "requests", "s3 with `policy.max_wait`, vllm with `policy.max_wait_s`: admissions "
            "made ahead of the policy's order (s3: its packing order; vllm: `policy.order`) because the request had "
            "been queued at least that many seconds"),
+    Column("repredict", TEXT, "vllm with `predictor.repredict`: how remaining lengths were re-predicted as tokens "
+           "were generated (measured: the error model measured on SmolLM2's hidden states, or a CSV's; hidden: the "
+           "probe reading the served model's states, executor only)"),
     Column("batch_sizing", TEXT, "hf: the length a static batch's peak memory is checked at (`policy.sizing`)"),
     Column("static_batches", "batches", "hf: static batches formed"),
     Column("mean_static_batch", "requests", "hf: requests per static batch, averaged over batches"),

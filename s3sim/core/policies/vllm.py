@@ -25,7 +25,10 @@ Length prediction as an ordering (the budget, the limits, the blocks and the pre
   tokens the prediction is known short and is refreshed to the first bucket not ruled out yet, the one
   holding generated + 1 (the next bucket, or further ones: S3's supervisor's `grow=next`); beyond the last
   bucket it is max_seq_len. So the remaining estimate is always at least one token, and it is re-read
-  whenever a request re-enters the queue (`Request.bucket` holds the bucket in use). Part-way prefills
+  whenever a request re-enters the queue (`Request.bucket` holds the bucket in use). With
+  `predictor.repredict` the remaining length is re-predicted as the request generates
+  (`s3sim.core.predictors.reprediction`: an error that shrinks with the tokens generated, measured on a
+  served model's hidden states), and that estimate ranks a re-queued request and picks the victim. Part-way prefills
   keep their place (they continue before any admission, oldest first), as in vLLM.
 - `max_wait_s` bounds starvation: a request waiting that long (since it arrived, or since it was
   preempted) is admitted first, oldest first, whatever its rank, and nothing else is admitted until it
@@ -164,7 +167,11 @@ class VllmScheduler(PagedScheduler):
         return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared}
 
     def summary_fields(self) -> dict:
-        return {"aged_admissions": self.aged_admissions} if self.max_wait_s is not None else {}
+        out = {"aged_admissions": self.aged_admissions} if self.max_wait_s is not None else {}
+        rp = None if self.predictor is None else self.predictor.reprediction
+        if rp is not None:
+            out["repredict"] = rp.name
+        return out
 
     def add(self, requests):
         if self.predictor is not None and requests:
@@ -219,13 +226,19 @@ class VllmScheduler(PagedScheduler):
     def estimate(self, r: Request, generated: int) -> tuple[int, int]:
         """(bucket, predicted output length) of `r` once it has `generated` tokens: its bucket's upper bound;
         a bound already reached is refreshed to the bucket holding generated + 1, and past the last bucket
-        the length is max_seq_len."""
+        the length is max_seq_len. With `predictor.repredict`, from its first checkpoint on the length is
+        generated + the re-predicted remaining length instead."""
         b = r.bucket
         length = self._upper[b]
         if generated >= length:
             while b + 1 < len(self._upper) and self._upper[b] <= generated:
                 b += 1
             length = self._upper[b] if self._upper[b] > generated else self.max_seq_len
+        rp = self.predictor.reprediction  # predictor.repredict's model, or None
+        if rp is not None:
+            left = rp.remaining(r, generated)
+            if left is not None:  # re-predicted from what the request has generated
+                return b, generated + left
         return b, length
 
     def remaining(self, r: Request, generated: int) -> int:

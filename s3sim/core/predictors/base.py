@@ -9,6 +9,7 @@ from s3sim.core.predictors.buckets import Buckets
 
 class Predictor:
     name = "base"
+    reprediction = None  # a re-prediction model of the remaining length (`predictor.repredict`), or None
 
     def __init__(self, buckets: Buckets):
         self.buckets = buckets

@@ -27,6 +27,10 @@ class PredictorSpec:
     bucketing: str = "equal"  # equal (width max_seq_len / num_buckets) | quantile (edges from the lengths)
     latency_ms: float = 0.0  # one prediction's cost, charged before admission; 0: free
     feedback: str = "mispredicted"  # what the supervisor reports to the predictor: mispredicted | all
+    # re-predicting the remaining length as tokens are generated: null (never) | measured (the error model
+    # measured on SmolLM2's hidden states, s3sim/predictor/tables/reprediction.csv) | a CSV of the same columns
+    # | hidden (the executor on SmolLM2: its probe reads the served model's hidden states as it generates)
+    repredict: Optional[str] = None
 
     def __post_init__(self):
         if self.num_buckets < 2:
@@ -38,11 +42,20 @@ class PredictorSpec:
                               f"{self.latency_ms!r}")
         if self.feedback not in FEEDBACK:
             raise ConfigError(f"predictor.feedback '{self.feedback}' is unknown; valid: {', '.join(FEEDBACK)}")
+        if self.repredict is not None and not str(self.repredict).strip():
+            raise ConfigError("predictor.repredict must be null, measured or the path of a CSV "
+                              "(generated, log_sd, log_bias), got an empty string")
 
 
 @dataclass
 class OracleSpec(PredictorSpec):
     name: str = "oracle"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.repredict is not None:
+            raise ConfigError(f"predictor.repredict={self.repredict} adds estimation error to the oracle, which "
+                              f"knows every length; use predictor=trained or synthetic, or repredict=null")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from s3sim.core.predictors.buckets import Buckets
 ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
 
 
-def _uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
+def uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     """Counter-based uniforms in [0, 1): splitmix64 of (seed, id, stream); vectorised and order-free."""
     with np.errstate(over="ignore"):
         x = mix64(ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
@@ -44,8 +44,8 @@ class SyntheticPredictor(Predictor):
         n = len(requests)
         ids = np.fromiter((r.id for r in requests), np.int64, n)
         true = self.buckets.of(np.fromiter((r.output_len for r in requests), np.int64, n))
-        wrong = _uniforms(self.seed, ids, 0) >= self.accuracy
-        u = _uniforms(self.seed, ids, 1)
+        wrong = uniforms(self.seed, ids, 0) >= self.accuracy
+        u = uniforms(self.seed, ids, 1)
         k = self.buckets.num
         if self.error_shape == "uniform":
             other = np.floor(u * (k - 1)).astype(np.int64)
