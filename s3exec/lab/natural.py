@@ -31,7 +31,8 @@ import pandas as pd
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
 
-POLICIES = ("s3", "oracle", "orca", "vllm", "paged", "vllm-sjf", "vllm-srpt", "vllm-srpt-longest", "vllm-srpt-hidden")
+DEFAULT_POLICIES = ("s3", "oracle", "orca", "vllm", "paged")  # make natural: S3 against the others
+POLICIES = (*DEFAULT_POLICIES, "vllm-sjf", "vllm-srpt", "vllm-srpt-longest", "vllm-srpt-hidden")  # the rest on request
 # runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives;
 # the last two also preempt the request with the longest predicted remaining work, the last re-predicting it from
 # SmolLM2's hidden states as it generates (its simulator replay draws the error measured from them instead)
@@ -170,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--kv-tokens", type=positive_count, default=6144, help="the KV budget, in tokens")
     ap.add_argument("--threads", type=positive_count, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES))
+    ap.add_argument("--policies", nargs="+", choices=POLICIES, default=list(DEFAULT_POLICIES),
+                    help=f"default: {' '.join(DEFAULT_POLICIES)}")
     ap.add_argument("--out", type=out_path, default="results/natural")
     ap.add_argument("--cache", default=None,
                     help="cache root (default $S3_NATURAL_DIR or ~/.cache/s3/natural); a folder per settings below it")
