@@ -17,7 +17,8 @@ def test_a_small_ordering_sweep_writes_its_tables(tmp_path, monkeypatch, capsys)
         "azure": (ordering.WORKLOADS["azure"][0], "workload.time_scale", (0.5,), 120)})
     assert ordering.main(["--out", str(tmp_path), "--seeds", "2"]) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
-    assert len(runs) == 2 * 6 * 2 and set(runs.workload) == {"sharegpt", "azure"}
+    assert len(runs) == 2 * len(ordering.configurations("sharegpt")) * 2 and set(runs.workload) == {"sharegpt", "azure"}
+    assert len(ordering.configurations("azure")) == len(ordering.configurations("sharegpt")) == 9
     front = pd.read_csv(tmp_path / "frontier.csv")
     assert (front.seeds == 2).all() and "ttft_mean_ci95" in front.columns
     table = pd.read_csv(tmp_path / "summary.csv")
