@@ -77,7 +77,8 @@ calibrate: setup
 steps: setup
 	$(BIN)/python -m s3sim.lab.step_check
 
-# Length prediction as an ordering on vLLM V1 (FCFS, SJF, SRPT; predicted and oracle lengths): results/ordering/.
+# Length prediction as an ordering on vLLM V1 (FCFS, SJF, SRPT; predicted, re-predicted and oracle lengths; the
+# RTX 4090 and RTX PRO 6000 runs' engines): results/ordering/.
 ordering: setup
 	$(BIN)/python -m s3sim.experiments.ordering
 

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not (DATA / "traces").is_dir(), reason="needs th
 
 def test_a_small_ordering_sweep_writes_its_tables(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ordering, "WORKLOADS", {
-        "sharegpt": (ordering.WORKLOADS["sharegpt"][0], "arrival.rate", (20.0,), 150),
-        "azure": (ordering.WORKLOADS["azure"][0], "workload.time_scale", (0.5,), 120)})
+        "sharegpt": (*ordering.WORKLOADS["sharegpt"][:2], "arrival.rate", (20.0,), 150),
+        "azure": (*ordering.WORKLOADS["azure"][:2], "workload.time_scale", (0.5,), 120)})
     assert ordering.main(["--out", str(tmp_path), "--seeds", "2"]) == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert len(runs) == 2 * len(ordering.configurations("sharegpt")) * 2 and set(runs.workload) == {"sharegpt", "azure"}

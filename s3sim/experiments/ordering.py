@@ -1,9 +1,11 @@
 """`python -m s3sim.experiments.ordering` (`make ordering`): where length prediction still pays on vLLM V1, as
 an ordering of the waiting queue.
 
-One grounded engine: the RTX 4090 run's (../shared/data/vllm_runs/rtx4090-llama-3.1-8b): Llama 3.1 8B priced
+Two grounded engines. The RTX 4090 run's (../shared/data/vllm_runs/rtx4090-llama-3.1-8b): Llama 3.1 8B priced
 by that run's operator profile, its 41,408 tokens of KV (2,588 blocks), 256 sequences, a 2,048-token budget,
-chunked prefill and prefix caching; the `vllm` policy, whose `policy.order` ranks the waiting queue:
+chunked prefill and prefix caching; and the RTX PRO 6000 run's (rtxpro6000-llama-3.1-8b): its profile, 128
+sequences, a 2,048-token budget and 575,808 tokens of KV (what `s3sim-validate` derives for it), so that there
+the sequence limit queues requests, not memory. The `vllm` policy's `policy.order` ranks the waiting queue:
 - `fcfs`: vLLM as it ships;
 - `sjf`: shortest predicted output first; `srpt`: shortest predicted remaining output first (a preempted
   request is re-ranked by what it has left); each with a starvation bound (`policy.max_wait_s`) in one row;
@@ -14,11 +16,12 @@ chunked prefill and prefix caching; the `vllm` policy, whose `policy.order` rank
 - predicted by the shipped predictor (the fine-tuned encoder, its committed predictions: `predictor=trained`),
   by a synthetic predictor where the workload has no prompt text, and by the oracle with one-token buckets
   (the exact length: the best any ordering by length can do).
-Two workloads, each swept from about 0.9 to 1.5 times the engine's offline throughput (8.6 requests/s on the
-ShareGPT prompts, 3.4 on the trace's: below it vLLM admits almost every arrival at once, nothing waits, and
-the order of an empty queue changes nothing), with three seeds (the arrival process and the synthetic
-predictor's errors): ShareGPT prompts the predictor never saw (`workload=sharegpt_pairs workload.split=test`,
-Poisson arrivals), and the Azure conversation trace (its first rows and own timestamps, replayed faster by
+Three workloads, each swept from about 0.9 to 1.5 times the engine's offline throughput (on the RTX 4090 8.6
+requests/s on the ShareGPT prompts and 3.4 on the trace's, on the RTX PRO 6000 17.0 on the ShareGPT prompts:
+below it vLLM admits almost every arrival at once, nothing waits, and the order of an empty queue changes
+nothing), with three seeds (the arrival process and the synthetic predictor's errors): ShareGPT prompts the
+predictor never saw (`workload=sharegpt_pairs workload.split=test`, Poisson arrivals) on each engine, and the
+Azure conversation trace on the RTX 4090 (its first rows and own timestamps, replayed faster by
 `workload.time_scale`; no prompt text, so no trained predictor).
 
 Writes results/ordering/runs.csv (every run), frontier.csv (means over seeds with 95 % intervals),
@@ -41,12 +44,21 @@ MAX_SEQ_LEN = 2048
 ENGINE = ["model=llama-3.1-8b", "gpu=rtx-4090", "latency=operators", "policy=vllm", "+kv_capacity_tokens=41408",
           "policy.max_batch_size=256", "policy.max_num_batched_tokens=2048", "policy.prefix_caching=true",
           f"max_seq_len={MAX_SEQ_LEN}"]
+# the RTX PRO 6000 run's engine (../shared/data/vllm_runs/rtxpro6000-llama-3.1-8b): its profile, 128 sequences,
+# a 2,048-token budget and the KV capacity s3sim-validate derives for it (35,988 blocks: memory is never short,
+# the sequence limit is what queues)
+ENGINE_PRO6000 = ["model=llama-3.1-8b", "gpu=rtx-pro-6000", "latency=operators",
+                  "latency.path=../shared/data/vllm_runs/rtxpro6000-llama-3.1-8b/profile", "policy=vllm",
+                  "+kv_capacity_tokens=575808", "policy.max_batch_size=128", "policy.max_num_batched_tokens=2048",
+                  "policy.prefix_caching=true", f"max_seq_len={MAX_SEQ_LEN}"]
+SHAREGPT = ["workload=sharegpt_pairs", "workload.split=test", "arrival=poisson"]
 WORKLOADS = {
-    # name: (overrides, load key, loads, requests)
-    "sharegpt": (["workload=sharegpt_pairs", "workload.split=test", "arrival=poisson"], "arrival.rate",
-                 (7.5, 8.5, 9.5, 11.0, 13.0), 2000),
+    # name: (engine, overrides, load key, loads, requests)
+    "sharegpt": (ENGINE, SHAREGPT, "arrival.rate", (7.5, 8.5, 9.5, 11.0, 13.0), 2000),
     # the trace's first 1,500 rows arrive at 4.8 requests/s on its own clock: time scales for 3.0-5.1 requests/s
-    "azure": (["workload=trace", "arrival=trace"], "workload.time_scale", (1.61, 1.42, 1.27, 1.10, 0.95), 1500),
+    "azure": (ENGINE, ["workload=trace", "arrival=trace"], "workload.time_scale", (1.61, 1.42, 1.27, 1.10, 0.95), 1500),
+    # offline, this engine serves the ShareGPT prompts at 17.0 requests/s
+    "sharegpt-pro6000": (ENGINE_PRO6000, SHAREGPT, "arrival.rate", (15.0, 17.0, 19.0, 22.0, 26.0), 2000),
 }
 ORACLE = ["predictor=oracle", f"predictor.num_buckets={MAX_SEQ_LEN}"]
 SYNTHETIC = ["predictor=synthetic", "predictor.accuracy=0.8", "predictor.error_shape=adjacent"]
@@ -60,8 +72,9 @@ METRICS = ("ttft_mean", "ttft_p99", "e2e_latency_mean", "e2e_latency_p99", "requ
 
 def configurations(workload: str) -> dict[str, list[str]]:
     """label -> the policy and predictor overrides of one ordering."""
-    predicted = TRAINED if workload == "sharegpt" else SYNTHETIC
-    name = "trained" if workload == "sharegpt" else "synthetic 80%"
+    text = workload.startswith("sharegpt")  # prompts the trained predictor can read
+    predicted = TRAINED if text else SYNTHETIC
+    name = "trained" if text else "synthetic 80%"
     return {
         "fcfs": ["policy.order=fcfs", *ORACLE],  # the predictor is unused by fcfs
         f"sjf ({name})": ["policy.order=sjf", *predicted],
@@ -93,12 +106,12 @@ def one_run(overrides: list[str]) -> dict:
 def sweep(workloads, seeds, echo=print) -> pd.DataFrame:
     rows = []
     for wname in workloads:
-        base, key, loads, n = WORKLOADS[wname]
+        engine, base, key, loads, n = WORKLOADS[wname]
         for label, conf in configurations(wname).items():
             for load in loads:
                 for seed in seeds:
                     t0 = time.perf_counter()
-                    over = [*ENGINE, *base, *conf, f"{key}={load}", f"num_requests={n}", f"seed={seed}"]
+                    over = [*engine, *base, *conf, f"{key}={load}", f"num_requests={n}", f"seed={seed}"]
                     row = one_run(over)
                     rows.append({"workload": wname, "ordering": label, "load": load, "seed": seed, **row})
                     echo(f"{wname:8s} {label:38s} {key}={load:<4g} seed {seed}: TTFT mean {row['ttft_mean']:8.2f} s, "
