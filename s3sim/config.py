@@ -388,13 +388,37 @@ def policy_class(cfg):
     return POLICIES[choice(cfg["policy"]["name"], tuple(POLICIES), "policy.name")]
 
 
+def policy_node(cfg) -> tuple[dict, str]:
+    """The run's `policy` node with vllm's `auto` limits replaced by those vLLM V1 picks when none is set (by
+    the GPU preset's memory and name, and the entry point: arrival=offline is vLLM's offline LLM class, other
+    arrivals its server), and what they are ('' when no limit was auto)."""
+    from s3sim.core.policies.vllm import AUTO, vllm_default_limits
+
+    node = dict(cfg["policy"])
+    keys = [k for k in ("max_batch_size", "max_num_batched_tokens") if node.get(k) == AUTO]
+    if not keys:
+        return node, ""
+    if node.get("name") != "vllm":
+        raise ConfigError(f"policy.{keys[0]}=auto takes vLLM V1's default limits and applies to policy=vllm only, "
+                          f"not policy={node.get('name')}; give a number")
+    gpu = get_gpu(cfg["gpu"]["name"])
+    seqs, tokens, why = vllm_default_limits(gpu.memory_bytes, gpu.name, cfg["arrival"]["process"] == "offline")
+    if node.get("max_num_batched_tokens") == AUTO:
+        node["max_num_batched_tokens"] = tokens
+    if node.get("max_batch_size") == AUTO:
+        node["max_batch_size"] = min(seqs, node["max_num_batched_tokens"]) if isinstance(
+            node["max_num_batched_tokens"], int) else seqs
+    return node, f"{', '.join(f'policy.{k}' for k in keys)}=auto: {why}"
+
+
 def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = False):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
     rows (a trained predictor finds each prompt by it); `hidden_states`: the engine can hand the served
     model's hidden states to a re-predictor (the executor's paged path)."""
     cls = policy_class(cfg)
-    conf = structured(cls.Config, cfg["policy"], "policy")
+    node, limits_source = policy_node(cfg)
+    conf = structured(cls.Config, node, "policy")
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     predictor = None
     use = getattr(conf, "predictor_use", "")  # a setting that ranks by predicted length (vllm's policy.order)
@@ -413,6 +437,8 @@ def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = Fals
             predictor.reprediction = build_reprediction(spec.repredict, seed_of(cfg), max_seq_len, hidden_states)
     feedback = (spec or PredictorSpec()).feedback
     sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback)
+    if limits_source:
+        sched.limits_source = limits_source
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
         sched.predict_s = spec.latency_ms / 1000.0  # what one prediction costs, charged before admission
     return sched

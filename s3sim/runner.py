@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from s3sim.config import build, get, positive_int, rows_used, seed_of, structured
+from s3sim.config import build, get, policy_node, positive_int, rows_used, seed_of, structured
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
@@ -221,7 +221,7 @@ def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> 
 def run_fields(cfg, policy: str) -> dict:
     """The summary fields that say what ran, shared by the simulator's and the executor's runs."""
     cls = POLICIES[policy]
-    ranks = bool(getattr(structured(cls.Config, cfg["policy"], "policy"), "predictor_use", ""))  # vllm's order
+    ranks = bool(getattr(structured(cls.Config, policy_node(cfg)[0], "policy"), "predictor_use", ""))  # vllm's order
     predicts = (cls.uses_predictor or ranks) and cls.fixed_predictor is None  # the configured predictor, not its own
     return {
         "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),

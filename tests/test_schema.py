@@ -39,7 +39,7 @@ def validation_files(tmp: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """kind -> the tables real runs wrote: a simulator run of every policy (with iterations), S3 with
-    max_wait, a run with repeats, a two-replica vllm by re-predicted remaining length, two-replica clusters (policies with columns of their own), an executor
+    max_wait, a run with repeats, a two-replica vllm by re-predicted remaining length with vLLM's default limits, two-replica clusters (policies with columns of their own), an executor
     run, and a validation."""
     tmp = tmp_path_factory.mktemp("runs")
     policies = ("s3", "vllm", "hf", "ft", "orca", "paged", "paged_spf")
@@ -47,7 +47,8 @@ def files(tmp_path_factory):
     runs += [compose_cfg("config", *SMALL, "policy=s3", "policy.max_wait=0.01", "arrival=poisson", "arrival.rate=20"),
              compose_cfg("config", *SMALL, "repeats=2"),
              compose_cfg("config", *SMALL, "cluster.replicas=2", "policy=vllm", "policy.order=srpt",
-                         "predictor=synthetic", "predictor.repredict=measured"),
+                         "predictor=synthetic", "predictor.repredict=measured", "policy.max_batch_size=auto",
+                         "policy.max_num_batched_tokens=auto"),
              compose_cfg("config", *SMALL, "cluster.replicas=2", "policy=s3", "policy.max_wait=0.01", "arrival=poisson",
                          "arrival.rate=20"),
              compose_cfg("config", *SMALL, "cluster.replicas=2", "policy=hf")]

@@ -152,6 +152,10 @@ MEASURED = (
     Column("repredict", TEXT, "vllm with `predictor.repredict`: how remaining lengths were re-predicted as tokens "
            "were generated (measured: the error model measured on SmolLM2's hidden states, or a CSV's; hidden: the "
            "probe reading the served model's states, executor only)"),
+    Column("vllm_limits", TEXT, "vllm with `policy.max_batch_size=auto` or `policy.max_num_batched_tokens=auto`: the "
+           "sequence limit and token budget the run used (each replica's, in a cluster), which were auto and which of "
+           "vLLM V1's defaults they took (by the GPU preset's memory and name, and the entry point: arrival=offline is "
+           "the offline LLM class, other arrivals the server)"),
     Column("batch_sizing", TEXT, "hf: the length a static batch's peak memory is checked at (`policy.sizing`)"),
     Column("static_batches", "batches", "hf: static batches formed"),
     Column("mean_static_batch", "requests", "hf: requests per static batch, averaged over batches"),

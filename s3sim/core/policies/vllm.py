@@ -65,6 +65,22 @@ from s3sim.core.prefix_cache import PrefixCache
 from s3sim.core.request import Request
 
 ORDERS = ("fcfs", "sjf", "srpt")  # policy.order: how waiting requests are ranked
+AUTO = "auto"  # policy.max_batch_size / policy.max_num_batched_tokens: the limit vLLM V1 picks when none is set
+GIB = 1 << 30
+
+
+def vllm_default_limits(memory_bytes: int, gpu_name: str, offline: bool) -> tuple[int, int, str]:
+    """(max_num_seqs, max_num_batched_tokens, why) that vLLM V1 picks when the user sets neither
+    (`EngineArgs.get_batch_defaults`): on a GPU of at least 70 GiB that is not an A100, 1,024 sequences and
+    16,384 tokens for the offline `LLM` class or 8,192 for the server; elsewhere 256 sequences and 8,192 or
+    2,048 tokens; the sequence limit never above the token budget."""
+    big = memory_bytes >= 70 * GIB and "a100" not in gpu_name.lower()
+    tokens = (16384 if offline else 8192) if big else (8192 if offline else 2048)
+    seqs = min(1024 if big else 256, tokens)
+    size = (f"{memory_bytes / GIB:.0f} GiB, " + ("at least 70 GiB and not an A100" if big else
+                                                  "an A100" if "a100" in gpu_name.lower() else "below 70 GiB"))
+    why = f"vLLM V1's default for {'the offline LLM class' if offline else 'the server'} on {gpu_name} ({size})"
+    return seqs, tokens, why
 VICTIMS = ("newest", "longest_remaining")  # policy.victim: which running request is preempted
 
 
@@ -166,11 +182,16 @@ class VllmScheduler(PagedScheduler):
         shared = 0 if self.cache is None else self.cache.found_shared * self.bs
         return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared}
 
+    limits_source = ""  # set when policy's limits were `auto`: which of vLLM's defaults they are
+
     def summary_fields(self) -> dict:
         out = {"aged_admissions": self.aged_admissions} if self.max_wait_s is not None else {}
         rp = None if self.predictor is None else self.predictor.reprediction
         if rp is not None:
             out["repredict"] = rp.name
+        if self.limits_source:  # text, so that a cluster's summary keeps one replica's limits (numbers add up)
+            out["vllm_limits"] = (f"max_num_seqs {self.max_batch}, max_num_batched_tokens {self.token_budget} "
+                                  f"({self.limits_source})")
         return out
 
     def add(self, requests):
