@@ -450,7 +450,8 @@ REPREDICTION_PROBE = Path(__file__).parent / "predictor" / "tables" / "repredict
 
 def build_reprediction(source: str, seed: int, max_seq_len: int, hidden_states: bool = False):
     """The re-prediction model of `predictor.repredict`: `measured` (the error model measured on SmolLM2, the
-    shipped table of `python -m s3exec.lab.reprediction`), a CSV with columns generated, log_sd, log_bias, or
+    shipped table of `python -m s3exec.lab.reprediction`), a CSV with columns generated, log_sd, log_bias (and
+    optionally log_corr, each checkpoint's error's correlation with the previous one's), or
     `hidden` (that command's probe reading the served model's hidden states: the executor only)."""
     import csv
 
@@ -477,9 +478,10 @@ def build_reprediction(source: str, seed: int, max_seq_len: int, hidden_states: 
         raise ConfigError(f"predictor.repredict: {path} needs columns {', '.join(need)} and at least one row")
     try:
         cols = [[float(r[c]) for r in rows] for c in need]
+        corr = [float(r["log_corr"]) for r in rows] if "log_corr" in rows[0] else None
     except ValueError as e:
         raise ConfigError(f"predictor.repredict: {path}: a value is not a number ({e})") from None
-    return RePrediction(*cols, seed=seed, max_seq_len=max_seq_len, name=source)
+    return RePrediction(*cols, seed=seed, max_seq_len=max_seq_len, name=source, log_corr=corr)
 
 
 def predictor_spec(cfg):

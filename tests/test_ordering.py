@@ -263,3 +263,18 @@ def test_the_measured_re_prediction_table_ranks_a_config_run(cfg):
     re = run_config(cfg(*base, "predictor.repredict=measured"))
     assert plain["preemptions"] > 0 and re["preemptions"] > 0
     assert (re["ttft_mean"], re["preemptions"]) != (plain["ttft_mean"], plain["preemptions"])
+
+
+def test_a_re_predicted_error_keeps_the_measured_correlation_with_the_checkpoint_before():
+    """z_k = rho z_(k-1) + sqrt(1 - rho^2) e_k: rho = 1 keeps one z for every checkpoint; rho = 0 draws them
+    independently; a measured rho comes back from many requests."""
+    from s3sim.core.predictors.reprediction import RePrediction
+
+    same = RePrediction([0, 10, 20], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0], seed=1, log_corr=[0.0, 0.0, 1.0])
+    assert all(math.isclose(same._factor(i, 0), same._factor(i, 1)) for i in range(20))
+    for rho in (0.0, 0.8):
+        rp = RePrediction([0, 10, 20], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0], seed=2, log_corr=[0.0, 0.0, rho])
+        z = np.log([[rp._factor(i, 0), rp._factor(i, 1)] for i in range(4000)])
+        assert abs(np.corrcoef(z.T)[0, 1] - rho) < 0.05 and abs(z[:, 1].std() - 1.0) < 0.05
+    with pytest.raises(ConfigError, match="correlations must be between -1 and 1"):
+        RePrediction([10], [1.0], [0.0], log_corr=[1.5])

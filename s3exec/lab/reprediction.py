@@ -14,8 +14,9 @@ Writes, each atomically, the last marking a finished run:
 - `results/predictor/reprediction.csv`: per checkpoint, the held-out requests still running, the spread
   (standard deviation) and bias of log(predicted / true remaining), the median relative error, and Kendall's
   tau of predicted against true remaining, beside the same for the estimate made at g = 0 and carried
-  forward (predicted remaining at 0 less g): what re-prediction adds;
-- `s3sim/predictor/tables/reprediction.csv`: the checkpoints with their measured spread and bias, the error
+  forward (predicted remaining at 0 less g): what re-prediction adds; and how a request's re-predicted error
+  correlates with its own at the checkpoint before;
+- `s3sim/predictor/tables/reprediction.csv`: the checkpoints with their measured spread, bias and correlation, the error
   model `predictor.repredict=measured` draws from in the simulator (`s3sim.core.predictors.reprediction`);
 - `s3sim/predictor/tables/reprediction_probe.npz`: the fitted probe (feature means, scales, weights and the
   checkpoints), which `predictor.repredict=hidden` applies live in the executor on SmolLM2;
@@ -197,7 +198,8 @@ def evaluate(data: dict, model):
     pred = np.exp(model(design(h, g)))
     first = {r: p for r, p, gg in zip(req, pred, g) if gg == 0}
     carried = np.array([max(first[r] - gg, 1.0) for r, gg in zip(req, g)])
-    rows = []
+    error = dict(zip(zip(req.tolist(), g.tolist()), np.log(pred / (length - g)).tolist()))
+    rows, prev = [], None
     for c in CHECKPOINTS:
         m = g == c
         if m.sum() < 8:
@@ -209,7 +211,11 @@ def evaluate(data: dict, model):
             row |= {f"{name}_log_sd": round(float(e.std()), 4), f"{name}_log_bias": round(float(e.mean()), 4),
                     f"{name}_median_rel_error": round(float(np.median(np.abs(p - true) / true)), 4),
                     f"{name}_kendall_tau": round(kendall(p, true), 4)}
+        # a request's re-predicted error against its own at the checkpoint before (0 at the first)
+        both = [(error[(r, prev)], error[(r, c)]) for r in req[m].tolist() if (r, prev) in error] if prev is not None else []
+        row["repredicted_log_corr"] = round(float(np.corrcoef(np.array(both).T)[0, 1]), 4) if len(both) >= 8 else 0.0
         rows.append(row)
+        prev = c
     return pd.DataFrame(rows)
 
 
@@ -240,8 +246,10 @@ def main(argv=None) -> int:
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(table, out / "reprediction.csv")
-        model_table = table[["generated", "running", "repredicted_log_sd", "repredicted_log_bias"]].rename(
-            columns={"repredicted_log_sd": "log_sd", "repredicted_log_bias": "log_bias"})
+        model_table = table[["generated", "running", "repredicted_log_sd", "repredicted_log_bias",
+                             "repredicted_log_corr"]].rename(columns={"repredicted_log_sd": "log_sd",
+                                                                      "repredicted_log_bias": "log_bias",
+                                                                      "repredicted_log_corr": "log_corr"})
         write_csv(model_table, Path(a.table))
         probe_path = Path(a.table).with_name("reprediction_probe.npz")
         tmp = probe_path.with_suffix(".tmp.npz")

@@ -3,8 +3,9 @@ tokens generated, measured on a served model's own hidden states (`s3exec.lab.re
 
 At each checkpoint g of the measured table (g > 0: before the first, the length predictor's estimate from the
 prompt stands), a running request's remaining length is re-predicted as its true remaining length times
-exp(bias(g) + spread(g) x z), z a standard normal drawn from (seed, request id, checkpoint) only, so the same
-request gets the same estimate in every engine, batching and jump. Between checkpoints, and after the last,
+exp(bias(g) + spread(g) x z), z a standard normal correlated with the request's previous z as the table's
+`log_corr` says (0 where it has none), drawn from (seed, request id, checkpoint) only, so the same request gets
+the same estimate in every engine, batching and jump. Between checkpoints, and after the last,
 the latest estimate is carried (less the tokens generated since). The estimate is at least one token and at
 most what max_seq_len leaves.
 """
@@ -21,34 +22,44 @@ from s3sim.core.predictors.synthetic import uniforms
 
 class RePrediction:
     def __init__(self, checkpoints, log_sd, log_bias, seed: int = 0, max_seq_len: int | None = None,
-                 name: str = "measured"):
+                 name: str = "measured", log_corr=None):
         self.name = name  # where the spreads come from (the summary's `repredict`)
         g = [int(x) for x in checkpoints]
         sd, bias = [float(x) for x in log_sd], [float(x) for x in log_bias]
-        if not g or len(g) != len(sd) or len(g) != len(bias):
-            raise ConfigError("predictor.repredict: the table needs one spread and one bias per checkpoint")
+        corr = [0.0] * len(g) if log_corr is None else [float(x) for x in log_corr]
+        if not g or not len(g) == len(sd) == len(bias) == len(corr):
+            raise ConfigError("predictor.repredict: the table needs one spread, one bias (and one correlation) per "
+                              "checkpoint")
         if any(b <= a for a, b in zip(g, g[1:])) or g[0] < 0:
             raise ConfigError(f"predictor.repredict: checkpoints must rise from 0 or more, got {g}")
         if any(not (0 <= s < math.inf) for s in sd) or any(not math.isfinite(b) for b in bias):
             raise ConfigError("predictor.repredict: spreads must be finite and non-negative, biases finite")
+        if any(not -1.0 <= c <= 1.0 for c in corr):
+            raise ConfigError("predictor.repredict: correlations must be between -1 and 1")
         keep = [i for i, x in enumerate(g) if x > 0]  # at 0 the prompt's predictor stands
         self.checkpoints = [g[i] for i in keep]
         self.log_sd = [sd[i] for i in keep]
         self.log_bias = [bias[i] for i in keep]
+        self.log_corr = [corr[i] for i in keep]  # with the previous checkpoint's error (the first one's is unused)
         self.seed = int(seed)
         self.max_seq_len = max_seq_len
-        self._cache: dict[tuple[int, int], float] = {}  # (request id, checkpoint index) -> factor
+        self._z: dict[int, list[float]] = {}  # request id -> its standard normal errors, checkpoint by checkpoint
+
+    def _normal(self, rid: int, k: int) -> float:
+        ids = np.array([rid], dtype=np.int64)
+        u1 = max(float(uniforms(self.seed, ids, 101 + 2 * k)[0]), 1e-300)
+        u2 = float(uniforms(self.seed, ids, 102 + 2 * k)[0])
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)  # Box-Muller
 
     def _factor(self, rid: int, k: int) -> float:
-        f = self._cache.get((rid, k))
-        if f is None:
-            ids = np.array([rid], dtype=np.int64)
-            u1 = max(float(uniforms(self.seed, ids, 101 + 2 * k)[0]), 1e-300)
-            u2 = float(uniforms(self.seed, ids, 102 + 2 * k)[0])
-            z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)  # Box-Muller
-            f = math.exp(self.log_bias[k] + self.log_sd[k] * z)
-            self._cache[(rid, k)] = f
-        return f
+        """exp(bias + spread x z) at checkpoint k, z correlated with the previous checkpoint's as the table says
+        (z_k = rho z_(k-1) + sqrt(1 - rho^2) e_k, every e drawn from (seed, request, checkpoint))."""
+        z = self._z.setdefault(rid, [])
+        while len(z) <= k:
+            j, e = len(z), self._normal(rid, len(z))
+            rho = self.log_corr[j] if j else 0.0
+            z.append(rho * z[-1] + math.sqrt(1.0 - rho * rho) * e if j else e)
+        return math.exp(self.log_bias[k] + self.log_sd[k] * z[k])
 
     def remaining(self, r, generated: int) -> int | None:
         """Re-predicted output tokens `r` has left once it has `generated`, or None before the first checkpoint."""
