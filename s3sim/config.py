@@ -17,7 +17,7 @@ from s3sim.core.policies import POLICIES
 from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.core.predictors.spec import PredictorSpec
 from s3sim.hardware.capacity import kv_capacity_tokens
-from s3sim.hardware.gpus import get_gpu
+from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.latency import LATENCY_MODELS
 from s3sim.metrics.summary import Slo
@@ -402,7 +402,7 @@ def policy_node(cfg) -> tuple[dict, str]:
         raise ConfigError(f"policy.{keys[0]}=auto takes vLLM V1's default limits and applies to policy=vllm only, "
                           f"not policy={node.get('name')}; give a number")
     gpu = get_gpu(cfg["gpu"]["name"])
-    seqs, tokens, why = vllm_default_limits(gpu.memory_bytes, gpu.name, cfg["arrival"]["process"] == "offline")
+    seqs, tokens, why = vllm_default_limits(gpu.memory_bytes / GiB, gpu.name, cfg["arrival"]["process"] == "offline")
     if node.get("max_num_batched_tokens") == AUTO:
         node["max_num_batched_tokens"] = tokens
     if node.get("max_batch_size") == AUTO:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from s3sim.config import build_scheduler, policy_node
-from s3sim.core.policies.vllm import GIB, vllm_default_limits
+from s3sim.core.policies.vllm import vllm_default_limits
 
 
 @pytest.mark.parametrize("memory_gib, name, offline, seqs, tokens", [
@@ -17,7 +17,7 @@ from s3sim.core.policies.vllm import GIB, vllm_default_limits
     (24, "rtx-4090", False, 256, 2048), (48, "a40", True, 256, 8192), (70, "l40-70", False, 1024, 8192),
 ])
 def test_vllms_defaults_by_memory_name_and_entry_point(memory_gib, name, offline, seqs, tokens):
-    got = vllm_default_limits(memory_gib * GIB, name, offline)
+    got = vllm_default_limits(memory_gib, name, offline)
     assert got[:2] == (seqs, tokens) and name in got[2]
     assert ("offline LLM class" if offline else "server") in got[2]
 

@@ -156,16 +156,6 @@ class Probe:
         return ((x - self.mean) / self.scale) @ self.weights
 
 
-def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> Probe:
-    return Probe(x, y, penalty)
-
-
-def kendall(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall's tau-b of two score lists."""
-    from s3sim.predictor.trained.evaluate import kendall_tau_b
-
-    return float(kendall_tau_b(a, b))
-
 
 def fit(data: dict, echo) -> tuple[Probe, dict]:
     """The regression fitted on the train rows, with its penalty chosen by 4-fold CV over train requests; and
@@ -175,7 +165,7 @@ def fit(data: dict, echo) -> tuple[Probe, dict]:
     f = data["request"][tr] % 4  # folds by request: a request's checkpoints stay together
 
     def cv(features, penalty) -> float:
-        return float(np.mean([np.mean((ridge(features[f != k], y[f != k], penalty)(features[f == k]) - y[f == k]) ** 2)
+        return float(np.mean([np.mean((Probe(features[f != k], y[f != k], penalty)(features[f == k]) - y[f == k]) ** 2)
                               for k in range(4)]))
 
     best = None
@@ -186,12 +176,14 @@ def fit(data: dict, echo) -> tuple[Probe, dict]:
             best = (p, err)
     g_only = cv(x[:, -2:], 0.0)
     echo(f"log(1 + g) alone: {g_only:.3f}; the target's variance: {y.var():.3f}")
-    return ridge(x, y, best[0]), {"penalty": best[0], "cv_mse": round(best[1], 4), "cv_mse_g_only": round(g_only, 4),
+    return Probe(x, y, best[0]), {"penalty": best[0], "cv_mse": round(best[1], 4), "cv_mse_g_only": round(g_only, 4),
                                   "target_variance": round(float(y.var()), 4)}
 
 
 def evaluate(data: dict, model):
     import pandas as pd
+
+    from s3sim.predictor.trained.evaluate import kendall_tau_b
 
     te = data["test"]
     h, g, length, req = data["h"][te], data["g"][te], data["length"][te], data["request"][te]
@@ -210,7 +202,7 @@ def evaluate(data: dict, model):
             e = np.log(p / true)
             row |= {f"{name}_log_sd": round(float(e.std()), 4), f"{name}_log_bias": round(float(e.mean()), 4),
                     f"{name}_median_rel_error": round(float(np.median(np.abs(p - true) / true)), 4),
-                    f"{name}_kendall_tau": round(kendall(p, true), 4)}
+                    f"{name}_kendall_tau": round(float(kendall_tau_b(p, true)), 4)}
         # a request's re-predicted error against its own at the checkpoint before (0 at the first)
         both = [(error[(r, prev)], error[(r, c)]) for r in req[m].tolist() if (r, prev) in error] if prev is not None else []
         row["repredicted_log_corr"] = round(float(np.corrcoef(np.array(both).T)[0, 1]), 4) if len(both) >= 8 else 0.0

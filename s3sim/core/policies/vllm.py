@@ -65,23 +65,23 @@ from s3sim.core.prefix_cache import PrefixCache
 from s3sim.core.request import Request
 
 ORDERS = ("fcfs", "sjf", "srpt")  # policy.order: how waiting requests are ranked
+VICTIMS = ("newest", "longest_remaining")  # policy.victim: which running request is preempted
 AUTO = "auto"  # policy.max_batch_size / policy.max_num_batched_tokens: the limit vLLM V1 picks when none is set
-GIB = 1 << 30
 
 
-def vllm_default_limits(memory_bytes: int, gpu_name: str, offline: bool) -> tuple[int, int, str]:
+def vllm_default_limits(memory_gib: float, gpu_name: str, offline: bool) -> tuple[int, int, str]:
     """(max_num_seqs, max_num_batched_tokens, why) that vLLM V1 picks when the user sets neither
     (`EngineArgs.get_batch_defaults`): on a GPU of at least 70 GiB that is not an A100, 1,024 sequences and
     16,384 tokens for the offline `LLM` class or 8,192 for the server; elsewhere 256 sequences and 8,192 or
     2,048 tokens; the sequence limit never above the token budget."""
-    big = memory_bytes >= 70 * GIB and "a100" not in gpu_name.lower()
+    a100 = "a100" in gpu_name.lower()
+    big = memory_gib >= 70 and not a100
     tokens = (16384 if offline else 8192) if big else (8192 if offline else 2048)
     seqs = min(1024 if big else 256, tokens)
-    size = (f"{memory_bytes / GIB:.0f} GiB, " + ("at least 70 GiB and not an A100" if big else
-                                                  "an A100" if "a100" in gpu_name.lower() else "below 70 GiB"))
+    size = f"{memory_gib:.0f} GiB, " + ("at least 70 GiB and not an A100" if big else "an A100" if a100 else
+                                         "below 70 GiB")
     why = f"vLLM V1's default for {'the offline LLM class' if offline else 'the server'} on {gpu_name} ({size})"
     return seqs, tokens, why
-VICTIMS = ("newest", "longest_remaining")  # policy.victim: which running request is preempted
 
 
 @dataclass

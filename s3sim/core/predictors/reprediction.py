@@ -20,6 +20,13 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.predictors.synthetic import uniforms
 
 
+def carried(left: float, at: int, generated: int, max_seq_len: int | None) -> int:
+    """An estimate of `left` tokens made at `at` generated, once `generated` are: less the tokens since, at least 1
+    and at most what max_seq_len leaves."""
+    left = round(left) - (generated - at)
+    return int(max(1, min(left, max_seq_len - generated))) if max_seq_len else int(max(1, left))
+
+
 class RePrediction:
     def __init__(self, checkpoints, log_sd, log_bias, seed: int = 0, max_seq_len: int | None = None,
                  name: str = "measured", log_corr=None):
@@ -67,9 +74,7 @@ class RePrediction:
         if k < 0:
             return None
         c = self.checkpoints[k]
-        left = round(max(r.output_len - c, 1) * self._factor(r.id, k)) - (generated - c)
-        cap = (self.max_seq_len - generated) if self.max_seq_len else left
-        return int(max(1, min(left, cap)))
+        return carried(max(r.output_len - c, 1) * self._factor(r.id, k), c, generated, self.max_seq_len)
 
 
 class HiddenStateRePrediction:
@@ -108,7 +113,4 @@ class HiddenStateRePrediction:
         seen = self._latest.get(r.id)
         if seen is None or seen[0] > generated:  # none yet, or from before a preemption that lost it (recompute)
             return None
-        c, left = seen
-        left = round(left) - (generated - c)
-        cap = (self.max_seq_len - generated) if self.max_seq_len else left
-        return int(max(1, min(left, cap)))
+        return carried(seen[1], seen[0], generated, self.max_seq_len)
