@@ -772,8 +772,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     echo(format_table(table))
     counts = sched.counters()
     echo(f"replay: {wall:.2f} s wall, {len(frame):,} simulated iterations ({result.engine_steps:,} engine steps), "
-         f"{int(counts['preemptions'])} preemptions, {int(counts['cached_tokens']):,} recomputed tokens found "
-         f"in the prefix cache")
+         f"{int(counts['preemptions'])} preemptions ({int(counts['prefill_preemptions'])} of them part-way through a prefill), "
+         f"{int(counts['cached_tokens']):,} recomputed tokens found in the prefix cache")
 
     from s3sim.plots import save
     from s3sim.writers import write_csv

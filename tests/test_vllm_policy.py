@@ -131,3 +131,29 @@ def test_any_iteration_level_policy_takes_the_token_budget():
     with pytest.raises(ConfigError, match="does not apply to ft"):
         build_scheduler({**cfg, "policy": {"name": "ft", "max_batch_size": 4, "max_num_batched_tokens": 32}}, 1024,
                         np.array([10]))
+
+
+@pytest.mark.parametrize("allocate", ["chunk", "prompt"])
+def test_blocks_are_taken_chunk_by_chunk_and_a_part_way_prefill_is_preempted_first(allocate):
+    """Eleven one-token blocks, a budget of 4. A (1-token prompt, 6 outputs) decodes; X (7-token prompt) arrives
+    at 0.5 and its whole prompt fits at t=1 (8 blocks of the 8 left after A's growth), so it is admitted with a
+    3-token chunk. Chunk by chunk (vLLM V1), X holds 3 blocks, then 6 at t=2; at t=3 its last chunk needs 2 and
+    A 1 with one free, so X, the newest, is preempted part-way: no token stalls, and its 6 computed tokens
+    are computed again once A is done. Reserving the whole prompt at admission instead, X holds all 8 at t=1,
+    and at t=2 A, the newest *decoding* request, finds no block and is preempted."""
+    sched = VllmScheduler(KVPool(11, unit_tokens=1), 16, max_num_batched_tokens=4, max_batch_size=2,
+                          allocate=allocate)
+    res, outs = run(sched, [1, 7], [6, 1], [0.0, 0.5])
+    a, x = res.requests
+    preempted = {o[0]: o[1] for o in outs if o[1]}
+    if allocate == "chunk":
+        assert preempted == {3.0: [1]}
+        assert (a.preemptions, x.preemptions, sched.prefill_preemptions) == (0, 1, 1)
+        assert x.recomputed_tokens == 6 and sched.stall_gaps == []
+        assert (a.finished, x.admitted, x.first_token) == (6.0, 1.0, 8.0)
+        assert sched.summary_fields()["prefill_preemptions"] == 1
+    else:
+        assert preempted == {2.0: [0]}
+        assert (a.preemptions, x.preemptions, sched.prefill_preemptions) == (1, 0, 0)
+        assert "prefill_preemptions" not in sched.summary_fields()
+    res.scheduler.pool.check_empty()

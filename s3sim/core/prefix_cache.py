@@ -148,10 +148,12 @@ class PrefixCache:
         hits, free = self.lookup(r)
         return blocks - (len(hits) - free)
 
-    def admit(self, r, blocks: int) -> int:
-        """Take `r`'s `blocks` blocks: its hits (out of the queue where free), its shared blocks not cached
-        yet (registered; found by others once computed), and the rest held by `r`. Returns the tokens found."""
-        hits, _ = self.lookup(r)
+    def admit(self, r, blocks: int, hits: list | None = None) -> int:
+        """Take `r`'s first `blocks` blocks (at least its hits and its shared region): its hits (out of the queue
+        where free), its shared blocks not cached yet (registered; found by others once computed), and the rest
+        held by `r`. `hits`: `lookup(r)`'s, if the caller has them. Returns the tokens found."""
+        if hits is None:
+            hits, _ = self.lookup(r)
         queue, entries = self.pool.free_queue, self.entries
         mine: dict[int, object] = {}
         revived_shared = revived_own = 0

@@ -149,6 +149,9 @@ MEASURED = (
     Column("aged_admissions", "requests", "s3 with `policy.max_wait`, vllm with `policy.max_wait_s`: admissions "
            "made ahead of the policy's order (s3: its packing order; vllm: `policy.order`) because the request had "
            "been queued at least that many seconds"),
+    Column("prefill_preemptions", "preemptions", "vllm with `policy.allocate=chunk` (its default): of preemptions, "
+           "those of a request part-way through its prefill, whose next chunk found no free block (vLLM V1 takes a "
+           "prompt's blocks chunk by chunk); its computed chunks are dropped"),
     Column("repredict", TEXT, "vllm with `predictor.repredict`: how remaining lengths were re-predicted as tokens "
            "were generated (measured: the error model measured on SmolLM2's hidden states, or a CSV's; hidden: the "
            "probe reading the served model's states, executor only)"),

@@ -39,6 +39,8 @@ class Progress:
     epoch: int = 0
     seq: int = 0
     prefilled: int = 0  # context tokens already in KV while a chunked prefill is under way
+    blocks: int = 0  # KV blocks held while a prefill allocated chunk by chunk is under way (vllm's allocate=chunk)
+    lost: int = 0  # context tokens a preemption part-way through the prefill dropped (computed again on readmission)
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Scheduler:
         self.pending_transfer = 0  # swap-out tokens, paid by the next iteration
         self.prefill_context_tokens = 0  # context every admission placed in KV (computed or found cached)
         self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption
+        self.prefill_preemptions = 0  # of preemptions, those of a request part-way through its prefill (no gap)
         self._events: list = []
         self._pushes = itertools.count()
         self._admissions = itertools.count()
@@ -327,9 +330,11 @@ class Scheduler:
         else:
             tokens = r.context
             self.prefill_context_tokens += tokens
-            if r.generated:
-                r.recomputed_tokens += tokens - prefix
-                self.by_cause[r.preempt_cause]["recomputed_tokens"] += tokens - prefix
+            again = tokens - prefix if r.generated else max(p.lost - prefix, 0)  # computed before a preemption
+            p.lost = 0
+            if again:
+                r.recomputed_tokens += again
+                self.by_cause[r.preempt_cause]["recomputed_tokens"] += again
             chunk = min(tokens - prefix if chunk is None else chunk, self._budget_left)
             self._budget_left -= chunk
             self._add_prefill(batch, r, prefix, chunk)
@@ -396,16 +401,31 @@ class Scheduler:
         """Free `r`'s memory, as it finishes or (`preempted`) is taken off the GPU."""
         self.pool.release(r.id)
 
+    def _release_partial(self, r: Request) -> None:
+        """Free the blocks of a request preempted part-way through its prefill; only a policy that allocates
+        them chunk by chunk preempts one."""
+        raise InvariantViolation(f"t={self.now:.6f}s request {r.id} was preempted part-way through its prefill "
+                                 f"under {self.name}, which reserves a whole prompt at admission")
+
     def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
         """Take `r` off the GPU: free its memory; keep its KV in host memory (swap) or drop it (recompute).
         Tokens already generated stay generated: a recomputed request re-prefills them. `cause`: see
-        `CAUSES`."""
-        self._leave(r)
-        self._release(r, preempted=True)
+        `CAUSES`. A request part-way through its prefill (only where blocks are allocated chunk by chunk) has
+        no token to stall and nothing to swap: its computed chunks are dropped."""
+        if r.id not in self.running:
+            del self.prefilling[r.id]
+            self._release_partial(r)
+            r.progress.lost = max(r.progress.lost, r.progress.prefilled)
+            r.progress.prefilled = r.progress.blocks = 0
+            r.progress.epoch += 1
+            self.prefill_preemptions += 1
+        else:
+            self._leave(r)
+            self._release(r, preempted=True)
+            r.last_token = now
         r.phase = Phase.WAITING
         r.preemptions += 1
         r.preempt_cause = cause
-        r.last_token = now
         self.preemptions += 1
         self.by_cause[cause]["preemptions"] += 1
         self._preempted.append(r)

@@ -107,19 +107,20 @@ class PagedScheduler(FcfsScheduler):
                 and self.pool.free - self._growth(1) - self._free_needed(r) >= self.watermark)
 
     def schedule(self, now: float) -> SchedulerOutput:
-        need = self._growth(1)
+        need = self._step_need()
         preempted = False
-        while need > self.pool.free and self.running:
+        while need > self.pool.free and (self.running or self.prefilling):
             victim = self._victim()
             self._preempt(victim, now)
             self.waiting.appendleft(victim)
-            need = self._growth(1)
+            need = self._step_need()
             preempted = True
         batch = self._decode_batch()
         if preempted:
             return batch
         room = self._room()
-        free = self.pool.free - need
+        growth = self._growth(1)  # allocated when the step is applied (`_on_steps`)
+        free = self.pool.free - growth
         while self.waiting and room > 0 and self._budget_left > 0:
             r = self.waiting[0]
             blocks = self._free_needed(r)
@@ -129,10 +130,15 @@ class PagedScheduler(FcfsScheduler):
                 break
             self.waiting.popleft()
             prefix = self._take_blocks(r)
-            free -= blocks
+            free = self.pool.free - growth
             self._admit(r, batch, now, prefix=prefix)
             room -= 1
         return batch
+
+    def _step_need(self) -> int:
+        """Blocks this iteration takes before any admission: the running requests' growth (and, where blocks
+        are allocated chunk by chunk, the next chunks of part-way prefills)."""
+        return self._growth(1)
 
     def _victim(self) -> Request:
         """The running request preempted when the running ones need more blocks than are free: the newest."""

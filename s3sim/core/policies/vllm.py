@@ -7,8 +7,11 @@ Each iteration (vLLM's `Scheduler.schedule`, as of its V1 engine):
 - requests whose prompt is partly computed continue with the next chunk the budget allows, oldest first;
 - then waiting requests are admitted first-come first-served while the budget, `max_num_seqs` (here
   `max_batch_size`) and free blocks allow; a prompt longer than what is left of the budget is prefilled over
-  several iterations and keeps its place. Admission reserves the blocks of the whole prompt at once (vLLM's
-  `scheduler_reserve_full_isl`), so a partly prefilled request never waits for memory mid-prompt.
+  several iterations and keeps its place. Admission checks that the blocks of the whole prompt are free
+  (vLLM's `scheduler_reserve_full_isl`) but takes only the first chunk's; each later chunk takes its own as
+  it is scheduled (`allocate_slots`), and one that finds too few preempts the newest request, decoding or
+  part-way through a prefill (often that prefill itself, whose computed chunks are then dropped).
+  `allocate=prompt` takes the whole prompt's blocks at admission instead (no prefill is ever preempted).
 With `prefix_caching`, full blocks of computed KV are found again instead of recomputed
 (`s3sim.core.prefix_cache`, vLLM's free queue and block hashes): the prompt blocks a workload marks as
 shared between requests (a trace's `hash_ids`, or `shared_prefix`), and the blocks a preempted request
@@ -59,11 +62,13 @@ from sortedcontainers import SortedKeyList
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.output import SchedulerOutput
+from s3sim.core.policies.base import Progress
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.prefix_cache import PrefixCache
 from s3sim.core.request import Request
 
+ALLOCATIONS = ("chunk", "prompt")  # policy.allocate: when a prompt's blocks are taken
 ORDERS = ("fcfs", "sjf", "srpt")  # policy.order: how waiting requests are ranked
 VICTIMS = ("newest", "longest_remaining")  # policy.victim: which running request is preempted
 AUTO = "auto"  # policy.max_batch_size / policy.max_num_batched_tokens: the limit vLLM V1 picks when none is set
@@ -93,6 +98,7 @@ class VllmConfig(PagedConfig):
     order: str = "fcfs"  # the waiting queue: fcfs | sjf (predicted length) | srpt (predicted remaining length)
     victim: str = "newest"  # preempted when blocks run out: newest | longest_remaining (predicted)
     max_wait_s: Optional[float] = None  # seconds: a request waiting this long is admitted first; null: no bound
+    allocate: str = "chunk"  # a prompt's blocks: chunk (vLLM: as each chunk is scheduled) | prompt (all at admission)
 
     @property
     def predictor_use(self) -> str:
@@ -110,6 +116,12 @@ class VllmConfig(PagedConfig):
             raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
         check_budget(self.max_batch_size, self.max_num_batched_tokens, "policy.")
         check_ordering(self.order, self.victim, self.max_wait_s)
+        check_allocate(self.allocate)
+
+
+def check_allocate(allocate) -> None:
+    if allocate not in ALLOCATIONS:
+        raise ConfigError(f"policy.allocate {allocate!r} is unknown; valid: {', '.join(ALLOCATIONS)}")
 
 
 def check_ordering(order, victim, max_wait_s) -> None:
@@ -148,9 +160,10 @@ class VllmScheduler(PagedScheduler):
 
     def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
                  prefix_caching: bool = False, order: str = "fcfs", victim: str = "newest",
-                 max_wait_s: float | None = None, predictor: Predictor | None = None, **kw):
+                 max_wait_s: float | None = None, predictor: Predictor | None = None, allocate: str = "chunk", **kw):
         check_budget(kw.get("max_batch_size"), max_num_batched_tokens)
         check_ordering(order, victim, max_wait_s)
+        check_allocate(allocate)
         use = predictor_use(order, victim)
         if use and predictor is None:
             raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor")
@@ -166,6 +179,7 @@ class VllmScheduler(PagedScheduler):
         if self.predictor is not None:
             # predicted lengths: each bucket's upper bound, at most max_seq_len
             self._upper = [min(int(u), self.max_seq_len) for u in self.predictor.buckets.upper]
+        self.by_chunk = allocate == "chunk"  # a prompt's blocks taken chunk by chunk (else all at admission)
         self.aged_admissions = 0  # admissions max_wait_s took ahead of the order
         if order != "fcfs" or self.max_wait_s is not None:
             self.waiting = WaitingQueue(self)
@@ -176,16 +190,19 @@ class VllmScheduler(PagedScheduler):
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
                    prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode, order=conf.order, victim=conf.victim,
-                   max_wait_s=conf.max_wait_s, predictor=predictor)
+                   max_wait_s=conf.max_wait_s, predictor=predictor, allocate=conf.allocate)
 
     def counters(self) -> dict:
         shared = 0 if self.cache is None else self.cache.found_shared * self.bs
-        return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared}
+        return {**super().counters(), "cached_tokens": self.cached_tokens, "shared_cached_tokens": shared,
+                "prefill_preemptions": self.prefill_preemptions}
 
     limits_source = ""  # set when policy's limits were `auto`: which of vLLM's defaults they are
 
     def summary_fields(self) -> dict:
         out = {"aged_admissions": self.aged_admissions} if self.max_wait_s is not None else {}
+        if self.by_chunk:
+            out["prefill_preemptions"] = self.prefill_preemptions
         rp = None if self.predictor is None else self.predictor.reprediction
         if rp is not None:
             out["repredict"] = rp.name
@@ -267,9 +284,17 @@ class VllmScheduler(PagedScheduler):
         return max(self.estimate(r, generated)[1] - generated, 1)
 
     def _victim(self) -> Request:
-        if self.victim == "newest":
-            return super()._victim()
-        # the largest predicted remaining work; among equals the newest (running is oldest to newest)
+        """The newest running request, or by `victim=longest_remaining` the one with the largest predicted
+        remaining work (the newest among equals). With blocks allocated chunk by chunk, a request part-way
+        through its prefill is in vLLM's running list too: the newest of all is taken (often that prefill
+        itself), and a ranked victim is taken among the decoding requests while any decodes."""
+        if self.victim == "newest" or not self.running:
+            best = self.running[next(reversed(self.running))] if self.running else None
+            if self.prefilling and self.by_chunk:
+                last = self.prefilling[next(reversed(self.prefilling))]
+                if best is None or self.seq(last) > self.seq(best):
+                    best = last
+            return best
         best, most = None, -1
         for r in self.running.values():
             left = self.remaining(r, self.generated(r))
@@ -280,22 +305,72 @@ class VllmScheduler(PagedScheduler):
     def shared_kv_tokens(self) -> int:
         return 0 if self.cache is None else self.cache.duplicates * self.bs
 
-    # ---- the prefix cache's hooks ----------------------------------------------------------
+    # ---- blocks chunk by chunk, and the prefix cache's hooks ------------------------------------
     def _free_needed(self, r: Request) -> int:
+        """Free blocks `r`'s whole context and next token need: admission requires them free even where only
+        the first chunk's are taken (vLLM's full_sequence_must_fit)."""
         blocks = self._blocks(r.context + 1)
         return blocks if self.cache is None else self.cache.free_blocks_needed(r, blocks)
 
+    def _chunk_blocks(self, r: Request, end: int) -> int:
+        """Blocks `r` holds once its context up to token `end` is scheduled: those tokens, and the next
+        token's slot once the whole context is (as at admission without chunks); with a prefix cache at
+        least its hits and the shared region it registers at admission."""
+        blocks = self._blocks(end + 1 if end >= r.context else end)
+        if self.cache is not None:
+            blocks = max(blocks, self.cache.shared_blocks(r))
+        return blocks
+
+    def _step_need(self) -> int:
+        need = self._growth(1)
+        if not (self.by_chunk and self.prefilling):
+            return need
+        budget = self.token_budget - len(self.running)  # as `_decode_batch` hands out the continuing chunks
+        for r in self.prefilling.values():
+            if budget <= 0:
+                break
+            done = r.progress.prefilled
+            chunk = min(r.context - done, budget)
+            need += max(self._chunk_blocks(r, done + chunk) - r.progress.blocks, 0)
+            budget -= chunk
+        return need
+
     def _take_blocks(self, r: Request) -> int:
-        if self.cache is None:
-            return super()._take_blocks(r)
-        tokens = self.cache.admit(r, self._blocks(r.context + 1))
+        if not self.by_chunk:
+            full = self._blocks(r.context + 1)
+            if self.cache is None:
+                return super()._take_blocks(r)
+            tokens = self.cache.admit(r, full)
+        else:
+            hits = [] if self.cache is None else self.cache.lookup(r)[0]
+            prefix = len(hits) * self.bs
+            blocks = max(self._chunk_blocks(r, prefix + min(r.context - prefix, self._budget_left)), len(hits))
+            if r.progress is None:
+                r.progress = Progress(r)
+            r.progress.blocks = blocks
+            if self.cache is None:
+                self.pool.reserve(r.id, blocks)
+                return 0
+            tokens = self.cache.admit(r, blocks, hits=hits)
         self.cached_tokens += tokens
         return tokens
 
     def _add_prefill(self, batch: SchedulerOutput, r: Request, prefix: int, chunk: int) -> None:
+        if self.by_chunk and r.id in self.prefilling:  # a continuing chunk takes its blocks (`_step_need` made room)
+            p = r.progress
+            more = self._chunk_blocks(r, prefix + chunk) - p.blocks
+            if more > 0:
+                self.pool.grow(r.id, more)
+                p.blocks += more
         super()._add_prefill(batch, r, prefix, chunk)
         if self.cache is not None:
             self.cache.computed(r, prefix + chunk)
+
+    def _release_partial(self, r: Request) -> None:
+        if self.cache is None:
+            self.pool.release(r.id)
+        else:  # its computed full blocks stay findable by it, as a preempted request's do
+            self.cache.release(r, r.progress.blocks, r.progress.prefilled, preempted=True)
 
     def _release(self, r: Request, preempted: bool = False) -> None:
         if self.cache is None:
