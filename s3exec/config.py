@@ -17,6 +17,15 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
 
+# the executor keeps no prefix cache: vllm, whose default is vLLM V1's (on), runs there with it off, said so
+NO_PREFIX_CACHE = "policy.prefix_caching=false"
+
+
+def exec_policy(policy: str) -> list[str]:
+    """The overrides that select `policy` for the executor (vllm's prefix cache off: the executor has none)."""
+    return [f"policy={policy}", NO_PREFIX_CACHE] if policy == "vllm" else [f"policy={policy}"]
+
+
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 

@@ -91,8 +91,9 @@ class Executor:
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
         check_mode(mode, eos_ids)
         if getattr(scheduler, "prefix_caching", False):
-            raise ConfigError("policy.prefix_caching=true: the executor keeps no prefix cache (a preempted request's "
-                              "KV is dropped), so it cannot run what the simulator would assume; set it to false")
+            raise ConfigError("policy.prefix_caching=true (vllm's default, as vLLM V1's): the executor keeps no prefix "
+                              "cache (a preempted request's KV is dropped), so it cannot run what the simulator would "
+                              "assume; run it with policy.prefix_caching=false")
         self.runner, self.cache, self.sched = runner, runner.cache, scheduler
         pool, cache = scheduler.pool, self.cache
         paged = pool.unit_tokens > 1

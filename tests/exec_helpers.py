@@ -45,6 +45,8 @@ def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error
               msl=MSL, repredict=None, **policy_kw):
     paged = "block_size" in POLICY_CLASSES[policy].Config.__dataclass_fields__
     paging = {"block_size": block_size, "watermark": 0.0} if paged else {}
+    if policy == "vllm":
+        policy_kw.setdefault("prefix_caching", False)  # the executor keeps no prefix cache (vllm's default is on)
     cfg = {"max_seq_len": msl, "seed": 0,
            "policy": {"name": policy, "preemption_mode": mode, **paging, **policy_kw},
            "predictor": {"name": "synthetic", "num_buckets": 4, "bucketing": "equal", "accuracy": accuracy,

@@ -22,6 +22,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from s3exec.config import exec_policy
 from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError
@@ -37,7 +38,7 @@ SIZES = {"tiny-llama": (32, 128, 1200), "smollm2": (12, 64, 600)}
 def exec_config(model: str, policy: str, n: int, msl: int, cap_tokens: int, kv_bytes_per_token: int,
                 rate: float | None = None, seed: int = 0) -> dict:
     """An `s3exec` config (conf/exec.yaml) whose KV pool holds exactly `cap_tokens` tokens."""
-    over = [f"policy={policy}", f"num_requests={n}", f"max_seq_len={msl}", f"seed={seed}",
+    over = [*exec_policy(policy), f"num_requests={n}", f"max_seq_len={msl}", f"seed={seed}",
             f"executor.kv_memory={cap_tokens * kv_bytes_per_token}", "executor.progress=false",
             "executor.write_tokens=false", "executor.threads=1"]
     over += ["arrival=offline"] if rate is None else ["arrival=poisson", f"arrival.rate={rate}"]

@@ -233,9 +233,10 @@ class Check:
         return self._models[source]
 
     def config(self, model: str, policy: str, n: int, max_len: int, cap_tokens: int, kvb: int, **extra) -> dict:
+        from s3exec.config import exec_policy
         from s3exec.lab.bench import compose
 
-        over = [f"policy={policy}", f"num_requests={n}", f"max_seq_len={max_len}", "workload=trace",
+        over = [*exec_policy(policy), f"num_requests={n}", f"max_seq_len={max_len}", "workload=trace",
                 f"workload.path={self.trace}", "workload.format=columns",
                 "workload.columns={timestamp: t, prompt: prompt, output: output}", "arrival=offline",
                 f"executor.kv_memory={cap_tokens * kvb}", f"executor.device={self.device}",

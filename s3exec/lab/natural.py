@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.commandline import Parser, out_path
+from s3exec.config import NO_PREFIX_CACHE, exec_policy
 from s3sim.core.errors import ConfigError
 
 DEFAULT_POLICIES = ("s3", "oracle", "orca", "vllm", "paged")  # make natural: S3 against the others
@@ -36,9 +37,9 @@ POLICIES = (*DEFAULT_POLICIES, "vllm-sjf", "vllm-srpt", "vllm-srpt-longest", "vl
 # runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives;
 # the last two also preempt the request with the longest predicted remaining work, the last re-predicting it from
 # SmolLM2's hidden states as it generates (its simulator replay draws the error measured from them instead)
-SRPT_LONGEST = ["policy=vllm", "policy.order=srpt", "policy.victim=longest_remaining", "predictor=trained"]
-VARIANTS = {"vllm-sjf": ["policy=vllm", "policy.order=sjf", "predictor=trained"],
-            "vllm-srpt": ["policy=vllm", "policy.order=srpt", "predictor=trained"],
+SRPT_LONGEST = ["policy=vllm", NO_PREFIX_CACHE, "policy.order=srpt", "policy.victim=longest_remaining", "predictor=trained"]
+VARIANTS = {"vllm-sjf": ["policy=vllm", NO_PREFIX_CACHE, "policy.order=sjf", "predictor=trained"],
+            "vllm-srpt": ["policy=vllm", NO_PREFIX_CACHE, "policy.order=srpt", "predictor=trained"],
             "vllm-srpt-longest": SRPT_LONGEST,
             "vllm-srpt-hidden": [*SRPT_LONGEST, "predictor.repredict=hidden"]}
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",
@@ -50,7 +51,7 @@ COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_ba
 def exec_config(policy: str, a, kv_bytes: int) -> dict:
     from s3exec.lab.bench import compose
 
-    over = [*VARIANTS.get(policy, [f"policy={policy}"]), "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
+    over = [*VARIANTS.get(policy, exec_policy(policy)), "workload=smollm2_greedy", "workload.split=test", f"num_requests={a.requests}",
             f"max_seq_len={a.cap}", f"seed={a.seed}", "arrival=offline", "executor.model=smollm2",
             "model=smollm2-135m",  # the simulator's replay prices and fits SmolLM2's shape and context
             "executor.mode=natural", f"executor.kv_memory={kv_bytes}", "executor.max_prompt_len=null",

@@ -94,7 +94,7 @@ class VllmConfig(PagedConfig):
     max_batch_size: Optional[int] = 256  # vLLM's max_num_seqs: requests running or part-way through a prefill
     max_num_batched_tokens: Optional[int] = 2048  # tokens one iteration computes: decodes first, then chunks
     watermark: float = 0.0  # vLLM V1 keeps no free-block watermark
-    prefix_caching: bool = False  # full blocks found again: shared prompt blocks, a preempted request's own
+    prefix_caching: bool = True  # full blocks found again (vLLM V1's default): shared prompt blocks, a preempted request's own
     order: str = "fcfs"  # the waiting queue: fcfs | sjf (predicted length) | srpt (predicted remaining length)
     victim: str = "newest"  # preempted when blocks run out: newest | longest_remaining (predicted)
     max_wait_s: Optional[float] = None  # seconds: a request waiting this long is admitted first; null: no bound
