@@ -17,13 +17,15 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
 
-# the executor keeps no prefix cache: vllm, whose default is vLLM V1's (on), runs there with it off, said so
+# the executor keeps no prefix cache and has no GPU preset: vllm, whose defaults are vLLM V1's (prefix caching on,
+# limits by GPU), runs there with the cache off and the limits vLLM's server takes below 70 GiB
 NO_PREFIX_CACHE = "policy.prefix_caching=false"
+EXEC_VLLM = ["policy=vllm", NO_PREFIX_CACHE, "policy.max_batch_size=256", "policy.max_num_batched_tokens=2048"]
 
 
 def exec_policy(policy: str) -> list[str]:
-    """The overrides that select `policy` for the executor (vllm's prefix cache off: the executor has none)."""
-    return [f"policy={policy}", NO_PREFIX_CACHE] if policy == "vllm" else [f"policy={policy}"]
+    """The overrides that select `policy` for the executor (for vllm, `EXEC_VLLM`)."""
+    return list(EXEC_VLLM) if policy == "vllm" else [f"policy={policy}"]
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -200,7 +202,9 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     requests = make_requests(plen, output, arrivals)  # rows come in arrival order: request i is row idx[i]
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
     keys = None if wl is None or getattr(wl, "keys", None) is None else wl.keys[idx]
-    sched = build_scheduler(cfg, cap, output, keys, hidden_states=True)  # (repredict is read by policy=vllm only)
+    # the served model's context and layers (what orca/ft/hf reserve, hf's copy, paged's prompt iterations)
+    sched = build_scheduler(cfg, cap, output, keys, hidden_states=True, context=loaded.max_context,
+                            layers=loaded.num_layers)  # (repredict is read by policy=vllm only)
     check_requests(sched, plen, output)
     probe = getattr(getattr(sched, "predictor", None), "reprediction", None)
     if hasattr(probe, "observe") and str(source) != "smollm2":

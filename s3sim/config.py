@@ -345,7 +345,7 @@ def build_engine(cfg, model, prompt, output, keys, latency=None):
         latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
     check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
                "lower max_seq_len or use a larger GPU")
-    sched = build_scheduler(cfg, cap, output, keys)
+    sched = build_scheduler(cfg, cap, output, keys, context=model.max_context, layers=model.n_layers)
     check_requests(sched, prompt, output)
     if sched.copies_kv:
         latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
@@ -401,6 +401,10 @@ def policy_node(cfg) -> tuple[dict, str]:
     if node.get("name") != "vllm":
         raise ConfigError(f"policy.{keys[0]}=auto takes vLLM V1's default limits and applies to policy=vllm only, "
                           f"not policy={node.get('name')}; give a number")
+    if get(cfg, "gpu.name") is None:
+        raise ConfigError(f"policy.{keys[0]}=auto (vllm's default) takes vLLM V1's limits for a GPU preset, and this "
+                          f"run has none (the executor); give numbers, e.g. policy.max_batch_size=256 "
+                          f"policy.max_num_batched_tokens=2048 (vLLM's server default below 70 GiB)")
     gpu = get_gpu(cfg["gpu"]["name"])
     seqs, tokens, why = vllm_default_limits(gpu.memory_bytes / GiB, gpu.name, cfg["arrival"]["process"] == "offline")
     if node.get("max_num_batched_tokens") == AUTO:
@@ -411,11 +415,14 @@ def policy_node(cfg) -> tuple[dict, str]:
     return node, f"{', '.join(f'policy.{k}' for k in keys)}=auto: {why}"
 
 
-def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = False):
+def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = False, context: int | None = None,
+                    layers: int | None = None):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
     rows (a trained predictor finds each prompt by it); `hidden_states`: the engine can hand the served
-    model's hidden states to a re-predictor (the executor's paged path)."""
+    model's hidden states to a re-predictor (the executor's paged path); `context` and `layers`: the served
+    model's context window and layer count, for the policies whose `from_config` takes them (what orca, ft
+    and hf reserve, hf's copy, paged's prompt iterations); None: those of `cfg`'s model.name, if it names one."""
     cls = policy_class(cfg)
     node, limits_source = policy_node(cfg)
     conf = structured(cls.Config, node, "policy")
@@ -436,12 +443,25 @@ def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = Fals
         if spec is not None and spec.repredict is not None:
             predictor.reprediction = build_reprediction(spec.repredict, seed_of(cfg), max_seq_len, hidden_states)
     feedback = (spec or PredictorSpec()).feedback
-    sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback)
+    sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback,
+                            **model_limits(cls, cfg, context, layers))
     if limits_source:
         sched.limits_source = limits_source
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
         sched.predict_s = spec.latency_ms / 1000.0  # what one prediction costs, charged before admission
     return sched
+
+
+def model_limits(cls, cfg, context: int | None, layers: int | None) -> dict:
+    """The served model's `context` and `layers` that policy `cls`'s `from_config` takes (given, or read from
+    `cfg`'s model.name); a config that names no model leaves them None (built without a model: no cap)."""
+    import inspect
+
+    wanted = [k for k in ("context", "layers") if k in inspect.signature(cls.from_config).parameters]
+    if wanted and (context is None or layers is None) and get(cfg, "model.name") is not None:
+        spec = get_model(cfg["model"]["name"])
+        context, layers = context or spec.max_context, layers or spec.n_layers
+    return {k: v for k, v in (("context", context), ("layers", layers)) if k in wanted}
 
 
 REPREDICTION_TABLE = Path(__file__).parent / "predictor" / "tables" / "reprediction.csv"

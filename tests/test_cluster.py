@@ -152,14 +152,17 @@ def test_a_replica_naming_its_policy_starts_from_that_policys_defaults(cfg):
     run = (*SMALL, "policy=vllm", "policy.max_num_batched_tokens=4096", "policy.block_size=32", "cluster.replicas=3")
     s = build_cluster(cfg(*run, "cluster.overrides={1: {policy: {name: vllm, max_batch_size: 64}}, "
                                 "2: {policy: {max_batch_size: 64}}}"))
+    from s3sim.config import policy_node
+
     defaults = _group("policy", "vllm")
-    assert defaults["max_num_batched_tokens"] != 4096 and defaults["block_size"] != 32  # the run set its own
-    assert defaults["max_batch_size"] != 64
+    assert defaults["max_num_batched_tokens"] == "auto" and defaults["block_size"] != 32  # the run set its own
+    resolved, _ = policy_node(cfg(*SMALL, "policy=vllm"))  # vLLM's limits for this GPU preset and arrival
+    assert resolved["max_num_batched_tokens"] != 4096 and resolved["max_batch_size"] != 64
     (s0, _, _), (s1, _, _), (s2, _, _) = s.replicas
-    assert (s0.token_budget, s0.pool.unit_tokens, s0.max_batch) == (4096, 32, defaults["max_batch_size"])
+    assert (s0.token_budget, s0.pool.unit_tokens, s0.max_batch) == (4096, 32, resolved["max_batch_size"])
     # named: as `policy=vllm` composes it, the override's other settings over that
     assert (s1.token_budget, s1.pool.unit_tokens, s1.max_batch) == (
-        defaults["max_num_batched_tokens"], defaults["block_size"], 64)
+        resolved["max_num_batched_tokens"], defaults["block_size"], 64)
     # not named: merged over the run's
     assert (s2.token_budget, s2.pool.unit_tokens, s2.max_batch) == (4096, 32, 64)
 

@@ -66,7 +66,8 @@ def test_same_config_same_requests_as_the_simulator():
     (["executor.model=gpt-5"], "is neither smollm2"),
     (["workload=alpaca_rows"], "need a model with a tokenizer"),
     (["policy.name=nope"], "policy.name 'nope' is unknown"),
-    (["policy=vllm", "policy.prefix_caching=true"], "the executor keeps no prefix cache"),
+    (["policy=vllm", "policy.max_batch_size=8", "policy.max_num_batched_tokens=64"], "the executor keeps no prefix cache"),
+    (["policy=vllm", "policy.prefix_caching=false"], "this run has none \\(the executor\\); give numbers"),
 ])
 def test_bad_input_is_a_config_error(args, message):
     with pytest.raises(ConfigError, match=message):

@@ -28,7 +28,9 @@ from s3sim.simulator.engine import simulate
 VLLM_ORDERINGS = {"vllm-sjf": dict(order="sjf"), "vllm-srpt-wait": dict(order="srpt", max_wait_s=0.05),
                   "vllm-longest": dict(victim="longest_remaining"),
                   "vllm-srpt-repredicted": dict(order="srpt", victim="longest_remaining", repredict=True)}
-POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", "vllm", *VLLM_ORDERINGS)
+# paged as vLLM ran in 2023: prompt-only iterations (plain "paged" is built as vllm's base runs, mixed)
+PAGED_2023 = {"paged-2023": dict(iterations="prompt_only")}
+POLICIES = ("ft", "hf", "orca", "s3", "oracle", "paged", *PAGED_2023, "vllm", *VLLM_ORDERINGS)
 LAT = RooflineLatency(get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"))
 # a second latency model (another model and GPU, smaller fixed overhead) for other ratios of prefill,
 # decode and swap costs
@@ -52,6 +54,11 @@ def scenarios(draw, policy):
                  predict_s=draw(st.sampled_from([0.0, 0.0, 0.001])))
         if "max_wait_s" in s:
             s["max_wait_s"] = draw(st.sampled_from([0.0, 0.01, 0.05, 0.3]))
+        return s
+    if policy in PAGED_2023:  # paged's scenarios, prompts and decodes in separate iterations (no chunked prefill)
+        s = draw(scenarios("paged"))
+        s.pop("budget", None)
+        s.update(PAGED_2023[policy], prompt_tokens=draw(st.sampled_from([None, None, 8, 30, 100])))
         return s
     msl = draw(st.sampled_from([16, 32, 64]))
     n = draw(st.integers(1, 40))
@@ -79,8 +86,12 @@ def scenarios(draw, policy):
     if policy == "s3":
         s.update(accuracy=draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]) | st.floats(0.0, 1.0)),
                  shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
+    if policy in ("ft", "hf", "orca"):  # a model context window that may cap reservations below prompt + msl
+        context = draw(st.sampled_from([None, None]) | st.integers(max(prompts) + 1, max(prompts) + msl))
+        if context is not None:
+            s.update(context=context, outputs=[min(o, context - p) for o, p in zip(outputs, prompts)])
     if policy == "hf":
-        s.update(sizing=draw(st.sampled_from(SIZINGS)))
+        s.update(sizing=draw(st.sampled_from(SIZINGS)), layers=draw(st.sampled_from([None, 1, 2, 28])))
     if policy == "paged":
         s.update(block=draw(st.sampled_from([1, 2, 4, 16])), watermark=draw(st.sampled_from([0.0, 0.01, 0.1])))
     if policy in ("orca", "s3", "oracle", "paged") and draw(st.booleans()):  # chunked prefill under a budget
@@ -102,14 +113,16 @@ def scenarios(draw, policy):
 def build(s):
     msl, cap, mb = s["msl"], s["cap"], s["max_batch"]
     p = s["policy"]
+    ctx = s.get("context")
     if p == "ft":
-        return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb)
-    if p == "hf":  # the peak of the largest request alone (its cache copied once) must fit
-        longest = msl if s.get("sizing", "max_len") == "max_len" else max(s["outputs"])
-        return HfScheduler(KVPool(max(cap, peak_tokens(1, max(s["prompts"]), longest))), msl, max_batch_size=mb,
-                           sizing=s.get("sizing", "max_len"))
+        return FasterTransformerScheduler(KVPool(cap), msl, max_batch_size=mb, context=ctx)
+    if p == "hf":  # the peak of the largest request alone (one layer of its cache held twice) must fit
+        sizing, layers = s.get("sizing", "max_len"), s.get("layers")
+        need = max(peak_tokens(1, q, o if sizing == "actual" else min(msl, ctx - q) if ctx else msl, layers)
+                   for q, o in zip(s["prompts"], s["outputs"]))
+        return HfScheduler(KVPool(max(cap, need)), msl, max_batch_size=mb, sizing=sizing, context=ctx, layers=layers)
     if p == "orca":
-        return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
+        return OrcaScheduler(KVPool(cap), msl, max_batch_size=mb, max_num_batched_tokens=s.get("budget"), context=ctx)
     if p in ("paged", "vllm"):
         bs = s["block"]
         one_blocks = -(-(max(s["prompts"]) + msl) // bs)
@@ -127,7 +140,8 @@ def build(s):
             sched.predict_s = s.get("predict_s", 0.0)
             return sched
         return PagedScheduler(KVPool(blocks, unit_tokens=bs), msl, watermark=s["watermark"],
-                              preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"))
+                              preemption_mode=s["mode"], max_batch_size=mb, max_num_batched_tokens=s.get("budget"),
+                              iterations=s.get("iterations", "mixed"), prompt_tokens=s.get("prompt_tokens"))
     buckets = Buckets.equal(min(s["buckets"], msl), msl)
     pred = (OraclePredictor(buckets) if p == "oracle"
             else SyntheticPredictor(buckets, s["accuracy"], s["shape"], seed=s["seed"]))
@@ -212,8 +226,11 @@ def check_invariants(s, res):
     if s["policy"] in ("paged", "vllm"):
         assert sched.by_cause["overflow"]["preemptions"] == 0  # nothing is reserved there to outgrow
     assert sched.pool_checks == res.engine_steps
-    # a preemption part-way through a prefill (vllm's blocks chunk by chunk) stalls no token
-    assert len(sched.stall_gaps) == sched.preemptions - sched.prefill_preemptions
+    # a preemption part-way through a prefill (vllm's blocks chunk by chunk) stalls no token; a decode paused by
+    # a prompt-only iteration (paged as in 2023) gives its next token a gap of its own
+    pauses = getattr(sched, "pause_gaps", 0)
+    assert pauses == 0 or s.get("iterations") == "prompt_only"
+    assert len(sched.stall_gaps) == sched.preemptions - sched.prefill_preemptions + pauses
     assert all(g > 0 for g in sched.stall_gaps)
     if s["policy"] in ("ft", "orca"):
         assert sched.preemptions == 0
@@ -260,9 +277,10 @@ def check_invariants(s, res):
     assert (f.batch_size >= 1).all()
     if s["max_batch"]:
         assert (f.batch_size <= s["max_batch"]).all()
-    # every token is either a first token (from a prefill), the first token after a preemption (its gap
-    # is a stall gap), or a decode token whose inter-token latency is its iteration's duration
-    assert f.itl_tokens.sum() == sum(r.output_len for r in reqs) - n - (sched.preemptions - sched.prefill_preemptions)
+    # every token is either a first token (from a prefill), the first token after a preemption or a pause (its
+    # gap is a stall gap), or a decode token whose inter-token latency is its iteration's duration
+    assert f.itl_tokens.sum() == (sum(r.output_len for r in reqs) - n - (sched.preemptions - sched.prefill_preemptions)
+                                  - pauses)
     # the timeline: iterations follow each other (idle gaps allowed), and every
     # timestamp of a request is an iteration boundary
     start, dur = f.start.to_numpy(), f.duration.to_numpy()
@@ -338,6 +356,7 @@ def test_the_jump_skips_iterations_and_stays_exact(policy):
              seed=1, block=4, watermark=0.01)
     if policy.startswith("vllm"):  # prompts of up to 63 tokens over a 40-token budget: some are prefilled in two chunks
         s.update(mode="recompute", watermark=0.0, budget=40, max_batch=39, **VLLM_ORDERINGS.get(policy, {}))
+    s.update(PAGED_2023.get(policy, {}))
     jumped, stepped = run(s, None), run(s, 1)
     check_invariants(s, jumped)
     check_invariants(s, stepped)

@@ -15,7 +15,7 @@ from s3sim.simulator.engine import simulate
 
 @st.composite
 def spf_scenarios(draw):
-    s = draw(scenarios("paged"))
+    s = draw(scenarios(draw(st.sampled_from(["paged", "paged-2023"]))))  # mixed or prompt-only iterations
     s.update(policy="paged_spf", buckets=draw(st.integers(2, 10)), accuracy=draw(st.floats(0.0, 1.0)),
              shape=draw(st.sampled_from(ERROR_SHAPES)), seed=draw(st.integers(0, 5)))
     return s
@@ -26,7 +26,8 @@ def run(s, max_jump):
     blocks = max(s["cap"] // bs, -(-(max(s["prompts"]) + msl) // bs))
     pred = SyntheticPredictor(Buckets.equal(min(s["buckets"], msl), msl), s["accuracy"], s["shape"], seed=s["seed"])
     sched = PagedSpfScheduler(KVPool(blocks, unit_tokens=bs), msl, pred, watermark=s["watermark"],
-                              preemption_mode=s["mode"], max_batch_size=s["max_batch"])
+                              preemption_mode=s["mode"], max_batch_size=s["max_batch"],
+                              iterations=s.get("iterations", "mixed"), prompt_tokens=s.get("prompt_tokens"))
     check_pool_every_step(sched)
     lat = LAT if s["latency"] == "a100" else LAT_ALT
     return simulate(make_requests(s["prompts"], s["outputs"], s["arrivals"]), sched, lat, max_jump=max_jump)

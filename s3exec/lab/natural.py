@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.commandline import Parser, out_path
-from s3exec.config import NO_PREFIX_CACHE, exec_policy
+from s3exec.config import EXEC_VLLM, exec_policy
 from s3sim.core.errors import ConfigError
 
 DEFAULT_POLICIES = ("s3", "oracle", "orca", "vllm", "paged")  # make natural: S3 against the others
@@ -37,9 +37,9 @@ POLICIES = (*DEFAULT_POLICIES, "vllm-sjf", "vllm-srpt", "vllm-srpt-longest", "vl
 # runs that are one policy configured: vllm ordering its waiting queue by the length SmolLM2's predictor gives;
 # the last two also preempt the request with the longest predicted remaining work, the last re-predicting it from
 # SmolLM2's hidden states as it generates (its simulator replay draws the error measured from them instead)
-SRPT_LONGEST = ["policy=vllm", NO_PREFIX_CACHE, "policy.order=srpt", "policy.victim=longest_remaining", "predictor=trained"]
-VARIANTS = {"vllm-sjf": ["policy=vllm", NO_PREFIX_CACHE, "policy.order=sjf", "predictor=trained"],
-            "vllm-srpt": ["policy=vllm", NO_PREFIX_CACHE, "policy.order=srpt", "predictor=trained"],
+SRPT_LONGEST = [*EXEC_VLLM, "policy.order=srpt", "policy.victim=longest_remaining", "predictor=trained"]
+VARIANTS = {"vllm-sjf": [*EXEC_VLLM, "policy.order=sjf", "predictor=trained"],
+            "vllm-srpt": [*EXEC_VLLM, "policy.order=srpt", "predictor=trained"],
             "vllm-srpt-longest": SRPT_LONGEST,
             "vllm-srpt-hidden": [*SRPT_LONGEST, "predictor.repredict=hidden"]}
 COLUMNS = ("request_throughput", "output_throughput", "mean_batch_size", "max_batch_size", "preemptions",

@@ -78,7 +78,7 @@ def compare(run_dir: Path) -> pd.DataFrame:
     rows = []
     output = req.output_toks.to_numpy()
     for name, cfg in policy_configs(engine, max_seq_len).items():
-        sched = build_scheduler(cfg, blocks * engine.block_size, output)
+        sched = build_scheduler(cfg, blocks * engine.block_size, output, context=model.max_context, layers=model.n_layers)
         result = simulate(make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals), sched,
                           latency, async_scheduling=engine.async_scheduling)
         records = request_records(result.requests)

@@ -96,7 +96,8 @@ MEASURED = (
            "requests with more than one output token; " + _PCT),
     Column("itl_{stat}", "s", "inter-token latency, every gap between consecutive tokens of a request: each "
            "iteration's duration is one sample per token it gave an already-running request (its itl_tokens), "
-           "and each gap across a preemption (the token after it - the token before) one more; `_mean` the "
+           "and each gap across a preemption, or across prompt-only iterations that paused it (paged, 2023), one "
+           "more (the token after it - the token before); `_mean` the "
            "token-weighted mean, `_p50`/`_p90`/`_p99` token-weighted percentiles (inverted CDF)"),
     Column("e2e_latency_{stat}", "s", "end-to-end latency, finished - arrival (static batching returns a request "
            "with its batch), over every request; " + _PCT),

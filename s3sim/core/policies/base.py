@@ -104,7 +104,7 @@ class Scheduler:
         self.by_cause = {c: {"preemptions": 0, "recomputed_tokens": 0, "swapped_tokens": 0} for c in CAUSES}
         self.pending_transfer = 0  # swap-out tokens, paid by the next iteration
         self.prefill_context_tokens = 0  # context every admission placed in KV (computed or found cached)
-        self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption
+        self.stall_gaps: list[float] = []  # inter-token gaps that span a preemption (or, paged in 2023, a pause)
         self.prefill_preemptions = 0  # of preemptions, those of a request part-way through its prefill (no gap)
         self._events: list = []
         self._pushes = itertools.count()

@@ -4,22 +4,22 @@ A batch is formed only when the previous one has returned, first come first serv
 longest prompt (every member's prefill computes that many tokens), and it runs until its longest member
 finishes: members that finish early keep decoding padding, as `generate`'s finished rows do, and are
 returned with the batch. Nothing is reserved: each decode step appends one token to every row, and
-`DynamicCache` appends with `torch.cat`, which allocates a buffer one token longer and copies the cache
-into it, so for a moment memory holds the old cache and the new one (the pool's `hold_briefly`), and the
-copy costs time (the output's `copies_kv`: a latency model adds the bytes moved).
+`DynamicCache` appends with `torch.cat`, which allocates a buffer one token longer and copies the old one
+into it, one layer's keys or values at a time; so for a moment memory holds the grown cache and the old copy
+of one of its 2 x layers tensors (the pool's `hold_briefly`), and the copy of the whole cache costs time
+(the output's `copies_kv`: a latency model adds the bytes moved).
 
-A batch must not run out of memory, so it is admitted only if its peak, both copies at its longest length,
-fits the KV capacity (`peak_tokens`); `policy.sizing` says which length that is:
+A batch must not run out of memory, so it is admitted only if its peak, the cache at its longest length
+plus one layer's old keys or values, about the cache x (1 + 1/(2 x layers)), fits the KV capacity
+(`peak_tokens`); `policy.sizing` says which length that is:
 
-* ``max_len``: the prompt plus `max_seq_len` output tokens, what a user who knows no output length must
-  assume so that no batch ever runs out of memory;
+* ``max_len``: each member's prompt plus `max_seq_len` output tokens, or the model's context if that is
+  less, what a user who knows no output length must assume so that no batch ever runs out of memory;
 * ``actual``: the batch's actual longest output, the largest first-come-first-served batch that would not
   have run out of memory. It reads each request's length as the oracle does, so it is a best case for
   `generate`, which no real deployment reaches without knowing lengths.
 
-The peak counts the whole cache twice, as the copy of a cache would; `DynamicCache` copies one layer at a
-time, so a real run holds the second copy of one layer only, and this sizing is conservative by up to a
-factor of two.
+The allocator's own margin (rounding, fragmentation) is not counted.
 """
 from __future__ import annotations
 
@@ -56,15 +56,23 @@ def check_sizing(sizing: str) -> None:
         raise ConfigError(f"policy.sizing '{sizing}' is unknown; valid: {', '.join(SIZINGS)}")
 
 
-def peak_tokens(batch: int, prompt: int, longest: int) -> int:
+def copy_held(cached: int, layers: int | None) -> int:
+    """KV tokens held twice while a cache of `cached` tokens is copied into a longer one: one of its 2 x `layers`
+    tensors (a layer's keys or values), rounded up; with no layer count, the whole cache (the bound when it is
+    copied at once)."""
+    return cached if layers is None else -(-cached // (2 * layers))
+
+
+def peak_tokens(batch: int, prompt: int, longest: int, layers: int | None = None) -> int:
     """KV tokens a batch of `batch` rows, left-padded to `prompt` tokens, holds at its peak when its longest
-    member generates `longest` tokens. As for every policy, a row's KV counts the token it has just produced
-    (the next step writes it): the prefill leaves prompt + 1 per row; decode step j grows every row from
-    prompt + j - 1 cached tokens to prompt + j, both buffers held while one is copied into the other, and
-    counts prompt + j + 1; the last step is j = longest - 1, so the peak is 2 (prompt + longest - 1) per row."""
+    member generates `longest` tokens, on a model of `layers` layers. As for every policy, a row's KV counts the
+    token it has just produced (the next step writes it): the prefill leaves prompt + 1 per row; decode step j
+    grows every row from prompt + j - 1 cached tokens to prompt + j and counts prompt + j + 1, while the old
+    buffer of the layer being copied is held too (`copy_held`); the last step is j = longest - 1, so the peak is
+    batch x (prompt + longest) plus one layer's share of batch x (prompt + longest - 2)."""
     if longest <= 1:  # no decode step, no copy
         return batch * (prompt + 1)
-    return batch * 2 * (prompt + longest - 1)
+    return batch * (prompt + longest) + copy_held(batch * (prompt + longest - 2), layers)
 
 
 class HfScheduler(FasterTransformerScheduler):
@@ -75,13 +83,23 @@ class HfScheduler(FasterTransformerScheduler):
 
     @classmethod
     def from_config(cls, conf: HfConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
-                    feedback: str = "mispredicted") -> "HfScheduler":
-        return cls(KVPool(capacity_tokens), max_seq_len, max_batch_size=conf.max_batch_size, sizing=conf.sizing)
+                    feedback: str = "mispredicted", context: int | None = None,
+                    layers: int | None = None) -> "HfScheduler":
+        """`context` and `layers`: the served model's context window and layer count (what a row can grow to,
+        and how much of the cache one copy holds twice)."""
+        return cls(KVPool(capacity_tokens), max_seq_len, max_batch_size=conf.max_batch_size, sizing=conf.sizing,
+                   context=context, layers=layers)
 
-    def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None, sizing: str = "max_len"):
-        super().__init__(pool, max_seq_len, max_batch_size=max_batch_size)
+    def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None, sizing: str = "max_len",
+                 context: int | None = None, layers: int | None = None):
+        """`layers`: the model's layer count; None (built by hand, without a model): the whole cache is taken
+        to be copied at once, the most a copy could hold."""
+        super().__init__(pool, max_seq_len, max_batch_size=max_batch_size, context=context)
         check_sizing(sizing)
+        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers <= 0):
+            raise ConfigError(f"the model's layer count must be a positive integer, got {layers!r}")
         self.sizing = sizing
+        self.layers = layers
         self.width = 0  # the running batch's padded prompt length
         self.batch_rows: list[int] = []  # size of every batch formed
         self.copied_tokens = 0  # KV tokens copied by growth, over the run
@@ -92,9 +110,10 @@ class HfScheduler(FasterTransformerScheduler):
         """Static batches formed so far."""
         return len(self.batch_rows)
 
-    def longest(self, output_len: int) -> int:
-        """Output tokens a batch must be sized for on account of a member that will generate `output_len`."""
-        return output_len if self.sizing == "actual" else self.max_seq_len
+    def longest(self, prompt: int, output_len: int) -> int:
+        """Output tokens a batch must be sized for on account of a member with a prompt of `prompt` tokens that
+        will generate `output_len`: those, or the most it could (max_seq_len, at most what the context leaves)."""
+        return output_len if self.sizing == "actual" else self.reserved_out(prompt)
 
     def add(self, requests):
         for r in requests:
@@ -104,12 +123,13 @@ class HfScheduler(FasterTransformerScheduler):
     def check_fits(self, rid: int, prompt: int, output: int) -> None:
         """A request whose batch of one would run out of memory is a configuration error (checked for every
         request when a run is built, and again as each arrives)."""
-        longest = self.longest(output)
-        need = peak_tokens(1, prompt, longest)
+        longest = self.longest(prompt, output)
+        need = peak_tokens(1, prompt, longest, self.layers)
         if need > self.pool.capacity:
+            copied = "the whole cache" if self.layers is None else f"one of {self.layers} layers' keys or values"
             raise ConfigError(
                 f"request {rid}: policy=hf with sizing={self.sizing} needs {need} KV tokens at its peak alone "
-                f"(prompt {prompt}, {longest} output tokens, the cache copied once), more than the capacity of "
+                f"(prompt {prompt}, {longest} output tokens, {copied} held twice), more than the capacity of "
                 f"{self.pool.capacity}; lower max_seq_len or give the KV cache more memory")
 
     def _form(self) -> list[Request]:
@@ -118,8 +138,8 @@ class HfScheduler(FasterTransformerScheduler):
         for r in self.waiting:
             if len(members) >= self.max_batch:
                 break
-            w, n = max(width, r.prompt_len), max(longest, self.longest(r.output_len))
-            if peak_tokens(len(members) + 1, w, n) > self.pool.capacity:
+            w, n = max(width, r.prompt_len), max(longest, self.longest(r.prompt_len, r.output_len))
+            if peak_tokens(len(members) + 1, w, n, self.layers) > self.pool.capacity:
                 break
             members.append(r)
             width, longest = w, n
@@ -158,7 +178,8 @@ class HfScheduler(FasterTransformerScheduler):
         return self.width
 
     def _on_steps(self, k: int) -> None:
-        """k decode steps: every row grows by one token a step, the old cache held while it is copied."""
+        """k decode steps: every row grows by one token a step, one layer's old keys or values held while they
+        are copied (the last step's, the largest)."""
         super()._on_steps(k)
         rows = len(self.running)
         if not rows:
@@ -166,7 +187,8 @@ class HfScheduler(FasterTransformerScheduler):
         cached = self.pool.used - rows  # tokens in the cache before the first of these steps
         self.copied_tokens += k * cached + rows * k * (k - 1) // 2
         self.pool.grow_lazily(k * rows)
-        self.pool.hold_briefly(cached + (k - 1) * rows, f"the hf batch of {rows} rows copying its cache")
+        self.pool.hold_briefly(copy_held(cached + (k - 1) * rows, self.layers),
+                               f"the hf batch of {rows} rows copying its cache")
 
     def _finish(self, r: Request, now: float) -> None:
         """A member produced its last token: it decodes padding until the last member does; then every row's

@@ -1,8 +1,9 @@
 """Paged allocation with the waiting queue served shortest-predicted-first: prediction on top of paging.
 
-Memory is exactly `paged`'s (blocks on demand, watermark, newest preempted first); only the order in
-which waiting requests are admitted changes: preempted requests first (as paged puts them back at the
-front), then the others by predicted bucket, then by arrival. Prediction here never sizes memory, so a wrong
+Memory and iterations are exactly `paged`'s (blocks on demand, watermark, newest preempted first; prompt-only
+iterations, as vLLM ran in 2023, unless `policy.iterations=mixed`); only the order in which waiting requests
+are admitted changes: preempted requests first (as paged puts them back at the front), then the others by
+predicted bucket, then by arrival. Prediction here never sizes memory, so a wrong
 prediction costs waiting time, not a preemption. This is the ordering of learning-to-rank schedulers
 (vllm-ltr, SSJF) with the S3 predictor's buckets as the rank.
 """
