@@ -1,9 +1,9 @@
 """Which numbers of committed result tables moved, and by how much, between a commit and the working tree.
 
 A regeneration changes many tables at once; a closing note must name every number that moved by more than a
-threshold (2 % by default). Rows are matched by their key columns (every text column, plus numeric ones that
-name a point of a sweep, such as `rate` or `scale`, where present); each numeric cell of a matched row is
-compared relatively, and rows found on one side only are listed as added or removed.
+threshold (2 % by default). Rows are matched by their key columns (every text column, then the numeric ones
+that name a sweep point, such as a rate, while rows are not told apart); each numeric cell of a matched row
+is compared relatively, and rows found on one side only are listed as added or removed.
 
     python -m s3sim.lab.moved 15d2529 results/paper/paper_vs_sim.csv results/default/offline.csv
     python -m s3sim.lab.moved 15d2529 results/paper/*.csv --columns request_throughput,ttft_p99 --threshold 0.05
@@ -21,16 +21,18 @@ import pandas as pd
 from s3sim.commandline import Parser, exit_code
 from s3sim.core.errors import ConfigError
 
-# numeric columns that name a sweep point rather than measure one
-POINT_COLUMNS = ("load", "rate", "seed", "scale", "prefix_tokens", "groups", "replicas", "num_requests", "requests",
-                 "max_seq_len", "gpus", "accuracy", "predictor.accuracy", "predictor.num_buckets", "burstiness",
-                 "cv", "workload.time_scale")
-
-
 def key_columns(old: pd.DataFrame, new: pd.DataFrame) -> list[str]:
-    """Columns in both tables that identify a row: every non-numeric one, and the sweep points."""
+    """Columns in both tables that identify a row: every non-numeric one, then, while rows are not told apart,
+    the numeric columns that name a sweep point (the same values in both tables, such as a rate or a seed;
+    a measured column, such as a searched capacity, differs and is compared instead)."""
     both = [c for c in old.columns if c in new.columns]
-    return [c for c in both if not pd.api.types.is_numeric_dtype(old[c]) or c in POINT_COLUMNS]
+    keys = [c for c in both if not pd.api.types.is_numeric_dtype(old[c])]
+    for c in both:
+        if not keys or not old.duplicated(keys).any():
+            break
+        if c not in keys and sorted(old[c].dropna().tolist()) == sorted(new[c].dropna().tolist()):
+            keys.append(c)
+    return keys
 
 
 def moved(old: pd.DataFrame, new: pd.DataFrame, threshold: float, columns=None) -> tuple[list[str], list[str]]:
