@@ -34,7 +34,7 @@ P99S = [f"{m}_p99_ms" for m in LATENCY]
 def test_the_rtx_4090_replay_meets_every_target(tmp_path):
     errors, (preemptions, cached) = replay("rtx4090-llama-3.1-8b", tmp_path)
     assert within(errors, MEANS_MEDIANS, MEAN_MEDIAN) == {} and within(errors, P99S, P99) == {}
-    assert preemptions == pytest.approx(181, rel=0.01) and cached == pytest.approx(67_104, rel=0.01)
+    assert preemptions == pytest.approx(182, rel=0.01) and cached == pytest.approx(67_152, rel=0.01)
     # with asynchronous scheduling (the run records it) TTFT's prefill part is within 7 % on average too
     assert abs(errors["prefill_mean_ms"]) <= 7.0
 
