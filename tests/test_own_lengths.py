@@ -150,3 +150,13 @@ def test_a_replay_that_cuts_what_the_executor_served_is_refused():
     cfg["latency"]["path"] = str(root / "results/profiles/tiny-llama-cpu.csv")
     with pytest.raises(ConfigError, match="cut .* outputs the executor served whole"):
         replay_setup(cfg)
+
+
+def test_a_cached_natural_run_is_keyed_by_the_code_that_scheduled_it():
+    """A changed scheduler or executor runs again rather than answering from a cache of the earlier code."""
+    from s3exec.lab import natural
+
+    names = {p.relative_to(p.parents[1]).as_posix() if p.parent.name != "policies" else "policies/" + p.name
+             for p in natural.run_code()}
+    assert {"policies/vllm.py", "policies/paged.py", "core/prefix_cache.py", "s3exec/engine.py",
+            "s3exec/model_runner.py"} <= names

@@ -42,7 +42,9 @@ def exec_config(model: str, policy: str, n: int, msl: int, cap_tokens: int, kv_b
             f"executor.kv_memory={cap_tokens * kv_bytes_per_token}", "executor.progress=false",
             "executor.write_tokens=false", "executor.threads=1"]
     over += ["arrival=offline"] if rate is None else ["arrival=poisson", f"arrival.rate={rate}"]
-    if model != "tiny-llama":
+    if model == "smollm2":  # its real weights, and the simulator prices (and checks the profile against) its shape
+        over += ["executor.model=smollm2", "model=smollm2-135m"]
+    elif model != "tiny-llama":
         over.append(f"executor.model={model}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return OmegaConf.to_container(compose("exec", overrides=over), resolve=True)

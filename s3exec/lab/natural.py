@@ -78,15 +78,23 @@ def accuracy(records: pd.DataFrame, buckets) -> dict:
             "within_one_bucket": float((np.abs(pred - true) <= 1).mean())}
 
 
+def run_code() -> list[Path]:
+    """The source an executor run depends on beyond its inputs: the core both engines share, and the executor's
+    runtime."""
+    root = Path(__file__).resolve().parents[2]
+    return sorted((root / "s3sim" / "core").rglob("*.py")) + sorted((root / "s3exec").glob("*.py"))
+
+
 def inputs_digest(policy: str = "") -> str:
     """The length table and the predictions an executor run read (and the re-prediction probe, for the run that
-    reads it): a cached run is reused only with these."""
+    reads it), and the code that scheduled and ran it (the shared core and the executor's runtime): a cached run
+    is reused only with these, so a changed scheduler runs again rather than answering from before."""
     from s3sim.config import REPREDICTION_PROBE
     from s3sim.predictor.trained.predictor import table_path
     from s3sim.workload.lengths import OWN_LENGTHS, TABLES
 
     h = hashlib.blake2b(digest_size=8)
-    paths = [TABLES / f"{OWN_LENGTHS}.csv", table_path(OWN_LENGTHS)]
+    paths = [TABLES / f"{OWN_LENGTHS}.csv", table_path(OWN_LENGTHS), *run_code()]
     if "predictor.repredict=hidden" in VARIANTS.get(policy, ()):
         paths.append(REPREDICTION_PROBE)
     for path in paths:
