@@ -127,6 +127,8 @@ def test_a_prompt_iteration_pauses_the_running_decodes():
     assert f.itl_tokens.tolist() == [0, 0, 1, 1]  # A's token at 3 closes a 2 s gap: a sample of its own
     assert times(res, "first_token") == [1.0, 2.0] and times(res, "finished") == [4.0, 3.0]
     assert sched.stall_gaps == [2.0] and sched.pause_gaps == 1
+    # B's prompt iteration holds B's 4 prompt tokens and its first token, and A's paused context (5 tokens)
+    assert f.kv_used.tolist()[1] == 5 + 5
     assert summarize(res)["itl_mean"] == pytest.approx((1 + 1 + 2) / 3)  # B's 1 s, A's 1 s and 2 s gaps
     mixed = run(paged(100, iterations="mixed"), [4, 4], [3, 2], [0.0, 0.5])
     assert mixed.log.frame().prefill_tokens.tolist() == [4, 4, 0]

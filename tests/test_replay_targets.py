@@ -17,7 +17,8 @@ MEAN_MEDIAN, P99 = 5.0, 10.0
 def replay(name, tmp_path):
     lines = []
     table = validate(RUNS / name / "run", tmp_path / name, echo=lines.append).set_index("metric")
-    counts = re.search(r"([\d,]+) preemptions, ([\d,]+) recomputed tokens found in the prefix cache", "\n".join(lines))
+    counts = re.search(r"([\d,]+) preemptions \([\d,]+ of them part-way through a prefill\), ([\d,]+) recomputed "
+                       r"tokens found in the prefix cache", "\n".join(lines))
     return table.error_pct, [int(c.replace(",", "")) for c in counts.groups()]
 
 

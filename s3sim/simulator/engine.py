@@ -120,7 +120,8 @@ class SimBackend:
         # KV in use after the first iteration: contexts, each decode's new token, each prefill's prefix and chunk,
         # and the first output token of every prefill that finishes its prompt
         used0 = ctx + decode_n + out.prefill_tokens + len(out.prefill)
-        if decode_n < len(self.sched.running):  # running requests paused by a prompt-only iteration (paged, 2023)
+        running = getattr(self.sched, "running", None)  # (a data-parallel group of ranks keeps no list of its own)
+        if running is not None and decode_n < len(running):  # requests paused by a prompt-only iteration (paged, 2023)
             used0 += self.sched.ctx_sum() - ctx
         if out.partial or out.prefill_prefix and any(out.prefill_prefix):
             used0 += sum(out.prefill_prefix) - len(out.partial)
