@@ -194,14 +194,7 @@ class PagedScheduler(FcfsScheduler):
     def schedule(self, now: float) -> SchedulerOutput:
         if self.prompt_only:
             return self._prompts(now) or self._decodes(now)
-        need = self._step_need()
-        preempted = False
-        while need > self.pool.free and (self.running or self.prefilling):
-            victim = self._victim()
-            self._preempt(victim, now)
-            self.waiting.appendleft(victim)
-            need = self._step_need()
-            preempted = True
+        preempted = self._make_room(now)
         batch = self._decode_batch()
         if preempted:
             return batch
@@ -250,14 +243,7 @@ class PagedScheduler(FcfsScheduler):
         """A decode iteration: the newest running requests are preempted while the others need more blocks than
         are free; if none was, swapped-out requests at the head of the queue are swapped back in while they
         fit. Running requests whose decode waited give their token a gap of its own."""
-        need = self._step_need()
-        preempted = False
-        while need > self.pool.free and self.running:
-            victim = self._victim()
-            self._preempt(victim, now)
-            self.waiting.appendleft(victim)
-            need = self._step_need()
-            preempted = True
+        preempted = self._make_room(now)
         batch = self._decode_batch()
         if self._joined_at or self._decoded_at < now:
             self._paused = [t for t in map(self._last_token, self.running.values()) if t < now]
@@ -305,6 +291,17 @@ class PagedScheduler(FcfsScheduler):
         if last is not None:  # its gap runs from its last token, which a pause may have left before `now`
             r.last_token = last
             self._joined_at.pop(r.id, None)
+
+    def _make_room(self, now: float) -> bool:
+        """Preempt victims (the newest first), each back to the front of the queue, while this iteration needs
+        more blocks than are free; whether any was."""
+        preempted = False
+        while self._step_need() > self.pool.free and (self.running or self.prefilling):
+            victim = self._victim()
+            self._preempt(victim, now)
+            self.waiting.appendleft(victim)
+            preempted = True
+        return preempted
 
     def _step_need(self) -> int:
         """Blocks this iteration takes before any admission: the running requests' growth (and, where blocks
