@@ -2,7 +2,6 @@
 more than the model's context, hf's copy holds one layer twice (not the whole cache), and paged runs vLLM's
 2023 iterations (prompts alone, decodes paused). Every iteration takes one second here, so a timestamp is
 the number of iterations that ended by then."""
-import numpy as np
 import pytest
 import yaml
 
@@ -14,27 +13,9 @@ from s3sim.core.policies.hf import HfScheduler, peak_tokens
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.request import make_requests
-from s3sim.latency.base import LatencyModel
 from s3sim.metrics.summary import summarize
 from s3sim.simulator.engine import simulate
-
-
-class OneSecond(LatencyModel):
-    """Every non-empty iteration takes one second; moving or copying KV takes no time."""
-
-    def __init__(self):
-        pass
-
-    def iteration_time(self, prefill_tokens, prefill_sq, decode_tokens, decode_ctx):
-        busy = np.asarray(prefill_tokens) + np.asarray(decode_tokens) + 0 * np.asarray(decode_ctx) > 0
-        out = np.where(busy, 1.0, 0.0)
-        return float(out) if out.ndim == 0 else out
-
-    def swap_time(self, n_tokens):
-        return 0.0 * np.asarray(n_tokens, dtype=float)
-
-    def copy_time(self, n_tokens):
-        return 0.0 * np.asarray(n_tokens, dtype=float)
+from test_vllm_policy import OneSecond  # every iteration one second, KV moves free
 
 
 def run(sched, prompts, outputs, arrivals=None, max_jump=None):

@@ -14,7 +14,7 @@ from s3sim.simulator.engine import simulate
 
 
 class OneSecond(LatencyModel):
-    """Every non-empty iteration takes one second."""
+    """Every non-empty iteration takes one second; moving or copying KV takes no time."""
 
     def __init__(self):
         pass
@@ -23,6 +23,12 @@ class OneSecond(LatencyModel):
         busy = np.asarray(prefill_tokens) + np.asarray(decode_tokens) + 0 * np.asarray(decode_ctx) > 0
         out = np.where(busy, 1.0, 0.0)
         return float(out) if out.ndim == 0 else out
+
+    def swap_time(self, n_tokens):
+        return 0.0 * np.asarray(n_tokens, dtype=float)
+
+    def copy_time(self, n_tokens):
+        return 0.0 * np.asarray(n_tokens, dtype=float)
 
 
 def run(sched, prompts, outputs, arrivals=None):

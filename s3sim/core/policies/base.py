@@ -363,15 +363,22 @@ class Scheduler:
             self._budget_left = math.inf
             return b
         budget = self.token_budget - b.decode_n
-        for r in self.prefilling.values():  # partly prefilled requests continue first, oldest first
-            if budget <= 0:
-                break
-            done = r.progress.prefilled
-            chunk = min(r.context - done, budget)
+        for r, done, chunk in self._continuing_chunks(budget):
             self._add_prefill(b, r, done, chunk)
             budget -= chunk
         self._budget_left = budget
         return b
+
+    def _continuing_chunks(self, budget: int):
+        """(request, tokens already prefilled, chunk) of each part-way prefill that continues this iteration
+        within `budget` tokens: they go first, oldest first, each taking what the budget leaves."""
+        for r in self.prefilling.values():
+            if budget <= 0:
+                break
+            done = r.progress.prefilled
+            chunk = min(r.context - done, budget)
+            yield r, done, chunk
+            budget -= chunk
 
     def _room(self) -> int:
         """Requests that can still be admitted this iteration: 0 once the batch or the token budget is full."""

@@ -325,22 +325,15 @@ class VllmScheduler(PagedScheduler):
         need = self._growth(1)
         if not (self.by_chunk and self.prefilling):
             return need
-        budget = self.token_budget - len(self.running)  # as `_decode_batch` hands out the continuing chunks
-        for r in self.prefilling.values():
-            if budget <= 0:
-                break
-            done = r.progress.prefilled
-            chunk = min(r.context - done, budget)
+        for r, done, chunk in self._continuing_chunks(self.token_budget - len(self.running)):  # as `_decode_batch`
             need += max(self._chunk_blocks(r, done + chunk) - r.progress.blocks, 0)
-            budget -= chunk
         return need
 
     def _take_blocks(self, r: Request) -> int:
         if not self.by_chunk:
-            full = self._blocks(r.context + 1)
             if self.cache is None:
                 return super()._take_blocks(r)
-            tokens = self.cache.admit(r, full)
+            tokens = self.cache.admit(r, self._blocks(r.context + 1))
         else:
             hits = [] if self.cache is None else self.cache.lookup(r)[0]
             prefix = len(hits) * self.bs
