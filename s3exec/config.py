@@ -14,6 +14,7 @@ import numpy as np
 from s3sim.config import (build_scheduler, check_fits, check_requests, get, positive_int, sample_workload, seed_of,
                            served_clipped)
 from s3sim.core.errors import ConfigError
+from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
 
@@ -206,8 +207,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     sched = build_scheduler(cfg, cap, output, keys, hidden_states=True, context=loaded.max_context,
                             layers=loaded.num_layers)  # (repredict is read by policy=vllm only)
     check_requests(sched, plen, output)
-    probe = getattr(getattr(sched, "predictor", None), "reprediction", None)
-    if hasattr(probe, "observe") and str(source) != "smollm2":
+    if hidden_state_probe(sched) is not None and str(source) != "smollm2":
         raise ConfigError(f"predictor.repredict=hidden: the shipped probe reads SmolLM2's hidden states, not "
                           f"{source!r}'s (set executor.model=smollm2 or predictor.repredict=measured)")
     if sched.executor_backend == "generate":  # transformers' generate with its own growing cache

@@ -23,6 +23,7 @@ from s3exec.progress import Progress
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import Scheduler
+from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Phase, Request
 from s3sim.core.results import IterationLog, RunResult, Step
 from s3sim.core.serving import Inbox, drive, serve
@@ -105,8 +106,7 @@ class Executor:
         self.mode = mode
         self.eos = set(int(e) for e in eos_ids)
         # a re-predictor of remaining lengths that reads the served model's hidden states (predictor.repredict=hidden)
-        rp = getattr(getattr(scheduler, "predictor", None), "reprediction", None)
-        self.probe = rp if hasattr(rp, "observe") else None
+        self.probe = hidden_state_probe(scheduler)
         runner.keep_hidden = self.probe is not None
         self.progress = progress
         self.clock, self.sleep = clock, sleep

@@ -83,5 +83,5 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
         extra = {"tokens.csv": token_table(result, tok)} if write_tokens else {}
         if write_tokens and tok is not None:
             extra["outputs.csv"] = output_texts(result, tok)
-        write_results(out_dir, records, row, result.log if write_iterations else None, extra)
+        write_results(out_dir, records, row, result.log.frame() if write_iterations else None, extra)
     return row, result

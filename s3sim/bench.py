@@ -3,7 +3,7 @@
 Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB, the default per-operator
 datasheet latency) offline, then under Poisson arrivals at 1x and 2x the throughput it served offline; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own, and so
 does the cluster run: 64 replicas behind a router serving 10^6 requests of the Azure conversation
-trace's shape (`cluster_scale`).
+trace's shape (`cluster_scale`), beside one engine on the same load per replica (`cluster_against_one`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from s3sim.commandline import Parser
 from s3sim.config import CONF_DIR
-from s3sim.config import build, build_scheduler
+from s3sim.cluster.build import build
+from s3sim.config import build_scheduler
 from s3sim.core.policies import COMPARED
 from s3sim.core.request import make_requests
 from s3sim.simulator.engine import simulate
@@ -65,19 +66,19 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
 
 
 def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = "s3",
-                  router: str = "least_outstanding") -> None:
+                  router: str = "least_outstanding") -> float:
     """`replicas` replicas (Llama 3.1 8B on A100 80 GB: the trace's prompts need its long context) behind `router` serving `n` requests of the Azure conversation
     trace's shape: its rows cycled, its arrival times laid end to end and compressed to `per_replica_rate`
     requests per second per replica on average, so its bursts stay bursts. Prints wall time, simulated
-    requests per wall second and this process's peak RSS."""
+    requests per wall second and this process's peak RSS; returns the simulated requests per wall second.
+    One replica is the single engine (a cluster of one)."""
     import numpy as np
 
-    from s3sim.cluster.build import build_cluster
-    from s3sim.cluster.engine import simulate_cluster
+    from s3sim.simulator.engine import simulate_cluster
     from s3sim.workload import load_workload
 
     t0 = time.perf_counter()
-    setup = build_cluster(cfg_for([f"policy={policy}", "model=llama-3.1-8b", "workload=trace", "arrival=offline",
+    setup = build(cfg_for([f"policy={policy}", "model=llama-3.1-8b", "workload=trace", "arrival=offline",
                                    f"num_requests={n}", f"cluster.replicas={replicas}", f"cluster.router={router}"]))
     ts = load_workload("trace").timestamps
     ts = ts - ts[0]
@@ -95,6 +96,16 @@ def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = 
     print(f"cluster {replicas} x {policy} ({router}) {n:>9,d} requests  {wall:7.2f} s wall (+{built:.1f} s to build) "
           f"{n / wall:9,.0f} req/s  peak RSS {rss:.2f} GiB; {res.end_time:,.0f} simulated s, requests per replica "
           f"{counts.min():,}-{counts.max():,}")
+    return n / wall
+
+
+def cluster_against_one(n: int, replicas: int, per_replica_rate: float) -> None:
+    """The cluster's rate beside the single engine's on the same load per replica (n / replicas requests at
+    `per_replica_rate`), the engine measured before and after the cluster (this machine drifts)."""
+    one = [cluster_scale(n // replicas, 1, per_replica_rate)]
+    many = cluster_scale(n, replicas, per_replica_rate)
+    one.append(cluster_scale(n // replicas, 1, per_replica_rate))
+    print(f"cluster / single engine at the same load per replica: {many / max(one):.2f} to {many / min(one):.2f}")
 
 
 def main(argv=None) -> None:
@@ -111,7 +122,7 @@ def main(argv=None) -> None:
                     help="requests for the vllm policy on per-operator latency (0 skips it)")
     args = ap.parse_args(argv)
     if args.cluster_child:
-        cluster_scale(args.cluster, 64, 4.0)
+        cluster_against_one(args.cluster, 64, 4.0)
         return
     if args.e2e_child:  # the user's command, whole: config, simulation, metrics, requests.parquet, summary
         import tempfile
@@ -154,7 +165,7 @@ def main(argv=None) -> None:
                        check=True)
     if args.cluster:
         print(f"\ncluster: 64 replicas, {args.cluster:,} requests of the Azure conversation trace's shape, in a "
-              f"fresh process")
+              f"fresh process, beside one engine serving {args.cluster // 64:,} of them at the same rate")
         subprocess.run([sys.executable, "-m", "s3sim.bench", "--cluster-child", "--cluster", str(args.cluster)],
                        check=True)
 

@@ -18,9 +18,8 @@ from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.core.predictors.spec import PredictorSpec
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import GiB, get_gpu
-from s3sim.hardware.models import get_model, with_dtype
+from s3sim.hardware.models import get_model
 from s3sim.latency import LATENCY_MODELS
-from s3sim.metrics.summary import Slo
 from s3sim.workload import arrival_times, load_workload
 from s3sim.workload.prefix import shared_prefix
 
@@ -28,26 +27,6 @@ PREDICTORS = ("oracle", "synthetic", "trained")
 from s3sim.config_groups import CONF_DIR, GPU_ENTRY, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
 
 register_presets()  # model=<preset> and gpu=<preset> are choices from the preset files alone
-
-
-@dataclass
-class Setup:
-    prompt_len: np.ndarray
-    output_len: np.ndarray
-    arrivals: np.ndarray
-    scheduler: object
-    latency: object
-    slo: Slo
-    capacity_tokens: int
-    clipped: int  # requests whose output was cut to max_seq_len
-    workload_rows: int  # rows of the workload table the requests were drawn from
-    context_clipped: int = 0  # requests whose output was cut where it would run past the model's context
-    model: object = None  # the ModelSpec served
-    prefix_blocks: int = 0  # trace rows that carry shared-prefix block hashes
-    prefix: list | None = None  # each request's `Request.prefix` (the prompt blocks it shares), or None
-    shared_prefix: tuple = (0, 1)  # (tokens, groups) prepended to every prompt by `shared_prefix`
-    dropped: int = 0  # requests removed by workload.overlong=drop
-    clipped_prompts: int = 0  # prompts cut by workload.overlong=clip
 
 
 def rows_used(requests: int, rows: int, trace_prefix: bool = False) -> str:
@@ -275,20 +254,6 @@ def sample_workload(cfg):
     return wl, idx[order], arr[order]
 
 
-def build(cfg) -> Setup:
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
-    policy_class(cfg)
-    model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
-    gpu, num_gpus, _ = engine_capacity(cfg, model)  # a model that does not fit fails before the workload is read
-    latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
-    wl, fit, shared = served_requests(cfg, model, max_seq_len)
-    keys = None if wl.keys is None else wl.keys[fit.rows]
-    sched, latency, cap = build_engine(cfg, model, fit.prompt, fit.output, keys, latency)
-    return Setup(fit.prompt, fit.output, fit.arrivals, sched, latency, Slo.from_config(cfg), cap,
-                 served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
-                 fit.prefix, shared, fit.dropped, fit.clipped_prompts)
-
-
 def served_requests(cfg, model, max_seq_len: int):
     """(workload table, the requests as the model's context takes them (`Fitted`), shared_prefix (tokens,
     groups)): the one path from a config to the requests both a single engine and a cluster serve."""
@@ -336,20 +301,33 @@ def engine_capacity(cfg, model) -> tuple[object, int, int]:
     return gpu, num_gpus, cap
 
 
-def build_engine(cfg, model, prompt, output, keys, latency=None):
-    """One engine of `cfg` for these requests: (scheduler, latency model (`latency` if built already), KV
-    capacity in tokens)."""
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+@dataclass
+class Hardware:
+    """What one engine of a config runs on, checked before any workload is read: its GPU, GPUs per stage, KV
+    capacity in tokens and latency model."""
+    gpu: object
+    num_gpus: int
+    capacity_tokens: int
+    latency: object
+
+
+def engine_hardware(cfg, model) -> Hardware:
+    """The GPU, KV capacity and latency model of the engine `cfg` describes (a model that does not fit, or
+    cannot be split across its GPUs, fails here, before the workload is read)."""
     gpu, num_gpus, cap = engine_capacity(cfg, model)
-    if latency is None:
-        latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model))
-    check_fits(cap, int(prompt.max()), max_seq_len, f"{model.name} on {num_gpus} x {gpu.name}",
+    return Hardware(gpu, num_gpus, cap, build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model)))
+
+
+def build_engine(cfg, model, prompt, output, keys, hw: Hardware):
+    """One engine of `cfg` on `hw` for these requests: (scheduler, latency model, KV capacity in tokens)."""
+    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    check_fits(hw.capacity_tokens, int(prompt.max()), max_seq_len, f"{model.name} on {hw.num_gpus} x {hw.gpu.name}",
                "lower max_seq_len or use a larger GPU")
-    sched = build_scheduler(cfg, cap, output, keys, context=model.max_context, layers=model.n_layers)
+    sched = build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers)
     check_requests(sched, prompt, output)
     if sched.copies_kv:
-        latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
-    return sched, latency, cap
+        hw.latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
+    return sched, hw.latency, hw.capacity_tokens
 
 
 def check_requests(sched, prompt, output) -> None:
@@ -453,11 +431,9 @@ def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = Fals
 
 
 def model_limits(cls, cfg, context: int | None, layers: int | None) -> dict:
-    """The served model's `context` and `layers` that policy `cls`'s `from_config` takes (given, or read from
-    `cfg`'s model.name); a config that names no model leaves them None (built without a model: no cap)."""
-    import inspect
-
-    wanted = [k for k in ("context", "layers") if k in inspect.signature(cls.from_config).parameters]
+    """The served model's `context` and `layers` that policy `cls`'s `from_config` takes (`cls.model_limits`:
+    given, or read from `cfg`'s model.name); a config that names no model leaves them None (no cap)."""
+    wanted = cls.model_limits
     if wanted and (context is None or layers is None) and get(cfg, "model.name") is not None:
         spec = get_model(cfg["model"]["name"])
         context, layers = context or spec.max_context, layers or spec.n_layers

@@ -53,6 +53,28 @@ def read_csv(path, failure: str):
         raise ConfigError(f"{failure} ({str(e).splitlines()[0]})") from None
 
 
+def read_table(path, what: str, columns):
+    """A CSV table a run reads that must hold `columns`: a missing file, a file that is not a CSV and a missing
+    column are each one ConfigError naming `what` and the file."""
+    from s3sim.core.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what}: no file {str(p)!r}")
+    table = read_csv(p, f"{what} {str(p)!r}: not a CSV")
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ConfigError(f"{what} {str(p)!r}: missing column {missing[0]!r} (needs {', '.join(columns)})")
+    return table
+
+
+def first_bad_line(bad) -> int:
+    """The file line (the header is line 1) of the first row where the boolean series `bad` holds."""
+    import numpy as np
+
+    return int(np.flatnonzero(bad.to_numpy())[0]) + 2
+
+
 @contextmanager
 def recording():
     """The set of files noted while the block runs."""

@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from s3sim.config import build, get, policy_node, positive_int, rows_used, seed_of, structured
+from s3sim.cluster.build import build
+from s3sim.cluster.summary import run_summary
+from s3sim.config import get, policy_node, positive_int, rows_used, seed_of, structured
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
-from s3sim.metrics.summary import request_records, summarize
-from s3sim.simulator.engine import simulate
+from s3sim.metrics.summary import request_records
+from s3sim.simulator.engine import simulate_cluster
 from s3sim.writers import write_csv, write_parquet, write_text
 
 
@@ -160,25 +162,33 @@ CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capaci
 
 
 def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
-    from s3sim.cluster.build import replica_count
-
-    if replica_count(cfg) > 1:
-        return _run_cluster(cfg, out_dir, write_iterations, summary)
+    """Simulate `cfg` once: its replicas behind its router (one engine is a cluster of one). A cluster also
+    writes replicas.csv (one row per replica), each request's `replica` in requests.parquet and, in
+    iterations.csv (if asked), each iteration's."""
     setup = build(cfg)
     reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals, setup.prefix)
     t0 = time.perf_counter()
-    result = simulate(reqs, setup.scheduler, setup.latency, max_jump=cfg.get("max_jump"))
+    result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=cfg.get("max_jump"))
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
-    row = summarize(result, setup.slo, records)
+    row, replica_rows = run_summary(result, setup.slo, records)
     row.update(setup_fields(cfg, setup, row["policy"], len(reqs), wall))
+    for r, gpu in zip(replica_rows, setup.gpus):
+        r["gpu"] = gpu
     if out_dir is not None:
-        write_results(out_dir, records, row if summary else None, result.log if write_iterations else None)
+        extra, log = {}, None
+        if replica_rows:
+            records.insert(1, "replica", result.assignment[records.id.to_numpy()])
+            extra["replicas.csv"] = pd.DataFrame(replica_rows)
+        if write_iterations:
+            log = pd.concat([r.log.frame().assign(replica=i) for i, r in enumerate(result.replicas)],
+                            ignore_index=True) if replica_rows else result.replicas[0].log.frame()
+        write_results(out_dir, records, row if summary else None, log, extra)
     return row
 
 
 def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
-    """The summary fields that say what was simulated and how fast, for a single engine or a cluster."""
+    """The summary fields that say what was simulated and how fast."""
     return {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, policy),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
             "dropped_requests": setup.dropped, "clipped_prompts": setup.clipped_prompts,
@@ -188,34 +198,6 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
             "prefix_caching": bool(get(cfg, "policy.prefix_caching", False)), "workload_rows": setup.workload_rows,
             "rows_used": rows_used(n + setup.dropped, setup.workload_rows, get(cfg, "arrival.process") == "trace"),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
-
-
-def _run_cluster(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dict:
-    """Replicas behind a router (`s3sim.cluster`): summary.csv holds the cluster's row, replicas.csv one row
-    per replica, requests.parquet each request's `replica`; iterations.csv (if asked) every replica's, by `replica`."""
-    from s3sim.cluster.build import build_cluster
-    from s3sim.cluster.engine import simulate_cluster
-    from s3sim.cluster.summary import cluster_summary
-
-    setup = build_cluster(cfg)
-    reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals, setup.prefix)
-    t0 = time.perf_counter()
-    result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=cfg.get("max_jump"))
-    wall = time.perf_counter() - t0
-    records = request_records(result.requests)
-    records.insert(1, "replica", result.assignment[records.id.to_numpy()])
-    row, replica_rows = cluster_summary(result, setup.slo, records)
-    row.update(setup_fields(cfg, setup, row["policy"], len(reqs), wall))
-    for r, gpu in zip(replica_rows, setup.gpus):
-        r["gpu"] = gpu
-    if out_dir is not None:
-        log = None
-        if write_iterations:
-            frames = [r.log.frame().assign(replica=i) for i, r in enumerate(result.replicas)]
-            log = pd.concat(frames, ignore_index=True)
-        write_results(out_dir, records, row if summary else None, None,
-                      {"replicas.csv": pd.DataFrame(replica_rows), **({"iterations.csv": log} if log is not None else {})})
-    return row
 
 
 def run_fields(cfg, policy: str) -> dict:
@@ -231,14 +213,15 @@ def run_fields(cfg, policy: str) -> dict:
     }
 
 
-def write_results(out_dir, records: pd.DataFrame, row: dict, log=None, extra: dict | None = None) -> None:
-    """requests.parquet, iterations.csv (if `log`), any `extra` tables, and summary.csv last: its presence
-    marks a finished run."""
+def write_results(out_dir, records: pd.DataFrame, row: dict, log: pd.DataFrame | None = None,
+                  extra: dict | None = None) -> None:
+    """requests.parquet, iterations.csv (if `log`, a frame), any `extra` tables, and summary.csv last: its
+    presence marks a finished run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet(records, out / REQUESTS)
     if log is not None:
-        write_csv(log.frame(), out / "iterations.csv")
+        write_csv(log, out / "iterations.csv")
     for name, table in (extra or {}).items():
         write_csv(table, out / name)
     if row is not None:

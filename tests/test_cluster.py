@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s3sim.cluster.build import build_cluster
-from s3sim.cluster.engine import simulate_cluster
+from s3sim.simulator.engine import simulate_cluster
 from s3sim.cluster.routers import ROUTERS, LeastKv, LeastOutstanding, Predicted, RoundRobin
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import request_records, summarize
@@ -31,7 +30,7 @@ def test_one_replica_is_the_single_engine_bit_for_bit(cfg, policy):
     c = cfg(*SMALL, f"policy={policy}")
     a = build(c)
     single = simulate(_requests(a), a.scheduler, a.latency)
-    b = build_cluster(cfg(*SMALL, f"policy={policy}", "cluster.router=least_kv"))
+    b = build(cfg(*SMALL, f"policy={policy}", "cluster.router=least_kv"))
     cluster = simulate_cluster(_requests(b), b.replicas, b.router)
     one = cluster.replicas[0]
     assert one.end_time == single.end_time and one.engine_steps == single.engine_steps
@@ -99,7 +98,7 @@ def test_three_replicas_serve_a_load_one_cannot(cfg):
 
 
 def test_a_replica_on_another_gpu(cfg):
-    s = build_cluster(cfg(*SMALL, "cluster.replicas=2", 'cluster.overrides={1: {gpu: {name: h200}}}'))
+    s = build(cfg(*SMALL, "cluster.replicas=2", 'cluster.overrides={1: {gpu: {name: h200}}}'))
     assert s.gpus == ["1 x a100-80gb-pcie", "1 x h200"]
     assert s.replicas[1][2] > s.replicas[0][2]  # more KV on the larger GPU
 
@@ -123,7 +122,7 @@ def test_a_replica_on_another_gpu(cfg):
 def test_bad_cluster_input_is_one_line(cfg, override, message):
     c = cfg(*SMALL[:-1], "model=llama-2-13b", "cluster.replicas=2", override)
     with pytest.raises(ConfigError, match=re.escape(message)) as e:
-        build_cluster(c)
+        build(c)
     assert "\n" not in str(e.value)
 
 
@@ -150,7 +149,7 @@ def _group(group, name):
 
 def test_a_replica_naming_its_policy_starts_from_that_policys_defaults(cfg):
     run = (*SMALL, "policy=vllm", "policy.max_num_batched_tokens=4096", "policy.block_size=32", "cluster.replicas=3")
-    s = build_cluster(cfg(*run, "cluster.overrides={1: {policy: {name: vllm, max_batch_size: 64}}, "
+    s = build(cfg(*run, "cluster.overrides={1: {policy: {name: vllm, max_batch_size: 64}}, "
                                 "2: {policy: {max_batch_size: 64}}}"))
     from s3sim.config import policy_node
 
@@ -172,7 +171,7 @@ def test_a_replica_naming_its_policy_starts_from_that_policys_defaults(cfg):
 def test_a_replica_on_another_latency_model(cfg, override, tmp_path):
     c = cfg(*SMALL, "cluster.replicas=2", "policy=orca", f"cluster.overrides={override}")
     assert c["latency"]["name"] == "datasheet"
-    s = build_cluster(c)
+    s = build(c)
     (_, lat0, _), (_, lat1, _) = s.replicas
     assert (lat0.name, lat1.name) == ("datasheet", "roofline")
     want = {**_group("latency", "roofline"), **({"overhead_s": 0.01} if "overhead_s" in override else {})}

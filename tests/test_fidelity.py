@@ -13,7 +13,7 @@ import torch
 
 from s3exec.lab.fidelity import compare, exec_config, sim_config
 from s3exec.lab.profile import grid, profile, write_profile
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model

@@ -133,7 +133,7 @@ def test_tensor_parallel_profile_adds_two_all_reduces_per_layer_and_the_embeddin
 
 
 def test_tensor_parallel_operators_from_the_config(cfg):
-    from s3sim.config import build
+    from s3sim.cluster.build import build
 
     run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
     if not (run / "tp2").is_dir():

@@ -435,3 +435,15 @@ def test_throughput_order_oracle_s3_orca_ft():
     t_ft = throughput(FasterTransformerScheduler(KVPool(cap), msl))
     assert t_oracle >= t_s3 > t_orca >= t_ft
     assert t_s3 > 1.5 * t_orca  # prediction buys a large factor when memory binds
+
+
+def test_each_policy_declares_the_model_limits_its_from_config_takes():
+    """`model_limits` is what `build_scheduler` hands a policy of the served model: it must be what
+    `from_config` accepts, no more and no less."""
+    import inspect
+
+    from s3sim.core.policies import POLICIES
+
+    for name, cls in POLICIES.items():
+        takes = tuple(k for k in ("context", "layers") if k in inspect.signature(cls.from_config).parameters)
+        assert cls.model_limits == takes, name

@@ -131,7 +131,7 @@ def test_lora_training_saves_adapters_only_and_resumes_exactly(tmp_path, monkeyp
 def test_the_simulator_runs_the_shipped_model_live_without_a_model_path(cfg):
     """`predictor=trained predictor.source=model` needs no `predictor.model`: the shipped predictor predicts each
     arriving request's bucket, the same bucket the committed table holds for that row."""
-    from s3sim.config import build
+    from s3sim.cluster.build import build
     from s3sim.core.request import make_requests
 
     c = cfg("policy=s3", "predictor=trained", "predictor.source=model", "workload=sharegpt_pairs",

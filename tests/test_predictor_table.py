@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.core.policies.supervisor import Supervisor
 from s3sim.core.predictors.buckets import Buckets

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.policies.vllm import VllmScheduler

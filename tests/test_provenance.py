@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from s3sim.cli import CONF_DIR
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import get_gpu, preset_of_device
 from s3sim.hardware.models import get_model

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s3sim.cluster.build import build_cluster
-from s3sim.cluster.engine import simulate_cluster
+from s3sim.cluster.build import build
+from s3sim.simulator.engine import simulate_cluster
 from s3sim.cluster.routers import ROUTERS
 from s3sim.cluster.summary import cluster_summary
 from s3sim.core.request import make_requests
@@ -37,7 +37,7 @@ def spy_on(router):
 
 
 def run(cfg, overrides, max_jump=None, requests=None):
-    s = build_cluster(cfg(*overrides))
+    s = build(cfg(*overrides))
     reqs = requests() if requests else make_requests(s.prompt_len, s.output_len, s.arrivals, s.prefix)
     views, footprints = spy_on(s.router)
     res = simulate_cluster(reqs, s.replicas, s.router, max_jump=max_jump)

@@ -52,7 +52,7 @@ def test_a_prompt_longer_than_the_context_is_dropped_by_default_and_counted(tmp_
 
 
 def test_clip_keeps_room_for_the_whole_output_and_counts_the_prompts(tmp_path):
-    from s3sim.config import build
+    from s3sim.cluster.build import build
 
     over = trace(tmp_path, [(0.0, 10, 5), (1.0, 100_000, 5), (2.0, 2048, 64)])
     setup = build(cfg(*over, "max_seq_len=64", "policy=orca", "workload.overlong=clip"))

@@ -81,7 +81,7 @@ def compare(exec_cfg: dict, cap_tokens: int, profile, loaded=None, repeats: int 
 
 def replay_setup(sim_cfg: dict):
     """The simulator's setup of a replay; one that cuts outputs the executor served whole is another run."""
-    from s3sim.config import build
+    from s3sim.cluster.build import build
 
     setup = build(sim_cfg)
     if setup.context_clipped:

@@ -2,7 +2,9 @@
 different GPUs) as SimPy processes and a router that places every arriving request on one of them.
 
 - `routers`: where a request goes (round-robin, least outstanding, least KV load, predicted load);
-- `engine`: the cluster simulation (`simulate_cluster`) and what each replica shows the router;
-- `build`: replicas and router from a config (`cluster.replicas`, `cluster.router`, `cluster.overrides`);
-- `summary`: the cluster's summary row and one row per replica.
+- `build`: the requests, replicas and router of a config (`cluster.replicas`, `cluster.router`,
+  `cluster.overrides`); one engine is a cluster of one replica;
+- `summary`: the run's summary row, and a cluster's row per replica.
+
+The simulation itself is `s3sim.simulator.engine.simulate_cluster`.
 """

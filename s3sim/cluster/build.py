@@ -1,4 +1,5 @@
-"""Replicas and router from a config: the `cluster` group (`replicas`, `router`, `overrides`).
+"""What a config runs: its requests, and replicas behind a router (the `cluster` group: `replicas`, `router`,
+`overrides`). One engine is a cluster of one replica, built here like any other (`build`).
 
 Every replica serves the same model with the run's policy, GPU and latency model, unless `overrides`
 gives it others: `cluster.overrides={1: {gpu: {name: a40}}, 2: {gpu: {count: 2}}}` (keys `gpu`,
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
-from s3sim.config import (build_engine, build_predictor, choice, get, policy_class, positive_int,
-                          served_clipped, served_requests)
+from s3sim.config import (build_engine, build_predictor, choice, engine_hardware, get, policy_class,
+                          positive_int, served_clipped, served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
@@ -28,7 +29,8 @@ COMPOSED = ("latency", "policy")  # groups whose options differ in their fields:
 
 
 @dataclass
-class ClusterSetup:
+class Setup:
+    """A run's requests (after `workload.overlong` met the model's context) and the replicas that serve them."""
     prompt_len: np.ndarray
     output_len: np.ndarray
     arrivals: np.ndarray
@@ -36,15 +38,35 @@ class ClusterSetup:
     gpus: list[str]  # each replica's GPU, as "<count> x <name>"
     router: object
     slo: Slo
-    clipped: int
-    workload_rows: int
-    context_clipped: int
-    model: object
-    prefix_blocks: int
-    prefix: list | None = None  # each request's `Request.prefix`, or None
-    shared_prefix: tuple = (0, 1)
-    dropped: int = 0
-    clipped_prompts: int = 0
+    clipped: int  # requests whose output was cut to max_seq_len
+    workload_rows: int  # rows of the workload table the requests were drawn from
+    context_clipped: int  # requests whose output was cut where it would run past the model's context
+    model: object  # the ModelSpec served
+    prefix_blocks: int  # trace rows that carry shared-prefix block hashes
+    prefix: list | None = None  # each request's `Request.prefix` (the prompt blocks it shares), or None
+    shared_prefix: tuple = (0, 1)  # (tokens, groups) prepended to every prompt by `shared_prefix`
+    dropped: int = 0  # requests removed by workload.overlong=drop
+    clipped_prompts: int = 0  # prompts cut by workload.overlong=clip
+
+    def _sole(self, i: int):
+        if len(self.replicas) != 1:
+            raise AttributeError(f"a cluster of {len(self.replicas)} replicas has no one engine: read `replicas`")
+        return self.replicas[0][i]
+
+    @property
+    def scheduler(self):
+        """The engine's scheduler (a run of one replica)."""
+        return self._sole(0)
+
+    @property
+    def latency(self):
+        """The engine's latency model (a run of one replica)."""
+        return self._sole(1)
+
+    @property
+    def capacity_tokens(self) -> int:
+        """The engine's KV capacity in tokens (a run of one replica)."""
+        return self._sole(2)
 
 
 def replica_count(cfg) -> int:
@@ -125,28 +147,35 @@ def replica_configs(cfg, n: int) -> list[dict]:
     return out
 
 
-def build_cluster(cfg) -> ClusterSetup:
+def build(cfg) -> Setup:
+    """The requests and replicas of `cfg` (one unless `cluster.replicas` says more), checked: each replica's
+    hardware before the workload is read, then its policy over the requests."""
     n = replica_count(cfg)
     router_cls = ROUTERS[choice(get(cfg, "cluster.router", "round_robin"), tuple(ROUTERS), "cluster.router")]
     max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
     policy_class(cfg)
     model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
     configs = replica_configs(cfg, n)
+    hardware = [_replica(n, i, lambda: (policy_class(c), engine_hardware(c, model))[1]) for i, c in enumerate(configs)]
     wl, fit, shared = served_requests(cfg, model, max_seq_len)
-    prompt, output = fit.prompt, fit.output
     keys = None if wl.keys is None else wl.keys[fit.rows]
-    replicas, gpus = [], []
-    for i, c in enumerate(configs):
-        try:
-            policy_class(c)
-            replicas.append(build_engine(c, model, prompt, output, keys))
-        except ConfigError as e:
-            raise ConfigError(f"cluster replica {i}: {e}") from None
-        gpus.append(f"{get(c, 'gpu.count', 1) * get(c, 'gpu.pipeline_stages', 1)} x {c['gpu']['name']}")
+    replicas = [_replica(n, i, lambda: build_engine(c, model, fit.prompt, fit.output, keys, hw))
+                for i, (c, hw) in enumerate(zip(configs, hardware))]
+    gpus = [f"{get(c, 'gpu.count', 1) * get(c, 'gpu.pipeline_stages', 1)} x {c['gpu']['name']}" for c in configs]
     predictor = None
     if router_cls.uses_predictor:
-        predictor = build_predictor(cfg, max_seq_len, output, keys=keys)
+        predictor = build_predictor(cfg, max_seq_len, fit.output, keys=keys)
     router = router_cls(predictor, max_seq_len)
-    return ClusterSetup(prompt, output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg),
-                        served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
-                        fit.prefix, shared, fit.dropped, fit.clipped_prompts)
+    return Setup(fit.prompt, fit.output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg),
+                 served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
+                 fit.prefix, shared, fit.dropped, fit.clipped_prompts)
+
+
+def _replica(n: int, i: int, make):
+    """`make()`, its bad input named by replica where there are several."""
+    try:
+        return make()
+    except ConfigError as e:
+        if n == 1:
+            raise
+        raise ConfigError(f"cluster replica {i}: {e}") from None

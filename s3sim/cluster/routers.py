@@ -1,6 +1,6 @@
 """Routers: which replica serves an arriving request, decided at its arrival from what each replica shows.
 
-Each router sees the replicas' `ReplicaState` (see `s3sim.cluster.engine`) as they stand at the request's
+Each router sees the replicas' `ReplicaState` (see `s3sim.simulator.engine`) as they stand at the request's
 arrival, as if every replica stepped one iteration at a time (a replica inside a multi-iteration jump shows
 the iterations that have ended by then), and picks one; ties go to the lowest index, so every decision is
 deterministic and does not depend on `max_jump`.

@@ -87,3 +87,11 @@ def cluster_summary(result, slo: Slo, records) -> tuple[dict, list[dict]]:
                 "replica_imbalance": float(counts.max() / counts.mean()) if counts.sum() else float("nan"),
                 "replica_throughput_min": float(counts.min() / span), "replica_throughput_max": float(counts.max() / span)})
     return row, rows
+
+
+def run_summary(result, slo: Slo, records) -> tuple[dict, list[dict]]:
+    """(the run's row, one row per replica) of a `ClusterResult`: one engine's row is its own summary (no
+    replica rows), a cluster's is `cluster_summary`'s."""
+    if len(result.replicas) == 1:
+        return summarize(result.replicas[0], slo, records), []
+    return cluster_summary(result, slo, records)

@@ -8,6 +8,7 @@ infers either by comparing counters or reading a policy's fields.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -36,6 +37,8 @@ class SchedulerOutput:
     copies_kv: bool = False  # each decode step reallocates the batch's KV cache by concatenation (dynamic
     # growth, as transformers' DynamicCache): the `decode_ctx - decode_n` tokens cached before the step (the
     # context less the token each row feeds now) are copied into a buffer one token longer
+    budget: float = math.inf  # tokens this iteration can still compute (the token budget less what is scheduled):
+    # the scheduler's running count while it builds this output, local to one `schedule()`; a backend ignores it
 
     @property
     def is_empty(self) -> bool:

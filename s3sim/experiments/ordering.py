@@ -90,7 +90,7 @@ def configurations(workload: str) -> dict[str, list[str]]:
 
 def one_run(overrides: list[str]) -> dict:
     from s3sim.bench import cfg_for
-    from s3sim.config import build
+    from s3sim.cluster.build import build
     from s3sim.core.request import make_requests
     from s3sim.metrics.summary import summarize
     from s3sim.simulator.engine import simulate

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from s3sim.commandline import Parser, out_path
 from s3sim.config import CONF_DIR
-from s3sim.config import build
+from s3sim.cluster.build import build
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
 from s3sim.experiments.predictor import SCHEMES

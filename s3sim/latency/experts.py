@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import read_csv
+from s3sim.inputs import first_bad_line, read_table
 
 COLUMNS = ("tokens", "activated_experts", "time_us")
 
@@ -51,15 +51,11 @@ class ExpertTable:
         if not path.is_file():
             raise ConfigError(f"operator profile: model has {n_experts} experts but there is no {str(path)!r} (the "
                               f"fused expert layer by tokens and activated experts)")
-        t = read_csv(path, f"operator profile {str(path)!r}: not a CSV")
-        missing = [c for c in COLUMNS if c not in t.columns]
-        if missing:
-            raise ConfigError(f"operator profile {str(path)!r}: missing column {missing[0]!r} (needs {', '.join(COLUMNS)})")
+        t = read_table(path, "operator profile", COLUMNS)
         values = t[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
         bad = values.isna().any(axis=1) | (values.tokens < 1) | (values.activated_experts < 1) | (values.time_us <= 0)
         if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise ConfigError(f"operator profile {str(path)!r} line {line}: tokens and activated_experts must be "
+            raise ConfigError(f"operator profile {str(path)!r} line {first_bad_line(bad)}: tokens and activated_experts must be "
                               f"positive counts and time_us > 0")
         if values.activated_experts.max() > n_experts:
             raise ConfigError(f"operator profile {str(path)!r}: {int(values.activated_experts.max())} activated "

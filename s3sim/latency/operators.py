@@ -34,7 +34,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.inputs import read_csv
+from s3sim.inputs import first_bad_line, read_table
 from s3sim.latency.base import LatencyModel
 from s3sim.latency.provenance import check_profile
 
@@ -216,17 +216,12 @@ class AttentionTable:
 
 
 def _read(path: Path, columns) -> pd.DataFrame:
-    if not path.is_file():
-        raise ConfigError(f"operator profile: no file {str(path)!r}")
-    table = read_csv(path, f"operator profile {str(path)!r}: not a CSV")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConfigError(f"operator profile {str(path)!r}: missing column {missing[0]!r} (needs {', '.join(columns)})")
+    table = read_table(path, "operator profile", columns)
     numeric = [c for c in columns if c != "layer"]
     bad = table[numeric].apply(pd.to_numeric, errors="coerce").isna().any(axis=1)
     if bad.any():
-        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise ConfigError(f"operator profile {str(path)!r} line {line}: not a number in {', '.join(numeric)}")
+        raise ConfigError(f"operator profile {str(path)!r} line {first_bad_line(bad)}: not a number in "
+                          f"{', '.join(numeric)}")
     if table.empty:
         raise ConfigError(f"operator profile {str(path)!r}: no rows")
     return table

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import read_csv
+from s3sim.inputs import first_bad_line, read_table
 
 BRANCHES = ("full", "piecewise", "none")
 STEP_COLUMNS = ("branch", "num_tokens", "n_decode", "kv_decode", "prefill_chunk", "step_us")
@@ -31,18 +31,12 @@ STEP_COLUMNS = ("branch", "num_tokens", "n_decode", "kv_decode", "prefill_chunk"
 def read_steps(path) -> pd.DataFrame:
     """A `step.csv`: its rows, checked (one-line errors naming the file and the line)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"step table: no file {str(p)!r}")
-    t = read_csv(p, f"step table {str(p)!r}: not a CSV")
-    missing = [c for c in STEP_COLUMNS if c not in t.columns]
-    if missing:
-        raise ConfigError(f"step table {str(p)!r}: missing column {missing[0]!r} (needs {', '.join(STEP_COLUMNS)})")
+    t = read_table(p, "step table", STEP_COLUMNS)
     bad = ~t.branch.isin(BRANCHES)
     numeric = t[list(STEP_COLUMNS[1:])].apply(pd.to_numeric, errors="coerce")
     bad |= numeric.isna().any(axis=1) | (numeric.step_us <= 0) | (numeric.num_tokens <= 0)
     if bad.any():
-        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise ConfigError(f"step table {str(p)!r} line {line}: branch must be one of {', '.join(BRANCHES)} and "
+        raise ConfigError(f"step table {str(p)!r} line {first_bad_line(bad)}: branch must be one of {', '.join(BRANCHES)} and "
                           f"num_tokens, n_decode, kv_decode, prefill_chunk numbers, step_us > 0")
     return t.assign(**{c: numeric[c] for c in STEP_COLUMNS[1:]})
 

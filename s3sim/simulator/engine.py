@@ -1,173 +1,170 @@
-"""The discrete-event simulator: the core's serving loop with a latency model instead of a GPU.
+"""The simulation: one SimPy environment, one arrival process, a router, and per replica the core's serving
+loop over its own `SimBackend` (scheduler, KV pool, latency model). One engine is a cluster of one replica
+(`simulate`): every feature is built once, on this path.
 
-SimPy orders time and nothing else; all serving logic lives in the core objects the executor uses too.
-Two kinds of process run: an arrival process that hands each request, at its arrival time, to the engine
-it is routed to, and per engine the core's serving loop (`s3sim.core.serving.serve`) over a `SimBackend`.
-A decode-only batch is repeated for as many iterations as nothing can change (`Scheduler.horizon`), so
-one event may stand for hundreds of iterations; an arrival that the scheduler might admit interrupts the
-jump, which then ends at the first iteration boundary after that arrival. Durations are accumulated in
-the same order as step by step, so the result is the same to the last bit (`max_jump=1` forces
-step-by-step; tests compare both).
+Each request is routed once, at its arrival (whichever comes first at that instant: the arrival process
+or a replica reaching an iteration boundary), and stays on its replica: no migration. The router reads each
+replica as it stands at that moment, as if it stepped one iteration at a time: a replica inside a
+multi-iteration jump (`SimBackend`'s `max_jump`) shows the KV of the iterations that have ended by then, not
+the KV at the jump's start, so routing does not depend on `max_jump` (a test checks every router and
+policy). Every replica's loop checks that each request delivered to it finished exactly once; together with
+the assignment (one replica per request) that is the cluster's invariant, and at the end every replica's
+bookkeeping (outstanding requests, predicted footprint) is back to zero.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
-from s3sim.core.output import SchedulerOutput, StepOutcome
+from s3sim.core.errors import InvariantViolation
 from s3sim.core.policies.base import Scheduler
 from s3sim.core.request import Request
-from s3sim.core.results import IterationLog, RunResult, Step
-from s3sim.core.serving import Inbox, serve
+from s3sim.core.results import IterationLog, RunResult
+from s3sim.core.serving import serve
 from s3sim.latency.base import LatencyModel
 from s3sim.simulator import progress
+from s3sim.simulator.backend import ArrivalSource, SimBackend, arrival_process
 
 
-class ArrivalSource:
-    """Every request of a run in arrival order, handed out when due to `route` (one engine's `deliver`;
-    a router across replicas would choose among several)."""
+class ReplicaState:
+    """What a router sees of one replica, as of the moment it decides: the requests routed there and not
+    finished, its KV pool's reserved fraction, the predicted footprint of its outstanding requests."""
 
-    def __init__(self, requests: list[Request], route):
-        self._queue = Inbox(requests)
-        self.route = route
+    def __init__(self, backend: SimBackend, capacity_tokens: int, track_footprints: bool = False):
+        self.backend = backend
+        self.sched = backend.sched
+        self.capacity_tokens = capacity_tokens
+        self.routed = 0  # requests routed here
+        self._track = track_footprints
+        self._predicted = 0  # footprints of the requests routed here and not finished (if tracked)
+        self._footprint: dict[int, int] = {}  # each of those requests' footprint
+        self._seen_finished = 0
+
+    def take(self, request: Request, footprint: int) -> None:
+        self.routed += 1
+        if self._track:
+            if request.id in self._footprint:
+                raise InvariantViolation(f"request {request.id} was routed twice")
+            self._predicted += footprint
+            self._footprint[request.id] = footprint
+
+    def _forget_finished(self) -> None:
+        """Release the footprints of the requests that finished since the last look."""
+        done = self.sched.finished
+        if self._seen_finished < len(done):
+            if self._track:
+                for r in done[self._seen_finished:]:
+                    self._predicted -= self._footprint.pop(r.id)
+            self._seen_finished = len(done)
 
     @property
-    def pending(self) -> bool:
-        return self._queue.queued
+    def outstanding(self) -> int:
+        """Requests routed here and not finished."""
+        return self.routed - len(self.sched.finished)
 
     @property
-    def next_time(self) -> float:
-        return self._queue.next_arrival
+    def predicted_tokens(self) -> int:
+        """Predicted KV footprint of the outstanding requests (0 unless the router tracks footprints)."""
+        self._forget_finished()
+        return self._predicted
 
-    def deliver_due(self, t: float) -> None:
-        """Hand out every request that arrived by `t` (all of one instant together)."""
-        due = self._queue.due(t)
-        if due:
-            self.route(due)
+    @property
+    def tracked_requests(self) -> int:
+        """Requests whose footprint is held (the outstanding ones, if footprints are tracked)."""
+        self._forget_finished()
+        return len(self._footprint)
+
+    @property
+    def kv_load(self) -> float:
+        """Fraction of the KV pool reserved now (see `SimBackend.kv_reserved_tokens`)."""
+        return self.backend.kv_reserved_tokens() / self.capacity_tokens
+
+    def check_drained(self, i: int, assigned: int) -> None:
+        """At the end of a run: every request routed here was counted once, has finished and was released."""
+        if self.routed != assigned:
+            raise InvariantViolation(f"replica {i} counted {self.routed} requests routed to it, but {assigned} were")
+        left = {"outstanding requests": self.outstanding, "predicted KV tokens": self.predicted_tokens,
+                "footprints held": self.tracked_requests}
+        for what, n in left.items():
+            if n:
+                raise InvariantViolation(f"replica {i} still shows {n} {what} after every request finished")
 
 
-def arrival_process(env: simpy.Environment, source: ArrivalSource):
-    while source.pending:
-        a = source.next_time
-        if a > env.now:
-            yield env.timeout(a - env.now)
-        source.deliver_due(a)
+@dataclass
+class ClusterResult:
+    requests: list[Request]
+    replicas: list[RunResult]
+    assignment: np.ndarray  # replica of each request (by id)
+    router: str
+    end_time: float
+    states: list | None = None  # what the router saw of each replica (`ReplicaState`), drained at the end
 
 
-def steps_until(ends: np.ndarray, t: float) -> int:
-    """Iterations of a jump (ending at `ends`) up to the first boundary at or after `t`."""
-    return min(len(ends), int(np.searchsorted(ends, t, side="left")) + 1)
+def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max_jump: int | None = None,
+                     async_scheduling: bool = False) -> ClusterResult:
+    """Serve `requests` (sorted by arrival, ids 0..n-1) on `replicas`, each a (scheduler, latency model, KV
+    capacity in tokens) as `build_engine` gives them, behind `router` (see `s3sim.cluster.routers`);
+    `async_scheduling`: vLLM V1's, see `s3sim.core.serving`."""
+    env = simpy.Environment()
+    backends = [SimBackend(env, sched, latency, max_jump) for sched, latency, _ in replicas]
+    states = [ReplicaState(b, b.sched.pool.capacity * b.sched.pool.unit_tokens, router.uses_predictor)
+              for b in backends]
+    assignment = np.full(len(requests), -1, dtype=np.int64)
+
+    def route(due: list[Request]) -> None:
+        per: dict[int, list[Request]] = {}
+        for r in due:
+            f = router.footprint(r)
+            i = router.place(r, states, f)
+            states[i].take(r, f)
+            assignment[r.id] = i
+            per.setdefault(i, []).append(r)
+        for i, rs in per.items():
+            backends[i].deliver(rs)
+        if not source.pending:  # the last arrival: replicas idle for good may stop
+            for b in backends:
+                b.close()
+
+    source = ArrivalSource(requests, route)
+    logs = [IterationLog() for _ in backends]
+    for b in backends:
+        b.inbox.source = source
+    env.process(arrival_process(env, source))
+    procs = [env.process(serve(b.sched, b, b.inbox, log, async_scheduling)) for b, log in zip(backends, logs)]
+    progress.run(env, progress.Progress(len(requests)), lambda: sum(len(b.sched.finished) for b in backends))
+    if (assignment < 0).any():
+        raise InvariantViolation(f"request {int(np.argmax(assignment < 0))} was never routed")
+    results = []
+    by_replica: list[list[Request]] = [[] for _ in backends]
+    for r in requests:  # in arrival order on each replica too
+        by_replica[assignment[r.id]].append(r)
+    for i, (b, log, proc, state) in enumerate(zip(backends, logs, procs, states)):
+        if not proc.triggered:
+            raise InvariantViolation(f"replica {i} never finished serving")
+        state.check_drained(i, len(by_replica[i]))
+        end, steps = proc.value
+        results.append(RunResult(by_replica[i], log, b.sched, end, steps, state.capacity_tokens))
+    end = max((r.end_time for r in results), default=0.0)
+    return ClusterResult(requests, results, assignment, router.name, end, states)
 
 
-class SimBackend:
-    """Prices each scheduler output with a latency model and lets SimPy's clock pass over it."""
+class Sole:
+    """The router of one engine: every request to replica 0."""
+    name = "sole"
+    uses_predictor = False
 
-    def __init__(self, env: simpy.Environment, sched: Scheduler, latency: LatencyModel, max_jump: int | None = None):
-        self.env, self.sched, self.latency, self.max_jump = env, sched, latency, max_jump
-        self.inbox = Inbox(predict_s=sched.predict_s)
-        self._wake = None  # the event an idle engine waits on
-        self._idle_from = 0.0
-        self._jump = None  # (process, step) while a multi-iteration step may still be cut
+    def place(self, request, replicas, footprint: int) -> int:
+        return 0
 
-    # ---- arrivals -----------------------------------------------------------------------------
-    def deliver(self, requests: list[Request]) -> None:
-        self.inbox.put(requests)
-        if self._wake is not None:
-            wake, self._wake = self._wake, None
-            wake.succeed(max(self._idle_from, self.inbox.next_arrival))
-        elif self._jump is not None:
-            proc, step = self._jump
-            for r in requests:
-                if r.ready < step.end and self.sched.could_admit(r):
-                    self._jump = None
-                    proc.interrupt(r.ready)
-                    break
-
-    def close(self) -> None:
-        """No request will be delivered any more: an engine idling for one wakes up and ends its loop."""
-        if self._wake is not None and not self.inbox.queued:
-            wake, self._wake = self._wake, None
-            wake.succeed(self._idle_from)
-
-    # ---- the backend verbs ---------------------------------------------------------------------
-    def execute(self, out: SchedulerOutput, t: float) -> Step:
-        lat, decode_n, ctx = self.latency, out.decode_n, out.decode_ctx
-        # a model that prices uneven decode contexts is given the longest one (a scan, only for it)
-        skew = {"max_ctx": self.sched.max_context()} if getattr(lat, "skew_alpha", 0.0) else {}
-        if out.is_decode_only:
-            k = self.sched.horizon()
-            if self.max_jump:
-                k = min(k, self.max_jump)
-            durations = lat.decode_run(decode_n, ctx, k, **skew)
-            if out.copies_kv:  # each step copies the cache it starts with into a buffer one token longer
-                durations = durations + lat.copy_time(ctx - decode_n + np.arange(k, dtype=np.float64) * decode_n)
-            ends = np.cumsum(np.concatenate(([t], durations)))[1:]  # the same additions as step by step
-            # a request already delivered but still being predicted may become admissible within the jump: end
-            # it at the first boundary at or after that (as an arrival's interrupt would)
-            for r in self.inbox.waiting_before(float(ends[-1])):
-                if self.sched.could_admit(r):
-                    k = steps_until(ends, r.ready)
-                    durations, ends = durations[:k], ends[:k]
-                    break
-            end = float(ends[-1])
-        else:
-            k, ends = 1, None
-            d = lat.batch_time(out, **skew)
-            if out.copies_kv:
-                d = d + lat.copy_time(float(ctx - decode_n))
-            durations = np.array([d], dtype=float)
-            end = t + float(durations[0])
-        # KV in use after the first iteration: contexts, each decode's new token, each prefill's prefix and chunk,
-        # and the first output token of every prefill that finishes its prompt
-        used0 = ctx + decode_n + out.prefill_tokens + len(out.prefill)
-        running = getattr(self.sched, "running", None)  # (a data-parallel group of ranks keeps no list of its own)
-        if running is not None and decode_n < len(running):  # requests paused by a prompt-only iteration (paged, 2023)
-            used0 += self.sched.ctx_sum() - ctx
-        if out.partial or out.prefill_prefix and any(out.prefill_prefix):
-            used0 += sum(out.prefill_prefix) - len(out.partial)
-        used0 -= self.sched.shared_kv_tokens()  # shared prompt blocks are held once
-        return Step(k, durations, end, used0, ends)
-
-    def wait(self, step: Step):
-        if step.k == 1:
-            return self.env.timeout(max(0.0, step.end - self.env.now), value=step)
-        proc = self.env.process(self._run_jump(step))
-        self._jump = (proc, step)
-        return proc
-
-    def idle(self, t: float):
-        if self.inbox.queued:  # delivered a hair early (float rounding of SimPy's clock)
-            t = max(t, self.inbox.next_arrival)
-            return self.env.timeout(max(0.0, t - self.env.now), value=t)
-        self._wake, self._idle_from = self.env.event(), t
-        return self._wake
-
-    def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
-        """A simulated GPU holds no KV of its own: the core's pool is all there is."""
-
-    def _run_jump(self, step: Step):
-        try:
-            yield self.env.timeout(max(0.0, step.end - self.env.now))
-            self._jump = None
-            return step
-        except simpy.Interrupt as stop:  # an admissible arrival: end at the first boundary at or after it
-            k = min(step.k, steps_until(step.ends, stop.cause))
-            cut = Step(k, step.durations[:k], float(step.ends[k - 1]), step.used0, step.ends[:k])
-            yield self.env.timeout(max(0.0, cut.end - self.env.now))
-            return cut
+    def footprint(self, request) -> int:
+        return 0
 
 
 def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyModel,
              max_jump: int | None = None, async_scheduling: bool = False) -> RunResult:
-    """Run `requests` (sorted by arrival, ids 0..n-1 in that order) to completion on one engine
-    (`async_scheduling`: vLLM V1's, see `s3sim.core.serving`)."""
-    env = simpy.Environment()
-    backend = SimBackend(env, scheduler, latency, max_jump)
-    source = ArrivalSource(requests, backend.deliver)
-    backend.inbox.source = source
-    log = IterationLog()
-    env.process(arrival_process(env, source))
-    engine = env.process(serve(scheduler, backend, backend.inbox, log, async_scheduling))
-    progress.run(env, progress.Progress(len(requests)), lambda: len(scheduler.finished))
-    end, steps = engine.value
-    return RunResult(requests, log, scheduler, end, steps, scheduler.pool.capacity * scheduler.pool.unit_tokens)
+    """Run `requests` (sorted by arrival, ids 0..n-1 in that order) to completion on one engine: a cluster of
+    one replica (`async_scheduling`: vLLM V1's, see `s3sim.core.serving`)."""
+    cap = scheduler.pool.capacity * scheduler.pool.unit_tokens
+    return simulate_cluster(requests, [(scheduler, latency, cap)], Sole(), max_jump, async_scheduling).replicas[0]

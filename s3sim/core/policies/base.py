@@ -79,6 +79,8 @@ class Scheduler:
     # (transformers' own `generate`, whose cache grows by copying)
     executor_backend = "paged"
     copies_kv = False  # its batches copy their KV cache each step (hf): the latency model must price the copy
+    # what of the served model its `from_config` takes: "context" (its context window), "layers" (its layer count)
+    model_limits: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
@@ -117,7 +119,6 @@ class Scheduler:
             raise ConfigError(f"max_batch_size={max_batch_size} must be set and below max_num_batched_tokens="
                               f"{self.token_budget}")
         self.prefilling: dict[int, Request] = {}  # admitted, prompt partly computed, oldest first (chunked prefill)
-        self._budget_left = math.inf  # tokens this iteration can still compute
 
     # ---- verbs the engines call -------------------------------------------------------------
     def add(self, requests: list[Request]) -> None:
@@ -322,7 +323,7 @@ class Scheduler:
             r.admitted = now
         if r.swapped:
             r.swapped = False
-            self._budget_left -= 1  # it decodes
+            batch.budget -= 1  # it decodes
             batch.resumed.append(r)
             batch.transfer_tokens += r.context
             batch.decode_n += 1
@@ -335,8 +336,8 @@ class Scheduler:
             if again:
                 r.recomputed_tokens += again
                 self.by_cause[r.preempt_cause]["recomputed_tokens"] += again
-            chunk = min(tokens - prefix if chunk is None else chunk, self._budget_left)
-            self._budget_left -= chunk
+            chunk = min(tokens - prefix if chunk is None else chunk, batch.budget)
+            batch.budget -= chunk
             self._add_prefill(batch, r, prefix, chunk)
             if prefix + chunk < tokens:
                 self.prefilling[r.id] = r
@@ -360,13 +361,11 @@ class Scheduler:
         self.pending_transfer = 0
         self._preempted = []
         if self.token_budget is None:
-            self._budget_left = math.inf
             return b
-        budget = self.token_budget - b.decode_n
-        for r, done, chunk in self._continuing_chunks(budget):
+        b.budget = self.token_budget - b.decode_n
+        for r, done, chunk in self._continuing_chunks(b.budget):
             self._add_prefill(b, r, done, chunk)
-            budget -= chunk
-        self._budget_left = budget
+            b.budget -= chunk
         return b
 
     def _continuing_chunks(self, budget: int):
@@ -380,9 +379,9 @@ class Scheduler:
             yield r, done, chunk
             budget -= chunk
 
-    def _room(self) -> int:
-        """Requests that can still be admitted this iteration: 0 once the batch or the token budget is full."""
-        if self._budget_left <= 0:
+    def _room(self, batch: SchedulerOutput) -> int:
+        """Requests that can still be admitted to `batch`: 0 once the batch or the token budget is full."""
+        if batch.budget <= 0:
             return 0
         return self.max_batch - len(self.running) - len(self.prefilling)
 

@@ -80,6 +80,7 @@ class HfScheduler(FasterTransformerScheduler):
     Config = HfConfig
     copies_kv = True  # its latency model must price a KV copy (checked when a run is built)
     executor_backend = "generate"
+    model_limits = ("context", "layers")  # a row's growth, and one layer's copy
 
     @classmethod
     def from_config(cls, conf: HfConfig, capacity_tokens: int, max_seq_len: int, predictor=None,

@@ -16,6 +16,7 @@ from s3sim.core.request import Request
 
 class OrcaScheduler(FcfsScheduler):
     name = "orca"
+    model_limits = ("context",)  # each reservation at most the context window
 
     @classmethod
     def from_config(cls, conf: PolicyConfig, capacity_tokens: int, max_seq_len: int, predictor=None,
@@ -55,8 +56,8 @@ class OrcaScheduler(FcfsScheduler):
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
-        room = self._room()
-        while self.waiting and room > 0 and self._budget_left > 0:
+        room = self._room(batch)
+        while self.waiting and room > 0 and batch.budget > 0:
             r = self.waiting[0]
             need = self._need(r)
             if not self.pool.can_reserve(need):

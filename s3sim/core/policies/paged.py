@@ -100,6 +100,7 @@ class Paged2023Config(PagedConfig):
 class PagedScheduler(FcfsScheduler):
     name = "paged"
     Config = Paged2023Config
+    model_limits = ("context",)  # prompt_tokens=auto is read from it
 
     @classmethod
     def from_config(cls, conf: Paged2023Config, capacity_tokens, max_seq_len, predictor=None,
@@ -198,10 +199,10 @@ class PagedScheduler(FcfsScheduler):
         batch = self._decode_batch()
         if preempted:
             return batch
-        room = self._room()
+        room = self._room(batch)
         growth = self._growth(1)  # allocated when the step is applied (`_on_steps`)
         free = self.pool.free - growth
-        while self.waiting and room > 0 and self._budget_left > 0:
+        while self.waiting and room > 0 and batch.budget > 0:
             r = self.waiting[0]
             blocks = self._free_needed(r)
             if free - blocks < self.watermark and (self.running or batch.prefill or batch.resumed):
@@ -209,7 +210,7 @@ class PagedScheduler(FcfsScheduler):
             if blocks > free:
                 break
             self.waiting.popleft()
-            prefix = self._take_blocks(r)
+            prefix = self._take_blocks(r, batch.budget)
             free = self.pool.free - growth
             self._admit(r, batch, now, prefix=prefix)
             room -= 1
@@ -230,7 +231,7 @@ class PagedScheduler(FcfsScheduler):
                 break
             if batch is None:
                 batch = SchedulerOutput(preempted=self._preempted, transfer_tokens=self.pending_transfer)
-                self._preempted, self.pending_transfer, self._budget_left = [], 0, math.inf
+                self._preempted, self.pending_transfer = [], 0
             self.waiting.popleft()
             self._take_blocks(r)
             self._admit(r, batch, now)
@@ -250,7 +251,7 @@ class PagedScheduler(FcfsScheduler):
             batch.itl_tokens -= len(self._paused)
         if preempted:
             return batch
-        room, free = self._room(), self.pool.free - self._growth(1)
+        room, free = self._room(batch), self.pool.free - self._growth(1)
         while self.waiting and room > 0 and self.waiting[0].swapped:
             r = self.waiting[0]
             blocks = self._free_needed(r)
@@ -316,9 +317,10 @@ class PagedScheduler(FcfsScheduler):
         """Free blocks admitting `r` takes: those of its context and its next token."""
         return self._blocks(r.context + 1)
 
-    def _take_blocks(self, r: Request) -> int:
+    def _take_blocks(self, r: Request, budget: float = math.inf) -> int:
         """Give `r` the blocks of its context and next token; returns the tokens of its context they hold
-        already (found in a prefix cache: none without one)."""
+        already (found in a prefix cache: none without one). `budget`: the tokens its iteration can still
+        compute (what a policy that allocates chunk by chunk takes blocks for)."""
         self.pool.reserve(r.id, self._blocks(r.context + 1))
         return 0
 

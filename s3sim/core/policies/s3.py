@@ -161,9 +161,9 @@ class S3Scheduler(Scheduler):
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
-        room = self._room()
+        room = self._room(batch)
         free = self.pool.free
-        if self.max_wait is not None and room > 0 and self._budget_left > 0:
+        if self.max_wait is not None and room > 0 and batch.budget > 0:
             old = self._oldest()
             if old is not None and now - old[0] >= self.max_wait:
                 r = old[1]
@@ -173,7 +173,7 @@ class S3Scheduler(Scheduler):
                 free -= self._take(r, batch, now)
                 self.aged_admissions += 1
                 room -= 1
-        while self.waiting and room > 0 and self._budget_left > 0:
+        while self.waiting and room > 0 and batch.budget > 0:
             i = self.waiting.bisect_key_right((free, math.inf))
             if i == 0:
                 break

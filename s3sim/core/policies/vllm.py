@@ -157,6 +157,7 @@ def check_budget(max_batch_size, max_num_batched_tokens, prefix: str = "") -> No
 class VllmScheduler(PagedScheduler):
     name = "vllm"
     Config = VllmConfig
+    model_limits = ()
 
     def __init__(self, pool, max_seq_len, max_num_batched_tokens: int = 2048, watermark: float = 0.0,
                  prefix_caching: bool = False, order: str = "fcfs", victim: str = "newest",
@@ -329,7 +330,7 @@ class VllmScheduler(PagedScheduler):
             need += max(self._chunk_blocks(r, done + chunk) - r.progress.blocks, 0)
         return need
 
-    def _take_blocks(self, r: Request) -> int:
+    def _take_blocks(self, r: Request, budget: float = math.inf) -> int:
         if not self.by_chunk:
             if self.cache is None:
                 return super()._take_blocks(r)
@@ -337,7 +338,7 @@ class VllmScheduler(PagedScheduler):
         else:
             hits = [] if self.cache is None else self.cache.lookup(r)[0]
             prefix = len(hits) * self.bs
-            blocks = max(self._chunk_blocks(r, prefix + min(r.context - prefix, self._budget_left)), len(hits))
+            blocks = max(self._chunk_blocks(r, prefix + min(r.context - prefix, budget)), len(hits))
             if r.progress is None:
                 r.progress = Progress(r)
             r.progress.blocks = blocks

@@ -114,3 +114,10 @@ class HiddenStateRePrediction:
         if seen is None or seen[0] > generated:  # none yet, or from before a preemption that lost it (recompute)
             return None
         return carried(seen[1], seen[0], generated, self.max_seq_len)
+
+
+def hidden_state_probe(scheduler) -> HiddenStateRePrediction | None:
+    """The re-predictor of `scheduler`'s predictor that reads the served model's hidden states
+    (predictor.repredict=hidden), or None: what the executor must feed each step."""
+    rp = getattr(getattr(scheduler, "predictor", None), "reprediction", None)
+    return rp if isinstance(rp, HiddenStateRePrediction) else None
