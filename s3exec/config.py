@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import (build_scheduler, check_fits, check_requests, get, positive_int, sample_workload, seed_of,
-                           served_clipped)
+from s3sim.config import build_scheduler, check_fits, check_requests, sample_workload, served_clipped
 from s3sim.core.errors import ConfigError
+from s3sim.spec import get, positive_int, run_spec, seed_of
 from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -145,8 +145,8 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         torch.set_num_threads(threads)
     mode = get(ex, "mode", "fixed")
     check_mode(mode)
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
-    seed = seed_of(cfg)
+    run = run_spec(cfg)
+    max_seq_len, seed = run.max_seq_len, run.seed
     if get(cfg, "model.dtype") is not None:
         raise ConfigError("model.dtype is the simulator's; the executor loads its model in executor.dtype")
     if get(cfg, "shared_prefix.tokens", 0):
@@ -170,7 +170,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         wl, idx, arrivals = None, None, np.zeros(len(prompts))
         output = np.full(len(prompts), max_seq_len, dtype=np.int64)
     else:
-        wl, idx, arrivals = sample_workload(cfg)
+        wl, idx, arrivals = sample_workload(cfg, run)
         output = wl.output_len[idx].astype(np.int64)
         if cfg["workload"]["name"] in TEXT_WORKLOADS:
             prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
@@ -205,7 +205,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     keys = None if wl is None or getattr(wl, "keys", None) is None else wl.keys[idx]
     # the served model's context and layers (what orca/ft/hf reserve, hf's copy, paged's prompt iterations)
     sched = build_scheduler(cfg, cap, output, keys, hidden_states=True, context=loaded.max_context,
-                            layers=loaded.num_layers)  # (repredict is read by policy=vllm only)
+                            layers=loaded.num_layers, spec=run)  # (repredict is read by policy=vllm only)
     check_requests(sched, plen, output)
     if hidden_state_probe(sched) is not None and str(source) != "smollm2":
         raise ConfigError(f"predictor.repredict=hidden: the shipped probe reads SmolLM2's hidden states, not "

@@ -21,10 +21,11 @@ from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency import LATENCY_MODELS
 from s3sim.workload import arrival_times, load_workload
+from s3sim.spec import GpuEntry, RunSpec, get, run_spec, seed_of
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
-from s3sim.config_groups import CONF_DIR, GPU_ENTRY, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
+from s3sim.config_groups import CONF_DIR, register_presets  # noqa: F401 (CONF_DIR: imported from here by the commands)
 
 register_presets()  # model=<preset> and gpu=<preset> are choices from the preset files alone
 
@@ -157,15 +158,6 @@ def fit_prompts(cfg, prompt, output, arrivals, rows, prefix, context: int, max_s
     return Fitted(prompt, output, arrivals, rows, prefix, dropped, clipped, context_clipped)
 
 
-def get(cfg, path, default=None):
-    node = cfg
-    for key in path.split("."):
-        if node is None or key not in node:
-            return default
-        node = node[key]
-    return node
-
-
 def choice(value, valid, field):
     if value not in valid:
         raise ConfigError(f"{field} '{value}' is unknown; valid: {', '.join(valid)}")
@@ -191,22 +183,6 @@ def check_fits(capacity_tokens: int, longest_prompt: int, max_seq_len: int, what
                           f"{longest_prompt} prompt + max_seq_len={max_seq_len} tokens; {remedy}")
 
 
-def positive_int(value, field, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def seed_of(cfg) -> int:
-    """The run's `seed`: a non-negative integer (1.7 or -1 would be coerced or refused by numpy unseen)."""
-    value = get(cfg, "seed", 0)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 # arrivals later than this (about 32 years) lose sub-microsecond resolution in float64 seconds, so a
 # run's latencies would come out rounded, even to 0
 LATEST_ARRIVAL_S = 1e9
@@ -214,26 +190,25 @@ LATEST_ARRIVAL_S = 1e9
 
 def build_workload(cfg):
     """Prompt and output lengths of the requests of `cfg`, their arrival times, and the workload table."""
-    wl, idx, arr = sample_workload(cfg)
+    wl, idx, arr = sample_workload(cfg, run_spec(cfg))
     return wl.prompt_len[idx], wl.output_len[idx], arr, wl
 
 
-def sample_workload(cfg):
-    """The workload table of `cfg`, the rows its requests take (a seeded sample, or the table cycled) and
-    their arrival times. The executor reads the rows to find each request's prompt text."""
+def sample_workload(cfg, spec: RunSpec):
+    """The workload table of `cfg` (of run spec `spec`), the rows its requests take (a seeded sample, or the
+    table cycled) and their arrival times. The executor reads the rows to find each request's prompt text."""
     w = cfg["workload"]
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    max_seq_len = spec.max_seq_len
     kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
                                      "max_prompt", "format", "columns", "time_unit", "hash_block_tokens")
           if get(w, k) is not None}
     wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
     rows = len(wl.prompt_len)
-    n = positive_int(get(cfg, "num_requests"), "num_requests", allow_none=True) or rows
-    seed = seed_of(cfg)
+    n = spec.num_requests or rows
+    seed = spec.seed
     # fewer requests than rows: a seeded sample; more: cycle through the table
     idx = np.random.default_rng(seed).permutation(rows)[:n] if n <= rows else np.arange(n) % rows
-    a = cfg["arrival"]
-    process = a["process"]
+    process = spec.arrival_process
     ts = None
     if process == "trace":
         if wl.timestamps is None:
@@ -243,7 +218,7 @@ def sample_workload(cfg):
             raise ConfigError(f"num_requests={n} exceeds the trace's {len(wl.prompt_len)} rows with arrival=trace")
         idx = np.arange(n)
         ts = wl.timestamps[idx]
-    arr = arrival_times(n, process, rate=get(a, "rate"), burstiness=get(a, "burstiness", 1.0), seed=seed,
+    arr = arrival_times(n, process, rate=spec.arrival_rate, burstiness=spec.arrival_burstiness, seed=seed,
                         timestamps=ts)
     if len(arr) and not float(np.max(arr)) <= LATEST_ARRIVAL_S:
         what = "arrival.rate" if process != "trace" else "workload.time_scale"
@@ -254,50 +229,41 @@ def sample_workload(cfg):
     return wl, idx[order], arr[order]
 
 
-def served_requests(cfg, model, max_seq_len: int):
+def served_requests(cfg, spec: RunSpec, model):
     """(workload table, the requests as the model's context takes them (`Fitted`), shared_prefix (tokens,
     groups)): the one path from a config to the requests both a single engine and a cluster serve."""
-    wl, idx, arr = sample_workload(cfg)
-    prompt, prefix, shared = prompt_prefixes(cfg, wl, idx, wl.prompt_len[idx])
-    fit = fit_prompts(cfg, prompt, wl.output_len[idx], arr, idx, prefix, model.max_context, max_seq_len, model.name)
+    wl, idx, arr = sample_workload(cfg, spec)
+    prompt, prefix, shared = prompt_prefixes(spec, wl, idx, wl.prompt_len[idx])
+    fit = fit_prompts(cfg, prompt, wl.output_len[idx], arr, idx, prefix, model.max_context, spec.max_seq_len,
+                      model.name)
     return wl, fit, shared
 
 
-def prompt_prefixes(cfg, wl, idx, prompt) -> tuple[np.ndarray, list | None, tuple[int, int]]:
+def prompt_prefixes(spec: RunSpec, wl, idx, prompt) -> tuple[np.ndarray, list | None, tuple[int, int]]:
     """The requests' prompt lengths, the blocks they share (`Request.prefix` of each, or None) and the
     run's `shared_prefix` (tokens, groups): the trace's hash_ids, or a shared prefix prepended."""
-    tokens, groups = shared_prefix_config(cfg)
+    tokens, groups = spec.shared_prefix_tokens, spec.shared_prefix_groups
     if tokens and wl.prefix is not None:
         raise ConfigError("shared_prefix.tokens: the trace's hash_ids already say which prompt blocks are shared; "
                           "set shared_prefix.tokens=0 with it")
     if tokens:
-        prompt, prefix = shared_prefix(prompt, tokens, groups, seed_of(cfg))
+        prompt, prefix = shared_prefix(prompt, tokens, groups, spec.seed)
         return prompt, prefix, (tokens, groups)
     return prompt, None if wl.prefix is None else [wl.prefix[i] for i in idx.tolist()], (0, groups)
 
 
-def shared_prefix_config(cfg) -> tuple[int, int]:
-    """(tokens, groups) of the run's `shared_prefix` (0 tokens: none), checked."""
-    tokens, groups = get(cfg, "shared_prefix.tokens", 0), get(cfg, "shared_prefix.groups", 1)
-    for name, v, low in (("tokens", tokens, 0), ("groups", groups, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"shared_prefix.{name} must be an integer >= {low}, got {v!r}")
-    return tokens, groups
-
-
-def engine_capacity(cfg, model) -> tuple[object, int, int]:
-    """(GPU, GPUs per engine, KV capacity in tokens) of the engine `cfg` describes."""
-    gpu = get_gpu(cfg["gpu"]["name"])
-    num_gpus = positive_int(get(cfg, "gpu.count", GPU_ENTRY["count"]), "gpu.count")
+def engine_capacity(entry: GpuEntry, model, fixed_cap: int | None = None) -> tuple[object, int, int]:
+    """(GPU, GPUs per engine, KV capacity in tokens) of an engine of `model` on the `gpu` entry `entry`
+    (`fixed_cap`: a given pool, the executor's, to compare against it)."""
+    gpu = get_gpu(entry.name)
+    num_gpus = entry.count
     if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
         raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
                           f"({model.n_kv_heads} KV heads) evenly for tensor parallelism; use a divisor of "
                           f"{model.n_heads}")
-    fixed_cap = get(cfg, "kv_capacity_tokens")  # a given pool (the executor's, to compare against it)
-    cap = (positive_int(fixed_cap, "kv_capacity_tokens") if fixed_cap is not None else
-           kv_capacity_tokens(model, gpu, activation_reserve_frac=float(get(cfg, "gpu.activation_reserve_frac",
-                                                                GPU_ENTRY["activation_reserve_frac"])),
-                              num_gpus=num_gpus * pipeline_stages(cfg, model)))  # the stages' memory adds up too
+    cap = (fixed_cap if fixed_cap is not None else
+           kv_capacity_tokens(model, gpu, activation_reserve_frac=entry.activation_reserve_frac,
+                              num_gpus=num_gpus * pipeline_stages(entry, model)))  # the stages' memory adds up too
     return gpu, num_gpus, cap
 
 
@@ -311,19 +277,25 @@ class Hardware:
     latency: object
 
 
-def engine_hardware(cfg, model) -> Hardware:
-    """The GPU, KV capacity and latency model of the engine `cfg` describes (a model that does not fit, or
-    cannot be split across its GPUs, fails here, before the workload is read)."""
-    gpu, num_gpus, cap = engine_capacity(cfg, model)
-    return Hardware(gpu, num_gpus, cap, build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(cfg, model)))
+def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
+    """The GPU, KV capacity and latency model of the engine `cfg` (of run spec `spec`) describes (a model that
+    does not fit, or cannot be split across its GPUs, fails here, before the workload is read)."""
+    if spec.gpu is None:
+        raise ConfigError("gpu: the run names no GPU preset; valid: gpu=<a preset of s3sim/hardware/gpu_presets/>, "
+                          "e.g. gpu=a100-80gb-pcie")
+    gpu, num_gpus, cap = engine_capacity(spec.gpu, model, spec.kv_capacity_tokens)
+    latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(spec.gpu, model))
+    return Hardware(gpu, num_gpus, cap, latency)
 
 
-def build_engine(cfg, model, prompt, output, keys, hw: Hardware):
-    """One engine of `cfg` on `hw` for these requests: (scheduler, latency model, KV capacity in tokens)."""
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+def build_engine(cfg, spec: RunSpec, model, prompt, output, keys, hw: Hardware):
+    """One engine of `cfg` (of run spec `spec`) on `hw` for these requests: (scheduler, latency model, KV
+    capacity in tokens)."""
+    max_seq_len = spec.max_seq_len
     check_fits(hw.capacity_tokens, int(prompt.max()), max_seq_len, f"{model.name} on {hw.num_gpus} x {hw.gpu.name}",
                "lower max_seq_len or use a larger GPU")
-    sched = build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers)
+    sched = build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers,
+                            spec=spec)
     check_requests(sched, prompt, output)
     if sched.copies_kv:
         hw.latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
@@ -342,9 +314,9 @@ def served_clipped(wl, idx) -> int:
     return 0 if wl.clipped_rows is None else int(np.asarray(wl.clipped_rows)[idx].sum())
 
 
-def pipeline_stages(cfg, model) -> int:
+def pipeline_stages(entry: GpuEntry, model) -> int:
     """`gpu.pipeline_stages`: pipeline parallelism's stages, each of `gpu.count` GPUs (1: none)."""
-    stages = positive_int(get(cfg, "gpu.pipeline_stages", GPU_ENTRY["pipeline_stages"]), "gpu.pipeline_stages")
+    stages = entry.pipeline_stages
     if stages > model.n_layers:
         raise ConfigError(f"gpu.pipeline_stages={stages}: {model.name} has only {model.n_layers} layers to split")
     return stages
@@ -366,10 +338,10 @@ def policy_class(cfg):
     return POLICIES[choice(cfg["policy"]["name"], tuple(POLICIES), "policy.name")]
 
 
-def policy_node(cfg) -> tuple[dict, str]:
+def policy_node(cfg, spec: RunSpec | None = None) -> tuple[dict, str]:
     """The run's `policy` node with vllm's `auto` limits replaced by those vLLM V1 picks when none is set (by
     the GPU preset's memory and name, and the entry point: arrival=offline is vLLM's offline LLM class, other
-    arrivals its server), and what they are ('' when no limit was auto)."""
+    arrivals its server), and what they are ('' when no limit was auto); `spec`: `cfg`'s run spec, if read."""
     from s3sim.core.policies.vllm import AUTO, vllm_default_limits
 
     node = dict(cfg["policy"])
@@ -379,12 +351,13 @@ def policy_node(cfg) -> tuple[dict, str]:
     if node.get("name") != "vllm":
         raise ConfigError(f"policy.{keys[0]}=auto takes vLLM V1's default limits and applies to policy=vllm only, "
                           f"not policy={node.get('name')}; give a number")
-    if get(cfg, "gpu.name") is None:
+    spec = spec if spec is not None else run_spec(cfg)
+    if spec.gpu is None:
         raise ConfigError(f"policy.{keys[0]}=auto (vllm's default) takes vLLM V1's limits for a GPU preset, and this "
                           f"run has none (the executor); give numbers, e.g. policy.max_batch_size=256 "
                           f"policy.max_num_batched_tokens=2048 (vLLM's server default below 70 GiB)")
-    gpu = get_gpu(cfg["gpu"]["name"])
-    seqs, tokens, why = vllm_default_limits(gpu.memory_bytes / GiB, gpu.name, cfg["arrival"]["process"] == "offline")
+    gpu = get_gpu(spec.gpu.name)
+    seqs, tokens, why = vllm_default_limits(gpu.memory_bytes / GiB, gpu.name, spec.offline)
     if node.get("max_num_batched_tokens") == AUTO:
         node["max_num_batched_tokens"] = tokens
     if node.get("max_batch_size") == AUTO:
@@ -394,49 +367,51 @@ def policy_node(cfg) -> tuple[dict, str]:
 
 
 def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = False, context: int | None = None,
-                    layers: int | None = None):
+                    layers: int | None = None, spec: RunSpec | None = None):
     """The policy of `cfg` over a KV pool of `cap` tokens (the simulator's and the executor's alike);
     `output` holds the requests' output lengths (quantile buckets are cut from them), `keys` their workload
     rows (a trained predictor finds each prompt by it); `hidden_states`: the engine can hand the served
     model's hidden states to a re-predictor (the executor's paged path); `context` and `layers`: the served
     model's context window and layer count, for the policies whose `from_config` takes them (what orca, ft
-    and hf reserve, hf's copy, paged's prompt iterations); None: those of `cfg`'s model.name, if it names one."""
+    and hf reserve, hf's copy, paged's prompt iterations); None: those of `cfg`'s model.name, if it names one;
+    `spec`: `cfg`'s run spec, if read already."""
+    run = spec if spec is not None else run_spec(cfg)
     cls = policy_class(cfg)
-    node, limits_source = policy_node(cfg)
+    node, limits_source = policy_node(cfg, run)
     conf = structured(cls.Config, node, "policy")
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    max_seq_len = run.max_seq_len
     predictor = None
     use = getattr(conf, "predictor_use", "")  # a setting that ranks by predicted length (vllm's policy.order)
     if use and not cls.uses_predictor and not cfg.get("predictor"):
         raise ConfigError(f"{use} ranks requests by predicted length and needs a length predictor; valid: "
                           f"predictor={', '.join(PREDICTORS)}")
-    spec = predictor_spec(cfg) if cfg.get("predictor") else None
-    if spec is not None and spec.repredict is not None and not use:
-        raise ConfigError(f"predictor.repredict={spec.repredict} re-ranks running requests and is read only by "
+    pspec = predictor_spec(cfg) if cfg.get("predictor") else None
+    if pspec is not None and pspec.repredict is not None and not use:
+        raise ConfigError(f"predictor.repredict={pspec.repredict} re-ranks running requests and is read only by "
                           f"policy=vllm with policy.order=sjf or srpt, or policy.victim=longest_remaining; this run "
                           f"has policy={cls.name} with no such setting (set predictor.repredict=null)")
     if cls.uses_predictor or use:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys,
-                                    spec=spec)
-        if spec is not None and spec.repredict is not None:
-            predictor.reprediction = build_reprediction(spec.repredict, seed_of(cfg), max_seq_len, hidden_states)
-    feedback = (spec or PredictorSpec()).feedback
+                                    spec=pspec, seed=run.seed)
+        if pspec is not None and pspec.repredict is not None:
+            predictor.reprediction = build_reprediction(pspec.repredict, run.seed, max_seq_len, hidden_states)
+    feedback = (pspec or PredictorSpec()).feedback
     sched = cls.from_config(conf, cap, max_seq_len, predictor, feedback=feedback,
-                            **model_limits(cls, cfg, context, layers))
+                            **model_limits(cls, run, context, layers))
     if limits_source:
         sched.limits_source = limits_source
     if predictor is not None and cls.fixed_predictor is None:  # the oracle stands for a free, perfect predictor
-        sched.predict_s = spec.latency_ms / 1000.0  # what one prediction costs, charged before admission
+        sched.predict_s = pspec.latency_ms / 1000.0  # what one prediction costs, charged before admission
     return sched
 
 
-def model_limits(cls, cfg, context: int | None, layers: int | None) -> dict:
+def model_limits(cls, spec: RunSpec, context: int | None, layers: int | None) -> dict:
     """The served model's `context` and `layers` that policy `cls`'s `from_config` takes (`cls.model_limits`:
-    given, or read from `cfg`'s model.name); a config that names no model leaves them None (no cap)."""
+    given, or read from the run's model); a run that names no model leaves them None (no cap)."""
     wanted = cls.model_limits
-    if wanted and (context is None or layers is None) and get(cfg, "model.name") is not None:
-        spec = get_model(cfg["model"]["name"])
-        context, layers = context or spec.max_context, layers or spec.n_layers
+    if wanted and (context is None or layers is None) and spec.model is not None:
+        model = get_model(spec.model)
+        context, layers = context or model.max_context, layers or model.n_layers
     return {k: v for k, v in (("context", context), ("layers", layers)) if k in wanted}
 
 
@@ -496,7 +471,7 @@ def predictor_spec(cfg):
     return structured(SPECS[pc["name"]], pc, "predictor")
 
 
-def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None, spec=None):
+def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=None, spec=None, seed: int | None = None):
     spec = spec if spec is not None else predictor_spec(cfg)
     k, scheme = spec.num_buckets, spec.bucketing
     buckets = (Buckets.equal(k, max_seq_len) if scheme == "equal"
@@ -507,4 +482,4 @@ def build_predictor(cfg, max_seq_len, output_lengths, force_oracle=False, keys=N
     if name == "trained":  # its buckets come from its training data, not from this run's lengths
         from s3sim.predictor.trained.predictor import from_config
         return from_config(cfg, scheme, k, max_seq_len, keys, spec)
-    return SyntheticPredictor(buckets, spec.accuracy, spec.error_shape, seed=seed_of(cfg))
+    return SyntheticPredictor(buckets, spec.accuracy, spec.error_shape, seed=seed_of(cfg) if seed is None else seed)

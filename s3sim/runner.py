@@ -19,12 +19,13 @@ from omegaconf import OmegaConf
 
 from s3sim.cluster.build import build
 from s3sim.cluster.summary import run_summary
-from s3sim.config import get, policy_node, positive_int, rows_used, seed_of, structured
+from s3sim.config import policy_node, rows_used, structured
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
 from s3sim.metrics.summary import request_records
 from s3sim.simulator.engine import simulate_cluster
+from s3sim.spec import get, run_spec
 from s3sim.writers import write_csv, write_parquet, write_text
 
 
@@ -111,10 +112,10 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     `repeats: N` (N > 1) the run is simulated with seeds seed .. seed + N - 1 (workload sample, arrivals,
     predictor errors): the row holds each metric's mean over them, `<metric>_ci95` the half-width of its
     95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.parquet is the first seed's."""
-    n = positive_int(cfg.get("repeats", 1) if cfg.get("repeats") is not None else 1, "repeats")
+    spec = run_spec(cfg)
+    n, seed = spec.repeats, spec.seed
     if n == 1:
         return _run_once(cfg, out_dir, write_iterations)
-    seed = seed_of(cfg)
     rows = [_run_once({**cfg, "seed": seed + i}, out_dir if i == 0 else None, write_iterations, summary=False)
             for i in range(n)]
     row = mean_with_ci(rows)
@@ -168,7 +169,7 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
     setup = build(cfg)
     reqs = make_requests(setup.prompt_len, setup.output_len, setup.arrivals, setup.prefix)
     t0 = time.perf_counter()
-    result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=cfg.get("max_jump"))
+    result = simulate_cluster(reqs, setup.replicas, setup.router, max_jump=setup.spec.max_jump)
     wall = time.perf_counter() - t0
     records = request_records(result.requests)
     row, replica_rows = run_summary(result, setup.slo, records)
@@ -189,27 +190,29 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
 
 def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     """The summary fields that say what was simulated and how fast."""
-    return {"model": cfg["model"]["name"], "gpu": cfg["gpu"]["name"], **run_fields(cfg, policy),
+    return {"model": setup.spec.model, "gpu": setup.spec.gpu.name, **run_fields(cfg, policy, setup.spec),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
             "dropped_requests": setup.dropped, "clipped_prompts": setup.clipped_prompts,
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
             "prefix_blocks": setup.prefix_blocks, "shared_prefix_tokens": setup.shared_prefix[0],
             "shared_prefix_groups": setup.shared_prefix[1],
             "prefix_caching": bool(get(cfg, "policy.prefix_caching", False)), "workload_rows": setup.workload_rows,
-            "rows_used": rows_used(n + setup.dropped, setup.workload_rows, get(cfg, "arrival.process") == "trace"),
+            "rows_used": rows_used(n + setup.dropped, setup.workload_rows, setup.spec.arrival_process == "trace"),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
 
 
-def run_fields(cfg, policy: str) -> dict:
-    """The summary fields that say what ran, shared by the simulator's and the executor's runs."""
+def run_fields(cfg, policy: str, spec=None) -> dict:
+    """The summary fields that say what ran, shared by the simulator's and the executor's runs (`spec`: `cfg`'s
+    run spec, if read already)."""
+    spec = spec if spec is not None else run_spec(cfg)
     cls = POLICIES[policy]
-    ranks = bool(getattr(structured(cls.Config, policy_node(cfg)[0], "policy"), "predictor_use", ""))  # vllm's order
+    ranks = bool(getattr(structured(cls.Config, policy_node(cfg, spec)[0], "policy"), "predictor_use", ""))  # vllm's order
     predicts = (cls.uses_predictor or ranks) and cls.fixed_predictor is None  # the configured predictor, not its own
     return {
-        "workload": cfg["workload"]["name"], "arrival": cfg["arrival"]["process"], "rate": cfg["arrival"].get("rate"),
+        "workload": cfg["workload"]["name"], "arrival": spec.arrival_process, "rate": spec.arrival_rate,
         "predictor": cls.fixed_predictor or (cfg["predictor"]["name"] if predicts else "none"),
         "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
-        "max_seq_len": cfg["max_seq_len"], "seed": cfg.get("seed", 0),
+        "max_seq_len": spec.max_seq_len, "seed": spec.seed,
     }
 
 

@@ -189,16 +189,17 @@ def test_fewer_sequences_than_stages_leave_stages_idle():
 
 def test_pipeline_stages_in_a_run_config():
     from s3sim.config import build_latency, engine_capacity
+    from s3sim.spec import GpuEntry
 
     model = get_model("llama-65b")
-    cfg = {"gpu": {"name": "a100-80gb-pcie", "count": 1, "pipeline_stages": 2, "activation_reserve_frac": 0.1}}
-    _, _, cap = engine_capacity(cfg, model)
-    _, _, cap_tp = engine_capacity({"gpu": dict(cfg["gpu"], count=2, pipeline_stages=1)}, model)
+    gpu = {"name": "a100-80gb-pcie", "count": 1, "pipeline_stages": 2, "activation_reserve_frac": 0.1}
+    _, _, cap = engine_capacity(GpuEntry.read(gpu), model)
+    _, _, cap_tp = engine_capacity(GpuEntry.read(dict(gpu, count=2, pipeline_stages=1)), model)
     assert cap == cap_tp > 0  # two stages hold what two tensor-parallel GPUs hold
     with pytest.raises(ConfigError, match="latency=datasheet only"):
         build_latency({"name": "roofline"}, model, get_gpu("a100-80gb-pcie"), 1, pipeline_stages=2)
     with pytest.raises(ConfigError, match="only 80 layers"):
-        engine_capacity({"gpu": dict(cfg["gpu"], pipeline_stages=81)}, model)
+        engine_capacity(GpuEntry.read(dict(gpu, pipeline_stages=81)), model)
 
 
 @pytest.mark.skipif(not (DATA / "gpu_profiles").is_dir(), reason="needs ../shared/data")

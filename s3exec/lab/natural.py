@@ -64,8 +64,9 @@ def exec_config(policy: str, a, kv_bytes: int) -> dict:
 def served_lengths(cfg) -> np.ndarray:
     """The table's length of each request of `cfg`, in request order (what the oracle was told)."""
     from s3sim.config import sample_workload
+    from s3sim.spec import run_spec
 
-    wl, idx, _ = sample_workload(cfg)
+    wl, idx, _ = sample_workload(cfg, run_spec(cfg))
     return wl.output_len[idx]
 
 

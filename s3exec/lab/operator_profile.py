@@ -387,7 +387,7 @@ def main(argv=None) -> int:
 def _profile_into(args) -> None:
     from s3exec.config import load_executor_model
     from s3exec.lab.bench import compose
-    from s3sim.config import get
+    from s3sim.spec import get
 
     cfg = compose(args.overrides)
     loaded, device = load_executor_model(cfg)

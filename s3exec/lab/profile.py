@@ -195,7 +195,7 @@ def profile(cfg, points=None, warmup: int = 1, repeats: int = 3, log=print, over
     from s3exec.config import load_executor_model
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
-    from s3sim.config import get, positive_int
+    from s3sim.spec import get, positive_int
 
     ex = cfg["executor"]
     m, device = load_executor_model(cfg)

@@ -13,16 +13,17 @@ simulated.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
-from s3sim.config import (build_engine, build_predictor, choice, engine_hardware, get, policy_class,
-                          positive_int, served_clipped, served_requests)
+from s3sim.config import (build_engine, build_predictor, choice, engine_hardware, policy_class, served_clipped,
+                          served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
+from s3sim.spec import GpuEntry, RunSpec, get, run_spec
 
 OVERRIDABLE = ("gpu", "latency", "policy")
 COMPOSED = ("latency", "policy")  # groups whose options differ in their fields: a new name starts from its defaults
@@ -38,6 +39,7 @@ class Setup:
     gpus: list[str]  # each replica's GPU, as "<count> x <name>"
     router: object
     slo: Slo
+    spec: RunSpec  # the run's own settings, checked
     clipped: int  # requests whose output was cut to max_seq_len
     workload_rows: int  # rows of the workload table the requests were drawn from
     context_clipped: int  # requests whose output was cut where it would run past the model's context
@@ -67,10 +69,6 @@ class Setup:
     def capacity_tokens(self) -> int:
         """The engine's KV capacity in tokens (a run of one replica)."""
         return self._sole(2)
-
-
-def replica_count(cfg) -> int:
-    return positive_int(get(cfg, "cluster.replicas", 1), "cluster.replicas")
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -148,25 +146,28 @@ def replica_configs(cfg, n: int) -> list[dict]:
 
 
 def build(cfg) -> Setup:
-    """The requests and replicas of `cfg` (one unless `cluster.replicas` says more), checked: each replica's
-    hardware before the workload is read, then its policy over the requests."""
-    n = replica_count(cfg)
-    router_cls = ROUTERS[choice(get(cfg, "cluster.router", "round_robin"), tuple(ROUTERS), "cluster.router")]
-    max_seq_len = positive_int(cfg["max_seq_len"], "max_seq_len")
+    """The requests and replicas of `cfg` (one unless `cluster.replicas` says more), checked: the run's own
+    settings once (`run_spec`), each replica's hardware before the workload is read, then its policy."""
+    spec = run_spec(cfg)
+    n = spec.replicas
+    router_cls = ROUTERS[choice(spec.router, tuple(ROUTERS), "cluster.router")]
     policy_class(cfg)
-    model = with_dtype(get_model(cfg["model"]["name"]), get(cfg, "model.dtype"))
+    model = with_dtype(get_model(spec.model), spec.model_dtype)
     configs = replica_configs(cfg, n)
-    hardware = [_replica(n, i, lambda: (policy_class(c), engine_hardware(c, model))[1]) for i, c in enumerate(configs)]
-    wl, fit, shared = served_requests(cfg, model, max_seq_len)
+    specs = [spec if c is cfg else replace(spec, gpu=_replica(n, i, lambda: GpuEntry.read(c["gpu"])))
+             for i, c in enumerate(configs)]
+    hardware = [_replica(n, i, lambda: (policy_class(c), engine_hardware(c, s, model))[1])
+                for i, (c, s) in enumerate(zip(configs, specs))]
+    wl, fit, shared = served_requests(cfg, spec, model)
     keys = None if wl.keys is None else wl.keys[fit.rows]
-    replicas = [_replica(n, i, lambda: build_engine(c, model, fit.prompt, fit.output, keys, hw))
-                for i, (c, hw) in enumerate(zip(configs, hardware))]
-    gpus = [f"{get(c, 'gpu.count', 1) * get(c, 'gpu.pipeline_stages', 1)} x {c['gpu']['name']}" for c in configs]
+    replicas = [_replica(n, i, lambda: build_engine(c, s, model, fit.prompt, fit.output, keys, hw))
+                for i, (c, s, hw) in enumerate(zip(configs, specs, hardware))]
+    gpus = [f"{s.gpu.count * s.gpu.pipeline_stages} x {s.gpu.name}" for s in specs]
     predictor = None
     if router_cls.uses_predictor:
-        predictor = build_predictor(cfg, max_seq_len, fit.output, keys=keys)
-    router = router_cls(predictor, max_seq_len)
-    return Setup(fit.prompt, fit.output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg),
+        predictor = build_predictor(cfg, spec.max_seq_len, fit.output, keys=keys, seed=spec.seed)
+    router = router_cls(predictor, spec.max_seq_len)
+    return Setup(fit.prompt, fit.output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg), spec,
                  served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
                  fit.prefix, shared, fit.dropped, fit.clipped_prompts)
 

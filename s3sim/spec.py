@@ -1,0 +1,128 @@
+"""A run's own settings, read and checked once: `RunSpec` (frozen), built by `run_spec` from a resolved config
+(Hydra's or a plain dict) at every entry point, and read by everything that builds the run from then on.
+
+It holds the top-level knobs (`max_seq_len`, `seed`, `num_requests`, `repeats`, `max_jump`, `shared_prefix`,
+`kv_capacity_tokens`), the arrival process, the GPU entry and the cluster's shape. The groups with options of
+their own are read by their own structured configs: `policy` (`POLICIES[...].Config`), `latency`
+(`LATENCY_MODELS[...].Config`), `predictor` (`s3sim.core.predictors.spec`); the workload node by its loader.
+Each knob has one default (the config file's, or for the GPU entry `config_groups.GPU_ENTRY`) and one check
+here; a bad value is one `ConfigError` naming the field and what would be valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from s3sim.config_groups import GPU_ENTRY
+from s3sim.core.errors import ConfigError
+
+
+def get(cfg, path, default=None):
+    """`cfg`'s value at the dotted `path`, or `default` where a key on the way is missing."""
+    node = cfg
+    for key in path.split("."):
+        if node is None or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def positive_int(value, field, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _count(value, field: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class GpuEntry:
+    """The `gpu` group's entry: the preset and how many GPUs serve one engine."""
+    name: str
+    count: int = GPU_ENTRY["count"]  # GPUs in tensor parallel
+    pipeline_stages: int = GPU_ENTRY["pipeline_stages"]  # stages of `count` GPUs each
+    activation_reserve_frac: float = GPU_ENTRY["activation_reserve_frac"]  # memory kept from the KV pool
+
+    @classmethod
+    def read(cls, node) -> "GpuEntry | None":
+        """The entry of a `gpu` node, checked (None: a run with no GPU preset, as the executor's)."""
+        if node is None or get(node, "name") is None:
+            return None
+        frac = get(node, "activation_reserve_frac", GPU_ENTRY["activation_reserve_frac"])
+        if isinstance(frac, bool) or not isinstance(frac, (int, float, np.integer, np.floating)) or not 0 <= frac < 1:
+            raise ConfigError(f"gpu.activation_reserve_frac must be a fraction in [0, 1), got {frac!r}")
+        return cls(str(node["name"]), positive_int(get(node, "count", GPU_ENTRY["count"]), "gpu.count"),
+                   positive_int(get(node, "pipeline_stages", GPU_ENTRY["pipeline_stages"]), "gpu.pipeline_stages"),
+                   float(frac))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything of a run that is not a policy, a latency model, a predictor or a workload option."""
+    max_seq_len: int  # output cap per request
+    seed: int = 0
+    num_requests: int | None = None  # None: every workload row once
+    repeats: int = 1  # seeds seed .. seed + repeats - 1
+    max_jump: int | None = None  # 1 forces step-by-step iterations
+    kv_capacity_tokens: int | None = None  # a given KV pool (the executor's, to compare against it)
+    shared_prefix_tokens: int = 0  # every prompt begins with one of `shared_prefix_groups` shared prefixes
+    shared_prefix_groups: int = 1
+    arrival_process: str = "offline"
+    arrival_rate: float | None = None
+    arrival_burstiness: float = 1.0
+    replicas: int = 1  # engines behind the router
+    router: str = "round_robin"
+    gpu: GpuEntry | None = None  # None: no GPU preset (the executor runs on its own device)
+    model: str | None = None  # the model preset (or a config.json) the run names
+    model_dtype: str | None = None
+
+    @property
+    def offline(self) -> bool:
+        return self.arrival_process == "offline"
+
+
+def _default(name: str):
+    """`RunSpec`'s default for field `name`: what a config that leaves the knob out gets (the config files state
+    the same values; a test holds them equal)."""
+    return RunSpec.__dataclass_fields__[name].default
+
+
+def seed_of(cfg) -> int:
+    """The run's `seed`: a non-negative integer (1.7 or -1 would be coerced or refused by numpy unseen)."""
+    value = get(cfg, "seed", _default("seed"))
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def run_spec(cfg) -> RunSpec:
+    """`cfg`'s own settings, each checked once (see the module's docstring)."""
+    arrival = get(cfg, "arrival") or {}
+    repeats = get(cfg, "repeats")
+    return RunSpec(
+        max_seq_len=positive_int(get(cfg, "max_seq_len"), "max_seq_len"),
+        seed=seed_of(cfg),
+        num_requests=positive_int(get(cfg, "num_requests"), "num_requests", allow_none=True),
+        repeats=positive_int(_default("repeats") if repeats is None else repeats, "repeats"),
+        max_jump=positive_int(get(cfg, "max_jump"), "max_jump", allow_none=True),
+        kv_capacity_tokens=positive_int(get(cfg, "kv_capacity_tokens"), "kv_capacity_tokens", allow_none=True),
+        shared_prefix_tokens=_count(get(cfg, "shared_prefix.tokens", _default("shared_prefix_tokens")),
+                                    "shared_prefix.tokens", 0),
+        shared_prefix_groups=_count(get(cfg, "shared_prefix.groups", _default("shared_prefix_groups")),
+                                    "shared_prefix.groups", 1),
+        arrival_process=get(arrival, "process", _default("arrival_process")),
+        arrival_rate=get(arrival, "rate"),
+        arrival_burstiness=get(arrival, "burstiness", _default("arrival_burstiness")),
+        replicas=positive_int(get(cfg, "cluster.replicas", _default("replicas")), "cluster.replicas"),
+        router=get(cfg, "cluster.router", _default("router")),
+        gpu=GpuEntry.read(get(cfg, "gpu")),
+        model=get(cfg, "model.name"),
+        model_dtype=get(cfg, "model.dtype"),
+    )

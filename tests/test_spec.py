@@ -1,0 +1,62 @@
+"""The run spec: a run's own settings read once into a frozen `RunSpec`, each knob with one default (the
+config files state the same) and one check, a bad value one line naming its field."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from s3sim.config_groups import GPU_ENTRY
+from s3sim.core.errors import ConfigError
+from s3sim.spec import GpuEntry, RunSpec, run_spec
+
+DEFAULTED = ("seed", "num_requests", "repeats", "max_jump", "kv_capacity_tokens", "shared_prefix_tokens",
+             "shared_prefix_groups", "arrival_process", "replicas", "router")
+
+
+def test_the_config_files_state_the_specs_defaults(cfg):
+    spec = run_spec(cfg())
+    for name in DEFAULTED:
+        assert getattr(spec, name) == RunSpec.__dataclass_fields__[name].default, name
+    assert spec.gpu == GpuEntry(spec.gpu.name, **GPU_ENTRY)
+    assert (spec.max_seq_len, spec.model) == (2048, "gpt-j-6b")
+
+
+def test_a_config_that_leaves_a_knob_out_gets_that_default():
+    spec = run_spec({"max_seq_len": 64})
+    for name in DEFAULTED:
+        assert getattr(spec, name) == RunSpec.__dataclass_fields__[name].default, name
+    assert spec.gpu is None and spec.model is None  # the executor's runs name no GPU preset
+
+
+def test_the_spec_is_frozen(cfg):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run_spec(cfg()).seed = 1
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"max_seq_len": 0}, "max_seq_len"), ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"),
+    ({"num_requests": 0}, "num_requests"), ({"repeats": 0}, "repeats"), ({"max_jump": 0}, "max_jump"),
+    ({"max_jump": 2.5}, "max_jump"), ({"kv_capacity_tokens": -5}, "kv_capacity_tokens"),
+    ({"shared_prefix": {"tokens": -1, "groups": 1}}, "shared_prefix.tokens"),
+    ({"shared_prefix": {"tokens": 0, "groups": 0}}, "shared_prefix.groups"),
+    ({"cluster": {"replicas": 0}}, "cluster.replicas"),
+    ({"gpu": {"name": "a100-80gb-pcie", "count": 0}}, "gpu.count"),
+    ({"gpu": {"name": "a100-80gb-pcie", "pipeline_stages": True}}, "gpu.pipeline_stages"),
+    ({"gpu": {"name": "a100-80gb-pcie", "activation_reserve_frac": 1.0}}, "gpu.activation_reserve_frac"),
+])
+def test_a_bad_value_is_one_line_naming_its_field(overrides, field):
+    with pytest.raises(ConfigError, match=f"^{field} must be"):
+        run_spec({"max_seq_len": 64, **overrides})
+
+
+def test_the_command_refuses_a_knob_it_used_to_take_unchecked(tmp_path):
+    """max_jump=0 was read as no limit, and a reserve fraction out of range was refused without its field's
+    name (a word instead of a number, with a traceback): now each is one line naming the field, exit 2."""
+    for bad, field in (("max_jump=0", "max_jump"), ("gpu.activation_reserve_frac=1.5", "gpu.activation_reserve_frac")):
+        p = subprocess.run([sys.executable, "-c", "from s3sim.cli import main; main()", "num_requests=10", bad,
+                            f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
+        assert p.returncode == 2 and field in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
