@@ -18,10 +18,8 @@ swap) and goes back to the front of the queue.
   iteration's duration.
 * ``mixed``: the running requests decode in every iteration, and the prompts admitted join them in it.
 
-Block growth is accounted in aggregate so that k decode iterations cost O(block_size), not O(batch):
-a running request with c tokens in KV needs a new block at the step whose new slot index is a multiple
-of the block size, so requests are counted by their phase modulo the block size (`_phase`), and the
-blocks needed over the next i steps have a closed form (see `_growth`).
+Block growth is accounted in aggregate, in closed form, by `s3sim.core.kv_blocks.BlockGrowth` (`paging`), so
+that k decode iterations cost O(block_size), not O(batch).
 """
 from __future__ import annotations
 
@@ -32,6 +30,7 @@ from typing import Optional, Union
 import numpy as np
 
 from s3sim.core.errors import ConfigError
+from s3sim.core.kv_blocks import BlockGrowth
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import FcfsScheduler, PolicyConfig
@@ -124,8 +123,7 @@ class PagedScheduler(FcfsScheduler):
                          None if iterations == "mixed" else self.token_budget)
         self.bs = pool.unit_tokens
         self.watermark = int(math.ceil(watermark * pool.capacity))
-        self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
-        self._need_cache = (None, None)  # (iter, `_first_need`'s counts at it): asked many times a step
+        self.paging = BlockGrowth(self.bs)  # the running requests' block growth
         self.prompt_only = iterations == "prompt_only"
         self.prompt_tokens = math.inf if prompt_tokens is None else int(prompt_tokens)
         # prompt-only iterations: `self.iter` counts decode iterations only (a running request's progress is
@@ -140,33 +138,11 @@ class PagedScheduler(FcfsScheduler):
         return r.output_len
 
     def _blocks(self, tokens: int) -> int:
-        return -(-tokens // self.bs)
+        return self.paging.blocks(tokens)
 
-    # ---- block growth in closed form --------------------------------------------------------
-    def _first_need(self) -> np.ndarray:
-        """C[d]: running requests that need a new block within their next d steps (d = 0..bs). Kept until the
-        iteration or the running set changes (`_join`, `_leave` clear it)."""
-        key, c = self._need_cache
-        if key == self.iter:
-            return c
-        d_minus_1 = (-np.arange(self.bs) - self.iter) % self.bs
-        counts = self._phase[d_minus_1]
-        c = np.concatenate(([0], np.cumsum(counts)))
-        c.flags.writeable = False
-        self._need_cache = (self.iter, c)
-        return c
-
-    def _growth(self, steps: int, c: np.ndarray | None = None) -> int:
+    def _growth(self, steps: int) -> int:
         """Blocks the running requests need over the next `steps` decode steps."""
-        if c is None:
-            c = self._first_need()
-        q, rem = divmod(steps, self.bs)
-        return int(len(self.running) * q + c[rem])
-
-    def _growth_profile(self, k: int) -> np.ndarray:
-        c = self._first_need()
-        i = np.arange(1, k + 1)
-        return len(self.running) * (i // self.bs) + c[i % self.bs]
+        return self.paging.growth(steps, len(self.running), self.iter)
 
     def horizon(self) -> int:
         k = super().horizon()
@@ -175,17 +151,14 @@ class PagedScheduler(FcfsScheduler):
             return k
         if self._paused:  # the first decode after a pause: its gaps are timed at its own end
             return 1
-        c = self._first_need()
-        q0, r = divmod(self.pool.free, n)
-        rem = int(np.searchsorted(c[: self.bs], r, side="right")) - 1
-        return min(k, q0 * self.bs + rem)
+        return min(k, self.paging.steps_within(self.pool.free, n, self.iter))
 
     def kv_reserved_profile(self, k: int) -> np.ndarray:
         """Tokens of allocated blocks during each of the next k decode steps (growth is allocated first; none
         in a prompt-only iteration, whose running requests do not decode)."""
         if self._prompt_iteration:
             return np.full(k, self.pool.used * self.bs, dtype=np.int64)
-        return (self.pool.used + self._growth_profile(k)) * self.bs
+        return (self.pool.used + self.paging.profile(k, len(self.running), self.iter)) * self.bs
 
     # ---- engine verbs -----------------------------------------------------------------------
     def could_admit(self, r: Request) -> bool:
@@ -332,12 +305,10 @@ class PagedScheduler(FcfsScheduler):
     def _join(self, r: Request) -> None:
         # a joining request's blocks already cover its context (allocated at admission)
         super()._join(r)
-        self._phase[(r.context - self.iter) % self.bs] += 1
-        self._need_cache = (None, None)
+        self.paging.join(r.context, self.iter)
 
     def _leave(self, r: Request) -> None:
-        self._phase[(r.prompt_len + self.generated(r) - self.iter) % self.bs] -= 1
-        self._need_cache = (None, None)
+        self.paging.leave(r.prompt_len + self.generated(r), self.iter)
         super()._leave(r)
 
     def _release(self, r: Request, preempted: bool = False) -> None:
