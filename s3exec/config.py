@@ -133,7 +133,8 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     import torch
 
     from s3exec.cuda_graphs import ladder
-    from s3exec.engine import Executor, check_mode
+    from s3exec.base import check_mode
+    from s3exec.engine import Executor
     from s3exec.kv_cache import KVCache
     from s3exec.model_runner import ModelRunner
     from s3exec.models import load_model

@@ -15,87 +15,27 @@ token or at its cap; its workload length is only what predictors see at arrival.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from s3exec.progress import Progress
+from s3exec.base import ExecutorBase, Seq
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import Scheduler
 from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Phase, Request
-from s3sim.core.results import IterationLog, RunResult, Step
-from s3sim.core.serving import Inbox, drive, serve
-
-MODES = ("fixed", "natural")
+from s3sim.core.results import Step
 
 
-def check_mode(mode: str, eos_ids=None) -> None:
-    """`executor.mode` is known, and natural mode has an end-of-sequence token to stop at (when known)."""
-    if mode not in MODES:
-        raise ConfigError(f"executor.mode '{mode}' is unknown; valid: {', '.join(MODES)}")
-    if mode == "natural" and eos_ids is not None and not eos_ids:
-        raise ConfigError("executor.mode=natural needs an end-of-sequence token, and the model has none")
-
-
-@dataclass
-class Seq:
-    """What the engine keeps of a request: its tokens, when each generated one appeared, and its cap."""
-    tokens: list[int]
-    prompt_len: int
-    cap: int  # most output tokens it may generate (natural mode)
-    times: list[float] = field(default_factory=list)
-    feed: int = -1  # the next decode input: its last token (padding, once a static-batch member is done)
-
-    @property
-    def generated(self) -> list[int]:
-        return self.tokens[self.prompt_len:]
-
-    @property
-    def count(self) -> int:
-        return len(self.tokens) - self.prompt_len
-
-
-def wait_until(clock, sleep, when: float, spin: float = 0.002) -> None:
-    """Idle until `clock()` reads `when`: sleep, then spin for the last `spin` seconds, since a sleep
-    overshoots by a tenth of a millisecond or more, which would delay every request arriving at an idle
-    engine (the simulator starts its iteration at the arrival itself)."""
-    left = when - clock()
-    if left > spin:
-        sleep(left - spin)
-    while clock() < when:
-        pass
-
-
-def make_seqs(requests: list[Request], prompts: list[list[int]], caps=None) -> dict[int, Seq]:
-    """Each request's sequence: its prompt tokens (which must be as many as its prompt_len) and its cap
-    (default: its output_len)."""
-    caps = [r.output_len for r in requests] if caps is None else caps
-    seqs = {r.id: Seq(list(map(int, p)), len(p), int(c)) for r, p, c in zip(requests, prompts, caps)}
-    for r, s in zip(requests, seqs.values()):
-        if s.prompt_len != r.prompt_len:
-            raise InvariantViolation(f"request {r.id} has {s.prompt_len} prompt tokens but prompt_len {r.prompt_len}")
-    return seqs
-
-
-@dataclass
-class ExecResult(RunResult):
-    outputs: dict[int, list[int]] = field(default_factory=dict)  # request id -> generated tokens
-    token_times: dict[int, list[float]] = field(default_factory=dict)  # seconds from the start, per token
-    peak_kv_blocks: int = 0
-    peak_kv_tokens: int = 0  # the cache's peak in token slots (whole blocks)
-
-
-class Executor:
+class Executor(ExecutorBase):
     def __init__(self, runner, scheduler: Scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
-        check_mode(mode, eos_ids)
+        super().__init__(scheduler, mode, eos_ids, progress, clock, sleep, warmup)
         if getattr(scheduler, "prefix_caching", False):
             raise ConfigError("policy.prefix_caching=true (vllm's default, as vLLM V1's): the executor keeps no prefix "
                               "cache (a preempted request's KV is dropped), so it cannot run what the simulator would "
                               "assume; run it with policy.prefix_caching=false")
-        self.runner, self.cache, self.sched = runner, runner.cache, scheduler
+        self.runner, self.cache = runner, runner.cache
         pool, cache = scheduler.pool, self.cache
         paged = pool.unit_tokens > 1
         if (paged and (cache.block_size != pool.unit_tokens or cache.num_blocks != pool.capacity)) or (
@@ -103,38 +43,17 @@ class Executor:
             raise InvariantViolation(
                 f"KV cache of {cache.num_blocks} blocks of {cache.block_size} tokens does not match the "
                 f"core pool of {pool.capacity} units of {pool.unit_tokens} tokens")
-        self.mode = mode
         self.eos = set(int(e) for e in eos_ids)
         # a re-predictor of remaining lengths that reads the served model's hidden states (predictor.repredict=hidden)
         self.probe = hidden_state_probe(scheduler)
         runner.keep_hidden = self.probe is not None
-        self.progress = progress
-        self.clock, self.sleep = clock, sleep
-        self.warmup = warmup
 
-    def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
-        """Serve `requests` (sorted by arrival, ids 0..n-1) whose prompt tokens are `prompts`; `caps` bounds
-        each request's output in natural mode (default: its output_len)."""
-        n = len(requests)
-        self.seqs = make_seqs(requests, prompts, caps)
-        if self.warmup:
-            self.warm_up(prompts)
-        self._bar = Progress(n, self.progress)
-        self._inbox, log = Inbox(requests, predict_s=self.sched.predict_s), IterationLog()
-        self._t0 = self.clock()
-        end, steps = drive(serve(self.sched, self, self._inbox, log))
-        self._bar.close()
+    def check_drained(self) -> None:
         self.cache.check_empty()
-        for r in requests:
-            if self.seqs[r.id].count != r.output_len:
-                raise InvariantViolation(f"request {r.id} finished with {self.seqs[r.id].count} tokens "
-                                         f"generated, the core counted {r.output_len}")
-        pool = self.sched.pool
-        return ExecResult(requests, log, self.sched, end, steps, pool.capacity * pool.unit_tokens,
-                          outputs={i: s.generated for i, s in self.seqs.items()},
-                          token_times={i: s.times for i, s in self.seqs.items()},
-                          peak_kv_blocks=self.cache.peak_blocks,
-                          peak_kv_tokens=self.cache.peak_blocks * self.cache.block_size)
+
+    def peaks(self) -> dict:
+        return {"peak_kv_blocks": self.cache.peak_blocks,
+                "peak_kv_tokens": self.cache.peak_blocks * self.cache.block_size}
 
     # ---- the backend verbs (see s3sim.core.serving) ------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:
@@ -146,13 +65,6 @@ class Executor:
         for s in fed:
             s.times.append(end)
         return Step(1, np.array([end - t]), end, int(self.cache.length.sum()))
-
-    def wait(self, step: Step) -> Step:
-        return step  # the forward pass took the time already
-
-    def idle(self, t: float) -> float:
-        wait_until(self.clock, self.sleep, self._t0 + self._inbox.next_arrival)
-        return self.clock() - self._t0
 
     def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
         """Free the KV of what finished, drop or swap out what the supervisor preempted, then check that the

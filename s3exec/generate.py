@@ -17,58 +17,42 @@ import time
 
 import numpy as np
 
-from s3exec.engine import ExecResult, check_mode, make_seqs, wait_until
-from s3exec.progress import Progress
+from s3exec.base import ExecutorBase
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.request import Request
-from s3sim.core.results import IterationLog, Step
-from s3sim.core.serving import Inbox, drive, serve
+from s3sim.core.results import Step
 
 NO_TOKEN = -1  # an end-of-sequence id no vocabulary has: fixed mode never stops early
 
 
-class GenerateExecutor:
+class GenerateExecutor(ExecutorBase):
     def __init__(self, loaded, scheduler, mode: str = "fixed", eos_ids=(), progress: bool = False,
                  clock=time.perf_counter, sleep=time.sleep, warmup: bool = True):
         from s3sim.core.policies.hf import HfScheduler
 
-        check_mode(mode, eos_ids)
+        super().__init__(scheduler, mode, eos_ids, progress, clock, sleep, warmup)
         if not isinstance(scheduler, HfScheduler):
             raise ConfigError(f"the generate executor serves policy=hf only, not {scheduler.name}")
         if mode == "natural" and scheduler.sizing == "actual":
             raise ConfigError("executor.mode=natural with policy.sizing=actual: batches would be sized by the "
                               "workload's lengths, not the model's, and could run out of memory; use "
                               "policy.sizing=max_len")
-        self.loaded, self.model, self.sched = loaded, loaded.model, scheduler
+        self.loaded, self.model = loaded, loaded.model
         self.device = next(self.model.parameters()).device
-        self.mode = mode
         self.eos = tuple(int(e) for e in eos_ids)
-        self.progress = progress
-        self.clock, self.sleep = clock, sleep
-        self.warmup = warmup
         self.batches: list[dict] = []  # per generate call: rows, width, new tokens, seconds
 
-    def run(self, requests: list[Request], prompts: list[list[int]], caps=None) -> ExecResult:
-        self.seqs = make_seqs(requests, prompts, caps)
-        if self.warmup:
-            self._generate([list(map(int, p)) for p in prompts[:4]], 2)
-        self._bar = Progress(len(requests), self.progress)
-        self._inbox, log = Inbox(requests, predict_s=self.sched.predict_s), IterationLog()
+    def warm_up(self, prompts) -> None:
+        self._generate([list(map(int, p)) for p in prompts[:4]], 2)
+
+    def begin(self) -> None:
         self._steps: list[float] = []
         self._tokens = None
-        self._t0 = self.clock()
-        end, steps = drive(serve(self.sched, self, self._inbox, log))
-        self._bar.close()
-        for r in requests:
-            if self.seqs[r.id].count != r.output_len:
-                raise InvariantViolation(f"request {r.id} finished with {self.seqs[r.id].count} tokens "
-                                         f"generated, the core counted {r.output_len}")
+
+    def peaks(self) -> dict:
         pool = self.sched.pool
-        return ExecResult(requests, log, self.sched, end, steps, pool.capacity * pool.unit_tokens,
-                          outputs={i: s.generated for i, s in self.seqs.items()},
-                          token_times={i: s.times for i, s in self.seqs.items()}, peak_kv_blocks=pool.peak,
-                          peak_kv_tokens=pool.peak * pool.unit_tokens)
+        return {"peak_kv_blocks": pool.peak, "peak_kv_tokens": pool.peak * pool.unit_tokens}
 
     # ---- the backend verbs (see s3sim.core.serving) ------------------------------------------
     def execute(self, out: SchedulerOutput, t: float) -> Step:
@@ -96,13 +80,6 @@ class GenerateExecutor:
             s.times.append(end)
         self._step += 1
         return Step(1, np.array([end - t]), end, int(used))
-
-    def wait(self, step: Step) -> Step:
-        return step  # generate took the time already
-
-    def idle(self, t: float) -> float:
-        wait_until(self.clock, self.sleep, self._t0 + self._inbox.next_arrival)
-        return self.clock() - self._t0
 
     def settle(self, out: SchedulerOutput, outcome: StepOutcome) -> None:
         """Tokens are conserved: every member holds as many tokens as the core counts for it."""
