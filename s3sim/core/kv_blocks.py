@@ -7,10 +7,15 @@ phase, (context - iteration) modulo the block size, and the blocks the running r
 next i decode steps are n * (i // bs) + C[i % bs], with C[d] the requests that need one within their next
 d steps: k decode iterations cost O(block size), not O(batch). The paged policies (`paged`, `paged_spf`,
 `vllm`) hold one; the KV pool stays the one place where capacity is enforced.
+
+`Blocks` and `CachedBlocks` own a vllm scheduler's blocks, without and with vLLM's prefix cache: the policy
+asks them what admission needs free, what a request holds up to a token, and has them take and free blocks.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from s3sim.core.prefix_cache import PrefixCache
 
 
 class BlockGrowth:
@@ -65,3 +70,84 @@ class BlockGrowth:
         q0, r = divmod(free, running)
         rem = int(np.searchsorted(c[: self.bs], r, side="right")) - 1
         return q0 * self.bs + rem
+
+
+class Blocks:
+    """vLLM's KV blocks for one scheduler, without a prefix cache: what admitting a request needs free, what it
+    holds once its context up to a token is scheduled, and taking, extending and freeing those blocks in the
+    pool. `CachedBlocks` is the same with vLLM's prefix cache; a policy holds one or the other and asks it,
+    instead of branching on whether a cache is there."""
+    cache = None  # the prefix cache, where there is one
+
+    def __init__(self, pool, paging: BlockGrowth):
+        self.pool, self.paging = pool, paging
+
+    def free_needed(self, r) -> int:
+        """Free blocks admitting `r` requires: its whole context and next token (vLLM's full_sequence_must_fit)."""
+        return self.paging.blocks(r.context + 1)
+
+    def held_until(self, r, end: int) -> int:
+        """Blocks `r` holds once its context up to token `end` is scheduled: those tokens, and the next token's
+        slot once the whole context is."""
+        return self.paging.blocks(end + 1 if end >= r.context else end)
+
+    def hits(self, r) -> list:
+        """The cached blocks `r`'s prompt would find (none without a cache)."""
+        return []
+
+    def take(self, r, blocks: int, hits: list | None = None) -> int:
+        """Give `r` `blocks` blocks (its `hits` among them: `hits(r)`'s, if the caller has them); returns the
+        tokens of its context they hold already."""
+        self.pool.reserve(r.id, blocks)
+        return 0
+
+    def computed(self, r, tokens: int) -> None:
+        """`r`'s first `tokens` tokens of KV are computed (a cache makes their full blocks findable)."""
+
+    def release_partial(self, r) -> None:
+        """Free `r`, preempted part-way through its prefill."""
+        self.pool.release(r.id)
+
+    def release(self, r, preempted: bool) -> None:
+        """Free `r`'s blocks as it finishes or is preempted."""
+        self.pool.settle(r.id, self.paging.blocks(r.context))
+        self.pool.release(r.id)
+
+    def shared_blocks(self) -> int:
+        """Blocks counted in more than one request's context but held once."""
+        return 0
+
+
+class CachedBlocks(Blocks):
+    """`Blocks` with vLLM's prefix cache (`s3sim.core.prefix_cache.PrefixCache`): full blocks keyed by content,
+    found again by a later prompt or a preempted request, freed into the cache's free queue."""
+
+    def __init__(self, pool, paging: BlockGrowth):
+        super().__init__(pool, paging)
+        self.cache = PrefixCache(pool)
+
+    def free_needed(self, r) -> int:
+        return self.cache.free_blocks_needed(r, super().free_needed(r))
+
+    def held_until(self, r, end: int) -> int:
+        return max(super().held_until(r, end), self.cache.shared_blocks(r))
+
+    def hits(self, r) -> list:
+        return self.cache.lookup(r)[0]
+
+    def take(self, r, blocks: int, hits: list | None = None) -> int:
+        return self.cache.admit(r, blocks, hits=hits)
+
+    def computed(self, r, tokens: int) -> None:
+        self.cache.computed(r, tokens)
+
+    def release_partial(self, r) -> None:  # its computed full blocks stay findable by it, as a preempted request's do
+        self.cache.release(r, r.progress.blocks, r.progress.prefilled, preempted=True)
+
+    def release(self, r, preempted: bool) -> None:
+        blocks = self.paging.blocks(r.context)
+        self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
+        self.cache.release(r, blocks, r.context - 1, preempted)  # the last sampled token's KV is not written yet
+
+    def shared_blocks(self) -> int:
+        return self.cache.duplicates

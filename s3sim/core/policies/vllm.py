@@ -65,7 +65,7 @@ from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import Progress
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
 from s3sim.core.predictors.base import Predictor
-from s3sim.core.prefix_cache import PrefixCache
+from s3sim.core.kv_blocks import Blocks, CachedBlocks
 from s3sim.core.request import Request
 
 ALLOCATIONS = ("chunk", "prompt")  # policy.allocate: when a prompt's blocks are taken
@@ -171,7 +171,8 @@ class VllmScheduler(PagedScheduler):
         super().__init__(pool, max_seq_len, watermark=watermark, **kw)  # the budget by vLLM's rule, not the base's
         self.token_budget = int(max_num_batched_tokens)
         self.prefix_caching = bool(prefix_caching)
-        self.cache = PrefixCache(pool) if self.prefix_caching else None
+        self.kv = (CachedBlocks if self.prefix_caching else Blocks)(pool, self.paging)  # owns the blocks
+        self.cache = self.kv.cache  # the prefix cache, or None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
         self._readmit_next = False  # the last schedule preempted with requests waiting (see `horizon`)
         self.order, self.victim = order, victim
@@ -304,23 +305,19 @@ class VllmScheduler(PagedScheduler):
         return best
 
     def shared_kv_tokens(self) -> int:
-        return 0 if self.cache is None else self.cache.duplicates * self.bs
+        return self.kv.shared_blocks() * self.bs
 
     # ---- blocks chunk by chunk, and the prefix cache's hooks ------------------------------------
     def _free_needed(self, r: Request) -> int:
         """Free blocks `r`'s whole context and next token need: admission requires them free even where only
         the first chunk's are taken (vLLM's full_sequence_must_fit)."""
-        blocks = self._blocks(r.context + 1)
-        return blocks if self.cache is None else self.cache.free_blocks_needed(r, blocks)
+        return self.kv.free_needed(r)
 
     def _chunk_blocks(self, r: Request, end: int) -> int:
         """Blocks `r` holds once its context up to token `end` is scheduled: those tokens, and the next
         token's slot once the whole context is (as at admission without chunks); with a prefix cache at
         least its hits and the shared region it registers at admission."""
-        blocks = self._blocks(end + 1 if end >= r.context else end)
-        if self.cache is not None:
-            blocks = max(blocks, self.cache.shared_blocks(r))
-        return blocks
+        return self.kv.held_until(r, end)
 
     def _step_need(self) -> int:
         need = self._growth(1)
@@ -332,20 +329,15 @@ class VllmScheduler(PagedScheduler):
 
     def _take_blocks(self, r: Request, budget: float = math.inf) -> int:
         if not self.by_chunk:
-            if self.cache is None:
-                return super()._take_blocks(r)
-            tokens = self.cache.admit(r, self._blocks(r.context + 1))
+            tokens = self.kv.take(r, self._blocks(r.context + 1))
         else:
-            hits = [] if self.cache is None else self.cache.lookup(r)[0]
+            hits = self.kv.hits(r)
             prefix = len(hits) * self.bs
             blocks = max(self._chunk_blocks(r, prefix + min(r.context - prefix, budget)), len(hits))
             if r.progress is None:
                 r.progress = Progress(r)
             r.progress.blocks = blocks
-            if self.cache is None:
-                self.pool.reserve(r.id, blocks)
-                return 0
-            tokens = self.cache.admit(r, blocks, hits=hits)
+            tokens = self.kv.take(r, blocks, hits)
         self.cached_tokens += tokens
         return tokens
 
@@ -357,22 +349,13 @@ class VllmScheduler(PagedScheduler):
                 self.pool.grow(r.id, more)
                 p.blocks += more
         super()._add_prefill(batch, r, prefix, chunk)
-        if self.cache is not None:
-            self.cache.computed(r, prefix + chunk)
+        self.kv.computed(r, prefix + chunk)
 
     def _release_partial(self, r: Request) -> None:
-        if self.cache is None:
-            self.pool.release(r.id)
-        else:  # its computed full blocks stay findable by it, as a preempted request's do
-            self.cache.release(r, r.progress.blocks, r.progress.prefilled, preempted=True)
+        self.kv.release_partial(r)
 
     def _release(self, r: Request, preempted: bool = False) -> None:
-        if self.cache is None:
-            return super()._release(r, preempted)
-        blocks = self._blocks(r.context)
-        self.pool.settle(r.id, self.cache.private_blocks(r, blocks))
-        # the last sampled token's KV is not written yet
-        self.cache.release(r, blocks, r.context - 1, preempted)
+        self.kv.release(r, preempted)
 
 
 class WaitingQueue:
