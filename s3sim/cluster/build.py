@@ -156,8 +156,7 @@ def build(cfg) -> Setup:
     configs = replica_configs(cfg, n)
     specs = [spec if c is cfg else replace(spec, gpu=_replica(n, i, lambda: GpuEntry.read(c["gpu"])))
              for i, c in enumerate(configs)]
-    hardware = [_replica(n, i, lambda: (policy_class(c), engine_hardware(c, s, model))[1])
-                for i, (c, s) in enumerate(zip(configs, specs))]
+    hardware = [_replica(n, i, lambda: engine_hardware(c, s, model)) for i, (c, s) in enumerate(zip(configs, specs))]
     wl, fit, shared = served_requests(cfg, spec, model)
     keys = None if wl.keys is None else wl.keys[fit.rows]
     replicas = [_replica(n, i, lambda: build_engine(c, s, model, fit.prompt, fit.output, keys, hw))

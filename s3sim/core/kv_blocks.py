@@ -8,7 +8,7 @@ next i decode steps are n * (i // bs) + C[i % bs], with C[d] the requests that n
 d steps: k decode iterations cost O(block size), not O(batch). The paged policies (`paged`, `paged_spf`,
 `vllm`) hold one; the KV pool stays the one place where capacity is enforced.
 
-`Blocks` and `CachedBlocks` own a vllm scheduler's blocks, without and with vLLM's prefix cache: the policy
+`Blocks` and `CachedBlocks` own a paged scheduler's blocks, without and with vLLM's prefix cache: the policy
 asks them what admission needs free, what a request holds up to a token, and has them take and free blocks.
 """
 from __future__ import annotations

@@ -150,21 +150,11 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
     return ClusterResult(requests, results, assignment, router.name, end, states)
 
 
-class Sole:
-    """The router of one engine: every request to replica 0."""
-    name = "sole"
-    uses_predictor = False
-
-    def place(self, request, replicas, footprint: int) -> int:
-        return 0
-
-    def footprint(self, request) -> int:
-        return 0
-
-
 def simulate(requests: list[Request], scheduler: Scheduler, latency: LatencyModel,
              max_jump: int | None = None, async_scheduling: bool = False) -> RunResult:
     """Run `requests` (sorted by arrival, ids 0..n-1 in that order) to completion on one engine: a cluster of
-    one replica (`async_scheduling`: vLLM V1's, see `s3sim.core.serving`)."""
+    one replica (`async_scheduling`: vLLM V1's, see `s3sim.core.serving`), whose router sends it everything."""
+    from s3sim.cluster.routers import RoundRobin
+
     cap = scheduler.pool.capacity * scheduler.pool.unit_tokens
-    return simulate_cluster(requests, [(scheduler, latency, cap)], Sole(), max_jump, async_scheduling).replicas[0]
+    return simulate_cluster(requests, [(scheduler, latency, cap)], RoundRobin(), max_jump, async_scheduling).replicas[0]

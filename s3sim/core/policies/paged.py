@@ -30,7 +30,7 @@ from typing import Optional, Union
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.core.kv_blocks import BlockGrowth
+from s3sim.core.kv_blocks import BlockGrowth, Blocks
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import FcfsScheduler, PolicyConfig
@@ -124,6 +124,7 @@ class PagedScheduler(FcfsScheduler):
         self.bs = pool.unit_tokens
         self.watermark = int(math.ceil(watermark * pool.capacity))
         self.paging = BlockGrowth(self.bs)  # the running requests' block growth
+        self.kv = Blocks(pool, self.paging)  # owns the requests' blocks
         self.prompt_only = iterations == "prompt_only"
         self.prompt_tokens = math.inf if prompt_tokens is None else int(prompt_tokens)
         # prompt-only iterations: `self.iter` counts decode iterations only (a running request's progress is
@@ -294,8 +295,7 @@ class PagedScheduler(FcfsScheduler):
         """Give `r` the blocks of its context and next token; returns the tokens of its context they hold
         already (found in a prefix cache: none without one). `budget`: the tokens its iteration can still
         compute (what a policy that allocates chunk by chunk takes blocks for)."""
-        self.pool.reserve(r.id, self._blocks(r.context + 1))
-        return 0
+        return self.kv.take(r, self._blocks(r.context + 1))
 
     # ---- hooks ------------------------------------------------------------------------------
     def _on_steps(self, k: int) -> None:
@@ -312,5 +312,4 @@ class PagedScheduler(FcfsScheduler):
         super()._leave(r)
 
     def _release(self, r: Request, preempted: bool = False) -> None:
-        self.pool.settle(r.id, self._blocks(r.context))  # its blocks: admission's plus its decode growth
-        self.pool.release(r.id)
+        self.kv.release(r, preempted)  # its blocks: admission's plus its decode growth

@@ -65,7 +65,7 @@ from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import Progress
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
 from s3sim.core.predictors.base import Predictor
-from s3sim.core.kv_blocks import Blocks, CachedBlocks
+from s3sim.core.kv_blocks import CachedBlocks
 from s3sim.core.request import Request
 
 ALLOCATIONS = ("chunk", "prompt")  # policy.allocate: when a prompt's blocks are taken
@@ -171,7 +171,8 @@ class VllmScheduler(PagedScheduler):
         super().__init__(pool, max_seq_len, watermark=watermark, **kw)  # the budget by vLLM's rule, not the base's
         self.token_budget = int(max_num_batched_tokens)
         self.prefix_caching = bool(prefix_caching)
-        self.kv = (CachedBlocks if self.prefix_caching else Blocks)(pool, self.paging)  # owns the blocks
+        if self.prefix_caching:
+            self.kv = CachedBlocks(pool, self.paging)  # owns the blocks, with the prefix cache
         self.cache = self.kv.cache  # the prefix cache, or None
         self.cached_tokens = 0  # prefill tokens found in the prefix cache instead of recomputed
         self._readmit_next = False  # the last schedule preempted with requests waiting (see `horizon`)
@@ -353,9 +354,6 @@ class VllmScheduler(PagedScheduler):
 
     def _release_partial(self, r: Request) -> None:
         self.kv.release_partial(r)
-
-    def _release(self, r: Request, preempted: bool = False) -> None:
-        self.kv.release(r, preempted)
 
 
 class WaitingQueue:
