@@ -21,9 +21,11 @@ non-KV reserve calibrated on the one run where every term is known (see `NON_KV_
 
 Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
-(`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced from
-the all-reduce table measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two
-PCIe RTX PRO 6000, the A100 DGX), else as a ring over the preset's interconnect, and the latency line says which.
+(`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced as the
+engine ran them where the profile has a step table at the run's TP (`steps`: the measured table's floor plus a
+bandwidth fitted to `tp<N>/step.csv`, `s3sim.latency.operators.in_engine_all_reduce`), else from the all-reduce table
+measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two PCIe RTX PRO 6000, the
+A100 DGX), else as a ring over the preset's interconnect, and the latency line says which.
 
 Before any replay the inputs are checked against each other and against physics (`s3sim.validate_checks`):
 meta.json against itself, requests.jsonl against meta.json (every request once, timestamps in seconds within
@@ -531,9 +533,21 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     """The run's operator profile, or the operator sum on the GPU's datasheet when there is none, with the
     efficiencies the GPU preset was fitted to, or those of `fit_from` (another preset: what a GPU never
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
-    the GPU's measured table, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model
-    ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
+    as the engine ran them, fitted to the profile's step table at that TP where it has one, else the GPU's
+    measured table, else a ring); (model, description)."""
+    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model, preset_measured
+    from s3sim.latency.operators import in_engine_all_reduce
+
+    in_engine = tp > 1 and profile is not None and (
+        all_reduce == "steps" or (all_reduce == "auto" and (profile / f"tp{tp}" / "step.csv").is_file()
+                                  and preset_measured(gpu) is not None))
+    if in_engine:
+        ring, _ = in_engine_all_reduce(profile, model, gpu, tp)
+    elif all_reduce == "steps" and tp > 1:
+        raise ConfigError("--all-reduce steps fits the all-reduce to an operator profile's step table: it needs a "
+                          "profile (not --profile none)")
+    else:
+        ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
         f = fit_from or gpu
@@ -834,9 +848,10 @@ def main(argv=None) -> int:
     p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
                    "GPU preset (what a GPU never profiled gets), not the run GPU's own; 'others': the mean of every "
                    "other GPU measured")
-    p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (the "
-                   "GPU preset's measured table, else a ring; default), measured, ring, link:<GB/s>:<us>, none, or "
-                   "a measured CSV")
+    p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (steps "
+                   "where the profile has a step table at the run's TP, else the GPU preset's measured table, else a "
+                   "ring; default), steps (as the engine ran them: a link fitted to the profile's tp<N>/step.csv, "
+                   "never below the measured table), measured, ring, link:<GB/s>:<us>, none, or a measured CSV")
     p.add_argument("--step-calibration", default="none", metavar="HOW", help="price each iteration as a whole "
                    "step fitted to a step table (s3sim.latency.steps): none (default), own (the profile's "
                    "tp<N>/step.csv), or a step.csv path")

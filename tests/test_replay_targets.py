@@ -1,6 +1,6 @@
 """The shared vLLM runs replayed with their own operator profiles, against the README's targets: every mean
 and median within 5 %, every p99 within 10 % (the RTX 4090 and RTX PRO 6000 runs meet all; the Qwen3-32B TP2
-run misses, as the README says), with the preemptions and prefix-cache hits the replay reports.
+run, with its all-reduces as the engine ran them, misses TTFT's mean by 0.4 points, as the README says), with the preemptions and prefix-cache hits the replay reports.
 Counts are compared within 1 %: they come from float timelines, which another CPU may round differently."""
 import re
 from pathlib import Path
@@ -46,10 +46,20 @@ def test_the_rtx_pro_6000_replay_meets_every_target_with_its_measured_skew(tmp_p
     assert preemptions == 0 and cached == 0  # max_num_seqs=128 binds before memory does
 
 
-def test_the_qwen3_32b_tensor_parallel_replay_misses_as_the_readme_says(tmp_path):
-    """Two GPUs over PCIe, all-reduces from the pair's measured table: about a fifth too fast everywhere."""
+def test_the_qwen3_32b_tensor_parallel_replay_with_the_in_engine_all_reduce(tmp_path):
+    """Two GPUs over PCIe, each all-reduce as the engine ran it (a link fitted to the profile's tp2 step table,
+    not to the run): every p99 within 10 %, every mean and median but TTFT's mean within 5 % (it is +5.4 %, as
+    the README says); with the pair's NCCL table alone it was about a fifth too fast."""
     errors, (preemptions, cached) = replay("rtxpro6000-qwen3-32b", tmp_path)
+    assert within(errors, P99S, P99) == {}
+    assert within(errors, MEANS_MEDIANS, MEAN_MEDIAN) == {"ttft_mean_ms": pytest.approx(5.4, abs=0.1)}
+    assert preemptions == 0 and cached == 0
+
+
+def test_the_qwen3_32b_replay_with_the_collective_measured_alone_is_a_fifth_too_fast(tmp_path):
+    lines = []
+    errors = validate(RUNS / "rtxpro6000-qwen3-32b" / "run", tmp_path / "q", echo=lines.append,
+                      all_reduce="measured").set_index("metric").error_pct
     assert errors["ttft_mean_ms"] == pytest.approx(-22.2, abs=0.1)
     assert errors["tpot_mean_ms"] == pytest.approx(-13.6, abs=0.1)
     assert errors["request_throughput"] == pytest.approx(15.0, abs=0.1)
-    assert preemptions == 0 and cached == 0

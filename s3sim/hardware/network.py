@@ -12,6 +12,9 @@ Ways to price one (`latency.all_reduce`):
   link, plus a latency per hop; the fallback for a link never measured;
 - `link:<GB/s>:<us>`: one latency plus the message at one effective bandwidth (`LinkAllReduce`), for a link
   known only by those two numbers (a sensitivity study, or another simulator's setting);
+- `steps`: the all-reduce as the engine ran it (`InEngineAllReduce`, operator profiles only): a link fitted to the
+  profile's whole-step table at its TP (`s3sim.latency.operators.in_engine_all_reduce`), never below the measured
+  table; `s3sim-validate`'s default where the profile has a step table;
 - `none`: free (ideal scaling).
 """
 from __future__ import annotations
@@ -65,6 +68,18 @@ class LinkAllReduce:
         if workers <= 1:
             return np.zeros_like(nbytes)
         return self.latency + nbytes / self.bandwidth
+
+
+class InEngineAllReduce:
+    """An all-reduce as the serving engine ran it: the measured collective's latency floor plus the message at
+    the bandwidth a whole-step table implies (`s3sim.latency.steps.fit_in_engine_link`), and never less than the
+    collective measured alone."""
+
+    def __init__(self, measured: "MeasuredAllReduce", bandwidth: float, latency_s: float, source: str):
+        self.measured, self.link, self.source = measured, LinkAllReduce(bandwidth, latency_s), source
+
+    def time_s(self, workers: int, nbytes):
+        return np.maximum(self.measured.time_s(workers, nbytes), self.link.time_s(workers, nbytes))
 
 
 class MeasuredAllReduce:
@@ -240,6 +255,9 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     path; `auto`: measured where the preset's table has `workers` GPUs, else the ring (its source says why)."""
     if spec == "none":
         return None
+    if spec == "steps":
+        raise ConfigError("latency.all_reduce=steps fits the engine's all-reduce to an operator profile's "
+                          "tp<N>/step.csv: it needs latency=operators (or s3sim-validate with a profile)")
     if spec == "auto":
         model = preset_measured(gpu)
         if model is not None and (workers is None or workers in model.curves):

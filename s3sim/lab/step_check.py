@@ -10,9 +10,19 @@ the shared step tables and in the shared runs themselves.
    `requests.jsonl` (each running request's prompt plus the share of its output it had produced by the middle
    of that second; the longest of them for uneven contexts, where the profile measured their cost). Priced by
    the operator model alone, and by the step calibration of part 1 where the run's profile has a step table. A measurement of the latency model on the run's own steps, apart from scheduling.
+3. Each run's full-budget seconds: seconds with prompt tokens and requests waiting while fewer than
+   `max_num_seqs` run and the KV cache is not near full, so that every step fills the token budget (not the
+   run's first second, which the engine enters idle); a second
+   holds a few such steps, so they are pooled: one step = budget / (prompt + generated tokens per second),
+   summed over the seconds, against the operator model's price of a step of that many decodes (at the running
+   requests' mean context) and one prefill chunk filling the rest.
+4. For a run at TP > 1 whose profile has a step table: the all-reduce as the engine ran it, fitted to that
+   table (`s3sim.latency.steps.fit_in_engine_link`, two-fold cross-validated), and parts 2 and 3 priced with
+   it (`latency.all_reduce=steps`) beside the measured collective.
 
-Writes results/calibration/steps.csv (the fits and held-out errors), steps_rows.csv (every step row) and
-run_decode_steps.csv (every decode-only second), and prints the summary the README quotes.
+Writes results/calibration/steps.csv (the fits and held-out errors), steps_rows.csv (every step row),
+run_decode_steps.csv (every decode-only second), run_budget_steps.csv (the full-budget seconds, pooled per run)
+and in_engine_all_reduce.csv (part 4), and prints the summary the README quotes.
 """
 from __future__ import annotations
 
@@ -44,9 +54,64 @@ def run_latency(run_dir: Path):
     if name is None or device is None:
         raise ConfigError(f"{run_dir}: its model {engine.model!r} or GPU has no preset")
     model, gpu = get_model(name), get_gpu(device)
-    latency, _ = build_latency(profile, model, gpu, engine.tp)
+    latency, _ = build_latency(profile, model, gpu, engine.tp, all_reduce="measured" if engine.tp > 1 else "auto")
     steps = profile / f"tp{engine.tp}" / "step.csv"
     return latency, model, engine, steps if steps.is_file() else None
+
+
+def in_engine(run_dir: Path):
+    """(latency with the in-engine all-reduce, its `LinkFit`) for a run at TP > 1 whose profile has a step
+    table; None otherwise."""
+    from s3sim.validate import build_latency
+    from s3sim.latency.operators import in_engine_all_reduce
+
+    latency, model, engine, steps = run_latency(run_dir)
+    if engine.tp < 2 or steps is None:
+        return None
+    from s3sim.hardware.gpus import get_gpu
+    gpu = latency.gpu if latency.gpu is not None else get_gpu(engine.device_name)
+    _, fit = in_engine_all_reduce(run_dir / "profile", model, gpu, engine.tp)
+    lat, _ = build_latency(run_dir / "profile", model, gpu, engine.tp, all_reduce="steps")
+    return lat, fit
+
+
+def budget_seconds(run_dir: Path, engine) -> pd.DataFrame:
+    """The run's full-budget seconds (part 3 of the module doc): `t, running, tokens, generated, ctx_mean`."""
+    from s3sim.inputs import read_csv
+    from s3sim.validate import read_run
+
+    run = read_run(run_dir / "run")
+    req = run.requests
+    ts = read_csv(run.dir / "timeseries.csv", f"{run.dir / 'timeseries.csv'}: not a CSV")
+    t0 = req.queued_ts.min()
+    tick = float(np.median(np.diff(ts.t))) if len(ts) > 1 else 1.0
+    first, last = (req.first_token_ts - t0).to_numpy(), (req.last_token_ts - t0).to_numpy()
+    kv = ts.kv_cache_pct if "kv_cache_pct" in ts.columns else pd.Series(0.0, index=ts.index)
+    rows = []
+    for r, k in zip(ts.itertuples(index=False), kv):
+        tokens = r.prompt_throughput + r.gen_throughput
+        if (r.t <= tick or r.prompt_throughput <= 0 or r.waiting < 1 or r.running > engine.max_num_seqs - 2 or k >= 90
+                or r.gen_throughput * engine.max_num_batched_tokens > r.running * tokens):
+            continue  # a slot freed within the second, or more decodes a step than requests: the budget did not bind
+        mid = r.t - 0.5 * tick
+        on = (first <= mid) & (last >= mid)
+        share = np.clip((mid - first[on]) / np.maximum(last[on] - first[on], 1e-9), 0, 1)
+        ctx = req.input_toks.to_numpy()[on] + share * req.output_toks.to_numpy()[on]
+        rows.append((r.t, int(r.running), float(r.prompt_throughput + r.gen_throughput), float(r.gen_throughput),
+                     float(ctx.mean()) if len(ctx) else 0.0))
+    return pd.DataFrame(rows, columns=["t", "running", "tokens", "generated", "ctx_mean"])
+
+
+def pooled_budget_step(sec: pd.DataFrame, budget: int, latencies: dict) -> dict:
+    """The full-budget seconds pooled: the run's mean step and each latency model's price of the mean step."""
+    steps = sec.tokens.sum() / budget
+    decodes = sec.generated.sum() / steps
+    ctx = float(np.average(sec.ctx_mean, weights=sec.tokens))
+    row = {"seconds": len(sec), "steps": steps, "decodes_per_step": decodes, "ctx_mean": ctx,
+           "run_step_s": len(sec) / steps}
+    for name, lat in latencies.items():
+        row[f"{name}_s"] = float(lat.iteration_time(budget - decodes, 1.0, decodes, decodes * ctx))
+    return row
 
 
 def decode_seconds(run_dir: Path) -> pd.DataFrame:
@@ -78,10 +143,10 @@ def decode_seconds(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["t", "running", "n", "ctx_sum", "ctx_max", "step_s"])
 
 
-def check(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def check(data: Path) -> tuple[pd.DataFrame, ...]:
     from s3sim.latency.steps import cross_validated_error, fit_table
 
-    fits, step_rows, ticks = [], [], []
+    fits, step_rows, ticks, budgets, links = [], [], [], [], []
     for name in RUNS:
         run_dir = data / "vllm_runs" / name
         if not (run_dir / "run").is_dir():
@@ -105,11 +170,29 @@ def check(data: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
                              for n, c, m in zip(sec.n, sec.ctx_sum, sec.ctx_max)]
         sec["step_calibrated_s"] = ([float(fit.seconds(o, fit.branch(n, True))) for o, n in zip(sec.operator_s, sec.n)]
                                     if fit is not None else np.nan)
+        lats = {"operator": latency}
+        engine_ar = in_engine(run_dir)
+        if engine_ar is not None:
+            lat_in, link = engine_ar
+            lats["in_engine"] = lat_in
+            sec["in_engine_s"] = [float(lat_in.decode_run(n, c, 1, max_ctx=int(m))[0])
+                                  for n, c, m in zip(sec.n, sec.ctx_sum, sec.ctx_max)]
+            links.append({"run": name, "tp": engine.tp, "bandwidth_gb_s": link.bandwidth / 1e9,
+                          "latency_us": link.latency_s * 1e6, "rows": link.rows,
+                          "fold_bandwidths_gb_s": " ".join(f"{b / 1e9:.1f}" for b in link.fold_bandwidths),
+                          "held_out_mean_abs_pct": link.held_out_mean_abs_pct,
+                          "held_out_max_abs_pct": link.held_out_max_abs_pct,
+                          **{f"offset_{b}_ms": v * 1e3 for b, v in link.offset_s.items()}})
         ticks.append(sec.assign(run=name, tp=engine.tp))
-    return pd.DataFrame(fits), pd.concat(step_rows, ignore_index=True), pd.concat(ticks, ignore_index=True)
+        full = budget_seconds(run_dir, engine)
+        if len(full):
+            budgets.append({"run": name, "tp": engine.tp, "budget": engine.max_num_batched_tokens,
+                            **pooled_budget_step(full, engine.max_num_batched_tokens, lats)})
+    return (pd.DataFrame(fits), pd.concat(step_rows, ignore_index=True), pd.concat(ticks, ignore_index=True),
+            pd.DataFrame(budgets), pd.DataFrame(links))
 
 
-def summary(fits: pd.DataFrame, ticks: pd.DataFrame) -> str:
+def summary(fits: pd.DataFrame, ticks: pd.DataFrame, budgets: pd.DataFrame, links: pd.DataFrame) -> str:
     lines = ["step tables: step = scale x operator sum + offset, per CUDA-graph mode (two-fold cross-validation)"]
     for r in fits.itertuples(index=False):
         lines.append(f"  {r.run} tp{r.tp} {r.branch:9s} {r.rows:3d} rows: step/operators median "
@@ -126,6 +209,23 @@ def summary(fits: pd.DataFrame, ticks: pd.DataFrame) -> str:
             lines.append(f"  {run} tp{tp} batches {lo}-{hi} ({len(band)} s): run step median "
                          f"{1e3 * band.step_s.median():.1f} ms; operator sum {op:+.1f} %"
                          + (f"; step-calibrated {cal:+.1f} %" if np.isfinite(cal) else "; no step table"))
+    lines.append("the runs' full-budget seconds, pooled (one step = budget / tokens per second): model / run - 1")
+    for r in budgets.itertuples(index=False):
+        extra = (f"; in-engine all-reduce {100 * (r.in_engine_s / r.run_step_s - 1):+.1f} %"
+                 if "in_engine_s" in budgets.columns and np.isfinite(r.in_engine_s) else "")
+        lines.append(f"  {r.run} tp{r.tp}: {r.seconds} s, {r.steps:.0f} steps of {r.budget} tokens with "
+                     f"{r.decodes_per_step:.0f} decodes: run step {1e3 * r.run_step_s:.1f} ms; operator sum "
+                     f"{100 * (r.operator_s / r.run_step_s - 1):+.1f} %{extra}")
+    for r in links.itertuples(index=False):
+        lines.append(f"in-engine all-reduce, {r.run} tp{r.tp} step table ({r.rows} rows): {r.latency_us:.3g} us + "
+                     f"bytes at {r.bandwidth_gb_s:.1f} GB/s (folds {r.fold_bandwidths_gb_s} GB/s; held-out step "
+                     f"error mean {r.held_out_mean_abs_pct:.1f} %, max {r.held_out_max_abs_pct:.1f} %)")
+        t = ticks[ticks.run == r.run]
+        for lo, hi in ((1, 16), (17, 64), (65, 1024)):
+            band = t[(t.n >= lo) & (t.n <= hi)]
+            if len(band):
+                lines.append(f"  its decode-only seconds, batches {lo}-{hi}: in-engine all-reduce "
+                             f"{100 * np.median(band.in_engine_s / band.step_s - 1):+.1f} %")
     return "\n".join(lines)
 
 
@@ -139,14 +239,17 @@ def main(argv=None) -> int:
         from s3sim.writers import write_csv
 
         a = ap.parse_args(argv)
-        fits, rows, ticks = check(Path(a.data) if a.data else SHARED_DATA_DIR)
+        fits, rows, ticks, budgets, links = check(Path(a.data) if a.data else SHARED_DATA_DIR)
         out = Path(a.out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(fits.round(6), out / "steps.csv")
         write_csv(rows.round(9), out / "steps_rows.csv")
         write_csv(ticks.round(9), out / "run_decode_steps.csv")
-        print(summary(fits, ticks))
-        print(f"tables: {out}/steps.csv, steps_rows.csv, run_decode_steps.csv")
+        write_csv(budgets.round(6), out / "run_budget_steps.csv")
+        write_csv(links.round(4), out / "in_engine_all_reduce.csv")
+        print(summary(fits, ticks, budgets, links))
+        print(f"tables: {out}/steps.csv, steps_rows.csv, run_decode_steps.csv, run_budget_steps.csv, "
+              f"in_engine_all_reduce.csv")
 
     return exit_code("step_check", work)
 

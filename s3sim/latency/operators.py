@@ -54,7 +54,8 @@ class OperatorsConfig:
     path: Optional[str] = None  # a profile folder: `profile/` holding `tp<N>/`, or a `tp<N>/` folder itself
     tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
     overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
-    all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer, ring over the GPU's interconnect, or a CSV
+    all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer: ring over the GPU's interconnect, measured,
+    # steps (fitted to the profile's tp<N>/step.csv), link:<GB/s>:<us>, none, or a CSV
     skew: str = "profile"  # uneven decode contexts: profile (its meta.yaml's measured alpha, where it has one) | none
 
     def __post_init__(self):
@@ -305,7 +306,10 @@ class OperatorLatency(LatencyModel):
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
+            if conf.all_reduce == "steps":  # as the engine ran it, fitted to the profile's step table
+                all_reduce, _ = in_engine_all_reduce(conf.path, model, gpu, conf.tp)
+            else:
+                all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
             if conf.all_reduce != "none":
                 from s3sim.hardware.network import all_gather_model
                 gather = all_gather_model(gpu, conf.tp)
@@ -426,3 +430,27 @@ class OperatorLatency(LatencyModel):
         if self.gpu is None:
             raise ConfigError("swapping KV needs a GPU's host link: give latency=operators a gpu preset")
         return super().swap_time(n_tokens)
+
+
+def in_engine_all_reduce(profile, model, gpu, tp: int):
+    """(`InEngineAllReduce`, `LinkFit`) for an operator profile at `tp` > 1: its `tp<tp>/step.csv` fitted
+    against the all-reduce measured between the GPUs (the preset's `measured_all_reduce`), which also sets the
+    latency floor. One-line errors where either is missing."""
+    from s3sim.hardware.network import InEngineAllReduce, all_gather_model, preset_measured
+    from s3sim.latency.steps import fit_in_engine_link, read_steps
+
+    if tp < 2:
+        raise ConfigError("latency.all_reduce=steps prices tensor parallelism: it needs a TP of 2 or more")
+    table = profile_folder(profile, tp) / "step.csv"
+    if not table.is_file():
+        raise ConfigError(f"latency.all_reduce=steps: the profile has no step table {str(table)!r}")
+    measured = preset_measured(gpu)
+    if measured is None or tp not in measured.curves:
+        raise ConfigError(f"latency.all_reduce=steps fits the step table beside the all-reduce measured between "
+                          f"{tp} {gpu.name} GPUs, and the preset names no such table (measured_all_reduce)")
+    latency = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=measured,
+                                           gather=all_gather_model(gpu, tp))
+    fit = fit_in_engine_link(latency, measured, read_steps(table), model, tp, str(table))
+    how = (f"in-engine: {fit.latency_s * 1e6:.3g} us + bytes at {fit.bandwidth / 1e9:.3g} GB/s, fitted to {table} "
+           f"beside the measured table ({measured.source}), never below it")
+    return InEngineAllReduce(measured, fit.bandwidth, fit.latency_s, how), fit

@@ -140,3 +140,66 @@ class StepCalibrated:
         if decode_tokens <= 0:
             return t
         return np.asarray(self.fit.seconds(t, self.fit.branch(float(decode_tokens), True)), dtype=np.float64)
+
+
+# ---- tensor parallelism's all-reduce as the engine ran it ----------------------------------------------------
+@dataclass(frozen=True)
+class LinkFit:
+    """The in-engine all-reduce a step table implies: `latency_s` (the measured collective's floor) plus the
+    message at `bandwidth` bytes/s; `offset_s` per CUDA-graph mode; the two folds' bandwidths and the held-out
+    error of the steps priced with them."""
+
+    bandwidth: float
+    latency_s: float
+    offset_s: dict
+    rows: int
+    fold_bandwidths: tuple
+    held_out_mean_abs_pct: float
+    held_out_max_abs_pct: float
+    source: str
+
+
+def _link_lstsq(branch: np.ndarray, excess: np.ndarray, volume: np.ndarray):
+    """excess = offset[mode] + volume / bandwidth, least squares: (offsets, 1 / bandwidth)."""
+    modes = sorted(set(branch))
+    x = np.column_stack([(branch == m).astype(float) for m in modes] + [volume])
+    coef, *_ = np.linalg.lstsq(x, excess, rcond=None)
+    return dict(zip(modes, coef[:-1].tolist())), float(coef[-1])
+
+
+def fit_in_engine_link(latency, measured, steps: pd.DataFrame, model, tp: int, source: str = "") -> LinkFit:
+    """Tensor parallelism's all-reduce as a whole-step table shows it. `latency` is the operator model of the
+    table's TP with every all-reduce priced by `measured` (the collective timed alone); its compute is that price
+    less those all-reduces. Each step is then fitted as compute + a constant per CUDA-graph mode + the step's
+    2 L + 1 all-reduces at `measured`'s latency floor plus their bytes at one bandwidth, the one term that grows
+    with the messages; a constant the table has and a run does not (a timing harness, a sleep) stays in the
+    offsets. Compute is priced as profiled (scale 1): on the same GPU the runs at TP1 replay within a few per
+    cent that way, and a scale fitted with the bandwidth is not identifiable (both grow with tokens)."""
+    n_ar = 2 * model.n_layers + 1
+    branch = steps.branch.to_numpy()
+    nbytes = steps.num_tokens.to_numpy(np.float64) * model.hidden_size * model.dtype_bytes
+    floor = float(measured.time_s(tp, 0.0))
+    compute = operator_seconds(latency, steps) - n_ar * measured.time_s(tp, nbytes)
+    excess = steps.step_us.to_numpy(np.float64) * 1e-6 - compute - n_ar * floor
+    volume = n_ar * nbytes
+    if np.unique(nbytes).size < 2:
+        raise ConfigError(f"step table {source!r}: one message size only, so no bandwidth to fit")
+    offsets, inverse = _link_lstsq(branch, excess, volume)
+    if not inverse > 0:
+        raise ConfigError(f"step table {source!r}: its steps do not grow with the all-reduces' bytes beyond the "
+                          f"operator sum, so it implies no in-engine bandwidth (use the measured table)")
+    held = np.full(len(steps), np.nan)
+    folds = []
+    for fold in (0, 1):
+        train = np.arange(len(steps)) % 2 != fold
+        off, inv = _link_lstsq(branch[train], excess[train], volume[train])
+        folds.append(1.0 / inv if inv > 0 else float("inf"))
+        test = ~train
+        known = np.array([b in off for b in branch[test]])
+        pred = (compute[test] + n_ar * floor + np.array([off.get(b, np.nan) for b in branch[test]])
+                + volume[test] * max(inv, 0.0))
+        held[np.flatnonzero(test)[known]] = pred[known]
+    err = np.abs(held / (steps.step_us.to_numpy(np.float64) * 1e-6) - 1)
+    err = err[np.isfinite(err)]
+    return LinkFit(1.0 / inverse, floor, offsets, len(steps), tuple(folds), float(100 * err.mean()),
+                   float(100 * err.max()), source)
