@@ -21,11 +21,12 @@ non-KV reserve calibrated on the one run where every term is known (see `NON_KV_
 
 Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
-(`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced as the
-engine ran them where the profile has a step table at the run's TP (`steps`: the measured table's floor plus a
-bandwidth fitted to `tp<N>/step.csv`, `s3sim.latency.operators.in_engine_all_reduce`), else from the all-reduce table
-measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two PCIe RTX PRO 6000, the
-A100 DGX), else as a ring over the preset's interconnect, and the latency line says which.
+(`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced from the
+all-reduce table measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two PCIe
+RTX PRO 6000, the A100 DGX), as the engine ran it where the preset also names whole steps to fit that to
+(`engine`: the table's floor plus the bytes at its measured bandwidth over a factor fitted to whole steps,
+`s3sim.latency.operators.in_engine_factor`; the logits' and expert parallelism's all-gathers get the same
+factor), else as a ring over the preset's interconnect, and the latency line says which.
 
 Before any replay the inputs are checked against each other and against physics (`s3sim.validate_checks`):
 meta.json against itself, requests.jsonl against meta.json (every request once, timestamps in seconds within
@@ -533,19 +534,15 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     """The run's operator profile, or the operator sum on the GPU's datasheet when there is none, with the
     efficiencies the GPU preset was fitted to, or those of `fit_from` (another preset: what a GPU never
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
-    as the engine ran them, fitted to the profile's step table at that TP where it has one, else the GPU's
-    measured table, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model, preset_measured
-    from s3sim.latency.operators import in_engine_all_reduce
+    the GPU's measured table as the engine ran it where the preset names a step table to fit that to, else the
+    measured table alone, else a ring); (model, description)."""
+    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model
 
-    in_engine = tp > 1 and profile is not None and (
-        all_reduce == "steps" or (all_reduce == "auto" and (profile / f"tp{tp}" / "step.csv").is_file()
-                                  and preset_measured(gpu) is not None))
-    if in_engine:
-        ring, _ = in_engine_all_reduce(profile, model, gpu, tp)
-    elif all_reduce == "steps" and tp > 1:
-        raise ConfigError("--all-reduce steps fits the all-reduce to an operator profile's step table: it needs a "
-                          "profile (not --profile none)")
+    factor = engine_collectives(all_reduce, gpu, tp) if tp > 1 else False
+    as_run = factor is not False
+    if as_run:
+        from s3sim.latency.operators import in_engine
+        ring = in_engine(gpu, all_reduce_model("measured", gpu, tp), factor)
     else:
         ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
@@ -564,6 +561,8 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
     gather = all_gather_model(gpu, tp) if tp > 1 and not isinstance(ring, NoAllReduce) else None
+    if as_run and gather is not None:
+        gather = in_engine(gpu, gather, factor)
     lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring, gather=gather)
     how = (f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source}" if ring else "")
            + (f"; the logits' gathering: {gather.source}" if gather is not None else "")
@@ -572,7 +571,25 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     return lat, how
 
 
-def data_parallel_latency(latency, engine: Engine, model, gpu):
+def engine_collectives(all_reduce: str, gpu, workers: int):
+    """Whether `--all-reduce` prices the collectives between `workers` GPUs as the engine ran them (`engine` or
+    `engine:<factor>`; or `auto` where the GPU preset names a step table to fit that to and a table measured
+    between that many): False, or the factor (None: the fitted one)."""
+    from s3sim.latency.operators import engine_factor, in_engine_factor
+
+    if all_reduce.startswith("engine"):
+        factor = engine_factor(all_reduce)
+        if factor is None:
+            in_engine_factor(gpu)  # a one-line error where the preset names no step table
+        return factor
+    if all_reduce != "auto" or not gpu.in_engine_steps:
+        return False
+    from s3sim.hardware.network import preset_measured
+    measured = preset_measured(gpu)
+    return None if measured is not None and workers in measured.curves else False
+
+
+def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
     """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
     from s3sim.hardware.network import all_gather_model
     from s3sim.latency.data_parallel import DataParallelLatency
@@ -585,6 +602,10 @@ def data_parallel_latency(latency, engine: Engine, model, gpu):
         raise ConfigError("data-parallel MoE ranks are priced from an operator profile with a moe.csv "
                           "(not --profile none or --step-calibration)")
     gather = all_gather_model(gpu, engine.dp) if engine.expert_parallel else None
+    factor = engine_collectives(all_reduce, gpu, engine.dp) if gather is not None else False
+    if factor is not False:
+        from s3sim.latency.operators import in_engine
+        gather = in_engine(gpu, gather, factor)
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token)"
            + (f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})"
               if engine.expert_parallel else "; every rank holds every expert"))
@@ -715,7 +736,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
         lat_how += f"; {step_how}"
     if engine.dp > 1:
-        latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec)
+        latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec, all_reduce)
         lat_how += f"; {dp_how}"
 
     req = run.requests
@@ -848,10 +869,12 @@ def main(argv=None) -> int:
     p.add_argument("--fit-from", metavar="PRESET", help="with --profile none: the efficiencies fitted to another "
                    "GPU preset (what a GPU never profiled gets), not the run GPU's own; 'others': the mean of every "
                    "other GPU measured")
-    p.add_argument("--all-reduce", default="auto", metavar="HOW", help="tensor parallelism's all-reduces: auto (steps "
-                   "where the profile has a step table at the run's TP, else the GPU preset's measured table, else a "
-                   "ring; default), steps (as the engine ran them: a link fitted to the profile's tp<N>/step.csv, "
-                   "never below the measured table), measured, ring, link:<GB/s>:<us>, none, or a measured CSV")
+    p.add_argument("--all-reduce", default="auto", metavar="HOW", help="the collectives between the GPUs (tensor "
+                   "parallelism's all-reduces; the logits' and expert parallelism's all-gathers follow): auto (engine "
+                   "where the GPU preset names a step table, else the preset's measured table, else a ring; default), "
+                   "engine (the measured table as the engine ran it: its floor plus the bytes at its bandwidth over "
+                   "a factor fitted to whole steps), engine:<factor> (a factor given), measured (the table alone), "
+                   "ring, link:<GB/s>:<us>, none, or a measured CSV")
     p.add_argument("--step-calibration", default="none", metavar="HOW", help="price each iteration as a whole "
                    "step fitted to a step table (s3sim.latency.steps): none (default), own (the profile's "
                    "tp<N>/step.csv), or a step.csv path")

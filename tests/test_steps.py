@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from s3sim.core.errors import ConfigError
-from s3sim.hardware.network import InEngineAllReduce
+from s3sim.hardware.network import InEngineCollective
 from s3sim.latency.steps import (BRANCHES, STEP_COLUMNS, StepCalibrated, StepFit, cross_validated_error,
-                              fit_in_engine_link, fit_steps, read_steps)
+                              fit_in_engine_factor, fit_steps, read_steps)
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -81,66 +81,94 @@ def test_step_check_measures_the_tables_and_the_runs_decode_seconds(tmp_path, ca
     assert "held-out error" in capsys.readouterr().out
 
 
-def _tp_table(bandwidth, offsets, grow=True):
-    """A latency stand-in, its model and a step table made from them with a known in-engine all-reduce."""
-    model = SimpleNamespace(n_layers=4, hidden_size=1024, dtype_bytes=2)
+class _Measured:
+    """A measured collective stand-in: 12 us plus the bytes at `bandwidth`."""
+
+    def __init__(self, bandwidth):
+        self.bw = bandwidth
+
+    def time_s(self, tp, b):
+        return 12e-6 + np.asarray(b, dtype=float) / self.bw
+
+    def bandwidth(self, tp):
+        return self.bw
+
+
+def _tp_table(factor, offsets, grow=True):
+    """A latency stand-in, its model, measured collectives and a step table made from them with a known factor."""
+    model = SimpleNamespace(n_layers=4, hidden_size=1024, dtype_bytes=2, vocab_size=32000)
+    ar, ag = _Measured(36e9), _Measured(30e9)
     const = lambda v: SimpleNamespace(at=lambda *a: v)
-    latency = SimpleNamespace(overhead_s=0.0, layers=4, attention=const(1e-5), per_sequence=const(2e-4),
-                              dense=SimpleNamespace(at=lambda x: 1e-3 + 2e-6 * x + 9 * (12e-6 + x * 2048 / 36e9)))
-    measured = SimpleNamespace(time_s=lambda tp, b: 12e-6 + np.asarray(b, dtype=float) / 36e9)
+    per_seq = SimpleNamespace(at=lambda s: 2e-4 + float(ag.time_s(2, s * 32000 * 2)))
+    latency = SimpleNamespace(overhead_s=0.0, layers=4, attention=const(1e-5), per_sequence=per_seq,
+                              dense=SimpleNamespace(at=lambda x: 1e-3 + 2e-6 * x + 9 * float(ar.time_s(2, x * 2048))))
     rows = []
     for branch, tokens in [("full", t) for t in (1, 8, 32, 64)] + [("piecewise", t) for t in (16, 64, 128, 256)] + \
             [("none", t) for t in (512, 1024)]:
+        decodes = tokens if branch == "full" else 0
+        sampled = decodes + (branch != "full")
         compute = 1e-3 + 2e-6 * tokens + 4 * 1e-5 + 2e-4
-        comm = 9 * (12e-6 + tokens * 2048 / bandwidth) if grow else 9 * 12e-6
-        rows.append((branch, tokens, tokens if branch == "full" else 0, 1024, 0 if branch == "full" else tokens,
+        k = factor if grow else 0.0
+        comm = 9 * (12e-6 + k * tokens * 2048 / 36e9) + 12e-6 + k * sampled * 64000 / 30e9
+        rows.append((branch, tokens, decodes, 1024, 0 if branch == "full" else tokens,
                      1e6 * (compute + offsets[branch] + comm)))
-    return latency, measured, model, pd.DataFrame(rows, columns=list(STEP_COLUMNS))
+    return latency, ar, ag, model, pd.DataFrame(rows, columns=list(STEP_COLUMNS))
 
 
-def test_the_in_engine_link_is_recovered_from_a_step_table_and_never_prices_below_the_measured_collective():
+def test_the_in_engine_factor_is_recovered_from_a_step_table_and_never_prices_below_the_collective_alone():
     offsets = {"full": 0.020, "piecewise": 0.022, "none": 0.030}
-    latency, measured, model, table = _tp_table(15e9, offsets)
-    fit = fit_in_engine_link(latency, measured, table, model, 2, "t")
-    assert fit.bandwidth == pytest.approx(15e9, rel=1e-6) and fit.latency_s == pytest.approx(12e-6)
-    assert fit.offset_s == pytest.approx(offsets) and fit.rows == len(table)
-    assert fit.held_out_max_abs_pct < 1e-6 and fit.fold_bandwidths == pytest.approx((15e9, 15e9), rel=1e-6)
-    ar = InEngineAllReduce(measured, 100e9, 0.0, "t")  # a link faster than the collective alone: the collective
-    assert ar.time_s(2, np.array([4096.0, 1e6])) == pytest.approx(measured.time_s(2, np.array([4096.0, 1e6])))
-    ar = InEngineAllReduce(measured, 15e9, 12e-6, "t")
-    assert float(ar.time_s(2, 1e6)) == pytest.approx(12e-6 + 1e6 / 15e9)
+    latency, ar, ag, model, table = _tp_table(2.5, offsets)
+    fit = fit_in_engine_factor(latency, ar, ag, table, model, 2, "t")
+    assert fit.factor == pytest.approx(2.5, rel=1e-6) and fit.offset_s == pytest.approx(offsets)
+    assert fit.rows == len(table) and fit.held_out_max_abs_pct < 1e-6
+    assert fit.fold_factors == pytest.approx((2.5, 2.5), rel=1e-6)
+    assert float(InEngineCollective(ar, 2.5, "t").time_s(2, 1e6)) == pytest.approx(12e-6 + 2.5 * 1e6 / 36e9)
+    faster = InEngineCollective(ar, 0.5, "t")  # a factor below 1 would beat the collective alone: it does not
+    assert faster.time_s(2, np.array([4096.0, 1e6])) == pytest.approx(ar.time_s(2, np.array([4096.0, 1e6])))
+    assert InEngineCollective(ar, 2.5, "t").time_s(1, 1e6) == pytest.approx(ar.time_s(1, 1e6))
 
 
-def test_a_step_table_whose_steps_do_not_grow_with_the_bytes_implies_no_link():
-    latency, measured, model, table = _tp_table(15e9, {"full": 0.02, "piecewise": 0.02, "none": 0.02}, grow=False)
-    with pytest.raises(ConfigError, match="implies no in-engine bandwidth"):
-        fit_in_engine_link(latency, measured, table, model, 2, "t")
+def test_a_step_table_whose_steps_do_not_grow_with_the_bytes_implies_no_factor():
+    latency, ar, ag, model, table = _tp_table(2.5, {"full": 0.02, "piecewise": 0.02, "none": 0.02}, grow=False)
+    with pytest.raises(ConfigError, match="implies no in-engine factor"):
+        fit_in_engine_factor(latency, ar, ag, table, model, 2, "t")
 
 
-@pytest.mark.skipif(not (DATA / "vllm_runs").is_dir(), reason="needs the shared data folder")
-def test_all_reduce_steps_is_refused_in_one_line_where_there_is_no_step_table(tmp_path, capsys):
-    from s3sim.validate import main
-
-    run = DATA / "vllm_runs" / "rtxpro6000-qwen3-32b" / "run"
-    assert main([str(run), "--out", str(tmp_path / "o"), "--profile", "none", "--all-reduce", "steps"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--all-reduce steps" in err[0] and "profile" in err[0]
-    from s3sim.hardware.gpus import get_gpu
+def test_engine_pricing_is_refused_in_one_line_where_it_cannot_be_had(tmp_path):
+    from s3sim.hardware.gpus import get_gpu, read_gpu_preset
     from s3sim.hardware.network import all_reduce_model
+    from s3sim.latency.operators import engine_factor, in_engine_factor
+
     with pytest.raises(ConfigError, match="needs latency=operators"):
-        all_reduce_model("steps", get_gpu("rtx-pro-6000"), 2)
+        all_reduce_model("engine", get_gpu("rtx-pro-6000"), 2)
+    with pytest.raises(ConfigError, match="names no whole-step table"):
+        in_engine_factor(get_gpu("a100-80gb-sxm"))
+    assert engine_factor("engine") is None and engine_factor("engine:2.5") == 2.5
+    for bad in ("engine:", "engine:x", "engine:-1"):
+        with pytest.raises(ConfigError, match="expected engine or engine:<factor > 0>"):
+            engine_factor(bad)
+    preset = Path(__file__).parents[1] / "s3sim" / "hardware" / "gpu_presets" / "rtx-pro-6000.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(preset.read_text().replace("  tp: 2", "  tp: 1"))
+    with pytest.raises(ConfigError, match="in_engine_steps must be profile"):
+        read_gpu_preset(bad)
 
 
 @pytest.mark.skipif(not (DATA / "vllm_runs").is_dir(), reason="needs the shared data folder")
-def test_latency_all_reduce_steps_prices_a_tp2_step_above_the_collective_measured_alone():
+def test_latency_all_reduce_engine_prices_a_tp2_prefill_step_with_the_fitted_factor():
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.models import get_model
-    from s3sim.latency.operators import OperatorLatency, OperatorsConfig
+    from s3sim.hardware.network import preset_measured
+    from s3sim.latency.operators import OperatorLatency, OperatorsConfig, in_engine_factor
 
     profile = str(DATA / "vllm_runs" / "rtxpro6000-qwen3-32b" / "profile")
     model, gpu = get_model("qwen3-32b"), get_gpu("rtx-pro-6000")
     price = {how: OperatorLatency.from_config(OperatorsConfig(path=profile, tp=2, all_reduce=how), model, gpu, 2)
-             .iteration_time(2048, 1, 0, 0) for how in ("measured", "steps")}
-    # 129 all-reduces of 2,048 x 5,120 x 2 bytes: about 0.59 ms each measured alone, about 1.44 ms in the engine
-    assert price["steps"] - price["measured"] == pytest.approx(129 * (12.7e-6 + 2048 * 10240 / 14.65e9 - 587e-6),
-                                                               rel=0.05)
+             .iteration_time(2048, 1, 0, 0) for how in ("measured", "engine", "engine:1")}
+    ar, k = preset_measured(gpu), in_engine_factor(gpu).factor
+    nbytes = 2048 * model.hidden_size * model.dtype_bytes
+    engine = float(ar.time_s(2, 0.0)) + k * nbytes / ar.bandwidth(2)
+    assert 2 < k < 3  # the engine moves its bytes at well under half of NCCL's bandwidth alone
+    assert price["engine"] - price["measured"] == pytest.approx(129 * (engine - float(ar.time_s(2, nbytes))),
+                                                                rel=0.02)
+    assert price["engine:1"] == pytest.approx(price["measured"], rel=0.01)  # factor 1: about the table alone

@@ -237,15 +237,17 @@ QWEN = RUNS / "rtxpro6000-qwen3-32b"
 
 
 @pytest.mark.skipif(not (QWEN / "run").is_dir(), reason="the Qwen3-32B TP2 run is not in the shared data")
-def test_a_tensor_parallel_run_is_found_by_its_model_id_and_priced_with_the_in_engine_all_reduce(tmp_path, capsys):
+def test_a_tensor_parallel_run_is_found_by_its_model_id_and_priced_with_the_collectives_as_run(tmp_path, capsys):
     """meta.json names Qwen/Qwen3-32B (a preset's hf_names) at tensor_parallel_size 2 on the RTX PRO 6000 pair:
-    its all-reduces are priced as the engine ran them (a link fitted to the profile's tp2/step.csv, with the
-    pair's measured table as floor) unless --all-reduce says otherwise, and the line says so; the measured table
-    alone is faster, and a ring faster still."""
+    its all-reduces are the pair's measured table as the engine ran it (the preset's step table fits how much
+    slower) unless --all-reduce says otherwise, and the line says so; the measured table alone is faster, and a
+    ring faster still."""
     run = trim(QWEN, tmp_path / "qwen")
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "model qwen3-32b" in stdout and "tp2" in stdout
-    assert "all-reduces: in-engine: 12.7 us + bytes at 14.7 GB/s, fitted to" in stdout and "tp2/step.csv" in stdout
+    assert ("all-reduces: measured between rtx-pro-6000 GPUs (gpu_profiles/network/rtxpro6000_pcie_2gpu/collectives.csv"
+            " in the shared data), as the engine ran it: its floor plus the bytes at 1/2.51 of its measured bandwidth "
+            "(fitted to vllm_runs/rtxpro6000-qwen3-32b/profile/tp2/step.csv)") in stdout
     auto = pd.read_csv(tmp_path / "out" / "validation.csv").set_index("metric").simulated
     stdout = run_ok(capsys, run, "--out", tmp_path / "measured", "--all-reduce", "measured")
     assert "all-reduces: measured between rtx-pro-6000 GPUs (gpu_profiles/network/rtxpro6000_pcie_2gpu" in stdout

@@ -36,6 +36,10 @@ class GpuSpec:
     # a measured all-reduce table of this GPU's servers, relative to the shared data folder (`measured_all_reduce`
     # in its preset): what `latency.all_reduce=measured` and `s3sim-validate` price tensor parallelism with
     measured_all_reduce: str = ""
+    # whole engine steps timed on `tp` of these GPUs, with the operator profile of the same model: (profile folder
+    # relative to the shared data folder, model preset, tp), which prices the measured collectives as the engine
+    # ran them (`in_engine_steps` in its preset; `s3sim.latency.operators.in_engine_factor`)
+    in_engine_steps: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -48,7 +52,7 @@ class GpuSpec:
 
 PRESETS_DIR = Path(__file__).parent / "gpu_presets"
 _SECTIONS = {"datasheet", "source", "calibration", "device_names"}
-_OPTIONAL = {"measured_all_reduce"}
+_OPTIONAL = {"measured_all_reduce", "in_engine_steps"}
 _DATASHEET = ("memory_bytes", "mem_bandwidth", "peak_flops", "host_link_bandwidth", "interconnect_bandwidth")
 _FITTED = ("compute_efficiency", "memory_efficiency", "launch_s", "attention_prefill_efficiency",
            "attention_decode_efficiency")
@@ -73,6 +77,13 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
     table = d.get("measured_all_reduce") or ""
     if not isinstance(table, str) or table.startswith("/"):
         raise ConfigError(f"{where}: measured_all_reduce must be a path relative to the shared data folder")
+    steps = d.get("in_engine_steps") or {}
+    if steps and not (isinstance(steps, dict) and set(steps) == {"profile", "model", "tp"}
+                      and isinstance(steps["profile"], str) and not steps["profile"].startswith("/")
+                      and isinstance(steps["tp"], int) and not isinstance(steps["tp"], bool) and steps["tp"] >= 2):
+        raise ConfigError(f"{where}: in_engine_steps must be profile (relative to the shared data folder), model (a "
+                          f"model preset) and tp (2 or more)")
+    steps = (steps["profile"], str(steps["model"]), steps["tp"]) if steps else ()
     sheet, fit = d["datasheet"] or {}, d["calibration"] or {}
     missing = [k for k in _DATASHEET if k not in sheet] + [k for k in (*_FITTED, "how") if k not in fit]
     if missing:
@@ -82,7 +93,7 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
         raise ConfigError(f"{where}: device_names must be a list of lower-case device names")
     spec = GpuSpec(path.stem, *(sheet[k] for k in _DATASHEET[:4]), source=str(d["source"]),
                    interconnect_bandwidth=sheet["interconnect_bandwidth"], calibration=str(fit["how"]),
-                   measured_all_reduce=table, **{k: fit[k] for k in _FITTED})
+                   measured_all_reduce=table, in_engine_steps=steps, **{k: fit[k] for k in _FITTED})
     return spec, names
 
 

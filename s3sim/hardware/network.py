@@ -12,9 +12,10 @@ Ways to price one (`latency.all_reduce`):
   link, plus a latency per hop; the fallback for a link never measured;
 - `link:<GB/s>:<us>`: one latency plus the message at one effective bandwidth (`LinkAllReduce`), for a link
   known only by those two numbers (a sensitivity study, or another simulator's setting);
-- `steps`: the all-reduce as the engine ran it (`InEngineAllReduce`, operator profiles only): a link fitted to the
-  profile's whole-step table at its TP (`s3sim.latency.operators.in_engine_all_reduce`), never below the measured
-  table; `s3sim-validate`'s default where the profile has a step table;
+- `engine`: the measured table as the serving engine ran it (`InEngineCollective`): its latency floor plus the
+  message at its measured bandwidth divided by a factor, never faster than measured alone; the factor is fitted
+  to the whole-step table the GPU preset names (`in_engine_steps`, `s3sim.latency.operators.in_engine_factor`;
+  `latency=operators` only); `s3sim-validate`'s default where the preset names one;
 - `none`: free (ideal scaling).
 """
 from __future__ import annotations
@@ -70,16 +71,24 @@ class LinkAllReduce:
         return self.latency + nbytes / self.bandwidth
 
 
-class InEngineAllReduce:
-    """An all-reduce as the serving engine ran it: the measured collective's latency floor plus the message at
-    the bandwidth a whole-step table implies (`s3sim.latency.steps.fit_in_engine_link`), and never less than the
-    collective measured alone."""
+class InEngineCollective:
+    """A collective as the serving engine ran it: the one measured alone (`measured`: a `MeasuredAllReduce`) at
+    its latency floor (its time for the smallest message) plus the message at its measured bandwidth (the
+    slope of its largest messages) divided by `factor`, and never faster than measured alone
+    (`s3sim.latency.steps.fit_in_engine_factor` fits the factor to whole steps of the engine)."""
 
-    def __init__(self, measured: "MeasuredAllReduce", bandwidth: float, latency_s: float, source: str):
-        self.measured, self.link, self.source = measured, LinkAllReduce(bandwidth, latency_s), source
+    def __init__(self, measured: "MeasuredAllReduce", factor: float, source: str):
+        if not factor > 0:
+            raise ConfigError(f"an in-engine collective needs a factor > 0, got {factor!r}")
+        self.measured, self.factor, self.source = measured, float(factor), source
 
     def time_s(self, workers: int, nbytes):
-        return np.maximum(self.measured.time_s(workers, nbytes), self.link.time_s(workers, nbytes))
+        alone = np.asarray(self.measured.time_s(workers, nbytes), dtype=np.float64)
+        if workers <= 1:
+            return alone
+        floor = float(self.measured.time_s(workers, 0.0))
+        return np.maximum(alone, floor + self.factor * np.asarray(nbytes, dtype=np.float64)
+                          / self.measured.bandwidth(workers))
 
 
 class MeasuredAllReduce:
@@ -116,6 +125,16 @@ class MeasuredAllReduce:
         if (t.groupby("num_workers").size() < 2).any():
             raise ConfigError(f"{what} profile {str(p)!r}: needs two message sizes at least per GPU count")
         return cls(t, str(p))
+
+    def bandwidth(self, workers: int) -> float:
+        """Bytes/s of the largest messages measured (the slope of the table's last segment)."""
+        self.time_s(workers, 0.0)  # a one-line error for a GPU count never measured
+        sizes, seconds = self.curves[workers]
+        slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
+        if not slope > 0:
+            raise ConfigError(f"all-reduce profile {self.source!r}: its two largest messages at {workers} GPUs give "
+                              f"no bandwidth (the larger is not slower)")
+        return float(1.0 / slope)
 
     def time_s(self, workers: int, nbytes):
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -255,9 +274,9 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     path; `auto`: measured where the preset's table has `workers` GPUs, else the ring (its source says why)."""
     if spec == "none":
         return None
-    if spec == "steps":
-        raise ConfigError("latency.all_reduce=steps fits the engine's all-reduce to an operator profile's "
-                          "tp<N>/step.csv: it needs latency=operators (or s3sim-validate with a profile)")
+    if spec == "engine":
+        raise ConfigError("latency.all_reduce=engine prices the measured table as the engine ran it, fitted to "
+                          "whole steps with an operator profile: it needs latency=operators (or s3sim-validate)")
     if spec == "auto":
         model = preset_measured(gpu)
         if model is not None and (workers is None or workers in model.curves):

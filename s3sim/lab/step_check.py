@@ -16,13 +16,15 @@ the shared step tables and in the shared runs themselves.
    holds a few such steps, so they are pooled: one step = budget / (prompt + generated tokens per second),
    summed over the seconds, against the operator model's price of a step of that many decodes (at the running
    requests' mean context) and one prefill chunk filling the rest.
-4. For a run at TP > 1 whose profile has a step table: the all-reduce as the engine ran it, fitted to that
-   table (`s3sim.latency.steps.fit_in_engine_link`, two-fold cross-validated), and parts 2 and 3 priced with
-   it (`latency.all_reduce=steps`) beside the measured collective.
+4. For a run at TP > 1 on GPUs whose preset names a step table (`in_engine_steps`): the collectives as the
+   engine ran them (the measured ones' floor plus their bytes at the measured bandwidth over a factor), the
+   factor fitted to that table
+   (`s3sim.latency.steps.fit_in_engine_factor`, two-fold cross-validated), and parts 2 and 3 priced with them
+   (`latency.all_reduce=engine`) beside the collectives measured alone.
 
 Writes results/calibration/steps.csv (the fits and held-out errors), steps_rows.csv (every step row),
 run_decode_steps.csv (every decode-only second), run_budget_steps.csv (the full-budget seconds, pooled per run)
-and in_engine_all_reduce.csv (part 4), and prints the summary the README quotes.
+and in_engine_collectives.csv (part 4), and prints the summary the README quotes.
 """
 from __future__ import annotations
 
@@ -60,19 +62,16 @@ def run_latency(run_dir: Path):
 
 
 def in_engine(run_dir: Path):
-    """(latency with the in-engine all-reduce, its `LinkFit`) for a run at TP > 1 whose profile has a step
-    table; None otherwise."""
+    """(latency with the collectives as the engine ran them, its `CollectiveFit`) for a run at TP > 1 whose GPU
+    preset names a step table; None otherwise."""
+    from s3sim.latency.operators import in_engine_factor
     from s3sim.validate import build_latency
-    from s3sim.latency.operators import in_engine_all_reduce
 
-    latency, model, engine, steps = run_latency(run_dir)
-    if engine.tp < 2 or steps is None:
+    latency, model, engine, _ = run_latency(run_dir)
+    if engine.tp < 2 or latency.gpu is None or not latency.gpu.in_engine_steps:
         return None
-    from s3sim.hardware.gpus import get_gpu
-    gpu = latency.gpu if latency.gpu is not None else get_gpu(engine.device_name)
-    _, fit = in_engine_all_reduce(run_dir / "profile", model, gpu, engine.tp)
-    lat, _ = build_latency(run_dir / "profile", model, gpu, engine.tp, all_reduce="steps")
-    return lat, fit
+    lat, _ = build_latency(run_dir / "profile", model, latency.gpu, engine.tp, all_reduce="engine")
+    return lat, in_engine_factor(latency.gpu)
 
 
 def budget_seconds(run_dir: Path, engine) -> pd.DataFrame:
@@ -177,9 +176,8 @@ def check(data: Path) -> tuple[pd.DataFrame, ...]:
             lats["in_engine"] = lat_in
             sec["in_engine_s"] = [float(lat_in.decode_run(n, c, 1, max_ctx=int(m))[0])
                                   for n, c, m in zip(sec.n, sec.ctx_sum, sec.ctx_max)]
-            links.append({"run": name, "tp": engine.tp, "bandwidth_gb_s": link.bandwidth / 1e9,
-                          "latency_us": link.latency_s * 1e6, "rows": link.rows,
-                          "fold_bandwidths_gb_s": " ".join(f"{b / 1e9:.1f}" for b in link.fold_bandwidths),
+            links.append({"run": name, "tp": engine.tp, "step_table": link.source, "factor": link.factor,
+                          "rows": link.rows, "fold_factors": " ".join(f"{k:.2f}" for k in link.fold_factors),
                           "held_out_mean_abs_pct": link.held_out_mean_abs_pct,
                           "held_out_max_abs_pct": link.held_out_max_abs_pct,
                           **{f"offset_{b}_ms": v * 1e3 for b, v in link.offset_s.items()}})
@@ -211,20 +209,21 @@ def summary(fits: pd.DataFrame, ticks: pd.DataFrame, budgets: pd.DataFrame, link
                          + (f"; step-calibrated {cal:+.1f} %" if np.isfinite(cal) else "; no step table"))
     lines.append("the runs' full-budget seconds, pooled (one step = budget / tokens per second): model / run - 1")
     for r in budgets.itertuples(index=False):
-        extra = (f"; in-engine all-reduce {100 * (r.in_engine_s / r.run_step_s - 1):+.1f} %"
+        extra = (f"; collectives as the engine ran them {100 * (r.in_engine_s / r.run_step_s - 1):+.1f} %"
                  if "in_engine_s" in budgets.columns and np.isfinite(r.in_engine_s) else "")
         lines.append(f"  {r.run} tp{r.tp}: {r.seconds} s, {r.steps:.0f} steps of {r.budget} tokens with "
                      f"{r.decodes_per_step:.0f} decodes: run step {1e3 * r.run_step_s:.1f} ms; operator sum "
                      f"{100 * (r.operator_s / r.run_step_s - 1):+.1f} %{extra}")
     for r in links.itertuples(index=False):
-        lines.append(f"in-engine all-reduce, {r.run} tp{r.tp} step table ({r.rows} rows): {r.latency_us:.3g} us + "
-                     f"bytes at {r.bandwidth_gb_s:.1f} GB/s (folds {r.fold_bandwidths_gb_s} GB/s; held-out step "
+        lines.append(f"collectives as the engine ran them, {r.run} tp{r.tp} ({r.step_table}, {r.rows} rows): "
+                     f"the measured floor plus the bytes at 1/{r.factor:.2f} of the measured bandwidth (folds "
+                     f"{r.fold_factors}; held-out step "
                      f"error mean {r.held_out_mean_abs_pct:.1f} %, max {r.held_out_max_abs_pct:.1f} %)")
         t = ticks[ticks.run == r.run]
         for lo, hi in ((1, 16), (17, 64), (65, 1024)):
             band = t[(t.n >= lo) & (t.n <= hi)]
             if len(band):
-                lines.append(f"  its decode-only seconds, batches {lo}-{hi}: in-engine all-reduce "
+                lines.append(f"  its decode-only seconds, batches {lo}-{hi}: collectives as the engine ran them "
                              f"{100 * np.median(band.in_engine_s / band.step_s - 1):+.1f} %")
     return "\n".join(lines)
 
@@ -246,10 +245,10 @@ def main(argv=None) -> int:
         write_csv(rows.round(9), out / "steps_rows.csv")
         write_csv(ticks.round(9), out / "run_decode_steps.csv")
         write_csv(budgets.round(6), out / "run_budget_steps.csv")
-        write_csv(links.round(4), out / "in_engine_all_reduce.csv")
+        write_csv(links.round(4), out / "in_engine_collectives.csv")
         print(summary(fits, ticks, budgets, links))
         print(f"tables: {out}/steps.csv, steps_rows.csv, run_decode_steps.csv, run_budget_steps.csv, "
-              f"in_engine_all_reduce.csv")
+              f"in_engine_collectives.csv")
 
     return exit_code("step_check", work)
 

@@ -23,6 +23,7 @@ profile measures that are not priced here are refused, never dropped; `qk_norm` 
 """
 from __future__ import annotations
 
+import functools
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ class OperatorsConfig:
     tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
     overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
     all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer: ring over the GPU's interconnect, measured,
-    # steps (fitted to the profile's tp<N>/step.csv), link:<GB/s>:<us>, none, or a CSV
+    # engine (measured, as the engine ran it: s3sim.hardware.network) or engine:<factor>, link:<GB/s>:<us>, none,
+    # or a CSV
     skew: str = "profile"  # uneven decode contexts: profile (its meta.yaml's measured alpha, where it has one) | none
 
     def __post_init__(self):
@@ -306,13 +308,16 @@ class OperatorLatency(LatencyModel):
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            if conf.all_reduce == "steps":  # as the engine ran it, fitted to the profile's step table
-                all_reduce, _ = in_engine_all_reduce(conf.path, model, gpu, conf.tp)
+            engine = conf.all_reduce.startswith("engine")  # the measured table as the engine ran it
+            if engine:
+                all_reduce = in_engine(gpu, all_reduce_model("measured", gpu, conf.tp), engine_factor(conf.all_reduce))
             else:
                 all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
             if conf.all_reduce != "none":
                 from s3sim.hardware.network import all_gather_model
                 gather = all_gather_model(gpu, conf.tp)
+                if engine:
+                    gather = in_engine(gpu, gather, engine_factor(conf.all_reduce))
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
                                 skew=conf.skew, gather=gather)
@@ -432,25 +437,59 @@ class OperatorLatency(LatencyModel):
         return super().swap_time(n_tokens)
 
 
-def in_engine_all_reduce(profile, model, gpu, tp: int):
-    """(`InEngineAllReduce`, `LinkFit`) for an operator profile at `tp` > 1: its `tp<tp>/step.csv` fitted
-    against the all-reduce measured between the GPUs (the preset's `measured_all_reduce`), which also sets the
-    latency floor. One-line errors where either is missing."""
-    from s3sim.hardware.network import InEngineAllReduce, all_gather_model, preset_measured
-    from s3sim.latency.steps import fit_in_engine_link, read_steps
+@functools.lru_cache(maxsize=None)
+def in_engine_factor(gpu: GpuSpec):
+    """The `CollectiveFit` of the whole-step table the GPU preset names (`in_engine_steps`: an operator profile
+    with a `tp<N>/step.csv`, its model and N), against the all-reduce measured between those GPUs (the preset's
+    `measured_all_reduce`). One-line errors where either is missing."""
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import all_gather_model, preset_measured
+    from s3sim.inputs import SHARED_DATA_DIR
+    from s3sim.latency.steps import fit_in_engine_factor, read_steps
 
-    if tp < 2:
-        raise ConfigError("latency.all_reduce=steps prices tensor parallelism: it needs a TP of 2 or more")
+    if not gpu.in_engine_steps:
+        raise ConfigError(f"the {gpu.name} preset names no whole-step table (in_engine_steps) to price collectives "
+                          f"as the engine ran them: use measured, ring, link:<GB/s>:<us> or none")
+    folder, model_name, tp = gpu.in_engine_steps
+    profile = SHARED_DATA_DIR / folder
     table = profile_folder(profile, tp) / "step.csv"
     if not table.is_file():
-        raise ConfigError(f"latency.all_reduce=steps: the profile has no step table {str(table)!r}")
+        raise ConfigError(f"the {gpu.name} preset's in_engine_steps: no step table {str(table)!r} in the shared data")
     measured = preset_measured(gpu)
     if measured is None or tp not in measured.curves:
-        raise ConfigError(f"latency.all_reduce=steps fits the step table beside the all-reduce measured between "
-                          f"{tp} {gpu.name} GPUs, and the preset names no such table (measured_all_reduce)")
-    latency = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=measured,
-                                           gather=all_gather_model(gpu, tp))
-    fit = fit_in_engine_link(latency, measured, read_steps(table), model, tp, str(table))
-    how = (f"in-engine: {fit.latency_s * 1e6:.3g} us + bytes at {fit.bandwidth / 1e9:.3g} GB/s, fitted to {table} "
-           f"beside the measured table ({measured.source}), never below it")
-    return InEngineAllReduce(measured, fit.bandwidth, fit.latency_s, how), fit
+        raise ConfigError(f"the {gpu.name} preset's in_engine_steps are fitted beside the all-reduce measured between "
+                          f"{tp} of its GPUs, and it names no such table (measured_all_reduce)")
+    model = get_model(model_name)
+    gather = all_gather_model(gpu, tp)
+    latency = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=measured, gather=gather)
+    return fit_in_engine_factor(latency, measured, gather, read_steps(table), model, tp, f"{folder}/tp{tp}/step.csv")
+
+
+def engine_factor(spec: str) -> float | None:
+    """The factor `engine:<factor>` gives (None for plain `engine`: the one fitted to the preset's step table)."""
+    if spec == "engine":
+        return None
+    try:
+        factor = float(spec.split(":", 1)[1])
+    except (IndexError, ValueError):
+        factor = float("nan")
+    if not factor > 0:
+        raise ConfigError(f"all-reduce {spec!r}: expected engine or engine:<factor > 0>, e.g. engine:2.5")
+    return factor
+
+
+def in_engine(gpu: GpuSpec, collective, factor: float | None = None):
+    """`collective` (a measured table's model: `MeasuredAllReduce`) as the engine ran it: with `factor`, or the
+    one fitted to the whole-step table the GPU preset names (None); `collective` itself where it is not a
+    measured table (a ring, a link)."""
+    from s3sim.hardware.network import InEngineCollective, MeasuredAllReduce
+
+    if not isinstance(collective, MeasuredAllReduce):
+        return collective
+    if factor is None:
+        fit = in_engine_factor(gpu)
+        factor, how = fit.factor, f"fitted to {fit.source}"
+    else:
+        how = "a factor given, not fitted"
+    return InEngineCollective(collective, factor, f"{collective.source}, as the engine ran it: its floor plus the "
+                                                  f"bytes at 1/{factor:.3g} of its measured bandwidth ({how})")

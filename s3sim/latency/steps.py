@@ -142,64 +142,67 @@ class StepCalibrated:
         return np.asarray(self.fit.seconds(t, self.fit.branch(float(decode_tokens), True)), dtype=np.float64)
 
 
-# ---- tensor parallelism's all-reduce as the engine ran it ----------------------------------------------------
+# ---- the collectives as the engine ran them -----------------------------------------------------------------
 @dataclass(frozen=True)
-class LinkFit:
-    """The in-engine all-reduce a step table implies: `latency_s` (the measured collective's floor) plus the
-    message at `bandwidth` bytes/s; `offset_s` per CUDA-graph mode; the two folds' bandwidths and the held-out
-    error of the steps priced with them."""
+class CollectiveFit:
+    """How much slower the engine's collectives move their bytes than measured alone: `factor` times the time
+    at the measured bandwidth, beyond each one's latency floor; `offset_s` per CUDA-graph mode; each fold's
+    factor and the held-out error of the steps priced with it."""
 
-    bandwidth: float
-    latency_s: float
+    factor: float
     offset_s: dict
     rows: int
-    fold_bandwidths: tuple
+    fold_factors: tuple
     held_out_mean_abs_pct: float
     held_out_max_abs_pct: float
     source: str
 
 
-def _link_lstsq(branch: np.ndarray, excess: np.ndarray, volume: np.ndarray):
-    """excess = offset[mode] + volume / bandwidth, least squares: (offsets, 1 / bandwidth)."""
+def _factor_lstsq(branch: np.ndarray, excess: np.ndarray, beyond: np.ndarray):
+    """excess = offset[mode] + factor x beyond, least squares: (offsets, factor)."""
     modes = sorted(set(branch))
-    x = np.column_stack([(branch == m).astype(float) for m in modes] + [volume])
+    x = np.column_stack([(branch == m).astype(float) for m in modes] + [beyond])
     coef, *_ = np.linalg.lstsq(x, excess, rcond=None)
     return dict(zip(modes, coef[:-1].tolist())), float(coef[-1])
 
 
-def fit_in_engine_link(latency, measured, steps: pd.DataFrame, model, tp: int, source: str = "") -> LinkFit:
-    """Tensor parallelism's all-reduce as a whole-step table shows it. `latency` is the operator model of the
-    table's TP with every all-reduce priced by `measured` (the collective timed alone); its compute is that price
-    less those all-reduces. Each step is then fitted as compute + a constant per CUDA-graph mode + the step's
-    2 L + 1 all-reduces at `measured`'s latency floor plus their bytes at one bandwidth, the one term that grows
-    with the messages; a constant the table has and a run does not (a timing harness, a sleep) stays in the
-    offsets. Compute is priced as profiled (scale 1): on the same GPU the runs at TP1 replay within a few per
-    cent that way, and a scale fitted with the bandwidth is not identifiable (both grow with tokens)."""
+def fit_in_engine_factor(latency, measured, gather, steps: pd.DataFrame, model, tp: int,
+                         source: str = "") -> CollectiveFit:
+    """The collectives as a whole-step table at `tp` > 1 shows them. `latency` is the operator model of the
+    table's TP with every all-reduce priced by `measured` and the logits' all-gather by `gather` (each a
+    `MeasuredAllReduce`, timed alone); its compute is that price less those collectives. Each step is fitted as
+    compute + a constant per CUDA-graph mode + its 2 L + 1 all-reduces and one all-gather, each at its measured
+    latency floor plus its bytes at its measured bandwidth (the slope of its largest messages) divided by
+    `factor`: the one term that grows with the messages. A constant the table has and a run does not (a timing
+    harness) stays in the offsets. Compute is priced as profiled (scale 1): on the same GPU the runs at TP1
+    replay within a few per cent so, and a compute scale fitted with the factor cannot be told apart from it
+    (both grow with tokens)."""
     n_ar = 2 * model.n_layers + 1
     branch = steps.branch.to_numpy()
     nbytes = steps.num_tokens.to_numpy(np.float64) * model.hidden_size * model.dtype_bytes
-    floor = float(measured.time_s(tp, 0.0))
-    compute = operator_seconds(latency, steps) - n_ar * measured.time_s(tp, nbytes)
-    excess = steps.step_us.to_numpy(np.float64) * 1e-6 - compute - n_ar * floor
-    volume = n_ar * nbytes
+    sampled = steps.n_decode.to_numpy(np.float64) + (steps.prefill_chunk.to_numpy() > 0)
+    logits = sampled * model.vocab_size * model.dtype_bytes
+    floors = n_ar * float(measured.time_s(tp, 0.0)) + float(gather.time_s(tp, 0.0))
+    compute = operator_seconds(latency, steps) - n_ar * measured.time_s(tp, nbytes) - gather.time_s(tp, logits)
+    step_s = steps.step_us.to_numpy(np.float64) * 1e-6
+    excess = step_s - compute - floors
+    beyond = n_ar * nbytes / measured.bandwidth(tp) + logits / gather.bandwidth(tp)
     if np.unique(nbytes).size < 2:
-        raise ConfigError(f"step table {source!r}: one message size only, so no bandwidth to fit")
-    offsets, inverse = _link_lstsq(branch, excess, volume)
-    if not inverse > 0:
+        raise ConfigError(f"step table {source!r}: one message size only, so no factor to fit")
+    offsets, factor = _factor_lstsq(branch, excess, beyond)
+    if not factor > 0:
         raise ConfigError(f"step table {source!r}: its steps do not grow with the all-reduces' bytes beyond the "
-                          f"operator sum, so it implies no in-engine bandwidth (use the measured table)")
+                          f"operator sum, so it implies no in-engine factor (price the collectives as measured)")
     held = np.full(len(steps), np.nan)
     folds = []
     for fold in (0, 1):
         train = np.arange(len(steps)) % 2 != fold
-        off, inv = _link_lstsq(branch[train], excess[train], volume[train])
-        folds.append(1.0 / inv if inv > 0 else float("inf"))
-        test = ~train
-        known = np.array([b in off for b in branch[test]])
-        pred = (compute[test] + n_ar * floor + np.array([off.get(b, np.nan) for b in branch[test]])
-                + volume[test] * max(inv, 0.0))
-        held[np.flatnonzero(test)[known]] = pred[known]
-    err = np.abs(held / (steps.step_us.to_numpy(np.float64) * 1e-6) - 1)
+        off, k = _factor_lstsq(branch[train], excess[train], beyond[train])
+        folds.append(k)
+        test = np.flatnonzero(~train)
+        known = [i for i in test if branch[i] in off]
+        held[known] = [compute[i] + floors + off[branch[i]] + k * beyond[i] for i in known]
+    err = np.abs(held / step_s - 1)
     err = err[np.isfinite(err)]
-    return LinkFit(1.0 / inverse, floor, offsets, len(steps), tuple(folds), float(100 * err.mean()),
-                   float(100 * err.max()), source)
+    return CollectiveFit(factor, offsets, len(steps), tuple(folds), float(100 * err.mean()), float(100 * err.max()),
+                         source)
