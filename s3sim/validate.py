@@ -606,10 +606,12 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     if factor is not False:
         from s3sim.latency.operators import in_engine
         gather = in_engine(gpu, gather, factor)
-    how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token)"
+    graphs = min(2 * engine.max_num_seqs, 512)  # vLLM V1's default largest CUDA graph (max_cudagraph_capture_size)
+    how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "
+           f"up to {graphs} tokens, vLLM's largest CUDA graph by default, every rank padded to the largest rank's)"
            + (f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})"
               if engine.expert_parallel else "; every rank holds every expert"))
-    return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how), how
+    return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how, graph_tokens=graphs), how
 
 
 def calibrate_steps(latency, how: str, profile: Path | None, tp: int):

@@ -79,6 +79,31 @@ def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exc
     assert abs(one_busy / alone - 1) < 1.0  # the same order as one engine serving it
 
 
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+def test_within_a_cuda_graph_every_rank_is_padded_to_the_largest_ranks_tokens():
+    """vLLM pads the data-parallel ranks to the same token count where their batches fit a CUDA graph: the idle
+    rank's dummy runs 33 tokens and the expert layer sees 2 x 33; beyond the largest graph, nothing is padded."""
+    from s3sim.core.data_parallel import merged
+    from s3sim.core.output import SchedulerOutput
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import all_gather_model
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.latency.operators import OperatorLatency
+
+    m, g = get_model("qwen3-30b-a3b"), get_gpu("rtx-pro-6000")
+    inner = OperatorLatency.from_profile(MOE, m, g)
+    gather = all_gather_model(g, 2)
+    busy = SchedulerOutput(decode=[], decode_n=33, decode_ctx=33 * 1000)
+    step = merged([busy, SchedulerOutput()])
+    padded, eager = (DataParallelLatency(inner, 2, True, gather, graph_tokens=k).batch_time(step) for k in (512, 16))
+    rank = DataParallelLatency(inner, 2, True, gather)._rank(busy)[0]
+    experts = lambda total: inner.layers * (inner.experts.seconds_expert_parallel(float(total), 2)
+                                            + 2 * float(gather.time_s(2, total * m.hidden_size * m.dtype_bytes)))
+    assert padded == pytest.approx(rank + experts(66))
+    assert eager == pytest.approx(rank + experts(34))  # 33 tokens and the idle rank's one
+
+
 def moe_run(tmp_path, n=40, **engine):
     """The first `n` requests of the PRO 6000 Llama run, recorded as if Qwen3-30B-A3B under `engine` settings."""
     run = tmp_path / "run"

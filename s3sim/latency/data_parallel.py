@@ -10,6 +10,11 @@ an MoE model stepping). The step takes the slowest rank's time plus, in every la
   same bytes, for the reduce-scatter nobody measured here); the collectives come from the GPU's measured table
   where it has one (the RTX PRO 6000 pair's `all_gather` rows), else a ring over its link, said so in `source`;
 - without it, each rank holds every expert and computes its own tokens' (inside its own batch's time).
+
+Padding across ranks (vLLM V1's `coordinate_batch_across_dp`): where every rank's batch fits a CUDA graph (at
+most `graph_tokens`, vLLM's largest captured size), all ranks run the largest rank's token count, so each
+rank's dense operators and the expert layer's tokens are the padded ones (ranks x the largest); where one
+rank's batch is beyond it, every rank runs eagerly and unpadded. `graph_tokens=0` leaves padding out.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ from s3sim.core.errors import ConfigError
 class DataParallelLatency:
     skew_alpha = 0.0  # each rank's decodes are priced at their mean context
 
-    def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = ""):
+    def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = "",
+                 graph_tokens: int = 0):
         if inner.experts is None:
             raise ConfigError("data-parallel ranks stepping together are modelled for a mixture-of-experts model "
                               "priced by its operator profile (latency=operators with a moe.csv)")
@@ -30,6 +36,7 @@ class DataParallelLatency:
         self.inner, self.ranks, self.expert_parallel, self.gather = inner, int(ranks), bool(expert_parallel), gather
         self.model = inner.model
         self.source = source
+        self.graph_tokens = int(graph_tokens)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -47,9 +54,16 @@ class DataParallelLatency:
         if out.is_empty:
             return 0.0
         ranks = [self._rank(p) for p in out.parts]
-        t = max(s for s, _ in ranks)
+        most = max(n for _, n in ranks)
+        if most <= self.graph_tokens:  # padded to the largest rank's tokens: each rank's dense operators run them
+            dense = self.inner.dense_base if self.expert_parallel else self.inner.dense
+            t = max(s + dense.at(float(most)) - dense.at(float(n)) for s, n in ranks)
+            total = most * len(ranks)
+        else:
+            t = max(s for s, _ in ranks)
+            total = sum(n for _, n in ranks)
         if self.expert_parallel:
-            lat, total = self.inner, sum(n for _, n in ranks)
+            lat = self.inner
             nbytes = total * self.model.hidden_size * self.model.dtype_bytes
             exchange = 2 * float(np.asarray(self.gather.time_s(self.ranks, nbytes)))
             t += lat.layers * (lat.experts.seconds_expert_parallel(float(total), self.ranks) + exchange)
