@@ -43,8 +43,9 @@ def requests(prompts, outputs, arrivals=None):
 
 def scheduler(policy, cap_tokens, outputs, mode="recompute", accuracy=0.8, error_shape="adjacent", block_size=4,
               msl=MSL, repredict=None, **policy_kw):
-    paged = "block_size" in POLICY_CLASSES[policy].Config.__dataclass_fields__
-    paging = {"block_size": block_size, "watermark": 0.0} if paged else {}
+    paged = "watermark" in POLICY_CLASSES[policy].Config.__dataclass_fields__  # the paged policies (not s3's blocks)
+    paging = ({"block_size": block_size, "watermark": 0.0} if paged else
+              {"block_size": policy_kw.pop("s3_block_size", 1)} if policy in ("s3", "oracle") else {})
     if policy == "vllm":
         policy_kw.setdefault("prefix_caching", False)  # the executor keeps no prefix cache (vllm's default is on)
     cfg = {"max_seq_len": msl, "seed": 0,

@@ -57,6 +57,16 @@ def test_tight_memory_preempts_and_resumes_to_the_same_tokens(policy, mode, ref)
         assert max(res.log.batch) <= 2
 
 
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_s3_reserving_paged_blocks_preempts_and_resumes_to_the_same_tokens(mode, ref):
+    """policy.block_size=4: S3's reservations in whole blocks of a paged pool, the same admission order and
+    supervisor; every reservation a whole number of blocks, and generate's tokens under preemption."""
+    res = run("s3", 150, PROMPTS, OUTPUTS, mode=mode, accuracy=0.0, error_shape="under", s3_block_size=4)
+    check_equal(res, ref)
+    pool = res.scheduler.pool
+    assert pool.unit_tokens == 4 and pool.capacity == 150 // 4 and res.scheduler.preemptions > 0
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_natural_mode_stops_at_end_of_sequence_like_generate(policy, natural):
     eos, expected = natural

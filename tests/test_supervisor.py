@@ -212,3 +212,29 @@ def test_reserve_by_cost_trades_memory_against_the_expected_recompute():
         assert res.requests[0].first_bucket == bucket, w
     with pytest.raises(ConfigError, match="policy.overflow_cost must be a non-negative number"):
         S3Config(name="s3", overflow_cost=-1.0)
+
+
+def test_s3_over_paged_blocks_reserves_whole_blocks_with_the_same_order_and_supervisor():
+    """policy.block_size: reservations round up to whole blocks of a paged pool; 1 is tokens (the default)."""
+    assert S3Config(name="s3").block_size == 1
+    for bad in (0, -16, 2.5, True):
+        with pytest.raises(ConfigError, match="policy.block_size must be a positive integer"):
+            S3Config(name="s3", block_size=bad)
+    dist = [0, 1.0] + [0] * 8  # every request reserves 20 output tokens
+    seen = []
+
+    class Watch(S3Scheduler):
+        def _admit(self, r, batch, now):
+            seen.append(self.pool.held[r.id])
+            super()._admit(r, batch, now)
+
+    pred = FixedDistribution(B, dist)
+    blocks = Watch(KVPool(100 // 16, unit_tokens=16), 100, pred, Supervisor(pred))
+    res = simulate(reqs([5, 30, 13], [15, 25, 40]), blocks, LAT)
+    # ceil((30 + 20) / 16) = 4 blocks first (largest first), then the largest that fits the 2 left,
+    # ceil((5 + 20) / 16) = 2; ceil((13 + 20) / 16) = 3 when blocks come back
+    assert seen[:3] == [4, 2, 3]
+    assert sorted(r.id for r in res.scheduler.finished) == [0, 1, 2]
+    assert res.scheduler.supervisor.mispredictions >= 2  # 25 and 40 outgrow 20: grown, in blocks
+    res.scheduler.pool.check_empty()
+    assert res.kv_capacity_tokens == 96  # 6 whole blocks of the 100 tokens

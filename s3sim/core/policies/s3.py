@@ -11,6 +11,10 @@ newest running requests are preempted to make room if recomputing them costs few
 recomputing the overflowing one, else that one is preempted. Decreasing first-fit starves large
 requests under a stream of small ones; `max_wait` bounds that: a request queued that long is admitted
 first, and nothing else is admitted until it fits.
+
+Memory is reserved in tokens (`block_size=1`, the paper) or in blocks of `block_size` tokens (S3's
+reservations over a paged KV cache, as vLLM holds it: a reservation rounds up to whole blocks); the admission
+order, the supervisor and the token budget stay the same, so S3 over paged blocks is a configuration.
 """
 from __future__ import annotations
 
@@ -43,9 +47,12 @@ class S3Config(PolicyConfig):
     quantile: float = 0.5  # the quantile of the predicted distribution for reserve=quantile and grow=conditional
     make_room: bool = True  # an overflow with memory short preempts the newest requests instead, if cheaper
     max_wait: Optional[float] = None  # seconds: a request queued this long is admitted before any other
+    block_size: int = 1  # tokens per unit reserved: 1, tokens (the paper); 16, S3's reservations over paged blocks
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ConfigError(f"policy.block_size must be a positive integer, got {self.block_size!r}")
         if self.grow not in GROW_MODES:
             raise ConfigError(f"policy.grow '{self.grow}' is unknown; valid: {', '.join(GROW_MODES)}")
         if self.reserve not in RESERVE_MODES:
@@ -66,7 +73,8 @@ class S3Scheduler(Scheduler):
     def from_config(cls, conf: S3Config, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
         sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback,
                          quantile=conf.quantile)
-        return cls(KVPool(capacity_tokens), max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
+        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        return cls(pool, max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens,
                    reserve=conf.reserve, make_room=conf.make_room, max_wait=conf.max_wait,
                    overflow_cost=conf.overflow_cost)
@@ -85,7 +93,7 @@ class S3Scheduler(Scheduler):
         self.overflow_cost = float(overflow_cost)
         # the predicted distribution is kept per request only when something reads it
         self._keeps_dist = reserve != "mode" or self.supervisor.grow == "conditional"
-        self.waiting = SortedKeyList(key=lambda r: (r.prompt_len + r.reserved_out, -r.id))
+        self.waiting = SortedKeyList(key=lambda r: (self._units(r), -r.id))
         self.max_wait = max_wait
         self._queued_at: dict[int, float] = {}  # waiting request id -> when it (re-)entered the queue
         self._by_age: list = []  # heap of (queued_at, id, request); entries of admitted requests are skipped
@@ -94,6 +102,11 @@ class S3Scheduler(Scheduler):
 
     def _reserved_out(self, bucket: int) -> int:
         return min(self.buckets.upper_of(bucket), self.max_seq_len)
+
+    def _units(self, r: Request, out: int | None = None) -> int:
+        """The pool's units (tokens, or blocks of `block_size`) holding `r`'s prompt and `out` (its reserved
+        output by default) tokens."""
+        return self.pool.units_for(r.prompt_len + (r.reserved_out if out is None else out))
 
     def add(self, requests):
         if not requests:
@@ -144,8 +157,8 @@ class S3Scheduler(Scheduler):
         return (h[0][0], h[0][2]) if h else None
 
     def _take(self, r: Request, batch: SchedulerOutput, now: float) -> int:
-        """Reserve for and admit waiting request `r` (already out of `waiting`); returns its reservation."""
-        need = r.prompt_len + r.reserved_out
+        """Reserve for and admit waiting request `r` (already out of `waiting`); returns its reservation (units)."""
+        need = self._units(r)
         self._queued_at.pop(r.id, None)
         self.pool.reserve(r.id, need)
         self._admit(r, batch, now)
@@ -167,7 +180,7 @@ class S3Scheduler(Scheduler):
             old = self._oldest()
             if old is not None and now - old[0] >= self.max_wait:
                 r = old[1]
-                if r.prompt_len + r.reserved_out > free:
+                if self._units(r) > free:
                     return batch  # nothing else is admitted until the memory it needs has been freed
                 self.waiting.remove(r)
                 free -= self._take(r, batch, now)
@@ -187,7 +200,7 @@ class S3Scheduler(Scheduler):
         if new_out <= r.reserved_out:
             raise InvariantViolation(
                 f"t={now:.6f}s request {r.id} needs more than max_seq_len={self.max_seq_len} output tokens")
-        extra = new_out - r.reserved_out
+        extra = self._units(r, new_out) - self._units(r)
         free = self.pool.can_reserve(extra)
         if self.supervisor.in_place and not free and self.make_room:
             free = self._make_room(r, extra, now)
@@ -202,7 +215,7 @@ class S3Scheduler(Scheduler):
         self._enqueue(r, now)
 
     def _make_room(self, r: Request, extra: int, now: float) -> bool:
-        """Preempt the newest running requests (not `r`) until `extra` tokens are free, if recomputing them
+        """Preempt the newest running requests (not `r`) until `extra` units are free, if recomputing them
         costs fewer tokens than recomputing `r`; returns whether the room is there."""
         own = r.prompt_len + self.generated(r)  # what preempting `r` itself would recompute
         victims, freed, cost = [], self.pool.free, 0
