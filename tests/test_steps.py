@@ -79,6 +79,12 @@ def test_step_check_measures_the_tables_and_the_runs_decode_seconds(tmp_path, ca
     qwen = fits[(fits.run == "rtxpro6000-qwen3-32b") & (fits.branch == "full")].iloc[0]
     assert qwen.median_step_over_operators > 1.5  # the TP2 step table is far above its operator sum
     assert "held-out error" in capsys.readouterr().out
+    # full-budget steps: the collectives measured alone price the TP2 run's fast, the engine's factor does not
+    budget = pd.read_csv(tmp_path / "run_budget_steps.csv").set_index("run")
+    q = budget.loc["rtxpro6000-qwen3-32b"]
+    assert q.decodes_per_step < 128 and q.operator_s < 0.85 * q.run_step_s < q.in_engine_s
+    factor = pd.read_csv(tmp_path / "in_engine_collectives.csv").set_index("run").loc["rtxpro6000-qwen3-32b"]
+    assert 2 < factor.factor < 3 and factor.rows == 82
 
 
 class _Measured:

@@ -76,27 +76,17 @@ def in_engine(run_dir: Path):
 
 def budget_seconds(run_dir: Path, engine) -> pd.DataFrame:
     """The run's full-budget seconds (part 3 of the module doc): `t, running, tokens, generated, ctx_mean`."""
-    from s3sim.inputs import read_csv
-    from s3sim.validate import read_run
-
-    run = read_run(run_dir / "run")
-    req = run.requests
-    ts = read_csv(run.dir / "timeseries.csv", f"{run.dir / 'timeseries.csv'}: not a CSV")
-    t0 = req.queued_ts.min()
-    tick = float(np.median(np.diff(ts.t))) if len(ts) > 1 else 1.0
-    first, last = (req.first_token_ts - t0).to_numpy(), (req.last_token_ts - t0).to_numpy()
+    tl = RunTimeline(run_dir)
+    ts = tl.series
     kv = ts.kv_cache_pct if "kv_cache_pct" in ts.columns else pd.Series(0.0, index=ts.index)
     rows = []
     for r, k in zip(ts.itertuples(index=False), kv):
         tokens = r.prompt_throughput + r.gen_throughput
-        if (r.t <= tick or r.prompt_throughput <= 0 or r.waiting < 1 or r.running > engine.max_num_seqs - 2 or k >= 90
-                or r.gen_throughput * engine.max_num_batched_tokens > r.running * tokens):
+        if (r.t <= tl.tick or r.prompt_throughput <= 0 or r.waiting < 1 or r.running > engine.max_num_seqs - 2
+                or k >= 90 or r.gen_throughput * engine.max_num_batched_tokens > r.running * tokens):
             continue  # a slot freed within the second, or more decodes a step than requests: the budget did not bind
-        mid = r.t - 0.5 * tick
-        on = (first <= mid) & (last >= mid)
-        share = np.clip((mid - first[on]) / np.maximum(last[on] - first[on], 1e-9), 0, 1)
-        ctx = req.input_toks.to_numpy()[on] + share * req.output_toks.to_numpy()[on]
-        rows.append((r.t, int(r.running), float(r.prompt_throughput + r.gen_throughput), float(r.gen_throughput),
+        ctx = tl.contexts(r.t)
+        rows.append((r.t, int(r.running), float(tokens), float(r.gen_throughput),
                      float(ctx.mean()) if len(ctx) else 0.0))
     return pd.DataFrame(rows, columns=["t", "running", "tokens", "generated", "ctx_mean"])
 
@@ -113,32 +103,48 @@ def pooled_budget_step(sec: pd.DataFrame, budget: int, latencies: dict) -> dict:
     return row
 
 
+class RunTimeline:
+    """A shared run's per-second series (`series`, ticks of `tick` seconds) and, at any second, the contexts of
+    the requests running at its middle (each one's prompt plus the share of its output produced by then)."""
+
+    NEED = ("t", "prompt_throughput", "gen_throughput", "running", "waiting")
+
+    def __init__(self, run_dir: Path):
+        from s3sim.inputs import read_csv
+        from s3sim.validate import read_run
+
+        run = read_run(run_dir / "run")
+        self.req = req = run.requests
+        path = run.dir / "timeseries.csv"
+        self.series = ts = read_csv(path, f"{path}: not a CSV")
+        if missing := [c for c in self.NEED if c not in ts.columns]:
+            raise ConfigError(f"{path}: missing column {missing[0]!r} (needs {', '.join(self.NEED)})")
+        t0 = req.queued_ts.min()
+        self.tick = float(np.median(np.diff(ts.t))) if len(ts) > 1 else 1.0
+        self.first, self.last = (req.first_token_ts - t0).to_numpy(), (req.last_token_ts - t0).to_numpy()
+
+    def running_at(self, t: float) -> np.ndarray:
+        mid = t - 0.5 * self.tick
+        return (self.first <= mid) & (self.last >= mid)
+
+    def contexts(self, t: float) -> np.ndarray:
+        mid, on = t - 0.5 * self.tick, self.running_at(t)
+        share = np.clip((mid - self.first[on]) / np.maximum(self.last[on] - self.first[on], 1e-9), 0, 1)
+        return self.req.input_toks.to_numpy()[on] + share * self.req.output_toks.to_numpy()[on]
+
+
 def decode_seconds(run_dir: Path) -> pd.DataFrame:
     """The run's decode-only seconds: `t, running, step_s` and the rebuilt batch (`n`, `ctx_sum`)."""
-    from s3sim.inputs import read_csv
-    from s3sim.validate import read_run
-
-    run = read_run(run_dir / "run")
-    req = run.requests
-    ts = read_csv(run.dir / "timeseries.csv", f"{run.dir / 'timeseries.csv'}: not a CSV")
-    need = ("t", "prompt_throughput", "gen_throughput", "running", "waiting")
-    if missing := [c for c in need if c not in ts.columns]:
-        raise ConfigError(f"{run.dir / 'timeseries.csv'}: missing column {missing[0]!r} (needs {', '.join(need)})")
-    t0 = req.queued_ts.min()
-    tick = float(np.median(np.diff(ts.t))) if len(ts) > 1 else 1.0
-    first, last = (req.first_token_ts - t0).to_numpy(), (req.last_token_ts - t0).to_numpy()
+    tl = RunTimeline(run_dir)
     rows = []
-    for r in ts.itertuples(index=False):
+    for r in tl.series.itertuples(index=False):
         if r.prompt_throughput > 0 or r.waiting > 0 or r.running < 1 or r.gen_throughput <= 0:
             continue
-        mid = r.t - 0.5 * tick
-        on = (first <= mid) & (last >= mid)
-        if not on.any() or abs(int(on.sum()) - r.running) > max(1, 0.1 * r.running):
+        n = int(tl.running_at(r.t).sum())
+        if not n or abs(n - r.running) > max(1, 0.1 * r.running):
             continue  # requests came or went within the second: its batch is not one size
-        share = np.clip((mid - first[on]) / np.maximum(last[on] - first[on], 1e-9), 0, 1)
-        ctx = req.input_toks.to_numpy()[on] + share * req.output_toks.to_numpy()[on]
-        rows.append((r.t, int(r.running), int(on.sum()), float(ctx.sum()), float(ctx.max()),
-                     r.running / r.gen_throughput))
+        ctx = tl.contexts(r.t)
+        rows.append((r.t, int(r.running), n, float(ctx.sum()), float(ctx.max()), r.running / r.gen_throughput))
     return pd.DataFrame(rows, columns=["t", "running", "n", "ctx_sum", "ctx_max", "step_s"])
 
 
