@@ -575,14 +575,15 @@ def engine_collectives(all_reduce: str, gpu, workers: int):
     """Whether `--all-reduce` prices the collectives between `workers` GPUs as the engine ran them (`engine` or
     `engine:<factor>`; or `auto` where the GPU preset names a step table to fit that to and a table measured
     between that many): False, or the factor (None: the fitted one)."""
-    from s3sim.latency.operators import engine_factor, in_engine_factor
+    from s3sim.latency.operators import engine_factor, in_engine_factor, in_engine_table
 
     if all_reduce.startswith("engine"):
         factor = engine_factor(all_reduce)
         if factor is None:
             in_engine_factor(gpu)  # a one-line error where the preset names no step table
         return factor
-    if all_reduce != "auto" or not gpu.in_engine_steps:
+    table = in_engine_table(gpu)
+    if all_reduce != "auto" or table is None or not table.is_file():  # auto without the table: measured alone
         return False
     from s3sim.hardware.network import preset_measured
     measured = preset_measured(gpu)

@@ -178,3 +178,18 @@ def test_latency_all_reduce_engine_prices_a_tp2_prefill_step_with_the_fitted_fac
     assert price["engine"] - price["measured"] == pytest.approx(129 * (engine - float(ar.time_s(2, nbytes))),
                                                                 rel=0.02)
     assert price["engine:1"] == pytest.approx(price["measured"], rel=0.01)  # factor 1: about the table alone
+
+
+def test_auto_falls_back_to_the_collective_measured_alone_without_the_step_table():
+    """A preset whose step table is not in the shared data: `auto` prices the collectives as measured (the
+    latency line says which), `engine` is refused in one line."""
+    import dataclasses
+
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.validate import engine_collectives
+
+    gpu = dataclasses.replace(get_gpu("rtx-pro-6000"), in_engine_steps=("nowhere/profile", "qwen3-32b", 2))
+    assert engine_collectives("auto", gpu, 2) is False and engine_collectives("measured", gpu, 2) is False
+    assert engine_collectives("engine:2", gpu, 2) == 2.0
+    with pytest.raises(ConfigError, match="no step table"):
+        engine_collectives("engine", gpu, 2)

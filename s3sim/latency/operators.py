@@ -437,6 +437,17 @@ class OperatorLatency(LatencyModel):
         return super().swap_time(n_tokens)
 
 
+def in_engine_table(gpu: GpuSpec) -> Path | None:
+    """The whole-step table the GPU preset names (`in_engine_steps`: a profile folder holding `tp<N>/step.csv`),
+    under the shared data folder; None where it names none."""
+    from s3sim.inputs import SHARED_DATA_DIR
+
+    if not gpu.in_engine_steps:
+        return None
+    folder, _, tp = gpu.in_engine_steps
+    return SHARED_DATA_DIR / folder / f"tp{tp}" / "step.csv"
+
+
 @functools.lru_cache(maxsize=None)
 def in_engine_factor(gpu: GpuSpec):
     """The `CollectiveFit` of the whole-step table the GPU preset names (`in_engine_steps`: an operator profile
@@ -452,7 +463,7 @@ def in_engine_factor(gpu: GpuSpec):
                           f"as the engine ran them: use measured, ring, link:<GB/s>:<us> or none")
     folder, model_name, tp = gpu.in_engine_steps
     profile = SHARED_DATA_DIR / folder
-    table = profile_folder(profile, tp) / "step.csv"
+    table = in_engine_table(gpu)
     if not table.is_file():
         raise ConfigError(f"the {gpu.name} preset's in_engine_steps: no step table {str(table)!r} in the shared data")
     measured = preset_measured(gpu)
