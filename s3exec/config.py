@@ -173,8 +173,8 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     else:
         wl, idx, arrivals = sample_workload(cfg, run)
         output = wl.output_len[idx].astype(np.int64)
-        if cfg["workload"]["name"] in TEXT_WORKLOADS:
-            prompts = text_prompts(cfg, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
+        if run.workload.name in TEXT_WORKLOADS:
+            prompts = text_prompts(run.workload, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
         else:
             prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
     max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)

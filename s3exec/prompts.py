@@ -36,9 +36,9 @@ def encode(tokenizer, text: str, chat_template: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def text_prompts(cfg, wl, idx, tokenizer, chat_template: bool = True) -> list[list[int]]:
-    """Token ids of the sampled rows' prompts."""
-    name = cfg["workload"]["name"]
+def text_prompts(workload, wl, idx, tokenizer, chat_template: bool = True) -> list[list[int]]:
+    """Token ids of the sampled rows' prompts (`workload`: the run's `s3sim.spec.WorkloadSpec`)."""
+    name = workload.name
     if tokenizer is None:
         raise ConfigError(f"workload={name} has real prompts, which need a model with a tokenizer "
                           f"(executor.model=smollm2 or a checkpoint folder); random-weight models take the "
@@ -46,5 +46,5 @@ def text_prompts(cfg, wl, idx, tokenizer, chat_template: bool = True) -> list[li
     if getattr(wl, "keys", None) is None:
         raise ConfigError(f"workload {name!r} has no row keys to find its prompts by")
     generator = wl.name.split(":", 1)[1] if ":" in wl.name else None
-    texts = load_prompts(name, list(wl.keys[np.asarray(idx)]), generator, cfg["workload"].get("data_dir"))
+    texts = load_prompts(name, list(wl.keys[np.asarray(idx)]), generator, workload.data_dir)
     return [encode(tokenizer, t, chat_template) for t in texts]

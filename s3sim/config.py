@@ -21,7 +21,7 @@ from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.latency import LATENCY_MODELS
 from s3sim.workload import arrival_times, load_workload
-from s3sim.spec import GpuEntry, RunSpec, get, run_spec, seed_of
+from s3sim.spec import GpuEntry, RunSpec, run_spec, seed_of
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
@@ -94,7 +94,6 @@ def run_notes(row: dict) -> list[str]:
     return [n for n in notes if n]
 
 
-OVERLONG = ("error", "drop", "clip")
 
 
 def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,
@@ -131,13 +130,12 @@ class Fitted:
     context_clipped: int = 0  # outputs cut where they would run past the context
 
 
-def fit_prompts(cfg, prompt, output, arrivals, rows, prefix, context: int, max_seq_len: int, who: str) -> Fitted:
+def fit_prompts(mode: str, prompt, output, arrivals, rows, prefix, context: int, max_seq_len: int, who: str) -> Fitted:
     """Apply `workload.overlong` to every prompt that leaves no room for an output token in `context`:
     `error` refuses the run naming the first such row; `drop` removes those requests, as a server rejects
     them; `clip` keeps each such prompt's last tokens, as many as leave room for its whole output (vLLM's
     `truncate_prompt_tokens` keeps the last ones too), so it shares no prefix any more. Then outputs that
     would run past the context stop at its end (`fit_context`)."""
-    mode = choice(get(cfg, "workload.overlong", "drop"), OVERLONG, "workload.overlong")
     long = prompt >= context
     dropped = clipped = 0
     if long.any() and mode == "drop":
@@ -197,12 +195,11 @@ def build_workload(cfg):
 def sample_workload(cfg, spec: RunSpec):
     """The workload table of `cfg` (of run spec `spec`), the rows its requests take (a seeded sample, or the
     table cycled) and their arrival times. The executor reads the rows to find each request's prompt text."""
-    w = cfg["workload"]
+    w = spec.workload
+    if w is None:
+        raise ConfigError("the run names no workload (workload=<name>, a config in conf/workload/)")
     max_seq_len = spec.max_seq_len
-    kw = {k: w[k] for k in ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac",
-                                     "max_prompt", "format", "columns", "time_unit", "hash_block_tokens")
-          if get(w, k) is not None}
-    wl = load_workload(w["name"], data_dir=get(w, "data_dir"), path=get(w, "path"), max_output=max_seq_len, **kw)
+    wl = load_workload(w.name, data_dir=w.data_dir, path=w.path, max_output=max_seq_len, **dict(w.options))
     rows = len(wl.prompt_len)
     n = spec.num_requests or rows
     seed = spec.seed
@@ -213,7 +210,7 @@ def sample_workload(cfg, spec: RunSpec):
     if process == "trace":
         if wl.timestamps is None:
             raise ConfigError(f"arrival.process=trace needs a workload with timestamps (workload=trace), "
-                              f"not workload={w['name']}")
+                              f"not workload={w.name}")
         if n > len(wl.prompt_len):
             raise ConfigError(f"num_requests={n} exceeds the trace's {len(wl.prompt_len)} rows with arrival=trace")
         idx = np.arange(n)
@@ -234,7 +231,7 @@ def served_requests(cfg, spec: RunSpec, model):
     groups)): the one path from a config to the requests both a single engine and a cluster serve."""
     wl, idx, arr = sample_workload(cfg, spec)
     prompt, prefix, shared = prompt_prefixes(spec, wl, idx, wl.prompt_len[idx])
-    fit = fit_prompts(cfg, prompt, wl.output_len[idx], arr, idx, prefix, model.max_context, spec.max_seq_len,
+    fit = fit_prompts(spec.workload.overlong, prompt, wl.output_len[idx], arr, idx, prefix, model.max_context, spec.max_seq_len,
                       model.name)
     return wl, fit, shared
 

@@ -209,7 +209,7 @@ def run_fields(cfg, policy: str, spec=None) -> dict:
     ranks = bool(getattr(structured(cls.Config, policy_node(cfg, spec)[0], "policy"), "predictor_use", ""))  # vllm's order
     predicts = (cls.uses_predictor or ranks) and cls.fixed_predictor is None  # the configured predictor, not its own
     return {
-        "workload": cfg["workload"]["name"], "arrival": spec.arrival_process, "rate": spec.arrival_rate,
+        "workload": spec.workload.name if spec.workload else None, "arrival": spec.arrival_process, "rate": spec.arrival_rate,
         "predictor": cls.fixed_predictor or (cfg["predictor"]["name"] if predicts else "none"),
         "accuracy": cfg["predictor"].get("accuracy") if predicts else None,
         "max_seq_len": spec.max_seq_len, "seed": spec.seed,

@@ -2,9 +2,11 @@
 (Hydra's or a plain dict) at every entry point, and read by everything that builds the run from then on.
 
 It holds the top-level knobs (`max_seq_len`, `seed`, `num_requests`, `repeats`, `max_jump`, `shared_prefix`,
-`kv_capacity_tokens`), the arrival process, the GPU entry and the cluster's shape. The groups with options of
-their own are read by their own structured configs: `policy` (`POLICIES[...].Config`), `latency`
-(`LATENCY_MODELS[...].Config`), `predictor` (`s3sim.core.predictors.spec`); the workload node by its loader.
+`kv_capacity_tokens`), the arrival process, the GPU entry, the workload entry (`WorkloadSpec`: the table, where
+it is, what an overlong prompt gets, and the loader's options that are set, which the loader checks as it
+knows which table takes which) and the cluster's shape. The groups with options of their own are read by their
+own structured configs: `policy` (`POLICIES[...].Config`), `latency` (`LATENCY_MODELS[...].Config`),
+`predictor` (`s3sim.core.predictors.spec`).
 Each knob has one default (the config file's, or for the GPU entry `config_groups.GPU_ENTRY`) and one check
 here; a bad value is one `ConfigError` naming the field and what would be valid.
 """
@@ -63,6 +65,47 @@ class GpuEntry:
                    float(frac))
 
 
+# the workload loader's options (`s3sim.workload.load_workload`), passed on where the config sets them
+WORKLOAD_OPTIONS = ("split", "length_field", "time_scale", "generator", "split_seed", "test_frac", "max_prompt",
+                    "format", "columns", "time_unit", "hash_block_tokens")
+OVERLONG = ("error", "drop", "clip")  # what a prompt that leaves no room for an output token gets
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """The `workload` group's entry: its table (`name`), where it is (`data_dir`, `path`), what an overlong
+    prompt gets (`overlong`, `s3sim.config.fit_prompts`) and the loader's options the config sets (`options`,
+    in `WORKLOAD_OPTIONS` order)."""
+    name: str
+    data_dir: str | None = None
+    path: str | None = None
+    overlong: str = "drop"
+    options: tuple = ()
+
+    @classmethod
+    def read(cls, node) -> "WorkloadSpec | None":
+        """The entry of a `workload` node, checked (None: a run with no workload, as the executor's given prompts)."""
+        if node is None:
+            return None
+        name = get(node, "name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"workload.name must name a workload (a config in conf/workload/), got {name!r}")
+        overlong = get(node, "overlong", "drop")
+        if overlong not in OVERLONG:
+            raise ConfigError(f"workload.overlong '{overlong}' is unknown; valid: {', '.join(OVERLONG)}")
+        options = tuple((k, get(node, k)) for k in WORKLOAD_OPTIONS if get(node, k) is not None)
+        return cls(name, get(node, "data_dir"), get(node, "path"), overlong, options)
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
+
+    @property
+    def label(self) -> str:
+        """The table and, for a text workload answered by another model, that model: `alpaca-<generator>`."""
+        generator = self.option("generator")
+        return self.name + (f"-{generator}" if generator else "")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything of a run that is not a policy, a latency model, a predictor or a workload option."""
@@ -82,6 +125,7 @@ class RunSpec:
     gpu: GpuEntry | None = None  # None: no GPU preset (the executor runs on its own device)
     model: str | None = None  # the model preset (or a config.json) the run names
     model_dtype: str | None = None
+    workload: WorkloadSpec | None = None  # None: no workload (the executor's given prompts)
 
     @property
     def offline(self) -> bool:
@@ -125,4 +169,5 @@ def run_spec(cfg) -> RunSpec:
         gpu=GpuEntry.read(get(cfg, "gpu")),
         model=get(cfg, "model.name"),
         model_dtype=get(cfg, "model.dtype"),
+        workload=WorkloadSpec.read(get(cfg, "workload")),
     )

@@ -132,8 +132,9 @@ def test_executor_serves_the_table_in_natural_mode_with_its_prompts():
 
     wl = load_workload(OWN_LENGTHS, split="test", max_output=512)
     idx = np.arange(6)
-    cfg = {"workload": {"name": OWN_LENGTHS, "data_dir": None}}
-    prompts = text_prompts(cfg, wl, idx, load_tokenizer("smollm2"))
+    from s3sim.spec import WorkloadSpec
+
+    prompts = text_prompts(WorkloadSpec(OWN_LENGTHS), wl, idx, load_tokenizer("smollm2"))
     assert [len(p) for p in prompts] == wl.prompt_len[idx].tolist()
 
 

@@ -60,3 +60,23 @@ def test_the_command_refuses_a_knob_it_used_to_take_unchecked(tmp_path):
                             f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, cwd=tmp_path)
         assert p.returncode == 2 and field in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_the_workload_entry_is_read_once_with_its_set_options(cfg):
+    from s3sim.spec import WORKLOAD_OPTIONS, WorkloadSpec
+
+    spec = run_spec(cfg("workload=alpaca_eval"))
+    w = spec.workload
+    assert isinstance(w, WorkloadSpec) and w.name == "alpaca_eval" and w.overlong == "drop"
+    assert [k for k, _ in w.options] == [k for k in WORKLOAD_OPTIONS if k in dict(w.options)]  # in loader order
+    assert w.label == "alpaca_eval" + (f"-{w.option('generator')}" if w.option("generator") else "")
+    assert run_spec({"max_seq_len": 64}).workload is None  # the executor's given prompts
+    trace = WorkloadSpec.read({"name": "trace", "time_scale": 2.0, "columns": None, "overlong": "clip"})
+    assert trace.options == (("time_scale", 2.0),) and trace.overlong == "clip" and trace.label == "trace"
+
+
+@pytest.mark.parametrize("node, field", [({"name": ""}, "workload.name"), ({"name": 3}, "workload.name"),
+                                         ({"name": "alpaca", "overlong": "cut"}, "workload.overlong")])
+def test_a_bad_workload_entry_is_one_line_naming_its_field(node, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        run_spec({"max_seq_len": 64, "workload": node})

@@ -187,20 +187,21 @@ def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys, s
     """`predictor=trained` in a run's config (`spec`: its structured config, `s3sim.core.predictors.spec`)."""
     from s3sim.core.predictors.spec import TrainedSpec
     from s3sim.predictor.trained.schemes import scheme_name
+    from s3sim.spec import WorkloadSpec
     from s3sim.workload.lengths import TEXT_SOURCES
 
-    w = cfg["workload"]
+    w = WorkloadSpec.read(cfg["workload"])
     spec = spec if spec is not None else TrainedSpec(**{k: v for k, v in cfg["predictor"].items() if k != "retrain"})
     scheme = scheme_name(bucketing, num_buckets, max_seq_len)
     if keys is None:
         raise ConfigError(f"predictor=trained needs a text workload whose rows have prompts "
-                          f"({', '.join(TEXT_SOURCES)}), not workload={w['name']}")
-    label = w["name"] + (f"-{w['generator']}" if w.get("generator") else "")
+                          f"({', '.join(TEXT_SOURCES)}), not workload={w.name}")
+    label = w.label
     if spec.source == "table":
         return TrainedPredictor.from_table(spec.table or table_path(label), scheme, keys, spec.allow_in_sample)
     from s3sim.workload.lengths import load_prompts
 
-    prompts = load_prompts(w["name"], keys, w.get("generator"), w.get("data_dir"))
+    prompts = load_prompts(w.name, keys, w.option("generator"), w.data_dir)
     r = spec.retrain
     rc = RetrainConfig(every=r.every, steps=r.steps, batch_size=r.batch_size, replay=r.replay, window=r.window,
                        lr=r.lr, head_lr=r.head_lr, seed=r.seed)
