@@ -537,11 +537,11 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     the GPU's measured table as the engine ran it where the preset names a step table to fit that to, else the
     measured table alone, else a ring); (model, description)."""
     from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model
+    from s3sim.latency.operators import engine_collectives, in_engine
 
     factor = engine_collectives(all_reduce, gpu, tp) if tp > 1 else False
     as_run = factor is not False
     if as_run:
-        from s3sim.latency.operators import in_engine
         ring = in_engine(gpu, all_reduce_model("measured", gpu, tp), factor)
     else:
         ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
@@ -571,30 +571,11 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     return lat, how
 
 
-def engine_collectives(all_reduce: str, gpu, workers: int):
-    """Whether `--all-reduce` prices the collectives between `workers` GPUs as the engine ran them (`engine` or
-    `engine:<factor>`; or `auto` where the GPU preset names a step table to fit that to and a table measured
-    between that many): False, or the factor (None: the fitted one)."""
-    from s3sim.latency.operators import engine_factor, in_engine_factor, in_engine_table
-
-    if all_reduce.startswith("engine"):
-        factor = engine_factor(all_reduce)
-        if factor is None:
-            in_engine_factor(gpu)  # a one-line error where the preset names no step table
-        return factor
-    table = in_engine_table(gpu)
-    if all_reduce != "auto" or table is None or not table.is_file():  # auto without the table: measured alone
-        return False
-    from s3sim.hardware.network import preset_measured
-    measured = preset_measured(gpu)
-    return None if measured is not None and workers in measured.curves else False
-
-
 def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
     """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
     from s3sim.hardware.network import all_gather_model
     from s3sim.latency.data_parallel import DataParallelLatency
-    from s3sim.latency.operators import OperatorLatency
+    from s3sim.latency.operators import OperatorLatency, engine_collectives, in_engine
     if not model.n_experts:
         raise ConfigError(f"data_parallel_size={engine.dp} of a dense model ({model.name}): its ranks would be "
                           "independent engines, which s3sim-validate does not replay (simulate them as replicas "
@@ -605,7 +586,6 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     gather = all_gather_model(gpu, engine.dp) if engine.expert_parallel else None
     factor = engine_collectives(all_reduce, gpu, engine.dp) if gather is not None else False
     if factor is not False:
-        from s3sim.latency.operators import in_engine
         gather = in_engine(gpu, gather, factor)
     graphs = min(2 * engine.max_num_seqs, 512)  # vLLM V1's default largest CUDA graph (max_cudagraph_capture_size)
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "

@@ -186,7 +186,7 @@ def test_auto_falls_back_to_the_collective_measured_alone_without_the_step_table
     import dataclasses
 
     from s3sim.hardware.gpus import get_gpu
-    from s3sim.validate import engine_collectives
+    from s3sim.latency.operators import engine_collectives
 
     gpu = dataclasses.replace(get_gpu("rtx-pro-6000"), in_engine_steps=("nowhere/profile", "qwen3-32b", 2))
     assert engine_collectives("auto", gpu, 2) is False and engine_collectives("measured", gpu, 2) is False

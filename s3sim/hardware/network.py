@@ -81,14 +81,17 @@ class InEngineCollective:
         if not factor > 0:
             raise ConfigError(f"an in-engine collective needs a factor > 0, got {factor!r}")
         self.measured, self.factor, self.source = measured, float(factor), source
+        self._link: dict[int, tuple[float, float]] = {}  # workers -> (floor s, bytes/s), read once per count
 
     def time_s(self, workers: int, nbytes):
         alone = np.asarray(self.measured.time_s(workers, nbytes), dtype=np.float64)
         if workers <= 1:
             return alone
-        floor = float(self.measured.time_s(workers, 0.0))
-        return np.maximum(alone, floor + self.factor * np.asarray(nbytes, dtype=np.float64)
-                          / self.measured.bandwidth(workers))
+        link = self._link.get(workers)
+        if link is None:  # priced at every step of a data-parallel run: the table's floor and slope once
+            link = self._link[workers] = (float(self.measured.time_s(workers, 0.0)), self.measured.bandwidth(workers))
+        floor, bandwidth = link
+        return np.maximum(alone, floor + self.factor * np.asarray(nbytes, dtype=np.float64) / bandwidth)
 
 
 class MeasuredAllReduce:

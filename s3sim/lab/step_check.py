@@ -61,46 +61,16 @@ def run_latency(run_dir: Path):
     return latency, model, engine, steps if steps.is_file() else None
 
 
-def in_engine(run_dir: Path):
+def in_engine(run_dir: Path, latency, model, engine):
     """(latency with the collectives as the engine ran them, its `CollectiveFit`) for a run at TP > 1 whose GPU
-    preset names a step table; None otherwise."""
+    preset names a step table (`latency`, `model`, `engine`: the run's, from `run_latency`); None otherwise."""
     from s3sim.latency.operators import in_engine_factor
     from s3sim.validate import build_latency
 
-    latency, model, engine, _ = run_latency(run_dir)
     if engine.tp < 2 or latency.gpu is None or not latency.gpu.in_engine_steps:
         return None
     lat, _ = build_latency(run_dir / "profile", model, latency.gpu, engine.tp, all_reduce="engine")
     return lat, in_engine_factor(latency.gpu)
-
-
-def budget_seconds(run_dir: Path, engine) -> pd.DataFrame:
-    """The run's full-budget seconds (part 3 of the module doc): `t, running, tokens, generated, ctx_mean`."""
-    tl = RunTimeline(run_dir)
-    ts = tl.series
-    kv = ts.kv_cache_pct if "kv_cache_pct" in ts.columns else pd.Series(0.0, index=ts.index)
-    rows = []
-    for r, k in zip(ts.itertuples(index=False), kv):
-        tokens = r.prompt_throughput + r.gen_throughput
-        if (r.t <= tl.tick or r.prompt_throughput <= 0 or r.waiting < 1 or r.running > engine.max_num_seqs - 2
-                or k >= 90 or r.gen_throughput * engine.max_num_batched_tokens > r.running * tokens):
-            continue  # a slot freed within the second, or more decodes a step than requests: the budget did not bind
-        ctx = tl.contexts(r.t)
-        rows.append((r.t, int(r.running), float(tokens), float(r.gen_throughput),
-                     float(ctx.mean()) if len(ctx) else 0.0))
-    return pd.DataFrame(rows, columns=["t", "running", "tokens", "generated", "ctx_mean"])
-
-
-def pooled_budget_step(sec: pd.DataFrame, budget: int, latencies: dict) -> dict:
-    """The full-budget seconds pooled: the run's mean step and each latency model's price of the mean step."""
-    steps = sec.tokens.sum() / budget
-    decodes = sec.generated.sum() / steps
-    ctx = float(np.average(sec.ctx_mean, weights=sec.tokens))
-    row = {"seconds": len(sec), "steps": steps, "decodes_per_step": decodes, "ctx_mean": ctx,
-           "run_step_s": len(sec) / steps}
-    for name, lat in latencies.items():
-        row[f"{name}_s"] = float(lat.iteration_time(budget - decodes, 1.0, decodes, decodes * ctx))
-    return row
 
 
 class RunTimeline:
@@ -133,9 +103,36 @@ class RunTimeline:
         return self.req.input_toks.to_numpy()[on] + share * self.req.output_toks.to_numpy()[on]
 
 
-def decode_seconds(run_dir: Path) -> pd.DataFrame:
+def budget_seconds(tl: RunTimeline, engine) -> pd.DataFrame:
+    """The run's full-budget seconds (part 3 of the module doc): `t, running, tokens, generated, ctx_mean`."""
+    ts = tl.series
+    kv = ts.kv_cache_pct if "kv_cache_pct" in ts.columns else pd.Series(0.0, index=ts.index)
+    rows = []
+    for r, k in zip(ts.itertuples(index=False), kv):
+        tokens = r.prompt_throughput + r.gen_throughput
+        if (r.t <= tl.tick or r.prompt_throughput <= 0 or r.waiting < 1 or r.running > engine.max_num_seqs - 2
+                or k >= 90 or r.gen_throughput * engine.max_num_batched_tokens > r.running * tokens):
+            continue  # a slot freed within the second, or more decodes a step than requests: the budget did not bind
+        ctx = tl.contexts(r.t)
+        rows.append((r.t, int(r.running), float(tokens), float(r.gen_throughput),
+                     float(ctx.mean()) if len(ctx) else 0.0))
+    return pd.DataFrame(rows, columns=["t", "running", "tokens", "generated", "ctx_mean"])
+
+
+def pooled_budget_step(sec: pd.DataFrame, budget: int, latencies: dict) -> dict:
+    """The full-budget seconds pooled: the run's mean step and each latency model's price of the mean step."""
+    steps = sec.tokens.sum() / budget
+    decodes = sec.generated.sum() / steps
+    ctx = float(np.average(sec.ctx_mean, weights=sec.tokens))
+    row = {"seconds": len(sec), "steps": steps, "decodes_per_step": decodes, "ctx_mean": ctx,
+           "run_step_s": len(sec) / steps}
+    for name, lat in latencies.items():
+        row[f"{name}_s"] = float(lat.iteration_time(budget - decodes, 1.0, decodes, decodes * ctx))
+    return row
+
+
+def decode_seconds(tl: RunTimeline) -> pd.DataFrame:
     """The run's decode-only seconds: `t, running, step_s` and the rebuilt batch (`n`, `ctx_sum`)."""
-    tl = RunTimeline(run_dir)
     rows = []
     for r in tl.series.itertuples(index=False):
         if r.prompt_throughput > 0 or r.waiting > 0 or r.running < 1 or r.gen_throughput <= 0:
@@ -170,13 +167,14 @@ def check(data: Path) -> tuple[pd.DataFrame, ...]:
                                                                  .median()),
                              "held_out_mean_abs_pct": float(held.held_out_mean_abs_pct.iloc[0]) if len(held) else np.nan,
                              "held_out_max_abs_pct": float(held.held_out_max_abs_pct.iloc[0]) if len(held) else np.nan})
-        sec = decode_seconds(run_dir)
+        timeline = RunTimeline(run_dir)
+        sec = decode_seconds(timeline)
         sec["operator_s"] = [float(latency.decode_run(n, c, 1, max_ctx=int(m))[0])
                              for n, c, m in zip(sec.n, sec.ctx_sum, sec.ctx_max)]
         sec["step_calibrated_s"] = ([float(fit.seconds(o, fit.branch(n, True))) for o, n in zip(sec.operator_s, sec.n)]
                                     if fit is not None else np.nan)
         lats = {"operator": latency}
-        engine_ar = in_engine(run_dir)
+        engine_ar = in_engine(run_dir, latency, model, engine)
         if engine_ar is not None:
             lat_in, link = engine_ar
             lats["in_engine"] = lat_in
@@ -188,7 +186,7 @@ def check(data: Path) -> tuple[pd.DataFrame, ...]:
                           "held_out_max_abs_pct": link.held_out_max_abs_pct,
                           **{f"offset_{b}_ms": v * 1e3 for b, v in link.offset_s.items()}})
         ticks.append(sec.assign(run=name, tp=engine.tp))
-        full = budget_seconds(run_dir, engine)
+        full = budget_seconds(timeline, engine)
         if len(full):
             budgets.append({"run": name, "tp": engine.tp, "budget": engine.max_num_batched_tokens,
                             **pooled_budget_step(full, engine.max_num_batched_tokens, lats)})

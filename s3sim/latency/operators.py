@@ -308,16 +308,18 @@ class OperatorLatency(LatencyModel):
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            engine = conf.all_reduce.startswith("engine")  # the measured table as the engine ran it
-            if engine:
-                all_reduce = in_engine(gpu, all_reduce_model("measured", gpu, conf.tp), engine_factor(conf.all_reduce))
+            # engine[:<factor>]: the measured table as the engine ran it (auto stays all_reduce_model's here)
+            engine = conf.all_reduce.startswith("engine")
+            factor = engine_collectives(conf.all_reduce, gpu, conf.tp) if engine else False
+            if factor is not False:
+                all_reduce = in_engine(gpu, all_reduce_model("measured", gpu, conf.tp), factor)
             else:
                 all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
             if conf.all_reduce != "none":
                 from s3sim.hardware.network import all_gather_model
                 gather = all_gather_model(gpu, conf.tp)
-                if engine:
-                    gather = in_engine(gpu, gather, engine_factor(conf.all_reduce))
+                if factor is not False:
+                    gather = in_engine(gpu, gather, factor)
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
                                 skew=conf.skew, gather=gather)
@@ -504,3 +506,22 @@ def in_engine(gpu: GpuSpec, collective, factor: float | None = None):
         how = "a factor given, not fitted"
     return InEngineCollective(collective, factor, f"{collective.source}, as the engine ran it: its floor plus the "
                                                   f"bytes at 1/{factor:.3g} of its measured bandwidth ({how})")
+
+
+def engine_collectives(all_reduce: str, gpu, workers: int):
+    """Whether `all_reduce` (`s3sim-validate --all-reduce`, `latency.all_reduce`) prices the collectives between
+    `workers` GPUs as the engine ran them (`engine` or `engine:<factor>`; or `auto` where the GPU preset names a
+    step table to fit that to and a table measured between that many): False, or the factor (None: the fitted
+    one)."""
+    if all_reduce.startswith("engine"):
+        factor = engine_factor(all_reduce)
+        if factor is None:
+            in_engine_factor(gpu)  # a one-line error where the preset names no step table
+        return factor
+    table = in_engine_table(gpu)
+    if all_reduce != "auto" or table is None or not table.is_file():  # auto without the table: measured alone
+        return False
+    from s3sim.hardware.network import preset_measured
+
+    measured = preset_measured(gpu)
+    return None if measured is not None and workers in measured.curves else False
