@@ -9,7 +9,8 @@ from s3sim.config import CONF_DIR, build_scheduler, structured
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
 from s3sim.core.policies import POLICIES
-from s3sim.core.policies.hf import HfScheduler, peak_tokens
+from s3sim.core.kv_reservations import peak_tokens
+from s3sim.core.policies.hf import HfScheduler
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.request import make_requests

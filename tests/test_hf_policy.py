@@ -10,7 +10,8 @@ from s3exec.runner import run_exec
 from s3sim.config import build_scheduler, structured
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
-from s3sim.core.policies.hf import HfConfig, HfScheduler, peak_tokens
+from s3sim.core.kv_reservations import peak_tokens
+from s3sim.core.policies.hf import HfConfig, HfScheduler
 from s3sim.core.request import make_requests
 from s3sim.hardware.gpus import get_gpu
 from s3sim.hardware.models import get_model

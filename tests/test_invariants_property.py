@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s3sim.core.kv_pool import KVPool
-from s3sim.core.policies.hf import SIZINGS, HfScheduler, peak_tokens
+from s3sim.core.kv_reservations import peak_tokens
+from s3sim.core.policies.hf import SIZINGS, HfScheduler
 from s3sim.core.policies.orca import FasterTransformerScheduler, OrcaScheduler
 from s3sim.core.policies.paged import PagedScheduler
 from s3sim.core.policies.vllm import VllmScheduler

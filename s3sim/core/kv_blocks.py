@@ -101,6 +101,15 @@ class Blocks:
         self.pool.reserve(r.id, blocks)
         return 0
 
+    def grow_running(self, blocks: int) -> None:
+        """The running requests' decodes take `blocks` more (`BlockGrowth.growth`), attributed to each request as
+        it stops running (`release`)."""
+        self.pool.grow_lazily(blocks)
+
+    def grow(self, r, blocks: int) -> None:
+        """`r`, part-way through a prefill allocated chunk by chunk, takes `blocks` more for its next chunk."""
+        self.pool.grow(r.id, blocks)
+
     def computed(self, r, tokens: int) -> None:
         """`r`'s first `tokens` tokens of KV are computed (a cache makes their full blocks findable)."""
 

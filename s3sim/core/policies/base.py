@@ -6,6 +6,10 @@ before anything could change (a request finishing, outgrowing its reservation or
 blocks), so jumping is exact. Progress of running requests is lazy (`Progress`, kept here, not on the
 request, which only carries it as an opaque handle): a request that joined at decode iteration `iter0` with `gen0` tokens has `gen0 + (iter - iter0)`
 tokens now; an event heap orders the iterations at which each running request needs attention.
+
+A policy is an admission order over one KV manager (`kv`: reservations by default, see
+`s3sim.core.kv_reservations`; paged blocks in `s3sim.core.kv_blocks`), which owns the requests' memory in the
+pool; the token budget of chunked prefill is a local value of each iteration's batch (`SchedulerOutput.budget`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.kv_reservations import Reservations
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.request import Phase, Request
 
@@ -93,6 +98,7 @@ class Scheduler:
     def __init__(self, pool: KVPool, max_seq_len: int, max_batch_size: int | None = None,
                  preemption_mode: str = "recompute", max_num_batched_tokens: int | None = None):
         self.pool = pool
+        self.kv = Reservations(pool)  # the KV manager that owns the requests' memory (a paged policy holds blocks)
         self.max_seq_len = int(max_seq_len)
         self.max_batch = int(max_batch_size) if max_batch_size else math.inf
         self.preemption_mode = preemption_mode
@@ -254,7 +260,7 @@ class Scheduler:
     def shared_kv_tokens(self) -> int:
         """Tokens counted in more than one request's context but held once (blocks shared by a prefix
         cache): what the sum of contexts overstates of the KV in use."""
-        return 0
+        return self.kv.shared_blocks() * self.pool.unit_tokens
 
     def kv_reserved_tokens(self) -> int:
         return self.pool.used * self.pool.unit_tokens
@@ -405,13 +411,7 @@ class Scheduler:
 
     def _release(self, r: Request, preempted: bool = False) -> None:
         """Free `r`'s memory, as it finishes or (`preempted`) is taken off the GPU."""
-        self.pool.release(r.id)
-
-    def _release_partial(self, r: Request) -> None:
-        """Free the blocks of a request preempted part-way through its prefill; only a policy that allocates
-        them chunk by chunk preempts one."""
-        raise InvariantViolation(f"t={self.now:.6f}s request {r.id} was preempted part-way through its prefill "
-                                 f"under {self.name}, which reserves a whole prompt at admission")
+        self.kv.release(r, preempted)
 
     def _preempt(self, r: Request, now: float, cause: str = "memory") -> None:
         """Take `r` off the GPU: free its memory; keep its KV in host memory (swap) or drop it (recompute).
@@ -420,7 +420,7 @@ class Scheduler:
         no token to stall and nothing to swap: its computed chunks are dropped."""
         if r.id not in self.running:
             del self.prefilling[r.id]
-            self._release_partial(r)
+            self.kv.release_partial(r)  # only a manager that allocates blocks chunk by chunk has one
             r.progress.lost = max(r.progress.lost, r.progress.prefilled)
             r.progress.prefilled = r.progress.blocks = 0
             r.progress.epoch += 1

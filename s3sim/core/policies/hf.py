@@ -11,7 +11,7 @@ of one of its 2 x layers tensors (the pool's `hold_briefly`), and the copy of th
 
 A batch must not run out of memory, so it is admitted only if its peak, the cache at its longest length
 plus one layer's old keys or values, about the cache x (1 + 1/(2 x layers)), fits the KV capacity
-(`peak_tokens`); `policy.sizing` says which length that is:
+(`s3sim.core.kv_reservations.peak_tokens`); `policy.sizing` says which length that is:
 
 * ``max_len``: each member's prompt plus `max_seq_len` output tokens, or the model's context if that is
   less, what a user who knows no output length must assume so that no batch ever runs out of memory;
@@ -29,6 +29,7 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_pool import KVPool
+from s3sim.core.kv_reservations import CopiedCache
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import PolicyConfig
 from s3sim.core.policies.orca import FasterTransformerScheduler
@@ -54,25 +55,6 @@ class HfConfig(PolicyConfig):
 def check_sizing(sizing: str) -> None:
     if sizing not in SIZINGS:
         raise ConfigError(f"policy.sizing '{sizing}' is unknown; valid: {', '.join(SIZINGS)}")
-
-
-def copy_held(cached: int, layers: int | None) -> int:
-    """KV tokens held twice while a cache of `cached` tokens is copied into a longer one: one of its 2 x `layers`
-    tensors (a layer's keys or values), rounded up; with no layer count, the whole cache (the bound when it is
-    copied at once)."""
-    return cached if layers is None else -(-cached // (2 * layers))
-
-
-def peak_tokens(batch: int, prompt: int, longest: int, layers: int | None = None) -> int:
-    """KV tokens a batch of `batch` rows, left-padded to `prompt` tokens, holds at its peak when its longest
-    member generates `longest` tokens, on a model of `layers` layers. As for every policy, a row's KV counts the
-    token it has just produced (the next step writes it): the prefill leaves prompt + 1 per row; decode step j
-    grows every row from prompt + j - 1 cached tokens to prompt + j and counts prompt + j + 1, while the old
-    buffer of the layer being copied is held too (`copy_held`); the last step is j = longest - 1, so the peak is
-    batch x (prompt + longest) plus one layer's share of batch x (prompt + longest - 2)."""
-    if longest <= 1:  # no decode step, no copy
-        return batch * (prompt + 1)
-    return batch * (prompt + longest) + copy_held(batch * (prompt + longest - 2), layers)
 
 
 class HfScheduler(FasterTransformerScheduler):
@@ -101,9 +83,14 @@ class HfScheduler(FasterTransformerScheduler):
             raise ConfigError(f"the model's layer count must be a positive integer, got {layers!r}")
         self.sizing = sizing
         self.layers = layers
+        self.kv = CopiedCache(pool, layers)  # the batch's cache, grown by copying
         self.width = 0  # the running batch's padded prompt length
         self.batch_rows: list[int] = []  # size of every batch formed
-        self.copied_tokens = 0  # KV tokens copied by growth, over the run
+
+    @property
+    def copied_tokens(self) -> int:
+        """KV tokens copied by growth, over the run."""
+        return self.kv.copied_tokens
 
     # ---- sizing -----------------------------------------------------------------------------
     @property
@@ -125,13 +112,13 @@ class HfScheduler(FasterTransformerScheduler):
         """A request whose batch of one would run out of memory is a configuration error (checked for every
         request when a run is built, and again as each arrives)."""
         longest = self.longest(prompt, output)
-        need = peak_tokens(1, prompt, longest, self.layers)
-        if need > self.pool.capacity:
+        need = self.kv.peak(1, prompt, longest)
+        if need > self.kv.capacity:
             copied = "the whole cache" if self.layers is None else f"one of {self.layers} layers' keys or values"
             raise ConfigError(
                 f"request {rid}: policy=hf with sizing={self.sizing} needs {need} KV tokens at its peak alone "
                 f"(prompt {prompt}, {longest} output tokens, {copied} held twice), more than the capacity of "
-                f"{self.pool.capacity}; lower max_seq_len or give the KV cache more memory")
+                f"{self.kv.capacity}; lower max_seq_len or give the KV cache more memory")
 
     def _form(self) -> list[Request]:
         """The longest first-come-first-served prefix of the queue whose peak fits (at most max_batch_size)."""
@@ -140,7 +127,7 @@ class HfScheduler(FasterTransformerScheduler):
             if len(members) >= self.max_batch:
                 break
             w, n = max(width, r.prompt_len), max(longest, self.longest(r.prompt_len, r.output_len))
-            if peak_tokens(len(members) + 1, w, n, self.layers) > self.pool.capacity:
+            if self.kv.peak(len(members) + 1, w, n) > self.kv.capacity:
                 break
             members.append(r)
             width, longest = w, n
@@ -166,14 +153,13 @@ class HfScheduler(FasterTransformerScheduler):
         for r in members:
             self.waiting.popleft()
             self.padding_tokens += self.width - r.prompt_len
-            self.pool.reserve(r.id, self.width + 1)
+            self.kv.take_row(r, self.width)
             self._admit(r, batch, now, chunk=self.width)
         return batch
 
     def kv_reserved_profile(self, k: int) -> np.ndarray:
         """KV held during each of the next k steps: a decode step grows every row by one token."""
-        grow = len(self.running) * np.arange(1, k + 1, dtype=np.int64)
-        return self.pool.used * self.pool.unit_tokens + grow
+        return self.kv.profile(k, len(self.running))
 
     def _cached_prompt(self, r: Request) -> int:
         return self.width
@@ -182,14 +168,8 @@ class HfScheduler(FasterTransformerScheduler):
         """k decode steps: every row grows by one token a step, one layer's old keys or values held while they
         are copied (the last step's, the largest)."""
         super()._on_steps(k)
-        rows = len(self.running)
-        if not rows:
-            return
-        cached = self.pool.used - rows  # tokens in the cache before the first of these steps
-        self.copied_tokens += k * cached + rows * k * (k - 1) // 2
-        self.pool.grow_lazily(k * rows)
-        self.pool.hold_briefly(copy_held(cached + (k - 1) * rows, self.layers),
-                               f"the hf batch of {rows} rows copying its cache")
+        if self.running:
+            self.kv.grow_rows(len(self.running), k)
 
     def _finish(self, r: Request, now: float) -> None:
         """A member produced its last token: it decodes padding until the last member does; then every row's
@@ -200,7 +180,7 @@ class HfScheduler(FasterTransformerScheduler):
         if len(self.done) == len(self.running):
             for m in self.done:
                 self._leave(m)
-                self.pool.settle(m.id, self.width + m.generated)
+                self.kv.settle(m, self.width + m.generated)
                 m.generated = m.output_len
                 self._complete(m, now, last_token=m.last_token)
             self.done = []

@@ -49,10 +49,10 @@ class OrcaScheduler(FcfsScheduler):
         return min(self.max_seq_len, self.context - prompt)
 
     def _need(self, r: Request) -> int:
-        return self.pool.units_for(r.prompt_len + self.reserved_out(r.prompt_len))
+        return self.kv.units(r.prompt_len, self.reserved_out(r.prompt_len))
 
     def could_admit(self, r: Request) -> bool:
-        return not self.waiting and len(self.running) < self.max_batch and self.pool.can_reserve(self._need(r))
+        return not self.waiting and len(self.running) < self.max_batch and self.kv.fits(self._need(r))
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
@@ -60,10 +60,10 @@ class OrcaScheduler(FcfsScheduler):
         while self.waiting and room > 0 and batch.budget > 0:
             r = self.waiting[0]
             need = self._need(r)
-            if not self.pool.can_reserve(need):
+            if not self.kv.fits(need):
                 break
             self.waiting.popleft()
-            self.pool.reserve(r.id, need)
+            self.kv.take(r, need)
             self._admit(r, batch, now)
             room -= 1
         return batch
@@ -98,7 +98,7 @@ class FasterTransformerScheduler(OrcaScheduler):
         members, out = self._static_batch()
         for r in members:
             self.waiting.popleft()
-            self.pool.reserve(r.id, self.pool.units_for(r.prompt_len + out))
+            self.kv.take(r, self.kv.units(r.prompt_len, out))
             self._admit(r, batch, now)
         return batch
 
@@ -110,10 +110,10 @@ class FasterTransformerScheduler(OrcaScheduler):
             if len(members) >= self.max_batch:
                 break
             o = max(out, self.reserved_out(r.prompt_len))
-            more = self.pool.units_for(r.prompt_len + o)
+            more = self.kv.units(r.prompt_len, o)
             if o > out:  # every member's row grows to the new length
-                more += sum(self.pool.units_for(m.prompt_len + o) for m in members) - units
-            if not self.pool.can_reserve(units + more):
+                more += sum(self.kv.units(m.prompt_len, o) for m in members) - units
+            if not self.kv.fits(units + more):
                 break
             members.append(r)
             units, out = units + more, o

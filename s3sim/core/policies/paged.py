@@ -300,7 +300,7 @@ class PagedScheduler(FcfsScheduler):
     # ---- hooks ------------------------------------------------------------------------------
     def _on_steps(self, k: int) -> None:
         if self.running and not self._prompt_iteration:
-            self.pool.grow_lazily(self._growth(k))
+            self.kv.grow_running(self._growth(k))
 
     def _join(self, r: Request) -> None:
         # a joining request's blocks already cover its context (allocated at admission)
@@ -310,6 +310,3 @@ class PagedScheduler(FcfsScheduler):
     def _leave(self, r: Request) -> None:
         self.paging.leave(r.prompt_len + self.generated(r), self.iter)
         super()._leave(r)
-
-    def _release(self, r: Request, preempted: bool = False) -> None:
-        self.kv.release(r, preempted)  # its blocks: admission's plus its decode growth

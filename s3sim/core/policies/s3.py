@@ -106,7 +106,7 @@ class S3Scheduler(Scheduler):
     def _units(self, r: Request, out: int | None = None) -> int:
         """The pool's units (tokens, or blocks of `block_size`) holding `r`'s prompt and `out` (its reserved
         output by default) tokens."""
-        return self.pool.units_for(r.prompt_len + (r.reserved_out if out is None else out))
+        return self.kv.units(r.prompt_len, r.reserved_out if out is None else out)
 
     def add(self, requests):
         if not requests:
@@ -160,7 +160,7 @@ class S3Scheduler(Scheduler):
         """Reserve for and admit waiting request `r` (already out of `waiting`); returns its reservation (units)."""
         need = self._units(r)
         self._queued_at.pop(r.id, None)
-        self.pool.reserve(r.id, need)
+        self.kv.take(r, need)
         self._admit(r, batch, now)
         return need
 
@@ -169,13 +169,13 @@ class S3Scheduler(Scheduler):
 
     def could_admit(self, r: Request) -> bool:
         # the arrival is not predicted yet: assume the smallest bucket (conservative, hence exact)
-        return len(self.running) < self.max_batch and self.pool.can_reserve(
-            self.pool.units_for(r.prompt_len + self._smallest_out))
+        return len(self.running) < self.max_batch and self.kv.fits(
+            self.kv.units(r.prompt_len, self._smallest_out))
 
     def schedule(self, now: float) -> SchedulerOutput:
         batch = self._decode_batch()
         room = self._room(batch)
-        free = self.pool.free
+        free = self.kv.free
         if self.max_wait is not None and room > 0 and batch.budget > 0:
             old = self._oldest()
             if old is not None and now - old[0] >= self.max_wait:
@@ -201,11 +201,11 @@ class S3Scheduler(Scheduler):
             raise InvariantViolation(
                 f"t={now:.6f}s request {r.id} needs more than max_seq_len={self.max_seq_len} output tokens")
         extra = self._units(r, new_out) - self._units(r)
-        free = self.pool.can_reserve(extra)
+        free = self.kv.fits(extra)
         if self.supervisor.in_place and not free and self.make_room:
             free = self._make_room(r, extra, now)
         if self.supervisor.in_place and free:
-            self.pool.grow(r.id, extra)
+            self.kv.grow(r, extra)
             self.supervisor.grown_in_place += 1
             r.bucket, r.reserved_out = bucket, new_out
             self._push_event(r)
@@ -218,14 +218,14 @@ class S3Scheduler(Scheduler):
         """Preempt the newest running requests (not `r`) until `extra` units are free, if recomputing them
         costs fewer tokens than recomputing `r`; returns whether the room is there."""
         own = r.prompt_len + self.generated(r)  # what preempting `r` itself would recompute
-        victims, freed, cost = [], self.pool.free, 0
+        victims, freed, cost = [], self.kv.free, 0
         for v in reversed(list(self.running.values())):
             if freed >= extra or cost >= own:
                 break
             if v is r or self.generated(v) >= self._event_target(v):
                 continue  # a request due at this iteration (finishing, or at its limit) is handled by its event
             victims.append(v)
-            freed += self.pool.held[v.id]
+            freed += self.kv.held(v)
             cost += v.prompt_len + self.generated(v)
         if freed < extra or cost >= own:
             return False

@@ -305,9 +305,6 @@ class VllmScheduler(PagedScheduler):
                 best, most = r, left
         return best
 
-    def shared_kv_tokens(self) -> int:
-        return self.kv.shared_blocks() * self.bs
-
     # ---- blocks chunk by chunk, and the prefix cache's hooks ------------------------------------
     def _free_needed(self, r: Request) -> int:
         """Free blocks `r`'s whole context and next token need: admission requires them free even where only
@@ -347,13 +344,10 @@ class VllmScheduler(PagedScheduler):
             p = r.progress
             more = self._chunk_blocks(r, prefix + chunk) - p.blocks
             if more > 0:
-                self.pool.grow(r.id, more)
+                self.kv.grow(r, more)
                 p.blocks += more
         super()._add_prefill(batch, r, prefix, chunk)
         self.kv.computed(r, prefix + chunk)
-
-    def _release_partial(self, r: Request) -> None:
-        self.kv.release_partial(r)
 
 
 class WaitingQueue:
