@@ -25,17 +25,20 @@ class Reservations:
 
     def __init__(self, pool):
         self.pool = pool
+        self._unit = pool.unit_tokens
 
     @property
     def free(self) -> int:
         return self.pool.free
 
     def units(self, prompt: int, out: int) -> int:
-        """Units holding a prompt of `prompt` tokens and `out` output tokens."""
-        return self.pool.units_for(prompt + out)
+        """Units holding a prompt of `prompt` tokens and `out` output tokens (the pool's `units_for`, inline: a
+        static batch asks it for every member as it forms)."""
+        return -(-int(prompt + out) // self._unit)
 
     def fits(self, units: int) -> bool:
-        return self.pool.can_reserve(units)
+        pool = self.pool
+        return units <= pool.capacity - pool.used
 
     def held(self, r) -> int:
         return self.pool.held[r.id]
