@@ -94,8 +94,6 @@ def run_notes(row: dict) -> list[str]:
     return [n for n in notes if n]
 
 
-
-
 def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,
                 who: str) -> tuple[np.ndarray, int]:
     """Requests as a server with a context window of `context` tokens takes them: `max_seq_len` must fit the
