@@ -258,12 +258,19 @@ def real_metrics(req: pd.DataFrame) -> dict:
                    int(req.output_toks.sum()), span)
 
 
+def replay_records(requests) -> pd.DataFrame:
+    """`request_records` of a replay's requests with each one's `queued`, the zero of its metrics."""
+    from s3sim.metrics.summary import request_records
+    return request_records(requests).assign(queued=[r.queued for r in requests])
+
+
 def simulated_metrics(records: pd.DataFrame) -> dict:
-    """From `request_records` of the replay: the same definitions (end-to-end ends at the last token)."""
+    """From `request_records` of the replay with each request's `queued` (the step boundary at which the engine
+    took it in, as vLLM stamps `queued_ts`): the same definitions (end-to-end ends at the last token)."""
     many = records.output_len > 1
     tpot = ((records.last_token - records.first_token) / (records.output_len - 1)).where(many)
-    span = float(records.last_token.max() - records.arrival.min())
-    return metrics(records.first_token - records.arrival, tpot, records.last_token - records.arrival,
+    span = float(records.last_token.max() - records.queued.min())
+    return metrics(records.first_token - records.queued, tpot, records.last_token - records.queued,
                    len(records), int(records.output_len.sum()), span)
 
 
@@ -394,15 +401,19 @@ def engine_settings(meta: dict, where: str) -> Engine:
                   VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep)
 
 
-def resolve_model(name: str | None, engine: Engine):
+def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
+    """The model to price: `name` (--model), else the preset of meta.json's Hugging Face id, else the
+    `config.json` beside the run (`beside`, where the shared runs keep the model's config)."""
     from s3sim.hardware.models import get_model
     if name is None:
         if engine.model is None:
             raise ConfigError("meta.json names no model: give --model (a preset name or a config.json)")
         name = preset_of_hf_name(engine.model)
+        if name is None and beside is not None and beside.is_file():
+            name = str(beside)
         if name is None:
-            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here: give --model (a preset name "
-                              "or a config.json path)")
+            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here and no config.json is beside "
+                              "the run: give --model (a preset name or a config.json path)")
     return get_model(name)
 
 
@@ -679,7 +690,6 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
     from s3sim.config import build_scheduler
     from s3sim.core.request import make_requests
-    from s3sim.metrics.summary import request_records
     from s3sim.simulator.engine import simulate
 
     out = checks.check_out(out)
@@ -699,7 +709,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     from s3sim.hardware.gpus import get_gpu
     borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
-    spec = resolve_model(model, engine)
+    spec = resolve_model(model, engine, run.dir.parent / "config.json")
     check_model_agrees(spec, model, engine, prof or own)
     needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
@@ -734,6 +744,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
                           f"{req.output_toks[k]} tokens do not fit in the KV cache of {capacity:,} tokens")
 
     echo(f"run: {run.dir} ({len(req)} requests); model {spec.name}"
+         + (f" (read from {spec.source}: meta.json's {engine.model!r} has no preset)"
+            if model is None and preset_of_hf_name(engine.model) is None else "")
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}"
          + (f"; data parallel {engine.dp}" + (" with expert parallelism" if engine.expert_parallel else "")
             if engine.dp > 1 else ""))
@@ -775,11 +787,11 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     result = simulate(requests, sched, latency, async_scheduling=asynchronous)
     wall = time.perf_counter() - t0
 
-    records = request_records(result.requests)
+    records = replay_records(result.requests)
     real, sim = real_metrics(req), simulated_metrics(records)
     if "scheduled_ts" in req.columns:  # the run says when each request was first scheduled: TTFT's split
         real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
-        sim.update(split_metrics(records.arrival, records.admitted, records.first_token))
+        sim.update(split_metrics(records.queued, records.admitted, records.first_token))
     else:
         echo("note: requests.jsonl records no scheduled_ts: TTFT is not split into queueing and prefill")
     table = comparison(real, sim)

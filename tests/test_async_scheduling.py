@@ -39,6 +39,22 @@ def test_an_arrival_during_a_step_joins_the_step_after_next_and_an_idle_engine_t
         == first.requests[0].first_token
 
 
+def test_a_request_is_taken_in_at_the_first_iteration_boundary_after_it_arrives_even_inside_a_jump():
+    """vLLM stamps `queued_ts` when its engine takes a request in, between two steps: the loop records the same
+    (`queued`), at the first iteration end from the arrival, also where a decode-only jump ran on past it (a
+    request that cannot be admitted does not cut the jump), and at once where the engine was idle."""
+    for asynchronous in (False, True):
+        # one slot: request 0 decodes alone in a long jump, request 1 waits for the slot
+        res = simulate(make_requests([8, 8], [40, 4], [0.0, 0.0301]), vllm(seqs=1), LAT,
+                       async_scheduling=asynchronous)
+        r0, r1 = sorted(res.requests, key=lambda r: r.id)
+        assert r0.queued == 0.0
+        boundaries = np.sort(np.concatenate([[0.0], np.cumsum(np.concatenate(res.log.durations))]))
+        first = boundaries[np.searchsorted(boundaries, r1.arrival)]
+        assert r1.queued == pytest.approx(first) and r1.queued < r0.finished  # not at the jump's end
+        assert r1.arrival <= r1.queued <= r1.admitted
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_with_async_scheduling_the_jump_equals_stepping_and_every_request_finishes_once(seed):
     rng = np.random.default_rng(seed)

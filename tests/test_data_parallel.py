@@ -71,8 +71,9 @@ def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exc
     both_busy = ep.batch_time(merged([busy, busy]))
     assert both_busy > one_busy > 0  # the experts see both ranks' tokens
     expected = (ep._rank(busy)[0] + inner.layers * (inner.experts.seconds_expert_parallel(33.0, 2)
-                + 2 * float(gather.time_s(2, 33 * m.hidden_size * m.dtype_bytes))))
-    assert one_busy == pytest.approx(expected)  # the idle rank's dummy token joins the expert layer
+                + 2 * float(gather.time_s(2, 2 * 32 * m.hidden_size * m.dtype_bytes))))
+    # the idle rank's dummy token joins the expert layer; each exchange moves the largest rank's 32 from each rank
+    assert one_busy == pytest.approx(expected)
     alone = OperatorLatency.from_profile(MOE, m, g).batch_time(SimpleNamespace(
         decode_n=32, decode_ctx=32000, prefill_lens=[], prefill_prefix=[], prefill_tokens=0, prefill=[],
         partial=[], transfer_tokens=0))
@@ -99,9 +100,9 @@ def test_within_a_cuda_graph_every_rank_is_padded_to_the_largest_ranks_tokens():
     padded, eager = (DataParallelLatency(inner, 2, True, gather, graph_tokens=k).batch_time(step) for k in (512, 16))
     rank = DataParallelLatency(inner, 2, True, gather)._rank(busy)[0]
     experts = lambda total: inner.layers * (inner.experts.seconds_expert_parallel(float(total), 2)
-                                            + 2 * float(gather.time_s(2, total * m.hidden_size * m.dtype_bytes)))
+                                            + 2 * float(gather.time_s(2, 66 * m.hidden_size * m.dtype_bytes)))
     assert padded == pytest.approx(rank + experts(66))
-    assert eager == pytest.approx(rank + experts(34))  # 33 tokens and the idle rank's one
+    assert eager == pytest.approx(rank + experts(34))  # 33 tokens and the idle rank's one; the exchange 2 x 33
 
 
 def moe_run(tmp_path, n=40, **engine):
@@ -130,7 +131,8 @@ def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_i
     assert "data parallel 2 with expert parallelism" in out.out and "all-gather measured" in out.out
     assert "on each of the 2 ranks" in out.out
     table = pd.read_csv(tmp_path / "out" / "validation.csv")
-    assert (table.simulated > 0).all()
+    queue = table.metric.str.startswith("queue_")  # taken in at once where there is room: 0, as vLLM records it
+    assert (table.simulated[~queue] > 0).all() and (table.simulated[queue] >= 0).all()
     for bad, words in ((dict(data_parallel_size=2, tensor_parallel_size=2), "not modelled"),
                        (dict(enable_expert_parallel=True), "data_parallel_size=1")):
         run = moe_run(tmp_path / str(len(words)) / words[:3], **bad)

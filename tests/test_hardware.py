@@ -33,7 +33,7 @@ def write_config(tmp_path, cfg):
 
 def test_preset_names():
     assert set(MODEL_PRESETS) == {"gpt-3-175b", "gpt-j-6b", "gpt-neox-20b", "llama-2-7b", "llama-2-13b", "llama-3-8b",
-                                  "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "qwen3-30b-a3b", "qwen3-32b",
+                                  "llama-3.1-8b", "llama-65b", "opt-13b", "opt-30b", "qwen3-30b-a3b", "qwen3-30b-a3b-instruct-2507", "qwen3-32b",
                                   "smollm2-135m", "tiny-llama"}
     assert {"a100-40gb-pcie", "a100-40gb-sxm", "a100-80gb-pcie", "a100-80gb-sxm", "a40", "h100-sxm", "h200",
             "rtx-4090", "rtx-pro-6000"} <= set(GPU_PRESETS)

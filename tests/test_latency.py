@@ -164,6 +164,24 @@ def test_all_reduce_priced_from_the_measured_pcie_pair_with_its_latency_floor():
     assert "fallback" in fallback.source and fallback.time_s(4, 1e6) > 0
 
 
+def test_the_measured_all_gather_is_priced_by_the_gathered_size_its_rows_give_per_gpu():
+    """An all-gather row's `bytes` is each GPU's share (at equal bytes it takes about an all-reduce's time, which
+    moves that many bytes per GPU): the model is asked for the gathered output, `bytes` x GPUs, as a ring's is."""
+    import pandas as pd
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import SHARED_DATA_DIR, RingAllGather, all_gather_model
+    gpu = get_gpu("rtx-pro-6000")
+    table = SHARED_DATA_DIR / gpu.measured_all_reduce
+    if not table.is_file():
+        pytest.skip("the shared data folder is not beside the repository")
+    model = all_gather_model(gpu, 2)
+    rows = pd.read_csv(table).query("collective == 'all_gather' and num_gpus == 2")
+    for r in rows.itertuples():
+        assert model.time_s(2, 2 * r.bytes) == pytest.approx(r.time_us * 1e-6)
+    ring = RingAllGather(30e9)  # the fallback takes the gathered size too: (g - 1) / g of it crosses each link
+    assert float(ring.time_s(2, 2e6)) == pytest.approx(5e-6 + 1e6 / 30e9)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("link:x", "expected link:<GB/s>:<us>"), ("link:16", "expected link:<GB/s>:<us>"),
     ("link:16:20:1", "expected link:<GB/s>:<us>"), ("link:0:20", "bandwidth > 0"),

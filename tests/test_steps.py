@@ -101,7 +101,8 @@ class _Measured:
 
 
 def _tp_table(factor, offsets, grow=True):
-    """A latency stand-in, its model, measured collectives and a step table made from them with a known factor."""
+    """A latency stand-in, its model, measured collectives and a step table made from them with a known factor
+    (piecewise rows with 32 decodes too where `offsets` has a `piecewise_mixed` constant)."""
     model = SimpleNamespace(n_layers=4, hidden_size=1024, dtype_bytes=2, vocab_size=32000)
     ar, ag = _Measured(36e9), _Measured(30e9)
     const = lambda v: SimpleNamespace(at=lambda *a: v)
@@ -109,15 +110,17 @@ def _tp_table(factor, offsets, grow=True):
     latency = SimpleNamespace(overhead_s=0.0, layers=4, attention=const(1e-5), per_sequence=per_seq,
                               dense=SimpleNamespace(at=lambda x: 1e-3 + 2e-6 * x + 9 * float(ar.time_s(2, x * 2048))))
     rows = []
-    for branch, tokens in [("full", t) for t in (1, 8, 32, 64)] + [("piecewise", t) for t in (16, 64, 128, 256)] + \
-            [("none", t) for t in (512, 1024)]:
-        decodes = tokens if branch == "full" else 0
+    mixed = [("piecewise_mixed", t) for t in (64, 96, 192, 256)] if "piecewise_mixed" in offsets else []
+    for kind, tokens in [("full", t) for t in (1, 8, 32, 64)] + [("piecewise", t) for t in (16, 64, 128, 256)] + \
+            mixed + [("none", t) for t in (512, 1024)]:
+        branch = "piecewise" if kind == "piecewise_mixed" else kind
+        decodes = tokens if branch == "full" else 32 if kind == "piecewise_mixed" else 0
         sampled = decodes + (branch != "full")
         compute = 1e-3 + 2e-6 * tokens + 4 * 1e-5 + 2e-4
         k = factor if grow else 0.0
         comm = 9 * (12e-6 + k * tokens * 2048 / 36e9) + 12e-6 + k * sampled * 64000 / 30e9
-        rows.append((branch, tokens, decodes, 1024, 0 if branch == "full" else tokens,
-                     1e6 * (compute + offsets[branch] + comm)))
+        rows.append((branch, tokens, decodes, 1024, 0 if branch == "full" else tokens - decodes,
+                     1e6 * (compute + offsets[kind] + comm)))
     return latency, ar, ag, model, pd.DataFrame(rows, columns=list(STEP_COLUMNS))
 
 
@@ -132,6 +135,16 @@ def test_the_in_engine_factor_is_recovered_from_a_step_table_and_never_prices_be
     faster = InEngineCollective(ar, 0.5, "t")  # a factor below 1 would beat the collective alone: it does not
     assert faster.time_s(2, np.array([4096.0, 1e6])) == pytest.approx(ar.time_s(2, np.array([4096.0, 1e6])))
     assert InEngineCollective(ar, 2.5, "t").time_s(1, 1e6) == pytest.approx(ar.time_s(1, 1e6))
+
+
+def test_a_constant_of_piecewise_steps_with_decodes_stays_out_of_the_factor():
+    """The shared TP2 table's piecewise steps with decodes sit a constant above those without: each kind of step
+    has its own offset, so the factor is still the one the table was made with, and every held-out row fits."""
+    offsets = {"full": 0.020, "piecewise": 0.018, "piecewise_mixed": 0.027, "none": 0.030}
+    latency, ar, ag, model, table = _tp_table(1.8, offsets)
+    fit = fit_in_engine_factor(latency, ar, ag, table, model, 2, "t")
+    assert fit.factor == pytest.approx(1.8, rel=1e-6) and fit.offset_s == pytest.approx(offsets)
+    assert fit.fold_factors == pytest.approx((1.8, 1.8), rel=1e-6) and fit.held_out_max_abs_pct < 1e-6
 
 
 def test_a_step_table_whose_steps_do_not_grow_with_the_bytes_implies_no_factor():

@@ -246,7 +246,7 @@ def test_a_tensor_parallel_run_is_found_by_its_model_id_and_priced_with_the_coll
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "model qwen3-32b" in stdout and "tp2" in stdout
     assert ("all-reduces: measured between rtx-pro-6000 GPUs (gpu_profiles/network/rtxpro6000_pcie_2gpu/collectives.csv"
-            " in the shared data), as the engine ran it: its floor plus the bytes at 1/2.51 of its measured bandwidth "
+            " in the shared data), as the engine ran it: its floor plus the bytes at 1/2.31 of its measured bandwidth "
             "(fitted to vllm_runs/rtxpro6000-qwen3-32b/profile/tp2/step.csv)") in stdout
     auto = pd.read_csv(tmp_path / "out" / "validation.csv").set_index("metric").simulated
     stdout = run_ok(capsys, run, "--out", tmp_path / "measured", "--all-reduce", "measured")
@@ -284,3 +284,19 @@ def test_a_run_without_scheduled_ts_is_not_split_and_says_so(tmp_path, capsys):
     assert "records no scheduled_ts" in stdout and "asynchronous scheduling: off, --async-scheduling" in stdout
     table = pd.read_csv(tmp_path / "out" / "validation.csv")
     assert list(table.metric) == METRICS[:17]
+
+
+def test_a_model_id_with_no_preset_is_read_from_the_config_json_beside_the_run_and_said_so(tmp_path, capsys):
+    """The shared runs keep the model's Hugging Face config beside `run/`: a run naming a model no preset knows is
+    priced from that file (the line names it); without the file it stays a one-line refusal naming --model."""
+    run = trim(R6000, tmp_path / "r")
+    edit_meta(run, lambda m: m.update(model="org/mystery-8b"))
+    config = tmp_path / "r" / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+                                  "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                  "vocab_size": 128256, "max_position_embeddings": 131072}))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert f"read from {config}: meta.json's 'org/mystery-8b' has no preset" in stdout
+    config.unlink()
+    assert main([str(run), "--out", str(tmp_path / "out2")]) == 2
+    assert "no config.json is beside the run" in capsys.readouterr().err

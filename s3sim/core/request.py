@@ -25,6 +25,7 @@ class Request:
     arrival: float
     phase: Phase = Phase.WAITING
     ready: float = math.nan  # when its scheduler may first see it: arrival, plus the predictor's queue and latency
+    queued: float = math.nan  # when its scheduler took it in: the first step boundary from `ready` (vLLM's queued_ts)
     # prediction and reservation
     first_bucket: int = -1  # bucket predicted at arrival
     bucket: int = -1  # bucket the current reservation is sized for (grows on misprediction)

@@ -11,7 +11,8 @@
 With `async_scheduling` (vLLM V1's, on by default in its recent versions) step N+1 is scheduled while step N
 runs: a request that arrives during step N is first seen when N+2 is scheduled (an engine that was idle
 schedules it at once), and its admission is recorded when its step was scheduled, at the start of the step
-before (vLLM's `scheduled_ts`). A request that stops at its length limit frees its slot on time, as vLLM knows
+before (vLLM's `scheduled_ts`). Each request's `queued` is the step boundary at which the loop took it in
+(vLLM stamps `queued_ts` there too, as its engine takes new requests in between steps). A request that stops at its length limit frees its slot on time, as vLLM knows
 it will stop; stops the engine cannot foresee (end of sequence) are not delayed here, which replays of
 recorded runs (fixed output lengths) do not need.
 
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from typing import Any, Protocol
+
+import numpy as np
 
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import Scheduler
@@ -114,9 +117,14 @@ def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog, a
     the module's docstring."""
     t, steps = 0.0, 0
     seen = 0.0  # asynchronous scheduling: what arrived by then is what the scheduler of the next step has seen
+    last = (0.0, None)  # the last step run and its start (None: the engine was idle until then)
     while True:
         arrived = inbox.due(seen if async_scheduling else t)
         if arrived:
+            bounds = _boundaries(*last)
+            for r in arrived:  # taken in at the first iteration boundary from when it was ready
+                i = bisect_left(bounds, r.ready)
+                r.queued = bounds[i] if i < len(bounds) else t
             sched.add(arrived)
         if inbox.exhausted and sched.is_idle():
             break
@@ -125,6 +133,7 @@ def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog, a
             if inbox.exhausted:
                 raise stalled(sched, len(inbox.received) - len(sched.finished), t)
             t = seen = yield backend.idle(t)
+            last = (t, None)  # an idle engine takes a request in as it arrives
             continue
         if async_scheduling and seen < t:  # scheduled while the step before ran
             for r in out.prefill:
@@ -136,9 +145,21 @@ def serve(sched: Scheduler, backend: Backend, inbox: Inbox, log: IterationLog, a
         backend.settle(out, outcome)
         steps += 1
         seen = t if step.k == 1 or step.ends is None else float(step.ends[step.k - 2])  # the start of the last iteration run
+        last = (t, step)
         t = step.end
     check_all_finished(inbox.received, sched, t)
     return t, steps
+
+
+def _boundaries(start: float, step) -> list:
+    """The iteration boundaries of a step that began at `start`: its start and each iteration's end (just the
+    start where the engine was idle until then)."""
+    if step is None:
+        return [start]
+    if step.k == 1:
+        return [start, step.end]
+    ends = step.ends[:step.k] if step.ends is not None else start + np.cumsum(step.durations[:step.k])
+    return [start, *ends.tolist()[:-1], step.end]
 
 
 def drive(loop):

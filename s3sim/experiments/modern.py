@@ -29,10 +29,10 @@ from s3sim.commandline import Parser, out_path
 from s3sim.config import build_scheduler
 from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
-from s3sim.metrics.summary import request_records, summarize
+from s3sim.metrics.summary import summarize
 from s3sim.simulator.engine import simulate
 from s3sim.validate import (META, build_latency, engine_settings, kv_capacity, read_run, resolve_gpu,
-                            resolve_model, simulated_metrics)
+                            replay_records, resolve_model, simulated_metrics)
 
 RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
 COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_latency_mean", "e2e_latency_p50",
@@ -81,7 +81,7 @@ def compare(run_dir: Path) -> pd.DataFrame:
         sched = build_scheduler(cfg, blocks * engine.block_size, output, context=model.max_context, layers=model.n_layers)
         result = simulate(make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals), sched,
                           latency, async_scheduling=engine.async_scheduling)
-        records = request_records(result.requests)
+        records = replay_records(result.requests)
         m = simulated_metrics(records)
         summary = summarize(result, records=records)
         rows.append({"policy": name, **{c: m[c] for c in COLUMNS},

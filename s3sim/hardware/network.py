@@ -109,7 +109,14 @@ class MeasuredAllReduce:
     def from_csv(cls, path, collective: str = "all_reduce") -> "MeasuredAllReduce":
         """Either format of the shared tables: `collective, num_gpus, bytes, time_us` (the RTX PRO 6000 pair: its
         `all_reduce` or `all_gather` rows), or Vidur's (`num_workers, size, devices_per_node,
-        time_stats.all_reduce.median` in ms)."""
+        time_stats.all_reduce.median` in ms).
+
+        An all-gather row's `bytes` is what each GPU contributes (the collective's input), so its sizes are held
+        here as the gathered output (`bytes` x GPUs), the size every caller prices (`RingAllGather` too). The
+        table itself says so: read as the output, its all-gathers would move half an all-reduce's bytes per GPU
+        at equal size and yet take longer at every size from 1 MB up (20 MB: 683 us against 587 us), about 0.4
+        of the all-reduce's bus bandwidth on the same link; read as the input, both move `bytes` per GPU, at
+        about the same bandwidth (31 and 36 GB/s)."""
         p = Path(path)
         what = collective.replace("_", "-")
         t = _read_table(p, what)
@@ -119,6 +126,8 @@ class MeasuredAllReduce:
                 raise ConfigError(f"{what} profile {str(p)!r}: needs {collective} rows with num_gpus, bytes and "
                                   f"time_us")
             t = t.rename(columns={"num_gpus": "num_workers", "bytes": "size"}).assign(ms=t.time_us * 1e-3)
+            if collective == "all_gather":  # `bytes` is each GPU's share: held as the gathered size, as priced
+                t = t.assign(size=t["size"] * t.num_workers)
         else:
             if collective != "all_reduce":
                 raise ConfigError(f"{what} profile {str(p)!r}: a table of this format holds all-reduces only")

@@ -7,8 +7,10 @@ an MoE model stepping). The step takes the slowest rank's time plus, in every la
 - with expert parallelism, each rank holds 1/ranks of the experts, gathers every rank's tokens (an
   all-gather of their hidden states), computes its experts' share of the token-expert pairs of the whole batch
   (`ExpertTable.seconds_expert_parallel`), and hands the results back (priced as a second all-gather of the
-  same bytes, for the reduce-scatter nobody measured here); the collectives come from the GPU's measured table
-  where it has one (the RTX PRO 6000 pair's `all_gather` rows), else a ring over its link, said so in `source`;
+  same bytes, for the reduce-scatter nobody measured here); each exchange is priced at ranks x the largest
+  rank's tokens (every GPU sends its own share at once, so the largest share sets the time); the collectives
+  come from the GPU's measured table where it has one (the RTX PRO 6000 pair's `all_gather` rows), else a ring
+  over its link, said so in `source`;
 - without it, each rank holds every expert and computes its own tokens' (inside its own batch's time).
 
 Padding across ranks (vLLM V1's `coordinate_batch_across_dp`): where every rank's batch fits a CUDA graph (at
@@ -64,7 +66,7 @@ class DataParallelLatency:
             total = sum(n for _, n in ranks)
         if self.expert_parallel:
             lat = self.inner
-            nbytes = total * self.model.hidden_size * self.model.dtype_bytes
+            nbytes = len(ranks) * most * self.model.hidden_size * self.model.dtype_bytes  # the largest share sets it
             exchange = 2 * float(np.asarray(self.gather.time_s(self.ranks, nbytes)))
             t += lat.layers * (lat.experts.seconds_expert_parallel(float(total), self.ranks) + exchange)
         return t

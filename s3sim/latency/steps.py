@@ -146,8 +146,9 @@ class StepCalibrated:
 @dataclass(frozen=True)
 class CollectiveFit:
     """How much slower the engine's collectives move their bytes than measured alone: `factor` times the time
-    at the measured bandwidth, beyond each one's latency floor; `offset_s` per CUDA-graph mode; each fold's
-    factor and the held-out error of the steps priced with it."""
+    at the measured bandwidth, beyond each one's latency floor; `offset_s` per kind of step (`step_kinds`);
+    each fold's factor and the held-out error of the steps priced with it (folds: every other row of each
+    kind)."""
 
     factor: float
     offset_s: dict
@@ -158,8 +159,16 @@ class CollectiveFit:
     source: str
 
 
+def step_kinds(steps: pd.DataFrame) -> np.ndarray:
+    """Each step's CUDA-graph mode, a piecewise step with decodes told apart (`piecewise_mixed`) from one of
+    prefill chunks alone: in the shared TP2 table the two differ by a constant (about 9 ms), which one offset
+    for both would push into the slope."""
+    mixed = (steps.branch.to_numpy() == "piecewise") & (steps.n_decode.to_numpy() > 0)
+    return np.where(mixed, "piecewise_mixed", steps.branch.to_numpy()).astype(object)
+
+
 def _factor_lstsq(branch: np.ndarray, excess: np.ndarray, beyond: np.ndarray):
-    """excess = offset[mode] + factor x beyond, least squares: (offsets, factor)."""
+    """excess = offset[kind] + factor x beyond, least squares: (offsets, factor)."""
     modes = sorted(set(branch))
     x = np.column_stack([(branch == m).astype(float) for m in modes] + [beyond])
     coef, *_ = np.linalg.lstsq(x, excess, rcond=None)
@@ -171,14 +180,15 @@ def fit_in_engine_factor(latency, measured, gather, steps: pd.DataFrame, model, 
     """The collectives as a whole-step table at `tp` > 1 shows them. `latency` is the operator model of the
     table's TP with every all-reduce priced by `measured` and the logits' all-gather by `gather` (each a
     `MeasuredAllReduce`, timed alone); its compute is that price less those collectives. Each step is fitted as
-    compute + a constant per CUDA-graph mode + its 2 L + 1 all-reduces and one all-gather, each at its measured
+    compute + a constant per kind of step (its CUDA-graph mode; piecewise with or without decodes) + its 2 L + 1
+    all-reduces and one all-gather, each at its measured
     latency floor plus its bytes at its measured bandwidth (the slope of its largest messages) divided by
     `factor`: the one term that grows with the messages. A constant the table has and a run does not (a timing
     harness) stays in the offsets. Compute is priced as profiled (scale 1): on the same GPU the runs at TP1
     replay within a few per cent so, and a compute scale fitted with the factor cannot be told apart from it
     (both grow with tokens)."""
     n_ar = 2 * model.n_layers + 1
-    branch = steps.branch.to_numpy()
+    branch = step_kinds(steps)
     nbytes = steps.num_tokens.to_numpy(np.float64) * model.hidden_size * model.dtype_bytes
     sampled = steps.n_decode.to_numpy(np.float64) + (steps.prefill_chunk.to_numpy() > 0)
     logits = sampled * model.vocab_size * model.dtype_bytes
@@ -195,8 +205,9 @@ def fit_in_engine_factor(latency, measured, gather, steps: pd.DataFrame, model, 
                           f"operator sum, so it implies no in-engine factor (price the collectives as measured)")
     held = np.full(len(steps), np.nan)
     folds = []
+    parity = pd.Series(branch).groupby(branch).cumcount().to_numpy() % 2  # every other row of each kind
     for fold in (0, 1):
-        train = np.arange(len(steps)) % 2 != fold
+        train = parity != fold
         off, k = _factor_lstsq(branch[train], excess[train], beyond[train])
         folds.append(k)
         test = np.flatnonzero(~train)
