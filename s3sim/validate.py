@@ -5,8 +5,9 @@
 RUN_DIR holds what a real run recorded (`meta.json`, `requests.jsonl`, `timeseries.csv`; the folder above it,
 with `run/` inside, is accepted too). Every request is replayed with the `vllm` policy (vLLM's V1 scheduler)
 under the run's engine settings, arriving at its `queued_ts` (relative to the earliest one: the zero of every
-real metric) with the run's prompt and output lengths. The metrics, real and simulated alike:
-TTFT = first token - queued; TPOT = (last token - first token) / (output tokens - 1) over requests with more
+real metric) with the run's prompt and output lengths. vLLM stamps `queued_ts` when its engine takes a request
+in, between two steps; the replay's `queued` is likewise the first iteration boundary from the arrival (at once
+where the engine was idle). The metrics, real and simulated alike: TTFT = first token - queued; TPOT = (last token - first token) / (output tokens - 1) over requests with more
 than one output token; end-to-end latency = last token - queued; throughput = requests (output tokens) /
 (last token of the run - first queued). Times are reported in milliseconds, like the peer's table, and their
 metric names say so (`ttft_p50_ms`).

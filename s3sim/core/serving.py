@@ -11,10 +11,10 @@
 With `async_scheduling` (vLLM V1's, on by default in its recent versions) step N+1 is scheduled while step N
 runs: a request that arrives during step N is first seen when N+2 is scheduled (an engine that was idle
 schedules it at once), and its admission is recorded when its step was scheduled, at the start of the step
-before (vLLM's `scheduled_ts`). Each request's `queued` is the step boundary at which the loop took it in
-(vLLM stamps `queued_ts` there too, as its engine takes new requests in between steps). A request that stops at its length limit frees its slot on time, as vLLM knows
-it will stop; stops the engine cannot foresee (end of sequence) are not delayed here, which replays of
-recorded runs (fixed output lengths) do not need.
+before (vLLM's `scheduled_ts`). Each request's `queued` is the iteration boundary at which the loop took it
+in (vLLM stamps `queued_ts` there too, as its engine takes new requests in between steps). A request that stops
+at its length limit frees its slot on time, as vLLM knows it will stop; stops the engine cannot foresee (end of
+sequence) are not delayed here, which replays of recorded runs (fixed output lengths) do not need.
 
 The loop is a generator that yields whatever its backend's `wait` and `idle` return and expects the
 answer sent back: the simulator's are SimPy events (so the loop is a SimPy process as it stands), the
