@@ -589,9 +589,8 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     from s3sim.latency.data_parallel import DataParallelLatency
     from s3sim.latency.operators import OperatorLatency, engine_collectives, in_engine
     if not model.n_experts:
-        raise ConfigError(f"data_parallel_size={engine.dp} of a dense model ({model.name}): its ranks would be "
-                          "independent engines, which s3sim-validate does not replay (simulate them as replicas "
-                          "behind a router: s3sim cluster.replicas=N)")
+        raise ConfigError(f"data_parallel_size={engine.dp} of a dense model ({model.name}): its ranks are independent "
+                          "engines, not ranks stepping together")
     if not isinstance(latency, OperatorLatency):
         raise ConfigError("data-parallel MoE ranks are priced from an operator profile with a moe.csv "
                           "(not --profile none or --step-calibration)")
@@ -624,9 +623,10 @@ def calibrate_steps(latency, how: str, profile: Path | None, tp: int):
 
 
 # ---- the timeline ----------------------------------------------------------------------------------------
-def timeline(real: pd.DataFrame, frame: pd.DataFrame, capacity_tokens: int, sim_end: float) -> pd.DataFrame:
+def timeline(real: pd.DataFrame, frames: list, capacity_tokens: int, sim_end: float) -> pd.DataFrame:
     """Running, waiting and KV use (%) at the run's 1-second ticks, real against simulated. Simulated values
-    are those of the iteration in progress at the tick (none: the engine is idle, all zero); its running
+    are those of the iteration in progress at the tick (none: the engine is idle, all zero), summed over the
+    engines (`frames`: each one's iteration log; independent data-parallel ranks are several); its running
     count is the iteration's batch (decodes + prefill chunks), the run's counts partial prefills too."""
     t = real.t.to_numpy(dtype=float)
     tick = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
@@ -634,14 +634,17 @@ def timeline(real: pd.DataFrame, frame: pd.DataFrame, capacity_tokens: int, sim_
     if sim_end > last:  # the replay ran longer: extend the ticks over it
         extra = last + tick * np.arange(1, int(math.ceil((sim_end - last) / tick)) + 2)
         t = np.concatenate([t, extra])
-    start = frame.start.to_numpy(dtype=float)
-    end = start + frame.duration.to_numpy(dtype=float)
-    i = np.searchsorted(start, t, side="right") - 1
-    busy = (i >= 0) & (t < end[np.maximum(i, 0)])
-    j = np.maximum(i, 0)
+    def sample_one(frame, col):
+        if not len(frame):
+            return np.zeros(len(t))
+        start = frame.start.to_numpy(dtype=float)
+        end = start + frame.duration.to_numpy(dtype=float)
+        i = np.searchsorted(start, t, side="right") - 1
+        j = np.maximum(i, 0)
+        return np.where((i >= 0) & (t < end[j]), frame[col].to_numpy(dtype=float)[j], 0.0)
 
     def sample(col):
-        return np.where(busy, frame[col].to_numpy(dtype=float)[j], 0.0) if len(frame) else np.zeros(len(t))
+        return sum((sample_one(f, col) for f in frames), np.zeros(len(t)))
 
     n = len(real)
     pad = lambda col: np.concatenate([real[col].to_numpy(dtype=float), np.full(len(t) - n, np.nan)])  # noqa: E731
@@ -729,7 +732,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if step_calibration != "none":
         latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
         lat_how += f"; {step_how}"
-    if engine.dp > 1:
+    dense_ranks = engine.dp > 1 and not spec.n_experts  # independent engines behind vLLM's load balancer
+    if engine.dp > 1 and not dense_ranks:
         latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec, all_reduce)
         lat_how += f"; {dp_how}"
 
@@ -775,17 +779,26 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     policy = {"name": "vllm", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs,
               "max_num_batched_tokens": engine.max_num_batched_tokens, "prefix_caching": engine.prefix_caching}
     conf = {"max_seq_len": max_seq_len, "policy": policy}
-    if engine.dp > 1:  # one scheduler per rank behind vLLM's load balancer, stepping together
+    ranks = [build_scheduler(conf, capacity, req.output_toks.to_numpy()) for _ in range(engine.dp)]
+    if dense_ranks:
+        echo(f"data parallel: {engine.dp} ranks of a dense model, independent engines (each its own KV cache, "
+             "max_num_seqs, token budget and steps); a request goes to the rank with the lowest 4 x waiting + running")
+    elif engine.dp > 1:  # one scheduler per rank behind vLLM's load balancer, stepping together
         from s3sim.core.data_parallel import DataParallelScheduler
-        sched = DataParallelScheduler([build_scheduler(conf, capacity, req.output_toks.to_numpy())
-                                       for _ in range(engine.dp)])
         echo(f"data parallel: {engine.dp} ranks, each with its own KV cache, max_num_seqs and token budget; a request "
              "goes to the rank with the lowest 4 x waiting + running; the ranks step together")
-    else:
-        sched = build_scheduler(conf, capacity, req.output_toks.to_numpy())
     clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
-    result = simulate(requests, sched, latency, async_scheduling=asynchronous)
+    if dense_ranks:
+        from s3sim.cluster.routers import VllmDataParallel
+        from s3sim.simulator.engine import simulate_cluster
+        result = simulate_cluster(requests, [(s, latency, capacity) for s in ranks], VllmDataParallel(),
+                                  async_scheduling=asynchronous)
+        runs = result.replicas
+    else:
+        sched = DataParallelScheduler(ranks) if engine.dp > 1 else ranks[0]
+        result = simulate(requests, sched, latency, async_scheduling=asynchronous)
+        runs = [result]
     wall = time.perf_counter() - t0
 
     records = replay_records(result.requests)
@@ -797,12 +810,14 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         echo("note: requests.jsonl records no scheduled_ts: TTFT is not split into queueing and prefill")
     table = comparison(real, sim)
     table["kv_capacity_source"] = engine.kv_capacity_source
-    frame = result.log.frame()
-    data = timeline(run.timeseries, frame, capacity * engine.dp, float(records.last_token.max()))
+    frames = [r.log.frame() for r in runs]
+    data = timeline(run.timeseries, frames, capacity * engine.dp, float(records.last_token.max()))
 
     echo(format_table(table))
-    counts = sched.counters()
-    echo(f"replay: {wall:.2f} s wall, {len(frame):,} simulated iterations ({result.engine_steps:,} engine steps), "
+    counts = {k: sum(r.scheduler.counters()[k] for r in runs) for k in ("preemptions", "prefill_preemptions",
+                                                                          "cached_tokens")}
+    iterations, steps = sum(len(f) for f in frames), sum(r.engine_steps for r in runs)
+    echo(f"replay: {wall:.2f} s wall, {iterations:,} simulated iterations ({steps:,} engine steps), "
          f"{int(counts['preemptions'])} preemptions ({int(counts['prefill_preemptions'])} of them part-way through a prefill), "
          f"{int(counts['cached_tokens']):,} recomputed tokens found in the prefix cache")
 

@@ -139,3 +139,40 @@ def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_i
         assert main([str(run), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not LLAMA.is_dir(), reason="no shared runs")
+def test_a_dense_model_under_data_parallelism_replays_as_independent_engines_behind_vllms_balancer(tmp_path, capsys):
+    """Llama 3.1 8B at data_parallel_size 2: two engines that step on their own (no lockstep, no dummy steps),
+    each request sent to the rank with the lowest 4 x waiting + running, every request finished once; with the
+    same arrivals, two such ranks serve them sooner than one engine does."""
+    from s3sim.validate import main
+    run = tmp_path / "dp" / "run"
+    run.mkdir(parents=True)
+    meta = json.loads((LLAMA / "meta.json").read_text())
+    meta["num_requests"] = 40
+    meta["engine_kwargs"].update(data_parallel_size=2)
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "requests.jsonl").write_text("".join((LLAMA / "requests.jsonl").read_text().splitlines(True)[:40]))
+    pd.read_csv(LLAMA / "timeseries.csv").to_csv(run / "timeseries.csv", index=False)
+    (tmp_path / "dp" / "profile").symlink_to(LLAMA.parent / "profile")
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "2 ranks of a dense model, independent engines" in out and "step together" not in out
+    two = pd.read_csv(tmp_path / "out" / "validation.csv").set_index("metric").simulated
+    meta["engine_kwargs"].update(data_parallel_size=1)
+    (run / "meta.json").write_text(json.dumps(meta))
+    assert main([str(run), "--out", str(tmp_path / "one")]) == 0
+    one = pd.read_csv(tmp_path / "one" / "validation.csv").set_index("metric").simulated
+    assert two["e2e_latency_mean_ms"] < one["e2e_latency_mean_ms"]
+
+
+def test_vllms_balancer_counts_what_was_routed_and_not_yet_taken_in_as_waiting():
+    from s3sim.cluster.routers import VllmDataParallel
+    replicas = [SimpleNamespace(dp_load=3), SimpleNamespace(dp_load=1), SimpleNamespace(dp_load=1)]
+    assert VllmDataParallel().place(None, replicas, 0) == 1  # the lowest load, the lowest index on a tie
+    from s3sim.simulator.engine import ReplicaState
+    sched = SimpleNamespace(running={1: 0, 2: 0}, prefilling={3: 0}, finished=[0] * 4, waiting=[])
+    state = ReplicaState(SimpleNamespace(sched=sched), 1000)
+    state.routed = 9  # 4 finished, 3 in the batch, 2 routed and waiting (or not yet taken in)
+    assert state.dp_load == 4 * 2 + 3

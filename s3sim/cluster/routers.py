@@ -83,3 +83,13 @@ class Predicted(Router):
     def place(self, request, replicas, footprint: int) -> int:
         return min(range(len(replicas)),
                    key=lambda i: ((replicas[i].predicted_tokens + footprint) / replicas[i].capacity_tokens, i))
+
+
+class VllmDataParallel(Router):
+    """vLLM's data-parallel load balancer over a dense model's ranks (independent engines): the rank with the
+    lowest 4 x waiting + running, a request routed there and not yet taken in counting as waiting; the lowest
+    index on a tie. `s3sim-validate` replays such a run with it; it is not one of the cluster's routers."""
+    name = "vllm_dp"
+
+    def place(self, request, replicas, footprint: int) -> int:
+        return min(range(len(replicas)), key=lambda i: (replicas[i].dp_load, i))

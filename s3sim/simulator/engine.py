@@ -65,6 +65,13 @@ class ReplicaState:
         return self.routed - len(self.sched.finished)
 
     @property
+    def dp_load(self) -> int:
+        """vLLM's data-parallel load: 4 x waiting + running, where waiting holds what was routed here and not
+        taken in yet, and running the requests in the batch (prefilling too)."""
+        running = len(self.sched.running) + len(getattr(self.sched, "prefilling", ()))
+        return 4 * (self.outstanding - running) + running
+
+    @property
     def predicted_tokens(self) -> int:
         """Predicted KV footprint of the outstanding requests (0 unless the router tracks footprints)."""
         self._forget_finished()
