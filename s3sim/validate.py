@@ -366,9 +366,6 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: engine_kwargs.kv_cache_dtype={kv_dtype!r} is not modelled (16-bit KV only)")
     tp = ek.get("tensor_parallel_size")
     tp = 1 if tp is None else _positive_int(tp, f"{where}: engine_kwargs.tensor_parallel_size")
-    if dp > 1 and tp > 1:
-        raise ConfigError(f"{where}: data_parallel_size={dp} with tensor_parallel_size={tp} is not modelled "
-                          "(data-parallel ranks of one GPU each only)")
     if ep and dp == 1:
         raise ConfigError(f"{where}: enable_expert_parallel=true with data_parallel_size=1: experts split over "
                           "tensor-parallel ranks are not modelled (only over data-parallel ranks)")
@@ -715,6 +712,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
     spec = resolve_model(model, engine, run.dir.parent / "config.json")
     check_model_agrees(spec, model, engine, prof or own)
+    if engine.dp > 1 and engine.tp > 1 and spec.n_experts:
+        raise ConfigError(f"{str(run.dir / META)!r}: data_parallel_size={engine.dp} with tensor_parallel_size="
+                          f"{engine.tp} of a mixture of experts is not modelled (its data-parallel ranks of one GPU "
+                          "each only)")
     needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
              "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
