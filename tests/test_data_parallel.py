@@ -176,3 +176,23 @@ def test_vllms_balancer_counts_what_was_routed_and_not_yet_taken_in_as_waiting()
     state = ReplicaState(SimpleNamespace(sched=sched), 1000)
     state.routed = 9  # 4 finished, 3 in the batch, 2 routed and waiting (or not yet taken in)
     assert state.dp_load == 4 * 2 + 3
+
+
+QWEN = DATA / "rtxpro6000-qwen3-32b"
+
+
+@pytest.mark.skipif(not (QWEN / "run").is_dir(), reason="no shared Qwen3-32B run")
+def test_a_dense_models_data_parallel_ranks_may_each_be_tensor_parallel(tmp_path, capsys):
+    from s3sim.validate import main
+    run = tmp_path / "q" / "run"
+    run.mkdir(parents=True)
+    meta = json.loads((QWEN / "run" / "meta.json").read_text())
+    meta["num_requests"] = 30
+    meta["engine_kwargs"].update(data_parallel_size=2)
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "requests.jsonl").write_text("".join((QWEN / "run" / "requests.jsonl").read_text().splitlines(True)[:30]))
+    pd.read_csv(QWEN / "run" / "timeseries.csv").to_csv(run / "timeseries.csv", index=False)
+    (tmp_path / "q" / "profile").symlink_to(QWEN / "profile")
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "tp2; data parallel 2" in out and "independent engines" in out and "as the engine ran it" in out
