@@ -188,6 +188,7 @@ def read_requests(path: Path) -> pd.DataFrame:
         raise ConfigError(f"{str(path)!r}: no requests")
     optional = [f for f in OPTIONAL_FIELDS if all(f in r for r in rows)]
     df = pd.DataFrame(rows, columns=["line", *REQUEST_FIELDS, *optional])
+    df.attrs["lacking"] = {f: sum(f not in r for r in rows) for f in OPTIONAL_FIELDS if f not in optional}
     return df.astype({"input_toks": np.int64, "output_toks": np.int64})
 
 
@@ -317,6 +318,17 @@ def read_peer(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "real", "peer_simulated", "peer_error_pct"])
 
 
+def peer_mismatch(peer: pd.DataFrame, real: dict) -> str | None:
+    """Why the peer's table is not about this run (its real value of a metric more than 1 %, and its 0.1 ms
+    rounding, from the one requests.jsonl gives), or None where every one agrees."""
+    named = {metric_name(k): v for k, v in real.items()}
+    for r in peer.itertuples(index=False):
+        ours = named.get(r.metric)
+        if ours is not None and abs(r.real - ours) > max(0.01 * abs(ours), 0.1):
+            return f"its real {r.metric} is {r.real:,.1f} where this run's requests.jsonl gives {ours:,.1f}"
+    return None
+
+
 # ---- the engine ------------------------------------------------------------------------------------------
 def _positive_int(value, where: str) -> int:
     if not _is_number(value) or value != int(value) or value < 1:
@@ -343,6 +355,7 @@ class Engine:
     async_recorded: bool = False
     dp: int = 1  # data_parallel_size: ranks of one MoE model stepping together (`s3sim.core.data_parallel`)
     expert_parallel: bool = False  # enable_expert_parallel: the experts split across the data-parallel ranks
+    blocks_from: str = "kv_cache"  # where meta.json records num_gpu_blocks (kv_cache, or resolved_config's)
 
     @property
     def kv_capacity_source(self) -> str:
@@ -350,9 +363,58 @@ class Engine:
         return "recorded" if self.num_gpu_blocks is not None else "derived"
 
 
+def _resolved(meta: dict) -> dict:
+    """`resolved_config`'s sections (what vLLM resolved every setting to), empty where the run has none."""
+    rc = meta.get("resolved_config")
+    return rc if isinstance(rc, dict) else {}
+
+
+def _section(meta: dict, name: str) -> dict:
+    sec = _resolved(meta).get(name)
+    return sec if isinstance(sec, dict) else {}
+
+
+# settings that change what a step does or costs, and are not modelled: (section of resolved_config, field,
+# engine_kwargs field, what is modelled); each refused where the run sets it otherwise
+UNMODELLED = (("parallel_config", "pipeline_parallel_size", "pipeline_parallel_size", 1, "one pipeline stage"),
+              ("parallel_config", "decode_context_parallel_size", "decode_context_parallel_size", 1,
+               "no context parallelism"),
+              ("model_config", "quantization", "quantization", None, "unquantized 16-bit weights"),
+              ("scheduler_config", "enable_chunked_prefill", "enable_chunked_prefill", True, "chunked prefill"),
+              ("scheduler_config", "policy", "scheduling_policy", "fcfs", "first-come first-served scheduling"))
+
+
+def check_unmodelled(meta: dict, where: str) -> None:
+    """One line for a setting the replay would otherwise ignore: more pipeline stages, context parallelism,
+    quantized weights, prefill unchunked, another scheduling policy, speculative decoding."""
+    ek = meta["engine_kwargs"]
+    for section, field, ek_field, modelled, what in UNMODELLED:
+        for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
+                            (_section(meta, section).get(field), f"resolved_config.{section}.{field}")):
+            if value is not None and value != modelled:
+                raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models {what})")
+    for value, name in ((ek.get("speculative_config"), "engine_kwargs.speculative_config"),
+                        (_resolved(meta).get("speculative_config"), "resolved_config.speculative_config")):
+        if value:
+            raise ConfigError(f"{where}: {name} is set: speculative decoding is not modelled")
+
+
 def engine_settings(meta: dict, where: str) -> Engine:
-    """The engine settings, refusing the ones the simulator does not model (one line naming them)."""
-    ek, kv, hw = meta["engine_kwargs"], meta.get("kv_cache") or {}, meta.get("hardware") or {}
+    """The engine settings, refusing the ones the simulator does not model (one line naming them). A setting
+    meta.json's `engine_kwargs` or `kv_cache` leaves out is read from `resolved_config` where vLLM recorded it."""
+    check_unmodelled(meta, where)
+    ek, kv, hw = dict(meta["engine_kwargs"]), dict(meta.get("kv_cache") or {}), meta.get("hardware") or {}
+    for section, fields in (("scheduler_config", ("max_num_seqs", "max_num_batched_tokens")),
+                            ("parallel_config", ("tensor_parallel_size", "data_parallel_size"))):
+        for f in fields:
+            if ek.get(f) is None and _section(meta, section).get(f) is not None:
+                ek[f] = _section(meta, section)[f]
+    cache = _section(meta, "cache_config")
+    blocks_from = "kv_cache" if kv.get("num_gpu_blocks") is not None else "resolved_config.cache_config"
+    for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
+              "kv_cache_memory_bytes"):
+        if kv.get(f) is None and cache.get(f) is not None:
+            kv[f] = cache[f]
     dp = ek.get("data_parallel_size")
     dp = 1 if dp is None else _positive_int(dp, f"{where}: engine_kwargs.data_parallel_size")
     ep = ek.get("enable_expert_parallel") or False
@@ -396,7 +458,8 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: async_scheduling must be true or false, got {asynchronous!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
                   caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem,
-                  VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep)
+                  VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep,
+                  blocks_from)
 
 
 def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
@@ -465,6 +528,10 @@ def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> 
         (p0, d0, w0), (p1, d1, w1) = known
         raise ConfigError(f"{w0} is {d0!r} ({p0}) but {w1} is {d1!r} ({p1}): give a profile measured on the run's "
                           "GPU, or --profile none")
+    (d0, w0), (d1, w1) = named
+    if d0 and d1 and len(known) < 2 and " ".join(str(d0).lower().split()) != " ".join(str(d1).lower().split()):
+        raise ConfigError(f"{w0} is {d0!r} but {w1} is {d1!r}: give a profile measured on the run's GPU, or "
+                          "--profile none (with --gpu where the run's device has no preset)")
 
 
 def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_for: str | None):
@@ -473,14 +540,15 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
     from s3sim.hardware.gpus import get_gpu
     if name is not None:
         return get_gpu(name), f"{name} (--gpu)"
-    for device, where in ((engine.device_name, "meta.json"), (profile_device(profile), "the profile's meta.yaml")):
-        preset = preset_of_device(device)
-        if preset:
-            return get_gpu(preset), f"{preset} ({device!r} in {where})"
+    device, where = ((engine.device_name, "meta.json") if engine.device_name else  # the run's own word first
+                     (profile_device(profile), "the profile's meta.yaml"))
+    preset = preset_of_device(device)
+    if preset:
+        return get_gpu(preset), f"{preset} ({device!r} in {where})"
     if needed_for is None:
         return None, None
     from s3sim.hardware.gpus import GPU_PRESETS
-    seen = engine.device_name or profile_device(profile)
+    seen = device
     raise ConfigError(f"{needed_for} needs the GPU, and {'device ' + repr(seen) if seen else 'the run'} names no "
                       f"preset: give --gpu (one of {', '.join(sorted(GPU_PRESETS))})")
 
@@ -525,7 +593,14 @@ def check_kv_memory(engine: Engine, model, gpu, where: str) -> None:
 def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
     """(KV blocks, how they were obtained)."""
     if engine.num_gpu_blocks is not None:
-        return engine.num_gpu_blocks, f"from meta.json (kv_cache.num_gpu_blocks={engine.num_gpu_blocks})"
+        return engine.num_gpu_blocks, f"from meta.json ({engine.blocks_from}.num_gpu_blocks={engine.num_gpu_blocks})"
+    if engine.kv_cache_memory is not None:  # vLLM sizes the cache by it instead of by gpu_memory_utilization
+        blocks = engine.kv_cache_memory // (engine.block_size * kv_bytes_per_token(engine, model))
+        if blocks < 1:
+            raise ConfigError(f"meta.json's kv_cache_memory_bytes={engine.kv_cache_memory:,} holds no KV block of "
+                              f"{engine.block_size} tokens of model '{model.name}'")
+        return blocks, (f"from meta.json's kv_cache_memory_bytes ({engine.kv_cache_memory:,} bytes per GPU) over "
+                        f"{engine.block_size} tokens x {kv_bytes_per_token(engine, model):,} KV bytes a token")
     if engine.device_memory is not None:
         mem, mem_how = engine.device_memory, "meta.json's hardware.device_total_memory_bytes"
     else:
@@ -565,7 +640,9 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
         return lat, (f"operators on the {gpu.name} datasheet (no profile; efficiencies{whose} "
                      f"{lat.compute_efficiency:.3g} / {lat.memory_efficiency:.3g}, attention "
                      f"{lat.attention_prefill_efficiency:.3g} / {lat.attention_decode_efficiency:.3g}, launch "
-                     f"{lat.launch_s * 1e6:.3g} us: {f.calibration})")
+                     f"{lat.launch_s * 1e6:.3g} us: {f.calibration}"
+                     + (f"; tp{tp} all-reduces: {getattr(ring, 'source', '') or 'free (none)'}" if tp > 1 else "")
+                     + ")")
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
@@ -719,8 +796,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     needs = ("the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
              "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
-    gpu_spec, gpu_how = resolve_gpu(gpu, engine, prof or own, needs)  # a profile names the device it ran on
-    check_gpu_agrees(gpu, engine, prof or own)
+    # a profile names the device it ran on; with --profile none, the one beside the run only where meta.json names none
+    named_by = prof if prof is not None else (own if engine.device_name is None else None)
+    gpu_spec, gpu_how = resolve_gpu(gpu, engine, named_by, needs)
+    check_gpu_agrees(gpu, engine, named_by)
     peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
     peer = read_peer(peer_path) if peer_path is not None else None
     check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
@@ -788,6 +867,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         from s3sim.core.data_parallel import DataParallelScheduler
         echo(f"data parallel: {engine.dp} ranks, each with its own KV cache, max_num_seqs and token budget; a request "
              "goes to the rank with the lowest 4 x waiting + running; the ranks step together")
+    mismatch = peer_mismatch(peer, real_metrics(req)) if peer is not None else None
+    if mismatch:  # a table about another run (a trimmed copy of a run, another run's file): left out, said so
+        echo(f"note: {peer_path} is not about this run ({mismatch}): peer.csv is not written")
+        peer = None
     clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
     if dense_ranks:
@@ -808,7 +891,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
         sim.update(split_metrics(records.queued, records.admitted, records.first_token))
     else:
-        echo("note: requests.jsonl records no scheduled_ts: TTFT is not split into queueing and prefill")
+        lacking = req.attrs.get("lacking", {}).get("scheduled_ts", len(req))
+        echo("note: " + ("no row of requests.jsonl records scheduled_ts" if lacking == len(req) else
+                         f"{lacking} of the {len(req)} rows of requests.jsonl lack scheduled_ts")
+             + ": TTFT is not split into queueing and prefill")
     table = comparison(real, sim)
     table["kv_capacity_source"] = engine.kv_capacity_source
     frames = [r.log.frame() for r in runs]
@@ -830,7 +916,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         if peer is not None:
             write_csv(peer, stage / "peer.csv")
             echo(f"peer: {len(peer)} rows of {peer_path} -> {out / 'peer.csv'}")
-        else:
+        elif not mismatch:
             echo(f"peer: no peer table ({PEER}) beside the run")
         write_csv(table, stage / "validation.csv")  # moved in last: its presence marks a finished validation
     echo(f"results: {out}")

@@ -4,7 +4,7 @@ with each other and with physics, and that its output folder can be written.
 Each check raises one `ConfigError` line naming the file, the field or line, and what would be valid:
 - meta.json against itself: `kv_cache.num_kv_tokens = num_gpu_blocks x block_size`; the `kv_cache` and
   `engine_kwargs` values against the same settings in `resolved_config` (what vLLM resolved them to);
-  `finished_at` after `started_at`; no more tensor-parallel GPUs than `hardware.device_count`.
+  `finished_at` after `started_at`; no more GPUs (tensor x data parallel) than `hardware.device_count`.
 - requests.jsonl against meta.json: one row per request (`num_requests` of them, every `request_id` once, no
   row twice); timestamps in seconds (the requests span no longer than the run's recorded duration, arrivals
   within it, `arrival_time` and `queued_ts` spacing requests alike); a first token after its request was
@@ -99,10 +99,13 @@ def check_meta(meta: dict, where: str) -> None:
         raise ConfigError(f"{where}: num_requests must be a positive integer (the requests the run recorded), "
                           f"got {n!r}")
     recorded_duration(meta, where)
-    count, tp = (meta.get("hardware") or {}).get("device_count"), ek.get("tensor_parallel_size") or 1
-    if isinstance(count, int) and not isinstance(count, bool) and isinstance(tp, int) and count < tp:
-        raise ConfigError(f"{where}: engine_kwargs.tensor_parallel_size={tp} needs {tp} GPUs but "
-                          f"hardware.device_count={count}: the device count must be at least the TP degree")
+    count = (meta.get("hardware") or {}).get("device_count")
+    tp, dp = ek.get("tensor_parallel_size") or 1, ek.get("data_parallel_size") or 1
+    if (isinstance(count, int) and not isinstance(count, bool) and isinstance(tp, int) and isinstance(dp, int)
+            and count < tp * dp):
+        raise ConfigError(f"{where}: engine_kwargs.tensor_parallel_size={tp} x data_parallel_size={dp} needs "
+                          f"{tp * dp} GPUs but hardware.device_count={count}: the device count must be at least "
+                          "their product")
 
 
 def max_model_len(meta: dict) -> tuple[int | None, str]:

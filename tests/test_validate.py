@@ -26,7 +26,8 @@ LLAMA31_WEIGHTS, LLAMA31_KV_PER_TOKEN = 8_030_261_248 * 2, 2 * 32 * 8 * 128 * 2
 
 def trim(src: Path, dst: Path, profile: bool = True, peer: bool = True) -> Path:
     """The first N requests of the run in `src` (and its first seconds of timeseries) as a run folder in
-    `dst`, with the run's profile linked beside it; meta.json says N requests. Returns the run folder (`dst/run`)."""
+    `dst`, with the run's profile linked beside it and a peer table of these N requests (`peer_table`);
+    meta.json says N requests. Returns the run folder (`dst/run`)."""
     run = dst / "run"
     run.mkdir(parents=True)
     shutil.copy(src / "run" / "meta.json", run / "meta.json")
@@ -38,8 +39,18 @@ def trim(src: Path, dst: Path, profile: bool = True, peer: bool = True) -> Path:
     if profile:
         (dst / "profile").symlink_to(src / "profile")
     if peer:
-        shutil.copy(src / "llmservingsim_summary.txt", dst / "llmservingsim_summary.txt")
+        (dst / "llmservingsim_summary.txt").write_text(peer_table(real_metrics(run / "requests.jsonl")))
     return run
+
+
+def peer_table(real: dict, off: float = 0.01) -> str:
+    """A peer summary in the shared runs' format: `real` rounded as the peer rounds it, its simulation `off`."""
+    lines = [f"{'Metric':<24}{'vLLM':>13}{'Sim':>12}{'Diff%':>10}", "-" * 59]
+    for lat, name in (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e_latency", "Latency")):
+        for stat, label in (("mean", "Mean"), ("p50", "Median"), ("p90", "P90"), ("p95", "P95"), ("p99", "P99")):
+            v = round(real[f"{lat}_{stat}_ms"], 1)
+            lines.append(f"{name + ' ' + label:<24}{v:>13.1f}{v * (1 + off):>12.1f}{100 * off:>+9.1f}%")
+    return "\n".join(lines) + "\n"
 
 
 def edit_meta(run: Path, change) -> None:
@@ -115,7 +126,19 @@ def test_validation_table(tmp_path, capsys, latency):
     peer = pd.read_csv(out / "peer.csv")
     assert list(peer.columns) == ["metric", "real", "peer_simulated", "peer_error_pct"]
     assert list(peer.metric) == METRICS[:15]
-    assert peer.set_index("metric").loc["ttft_mean_ms"].tolist() == [65456.6, 65820.2, 0.6]  # the file's first row
+    first = round(expected["ttft_mean_ms"], 1)
+    assert peer.set_index("metric").loc["ttft_mean_ms"].tolist() == [first, round(first * 1.01, 1), 1.0]
+
+
+def test_a_peer_table_about_another_run_is_left_out_and_said_so(tmp_path, capsys):
+    """The whole 4090 run's peer table beside a copy of its first 40 requests: its real TTFT is not this run's,
+    so peer.csv is not written and a note says why; the replay goes on."""
+    run = trim(R4090, tmp_path / "rtx4090", peer=False)
+    shutil.copy(R4090 / "llmservingsim_summary.txt", tmp_path / "rtx4090" / "llmservingsim_summary.txt")
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--profile", "none")
+    assert "is not about this run (its real ttft_mean_ms is 65,456.6 where this run's requests.jsonl gives" in stdout
+    assert "peer.csv is not written" in stdout and "peer: no peer table" not in stdout
+    assert not (tmp_path / "out" / "peer.csv").exists() and (tmp_path / "out" / "validation.csv").is_file()
 
 
 def test_no_peer_table_is_said(tmp_path, capsys):
@@ -132,14 +155,60 @@ def reserve_bytes() -> int:
 
 
 def test_derived_kv_reproduces_the_calibration_run(tmp_path, capsys):
-    """Without kv_cache the RTX 4090 run's memory gives back the block count it was calibrated on."""
+    """Without kv_cache (nor resolved_config's cache_config, where vLLM records the same) the RTX 4090 run's
+    memory gives back the block count it was calibrated on."""
     run = trim(R4090, tmp_path / "rtx4090")
-    edit_meta(run, lambda m: m.pop("kv_cache"))
+    edit_meta(run, lambda m: (m.pop("kv_cache"), m["resolved_config"].pop("cache_config")))
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert kv_line(stdout) == 41_408
     assert "derived from vLLM's memory accounting" in stdout and "calibrated on the RTX 4090 run" in stdout
     assert set(pd.read_csv(tmp_path / "out" / "validation.csv").kv_capacity_source) == {"derived"}
     assert "prefix caching: on, vLLM V1's default (the run does not record it)" in stdout
+
+
+def test_what_kv_cache_leaves_out_is_read_from_resolved_config(tmp_path, capsys):
+    """vLLM records the cache in resolved_config.cache_config too: a meta.json without kv_cache keeps its block
+    count, block size and prefix caching from there, and says where the blocks came from."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    def change(m):
+        m.pop("kv_cache")
+        m["resolved_config"]["cache_config"].update(block_size=32, num_gpu_blocks=1294, enable_prefix_caching=False)
+    edit_meta(run, change)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "1,294 blocks x 32), from meta.json (resolved_config.cache_config.num_gpu_blocks=1294)" in stdout
+    assert "prefix caching: off, as recorded" in stdout
+
+
+@pytest.mark.parametrize("where, field, value, words", [
+    ("engine_kwargs", "pipeline_parallel_size", 2, "one pipeline stage"),
+    ("parallel_config", "pipeline_parallel_size", 2, "one pipeline stage"),
+    ("engine_kwargs", "quantization", "awq", "unquantized 16-bit weights"),
+    ("model_config", "quantization", "fp8", "unquantized 16-bit weights"),
+    ("scheduler_config", "enable_chunked_prefill", False, "chunked prefill"),
+    ("engine_kwargs", "scheduling_policy", "priority", "first-come first-served"),
+    ("resolved_config", "speculative_config", {"method": "ngram"}, "speculative decoding"),
+])
+def test_an_engine_setting_the_replay_would_ignore_is_refused_in_one_line(tmp_path, capsys, where, field, value, words):
+    run = trim(R4090, tmp_path / "rtx4090")
+    def change(m):
+        target = m[where] if where in ("engine_kwargs", "resolved_config") else m["resolved_config"][where]
+        target[field] = value
+    edit_meta(run, change)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and field in err and words in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_kv_cache_memory_a_run_sets_sizes_its_cache(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    def change(m):
+        m["kv_cache"].update(num_gpu_blocks=None, kv_cache_memory_bytes=10**10)
+        m["resolved_config"]["cache_config"].update(num_gpu_blocks=None, kv_cache_memory_bytes=10**10)
+    edit_meta(run, change)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert kv_line(stdout) == 10**10 // (16 * LLAMA31_KV_PER_TOKEN) * 16
+    assert "from meta.json's kv_cache_memory_bytes (10,000,000,000 bytes per GPU)" in stdout
 
 
 def test_derived_kv_from_the_gpu_preset(tmp_path, capsys):
@@ -281,7 +350,7 @@ def test_a_run_without_scheduled_ts_is_not_split_and_says_so(tmp_path, capsys):
     (run / "requests.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "scheduled_ts"}) + "\n"
                                                 for r in rows))
     stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--async-scheduling", "off")
-    assert "records no scheduled_ts" in stdout and "asynchronous scheduling: off, --async-scheduling" in stdout
+    assert "no row of requests.jsonl records scheduled_ts" in stdout and "asynchronous scheduling: off, --async-scheduling" in stdout
     table = pd.read_csv(tmp_path / "out" / "validation.csv")
     assert list(table.metric) == METRICS[:17]
 

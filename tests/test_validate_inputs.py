@@ -221,6 +221,20 @@ def test_a_gpu_that_is_not_the_runs(tmp_path, capsys, args):
     assert "--fit-from h100-sxm" in err
 
 
+def test_a_device_the_run_names_is_never_swapped_for_the_profiles(tmp_path, capsys):
+    """meta.json says an L40S (no preset): the RTX 4090 profile beside it was not measured on it, so it is
+    refused; with --profile none that profile is not asked what the GPU is: --gpu is."""
+    run = trim(R4090, tmp_path / "r")
+    edit_meta(run, lambda m: m["hardware"].update(device_name="NVIDIA L40S"))
+    err = refused(capsys, run, tmp_path / "out")
+    assert "'NVIDIA L40S'" in err and "'NVIDIA GeForce RTX 4090'" in err and "--profile none" in err
+    err = refused(capsys, run, tmp_path / "out", "--profile", "none")
+    assert "device 'NVIDIA L40S' names no preset: give --gpu" in err
+    edit_meta(run, lambda m: m["hardware"].update(device_name="NVIDIA H100 80GB HBM3"))
+    stdout = ok(capsys, run, tmp_path / "out", "--profile", "none")  # priced as the run says, not the profile
+    assert "gpu h100-sxm ('NVIDIA H100 80GB HBM3' in meta.json)" in stdout
+
+
 def test_the_runs_own_gpu_named_is_accepted(tmp_path, capsys):
     stdout = ok(capsys, trim(R4090, tmp_path / "r"), tmp_path / "out", "--gpu", "rtx-4090")
     assert "gpu rtx-4090 (--gpu)" in stdout
