@@ -124,6 +124,9 @@ class Run:
 def find_run_dir(path: str | Path) -> Path:
     """The folder holding the run's files: `path` itself, or `path/run`."""
     p = Path(path)
+    if p.is_file():
+        raise ConfigError(f"run folder {str(p)!r} is a file: give the folder that holds {META}, {REQUESTS} and "
+                          f"{TIMESERIES}")
     if not p.is_dir():
         raise ConfigError(f"run folder {str(p)!r} does not exist")
     if not (p / META).exists() and (p / "run" / META).exists():
@@ -657,6 +660,25 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     return lat, how
 
 
+def profile_reach(latency, engine: Engine) -> str | None:
+    """What the engine's limits ask of an operator profile beyond what it measured (its largest token count,
+    prefill chunk and decode batch), said in words; None where everything is within it (or no profile)."""
+    from s3sim.latency.operators import OperatorLatency
+    if not isinstance(latency, OperatorLatency):
+        return None
+    over = []
+    tokens, chunk, decodes = float(latency.dense.x[-1]), float(latency.attention.c[-1]), float(latency.attention.n[-1])
+    if engine.max_num_batched_tokens > tokens:
+        over.append(f"max_num_batched_tokens={engine.max_num_batched_tokens} is beyond the {tokens:,.0f} tokens its "
+                    "dense operators were timed at")
+    if engine.max_num_batched_tokens > chunk:
+        over.append(f"a prefill chunk may exceed the {chunk:,.0f} tokens its attention was timed at")
+    if engine.max_num_seqs > decodes:
+        over.append(f"max_num_seqs={engine.max_num_seqs} is beyond the {decodes:,.0f} decodes its attention was "
+                    "timed at")
+    return "; ".join(over) or None
+
+
 def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
     """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
     from s3sim.hardware.network import all_gather_model
@@ -788,6 +810,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     from s3sim.hardware.gpus import get_gpu
     borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
     spec = resolve_model(model, engine, run.dir.parent / "config.json")
+    if engine.tp > 1 and (spec.n_heads % engine.tp or spec.n_kv_heads % engine.tp and engine.tp % spec.n_kv_heads):
+        raise ConfigError(f"{str(run.dir / META)!r}: engine_kwargs.tensor_parallel_size={engine.tp} does not divide "
+                          f"{spec.name}'s {spec.n_heads} attention heads and {spec.n_kv_heads} KV heads as vLLM "
+                          "requires")
     check_model_agrees(spec, model, engine, prof or own)
     if engine.dp > 1 and engine.tp > 1 and spec.n_experts:
         raise ConfigError(f"{str(run.dir / META)!r}: data_parallel_size={engine.dp} with tensor_parallel_size="
@@ -812,6 +838,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if step_calibration != "none":
         latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
         lat_how += f"; {step_how}"
+    beyond = profile_reach(latency, engine)
+    if beyond:
+        echo(f"note: {beyond}: priced along the profile's last measured segment (extrapolated)")
     dense_ranks = engine.dp > 1 and not spec.n_experts  # independent engines behind vLLM's load balancer
     if engine.dp > 1 and not dense_ranks:
         latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec, all_reduce)

@@ -369,3 +369,15 @@ def test_a_model_id_with_no_preset_is_read_from_the_config_json_beside_the_run_a
     config.unlink()
     assert main([str(run), "--out", str(tmp_path / "out2")]) == 2
     assert "no config.json is beside the run" in capsys.readouterr().err
+
+
+def test_limits_beyond_what_the_profile_measured_are_said_to_be_extrapolated(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "r")
+    def change(m):
+        m["engine_kwargs"]["max_num_batched_tokens"] = 8192
+        m["resolved_config"]["scheduler_config"]["max_num_batched_tokens"] = 8192
+    edit_meta(run, change)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "note: max_num_batched_tokens=8192 is beyond the 2,048 tokens its dense operators were timed at" in stdout
+    assert "(extrapolated)" in stdout
+    assert "extrapolated" not in run_ok(capsys, trim(R4090, tmp_path / "ok"), "--out", tmp_path / "out2")

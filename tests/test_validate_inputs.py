@@ -370,3 +370,20 @@ def test_a_batch_as_large_as_the_budget_schedules_within_it():
     assert (f.decode_tokens + f.prefill_tokens <= 8).all() and (f.batch_size <= 8).all()
     assert ((f.decode_tokens == 8) & (f.prefill_tokens == 0) & (f.waiting > 0)).any()
     assert jumped.engine_steps < stepped.engine_steps
+
+
+def test_a_tensor_parallel_degree_that_does_not_divide_the_heads_names_the_engine_setting(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "r")
+    def change(m):
+        m["engine_kwargs"]["tensor_parallel_size"] = 3
+        m["resolved_config"]["parallel_config"].update(tensor_parallel_size=3, world_size=3)
+        m["hardware"]["device_count"] = 4
+    edit_meta(run, change)
+    err = refused(capsys, run, tmp_path / "out", "--profile", "none")
+    assert "engine_kwargs.tensor_parallel_size=3 does not divide llama-3.1-8b's 32 attention heads" in err
+
+
+def test_a_file_given_as_the_run_folder_says_so(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "r")
+    err = refused(capsys, run / "meta.json", tmp_path / "out")
+    assert "is a file: give the folder that holds meta.json" in err
