@@ -394,6 +394,8 @@ def check_unmodelled(meta: dict, where: str) -> None:
     for section, field, ek_field, modelled, what in UNMODELLED:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
                             (_section(meta, section).get(field), f"resolved_config.{section}.{field}")):
+            if isinstance(value, str) and isinstance(modelled, str):  # an enum's text too: SchedulerPolicy.FCFS
+                value = value.lower().rsplit(".", 1)[-1]
             if value is not None and value != modelled:
                 raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models {what})")
     for value, name in ((ek.get("speculative_config"), "engine_kwargs.speculative_config"),
