@@ -185,11 +185,17 @@ def check_requests(req: pd.DataFrame, meta: dict, path: Path, meta_where: str) -
 
 def check_span_against_timeseries(req: pd.DataFrame, ts: pd.DataFrame, path: Path, ts_path: Path,
                                   recorded: bool) -> None:
-    """Without a recorded duration, the per-second series bounds the run loosely (10 x its length + 60 s)."""
-    if recorded or len(ts) < 2:
+    """The per-second series and the requests bound each other loosely (10 x the other's length + 60 s): a
+    series in milliseconds is refused; without a recorded duration, requests timed in milliseconds too."""
+    if len(ts) < 2:
         return
     span = float(req.last_token_ts.max() - req.queued_ts.min())
     ts_span = float(ts.t.max() - ts.t.min())
+    if ts_span > 10 * span + 60:
+        raise ConfigError(f"{_q(ts_path)}: its t covers {ts_span:,.1f} s, over 10 times the {span:,.1f} s the requests "
+                          f"of {_q(path)} span: t must be seconds")
+    if recorded:
+        return
     if span > 10 * ts_span + 60:
         raise ConfigError(f"{_q(path)}: the requests span {span:,.1f} s (first queued_ts to last last_token_ts), "
                           f"over 10 times the {ts_span:,.1f} s {_q(ts_path)} covers: timestamps must be seconds")

@@ -387,3 +387,13 @@ def test_a_file_given_as_the_run_folder_says_so(tmp_path, capsys):
     run = trim(R4090, tmp_path / "r")
     err = refused(capsys, run / "meta.json", tmp_path / "out")
     assert "is a file: give the folder that holds meta.json" in err
+
+
+def test_a_timeseries_in_milliseconds_is_refused(tmp_path, capsys):
+    """meta.json records the run's duration, yet a per-second series whose t counts milliseconds would be
+    plotted against an idle replay: its span against the requests' says so."""
+    run = trim(R4090, tmp_path / "r")
+    ts = pd.read_csv(run / "timeseries.csv")
+    ts.assign(t=ts.t * 1000).to_csv(run / "timeseries.csv", index=False)
+    err = refused(capsys, run, tmp_path / "out")
+    assert "timeseries.csv" in err and "t must be seconds" in err
