@@ -7,9 +7,9 @@ with `run/` inside, is accepted too). Every request is replayed with the `vllm` 
 under the run's engine settings, arriving at its `queued_ts` (relative to the earliest one: the zero of every
 real metric) with the run's prompt and output lengths. vLLM stamps `queued_ts` when its engine takes a request
 in, between two steps; the replay's `queued` is likewise the first iteration boundary from the arrival (at once
-where the engine was idle). The metrics, real and simulated alike: TTFT = first token - queued; TPOT = (last token - first token) / (output tokens - 1) over requests with more
-than one output token; end-to-end latency = last token - queued; throughput = requests (output tokens) /
-(last token of the run - first queued). Times are reported in milliseconds, like the peer's table, and their
+where the engine was idle). The metrics, real and simulated alike: TTFT = first token - queued; TPOT = (last
+token - first token) / (output tokens - 1) over requests with more than one output token; end-to-end latency =
+last token - queued; throughput = requests (output tokens) / (last token of the run - first queued). Times are reported in milliseconds, like the peer's table, and their
 metric names say so (`ttft_p50_ms`).
 
 KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; otherwise vLLM's memory accounting,
@@ -457,7 +457,7 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
     kv_mem = kv.get("kv_cache_memory_bytes")
     kv_mem = None if kv_mem is None else _positive_int(kv_mem, f"{where}: kv_cache.kv_cache_memory_bytes")
-    sched = ((meta.get("resolved_config") or {}).get("scheduler_config") or {})
+    sched = _section(meta, "scheduler_config")
     asynchronous = sched.get("async_scheduling", ek.get("async_scheduling"))
     if asynchronous is not None and not isinstance(asynchronous, bool):
         raise ConfigError(f"{where}: async_scheduling must be true or false, got {asynchronous!r}")

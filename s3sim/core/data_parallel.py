@@ -71,6 +71,12 @@ class Pools:
             p.check_empty()
 
 
+def balancer_load(waiting: int, running: int) -> int:
+    """vLLM's data-parallel load of one rank: 4 x its waiting requests + its running ones (the front end sends a
+    request to the rank where this is lowest)."""
+    return 4 * waiting + running
+
+
 class DataParallelScheduler:
     """Several ranks' schedulers behind vLLM's data-parallel load balancer, stepping together."""
 
@@ -88,7 +94,7 @@ class DataParallelScheduler:
     # ---- the front end --------------------------------------------------------------------------
     def load(self, i: int) -> int:
         r = self.ranks[i]
-        return 4 * len(r.waiting) + len(r.running) + len(r.prefilling)
+        return balancer_load(len(r.waiting), len(r.running) + len(r.prefilling))
 
     def add(self, requests: list[Request]) -> None:
         for req in requests:

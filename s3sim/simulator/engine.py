@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from s3sim.core.data_parallel import balancer_load
 from s3sim.core.errors import InvariantViolation
 from s3sim.core.policies.base import Scheduler
 from s3sim.core.request import Request
@@ -69,7 +70,7 @@ class ReplicaState:
         """vLLM's data-parallel load: 4 x waiting + running, where waiting holds what was routed here and not
         taken in yet, and running the requests in the batch (prefilling too)."""
         running = len(self.sched.running) + len(getattr(self.sched, "prefilling", ()))
-        return 4 * (self.outstanding - running) + running
+        return balancer_load(self.outstanding - running, running)
 
     @property
     def predicted_tokens(self) -> int:
