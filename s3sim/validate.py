@@ -96,6 +96,7 @@ def metric_name(metric: str) -> str:
 VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 VLLM_ASYNC_SCHEDULING = True  # vLLM V1 schedules a step ahead by default in recent versions (the runs' 0.19)
+DEFAULTS_CHECKED = "0.19"  # the vLLM version whose defaults (async scheduling, prefix caching) were read
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 # What vLLM keeps back besides weights and KV cache (activations of a max_num_batched_tokens forward pass, the
 # sampler, CUDA graphs, the allocator's slack), calibrated on the RTX 4090 run (rtx4090-llama-3.1-8b), the one
@@ -467,6 +468,15 @@ def engine_settings(meta: dict, where: str) -> Engine:
                   blocks_from)
 
 
+def other_version_note(meta: dict) -> str:
+    """A loud word where a default was assumed for a run of a vLLM version other than the one it was read from."""
+    version = meta.get("vllm_version")
+    if version is None or str(version) == DEFAULTS_CHECKED or str(version).startswith(DEFAULTS_CHECKED + "."):
+        return ""
+    return (f"; read from vLLM {DEFAULTS_CHECKED}, and this run ran vLLM {version}, whose default may differ: "
+            "--async-scheduling on or off sets it as the run had it")
+
+
 def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
     """The model to price: `name` (--model), else the preset of meta.json's Hugging Face id, else the
     `config.json` beside the run (`beside`, where the shared runs keep the model's config)."""
@@ -784,6 +794,17 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+SMALL_MS = 1.0  # a time below this (far below any engine step) makes its percentage error say little
+
+
+def small_times_note(table: pd.DataFrame) -> str:
+    """The times whose real value is under a millisecond, where a percentage of it means little."""
+    small = [f"{m} ({_fmt(r)} real, {_fmt(s)} simulated)" for m, r, s in
+             table[["metric", "real", "simulated"]].itertuples(index=False) if m.endswith("_ms") and abs(r) < SMALL_MS]
+    return ("" if not small else f"note: {', '.join(small)} under {SMALL_MS:g} ms, far below one engine step: "
+            "their percentage errors say little")
+
+
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
              echo=print, fit_from: str | None = None, all_reduce: str = "auto",
              step_calibration: str = "none", async_scheduling: str = "auto") -> pd.DataFrame:
@@ -875,7 +896,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if asynchronous is None:
         raise ConfigError(f"--async-scheduling must be auto, on or off, got {async_scheduling!r}")
     how = ("--async-scheduling" if async_scheduling != "auto" else "as recorded" if engine.async_recorded
-           else "vLLM V1's default (the run does not record it)")
+           else "vLLM V1's default (the run does not record it)" + other_version_note(run.meta))
     echo(f"asynchronous scheduling: {'on' if asynchronous else 'off'}, {how}"
          + ("; an arrival joins the step after next, its scheduled_ts is its step's scheduling" if asynchronous
             else ""))
@@ -932,6 +953,11 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     data = timeline(run.timeseries, frames, capacity * engine.dp, float(records.last_token.max()))
 
     echo(format_table(table))
+    if run.timeseries.empty:
+        echo(f"note: {TIMESERIES} holds no rows: the real curves of timeline.png stay blank (validation.csv does "
+             "not use it)")
+    if small_times_note(table):
+        echo(small_times_note(table))
     counts = {k: sum(r.scheduler.counters()[k] for r in runs) for k in ("preemptions", "prefill_preemptions",
                                                                           "cached_tokens")}
     iterations, steps = sum(len(f) for f in frames), sum(r.engine_steps for r in runs)

@@ -100,12 +100,24 @@ def check_meta(meta: dict, where: str) -> None:
                           f"got {n!r}")
     recorded_duration(meta, where)
     count = (meta.get("hardware") or {}).get("device_count")
-    tp, dp = ek.get("tensor_parallel_size") or 1, ek.get("data_parallel_size") or 1
+    (tp, tp_from), (dp, dp_from) = (_parallel_size(meta, f) for f in ("tensor_parallel_size", "data_parallel_size"))
     if (isinstance(count, int) and not isinstance(count, bool) and isinstance(tp, int) and isinstance(dp, int)
             and count < tp * dp):
-        raise ConfigError(f"{where}: engine_kwargs.tensor_parallel_size={tp} x data_parallel_size={dp} needs "
-                          f"{tp * dp} GPUs but hardware.device_count={count}: the device count must be at least "
-                          "their product")
+        raise ConfigError(f"{where}: {tp_from}={tp} x {dp_from}={dp} needs {tp * dp} GPUs but "
+                          f"hardware.device_count={count}: the device count must be at least their product")
+
+
+def _parallel_size(meta: dict, field: str) -> tuple:
+    """(a parallel size, the meta.json field it came from): engine_kwargs first, then resolved_config's
+    parallel_config (as the replay reads it), else 1."""
+    value = meta["engine_kwargs"].get(field)
+    if value is not None:
+        return value, f"engine_kwargs.{field}"
+    resolved = meta.get("resolved_config")
+    conf = resolved.get("parallel_config") if isinstance(resolved, dict) else None
+    if isinstance(conf, dict) and conf.get(field) is not None:
+        return conf[field], f"resolved_config.parallel_config.{field}"
+    return 1, f"engine_kwargs.{field}"
 
 
 def max_model_len(meta: dict) -> tuple[int | None, str]:

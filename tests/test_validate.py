@@ -355,6 +355,22 @@ def test_a_run_without_scheduled_ts_is_not_split_and_says_so(tmp_path, capsys):
     assert list(table.metric) == METRICS[:17]
 
 
+def test_an_assumed_default_of_another_vllm_version_is_said_loudly(tmp_path, capsys):
+    """A run that does not record async_scheduling gets vLLM 0.19's default; where it ran another version the
+    line says that version's default may differ and names the flag that sets it."""
+    run = trim(R4090, tmp_path / "rtx4090")
+
+    def older(m):
+        m["resolved_config"]["scheduler_config"].pop("async_scheduling")
+        m["vllm_version"] = "0.10.1"
+    edit_meta(run, older)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "asynchronous scheduling: on, vLLM V1's default" in stdout and "vLLM 0.10.1" in stdout
+    assert "--async-scheduling on or off" in stdout
+    edit_meta(run, lambda m: m.update(vllm_version="0.19.1"))
+    assert "whose default may differ" not in run_ok(capsys, run, "--out", tmp_path / "out2")
+
+
 def test_a_model_id_with_no_preset_is_read_from_the_config_json_beside_the_run_and_said_so(tmp_path, capsys):
     """The shared runs keep the model's Hugging Face config beside `run/`: a run naming a model no preset knows is
     priced from that file (the line names it); without the file it stays a one-line refusal naming --model."""
@@ -381,3 +397,24 @@ def test_limits_beyond_what_the_profile_measured_are_said_to_be_extrapolated(tmp
     assert "note: max_num_batched_tokens=8192 is beyond the 2,048 tokens its dense operators were timed at" in stdout
     assert "(extrapolated)" in stdout
     assert "extrapolated" not in run_ok(capsys, trim(R4090, tmp_path / "ok"), "--out", tmp_path / "out2")
+
+
+def test_a_time_under_a_millisecond_has_its_percentage_called_meaningless():
+    """queue_p50 of 0.004 ms against 0 reads as -100 %: the line under the table says such a percentage says
+    little; a table whose times are all large gets no such line."""
+    from s3sim.validate import small_times_note
+    table = pd.DataFrame({"metric": ["ttft_mean_ms", "queue_p50_ms", "request_throughput"],
+                          "real": [1086.0, 0.004, 0.5], "simulated": [1100.0, 0.0, 0.51],
+                          "error_pct": [1.3, -100.0, 2.0]})
+    note = small_times_note(table)
+    assert note.startswith("note: queue_p50_ms (0.004 real, 0.000 simulated)") and "say little" in note
+    assert "ttft" not in note and "throughput" not in note
+    assert small_times_note(table.iloc[[0, 2]]) == ""
+
+
+def test_a_timeseries_with_no_rows_replays_and_says_the_real_curves_are_blank(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    header = (run / "timeseries.csv").read_text().splitlines()[0]
+    (run / "timeseries.csv").write_text(header + "\n")
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "note: timeseries.csv holds no rows" in stdout and (tmp_path / "out" / "validation.csv").is_file()
