@@ -136,6 +136,27 @@ def test_every_gpu_preset_carries_the_fit_of_make_calibrate():
             assert g.attention_prefill_efficiency == pytest.approx(fits.attention_prefill_efficiency[name], abs=6e-4)
             assert g.attention_decode_efficiency == pytest.approx(fits.attention_decode_efficiency[name], abs=6e-4)
     assert "NOT MEASURED" in CALIBRATION["h100-sxm"][-1]
+    for name, g in GPU_PRESETS.items():  # what a streaming copy reaches: measured where a profile times one
+        assert 0 < g.copy_efficiency <= 1 and g.copy_calibration, name
+        measured = name in fits.index and not np.isnan(fits.copy_efficiency[name])
+        assert measured == g.copy_calibration.startswith("measured by make calibrate"), name
+        if measured:
+            assert g.copy_efficiency == pytest.approx(fits.copy_efficiency[name], abs=6e-4)
+
+
+def test_the_copy_efficiency_is_the_residual_adds_streaming_rate():
+    """Adds timed at a fixed cost plus bytes over 1.5 TB/s for one model and 1.7 TB/s for two others read as
+    1.7 TB/s (the median over models); rows under 256 tokens and other operators are not read."""
+    from s3sim.lab.operator_calibration import copy_efficiency
+    rows = []
+    for model, rate in (("a", 1.5e12), ("b", 1.7e12), ("c", 1.7e12)):
+        for tokens in (16, 256, 1024, 4096):
+            nbytes = tokens * 4096 * 2 * 3.0
+            rows.append({"model": model, "op": "add", "tokens": tokens, "bytes": nbytes,
+                         "measured_s": 3e-6 + nbytes / rate + (1.0 if tokens < 256 else 0.0)})
+            rows.append({"model": model, "op": "mlp_act", "tokens": tokens, "bytes": nbytes, "measured_s": 1.0})
+    assert copy_efficiency(pd.DataFrame(rows)) == pytest.approx(1.7e12, rel=1e-9)
+    assert np.isnan(copy_efficiency(pd.DataFrame(rows).query("op != 'add'")))
 
 
 def test_bad_input_is_one_clear_error():

@@ -73,6 +73,15 @@ def test_a_gpu_preset_is_one_file_and_a_bad_one_is_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
     with pytest.raises(ConfigError, match=r"bad.yaml: launch_s is missing"):
         read_gpu_preset(tmp_path / "bad.yaml")
+    for copy, words in ((None, "copy_efficiency is missing"),
+                        (1.5, r"calibration.copy_efficiency must be in \(0, 1\], got 1.5")):
+        d = yaml.safe_load((PRESETS_DIR / "h100-sxm.yaml").read_text())
+        d["calibration"].pop("copy_efficiency")
+        if copy is not None:
+            d["calibration"]["copy_efficiency"] = copy
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(d))
+        with pytest.raises(ConfigError, match=r"bad.yaml: " + words):
+            read_gpu_preset(tmp_path / "bad.yaml")
     d = dict(yaml.safe_load((PRESETS_DIR / "h100-sxm.yaml").read_text()), device_names=["NVIDIA H100"])
     (tmp_path / "upper.yaml").write_text(yaml.safe_dump(d))
     with pytest.raises(ConfigError, match="lower-case device names"):

@@ -90,6 +90,22 @@ def test_bad_policy_fields_are_one_line_errors(field, value, message):
         structured(HfConfig, {"name": "hf", field: value}, "policy")
 
 
+def test_the_copy_moves_each_gpus_share_at_the_measured_streaming_bandwidth():
+    """The datasheet model copies the cache at the GPU's measured streaming fraction of its bandwidth (not the
+    datasheet's), each of the tensor-parallel GPUs its share of the heads at once; a GPU with no measured
+    fraction refuses to price it."""
+    from dataclasses import replace
+    from s3sim.latency import DatasheetLatency
+    m, g = get_model("llama-2-13b"), get_gpu("a100-80gb-sxm")
+    one = DatasheetLatency(m, g)
+    assert one.copy_time(1000) == pytest.approx(2 * 1000 * m.kv_bytes_per_token / (g.mem_bandwidth * g.copy_efficiency))
+    assert one.copy_time(1000) > 2 * 1000 * m.kv_bytes_per_token / g.mem_bandwidth  # slower than the datasheet
+    two = DatasheetLatency(m, g, num_gpus=2)
+    assert two.copy_time(1000) == pytest.approx(one.copy_time(1000) / 2)
+    with pytest.raises(ConfigError, match="no measured copy_efficiency"):
+        DatasheetLatency(m, replace(g, copy_efficiency=0.0)).copy_time(10)
+
+
 def test_a_profile_without_a_measured_copy_time_refuses_hf(tmp_path):
     from s3sim.latency.profiled import ProfiledLatency
 

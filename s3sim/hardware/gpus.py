@@ -33,6 +33,10 @@ class GpuSpec:
     attention_prefill_efficiency: float = 0.0  # prefill attention's fraction of peak_flops
     attention_decode_efficiency: float = 0.0  # decode attention's fraction of mem_bandwidth
     calibration: str = ""
+    # the fraction of mem_bandwidth a streaming kernel reaches (the residual add, measured by `make calibrate`, or
+    # borrowed as `copy_calibration` says): what a KV copy by concatenation (policy=hf) moves its bytes at
+    copy_efficiency: float = 0.0
+    copy_calibration: str = ""
     # a measured all-reduce table of this GPU's servers, relative to the shared data folder (`measured_all_reduce`
     # in its preset): what `latency.all_reduce=measured` and `s3sim-validate` price tensor parallelism with
     measured_all_reduce: str = ""
@@ -56,6 +60,7 @@ _OPTIONAL = {"measured_all_reduce", "in_engine_steps"}
 _DATASHEET = ("memory_bytes", "mem_bandwidth", "peak_flops", "host_link_bandwidth", "interconnect_bandwidth")
 _FITTED = ("compute_efficiency", "memory_efficiency", "launch_s", "attention_prefill_efficiency",
            "attention_decode_efficiency")
+_COPY = ("copy_efficiency", "copy_how")  # a streaming kernel's fraction of mem_bandwidth, and where it comes from
 
 
 def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
@@ -85,15 +90,19 @@ def read_gpu_preset(path: Path) -> tuple[GpuSpec, list[str]]:
                           f"model preset) and tp (2 or more)")
     steps = (steps["profile"], str(steps["model"]), steps["tp"]) if steps else ()
     sheet, fit = d["datasheet"] or {}, d["calibration"] or {}
-    missing = [k for k in _DATASHEET if k not in sheet] + [k for k in (*_FITTED, "how") if k not in fit]
+    missing = [k for k in _DATASHEET if k not in sheet] + [k for k in (*_FITTED, "how", *_COPY) if k not in fit]
     if missing:
         raise ConfigError(f"{where}: {missing[0]} is missing")
+    copy = fit["copy_efficiency"]
+    if isinstance(copy, bool) or not isinstance(copy, (int, float)) or not 0 < copy <= 1:
+        raise ConfigError(f"{where}: calibration.copy_efficiency must be in (0, 1], got {copy!r}")
     names = d["device_names"] or []
     if not isinstance(names, list) or not all(isinstance(n, str) and n == n.strip().lower() for n in names):
         raise ConfigError(f"{where}: device_names must be a list of lower-case device names")
     spec = GpuSpec(path.stem, *(sheet[k] for k in _DATASHEET[:4]), source=str(d["source"]),
                    interconnect_bandwidth=sheet["interconnect_bandwidth"], calibration=str(fit["how"]),
-                   measured_all_reduce=table, in_engine_steps=steps, **{k: fit[k] for k in _FITTED})
+                   measured_all_reduce=table, in_engine_steps=steps, copy_efficiency=float(copy),
+                   copy_calibration=str(fit["copy_how"]), **{k: fit[k] for k in _FITTED})
     return spec, names
 
 

@@ -13,7 +13,8 @@ and the per-operator launch cost that minimise the mean relative error of a laye
 summed) over all models, token counts and TP degrees of one GPU (a log-spaced grid, then twice a 9-point
 grid within ±30 % of the best: a resolution of about 7 %, which is what the committed fits carry). It prints the error per
 token-count range, of single operators and of a layer's total, before (the roofline's default
-efficiencies, no launch cost) and after, and writes `results/calibration/operators.csv` (the fit per GPU)
+efficiencies, no launch cost) and after, and writes `results/calibration/operators.csv` (the fit per GPU, with
+`copy_efficiency`: the datasheet bandwidth's fraction a streaming kernel reaches, `copy_efficiency` below)
 and `operators_by_tokens.csv`. The fitted
 efficiencies are what an operator-by-operator datasheet model of a GPU without its own profile should use.
 """
@@ -99,6 +100,26 @@ def load(root: Path, gpu_dir: str) -> pd.DataFrame:
                                         "flops": flops, "bytes": nbytes}))
     rows = pd.concat(frames, ignore_index=True)
     return rows[rows.measured_s > 0]
+
+
+COPY_FROM_TOKENS = 256  # the residual adds the copy bandwidth is read from: large enough to stream
+
+
+def copy_efficiency(rows: pd.DataFrame) -> float:
+    """The fraction of the datasheet bandwidth a streaming kernel reaches, as `operator_work` counts its bytes:
+    the residual add (read two tensors, write one; the same traffic per byte as a copy, which reads once and
+    writes once), its seconds against its bytes at `COPY_FROM_TOKENS` tokens or more fitted by least squares
+    as a fixed cost plus bytes over a bandwidth, per model; the median over models (phi-2's adds, at half the
+    others' rate, are the outlier it leaves aside). NaN where no add was timed (vLLM fuses it into its norms).
+    What a KV copy by concatenation (`policy=hf`) is priced at: `DatasheetLatency.copy_time`."""
+    adds = rows[(rows.op == "add") & (rows.tokens >= COPY_FROM_TOKENS)]
+    rates = []
+    for _, m in adds.groupby("model"):
+        if len(m) >= 2 and m.bytes.nunique() >= 2:
+            slope = np.polyfit(m.bytes.to_numpy(np.float64), m.measured_s.to_numpy(np.float64), 1)[0]
+            if slope > 0:
+                rates.append(1.0 / slope)
+    return float(np.median(rates)) if rates else float("nan")
 
 
 def load_run_profile(profile: Path, model_name: str) -> pd.DataFrame:
@@ -262,9 +283,10 @@ def main(argv=None) -> int:
                 att = {"attention_prefill_efficiency": pe, "attention_decode_efficiency": de,
                        "prefill_attention_error_before": pb, "prefill_attention_error_after": pa,
                        "decode_attention_error_before": db, "decode_attention_error_after": da}
+            copy = copy_efficiency(rows) / gpu.mem_bandwidth
             fits.append({"gpu": preset, "profiles": folder, "models": rows.model.nunique(), "points": len(rows),
                          "compute_efficiency": params[0], "memory_efficiency": params[1], "launch_us": params[2] * 1e6,
-                         **att,
+                         **att, "copy_efficiency": copy,
                          "operator_error_before": before["all"][0], "operator_error_after": after["all"][0],
                          "layer_error_before": before["all"][1], "layer_error_after": after["all"][1]})
             for k in before:
@@ -273,6 +295,8 @@ def main(argv=None) -> int:
                                 "layer_error_after": after[k][1]})
             print(f"{preset}: {rows.model.nunique()} models, {len(rows):,} operator timings; fitted compute "
                   f"efficiency {params[0]:.3f}, memory efficiency {params[1]:.3f}, launch {params[2] * 1e6:.1f} us")
+            if copy == copy:
+                print(f"  streaming (the residual add, a copy's traffic): {copy:.3f} of the datasheet bandwidth")
             print("  mean relative error, defaults -> fitted:   single operators   layer totals")
             if att:
                 print(f"  attention: prefill at {att['attention_prefill_efficiency']:.3f} of peak FLOP/s (mean error "

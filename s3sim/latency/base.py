@@ -66,11 +66,19 @@ class LatencyModel(ABC):
         t = n * self.model.kv_bytes_per_token / self.gpu.host_link_bandwidth
         return float(t) if t.ndim == 0 else t
 
+    kv_shards = 1  # GPUs that each hold a share of every token's KV (tensor parallelism) and copy it at once
+
     def copy_time(self, n_tokens):
         """Seconds to copy ``n_tokens`` of KV cache into a new buffer in device memory (each byte read once and
-        written once), as growing a cache by concatenation does every step: over the datasheet bandwidth."""
+        written once), as growing a cache by concatenation does every step: each GPU its share of the tokens'
+        KV, at the bandwidth a streaming kernel measured on this GPU reaches (`GpuSpec.copy_efficiency` of the
+        datasheet's; `make calibrate`)."""
         n = np.asarray(n_tokens, dtype=np.float64)
         if self.gpu is None:
             raise ConfigError("pricing a KV copy needs a GPU's memory bandwidth: give the latency model a gpu preset")
-        t = 2.0 * n * self.model.kv_bytes_per_token / self.gpu.mem_bandwidth
+        if not 0 < self.gpu.copy_efficiency <= 1:
+            raise ConfigError(f"gpu {self.gpu.name} has no measured copy_efficiency (the fraction of its bandwidth a "
+                              "streaming copy reaches), which pricing policy=hf's KV copies needs")
+        rate = self.gpu.mem_bandwidth * self.gpu.copy_efficiency * self.kv_shards
+        t = 2.0 * n * self.model.kv_bytes_per_token / rate
         return float(t) if t.ndim == 0 else t

@@ -124,6 +124,7 @@ class DatasheetLatency(LatencyModel):
         self.compute_efficiency, self.memory_efficiency, self.launch_s = float(ce), float(me), float(launch)
         self.attention_prefill_efficiency, self.attention_decode_efficiency = float(ap), float(ad)
         self.overhead_s, self.num_gpus, self.all_reduce = float(overhead_s), num_gpus, all_reduce
+        self.kv_shards = min(num_gpus, model.n_kv_heads)  # each GPU holds (and copies) its KV heads' share
         self.pp = pipeline_stages
         if pipeline_stages > 1 and send_recv is None:
             send_recv = FreeSendRecv()

@@ -370,6 +370,7 @@ class OperatorLatency(LatencyModel):
                   Curve(s, sampling), overhead_s, source=str(folder))
         lat.dense_base, lat.experts = base, experts
         lat.skew_alpha = skew_alpha(profile_meta(path), tp) if skew == "profile" else 0.0
+        lat.kv_shards = min(tp, model.n_kv_heads)  # each GPU holds (and copies) its KV heads' share
         return lat
 
     # ---- pricing ------------------------------------------------------------------------------
