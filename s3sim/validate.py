@@ -39,7 +39,8 @@ fitted efficiencies, and says so).
 Writes into DIR only once the replay has succeeded: `timeline.png` and `timeline_data.csv` (running, waiting and
 KV use over time, real against simulated), `peer.csv` (the errors another simulator reports on the same run,
 from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last (`metric, real, simulated,
-error_pct, kv_capacity_source` with error_pct = 100 * (simulated - real) / real and kv_capacity_source
+error_pct, sensitivity, kv_capacity_source` with error_pct = 100 * (simulated - real) / real, sensitivity how
+far error_pct moves were every step 1 % slower (a second replay), and kv_capacity_source
 `recorded` (meta.json's block count) or `derived` (vLLM's memory accounting)). They are written into a
 temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`OUTPUTS`)
 are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not
@@ -788,12 +789,19 @@ def _fmt(v: float) -> str:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}"]
-    for m, r, s, e in table[list(COLUMNS)].itertuples(index=False):
-        lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%")
+    """The comparison as printed; with the sensitivity column where the table has one."""
+    sens = SENSITIVITY_COLUMN in table
+    lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}"
+             + (f"{'error if steps +1 %':>21}" if sens else "")]
+    for row in table[list(COLUMNS) + ([SENSITIVITY_COLUMN] if sens else [])].itertuples(index=False):
+        m, r, s, e = row[:4]
+        lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%"
+                     + (f"{e + row[4]:>+20.1f}%" if sens else ""))
     return "\n".join(lines)
 
 
+SENSITIVITY_PCT = 1.0  # validation.csv's last numeric column: every step this much slower, replayed again
+SENSITIVITY_COLUMN = "sensitivity"  # points of error_pct per 1 % slower steps
 SMALL_MS = 1.0  # a time below this (far below any engine step) makes its percentage error say little
 
 
@@ -906,17 +914,37 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
              f"efficiencies (--fit-from), as a GPU never profiled would be priced; not the run GPU's own fit")
 
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
-    requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
     max_seq_len = int(req.output_toks.max())  # bounds outputs only: vllm reserves nothing by it
     policy = {"name": "vllm", "block_size": engine.block_size, "max_batch_size": engine.max_num_seqs,
               "max_num_batched_tokens": engine.max_num_batched_tokens, "prefix_caching": engine.prefix_caching}
     conf = {"max_seq_len": max_seq_len, "policy": policy}
-    ranks = [build_scheduler(conf, capacity, req.output_toks.to_numpy()) for _ in range(engine.dp)]
+
+    def replay(lat):
+        """(result, the runs of its engines) of one replay of the run's requests priced by `lat`."""
+        requests = make_requests(req.input_toks.to_numpy(), req.output_toks.to_numpy(), arrivals)
+        ranks = [build_scheduler(conf, capacity, req.output_toks.to_numpy()) for _ in range(engine.dp)]
+        if dense_ranks:
+            from s3sim.cluster.routers import VllmDataParallel
+            from s3sim.simulator.engine import simulate_cluster
+            result = simulate_cluster(requests, [(s, lat, capacity) for s in ranks], VllmDataParallel(),
+                                      async_scheduling=asynchronous)
+            return result, result.replicas
+        from s3sim.core.data_parallel import DataParallelScheduler
+        result = simulate(requests, DataParallelScheduler(ranks) if engine.dp > 1 else ranks[0], lat,
+                          async_scheduling=asynchronous)
+        return result, [result]
+
+    def metrics(result) -> dict:
+        records = replay_records(result.requests)
+        sim = simulated_metrics(records)
+        if "scheduled_ts" in req.columns:
+            sim.update(split_metrics(records.queued, records.admitted, records.first_token))
+        return sim
+
     if dense_ranks:
         echo(f"data parallel: {engine.dp} ranks of a dense model, independent engines (each its own KV cache, "
              "max_num_seqs, token budget and steps); a request goes to the rank with the lowest 4 x waiting + running")
     elif engine.dp > 1:  # one scheduler per rank behind vLLM's load balancer, stepping together
-        from s3sim.core.data_parallel import DataParallelScheduler
         echo(f"data parallel: {engine.dp} ranks, each with its own KV cache, max_num_seqs and token budget; a request "
              "goes to the rank with the lowest 4 x waiting + running; the ranks step together")
     mismatch = peer_mismatch(peer, real_metrics(req)) if peer is not None else None
@@ -925,29 +953,23 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         peer = None
     clear_outputs(out)  # the inputs are good: an earlier run's results go, so a failed replay leaves none
     t0 = time.perf_counter()
-    if dense_ranks:
-        from s3sim.cluster.routers import VllmDataParallel
-        from s3sim.simulator.engine import simulate_cluster
-        result = simulate_cluster(requests, [(s, latency, capacity) for s in ranks], VllmDataParallel(),
-                                  async_scheduling=asynchronous)
-        runs = result.replicas
-    else:
-        sched = DataParallelScheduler(ranks) if engine.dp > 1 else ranks[0]
-        result = simulate(requests, sched, latency, async_scheduling=asynchronous)
-        runs = [result]
+    result, runs = replay(latency)
     wall = time.perf_counter() - t0
 
     records = replay_records(result.requests)
-    real, sim = real_metrics(req), simulated_metrics(records)
+    real, sim = real_metrics(req), metrics(result)
     if "scheduled_ts" in req.columns:  # the run says when each request was first scheduled: TTFT's split
         real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
-        sim.update(split_metrics(records.queued, records.admitted, records.first_token))
     else:
         lacking = req.attrs.get("lacking", {}).get("scheduled_ts", len(req))
         echo("note: " + ("no row of requests.jsonl records scheduled_ts" if lacking == len(req) else
                          f"{lacking} of the {len(req)} rows of requests.jsonl lack scheduled_ts")
              + ": TTFT is not split into queueing and prefill")
     table = comparison(real, sim)
+    # how far each error moves were every step SENSITIVITY_PCT % slower: a second replay
+    from s3sim.latency.scaled import ScaledLatency
+    slower = comparison(real, metrics(replay(ScaledLatency(latency, 1 + SENSITIVITY_PCT / 100))[0]))
+    table[SENSITIVITY_COLUMN] = (slower.error_pct - table.error_pct) / SENSITIVITY_PCT
     table["kv_capacity_source"] = engine.kv_capacity_source
     frames = [r.log.frame() for r in runs]
     data = timeline(run.timeseries, frames, capacity * engine.dp, float(records.last_token.max()))

@@ -104,7 +104,7 @@ def test_validation_table(tmp_path, capsys, latency):
     assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
 
     table = pd.read_csv(out / "validation.csv")
-    assert list(table.columns) == ["metric", "real", "simulated", "error_pct", "kv_capacity_source"]
+    assert list(table.columns) == ["metric", "real", "simulated", "error_pct", "sensitivity", "kv_capacity_source"]
     assert set(table.kv_capacity_source) == {"recorded"}  # meta.json gives the RTX 4090 run's blocks
     assert list(table.metric) == METRICS
     assert np.isfinite(table[["real", "simulated", "error_pct"]].to_numpy()).all()
@@ -418,3 +418,27 @@ def test_a_timeseries_with_no_rows_replays_and_says_the_real_curves_are_blank(tm
     (run / "timeseries.csv").write_text(header + "\n")
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "note: timeseries.csv holds no rows" in stdout and (tmp_path / "out" / "validation.csv").is_file()
+
+
+def test_the_sensitivity_column_is_how_far_each_error_moves_with_steps_one_percent_slower(tmp_path, capsys):
+    """A second replay with every step priced 1 % higher: TPOT moves by about one point, throughput falls, and
+    the column is exactly the second replay's error less the first's (`ScaledLatency` over the same model)."""
+    from s3sim.latency.scaled import ScaledLatency
+    run = trim(R4090, tmp_path / "rtx4090")
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "error if steps +1 %" in stdout
+    t = pd.read_csv(tmp_path / "out" / "validation.csv").set_index("metric")
+    assert list(t.columns) == ["real", "simulated", "error_pct", "sensitivity", "kv_capacity_source"]
+    assert 0.8 < t.sensitivity["tpot_mean_ms"] < 1.2 and t.sensitivity["request_throughput"] < 0
+
+    class Fixed:
+        skew_alpha = 0.0
+
+        def batch_time(self, out, **kw):
+            return 2.0
+
+        def decode_run(self, n, ctx, k, **kw):
+            return np.full(k, 3.0)
+    scaled = ScaledLatency(Fixed(), 1.01)
+    assert scaled.batch_time(None) == pytest.approx(2.02) and scaled.decode_run(1, 1, 2) == pytest.approx([3.03, 3.03])
+    assert scaled.skew_alpha == 0.0  # everything else is the inner model's

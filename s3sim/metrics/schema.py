@@ -287,6 +287,9 @@ VALIDATION = (
     Column("real", PER_ROW, "measured on the real vLLM run"),
     Column("simulated", PER_ROW, "the simulator's replay of that run"),
     Column("error_pct", "%", "100 x (simulated - real) / real; empty when real is 0"),
+    Column("sensitivity", "% per %", "how far error_pct moves were every step 1 % slower (a second replay with "
+           "every step priced 1 % higher): where it is large (TTFT of a run that queues), a small error per step "
+           "is a large one here"),
     Column("kv_capacity_source", TEXT, "where the replay's KV capacity came from: recorded (meta.json's "
            "kv_cache.num_gpu_blocks) or derived (vLLM's memory accounting from the recorded device memory)"),
     Column("ttft_{vstat}_ms", "ms", "TTFT, first token - queued, " + _VALID + "; `_mean` the mean, the rest "
