@@ -14,7 +14,7 @@ summed) over all models, token counts and TP degrees of one GPU (a log-spaced gr
 grid within ±30 % of the best: a resolution of about 7 %, which is what the committed fits carry). It prints the error per
 token-count range, of single operators and of a layer's total, before (the roofline's default
 efficiencies, no launch cost) and after, and writes `results/calibration/operators.csv` (the fit per GPU, with
-`copy_efficiency`: the datasheet bandwidth's fraction a streaming kernel reaches, `copy_efficiency` below)
+the fraction of the datasheet bandwidth a streaming kernel reaches: `copy_efficiency` below)
 and `operators_by_tokens.csv`. The fitted
 efficiencies are what an operator-by-operator datasheet model of a GPU without its own profile should use.
 """
@@ -107,11 +107,11 @@ COPY_FROM_TOKENS = 256  # the residual adds the copy bandwidth is read from: lar
 
 def copy_efficiency(rows: pd.DataFrame) -> float:
     """The fraction of the datasheet bandwidth a streaming kernel reaches, as `operator_work` counts its bytes:
-    the residual add (read two tensors, write one; the same traffic per byte as a copy, which reads once and
-    writes once), its seconds against its bytes at `COPY_FROM_TOKENS` tokens or more fitted by least squares
+    the residual add (it reads two tensors and writes one, each once and in order, as a copy reads and writes
+    one), its seconds against its bytes at `COPY_FROM_TOKENS` tokens or more fitted by least squares
     as a fixed cost plus bytes over a bandwidth, per model; the median over models (phi-2's adds, at half the
     others' rate, are the outlier it leaves aside). NaN where no add was timed (vLLM fuses it into its norms).
-    What a KV copy by concatenation (`policy=hf`) is priced at: `DatasheetLatency.copy_time`."""
+    What a KV copy by concatenation (`policy=hf`) is priced at: `LatencyModel.copy_time`."""
     adds = rows[(rows.op == "add") & (rows.tokens >= COPY_FROM_TOKENS)]
     rates = []
     for _, m in adds.groupby("model"):
