@@ -27,8 +27,8 @@ def test_the_smoke_check_runs_every_part_and_writes_a_flat_folder(smoke):
     code, out = smoke
     summary = json.loads((out / "summary.json").read_text())
     assert code == 0, summary["errors"]
-    assert summary["errors"] == {} and set(summary["steps"]) == {"greedy", "bandwidth", "profile", "engines",
-                                                                "fidelity"}
+    assert summary["errors"] == {} and set(summary["steps"]) == {"greedy", "bandwidth", "hf_memory", "profile",
+                                                                "engines", "fidelity"}
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["bandwidth.csv", "fidelity.csv", "profile/meta.yaml", "profile/tp1/attention.csv",
                      "profile/tp1/dense.csv", "profile/tp1/per_sequence.csv", "summary.json", "summary.md"]
@@ -70,6 +70,11 @@ def test_the_parts_measure_what_they_say(smoke):
     assert list(fid.policy) == list(gpu_check.FIDELITY_POLICIES)
     assert (fid.exec_request_throughput > 0).all() and (fid.sim_request_throughput > 0).all()
     assert s["engines"]["identical"] == f"{s['engines']['requests']}/{s['engines']['requests']}"
+    hf = s["hf_memory"]  # generate ran; on the CPU there is no allocator to read, and no GPU preset
+    plan = gpu_check.PLANS["smoke"]
+    assert (hf["rows"], hf["prompt"], hf["new_tokens"]) == (plan["hf_rows"], plan["hf_prompt"], plan["hf_new"])
+    assert hf["model_peak_bytes"] > 0 and hf["seconds"] > 0
+    assert hf["margin"] is None and hf["peak_bytes"] is None and hf["copy_efficiency"] is None
 
 
 def test_without_a_gpu_and_without_smoke_it_says_so_in_one_line(tmp_path):
@@ -167,7 +172,8 @@ def test_a_failed_part_leaves_its_targets_unmeasured_and_missed(part):
     s.pop(part, None)
     rows = gpu_check.judge(s)
     lost = [r for r in rows if r["value"] is None]
-    assert lost or part == "profile"  # no number of its own: the fidelity part, which reads it, then fails
+    # no number of its own judged: profile (the fidelity part, which reads it, then fails) and hf_memory (reported)
+    assert lost or part in ("profile", "hf_memory")
     assert all(r["pass"] is False and r["shown"] == "not measured" for r in lost)
     assert all(r["pass"] for r in rows if r["value"] is not None)
     code, line = gpu_check.verdict(rows, s["errors"], smoke=False)
@@ -210,7 +216,7 @@ def test_a_run_removes_an_earlier_runs_outputs_first(tmp_path, monkeypatch):
         raise RuntimeError("no device today")
 
     monkeypatch.setattr(gpu_check.Check, "greedy", greedy)
-    for part in ("bandwidth", "profile", "engines"):
+    for part in ("bandwidth", "hf_memory", "profile", "engines"):
         monkeypatch.setattr(gpu_check.Check, part, greedy)
     code = gpu_check.Check(tmp_path, smoke=True, log=lambda *_: None).run()  # fidelity runs: no profile to read
     assert seen["left"] == ["notes.txt"]

@@ -8,10 +8,13 @@ going when one part fails (the part's error goes into the summary, the exit code
    weights), with each attention kernel (sdpa; flex, with CUDA graphs on a GPU);
 2. bandwidth: decode steps of a LLaMA-2-7B-shaped random-weight model at batch 1 to 256 and two contexts,
    the bytes they read over their time against the measured copy bandwidth (`s3exec.lab.bandwidth`);
-3. profile: that model's operator profile, in the format of the shared vLLM runs
+3. hf_memory: `model.generate` on that model, one static batch: its peak memory over the simulator's peak
+   for the batch (policy=hf's margin, measured) and the copy bandwidth over the GPU preset's datasheet
+   bandwidth (its `copy_efficiency`, measured), in summary.json, reported, not judged;
+4. profile: that model's operator profile, in the format of the shared vLLM runs
    (`s3exec.lab.operator_profile`), which `latency=operators` reads;
-4. engines: the executor against `transformers`' continuous batching on the same model and requests;
-5. fidelity: ft, orca, s3 and vllm run by the executor and simulated with that profile (its fixed cost
+5. engines: the executor against `transformers`' continuous batching on the same model and requests;
+6. fidelity: ft, orca, s3 and vllm run by the executor and simulated with that profile (its fixed cost
    per iteration fitted on a separate calibration run), relative errors per metric.
 
 Then it judges the measurements against `TARGETS` (each named, with its threshold there and nowhere
@@ -49,7 +52,7 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.policies import COMPARED, POLICIES
 
 NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
-PARTS = ("greedy", "bandwidth", "profile", "engines", "fidelity")  # in the order they run
+PARTS = ("greedy", "bandwidth", "hf_memory", "profile", "engines", "fidelity")  # in the order they run
 # every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to compare)
 GREEDY_POLICIES = tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
 GREEDY_REQUESTS = 8
@@ -62,13 +65,14 @@ SMOLLM2_SHAPE = "smollm2-135m"  # the preset with SmolLM2's shape, for machines 
 PLANS = {
     "gpu": dict(device="cuda", dtype="bfloat16", greedy_models=("tiny-llama", "smollm2"), big="llama-2-7b",
                 batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), contexts=(512, 2048), copy_bytes=2**31,
+                hf_rows=16, hf_prompt=512, hf_new=512,
                 engine_requests=64, engine_max_len=128, fid_requests=64, fid_max_len=128, fid_cap_tokens=6144,
                 max_prompt=256, min_seconds=0.2,
                 op_grid=dict(tokens=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
                              sequences=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                              chunks=(16, 128, 1024, 2048), decodes=(1, 8, 64, 256), contexts=(16, 256, 2048))),
     "smoke": dict(device="cpu", dtype="float32", greedy_models=("tiny-llama",), big="tiny-llama",
-                  batches=(1, 4, 16), contexts=(16, 64), copy_bytes=2**24,
+                  batches=(1, 4, 16), contexts=(16, 64), copy_bytes=2**24, hf_rows=2, hf_prompt=8, hf_new=8,
                   engine_requests=8, engine_max_len=16, fid_requests=12, fid_max_len=24, fid_cap_tokens=240,
                   max_prompt=32, min_seconds=0.01,
                   op_grid=dict(tokens=(1, 4, 16, 64), sequences=(1, 4, 16), chunks=(16, 64), decodes=(1, 4, 16),
@@ -356,6 +360,67 @@ class Check:
                  f"the weight-read floor; utilisation at batch >= 64: "
                  f"{'n/a' if b['min_utilisation_batch64_up'] is None else format(b['min_utilisation_batch64_up'], '.0%')}"
                  f" at least; CUDA graphs at batch 1: {detail}")
+
+    # ---- 3. transformers' generate: what it holds beyond the simulator's cache, and the copy's bandwidth ----
+    def hf_memory(self) -> None:
+        """`model.generate` (a DynamicCache grown by concatenation) on the big model, one static batch: its
+        peak memory above the weights against the simulator's peak for that batch (`peak_tokens`: the cache at
+        its longest plus one layer's old keys or values), so the margin policy=hf's admission leaves out (the
+        allocator's rounding and fragmentation, activations) is measured; and the copy bandwidth of part 2
+        as a fraction of the GPU preset's datasheet bandwidth, that GPU's `copy_efficiency` measured. Memory
+        is read from CUDA's allocator: on the CPU (smoke) generate runs and the margin is not measured."""
+        import torch
+
+        from s3exec.runner import device_name
+        from s3sim.core.kv_reservations import peak_tokens
+        from s3sim.hardware.gpus import get_gpu, preset_of_device
+
+        p = self.plan
+        loaded = self.model(p["big"])
+        rows, prompt, new = p["hf_rows"], p["hf_prompt"], p["hf_new"]
+        cuda = self.device.startswith("cuda")
+        vocab = int(loaded.model.config.vocab_size)
+        ids = torch.randint(1, vocab, (rows, prompt), generator=torch.Generator().manual_seed(0)).to(self.device)
+        model, saved = loaded.model, loaded.model.generation_config.eos_token_id
+        impl = model.config._attn_implementation  # the executor's paged kernel, where part 2 installed it
+        model.set_attn_implementation("sdpa")  # generate's own attention over its DynamicCache
+        model.generation_config.eos_token_id = None  # every row runs to max_new_tokens
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                                     do_sample=False, pad_token_id=0)
+        finally:
+            model.generation_config.eos_token_id = saved
+            model.set_attn_implementation(impl)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        if out.shape != (rows, prompt + new):
+            raise RuntimeError(f"generate returned {tuple(out.shape)}, not ({rows}, {prompt + new})")
+        model_peak = peak_tokens(rows, prompt, new, loaded.num_layers) * loaded.kv_bytes_per_token
+        got = {"model": p["big"], "rows": rows, "prompt": prompt, "new_tokens": new, "seconds": seconds,
+               "model_peak_bytes": model_peak, "peak_bytes": None, "reserved_bytes": None, "margin": None}
+        if cuda:
+            got["peak_bytes"] = torch.cuda.max_memory_allocated() - before
+            got["reserved_bytes"] = torch.cuda.max_memory_reserved() - before
+            got["margin"] = got["peak_bytes"] / model_peak - 1.0
+        preset = preset_of_device(device_name(self.device))
+        copy_gb_s = (self.summary.get("bandwidth") or {}).get("copy_gb_s")
+        got["gpu_preset"] = preset
+        got["copy_efficiency"] = (copy_gb_s * 1e9 / get_gpu(preset).mem_bandwidth
+                                  if preset is not None and copy_gb_s else None)
+        self.summary["hf_memory"] = got
+        margin = "not measured (no CUDA allocator)" if got["margin"] is None else f"{got['margin']:+.1%}"
+        copy = ("no GPU preset or copy bandwidth" if got["copy_efficiency"] is None else
+                f"{got['copy_efficiency']:.3f} of {preset}'s datasheet bandwidth")
+        self.say(f"   generate, {rows} rows x ({prompt} + {new}) tokens: peak over the simulator's cache peak "
+                 f"{margin}; copy bandwidth {copy} ({seconds:.1f} s)")
 
     def graph_speedup(self, loaded, runner, context: int) -> tuple[float | None, str]:
         """Decode at batch 1 and `context` tokens: an eager step's median time over a replayed graph's, on the
