@@ -909,6 +909,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + ("; an arrival joins the step after next, its scheduled_ts is its step's scheduling" if asynchronous
             else ""))
     echo(f"latency: {lat_how}")
+    if prof is None:
+        echo("note: no operator profile: priced from the GPU's datasheet and efficiencies fitted to operators (the "
+             "line above says whose): read its errors against the band the README's 'How well it generalises' "
+             "measures for datasheet replays, not against a profiled replay's targets")
     if borrowed is not None and borrowed.name != gpu_spec.name:
         echo(f"note: cross-GPU pricing: the run's {gpu_spec.name} datasheet with {borrowed.name}'s fitted "
              f"efficiencies (--fit-from), as a GPU never profiled would be priced; not the run GPU's own fit")

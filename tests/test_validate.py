@@ -442,3 +442,10 @@ def test_the_sensitivity_column_is_how_far_each_error_moves_with_steps_one_perce
     scaled = ScaledLatency(Fixed(), 1.01)
     assert scaled.batch_time(None) == pytest.approx(2.02) and scaled.decode_run(1, 1, 2) == pytest.approx([3.03, 3.03])
     assert scaled.skew_alpha == 0.0  # everything else is the inner model's
+
+
+def test_a_replay_without_a_profile_says_which_error_band_to_read(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--profile", "none")
+    assert "note: no operator profile" in stdout and "How well it generalises" in stdout
+    assert "note: no operator profile" not in run_ok(capsys, run, "--out", tmp_path / "own")
