@@ -472,7 +472,8 @@ def engine_settings(meta: dict, where: str) -> Engine:
 def other_version_note(meta: dict) -> str:
     """A loud word where a default was assumed for a run of a vLLM version other than the one it was read from."""
     version = meta.get("vllm_version")
-    if version is None or str(version) == DEFAULTS_CHECKED or str(version).startswith(DEFAULTS_CHECKED + "."):
+    text = str(version).strip().lstrip("vV")
+    if version is None or text == DEFAULTS_CHECKED or text.startswith(DEFAULTS_CHECKED + "."):
         return ""
     return (f"; read from vLLM {DEFAULTS_CHECKED}, and this run ran vLLM {version}, whose default may differ: "
             "--async-scheduling on or off sets it as the run had it")
@@ -938,8 +939,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
                           async_scheduling=asynchronous)
         return result, [result]
 
-    def metrics(result) -> dict:
-        records = replay_records(result.requests)
+    def metrics(records) -> dict:
+        """The replay's metrics from its records (`replay_records`), TTFT split where the run records it."""
         sim = simulated_metrics(records)
         if "scheduled_ts" in req.columns:
             sim.update(split_metrics(records.queued, records.admitted, records.first_token))
@@ -961,7 +962,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     wall = time.perf_counter() - t0
 
     records = replay_records(result.requests)
-    real, sim = real_metrics(req), metrics(result)
+    real, sim = real_metrics(req), metrics(records)
     if "scheduled_ts" in req.columns:  # the run says when each request was first scheduled: TTFT's split
         real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
     else:
@@ -972,7 +973,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     table = comparison(real, sim)
     # how far each error moves were every step SENSITIVITY_PCT % slower: a second replay
     from s3sim.latency.scaled import ScaledLatency
-    slower = comparison(real, metrics(replay(ScaledLatency(latency, 1 + SENSITIVITY_PCT / 100))[0]))
+    slower = comparison(real, metrics(replay_records(
+        replay(ScaledLatency(latency, 1 + SENSITIVITY_PCT / 100))[0].requests)))
     table[SENSITIVITY_COLUMN] = (slower.error_pct - table.error_pct) / SENSITIVITY_PCT
     table["kv_capacity_source"] = engine.kv_capacity_source
     frames = [r.log.frame() for r in runs]

@@ -367,8 +367,9 @@ def test_an_assumed_default_of_another_vllm_version_is_said_loudly(tmp_path, cap
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "asynchronous scheduling: on, vLLM V1's default" in stdout and "vLLM 0.10.1" in stdout
     assert "--async-scheduling on or off" in stdout
-    edit_meta(run, lambda m: m.update(vllm_version="0.19.1"))
-    assert "whose default may differ" not in run_ok(capsys, run, "--out", tmp_path / "out2")
+    for same in ("0.19.1", "v0.19.0"):
+        edit_meta(run, lambda m: m.update(vllm_version=same))
+        assert "whose default may differ" not in run_ok(capsys, run, "--out", tmp_path / "out2")
 
 
 def test_a_model_id_with_no_preset_is_read_from_the_config_json_beside_the_run_and_said_so(tmp_path, capsys):
