@@ -801,6 +801,24 @@ def format_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+# the README's targets for a replay: every mean, median and throughput within 5 %, every p99 within 10 %
+TARGETS = ((5.0, tuple(f"{m}_{s}_ms" for m in ("ttft", "tpot", "e2e_latency") for s in ("mean", "p50"))
+            + ("request_throughput", "output_throughput")),
+           (10.0, tuple(f"{m}_p99_ms" for m in ("ttft", "tpot", "e2e_latency"))))
+
+
+def target_misses(table: pd.DataFrame) -> dict[str, float]:
+    """The target rows of a validation table outside their bound: metric -> its error (%)."""
+    errors = table.set_index("metric").error_pct
+    return {m: float(errors[m]) for bound, rows in TARGETS for m in rows if not abs(errors[m]) <= bound}
+
+
+def target_line(table: pd.DataFrame) -> str:
+    misses = target_misses(table)
+    return ("targets (every mean, median and throughput within 5 %, every p99 within 10 %): "
+            + ("met" if not misses else "missed by " + ", ".join(f"{m} {e:+.1f} %" for m, e in misses.items())))
+
+
 SENSITIVITY_PCT = 1.0  # validation.csv's last numeric column: every step this much slower, replayed again
 SENSITIVITY_COLUMN = "sensitivity"  # points of error_pct per 1 % slower steps
 SMALL_MS = 1.0  # a time below this (far below any engine step) makes its percentage error say little
@@ -981,6 +999,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     data = timeline(run.timeseries, frames, capacity * engine.dp, float(records.last_token.max()))
 
     echo(format_table(table))
+    echo(target_line(table))
     if run.timeseries.empty:
         echo(f"note: {TIMESERIES} holds no rows: the real curves of timeline.png stay blank (validation.csv does "
              "not use it)")

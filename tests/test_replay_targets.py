@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from s3sim.validate import validate
+from s3sim.validate import TARGETS, validate
 
 RUNS = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm_runs"
 pytestmark = pytest.mark.skipif(not RUNS.is_dir(), reason="needs the shared data folder")
-MEAN_MEDIAN, P99 = 5.0, 10.0
+(MEAN_MEDIAN, MEANS_MEDIANS), (P99, P99S) = TARGETS
 
 
 def replay(name, tmp_path):
     lines = []
     table = validate(RUNS / name / "run", tmp_path / name, echo=lines.append).set_index("metric")
+    assert "targets (every mean, median and throughput within 5 %, every p99 within 10 %): met" in lines
     counts = re.search(r"([\d,]+) preemptions \([\d,]+ of them part-way through a prefill\), ([\d,]+) recomputed "
                        r"tokens found in the prefix cache", "\n".join(lines))
     return table.error_pct, [int(c.replace(",", "")) for c in counts.groups()]
@@ -26,12 +27,20 @@ def within(errors, names, bound):
     return {n: round(float(errors[n]), 2) for n in names if not abs(errors[n]) <= bound}
 
 
-LATENCY = ("ttft", "tpot", "e2e_latency")
-MEANS_MEDIANS = [f"{m}_{s}_ms" for m in LATENCY for s in ("mean", "p50")] + ["request_throughput",
-                                                                             "output_throughput"]
-P99S = [f"{m}_p99_ms" for m in LATENCY]
+def test_the_targets_are_the_readmes_and_a_miss_is_named():
+    """5 % on every mean, median and throughput, 10 % on every p99; the line under a replay's table names each
+    row outside its bound with its error, and says met when none is."""
+    import pandas as pd
 
-
+    from s3sim.validate import target_line
+    assert (MEAN_MEDIAN, P99) == (5.0, 10.0) and len(MEANS_MEDIANS) == 8 and len(P99S) == 3
+    rows = list(MEANS_MEDIANS) + list(P99S)
+    table = pd.DataFrame({"metric": rows, "error_pct": [1.0] * len(rows)})
+    assert target_line(table).endswith(": met")
+    table.loc[table.metric == "ttft_mean_ms", "error_pct"] = 14.6
+    table.loc[table.metric == "tpot_p99_ms", "error_pct"] = -9.9  # within its 10 %
+    table.loc[table.metric == "e2e_latency_p99_ms", "error_pct"] = -10.5
+    assert target_line(table).endswith("missed by ttft_mean_ms +14.6 %, e2e_latency_p99_ms -10.5 %")
 def test_the_rtx_4090_replay_meets_every_target(tmp_path):
     errors, (preemptions, cached) = replay("rtx4090-llama-3.1-8b", tmp_path)
     assert within(errors, MEANS_MEDIANS, MEAN_MEDIAN) == {} and within(errors, P99S, P99) == {}
