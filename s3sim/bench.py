@@ -1,9 +1,12 @@
 """`make bench`: simulated requests per wall-clock second for each policy, and the memory of a 10^6 run.
 
 Each policy simulates 100,000 Alpaca-length requests (GPT-J 6B, A100 80 GB, the default per-operator
-datasheet latency) offline, then under Poisson arrivals at 1x and 2x the throughput it served offline; the 10^6-request run happens in a child process so its peak memory (ru_maxrss) is its own, and so
-does the cluster run: 64 replicas behind a router serving 10^6 requests of the Azure conversation
-trace's shape (`cluster_scale`), beside one engine on the same load per replica (`cluster_against_one`).
+datasheet latency) offline, then under Poisson arrivals at 1x and 2x the throughput it served offline; vllm on
+the RTX 4090 run's operator profile, and vllm and s3 from the config on per-operator latency at about twice what
+that GPU serves (`operators_command`); the 10^6-request run happens in a child process so its peak memory
+(ru_maxrss) is its own, and so does the cluster run: 64 replicas behind a router serving 10^6 requests of the
+Azure conversation trace's shape (`cluster_scale`), beside one engine on the same load per replica
+(`cluster_against_one`).
 """
 from __future__ import annotations
 
@@ -63,6 +66,22 @@ def vllm_operators(n: int, run: str = "../shared/data/vllm_runs/rtx4090-llama-3.
         res = simulate(reqs, sched, latency)
         wall = time.perf_counter() - t0
         print(f"vllm    {f'poisson@{rate}/s':>16s} {n:>9,d} {wall:8.2f} {res.engine_steps:8d} {n / wall:10,.0f}", flush=True)
+
+
+OPERATORS_COMMAND = ["latency=operators", "model=llama-3.1-8b", "gpu=rtx-4090", "workload=sharegpt", "arrival=poisson",
+                     "arrival.rate=3"]
+
+
+def operators_command(n: int) -> None:
+    """vllm and s3 as a user sweeps them on per-operator latency: `s3sim policy=P latency=operators
+    model=llama-3.1-8b gpu=rtx-4090 workload=sharegpt arrival=poisson arrival.rate=3` (about twice what the
+    GPU serves), the simulation alone, as `time_one` times it."""
+    print(f"\nvllm and s3 from the config, as a user sweeps them: `s3sim policy=P {' '.join(OPERATORS_COMMAND)} "
+          f"num_requests={n}`")
+    for p in ("vllm", "s3"):
+        wall, steps, rate, served = time_one([f"policy={p}", f"num_requests={n}", *OPERATORS_COMMAND])
+        print(f"{p:7s} {'poisson@3/s':>16s} {n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}   (served "
+              f"{served:.2f} req/s)", flush=True)
 
 
 def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = "s3",
@@ -155,6 +174,7 @@ def main(argv=None) -> None:
             print(f"{p:7s} {label:>16s} {args.n:>9,d} {wall:8.2f} {steps:8d} {rate:10,.0f}", flush=True)
     if args.vllm:
         vllm_operators(args.vllm)
+        operators_command(args.vllm)
     if args.big:
         print(f"\nmemory: {args.big:,} requests offline in a fresh process")
         for p in ("s3", "orca"):
