@@ -160,3 +160,19 @@ def test_the_parallel_table_command(capsys):
         assert float(free) < float(one) and float(ring) > float(free)
     assert main([str(SHARED / "rtx4090-llama-3.1-8b" / "profile"), "--model", "llama-3.1-8b", "--gpu", "rtx-4090"]) == 2
     assert "no tp2/ folder" in capsys.readouterr().err
+
+
+def test_a_kv_copy_moves_each_tensor_parallel_gpus_share_at_the_measured_streaming_rate():
+    """policy=hf on a profile: the copy of n cached tokens moves 2 x n x KV bytes at the GPU's streaming
+    bandwidth (copy_efficiency of its datasheet's), each of the tp GPUs its share of the KV heads at once."""
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import NoAllReduce
+
+    run = SHARED / "rtxpro6000-llama-3.1-8b" / "profile"
+    if not (run / "tp2").is_dir():
+        pytest.skip("shared data not present")
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("rtx-pro-6000")
+    one = OperatorLatency.from_profile(run, model, gpu)
+    two = OperatorLatency.from_profile(run, model, gpu, tp=2, all_reduce=NoAllReduce())
+    expected = 2 * 1000 * model.kv_bytes_per_token / (gpu.mem_bandwidth * gpu.copy_efficiency)
+    assert one.copy_time(1000) == pytest.approx(expected) and two.copy_time(1000) == pytest.approx(expected / 2)
