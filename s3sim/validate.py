@@ -9,8 +9,8 @@ real metric) with the run's prompt and output lengths. vLLM stamps `queued_ts` w
 in, between two steps; the replay's `queued` is likewise the first iteration boundary from the arrival (at once
 where the engine was idle). The metrics, real and simulated alike: TTFT = first token - queued; TPOT = (last
 token - first token) / (output tokens - 1) over requests with more than one output token; end-to-end latency =
-last token - queued; throughput = requests (output tokens) / (last token of the run - first queued). Times are reported in milliseconds, like the peer's table, and their
-metric names say so (`ttft_p50_ms`).
+last token - queued; throughput = requests (output tokens) / (last token of the run - first queued). Times are
+reported in milliseconds, like the peer's table, and their metric names say so (`ttft_p50_ms`).
 
 KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; otherwise vLLM's memory accounting,
 
@@ -414,8 +414,7 @@ def engine_settings(meta: dict, where: str) -> Engine:
     for section, fields in (("scheduler_config", ("max_num_seqs", "max_num_batched_tokens")),
                             ("parallel_config", ("tensor_parallel_size", "data_parallel_size"))):
         for f in fields:
-            if ek.get(f) is None and _section(meta, section).get(f) is not None:
-                ek[f] = _section(meta, section)[f]
+            ek[f] = checks.engine_value(meta, section, f)[0]
     cache = _section(meta, "cache_config")
     blocks_from = "kv_cache" if kv.get("num_gpu_blocks") is not None else "resolved_config.cache_config"
     for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
@@ -698,9 +697,6 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     from s3sim.hardware.network import all_gather_model
     from s3sim.latency.data_parallel import DataParallelLatency
     from s3sim.latency.operators import OperatorLatency, engine_collectives, in_engine
-    if not model.n_experts:
-        raise ConfigError(f"data_parallel_size={engine.dp} of a dense model ({model.name}): its ranks are independent "
-                          "engines, not ranks stepping together")
     if not isinstance(latency, OperatorLatency):
         raise ConfigError("data-parallel MoE ranks are priced from an operator profile with a moe.csv "
                           "(not --profile none or --step-calibration)")
@@ -790,14 +786,10 @@ def _fmt(v: float) -> str:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The comparison as printed; with the sensitivity column where the table has one."""
-    sens = SENSITIVITY_COLUMN in table
-    lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}"
-             + (f"{'error if steps +1 %':>21}" if sens else "")]
-    for row in table[list(COLUMNS) + ([SENSITIVITY_COLUMN] if sens else [])].itertuples(index=False):
-        m, r, s, e = row[:4]
-        lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%"
-                     + (f"{e + row[4]:>+20.1f}%" if sens else ""))
+    """The comparison as printed, each row with the error its sensitivity gives were every step 1 % slower."""
+    lines = [f"{'metric':<22}{'real':>14}{'simulated':>14}{'error_pct':>11}{'error if steps +1 %':>21}"]
+    for m, r, s, e, d in table[[*COLUMNS, SENSITIVITY_COLUMN]].itertuples(index=False):
+        lines.append(f"{m:<22}{_fmt(r):>14}{_fmt(s):>14}{e:>+10.1f}%{e + d:>+20.1f}%")
     return "\n".join(lines)
 
 
@@ -815,7 +807,8 @@ def target_misses(table: pd.DataFrame) -> dict[str, float]:
 
 def target_line(table: pd.DataFrame) -> str:
     misses = target_misses(table)
-    return ("targets (every mean, median and throughput within 5 %, every p99 within 10 %): "
+    (central, _), (tail, _) = TARGETS
+    return (f"targets (every mean, median and throughput within {central:g} %, every p99 within {tail:g} %): "
             + ("met" if not misses else "missed by " + ", ".join(f"{m} {e:+.1f} %" for m, e in misses.items())))
 
 
@@ -970,7 +963,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     elif engine.dp > 1:  # one scheduler per rank behind vLLM's load balancer, stepping together
         echo(f"data parallel: {engine.dp} ranks, each with its own KV cache, max_num_seqs and token budget; a request "
              "goes to the rank with the lowest 4 x waiting + running; the ranks step together")
-    mismatch = peer_mismatch(peer, real_metrics(req)) if peer is not None else None
+    real = real_metrics(req)
+    mismatch = peer_mismatch(peer, real) if peer is not None else None
     if mismatch:  # a table about another run (a trimmed copy of a run, another run's file): left out, said so
         echo(f"note: {peer_path} is not about this run ({mismatch}): peer.csv is not written")
         peer = None
@@ -980,7 +974,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     wall = time.perf_counter() - t0
 
     records = replay_records(result.requests)
-    real, sim = real_metrics(req), metrics(records)
+    sim = metrics(records)
     if "scheduled_ts" in req.columns:  # the run says when each request was first scheduled: TTFT's split
         real.update(split_metrics(req.queued_ts, req.scheduled_ts, req.first_token_ts))
     else:
@@ -1003,8 +997,9 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if run.timeseries.empty:
         echo(f"note: {TIMESERIES} holds no rows: the real curves of timeline.png stay blank (validation.csv does "
              "not use it)")
-    if small_times_note(table):
-        echo(small_times_note(table))
+    small = small_times_note(table)
+    if small:
+        echo(small)
     counts = {k: sum(r.scheduler.counters()[k] for r in runs) for k in ("preemptions", "prefill_preemptions",
                                                                           "cached_tokens")}
     iterations, steps = sum(len(f) for f in frames), sum(r.engine_steps for r in runs)

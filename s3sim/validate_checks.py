@@ -100,24 +100,27 @@ def check_meta(meta: dict, where: str) -> None:
                           f"got {n!r}")
     recorded_duration(meta, where)
     count = (meta.get("hardware") or {}).get("device_count")
-    (tp, tp_from), (dp, dp_from) = (_parallel_size(meta, f) for f in ("tensor_parallel_size", "data_parallel_size"))
+    (tp, tp_from), (dp, dp_from) = (engine_value(meta, "parallel_config", f)
+                                    for f in ("tensor_parallel_size", "data_parallel_size"))
+    tp, dp = 1 if tp is None else tp, 1 if dp is None else dp
     if (isinstance(count, int) and not isinstance(count, bool) and isinstance(tp, int) and isinstance(dp, int)
             and count < tp * dp):
         raise ConfigError(f"{where}: {tp_from}={tp} x {dp_from}={dp} needs {tp * dp} GPUs but "
                           f"hardware.device_count={count}: the device count must be at least their product")
 
 
-def _parallel_size(meta: dict, field: str) -> tuple:
-    """(a parallel size, the meta.json field it came from): engine_kwargs first, then resolved_config's
-    parallel_config (as the replay reads it), else 1."""
+def engine_value(meta: dict, section: str, field: str) -> tuple:
+    """(an engine setting, the meta.json field it came from): `engine_kwargs` first, then where vLLM recorded
+    what it resolved it to (`resolved_config.<section>`); (None, the engine_kwargs field) where neither has it.
+    The checks and the replay (`s3sim.validate.engine_settings`) read a setting the same way."""
     value = meta["engine_kwargs"].get(field)
     if value is not None:
         return value, f"engine_kwargs.{field}"
     resolved = meta.get("resolved_config")
-    conf = resolved.get("parallel_config") if isinstance(resolved, dict) else None
+    conf = resolved.get(section) if isinstance(resolved, dict) else None
     if isinstance(conf, dict) and conf.get(field) is not None:
-        return conf[field], f"resolved_config.parallel_config.{field}"
-    return 1, f"engine_kwargs.{field}"
+        return conf[field], f"resolved_config.{section}.{field}"
+    return None, f"engine_kwargs.{field}"
 
 
 def max_model_len(meta: dict) -> tuple[int | None, str]:

@@ -183,9 +183,9 @@ def fit_in_engine_factor(latency, measured, gather, steps: pd.DataFrame, model, 
     compute + a constant per kind of step (its CUDA-graph mode; piecewise with or without decodes) + its 2 L + 1
     all-reduces and one all-gather, each at its measured latency floor plus its bytes at its measured bandwidth
     (the slope of its largest messages) divided by `factor`: the one term that grows with the messages. A
-    constant the table has and a run does not (a timing harness) stays in the offsets. Compute is priced as profiled (scale 1): on the same GPU the runs at TP1
-    replay within a few per cent so, and a compute scale fitted with the factor cannot be told apart from it
-    (both grow with tokens)."""
+    constant the table has and a run does not (a timing harness) stays in the offsets. Compute is priced as
+    profiled (scale 1): on the same GPU the runs at TP1 replay within a few per cent so, and a compute scale
+    fitted with the factor cannot be told apart from it (both grow with tokens)."""
     n_ar = 2 * model.n_layers + 1
     branch = step_kinds(steps)
     nbytes = steps.num_tokens.to_numpy(np.float64) * model.hidden_size * model.dtype_bytes
