@@ -360,7 +360,9 @@ class Engine:
     async_recorded: bool = False
     dp: int = 1  # data_parallel_size: ranks of one MoE model stepping together (`s3sim.core.data_parallel`)
     expert_parallel: bool = False  # enable_expert_parallel: the experts split across the data-parallel ranks
-    blocks_from: str = "kv_cache"  # where meta.json records num_gpu_blocks (kv_cache, or resolved_config's)
+    blocks_from: str = "kv_cache.num_gpu_blocks"  # the meta.json field num_gpu_blocks came from
+    graph_tokens: int | None = None  # the largest CUDA-graph batch (0: none, enforce_eager); None: vLLM's default
+    graphs_from: str = ""  # the meta.json field graph_tokens came from
 
     @property
     def kv_capacity_source(self) -> str:
@@ -386,12 +388,36 @@ UNMODELLED = (("parallel_config", "pipeline_parallel_size", "pipeline_parallel_s
                "no context parallelism"),
               ("model_config", "quantization", "quantization", None, "unquantized 16-bit weights"),
               ("scheduler_config", "enable_chunked_prefill", "enable_chunked_prefill", True, "chunked prefill"),
-              ("scheduler_config", "policy", "scheduling_policy", "fcfs", "first-come first-served scheduling"))
+              ("scheduler_config", "policy", "scheduling_policy", "fcfs", "first-come first-served scheduling"),
+              ("scheduler_config", "long_prefill_token_threshold", "long_prefill_token_threshold", 0,
+               "chunks capped by the token budget alone"),
+              ("scheduler_config", "max_num_partial_prefills", "max_num_partial_prefills", 1,
+               "vLLM's default of one partial prefill, whose chunks only the token budget caps"))
+# sections of resolved_config (and the engine argument) that, set at all, change what a step does
+UNMODELLED_SECTIONS = (("speculative_config", "speculative_config", "speculative decoding is not modelled"),
+                       ("lora_config", "enable_lora", "LoRA adapters are not modelled"))
+
+
+# engine arguments that change no step's work or time (where the weights come from, logging, the seed)
+INERT_ENGINE_KWARGS = frozenset(("seed", "tokenizer", "tokenizer_mode", "tokenizer_revision", "revision",
+                                 "trust_remote_code", "download_dir", "load_format", "served_model_name",
+                                 "disable_log_stats", "enable_log_requests", "disable_log_requests"))
+
+
+def unread_engine_kwargs(meta: dict) -> list[str]:
+    """`name=value` of each engine argument set (not null, not false) that the replay neither reads, refuses
+    nor knows to be inert: said in a note, since its effect, if any, lands in the errors."""
+    read = ({f for f, _ in checks.ENGINE_RESOLVED} | set(checks.KV_ENGINE) | {u[2] for u in UNMODELLED}
+            | {u[1] for u in UNMODELLED_SECTIONS}
+            | {"model", "dtype", "kv_cache_dtype", "num_gpu_blocks_override"} | INERT_ENGINE_KWARGS)
+    return [f"{k}={v!r}" for k, v in meta["engine_kwargs"].items()
+            if k not in read and v is not None and v is not False]
 
 
 def check_unmodelled(meta: dict, where: str) -> None:
     """One line for a setting the replay would otherwise ignore: more pipeline stages, context parallelism,
-    quantized weights, prefill unchunked, another scheduling policy, speculative decoding."""
+    quantized weights, prefill unchunked, another scheduling policy, a cap on each request's chunk (vLLM's
+    long_prefill_token_threshold, which more than one partial prefill also sets), speculative decoding, LoRA."""
     ek = meta["engine_kwargs"]
     for section, field, ek_field, modelled, what in UNMODELLED:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
@@ -400,10 +426,11 @@ def check_unmodelled(meta: dict, where: str) -> None:
                 value = value.lower().rsplit(".", 1)[-1]
             if value is not None and value != modelled:
                 raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models {what})")
-    for value, name in ((ek.get("speculative_config"), "engine_kwargs.speculative_config"),
-                        (_resolved(meta).get("speculative_config"), "resolved_config.speculative_config")):
-        if value:
-            raise ConfigError(f"{where}: {name} is set: speculative decoding is not modelled")
+    for section, ek_field, what in UNMODELLED_SECTIONS:
+        for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
+                            (_resolved(meta).get(section), f"resolved_config.{section}")):
+            if value:
+                raise ConfigError(f"{where}: {name} is set: {what}")
 
 
 def engine_settings(meta: dict, where: str) -> Engine:
@@ -416,11 +443,20 @@ def engine_settings(meta: dict, where: str) -> Engine:
         for f in fields:
             ek[f] = checks.engine_value(meta, section, f)[0]
     cache = _section(meta, "cache_config")
-    blocks_from = "kv_cache" if kv.get("num_gpu_blocks") is not None else "resolved_config.cache_config"
+    blocks_from = ("kv_cache.num_gpu_blocks" if kv.get("num_gpu_blocks") is not None
+                   else "resolved_config.cache_config.num_gpu_blocks")
     for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
               "kv_cache_memory_bytes"):
-        if kv.get(f) is None and cache.get(f) is not None:
-            kv[f] = cache[f]
+        if kv.get(f) is None:  # the kv_cache section, else the engine argument, else what vLLM resolved
+            value = ek.get(f) if f in checks.KV_ENGINE and ek.get(f) is not None else cache.get(f)
+            if value is not None:
+                kv[f] = value
+    if kv.get("num_gpu_blocks") is None:  # the block count vLLM was told to use instead of its own
+        for value, name in ((ek.get("num_gpu_blocks_override"), "engine_kwargs"),
+                            (cache.get("num_gpu_blocks_override"), "resolved_config.cache_config")):
+            if value is not None:
+                kv["num_gpu_blocks"], blocks_from = value, f"{name}.num_gpu_blocks_override"
+                break
     dp = ek.get("data_parallel_size")
     dp = 1 if dp is None else _positive_int(dp, f"{where}: engine_kwargs.data_parallel_size")
     ep = ek.get("enable_expert_parallel") or False
@@ -458,14 +494,33 @@ def engine_settings(meta: dict, where: str) -> Engine:
         raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
     kv_mem = kv.get("kv_cache_memory_bytes")
     kv_mem = None if kv_mem is None else _positive_int(kv_mem, f"{where}: kv_cache.kv_cache_memory_bytes")
-    sched = _section(meta, "scheduler_config")
-    asynchronous = sched.get("async_scheduling", ek.get("async_scheduling"))
+    asynchronous, async_from = checks.engine_value(meta, "scheduler_config", "async_scheduling")
     if asynchronous is not None and not isinstance(asynchronous, bool):
-        raise ConfigError(f"{where}: async_scheduling must be true or false, got {asynchronous!r}")
+        raise ConfigError(f"{where}: {async_from} must be true or false, got {asynchronous!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
-                  caching, "enable_prefix_caching" in kv, hw.get("device_name"), mem, kv_mem,
+                  caching, kv.get("enable_prefix_caching") is not None, hw.get("device_name"), mem, kv_mem,
                   VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep,
-                  blocks_from)
+                  blocks_from, *cuda_graphs(meta, where))
+
+
+def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:
+    """(the largest batch vLLM captured a CUDA graph for, the field that says so): 0 where the run ran eagerly
+    (`enforce_eager`, or `cudagraph_mode` NONE), the recorded `max_cudagraph_capture_size`, else (None, '')
+    for vLLM's default."""
+    eager, eager_from = checks.engine_value(meta, "model_config", "enforce_eager")
+    if eager is not None and not isinstance(eager, bool):
+        raise ConfigError(f"{where}: {eager_from} must be true or false, got {eager!r}")
+    if eager:
+        return 0, eager_from
+    comp = _section(meta, "compilation_config")
+    mode = comp.get("cudagraph_mode")
+    if mode is not None and str(mode).upper().rsplit(".", 1)[-1] in ("0", "NONE"):
+        return 0, "resolved_config.compilation_config.cudagraph_mode"
+    size = comp.get("max_cudagraph_capture_size")
+    if size is not None:
+        return (_positive_int(size, f"{where}: resolved_config.compilation_config.max_cudagraph_capture_size"),
+                "resolved_config.compilation_config.max_cudagraph_capture_size")
+    return None, ""
 
 
 def other_version_note(meta: dict) -> str:
@@ -609,7 +664,7 @@ def check_kv_memory(engine: Engine, model, gpu, where: str) -> None:
 def kv_capacity(engine: Engine, model, gpu) -> tuple[int, str]:
     """(KV blocks, how they were obtained)."""
     if engine.num_gpu_blocks is not None:
-        return engine.num_gpu_blocks, f"from meta.json ({engine.blocks_from}.num_gpu_blocks={engine.num_gpu_blocks})"
+        return engine.num_gpu_blocks, f"from meta.json ({engine.blocks_from}={engine.num_gpu_blocks})"
     if engine.kv_cache_memory is not None:  # vLLM sizes the cache by it instead of by gpu_memory_utilization
         blocks = engine.kv_cache_memory // (engine.block_size * kv_bytes_per_token(engine, model))
         if blocks < 1:
@@ -704,9 +759,15 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     factor = engine_collectives(all_reduce, gpu, engine.dp) if gather is not None else False
     if factor is not False:
         gather = in_engine(gpu, gather, factor)
-    graphs = min(2 * engine.max_num_seqs, 512)  # vLLM V1's default largest CUDA graph (max_cudagraph_capture_size)
+    graphs = engine.graph_tokens
+    if graphs is None:
+        graphs, padded = min(2 * engine.max_num_seqs, 512), "vLLM's largest CUDA graph by default"
+    else:
+        padded = f"the largest CUDA graph ({engine.graphs_from})"
+    padding = (f"up to {graphs} tokens, {padded}, every rank padded to the largest rank's" if graphs else
+               f"no CUDA graphs ({engine.graphs_from}), so no rank padded")
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "
-           f"up to {graphs} tokens, vLLM's largest CUDA graph by default, every rank padded to the largest rank's)"
+           f"{padding})"
            + (f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})"
               if engine.expert_parallel else "; every rank holds every expert"))
     return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how, graph_tokens=graphs), how
@@ -921,6 +982,13 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + ("; an arrival joins the step after next, its scheduled_ts is its step's scheduling" if asynchronous
             else ""))
     echo(f"latency: {lat_how}")
+    if engine.graph_tokens == 0:
+        echo(f"note: the run ran without CUDA graphs ({engine.graphs_from}): the replay prices its steps by the "
+             "operator profile, timed without graphs too, and pads no data-parallel rank to a graph's size")
+    unread = unread_engine_kwargs(run.meta)
+    if unread:
+        echo(f"note: meta.json's engine_kwargs sets {', '.join(unread)}, which the replay does not model: its "
+             "effect, if any, is in the errors")
     if prof is None:
         echo("note: no operator profile: priced from the GPU's datasheet and efficiencies fitted to operators (the "
              "line above says whose): read its errors against the band the README's 'How well it generalises' "

@@ -26,7 +26,10 @@ from s3sim.core.errors import ConfigError
 KV_RESOLVED = ("block_size", "num_gpu_blocks", "enable_prefix_caching", "gpu_memory_utilization")
 ENGINE_RESOLVED = (("max_num_seqs", "scheduler_config"), ("max_num_batched_tokens", "scheduler_config"),
                    ("tensor_parallel_size", "parallel_config"), ("data_parallel_size", "parallel_config"),
-                   ("max_model_len", "model_config"))
+                   ("enable_expert_parallel", "parallel_config"), ("max_model_len", "model_config"),
+                   ("async_scheduling", "scheduler_config"), ("enforce_eager", "model_config"))
+# engine_kwargs fields that say what the `kv_cache` section says (vLLM's engine arguments of the same names)
+KV_ENGINE = ("block_size", "gpu_memory_utilization", "enable_prefix_caching", "kv_cache_memory_bytes")
 SPAN_SLACK = (1.1, 10.0)  # the requests may span at most 1.1 x the recorded duration + 10 s (clock offsets)
 ARRIVAL_SLACK_S = 60.0  # arrival_time may lie this far outside started_at..finished_at
 SPACING_SLACK = (2.0, 5.0)  # queued_ts and arrival_time spans may differ by at most 2x, or 5 s
@@ -94,6 +97,9 @@ def check_meta(meta: dict, where: str) -> None:
             if isinstance(conf, dict) and ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
                 raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
                                   f"{conf[f]!r}: the two must agree")
+    for f in KV_ENGINE:
+        if kv.get(f) is not None and ek.get(f) is not None and kv[f] != ek[f]:
+            raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but engine_kwargs.{f}={ek[f]!r}: the two must agree")
     n = meta.get("num_requests")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"{where}: num_requests must be a positive integer (the requests the run recorded), "

@@ -141,6 +141,22 @@ def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_i
         assert words in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.skipif(not (MOE.is_dir() and LLAMA.is_dir()), reason="no shared runs")
+def test_ranks_that_ran_without_cuda_graphs_are_not_padded(tmp_path, capsys):
+    """vLLM pads every rank to the largest rank's tokens only to fit a captured CUDA graph: a run with
+    enforce_eager has none, and its replay pads nothing (so its steps cost less than the padded ones)."""
+    from s3sim.validate import main
+    results = {}
+    for eager in (False, True):
+        run = moe_run(tmp_path / str(eager), data_parallel_size=2, enable_expert_parallel=True, enforce_eager=eager)
+        assert main([str(run), "--out", str(tmp_path / f"out{eager}")]) == 0
+        results[eager] = (capsys.readouterr().out, pd.read_csv(tmp_path / f"out{eager}" / "validation.csv"))
+    assert "every rank padded to the largest rank's" in results[False][0]
+    assert "no CUDA graphs (engine_kwargs.enforce_eager), so no rank padded" in results[True][0]
+    tpot = {k: float(t.set_index("metric").simulated["tpot_mean_ms"]) for k, (_, t) in results.items()}
+    assert tpot[True] < tpot[False]
+
+
 @pytest.mark.skipif(not LLAMA.is_dir(), reason="no shared runs")
 def test_a_dense_model_under_data_parallelism_replays_as_independent_engines_behind_vllms_balancer(tmp_path, capsys):
     """Llama 3.1 8B at data_parallel_size 2: two engines that step on their own (no lockstep, no dummy steps),

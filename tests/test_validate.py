@@ -187,6 +187,11 @@ def test_what_kv_cache_leaves_out_is_read_from_resolved_config(tmp_path, capsys)
     ("scheduler_config", "enable_chunked_prefill", False, "chunked prefill"),
     ("engine_kwargs", "scheduling_policy", "priority", "first-come first-served"),
     ("resolved_config", "speculative_config", {"method": "ngram"}, "speculative decoding"),
+    ("engine_kwargs", "long_prefill_token_threshold", 512, "token budget alone"),
+    ("scheduler_config", "long_prefill_token_threshold", 512, "token budget alone"),
+    ("engine_kwargs", "max_num_partial_prefills", 2, "one partial prefill"),
+    ("engine_kwargs", "enable_lora", True, "LoRA"),
+    ("resolved_config", "lora_config", {"max_lora_rank": 16}, "LoRA"),
 ])
 def test_an_engine_setting_the_replay_would_ignore_is_refused_in_one_line(tmp_path, capsys, where, field, value, words):
     run = trim(R4090, tmp_path / "rtx4090")
@@ -198,6 +203,59 @@ def test_an_engine_setting_the_replay_would_ignore_is_refused_in_one_line(tmp_pa
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and field in err and words in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field, kv, engine", [("block_size", 16, 32), ("gpu_memory_utilization", 0.9, 0.8),
+                                                ("enable_prefix_caching", True, False)])
+def test_a_cache_setting_said_twice_must_agree(tmp_path, capsys, field, kv, engine):
+    """vLLM's engine arguments of the kv_cache section's names say the same thing: a run that says two things
+    is refused in one line naming both."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    edit_meta(run, lambda m: (m["kv_cache"].update({field: kv}), m["engine_kwargs"].update({field: engine})))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"kv_cache.{field}={kv!r} but engine_kwargs.{field}={engine!r}" in err
+
+
+@pytest.mark.parametrize("field, section", [("async_scheduling", "scheduler_config"),
+                                            ("enforce_eager", "model_config")])
+def test_an_engine_argument_and_what_vllm_resolved_it_to_must_agree(tmp_path, capsys, field, section):
+    run = trim(R4090, tmp_path / "rtx4090")
+    value = not json.loads((run / "meta.json").read_text())["resolved_config"][section][field]
+    edit_meta(run, lambda m: m["engine_kwargs"].update({field: value}))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"engine_kwargs.{field}={value!r}" in err and "must agree" in err
+
+
+def test_the_engine_arguments_size_the_cache_where_meta_json_records_nothing_else(tmp_path, capsys):
+    """The PRO 6000 run records no kv_cache and no resolved_config: vLLM's engine arguments of the same names
+    (gpu_memory_utilization, block_size, enable_prefix_caching, num_gpu_blocks_override) are read, not
+    replaced by vLLM's defaults."""
+    run = trim(R6000, tmp_path / "a")
+    base = kv_line(run_ok(capsys, run, "--out", tmp_path / "o1"))
+    edit_meta(run, lambda m: m["engine_kwargs"].update(gpu_memory_utilization=0.45, block_size=32,
+                                                       enable_prefix_caching=False))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "o2")
+    assert "0.45 x " in stdout and "blocks x 32)" in stdout and "prefix caching: off, as recorded" in stdout
+    assert kv_line(stdout) < base / 2
+    edit_meta(run, lambda m: m["engine_kwargs"].update(num_gpu_blocks_override=3000))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "o3")
+    assert "96,000 tokens (3,000 blocks x 32), from meta.json (engine_kwargs.num_gpu_blocks_override=3000)" in stdout
+
+
+def test_an_engine_argument_the_replay_does_not_read_is_named_in_a_note(tmp_path, capsys):
+    run = trim(R6000, tmp_path / "a")
+    stdout = run_ok(capsys, run, "--out", tmp_path / "o1")
+    assert "does not model" not in stdout and "without CUDA graphs" not in stdout
+    edit_meta(run, lambda m: m["engine_kwargs"].update(disable_custom_all_reduce=True, enforce_eager=True,
+                                                       trust_remote_code=True, max_logprobs=None))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "o2")
+    assert ("note: meta.json's engine_kwargs sets disable_custom_all_reduce=True, which the replay does not model"
+            in stdout)
+    assert "note: the run ran without CUDA graphs (engine_kwargs.enforce_eager)" in stdout
+    assert "trust_remote_code" not in stdout and "max_logprobs" not in stdout
 
 
 def test_the_kv_cache_memory_a_run_sets_sizes_its_cache(tmp_path, capsys):
