@@ -443,20 +443,27 @@ def engine_settings(meta: dict, where: str) -> Engine:
         for f in fields:
             ek[f] = checks.engine_value(meta, section, f)[0]
     cache = _section(meta, "cache_config")
-    blocks_from = ("kv_cache.num_gpu_blocks" if kv.get("num_gpu_blocks") is not None
-                   else "resolved_config.cache_config.num_gpu_blocks")
+    named = {f: f"kv_cache.{f}" for f, v in kv.items() if v is not None}  # the meta.json field each came from
     for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
               "kv_cache_memory_bytes"):
-        if kv.get(f) is None:  # the kv_cache section, else the engine argument, else what vLLM resolved
-            value = ek.get(f) if f in checks.KV_ENGINE and ek.get(f) is not None else cache.get(f)
+        # the kv_cache section, else vLLM's engine argument of that name, else what vLLM resolved it to
+        for value, name in ((kv.get(f), f"kv_cache.{f}"), (ek.get(f) if f in checks.KV_ENGINE else None,
+                                                           f"engine_kwargs.{f}"),
+                            (cache.get(f), f"resolved_config.cache_config.{f}")):
             if value is not None:
-                kv[f] = value
-    if kv.get("num_gpu_blocks") is None:  # the block count vLLM was told to use instead of its own
-        for value, name in ((ek.get("num_gpu_blocks_override"), "engine_kwargs"),
-                            (cache.get("num_gpu_blocks_override"), "resolved_config.cache_config")):
-            if value is not None:
-                kv["num_gpu_blocks"], blocks_from = value, f"{name}.num_gpu_blocks_override"
+                kv[f], named[f] = value, name
                 break
+    if kv.get("num_gpu_blocks") is None:  # the block count vLLM was told to use instead of its own
+        for value, name in ((ek.get("num_gpu_blocks_override"), "engine_kwargs.num_gpu_blocks_override"),
+                            (cache.get("num_gpu_blocks_override"),
+                             "resolved_config.cache_config.num_gpu_blocks_override")):
+            if value is not None:
+                kv["num_gpu_blocks"], named["num_gpu_blocks"] = value, name
+                break
+
+    def where_kv(f: str) -> str:
+        return f"{where}: {named.get(f, f'kv_cache.{f}')}"
+
     dp = ek.get("data_parallel_size")
     dp = 1 if dp is None else _positive_int(dp, f"{where}: engine_kwargs.data_parallel_size")
     ep = ek.get("enable_expert_parallel") or False
@@ -478,29 +485,29 @@ def engine_settings(meta: dict, where: str) -> Engine:
     if budget < seqs:  # vLLM's own rule: every running sequence's decode fits in one step's budget
         raise ConfigError(f"{where}: engine_kwargs.max_num_batched_tokens={budget} must be at least "
                           f"engine_kwargs.max_num_seqs={seqs} (vLLM refuses a token budget below its sequence limit)")
-    block = _positive_int(kv.get("block_size") or DEFAULT_BLOCK_SIZE, f"{where}: kv_cache.block_size")
+    block = _positive_int(kv.get("block_size") or DEFAULT_BLOCK_SIZE, where_kv("block_size"))
     blocks = kv.get("num_gpu_blocks")
-    blocks = None if blocks is None else _positive_int(blocks, f"{where}: kv_cache.num_gpu_blocks")
+    blocks = None if blocks is None else _positive_int(blocks, where_kv("num_gpu_blocks"))
     util = kv.get("gpu_memory_utilization")
     util = VLLM_GPU_MEMORY_UTILIZATION if util is None else util
     if not _is_number(util) or not 0 < util <= 1:
-        raise ConfigError(f"{where}: kv_cache.gpu_memory_utilization must be in (0, 1], got {util!r}")
+        raise ConfigError(f"{where_kv('gpu_memory_utilization')} must be in (0, 1], got {util!r}")
     mem = hw.get("device_total_memory_bytes")
     mem = None if mem is None else _positive_int(mem, f"{where}: hardware.device_total_memory_bytes")
     model = meta.get("model") or ek.get("model")
     caching = kv.get("enable_prefix_caching")
     caching = VLLM_PREFIX_CACHING if caching is None else caching
     if not isinstance(caching, bool):
-        raise ConfigError(f"{where}: kv_cache.enable_prefix_caching must be true or false, got {caching!r}")
+        raise ConfigError(f"{where_kv('enable_prefix_caching')} must be true or false, got {caching!r}")
     kv_mem = kv.get("kv_cache_memory_bytes")
-    kv_mem = None if kv_mem is None else _positive_int(kv_mem, f"{where}: kv_cache.kv_cache_memory_bytes")
+    kv_mem = None if kv_mem is None else _positive_int(kv_mem, where_kv("kv_cache_memory_bytes"))
     asynchronous, async_from = checks.engine_value(meta, "scheduler_config", "async_scheduling")
     if asynchronous is not None and not isinstance(asynchronous, bool):
         raise ConfigError(f"{where}: {async_from} must be true or false, got {asynchronous!r}")
     return Engine(None if model is None else str(model), seqs, budget, tp, block, blocks, float(util),
                   caching, kv.get("enable_prefix_caching") is not None, hw.get("device_name"), mem, kv_mem,
                   VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep,
-                  blocks_from, *cuda_graphs(meta, where))
+                  named.get("num_gpu_blocks", ""), *cuda_graphs(meta, where))
 
 
 def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:

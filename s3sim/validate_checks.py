@@ -97,9 +97,12 @@ def check_meta(meta: dict, where: str) -> None:
             if isinstance(conf, dict) and ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
                 raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
                                   f"{conf[f]!r}: the two must agree")
-    for f in KV_ENGINE:
-        if kv.get(f) is not None and ek.get(f) is not None and kv[f] != ek[f]:
-            raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but engine_kwargs.{f}={ek[f]!r}: the two must agree")
+    cache = (resolved.get("cache_config") if isinstance(resolved, dict) else None) or {}
+    for f in KV_ENGINE:  # vLLM's engine argument of the kv_cache section's name says it a second or third time
+        for other, name in ((kv, "kv_cache"), (cache, "resolved_config.cache_config")):
+            if other.get(f) is not None and ek.get(f) is not None and other[f] != ek[f]:
+                raise ConfigError(f"{where}: {name}.{f}={other[f]!r} but engine_kwargs.{f}={ek[f]!r}: the two must "
+                                  "agree")
     n = meta.get("num_requests")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"{where}: num_requests must be a positive integer (the requests the run recorded), "

@@ -218,6 +218,20 @@ def test_a_cache_setting_said_twice_must_agree(tmp_path, capsys, field, kv, engi
     assert f"kv_cache.{field}={kv!r} but engine_kwargs.{field}={engine!r}" in err
 
 
+def test_a_cache_setting_is_named_where_it_was_read(tmp_path, capsys):
+    """A bad value read from an engine argument is named as that argument; an engine argument that disagrees
+    with what vLLM resolved is refused though the kv_cache section says nothing."""
+    run = trim(R6000, tmp_path / "a")
+    edit_meta(run, lambda m: m["engine_kwargs"].update(gpu_memory_utilization=1.5))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    assert "engine_kwargs.gpu_memory_utilization must be in (0, 1], got 1.5" in capsys.readouterr().err
+    run = trim(R4090, tmp_path / "b")
+    edit_meta(run, lambda m: (m.pop("kv_cache"), m["engine_kwargs"].update(block_size=32)))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "resolved_config.cache_config.block_size=16 but engine_kwargs.block_size=32" in err
+
+
 @pytest.mark.parametrize("field, section", [("async_scheduling", "scheduler_config"),
                                             ("enforce_eager", "model_config")])
 def test_an_engine_argument_and_what_vllm_resolved_it_to_must_agree(tmp_path, capsys, field, section):
