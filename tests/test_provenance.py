@@ -53,5 +53,6 @@ def test_a_tensor_parallel_shard_matches_its_model_by_ratios():
 def test_what_a_profile_does_not_record_cannot_be_compared():
     assert preset_of_device("cpu") is None and preset_of_device(None) is None
     assert preset_of_device(" NVIDIA H200 ") == "h200"
+    assert preset_of_device("NVIDIA A40") == "a40"  # torch.cuda.get_device_name's word for it
     check_profile({}, get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"), "latency=operators", "p")
     check_profile({"gpu": "cpu"}, get_model("gpt-j-6b"), get_gpu("a100-80gb-pcie"), "latency=operators", "p")
