@@ -252,13 +252,16 @@ def engine_capacity(entry: GpuEntry, model, fixed_cap: int | None = None) -> tup
     (`fixed_cap`: a given pool, the executor's, to compare against it)."""
     gpu = get_gpu(entry.name)
     num_gpus = entry.count
-    if num_gpus > 1 and (model.n_heads % num_gpus or (model.n_kv_heads % num_gpus and num_gpus % model.n_kv_heads)):
+    splits = lambda n: not (model.n_heads % n or (model.n_kv_heads % n and n % model.n_kv_heads))  # noqa: E731
+    if num_gpus > 1 and not splits(num_gpus):
+        valid = ", ".join(str(n) for n in range(1, model.n_heads + 1) if splits(n))
         raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
-                          f"({model.n_kv_heads} KV heads) evenly for tensor parallelism; use a divisor of "
-                          f"{model.n_heads}")
+                          f"({model.n_kv_heads} KV heads) evenly for tensor parallelism (it must divide the heads, "
+                          f"and divide the KV heads or be a multiple of them); valid: {valid}")
     cap = (fixed_cap if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=entry.activation_reserve_frac,
-                              num_gpus=num_gpus * pipeline_stages(entry, model)))  # the stages' memory adds up too
+                              num_gpus=num_gpus * pipeline_stages(entry, model),  # the stages' memory adds up too
+                              tensor_parallel=num_gpus))
     return gpu, num_gpus, cap
 
 

@@ -118,6 +118,18 @@ def test_capacity_grows_with_gpus_and_shrinks_with_reserve():
     assert kv_capacity_tokens(m, g, activation_reserve_frac=0.0) > one
 
 
+def test_tensor_parallel_beyond_the_kv_heads_replicates_them():
+    """Llama 3.1 8B has 8 KV heads: over 16 tensor-parallel GPUs each holds one (vLLM replicates them), so a
+    token takes twice its KV bytes in all, and the 16 GPUs hold little more KV than 8 do."""
+    m, g = get_model("llama-3.1-8b"), get_gpu("a100-80gb-sxm")
+    assert m.n_kv_heads == 8
+    free = lambda n: n * g.memory_bytes * 9 // 10 - m.weight_bytes  # noqa: E731
+    assert kv_capacity_tokens(m, g, num_gpus=8, tensor_parallel=8) == free(8) // m.kv_bytes_per_token
+    assert kv_capacity_tokens(m, g, num_gpus=16, tensor_parallel=16) == free(16) // (2 * m.kv_bytes_per_token)
+    # two pipeline stages of 8: each stage's GPUs split the heads without replicating them
+    assert kv_capacity_tokens(m, g, num_gpus=16, tensor_parallel=8) == free(16) // m.kv_bytes_per_token
+
+
 def test_model_that_does_not_fit():
     with pytest.raises(ConfigError, match="does not fit") as e:
         kv_capacity_tokens(get_model("opt-30b"), get_gpu("a100-40gb-pcie"))
@@ -126,7 +138,8 @@ def test_model_that_does_not_fit():
 
 
 @pytest.mark.parametrize("kwargs", [{"activation_reserve_frac": 1.0}, {"activation_reserve_frac": -0.1},
-                                    {"activation_reserve_bytes": -1}, {"num_gpus": 0}])
+                                    {"activation_reserve_bytes": -1}, {"num_gpus": 0},
+                                    {"num_gpus": 2, "tensor_parallel": 3}, {"tensor_parallel": 0}])
 def test_capacity_rejects_bad_arguments(kwargs):
     with pytest.raises(ConfigError):
         kv_capacity_tokens(get_model("tiny-llama"), get_gpu("h100-sxm"), **kwargs)
