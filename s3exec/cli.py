@@ -27,7 +27,7 @@ def main() -> None:
     """The `s3exec` command: Hydra's own errors about the overrides first, as one line (exit 2), then the app."""
     from s3sim.hydra_errors import precheck
 
-    precheck(CONF_DIR, "exec", sys.argv[1:], "s3exec")
+    precheck(CONF_DIR, "exec", sys.argv[1:], "s3exec", refused_later=("shared_prefix", "model.dtype"))
     app()
 
 

@@ -169,7 +169,14 @@ def structured(schema, node, group: str):
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{group}.{e.full_key}: {str(e.msg).splitlines()[0]}") from None
+        import dataclasses
+        import difflib
+
+        fields = [f.name for f in dataclasses.fields(schema)]
+        key = str(e.full_key).rsplit(".", 1)[-1]
+        near = difflib.get_close_matches(key, fields, n=1, cutoff=0.6) if key not in fields else []
+        raise ConfigError(f"{group}.{e.full_key}: {str(e.msg).splitlines()[0]}"
+                          + (f"; did you mean {group}.{near[0]}?" if near else "")) from None
 
 
 def check_fits(capacity_tokens: int, longest_prompt: int, max_seq_len: int, what: str, remedy: str) -> None:
@@ -359,8 +366,12 @@ def policy_node(cfg, spec: RunSpec | None = None) -> tuple[dict, str]:
     if node.get("max_num_batched_tokens") == AUTO:
         node["max_num_batched_tokens"] = tokens
     if node.get("max_batch_size") == AUTO:
-        node["max_batch_size"] = min(seqs, node["max_num_batched_tokens"]) if isinstance(
-            node["max_num_batched_tokens"], int) else seqs
+        budget = node["max_num_batched_tokens"]
+        if isinstance(budget, int) and not isinstance(budget, bool) and budget < seqs:
+            # vLLM's EngineArgs: a default sequence limit is capped at the token budget, given or not
+            why += f", {seqs} sequences capped at the given budget of {budget} tokens as vLLM caps them"
+            seqs = budget
+        node["max_batch_size"] = seqs
     return node, f"{', '.join(f'policy.{k}' for k in keys)}=auto: {why}"
 
 

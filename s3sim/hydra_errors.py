@@ -26,8 +26,9 @@ def _choices(conf_dir: str, group: str) -> list[str]:
     return group_choices(group, conf_dir)
 
 
-def explain(err: Exception, override: str, conf_dir: str, config_name: str) -> str:
-    """One line for Hydra's error about `override`."""
+def explain(err: Exception, override: str, conf_dir: str, config_name: str, others: list[str] = ()) -> str:
+    """One line for Hydra's error about `override` (`others`: the rest of the command line's overrides, whose
+    group choices decide which keys exist)."""
     text = str(err)
     key, _, value = override.lstrip("+~").partition("=")
     groups = [p.name for p in Path(conf_dir).iterdir() if p.is_dir()] + ["gpu", "model"]
@@ -39,17 +40,63 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str) -> s
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
 
+        group, _, sub = key.partition(".")
+        if sub and group in groups:  # a key another choice of its group has: name the choices, not `+`
+            from s3sim.config_groups import group_entry
+            having = [c for c in _choices(conf_dir, group) if sub in _flat_keys(group_entry(group, c))]
+            if having:
+                return (f"{key}: the chosen {group} has no such key; {', '.join(f'{group}={c}' for c in having)} "
+                        f"{'has' if len(having) == 1 else 'have'} it (e.g. {group}={having[0]} {override.lstrip('+~')})")
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
-            known = _flat_keys(OmegaConf.to_container(compose(config_name)))
+            try:  # the keys of the config the rest of the command line chooses
+                known = _flat_keys(OmegaConf.to_container(compose(config_name, overrides=list(others))))
+            except Exception:  # noqa: BLE001 (another override is bad too: the defaults' keys then)
+                known = _flat_keys(OmegaConf.to_container(compose(config_name)))
+        if key in addable_keys():
+            return f"{key}: this config does not set it; add it with +{key}={value}"
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]}?" if near else "see `--cfg job` for the keys"
-        return f"{key}: no such key; {hint} (a new key needs +{key}=...)"
+        return f"{key}: no such key; {hint}"
     first = next((line for line in text.splitlines() if line.strip()), type(err).__name__)
     return f"{override}: {first}"
 
 
-def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> None:
-    """Exit with one line (code 2) if Hydra would refuse the overrides in `args`."""
+# groups whose options a structured config reads (it refuses a key it does not know), and Hydra's own settings
+CHECKED_PREFIXES = ("policy.", "latency.", "predictor.", "hydra.")
+
+
+def addable_keys() -> set[str]:
+    """The keys a config may lack and some code still reads where set (`+key=value` adds them)."""
+    from s3sim.spec import WORKLOAD_OPTIONS
+    return {"kv_capacity_tokens", "arrival.rate", "arrival.burstiness",
+            *(f"workload.{k}" for k in (*WORKLOAD_OPTIONS, "data_dir", "path", "overlong"))}
+
+
+def unread_addition(override: str, conf_dir: str, config_name: str, prog: str = "s3sim",
+                    refused_later: tuple = ()) -> str | None:
+    """One line for a `+key=value` that adds a key no code reads (it would be carried along and ignored), else
+    None; `++` (add or override) is checked the same way. `refused_later`: key prefixes the program refuses
+    itself, with its own reason."""
+    if not override.startswith("+"):
+        return None
+    key = override.lstrip("+").partition("=")[0]
+    if key.startswith(CHECKED_PREFIXES + tuple(refused_later)) or key in addable_keys():
+        return None
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        known = _flat_keys(OmegaConf.to_container(compose(config_name)))
+    if key in known or key.partition(".")[0] in ("gpu", "model", "cluster", "experiment"):
+        return None  # an existing key (Hydra says what `+` does to it), or a group the run spec checks
+    near = difflib.get_close_matches(key, known + sorted(addable_keys()), n=1, cutoff=0.6)
+    return (f"+{key}: no part of {prog} reads this key, so it would be ignored"
+            + (f"; did you mean {near[0]}?" if near else "; see `--cfg job` for the keys"))
+
+
+def precheck(conf_dir: str, config_name: str, args: list[str], prog: str, refused_later: tuple = ()) -> None:
+    """Exit with one line (code 2) if Hydra would refuse the overrides in `args`, or if one adds a key nothing
+    reads (`unread_addition`)."""
     flags = [a for a in args if a.startswith("-") and a not in ("-m", "--multirun")]
     if flags:  # --help, --cfg, -cn/-cp/-cd and the like: Hydra's own handling (and search path) applies
         return
@@ -60,6 +107,11 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
 
     check_output_dir(args, prog)
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    for o in overrides:
+        bad = unread_addition(o, conf_dir, config_name, prog, refused_later)
+        if bad:
+            print(f"{prog}: error: {bad}", file=sys.stderr)
+            sys.exit(2)
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
@@ -81,7 +133,9 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str) -> Non
             with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
                 compose(config_name, overrides=ovs)
         except (HydraException, OmegaConfBaseException) as e:
-            print(f"{prog}: error: {explain(e, _culprit(e, ovs), conf_dir, config_name)}", file=sys.stderr)
+            culprit = _culprit(e, ovs)
+            others = [o for o in ovs if o != culprit]
+            print(f"{prog}: error: {explain(e, culprit, conf_dir, config_name, others)}", file=sys.stderr)
             sys.exit(2)
 
 

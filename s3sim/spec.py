@@ -146,9 +146,27 @@ def seed_of(cfg) -> int:
     return int(value)
 
 
+# the arrival knobs each process reads (a knob set for a process that does not read it would be ignored)
+ARRIVAL_KNOBS = {"offline": (), "trace": (), "poisson": ("rate",), "gamma": ("rate", "burstiness")}
+
+
+def check_arrival_knobs(arrival) -> None:
+    """A rate or burstiness set for an arrival process that takes none is an error, not a silent no-op:
+    `+arrival.rate=3` over the default `arrival=offline` would still send every request at t=0."""
+    process = get(arrival, "process", _default("arrival_process"))
+    for knob in ("rate", "burstiness"):
+        value = get(arrival, knob)
+        if value is not None and process in ARRIVAL_KNOBS and knob not in ARRIVAL_KNOBS[process]:
+            takers = [p for p, knobs in ARRIVAL_KNOBS.items() if knob in knobs]
+            raise ConfigError(f"arrival.{knob}={value} is set, but arrival={process} takes no {knob}: choose "
+                              f"{' or '.join(f'arrival={p}' for p in takers)} with it (e.g. arrival={takers[-1]} "
+                              f"arrival.{knob}={value})")
+
+
 def run_spec(cfg) -> RunSpec:
     """`cfg`'s own settings, each checked once (see the module's docstring)."""
     arrival = get(cfg, "arrival") or {}
+    check_arrival_knobs(arrival)
     repeats = get(cfg, "repeats")
     return RunSpec(
         max_seq_len=positive_int(get(cfg, "max_seq_len"), "max_seq_len"),

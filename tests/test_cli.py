@@ -82,10 +82,22 @@ def test_multirun_compares_policies_and_collects(tmp_path):
     (["arrival=poisson", "arrival.rate=1e-300"], "arrival.rate: arrivals would reach"),
     (["latency.compute_efficiency=abc"], "latency.compute_efficiency"),
     (["model.dtype=int8"], "model.dtype 'int8' is unknown; valid: float16, bfloat16, float32"),
+    # a key that would be carried along and ignored is refused, and the nearest key is one of the chosen config's
+    (["+num_request=50"], "+num_request: no part of s3sim reads this key, so it would be ignored; did you mean "
+                          "num_requests?"),
+    (["+arrival.rate=3"], "arrival.rate=3 is set, but arrival=offline takes no rate"),
+    (["arrival=poisson", "+arrival.burstiness=0.5"], "arrival=poisson takes no burstiness: choose arrival=gamma"),
+    (["arrival.rate=3"], "arrival.rate: the chosen arrival has no such key; arrival=gamma, arrival=poisson have it"),
+    (["arrival=poisson", "arival.rate=3"], "arival.rate: no such key; did you mean arrival.rate?"),
+    (["+policy.max_batch=8"], "Key 'max_batch' not in 'S3Config'; did you mean policy.max_batch_size?"),
+    (["kv_capacity_tokens=3000"], "kv_capacity_tokens: this config does not set it; add it with "
+                                  "+kv_capacity_tokens=3000"),
+    (["model=llama-3.1-8b", "gpu.count=3"], "valid: 1, 2, 4, 8, 16, 32"),
+    (["policy=vllm", "policy.max_batch_size=null"], "or auto (vLLM V1's default for the GPU), got None"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, args, message):
     p = s3sim(*SMALL, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    assert p.returncode != 0
+    assert p.returncode == 2
     assert message in p.stderr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "run" / "summary.csv").exists()

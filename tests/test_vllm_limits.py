@@ -41,6 +41,7 @@ def test_a_given_budget_bounds_an_auto_sequence_limit_as_vllm_does():
     node, why = policy_node(cfg(arrival="offline", max_batch_size="auto", max_num_batched_tokens=100))
     assert (node["max_batch_size"], node["max_num_batched_tokens"]) == (100, 100)
     assert why.startswith("policy.max_batch_size=auto: vLLM V1's default for the offline LLM class")
+    assert why.endswith("1024 sequences capped at the given budget of 100 tokens as vLLM caps them")
     node, _ = policy_node(cfg(gpu="rtx-4090", max_num_batched_tokens="auto"))
     assert (node["max_batch_size"], node["max_num_batched_tokens"]) == (256, 2048)
 

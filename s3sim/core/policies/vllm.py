@@ -109,12 +109,12 @@ class VllmConfig(PagedConfig):
         # vLLM's rule for the budget is its own (max_num_batched_tokens >= max_num_seqs: every running request's
         # decode fits in one step), where other policies keep the batch strictly below the budget; so the
         # inherited checks run with the budget set aside, and vLLM's rule after them
+        check_budget(self.max_batch_size, self.max_num_batched_tokens, "policy.")
         unbudgeted = copy.copy(self)
         unbudgeted.max_num_batched_tokens = None
         super(VllmConfig, unbudgeted).__post_init__()
         if self.preemption_mode != "recompute":
             raise ConfigError("policy.preemption_mode must be recompute for vllm (its V1 engine only recomputes)")
-        check_budget(self.max_batch_size, self.max_num_batched_tokens, "policy.")
         check_ordering(self.order, self.victim, self.max_wait_s)
         check_allocate(self.allocate)
 
@@ -148,10 +148,11 @@ def check_budget(max_batch_size, max_num_batched_tokens, prefix: str = "") -> No
         raise ConfigError(f"{prefix}max_num_batched_tokens must be set for vllm (its V1 engine always has a budget)")
     if max_num_batched_tokens <= 0:
         raise ConfigError(f"{prefix}max_num_batched_tokens must be a positive integer, got {max_num_batched_tokens!r}")
-    if not max_batch_size or max_batch_size > max_num_batched_tokens:
-        raise ConfigError(f"{prefix}max_batch_size (vLLM's max_num_seqs) must be set and at most {prefix}"
-                          f"max_num_batched_tokens={max_num_batched_tokens} (every running request decodes within "
-                          f"the budget, as vLLM requires), got {max_batch_size!r}")
+    if not max_batch_size or max_batch_size < 0 or max_batch_size > max_num_batched_tokens:
+        raise ConfigError(f"{prefix}max_batch_size (vLLM's max_num_seqs) must be a positive integer of at most "
+                          f"{prefix}max_num_batched_tokens={max_num_batched_tokens} (every running request decodes "
+                          f"within the budget, as vLLM requires), or auto (vLLM V1's default for the GPU), got "
+                          f"{max_batch_size!r}")
 
 
 class VllmScheduler(PagedScheduler):
