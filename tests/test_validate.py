@@ -521,4 +521,6 @@ def test_a_replay_without_a_profile_says_which_error_band_to_read(tmp_path, caps
     run = trim(R4090, tmp_path / "rtx4090")
     stdout = run_ok(capsys, run, "--out", tmp_path / "out", "--profile", "none")
     assert "note: no operator profile" in stdout and "How well it generalises" in stdout
-    assert "note: no operator profile" not in run_ok(capsys, run, "--out", tmp_path / "own")
+    assert "not targeted): not applied (no operator profile" in stdout and "): met" not in stdout
+    own = run_ok(capsys, run, "--out", tmp_path / "own")
+    assert "note: no operator profile" not in own and "not applied" not in own
