@@ -754,6 +754,36 @@ def profile_reach(latency, engine: Engine) -> str | None:
     return "; ".join(over) or None
 
 
+ALL_REDUCE_FORMS = "auto, engine, engine:<factor>, measured, ring, link:<GB/s>:<us>, none, or a CSV path"
+
+
+def check_all_reduce_flag(spec: str) -> None:
+    """`--all-reduce` read before anything else, on every run (a run without tensor parallelism uses none, and
+    would otherwise pass a misspelt value over unread)."""
+    where = f"--all-reduce {spec!r}"
+    if spec in ("auto", "engine", "measured", "ring", "none"):
+        return
+    if spec.startswith("engine:"):
+        try:
+            ok = float(spec.partition(":")[2]) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{where}: the factor must be a number > 0, e.g. engine:2.31; valid: {ALL_REDUCE_FORMS}")
+        return
+    if spec.startswith("link:"):
+        parts = spec.split(":")
+        try:
+            ok = len(parts) == 3 and float(parts[1]) > 0 and float(parts[2]) >= 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{where}: expected link:<GB/s, > 0>:<us, >= 0>, e.g. link:16:20")
+        return
+    if not Path(spec).is_file():
+        raise ConfigError(f"{where}: no such file, nor one of {ALL_REDUCE_FORMS}")
+
+
 def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
     """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
     from s3sim.hardware.network import all_gather_model
@@ -925,6 +955,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
             raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
     if fit_from is not None and prof is not None:
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
+    check_all_reduce_flag(all_reduce)
     from s3sim.hardware.gpus import get_gpu
     borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
     spec = resolve_model(model, engine, run.dir.parent / "config.json")
@@ -952,17 +983,20 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if fit_from == "others":  # leave the run's GPU out: what it would get had it never been profiled
         from s3sim.hardware.gpus import leave_one_out_fit
         borrowed = leave_one_out_fit(gpu_spec)
-    latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
-    if step_calibration != "none":
-        latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
-        lat_how += f"; {step_how}"
-    beyond = profile_reach(latency, engine)
+    try:  # the collectives' errors name the flag that chose them (s3sim's own key is latency.all_reduce)
+        latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
+        if step_calibration != "none":
+            latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
+            lat_how += f"; {step_how}"
+        beyond = profile_reach(latency, engine)
+        dense_ranks = engine.dp > 1 and not spec.n_experts  # independent engines behind vLLM's load balancer
+        if engine.dp > 1 and not dense_ranks:
+            latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec, all_reduce)
+            lat_how += f"; {dp_how}"
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("latency.all_reduce", "--all-reduce")) from None
     if beyond:
         echo(f"note: {beyond}: priced along the profile's last measured segment (extrapolated)")
-    dense_ranks = engine.dp > 1 and not spec.n_experts  # independent engines behind vLLM's load balancer
-    if engine.dp > 1 and not dense_ranks:
-        latency, dp_how = data_parallel_latency(latency, engine, spec, gpu_spec, all_reduce)
-        lat_how += f"; {dp_how}"
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
