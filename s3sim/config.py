@@ -64,7 +64,8 @@ def run_notes(row: dict) -> list[str]:
     if row.get("dropped_requests"):
         notes.append(f"note: {row['dropped_requests']:,} requests were dropped: their prompt leaves no room for an "
                      f"output token in the model's context (dropped_requests; workload.overlong=drop, as a server "
-                     f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run)")
+                     f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run); "
+                     f"num_requests, offered_rate, goodput and slo_attainment count the served requests only")
     if row.get("clipped_prompts"):
         notes.append(f"note: {row['clipped_prompts']:,} prompts kept only their last tokens to fit the model's context "
                      f"(clipped_prompts; workload.overlong=clip)")

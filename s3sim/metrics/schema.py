@@ -192,7 +192,8 @@ SETUP = (  # what was run, and how fast
     Column("context_clipped", "requests", "requests whose output was cut where it would run past the model's "
            "context window"),
     Column("dropped_requests", "requests", "requests removed before the run because their prompt leaves no room "
-           "for an output token in the model's context (`workload.overlong=drop`); num_requests excludes them"),
+           "for an output token in the model's context (`workload.overlong=drop`); num_requests excludes them, and so "
+           "do offered_rate, goodput and slo_attainment (a rejected request is neither a hit nor a miss there)"),
     Column("clipped_prompts", "requests", "prompts that kept only their last tokens, as many as leave room for "
            "the output, to fit the model's context (`workload.overlong=clip`; the executor: their last "
            "`executor.max_prompt_len` tokens)"),
