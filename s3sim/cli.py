@@ -65,10 +65,13 @@ def app(cfg: DictConfig) -> None:
             record_failure(out, e)
         report_failure(e, out, sweeping, "s3sim")
         return
+    units = {"request_throughput": " req/s", "output_throughput": " tok/s", "ttft_p50": " s", "tpot_p50": " s",
+             "e2e_latency_p99": " s"}  # as summary.csv's (`s3sim-schema summary`)
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
     print(("(reused) " if reused else "")
-          + "  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))
+          + "  ".join((f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}") + units.get(k, "")
+                      for k in keys))
     from s3sim.config import run_notes
     for note in run_notes(row):
         print(note)

@@ -1,4 +1,5 @@
 """The user-facing surface: the s3sim app, its run directory, sweeps, collection, and clear errors."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,13 @@ def test_run_writes_summary_records_and_config(tmp_path):
     assert summary.workload_rows[0] == 10_000 and summary.rows_used[0] == "sample"
     assert "note: 200 requests from 10,000 workload rows (a seeded sample); num_requests=null replays every row once" \
         in p.stdout
+    # the line of headline numbers carries the summary's units (seconds beside s3sim-validate's milliseconds)
+    from s3sim.metrics.schema import SUMMARY
+    units = {c.name: c.unit for c in SUMMARY}
+    line = p.stdout.splitlines()[0]
+    for key, unit in (("request_throughput", units["request_throughput"]), ("ttft_p50", units["ttft_{stat}"]),
+                      ("tpot_p50", units["tpot_{stat}"]), ("e2e_latency_p99", units["e2e_latency_{stat}"])):
+        assert re.search(rf"\b{key}=[\d.e+-]+ {re.escape(unit)}(  |$)", line), (key, unit, line)
 
 
 def test_a_split_and_a_trace_replay_whole_by_default(tmp_path, cfg):
