@@ -587,8 +587,9 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
         diff = [f"{f} {getattr(spec, f)} vs {getattr(ref, f)}" for f in SPEC_FIELDS
                 if getattr(spec, f) != getattr(ref, f)]
         if diff:
-            raise ConfigError(f"{who} disagrees with {where} {named!r} (preset {preset}: {'; '.join(diff)}): "
-                              "price the model the run served (leave --model out, or give its config.json)")
+            raise ConfigError(f"{who} disagrees with {where} {named!r} ({spec.name} vs its preset {preset}: "
+                              f"{'; '.join(diff)}): price the model the run served (leave --model out, or give its "
+                              "config.json)")
 
 
 def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:

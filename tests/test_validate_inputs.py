@@ -344,8 +344,8 @@ def test_the_vllm_policy_takes_vllms_rule():
     cfg = {"max_seq_len": 64, "policy": {"name": "vllm", "max_batch_size": 32, "max_num_batched_tokens": 32}}
     sched = build_scheduler(cfg, 1024, np.array([10]))
     assert sched.token_budget == 32 and sched.max_batch == 32
-    with pytest.raises(ConfigError, match=r"max_batch_size \(vLLM's max_num_seqs\) must be set and at most "
-                                          r"policy.max_num_batched_tokens=32"):
+    with pytest.raises(ConfigError, match=r"max_batch_size \(vLLM's max_num_seqs\) must be a positive integer of at "
+                                          r"most policy.max_num_batched_tokens=32"):
         build_scheduler({**cfg, "policy": {**cfg["policy"], "max_batch_size": 33}}, 1024, np.array([10]))
     with pytest.raises(ConfigError, match="below policy.max_num_batched_tokens"):  # other policies keep theirs
         build_scheduler({**cfg, "predictor": {"name": "oracle", "num_buckets": 4},
