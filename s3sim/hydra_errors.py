@@ -87,8 +87,8 @@ def unread_addition(override: str, conf_dir: str, config_name: str, prog: str = 
 
     with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
         known = _flat_keys(OmegaConf.to_container(compose(config_name)))
-    if key in known or key.partition(".")[0] in ("gpu", "model", "cluster", "experiment"):
-        return None  # an existing key (Hydra says what `+` does to it), or a group the run spec checks
+    if key in known or key.partition(".")[0] == "experiment":
+        return None  # an existing key (Hydra says what `+` does to it), or a preset of keys
     near = difflib.get_close_matches(key, known + sorted(addable_keys()), n=1, cutoff=0.6)
     return (f"+{key}: no part of {prog} reads this key, so it would be ignored"
             + (f"; did you mean {near[0]}?" if near else "; see `--cfg job` for the keys"))

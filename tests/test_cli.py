@@ -94,6 +94,7 @@ def test_multirun_compares_policies_and_collects(tmp_path):
     (["+num_request=50"], "+num_request: no part of s3sim reads this key, so it would be ignored; did you mean "
                           "num_requests?"),
     (["+arrival.rate=3"], "arrival.rate=3 is set, but arrival=offline takes no rate"),
+    (["+gpu.foo=1"], "+gpu.foo: no part of s3sim reads this key"),
     (["arrival=poisson", "+arrival.burstiness=0.5"], "arrival=poisson takes no burstiness: choose arrival=gamma"),
     (["arrival.rate=3"], "arrival.rate: the chosen arrival has no such key; arrival=gamma, arrival=poisson have it"),
     (["arrival=poisson", "arival.rate=3"], "arival.rate: no such key; did you mean arrival.rate?"),
