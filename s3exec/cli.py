@@ -48,9 +48,10 @@ def app(cfg: DictConfig) -> None:
         clear(out)  # an earlier run's summary must not sit beside this run's config
         write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "resolved_config.yaml")
         ex = resolved["executor"]
-        row, _ = run_exec(resolved, out, progress=mode_for(bool(ex.get("progress", True))),
-                          write_iterations=bool(cfg.get("write_iterations", False)),
-                          write_tokens=bool(ex.get("write_tokens", True)))
+        from s3sim.spec import flag
+        row, _ = run_exec(resolved, out, progress=mode_for(flag(ex.get("progress"), "executor.progress", True)),
+                          write_iterations=flag(resolved.get("write_iterations"), "write_iterations", False),
+                          write_tokens=flag(ex.get("write_tokens"), "executor.write_tokens", True))
     except Exception as e:
         _record(out, e)
         report_failure(e, out, HydraConfig.get().mode == RunMode.MULTIRUN, "s3exec")  # a sweep goes on

@@ -13,7 +13,7 @@ import numpy as np
 
 from s3sim.config import build_scheduler, check_fits, check_requests, sample_workload, served_clipped
 from s3sim.core.errors import ConfigError
-from s3sim.spec import get, positive_int, run_spec, seed_of
+from s3sim.spec import flag, get, positive_int, run_spec, seed_of
 from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -174,7 +174,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         wl, idx, arrivals = sample_workload(cfg, run)
         output = wl.output_len[idx].astype(np.int64)
         if run.workload.name in TEXT_WORKLOADS:
-            prompts = text_prompts(run.workload, wl, idx, loaded.tokenizer, bool(get(ex, "chat_template", True)))
+            prompts = text_prompts(run.workload, wl, idx, loaded.tokenizer, flag(get(ex, "chat_template"), "executor.chat_template", True))
         else:
             prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
     max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
@@ -215,7 +215,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         from s3exec.generate import GenerateExecutor
 
         executor = GenerateExecutor(loaded, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress,
-                                    warmup=bool(get(ex, "warmup", True)))
+                                    warmup=flag(get(ex, "warmup"), "executor.warmup", True))
     else:
         block = positive_int(get(ex, "block_size", 16), "executor.block_size")
         holders = min(len(requests), max(1, cap // max(1, int(plen.min()))))  # each holds at least its prompt
@@ -226,7 +226,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
                              cuda_graphs=cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device),
                              graph_sizes=ladder(min(256, len(requests))))  # no batch is larger than the run
         executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids,
-                            progress=progress, warmup=bool(get(ex, "warmup", True)))
+                            progress=progress, warmup=flag(get(ex, "warmup"), "executor.warmup", True))
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
                      0 if wl is None else served_clipped(wl, idx),
                      len(prompts) if wl is None else len(wl.prompt_len),

@@ -59,7 +59,9 @@ def app(cfg: DictConfig) -> None:
         stop_with_parent()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        row, reused = run_dir(resolved, out, write_iterations=bool(cfg.get("write_iterations", False)))
+        from s3sim.spec import flag
+        row, reused = run_dir(resolved, out, write_iterations=flag(resolved.get("write_iterations"),
+                                                                   "write_iterations", False))
     except Exception as e:
         if sweeping and not (out / "failed.txt").exists():
             record_failure(out, e)

@@ -25,7 +25,7 @@ from s3sim.core.request import make_requests
 from s3sim.inputs import fingerprint, recording, unchanged
 from s3sim.metrics.summary import request_records
 from s3sim.simulator.engine import simulate_cluster
-from s3sim.spec import get, run_spec
+from s3sim.spec import flag, get, run_spec
 from s3sim.writers import write_csv, write_parquet, write_text
 
 
@@ -196,7 +196,7 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
             "prefix_blocks": setup.prefix_blocks, "shared_prefix_tokens": setup.shared_prefix[0],
             "shared_prefix_groups": setup.shared_prefix[1],
-            "prefix_caching": bool(get(cfg, "policy.prefix_caching", False)), "workload_rows": setup.workload_rows,
+            "prefix_caching": flag(get(cfg, "policy.prefix_caching"), "policy.prefix_caching", False), "workload_rows": setup.workload_rows,
             "rows_used": rows_used(n + setup.dropped, setup.workload_rows, setup.spec.arrival_process == "trace"),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
 

@@ -38,6 +38,23 @@ def positive_int(value, field, allow_none=False):
     return int(value)
 
 
+def flag(value, field: str, default: bool) -> bool:
+    """A true/false setting read as OmegaConf reads a typed one (true/false, yes/no, on/off, 1/0), `default`
+    where unset; anything else is an error (Python's bool() would take "off" for true)."""
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        from omegaconf import BooleanNode
+        from omegaconf.errors import ValidationError
+        try:
+            return bool(BooleanNode(value)._value())
+        except ValidationError:
+            pass
+    raise ConfigError(f"{field} must be true or false, got {value!r}")
+
+
 def _count(value, field: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ConfigError(f"{field} must be an integer >= {low}, got {value!r}")

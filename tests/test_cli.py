@@ -40,6 +40,19 @@ def test_run_writes_summary_records_and_config(tmp_path):
         assert re.search(rf"\b{key}=[\d.e+-]+ {re.escape(unit)}(  |$)", line), (key, unit, line)
 
 
+def test_a_true_false_setting_given_as_off_is_false_everywhere(tmp_path):
+    """policy.prefix_caching=off reached the scheduler as false but the summary as true; write_iterations=no wrote
+    iterations.csv. Both are read as a typed config reads them now, and anything else is one line."""
+    p = s3sim(*SMALL, "policy=vllm", "policy.prefix_caching=off", "write_iterations=no",
+              f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert not pd.read_csv(tmp_path / "run" / "summary.csv").prefix_caching[0]
+    assert not (tmp_path / "run" / "iterations.csv").exists()
+    p = s3sim(*SMALL, "write_iterations=maybe", f"hydra.run.dir={tmp_path}/bad", cwd=tmp_path)
+    assert p.returncode == 2 and "write_iterations must be true or false, got 'maybe'" in p.stderr
+    assert not (tmp_path / "bad" / "summary.csv").exists()
+
+
 def test_a_split_and_a_trace_replay_whole_by_default(tmp_path, cfg):
     """No num_requests given: every row of the held-out split, every request of the trace, once; a number
     given is a recorded sample (or a recorded cycle), never a silent cut."""

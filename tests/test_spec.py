@@ -80,3 +80,20 @@ def test_the_workload_entry_is_read_once_with_its_set_options(cfg):
 def test_a_bad_workload_entry_is_one_line_naming_its_field(node, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         run_spec({"max_seq_len": 64, "workload": node})
+
+
+@pytest.mark.parametrize("value, read", [(True, True), (False, False), ("off", False), ("no", False), ("on", True),
+                                         ("yes", True), ("false", False), ("True", True), (0, False), (1, True),
+                                         (None, "default")])
+def test_a_true_false_setting_reads_as_a_typed_config_reads_it(value, read):
+    """`write_iterations=no` used to read as true (Python's bool of any non-empty text)."""
+    from s3sim.spec import flag
+    assert flag(value, "write_iterations", "default") == read
+
+
+@pytest.mark.parametrize("value", ["maybe", 2, 1.0, "", [True]])
+def test_anything_else_is_refused_naming_the_field(value):
+    from s3sim.core.errors import ConfigError
+    from s3sim.spec import flag
+    with pytest.raises(ConfigError, match=r"^executor.warmup must be true or false, got "):
+        flag(value, "executor.warmup", True)
