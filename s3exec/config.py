@@ -59,7 +59,8 @@ def parse_bytes(value, field: str) -> int | float:
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if isinstance(value, float) and 0 < value <= 1:
         return value
-    if isinstance(value, (int, np.integer)) and value > 1 or isinstance(value, float) and value > 1 and value.is_integer():
+    whole = isinstance(value, (int, np.integer)) or isinstance(value, float) and value.is_integer()
+    if whole and value > 1:
         return int(value)
     raise ConfigError(f"{field} must be a whole number of bytes (> 1) or a fraction in (0, 1], got {value!r}")
 

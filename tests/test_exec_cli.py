@@ -80,7 +80,8 @@ def test_sizes():
     assert parse_bytes(4096, "f") == 4096
     assert parse_bytes(0.5, "f") == 0.5
     assert parse_bytes(1e9, "f") == 10**9  # YAML's 1e9 is a float: a whole number of bytes still
-    with pytest.raises(ConfigError, match=r"f must be a whole number of bytes \(> 1\) or a fraction in \(0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"f must be a whole number of bytes \(> 1\) or a fraction in \(0, 1\], "
+                                          r"got 1.5"):
         parse_bytes(1.5, "f")  # 150 %? 1.5 GiB? it used to become 1 byte
 
 
