@@ -338,6 +338,30 @@ def test_predict_and_table_refuse_to_overwrite_their_input(tmp_path):
     one_line_error(s3predict("evaluate", data, "--out", data), "is a file; evaluate writes metrics.csv")
 
 
+def test_an_output_with_nowhere_to_go_and_a_negative_learning_rate_are_refused_before_any_work(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write a haiku about the sea.\n")
+    one_line_error(s3predict("predict", prompts, "--out", tmp_path / "nodir" / "x.csv"),
+                   f"its folder {tmp_path / 'nodir'} does not exist")
+    one_line_error(s3predict("predict", prompts, "--out", tmp_path), "is a folder; give a file name")
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(5, tag="lr"))
+    for flag in ("--lr", "--head-lr"):  # a negative rate trained by gradient ascent and saved the result
+        p = s3predict("train", data, flag, "-1", "--cache-dir", tmp_path / "cache")
+        assert p.returncode == 2 and f"argument {flag}: must be a number above 0, got -1" in p.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_failed_evaluation_leaves_no_earlier_metrics_behind(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs(12, tag="ev"))
+    rc, _, n = evaluate(tmp_path, capsys, data)
+    assert rc == 0 and n == 12 and (tmp_path / "ev0" / "metrics.csv").is_file()
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    assert main(["evaluate", str(tmp_path / "bad.jsonl"), "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "ev0")]) == 2
+    capsys.readouterr()
+    assert not list((tmp_path / "ev0").glob("*.csv"))
+
+
 # ------------------------------------------------------------------------------ no machine paths
 
 ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")

@@ -67,6 +67,17 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _rate(text: str) -> float:
+    """A learning rate: a finite number above 0 (a negative one would train by gradient ascent)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return v
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -94,8 +105,8 @@ def parser() -> argparse.ArgumentParser:
                    help="LoRA rank: train adapters over the frozen encoder (a few MB) instead of the whole encoder")
     t.add_argument("--epochs", type=_positive, default=3)
     t.add_argument("--batch-size", type=_positive, default=32)
-    t.add_argument("--lr", type=float, default=5e-5)
-    t.add_argument("--head-lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=_rate, default=5e-5)
+    t.add_argument("--head-lr", type=_rate, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save-every", type=_positive, default=100)
     t.add_argument("--cache-dir", default=None)
@@ -400,8 +411,11 @@ def main(argv=None) -> int:
                                   f"matrices into a folder")
             model = _model(a)
             if a.out:
-                _refuse_overwriting(a.data, a.out, [Path(a.out) / "metrics.csv"] + [
-                    Path(a.out) / f"confusion_{n.replace(':', '_')}.csv" for n in model.buckets])
+                mine = [Path(a.out) / "metrics.csv"] + [Path(a.out) / f"confusion_{n.replace(':', '_')}.csv"
+                                                        for n in model.buckets]
+                _refuse_overwriting(a.data, a.out, mine)
+                for f in mine:  # an earlier evaluation's files must not outlive a failed one as if its results
+                    f.unlink(missing_ok=True)
             rows, note = evaluation_rows(a, model)
             res, conf = evaluate(a, model, rows)
             print(note)
@@ -419,6 +433,7 @@ def main(argv=None) -> int:
                 for n, c in conf.items():
                     write_csv(c.reset_index(), out / f"confusion_{n.replace(':', '_')}.csv")
         elif a.cmd == "predict":
+            _check_out_folder(a.out)
             df, scheme, ms = predict(a)
             import pandas as pd
             with pd.option_context("display.width", 160, "display.max_columns", 20):
@@ -430,6 +445,7 @@ def main(argv=None) -> int:
                 write_csv(df, Path(a.out))
                 print(f"-> {a.out}")
         else:
+            _check_out_folder(a.out)
             df, model = table(a)
             out = Path(a.out or "predictions.csv.gz")
             write_table(df, model, out)
@@ -438,6 +454,14 @@ def main(argv=None) -> int:
         print(f"s3predict: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_out_folder(out) -> None:
+    """--out's folder must exist before the work that fills it starts (not a traceback once it is done)."""
+    if out and not Path(out).resolve().parent.is_dir():
+        raise ConfigError(f"--out {out}: its folder {Path(out).parent} does not exist")
+    if out and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name")
 
 
 def ranking_note(res) -> str:
