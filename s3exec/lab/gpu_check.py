@@ -356,10 +356,11 @@ class Check:
             "batches": sorted(set(table.batch.astype(int).tolist())),
             "graph_speedup_batch1": speedup, "graph_detail": detail}
         b = self.summary["bandwidth"]
+        low = b["min_utilisation_batch64_up"]
         self.say(f"   copy bandwidth {b['copy_gb_s']:.0f} GB/s; batch 1 at {b['batch1_vs_floor'] or float('nan'):.2f}x "
                  f"the weight-read floor; utilisation at batch >= 64: "
-                 f"{'n/a' if b['min_utilisation_batch64_up'] is None else format(b['min_utilisation_batch64_up'], '.0%')}"
-                 f" at least; CUDA graphs at batch 1: {detail}")
+                 f"{'n/a (no such batch timed)' if low is None else f'{low:.0%} at least'}; CUDA graphs at batch 1: "
+                 f"{detail}")
 
     # ---- 3. transformers' generate: what it holds beyond the simulator's cache, and the copy's bandwidth ----
     def hf_memory(self) -> None:
@@ -417,10 +418,10 @@ class Check:
                                   if preset is not None and copy_gb_s else None)
         self.summary["hf_memory"] = got
         margin = "not measured (no CUDA allocator)" if got["margin"] is None else f"{got['margin']:+.1%}"
-        copy = ("no GPU preset or copy bandwidth" if got["copy_efficiency"] is None else
-                f"{got['copy_efficiency']:.3f} of {preset}'s datasheet bandwidth")
+        copy = ("not measured (no GPU preset, or no copy bandwidth from the bandwidth part)"
+                if got["copy_efficiency"] is None else f"{got['copy_efficiency']:.3f} of {preset}'s datasheet bandwidth")
         self.say(f"   generate, {rows} rows x ({prompt} + {new}) tokens: peak over the simulator's cache peak "
-                 f"{margin}; copy bandwidth {copy} ({seconds:.1f} s)")
+                 f"{margin}; copy efficiency {copy} ({seconds:.1f} s)")
 
     def graph_speedup(self, loaded, runner, context: int) -> tuple[float | None, str]:
         """Decode at batch 1 and `context` tokens: an eager step's median time over a replayed graph's, on the
@@ -540,8 +541,7 @@ class Check:
                 row.update({f"exec_{m}": ex[m], f"sim_{m}": sim[m], f"err_{m}": rel(sim[m], ex[m])})
             rows.append(row)
             self.say(f"   {policy:5s} throughput exec {ex['request_throughput']:.2f} sim {sim['request_throughput']:.2f} "
-                     f"req/s ({row['err_request_throughput']:+.1%}); TPOT p50 {row['err_tpot_p50']:+.1%}; "
-                     f"e2e p50 {row['err_e2e_latency_p50']:+.1%}")
+                     f"req/s; simulator's error on " + ", ".join(f"{m} {row['err_' + m]:+.1%}" for m in FIDELITY_METRICS))
         table = pd.DataFrame(rows)
         write_csv(table, self.out / "fidelity.csv")
         errs = table[[f"err_{m}" for m in FIDELITY_METRICS]].abs()
