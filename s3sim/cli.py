@@ -71,9 +71,15 @@ def app(cfg: DictConfig) -> None:
              "e2e_latency_p99": " s"}  # as summary.csv's (`s3sim-schema summary`)
     keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
             "mean_batch_size", "preemptions")
-    print(("(reused) " if reused else "")
-          + "  ".join((f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}") + units.get(k, "")
-                      for k in keys))
+    def shown(k):  # with repeats, each number is a mean over the seeds: its 95 % interval beside it
+        ci = row.get(f"{k}_ci95")
+        spread = f" ± {ci:.2g}" if isinstance(ci, float) and ci == ci else ""
+        value = f"{row[k]:.4g}" if isinstance(row[k], float) else f"{row[k]}"
+        return f"{k}={value}{spread}{units.get(k, '')}"
+
+    repeats = row.get("repeats") or 1
+    print(("(reused) " if reused else "") + (f"mean of {repeats} seeds (± 95 % interval): " if repeats > 1 else "")
+          + "  ".join(shown(k) for k in keys))
     from s3sim.config import run_notes
     for note in run_notes(row):
         print(note)

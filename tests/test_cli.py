@@ -40,6 +40,15 @@ def test_run_writes_summary_records_and_config(tmp_path):
         assert re.search(rf"\b{key}=[\d.e+-]+ {re.escape(unit)}(  |$)", line), (key, unit, line)
 
 
+def test_with_repeats_the_headline_says_it_holds_means_and_their_intervals(tmp_path):
+    p = s3sim(*SMALL, "repeats=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[0]
+    ci = pd.read_csv(tmp_path / "run" / "summary.csv").request_throughput_ci95[0]
+    assert line.startswith("mean of 2 seeds (± 95 % interval): policy=s3  request_throughput=")
+    assert f" ± {ci:.2g} req/s" in line
+
+
 def test_a_true_false_setting_given_as_off_is_false_everywhere(tmp_path):
     """policy.prefix_caching=off reached the scheduler as false but the summary as true; write_iterations=no wrote
     iterations.csv. Both are read as a typed config reads them now, and anything else is one line."""
