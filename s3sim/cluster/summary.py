@@ -3,8 +3,8 @@ cluster's own) and one row per replica (the usual columns over that replica's re
 
 The cluster row is the single-engine summary of the merged run: request metrics over all requests, the
 iterations of every replica together (mean batch size is per replica iteration), counters summed. Three
-columns are put on a per-replica footing: `gpu_busy_frac` (busy time over span, averaged over replicas)
-and the time-weighted KV fractions (each replica's own, weighted by its busy time); `kv_peak_reserved_frac`
+columns are put on a per-replica footing: `gpu_busy_frac` (the replicas' busy time summed, over replicas x the
+cluster's span) and the time-weighted KV fractions (each replica's own, weighted by its busy time); `kv_peak_reserved_frac`
 is the largest replica's. Added: `replicas`, `router`, `replica_requests` (requests per replica, joined
 by '/'), `replica_imbalance` (the busiest replica's requests over the mean) and `replica_throughput_min`
 and `_max` (requests per second of each replica over the cluster's span).
