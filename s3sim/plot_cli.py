@@ -86,7 +86,7 @@ def _drawable(table: pd.DataFrame, x: str, y: str, logx: bool, logy: bool) -> tu
 
 def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | None = None,
            logx: bool = False, logy: bool = False, title: str = "", style: str | None = None,
-           row: str | None = None, sharey: bool = True, ci: str = "band", note=say):
+           row: str | None = None, sharey: bool = True, ci: str | None = None, note=say):
     """The figure the module doc describes; `y` is a column or a list of them. What is left out is passed
     to `note` (stderr by default); a figure or metric with nothing to draw raises ConfigError."""
     from matplotlib.lines import Line2D
@@ -97,6 +97,8 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     metrics = [y] if isinstance(y, str) else list(y)
     if not metrics:
         raise ConfigError("--y names no column")
+    asked = ci is not None  # None: a band where the table has the intervals, said nothing where it has none
+    ci = "band" if ci is None else ci
     if ci not in CI_MODES:
         raise ConfigError(f"--ci {ci!r} is not one of {', '.join(CI_MODES)}")
     _check_columns(table, [("--x", x), *(("--y", m) for m in metrics), ("--hue", hue), ("--style", style),
@@ -104,6 +106,12 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     if row is not None and len(metrics) > 1:
         raise ConfigError("--row takes one --y column; with several, each metric is a row of its own")
     notes = []  # said once the figure is sure to be drawn: a refusal is one line
+    if asked and ci != "none":
+        missing = [m for m in metrics if f"{m}_ci95" not in table.columns
+                   or not np.isfinite(pd.to_numeric(table[f"{m}_ci95"], errors="coerce")).any()]
+        if missing:
+            notes.append(f"--ci {ci}: no interval to draw for {', '.join(missing)} (no finite <y>_ci95 column: runs "
+                         "with repeats > 1 have one)")
     if "status" in table.columns:
         done = table.status == "finished"
         if not done.all():
@@ -222,8 +230,9 @@ def parser() -> Parser:
     ap.add_argument("--logy", action="store_true", help="log y axis (values <= 0 left out, said so)")
     ap.add_argument("--no-sharey", dest="sharey", action="store_false",
                     help="each panel its own y axis (default: shared by the panels of one metric in a row)")
-    ap.add_argument("--ci", choices=CI_MODES, default="band",
-                    help="how <y>_ci95 is drawn where the table has it (default: band)")
+    ap.add_argument("--ci", choices=CI_MODES, default=None,
+                    help="how <y>_ci95 is drawn where the table has it (default: band; asked for, a column without "
+                         "it is said)")
     ap.add_argument("--title", default="", help="above the panels")
     ap.add_argument("--out", help="the figure to write, .png, .pdf or .svg (default: TABLE with .png)")
     return ap

@@ -230,6 +230,12 @@ def test_confidence_bands_cover_the_interval_where_the_table_has_one(tmp_path):
         assert ys.min() == pytest.approx((0.9 * y).min()) and ys.max() == pytest.approx((1.1 * y).max())
     fig, _ = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--ci", "none")
     assert not [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    # asked for intervals a column does not have: said, not drawn silently without them
+    _, notes = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "e2e_latency_p50,ttft_p50", "--ci", "bars")
+    assert any(n.startswith("--ci bars: no interval to draw for ttft_p50 (") for n in notes), notes
+    _, notes = figure_of(tmp_path, t.drop(columns="e2e_latency_p50_ci95"), "--x", "offered_rate", "--y",
+                         "e2e_latency_p50")
+    assert not any("--ci" in n for n in notes)  # the default draws a band where there is one, quietly
 
 
 def test_what_is_left_out_is_said_and_a_figure_without_a_point_is_refused(tmp_path):
