@@ -42,8 +42,10 @@ class SweepReport(Callback):
             return
         root = Path(hc.sweep.dir)
         done = sum(1 for _ in root.glob("*/summary.csv"))
-        print(f"sweep: point {hc.job.num} done ({hc.job.override_dirname or 'no overrides'}); {done} points of "
-              f"{root} have a summary", file=sys.stderr, flush=True)
+        failed = (Path(hc.runtime.output_dir) / "failed.txt").is_file()
+        print(f"sweep: point {hc.job.num} {'FAILED (its failed.txt says why)' if failed else 'done'} "
+              f"({hc.job.override_dirname or 'no overrides'}); {done} points of {root} have a summary",
+              file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from s3sim.collect import collect, status_line

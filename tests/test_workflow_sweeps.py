@@ -44,6 +44,7 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert p.returncode == 1
     assert "2 runs: 1 finished, 1 failed, 0 invalid, 0 incomplete" in p.stderr
     assert "policy.name 'nope' is unknown" in p.stderr
+    assert "sweep: point 0 done (" in p.stderr and "sweep: point 1 FAILED (its failed.txt says why) (" in p.stderr
     out = subprocess.run([sys.executable, "-c", "from s3sim.cli import collect_main; collect_main()",
                           str(tmp_path / "mr"), str(tmp_path / "all.csv")], capture_output=True, text=True)
     assert out.returncode == 1, out.stderr  # not every run finished
