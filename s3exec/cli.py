@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s3sim.cli import report_failure
+from s3sim.cli import headline, report_failure
 from s3sim.config import CONF_DIR
 
 
@@ -56,9 +56,7 @@ def app(cfg: DictConfig) -> None:
         _record(out, e)
         report_failure(e, out, HydraConfig.get().mode == RunMode.MULTIRUN, "s3exec")  # a sweep goes on
         return
-    keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
-            "mean_batch_size", "preemptions")
-    print("  ".join(f"{k}={row[k]:.4g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys))
+    print(headline(row))
     from s3exec.runner import exec_notes
     for note in exec_notes(row, resolved):
         print(note)

@@ -41,6 +41,26 @@ def main() -> None:
     app()
 
 
+HEADLINE = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
+            "mean_batch_size", "preemptions")
+HEADLINE_UNITS = {"request_throughput": " req/s", "output_throughput": " tok/s", "ttft_p50": " s", "tpot_p50": " s",
+                  "e2e_latency_p99": " s"}  # as summary.csv's (`s3sim-schema summary`)
+
+
+def headline(row: dict) -> str:
+    """The line a run (s3sim's or s3exec's) prints of its summary: the headline numbers with their units, and with
+    repeats each one's 95 % interval, the numbers being means over the seeds."""
+    def shown(k):
+        ci = row.get(f"{k}_ci95")
+        spread = f" ± {ci:.2g}" if isinstance(ci, float) and ci == ci else ""
+        value = f"{row[k]:.4g}" if isinstance(row[k], float) else f"{row[k]}"
+        return f"{k}={value}{spread}{HEADLINE_UNITS.get(k, '')}"
+
+    repeats = row.get("repeats") or 1
+    return ((f"mean of {repeats} seeds (± 95 % interval): " if repeats > 1 else "")
+            + "  ".join(shown(k) for k in HEADLINE))
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
     """One run into Hydra's output dir. In a sweep a failing run is recorded (failed.txt) and the sweep
@@ -67,19 +87,7 @@ def app(cfg: DictConfig) -> None:
             record_failure(out, e)
         report_failure(e, out, sweeping, "s3sim")
         return
-    units = {"request_throughput": " req/s", "output_throughput": " tok/s", "ttft_p50": " s", "tpot_p50": " s",
-             "e2e_latency_p99": " s"}  # as summary.csv's (`s3sim-schema summary`)
-    keys = ("policy", "request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
-            "mean_batch_size", "preemptions")
-    def shown(k):  # with repeats, each number is a mean over the seeds: its 95 % interval beside it
-        ci = row.get(f"{k}_ci95")
-        spread = f" ± {ci:.2g}" if isinstance(ci, float) and ci == ci else ""
-        value = f"{row[k]:.4g}" if isinstance(row[k], float) else f"{row[k]}"
-        return f"{k}={value}{spread}{units.get(k, '')}"
-
-    repeats = row.get("repeats") or 1
-    print(("(reused) " if reused else "") + (f"mean of {repeats} seeds (± 95 % interval): " if repeats > 1 else "")
-          + "  ".join(shown(k) for k in keys))
+    print(("(reused) " if reused else "") + headline(row))
     from s3sim.config import run_notes
     for note in run_notes(row):
         print(note)

@@ -60,7 +60,7 @@ def test_same_config_same_requests_as_the_simulator():
     (["workload=sharegpt", "executor.max_prompt_len=null"], "exceeds the context of"),
     (["executor.mode=greedy"], "executor.mode 'greedy' is unknown"),
     (["executor.kv_memory=lots"], "is not a size like"),
-    (["executor.kv_memory=0"], "must be bytes"),
+    (["executor.kv_memory=0"], "must be a whole number of bytes"),
     (["executor.dtype=int8"], "executor.dtype 'int8' is unknown"),
     (["executor.device=tpu"], "executor.device 'tpu' is unknown"),
     (["executor.model=gpt-5"], "is neither smollm2"),
