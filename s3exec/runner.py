@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from s3sim.metrics.summary import request_records, summarize
@@ -65,7 +66,11 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
     ex = cfg["executor"]
     row.update({
         "model": setup.loaded.name, "gpu": device_name(str(ex.get("device", "cpu"))), **run_fields(cfg, row["policy"]),
-        "clipped_outputs": setup.clipped_outputs, "workload_rows": setup.workload_rows,
+        # natural mode serves the model's own lengths: the outputs cut are the generations that reached the cap
+        # (the workload's reference lengths, which fixed mode serves, are not what ran)
+        "clipped_outputs": (int((records.generated >= np.asarray(setup.caps)[records.id.to_numpy()]).sum())
+                            if ex.get("mode", "fixed") == "natural" else setup.clipped_outputs),
+        "workload_rows": setup.workload_rows,
         "context_clipped": 0,  # the executor refuses a prompt + max_seq_len beyond the context instead
         "dropped_requests": 0,  # it serves every request: a prompt too long is cut (clipped_prompts) or refused
         "prefix_blocks": 0,  # the executor replays text or synthetic prompts, not traces of block hashes

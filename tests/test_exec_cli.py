@@ -29,6 +29,18 @@ def sim_cfg(*overrides):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
 
 
+def test_natural_mode_counts_the_generations_that_reached_the_cap_as_clipped(tmp_path):
+    """Natural mode serves the model's own lengths: clipped_outputs counts the generations that reached
+    max_seq_len, not the workload's reference lengths (here every reference is 3 tokens, under the cap; the tiny
+    random model rarely says end-of-sequence, so its generations run to the cap)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{i}.0,12,3\n" for i in range(4)))
+    row, result = run_exec(exec_cfg("policy=orca", "executor.mode=natural", "max_seq_len=16", "num_requests=4",
+                                    "workload=trace", f"workload.path={trace}"))
+    records = request_records(result.requests)
+    assert row["clipped_outputs"] == int((records.generated >= 16).sum()) > 0
+
+
 def test_run_writes_the_simulator_schema_with_real_timestamps(tmp_path):
     row, result = run_exec(exec_cfg("policy=paged"), tmp_path, write_iterations=True)
     sim = run_config(sim_cfg("model=tiny-llama", "num_requests=12", "max_seq_len=32", "policy=paged"))

@@ -189,7 +189,8 @@ SETUP = (  # what was run, and how fast
     Column("accuracy", "fraction", "the synthetic predictor's configured accuracy; empty when none is used"),
     Column("max_seq_len", "tokens", "the most output tokens a request may have (`max_seq_len`)"),
     Column("seed", ID, "the run's seed (with repeats: the first)"),
-    Column("clipped_outputs", "requests", "requests whose workload output was cut to max_seq_len"),
+    Column("clipped_outputs", "requests", "requests whose workload output was cut to max_seq_len (s3exec's natural "
+           "mode, which serves the model's own lengths: whose generation reached max_seq_len)"),
     Column("context_clipped", "requests", "requests whose output was cut where it would run past the model's "
            "context window"),
     Column("dropped_requests", "requests", "requests removed before the run because their prompt leaves no room "
