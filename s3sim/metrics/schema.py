@@ -5,7 +5,7 @@ none of them can disagree with another, and tests check every table against the 
 Times are seconds unless a column's name says otherwise (`_ms`, `_s`). A name with `{...}` stands for a
 family (`ttft_{stat}`: ttft_mean, ttft_p50, ...): see `family`.
 
-    s3sim-schema [summary|requests|iterations|validation|replicas] [--markdown]
+    s3sim-schema [summary|requests|iterations|validation|replicas|timeline|peer|tokens] [--markdown]
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from pathlib import Path
 from s3sim.commandline import Parser
 
 PROG = "s3sim-schema"
-KINDS = ("summary", "requests", "iterations", "validation", "replicas")
+KINDS = ("summary", "requests", "iterations", "validation", "replicas", "timeline", "peer", "tokens")
 FILES = {"summary": "summary.csv", "requests": "requests.parquet", "iterations": "iterations.csv",
-         "validation": "validation.csv", "replicas": "replicas.csv"}
+         "validation": "validation.csv", "replicas": "replicas.csv", "timeline": "timeline_data.csv",
+         "peer": "peer.csv", "tokens": "tokens.csv"}
 TEXT, FLAG, ID = "text", "true/false", "id"  # units of columns that hold no quantity
 PER_ROW = "the row's metric"  # validation.csv: real and simulated take the unit of the metric they hold
 
@@ -33,6 +34,7 @@ class Column:
     definition: str
     future: bool = False  # added by a change still under way: a file may not have it yet
     row: bool = False  # validation.csv: a value of its `metric` column (one row), not a column
+    only: str = ""  # written only where this holds (said in the docs): a file may lack it otherwise
 
     def names(self) -> tuple[str, ...]:
         """The concrete column names this entry stands for."""
@@ -313,8 +315,42 @@ REPLICAS = (
     Column("gpu", TEXT, "the replica's GPUs, '<count> x <preset>' (count: gpu.count x gpu.pipeline_stages)"),
 ) + MEASURED + STEADY
 
+TIMELINE = (
+    Column("t", "s", "the run's timeseries.csv tick (seconds from its start), extended at the same spacing while the "
+           "replay runs past the run's last tick"),
+    Column("real_running", "requests", "running requests the run recorded at the tick (timeseries.csv's running); "
+           "empty past its last tick"),
+    Column("sim_running", "requests", "the replay's batch (decodes and prefill chunks) in the iteration in progress "
+           "at the tick, summed over its engines; 0 while idle"),
+    Column("real_waiting", "requests", "waiting requests the run recorded at the tick; as real_running"),
+    Column("sim_waiting", "requests", "requests waiting in the replay during the iteration in progress at the "
+           "tick, summed over its engines"),
+    Column("real_kv_pct", "%", "the KV cache use the run recorded at the tick (timeseries.csv's kv_cache_pct)"),
+    Column("sim_kv_pct", "%", "100 x KV tokens the replay's iteration in progress at the tick reserves / the KV "
+           "capacity (every rank's)"),
+)
+
+PEER = (
+    Column("metric", TEXT, "validation.csv's name for the peer's row (TTFT, TPOT and end-to-end latency's mean, "
+           "median and percentiles)"),
+    Column("real", PER_ROW, "the peer's vLLM column: the real value, rounded as its summary prints it"),
+    Column("peer_simulated", PER_ROW, "the peer simulator's value"),
+    Column("peer_error_pct", "%", "the error the peer's summary prints for it"),
+)
+
+TOKENS = (
+    Column("id", ID, "the request (requests.parquet's id)"),
+    Column("index", "tokens", "the token's position in the request's output, 0 for the first"),
+    Column("token", ID, "the token's id in the model's vocabulary"),
+    Column("time", "s", "when the token appeared, on the run's clock: index 0 is the request's first_token, its "
+           "last its last_token"),
+    Column("text", TEXT, "the token decoded on its own", only="the model has a tokenizer (outputs.csv then holds "
+           "each request's whole text: id, text)"),
+)
+
 SCHEMAS: dict[str, tuple[Column, ...]] = {"summary": SUMMARY, "requests": REQUESTS, "iterations": ITERATIONS,
-                                         "validation": VALIDATION, "replicas": REPLICAS}
+                                         "validation": VALIDATION, "replicas": REPLICAS, "timeline": TIMELINE,
+                                         "peer": PEER, "tokens": TOKENS}
 INTROS = {
     "summary": "One row per run (`s3sim`, `s3exec`; `repeats.csv` has one per seed, the same columns). Columns "
                "that say what ran come after the measurements; cluster and executor columns only in such runs.",
@@ -324,6 +360,11 @@ INTROS = {
                   "simulator's errors, uses the same metric names).",
     "replicas": "A cluster run: one row per replica, with summary.csv's measurements over that replica's "
                 "own requests and iterations (its duration from its first arrival to its last iteration).",
+    "timeline": "`s3sim-validate`: running, waiting and KV use at the run's ticks, real against the replay "
+                "(what timeline.png draws).",
+    "peer": "`s3sim-validate`, where the run has another simulator's summary beside it "
+            "(`llmservingsim_summary.txt`): its rows, under validation.csv's metric names.",
+    "tokens": "`s3exec` (unless `executor.write_tokens=false`): one row per generated token.",
 }
 
 
@@ -366,6 +407,7 @@ def markdown(kind: str) -> str:
         if c in shared:
             continue
         note = " (not written yet: a change under way adds it)" if c.future else ""
+        note += f"; only where {c.only}" if c.only else ""
         name = f"`{c.pattern()}`" + (" (a row)" if c.row else "")
         lines.append(f"| {name} | {_cell(c.unit)} | {_cell(c.definition + note)} |")
     if shared:
@@ -382,6 +424,7 @@ def plain(kind: str) -> str:
     lines = [f"{FILES[kind]}: {INTROS[kind]}"]
     for c in cols:
         note = " (not written yet)" if c.future else ""
+        note += f"; only where {c.only}" if c.only else ""
         lines.append(f"  {c.pattern():<{width}}  {c.unit:<{uw}}  {c.definition}{note}")
     return "\n".join(lines) + "\n"
 
