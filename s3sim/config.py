@@ -66,6 +66,9 @@ def run_notes(row: dict) -> list[str]:
                      f"output token in the model's context (dropped_requests; workload.overlong=drop, as a server "
                      f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run); "
                      f"num_requests, offered_rate, goodput and slo_attainment count the served requests only")
+    if row.get("zero_length_rows"):
+        notes.append(f"note: {row['zero_length_rows']:,} trace rows had a 0-token prompt or output, served as 1 "
+                     f"token (zero_length_rows): a request has a prompt and yields at least one token")
     if row.get("clipped_prompts"):
         notes.append(f"note: {row['clipped_prompts']:,} prompts kept only their last tokens to fit the model's context "
                      f"(clipped_prompts; workload.overlong=clip)")
@@ -318,6 +321,11 @@ def check_requests(sched, prompt, output) -> None:
 def served_clipped(wl, idx) -> int:
     """Requests (rows served, a cycled row once per time) whose output was cut to max_seq_len."""
     return 0 if wl.clipped_rows is None else int(np.asarray(wl.clipped_rows)[idx].sum())
+
+
+def served_raised(wl, idx) -> int:
+    """Requests (rows served) whose trace row had a 0-token prompt or output, served as 1 token."""
+    return 0 if wl.raised_rows is None else int(np.asarray(wl.raised_rows)[idx].sum())
 
 
 def pipeline_stages(entry: GpuEntry, model) -> int:

@@ -157,7 +157,7 @@ def t975(df: int) -> float:
 
 # summary columns that are settings or bookkeeping, not measurements: no confidence interval
 CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
-           "clipped_outputs", "context_clipped", "dropped_requests", "clipped_prompts", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
+           "clipped_outputs", "context_clipped", "dropped_requests", "clipped_prompts", "zero_length_rows", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
            "shared_prefix_groups", "prefix_caching", "sim_wall_s",
            "sim_requests_per_s", "repeats"}
 
@@ -198,7 +198,8 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
             "shared_prefix_groups": setup.shared_prefix[1],
             "prefix_caching": flag(get(cfg, "policy.prefix_caching"), "policy.prefix_caching", False), "workload_rows": setup.workload_rows,
             "rows_used": rows_used(n + setup.dropped, setup.workload_rows, setup.spec.arrival_process == "trace"),
-            "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf")}
+            "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf"),
+            **({"zero_length_rows": setup.zero_length_rows} if setup.zero_length_rows else {})}
 
 
 def run_fields(cfg, policy: str, spec=None) -> dict:

@@ -34,6 +34,26 @@ def test_burstgpt_rows_in_time_order_with_seconds(tmp_path):
     wl = load_trace(burstgpt(tmp_path), format="burstgpt")
     assert wl.timestamps.tolist() == [0.0, 3.5, 7.0]
     assert wl.prompt_len.tolist() == [40, 120, 300] and wl.output_len.tolist() == [1, 30, 80]  # 0 -> 1
+    assert wl.raised_rows.tolist() == [True, False, False]  # counted, in the trace's time order
+
+
+def test_a_row_with_zero_tokens_is_served_as_one_and_said(tmp_path):
+    """BurstGPT logs a failed request with 0 response tokens: it is served as 1 token (vLLM generates one
+    before it can stop), and the run counts and says it; an Azure-format trace the same."""
+    azure = tmp_path / "azure.csv"
+    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0.0,10,5\n1.0,12,0\n2.0,0,3\n")
+    for overrides in ([f"workload.path={burstgpt(tmp_path)}", "workload.format=burstgpt"],
+                      [f"workload.path={azure}"]):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = OmegaConf.to_container(compose("config", overrides=["workload=trace", "arrival=trace",
+                                                                      "max_seq_len=64", *overrides]), resolve=True)
+        row = run_config(cfg)
+        zeros = 1 if "burstgpt" in overrides[-1] else 2
+        assert row["zero_length_rows"] == zeros
+        assert any(n.startswith(f"note: {zeros} trace rows had a 0-token prompt or output, served as 1 token")
+                   for n in run_notes(row))
+    row = run_config(cfg | {"num_requests": 1})  # the trace's first row alone has no zero
+    assert "zero_length_rows" not in row
 
 
 def test_mooncake_milliseconds_and_block_hashes_are_counted(tmp_path):

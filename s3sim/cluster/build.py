@@ -19,7 +19,7 @@ import numpy as np
 
 from s3sim.cluster.routers import ROUTERS
 from s3sim.config import (build_engine, build_predictor, choice, engine_hardware, policy_class, served_clipped,
-                          served_requests)
+                          served_raised, served_requests)
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import get_model, with_dtype
 from s3sim.metrics.summary import Slo
@@ -49,6 +49,7 @@ class Setup:
     shared_prefix: tuple = (0, 1)  # (tokens, groups) prepended to every prompt by `shared_prefix`
     dropped: int = 0  # requests removed by workload.overlong=drop
     clipped_prompts: int = 0  # prompts cut by workload.overlong=clip
+    zero_length_rows: int = 0  # requests whose trace row had 0 tokens somewhere, served as 1
 
     def _sole(self, i: int):
         if len(self.replicas) != 1:
@@ -168,7 +169,7 @@ def build(cfg) -> Setup:
     router = router_cls(predictor, spec.max_seq_len)
     return Setup(fit.prompt, fit.output, fit.arrivals, replicas, gpus, router, Slo.from_config(cfg), spec,
                  served_clipped(wl, fit.rows), len(wl.prompt_len), fit.context_clipped, model, wl.prefix_blocks,
-                 fit.prefix, shared, fit.dropped, fit.clipped_prompts)
+                 fit.prefix, shared, fit.dropped, fit.clipped_prompts, served_raised(wl, fit.rows))
 
 
 def _replica(n: int, i: int, make):

@@ -198,6 +198,8 @@ SETUP = (  # what was run, and how fast
     Column("dropped_requests", "requests", "requests removed before the run because their prompt leaves no room "
            "for an output token in the model's context (`workload.overlong=drop`); num_requests excludes them, and so "
            "do offered_rate, goodput and slo_attainment (a rejected request is neither a hit nor a miss there)"),
+    Column("zero_length_rows", "requests", "requests whose trace row gave a 0-token prompt or output, served as 1 "
+           "token (a request has a prompt and yields at least one)", only="a trace row has 0 tokens"),
     Column("clipped_prompts", "requests", "prompts that kept only their last tokens, as many as leave room for "
            "the output, to fit the model's context (`workload.overlong=clip`; the executor: their last "
            "`executor.max_prompt_len` tokens)"),

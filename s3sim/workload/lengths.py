@@ -46,6 +46,7 @@ class Workload:
     source: str = ""
     keys: np.ndarray | None = None  # row keys of text workloads: how a trained predictor finds its prompt
     clipped_rows: np.ndarray | None = None  # which rows' outputs were cut to max_output (None: none were)
+    raised_rows: np.ndarray | None = None  # trace rows whose 0-token prompt or output is served as 1 (None: none)
     prefix_blocks: int = 0  # rows that carry shared-prefix block hashes (Mooncake's hash_ids)
     prefix: list | None = None  # each row's `Request.prefix` (the blocks it shares), None where none are
 
@@ -93,18 +94,29 @@ def _check_options(max_output, limit) -> None:
         raise ConfigError(f"workload.limit must be a non-negative integer or null, got {limit!r}")
 
 
-def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=None) -> Workload:
-    """Apply `limit` (first N rows) then clip outputs to `max_output`, counting what was clipped."""
+def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=None, raised=None) -> Workload:
+    """Apply `limit` (first N rows) then clip outputs to `max_output`, counting what was clipped (`raised`: the
+    rows whose 0 tokens were raised to 1, `at_least_one`)."""
     if limit is not None:
         prompt, output = prompt[:limit], output[:limit]
         timestamps = None if timestamps is None else timestamps[:limit]
         keys = None if keys is None else keys[:limit]
+        raised = None if raised is None else raised[:limit]
     clipped, rows = 0, None
     if max_output is not None:
         rows = np.asarray(output) > max_output
         clipped = int(rows.sum())
         output = np.minimum(output, max_output)
-    return Workload(name, prompt, output, timestamps, clipped, source, keys, rows)
+    w = Workload(name, prompt, output, timestamps, clipped, source, keys, rows)
+    w.raised_rows = raised if raised is not None and raised.any() else None
+    return w
+
+
+def at_least_one(prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A trace's token counts with 0 raised to 1 (a request has a prompt and yields at least one token, as vLLM
+    generates one before it can stop), and which rows were raised (counted in the run: `zero_length_rows`)."""
+    raised = (prompt < 1) | (output < 1)
+    return np.maximum(prompt, 1), np.maximum(output, 1), raised
 
 
 def _read_json(path: Path):
@@ -326,7 +338,7 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
 
     Timestamps become seconds since the earliest row, times `time_scale` (0.5 replays twice as fast). Rows
     out of time order are stably sorted by time (and `limit` keeps the first N after sorting). Token counts of
-    0 become 1: a request always has a prompt and yields at least one token.
+    0 become 1 (`at_least_one`), and the rows that had one are counted.
     """
     _check_options(max_output, limit)
     if isinstance(time_scale, bool) or not isinstance(time_scale, Real) or not (
@@ -346,7 +358,9 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
         if isinstance(unit, bool) or not isinstance(unit, int) or unit < 1:
             raise ConfigError(f"workload.hash_block_tokens must be a positive integer, got {unit!r}")
         t, p, o, hashes = read_log(path, format, columns, time_unit, unit)
-        w = _finish("trace", p, o, t * time_scale, max_output, limit, f"{path} ({format}, time_scale {time_scale})")
+        p, o, raised = at_least_one(np.asarray(p, dtype=np.int64), np.asarray(o, dtype=np.int64))
+        w = _finish("trace", p, o, t * time_scale, max_output, limit, f"{path} ({format}, time_scale {time_scale})",
+                    raised=raised)
         hashes = hashes[:len(w.prompt_len)]
         w.prefix_blocks = sum(bool(h) for h in hashes)
         if w.prefix_blocks:
@@ -374,17 +388,16 @@ def load_trace(path=None, time_scale: float = 1.0, max_output: int | None = None
                 raise ConfigError(f"{where}: TIMESTAMP {_short(row[0])} mixes plain seconds and date-time stamps")
             whole.append(t[0])
             frac.append(t[1])
-            prompt.append(max(1, _nonneg_int(row[1], where, "ContextTokens")))
-            output.append(max(1, _nonneg_int(row[2], where, "GeneratedTokens")))
+            prompt.append(_nonneg_int(row[1], where, "ContextTokens"))  # 0 is served as 1 (`at_least_one`)
+            output.append(_nonneg_int(row[2], where, "GeneratedTokens"))
     if not whole:
         raise ConfigError(f"{path}: no requests after the header line")
     w, fr = np.array(whole, dtype=np.int64), np.array(frac, dtype=np.float64)
     order = np.lexsort((fr, w))  # stable: equal times keep file order
     w, fr = w[order], fr[order]
     t = ((w - w[0]) + (fr - fr[0])) * time_scale if len(w) else fr
-    p = np.array(prompt, dtype=np.int64)[order]
-    o = np.array(output, dtype=np.int64)[order]
-    return _finish("trace", p, o, t, max_output, limit, f"{path} (time_scale {time_scale})")
+    p, o, raised = at_least_one(np.array(prompt, dtype=np.int64)[order], np.array(output, dtype=np.int64)[order])
+    return _finish("trace", p, o, t, max_output, limit, f"{path} (time_scale {time_scale})", raised=raised)
 
 
 # ---------------------------------------------------------------------------------------------- dispatch

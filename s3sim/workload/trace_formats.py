@@ -108,10 +108,10 @@ def read_log(path, fmt: str, columns: dict | None = None, time_unit: str | None 
         if missing:
             raise ConfigError(f"{where}: no field {missing[0]!r}; it has {', '.join(map(str, list(row)[:8]))}")
         times.append(_number(row[ts_col], where, ts_col, integer=False) * TIME_UNITS[unit])
-        prompt.append(max(1, int(_number(row[p_col], where, p_col, integer=True))))
-        output.append(max(1, int(_number(row[o_col], where, o_col, integer=True))))
+        prompt.append(int(_number(row[p_col], where, p_col, integer=True)))  # 0 is served as 1 (`load_trace`)
+        output.append(int(_number(row[o_col], where, o_col, integer=True)))
         h = row.get("hash_ids") if fmt == "mooncake" else None  # only Mooncake's logs say what they hash
-        hashes.append(None if h is None else check_hash_ids(h, prompt[-1], hash_block_tokens, where))
+        hashes.append(None if h is None else check_hash_ids(h, max(1, prompt[-1]), hash_block_tokens, where))
     if not times:
         raise ConfigError(f"{path}: no requests in it")
     t = np.array(times, dtype=np.float64)
