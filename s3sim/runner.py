@@ -157,7 +157,8 @@ def t975(df: int) -> float:
 
 # summary columns that are settings or bookkeeping, not measurements: no confidence interval
 CI_SKIP = {"seed", "num_requests", "max_seq_len", "rate", "accuracy", "kv_capacity_tokens", "workload_rows",
-           "clipped_outputs", "context_clipped", "dropped_requests", "clipped_prompts", "zero_length_rows", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
+           "clipped_outputs", "context_clipped", "dropped_requests", "clipped_prompts", "zero_length_rows",
+           "gpus_per_engine", "model_dtype_bytes", "prefix_blocks", "shared_prefix_tokens",
            "shared_prefix_groups", "prefix_caching", "sim_wall_s",
            "sim_requests_per_s", "repeats"}
 
@@ -190,7 +191,9 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
 
 def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     """The summary fields that say what was simulated and how fast."""
-    return {"model": setup.spec.model, "gpu": setup.spec.gpu.name, **run_fields(cfg, policy, setup.spec),
+    per_engine = setup.spec.gpu.count * setup.spec.gpu.pipeline_stages
+    return {"model": setup.spec.model, "gpu": setup.spec.gpu.name,
+            **({"gpus_per_engine": per_engine} if per_engine > 1 else {}), **run_fields(cfg, policy, setup.spec),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
             "dropped_requests": setup.dropped, "clipped_prompts": setup.clipped_prompts,
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),

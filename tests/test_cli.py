@@ -40,6 +40,13 @@ def test_run_writes_summary_records_and_config(tmp_path):
         assert re.search(rf"\b{key}=[\d.e+-]+ {re.escape(unit)}(  |$)", line), (key, unit, line)
 
 
+def test_a_run_on_several_gpus_says_how_many_in_its_summary(cfg):
+    """summary.csv's gpu names the preset; a tensor-parallel (or pipelined) engine's GPU count is beside it."""
+    one = run_config(cfg("num_requests=30", "max_seq_len=256"))
+    two = run_config(cfg("num_requests=30", "max_seq_len=256", "gpu.count=2"))
+    assert "gpus_per_engine" not in one and two["gpus_per_engine"] == 2 and two["gpu"] == one["gpu"]
+
+
 def test_with_repeats_the_headline_says_it_holds_means_and_their_intervals(tmp_path):
     p = s3sim(*SMALL, "repeats=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 0, p.stderr

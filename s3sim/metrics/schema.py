@@ -184,6 +184,9 @@ STEADY = (  # a run's steady part, beside the whole-run throughputs that count i
 SETUP = (  # what was run, and how fast
     Column("model", TEXT, "the model preset (the executor: the model it loaded)"),
     Column("gpu", TEXT, "the GPU preset (the executor: the device's name)"),
+    Column("gpus_per_engine", "GPUs", "GPUs one engine runs on: gpu.count (tensor parallel) x gpu.pipeline_stages "
+           "(a cluster's: the run's own setting; replicas.csv's gpu says each replica's)",
+           only="an engine runs on more than one GPU"),
     Column("workload", TEXT, "the workload (`workload.name`)"),
     Column("arrival", TEXT, "the arrival process (`arrival.process`)"),
     Column("rate", "req/s", "the configured arrival rate (`arrival.rate`); empty for a process without one"),
