@@ -227,3 +227,14 @@ def test_a_run_removes_an_earlier_runs_outputs_first(tmp_path, monkeypatch):
     assert set(summary["errors"]) == set(gpu_check.PARTS)
     assert summary["errors"]["fidelity"].startswith("ConfigError: no operator profile")
     assert all(r["value"] is None for r in summary["targets"])
+
+
+def test_the_files_it_writes_are_the_schemas(smoke):
+    """bandwidth.csv and fidelity.csv hold exactly the columns `s3sim-schema` defines for them, and the schema's
+    fidelity metrics are the check's."""
+    from s3sim.metrics.schema import FILES, SCHEMAS, family
+    assert family("fid") == gpu_check.FIDELITY_METRICS
+    for kind in ("bandwidth", "fidelity"):
+        cols = list(pd.read_csv(smoke[1] / FILES[kind]).columns)
+        names = [n for c in SCHEMAS[kind] for n in c.names()]
+        assert len(cols) == len(set(cols)) and set(cols) == set(names), (kind, set(cols) ^ set(names))

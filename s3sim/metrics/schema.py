@@ -5,7 +5,8 @@ none of them can disagree with another, and tests check every table against the 
 Times are seconds unless a column's name says otherwise (`_ms`, `_s`). A name with `{...}` stands for a
 family (`ttft_{stat}`: ttft_mean, ttft_p50, ...): see `family`.
 
-    s3sim-schema [summary|requests|iterations|validation|replicas|timeline|peer|tokens] [--markdown]
+    s3sim-schema [summary|requests|iterations|validation|replicas|timeline|peer|tokens|bandwidth|fidelity]
+                 [--markdown]
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from pathlib import Path
 from s3sim.commandline import Parser
 
 PROG = "s3sim-schema"
-KINDS = ("summary", "requests", "iterations", "validation", "replicas", "timeline", "peer", "tokens")
+KINDS = ("summary", "requests", "iterations", "validation", "replicas", "timeline", "peer", "tokens", "bandwidth",
+         "fidelity")
 FILES = {"summary": "summary.csv", "requests": "requests.parquet", "iterations": "iterations.csv",
          "validation": "validation.csv", "replicas": "replicas.csv", "timeline": "timeline_data.csv",
-         "peer": "peer.csv", "tokens": "tokens.csv"}
+         "peer": "peer.csv", "tokens": "tokens.csv", "bandwidth": "bandwidth.csv", "fidelity": "fidelity.csv"}
 TEXT, FLAG, ID = "text", "true/false", "id"  # units of columns that hold no quantity
 PER_ROW = "the row's metric"  # validation.csv: real and simulated take the unit of the metric they hold
 
@@ -68,6 +70,8 @@ def family(key: str) -> tuple[str, ...]:
     if key == "vstat":
         from s3sim.validate import STATS
         return tuple(s for s, _ in STATS)
+    if key == "fid":  # the GPU check's fidelity metrics (s3exec.lab.gpu_check.FIDELITY_METRICS; a test holds them equal)
+        return ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")
     if key == "metric":  # what a run with repeats gives a confidence interval: numeric measurements
         from s3sim.runner import CI_SKIP
         return tuple(n for c in SUMMARY if c.unit not in (TEXT, FLAG, ID) and "{metric}" not in c.name
@@ -353,9 +357,39 @@ TOKENS = (
            "each request's whole text: id, text)"),
 )
 
+BANDWIDTH = (
+    Column("batch", "sequences", "decodes in the step"),
+    Column("context", "tokens", "cached tokens each of them attends to"),
+    Column("step_s", "s", "the decode step's median time (the executor's ModelRunner, its attention kernel and CUDA "
+           "graphs as configured)"),
+    Column("weight_bytes", "bytes", "the model's weights, read once a step"),
+    Column("kv_bytes", "bytes", "the batch's keys and values read: batch x (context + 1) x KV bytes a token"),
+    Column("read_gb_s", "GB/s", "(weight_bytes + kv_bytes) / step_s / 1e9"),
+    Column("copy_gb_s", "GB/s", "the device's streaming bandwidth: a 1 GiB device-to-device copy, bytes read plus "
+           "written over its best time of five"),
+    Column("utilisation", "fraction", "read_gb_s / copy_gb_s"),
+    Column("floor_s", "s", "the step's bandwidth floor: (weight_bytes + kv_bytes) / copy bandwidth"),
+    Column("vs_floor", "x", "step_s / floor_s"),
+)
+
+FIDELITY = (
+    Column("policy", TEXT, "the policy run on both engines, the same requests and KV budget"),
+    Column("requests", "requests", "requests served"),
+    Column("max_seq_len", "tokens", "their output cap"),
+    Column("kv_capacity_tokens", "tokens", "the KV budget both engines share"),
+    Column("overhead_s", "s", "the fixed cost per iteration the simulator adds: the calibration run's median step "
+           "time beyond its operator sum"),
+    Column("exec_mean_batch", "requests", "the executor's mean batch size"),
+    Column("sim_mean_batch", "requests", "the simulator's mean batch size"),
+    Column("exec_{fid}", "as summary.csv's", "summary.csv's column of that name, measured by the executor"),
+    Column("sim_{fid}", "as summary.csv's", "the same, simulated on the profile the check measured"),
+    Column("err_{fid}", "fraction", "(sim - exec) / exec, a fraction (printed as a percentage)"),
+)
+
 SCHEMAS: dict[str, tuple[Column, ...]] = {"summary": SUMMARY, "requests": REQUESTS, "iterations": ITERATIONS,
                                          "validation": VALIDATION, "replicas": REPLICAS, "timeline": TIMELINE,
-                                         "peer": PEER, "tokens": TOKENS}
+                                         "peer": PEER, "tokens": TOKENS, "bandwidth": BANDWIDTH,
+                                         "fidelity": FIDELITY}
 INTROS = {
     "summary": "One row per run (`s3sim`, `s3exec`; `repeats.csv` has one per seed, the same columns). Columns "
                "that say what ran come after the measurements; cluster and executor columns only in such runs.",
@@ -370,6 +404,9 @@ INTROS = {
     "peer": "`s3sim-validate`, where the run has another simulator's summary beside it "
             "(`llmservingsim_summary.txt`): its rows, under validation.csv's metric names.",
     "tokens": "`s3exec` (unless `executor.write_tokens=false`): one row per generated token.",
+    "bandwidth": "`make gpu-check`: one row per decode step timed (batch x context).",
+    "fidelity": "`make gpu-check`: one row per policy, the executor against the simulator on the same requests "
+                "(the metrics: request and output throughput, TTFT, TPOT and end-to-end p50).",
 }
 
 
