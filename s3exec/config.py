@@ -56,6 +56,9 @@ def parse_bytes(value, field: str) -> int | float:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
         if not m or m.group(2).lower() not in _UNITS:
             raise ConfigError(f"{field} {value!r} is not a size like '256MiB', '2GB' or a number of bytes")
+        if not m.group(2):  # a bare number, quoted: read as the same number unquoted would be
+            number = float(m.group(1))
+            return parse_bytes(int(number) if number.is_integer() and number > 1 else number, field)
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if isinstance(value, float) and 0 < value <= 1:
         return value

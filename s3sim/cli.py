@@ -79,9 +79,14 @@ def app(cfg: DictConfig) -> None:
         stop_with_parent()
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        from s3sim.runner import clear
         from s3sim.spec import flag
-        row, reused = run_dir(resolved, out, write_iterations=flag(resolved.get("write_iterations"),
-                                                                   "write_iterations", False))
+        try:
+            write = flag(resolved.get("write_iterations"), "write_iterations", False)
+        except ConfigError:
+            clear(out)  # the folder holds this run's config now: an earlier run's results must not stay beside it
+            raise
+        row, reused = run_dir(resolved, out, write_iterations=write)
     except Exception as e:
         if sweeping and not (out / "failed.txt").exists():
             record_failure(out, e)

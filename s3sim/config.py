@@ -67,8 +67,8 @@ def run_notes(row: dict) -> list[str]:
                      f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run); "
                      f"num_requests, offered_rate, goodput and slo_attainment count the served requests only")
     if row.get("zero_length_rows"):
-        notes.append(f"note: {row['zero_length_rows']:,} trace rows had a 0-token prompt or output, served as 1 "
-                     f"token (zero_length_rows): a request has a prompt and yields at least one token")
+        notes.append(f"note: {row['zero_length_rows']:,} requests came from trace rows with a 0-token prompt or "
+                     f"output, served as 1 token (zero_length_rows): a request has a prompt and yields at least one")
     if row.get("clipped_prompts"):
         notes.append(f"note: {row['clipped_prompts']:,} prompts kept only their last tokens to fit the model's context "
                      f"(clipped_prompts; workload.overlong=clip)")

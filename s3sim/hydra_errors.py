@@ -45,14 +45,15 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str, othe
             from s3sim.config_groups import group_entry
             having = [c for c in _choices(conf_dir, group) if sub in _flat_keys(group_entry(group, c))]
             if having:
+                example = f"{group}={having[0]} {override.lstrip('+~')}"
                 return (f"{key}: the chosen {group} has no such key; {', '.join(f'{group}={c}' for c in having)} "
-                        f"{'has' if len(having) == 1 else 'have'} it (e.g. {group}={having[0]} {override.lstrip('+~')})")
+                        f"{'has' if len(having) == 1 else 'have'} it (e.g. {example})")
         with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
             try:  # the keys of the config the rest of the command line chooses
                 known = _flat_keys(OmegaConf.to_container(compose(config_name, overrides=list(others))))
             except Exception:  # noqa: BLE001 (another override is bad too: the defaults' keys then)
                 known = _flat_keys(OmegaConf.to_container(compose(config_name)))
-        if key in addable_keys():
+        if key in addable_keys() or key.startswith(CHECKED_PREFIXES[-2:]):
             return f"{key}: this config does not set it; add it with +{key}={value}"
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]}?" if near else "see `--cfg job` for the keys"
@@ -61,8 +62,9 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str, othe
     return f"{override}: {first}"
 
 
-# groups whose options a structured config reads (it refuses a key it does not know), and Hydra's own settings
-CHECKED_PREFIXES = ("policy.", "latency.", "predictor.", "hydra.")
+# groups whose options a structured config reads (it refuses a key it does not know), Hydra's own settings, and
+# the mappings whose keys are the user's (a replica's overrides, a log's column names), checked where read
+CHECKED_PREFIXES = ("policy.", "latency.", "predictor.", "hydra.", "cluster.overrides.", "workload.columns.")
 
 
 def addable_keys() -> set[str]:

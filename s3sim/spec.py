@@ -38,6 +38,10 @@ def positive_int(value, field, allow_none=False):
     return int(value)
 
 
+_WORDS = {**dict.fromkeys(("true", "yes", "on", "y", "1"), True),  # OmegaConf's words for a bool
+          **dict.fromkeys(("false", "no", "off", "n", "0"), False)}
+
+
 def flag(value, field: str, default: bool) -> bool:
     """A true/false setting read as OmegaConf reads a typed one (true/false, yes/no, on/off, 1/0), `default`
     where unset; anything else is an error (Python's bool() would take "off" for true)."""
@@ -45,13 +49,10 @@ def flag(value, field: str, default: bool) -> bool:
         return default
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, str) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
-        from omegaconf import BooleanNode
-        from omegaconf.errors import ValidationError
-        try:
-            return bool(BooleanNode(value)._value())
-        except ValidationError:
-            pass
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _WORDS:
+        return _WORDS[value.strip().lower()]
     raise ConfigError(f"{field} must be true or false, got {value!r}")
 
 

@@ -466,19 +466,24 @@ def engine_settings(meta: dict, where: str) -> Engine:
 
     dp = ek.get("data_parallel_size")
     dp = 1 if dp is None else _positive_int(dp, f"{where}: engine_kwargs.data_parallel_size")
-    ep = ek.get("enable_expert_parallel") or False
+    ep, ep_from = checks.engine_value(meta, "parallel_config", "enable_expert_parallel")
+    ep = ep or False
     if not isinstance(ep, bool):
-        raise ConfigError(f"{where}: engine_kwargs.enable_expert_parallel must be true or false, got {ep!r}")
-    dtype = str(ek.get("dtype") or "auto").lower().removeprefix("torch.")
+        raise ConfigError(f"{where}: {ep_from} must be true or false, got {ep!r}")
+    dtype, dtype_from = checks.engine_value(meta, "model_config", "dtype")
+    dtype = str(dtype or "auto").lower().removeprefix("torch.")
     if dtype not in ("auto", "bfloat16", "float16", "half", "bf16", "fp16"):
-        raise ConfigError(f"{where}: engine_kwargs.dtype={dtype!r} is not modelled (16-bit weights only)")
-    kv_dtype = str(ek.get("kv_cache_dtype") or "auto").lower()
+        raise ConfigError(f"{where}: {dtype_from}={dtype!r} is not modelled (16-bit weights only)")
+    kv_dtype, kv_dtype_from = ek.get("kv_cache_dtype"), "engine_kwargs.kv_cache_dtype"
+    if kv_dtype is None and cache.get("cache_dtype") is not None:  # vLLM's CacheConfig names it cache_dtype
+        kv_dtype, kv_dtype_from = cache["cache_dtype"], "resolved_config.cache_config.cache_dtype"
+    kv_dtype = str(kv_dtype or "auto").lower().removeprefix("torch.")
     if kv_dtype not in ("auto", "bfloat16", "float16"):
-        raise ConfigError(f"{where}: engine_kwargs.kv_cache_dtype={kv_dtype!r} is not modelled (16-bit KV only)")
+        raise ConfigError(f"{where}: {kv_dtype_from}={kv_dtype!r} is not modelled (16-bit KV only)")
     tp = ek.get("tensor_parallel_size")
     tp = 1 if tp is None else _positive_int(tp, f"{where}: engine_kwargs.tensor_parallel_size")
     if ep and dp == 1:
-        raise ConfigError(f"{where}: enable_expert_parallel=true with data_parallel_size=1: experts split over "
+        raise ConfigError(f"{where}: {ep_from}=true with data_parallel_size=1: experts split over "
                           "tensor-parallel ranks are not modelled (only over data-parallel ranks)")
     seqs = _positive_int(ek.get("max_num_seqs"), f"{where}: engine_kwargs.max_num_seqs")
     budget = _positive_int(ek.get("max_num_batched_tokens"), f"{where}: engine_kwargs.max_num_batched_tokens")
@@ -524,9 +529,9 @@ def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:
     if mode is not None and str(mode).upper().rsplit(".", 1)[-1] in ("0", "NONE"):
         return 0, "resolved_config.compilation_config.cudagraph_mode"
     size = comp.get("max_cudagraph_capture_size")
-    if size is not None:
-        return (_positive_int(size, f"{where}: resolved_config.compilation_config.max_cudagraph_capture_size"),
-                "resolved_config.compilation_config.max_cudagraph_capture_size")
+    if size is not None:  # 0: graphs on, but no batch size captured
+        field = "resolved_config.compilation_config.max_cudagraph_capture_size"
+        return (0 if size == 0 and not isinstance(size, bool) else _positive_int(size, f"{where}: {field}")), field
     return None, ""
 
 
@@ -811,9 +816,10 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how, graph_tokens=graphs), how
 
 
-def calibrate_steps(latency, how: str, profile: Path | None, tp: int):
+def calibrate_steps(latency, how: str, profile: Path | None, tp: int, graph_tokens: int | None = None):
     """The operator model priced as whole steps (`s3sim.latency.steps`): `own` fits the profile's
-    `tp<N>/step.csv`, anything else names a step table; (model, description)."""
+    `tp<N>/step.csv`, anything else names a step table; (model, description). `graph_tokens`: the run's
+    largest CUDA-graph batch where meta.json says it (0: none, every step eager), else the table's."""
     from s3sim.latency.operators import OperatorLatency
     from s3sim.latency.steps import StepCalibrated, fit_table
     if not isinstance(latency, OperatorLatency):
@@ -824,7 +830,12 @@ def calibrate_steps(latency, how: str, profile: Path | None, tp: int):
         raise ConfigError(f"--step-calibration own: the profile has no {path} (give a step table, or none)")
     fit, _ = fit_table(latency, path)
     modes = ", ".join(f"{b} {fit.scale[b]:.3g} x + {fit.offset_s[b] * 1e3:.3g} ms" for b in fit.scale)
-    return StepCalibrated(latency, fit), f"whole steps fitted to {path} ({modes})"
+    how = f"whole steps fitted to {path} ({modes})"
+    if graph_tokens is not None and graph_tokens != fit.graph_tokens:
+        from dataclasses import replace
+        fit = replace(fit, graph_tokens=graph_tokens)
+        how += f"; graph modes up to {graph_tokens} tokens, as the run had them"
+    return StepCalibrated(latency, fit), how
 
 
 # ---- the timeline ----------------------------------------------------------------------------------------
@@ -987,7 +998,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     try:  # the collectives' errors name the flag that chose them (s3sim's own key is latency.all_reduce)
         latency, lat_how = build_latency(prof, spec, gpu_spec, engine.tp, borrowed, all_reduce)
         if step_calibration != "none":
-            latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp)
+            latency, step_how = calibrate_steps(latency, step_calibration, prof, engine.tp, engine.graph_tokens)
             lat_how += f"; {step_how}"
         beyond = profile_reach(latency, engine)
         dense_ranks = engine.dp > 1 and not spec.n_experts  # independent engines behind vLLM's load balancer
@@ -1033,7 +1044,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     echo(f"latency: {lat_how}")
     if engine.graph_tokens == 0:
         echo(f"note: the run ran without CUDA graphs ({engine.graphs_from}): the replay prices its steps by the "
-             "operator profile, timed without graphs too, and pads no data-parallel rank to a graph's size")
+             "operator profile, timed without graphs too (with --step-calibration: every step in its eager mode), "
+             "and pads no data-parallel rank to a graph's size")
     unread = unread_engine_kwargs(run.meta)
     if unread:
         echo(f"note: meta.json's engine_kwargs sets {', '.join(unread)}, which the replay does not model: its "

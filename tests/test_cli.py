@@ -56,6 +56,23 @@ def test_with_repeats_the_headline_says_it_holds_means_and_their_intervals(tmp_p
     assert f" ± {ci:.2g} req/s" in line
 
 
+def test_keys_of_a_users_own_mapping_can_be_added(tmp_path):
+    """A replica's overrides and a log's column names are the user's keys: `+` adds them (they are checked where
+    read), and without `+` the error says to add one."""
+    p = s3sim(*SMALL, "cluster.replicas=2", "+cluster.overrides.1.gpu.name=a40", f"hydra.run.dir={tmp_path}/a",
+              cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    log = tmp_path / "log.csv"
+    log.write_text("ts,pin,pout\n0,10,5\n1,12,3\n")
+    cols = ["workload=trace", f"workload.path={log}", "workload.format=columns", "arrival=trace", "max_seq_len=64",
+            "num_requests=2"]
+    p = s3sim(*cols, "+workload.columns.timestamp=ts", "+workload.columns.prompt=pin", "+workload.columns.output=pout",
+              f"hydra.run.dir={tmp_path}/b", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    p = s3sim(*cols, "workload.columns.timestamp=ts", f"hydra.run.dir={tmp_path}/c", cwd=tmp_path)
+    assert p.returncode == 2 and "add it with +workload.columns.timestamp=ts" in p.stderr
+
+
 def test_a_true_false_setting_given_as_off_is_false_everywhere(tmp_path):
     """policy.prefix_caching=off reached the scheduler as false but the summary as true; write_iterations=no wrote
     iterations.csv. Both are read as a typed config reads them now, and anything else is one line."""
@@ -64,9 +81,10 @@ def test_a_true_false_setting_given_as_off_is_false_everywhere(tmp_path):
     assert p.returncode == 0, p.stderr
     assert not pd.read_csv(tmp_path / "run" / "summary.csv").prefix_caching[0]
     assert not (tmp_path / "run" / "iterations.csv").exists()
-    p = s3sim(*SMALL, "write_iterations=maybe", f"hydra.run.dir={tmp_path}/bad", cwd=tmp_path)
+    # in the folder of a finished run, the refused one leaves no summary: it would be taken for this run's
+    p = s3sim(*SMALL, "write_iterations=maybe", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 2 and "write_iterations must be true or false, got 'maybe'" in p.stderr
-    assert not (tmp_path / "bad" / "summary.csv").exists()
+    assert not (tmp_path / "run" / "summary.csv").exists()
 
 
 def test_a_split_and_a_trace_replay_whole_by_default(tmp_path, cfg):

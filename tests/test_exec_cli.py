@@ -95,6 +95,9 @@ def test_sizes():
     with pytest.raises(ConfigError, match=r"f must be a whole number of bytes \(> 1\) or a fraction in \(0, 1\], "
                                           r"got 1.5"):
         parse_bytes(1.5, "f")  # 150 %? 1.5 GiB? it used to become 1 byte
+    with pytest.raises(ConfigError, match="whole number of bytes"):
+        parse_bytes("1.5", "f")  # quoted, the same
+    assert parse_bytes("0.5", "f") == 0.5 and parse_bytes("4096", "f") == 4096
 
 
 def test_every_preset_runs_at_the_shape_the_simulator_reads():

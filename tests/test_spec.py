@@ -91,7 +91,7 @@ def test_a_true_false_setting_reads_as_a_typed_config_reads_it(value, read):
     assert flag(value, "write_iterations", "default") == read
 
 
-@pytest.mark.parametrize("value", ["maybe", 2, 1.0, "", [True]])
+@pytest.mark.parametrize("value", ["maybe", 2, "2", "-1", 1.0, "", [True]])
 def test_anything_else_is_refused_naming_the_field(value):
     from s3sim.core.errors import ConfigError
     from s3sim.spec import flag

@@ -259,6 +259,35 @@ def test_the_engine_arguments_size_the_cache_where_meta_json_records_nothing_els
     assert "96,000 tokens (3,000 blocks x 32), from meta.json (engine_kwargs.num_gpu_blocks_override=3000)" in stdout
 
 
+@pytest.mark.parametrize("section, field, value, words", [
+    ("parallel_config", "enable_expert_parallel", True, "resolved_config.parallel_config.enable_expert_parallel"),
+    ("cache_config", "cache_dtype", "fp8", "resolved_config.cache_config.cache_dtype='fp8' is not modelled"),
+    ("model_config", "dtype", "float32", "resolved_config.model_config.dtype='float32' is not modelled"),
+])
+def test_a_setting_recorded_only_in_resolved_config_is_read_there(tmp_path, capsys, section, field, value, words):
+    run = trim(R4090, tmp_path / "rtx4090")
+    def change(m):
+        m["engine_kwargs"].pop({"cache_dtype": "kv_cache_dtype"}.get(field, field), None)
+        m["resolved_config"][section][field] = value
+    edit_meta(run, change)
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_an_eager_run_is_priced_eagerly_by_a_step_calibration_too(tmp_path, capsys):
+    """The step table's graph modes cover its own batches; a run that had no CUDA graphs (or captured none,
+    max_cudagraph_capture_size=0) gets every step in the table's eager mode."""
+    table = R6000 / "profile" / "tp1" / "step.csv"
+    run = trim(R4090, tmp_path / "a")
+    out = run_ok(capsys, run, "--out", tmp_path / "o1", "--step-calibration", table)
+    assert "graph modes up to 512 tokens, as the run had them" in out  # the 4090 run records its capture size
+    edit_meta(run, lambda m: m["resolved_config"]["compilation_config"].update(max_cudagraph_capture_size=0))
+    out = run_ok(capsys, run, "--out", tmp_path / "o2", "--step-calibration", table)
+    assert "graph modes up to 0 tokens, as the run had them" in out
+    assert "note: the run ran without CUDA graphs (resolved_config.compilation_config.max_cudagraph_capture_size)" in out
+
+
 def test_an_engine_argument_the_replay_does_not_read_is_named_in_a_note(tmp_path, capsys):
     run = trim(R6000, tmp_path / "a")
     stdout = run_ok(capsys, run, "--out", tmp_path / "o1")
