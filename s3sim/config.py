@@ -318,14 +318,20 @@ def check_requests(sched, prompt, output) -> None:
             sched.check_fits(i, p, o)
 
 
+def served(rows, idx) -> int:
+    """Requests (rows `idx` served, a cycled row once per time) among the workload rows flagged in `rows` (None:
+    none is)."""
+    return 0 if rows is None else int(np.asarray(rows)[idx].sum())
+
+
 def served_clipped(wl, idx) -> int:
-    """Requests (rows served, a cycled row once per time) whose output was cut to max_seq_len."""
-    return 0 if wl.clipped_rows is None else int(np.asarray(wl.clipped_rows)[idx].sum())
+    """Requests whose output was cut to max_seq_len."""
+    return served(wl.clipped_rows, idx)
 
 
 def served_raised(wl, idx) -> int:
-    """Requests (rows served) whose trace row had a 0-token prompt or output, served as 1 token."""
-    return 0 if wl.raised_rows is None else int(np.asarray(wl.raised_rows)[idx].sum())
+    """Requests whose trace row had a 0-token prompt or output, served as 1 token."""
+    return served(wl.raised_rows, idx)
 
 
 def pipeline_stages(entry: GpuEntry, model) -> int:

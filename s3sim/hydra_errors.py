@@ -53,7 +53,7 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str, othe
                 known = _flat_keys(OmegaConf.to_container(compose(config_name, overrides=list(others))))
             except Exception:  # noqa: BLE001 (another override is bad too: the defaults' keys then)
                 known = _flat_keys(OmegaConf.to_container(compose(config_name)))
-        if key in addable_keys() or key.startswith(CHECKED_PREFIXES[-2:]):
+        if key in addable_keys() or key.startswith(USER_MAPPINGS):
             return f"{key}: this config does not set it; add it with +{key}={value}"
         near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {near[0]}?" if near else "see `--cfg job` for the keys"
@@ -62,9 +62,11 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str, othe
     return f"{override}: {first}"
 
 
-# groups whose options a structured config reads (it refuses a key it does not know), Hydra's own settings, and
 # the mappings whose keys are the user's (a replica's overrides, a log's column names), checked where read
-CHECKED_PREFIXES = ("policy.", "latency.", "predictor.", "hydra.", "cluster.overrides.", "workload.columns.")
+USER_MAPPINGS = ("cluster.overrides.", "workload.columns.")
+# groups whose options a structured config reads (it refuses a key it does not know), Hydra's own settings, and
+# the user's mappings
+CHECKED_PREFIXES = ("policy.", "latency.", "predictor.", "hydra.") + USER_MAPPINGS
 
 
 def addable_keys() -> set[str]:

@@ -447,19 +447,17 @@ def engine_settings(meta: dict, where: str) -> Engine:
     for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
               "kv_cache_memory_bytes"):
         # the kv_cache section, else vLLM's engine argument of that name, else what vLLM resolved it to
-        for value, name in ((kv.get(f), f"kv_cache.{f}"), (ek.get(f) if f in checks.KV_ENGINE else None,
-                                                           f"engine_kwargs.{f}"),
-                            (cache.get(f), f"resolved_config.cache_config.{f}")):
-            if value is not None:
-                kv[f], named[f] = value, name
-                break
+        value, name = checks.first_given((kv.get(f), f"kv_cache.{f}"),
+                                         (ek.get(f) if f in checks.KV_ENGINE else None, f"engine_kwargs.{f}"),
+                                         (cache.get(f), f"resolved_config.cache_config.{f}"))
+        if value is not None:
+            kv[f], named[f] = value, name
     if kv.get("num_gpu_blocks") is None:  # the block count vLLM was told to use instead of its own
-        for value, name in ((ek.get("num_gpu_blocks_override"), "engine_kwargs.num_gpu_blocks_override"),
-                            (cache.get("num_gpu_blocks_override"),
-                             "resolved_config.cache_config.num_gpu_blocks_override")):
-            if value is not None:
-                kv["num_gpu_blocks"], named["num_gpu_blocks"] = value, name
-                break
+        value, name = checks.first_given(
+            (ek.get("num_gpu_blocks_override"), "engine_kwargs.num_gpu_blocks_override"),
+            (cache.get("num_gpu_blocks_override"), "resolved_config.cache_config.num_gpu_blocks_override"))
+        if value is not None:
+            kv["num_gpu_blocks"], named["num_gpu_blocks"] = value, name
 
     def where_kv(f: str) -> str:
         return f"{where}: {named.get(f, f'kv_cache.{f}')}"
@@ -474,9 +472,9 @@ def engine_settings(meta: dict, where: str) -> Engine:
     dtype = str(dtype or "auto").lower().removeprefix("torch.")
     if dtype not in ("auto", "bfloat16", "float16", "half", "bf16", "fp16"):
         raise ConfigError(f"{where}: {dtype_from}={dtype!r} is not modelled (16-bit weights only)")
-    kv_dtype, kv_dtype_from = ek.get("kv_cache_dtype"), "engine_kwargs.kv_cache_dtype"
-    if kv_dtype is None and cache.get("cache_dtype") is not None:  # vLLM's CacheConfig names it cache_dtype
-        kv_dtype, kv_dtype_from = cache["cache_dtype"], "resolved_config.cache_config.cache_dtype"
+    kv_dtype, kv_dtype_from = checks.first_given(  # vLLM's CacheConfig names it cache_dtype
+        (ek.get("kv_cache_dtype"), "engine_kwargs.kv_cache_dtype"),
+        (cache.get("cache_dtype"), "resolved_config.cache_config.cache_dtype"))
     kv_dtype = str(kv_dtype or "auto").lower().removeprefix("torch.")
     if kv_dtype not in ("auto", "bfloat16", "float16"):
         raise ConfigError(f"{where}: {kv_dtype_from}={kv_dtype!r} is not modelled (16-bit KV only)")
@@ -765,26 +763,24 @@ ALL_REDUCE_FORMS = "auto, engine, engine:<factor>, measured, ring, link:<GB/s>:<
 
 def check_all_reduce_flag(spec: str) -> None:
     """`--all-reduce` read before anything else, on every run (a run without tensor parallelism uses none, and
-    would otherwise pass a misspelt value over unread)."""
+    would otherwise pass a misspelt value over unread), by the parsers that price it."""
+    from s3sim.hardware.network import link_all_reduce
+    from s3sim.latency.operators import engine_factor
     where = f"--all-reduce {spec!r}"
     if spec in ("auto", "engine", "measured", "ring", "none"):
         return
     if spec.startswith("engine:"):
         try:
-            ok = float(spec.partition(":")[2]) > 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{where}: the factor must be a number > 0, e.g. engine:2.31; valid: {ALL_REDUCE_FORMS}")
+            engine_factor(spec)
+        except ConfigError:
+            raise ConfigError(f"{where}: the factor must be a number > 0, e.g. engine:2.31; valid: "
+                              f"{ALL_REDUCE_FORMS}") from None
         return
     if spec.startswith("link:"):
-        parts = spec.split(":")
         try:
-            ok = len(parts) == 3 and float(parts[1]) > 0 and float(parts[2]) >= 0
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{where}: expected link:<GB/s, > 0>:<us, >= 0>, e.g. link:16:20")
+            link_all_reduce(spec)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected link:<GB/s, > 0>:<us, >= 0>, e.g. link:16:20") from None
         return
     if not Path(spec).is_file():
         raise ConfigError(f"{where}: no such file, nor one of {ALL_REDUCE_FORMS}")

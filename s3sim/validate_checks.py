@@ -122,14 +122,19 @@ def engine_value(meta: dict, section: str, field: str) -> tuple:
     """(an engine setting, the meta.json field it came from): `engine_kwargs` first, then where vLLM recorded
     what it resolved it to (`resolved_config.<section>`); (None, the engine_kwargs field) where neither has it.
     The checks and the replay (`s3sim.validate.engine_settings`) read a setting the same way."""
-    value = meta["engine_kwargs"].get(field)
-    if value is not None:
-        return value, f"engine_kwargs.{field}"
     resolved = meta.get("resolved_config")
     conf = resolved.get(section) if isinstance(resolved, dict) else None
-    if isinstance(conf, dict) and conf.get(field) is not None:
-        return conf[field], f"resolved_config.{section}.{field}"
-    return None, f"engine_kwargs.{field}"
+    return first_given((meta["engine_kwargs"].get(field), f"engine_kwargs.{field}"),
+                       (conf.get(field) if isinstance(conf, dict) else None, f"resolved_config.{section}.{field}"))
+
+
+def first_given(*candidates: tuple) -> tuple:
+    """The first (value, meta.json field) of `candidates` whose value is set (not None); where none is, (None, the
+    first field), the one a run would be asked to give."""
+    for value, name in candidates:
+        if value is not None:
+            return value, name
+    return None, candidates[0][1]
 
 
 def max_model_len(meta: dict) -> tuple[int | None, str]:

@@ -281,6 +281,18 @@ def all_gather_model(gpu: GpuSpec, workers: int):
                                                             f"(no measured all-gather of {workers} GPUs: a fallback)")
 
 
+def link_all_reduce(spec: str) -> LinkAllReduce:
+    """`link:<GB/s>:<us>` read (a bandwidth > 0 and a latency >= 0, or one line saying what was expected)."""
+    parts = spec.split(":")
+    try:
+        bandwidth, latency = float(parts[1]) * 1e9, float(parts[2]) * 1e-6
+    except (IndexError, ValueError):
+        raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20") from None
+    if len(parts) != 3:
+        raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20")
+    return LinkAllReduce(bandwidth, latency)
+
+
 def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     """`latency.all_reduce` (see the module doc): measured, ring, link:<GB/s>:<us>, none (None: free), a CSV
     path; `auto`: measured where the preset's table has `workers` GPUs, else the ring (its source says why)."""
@@ -307,14 +319,7 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
                               f"in the shared data folder {SHARED_DATA_DIR}")
         return model
     if spec.startswith("link:"):
-        parts = spec.split(":")
-        try:
-            bandwidth, latency = float(parts[1]) * 1e9, float(parts[2]) * 1e-6
-        except (IndexError, ValueError):
-            raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20") from None
-        if len(parts) != 3:
-            raise ConfigError(f"latency.all_reduce={spec!r}: expected link:<GB/s>:<us>, e.g. link:16:20")
-        return LinkAllReduce(bandwidth, latency)
+        return link_all_reduce(spec)
     if spec == "ring":
         if not gpu.interconnect_bandwidth:
             raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "
