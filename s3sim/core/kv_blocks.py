@@ -13,6 +13,8 @@ asks them what admission needs free, what a request holds up to a token, and has
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 
 from s3sim.core.prefix_cache import PrefixCache
@@ -25,6 +27,8 @@ class BlockGrowth:
         self.bs = int(block_size)
         self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
         self._need_cache = (None, None)  # (iter, `first_need`'s counts at it): asked many times a step
+        # the phases in the order of their next block from each iteration mod bs: (-d - it) mod bs for d = 0..bs-1
+        self._order = [(-np.arange(self.bs) - it) % self.bs for it in range(self.bs)]
 
     def blocks(self, tokens: int) -> int:
         """Blocks that hold `tokens` tokens."""
@@ -46,9 +50,8 @@ class BlockGrowth:
         key, c = self._need_cache
         if key == it:
             return c
-        d_minus_1 = (-np.arange(self.bs) - it) % self.bs
-        counts = self._phase[d_minus_1]
-        c = np.concatenate(([0], np.cumsum(counts)))
+        c = np.zeros(self.bs + 1, dtype=np.int64)
+        np.cumsum(self._phase[self._order[it % self.bs]], out=c[1:])
         c.flags.writeable = False
         self._need_cache = (it, c)
         return c
@@ -56,6 +59,8 @@ class BlockGrowth:
     def growth(self, steps: int, running: int, it: int) -> int:
         """Blocks `running` requests need over the next `steps` decode steps from iteration `it`."""
         q, rem = divmod(steps, self.bs)
+        if rem == 1 and self._need_cache[0] != it:  # one step (asked most): the requests whose block fills now
+            return running * q + int(self._phase[-it % self.bs])
         return int(running * q + self.first_need(it)[rem])
 
     def profile(self, k: int, running: int, it: int) -> np.ndarray:
@@ -68,7 +73,7 @@ class BlockGrowth:
         """Decode steps the running requests can take before they need more than `free` blocks."""
         c = self.first_need(it)
         q0, r = divmod(free, running)
-        rem = int(np.searchsorted(c[: self.bs], r, side="right")) - 1
+        rem = bisect_right(c, r, 0, self.bs) - 1  # c ascends
         return q0 * self.bs + rem
 
 

@@ -99,9 +99,12 @@ class PrefixCache:
         self.duplicates = 0  # sum over blocks in use of (requests sharing it - 1): KV counted in contexts, not held
         self.found_shared = 0  # blocks found by content (a prompt prefix some request computed)
         self.found_own = 0  # blocks a preempted request found of its own
+        self._version = 0  # bumped by every change to `entries`: a lookup stands until then
+        self._last_lookup = (None, None)  # (what it was asked, its answer): a waiting head is looked up every step
         pool.free_queue = FreeQueue(pool.free, self._evict)
 
     def _evict(self, key) -> None:
+        self._version += 1
         del self.entries[key]
         self.evictions += 1
 
@@ -125,6 +128,14 @@ class PrefixCache:
         own = r.preemptions > 0
         if not n_sh and not own:
             return [], 0
+        asked = (r.id, r.preemptions, r.context, self._version)
+        if self._last_lookup[0] == asked:
+            return self._last_lookup[1]
+        answer = self._lookup(r, n_sh, own)
+        self._last_lookup = (asked, answer)
+        return answer
+
+    def _lookup(self, r, n_sh: int, own: bool) -> tuple[list, int]:
         entries, hits, free = self.entries, [], 0
         for j in range((r.context - 1) // self.bs):
             e = None
@@ -154,6 +165,7 @@ class PrefixCache:
         held by `r`. `hits`: `lookup(r)`'s, if the caller has them. Returns the tokens found."""
         if hits is None:
             hits, _ = self.lookup(r)
+        self._version += 1
         queue, entries = self.pool.free_queue, self.entries
         mine: dict[int, object] = {}
         revived_shared = revived_own = 0
@@ -192,6 +204,7 @@ class PrefixCache:
 
     def computed(self, r, tokens: int) -> None:
         """`r`'s first `tokens` context tokens are scheduled: the blocks it registered within them are found."""
+        self._version += 1
         for j, key in self.shared.get(r.id, {}).items():
             if (j + 1) * self.bs <= tokens:
                 self.entries[key][1] = True
@@ -200,6 +213,7 @@ class PrefixCache:
         """`r` frees its `blocks` blocks (those it holds alone are settled in the pool): a preempted request's
         own full blocks of `computed` tokens stay findable by it; a shared block no one else uses joins the
         queue."""
+        self._version += 1
         mine = self.shared.pop(r.id, {})
         order = []
         if preempted:  # vLLM frees a request's blocks last first: a partly computed block, then the full ones

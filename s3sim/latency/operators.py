@@ -171,18 +171,28 @@ class AttentionTable:
         return grid
 
     _CORNERS = np.array([[(corner >> axis) & 1 for axis in range(4)] for corner in range(16)], dtype=bool)
-    _CORNER_TUPLES = [tuple(int(b) for b in row) for row in _CORNERS]
 
     def decode_only(self, n: float, kd) -> np.ndarray:
-        """Seconds for `n` decodes (no prefill) at each decode context in `kd` (an array): the bilinear part of
-        `__call__` that remains when the chunk and prefix are 0 (their weights are then exactly 1 and 0)."""
+        """Seconds for `n` decodes (no prefill) at each decode context in `kd` (an ascending array): the bilinear
+        part of `__call__` that remains when the chunk and prefix are 0 (their weights are then exactly 1 and 0)."""
         if not hasattr(self, "_decode_grid"):
             self._decode_grid = np.ascontiguousarray(self.grid[0, 0])
         g = self._decode_grid
         axis = self._axes[2]
         i = min(max(bisect_right(axis, n) - 1, 0), len(axis) - 2)
         w = (n - axis[i]) / (axis[i + 1] - axis[i])
-        j, v = _bracket(self.kd, np.asarray(kd, np.float64))
+        kd = np.asarray(kd, np.float64)
+        contexts, top = self._axes[3], len(self._axes[3]) - 2
+        j = min(max(bisect_right(contexts, kd[0]) - 1, 0), top) if kd.size else -1
+        if j >= 0 and j == min(max(bisect_right(contexts, kd[-1]) - 1, 0), top):
+            # every context in one segment of the grid (a decode run's usually are): its four cells are numbers,
+            # and each element's arithmetic is the one below, with fewer array operations
+            v = (kd - contexts[j]) / (contexts[j + 1] - contexts[j])
+            u = 1.0 - v
+            lo = g.item(i, j) * u + g.item(i, j + 1) * v
+            hi = g.item(i + 1, j) * u + g.item(i + 1, j + 1) * v
+            return np.maximum(lo * (1.0 - w) + hi * w, 0.0)
+        j, v = _bracket(self.kd, kd)
         lo = g[i, j] * (1.0 - v) + g[i, j + 1] * v
         hi = g[i + 1, j] * (1.0 - v) + g[i + 1, j + 1] * v
         return np.maximum(lo * (1.0 - w) + hi * w, 0.0)
@@ -197,10 +207,16 @@ class AttentionTable:
             weight.append((x - axis[i]) / (axis[i + 1] - axis[i]))
         (i0, i1, i2, i3), (w0, w1, w2, w3) = lower, weight
         cell = self.grid.item
+        # each axis's corners with a weight other than 0 (a point on a grid line has one): a corner of weight 0
+        # adds exactly 0, and a factor of 1 changes no product, so the sum is the same to the last bit
+        c0, c1, c2, c3 = (((0, 1.0 - w),) if w == 0.0 else ((1, w),) if w == 1.0 else ((0, 1.0 - w), (1, w))
+                          for w in (w0, w1, w2, w3))
         total = 0.0
-        for b0, b1, b2, b3 in self._CORNER_TUPLES:
-            total += ((w0 if b0 else 1.0 - w0) * (w1 if b1 else 1.0 - w1) * (w2 if b2 else 1.0 - w2)
-                      * (w3 if b3 else 1.0 - w3) * cell(i0 + b0, i1 + b1, i2 + b2, i3 + b3))
+        for b3, f3 in c3:  # corners in the order of `_CORNERS` (the first axis varies fastest)
+            for b2, f2 in c2:
+                for b1, f1 in c1:
+                    for b0, f0 in c0:
+                        total += f0 * f1 * f2 * f3 * cell(i0 + b0, i1 + b1, i2 + b2, i3 + b3)
         return max(total, 0.0)
 
     def __call__(self, c, kp, n, kd):
@@ -399,7 +415,7 @@ class OperatorLatency(LatencyModel):
                                                                self.attention.kd[0]))
             att = att + self.skew_alpha * np.maximum(longest - att, 0.0)
         t = self.overhead_s + self.dense.at(n) + self.layers * att + self.per_sequence.at(n)
-        return np.array(t, dtype=np.float64)
+        return np.asarray(t, dtype=np.float64)  # a new array already
 
     def batch_time(self, out, max_ctx: int = 0, experts: bool = True) -> float:
         """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the

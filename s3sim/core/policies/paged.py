@@ -159,6 +159,8 @@ class PagedScheduler(FcfsScheduler):
         in a prompt-only iteration, whose running requests do not decode)."""
         if self._prompt_iteration:
             return np.full(k, self.pool.used * self.bs, dtype=np.int64)
+        if k == 1:  # the same count, without the arrays of `profile`
+            return np.array([(self.pool.used + self._growth(1)) * self.bs], dtype=np.int64)
         return (self.pool.used + self.paging.profile(k, len(self.running), self.iter)) * self.bs
 
     # ---- engine verbs -----------------------------------------------------------------------

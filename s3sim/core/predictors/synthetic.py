@@ -10,6 +10,9 @@ Error shapes (where the wrong predictions go):
 """
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
+
 import numpy as np
 
 from s3sim.core.errors import ConfigError
@@ -18,6 +21,8 @@ from s3sim.core.predictors.base import Predictor
 from s3sim.core.predictors.buckets import Buckets
 
 ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
+MASK = (1 << 64) - 1
+GOLDEN_INT = int(GOLDEN)
 
 
 def uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
@@ -25,6 +30,17 @@ def uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         x = mix64(ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def uniform_one(seed: int, rid: int, stream: int) -> float:
+    """`uniforms` of one id, in Python integers (each product and sum taken mod 2**64, as uint64 arrays do)."""
+    x = (rid * GOLDEN_INT + ((seed * 1_000_003 + stream * 7919) & MASK)) & MASK
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK
+    x ^= x >> 31
+    return float(x >> 11) / float(1 << 53)
 
 
 class SyntheticPredictor(Predictor):
@@ -42,6 +58,9 @@ class SyntheticPredictor(Predictor):
 
     def predict(self, requests) -> np.ndarray:
         n = len(requests)
+        if n == 1:  # an arrival on its own, the common case in a simulation: the same draw in plain integers
+            r = requests[0]
+            return np.array([self._predict_one(r.id, r.output_len)], dtype=np.int64)
         ids = np.fromiter((r.id for r in requests), np.int64, n)
         true = self.buckets.of(np.fromiter((r.output_len for r in requests), np.int64, n))
         wrong = uniforms(self.seed, ids, 0) >= self.accuracy
@@ -59,3 +78,28 @@ class SyntheticPredictor(Predictor):
         else:  # over
             guess = np.where(true == k - 1, k - 2, true + 1)
         return np.where(wrong, guess, true)
+
+    def _predict_one(self, rid: int, output_len: int) -> int:
+        """`predict` for one request, in Python integers and floats: the same bits as the arrays' arithmetic
+        (uint64 mod 2**64, the same float operations), without numpy's cost per call."""
+        upper = self._upper_list
+        true = min(bisect_left(upper, output_len), len(upper) - 1)
+        u0, u1 = (uniform_one(self.seed, rid, stream) for stream in (0, 1))
+        if not u0 >= self.accuracy:
+            return true
+        k = len(upper)
+        if self.error_shape == "uniform":
+            other = math.floor(u1 * (k - 1))
+            return other + (other >= true)
+        if self.error_shape == "adjacent":
+            return true + (1 if true == 0 else -1 if true == k - 1 else -1 if u1 < 0.5 else 1)
+        if self.error_shape == "under":
+            return 1 if true == 0 else true - 1
+        return k - 2 if true == k - 1 else true + 1
+
+    @property
+    def _upper_list(self) -> list:
+        upper = self.__dict__.get("_upper")
+        if upper is None:
+            upper = self.__dict__["_upper"] = [int(u) for u in self.buckets.upper]
+        return upper
