@@ -204,10 +204,12 @@ class PrefixCache:
 
     def computed(self, r, tokens: int) -> None:
         """`r`'s first `tokens` context tokens are scheduled: the blocks it registered within them are found."""
-        self._version += 1
         for j, key in self.shared.get(r.id, {}).items():
             if (j + 1) * self.bs <= tokens:
-                self.entries[key][1] = True
+                e = self.entries[key]
+                if not e[1]:
+                    e[1] = True
+                    self._version += 1
 
     def release(self, r, blocks: int, computed: int, preempted: bool) -> None:
         """`r` frees its `blocks` blocks (those it holds alone are settled in the pool): a preempted request's
