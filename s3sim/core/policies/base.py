@@ -267,6 +267,8 @@ class Scheduler:
 
     def kv_reserved_profile(self, k: int) -> np.ndarray:
         """Reserved KV tokens during each of the next k decode steps (constant unless memory grows)."""
+        if k == 1:
+            return np.array([self.kv_reserved_tokens()], dtype=np.int64)
         return np.full(k, self.kv_reserved_tokens(), dtype=np.int64)
 
     def _rebase(self) -> None:

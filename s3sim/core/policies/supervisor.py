@@ -80,7 +80,7 @@ class Supervisor:
         return self.next_bucket(r)
 
     def on_finish(self, r: Request) -> None:
-        true_bucket = int(self.buckets.of(r.output_len))
+        true_bucket = self.buckets.of_one(r.output_len)
         if true_bucket != r.first_bucket:
             self.mispredictions += 1
             if true_bucket > r.first_bucket:

@@ -6,6 +6,8 @@ put the edges at quantiles of observed lengths, so each holds about the same sha
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import numpy as np
 
 from s3sim.core.errors import ConfigError
@@ -19,6 +21,7 @@ class Buckets:
         if np.any(upper <= 0) or np.any(np.diff(upper) <= 0):
             raise ConfigError(f"bucket upper bounds must be positive and strictly increasing, got {upper.tolist()}")
         self.upper = upper
+        self._upper = upper.tolist()  # for `of_one`
 
     @classmethod
     def equal(cls, num_buckets: int, max_len: int) -> "Buckets":
@@ -57,6 +60,10 @@ class Buckets:
         """Bucket index of each length; lengths beyond the last edge fall in the last bucket."""
         idx = np.searchsorted(self.upper, np.asarray(lengths), side="left")
         return np.minimum(idx, self.num - 1)
+
+    def of_one(self, length: int) -> int:
+        """`of` for one length, in plain integers (a per-request call without numpy's cost)."""
+        return min(bisect_left(self._upper, length), len(self._upper) - 1)
 
     def upper_of(self, bucket: int) -> int:
         return int(self.upper[bucket])

@@ -11,7 +11,6 @@ Error shapes (where the wrong predictions go):
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 
 import numpy as np
 
@@ -58,9 +57,8 @@ class SyntheticPredictor(Predictor):
 
     def predict(self, requests) -> np.ndarray:
         n = len(requests)
-        if n == 1:  # an arrival on its own, the common case in a simulation: the same draw in plain integers
-            r = requests[0]
-            return np.array([self._predict_one(r.id, r.output_len)], dtype=np.int64)
+        if n <= 8:  # the few arrivals of one step, the common case in a simulation: the same draws in plain integers
+            return np.array([self._predict_one(r.id, r.output_len) for r in requests], dtype=np.int64)
         ids = np.fromiter((r.id for r in requests), np.int64, n)
         true = self.buckets.of(np.fromiter((r.output_len for r in requests), np.int64, n))
         wrong = uniforms(self.seed, ids, 0) >= self.accuracy
@@ -82,12 +80,11 @@ class SyntheticPredictor(Predictor):
     def _predict_one(self, rid: int, output_len: int) -> int:
         """`predict` for one request, in Python integers and floats: the same bits as the arrays' arithmetic
         (uint64 mod 2**64, the same float operations), without numpy's cost per call."""
-        upper = self._upper_list
-        true = min(bisect_left(upper, output_len), len(upper) - 1)
+        true = self.buckets.of_one(output_len)
         u0, u1 = (uniform_one(self.seed, rid, stream) for stream in (0, 1))
         if not u0 >= self.accuracy:
             return true
-        k = len(upper)
+        k = self.buckets.num
         if self.error_shape == "uniform":
             other = math.floor(u1 * (k - 1))
             return other + (other >= true)
@@ -96,10 +93,3 @@ class SyntheticPredictor(Predictor):
         if self.error_shape == "under":
             return 1 if true == 0 else true - 1
         return k - 2 if true == k - 1 else true + 1
-
-    @property
-    def _upper_list(self) -> list:
-        upper = self.__dict__.get("_upper")
-        if upper is None:
-            upper = self.__dict__["_upper"] = [int(u) for u in self.buckets.upper]
-        return upper
