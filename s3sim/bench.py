@@ -84,6 +84,50 @@ def operators_command(n: int) -> None:
               f"{served:.2f} req/s)", flush=True)
 
 
+TIMED_CHILD = ("import sys\nfrom s3sim.bench import OPERATORS_COMMAND, time_one\n"
+               "for p in ('vllm', 's3'):\n"
+               "    wall, steps, rate, _ = time_one([f'policy={p}', f'num_requests={sys.argv[1]}', *OPERATORS_COMMAND])\n"
+               "    print(p, rate, steps, flush=True)\n")
+
+
+def against(rev: str, n: int, rounds: int = 2) -> None:
+    """`operators_command` timed on this tree and on git revision `rev`, one after the other, `rounds` times, in
+    fresh processes, with the ratio of each pair: how much faster a change made the simulator, measured in one
+    run (this machine drifts by 10-30 % between runs). `rev` is checked out in a temporary git worktree beside
+    a link to the shared data; its `s3sim.bench` must have `time_one` and `OPERATORS_COMMAND`."""
+    import tempfile
+    from pathlib import Path
+
+    from s3sim.core.errors import ConfigError
+    from s3sim.inputs import SHARED_DATA_DIR
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        made = subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(tree), rev],
+                              capture_output=True, text=True)
+        if made.returncode:
+            raise ConfigError(f"--against {rev!r}: not a revision git can check out here "
+                              f"({(made.stderr.strip().splitlines() or ['no git'])[-1]})")
+        try:
+            (Path(tmp) / "shared").symlink_to(SHARED_DATA_DIR.parent.resolve())
+            print(f"\n{' '.join(OPERATORS_COMMAND)} num_requests={n}, simulated requests/s: this tree against {rev}")
+            for i in range(rounds):
+                rates = {}
+                for label, where in (("this tree", root), (rev, tree)):
+                    ran = subprocess.run([sys.executable, "-c", TIMED_CHILD, str(n)], cwd=where, capture_output=True,
+                                         text=True)
+                    if ran.returncode:
+                        raise ConfigError(f"--against {rev!r}: its bench did not run "
+                                          f"({(ran.stderr.strip().splitlines() or ['no output'])[-1]})")
+                    rates[label] = {p: float(rate) for p, rate, _ in (line.split() for line in ran.stdout.splitlines())}
+                print(f"round {i + 1}: " + "; ".join(
+                    f"{p} {rates['this tree'][p]:,.0f} vs {rates[rev][p]:,.0f} ({rates['this tree'][p] / rates[rev][p]:.2f}x)"
+                    for p in ("vllm", "s3")), flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
+
+
 def cluster_scale(n: int, replicas: int, per_replica_rate: float, policy: str = "s3",
                   router: str = "least_outstanding") -> float:
     """`replicas` replicas (Llama 3.1 8B on A100 80 GB: the trace's prompts need its long context) behind `router` serving `n` requests of the Azure conversation
@@ -139,7 +183,14 @@ def main(argv=None) -> None:
     ap.add_argument("--policy", default="s3")
     ap.add_argument("--vllm", type=int, default=20_000,
                     help="requests for the vllm policy on per-operator latency (0 skips it)")
+    ap.add_argument("--against", metavar="REV",
+                    help="only time the per-operator command (vllm and s3, --vllm requests) here and on git revision "
+                         "REV, alternately, and print each ratio")
     args = ap.parse_args(argv)
+    if args.against:
+        from s3sim.commandline import exit_code
+
+        sys.exit(exit_code("s3sim.bench", lambda: against(args.against, args.vllm or 20_000)))
     if args.cluster_child:
         cluster_against_one(args.cluster, 64, 4.0)
         return

@@ -60,6 +60,12 @@ def test_equal_buckets_of_with_inclusive_upper_bounds():
     assert (inside > lower[b.of(inside)]).all()
 
 
+def test_one_length_falls_in_the_bucket_of_the_arrays():
+    b = Buckets([3, 10, 200, 2048])
+    lengths = [-1, 0, 1, 3, 4, 10, 11, 199, 200, 201, 2048, 2049, 10**6]
+    assert [b.of_one(x) for x in lengths] == b.of(lengths).tolist()
+
+
 def test_upper_of_and_midpoint():
     b = Buckets.equal(10, MAX_LEN)
     assert b.upper_of(0) == 205 and b.upper_of(9) == 2048
@@ -239,6 +245,9 @@ def test_predictions_do_not_depend_on_batching_or_order(many, shape):
     assert (chunks == whole).all()
     one_by_one = np.array([p.predict([r])[0] for r in many[:500]])
     assert (one_by_one == whole[:500]).all()
+    for n in (5, 9):  # a few at a time are drawn in plain integers, more as arrays: the same buckets
+        few = np.concatenate([p.predict(many[i:i + n]) for i in range(0, 900, n)])
+        assert (few == whole[:len(few)]).all()
     order = np.random.default_rng(0).permutation(len(many))
     shuffled = p.predict([many[i] for i in order])
     assert (shuffled == whole[order]).all()

@@ -61,6 +61,26 @@ def test_decode_run_is_iteration_by_iteration(tmp_path):
     assert lat.iteration_time(0, 0, 3, 3 * 20) == pytest.approx(run[0], rel=1e-12)
 
 
+def test_a_decode_run_across_a_grid_line_is_iteration_by_iteration_to_the_last_bit(tmp_path):
+    """Contexts within one segment of the grid are priced from its four cells as numbers, a run that crosses a
+    line (contexts 30 to 35 across 32) cell by cell: the same arithmetic either way."""
+    lat = OperatorLatency.from_profile(write_profile(tmp_path / "tp1"), MODEL)
+    for n, start, k in ((3, 30, 6), (2, 15, 40), (4, 64, 3), (1, 100, 4)):
+        run = lat.decode_run(n, n * start, k)
+        assert run.tolist() == [lat.decode_run(n, n * start + i * n, 1)[0] for i in range(k)]
+
+
+def test_one_batch_in_plain_numbers_is_the_array_price(tmp_path):
+    """`at` (one batch, plain numbers, the corners of weight 0 left out) against `__call__` (arrays, all 16
+    corners), on grid lines and between them."""
+    att = OperatorLatency.from_profile(write_profile(tmp_path / "tp1"), MODEL).attention
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        point = [float(rng.choice(axis)) if rng.random() < 0.5 else float(rng.uniform(0, 1.3 * axis[-1]))
+                 for axis in (att.c, att.kp, att.n, att.kd)]
+        assert att.at(*point) == pytest.approx(float(att(*point)), rel=1e-12, abs=1e-18)
+
+
 def test_cells_the_profile_did_not_measure_are_filled_along_their_lines(tmp_path):
     drop = {(16, 16, 2, 32), (32, 64, 4, 16), (16, 0, 1, 64)}
     lat = OperatorLatency.from_profile(write_profile(tmp_path / "tp1", drop=drop), MODEL)

@@ -94,6 +94,33 @@ def test_a_victim_that_finds_a_shared_block_in_use_is_readmitted_as_soon_when_ju
     assert b[2] == 1 and b[0] == 0.0
 
 
+def test_a_kept_lookup_is_never_stale(monkeypatch):
+    """A lookup is kept until the cache changes (the waiting head is looked up every step): on a run with shared
+    prompts and preemptions, every answer equals a fresh scan of the cache."""
+    from s3sim.core.prefix_cache import PrefixCache
+
+    asked = []
+    kept = PrefixCache.lookup
+
+    def checked(self, r):
+        answer = kept(self, r)
+        if answer[0]:
+            asked.append(r.id)
+            assert answer == self._lookup(r, self.shared_blocks(r), r.preemptions > 0)
+        return answer
+
+    monkeypatch.setattr(PrefixCache, "lookup", checked)
+    rng = np.random.default_rng(1)
+    n = 60
+    reqs = make_requests(rng.integers(9, 30, n), rng.integers(5, 40, n), np.sort(rng.uniform(0, 20, n)),
+                         prefix=[SYSTEM if i % 2 else None for i in range(n)])
+    sched = VllmScheduler(KVPool(40, unit_tokens=4), 64, max_num_batched_tokens=64, max_batch_size=8,
+                          prefix_caching=True)
+    res = simulate(reqs, sched, OneSecond())
+    assert sched.preemptions > 0 and sched.cached_tokens > 0 and len(asked) > 20
+    assert all(r.finished > 0 for r in res.requests)
+
+
 def test_without_caching_shared_prompts_are_computed_in_full():
     sched = VllmScheduler(KVPool(16, unit_tokens=4), 16, max_num_batched_tokens=64, max_batch_size=8)
     sched.add(make_requests([10, 10], [3, 3], [0.0, 0.0], prefix=[SYSTEM, SYSTEM]))

@@ -15,30 +15,24 @@ import math
 import numpy as np
 
 from s3sim.core.errors import ConfigError
-from s3sim.core.hashing import GOLDEN, mix64
+from s3sim.core.hashing import GOLDEN, MASK64, mix64, mix64_int
 from s3sim.core.predictors.base import Predictor
 from s3sim.core.predictors.buckets import Buckets
 
 ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
-MASK = (1 << 64) - 1
-GOLDEN_INT = int(GOLDEN)
+GOLDEN_INT = int(GOLDEN)  # for `uniform_one`
 
 
 def uniforms(seed: int, ids: np.ndarray, stream: int) -> np.ndarray:
     """Counter-based uniforms in [0, 1): splitmix64 of (seed, id, stream); vectorised and order-free."""
     with np.errstate(over="ignore"):
-        x = mix64(ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & 0xFFFFFFFFFFFFFFFF))
+        x = mix64(ids.astype(np.uint64) * GOLDEN + np.uint64((seed * 1_000_003 + stream * 7919) & MASK64))
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def uniform_one(seed: int, rid: int, stream: int) -> float:
     """`uniforms` of one id, in Python integers (each product and sum taken mod 2**64, as uint64 arrays do)."""
-    x = (rid * GOLDEN_INT + ((seed * 1_000_003 + stream * 7919) & MASK)) & MASK
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & MASK
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & MASK
-    x ^= x >> 31
+    x = mix64_int((rid * GOLDEN_INT + ((seed * 1_000_003 + stream * 7919) & MASK64)) & MASK64)
     return float(x >> 11) / float(1 << 53)
 
 
