@@ -387,3 +387,19 @@ def test_the_executors_served_time_goes_beside_a_committed_table_not_into_it(tmp
     table, wall = pd.read_csv(tmp_path / "natural.csv"), pd.read_csv(tmp_path / "natural.wall_clock.csv")
     assert list(table.columns) == ["engine", "policy", "request_throughput"]
     assert list(wall.columns) == ["engine", "policy", "wall_s"] and wall.wall_s[0] == 318.9
+
+
+def test_an_always_busy_engine_is_busy_one_and_a_longer_busy_time_is_an_invariant():
+    """Durations summed in another order than the clock added them overshoot by a rounding: a busy fraction
+    of exactly 1, never 1.0000000000000002; beyond rounding the run's bookkeeping is broken and says so."""
+    from s3sim.core.errors import InvariantViolation
+    from s3sim.metrics.summary import busy_fraction
+
+    durations = [0.1] * 10
+    end = 0.0
+    for d in durations:  # as the clock adds them
+        end += d
+    assert busy_fraction(float(np.sum(durations)) + 2e-16, end) == 1.0
+    assert busy_fraction(0.5, 1.0) == 0.5 and busy_fraction(3.0, 2.0, engines=2) == 0.75
+    with pytest.raises(InvariantViolation, match="iterations took"):
+        busy_fraction(1.01, 1.0)

@@ -16,7 +16,7 @@ from dataclasses import fields
 import numpy as np
 
 from s3sim.core.results import IterationLog, RunResult
-from s3sim.metrics.summary import Slo, summarize
+from s3sim.metrics.summary import Slo, busy_fraction, summarize
 
 
 class _MergedPool:
@@ -69,7 +69,7 @@ def cluster_summary(result, slo: Slo, records) -> tuple[dict, list[dict]]:
     reps = result.replicas
     merged = RunResult(result.requests, _merged_log([r.log for r in reps]), _MergedScheduler(reps),
                        result.end_time, sum(r.engine_steps for r in reps), sum(r.kv_capacity_tokens for r in reps))
-    row = summarize(merged, slo, records)
+    row = summarize(merged, slo, records, engines=len(reps))
     rows = []
     for i, r in enumerate(reps):
         one = summarize(r, slo, records[records.id.isin([q.id for q in r.requests])]) if r.requests else {}
@@ -78,7 +78,7 @@ def cluster_summary(result, slo: Slo, records) -> tuple[dict, list[dict]]:
     start = float(records.arrival.min()) if len(records) else 0.0
     span = max(result.end_time - start, 1e-12)
     counts = np.array([len(r.requests) for r in reps])
-    row["gpu_busy_frac"] = float(busy.sum() / span / len(reps))
+    row["gpu_busy_frac"] = busy_fraction(float(busy.sum()), span, len(reps))
     for col in ("kv_reserved_frac", "kv_used_frac"):
         v = np.array([x.get(col, 0.0) for x in rows])
         row[col] = float(np.dot(v, busy) / busy.sum()) if busy.sum() else 0.0

@@ -125,7 +125,8 @@ MEASURED = (
            "units) / kv_capacity_tokens; a cluster's: the largest replica's"),
     Column("gpu_busy_frac", "fraction", "time spent in iterations (their summed duration) / duration; a "
            "cluster's: every replica's busy time summed / (replicas x the cluster's duration), where replicas.csv "
-           "divides each by its own duration"),
+           "divides each by its own duration; 1 for an engine never idle (a sum that overshoots the duration "
+           "by a rounding is 1)"),
     Column("iterations", "iterations", "model iterations run (the rows of iterations.csv)"),
     Column("engine_steps", "steps", "scheduler decisions: a step runs one batch k times (k > 1 only for a "
            "decode-only batch until the next event), so engine_steps <= iterations"),
