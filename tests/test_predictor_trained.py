@@ -269,6 +269,32 @@ def test_online_retraining_moves_predictions_toward_observed_lengths(synthetic_f
     assert after > before + 0.3
 
 
+def test_online_retraining_repeats_exactly_whatever_drew_from_torch_before(synthetic_file, tiny_encoder, tmp_path):
+    """Dropout in a fine-tuning round draws from the round's own seed, not from torch's global generator (whose
+    state depends on whatever ran before in the process): the same feedback gives the same model, and the
+    global generator is left as it was."""
+    from s3sim.predictor.trained import cli
+    from s3sim.predictor.trained.predictor import RetrainConfig, TrainedPredictor
+
+    folder = cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path))
+    prompts = [f"answer briefly: what are {t}?" for t in ("owls", "kites", "ferns", "moths")]
+    rc = RetrainConfig(every=4, steps=3, batch_size=4, replay=0.0, lr=2e-3, head_lr=5e-3)
+
+    def served(draws: int):
+        p = TrainedPredictor.from_model(folder, "equal:10:2048", prompts, rc)
+        torch.rand(draws)  # something else in the process used the global generator
+        state = torch.get_rng_state()
+        for _ in range(2):
+            for i in range(len(prompts)):
+                p.observe(Request(i, 5, 1500, 0.0), 1500)
+        assert p.retrain_rounds == 2 and torch.equal(torch.get_rng_state(), state)
+        return p.model.state_dict()
+
+    a, b = served(1), served(7)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=0, atol=0, msg=n)
+
+
 # ------------------------------------------------------------------------------------------ CLI errors
 
 def test_s3predict_one_line_errors(tmp_path, capsys, synthetic_file):
