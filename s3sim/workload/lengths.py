@@ -107,9 +107,8 @@ def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=No
         rows = np.asarray(output) > max_output
         clipped = int(rows.sum())
         output = np.minimum(output, max_output)
-    w = Workload(name, prompt, output, timestamps, clipped, source, keys, rows)
-    w.raised_rows = raised if raised is not None and raised.any() else None
-    return w
+    return Workload(name, prompt, output, timestamps, clipped, source, keys, rows,
+                    raised_rows=raised if raised is not None and raised.any() else None)
 
 
 def at_least_one(prompt: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -157,39 +157,32 @@ class TrainedPredictor(Predictor):
         """`steps` optimizer steps on batches mixing the feedback buffer with replayed training rows."""
         import torch
 
-        from s3sim.predictor.trained.train import TrainConfig, make_optimizer
+        from s3sim.predictor.trained.train import TrainConfig, loss_on, make_optimizer
 
         rc = self.retrain
         if self._opt is None:
             self._opt = make_optimizer(self.model, TrainConfig(lr=rc.lr, head_lr=rc.head_lr))
         n_replay = int(round(rc.batch_size * rc.replay)) if len(self._replay_ids) else 0
         n_new = rc.batch_size - n_replay
+        self.model.train()
         with torch.random.fork_rng(devices=[]):  # dropout's draws from the round's own seed: a re-run repeats them
             torch.manual_seed(rc.seed * 1_000_003 + self.retrain_rounds)
-            self._fine_tune_steps(rc, n_new, n_replay)
-        self.retrain_rounds += 1
-
-    def _fine_tune_steps(self, rc, n_new: int, n_replay: int) -> None:
-        import torch
-
-        from s3sim.predictor.trained.train import loss_on
-
-        self.model.train()
-        for _ in range(rc.steps):
-            pick = self._rng.integers(0, len(self._buffer), n_new)
-            ids = [self._buffer[i][0] for i in pick]
-            lens = [self._buffer[i][1] for i in pick]
-            if n_replay:
-                rp = self._rng.integers(0, len(self._replay_ids), n_replay)
-                ids += [self._replay_ids[i] for i in rp]
-                lens += self._replay_len[rp].tolist()
-            labels = {n: b.of(np.asarray(lens)) for n, b in self.model.buckets.items()}
-            loss = loss_on(self.model, ids, labels, np.arange(len(ids)))
-            self._opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
-            self._opt.step()
+            for _ in range(rc.steps):
+                pick = self._rng.integers(0, len(self._buffer), n_new)
+                ids = [self._buffer[i][0] for i in pick]
+                lens = [self._buffer[i][1] for i in pick]
+                if n_replay:
+                    rp = self._rng.integers(0, len(self._replay_ids), n_replay)
+                    ids += [self._replay_ids[i] for i in rp]
+                    lens += self._replay_len[rp].tolist()
+                labels = {n: b.of(np.asarray(lens)) for n, b in self.model.buckets.items()}
+                loss = loss_on(self.model, ids, labels, np.arange(len(ids)))
+                self._opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+                self._opt.step()
         self.model.eval()
+        self.retrain_rounds += 1
 
 
 def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys, spec=None) -> TrainedPredictor:
