@@ -2,8 +2,8 @@
 
     s3sim-validate RUN_DIR --out DIR [--profile PROFILE_DIR|none] [--model PRESET_OR_CONFIG_JSON] [--gpu PRESET]
 
-RUN_DIR holds what a real run recorded (`meta.json`, `requests.jsonl`, `timeseries.csv`; the folder above it,
-with `run/` inside, is accepted too). Every request is replayed with the `vllm` policy (vLLM's V1 scheduler)
+RUN_DIR holds what a real run recorded (`meta.json`, `requests.jsonl`, and `timeseries.csv` for the plot where
+recorded; the folder above it, with `run/` inside, is accepted too). Every request is replayed with the `vllm` policy (vLLM's V1 scheduler)
 under the run's engine settings, arriving at its `queued_ts` (relative to the earliest one: the zero of every
 real metric) with the run's prompt and output lengths. vLLM stamps `queued_ts` when its engine takes a request
 in, between two steps; the replay's `queued` is likewise the first iteration boundary from the arrival (at once
@@ -113,10 +113,11 @@ RESERVE_NOTE = "non-KV reserve 1,237,612,953 bytes calibrated on the RTX 4090 ru
 # ---- reading a run ---------------------------------------------------------------------------------------
 @dataclass
 class Run:
-    dir: Path  # the folder with meta.json, requests.jsonl, timeseries.csv
+    dir: Path  # the folder with meta.json, requests.jsonl and, if recorded, timeseries.csv
     meta: dict
     requests: pd.DataFrame  # REQUEST_FIELDS, in file order, with each row's `line` and OPTIONAL_FIELDS if present
-    timeseries: pd.DataFrame  # TIMESERIES_FIELDS
+    timeseries: pd.DataFrame  # TIMESERIES_FIELDS; no rows where the run has no timeseries.csv
+    has_timeseries: bool = True  # False: the run folder holds no timeseries.csv (it feeds the plot alone)
 
     @property
     def name(self) -> str:
@@ -127,15 +128,16 @@ def find_run_dir(path: str | Path) -> Path:
     """The folder holding the run's files: `path` itself, or `path/run`."""
     p = Path(path)
     if p.is_file():
-        raise ConfigError(f"run folder {str(p)!r} is a file: give the folder that holds {META}, {REQUESTS} and "
-                          f"{TIMESERIES}")
+        raise ConfigError(f"run folder {str(p)!r} is a file: give the folder that holds {META} and {REQUESTS} "
+                          f"(and {TIMESERIES} where recorded)")
     if not p.is_dir():
         raise ConfigError(f"run folder {str(p)!r} does not exist")
     if not (p / META).exists() and (p / "run" / META).exists():
         p = p / "run"
-    for name in (META, REQUESTS, TIMESERIES):
+    for name in (META, REQUESTS):
         if not (p / name).is_file():
-            raise ConfigError(f"{str(p / name)!r}: no such file (a run folder holds {META}, {REQUESTS}, {TIMESERIES})")
+            raise ConfigError(f"{str(p / name)!r}: no such file (a run folder holds {META}, {REQUESTS} and, where "
+                              f"recorded, {TIMESERIES})")
     return p
 
 
@@ -228,7 +230,9 @@ def read_timeseries(path: Path) -> pd.DataFrame:
 def read_run(path: str | Path) -> Run:
     """The run's files, each read and checked, then checked against each other (`s3sim.validate_checks`)."""
     d = find_run_dir(path)
-    run = Run(d, read_meta(d / META), read_requests(d / REQUESTS), read_timeseries(d / TIMESERIES))
+    recorded = os.path.lexists(d / TIMESERIES)  # a folder or a broken link there is read, and refused, as a file
+    series = read_timeseries(d / TIMESERIES) if recorded else pd.DataFrame(columns=list(TIMESERIES_FIELDS), dtype=float)
+    run = Run(d, read_meta(d / META), read_requests(d / REQUESTS), series, recorded)
     where = repr(str(d / META))
     checks.check_meta(run.meta, where)
     checks.check_requests(run.requests, run.meta, d / REQUESTS, where)
@@ -345,8 +349,8 @@ def _positive_int(value, where: str) -> int:
 class Engine:
     """What the replay takes from meta.json."""
     model: str | None
-    max_num_seqs: int
-    max_num_batched_tokens: int
+    max_num_seqs: int | None  # None until `engine_limits` where meta.json does not record it
+    max_num_batched_tokens: int | None
     tp: int
     block_size: int
     num_gpu_blocks: int | None
@@ -483,11 +487,11 @@ def engine_settings(meta: dict, where: str) -> Engine:
     if ep and dp == 1:
         raise ConfigError(f"{where}: {ep_from}=true with data_parallel_size=1: experts split over "
                           "tensor-parallel ranks are not modelled (only over data-parallel ranks)")
-    seqs = _positive_int(ek.get("max_num_seqs"), f"{where}: engine_kwargs.max_num_seqs")
-    budget = _positive_int(ek.get("max_num_batched_tokens"), f"{where}: engine_kwargs.max_num_batched_tokens")
-    if budget < seqs:  # vLLM's own rule: every running sequence's decode fits in one step's budget
-        raise ConfigError(f"{where}: engine_kwargs.max_num_batched_tokens={budget} must be at least "
-                          f"engine_kwargs.max_num_seqs={seqs} (vLLM refuses a token budget below its sequence limit)")
+    # None where meta.json records neither the engine argument nor what vLLM resolved it to (`engine_limits`)
+    seqs, budget = (None if ek.get(f) is None else _positive_int(ek[f], f"{where}: engine_kwargs.{f}")
+                    for f in LIMITS)
+    if None not in (seqs, budget):
+        _check_budget(seqs, budget, where)
     block = _positive_int(kv.get("block_size") or DEFAULT_BLOCK_SIZE, where_kv("block_size"))
     blocks = kv.get("num_gpu_blocks")
     blocks = None if blocks is None else _positive_int(blocks, where_kv("num_gpu_blocks"))
@@ -511,6 +515,49 @@ def engine_settings(meta: dict, where: str) -> Engine:
                   caching, kv.get("enable_prefix_caching") is not None, hw.get("device_name"), mem, kv_mem,
                   VLLM_ASYNC_SCHEDULING if asynchronous is None else asynchronous, asynchronous is not None, dp, ep,
                   named.get("num_gpu_blocks", ""), *cuda_graphs(meta, where))
+
+
+LIMITS = ("max_num_seqs", "max_num_batched_tokens")  # vLLM's two engine limits, each picked by GPU when unset
+VLLM_ENTRIES = ("offline", "server")  # --vllm-entry: how vLLM was started, which its default limits depend on
+
+
+def _check_budget(seqs: int, budget: int, where: str, how: str = "") -> None:
+    if budget < seqs:  # vLLM's own rule: every running sequence's decode fits in one step's budget
+        raise ConfigError(f"{where}: engine_kwargs.max_num_batched_tokens={budget} must be at least "
+                          f"engine_kwargs.max_num_seqs={seqs}{how} (vLLM refuses a token budget below its sequence "
+                          "limit)")
+
+
+def engine_limits(engine: Engine, gpu, entry: str | None, where: str) -> str | None:
+    """Fill in the limits meta.json leaves unrecorded (`max_num_seqs`, `max_num_batched_tokens`) with what vLLM V1
+    picks for the run's GPU and entry point (`--vllm-entry`: the offline LLM class or the server, which meta.json
+    does not say, so it is never guessed); the line that says so, or None where both are recorded. A
+    `--vllm-entry` with nothing to fill in is refused rather than ignored."""
+    from s3sim.core.policies.vllm import vllm_default_limits
+
+    missing = [f for f in LIMITS if getattr(engine, f) is None]
+    if not missing:
+        if entry is not None:
+            raise ConfigError(f"--vllm-entry {entry}: {where} records max_num_seqs and max_num_batched_tokens, so "
+                              "none of vLLM's defaults is needed: leave the flag out")
+        return None
+    device = engine.device_name or gpu.name
+    gib = (engine.device_memory or gpu.memory_bytes) / 2**30
+    if entry is None:
+        each = "; ".join(f"{e}: {s:,} and {t:,}" for e in VLLM_ENTRIES
+                         for s, t, _ in [vllm_default_limits(gib, device, e == "offline")])
+        raise ConfigError(f"{where} records no {' and no '.join(missing)} (engine_kwargs, resolved_config."
+                          f"scheduler_config): vLLM V1 picks them by GPU and by how it was started, which the run "
+                          f"does not say: give --vllm-entry offline (the LLM class) or server (vllm serve); on "
+                          f"{device} max_num_seqs and max_num_batched_tokens would be {each}")
+    if entry not in VLLM_ENTRIES:
+        raise ConfigError(f"--vllm-entry must be one of {', '.join(VLLM_ENTRIES)}, got {entry!r}")
+    seqs, tokens, why = vllm_default_limits(gib, device, entry == "offline")
+    engine.max_num_seqs = engine.max_num_seqs or seqs
+    engine.max_num_batched_tokens = engine.max_num_batched_tokens or tokens
+    _check_budget(engine.max_num_seqs, engine.max_num_batched_tokens, where, f" (one of them {why})")
+    return (f"engine limits: {', '.join(f'{f}={getattr(engine, f):,}' for f in missing)} not recorded: {why} "
+            f"(--vllm-entry {entry})")
 
 
 def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:
@@ -941,10 +988,12 @@ def small_times_note(table: pd.DataFrame) -> str:
 
 def validate(run_dir, out, profile: str | None = None, model: str | None = None, gpu: str | None = None,
              echo=print, fit_from: str | None = None, all_reduce: str = "auto",
-             step_calibration: str = "none", async_scheduling: str = "auto") -> pd.DataFrame:
+             step_calibration: str = "none", async_scheduling: str = "auto",
+             vllm_entry: str | None = None) -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
     `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
-    `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's."""
+    `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's.
+    `vllm_entry`: offline or server, for vLLM's default limits where meta.json records none (`engine_limits`)."""
     from s3sim.config import build_scheduler
     from s3sim.core.request import make_requests
     from s3sim.simulator.engine import simulate
@@ -977,13 +1026,16 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         raise ConfigError(f"{str(run.dir / META)!r}: data_parallel_size={engine.dp} with tensor_parallel_size="
                           f"{engine.tp} of a mixture of experts is not modelled (its data-parallel ranks of one GPU "
                           "each only)")
-    needs = ("the datasheet latency (no profile)" if prof is None else
+    needs = ("vLLM's default max_num_seqs and max_num_batched_tokens" if None in (engine.max_num_seqs,
+                                                                                 engine.max_num_batched_tokens) else
+             "the datasheet latency (no profile)" if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
              "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
     # a profile names the device it ran on; with --profile none, the one beside the run only where meta.json names none
     named_by = prof if prof is not None else (own if engine.device_name is None else None)
     gpu_spec, gpu_how = resolve_gpu(gpu, engine, named_by, needs)
     check_gpu_agrees(gpu, engine, named_by)
+    limits_how = engine_limits(engine, gpu_spec, vllm_entry, str(run.dir / META))
     peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
     peer = read_peer(peer_path) if peer_path is not None else None
     check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
@@ -1024,6 +1076,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}"
          + (f"; data parallel {engine.dp}" + (" with expert parallelism" if engine.expert_parallel else "")
             if engine.dp > 1 else ""))
+    if limits_how:
+        echo(limits_how)
     echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}"
          + (f"; on each of the {engine.dp} ranks" if engine.dp > 1 else ""))
     how = "as recorded" if engine.prefix_caching_recorded else "vLLM V1's default (the run does not record it)"
@@ -1121,8 +1175,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     echo(format_table(table))
     echo(target_line(table, profiled=prof is not None))
     if run.timeseries.empty:
-        echo(f"note: {TIMESERIES} holds no rows: the real curves of timeline.png stay blank (validation.csv does "
-             "not use it)")
+        echo(f"note: {TIMESERIES + ' holds no rows' if run.has_timeseries else 'the run has no ' + TIMESERIES}: the "
+             "real curves of timeline.png stay blank (validation.csv does not use it)")
     small = small_times_note(table)
     if small:
         echo(small)
@@ -1181,8 +1235,8 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     p = _Parser(prog=PROG, description="Replay a real vLLM run in the simulator and compare the metrics.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="folder with meta.json, requests.jsonl, timeseries.csv "
-                   "(or the folder with run/ inside)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder with meta.json, requests.jsonl and, where recorded, "
+                   "timeseries.csv (or the folder with run/ inside)")
     p.add_argument("--out", required=True, metavar="DIR", help="where validation.csv and the rest go")
     p.add_argument("--profile", metavar="PROFILE_DIR", help="operator profile folder, or 'none' for the datasheet operator model "
                    "(default: RUN_DIR/../profile if it exists)")
@@ -1204,12 +1258,15 @@ def main(argv=None) -> int:
     p.add_argument("--async-scheduling", default="auto", choices=("auto", "on", "off"), help="schedule each step "
                    "while the one before runs, as vLLM V1 does: auto (as meta.json records it, else on, vLLM's "
                    "default), on, off")
+    p.add_argument("--vllm-entry", choices=VLLM_ENTRIES, help="only for a run whose meta.json records no "
+                   "max_num_seqs or max_num_batched_tokens: how vLLM was started (offline: the LLM class; server: "
+                   "vllm serve), whose defaults for the run's GPU fill them in")
 
     def replay():
         args = p.parse_args(sys.argv[1:] if argv is None else argv)
         validate(args.run_dir, args.out, args.profile, args.model, args.gpu, fit_from=args.fit_from,
                  all_reduce=args.all_reduce, step_calibration=args.step_calibration,
-                 async_scheduling=args.async_scheduling)
+                 async_scheduling=args.async_scheduling, vllm_entry=args.vllm_entry)
 
     return exit_code(PROG, replay)
 

@@ -352,7 +352,9 @@ def _tp2(meta):
 
 @pytest.mark.parametrize("change, args, words", [
     (lambda run: (run / "requests.jsonl").unlink(), [], ["requests.jsonl", "no such file"]),
-    (lambda run: (run / "timeseries.csv").unlink(), [], ["timeseries.csv", "no such file"]),
+    (lambda run: (run / "meta.json").unlink(), [], ["meta.json", "no such file"]),
+    (lambda run: ((run / "timeseries.csv").unlink(), (run / "timeseries.csv").symlink_to(run / "gone.csv")), [],
+     ["timeseries.csv", "cannot be read"]),
     (_drop("output_toks", 3), [], ["requests.jsonl", "line 3", "'output_toks'", "missing"]),
     (_set("input_toks", 5, "1200"), [], ["requests.jsonl", "line 5", "'input_toks'", "number"]),
     (_set("first_token_ts", 2, None), [], ["line 2", "'first_token_ts'"]),
@@ -397,6 +399,40 @@ def test_a_run_without_a_gpu_needs_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--gpu" in err
     assert not (tmp_path / "out").exists()
+
+
+def _unrecorded_limits(meta):
+    """meta.json as a recorder that keeps neither the engine's limits nor what vLLM resolved them to."""
+    for f in ("max_num_seqs", "max_num_batched_tokens"):
+        del meta["engine_kwargs"][f]
+        del meta["resolved_config"]["scheduler_config"][f]
+
+
+def test_unrecorded_limits_are_asked_for_and_filled_with_vllms_defaults_for_the_gpu(tmp_path, capsys):
+    """The RTX 4090 run set 256 sequences and 2,048 tokens, which is what vLLM's server picks on a GPU below 70
+    GiB: with them unrecorded, the replay refuses to guess how vLLM was started, names what each entry point
+    would give, and with --vllm-entry server replays exactly as the recorded run does; offline gives 8,192."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    run_ok(capsys, run, "--out", tmp_path / "recorded")
+    edit_meta(run, _unrecorded_limits)
+    assert main([str(run), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--vllm-entry" in err and "no max_num_seqs" in err
+    assert "offline: 256 and 8,192; server: 256 and 2,048" in err and not (tmp_path / "refused").exists()
+    stdout = run_ok(capsys, run, "--out", tmp_path / "server", "--vllm-entry", "server")
+    assert "engine limits: max_num_seqs=256, max_num_batched_tokens=2,048 not recorded: vLLM V1's default for " \
+           "the server" in stdout
+    same = [pd.read_csv(tmp_path / d / "validation.csv") for d in ("recorded", "server")]
+    pd.testing.assert_frame_equal(*same)
+    stdout = run_ok(capsys, run, "--out", tmp_path / "offline", "--vllm-entry", "offline")
+    assert "max_num_batched_tokens=8,192" in stdout and "the offline LLM class" in stdout
+
+
+def test_vllm_entry_on_a_run_that_records_its_limits_is_refused(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    assert main([str(run), "--out", str(tmp_path / "out"), "--vllm-entry", "offline"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "leave the flag out" in err
 
 
 def test_usage_errors_are_one_line(tmp_path, capsys):
@@ -524,6 +560,15 @@ def test_a_timeseries_with_no_rows_replays_and_says_the_real_curves_are_blank(tm
     (run / "timeseries.csv").write_text(header + "\n")
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "note: timeseries.csv holds no rows" in stdout and (tmp_path / "out" / "validation.csv").is_file()
+
+
+def test_a_run_without_a_timeseries_replays_and_says_so(tmp_path, capsys):
+    """The per-second series feeds the plot alone: a recorder that keeps none still gets its replay."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    (run / "timeseries.csv").unlink()
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert "note: the run has no timeseries.csv: the real curves of timeline.png stay blank" in stdout
+    assert (tmp_path / "out" / "validation.csv").is_file() and (tmp_path / "out" / "timeline.png").is_file()
 
 
 def test_the_sensitivity_column_is_how_far_each_error_moves_with_steps_one_percent_slower(tmp_path, capsys):

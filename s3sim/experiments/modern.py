@@ -31,7 +31,7 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
 from s3sim.metrics.summary import summarize
 from s3sim.simulator.engine import simulate
-from s3sim.validate import (META, build_latency, engine_settings, kv_capacity, read_run, resolve_gpu,
+from s3sim.validate import (META, build_latency, engine_limits, engine_settings, kv_capacity, read_run, resolve_gpu,
                             replay_records, resolve_model, simulated_metrics)
 
 RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
@@ -69,7 +69,10 @@ def compare(run_dir: Path) -> pd.DataFrame:
     if not profile.is_dir():
         raise ConfigError(f"{run.dir}: no operator profile beside the run (../profile)")
     model = resolve_model(None, engine)
-    gpu, _ = resolve_gpu(None, engine, profile, "deriving the KV capacity" if engine.num_gpu_blocks is None else None)
+    gpu, _ = resolve_gpu(None, engine, profile, "deriving the KV capacity" if engine.num_gpu_blocks is None else
+                         "vLLM's default engine limits" if None in (engine.max_num_seqs, engine.max_num_batched_tokens)
+                         else None)
+    engine_limits(engine, gpu, None, str(run.dir / META))  # a run that records its limits: nothing to fill in
     blocks, _ = kv_capacity(engine, model, gpu)
     latency, _ = build_latency(profile, model, gpu, engine.tp)
     req = run.requests

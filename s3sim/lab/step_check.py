@@ -45,7 +45,8 @@ def run_latency(run_dir: Path):
     """(operator latency at the run's TP, model, step table or None) for a shared run folder."""
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.models import get_model
-    from s3sim.validate import engine_settings, preset_of_device, preset_of_hf_name, profile_device, read_meta
+    from s3sim.validate import engine_limits, engine_settings, preset_of_device, preset_of_hf_name, profile_device
+    from s3sim.validate import read_meta
     from s3sim.validate import build_latency
 
     meta = read_meta(run_dir / "run" / "meta.json")
@@ -56,6 +57,7 @@ def run_latency(run_dir: Path):
     if name is None or device is None:
         raise ConfigError(f"{run_dir}: its model {engine.model!r} or GPU has no preset")
     model, gpu = get_model(name), get_gpu(device)
+    engine_limits(engine, gpu, None, str(run_dir / "run" / "meta.json"))  # a run that records its limits
     latency, _ = build_latency(profile, model, gpu, engine.tp, all_reduce="measured" if engine.tp > 1 else "auto")
     steps = profile / f"tp{engine.tp}" / "step.csv"
     return latency, model, engine, steps if steps.is_file() else None
