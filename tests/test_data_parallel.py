@@ -123,7 +123,7 @@ def moe_run(tmp_path, n=40, **engine):
 
 @pytest.mark.skipif(not (MOE.is_dir() and LLAMA.is_dir()), reason="no shared runs")
 def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_it_does_not_model(tmp_path, capsys):
-    from s3sim.validate import main
+    from s3sim.validation.cli import main
     run = moe_run(tmp_path / "a", data_parallel_size=2, enable_expert_parallel=True)
     rc = main([str(run), "--out", str(tmp_path / "out")])
     out = capsys.readouterr()
@@ -145,7 +145,7 @@ def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_i
 def test_ranks_that_ran_without_cuda_graphs_are_not_padded(tmp_path, capsys):
     """vLLM pads every rank to the largest rank's tokens only to fit a captured CUDA graph: a run with
     enforce_eager has none, and its replay pads nothing (so its steps cost less than the padded ones)."""
-    from s3sim.validate import main
+    from s3sim.validation.cli import main
     results = {}
     for eager in (False, True):
         run = moe_run(tmp_path / str(eager), data_parallel_size=2, enable_expert_parallel=True, enforce_eager=eager)
@@ -162,7 +162,7 @@ def test_a_dense_model_under_data_parallelism_replays_as_independent_engines_beh
     """Llama 3.1 8B at data_parallel_size 2: two engines that step on their own (no lockstep, no dummy steps),
     each request sent to the rank with the lowest 4 x waiting + running, every request finished once; with the
     same arrivals, two such ranks serve them sooner than one engine does."""
-    from s3sim.validate import main
+    from s3sim.validation.cli import main
     run = tmp_path / "dp" / "run"
     run.mkdir(parents=True)
     meta = json.loads((LLAMA / "meta.json").read_text())
@@ -199,7 +199,7 @@ QWEN = DATA / "rtxpro6000-qwen3-32b"
 
 @pytest.mark.skipif(not (QWEN / "run").is_dir(), reason="no shared Qwen3-32B run")
 def test_a_dense_models_data_parallel_ranks_may_each_be_tensor_parallel(tmp_path, capsys):
-    from s3sim.validate import main
+    from s3sim.validation.cli import main
     run = tmp_path / "q" / "run"
     run.mkdir(parents=True)
     meta = json.loads((QWEN / "run" / "meta.json").read_text())

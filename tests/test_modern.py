@@ -11,7 +11,8 @@ def test_every_policy_replays_the_run_and_vllm_is_the_validated_replay(tmp_path,
     table = compare(run)
     assert list(table.policy) == ["vllm", "s3 oracle", "s3 80% adjacent", "s3 50% under", "orca", "paged (2023)"]
     assert (table.request_throughput > 0).all() and table.set_index("policy").throughput_vs_vllm["vllm"] == 1.0
-    from s3sim.validate import main as validate, metric_name
+    from s3sim.validation.cli import main as validate
+    from s3sim.validation.metrics import metric_name
     assert validate([str(run), "--out", str(tmp_path / "v")]) == 0
     v = pd.read_csv(tmp_path / "v" / "validation.csv").set_index("metric").simulated
     row = table.set_index("policy").loc["vllm"]

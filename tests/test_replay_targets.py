@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from s3sim.validate import TARGETS, validate
+from s3sim.validation.replay import validate
+from s3sim.validation.verdict import TARGETS
 
 RUNS = Path(__file__).resolve().parents[2] / "shared" / "data" / "vllm_runs"
 pytestmark = pytest.mark.skipif(not RUNS.is_dir(), reason="needs the shared data folder")
@@ -35,7 +36,7 @@ def test_the_targets_are_the_readmes_and_a_miss_is_named():
     is."""
     import pandas as pd
 
-    from s3sim.validate import target_line
+    from s3sim.validation.verdict import target_line
     assert (MEAN_MEDIAN, P99) == (5.0, 10.0) and len(MEANS_MEDIANS) == 8 and len(P99S) == 3
     rows = list(MEANS_MEDIANS) + list(P99S)
     table = pd.DataFrame({"metric": rows, "error_pct": [1.0] * len(rows)})

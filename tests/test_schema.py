@@ -29,7 +29,7 @@ def validation_files(tmp: Path) -> list[Path]:
     """A fresh s3sim-validate run on a trimmed real run when the shared runs are there, else the committed ones."""
     import test_validate as tv
     if (tv.R4090 / "run").is_dir():
-        from s3sim.validate import main
+        from s3sim.validation.cli import main
         out = tmp / "validation"
         assert main([str(tv.trim(tv.R4090, tmp / "r4090")), "--out", str(out), "--profile", "none"]) == 0
         return [out]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s3sim.validate import main
+from s3sim.validation.cli import main
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 RUNS = DATA / "vllm_runs"
@@ -544,7 +544,7 @@ def test_limits_beyond_what_the_profile_measured_are_said_to_be_extrapolated(tmp
 def test_a_time_under_a_millisecond_has_its_percentage_called_meaningless():
     """queue_p50 of 0.004 ms against 0 reads as -100 %: the line under the table says such a percentage says
     little; a table whose times are all large gets no such line."""
-    from s3sim.validate import small_times_note
+    from s3sim.validation.verdict import small_times_note
     table = pd.DataFrame({"metric": ["ttft_mean_ms", "queue_p50_ms", "request_throughput"],
                           "real": [1086.0, 0.004, 0.5], "simulated": [1100.0, 0.0, 0.51],
                           "error_pct": [1.3, -100.0, 2.0]})

@@ -15,7 +15,9 @@ from test_validate import (LLAMA31_KV_PER_TOKEN, LLAMA31_WEIGHTS, R4090, R6000, 
 
 from s3sim.config import build_scheduler
 from s3sim.core.errors import ConfigError, InvariantViolation
-from s3sim.validate import OUTPUTS, main, read_run
+from s3sim.validation.cli import main
+from s3sim.validation.outputs import OUTPUTS
+from s3sim.validation.run_files import read_run
 
 GPU_4090_BYTES = 25_250_627_584  # the RTX 4090 run's hardware.device_total_memory_bytes
 
@@ -313,7 +315,7 @@ def test_a_failed_write_leaves_no_result(tmp_path, capsys, monkeypatch):
             raise OSError("disk full")
         write_csv(df, path)
     monkeypatch.setattr(writers, "write_csv", failing)
-    from s3sim.validate import validate
+    from s3sim.validation.replay import validate
     with pytest.raises(OSError):
         validate(trim(R4090, tmp_path / "r"), out, profile="none", echo=lambda *a: None)
     assert list(out.iterdir()) == []  # the timeline and peer.csv written beside it did not move in

@@ -31,8 +31,12 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.request import make_requests
 from s3sim.metrics.summary import summarize
 from s3sim.simulator.engine import simulate
-from s3sim.validate import (META, build_latency, engine_limits, engine_settings, kv_capacity, read_run, resolve_gpu,
-                            replay_records, resolve_model, simulated_metrics)
+from s3sim.validation.engine import engine_limits, engine_settings
+from s3sim.validation.kv_capacity import kv_capacity
+from s3sim.validation.metrics import replay_records, simulated_metrics
+from s3sim.validation.model_gpu import resolve_gpu, resolve_model
+from s3sim.validation.pricing import build_latency
+from s3sim.validation.run_files import META, read_run
 
 RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
 COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_latency_mean", "e2e_latency_p50",

@@ -45,9 +45,12 @@ def run_latency(run_dir: Path):
     """(operator latency at the run's TP, model, step table or None) for a shared run folder."""
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.models import get_model
-    from s3sim.validate import engine_limits, engine_settings, preset_of_device, preset_of_hf_name, profile_device
-    from s3sim.validate import read_meta
-    from s3sim.validate import build_latency
+    from s3sim.validation.engine import engine_limits, engine_settings
+    from s3sim.hardware.gpus import preset_of_device
+    from s3sim.hardware.models import preset_of_hf_name
+    from s3sim.validation.model_gpu import profile_device
+    from s3sim.validation.pricing import build_latency
+    from s3sim.validation.run_files import read_meta
 
     meta = read_meta(run_dir / "run" / "meta.json")
     engine = engine_settings(meta, str(run_dir / "run" / "meta.json"))
@@ -67,7 +70,7 @@ def in_engine(run_dir: Path, latency, model, engine):
     """(latency with the collectives as the engine ran them, its `CollectiveFit`) for a run at TP > 1 whose GPU
     preset names a step table (`latency`, `model`, `engine`: the run's, from `run_latency`); None otherwise."""
     from s3sim.latency.operators import in_engine_factor
-    from s3sim.validate import build_latency
+    from s3sim.validation.pricing import build_latency
 
     if engine.tp < 2 or latency.gpu is None or not latency.gpu.in_engine_steps:
         return None
@@ -83,7 +86,7 @@ class RunTimeline:
 
     def __init__(self, run_dir: Path):
         from s3sim.inputs import read_csv
-        from s3sim.validate import read_run
+        from s3sim.validation.run_files import read_run
 
         run = read_run(run_dir / "run")
         self.req = req = run.requests

@@ -68,7 +68,7 @@ def family(key: str) -> tuple[str, ...]:
         from s3sim.metrics.summary import LENGTH_CLASSES
         return tuple(name for name, _ in LENGTH_CLASSES)
     if key == "vstat":
-        from s3sim.validate import STATS
+        from s3sim.validation.metrics import STATS
         return tuple(s for s, _ in STATS)
     if key == "fid":  # the GPU check's fidelity metrics (s3exec.lab.gpu_check.FIDELITY_METRICS; a test holds them equal)
         return ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")

@@ -121,7 +121,7 @@ def check_meta(meta: dict, where: str) -> None:
 def engine_value(meta: dict, section: str, field: str) -> tuple:
     """(an engine setting, the meta.json field it came from): `engine_kwargs` first, then where vLLM recorded
     what it resolved it to (`resolved_config.<section>`); (None, the engine_kwargs field) where neither has it.
-    The checks and the replay (`s3sim.validate.engine_settings`) read a setting the same way."""
+    The checks and the replay (`s3sim.validation.engine.engine_settings`) read a setting the same way."""
     resolved = meta.get("resolved_config")
     conf = resolved.get(section) if isinstance(resolved, dict) else None
     return first_given((meta["engine_kwargs"].get(field), f"engine_kwargs.{field}"),

@@ -1,0 +1,103 @@
+"""The model and the GPU a run is priced as: --model / --gpu, else what meta.json and the profile's meta.yaml
+name (a Hugging Face id, a device name), each checked against the other."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from s3sim.core.errors import ConfigError
+from s3sim.hardware.gpus import preset_of_device
+from s3sim.hardware.models import preset_of_hf_name
+from s3sim.latency.provenance import SPEC_FIELDS
+from s3sim.validation.engine import Engine
+
+
+def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
+    """The model to price: `name` (--model), else the preset of meta.json's Hugging Face id, else the
+    `config.json` beside the run (`beside`, where the shared runs keep the model's config)."""
+    from s3sim.hardware.models import get_model
+    if name is None:
+        if engine.model is None:
+            raise ConfigError("meta.json names no model: give --model (a preset name or a config.json)")
+        name = preset_of_hf_name(engine.model)
+        if name is None and beside is not None and beside.is_file():
+            name = str(beside)
+        if name is None:
+            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here and no config.json is beside "
+                              "the run: give --model (a preset name or a config.json path)")
+    return get_model(name)
+
+
+def profile_field(profile: Path | None, key: str) -> str | None:
+    """A text field of a profile's meta.yaml (`gpu`: the device it was measured on, `model`), if it says."""
+    if profile is None or not (profile / "meta.yaml").is_file():
+        return None
+    import yaml
+    try:
+        meta = yaml.safe_load((profile / "meta.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{str(profile / 'meta.yaml')!r}: cannot be read ({str(e).splitlines()[0]})") from None
+    return meta.get(key) if isinstance(meta, dict) and isinstance(meta.get(key), str) else None
+
+
+def profile_device(profile: Path | None) -> str | None:
+    """The device a profile was measured on (its meta.yaml's `gpu`), if it says."""
+    return profile_field(profile, "gpu")
+
+
+def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | None) -> None:
+    """The model priced must have the shape of the model the run (meta.json's `model`) and its profile
+    (meta.yaml's `model`) name, where they name a preset: a disagreement is refused, naming both."""
+    from s3sim.hardware.models import get_model
+    who = f"--model {given}" if given is not None else f"meta.json's model {engine.model!r} ({spec.name})"
+    for named, where in ((engine.model, "meta.json's model"), (profile_field(profile, "model"),
+                                                               f"the profile's meta.yaml ({profile}) model")):
+        preset = preset_of_hf_name(named)
+        if preset is None or (given is None and where == "meta.json's model"):
+            continue
+        ref = get_model(preset)
+        diff = [f"{f} {getattr(spec, f)} vs {getattr(ref, f)}" for f in SPEC_FIELDS
+                if getattr(spec, f) != getattr(ref, f)]
+        if diff:
+            raise ConfigError(f"{who} disagrees with {where} {named!r} ({spec.name} vs its preset {preset}: "
+                              f"{'; '.join(diff)}): price the model the run served (leave --model out, or give its "
+                              "config.json)")
+
+
+def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:
+    """--gpu, meta.json's device and the profile's device must be one GPU where they name a preset: a
+    disagreement is refused, naming both (`--profile none --fit-from` is the way to borrow another GPU's fit)."""
+    named = ((engine.device_name, "meta.json's hardware.device_name"),
+             (profile_device(profile), f"the profile's meta.yaml ({profile}) gpu"))
+    known = [(preset_of_device(d), d, where) for d, where in named if preset_of_device(d)]
+    for preset, device, where in known:
+        if name is not None and preset != name:
+            raise ConfigError(f"--gpu {name} disagrees with the run's GPU: {where} is {device!r} (preset {preset}); "
+                              f"leave --gpu out, or price the run with {name}'s fitted efficiencies on its own GPU's "
+                              f"datasheet: --profile none --fit-from {name}")
+    if len(known) == 2 and known[0][0] != known[1][0]:
+        (p0, d0, w0), (p1, d1, w1) = known
+        raise ConfigError(f"{w0} is {d0!r} ({p0}) but {w1} is {d1!r} ({p1}): give a profile measured on the run's "
+                          "GPU, or --profile none")
+    (d0, w0), (d1, w1) = named
+    if d0 and d1 and len(known) < 2 and " ".join(str(d0).lower().split()) != " ".join(str(d1).lower().split()):
+        raise ConfigError(f"{w0} is {d0!r} but {w1} is {d1!r}: give a profile measured on the run's GPU, or "
+                          "--profile none (with --gpu where the run's device has no preset)")
+
+
+def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_for: str | None):
+    """The GPU preset: --gpu, else the device meta.json (or the profile) names; (spec, how) or (None, None)
+    when nothing needs one."""
+    from s3sim.hardware.gpus import get_gpu
+    if name is not None:
+        return get_gpu(name), f"{name} (--gpu)"
+    device, where = ((engine.device_name, "meta.json") if engine.device_name else  # the run's own word first
+                     (profile_device(profile), "the profile's meta.yaml"))
+    preset = preset_of_device(device)
+    if preset:
+        return get_gpu(preset), f"{preset} ({device!r} in {where})"
+    if needed_for is None:
+        return None, None
+    from s3sim.hardware.gpus import GPU_PRESETS
+    seen = device
+    raise ConfigError(f"{needed_for} needs the GPU, and {'device ' + repr(seen) if seen else 'the run'} names no "
+                      f"preset: give --gpu (one of {', '.join(sorted(GPU_PRESETS))})")

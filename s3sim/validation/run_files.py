@@ -1,0 +1,156 @@
+"""A recorded vLLM run's folder, read and checked: `meta.json`, `requests.jsonl` and, where recorded,
+`timeseries.csv` (the per-second series the plot draws), each file's format first, then the files against each
+other (`s3sim.validation.checks`)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s3sim.core.errors import ConfigError
+from s3sim.validation import checks
+from s3sim.workload.text import json_lines
+
+
+META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
+REQUEST_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
+# read when every row has them: the consistency checks, and TTFT's split at `scheduled_ts` (first scheduled)
+OPTIONAL_FIELDS = ("request_id", "arrival_time", "scheduled_ts")
+TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
+
+
+# ---- reading a run ---------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    dir: Path  # the folder with meta.json, requests.jsonl and, if recorded, timeseries.csv
+    meta: dict
+    requests: pd.DataFrame  # REQUEST_FIELDS, in file order, with each row's `line` and OPTIONAL_FIELDS if present
+    timeseries: pd.DataFrame  # TIMESERIES_FIELDS; no rows where the run has no timeseries.csv
+    has_timeseries: bool = True  # False: the run folder holds no timeseries.csv (it feeds the plot alone)
+
+    @property
+    def name(self) -> str:
+        return (self.dir.parent if self.dir.name == "run" else self.dir).name
+
+
+def find_run_dir(path: str | Path) -> Path:
+    """The folder holding the run's files: `path` itself, or `path/run`."""
+    p = Path(path)
+    if p.is_file():
+        raise ConfigError(f"run folder {str(p)!r} is a file: give the folder that holds {META} and {REQUESTS} "
+                          f"(and {TIMESERIES} where recorded)")
+    if not p.is_dir():
+        raise ConfigError(f"run folder {str(p)!r} does not exist")
+    if not (p / META).exists() and (p / "run" / META).exists():
+        p = p / "run"
+    for name in (META, REQUESTS):
+        if not (p / name).is_file():
+            raise ConfigError(f"{str(p / name)!r}: no such file (a run folder holds {META}, {REQUESTS} and, where "
+                              f"recorded, {TIMESERIES})")
+    return p
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{str(path)!r}: cannot be read ({e})") from None
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{str(path)!r}: invalid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{str(path)!r}: expected a JSON object at the top level")
+    for key in ("engine_kwargs", "kv_cache", "hardware"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise ConfigError(f"{str(path)!r}: {key} must be an object, got {meta[key]!r}")
+    if not isinstance(meta.get("engine_kwargs"), dict):
+        raise ConfigError(f"{str(path)!r}: missing engine_kwargs (the engine's max_num_seqs, max_num_batched_tokens)")
+    return meta
+
+
+def is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_requests(path: Path) -> pd.DataFrame:
+    rows = []
+    for lineno, row in json_lines(read_text(path), repr(str(path))):
+        where = f"{str(path)!r} line {lineno}"
+        for f in REQUEST_FIELDS:
+            if f not in row:
+                raise ConfigError(f"{where}: missing field {f!r}")
+            if not is_number(row[f]):
+                raise ConfigError(f"{where}: field {f!r} must be a number, got {row[f]!r}")
+        for f in ("input_toks", "output_toks"):
+            if row[f] != int(row[f]) or row[f] < 1:
+                raise ConfigError(f"{where}: field {f!r} must be a positive integer, got {row[f]!r}")
+        if not row["queued_ts"] <= row["first_token_ts"] <= row["last_token_ts"]:
+            raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
+                              f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")
+        checks.check_request_row(row, where)
+        if "scheduled_ts" in row and (not is_number(row["scheduled_ts"])
+                                      or not row["queued_ts"] <= row["scheduled_ts"] <= row["first_token_ts"]):
+            raise ConfigError(f"{where}: field 'scheduled_ts' must be a number within queued_ts..first_token_ts "
+                              f"({row['queued_ts']}..{row['first_token_ts']}), got {row['scheduled_ts']!r}")
+        if "arrival_time" in row and not is_number(row["arrival_time"]):
+            raise ConfigError(f"{where}: field 'arrival_time' must be a number (epoch seconds), got "
+                              f"{row['arrival_time']!r}")
+        rows.append({"line": lineno, **{f: row[f] for f in REQUEST_FIELDS + OPTIONAL_FIELDS if f in row}})
+    if not rows:
+        raise ConfigError(f"{str(path)!r}: no requests")
+    optional = [f for f in OPTIONAL_FIELDS if all(f in r for r in rows)]
+    df = pd.DataFrame(rows, columns=["line", *REQUEST_FIELDS, *optional])
+    df.attrs["lacking"] = {f: sum(f not in r for r in rows) for f in OPTIONAL_FIELDS if f not in optional}
+    return df.astype({"input_toks": np.int64, "output_toks": np.int64})
+
+
+def read_timeseries(path: Path) -> pd.DataFrame:
+    reader = csv.reader(read_text(path).splitlines())
+    header = next(reader, None)
+    if header is None:
+        raise ConfigError(f"{str(path)!r}: empty file (expected a header {','.join(TIMESERIES_FIELDS)},...)")
+    header = [h.strip() for h in header]
+    missing = [f for f in TIMESERIES_FIELDS if f not in header]
+    if missing:
+        raise ConfigError(f"{str(path)!r}: missing column {missing[0]!r} (columns: {','.join(header)})")
+    cols = [header.index(f) for f in TIMESERIES_FIELDS]
+    rows = []
+    for lineno, rec in enumerate(reader, 2):
+        if not rec:
+            continue
+        row = []
+        for f, i in zip(TIMESERIES_FIELDS, cols):
+            cell = rec[i] if i < len(rec) else ""
+            try:
+                v = float(cell)
+            except ValueError:
+                raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be a number, got {cell!r}") from None
+            if not math.isfinite(v):
+                raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be finite, got {cell!r}")
+            row.append(v)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(TIMESERIES_FIELDS), dtype=float)
+
+
+def read_run(path: str | Path) -> Run:
+    """The run's files, each read and checked, then checked against each other (`s3sim.validation.checks`)."""
+    d = find_run_dir(path)
+    recorded = os.path.lexists(d / TIMESERIES)  # a folder or a broken link there is read, and refused, as a file
+    series = read_timeseries(d / TIMESERIES) if recorded else pd.DataFrame(columns=list(TIMESERIES_FIELDS), dtype=float)
+    run = Run(d, read_meta(d / META), read_requests(d / REQUESTS), series, recorded)
+    where = repr(str(d / META))
+    checks.check_meta(run.meta, where)
+    checks.check_requests(run.requests, run.meta, d / REQUESTS, where)
+    checks.check_span_against_timeseries(run.requests, run.timeseries, d / REQUESTS, d / TIMESERIES,
+                                         checks.recorded_duration(run.meta, where) is not None)
+    return run
