@@ -19,6 +19,7 @@ from s3sim.core.predictors.spec import PredictorSpec
 from s3sim.hardware.capacity import kv_capacity_tokens
 from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model
+from s3sim.hardware.network import RING_FALLBACK
 from s3sim.latency import LATENCY_MODELS
 from s3sim.workload import arrival_times, load_workload
 from s3sim.spec import GpuEntry, RunSpec, run_spec, seed_of
@@ -95,6 +96,9 @@ def run_notes(row: dict) -> list[str]:
     if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
         notes.append(f"note: where the model's config says nothing or what is not modelled, the simulator assumed "
                      f"{row['model_assumed']} (model_assumed; model.dtype overrides the dtype)")
+    if RING_FALLBACK in str(row.get("collectives") or ""):
+        notes.append(f"note: tensor parallelism's all-reduces are priced as {row['collectives']} (collectives; "
+                     "latency.all_reduce=link:<GB/s>:<us> or a measured CSV prices them otherwise)")
     return [n for n in notes if n]
 
 

@@ -192,8 +192,10 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
 def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     """The summary fields that say what was simulated and how fast."""
     per_engine = setup.spec.gpu.count * setup.spec.gpu.pipeline_stages
+    coll = collectives(setup.replicas)
     return {"model": setup.spec.model, "gpu": setup.spec.gpu.name,
-            **({"gpus_per_engine": per_engine} if per_engine > 1 else {}), **run_fields(cfg, policy, setup.spec),
+            **({"gpus_per_engine": per_engine} if per_engine > 1 else {}), **({"collectives": coll} if coll else {}),
+            **run_fields(cfg, policy, setup.spec),
             "clipped_outputs": setup.clipped, "context_clipped": setup.context_clipped,
             "dropped_requests": setup.dropped, "clipped_prompts": setup.clipped_prompts,
             "model_dtype_bytes": setup.model.dtype_bytes, "model_assumed": "; ".join(setup.model.assumed),
@@ -203,6 +205,17 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
             "rows_used": rows_used(n + setup.dropped, setup.workload_rows, setup.spec.arrival_process == "trace"),
             "sim_wall_s": wall, "sim_requests_per_s": n / wall if wall > 0 else float("inf"),
             **({"zero_length_rows": setup.zero_length_rows} if setup.zero_length_rows else {})}
+
+
+def collectives(replicas) -> str:
+    """How the engines price tensor parallelism's all-reduces (each latency model's `all_reduce` source, the
+    distinct ones joined by ' | '); '' where no engine splits its layers over GPUs."""
+    seen = []
+    for _, lat, _ in replicas:
+        ar = getattr(lat, "all_reduce", None)
+        if ar is not None and ar.source not in seen:
+            seen.append(ar.source)
+    return " | ".join(seen)
 
 
 def run_fields(cfg, policy: str, spec=None) -> dict:

@@ -158,7 +158,7 @@ def test_engine_pricing_is_refused_in_one_line_where_it_cannot_be_had(tmp_path):
     from s3sim.hardware.network import all_reduce_model
     from s3sim.latency.operators import engine_factor, in_engine_factor
 
-    with pytest.raises(ConfigError, match="needs latency=operators"):
+    with pytest.raises(ConfigError, match="priced_collectives"):  # engine is read before this, by every model
         all_reduce_model("engine", get_gpu("rtx-pro-6000"), 2)
     with pytest.raises(ConfigError, match="names no whole-step table"):
         in_engine_factor(get_gpu("a100-80gb-sxm"))
@@ -171,6 +171,36 @@ def test_engine_pricing_is_refused_in_one_line_where_it_cannot_be_had(tmp_path):
     bad.write_text(preset.read_text().replace("  tp: 2", "  tp: 1"))
     with pytest.raises(ConfigError, match="in_engine_steps must be profile"):
         read_gpu_preset(bad)
+
+
+@pytest.mark.skipif(not (DATA / "vllm_runs").is_dir(), reason="needs the shared data folder")
+def test_auto_collectives_are_measured_wherever_measured_and_a_ring_only_as_a_said_fallback():
+    """latency.all_reduce's default, for every latency model: the RTX PRO 6000 pair as the engine ran its measured
+    table (its preset names a step table), the A100 DGX's measured table at 8 GPUs, and a ring whose source says
+    it is a fallback where nothing was measured (two A100 PCIe, or 16 SXM: the table stops at 8); the summary
+    carries it, and a fallback is a note."""
+    from s3sim.config import build_latency, run_notes
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import RING_FALLBACK, InEngineCollective, MeasuredAllReduce, RingAllReduce
+
+    def priced(name, gpu, n, model="llama-65b"):
+        return build_latency({"name": name}, get_model(model), get_gpu(gpu), n).all_reduce
+
+    for name in ("datasheet", "roofline"):
+        assert isinstance(priced(name, "rtx-pro-6000", 2), InEngineCollective)
+        assert type(priced(name, "a100-80gb-sxm", 8)) is MeasuredAllReduce
+        for gpu, n in (("a100-80gb-pcie", 2), ("a100-80gb-sxm", 16)):
+            ring = priced(name, gpu, n)
+            assert isinstance(ring, RingAllReduce) and RING_FALLBACK in ring.source
+        assert priced(name, "a100-80gb-pcie", 1) is None
+    profile = str(DATA / "vllm_runs" / "rtxpro6000-llama-3.1-8b" / "profile")
+    ops = build_latency({"name": "operators", "path": profile, "tp": 2}, get_model("llama-3.1-8b"),
+                        get_gpu("rtx-pro-6000"), 2)
+    assert isinstance(ops.all_reduce, InEngineCollective)
+    ring = priced("datasheet", "a100-80gb-pcie", 2)
+    assert any(RING_FALLBACK in n for n in run_notes({"collectives": ring.source}))
+    assert not any("all-reduces" in n for n in run_notes({"collectives": ops.all_reduce.source}))
 
 
 @pytest.mark.skipif(not (DATA / "vllm_runs").is_dir(), reason="needs the shared data folder")

@@ -14,8 +14,9 @@ Ways to price one (`latency.all_reduce`):
   known only by those two numbers (a sensitivity study, or another simulator's setting);
 - `engine`: the measured table as the serving engine ran it (`InEngineCollective`): its latency floor plus the
   message at its measured bandwidth divided by a factor, never faster than measured alone; the factor is fitted
-  to the whole-step table the GPU preset names (`in_engine_steps`, `s3sim.latency.operators.in_engine_factor`;
-  `latency=operators` only); `s3sim-validate`'s default where the preset names one;
+  to the whole-step table the GPU preset names (`in_engine_steps`, `s3sim.latency.operators.in_engine_factor`);
+- `auto` (the default, here and in `s3sim-validate`): `engine` where the preset names such a table and its
+  measured table has that many GPUs, else `measured` where it does, else `ring`, its source saying so;
 - `none`: free (ideal scaling).
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.inputs import SHARED_DATA_DIR, read_csv
+
+
+RING_FALLBACK = "the ring is a fallback, not a measurement"  # in the source of a ring `auto` fell back to
 
 
 class RingAllReduce:
@@ -298,16 +302,15 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     path; `auto`: measured where the preset's table has `workers` GPUs, else the ring (its source says why)."""
     if spec == "none":
         return None
-    if spec == "engine":
+    if spec == "engine":  # every latency model takes it through s3sim.latency.operators.priced_collectives
         raise ConfigError("latency.all_reduce=engine prices the measured table as the engine ran it, fitted to "
-                          "whole steps with an operator profile: it needs latency=operators (or s3sim-validate)")
+                          "whole steps: price it with s3sim.latency.operators.priced_collectives")
     if spec == "auto":
         model = preset_measured(gpu)
         if model is not None and (workers is None or workers in model.curves):
             return model
         ring = all_reduce_model("ring", gpu)
-        ring.source += (f" (no measured all-reduce of {workers} {gpu.name} GPUs: the ring is a fallback, "
-                        f"not a measurement)")
+        ring.source += f" (no measured all-reduce of {workers} {gpu.name} GPUs: {RING_FALLBACK})"
         return ring
     if spec == "measured":
         if not gpu.measured_all_reduce:

@@ -43,8 +43,9 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.hardware.network import FreeSendRecv, all_reduce_model, send_recv_model
+from s3sim.hardware.network import FreeSendRecv, send_recv_model
 from s3sim.latency.base import LatencyModel
+from s3sim.latency.operators import priced_collectives
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
 
@@ -58,7 +59,8 @@ class DatasheetConfig:
     attention_prefill_efficiency: Optional[float] = None  # of peak FLOP/s; null: the GPU preset's value
     attention_decode_efficiency: Optional[float] = None  # of peak bandwidth; null: the GPU preset's value
     overhead_s: float = 0.0  # seconds added to every iteration (scheduling, what the operators leave out)
-    all_reduce: str = "ring"  # gpu.count > 1: ring over the GPU's interconnect, none (free), or a measured CSV
+    all_reduce: str = "auto"  # gpu.count > 1: auto (as latency=operators), ring over the GPU's interconnect,
+    # measured, engine[:<factor>], link:<GB/s>:<us>, none (free), or a measured CSV
     send_recv: str = "link"  # gpu.pipeline_stages > 1: over the GPU's interconnect, none (free), or a measured CSV
 
 
@@ -78,7 +80,7 @@ class DatasheetLatency(LatencyModel):
                    send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,
                    launch_s=conf.launch_s, attention_prefill_efficiency=conf.attention_prefill_efficiency,
                    attention_decode_efficiency=conf.attention_decode_efficiency, overhead_s=conf.overhead_s, num_gpus=num_gpus,
-                   all_reduce=all_reduce_model(conf.all_reduce, gpu, num_gpus) if num_gpus > 1 else None)
+                   all_reduce=priced_collectives(conf.all_reduce, gpu, num_gpus) if num_gpus > 1 else None)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency=None, memory_efficiency=None,
                  launch_s=None, attention_prefill_efficiency=None, attention_decode_efficiency=None,

@@ -55,9 +55,10 @@ class OperatorsConfig:
     path: Optional[str] = None  # a profile folder: `profile/` holding `tp<N>/`, or a `tp<N>/` folder itself
     tp: int = 1  # tensor-parallel degree (its `tp<N>` folder)
     overhead_s: float = 0.0  # seconds added to every iteration (what the operators leave out)
-    all_reduce: str = "ring"  # tp > 1: the two all-reduces per layer: ring over the GPU's interconnect, measured,
-    # engine (measured, as the engine ran it: s3sim.hardware.network) or engine:<factor>, link:<GB/s>:<us>, none,
-    # or a CSV
+    all_reduce: str = "auto"  # tp > 1: the two all-reduces per layer: auto (engine where the GPU preset names a
+    # whole-step table, else measured where its table has tp GPUs, else a ring, said to be a fallback), ring over
+    # the GPU's interconnect, measured, engine (measured, as the engine ran it: s3sim.hardware.network) or
+    # engine:<factor>, link:<GB/s>:<us>, none, or a CSV
     skew: str = "profile"  # uneven decode contexts: profile (its meta.yaml's measured alpha, where it has one) | none
 
     def __post_init__(self):
@@ -311,6 +312,7 @@ class OperatorLatency(LatencyModel):
         self.dense_base = dense  # the dense operators without an MoE model's experts (`from_profile` sets both)
         self.experts = None  # an MoE model's expert table, None for a dense model
         self.skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
+        self.all_reduce = None  # tensor parallelism's all-reduces (`from_profile` sets it at tp > 1)
 
     @classmethod
     def from_config(cls, conf: OperatorsConfig, model, gpu, num_gpus: int = 1) -> "OperatorLatency":
@@ -320,20 +322,14 @@ class OperatorLatency(LatencyModel):
         all_reduce = gather = None
         if conf.tp > 1:
             from s3sim.hardware.network import NoAllReduce
-            from s3sim.hardware.network import all_reduce_model
 
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            # engine[:<factor>]: the measured table as the engine ran it (auto stays all_reduce_model's here)
-            engine = conf.all_reduce.startswith("engine")
-            factor = engine_collectives(conf.all_reduce, gpu, conf.tp) if engine else False
-            if factor is not False:
-                all_reduce = in_engine(gpu, all_reduce_model("measured", gpu, conf.tp), factor)
-            else:
-                all_reduce = all_reduce_model(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
-            if conf.all_reduce != "none":
+            all_reduce = priced_collectives(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
+            if conf.all_reduce != "none":  # the logits' all-gather, as the engine ran it where the all-reduces are
                 from s3sim.hardware.network import all_gather_model
                 gather = all_gather_model(gpu, conf.tp)
+                factor = engine_collectives(conf.all_reduce, gpu, conf.tp)
                 if factor is not False:
                     gather = in_engine(gpu, gather, factor)
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
@@ -387,6 +383,7 @@ class OperatorLatency(LatencyModel):
         lat.dense_base, lat.experts = base, experts
         lat.skew_alpha = skew_alpha(profile_meta(path), tp) if skew == "profile" else 0.0
         lat.kv_shards = min(tp, model.n_kv_heads)  # each GPU holds (and copies) its KV heads' share
+        lat.all_reduce = all_reduce if tp > 1 else None  # what prices the collectives (its `source` says how)
         return lat
 
     # ---- pricing ------------------------------------------------------------------------------
@@ -523,6 +520,20 @@ def in_engine(gpu: GpuSpec, collective, factor: float | None = None):
         how = "a factor given, not fitted"
     return InEngineCollective(collective, factor, f"{collective.source}, as the engine ran it: its floor plus the "
                                                   f"bytes at 1/{factor:.3g} of its measured bandwidth ({how})")
+
+
+def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
+    """Tensor parallelism's all-reduces between `workers` GPUs as `spec` (`latency.all_reduce`) prices them, for
+    every latency model: `engine[:<factor>]`, or `auto` where the GPU preset names a whole-step table and its
+    measured table has that many GPUs, is the measured table as the engine ran it; otherwise `all_reduce_model`'s
+    reading (`auto`: the measured table where it has that many GPUs, else a ring over the preset's link, its source
+    saying it is a fallback). None: free (`none`)."""
+    from s3sim.hardware.network import all_reduce_model
+
+    factor = engine_collectives(spec, gpu, workers)
+    if factor is not False:
+        return in_engine(gpu, all_reduce_model("measured", gpu, workers), factor)
+    return all_reduce_model(spec, gpu, workers)
 
 
 def engine_collectives(all_reduce: str, gpu, workers: int):

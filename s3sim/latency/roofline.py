@@ -37,7 +37,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.hardware.network import all_reduce_model
+from s3sim.latency.operators import priced_collectives
 from s3sim.latency.base import LatencyModel
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
@@ -49,7 +49,8 @@ class RooflineConfig:
     compute_efficiency: float = 0.6
     memory_efficiency: float = 0.8
     overhead_s: float = 0.002
-    all_reduce: str = "ring"  # tensor parallelism's cost: ring (over the GPU's interconnect), none, or a CSV path
+    all_reduce: str = "auto"  # tensor parallelism's cost: auto (as latency=operators), ring (over the GPU's
+    # interconnect), measured, engine[:<factor>], link:<GB/s>:<us>, none, or a CSV path
 
 
 class RooflineLatency(LatencyModel):
@@ -61,7 +62,8 @@ class RooflineLatency(LatencyModel):
     @classmethod
     def from_config(cls, conf: RooflineConfig, model, gpu, num_gpus: int = 1) -> "RooflineLatency":
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
-                   overhead_s=conf.overhead_s, num_gpus=num_gpus, all_reduce=all_reduce_model(conf.all_reduce, gpu, num_gpus))
+                   overhead_s=conf.overhead_s, num_gpus=num_gpus,
+                   all_reduce=priced_collectives(conf.all_reduce, gpu, num_gpus) if num_gpus > 1 else None)
 
     def __init__(self, model: ModelSpec, gpu: GpuSpec, compute_efficiency: float = 0.6,
                  memory_efficiency: float = 0.8, overhead_s: float = 0.002, num_gpus: int = 1,

@@ -14,15 +14,12 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
     the GPU's measured table as the engine ran it where the preset names a step table to fit that to, else the
     measured table alone, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce, all_gather_model, all_reduce_model
-    from s3sim.latency.operators import engine_collectives, in_engine
+    from s3sim.hardware.network import NoAllReduce, all_gather_model
+    from s3sim.latency.operators import engine_collectives, in_engine, priced_collectives
 
     factor = engine_collectives(all_reduce, gpu, tp) if tp > 1 else False
     as_run = factor is not False
-    if as_run:
-        ring = in_engine(gpu, all_reduce_model("measured", gpu, tp), factor)
-    else:
-        ring = (all_reduce_model(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
+    ring = (priced_collectives(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
         f = fit_from or gpu
