@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from exec_helpers import POLICIES, executor, reference, requests, run, scheduler, tiny, workload
-from s3exec.attention import StepLayout, paged_attention, pool_block_mask
+from exec_helpers import POLICIES, executor, reference, requests, run, scheduler, workload
+from s3exec.attention import paged_attention, pool_block_mask
 from s3exec.cuda_graphs import LADDER, Buffers, DecodeGraphs, ladder, padded_size
 from s3exec.kv_cache import KVCache
 from s3exec.model_runner import ModelRunner

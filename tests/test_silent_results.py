@@ -20,7 +20,7 @@ def cfg(*overrides):
 def trace(tmp_path, rows):
     path = tmp_path / "trace.csv"
     path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "".join(f"{t},{p},{o}\n" for t, p, o in rows))
-    return [f"workload=trace", f"workload.path={path}", "arrival=trace"]
+    return ["workload=trace", f"workload.path={path}", "arrival=trace"]
 
 
 def test_max_seq_len_beyond_the_context_window_is_an_error():
