@@ -105,6 +105,35 @@ def test_within_a_cuda_graph_every_rank_is_padded_to_the_largest_ranks_tokens():
     assert eager == pytest.approx(rank + experts(34))  # 33 tokens and the idle rank's one; the exchange 2 x 33
 
 
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+def test_each_ranks_uneven_decode_contexts_cost_what_the_profile_measured():
+    """The MoE profile measured uneven decode contexts (its skew_fit alpha): a rank whose longest context is far
+    above its mean pays the inner model's extra for it, and the step is the slowest rank's; the engine hands
+    every rank's longest context (DataParallelScheduler.max_context)."""
+    from s3sim.core.data_parallel import merged
+    from s3sim.core.output import SchedulerOutput
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.models import get_model
+    from s3sim.hardware.network import all_gather_model
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.latency.operators import OperatorLatency
+
+    m, g = get_model("qwen3-30b-a3b"), get_gpu("rtx-pro-6000")
+    inner = OperatorLatency.from_profile(MOE, m, g)
+    ep = DataParallelLatency(inner, 2, True, all_gather_model(g, 2))
+    assert ep.skew_alpha == inner.skew_alpha > 0
+    busy = SchedulerOutput(decode=[], decode_n=32, decode_ctx=32 * 1000)
+    step = merged([busy, busy])
+    even, uneven = ep.batch_time(step, (1000, 1000)), ep.batch_time(step, (1000, 8000))
+    extra = inner.batch_time(busy, max_ctx=8000, experts=False) - inner.batch_time(busy, experts=False)
+    assert extra > 0 and uneven - even == pytest.approx(extra)
+    assert even == pytest.approx(ep.batch_time(step))  # contexts at their mean: no extra
+    dp = DataParallelScheduler([rank(), rank()])
+    dp.add(make_requests([20, 900], [5, 5], [0.0, 0.0]))
+    dp.schedule(0.0)
+    assert len(dp.max_context()) == 2
+
+
 def moe_run(tmp_path, n=40, **engine):
     """The first `n` requests of the PRO 6000 Llama run, recorded as if Qwen3-30B-A3B under `engine` settings."""
     run = tmp_path / "run"

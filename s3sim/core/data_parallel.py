@@ -136,6 +136,10 @@ class DataParallelScheduler:
     def finished(self) -> list:
         return [q for r in self.ranks for q in r.finished]
 
+    def max_context(self) -> tuple:
+        """Each rank's longest running context: a rank's uneven decode contexts cost what its own longest adds."""
+        return tuple(r.max_context() for r in self.ranks)
+
     def shared_kv_tokens(self) -> int:
         return sum(r.shared_kv_tokens() for r in self.ranks)
 

@@ -2,7 +2,7 @@
 profile.
 
 Each rank's batch costs what the operator model says for everything but the experts (`dense_base`, attention,
-LM head and sampler); a rank with nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of
+with its own decodes' uneven contexts where the profile measured their cost, LM head and sampler); a rank with nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of
 an MoE model stepping). The step takes the slowest rank's time plus, in every layer, the experts:
 - with expert parallelism, each rank holds 1/ranks of the experts, gathers every rank's tokens (an
   all-gather of their hidden states), computes its experts' share of the token-expert pairs of the whole batch
@@ -26,8 +26,6 @@ from s3sim.core.errors import ConfigError
 
 
 class DataParallelLatency:
-    skew_alpha = 0.0  # each rank's decodes are priced at their mean context
-
     def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = "",
                  graph_tokens: int = 0):
         if inner.experts is None:
@@ -39,23 +37,29 @@ class DataParallelLatency:
         self.model = inner.model
         self.source = source
         self.graph_tokens = int(graph_tokens)
+        # uneven decode contexts, priced per rank as the profile measured them: the engine then hands
+        # `batch_time` each rank's longest context (`DataParallelScheduler.max_context`)
+        self.skew_alpha = inner.skew_alpha
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def _rank(self, out) -> tuple[float, int]:
+    def _rank(self, out, max_ctx: int = 0) -> tuple[float, int]:
         """(seconds of one rank's batch, its tokens): everything but the experts under expert parallelism
-        (priced for the whole group in `batch_time`), its own experts too without it; a dummy token when idle."""
+        (priced for the whole group in `batch_time`), its own experts too without it; a dummy token when idle.
+        `max_ctx`: the rank's longest decode context, for uneven contexts (0: its decodes at their mean)."""
         lat = self.inner
         tokens = out.prefill_tokens + out.decode_n
         if tokens <= 0:
             return lat.overhead_s + lat.dense_base.at(1.0), 1
-        return lat.batch_time(out, experts=not self.expert_parallel), tokens
+        return lat.batch_time(out, max_ctx=max_ctx, experts=not self.expert_parallel), tokens
 
-    def batch_time(self, out) -> float:
+    def batch_time(self, out, max_ctx: tuple = ()) -> float:
+        """The step of every rank's part of `out`; `max_ctx`: each rank's longest decode context (empty: every
+        rank's decodes at their mean context)."""
         if out.is_empty:
             return 0.0
-        ranks = [self._rank(p) for p in out.parts]
+        ranks = [self._rank(p, m) for p, m in zip(out.parts, max_ctx or [0] * len(out.parts))]
         most = max(n for _, n in ranks)
         if most <= self.graph_tokens:  # padded to the largest rank's tokens: each rank's dense operators run them
             dense = self.inner.dense_base if self.expert_parallel else self.inner.dense
