@@ -56,7 +56,7 @@ gpu-wheels: setup
 # Replay the real vLLM runs of ../shared/data/vllm_runs in the simulator (vllm policy), with each run's operator
 # profile, with the datasheet operator model alone, with it on the A100's fit, and on the mean fit of every other
 # GPU measured (the run's GPU left out, as if never profiled): results/validation/<run>[-datasheet[-a100-fit|
-# -others-fit]]/.
+# -others-fit]]/; and the tensor-parallel run with its collectives as NCCL ran them alone (-nccl-alone).
 VLLM_RUNS := ../shared/data/vllm_runs
 validate: setup
 	for r in rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b rtxpro6000-qwen3-32b; do \
@@ -67,6 +67,8 @@ validate: setup
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-datasheet-others-fit --profile none \
 	    --fit-from others || exit 1; \
 	done
+	$(BIN)/s3sim-validate $(VLLM_RUNS)/rtxpro6000-qwen3-32b/run --out results/validation/rtxpro6000-qwen3-32b-nccl-alone \
+	  --all-reduce measured
 
 # How well datasheet figures price each operator on A100, A40 (../shared/data/gpu_profiles) and the two vLLM runs' GPUs, fitted.
 calibrate: setup
