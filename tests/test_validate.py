@@ -428,6 +428,15 @@ def test_unrecorded_limits_are_asked_for_and_filled_with_vllms_defaults_for_the_
     assert "max_num_batched_tokens=8,192" in stdout and "the offline LLM class" in stdout
 
 
+def test_results_never_go_into_the_run_or_its_profile(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    for out in (run, run / "results", tmp_path / "rtx4090" / "profile" / "x"):
+        assert main([str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--out" in err and "inside the" in err
+        assert not (run / "results").exists() and not (run / "validation.csv").exists()
+
+
 def test_vllm_entry_on_a_run_that_records_its_limits_is_refused(tmp_path, capsys):
     run = trim(R4090, tmp_path / "rtx4090")
     assert main([str(run), "--out", str(tmp_path / "out"), "--vllm-entry", "offline"]) == 2

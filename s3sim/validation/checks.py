@@ -1,5 +1,5 @@
 """What `s3sim-validate` checks before a replay beyond each file's format: that a recorded run's files agree
-with each other and with physics, and that its output folder can be written.
+with each other and with physics, and that its output folder can be written, outside the run and its profile.
 
 Each check raises one `ConfigError` line naming the file, the field or line, and what would be valid:
 - meta.json against itself: `kv_cache.num_kv_tokens = num_gpu_blocks x block_size`; the `kv_cache` and
@@ -53,6 +53,16 @@ def check_out(out) -> Path:
                 raise ConfigError(f"--out {_q(p)}: {_q(parent)} is a file, so no folder can be made there")
             break
     return p
+
+
+def check_out_apart(out: Path, inputs: dict) -> None:
+    """The output folder outside every input folder (`inputs`: what each is, its path or None): a replay's
+    results go beside a recording and its profile, never into them."""
+    where = out.resolve()
+    for what, folder in inputs.items():
+        if folder is not None and where.is_relative_to(Path(folder).resolve()):
+            raise ConfigError(f"--out {_q(out)} is inside the {what} {_q(folder)}: a replay's results go beside "
+                              "the recording and its profile, not into them; name a folder outside it")
 
 
 # ---- meta.json against itself ----------------------------------------------------------------------------

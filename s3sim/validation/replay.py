@@ -49,6 +49,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         prof = Path(profile)
         if not prof.is_dir():
             raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
+    checks.check_out_apart(out, {"run folder": run.dir, "profile": prof})
     if fit_from is not None and prof is not None:
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     check_all_reduce_flag(all_reduce)
