@@ -273,11 +273,27 @@ def engine_capacity(entry: GpuEntry, model, fixed_cap: int | None = None) -> tup
         raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
                           f"({model.n_kv_heads} KV heads) evenly for tensor parallelism (it must divide the heads, "
                           f"and divide the KV heads or be a multiple of them); valid: {valid}")
+    if entry.data_parallel > 1:  # one rank's GPU: the shared weights and its share of the experts, if split
+        data_parallel_model(entry, model)
+        weights = ((model.n_params - model.expert_params + model.expert_params // entry.data_parallel)
+                   * model.dtype_bytes if entry.expert_parallel else model.weight_bytes)
+        cap = fixed_cap if fixed_cap is not None else kv_capacity_tokens(
+            model, gpu, activation_reserve_frac=entry.activation_reserve_frac, weight_bytes=weights)
+        return gpu, num_gpus, cap
     cap = (fixed_cap if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=entry.activation_reserve_frac,
                               num_gpus=num_gpus * pipeline_stages(entry, model),  # the stages' memory adds up too
                               tensor_parallel=num_gpus))
     return gpu, num_gpus, cap
+
+
+def data_parallel_model(entry: GpuEntry, model) -> None:
+    """`gpu.data_parallel` > 1 is a mixture of experts' ranks stepping together; a dense model's data-parallel
+    ranks are independent engines, which replicas behind a router already are."""
+    if not model.n_experts:
+        raise ConfigError(f"gpu.data_parallel={entry.data_parallel}: {model.name} is a dense model, whose data-parallel "
+                          f"ranks are independent engines: use cluster.replicas={entry.data_parallel} (with "
+                          "cluster.router=least_outstanding, say) instead")
 
 
 @dataclass
@@ -286,8 +302,9 @@ class Hardware:
     capacity in tokens and latency model."""
     gpu: object
     num_gpus: int
-    capacity_tokens: int
+    capacity_tokens: int  # one rank's, where `ranks` > 1
     latency: object
+    ranks: int = 1  # an MoE model's data-parallel ranks stepping together (`gpu.data_parallel`)
 
 
 def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
@@ -298,7 +315,31 @@ def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
                           "e.g. gpu=a100-80gb-pcie")
     gpu, num_gpus, cap = engine_capacity(spec.gpu, model, spec.kv_capacity_tokens)
     latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(spec.gpu, model))
-    return Hardware(gpu, num_gpus, cap, latency)
+    if spec.gpu.data_parallel > 1:
+        latency = data_parallel_latency(cfg["latency"], latency, spec.gpu, gpu)
+    return Hardware(gpu, num_gpus, cap, latency, spec.gpu.data_parallel)
+
+
+def data_parallel_latency(lat_cfg, latency, entry: GpuEntry, gpu):
+    """One rank's latency model as `gpu.data_parallel` ranks stepping together (`s3sim.latency.data_parallel`),
+    their expert-parallel exchanges priced by `latency.all_reduce` as the all-reduces are (auto: the GPU's measured
+    all-gather as the engine ran it, else measured alone, else a ring), padded up to `latency.graph_tokens`."""
+    from s3sim.hardware.network import all_gather_model
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.latency.operators import engine_collectives, in_engine
+
+    gather = None
+    if entry.expert_parallel:
+        gather = all_gather_model(gpu, entry.data_parallel)
+        spec = lat_cfg.get("all_reduce", "auto")
+        factor = engine_collectives(spec, gpu, entry.data_parallel) if isinstance(spec, str) else False
+        if factor is not False:
+            gather = in_engine(gpu, gather, factor)
+    graphs = int(lat_cfg.get("graph_tokens", 0))  # latency=operators checks it; another model refuses below
+    how = (f"{entry.data_parallel} data-parallel ranks stepping together"
+           + (f", experts split over them ({gather.source})" if gather is not None else ", every rank holding every "
+              "expert") + (f", padded to the largest rank's tokens up to {graphs}" if graphs else ""))
+    return DataParallelLatency(latency, entry.data_parallel, entry.expert_parallel, gather, how, graph_tokens=graphs)
 
 
 def build_engine(cfg, spec: RunSpec, model, prompt, output, keys, hw: Hardware):
@@ -307,12 +348,20 @@ def build_engine(cfg, spec: RunSpec, model, prompt, output, keys, hw: Hardware):
     max_seq_len = spec.max_seq_len
     check_fits(hw.capacity_tokens, int(prompt.max()), max_seq_len, f"{model.name} on {hw.num_gpus} x {hw.gpu.name}",
                "lower max_seq_len or use a larger GPU")
-    sched = build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers,
-                            spec=spec)
-    check_requests(sched, prompt, output)
+    ranks = [build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers,
+                             spec=spec) for _ in range(hw.ranks)]
+    for sched in ranks:
+        check_requests(sched, prompt, output)
+    sched = ranks[0]
     if sched.copies_kv:
+        if hw.ranks > 1:
+            raise ConfigError(f"policy={sched.name} copies its KV cache every step, which data-parallel ranks do not "
+                              "price: use gpu.data_parallel=1")
         hw.latency.copy_time(0)  # refuses now, not mid-run, if it cannot price the copies of a growing cache
-    return sched, hw.latency, hw.capacity_tokens
+    if hw.ranks > 1:
+        from s3sim.core.data_parallel import DataParallelScheduler
+        sched = DataParallelScheduler(ranks)
+    return sched, hw.latency, hw.capacity_tokens * hw.ranks
 
 
 def check_requests(sched, prompt, output) -> None:

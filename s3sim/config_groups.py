@@ -6,15 +6,18 @@ A preset's group entry holds the settings a run may change around it:
 - `model`: `name` (the preset, or a path to a Hugging Face config.json) and `dtype` (float16 | bfloat16 |
   float32 overrides the config's torch_dtype, weights and KV; null keeps it);
 - `gpu`: `name`, `count` (GPUs in tensor parallel: memory and bandwidth add up, all-reduces cost, see
-  latency.all_reduce), `pipeline_stages` (stages of `count` GPUs each; latency=datasheet prices them) and
-  `activation_reserve_frac` (memory kept for activations and the runtime, not KV).
+  latency.all_reduce), `pipeline_stages` (stages of `count` GPUs each; latency=datasheet prices them),
+  `activation_reserve_frac` (memory kept for activations and the runtime, not KV), and `data_parallel` with
+  `expert_parallel` (a mixture of experts served by that many one-GPU ranks stepping together, its experts split
+  over them or not, as vLLM's data_parallel_size and enable_expert_parallel; latency=operators with a moe.csv).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the Hydra config groups
-GPU_ENTRY = {"count": 1, "pipeline_stages": 1, "activation_reserve_frac": 0.1}
+GPU_ENTRY = {"count": 1, "pipeline_stages": 1, "activation_reserve_frac": 0.1, "data_parallel": 1,
+             "expert_parallel": False}
 MODEL_ENTRY = {"dtype": None}
 _registered = False
 

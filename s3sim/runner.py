@@ -191,7 +191,7 @@ def _run_once(cfg, out_dir, write_iterations: bool, summary: bool = True) -> dic
 
 def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
     """The summary fields that say what was simulated and how fast."""
-    per_engine = setup.spec.gpu.count * setup.spec.gpu.pipeline_stages
+    per_engine = setup.spec.gpu.gpus
     coll = collectives(setup.replicas)
     return {"model": setup.spec.model, "gpu": setup.spec.gpu.name,
             **({"gpus_per_engine": per_engine} if per_engine > 1 else {}), **({"collectives": coll} if coll else {}),
@@ -208,13 +208,13 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
 
 
 def collectives(replicas) -> str:
-    """How the engines price tensor parallelism's all-reduces (each latency model's `all_reduce` source, the
-    distinct ones joined by ' | '); '' where no engine splits its layers over GPUs."""
+    """How the engines price tensor parallelism's all-reduces and expert parallelism's exchanges (each latency
+    model's `all_reduce` and `gather` sources, the distinct ones joined by ' | '); '' where no engine has any."""
     seen = []
     for _, lat, _ in replicas:
-        ar = getattr(lat, "all_reduce", None)
-        if ar is not None and ar.source not in seen:
-            seen.append(ar.source)
+        for priced in (getattr(lat, "all_reduce", None), getattr(lat, "gather", None)):
+            if priced is not None and priced.source not in seen:
+                seen.append(priced.source)
     return " | ".join(seen)
 
 

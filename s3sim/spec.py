@@ -69,6 +69,13 @@ class GpuEntry:
     count: int = GPU_ENTRY["count"]  # GPUs in tensor parallel
     pipeline_stages: int = GPU_ENTRY["pipeline_stages"]  # stages of `count` GPUs each
     activation_reserve_frac: float = GPU_ENTRY["activation_reserve_frac"]  # memory kept from the KV pool
+    data_parallel: int = GPU_ENTRY["data_parallel"]  # an MoE model's ranks of one GPU each, stepping together
+    expert_parallel: bool = GPU_ENTRY["expert_parallel"]  # its experts split over those ranks
+
+    @property
+    def gpus(self) -> int:
+        """GPUs one engine runs on: count x pipeline_stages x data_parallel."""
+        return self.count * self.pipeline_stages * self.data_parallel
 
     @classmethod
     def read(cls, node) -> "GpuEntry | None":
@@ -78,9 +85,21 @@ class GpuEntry:
         frac = get(node, "activation_reserve_frac", GPU_ENTRY["activation_reserve_frac"])
         if isinstance(frac, bool) or not isinstance(frac, (int, float, np.integer, np.floating)) or not 0 <= frac < 1:
             raise ConfigError(f"gpu.activation_reserve_frac must be a fraction in [0, 1), got {frac!r}")
-        return cls(str(node["name"]), positive_int(get(node, "count", GPU_ENTRY["count"]), "gpu.count"),
-                   positive_int(get(node, "pipeline_stages", GPU_ENTRY["pipeline_stages"]), "gpu.pipeline_stages"),
-                   float(frac))
+        ep = get(node, "expert_parallel", GPU_ENTRY["expert_parallel"])
+        if not isinstance(ep, bool):
+            raise ConfigError(f"gpu.expert_parallel must be true or false, got {ep!r}")
+        entry = cls(str(node["name"]), positive_int(get(node, "count", GPU_ENTRY["count"]), "gpu.count"),
+                    positive_int(get(node, "pipeline_stages", GPU_ENTRY["pipeline_stages"]), "gpu.pipeline_stages"),
+                    float(frac), positive_int(get(node, "data_parallel", GPU_ENTRY["data_parallel"]),
+                                              "gpu.data_parallel"), ep)
+        if entry.data_parallel > 1 and (entry.count > 1 or entry.pipeline_stages > 1):
+            raise ConfigError(f"gpu.data_parallel={entry.data_parallel} with gpu.count={entry.count} and "
+                              f"gpu.pipeline_stages={entry.pipeline_stages}: data-parallel ranks of one GPU each are "
+                              "modelled (set gpu.count=1 and gpu.pipeline_stages=1)")
+        if ep and entry.data_parallel == 1:
+            raise ConfigError("gpu.expert_parallel=true needs gpu.data_parallel > 1: the experts are split over the "
+                              "data-parallel ranks")
+        return entry
 
 
 # the workload loader's options (`s3sim.workload.load_workload`), passed on where the config sets them

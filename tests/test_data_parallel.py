@@ -241,3 +241,70 @@ def test_a_dense_models_data_parallel_ranks_may_each_be_tensor_parallel(tmp_path
     assert main([str(run), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "tp2; data parallel 2" in out and "independent engines" in out and "as the engine ran it" in out
+
+
+DP = ("model=qwen3-30b-a3b-instruct-2507", "gpu=rtx-pro-6000", "gpu.data_parallel=2", "latency=operators",
+      f"latency.path={MOE}", "workload=sharegpt", "arrival=poisson", "arrival.rate=8", "num_requests=120",
+      "max_seq_len=512")
+
+
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+@pytest.mark.parametrize("policy", ["s3", "vllm", "orca"])
+def test_s3sim_serves_an_moe_model_on_data_parallel_expert_parallel_ranks(cfg, tmp_path, policy):
+    """`gpu.data_parallel=2 gpu.expert_parallel=true`: two one-GPU ranks stepping together behind vLLM's balancer,
+    each holding the shared weights and half the experts (so more KV than a rank holding them all), every request
+    finished once, the pools empty, and the summary saying so (gpus_per_engine, collectives)."""
+    from s3sim.cluster.build import build
+    from s3sim.core.data_parallel import DataParallelScheduler
+    from s3sim.latency.data_parallel import DataParallelLatency
+    from s3sim.runner import run_config
+
+    ep = build(cfg(*DP, "gpu.expert_parallel=true", f"policy={policy}"))
+    whole = build(cfg(*DP, f"policy={policy}"))
+    assert isinstance(ep.scheduler, DataParallelScheduler) and isinstance(ep.latency, DataParallelLatency)
+    pool = ep.scheduler.ranks[0].pool
+    assert 0 <= ep.capacity_tokens // 2 - pool.capacity * pool.unit_tokens < pool.unit_tokens  # each rank its half
+    assert ep.capacity_tokens > whole.capacity_tokens  # half the experts leave room for KV
+    row = run_config(cfg(*DP, "gpu.expert_parallel=true", f"policy={policy}"), tmp_path)
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    assert len(req) == 120 and req.id.is_unique and req.finished.notna().all()
+    assert row["gpus_per_engine"] == 2 and "all-gather" in row["collectives"]
+    assert 0 < row["kv_peak_reserved_frac"] <= 1 and row["policy"] == policy
+
+
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+@pytest.mark.parametrize("overrides, words", [
+    (("model=llama-3.1-8b", f"latency.path={DATA / 'rtxpro6000-llama-3.1-8b' / 'profile'}"),
+     ["dense model", "cluster.replicas=2"]),
+    (("gpu.count=2",), ["gpu.data_parallel=2 with gpu.count=2", "one GPU each"]),
+    (("gpu.data_parallel=1", "gpu.expert_parallel=true"), ["gpu.expert_parallel=true needs gpu.data_parallel > 1"]),
+    (("gpu.expert_parallel=maybe",), ["gpu.expert_parallel must be true or false"]),
+    (("gpu.data_parallel=0",), ["gpu.data_parallel"]),
+    (("policy=hf",), ["policy=hf copies its KV cache", "gpu.data_parallel=1"]),
+    (("latency=datasheet",), ["latency=operators with a moe.csv"]),
+    (("latency.graph_tokens=-1",), ["latency.graph_tokens must be >= 0"]),
+])
+def test_what_data_parallel_ranks_do_not_model_is_one_line(cfg, overrides, words):
+    from s3sim.cluster.build import build
+    from s3sim.core.errors import ConfigError
+
+    base = [o for o in DP if not o.startswith("latency.")] if "latency=datasheet" in overrides else DP
+    with pytest.raises(ConfigError) as e:
+        build(cfg(*[o for o in base if o != "latency=operators" or "latency=datasheet" not in overrides],
+                  *overrides))
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+@pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
+@pytest.mark.parametrize("router", ["predicted", "least_kv"])
+def test_data_parallel_engines_behind_a_router_finish_every_request_once(cfg, tmp_path, router):
+    """Two such engines behind a router: the router reads each engine's finished requests in the order they
+    finished and its reserved KV (summed over its ranks), and every replica drains (simulate_cluster checks)."""
+    from s3sim.runner import run_config
+
+    row = run_config(cfg(*DP, "gpu.expert_parallel=true", "policy=s3", "cluster.replicas=2",
+                         f"cluster.router={router}"), tmp_path)
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    reps = pd.read_csv(tmp_path / "replicas.csv")
+    assert len(req) == 120 and req.finished.notna().all() and reps.num_requests.sum() == 120
+    assert row["gpus_per_engine"] == 2

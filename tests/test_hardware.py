@@ -54,7 +54,8 @@ def test_every_preset_is_a_choice_of_its_config_group_from_its_file_alone():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         for g in GPU_PRESETS:
             cfg = OmegaConf.to_container(compose("config", overrides=[f"gpu={g}", "model=llama-3.1-8b"]))
-            assert cfg["gpu"] == {"name": g, "count": 1, "pipeline_stages": 1, "activation_reserve_frac": 0.1}
+            assert cfg["gpu"] == {"name": g, "count": 1, "pipeline_stages": 1, "activation_reserve_frac": 0.1,
+                                  "data_parallel": 1, "expert_parallel": False}
             assert cfg["model"] == {"name": "llama-3.1-8b", "dtype": None}
 
 

@@ -162,7 +162,7 @@ def build(cfg) -> Setup:
     keys = None if wl.keys is None else wl.keys[fit.rows]
     replicas = [_replica(n, i, lambda: build_engine(c, s, model, fit.prompt, fit.output, keys, hw))
                 for i, (c, s, hw) in enumerate(zip(configs, specs, hardware))]
-    gpus = [f"{s.gpu.count * s.gpu.pipeline_stages} x {s.gpu.name}" for s in specs]
+    gpus = [f"{s.gpu.gpus} x {s.gpu.name}" for s in specs]
     predictor = None
     if router_cls.uses_predictor:
         predictor = build_predictor(cfg, spec.max_seq_len, fit.output, keys=keys, seed=spec.seed)

@@ -15,6 +15,7 @@ from dataclasses import fields
 
 import numpy as np
 
+from s3sim.core.data_parallel import summed_fields
 from s3sim.core.results import IterationLog, RunResult
 from s3sim.metrics.summary import Slo, busy_fraction, summarize
 
@@ -36,25 +37,14 @@ class _MergedScheduler:
         self.pool = _MergedPool(results)
         self._scheds = scheds
 
-    @staticmethod
-    def _sum(dicts: list[dict]) -> dict:
-        out = {}
-        for d in dicts:
-            for k, v in d.items():
-                if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-                    out[k] = out.get(k, 0) + v
-                else:
-                    out.setdefault(k, v)
-        return out
-
     def counters(self) -> dict:
-        return self._sum([s.counters() for s in self._scheds])
+        return summed_fields([s.counters() for s in self._scheds])
 
     def cause_fields(self) -> dict:
-        return self._sum([s.cause_fields() for s in self._scheds])
+        return summed_fields([s.cause_fields() for s in self._scheds])
 
     def summary_fields(self) -> dict:
-        return self._sum([s.summary_fields() for s in self._scheds])
+        return summed_fields([s.summary_fields() for s in self._scheds])
 
 
 def _merged_log(logs: list[IterationLog]) -> IterationLog:

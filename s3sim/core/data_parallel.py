@@ -53,6 +53,7 @@ class Pools:
     def __init__(self, pools):
         self.pools = pools
         self.capacity = sum(p.capacity for p in pools)
+        self.peak = 0  # the most units the ranks held together at a step's start (`note`)
         units = {p.unit_tokens for p in pools}
         if len(units) != 1:
             raise InvariantViolation("data-parallel ranks must share one KV block size")
@@ -66,9 +67,25 @@ class Pools:
     def free(self) -> int:
         return sum(p.free for p in self.pools)
 
+    def note(self) -> None:
+        """Count what the ranks hold now in the peak (called once a step is scheduled: all of it allocated)."""
+        self.peak = max(self.peak, self.used)
+
     def check_empty(self) -> None:
         for p in self.pools:
             p.check_empty()
+
+
+def summed_fields(dicts: list[dict]) -> dict:
+    """Summary fields of several schedulers as one: numbers added, anything else the first one's."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    return out
 
 
 def balancer_load(waiting: int, running: int) -> int:
@@ -80,16 +97,17 @@ def balancer_load(waiting: int, running: int) -> int:
 class DataParallelScheduler:
     """Several ranks' schedulers behind vLLM's data-parallel load balancer, stepping together."""
 
-    name = "data-parallel"
     copies_kv = False
 
     def __init__(self, ranks: list):
         if len(ranks) < 2:
             raise ValueError("data parallelism needs two ranks or more")
         self.ranks = ranks
+        self.name = ranks[0].name  # every rank runs the run's policy
         self.pool = Pools([r.pool for r in ranks])
         self.predict_s = max(r.predict_s for r in ranks)
         self.rank_of: dict[int, int] = {}
+        self._finished: list[Request] = []  # every rank's, in the order they finished (as one scheduler's list)
 
     # ---- the front end --------------------------------------------------------------------------
     def load(self, i: int) -> int:
@@ -104,7 +122,9 @@ class DataParallelScheduler:
 
     # ---- the scheduler's verbs ----------------------------------------------------------------------
     def schedule(self, now: float) -> RanksOutput:
-        return merged([r.schedule(now) for r in self.ranks])
+        out = merged([r.schedule(now) for r in self.ranks])
+        self.pool.note()
+        return out
 
     def advance(self, out: RanksOutput, k: int, now: float) -> StepOutcome:
         if k != 1:
@@ -114,6 +134,7 @@ class DataParallelScheduler:
             o = rank.advance(part, 1, now)
             outcome.finished += o.finished
             outcome.preempted += o.preempted
+        self._finished += outcome.finished
         return outcome
 
     def horizon(self) -> int:
@@ -134,7 +155,9 @@ class DataParallelScheduler:
 
     @property
     def finished(self) -> list:
-        return [q for r in self.ranks for q in r.finished]
+        """Every finished request, in the order the steps finished them (a router reads what is new since it last
+        looked by count, as of one scheduler)."""
+        return self._finished
 
     def max_context(self) -> tuple:
         """Each rank's longest running context: a rank's uneven decode contexts cost what its own longest adds."""
@@ -147,8 +170,18 @@ class DataParallelScheduler:
         return sum(r.kv_reserved_profile(k) for r in self.ranks)
 
     def counters(self) -> dict:
-        total: dict = {}
-        for r in self.ranks:
-            for key, v in r.counters().items():
-                total[key] = total.get(key, 0) + v
-        return total
+        return summed_fields([r.counters() for r in self.ranks])
+
+    # ---- what a run's summary reads -----------------------------------------------------------------
+    @property
+    def stall_gaps(self) -> list:
+        return [g for r in self.ranks for g in r.stall_gaps]
+
+    def cause_fields(self) -> dict:
+        return summed_fields([r.cause_fields() for r in self.ranks])
+
+    def summary_fields(self) -> dict:
+        return summed_fields([r.summary_fields() for r in self.ranks])
+
+    def kv_reserved_tokens(self) -> int:
+        return sum(r.kv_reserved_tokens() for r in self.ranks)

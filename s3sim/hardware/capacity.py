@@ -9,14 +9,16 @@ from s3sim.hardware.models import ModelSpec
 
 
 def kv_capacity_tokens(model: ModelSpec, gpu: GpuSpec, activation_reserve_frac: float = 0.1,
-                       activation_reserve_bytes: int = 0, num_gpus: int = 1, tensor_parallel: int = 1) -> int:
+                       activation_reserve_bytes: int = 0, num_gpus: int = 1, tensor_parallel: int = 1,
+                       weight_bytes: int | None = None) -> int:
     """Tokens of KV cache that fit in ``num_gpus`` x ``gpu`` (weights sharded, stored once in total).
 
     The reserve (``activation_reserve_frac`` of total memory plus ``activation_reserve_bytes``) stands for
     activations, the CUDA context and allocator fragmentation, which a serving engine also keeps back. Split
     over more tensor-parallel GPUs (``tensor_parallel``, of the ``num_gpus``) than the model has KV heads, each
     GPU still holds one whole KV head (vLLM replicates them), so a token takes tensor_parallel / KV heads times
-    its KV bytes in all.
+    its KV bytes in all. ``weight_bytes``: the weights these GPUs hold, where that is not the whole model once
+    (one data-parallel rank of an MoE model whose experts are split over the ranks).
     """
     if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
         raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
@@ -26,7 +28,8 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GpuSpec, activation_reserve_frac: 
         raise ConfigError(f"activation_reserve_bytes must be >= 0, got {activation_reserve_bytes!r}")
     total = gpu.memory_bytes * num_gpus
     reserve = activation_reserve_frac * total + activation_reserve_bytes
-    free = total - model.weight_bytes - reserve
+    weights = model.weight_bytes if weight_bytes is None else weight_bytes
+    free = total - weights - reserve
     if (isinstance(tensor_parallel, bool) or not isinstance(tensor_parallel, int)
             or not 1 <= tensor_parallel <= num_gpus):
         raise ConfigError(f"tensor_parallel must be a positive integer of at most num_gpus={num_gpus}, got "
@@ -34,7 +37,7 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GpuSpec, activation_reserve_frac: 
     per_token = model.kv_bytes_per_token * max(1, tensor_parallel // model.n_kv_heads)  # replicated KV heads
     tokens = int(free // per_token) if free > 0 else 0
     if tokens < 1:
-        used = f"weights {model.weight_bytes / 1e9:.1f} GB + activation reserve {reserve / 1e9:.1f} GB"
+        used = f"weights {weights / 1e9:.1f} GB + activation reserve {reserve / 1e9:.1f} GB"
         verdict = f"> {total / 1e9:.1f} GB of GPU memory" if free < 0 else \
             f"leave less than one token of KV cache ({per_token} bytes) in {total / 1e9:.1f} GB"
         raise ConfigError(f"model '{model.name}' does not fit on {num_gpus} x {gpu.name}: {used} {verdict}")

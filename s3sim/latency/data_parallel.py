@@ -2,8 +2,9 @@
 profile.
 
 Each rank's batch costs what the operator model says for everything but the experts (`dense_base`, attention,
-with its own decodes' uneven contexts where the profile measured their cost, LM head and sampler); a rank with nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of
-an MoE model stepping). The step takes the slowest rank's time plus, in every layer, the experts:
+with its own decodes' uneven contexts where the profile measured their cost, LM head and sampler); a rank with
+nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of an MoE model stepping). The step
+takes the slowest rank's time plus, in every layer, the experts:
 - with expert parallelism, each rank holds 1/ranks of the experts, gathers every rank's tokens (an
   all-gather of their hidden states), computes its experts' share of the token-expert pairs of the whole batch
   (`ExpertTable.seconds_expert_parallel`), and hands the results back (priced as a second all-gather of the
@@ -28,7 +29,7 @@ from s3sim.core.errors import ConfigError
 class DataParallelLatency:
     def __init__(self, inner, ranks: int, expert_parallel: bool, gather=None, source: str = "",
                  graph_tokens: int = 0):
-        if inner.experts is None:
+        if getattr(inner, "experts", None) is None:
             raise ConfigError("data-parallel ranks stepping together are modelled for a mixture-of-experts model "
                               "priced by its operator profile (latency=operators with a moe.csv)")
         if expert_parallel and gather is None:

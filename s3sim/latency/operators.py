@@ -60,6 +60,7 @@ class OperatorsConfig:
     # the GPU's interconnect, measured, engine (measured, as the engine ran it: s3sim.hardware.network) or
     # engine:<factor>, link:<GB/s>:<us>, none, or a CSV
     skew: str = "profile"  # uneven decode contexts: profile (its meta.yaml's measured alpha, where it has one) | none
+    graph_tokens: int = 512  # gpu.data_parallel > 1: the largest CUDA graph, up to which ranks are padded (0: none)
 
     def __post_init__(self):
         if not self.path:
@@ -71,6 +72,8 @@ class OperatorsConfig:
             raise ConfigError(f"latency.overhead_s must be >= 0 seconds, got {self.overhead_s}")
         if self.skew not in ("profile", "none"):
             raise ConfigError(f"latency.skew must be profile or none, got {self.skew!r}")
+        if self.graph_tokens < 0:
+            raise ConfigError(f"latency.graph_tokens must be >= 0 (0: no CUDA graphs), got {self.graph_tokens}")
 
 
 class Curve:

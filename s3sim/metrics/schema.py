@@ -190,11 +190,12 @@ SETUP = (  # what was run, and how fast
     Column("model", TEXT, "the model preset (the executor: the model it loaded)"),
     Column("gpu", TEXT, "the GPU preset (the executor: the device's name)"),
     Column("gpus_per_engine", "GPUs", "GPUs one engine runs on: gpu.count (tensor parallel) x gpu.pipeline_stages "
-           "(a cluster's: the run's own setting; replicas.csv's gpu says each replica's)",
+           "x gpu.data_parallel (a cluster's: the run's own setting; replicas.csv's gpu says each replica's)",
            only="an engine runs on more than one GPU"),
-    Column("collectives", TEXT, "how tensor parallelism's all-reduces were priced (`latency.all_reduce`; auto: the "
-           "measured table as the engine ran it, else measured alone, else a ring over the GPU's link, which says it "
-           "is a fallback; a cluster's distinct ones joined by ' | ')", only="an engine splits its layers over GPUs"),
+    Column("collectives", TEXT, "how tensor parallelism's all-reduces and expert parallelism's exchanges were priced "
+           "(`latency.all_reduce`; auto: the measured table as the engine ran it, else measured alone, else a ring "
+           "over the GPU's link, which says it is a fallback; the distinct ones joined by ' | ')",
+           only="an engine splits its layers or its experts over GPUs"),
     Column("workload", TEXT, "the workload (`workload.name`)"),
     Column("arrival", TEXT, "the arrival process (`arrival.process`)"),
     Column("rate", "req/s", "the configured arrival rate (`arrival.rate`); empty for a process without one"),
