@@ -16,7 +16,7 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.policies import POLICIES
 from s3sim.core.predictors import Buckets, OraclePredictor, SyntheticPredictor
 from s3sim.core.predictors.spec import PredictorSpec
-from s3sim.hardware.capacity import kv_capacity_tokens
+from s3sim.hardware.capacity import kv_capacity_tokens, rank_weight_bytes
 from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.hardware.network import RING_FALLBACK
@@ -273,12 +273,11 @@ def engine_capacity(entry: GpuEntry, model, fixed_cap: int | None = None) -> tup
         raise ConfigError(f"gpu.count={num_gpus} cannot split {model.name}'s {model.n_heads} attention heads "
                           f"({model.n_kv_heads} KV heads) evenly for tensor parallelism (it must divide the heads, "
                           f"and divide the KV heads or be a multiple of them); valid: {valid}")
-    if entry.data_parallel > 1:  # one rank's GPU: the shared weights and its share of the experts, if split
+    if entry.data_parallel > 1:  # one rank's GPU: the shared weights and its share of the experts
         data_parallel_model(entry, model)
-        weights = ((model.n_params - model.expert_params + model.expert_params // entry.data_parallel)
-                   * model.dtype_bytes if entry.expert_parallel else model.weight_bytes)
         cap = fixed_cap if fixed_cap is not None else kv_capacity_tokens(
-            model, gpu, activation_reserve_frac=entry.activation_reserve_frac, weight_bytes=weights)
+            model, gpu, activation_reserve_frac=entry.activation_reserve_frac,
+            weight_bytes=rank_weight_bytes(model, entry.data_parallel, "gpu.data_parallel"))
         return gpu, num_gpus, cap
     cap = (fixed_cap if fixed_cap is not None else
            kv_capacity_tokens(model, gpu, activation_reserve_frac=entry.activation_reserve_frac,
@@ -294,6 +293,10 @@ def data_parallel_model(entry: GpuEntry, model) -> None:
         raise ConfigError(f"gpu.data_parallel={entry.data_parallel}: {model.name} is a dense model, whose data-parallel "
                           f"ranks are independent engines: use cluster.replicas={entry.data_parallel} (with "
                           "cluster.router=least_outstanding, say) instead")
+    if not entry.expert_parallel:
+        raise ConfigError(f"gpu.data_parallel={entry.data_parallel} without gpu.expert_parallel=true: vLLM then shards "
+                          "every expert over the ranks (tensor parallel inside the MoE layer), which no profile here "
+                          "measures; set gpu.expert_parallel=true")
 
 
 @dataclass
@@ -322,23 +325,15 @@ def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
 
 def data_parallel_latency(lat_cfg, latency, entry: GpuEntry, gpu):
     """One rank's latency model as `gpu.data_parallel` ranks stepping together (`s3sim.latency.data_parallel`),
-    their expert-parallel exchanges priced by `latency.all_reduce` as the all-reduces are (auto: the GPU's measured
-    all-gather as the engine ran it, else measured alone, else a ring), padded up to `latency.graph_tokens`."""
-    from s3sim.hardware.network import all_gather_model
+    their expert-parallel exchanges priced by `latency.all_reduce` (`s3sim.latency.operators.priced_exchanges`),
+    padded up to `latency.graph_tokens`."""
     from s3sim.latency.data_parallel import DataParallelLatency
-    from s3sim.latency.operators import engine_collectives, in_engine
+    from s3sim.latency.operators import priced_exchanges
 
-    gather = None
-    if entry.expert_parallel:
-        gather = all_gather_model(gpu, entry.data_parallel)
-        spec = lat_cfg.get("all_reduce", "auto")
-        factor = engine_collectives(spec, gpu, entry.data_parallel) if isinstance(spec, str) else False
-        if factor is not False:
-            gather = in_engine(gpu, gather, factor)
+    gather = priced_exchanges(str(lat_cfg.get("all_reduce", "auto")), gpu, entry.data_parallel)
     graphs = int(lat_cfg.get("graph_tokens", 0))  # latency=operators checks it; another model refuses below
-    how = (f"{entry.data_parallel} data-parallel ranks stepping together"
-           + (f", experts split over them ({gather.source})" if gather is not None else ", every rank holding every "
-              "expert") + (f", padded to the largest rank's tokens up to {graphs}" if graphs else ""))
+    how = (f"{entry.data_parallel} data-parallel ranks stepping together, experts split over them ({gather.source})"
+           + (f", padded to the largest rank's tokens up to {graphs}" if graphs else ""))
     return DataParallelLatency(latency, entry.data_parallel, entry.expert_parallel, gather, how, graph_tokens=graphs)
 
 

@@ -9,7 +9,7 @@ A preset's group entry holds the settings a run may change around it:
   latency.all_reduce), `pipeline_stages` (stages of `count` GPUs each; latency=datasheet prices them),
   `activation_reserve_frac` (memory kept for activations and the runtime, not KV), and `data_parallel` with
   `expert_parallel` (a mixture of experts served by that many one-GPU ranks stepping together, its experts split
-  over them or not, as vLLM's data_parallel_size and enable_expert_parallel; latency=operators with a moe.csv).
+  over them, as vLLM's data_parallel_size with enable_expert_parallel; latency=operators with a moe.csv).
 """
 from __future__ import annotations
 

@@ -163,7 +163,8 @@ def test_validate_replays_a_data_parallel_expert_parallel_run_and_refuses_what_i
     queue = table.metric.str.startswith("queue_")  # taken in at once where there is room: 0, as vLLM records it
     assert (table.simulated[~queue] > 0).all() and (table.simulated[queue] >= 0).all()
     for bad, words in ((dict(data_parallel_size=2, tensor_parallel_size=2), "not modelled"),
-                       (dict(enable_expert_parallel=True), "data_parallel_size=1")):
+                       (dict(enable_expert_parallel=True), "data_parallel_size=1"),
+                       (dict(data_parallel_size=2), "without enable_expert_parallel")):
         run = moe_run(tmp_path / str(len(words)) / words[:3], **bad)
         assert main([str(run), "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
@@ -249,7 +250,7 @@ DP = ("model=qwen3-30b-a3b-instruct-2507", "gpu=rtx-pro-6000", "gpu.data_paralle
 
 
 @pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
-@pytest.mark.parametrize("policy", ["s3", "vllm", "orca"])
+@pytest.mark.parametrize("policy", ["s3", "vllm", "orca", "paged"])
 def test_s3sim_serves_an_moe_model_on_data_parallel_expert_parallel_ranks(cfg, tmp_path, policy):
     """`gpu.data_parallel=2 gpu.expert_parallel=true`: two one-GPU ranks stepping together behind vLLM's balancer,
     each holding the shared weights and half the experts (so more KV than a rank holding them all), every request
@@ -259,17 +260,22 @@ def test_s3sim_serves_an_moe_model_on_data_parallel_expert_parallel_ranks(cfg, t
     from s3sim.latency.data_parallel import DataParallelLatency
     from s3sim.runner import run_config
 
+    from s3sim.hardware.capacity import rank_weight_bytes
+    from s3sim.hardware.models import get_model
+
     ep = build(cfg(*DP, "gpu.expert_parallel=true", f"policy={policy}"))
-    whole = build(cfg(*DP, f"policy={policy}"))
     assert isinstance(ep.scheduler, DataParallelScheduler) and isinstance(ep.latency, DataParallelLatency)
     pool = ep.scheduler.ranks[0].pool
     assert 0 <= ep.capacity_tokens // 2 - pool.capacity * pool.unit_tokens < pool.unit_tokens  # each rank its half
-    assert ep.capacity_tokens > whole.capacity_tokens  # half the experts leave room for KV
-    row = run_config(cfg(*DP, "gpu.expert_parallel=true", f"policy={policy}"), tmp_path)
+    m = get_model("qwen3-30b-a3b-instruct-2507")
+    assert rank_weight_bytes(m, 2) < m.weight_bytes  # half the experts leave room for KV
+    row = run_config(cfg(*DP, "gpu.expert_parallel=true", f"policy={policy}"), tmp_path, write_iterations=True)
     req = pd.read_parquet(tmp_path / "requests.parquet")
     assert len(req) == 120 and req.id.is_unique and req.finished.notna().all()
     assert row["gpus_per_engine"] == 2 and "all-gather" in row["collectives"]
     assert 0 < row["kv_peak_reserved_frac"] <= 1 and row["policy"] == policy
+    it = pd.read_csv(tmp_path / "iterations.csv")  # KV in use (paused decodes' too) within what is reserved
+    assert (it.kv_used <= it.kv_reserved).all() and (it.kv_used > 0).any()
 
 
 @pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
@@ -278,11 +284,14 @@ def test_s3sim_serves_an_moe_model_on_data_parallel_expert_parallel_ranks(cfg, t
      ["dense model", "cluster.replicas=2"]),
     (("gpu.count=2",), ["gpu.data_parallel=2 with gpu.count=2", "one GPU each"]),
     (("gpu.data_parallel=1", "gpu.expert_parallel=true"), ["gpu.expert_parallel=true needs gpu.data_parallel > 1"]),
+    ((), ["without gpu.expert_parallel=true", "shards every expert"]),
+    (("gpu.data_parallel=200", "gpu.expert_parallel=true"), ["gpu.data_parallel=200", "128 experts"]),
+    (("gpu.expert_parallel=true", "latency.all_reduce=link:16:20"), ["prices all-reduces only"]),
     (("gpu.expert_parallel=maybe",), ["gpu.expert_parallel must be true or false"]),
     (("gpu.data_parallel=0",), ["gpu.data_parallel"]),
-    (("policy=hf",), ["policy=hf copies its KV cache", "gpu.data_parallel=1"]),
-    (("latency=datasheet",), ["latency=operators with a moe.csv"]),
-    (("latency.graph_tokens=-1",), ["latency.graph_tokens must be >= 0"]),
+    (("policy=hf", "gpu.expert_parallel=true"), ["policy=hf copies its KV cache", "gpu.data_parallel=1"]),
+    (("latency=datasheet", "gpu.expert_parallel=true"), ["latency=operators with a moe.csv"]),
+    (("latency.graph_tokens=-1", "gpu.expert_parallel=true"), ["latency.graph_tokens must be >= 0"]),
 ])
 def test_what_data_parallel_ranks_do_not_model_is_one_line(cfg, overrides, words):
     from s3sim.cluster.build import build

@@ -203,6 +203,18 @@ def test_auto_collectives_are_measured_wherever_measured_and_a_ring_only_as_a_sa
     assert not any("all-reduces" in n for n in run_notes({"collectives": ops.all_reduce.source}))
 
 
+def test_a_preset_table_missing_from_the_shared_data_is_named_in_the_fallback(monkeypatch, tmp_path):
+    """auto falls back to a ring where the shared data lacks the preset's table, and says that, not that nothing
+    was measured."""
+    from s3sim.hardware import network
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import RING_FALLBACK, all_gather_model, all_reduce_model
+
+    monkeypatch.setattr(network, "SHARED_DATA_DIR", tmp_path)
+    for model in (all_reduce_model("auto", get_gpu("a100-80gb-sxm"), 8), all_gather_model(get_gpu("a100-80gb-sxm"), 8)):
+        assert RING_FALLBACK in model.source and "is not in the shared data folder" in model.source
+
+
 @pytest.mark.skipif(not (DATA / "vllm_runs").is_dir(), reason="needs the shared data folder")
 def test_latency_all_reduce_engine_prices_a_tp2_prefill_step_with_the_fitted_factor():
     from s3sim.hardware.gpus import get_gpu

@@ -159,6 +159,19 @@ class DataParallelScheduler:
         looked by count, as of one scheduler)."""
         return self._finished
 
+    @property
+    def running(self) -> list:
+        """Every rank's running requests (the engine counts them against a step's decodes: a paged rank's
+        prompt-only iteration pauses its decodes, whose KV stays in use)."""
+        return [q for r in self.ranks for q in r.running.values()]
+
+    @property
+    def prefilling(self) -> list:
+        return [q for r in self.ranks for q in getattr(r, "prefilling", {}).values()]
+
+    def ctx_sum(self) -> int:
+        return sum(r.ctx_sum() for r in self.ranks)
+
     def max_context(self) -> tuple:
         """Each rank's longest running context: a rank's uneven decode contexts cost what its own longest adds."""
         return tuple(r.max_context() for r in self.ranks)

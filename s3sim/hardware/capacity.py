@@ -3,6 +3,8 @@ This bounds the batch: S3's gain comes from packing more requests into exactly t
 
 from __future__ import annotations
 
+import math
+
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
@@ -42,3 +44,14 @@ def kv_capacity_tokens(model: ModelSpec, gpu: GpuSpec, activation_reserve_frac: 
             f"leave less than one token of KV cache ({per_token} bytes) in {total / 1e9:.1f} GB"
         raise ConfigError(f"model '{model.name}' does not fit on {num_gpus} x {gpu.name}: {used} {verdict}")
     return tokens
+
+
+def rank_weight_bytes(model: ModelSpec, ranks: int, field: str = "data_parallel_size") -> int:
+    """Weight bytes one expert-parallel rank's GPU holds: every shared weight and its share of the experts (the
+    largest share, ceil(E / ranks) of E, where the ranks do not divide them); `field` names the setting in the
+    one-line error for more ranks than experts."""
+    if ranks > model.n_experts:
+        raise ConfigError(f"{field}={ranks}: {model.name} has {model.n_experts} experts, fewer than the ranks that would "
+                          "split them")
+    share = math.ceil(model.n_experts / ranks)
+    return (model.n_params - model.expert_params + model.expert_params * share // model.n_experts) * model.dtype_bytes

@@ -282,7 +282,15 @@ def all_gather_model(gpu: GpuSpec, workers: int):
     if not gpu.interconnect_bandwidth:
         raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price an all-gather with")
     return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect "
-                                                            f"(no measured all-gather of {workers} GPUs: a fallback)")
+                                                            f"({_unmeasured(gpu, 'all-gather', workers)}: "
+                                                            f"{RING_FALLBACK})")
+
+
+def _unmeasured(gpu: GpuSpec, what: str, workers) -> str:
+    """Why no measured table prices `what` between `workers` GPUs: none measured, or the preset's table absent."""
+    if gpu.measured_all_reduce and measured_table(gpu) is None:
+        return f"the preset's table {gpu.measured_all_reduce} is not in the shared data folder {SHARED_DATA_DIR}"
+    return f"no measured {what} of {workers} {gpu.name} GPUs"
 
 
 def link_all_reduce(spec: str) -> LinkAllReduce:
@@ -310,7 +318,7 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
         if model is not None and (workers is None or workers in model.curves):
             return model
         ring = all_reduce_model("ring", gpu)
-        ring.source += f" (no measured all-reduce of {workers} {gpu.name} GPUs: {RING_FALLBACK})"
+        ring.source += f" ({_unmeasured(gpu, 'all-reduce', workers)}: {RING_FALLBACK})"
         return ring
     if spec == "measured":
         if not gpu.measured_all_reduce:

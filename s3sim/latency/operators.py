@@ -539,6 +539,35 @@ def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
     return all_reduce_model(spec, gpu, workers)
 
 
+def priced_exchanges(spec: str, gpu: GpuSpec, ranks: int):
+    """Expert parallelism's two exchanges a layer (vLLM's all-gather and reduce-scatter of the hidden states)
+    between `ranks` GPUs, priced as `spec` (`latency.all_reduce`) prices the all-reduces: auto (the GPU's measured
+    all-gather as the engine ran it where the preset names a step table, else measured alone, else a ring said to
+    be a fallback), engine[:<factor>], measured, ring, or none (free). A link or a CSV prices all-reduces only, and
+    is refused here rather than ignored."""
+    from s3sim.hardware.network import NoAllReduce, RingAllGather, all_gather_model, preset_measured
+
+    if spec == "none":
+        return NoAllReduce()
+    if spec == "ring":
+        if not gpu.interconnect_bandwidth:
+            raise ConfigError(f"latency.all_reduce=ring: gpu {gpu.name} has no interconnect bandwidth to price "
+                              "expert parallelism's all-gathers with")
+        return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect")
+    if spec == "measured":
+        model = preset_measured(gpu, "all_gather")
+        if model is None or ranks not in model.curves:
+            raise ConfigError(f"latency.all_reduce=measured: no all-gather measured between {ranks} {gpu.name} GPUs "
+                              "(the preset's measured table) to price expert parallelism's exchanges; use auto or ring")
+        return model
+    if spec != "auto" and not spec.startswith("engine"):
+        raise ConfigError(f"latency.all_reduce={spec!r} prices all-reduces only; expert parallelism's exchanges are "
+                          "priced by auto, engine, engine:<factor>, measured, ring or none")
+    gather = all_gather_model(gpu, ranks)
+    factor = engine_collectives(spec, gpu, ranks)
+    return in_engine(gpu, gather, factor) if factor is not False else gather
+
+
 def engine_collectives(all_reduce: str, gpu, workers: int):
     """Whether `all_reduce` (`s3sim-validate --all-reduce`, `latency.all_reduce`) prices the collectives between
     `workers` GPUs as the engine ran them (`engine` or `engine:<factor>`; or `auto` where the GPU preset names a

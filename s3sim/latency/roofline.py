@@ -23,8 +23,9 @@ profile measured by `python -m s3exec.lab.profile` (s3sim/lab/calibrate.py):
 * ``overhead_s`` (default 2 ms): fixed per-iteration cost of kernel launches, sampling and the scheduler.
 * ``num_gpus`` (default 1): tensor-parallel degree: FLOPs and bandwidth scale with it, and every iteration
   adds two all-reduces per layer of its tokens' activations (``tokens x hidden x dtype bytes``), priced by
-  ``all_reduce`` (``s3sim/hardware/network.py``): ``ring`` over the GPU preset's interconnect (the
-  default), a measured table (the path of an all-reduce CSV such as
+  ``all_reduce`` (``s3sim/hardware/network.py``): ``auto`` (the default: the GPU preset's measured table, as the
+  engine ran it where the preset names a step table, else a ring over its interconnect, said to be a fallback),
+  ``ring``, ``measured``, a measured table (the path of an all-reduce CSV such as
   ``../shared/data/gpu_profiles/network/a100_dgx/all_reduce.csv``), or ``none`` (free, as ideal scaling).
 """
 

@@ -326,7 +326,7 @@ VALIDATION = (
 
 REPLICAS = (
     Column("replica", ID, "the replica's index"),
-    Column("gpu", TEXT, "the replica's GPUs, '<count> x <preset>' (count: gpu.count x gpu.pipeline_stages)"),
+    Column("gpu", TEXT, "the replica's GPUs, '<count> x <preset>' (count: gpu.count x gpu.pipeline_stages x gpu.data_parallel)"),
 ) + MEASURED + STEADY
 
 TIMELINE = (

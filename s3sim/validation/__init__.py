@@ -18,7 +18,7 @@ KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; oth
                    / (block_size * KV bytes per token))          (per GPU: weights and KV heads split by TP)
 
 with the device memory from meta.json (`hardware.device_total_memory_bytes`) or else the GPU preset, and the
-non-KV reserve calibrated on the one run where every term is known (see `NON_KV_RESERVE_BYTES`).
+non-KV reserve calibrated on the one run where every term is known (see `kv_capacity.NON_KV_RESERVE_BYTES`).
 
 Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
@@ -42,7 +42,7 @@ from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last (
 error_pct, sensitivity, kv_capacity_source` with error_pct = 100 * (simulated - real) / real, sensitivity how
 far error_pct moves were every step 1 % slower (a second replay), and kv_capacity_source
 `recorded` (meta.json's block count) or `derived` (vLLM's memory accounting)). They are written into a
-temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`OUTPUTS`)
+temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`outputs.OUTPUTS`)
 are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not
 write, and a replay that fails leaves no validation.csv. Other files in DIR are left alone.
 Bad input is one line on stderr and exit status 2, before the replay and before DIR is touched.

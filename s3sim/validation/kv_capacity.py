@@ -4,6 +4,7 @@ or per data-parallel rank; the recorded blocks are checked against the memory th
 from __future__ import annotations
 
 from s3sim.core.errors import ConfigError
+from s3sim.hardware.capacity import rank_weight_bytes
 from s3sim.validation import checks
 from s3sim.validation.engine import Engine
 
@@ -23,7 +24,7 @@ def weights_per_gpu(engine: Engine, model) -> int:
     """Weight bytes one GPU holds: 1/tp of the model; under expert parallelism every shared weight and
     1/dp of the experts."""
     if engine.expert_parallel:
-        return (model.n_params - model.expert_params + model.expert_params // engine.dp) * model.dtype_bytes
+        return rank_weight_bytes(model, engine.dp)
     return model.weight_bytes // engine.tp
 
 

@@ -97,16 +97,12 @@ def check_all_reduce_flag(spec: str) -> None:
 
 def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
     """The step of `engine.dp` MoE ranks in lockstep (`s3sim.latency.data_parallel`); (model, description)."""
-    from s3sim.hardware.network import all_gather_model
     from s3sim.latency.data_parallel import DataParallelLatency
-    from s3sim.latency.operators import OperatorLatency, engine_collectives, in_engine
+    from s3sim.latency.operators import OperatorLatency, priced_exchanges
     if not isinstance(latency, OperatorLatency):
         raise ConfigError("data-parallel MoE ranks are priced from an operator profile with a moe.csv "
                           "(not --profile none or --step-calibration)")
-    gather = all_gather_model(gpu, engine.dp) if engine.expert_parallel else None
-    factor = engine_collectives(all_reduce, gpu, engine.dp) if gather is not None else False
-    if factor is not False:
-        gather = in_engine(gpu, gather, factor)
+    gather = priced_exchanges(all_reduce, gpu, engine.dp)  # expert parallelism: replay refuses DP without it
     graphs = engine.graph_tokens
     if graphs is None:
         graphs, padded = min(2 * engine.max_num_seqs, 512), "vLLM's largest CUDA graph by default"
@@ -116,9 +112,8 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
                f"no CUDA graphs ({engine.graphs_from}), so no rank padded")
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "
            f"{padding})"
-           + (f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})"
-              if engine.expert_parallel else "; every rank holds every expert"))
-    return DataParallelLatency(latency, engine.dp, engine.expert_parallel, gather, how, graph_tokens=graphs), how
+           + f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})")
+    return DataParallelLatency(latency, engine.dp, True, gather, how, graph_tokens=graphs), how
 
 
 def calibrate_steps(latency, how: str, profile: Path | None, tp: int, graph_tokens: int | None = None):

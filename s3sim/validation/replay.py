@@ -10,6 +10,7 @@ import pandas as pd
 
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import preset_of_hf_name
+from s3sim.inputs import SHARED_DATA_DIR
 from s3sim.validation import checks
 from s3sim.validation.engine import unread_engine_kwargs, engine_settings, engine_limits, other_version_note
 from s3sim.validation.kv_capacity import check_kv_memory, kv_capacity
@@ -49,7 +50,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         prof = Path(profile)
         if not prof.is_dir():
             raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
-    checks.check_out_apart(out, {"run folder": run.dir, "profile": prof})
+    checks.check_out_apart(out, {"run folder": run.dir, "profile": prof, "profile beside the run": own,
+                                 "shared data folder": SHARED_DATA_DIR})
     if fit_from is not None and prof is not None:
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     check_all_reduce_flag(all_reduce)
@@ -65,6 +67,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         raise ConfigError(f"{str(run.dir / META)!r}: data_parallel_size={engine.dp} with tensor_parallel_size="
                           f"{engine.tp} of a mixture of experts is not modelled (its data-parallel ranks of one GPU "
                           "each only)")
+    if engine.dp > 1 and spec.n_experts and not engine.expert_parallel:
+        raise ConfigError(f"{str(run.dir / META)!r}: data_parallel_size={engine.dp} without enable_expert_parallel: "
+                          "vLLM then shards every expert over the ranks (tensor parallel inside the MoE layer), which "
+                          "no profile here measures")
     needs = ("vLLM's default max_num_seqs and max_num_batched_tokens" if None in (engine.max_num_seqs,
                                                                                  engine.max_num_batched_tokens) else
              "the datasheet latency (no profile)" if prof is None else
