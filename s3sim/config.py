@@ -334,7 +334,7 @@ def data_parallel_latency(lat_cfg, latency, entry: GpuEntry, gpu):
     graphs = int(lat_cfg.get("graph_tokens", 0))  # latency=operators checks it; another model refuses below
     how = (f"{entry.data_parallel} data-parallel ranks stepping together, experts split over them ({gather.source})"
            + (f", padded to the largest rank's tokens up to {graphs}" if graphs else ""))
-    return DataParallelLatency(latency, entry.data_parallel, entry.expert_parallel, gather, how, graph_tokens=graphs)
+    return DataParallelLatency(latency, entry.data_parallel, gather, how, graph_tokens=graphs)
 
 
 def build_engine(cfg, spec: RunSpec, model, prompt, output, keys, hw: Hardware):
@@ -345,9 +345,8 @@ def build_engine(cfg, spec: RunSpec, model, prompt, output, keys, hw: Hardware):
                "lower max_seq_len or use a larger GPU")
     ranks = [build_scheduler(cfg, hw.capacity_tokens, output, keys, context=model.max_context, layers=model.n_layers,
                              spec=spec) for _ in range(hw.ranks)]
-    for sched in ranks:
-        check_requests(sched, prompt, output)
-    sched = ranks[0]
+    sched = ranks[0]  # every rank is built from one config and one capacity: checked once
+    check_requests(sched, prompt, output)
     if sched.copies_kv:
         if hw.ranks > 1:
             raise ConfigError(f"policy={sched.name} copies its KV cache every step, which data-parallel ranks do not "

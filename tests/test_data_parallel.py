@@ -64,7 +64,7 @@ def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exc
     m, g = get_model("qwen3-30b-a3b"), get_gpu("rtx-pro-6000")
     inner = OperatorLatency.from_profile(MOE, m, g)
     gather = all_gather_model(g, 2)
-    ep = DataParallelLatency(inner, 2, True, gather)
+    ep = DataParallelLatency(inner, 2, gather)
     busy = SchedulerOutput(decode=[], decode_n=32, decode_ctx=32 * 1000)
     idle = SchedulerOutput()
     one_busy = ep.batch_time(merged([busy, idle]))
@@ -97,8 +97,8 @@ def test_within_a_cuda_graph_every_rank_is_padded_to_the_largest_ranks_tokens():
     gather = all_gather_model(g, 2)
     busy = SchedulerOutput(decode=[], decode_n=33, decode_ctx=33 * 1000)
     step = merged([busy, SchedulerOutput()])
-    padded, eager = (DataParallelLatency(inner, 2, True, gather, graph_tokens=k).batch_time(step) for k in (512, 16))
-    rank = DataParallelLatency(inner, 2, True, gather)._rank(busy)[0]
+    padded, eager = (DataParallelLatency(inner, 2, gather, graph_tokens=k).batch_time(step) for k in (512, 16))
+    rank = DataParallelLatency(inner, 2, gather)._rank(busy)[0]
     experts = lambda total: inner.layers * (inner.experts.seconds_expert_parallel(float(total), 2)
                                             + 2 * float(gather.time_s(2, 66 * m.hidden_size * m.dtype_bytes)))
     assert padded == pytest.approx(rank + experts(66))
@@ -120,7 +120,7 @@ def test_each_ranks_uneven_decode_contexts_cost_what_the_profile_measured():
 
     m, g = get_model("qwen3-30b-a3b"), get_gpu("rtx-pro-6000")
     inner = OperatorLatency.from_profile(MOE, m, g)
-    ep = DataParallelLatency(inner, 2, True, all_gather_model(g, 2))
+    ep = DataParallelLatency(inner, 2, all_gather_model(g, 2))
     assert ep.skew_alpha == inner.skew_alpha > 0
     busy = SchedulerOutput(decode=[], decode_n=32, decode_ctx=32 * 1000)
     step = merged([busy, busy])

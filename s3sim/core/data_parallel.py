@@ -165,10 +165,6 @@ class DataParallelScheduler:
         prompt-only iteration pauses its decodes, whose KV stays in use)."""
         return [q for r in self.ranks for q in r.running.values()]
 
-    @property
-    def prefilling(self) -> list:
-        return [q for r in self.ranks for q in getattr(r, "prefilling", {}).values()]
-
     def ctx_sum(self) -> int:
         return sum(r.ctx_sum() for r in self.ranks)
 

@@ -329,12 +329,7 @@ class OperatorLatency(LatencyModel):
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
             all_reduce = priced_collectives(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
-            if conf.all_reduce != "none":  # the logits' all-gather, as the engine ran it where the all-reduces are
-                from s3sim.hardware.network import all_gather_model
-                gather = all_gather_model(gpu, conf.tp)
-                factor = engine_collectives(conf.all_reduce, gpu, conf.tp)
-                if factor is not False:
-                    gather = in_engine(gpu, gather, factor)
+            gather = priced_logits_gather(conf.all_reduce, gpu, conf.tp)
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
                                 skew=conf.skew, gather=gather)
@@ -537,6 +532,19 @@ def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
     if factor is not False:
         return in_engine(gpu, all_reduce_model("measured", gpu, workers), factor)
     return all_reduce_model(spec, gpu, workers)
+
+
+def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):
+    """The gathering of the logits' shards between `tp` GPUs, priced beside the all-reduces `spec` prices: the
+    measured all-gather (as the engine ran it where the all-reduces are), a ring where nothing was measured;
+    None (free) where `spec` is none."""
+    from s3sim.hardware.network import all_gather_model
+
+    if spec == "none":
+        return None
+    factor = engine_collectives(spec, gpu, tp)
+    gather = all_gather_model(gpu, tp)
+    return in_engine(gpu, gather, factor) if factor is not False else gather
 
 
 def priced_exchanges(spec: str, gpu: GpuSpec, ranks: int):

@@ -14,11 +14,9 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
     the GPU's measured table as the engine ran it where the preset names a step table to fit that to, else the
     measured table alone, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce, all_gather_model
-    from s3sim.latency.operators import engine_collectives, in_engine, priced_collectives
+    from s3sim.hardware.network import NoAllReduce
+    from s3sim.latency.operators import priced_collectives, priced_logits_gather
 
-    factor = engine_collectives(all_reduce, gpu, tp) if tp > 1 else False
-    as_run = factor is not False
     ring = (priced_collectives(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
@@ -37,9 +35,7 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
         raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
-    gather = all_gather_model(gpu, tp) if tp > 1 and not isinstance(ring, NoAllReduce) else None
-    if as_run and gather is not None:
-        gather = in_engine(gpu, gather, factor)
+    gather = priced_logits_gather(all_reduce, gpu, tp) if tp > 1 else None
     lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring, gather=gather)
     how = (f"operator profile {profile} (tp{tp}" + (f", all-reduces: {ring.source}" if ring else "")
            + (f"; the logits' gathering: {gather.source}" if gather is not None else "")
@@ -113,7 +109,7 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "
            f"{padding})"
            + f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})")
-    return DataParallelLatency(latency, engine.dp, True, gather, how, graph_tokens=graphs), how
+    return DataParallelLatency(latency, engine.dp, gather, how, graph_tokens=graphs), how
 
 
 def calibrate_steps(latency, how: str, profile: Path | None, tp: int, graph_tokens: int | None = None):
