@@ -46,6 +46,15 @@ def test_a_run_on_several_gpus_says_how_many_in_its_summary(cfg):
     assert "gpus_per_engine" not in one and two["gpus_per_engine"] == 2 and two["gpu"] == one["gpu"]
 
 
+@pytest.mark.parametrize("latency", ["roofline", "datasheet"])
+def test_free_collectives_are_named_in_the_summary_by_every_latency_model(cfg, latency):
+    """latency.all_reduce=none on several GPUs: the summary's collectives says they were free, for the roofline as
+    for the datasheet (the roofline used to leave the column out, as if nothing were split)."""
+    row = run_config(cfg("num_requests=30", "max_seq_len=256", "gpu.count=2", f"latency={latency}",
+                         "latency.all_reduce=none"))
+    assert row["collectives"] == "none (free)"
+
+
 def test_with_repeats_the_headline_says_it_holds_means_and_their_intervals(tmp_path):
     p = s3sim(*SMALL, "repeats=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
