@@ -192,6 +192,9 @@ def test_what_kv_cache_leaves_out_is_read_from_resolved_config(tmp_path, capsys)
     ("engine_kwargs", "max_num_partial_prefills", 2, "one partial prefill"),
     ("engine_kwargs", "enable_lora", True, "LoRA"),
     ("resolved_config", "lora_config", {"max_lora_rank": 16}, "LoRA"),
+    ("engine_kwargs", "cpu_offload_gb", 4, "every weight held on the GPU"),
+    ("engine_kwargs", "num_scheduler_steps", 8, "one step per scheduling"),
+    ("engine_kwargs", "preemption_mode", "swap", "recomputation"),
 ])
 def test_an_engine_setting_the_replay_would_ignore_is_refused_in_one_line(tmp_path, capsys, where, field, value, words):
     run = trim(R4090, tmp_path / "rtx4090")
@@ -517,6 +520,17 @@ def test_an_assumed_default_of_another_vllm_version_is_said_loudly(tmp_path, cap
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "asynchronous scheduling: on, vLLM V1's default" in stdout and "vLLM 0.10.1" in stdout
     assert "--async-scheduling on or off" in stdout
+    # the prefix cache's default is said to be 0.19's too (its recorded run's own, without resolved_config)
+    edit_meta(run, lambda m: [m[k].pop("enable_prefix_caching", None) for k in ("kv_cache", "engine_kwargs")]
+              + [m["resolved_config"]["cache_config"].pop("enable_prefix_caching", None)])
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out3")
+    assert "prefix caching: on, vLLM V1's default (the run does not record it); read from vLLM 0.19, and this run " \
+           "ran vLLM 0.10.1, whose default may differ: engine_kwargs.enable_prefix_caching" in stdout
+    for old in ("0.7.3", "v0.5.4"):  # the V0 engine: refused, not replayed as V1
+        edit_meta(run, lambda m: m.update(vllm_version=old))
+        assert main([str(run), "--out", str(tmp_path / "out4")]) == 2
+        err = capsys.readouterr().err
+        assert f"vllm_version={old!r} ran vLLM's V0 engine" in err and "0.8.0" in err
     for same in ("0.19.1", "v0.19.0"):
         edit_meta(run, lambda m: m.update(vllm_version=same))
         assert "whose default may differ" not in run_ok(capsys, run, "--out", tmp_path / "out2")
@@ -535,7 +549,48 @@ def test_a_model_id_with_no_preset_is_read_from_the_config_json_beside_the_run_a
     assert f"read from {config}: meta.json's 'org/mystery-8b' has no preset" in stdout
     config.unlink()
     assert main([str(run), "--out", str(tmp_path / "out2")]) == 2
-    assert "no config.json is beside the run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no config.json is in or beside the run folder" in err and f"{str(run / 'config.json')!r}" in err
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": 32768}, {"intermediate_size": 28672}])
+def test_a_config_json_of_another_vocabulary_or_mlp_than_the_profiles_model_is_refused(tmp_path, capsys, change):
+    """Mistral 7B v0.3 has Llama 3.1 8B's attention shape but a 32,768-token vocabulary: the Llama profile's LM head
+    (and, with another MLP width, its MLP) does not price it, so the replay refuses it naming the field, where it
+    used to replay it on the Llama profile and call the targets met."""
+    run = trim(R6000, tmp_path / "r")
+    edit_meta(run, lambda m: m.update(model="mistralai/Mistral-7B-Instruct-v0.3"))
+    config = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+              "max_position_embeddings": 131072}
+    (tmp_path / "r" / "config.json").write_text(json.dumps({**config, **change}))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    (field, value), = change.items()
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"{field} {value} vs" in err and "profile" in err
+
+
+def test_a_flat_run_folder_holding_its_profile_config_and_peer_table_is_read_as_the_shared_layout(tmp_path, capsys):
+    """A run handed over as one folder (meta.json and requests.jsonl beside `profile/`, `config.json` and the peer's
+    summary) replays exactly as the shared layout (those next to `run/`) does; it used to lose its profile
+    (priced from the datasheet with a note) and its config."""
+    run = trim(R6000, tmp_path / "shared")
+    edit_meta(run, lambda m: m.update(model="org/mystery-8b"))
+    config = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+              "max_position_embeddings": 131072}
+    (tmp_path / "shared" / "config.json").write_text(json.dumps(config))
+    flat = tmp_path / "flat"
+    shutil.copytree(run, flat)
+    (flat / "profile").symlink_to(R6000 / "profile")
+    shutil.copy(tmp_path / "shared" / "config.json", flat / "config.json")
+    shutil.copy(tmp_path / "shared" / "llmservingsim_summary.txt", flat / "llmservingsim_summary.txt")
+    shared_out = run_ok(capsys, run, "--out", tmp_path / "o1")
+    flat_out = run_ok(capsys, flat, "--out", tmp_path / "o2")
+    assert f"latency: operator profile {flat / 'profile'}" in flat_out and "org/mystery-8b" in flat_out
+    assert "peer: 15 rows" in flat_out
+    table = [ln for ln in shared_out.splitlines() if ln.startswith(("ttft", "tpot", "e2e", "request"))]
+    assert table and table == [ln for ln in flat_out.splitlines() if ln.startswith(("ttft", "tpot", "e2e", "request"))]
 
 
 def test_limits_beyond_what_the_profile_measured_are_said_to_be_extrapolated(tmp_path, capsys):

@@ -240,6 +240,24 @@ def test_a_device_the_run_names_is_never_swapped_for_the_profiles(tmp_path, caps
     assert "gpu h100-sxm ('NVIDIA H100 80GB HBM3' in meta.json)" in stdout
 
 
+def test_a_device_that_disagrees_with_the_profile_is_the_first_error_not_the_missing_gpu(tmp_path, capsys):
+    """The RTX PRO 6000 run records neither its KV blocks nor its memory, so its KV capacity needs a GPU preset; with
+    meta.json naming an L40S (no preset) beside the PRO 6000 profile, the one line names the disagreement (giving
+    --gpu, as a missing preset would ask, could not mend it)."""
+    run = trim(R6000, tmp_path / "r")
+    edit_meta(run, lambda m: m.update(hardware={"device_name": "NVIDIA L40S"}))
+    err = refused(capsys, run, tmp_path / "out")
+    assert "'NVIDIA L40S'" in err and "RTX PRO 6000" in err and "give --gpu" not in err
+
+
+def test_a_gpu_standing_in_for_a_device_with_no_preset_says_what_it_lends(tmp_path, capsys):
+    """--gpu for a run whose device has no preset replays, and the run line says whose memory and link it prices."""
+    run = trim(R4090, tmp_path / "r")
+    edit_meta(run, lambda m: m["hardware"].update(device_name="NVIDIA L40S"))
+    stdout = ok(capsys, run, tmp_path / "out", "--profile", "none", "--gpu", "rtx-4090")
+    assert "gpu rtx-4090 (--gpu), standing in for 'NVIDIA L40S', which has no preset" in stdout
+
+
 def test_the_runs_own_gpu_named_is_accepted(tmp_path, capsys):
     stdout = ok(capsys, trim(R4090, tmp_path / "r"), tmp_path / "out", "--gpu", "rtx-4090")
     assert "gpu rtx-4090 (--gpu)" in stdout

@@ -20,7 +20,7 @@ KV capacity: `kv_cache.num_gpu_blocks * block_size` when meta.json gives it; oth
 with the device memory from meta.json (`hardware.device_total_memory_bytes`) or else the GPU preset, and the
 non-KV reserve calibrated on the one run where every term is known (see `kv_capacity.NON_KV_RESERVE_BYTES`).
 
-Latency: the run's operator profile (`RUN_DIR/../profile` unless --profile says otherwise) through
+Latency: the run's operator profile (`RUN_DIR/profile`, else `RUN_DIR/../profile`, unless --profile says otherwise) through
 `s3sim.latency.operators.OperatorLatency`; without one (`--profile none`) the operator sum on the GPU's datasheet
 (`s3sim.latency.datasheet`). Tensor parallelism's all-reduces (`--all-reduce`, default auto) are priced from the
 all-reduce table measured on the run's GPUs where the GPU preset names one (`measured_all_reduce`: the two PCIe

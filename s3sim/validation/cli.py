@@ -24,7 +24,7 @@ def main(argv=None) -> int:
                    "timeseries.csv (or the folder with run/ inside)")
     p.add_argument("--out", required=True, metavar="DIR", help="where validation.csv and the rest go")
     p.add_argument("--profile", metavar="PROFILE_DIR", help="operator profile folder, or 'none' for the datasheet operator model "
-                   "(default: RUN_DIR/../profile if it exists)")
+                   "(default: RUN_DIR/profile, else RUN_DIR/../profile, if either exists)")
     p.add_argument("--model", metavar="PRESET_OR_CONFIG_JSON", help="model preset or config.json (default: from "
                    "meta.json's model)")
     p.add_argument("--gpu", metavar="PRESET", help="GPU preset (default: from meta.json's or the profile's device)")

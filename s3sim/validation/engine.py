@@ -16,6 +16,7 @@ VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default gpu_memory_utilization
 VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 VLLM_ASYNC_SCHEDULING = True  # vLLM V1 schedules a step ahead by default in recent versions (the runs' 0.19)
 DEFAULTS_CHECKED = "0.19"  # the vLLM version whose defaults (async scheduling, prefix caching) were read
+V1_FROM = (0, 8)  # the first vLLM whose engine is V1 by default
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 
 
@@ -76,7 +77,11 @@ UNMODELLED = (("parallel_config", "pipeline_parallel_size", "pipeline_parallel_s
               ("scheduler_config", "long_prefill_token_threshold", "long_prefill_token_threshold", 0,
                "chunks capped by the token budget alone"),
               ("scheduler_config", "max_num_partial_prefills", "max_num_partial_prefills", 1,
-               "vLLM's default of one partial prefill, whose chunks only the token budget caps"))
+               "vLLM's default of one partial prefill, whose chunks only the token budget caps"),
+              ("cache_config", "cpu_offload_gb", "cpu_offload_gb", 0, "every weight held on the GPU"),
+              ("scheduler_config", "num_scheduler_steps", "num_scheduler_steps", 1, "one step per scheduling"),
+              ("scheduler_config", "preemption_mode", "preemption_mode", "recompute",
+               "preemption by recomputation, vLLM V1's one mode"))
 # sections of resolved_config (and the engine argument) that, set at all, change what a step does
 UNMODELLED_SECTIONS = (("speculative_config", "speculative_config", "speculative decoding is not modelled"),
                        ("lora_config", "enable_lora", "LoRA adapters are not modelled"))
@@ -101,7 +106,8 @@ def unread_engine_kwargs(meta: dict) -> list[str]:
 def check_unmodelled(meta: dict, where: str) -> None:
     """One line for a setting the replay would otherwise ignore: more pipeline stages, context parallelism,
     quantized weights, prefill unchunked, another scheduling policy, a cap on each request's chunk (vLLM's
-    long_prefill_token_threshold, which more than one partial prefill also sets), speculative decoding, LoRA."""
+    long_prefill_token_threshold, which more than one partial prefill also sets), weights offloaded to the CPU,
+    multi-step scheduling, preemption by swapping, speculative decoding, LoRA."""
     ek = meta["engine_kwargs"]
     for section, field, ek_field, modelled, what in UNMODELLED:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
@@ -120,6 +126,7 @@ def check_unmodelled(meta: dict, where: str) -> None:
 def engine_settings(meta: dict, where: str) -> Engine:
     """The engine settings, refusing the ones the simulator does not model (one line naming them). A setting
     meta.json's `engine_kwargs` or `kv_cache` leaves out is read from `resolved_config` where vLLM recorded it."""
+    check_v1(meta, where)
     check_unmodelled(meta, where)
     ek, kv, hw = dict(meta["engine_kwargs"]), dict(meta.get("kv_cache") or {}), meta.get("hardware") or {}
     for section, fields in (("scheduler_config", ("max_num_seqs", "max_num_batched_tokens")),
@@ -260,11 +267,23 @@ def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:
     return None, ""
 
 
-def other_version_note(meta: dict) -> str:
-    """A loud word where a default was assumed for a run of a vLLM version other than the one it was read from."""
+def other_version_note(meta: dict, set_by: str) -> str:
+    """A loud word where a default was assumed for a run of a vLLM version other than the one it was read from;
+    `set_by`: how the user says what the run had."""
     version = meta.get("vllm_version")
     text = str(version).strip().lstrip("vV")
     if version is None or text == DEFAULTS_CHECKED or text.startswith(DEFAULTS_CHECKED + "."):
         return ""
-    return (f"; read from vLLM {DEFAULTS_CHECKED}, and this run ran vLLM {version}, whose default may differ: "
-            "--async-scheduling on or off sets it as the run had it")
+    return f"; read from vLLM {DEFAULTS_CHECKED}, and this run ran vLLM {version}, whose default may differ: {set_by}"
+
+
+def check_v1(meta: dict, where: str) -> None:
+    """A run of a vLLM before 0.8.0 ran the V0 engine by default, whose scheduler (and defaults) this replay does not
+    model: refused in one line rather than replayed as V1."""
+    import re
+
+    version = meta.get("vllm_version")
+    m = re.match(r"\s*[vV]?(\d+)\.(\d+)", str(version)) if version is not None else None
+    if m and (int(m[1]), int(m[2])) < V1_FROM:
+        raise ConfigError(f"{where}: vllm_version={version!r} ran vLLM's V0 engine; the replay models the V1 engine, "
+                          f"the default from vLLM {'.'.join(map(str, V1_FROM))}.0 (record a run of that or later)")

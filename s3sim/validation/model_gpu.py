@@ -10,10 +10,16 @@ from s3sim.hardware.models import preset_of_hf_name
 from s3sim.latency.provenance import SPEC_FIELDS
 from s3sim.validation.engine import Engine
 
+# what a profile's operators depend on beyond the attention's shape: the MLP's and the experts' widths, the LM head's
+# vocabulary (a model with Llama 3.1 8B's attention and another vocabulary is not priced by its profile)
+SHAPE_FIELDS = SPEC_FIELDS + ("intermediate_size", "moe_intermediate_size", "n_experts", "experts_per_token",
+                              "vocab_size")
 
-def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
+
+def resolve_model(name: str | None, engine: Engine, beside: Path | None = None, run_dir: Path | None = None):
     """The model to price: `name` (--model), else the preset of meta.json's Hugging Face id, else the
-    `config.json` beside the run (`beside`, where the shared runs keep the model's config)."""
+    `config.json` in or beside the run folder `run_dir` (`beside`, where found: the shared runs keep the model's
+    config next to `run/`)."""
     from s3sim.hardware.models import get_model
     if name is None:
         if engine.model is None:
@@ -22,8 +28,10 @@ def resolve_model(name: str | None, engine: Engine, beside: Path | None = None):
         if name is None and beside is not None and beside.is_file():
             name = str(beside)
         if name is None:
-            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here and no config.json is beside "
-                              "the run: give --model (a preset name or a config.json path)")
+            looked = (f" (looked for {str(run_dir / 'config.json')!r} and {str(run_dir.parent / 'config.json')!r})"
+                      if run_dir is not None else "")
+            raise ConfigError(f"model {engine.model!r} of meta.json has no preset here and no config.json is in or "
+                              f"beside the run folder{looked}: give --model (a preset name or a config.json path)")
     return get_model(name)
 
 
@@ -55,8 +63,9 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
         if preset is None or (given is None and where == "meta.json's model"):
             continue
         ref = get_model(preset)
-        diff = [f"{f} {getattr(spec, f)} vs {getattr(ref, f)}" for f in SPEC_FIELDS
-                if getattr(spec, f) != getattr(ref, f)]
+        guessed = {a.split()[0] for m in (spec, ref) for a in m.assumed}  # a field its config left out: no evidence
+        diff = [f"{f} {getattr(spec, f)} vs {getattr(ref, f)}" for f in SHAPE_FIELDS
+                if f not in guessed and getattr(spec, f) != getattr(ref, f)]
         if diff:
             raise ConfigError(f"{who} disagrees with {where} {named!r} ({spec.name} vs its preset {preset}: "
                               f"{'; '.join(diff)}): price the model the run served (leave --model out, or give its "
@@ -66,6 +75,9 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
 def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:
     """--gpu, meta.json's device and the profile's device must be one GPU where they name a preset: a
     disagreement is refused, naming both (`--profile none --fit-from` is the way to borrow another GPU's fit)."""
+    if name is not None:
+        from s3sim.hardware.gpus import get_gpu
+        get_gpu(name)  # an unknown preset is the error first
     named = ((engine.device_name, "meta.json's hardware.device_name"),
              (profile_device(profile), f"the profile's meta.yaml ({profile}) gpu"))
     known = [(preset_of_device(d), d, where) for d, where in named if preset_of_device(d)]
@@ -89,7 +101,13 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
     when nothing needs one."""
     from s3sim.hardware.gpus import get_gpu
     if name is not None:
-        return get_gpu(name), f"{name} (--gpu)"
+        spec = get_gpu(name)
+        unknown = next((d for d in (engine.device_name, profile_device(profile)) if d and not preset_of_device(d)), None)
+        if unknown is None:
+            return spec, f"{name} (--gpu)"
+        return spec, (f"{name} (--gpu), standing in for {unknown!r}, which has no preset: its memory "
+                      f"({spec.memory_bytes / 1e9:.0f} GB, where meta.json records neither kv_cache.num_gpu_blocks nor "
+                      f"hardware.device_total_memory_bytes), its link and, without a profile, its datasheet are {name}'s")
     device, where = ((engine.device_name, "meta.json") if engine.device_name else  # the run's own word first
                      (profile_device(profile), "the profile's meta.yaml"))
     preset = preset_of_device(device)

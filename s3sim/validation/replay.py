@@ -20,7 +20,7 @@ from s3sim.validation.outputs import clear_outputs, staged_outputs
 from s3sim.validation.peer import read_peer, peer_mismatch
 from s3sim.validation.pricing import (build_latency, profile_reach, check_all_reduce_flag, data_parallel_latency,
                                       calibrate_steps)
-from s3sim.validation.run_files import META, REQUESTS, TIMESERIES, PEER, read_run
+from s3sim.validation.run_files import META, REQUESTS, TIMESERIES, PEER, beside_run, read_run
 from s3sim.validation.timeline import timeline, draw_timeline
 from s3sim.validation.verdict import format_table, target_line, SENSITIVITY_PCT, SENSITIVITY_COLUMN, small_times_note
 
@@ -30,7 +30,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
              step_calibration: str = "none", async_scheduling: str = "auto",
              vllm_entry: str | None = None) -> pd.DataFrame:
     """Replay the run in `run_dir`, write the results into `out` and return the validation table.
-    `profile`: a profile folder, "none", or None for the run's own (`../profile`) when it has one.
+    `profile`: a profile folder, "none", or None for the run's own (`profile/` in or beside the run folder) when it has one.
     `fit_from`: with no profile, price with this GPU preset's fitted efficiencies instead of the run GPU's.
     `vllm_entry`: offline or server, for vLLM's default limits where meta.json records none (`engine_limits`)."""
     from s3sim.config import build_scheduler
@@ -40,8 +40,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     out = checks.check_out(out)
     run = read_run(run_dir)
     engine = engine_settings(run.meta, str(run.dir / META))
-    own = run.dir.parent / "profile"
-    own = own if own.is_dir() else None
+    own = beside_run(run.dir, "profile", folder=True)
     if profile is None:
         prof = own
     elif str(profile).lower() == "none":
@@ -50,14 +49,14 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         prof = Path(profile)
         if not prof.is_dir():
             raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
-    checks.check_out_apart(out, {"run folder": run.dir, "profile": prof, "profile beside the run": own,
+    checks.check_out_apart(out, {"run folder": run.dir, "profile": prof, "the run's own profile": own,
                                  "shared data folder": SHARED_DATA_DIR})
     if fit_from is not None and prof is not None:
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     check_all_reduce_flag(all_reduce)
     from s3sim.hardware.gpus import get_gpu
     borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
-    spec = resolve_model(model, engine, run.dir.parent / "config.json")
+    spec = resolve_model(model, engine, beside_run(run.dir, "config.json"), run.dir)
     if engine.tp > 1 and (spec.n_heads % engine.tp or spec.n_kv_heads % engine.tp and engine.tp % spec.n_kv_heads):
         raise ConfigError(f"{str(run.dir / META)!r}: engine_kwargs.tensor_parallel_size={engine.tp} does not divide "
                           f"{spec.name}'s {spec.n_heads} attention heads and {spec.n_kv_heads} KV heads as vLLM "
@@ -78,10 +77,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
              "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
     # a profile names the device it ran on; with --profile none, the one beside the run only where meta.json names none
     named_by = prof if prof is not None else (own if engine.device_name is None else None)
+    check_gpu_agrees(gpu, engine, named_by)  # first: a disagreement is the error, not the missing --gpu it leads to
     gpu_spec, gpu_how = resolve_gpu(gpu, engine, named_by, needs)
-    check_gpu_agrees(gpu, engine, named_by)
     limits_how = engine_limits(engine, gpu_spec, vllm_entry, str(run.dir / META))
-    peer_path = next((p for p in (run.dir / PEER, run.dir.parent / PEER) if p.is_file()), None)
+    peer_path = beside_run(run.dir, PEER)
     peer = read_peer(peer_path) if peer_path is not None else None
     check_kv_memory(engine, spec, gpu_spec, repr(str(run.dir / META)))
     blocks, kv_how = kv_capacity(engine, spec, gpu_spec)
@@ -125,7 +124,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         echo(limits_how)
     echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}"
          + (f"; on each of the {engine.dp} ranks" if engine.dp > 1 else ""))
-    how = "as recorded" if engine.prefix_caching_recorded else "vLLM V1's default (the run does not record it)"
+    how = ("as recorded" if engine.prefix_caching_recorded else "vLLM V1's default (the run does not record it)"
+           + other_version_note(run.meta, "engine_kwargs.enable_prefix_caching in meta.json sets it as the run had it"))
     echo(f"prefix caching: {'on' if engine.prefix_caching else 'off'}, {how}"
          + ("; modelled for preempted requests' own blocks (prompts are not shared between requests here)"
             if engine.prefix_caching else ""))
@@ -133,7 +133,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if asynchronous is None:
         raise ConfigError(f"--async-scheduling must be auto, on or off, got {async_scheduling!r}")
     how = ("--async-scheduling" if async_scheduling != "auto" else "as recorded" if engine.async_recorded
-           else "vLLM V1's default (the run does not record it)" + other_version_note(run.meta))
+           else "vLLM V1's default (the run does not record it)"
+           + other_version_note(run.meta, "--async-scheduling on or off sets it as the run had it"))
     echo(f"asynchronous scheduling: {'on' if asynchronous else 'off'}, {how}"
          + ("; an arrival joins the step after next, its scheduled_ts is its step's scheduling" if asynchronous
             else ""))
@@ -241,7 +242,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
             write_csv(peer, stage / "peer.csv")
             echo(f"peer: {len(peer)} rows of {peer_path} -> {out / 'peer.csv'}")
         elif not mismatch:
-            echo(f"peer: no peer table ({PEER}) beside the run")
+            echo(f"peer: no peer table ({PEER}) in or beside the run folder")
         write_csv(table, stage / "validation.csv")  # moved in last: its presence marks a finished validation
     echo(f"results: {out}")
     return table

@@ -56,6 +56,15 @@ def find_run_dir(path: str | Path) -> Path:
     return p
 
 
+def beside_run(run_dir: Path, name: str, folder: bool = False) -> Path | None:
+    """`name` (a file, or a folder with `folder`) in the run folder, else beside it, where the shared runs keep
+    `profile/`, `config.json` and the peer's summary next to `run/`; None where neither has it."""
+    for p in (run_dir / name, run_dir.parent / name):
+        if p.is_dir() if folder else p.is_file():
+            return p
+    return None
+
+
 def read_text(path: Path) -> str:
     try:
         return path.read_text()
