@@ -68,8 +68,9 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
                 if f not in guessed and getattr(spec, f) != getattr(ref, f)]
         if diff:
             raise ConfigError(f"{who} disagrees with {where} {named!r} ({spec.name} vs its preset {preset}: "
-                              f"{'; '.join(diff)}): price the model the run served (leave --model out, or give its "
-                              "config.json)")
+                              f"{'; '.join(diff)}): price the model the run served ("
+                              + ("leave --model out, or give its config.json)" if given is not None else
+                                 "give its config.json with --model, or a profile measured on it)"))
 
 
 def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:

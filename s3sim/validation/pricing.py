@@ -33,7 +33,10 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
                      + (f"; tp{tp} all-reduces: {getattr(ring, 'source', '') or 'free (none)'}" if tp > 1 else "")
                      + ")")
     if tp > 1 and not (profile / f"tp{tp}").is_dir():
-        raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp}")
+        have = sorted(d.name for d in profile.glob("tp*") if d.is_dir())
+        raise ConfigError(f"profile {str(profile)!r} has no tp{tp}/ folder for tensor_parallel_size={tp} (it has "
+                          f"{', '.join(have) or 'none'}): give --profile measured at tp{tp}, or --profile none for the "
+                          "datasheet operator model")
     from s3sim.latency.operators import OperatorLatency  # its tp<N> folder times one GPU's shard
     gather = priced_logits_gather(all_reduce, gpu, tp) if tp > 1 else None
     lat = OperatorLatency.from_profile(profile, model, gpu, tp=tp, all_reduce=ring, gather=gather)
@@ -63,32 +66,10 @@ def profile_reach(latency, engine: Engine) -> str | None:
     return "; ".join(over) or None
 
 
-ALL_REDUCE_FORMS = "auto, engine, engine:<factor>, measured, ring, link:<GB/s>:<us>, none, or a CSV path"
-
-
 def check_all_reduce_flag(spec: str) -> None:
-    """`--all-reduce` read before anything else, on every run (a run without tensor parallelism uses none, and
-    would otherwise pass a misspelt value over unread), by the parsers that price it."""
-    from s3sim.hardware.network import link_all_reduce
-    from s3sim.latency.operators import engine_factor
-    where = f"--all-reduce {spec!r}"
-    if spec in ("auto", "engine", "measured", "ring", "none"):
-        return
-    if spec.startswith("engine:"):
-        try:
-            engine_factor(spec)
-        except ConfigError:
-            raise ConfigError(f"{where}: the factor must be a number > 0, e.g. engine:2.31; valid: "
-                              f"{ALL_REDUCE_FORMS}") from None
-        return
-    if spec.startswith("link:"):
-        try:
-            link_all_reduce(spec)
-        except ConfigError:
-            raise ConfigError(f"{where}: expected link:<GB/s, > 0>:<us, >= 0>, e.g. link:16:20") from None
-        return
-    if not Path(spec).is_file():
-        raise ConfigError(f"{where}: no such file, nor one of {ALL_REDUCE_FORMS}")
+    """`--all-reduce` read before anything else, on every run (`s3sim.latency.operators.check_all_reduce_spec`)."""
+    from s3sim.latency.operators import check_all_reduce_spec
+    check_all_reduce_spec(spec, "--all-reduce")
 
 
 def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str = "auto"):
