@@ -96,9 +96,11 @@ def run_notes(row: dict) -> list[str]:
     if isinstance(row.get("model_assumed"), str) and row["model_assumed"]:
         notes.append(f"note: where the model's config says nothing or what is not modelled, the simulator assumed "
                      f"{row['model_assumed']} (model_assumed; model.dtype overrides the dtype)")
-    if RING_FALLBACK in str(row.get("collectives") or ""):
-        notes.append(f"note: tensor parallelism's all-reduces are priced as {row['collectives']} (collectives; "
-                     "latency.all_reduce=link:<GB/s>:<us> or a measured CSV prices them otherwise)")
+    fallbacks = [p for p in str(row.get("collectives") or "").split(" | ") if RING_FALLBACK in p]
+    if fallbacks:
+        notes.append(f"note: priced as a ring for want of a measured table: {'; '.join(fallbacks)} (collectives; "
+                     "latency.all_reduce=link:<GB/s>:<us> or a measured CSV prices tensor parallelism's all-reduces "
+                     "otherwise, and none takes every collective as free)")
     return [n for n in notes if n]
 
 

@@ -208,11 +208,13 @@ def setup_fields(cfg, setup, policy: str, n: int, wall: float) -> dict:
 
 
 def collectives(replicas) -> str:
-    """How the engines price tensor parallelism's all-reduces and expert parallelism's exchanges (each latency
-    model's `all_reduce` and `gather` sources, the distinct ones joined by ' | '); '' where no engine has any."""
+    """How the engines price tensor parallelism's all-reduces and its logits' all-gather, and expert parallelism's
+    exchanges (each latency model's `all_reduce`, `logits_gather` and `gather` sources, the distinct ones joined by
+    ' | '); '' where no engine has any."""
     seen = []
     for _, lat, _ in replicas:
-        for priced in (getattr(lat, "all_reduce", None), getattr(lat, "gather", None)):
+        for priced in (getattr(lat, "all_reduce", None), getattr(lat, "logits_gather", None),
+                       getattr(lat, "gather", None)):
             if priced is not None and priced.source not in seen:
                 seen.append(priced.source)
     return " | ".join(seen)

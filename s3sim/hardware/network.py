@@ -62,8 +62,9 @@ class LinkAllReduce:
     """An all-reduce as one latency plus the message at one effective bandwidth, whatever the GPU count."""
 
     def __init__(self, bandwidth: float, latency_s: float):
-        if not bandwidth > 0 or not latency_s >= 0:
-            raise ConfigError(f"latency.all_reduce=link:<GB/s>:<us> needs a bandwidth > 0 and a latency >= 0, got "
+        if not 0 < bandwidth < float("inf") or not 0 <= latency_s < float("inf"):
+            raise ConfigError(f"latency.all_reduce=link:<GB/s>:<us> needs a finite bandwidth > 0 and a finite latency "
+                              f">= 0, got "
                               f"{bandwidth / 1e9:g} GB/s and {latency_s * 1e6:g} us")
         self.bandwidth, self.latency = float(bandwidth), float(latency_s)
         self.source = f"link of {bandwidth / 1e9:g} GB/s with {latency_s * 1e6:g} us per all-reduce"
@@ -100,7 +101,7 @@ class InEngineCollective:
 
 class MeasuredAllReduce:
     """Median all-reduce times by message size, per GPU count within one node; linear between measured
-    sizes and along the last segment beyond them, the smallest size's time below them."""
+    sizes and at the largest messages' rate beyond them (`linear`), the smallest size's time below them."""
 
     def __init__(self, table: pd.DataFrame, source: str):
         self.source = source
@@ -143,13 +144,12 @@ class MeasuredAllReduce:
         return cls(t, str(p))
 
     def bandwidth(self, workers: int) -> float:
-        """Bytes/s of the largest messages measured (the slope of the table's last segment)."""
+        """Bytes/s of the largest messages measured (`top_slope`: over the table's top octave of sizes)."""
         self.time_s(workers, 0.0)  # a one-line error for a GPU count never measured
-        sizes, seconds = self.curves[workers]
-        slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
+        slope = top_slope(*self.curves[workers])
         if not slope > 0:
-            raise ConfigError(f"all-reduce profile {self.source!r}: its two largest messages at {workers} GPUs give "
-                              f"no bandwidth (the larger is not slower)")
+            raise ConfigError(f"all-reduce profile {self.source!r}: its largest messages at {workers} GPUs give "
+                              f"no bandwidth (the largest is not slower than half its size)")
         return float(1.0 / slope)
 
     def time_s(self, workers: int, nbytes):
@@ -184,9 +184,19 @@ def read_collective(path, collective: str, what: str) -> pd.DataFrame:
     return _median_ms(_read_table(p, what), p, collective, what)
 
 
+def top_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Seconds per byte of the largest messages measured: the secant over the table's top octave of sizes (from the
+    first size at or above half the largest; the last segment where that octave holds no other size). Not the last
+    segment alone, which a finely spaced table turns into noise: the A100 DGX tables are 131 KB apart at 64 MB,
+    where their last segment is flat at 8 GPUs and falls at 2."""
+    j = min(int(np.searchsorted(x, x[-1] / 2)), len(x) - 2)
+    return (y[-1] - y[j]) / (x[-1] - x[j])
+
+
 def linear(x: np.ndarray, y: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
-    """Seconds by message size: linear between measured sizes, along the last segment beyond them."""
-    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+    """Seconds by message size: linear between measured sizes, beyond them the largest one's time plus the rest
+    at the largest messages' rate (`top_slope`; never less than the largest one's time)."""
+    slope = max(top_slope(x, y), 0.0)
     return np.where(nbytes > x[-1], y[-1] + slope * (nbytes - x[-1]), np.interp(nbytes, x, y))
 
 
@@ -205,7 +215,7 @@ class PointToPoint:
 
 class MeasuredSendRecv:
     """Median send/recv times by message size between two GPUs of one node (the shared
-    `gpu_profiles/network/*/send_recv.csv`); linear between sizes and along the last segment beyond them."""
+    `gpu_profiles/network/*/send_recv.csv`); linear between sizes, at the largest messages' rate beyond them."""
 
     def __init__(self, sizes: np.ndarray, seconds: np.ndarray, source: str):
         self.x, self.y, self.source = sizes, seconds, source

@@ -45,7 +45,7 @@ from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.hardware.network import FreeSendRecv, send_recv_model
 from s3sim.latency.base import LatencyModel
-from s3sim.latency.operators import priced_collectives
+from s3sim.latency.operators import check_all_reduce_spec, priced_collectives
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
 
@@ -75,6 +75,7 @@ class DatasheetLatency(LatencyModel):
     @classmethod
     def from_config(cls, conf: DatasheetConfig, model, gpu, num_gpus: int = 1,
                     pipeline_stages: int = 1) -> "DatasheetLatency":
+        check_all_reduce_spec(conf.all_reduce)
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
                    pipeline_stages=pipeline_stages,
                    send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,

@@ -24,6 +24,7 @@ profile measures that are not priced here are refused, never dropped; `qk_norm` 
 from __future__ import annotations
 
 import functools
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,9 +317,11 @@ class OperatorLatency(LatencyModel):
         self.experts = None  # an MoE model's expert table, None for a dense model
         self.skew_alpha = 0.0  # uneven decode contexts (see `skew_alpha`); 0: priced at the mean context alone
         self.all_reduce = None  # tensor parallelism's all-reduces (`from_profile` sets it at tp > 1)
+        self.logits_gather = None  # and the gathering of its logits' shards
 
     @classmethod
     def from_config(cls, conf: OperatorsConfig, model, gpu, num_gpus: int = 1) -> "OperatorLatency":
+        check_all_reduce_spec(conf.all_reduce)
         if num_gpus != conf.tp:
             raise ConfigError(f"latency=operators prices tensor parallelism from its tp<N> profile: gpu.count="
                               f"{num_gpus} needs latency.tp={num_gpus}")
@@ -382,6 +385,7 @@ class OperatorLatency(LatencyModel):
         lat.skew_alpha = skew_alpha(profile_meta(path), tp) if skew == "profile" else 0.0
         lat.kv_shards = min(tp, model.n_kv_heads)  # each GPU holds (and copies) its KV heads' share
         lat.all_reduce = all_reduce if tp > 1 else None  # what prices the collectives (its `source` says how)
+        lat.logits_gather = gather if tp > 1 else None
         return lat
 
     # ---- pricing ------------------------------------------------------------------------------
@@ -474,7 +478,8 @@ def in_engine_factor(gpu: GpuSpec):
 
     if not gpu.in_engine_steps:
         raise ConfigError(f"the {gpu.name} preset names no whole-step table (in_engine_steps) to price collectives "
-                          f"as the engine ran them: use measured, ring, link:<GB/s>:<us> or none")
+                          f"as the engine ran them: use {'measured, ' if gpu.measured_all_reduce else ''}ring, "
+                          "link:<GB/s>:<us> or none")
     folder, model_name, tp = gpu.in_engine_steps
     profile = SHARED_DATA_DIR / folder
     table = in_engine_table(gpu)
@@ -490,6 +495,35 @@ def in_engine_factor(gpu: GpuSpec):
     return fit_in_engine_factor(latency, measured, gather, read_steps(table), model, tp, f"{folder}/tp{tp}/step.csv")
 
 
+ALL_REDUCE_FORMS = "auto, engine, engine:<factor>, measured, ring, link:<GB/s>:<us>, none, or a CSV path"
+
+
+def check_all_reduce_spec(spec: str, flag: str = "latency.all_reduce") -> None:
+    """`spec` read before anything else, on every run, one GPU too (where it prices nothing, and a misspelt value
+    would pass unread until a sweep reached several), by the parsers that price it; `flag`: its name in errors."""
+    from s3sim.hardware.network import link_all_reduce
+
+    where = f"{flag}={spec!r}" if flag.startswith("latency.") else f"{flag} {spec!r}"
+    if spec in ("auto", "engine", "measured", "ring", "none"):
+        return
+    if spec.startswith("engine:"):
+        try:
+            engine_factor(spec)
+        except ConfigError:
+            raise ConfigError(f"{where}: the factor must be a finite number > 0, e.g. engine:2.31; valid: "
+                              f"{ALL_REDUCE_FORMS}") from None
+        return
+    if spec.startswith("link:"):
+        try:
+            link_all_reduce(spec)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected link:<GB/s, finite and > 0>:<us, finite and >= 0>, e.g. "
+                              "link:16:20") from None
+        return
+    if not Path(spec).is_file():
+        raise ConfigError(f"{where}: no such file, nor one of {ALL_REDUCE_FORMS}")
+
+
 def engine_factor(spec: str) -> float | None:
     """The factor `engine:<factor>` gives (None for plain `engine`: the one fitted to the preset's step table)."""
     if spec == "engine":
@@ -498,8 +532,9 @@ def engine_factor(spec: str) -> float | None:
         factor = float(spec.split(":", 1)[1])
     except (IndexError, ValueError):
         factor = float("nan")
-    if not factor > 0:
-        raise ConfigError(f"all-reduce {spec!r}: expected engine or engine:<factor > 0>, e.g. engine:2.5")
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ConfigError(f"latency.all_reduce={spec!r}: expected engine or engine:<factor, finite and > 0>, e.g. "
+                          "engine:2.5")
     return factor
 
 
@@ -530,18 +565,34 @@ def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
 
     factor = engine_collectives(spec, gpu, workers)
     if factor is not False:
-        return in_engine(gpu, all_reduce_model("measured", gpu, workers), factor)
+        try:
+            measured = all_reduce_model("measured", gpu, workers)
+        except ConfigError as e:  # named as the user wrote it
+            raise ConfigError(str(e).replace("latency.all_reduce=measured", f"latency.all_reduce={spec}")) from None
+        return in_engine(gpu, measured, factor)
     return all_reduce_model(spec, gpu, workers)
 
 
 def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):
-    """The gathering of the logits' shards between `tp` GPUs, priced beside the all-reduces `spec` prices: the
-    measured all-gather (as the engine ran it where the all-reduces are), a ring where nothing was measured;
-    None (free) where `spec` is none."""
-    from s3sim.hardware.network import all_gather_model
+    """The gathering of the logits' shards between `tp` GPUs, priced as `spec` prices the all-reduces: auto,
+    engine[:<factor>] and measured the GPU's measured all-gather (as the engine ran it where the all-reduces are),
+    a ring where nothing was measured; ring a ring, a link that link; a CSV its all-gather rows where it has them at
+    `tp` GPUs, else as measured (the source says which); None (free) where `spec` is none."""
+    from s3sim.hardware.network import MeasuredAllReduce, RingAllGather, all_gather_model, link_all_reduce
 
     if spec == "none":
         return None
+    if spec == "ring" and gpu.interconnect_bandwidth:
+        return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect")
+    if spec.startswith("link:"):
+        return link_all_reduce(spec)
+    if spec not in ("auto", "measured", "ring") and not spec.startswith("engine"):  # a CSV
+        try:
+            table = MeasuredAllReduce.from_csv(spec, "all_gather")
+            if tp in table.curves:
+                return table
+        except ConfigError:  # a table of all-reduces alone
+            pass
     factor = engine_collectives(spec, gpu, tp)
     gather = all_gather_model(gpu, tp)
     return in_engine(gpu, gather, factor) if factor is not False else gather

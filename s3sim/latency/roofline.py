@@ -38,7 +38,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.latency.operators import priced_collectives
+from s3sim.latency.operators import check_all_reduce_spec, priced_collectives
 from s3sim.latency.base import LatencyModel
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
@@ -62,6 +62,7 @@ class RooflineLatency(LatencyModel):
 
     @classmethod
     def from_config(cls, conf: RooflineConfig, model, gpu, num_gpus: int = 1) -> "RooflineLatency":
+        check_all_reduce_spec(conf.all_reduce)
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
                    overhead_s=conf.overhead_s, num_gpus=num_gpus,
                    all_reduce=priced_collectives(conf.all_reduce, gpu, num_gpus) if num_gpus > 1 else None)
