@@ -91,3 +91,46 @@ def test_a_ring_fallback_note_names_only_the_fallback_and_advice_that_applies():
     notes = [n for n in run_notes({"collectives": f"measured between a100 GPUs | {fallback}"}) if RING_FALLBACK in n]
     assert len(notes) == 1 and fallback in notes[0] and "measured between a100" not in notes[0]
     assert "none takes every collective as free" in notes[0]
+
+
+SEND_RECV = SHARED_DATA_DIR / "gpu_profiles" / "network" / "a100_dgx" / "send_recv.csv"
+
+
+@pytest.mark.skipif(not SEND_RECV.is_file(), reason="the shared A100 DGX send/recv table is not present")
+def test_a_measured_send_recv_beyond_its_table_grows_from_its_largest_message_too():
+    """A pipeline's send/recv from a measured CSV reads its table as the collectives do: beyond the largest size,
+    that size's time plus the rest at the top octave's rate, never less."""
+    from s3sim.hardware.network import MeasuredSendRecv
+
+    model = MeasuredSendRecv.from_csv(SEND_RECV)
+    beyond = model.x[-1] * np.array([1.0, 2.0, 8.0])
+    t = model.time_s(beyond)
+    assert t[0] == model.y[-1] and np.all(np.diff(t) > 0)
+    assert (t[2] - t[1]) / (beyond[2] - beyond[1]) == pytest.approx(top_slope(model.x, model.y))
+
+
+def test_a_csv_named_like_engine_is_a_csv(tmp_path, cfg):
+    """engine_ar.csv is a file, not engine:<factor>: read as one at every GPU count (it used to pass the check and
+    be refused as a malformed factor only where a sweep reached two GPUs)."""
+    from s3sim.cluster.build import build
+    from s3sim.runner import collectives
+
+    table = tmp_path / "engine_ar.csv"
+    table.write_text("collective,num_gpus,bytes,time_us\nall_reduce,2,1024,10\nall_reduce,2,1048576,40\n")
+    built = build(cfg("num_requests=10", "max_seq_len=256", "gpu.count=2", f"latency.all_reduce={table}"))
+    assert collectives(built.replicas) == str(table)
+
+
+def test_a_csv_with_bad_all_gather_rows_is_refused_not_passed_over(tmp_path, cfg):
+    """At TP2 on the operator model the logits' all-gather reads the CSV's all-gather rows: malformed ones are an
+    error, not a quiet fall back to another table."""
+    from s3sim.cluster.build import build
+
+    if not (PRO / "tp2").is_dir():
+        pytest.skip("the shared PRO 6000 profile is not present")
+    table = tmp_path / "pair.csv"
+    table.write_text("collective,num_gpus,bytes,time_us\nall_reduce,2,1024,10\nall_reduce,2,1048576,40\n"
+                     "all_gather,2,1024,\n")
+    with pytest.raises(ConfigError, match="needs all_gather rows"):
+        build(cfg("model=llama-3.1-8b", "gpu=rtx-pro-6000", "latency=operators", f"latency.path={PRO}", "latency.tp=2",
+                  "gpu.count=2", "num_requests=10", "max_seq_len=512", f"latency.all_reduce={table}"))

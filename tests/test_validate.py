@@ -567,7 +567,8 @@ def test_a_config_json_of_another_vocabulary_or_mlp_than_the_profiles_model_is_r
     assert main([str(run), "--out", str(tmp_path / "out")]) == 2
     (field, value), = change.items()
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and f"{field} {value} vs" in err and "profile" in err
+    assert len(err.strip().splitlines()) == 1 and f"{field} {value} vs" in err
+    assert "give a profile measured on it, or --profile none" in err  # its config.json was read already
 
 
 def test_a_flat_run_folder_holding_its_profile_config_and_peer_table_is_read_as_the_shared_layout(tmp_path, capsys):

@@ -256,6 +256,39 @@ def test_a_gpu_standing_in_for_a_device_with_no_preset_says_what_it_lends(tmp_pa
     edit_meta(run, lambda m: m["hardware"].update(device_name="NVIDIA L40S"))
     stdout = ok(capsys, run, tmp_path / "out", "--profile", "none", "--gpu", "rtx-4090")
     assert "gpu rtx-4090 (--gpu), standing in for 'NVIDIA L40S', which has no preset" in stdout
+    assert "its memory" not in stdout  # the run records its KV blocks: the preset's memory sizes nothing
+    edit_meta(run, lambda m: (m["kv_cache"].pop("num_gpu_blocks"), m["kv_cache"].pop("num_kv_tokens", None),
+                              m["resolved_config"]["cache_config"].update(num_gpu_blocks=None),
+                              m["hardware"].pop("device_total_memory_bytes", None)))
+    stdout = ok(capsys, run, tmp_path / "out2", "--profile", "none", "--gpu", "rtx-4090")
+    assert "its memory (25 GB: meta.json records neither" in stdout
+
+
+def test_a_run_folder_given_as_dot_finds_what_is_beside_it(tmp_path, capsys, monkeypatch):
+    """`s3sim-validate .` from inside run/ looks beside the folder itself, not beside '.'."""
+    run = trim(R4090, tmp_path / "r")
+    monkeypatch.chdir(run)
+    stdout = ok(capsys, ".", tmp_path / "out")
+    assert f"latency: operator profile {tmp_path / 'r' / 'profile'}" in stdout
+
+
+def test_two_profiles_for_one_run_are_refused(tmp_path, capsys):
+    """A profile/ inside the run folder and another beside it: which one the run belongs to is not guessed."""
+    run = trim(R4090, tmp_path / "r")
+    (run / "profile").symlink_to(R6000 / "profile")
+    err = refused(capsys, run, tmp_path / "out")
+    assert "two profile for one run" in err
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m["resolved_config"].update(offload_config={"uva": "UVAOffloadConfig(cpu_offload_gb=4.0, x=set())"}),
+     "offload_config.uva: cpu_offload_gb=4.0 is not modelled"),
+    (lambda m: m["resolved_config"]["cache_config"].update(kv_offloading_size=8.0), "kv_offloading_size=8.0"),
+    (lambda m: m["engine_kwargs"].update(kv_offloading_size=8), "a KV cache held on the GPU alone")])
+def test_offloading_recorded_as_vllm_0_19_records_it_is_refused(tmp_path, capsys, change, words):
+    run = trim(R4090, tmp_path / "r")
+    edit_meta(run, change)
+    assert words in refused(capsys, run, tmp_path / "out")
 
 
 def test_the_runs_own_gpu_named_is_accepted(tmp_path, capsys):

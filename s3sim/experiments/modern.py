@@ -36,7 +36,7 @@ from s3sim.validation.kv_capacity import kv_capacity
 from s3sim.validation.metrics import replay_records, simulated_metrics
 from s3sim.validation.model_gpu import resolve_gpu, resolve_model
 from s3sim.validation.pricing import build_latency
-from s3sim.validation.run_files import META, read_run
+from s3sim.validation.run_files import META, beside_run, read_run
 
 RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
 COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_latency_mean", "e2e_latency_p50",
@@ -69,10 +69,10 @@ def policy_configs(engine, max_seq_len: int, seed: int = 0) -> dict[str, dict]:
 def compare(run_dir: Path) -> pd.DataFrame:
     run = read_run(run_dir)
     engine = engine_settings(run.meta, str(run.dir / META))
-    profile = run.dir.parent / "profile"
-    if not profile.is_dir():
-        raise ConfigError(f"{run.dir}: no operator profile beside the run (../profile)")
-    model = resolve_model(None, engine)
+    profile = beside_run(run.dir, "profile", folder=True)
+    if profile is None:
+        raise ConfigError(f"{run.dir}: no operator profile in or beside the run folder (profile/)")
+    model = resolve_model(None, engine, beside_run(run.dir, "config.json"), run.dir)
     gpu, _ = resolve_gpu(None, engine, profile, "deriving the KV capacity" if engine.num_gpu_blocks is None else
                          "vLLM's default engine limits" if None in (engine.max_num_seqs, engine.max_num_batched_tokens)
                          else None)

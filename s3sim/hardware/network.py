@@ -162,6 +162,15 @@ class MeasuredAllReduce:
         return linear(*self.curves[workers], nbytes)
 
 
+def holds_collective(path, collective: str) -> bool:
+    """Whether the table at `path` has rows of `collective` (a Vidur table holds all-reduces alone; the other format
+    says each row's collective)."""
+    t = _read_table(Path(path), collective.replace("_", "-"))
+    if "collective" in t.columns:
+        return bool((t.collective == collective).any())
+    return collective == "all_reduce"
+
+
 def _read_table(path: Path, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"{what} profile: no file {str(path)!r}")

@@ -498,6 +498,11 @@ def in_engine_factor(gpu: GpuSpec):
 ALL_REDUCE_FORMS = "auto, engine, engine:<factor>, measured, ring, link:<GB/s>:<us>, none, or a CSV path"
 
 
+def is_engine(spec: str) -> bool:
+    """`engine` or `engine:<factor>` (a CSV whose name begins with engine is a CSV)."""
+    return spec == "engine" or spec.startswith("engine:")
+
+
 def check_all_reduce_spec(spec: str, flag: str = "latency.all_reduce") -> None:
     """`spec` read before anything else, on every run, one GPU too (where it prices nothing, and a misspelt value
     would pass unread until a sweep reached several), by the parsers that price it; `flag`: its name in errors."""
@@ -578,7 +583,8 @@ def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):
     engine[:<factor>] and measured the GPU's measured all-gather (as the engine ran it where the all-reduces are),
     a ring where nothing was measured; ring a ring, a link that link; a CSV its all-gather rows where it has them at
     `tp` GPUs, else as measured (the source says which); None (free) where `spec` is none."""
-    from s3sim.hardware.network import MeasuredAllReduce, RingAllGather, all_gather_model, link_all_reduce
+    from s3sim.hardware.network import (MeasuredAllReduce, RingAllGather, all_gather_model, holds_collective,
+                                        link_all_reduce)
 
     if spec == "none":
         return None
@@ -586,13 +592,10 @@ def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):
         return RingAllGather(gpu.interconnect_bandwidth, source=f"all-gather as a ring over {gpu.name}'s interconnect")
     if spec.startswith("link:"):
         return link_all_reduce(spec)
-    if spec not in ("auto", "measured", "ring") and not spec.startswith("engine"):  # a CSV
-        try:
-            table = MeasuredAllReduce.from_csv(spec, "all_gather")
-            if tp in table.curves:
-                return table
-        except ConfigError:  # a table of all-reduces alone
-            pass
+    if spec not in ("auto", "measured", "ring") and not is_engine(spec) and holds_collective(spec, "all_gather"):
+        table = MeasuredAllReduce.from_csv(spec, "all_gather")  # a CSV: its all-gathers where it has them at tp
+        if tp in table.curves:
+            return table
     factor = engine_collectives(spec, gpu, tp)
     gather = all_gather_model(gpu, tp)
     return in_engine(gpu, gather, factor) if factor is not False else gather
@@ -619,7 +622,7 @@ def priced_exchanges(spec: str, gpu: GpuSpec, ranks: int):
             raise ConfigError(f"latency.all_reduce=measured: no all-gather measured between {ranks} {gpu.name} GPUs "
                               "(the preset's measured table) to price expert parallelism's exchanges; use auto or ring")
         return model
-    if spec != "auto" and not spec.startswith("engine"):
+    if spec != "auto" and not is_engine(spec):
         raise ConfigError(f"latency.all_reduce={spec!r} prices all-reduces only; expert parallelism's exchanges are "
                           "priced by auto, engine, engine:<factor>, measured, ring or none")
     gather = all_gather_model(gpu, ranks)
@@ -632,7 +635,7 @@ def engine_collectives(all_reduce: str, gpu, workers: int):
     `workers` GPUs as the engine ran them (`engine` or `engine:<factor>`; or `auto` where the GPU preset names a
     step table to fit that to and a table measured between that many): False, or the factor (None: the fitted
     one)."""
-    if all_reduce.startswith("engine"):
+    if is_engine(all_reduce):
         factor = engine_factor(all_reduce)
         if factor is None:
             in_engine_factor(gpu)  # a one-line error where the preset names no step table

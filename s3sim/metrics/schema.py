@@ -192,7 +192,8 @@ SETUP = (  # what was run, and how fast
     Column("gpus_per_engine", "GPUs", "GPUs one engine runs on: gpu.count (tensor parallel) x gpu.pipeline_stages "
            "x gpu.data_parallel (a cluster's: the run's own setting; replicas.csv's gpu says each replica's)",
            only="an engine runs on more than one GPU"),
-    Column("collectives", TEXT, "how tensor parallelism's all-reduces and expert parallelism's exchanges were priced "
+    Column("collectives", TEXT, "how tensor parallelism's all-reduces (and, on the operator model, its logits' "
+           "all-gather) and expert parallelism's exchanges were priced "
            "(`latency.all_reduce`; auto: the measured table as the engine ran it, else measured alone, else a ring "
            "over the GPU's link, which says it is a fallback; the distinct ones joined by ' | ')",
            only="an engine splits its layers or its experts over GPUs"),

@@ -5,6 +5,8 @@ and the limits a run leaves unrecorded are vLLM's defaults for its GPU only wher
 was started."""
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from s3sim.core.errors import ConfigError
@@ -106,8 +108,8 @@ def unread_engine_kwargs(meta: dict) -> list[str]:
 def check_unmodelled(meta: dict, where: str) -> None:
     """One line for a setting the replay would otherwise ignore: more pipeline stages, context parallelism,
     quantized weights, prefill unchunked, another scheduling policy, a cap on each request's chunk (vLLM's
-    long_prefill_token_threshold, which more than one partial prefill also sets), weights offloaded to the CPU,
-    multi-step scheduling, preemption by swapping, speculative decoding, LoRA."""
+    long_prefill_token_threshold, which more than one partial prefill also sets), weights or KV offloaded to the
+    CPU, multi-step scheduling, preemption by swapping, speculative decoding, LoRA."""
     ek = meta["engine_kwargs"]
     for section, field, ek_field, modelled, what in UNMODELLED:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
@@ -116,6 +118,17 @@ def check_unmodelled(meta: dict, where: str) -> None:
                 value = value.lower().rsplit(".", 1)[-1]
             if value is not None and value != modelled:
                 raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models {what})")
+    uva = _section(meta, "offload_config").get("uva")  # vLLM 0.19 records it as its dataclass's text
+    found = re.search(r"cpu_offload_gb=([0-9.eE+-]+)", uva) if isinstance(uva, str) else None
+    if found and float(found[1]) != 0:
+        raise ConfigError(f"{where}: resolved_config.offload_config.uva: cpu_offload_gb={found[1]} is not modelled "
+                          "(the replay models every weight held on the GPU)")
+    for value, name in ((ek.get("kv_offloading_size"), "engine_kwargs.kv_offloading_size"),
+                        (_section(meta, "cache_config").get("kv_offloading_size"),
+                         "resolved_config.cache_config.kv_offloading_size")):
+        if value:
+            raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models a KV cache held on the "
+                              "GPU alone)")
     for section, ek_field, what in UNMODELLED_SECTIONS:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
                             (_resolved(meta).get(section), f"resolved_config.{section}")):
@@ -280,8 +293,6 @@ def other_version_note(meta: dict, set_by: str) -> str:
 def check_v1(meta: dict, where: str) -> None:
     """A run of a vLLM before 0.8.0 ran the V0 engine by default, whose scheduler (and defaults) this replay does not
     model: refused in one line rather than replayed as V1."""
-    import re
-
     version = meta.get("vllm_version")
     m = re.match(r"\s*[vV]?(\d+)\.(\d+)", str(version)) if version is not None else None
     if m and (int(m[1]), int(m[2])) < V1_FROM:

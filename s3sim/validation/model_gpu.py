@@ -70,7 +70,8 @@ def check_model_agrees(spec, given: str | None, engine: Engine, profile: Path | 
             raise ConfigError(f"{who} disagrees with {where} {named!r} ({spec.name} vs its preset {preset}: "
                               f"{'; '.join(diff)}): price the model the run served ("
                               + ("leave --model out, or give its config.json)" if given is not None else
-                                 "give its config.json with --model, or a profile measured on it)"))
+                                 "give a profile measured on it, or --profile none)" if spec.source.endswith(".json")
+                                 else "give its config.json with --model, or a profile measured on it)"))
 
 
 def check_gpu_agrees(name: str | None, engine: Engine, profile: Path | None) -> None:
@@ -106,9 +107,11 @@ def resolve_gpu(name: str | None, engine: Engine, profile: Path | None, needed_f
         unknown = next((d for d in (engine.device_name, profile_device(profile)) if d and not preset_of_device(d)), None)
         if unknown is None:
             return spec, f"{name} (--gpu)"
-        return spec, (f"{name} (--gpu), standing in for {unknown!r}, which has no preset: its memory "
-                      f"({spec.memory_bytes / 1e9:.0f} GB, where meta.json records neither kv_cache.num_gpu_blocks nor "
-                      f"hardware.device_total_memory_bytes), its link and, without a profile, its datasheet are {name}'s")
+        sized = engine.num_gpu_blocks is not None or engine.device_memory is not None or engine.kv_cache_memory is not None
+        return spec, (f"{name} (--gpu), standing in for {unknown!r}, which has no preset: "
+                      + ("" if sized else f"its memory ({spec.memory_bytes / 1e9:.0f} GB: meta.json records neither "
+                                          "kv_cache.num_gpu_blocks nor hardware.device_total_memory_bytes), ")
+                      + f"its link and, without a profile, its datasheet are {name}'s")
     device, where = ((engine.device_name, "meta.json") if engine.device_name else  # the run's own word first
                      (profile_device(profile), "the profile's meta.yaml"))
     preset = preset_of_device(device)

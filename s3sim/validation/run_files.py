@@ -57,12 +57,16 @@ def find_run_dir(path: str | Path) -> Path:
 
 
 def beside_run(run_dir: Path, name: str, folder: bool = False) -> Path | None:
-    """`name` (a file, or a folder with `folder`) in the run folder, else beside it, where the shared runs keep
-    `profile/`, `config.json` and the peer's summary next to `run/`; None where neither has it."""
-    for p in (run_dir / name, run_dir.parent / name):
-        if p.is_dir() if folder else p.is_file():
-            return p
-    return None
+    """`name` (a file, or a folder with `folder`) in the run folder, else beside it (next to the folder as given,
+    else next to where a link to it points), where the shared runs keep `profile/`, `config.json` and the peer's
+    summary next to `run/`; None where none has it. One in the run folder and another beside it is refused: which
+    one the run belongs to is not for the replay to guess."""
+    here = Path(run_dir).absolute()
+    found = [p for p in dict.fromkeys((here / name, here.parent / name, here.resolve().parent / name))
+             if (p.is_dir() if folder else p.is_file())]
+    if len(found) > 1 and len({p.resolve() for p in found}) > 1:
+        raise ConfigError(f"{str(found[0])!r} and {str(found[1])!r}: two {name} for one run; keep the run's own")
+    return found[0] if found else None
 
 
 def read_text(path: Path) -> str:
