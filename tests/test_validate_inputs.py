@@ -453,3 +453,17 @@ def test_a_timeseries_in_milliseconds_is_refused(tmp_path, capsys):
     ts.assign(t=ts.t * 1000).to_csv(run / "timeseries.csv", index=False)
     err = refused(capsys, run, tmp_path / "out")
     assert "timeseries.csv" in err and "t must be seconds" in err
+
+
+def test_a_kv_cache_smaller_than_one_longest_request_is_said(tmp_path, capsys):
+    """vLLM will not start a cache that cannot hold one request of max_model_len: a replay whose capacity says
+    otherwise names the contradiction (a recorded one here: meta.json's blocks against its own max_model_len)."""
+    run = trim(R4090, tmp_path / "r")
+    stdout = ok(capsys, run, tmp_path / "out")
+    assert "holds less than one request" not in stdout
+    edit_meta(run, lambda m: (m["engine_kwargs"].update(max_model_len=65536),
+                              m["resolved_config"]["model_config"].update(max_model_len=65536)))
+    stdout = ok(capsys, run, tmp_path / "out2")
+    assert ("note: the KV capacity (41,408 tokens, recorded) holds less than one request of meta.json's "
+            "engine_kwargs.max_model_len, 65,536 tokens, which vLLM refuses at start: meta.json does not agree "
+            "with itself") in stdout

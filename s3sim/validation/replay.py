@@ -105,9 +105,15 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
-    checks.check_context(req, *((limit, f"meta.json's {field}") if limit is not None else
-                                (spec.max_context, f"the model's context ({spec.name}: max_context, meta.json "
-                                                   "records no max_model_len)")), run.dir / REQUESTS)
+    longest, said = ((limit, f"meta.json's {field}") if limit is not None else
+                     (spec.max_context, f"the model's context ({spec.name}: max_context, meta.json records no "
+                                        "max_model_len)"))
+    checks.check_context(req, longest, said, run.dir / REQUESTS)
+    if longest is not None and capacity < longest:  # vLLM refuses to start a cache that cannot hold one request of that length
+        echo(f"note: the KV capacity ({capacity:,} tokens, {engine.kv_capacity_source}) holds less than one request "
+             f"of {said}, {longest:,} tokens, which vLLM refuses at start: "
+             + ("the derived capacity is likely too small (the run's kv_cache.num_gpu_blocks would settle it)"
+                if engine.num_gpu_blocks is None else "meta.json does not agree with itself"))
     too_big = np.flatnonzero(-(-(req.input_toks + req.output_toks) // engine.block_size) > blocks)
     if len(too_big):
         k = int(too_big[0])
