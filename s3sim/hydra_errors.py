@@ -167,10 +167,13 @@ def _first(o) -> str:
 
 
 def _culprit(err: Exception, overrides: list[str]) -> str:
-    """The override Hydra's error is about (the first one its message names), else the last one."""
+    """The override Hydra's error is about (the first one its message names; of several of one key, as in
+    `policy=ft policy=nope`, the one whose value it names), else the last one."""
     text = str(err)
+    named = []
     for ov in overrides:
         key = ov.lstrip("+~").partition("=")[0]
         if f"'{key}'" in text or f"{key}/" in text or f"'{key.split('.')[-1]}'" in text:
-            return ov
-    return overrides[-1] if overrides else ""
+            named.append(ov)
+    valued = [ov for ov in named if any(f"{q}{ov.partition('=')[2]}'" in text for q in ("/", "'"))]
+    return (valued or named or overrides[-1:] or [""])[0]

@@ -12,7 +12,7 @@ here; a bad value is one `ConfigError` naming the field and what would be valid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -82,6 +82,10 @@ class GpuEntry:
         """The entry of a `gpu` node, checked (None: a run with no GPU preset, as the executor's)."""
         if node is None or get(node, "name") is None:
             return None
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in node if k not in known]  # a cluster override's dict, which no schema checks
+        if unknown:
+            raise ConfigError(f"gpu.{unknown[0]} is not a gpu setting (valid: {', '.join(known)})")
         frac = get(node, "activation_reserve_frac", GPU_ENTRY["activation_reserve_frac"])
         if isinstance(frac, bool) or not isinstance(frac, (int, float, np.integer, np.floating)) or not 0 <= frac < 1:
             raise ConfigError(f"gpu.activation_reserve_frac must be a fraction in [0, 1), got {frac!r}")

@@ -27,8 +27,9 @@ class BlockGrowth:
         self.bs = int(block_size)
         self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
         self._need_cache = (None, None)  # (iter, `first_need`'s counts at it): asked many times a step
-        # the phases in the order of their next block from each iteration mod bs: (-d - it) mod bs for d = 0..bs-1
-        self._order = [(-np.arange(self.bs) - it) % self.bs for it in range(self.bs)]
+        # the phases in the order of their next block from each iteration mod bs: (-d - it) mod bs for d = 0..bs-1,
+        # kept for every iteration where that is small (bs x bs indices); a huge block size computes them as asked
+        self._order = [(-np.arange(self.bs) - it) % self.bs for it in range(self.bs)] if self.bs <= 256 else None
 
     def blocks(self, tokens: int) -> int:
         """Blocks that hold `tokens` tokens."""
@@ -51,7 +52,8 @@ class BlockGrowth:
         if key == it:
             return c
         c = np.zeros(self.bs + 1, dtype=np.int64)
-        np.cumsum(self._phase[self._order[it % self.bs]], out=c[1:])
+        order = self._order[it % self.bs] if self._order is not None else (-np.arange(self.bs) - it) % self.bs
+        np.cumsum(self._phase[order], out=c[1:])
         c.flags.writeable = False
         self._need_cache = (it, c)
         return c

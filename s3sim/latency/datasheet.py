@@ -103,8 +103,8 @@ class DatasheetLatency(LatencyModel):
                         if value == 0 and given[name] is None else "")
                 raise ConfigError(hint or f"latency.{name} must be in (0, 1], got {value!r}")
         for name, value in (("launch_s", launch), ("overhead_s", overhead_s)):
-            if not value >= 0:
-                raise ConfigError(f"latency.{name} must be >= 0 seconds, got {value!r}")
+            if not 0 <= value < float("inf"):
+                raise ConfigError(f"latency.{name} must be a finite number >= 0 seconds, got {value!r}")
         if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
             raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
         if isinstance(pipeline_stages, bool) or not isinstance(pipeline_stages, int) or pipeline_stages < 1:

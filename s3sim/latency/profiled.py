@@ -185,8 +185,8 @@ class ProfiledLatency(LatencyModel):
     def __init__(self, model: ModelSpec, gpu: GpuSpec, path=None, overhead_s: float | None = None,
                  table: pd.DataFrame | None = None, meta: dict | None = None) -> None:
         super().__init__(model, gpu)
-        if overhead_s is not None and not overhead_s >= 0:
-            raise ConfigError(f"latency.overhead_s must be >= 0 seconds or null, got {overhead_s!r}")
+        if overhead_s is not None and not 0 <= overhead_s < float("inf"):
+            raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds or null, got {overhead_s!r}")
         if table is None:
             table, meta = load_profile(path)
         self.path, self.meta = None if path is None else str(path), meta or {}

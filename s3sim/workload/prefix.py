@@ -45,5 +45,5 @@ def shared_prefix(prompt: np.ndarray, tokens: int, groups: int, seed: int) -> tu
     """Prompts `tokens` longer, each beginning with one of `groups` shared prefixes (seeded), and the
     `Request.prefix` of each."""
     group = np.random.default_rng([int(seed), 0x5F]).integers(groups, size=len(prompt))
-    prefixes = [(tokens, (("system", g),)) for g in range(groups)]
-    return np.asarray(prompt) + tokens, [prefixes[g] for g in group.tolist()]
+    prefixes: dict = {}  # one per group drawn (not per group configured: there may be far more groups than requests)
+    return np.asarray(prompt) + tokens, [prefixes.setdefault(g, (tokens, (("system", g),))) for g in group.tolist()]
