@@ -3,7 +3,6 @@ noisy last segment, infinite overheads accepted, memory or time growing with set
 key in a replica's override ignored, and an error naming the wrong value."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
