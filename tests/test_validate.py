@@ -602,7 +602,7 @@ def test_limits_beyond_what_the_profile_measured_are_said_to_be_extrapolated(tmp
     edit_meta(run, change)
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "note: max_num_batched_tokens=8192 is beyond the 2,048 tokens its dense operators were timed at" in stdout
-    assert "(extrapolated)" in stdout
+    assert "(extrapolated: the dense operators at the rate of their top octave" in stdout
     assert "extrapolated" not in run_ok(capsys, trim(R4090, tmp_path / "ok"), "--out", tmp_path / "out2")
 
 

@@ -101,7 +101,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     except ConfigError as e:
         raise ConfigError(str(e).replace("latency.all_reduce", "--all-reduce")) from None
     if beyond:
-        echo(f"note: {beyond}: priced along the profile's last measured segment (extrapolated)")
+        echo(f"note: {beyond}: priced beyond what was measured (extrapolated: the dense operators at the rate of "
+             "their top octave of token counts, attention along its grid's last segments)")
 
     req = run.requests
     limit, field = checks.max_model_len(run.meta)
