@@ -193,12 +193,17 @@ def read_collective(path, collective: str, what: str) -> pd.DataFrame:
     return _median_ms(_read_table(p, what), p, collective, what)
 
 
+def top_octave(x: np.ndarray) -> int:
+    """Where the rate of a measured table's largest sizes is read from: the first size at or above half the largest
+    (the one before the largest where that octave holds no other). Not the last segment alone, which a finely
+    spaced table turns into noise: the A100 DGX tables are 131 KB apart at 64 MB, where their last segment is flat
+    at 8 GPUs and falls at 2; the operator profiles 16 tokens apart at 2,048 (`s3sim.latency.operators.Curve`)."""
+    return min(int(np.searchsorted(x, x[-1] / 2)), len(x) - 2)
+
+
 def top_slope(x: np.ndarray, y: np.ndarray) -> float:
-    """Seconds per byte of the largest messages measured: the secant over the table's top octave of sizes (from the
-    first size at or above half the largest; the last segment where that octave holds no other size). Not the last
-    segment alone, which a finely spaced table turns into noise: the A100 DGX tables are 131 KB apart at 64 MB,
-    where their last segment is flat at 8 GPUs and falls at 2."""
-    j = min(int(np.searchsorted(x, x[-1] / 2)), len(x) - 2)
+    """Seconds per byte of the largest messages measured: the secant over the table's top octave of sizes."""
+    j = top_octave(x)
     return (y[-1] - y[j]) / (x[-1] - x[j])
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
+from s3sim.hardware.network import top_octave
 from s3sim.inputs import first_bad_line, read_table
 from s3sim.latency.base import LatencyModel
 from s3sim.latency.provenance import check_profile
@@ -89,8 +90,7 @@ class Curve:
         self.x = np.concatenate(([0.0], np.asarray(x, np.float64)[order]))
         self.y = np.concatenate(([0.0], np.asarray(seconds, np.float64)[order]))
         self._xl, self._yl = self.x.tolist(), self.y.tolist()  # for `at`
-        j = min(int(np.searchsorted(self.x, self.x[-1] / 2)), len(self._xl) - 2)  # 0 is always a point
-        self._top = j  # where the rate beyond the counts is read from
+        j = self._top = top_octave(self.x)  # where the rate beyond the counts is read from (0 is always a point)
         rising = self._yl[-1] > self._yl[j] and self._xl[-1] > self._xl[j]
         self._slope = (self._yl[-1] - self._yl[j]) / (self._xl[-1] - self._xl[j]) if rising else 0.0
 
@@ -345,11 +345,9 @@ class OperatorLatency(LatencyModel):
                               f"{num_gpus} needs latency.tp={num_gpus}")
         all_reduce = gather = None
         if conf.tp > 1:
-            from s3sim.hardware.network import NoAllReduce
-
             if gpu is None:
                 raise ConfigError(f"latency.tp={conf.tp} prices its all-reduces over a GPU's interconnect: name the gpu")
-            all_reduce = priced_collectives(conf.all_reduce, gpu, conf.tp) or NoAllReduce()
+            all_reduce = priced_collectives(conf.all_reduce, gpu, conf.tp)
             gather = priced_logits_gather(conf.all_reduce, gpu, conf.tp)
         check_profile(profile_meta(conf.path), model, gpu, "latency=operators", f"the profile {conf.path}")
         return cls.from_profile(conf.path, model, gpu, tp=conf.tp, overhead_s=conf.overhead_s, all_reduce=all_reduce,
@@ -583,8 +581,8 @@ def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
     every latency model: `engine[:<factor>]`, or `auto` where the GPU preset names a whole-step table and its
     measured table has that many GPUs, is the measured table as the engine ran it; otherwise `all_reduce_model`'s
     reading (`auto`: the measured table where it has that many GPUs, else a ring over the preset's link, its source
-    saying it is a fallback). None: free (`none`)."""
-    from s3sim.hardware.network import all_reduce_model
+    saying it is a fallback); `none`: free, as `NoAllReduce`, which the summary's collectives names."""
+    from s3sim.hardware.network import NoAllReduce, all_reduce_model
 
     factor = engine_collectives(spec, gpu, workers)
     if factor is not False:
@@ -593,7 +591,7 @@ def priced_collectives(spec: str, gpu: GpuSpec, workers: int):
         except ConfigError as e:  # named as the user wrote it
             raise ConfigError(str(e).replace("latency.all_reduce=measured", f"latency.all_reduce={spec}")) from None
         return in_engine(gpu, measured, factor)
-    return all_reduce_model(spec, gpu, workers)
+    return all_reduce_model(spec, gpu, workers) or NoAllReduce()
 
 
 def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):

@@ -82,11 +82,7 @@ class RooflineLatency(LatencyModel):
         self.memory_efficiency = float(memory_efficiency)
         self.overhead_s = float(overhead_s)
         self.num_gpus = num_gpus
-        if num_gpus > 1 and all_reduce is None:  # `none`: free, and said so in the summary's collectives
-            from s3sim.hardware.network import NoAllReduce
-
-            all_reduce = NoAllReduce()
-        self.all_reduce = all_reduce if num_gpus > 1 else None
+        self.all_reduce = all_reduce if num_gpus > 1 else None  # None: tensor parallelism costs nothing
         self._activation_bytes = float(model.hidden_size * model.dtype_bytes)
         # Constants as floats so the scalar and the array path do the very same float operations.
         self._flops_rate = float(gpu.peak_flops) * self.compute_efficiency * num_gpus

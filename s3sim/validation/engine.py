@@ -81,6 +81,7 @@ UNMODELLED = (("parallel_config", "pipeline_parallel_size", "pipeline_parallel_s
               ("scheduler_config", "max_num_partial_prefills", "max_num_partial_prefills", 1,
                "vLLM's default of one partial prefill, whose chunks only the token budget caps"),
               ("cache_config", "cpu_offload_gb", "cpu_offload_gb", 0, "every weight held on the GPU"),
+              ("cache_config", "kv_offloading_size", "kv_offloading_size", 0, "a KV cache held on the GPU alone"),
               ("scheduler_config", "num_scheduler_steps", "num_scheduler_steps", 1, "one step per scheduling"),
               ("scheduler_config", "preemption_mode", "preemption_mode", "recompute",
                "preemption by recomputation, vLLM V1's one mode"))
@@ -123,12 +124,6 @@ def check_unmodelled(meta: dict, where: str) -> None:
     if found and float(found[1]) != 0:
         raise ConfigError(f"{where}: resolved_config.offload_config.uva: cpu_offload_gb={found[1]} is not modelled "
                           "(the replay models every weight held on the GPU)")
-    for value, name in ((ek.get("kv_offloading_size"), "engine_kwargs.kv_offloading_size"),
-                        (_section(meta, "cache_config").get("kv_offloading_size"),
-                         "resolved_config.cache_config.kv_offloading_size")):
-        if value:
-            raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models a KV cache held on the "
-                              "GPU alone)")
     for section, ek_field, what in UNMODELLED_SECTIONS:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
                             (_resolved(meta).get(section), f"resolved_config.{section}")):

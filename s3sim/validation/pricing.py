@@ -14,10 +14,9 @@ def build_latency(profile: Path | None, model, gpu, tp: int, fit_from=None, all_
     profiled would get); tp > 1 prices its all-reduces by `all_reduce` (`latency.all_reduce`'s values; auto:
     the GPU's measured table as the engine ran it where the preset names a step table to fit that to, else the
     measured table alone, else a ring); (model, description)."""
-    from s3sim.hardware.network import NoAllReduce
     from s3sim.latency.operators import priced_collectives, priced_logits_gather
 
-    ring = (priced_collectives(all_reduce, gpu, tp) or NoAllReduce()) if tp > 1 else None
+    ring = priced_collectives(all_reduce, gpu, tp) if tp > 1 else None
     if profile is None:
         from s3sim.latency import DatasheetLatency
         f = fit_from or gpu
