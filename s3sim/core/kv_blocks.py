@@ -14,6 +14,7 @@ asks them what admission needs free, what a request holds up to a token, and has
 from __future__ import annotations
 
 from bisect import bisect_right
+from itertools import accumulate
 
 import numpy as np
 
@@ -21,15 +22,17 @@ from s3sim.core.prefix_cache import PrefixCache
 
 
 class BlockGrowth:
-    """The running requests' phases, and the block arithmetic read off them (see the module's docstring)."""
+    """The running requests' phases, and the block arithmetic read off them (see the module's docstring). Kept in
+    plain ints, not arrays: a step asks a few of these of 16 numbers, where numpy's per-call cost is the price."""
 
     def __init__(self, block_size: int):
         self.bs = int(block_size)
-        self._phase = np.zeros(self.bs, dtype=np.int64)  # running requests by (context - iter) mod bs
-        self._need_cache = (None, None)  # (iter, `first_need`'s counts at it): asked many times a step
+        self._phase = [0] * self.bs  # running requests by (context - iter) mod bs
+        self._need_cache = (None, None)  # (iter, `_need`'s counts at it): asked many times a step
         # the phases in the order of their next block from each iteration mod bs: (-d - it) mod bs for d = 0..bs-1,
         # kept for every iteration where that is small (bs x bs indices); a huge block size computes them as asked
-        self._order = [(-np.arange(self.bs) - it) % self.bs for it in range(self.bs)] if self.bs <= 256 else None
+        self._order = ([[(-d - it) % self.bs for d in range(self.bs)] for it in range(self.bs)]
+                       if self.bs <= 256 else None)
 
     def blocks(self, tokens: int) -> int:
         """Blocks that hold `tokens` tokens."""
@@ -45,25 +48,29 @@ class BlockGrowth:
         self._phase[(context - it) % self.bs] -= 1
         self._need_cache = (None, None)
 
-    def first_need(self, it: int) -> np.ndarray:
-        """C[d]: running requests that need a new block within their next d steps from iteration `it`
-        (d = 0..bs). Kept until the iteration or the running set changes."""
+    def _need(self, it: int) -> list:
+        """`first_need(it)` as a list (kept until the iteration or the running set changes)."""
         key, c = self._need_cache
         if key == it:
             return c
-        c = np.zeros(self.bs + 1, dtype=np.int64)
-        order = self._order[it % self.bs] if self._order is not None else (-np.arange(self.bs) - it) % self.bs
-        np.cumsum(self._phase[order], out=c[1:])
-        c.flags.writeable = False
+        order = self._order[it % self.bs] if self._order is not None else (
+            (-np.arange(self.bs) - it) % self.bs).tolist()
+        phase = self._phase
+        c = [0, *accumulate(phase[j] for j in order)]
         self._need_cache = (it, c)
         return c
+
+    def first_need(self, it: int) -> np.ndarray:
+        """C[d]: running requests that need a new block within their next d steps from iteration `it`
+        (d = 0..bs)."""
+        return np.array(self._need(it), dtype=np.int64)
 
     def growth(self, steps: int, running: int, it: int) -> int:
         """Blocks `running` requests need over the next `steps` decode steps from iteration `it`."""
         q, rem = divmod(steps, self.bs)
         if rem == 1 and self._need_cache[0] != it:  # one step (asked most): the requests whose block fills now
-            return running * q + int(self._phase[-it % self.bs])
-        return int(running * q + self.first_need(it)[rem])
+            return running * q + self._phase[-it % self.bs]
+        return running * q + self._need(it)[rem]
 
     def profile(self, k: int, running: int, it: int) -> np.ndarray:
         """Blocks taken after each of the next k decode steps (1..k)."""
@@ -73,7 +80,7 @@ class BlockGrowth:
 
     def steps_within(self, free: int, running: int, it: int) -> int:
         """Decode steps the running requests can take before they need more than `free` blocks."""
-        c = self.first_need(it)
+        c = self._need(it)
         q0, r = divmod(free, running)
         rem = bisect_right(c, r, 0, self.bs) - 1  # c ascends
         return q0 * self.bs + rem
