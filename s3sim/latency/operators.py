@@ -165,6 +165,7 @@ class AttentionTable:
                               f"({int(np.isnan(grid).sum())} cells)")
         self.grid = grid
         self._axes = [a.tolist() for a in (self.c, self.kp, self.n, self.kd)]  # for `at`
+        self._cells = grid.transpose().tolist()  # for `at`: nested lists, the last axis outermost
         self.floor = float(prefill.min())  # one kernel's fixed cost
 
     def _complete(self, grid: np.ndarray) -> np.ndarray:
@@ -219,23 +220,28 @@ class AttentionTable:
     def at(self, c: float, kp: float, n: float, kd: float) -> float:
         """One batch's seconds (plain numbers): the same multilinear weighting of the 16 cells around it as
         `__call__`, without numpy's per-call cost (the simulator prices most chunked-prefill steps one by one)."""
-        lower, weight = [], []
-        for axis, x in zip(self._axes, (c, kp, n, kd)):
-            i = min(max(bisect_right(axis, x) - 1, 0), len(axis) - 2)
-            lower.append(i)
-            weight.append((x - axis[i]) / (axis[i + 1] - axis[i]))
-        (i0, i1, i2, i3), (w0, w1, w2, w3) = lower, weight
-        cell = self.grid.item
+        a0, a1, a2, a3 = self._axes
+        i0 = min(max(bisect_right(a0, c) - 1, 0), len(a0) - 2)
+        i1 = min(max(bisect_right(a1, kp) - 1, 0), len(a1) - 2)
+        i2 = min(max(bisect_right(a2, n) - 1, 0), len(a2) - 2)
+        i3 = min(max(bisect_right(a3, kd) - 1, 0), len(a3) - 2)
         # each axis's corners with a weight other than 0 (a point on a grid line has one): a corner of weight 0
         # adds exactly 0, and a factor of 1 changes no product, so the sum is the same to the last bit
-        c0, c1, c2, c3 = (((0, 1.0 - w),) if w == 0.0 else ((1, w),) if w == 1.0 else ((0, 1.0 - w), (1, w))
-                          for w in (w0, w1, w2, w3))
+        c0, c1, c2, c3 = (((i, 1.0 - w),) if w == 0.0 else ((i + 1, w),) if w == 1.0 else ((i, 1.0 - w), (i + 1, w))
+                          for i, w in ((i0, (c - a0[i0]) / (a0[i0 + 1] - a0[i0])),
+                                       (i1, (kp - a1[i1]) / (a1[i1 + 1] - a1[i1])),
+                                       (i2, (n - a2[i2]) / (a2[i2 + 1] - a2[i2])),
+                                       (i3, (kd - a3[i3]) / (a3[i3 + 1] - a3[i3]))))
+        cells = self._cells  # cells[j3][j2][j1][j0] = grid[j0, j1, j2, j3]
         total = 0.0
-        for b3, f3 in c3:  # corners in the order of `_CORNERS` (the first axis varies fastest)
-            for b2, f2 in c2:
-                for b1, f1 in c1:
-                    for b0, f0 in c0:
-                        total += f0 * f1 * f2 * f3 * cell(i0 + b0, i1 + b1, i2 + b2, i3 + b3)
+        for j3, f3 in c3:  # corners in the order of `_CORNERS` (the first axis varies fastest)
+            by3 = cells[j3]
+            for j2, f2 in c2:
+                by2 = by3[j2]
+                for j1, f1 in c1:
+                    by1 = by2[j1]
+                    for j0, f0 in c0:
+                        total += f0 * f1 * f2 * f3 * by1[j0]
         return max(total, 0.0)
 
     def __call__(self, c, kp, n, kd):
