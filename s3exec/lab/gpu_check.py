@@ -25,7 +25,7 @@ It writes into DIR (flat, eight files at most): `summary.md` (what it printed), 
 number, the greedy and engine tables, the targets, errors), `bandwidth.csv`, `fidelity.csv` and
 `profile/` (meta.yaml, tp1/*.csv). It first removes those files from an earlier run in DIR, so nothing
 stale stands beside the new results (nor feeds a later part). `--smoke` runs the same code on the CPU
-with tiny shapes in about a minute and checks only that every part runs: the targets are measured and
+with tiny shapes in about 20 s and checks only that every part runs: the targets are measured and
 shown, not judged ("smoke: parts ran; targets not judged"), and the exit code is 0 when every part ran.
 The test suite runs it so, so the script cannot rot.
 
@@ -625,7 +625,7 @@ def default_out(smoke: bool) -> Path:
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=out_path, help="folder for the results (default results/gpu/<device>)")
-    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about a minute")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about 20 s")
     args = ap.parse_args(argv)
     try:
         preflight()

@@ -67,7 +67,7 @@ class LinkAllReduce:
                               f">= 0, got "
                               f"{bandwidth / 1e9:g} GB/s and {latency_s * 1e6:g} us")
         self.bandwidth, self.latency = float(bandwidth), float(latency_s)
-        self.source = f"link of {bandwidth / 1e9:g} GB/s with {latency_s * 1e6:g} us per all-reduce"
+        self.source = f"link of {bandwidth / 1e9:g} GB/s with {latency_s * 1e6:g} us per collective"
 
     def time_s(self, workers: int, nbytes):
         nbytes = np.asarray(nbytes, dtype=np.float64)
