@@ -70,6 +70,24 @@ def test_a_decode_run_across_a_grid_line_is_iteration_by_iteration_to_the_last_b
         assert run.tolist() == [lat.decode_run(n, n * start + i * n, 1)[0] for i in range(k)]
 
 
+def test_a_short_decode_run_in_plain_numbers_is_the_array_price_to_the_last_bit(monkeypatch):
+    """Runs of up to `SHORT_RUN` steps are priced in plain numbers; forced onto the array path they give the
+    same floats, uneven contexts (the PRO 6000 profile's alpha) and runs across grid lines included."""
+    import s3sim.latency.operators as operators
+
+    lat = OperatorLatency.from_profile(SHARED / "rtxpro6000-llama-3.1-8b" / "profile", get_model("llama-3.1-8b"))
+    assert lat.skew_alpha > 0
+    rng, short_run = np.random.default_rng(0), operators.SHORT_RUN
+    for _ in range(400):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, short_run + 1))
+        mean = float(rng.choice([rng.uniform(0, 20_000), rng.uniform(0, 100), 16.0 * rng.integers(1, 200)]))
+        longest = int(mean * (1 + rng.random())) if rng.random() < 0.8 else 0
+        monkeypatch.setattr(operators, "SHORT_RUN", short_run)
+        short = lat.decode_run(n, int(mean * n), k, max_ctx=longest)
+        monkeypatch.setattr(operators, "SHORT_RUN", 0)
+        assert short.tolist() == lat.decode_run(n, int(mean * n), k, max_ctx=longest).tolist()
+
+
 def test_one_batch_in_plain_numbers_is_the_array_price(tmp_path):
     """`at` (one batch, plain numbers, the corners of weight 0 left out) against `__call__` (arrays, all 16
     corners), on grid lines and between them."""

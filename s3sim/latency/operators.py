@@ -78,6 +78,9 @@ class OperatorsConfig:
             raise ConfigError(f"latency.graph_tokens must be >= 0 (0: no CUDA graphs), got {self.graph_tokens}")
 
 
+SHORT_RUN = 12  # decode runs of at most this many steps are priced in plain numbers (`OperatorLatency._short_run`)
+
+
 class Curve:
     """A measured time by one count, linear between points, 0 at 0; beyond the largest count, its time plus the rest
     at the rate of the top octave of counts (the secant from the first count at or above half the largest, the last
@@ -166,6 +169,8 @@ class AttentionTable:
         self.grid = grid
         self._axes = [a.tolist() for a in (self.c, self.kp, self.n, self.kd)]  # for `at`
         self._cells = grid.transpose().tolist()  # for `at`: nested lists, the last axis outermost
+        self._decode_rows = grid[0, 0].tolist()  # for `decode_at`: decodes alone, by decode count and context
+        self.kd_floor = self._axes[3][0]  # the shortest decode context measured (shorter ones are priced at it)
         self.floor = float(prefill.min())  # one kernel's fixed cost
 
     def _complete(self, grid: np.ndarray) -> np.ndarray:
@@ -216,6 +221,25 @@ class AttentionTable:
         lo = g[i, j] * (1.0 - v) + g[i, j + 1] * v
         hi = g[i + 1, j] * (1.0 - v) + g[i + 1, j + 1] * v
         return np.maximum(lo * (1.0 - w) + hi * w, 0.0)
+
+    def decode_at(self, n: float, contexts) -> list:
+        """`decode_only` in plain numbers, for a short run of contexts: element by element the same arithmetic
+        (the same cells, weights and order of operations), without numpy's per-call cost."""
+        axis, kd = self._axes[2], self._axes[3]
+        i = min(max(bisect_right(axis, n) - 1, 0), len(axis) - 2)
+        w = (n - axis[i]) / (axis[i + 1] - axis[i])
+        stay = 1.0 - w
+        lo_row, hi_row = self._decode_rows[i], self._decode_rows[i + 1]
+        top = len(kd) - 2
+        out = []
+        for x in contexts:
+            j = min(max(bisect_right(kd, x) - 1, 0), top)
+            v = (x - kd[j]) / (kd[j + 1] - kd[j])
+            u = 1.0 - v
+            lo = lo_row[j] * u + lo_row[j + 1] * v
+            hi = hi_row[j] * u + hi_row[j + 1] * v
+            out.append(max(lo * stay + hi * w, 0.0))
+        return out
 
     def at(self, c: float, kp: float, n: float, kd: float) -> float:
         """One batch's seconds (plain numbers): the same multilinear weighting of the 16 cells around it as
@@ -429,6 +453,8 @@ class OperatorLatency(LatencyModel):
         n = float(decode_tokens)
         if n <= 0:
             return np.zeros(k, dtype=np.float64)
+        if k <= SHORT_RUN:
+            return np.array(self._short_run(n, float(decode_ctx_start), k, max_ctx), dtype=np.float64)
         ctx = (float(decode_ctx_start) + np.arange(k, dtype=np.float64) * n) / n
         att = self.attention.decode_only(n, np.maximum(ctx, self.attention.kd[0]))
         if self.skew_alpha and max_ctx and n > 1:  # every context grows by one a step, the longest too
@@ -437,6 +463,18 @@ class OperatorLatency(LatencyModel):
             att = att + self.skew_alpha * np.maximum(longest - att, 0.0)
         t = self.overhead_s + self.dense.at(n) + self.layers * att + self.per_sequence.at(n)
         return np.asarray(t, dtype=np.float64)  # a new array already
+
+    def _short_run(self, n: float, start: float, k: int, max_ctx: int) -> list:
+        """`decode_run`'s k durations in plain numbers (a short run: most runs end within a few steps, where
+        numpy's per-call cost is most of the price), each by the same operations in the same order."""
+        att_at, floor = self.attention.decode_at, self.attention.kd_floor
+        att = att_at(n, [max((start + i * n) / n, floor) for i in range(k)])
+        if self.skew_alpha and max_ctx and n > 1:  # every context grows by one a step, the longest too
+            longest = att_at(n, [max(max_ctx + float(i), floor) for i in range(k)])
+            alpha = self.skew_alpha
+            att = [a + alpha * max(m - a, 0.0) for a, m in zip(att, longest)]
+        fixed, layers, sampling = self.overhead_s + self.dense.at(n), self.layers, self.per_sequence.at(n)
+        return [fixed + layers * a + sampling for a in att]
 
     def batch_time(self, out, max_ctx: int = 0, experts: bool = True) -> float:
         """One iteration, priced in plain Python numbers (`at`): each prefill chunk with its own prefix, the
