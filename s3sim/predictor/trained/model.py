@@ -156,11 +156,8 @@ class LengthClassifier(nn.Module):
             buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
             lora = int(meta.get("lora") or 0)
             if lora:
-                from peft import PeftModel
-
                 path = base_path(meta["base"])
-                enc = PeftModel.from_pretrained(AutoModel.from_pretrained(path, local_files_only=True),
-                                                folder / "adapter", is_trainable=trainable, local_files_only=True)
+                enc = load_adapter(path, folder / "adapter", trainable)
                 for cfg in enc.peft_config.values():  # where the base is here (the file names it portably), so
                     cfg.base_model_name_or_path = str(path)  # a resumed run's save finds its config locally
             else:
@@ -183,6 +180,46 @@ class LengthClassifier(nn.Module):
         m.meta = meta
         m.eval()
         return m
+
+
+def load_adapter(base: Path, adapter: Path, trainable: bool = False):
+    """The base encoder with the LoRA adapter saved in `adapter` over it (peft), checked: every tensor of the
+    adapter's file must be the one the loaded encoder uses, else one line naming it. peft versions differ in
+    which of the names they saved they call unexpected on loading (0.22 warns that each LayerNorm's
+    `modules_to_save.bias` is, while the same values load as its `LayerNorm.bias`): what matters is the values,
+    compared here, so that warning is dropped once they match; any other warning is shown as it came."""
+    import warnings
+
+    import peft
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    with warnings.catch_warnings(record=True) as caught:
+        enc = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base, local_files_only=True), adapter,
+                                             is_trainable=trainable, local_files_only=True)
+    whole = set(next(iter(enc.peft_config.values())).modules_to_save or ())
+    params = dict(enc.named_parameters())
+    for key, saved in load_file(adapter / "adapter_model.safetensors").items():
+        name = _loaded_name(key, whole)
+        if name not in params or not torch.equal(params[name].detach(), saved):
+            raise ConfigError(f"{adapter}: peft {peft.__version__} did not load the adapter's {key} into the encoder "
+                              f"(it would predict with other weights than were saved)")
+    for w in caught:
+        if not (issubclass(w.category, UserWarning) and "unexpected adapter keys" in str(w.message)):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return enc
+
+
+def _loaded_name(key: str, whole: set) -> str:
+    """The encoder parameter an adapter file's tensor `key` loads into (peft saves names without the adapter's
+    name, `default`): a LoRA factor into its `default`, a module kept whole (`modules_to_save`) into its
+    trained copy, whichever of the two names it was saved under; anything else (a bias) as it is."""
+    head, leaf = key.rsplit(".", 1)
+    if head.endswith((".lora_A", ".lora_B", ".modules_to_save")):
+        return f"{head}.default.{leaf}"
+    if head.rsplit(".", 1)[-1] in whole:
+        return f"{head}.modules_to_save.default.{leaf}"
+    return key
 
 
 def check_meta(folder: Path, meta: dict) -> None:
