@@ -94,6 +94,7 @@ def test_a_prompt_file_without_text_is_one_line(tmp_path, content, needle):
     ("bad_meta", "not a trained predictor's metadata"),
     ("no_meta", "is not a trained predictor (no meta.json)"),
     ("misnamed_adapter_tensor", "did not load the adapter's base_model.model.pooler.dense_x.lora_A.weight"),
+    ("drop_adapter_tensor", "the adapter's file has no base_model.model.pooler.dense.lora_A.default.weight"),
 ])
 def test_a_missing_or_corrupt_predictor_file_is_one_line(tmp_path, damage, needle):
     folder = tmp_path / "model"
@@ -103,12 +104,14 @@ def test_a_missing_or_corrupt_predictor_file_is_one_line(tmp_path, damage, needl
         (folder / "heads.safetensors").write_bytes(data[: len(data) // 2])
     elif damage == "drop_adapter":
         (folder / "adapter" / "adapter_model.safetensors").unlink()
-    elif damage == "misnamed_adapter_tensor":  # peft skips a tensor it has no place for, with a warning at most
+    elif damage in ("misnamed_adapter_tensor", "drop_adapter_tensor"):  # peft warns at most, in one warning
         from safetensors.torch import load_file, save_file
 
         tensors = load_file(folder / "adapter" / "adapter_model.safetensors")
         key = "base_model.model.pooler.dense.lora_A.weight"
-        tensors[key.replace("dense.", "dense_x.")] = tensors.pop(key)
+        moved = tensors.pop(key)
+        if damage == "misnamed_adapter_tensor":  # a tensor with no place in the encoder (its own left at random)
+            tensors[key.replace("dense.", "dense_x.")] = moved
         save_file(tensors, folder / "adapter" / "adapter_model.safetensors")
     elif damage == "bad_meta":
         (folder / "meta.json").write_text("{not json")

@@ -69,8 +69,8 @@ class BlockGrowth:
         """Blocks `running` requests need over the next `steps` decode steps from iteration `it`."""
         q, rem = divmod(steps, self.bs)
         if rem == 1 and self._need_cache[0] != it:  # one step (asked most): the requests whose block fills now
-            return running * q + self._phase[-it % self.bs]
-        return running * q + self._need(it)[rem]
+            return int(running * q + self._phase[-it % self.bs])
+        return int(running * q + self._need(it)[rem])
 
     def profile(self, k: int, running: int, it: int) -> np.ndarray:
         """Blocks taken after each of the next k decode steps (1..k)."""

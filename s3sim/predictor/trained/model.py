@@ -197,15 +197,27 @@ def load_adapter(base: Path, adapter: Path, trainable: bool = False):
     with warnings.catch_warnings(record=True) as caught:
         enc = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base, local_files_only=True), adapter,
                                              is_trainable=trainable, local_files_only=True)
-    whole = set(next(iter(enc.peft_config.values())).modules_to_save or ())
+    config = next(iter(enc.peft_config.values()))
+    whole = set(config.modules_to_save or ())
     params = dict(enc.named_parameters())
+    covered = set()
     for key, saved in load_file(adapter / "adapter_model.safetensors").items():
         name = _loaded_name(key, whole)
         if name not in params or not torch.equal(params[name].detach(), saved):
             raise ConfigError(f"{adapter}: peft {peft.__version__} did not load the adapter's {key} into the encoder "
                               f"(it would predict with other weights than were saved)")
-    for w in caught:
-        if not (issubclass(w.category, UserWarning) and "unexpected adapter keys" in str(w.message)):
+        covered.add(name)
+    # and the other way: every weight the adapter trained (its LoRA factors, the modules it keeps whole, and with
+    # bias='all' every bias) came from the file, not from its initial value
+    trained = [n for n in params if ".default." in n or (config.bias == "all" and n.endswith(".bias"))]
+    missing = [n for n in trained if n not in covered]
+    if missing:
+        raise ConfigError(f"{adapter}: the adapter's file has no {missing[0]} ({len(missing)} of the adapter's "
+                          f"trained weights missing): peft {peft.__version__} would leave it at its initial value")
+    for w in caught:  # the one spurious warning, once both checks passed; any other is shown as it came
+        text = str(w.message)
+        if not (issubclass(w.category, UserWarning) and "unexpected adapter keys" in text
+                and "missing adapter keys" not in text):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return enc
 
