@@ -183,11 +183,12 @@ class LengthClassifier(nn.Module):
 
 
 def load_adapter(base: Path, adapter: Path, trainable: bool = False):
-    """The base encoder with the LoRA adapter saved in `adapter` over it (peft), checked: every tensor of the
-    adapter's file must be the one the loaded encoder uses, else one line naming it. peft versions differ in
-    which of the names they saved they call unexpected on loading (0.22 warns that each LayerNorm's
-    `modules_to_save.bias` is, while the same values load as its `LayerNorm.bias`): what matters is the values,
-    compared here, so that warning is dropped once they match; any other warning is shown as it came."""
+    """The base encoder with the LoRA adapter saved in `adapter` over it (peft), checked both ways, else one line:
+    every tensor of the adapter's file must be the one the loaded encoder uses, and every weight the adapter
+    trained must come from the file. peft versions differ in which of the names they saved they call unexpected
+    on loading (0.22 warns that each LayerNorm's `modules_to_save.bias` is, while the same values load as its
+    `LayerNorm.bias`): what matters is the values, compared here, so a warning of unexpected keys alone is
+    dropped once both checks pass; any other warning is shown as it came."""
     import warnings
 
     import peft
