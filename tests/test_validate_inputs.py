@@ -217,6 +217,18 @@ def test_without_max_model_len_the_models_context_bounds_requests(tmp_path, caps
     assert "line 5:" in err and "the model's context (llama-3.1-8b: max_context" in err and "131,072" in err
 
 
+def test_a_max_model_len_beyond_the_models_context_is_said(tmp_path, capsys):
+    """vLLM refuses a max_model_len past the model's context unless told to allow it: a run that records one
+    is replayed with it, and the replay says so."""
+    run = trim(R4090, tmp_path / "r")
+    assert "longer than the model's context" not in ok(capsys, run, tmp_path / "out")
+    edit_meta(run, lambda m: (m["engine_kwargs"].update(max_model_len=200_000),
+                              m["resolved_config"]["model_config"].update(max_model_len=200_000)))
+    stdout = ok(capsys, run, tmp_path / "out2")
+    assert ("note: meta.json's engine_kwargs.max_model_len, 200,000 tokens, is longer than the model's context "
+            "(llama-3.1-8b: max_context 131,072)") in stdout
+
+
 # ---- --gpu and --model against the run and its profile ----------------------------------------------------
 @pytest.mark.parametrize("args", [["--gpu", "h100-sxm"], ["--gpu", "h100-sxm", "--profile", "none"]])
 def test_a_gpu_that_is_not_the_runs(tmp_path, capsys, args):

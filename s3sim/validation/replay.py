@@ -110,6 +110,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
                      (spec.max_context, f"the model's context ({spec.name}: max_context, meta.json records no "
                                         "max_model_len)"))
     checks.check_context(req, longest, said, run.dir / REQUESTS)
+    if limit is not None and limit > spec.max_context:
+        echo(f"note: {said}, {limit:,} tokens, is longer than the model's context ({spec.name}: max_context "
+             f"{spec.max_context:,}), which vLLM starts with only under rope scaling or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; "
+             f"replayed with {limit:,} as the longest request")
     if longest is not None and capacity < longest:  # vLLM refuses to start a cache that cannot hold one request of that length
         echo(f"note: the KV capacity ({capacity:,} tokens, {engine.kv_capacity_source}) holds less than one request "
              f"of {said}, {longest:,} tokens, which vLLM refuses at start: "
