@@ -58,8 +58,11 @@ gpu-wheels: setup
 # GPU measured (the run's GPU left out, as if never profiled): results/validation/<run>[-datasheet[-a100-fit|
 # -others-fit]]/; and the tensor-parallel run with its collectives as NCCL ran them alone (-nccl-alone).
 VLLM_RUNS := ../shared/data/vllm_runs
+SHARED_RUNS := rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b rtxpro6000-qwen3-32b
+
+# The shared runs with every variant; any other run folder beside them (VLLM_RUNS/NAME/run/meta.json) with its own profile.
 validate: setup
-	for r in rtx4090-llama-3.1-8b rtxpro6000-llama-3.1-8b rtxpro6000-qwen3-32b; do \
+	for r in $(SHARED_RUNS); do \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-datasheet --profile none || exit 1; \
 	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r-datasheet-a100-fit --profile none \
@@ -69,6 +72,12 @@ validate: setup
 	done
 	$(BIN)/s3sim-validate $(VLLM_RUNS)/rtxpro6000-qwen3-32b/run --out results/validation/rtxpro6000-qwen3-32b-nccl-alone \
 	  --all-reduce measured
+	for m in $(VLLM_RUNS)/*/run/meta.json; do \
+	  [ -e "$$m" ] || continue; r=$$(basename $$(dirname $$(dirname "$$m"))); \
+	  case " $(SHARED_RUNS) " in *" $$r "*) continue;; esac; \
+	  echo "validate: $$r, beside the shared runs: replayed with its own profile"; \
+	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
+	done
 
 # How well datasheet figures price each operator on A100, A40 (../shared/data/gpu_profiles) and the two vLLM runs' GPUs, fitted.
 calibrate: setup
