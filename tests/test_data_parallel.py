@@ -51,6 +51,13 @@ def test_a_step_lasts_as_long_as_its_slowest_rank_and_the_ranks_step_together():
     assert (frame.batch_size >= 1).all() and res.engine_steps == len(frame)
 
 
+def exchanges(gather, m, tokens: int) -> float:
+    """vLLM's two exchanges a layer for `tokens` (ranks x the largest rank's): the hidden states with each token's
+    router logits gathered, then the hidden states handed back."""
+    return (float(gather.time_s(2, tokens * (m.hidden_size + m.n_experts) * m.dtype_bytes))
+            + float(gather.time_s(2, tokens * m.hidden_size * m.dtype_bytes)))
+
+
 @pytest.mark.skipif(not MOE.is_dir(), reason="no shared MoE profile")
 def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exchange():
     from s3sim.hardware.gpus import get_gpu
@@ -71,7 +78,7 @@ def test_expert_parallel_pricing_adds_the_experts_of_the_whole_batch_and_its_exc
     both_busy = ep.batch_time(merged([busy, busy]))
     assert both_busy > one_busy > 0  # the experts see both ranks' tokens
     expected = (ep._rank(busy)[0] + inner.layers * (inner.experts.seconds_expert_parallel(33.0, 2)
-                + 2 * float(gather.time_s(2, 2 * 32 * m.hidden_size * m.dtype_bytes))))
+                + exchanges(gather, m, 2 * 32)))
     # the idle rank's dummy token joins the expert layer; each exchange moves the largest rank's 32 from each rank
     assert one_busy == pytest.approx(expected)
     alone = OperatorLatency.from_profile(MOE, m, g).batch_time(SimpleNamespace(
@@ -100,7 +107,7 @@ def test_within_a_cuda_graph_every_rank_is_padded_to_the_largest_ranks_tokens():
     padded, eager = (DataParallelLatency(inner, 2, gather, graph_tokens=k).batch_time(step) for k in (512, 16))
     rank = DataParallelLatency(inner, 2, gather)._rank(busy)[0]
     experts = lambda total: inner.layers * (inner.experts.seconds_expert_parallel(float(total), 2)
-                                            + 2 * float(gather.time_s(2, 66 * m.hidden_size * m.dtype_bytes)))
+                                            + exchanges(gather, m, 66))
     assert padded == pytest.approx(rank + experts(66))
     assert eager == pytest.approx(rank + experts(34))  # 33 tokens and the idle rank's one; the exchange 2 x 33
 

@@ -8,8 +8,10 @@ nothing scheduled runs a dummy batch of one token (vLLM keeps every rank of an M
 takes the slowest rank's time plus, in every layer, the experts: each rank holds 1/ranks of them, gathers every
 rank's tokens (an all-gather of their hidden states), computes its experts' share of the token-expert pairs of the
 whole batch (`ExpertTable.seconds_expert_parallel`), and hands the results back (priced as a second all-gather of
-the same bytes, for the reduce-scatter nobody measured here); each exchange is priced at ranks x the largest
-rank's tokens (every GPU sends its own share at once, so the largest share sets the time), by `gather`
+the hidden states' bytes, for the reduce-scatter nobody measured here). vLLM's default exchange
+(`allgather_reducescatter`) gathers each token's router logits with its hidden states (one group of NCCL calls:
+`dispatch_router_logits`), so the first carries n_experts more values a token. Each exchange is priced at ranks x
+the largest rank's tokens (every GPU sends its own share at once, so the largest share sets the time), by `gather`
 (`s3sim.latency.operators.priced_exchanges`), whose `source` says how.
 
 Padding across ranks (vLLM V1's `coordinate_batch_across_dp`): where every rank's batch fits a CUDA graph (at
@@ -67,8 +69,10 @@ class DataParallelLatency:
             t = max(s for s, _ in ranks)
             total = sum(n for _, n in ranks)
         lat = self.inner
-        nbytes = len(ranks) * most * self.model.hidden_size * self.model.dtype_bytes  # the largest share sets it
-        exchange = 2 * float(np.asarray(self.gather.time_s(self.ranks, nbytes)))
+        m = self.model
+        share = len(ranks) * most * m.dtype_bytes  # per value of a token: the largest share sets the time
+        exchange = (float(np.asarray(self.gather.time_s(self.ranks, share * (m.hidden_size + m.n_experts))))  # + logits
+                    + float(np.asarray(self.gather.time_s(self.ranks, share * m.hidden_size))))
         return t + lat.layers * (lat.experts.seconds_expert_parallel(float(total), self.ranks) + exchange)
 
     def decode_run(self, decode_tokens, decode_ctx_start, k: int):

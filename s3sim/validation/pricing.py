@@ -88,7 +88,8 @@ def data_parallel_latency(latency, engine: Engine, model, gpu, all_reduce: str =
                f"no CUDA graphs ({engine.graphs_from}), so no rank padded")
     how = (f"{engine.dp} data-parallel ranks step together (the slowest rank's batch, an idle rank a dummy token; "
            f"{padding})"
-           + f"; experts split over them, every MoE layer exchanging the batch's hidden states twice ({gather.source})")
+           + "; experts split over them, every MoE layer exchanging the batch's hidden states twice, the first time "
+           + f"with its router logits ({gather.source})")
     return DataParallelLatency(latency, engine.dp, gather, how, graph_tokens=graphs), how
 
 
