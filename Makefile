@@ -73,10 +73,10 @@ validate: setup
 	$(BIN)/s3sim-validate $(VLLM_RUNS)/rtxpro6000-qwen3-32b/run --out results/validation/rtxpro6000-qwen3-32b-nccl-alone \
 	  --all-reduce measured
 	for m in $(VLLM_RUNS)/*/run/meta.json; do \
-	  [ -e "$$m" ] || continue; r=$$(basename $$(dirname $$(dirname "$$m"))); \
+	  [ -e "$$m" ] || continue; d="$${m%/run/meta.json}"; r="$${d##*/}"; \
 	  case " $(SHARED_RUNS) " in *" $$r "*) continue;; esac; \
 	  echo "validate: $$r, beside the shared runs: replayed with its own profile"; \
-	  $(BIN)/s3sim-validate $(VLLM_RUNS)/$$r/run --out results/validation/$$r || exit 1; \
+	  $(BIN)/s3sim-validate "$$d/run" --out "results/validation/$$r" || exit 1; \
 	done
 
 # How well datasheet figures price each operator on A100, A40 (../shared/data/gpu_profiles) and the two vLLM runs' GPUs, fitted.

@@ -334,7 +334,8 @@ def data_parallel_latency(lat_cfg, latency, entry: GpuEntry, gpu):
 
     gather = priced_exchanges(str(lat_cfg.get("all_reduce", "auto")), gpu, entry.data_parallel)
     graphs = int(lat_cfg.get("graph_tokens", 0))  # latency=operators checks it; another model refuses below
-    how = (f"{entry.data_parallel} data-parallel ranks stepping together, experts split over them ({gather.source})"
+    how = (f"{entry.data_parallel} data-parallel ranks stepping together, experts split over them (hidden states "
+           f"exchanged twice a layer, with the router logits the first time: {gather.source})"
            + (f", padded to the largest rank's tokens up to {graphs}" if graphs else ""))
     return DataParallelLatency(latency, entry.data_parallel, gather, how, graph_tokens=graphs)
 
