@@ -100,6 +100,11 @@ class PrefixCache:
         self.found_shared = 0  # blocks found by content (a prompt prefix some request computed)
         self.found_own = 0  # blocks a preempted request found of its own
         self._version = 0  # bumped by every change to `entries`: a lookup stands until then
+        # a preempted request's own blocks, per (request, preemption): how many it registered, and the lowest index
+        # evicted since (its blocks are found up to there), so a request outside any shared region is looked up
+        # without a walk over its blocks
+        self._own_full: dict[tuple, int] = {}
+        self._own_lost: dict[tuple, int] = {}
         self._last_lookup = (None, None)  # (what it was asked, its answer): a waiting head is looked up every step
         pool.free_queue = FreeQueue(pool.free, self._evict)
 
@@ -107,6 +112,10 @@ class PrefixCache:
         self._version += 1
         del self.entries[key]
         self.evictions += 1
+        if key[0] == "own":
+            epoch = key[1], key[2]
+            if epoch in self._own_full and key[3] < self._own_lost.get(epoch, key[3] + 1):
+                self._own_lost[epoch] = key[3]
 
     # ---- keys ---------------------------------------------------------------------------------
     def shared_blocks(self, r) -> int:
@@ -136,6 +145,11 @@ class PrefixCache:
         return answer
 
     def _lookup(self, r, n_sh: int, own: bool) -> tuple[list, int]:
+        if not n_sh:  # its own blocks alone: found from the first up to the first evicted (all free)
+            epoch = r.id, r.preemptions
+            full = self._own_full.get(epoch, 0)
+            n = min((r.context - 1) // self.bs, self._own_lost.get(epoch, full), full)
+            return [("own", r.id, r.preemptions, j) for j in range(n)], n
         entries, hits, free = self.entries, [], 0
         for j in range((r.context - 1) // self.bs):
             e = None
@@ -166,6 +180,9 @@ class PrefixCache:
         if hits is None:
             hits, _ = self.lookup(r)
         self._version += 1
+        if r.preemptions:  # its own blocks of the last preemption are taken now or never found again
+            self._own_full.pop((r.id, r.preemptions), None)
+            self._own_lost.pop((r.id, r.preemptions), None)
         queue, entries = self.pool.free_queue, self.entries
         mine: dict[int, object] = {}
         revived_shared = revived_own = 0
@@ -227,6 +244,8 @@ class PrefixCache:
                     key = ("own", r.id, epoch, j)
                     self.entries[key] = [0, True]
                     own.append(key)
+            if full:
+                self._own_full[r.id, epoch] = full
             # the unkeyed blocks come first: its partly computed block, and any block allocated a step ahead
             # of vLLM (which never took it, so it stays ahead of the freed ones in its queue)
             private = blocks - len(mine)
