@@ -217,6 +217,16 @@ def test_without_max_model_len_the_models_context_bounds_requests(tmp_path, caps
     assert "line 5:" in err and "the model's context (llama-3.1-8b: max_context" in err and "131,072" in err
 
 
+def test_a_run_alone_without_a_gpu_or_a_profile_is_told_of_both(tmp_path, capsys):
+    """A run folder with no profile beside it and no GPU in its meta.json: the one line names --profile as well as
+    --gpu, since the datasheet model it fell back to is not what a user who forgot the profile meant."""
+    run = tmp_path / "vllm"
+    shutil.copytree(R6000 / "run", run)
+    edit_meta(run, lambda m: (m.pop("hardware", None), m.pop("resolved_config", None)))
+    err = refused(capsys, run, tmp_path / "out")
+    assert "no profile/ in or beside the run folder: --profile DIR names one" in err and "give --gpu" in err
+
+
 def test_a_max_model_len_beyond_the_models_context_is_said(tmp_path, capsys):
     """vLLM refuses a max_model_len past the model's context unless told to allow it: a run that records one
     is replayed with it, and the replay says so."""

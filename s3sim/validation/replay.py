@@ -72,7 +72,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
                           "no profile here measures")
     needs = ("vLLM's default max_num_seqs and max_num_batched_tokens" if None in (engine.max_num_seqs,
                                                                                  engine.max_num_batched_tokens) else
-             "the datasheet latency (no profile)" if prof is None else
+             ("the datasheet latency (no profile/ in or beside the run folder: --profile DIR names one)"
+              if profile is None else "the datasheet latency (--profile none)") if prof is None else
              "deriving the KV capacity" if engine.num_gpu_blocks is None and engine.device_memory is None else
              "pricing tensor parallelism's all-reduces" if engine.tp > 1 and all_reduce != "none" else None)
     # a profile names the device it ran on; with --profile none, the one beside the run only where meta.json names none
