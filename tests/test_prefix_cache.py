@@ -121,6 +121,39 @@ def test_a_kept_lookup_is_never_stale(monkeypatch):
     assert all(r.finished > 0 for r in res.requests)
 
 
+def test_a_preempted_requests_own_blocks_are_found_as_a_walk_over_the_cache_finds_them(monkeypatch):
+    """A request outside any shared region finds its own blocks from how many it registered and the lowest one
+    evicted since, without a walk: on a run with many preemptions and evictions, every answer equals the walk
+    (its keys in order up to the first one the cache no longer holds, at most its first context - 1 tokens)."""
+    from s3sim.core.prefix_cache import PrefixCache
+
+    found = []
+    fast = PrefixCache._lookup
+
+    def walked(self, r, n_sh, own):
+        answer = fast(self, r, n_sh, own)
+        hits = []
+        for j in range((r.context - 1) // self.bs):
+            key = ("own", r.id, r.preemptions, j)
+            if key not in self.entries:
+                break
+            hits.append(key)
+        assert not n_sh and answer == (hits, sum(self.entries[k][0] == 0 for k in hits))
+        found.append(len(hits))
+        return answer
+
+    monkeypatch.setattr(PrefixCache, "_lookup", walked)
+    rng = np.random.default_rng(2)
+    n = 80
+    reqs = make_requests(rng.integers(9, 40, n), rng.integers(5, 60, n), np.sort(rng.uniform(0, 10, n)))
+    sched = VllmScheduler(KVPool(40, unit_tokens=4), 64, max_num_batched_tokens=64, max_batch_size=8,
+                          prefix_caching=True)
+    res = simulate(reqs, sched, OneSecond())
+    evicted = sched.cache.evictions
+    assert sched.preemptions > 10 and evicted > 0 and len(found) > 20 and 0 in found and max(found) > 2
+    assert all(r.finished > 0 for r in res.requests)
+
+
 def test_without_caching_shared_prompts_are_computed_in_full():
     sched = VllmScheduler(KVPool(16, unit_tokens=4), 16, max_num_batched_tokens=64, max_batch_size=8)
     sched.add(make_requests([10, 10], [3, 3], [0.0, 0.0], prefix=[SYSTEM, SYSTEM]))
