@@ -41,13 +41,16 @@ def test_the_top_octave_of_a_coarse_table_is_its_last_segment():
 
 
 @pytest.mark.parametrize("spec, words", [
-    ("engine:inf", "finite number > 0"), ("engine:abc", "finite number > 0"), ("link:10:inf", "finite"),
-    ("link:inf:1", "finite"), ("link:10", "expected link:"), ("foo", "no such file, nor one of auto"),
+    ("engine:inf", "a number > 0 and at most 100"), ("engine:abc", "a number > 0 and at most 100"),
+    ("engine:1e30", "a number > 0 and at most 100"), ("link:10:inf", "expected link:<GB/s, finite and at least 0.001>"),
+    ("link:inf:1", "expected link:<GB/s"), ("link:1e-9:0", "expected link:<GB/s"), ("link:1:1e300", "<us, 0 to"),
+    ("link:10", "expected link:"), ("foo", "no such file, nor one of auto"),
     ("RING", "no such file, nor one of auto"), ("", "no such file")])
 @pytest.mark.parametrize("latency", ["datasheet", "roofline"])
 def test_a_malformed_value_is_refused_on_one_gpu_too(cfg, spec, words, latency):
     """One GPU prices no collective, yet a misspelt value is refused there too (a sweep would meet it only where it
-    reached several GPUs); infinity is no factor, bandwidth or latency (it gave NaN latencies and exit 0)."""
+    reached several GPUs); infinity is no factor, bandwidth or latency (it gave NaN latencies and exit 0), and nor
+    is a value past any physical one (1e30 as a factor, 1e-9 GB/s: steps of years that overflowed later)."""
     from s3sim.cluster.build import build
 
     with pytest.raises(ConfigError, match=f"latency.all_reduce='{spec}'.*{words}"):

@@ -184,7 +184,8 @@ def test_the_measured_all_gather_is_priced_by_the_gathered_size_its_rows_give_pe
 
 @pytest.mark.parametrize("spec, message", [
     ("link:x", "expected link:<GB/s>:<us>"), ("link:16", "expected link:<GB/s>:<us>"),
-    ("link:16:20:1", "expected link:<GB/s>:<us>"), ("link:0:20", "bandwidth > 0"),
+    ("link:16:20:1", "expected link:<GB/s>:<us>"), ("link:0:20", "bandwidth of at least 0.001 GB/s"),
+    ("link:16:2000000", "latency of 0 to 1e.06 us"),
 ])
 def test_a_bad_all_reduce_spec_is_one_line(spec, message):
     from s3sim.hardware.gpus import get_gpu

@@ -163,8 +163,8 @@ def test_engine_pricing_is_refused_in_one_line_where_it_cannot_be_had(tmp_path):
     with pytest.raises(ConfigError, match="names no whole-step table"):
         in_engine_factor(get_gpu("a100-80gb-sxm"))
     assert engine_factor("engine") is None and engine_factor("engine:2.5") == 2.5
-    for bad in ("engine:", "engine:x", "engine:-1", "engine:inf"):
-        with pytest.raises(ConfigError, match="expected engine or engine:<factor, finite and > 0>"):
+    for bad in ("engine:", "engine:x", "engine:-1", "engine:inf", "engine:nan", "engine:1e30"):
+        with pytest.raises(ConfigError, match="expected engine or engine:<factor, > 0 and at most 100>"):
             engine_factor(bad)
     preset = Path(__file__).parents[1] / "s3sim" / "hardware" / "gpu_presets" / "rtx-pro-6000.yaml"
     bad = tmp_path / "bad.yaml"

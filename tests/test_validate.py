@@ -380,7 +380,7 @@ def _tp2(meta):
     # read on a run without tensor parallelism too, where no collective would use it
     (None, ["--all-reduce", "bogus"], ["--all-reduce 'bogus'", "no such file", "link:<GB/s>:<us>"]),
     (None, ["--all-reduce", "link:16"], ["--all-reduce 'link:16'", "e.g. link:16:20"]),
-    (None, ["--all-reduce", "engine:0"], ["--all-reduce 'engine:0'", "factor must be a finite number > 0"]),
+    (None, ["--all-reduce", "engine:0"], ["--all-reduce 'engine:0'", "factor must be a number > 0 and at most 100"]),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, change, args, words):
     run = trim(R4090, tmp_path / "rtx4090")

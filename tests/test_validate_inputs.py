@@ -227,6 +227,67 @@ def test_a_run_alone_without_a_gpu_or_a_profile_is_told_of_both(tmp_path, capsys
     assert "no profile/ in or beside the run folder: --profile DIR names one" in err and "give --gpu" in err
 
 
+@pytest.mark.parametrize("field, value", [("block_size", "16"), ("num_gpu_blocks", "2588"), ("num_gpu_blocks", 2588.5),
+                                          ("num_kv_tokens", True)])
+def test_kv_cache_counts_are_integers_before_they_are_multiplied(tmp_path, capsys, field, value):
+    """A count written as a string was multiplied as one ('16' x 2588 printed as a string repeated)."""
+    run = trim(R4090, tmp_path / "r")
+    edit_meta(run, lambda m: m["kv_cache"].update({field: value}))
+    assert f"kv_cache.{field} must be a positive integer or null, got {value!r}" in refused(capsys, run, tmp_path / "o")
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda m: m.update(resolved_config=[1]), "resolved_config must be an object"),
+    (lambda m: m["resolved_config"].update(model_config="x"), "resolved_config.model_config must be an object or null"),
+    (lambda m: m["resolved_config"].update(cache_config=[1]), "resolved_config.cache_config must be an object or null"),
+])
+def test_a_resolved_config_of_another_shape_is_one_line(tmp_path, capsys, change, words):
+    """vLLM writes resolved_config as sections of settings: anything else is refused, not a traceback."""
+    run = trim(R4090, tmp_path / "r")
+    edit_meta(run, change)
+    assert words in refused(capsys, run, tmp_path / "out")
+
+
+@pytest.mark.parametrize("value", [10**30, 1e20, 1e308])
+@pytest.mark.parametrize("field", ["input_toks", "output_toks"])
+def test_token_counts_past_any_context_are_refused_before_they_overflow(tmp_path, capsys, field, value):
+    """A count of 10^20 wrapped around in int64 and slipped past the max_model_len check (an invariant violation,
+    exit 3, or a traceback): it is refused on its line."""
+    run = trim(R4090, tmp_path / "r")
+    rs = rows(run)
+    rs[5][field] = value
+    write_rows(run, rs)
+    err = refused(capsys, run, tmp_path / "out")
+    assert "line 6:" in err and f"field {field!r} must be a positive integer of at most 2,147,483,647 tokens" in err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("just a string\n", "meta.yaml: expected a mapping"),
+    ("- 1\n- 2\n", "meta.yaml: expected a mapping"),
+    ("skew_fit: [1]\n", "skew_fit must be a mapping"),
+    ("skew_fit: {enabled: true, per_tp: [1, 2]}\n", "skew_fit.per_tp must map each TP degree to its fit"),
+])
+def test_a_profile_meta_yaml_of_another_shape_is_one_line(tmp_path, capsys, text, words):
+    """A profile's meta.yaml that parses to something other than a mapping (or a skew fit that is not one) is
+    refused, where a scalar passed unread and a list of TP degrees was a traceback."""
+    run = trim(R4090, tmp_path / "r", profile=False)
+    prof = tmp_path / "r" / "profile"
+    shutil.copytree(R4090 / "profile", prof)
+    (prof / "meta.yaml").write_text(text)
+    assert words in refused(capsys, run, tmp_path / "out")
+
+
+def test_a_replay_that_runs_for_ages_is_refused_before_its_timeline():
+    """A replay lasting 10^7 ticks past its run (a pricing input off by orders of magnitude) is one line, not an
+    allocation of terabytes."""
+    from s3sim.validation.timeline import timeline
+
+    real = pd.DataFrame({"t": [0.0, 1.0, 2.0], "running": 1, "waiting": 0, "kv_cache_pct": 1.0})
+    assert len(timeline(real, [], 100, 5.0)) > 3
+    with pytest.raises(ConfigError, match="the replay ran 1e"):
+        timeline(real, [], 100, 1e30)
+
+
 def test_a_max_model_len_beyond_the_models_context_is_said(tmp_path, capsys):
     """vLLM refuses a max_model_len past the model's context unless told to allow it: a run that records one
     is replayed with it, and the replay says so."""

@@ -58,13 +58,17 @@ class NoAllReduce:
         return np.zeros_like(np.asarray(nbytes, dtype=np.float64))
 
 
+LINK_MIN_GBPS = 1e-3  # a link's bandwidth from 1 MB/s (finite), its latency per collective at most a second:
+LINK_MAX_US = 1e6  # beyond, a typo, whose steps of years overflowed what a replay draws
+
+
 class LinkAllReduce:
     """An all-reduce as one latency plus the message at one effective bandwidth, whatever the GPU count."""
 
     def __init__(self, bandwidth: float, latency_s: float):
-        if not 0 < bandwidth < float("inf") or not 0 <= latency_s < float("inf"):
-            raise ConfigError(f"latency.all_reduce=link:<GB/s>:<us> needs a finite bandwidth > 0 and a finite latency "
-                              f">= 0, got "
+        if not LINK_MIN_GBPS <= bandwidth / 1e9 < float("inf") or not 0 <= latency_s * 1e6 <= LINK_MAX_US:
+            raise ConfigError(f"latency.all_reduce=link:<GB/s>:<us> needs a finite bandwidth of at least "
+                              f"{LINK_MIN_GBPS:g} GB/s and a latency of 0 to {LINK_MAX_US:g} us, got "
                               f"{bandwidth / 1e9:g} GB/s and {latency_s * 1e6:g} us")
         self.bandwidth, self.latency = float(bandwidth), float(latency_s)
         self.source = f"link of {bandwidth / 1e9:g} GB/s with {latency_s * 1e6:g} us per collective"

@@ -24,7 +24,6 @@ profile measures that are not priced here are refused, never dropped; `qk_norm` 
 from __future__ import annotations
 
 import functools
-import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,7 +326,10 @@ def profile_meta(path) -> dict:
                 meta = yaml.safe_load((folder / "meta.yaml").read_text())
             except yaml.YAMLError as e:
                 raise ConfigError(f"{folder / 'meta.yaml'}: not YAML ({str(e).splitlines()[0]})") from None
-            return meta if isinstance(meta, dict) else {}
+            if meta is not None and not isinstance(meta, dict):
+                raise ConfigError(f"{folder / 'meta.yaml'}: expected a mapping (gpu, model, tp_degrees, ...), got "
+                                  f"{type(meta).__name__} {meta!r:.60}")
+            return meta or {}
     return {}
 
 
@@ -336,10 +338,15 @@ def skew_alpha(meta: dict, tp: int) -> float:
     contexts cost (`skew_fit.per_tp.<tp>.alpha_default` of its meta.yaml, fitted there to attention timed over
     batches of unequal contexts: t = t(mean) + alpha (t(longest) - t(mean))); 0 where the profile says it did not
     measure it (`skew_fit.enabled: false`) or has no such entry."""
-    fit = meta.get("skew_fit") if isinstance(meta.get("skew_fit"), dict) else {}
+    fit = meta.get("skew_fit") or {}
+    if not isinstance(fit, dict):
+        raise ConfigError(f"profile meta.yaml: skew_fit must be a mapping (enabled, per_tp), got {fit!r:.60}")
     if not fit.get("enabled"):
         return 0.0
-    entry = (fit.get("per_tp") or {}).get(tp) or (fit.get("per_tp") or {}).get(str(tp)) or {}
+    per_tp = fit.get("per_tp") or {}
+    if not isinstance(per_tp, dict):
+        raise ConfigError(f"profile meta.yaml: skew_fit.per_tp must map each TP degree to its fit, got {per_tp!r:.60}")
+    entry = per_tp.get(tp) or per_tp.get(str(tp)) or {}
     alpha = entry.get("alpha_default") if isinstance(entry, dict) else None
     if alpha is None:
         return 0.0
@@ -563,10 +570,13 @@ def is_engine(spec: str) -> bool:
     return spec == "engine" or spec.startswith("engine:")
 
 
+MAX_ENGINE_FACTOR = 100.0  # collectives in an engine 100 times slower than measured alone: a typo, not a setting
+
+
 def check_all_reduce_spec(spec: str, flag: str = "latency.all_reduce") -> None:
     """`spec` read before anything else, on every run, one GPU too (where it prices nothing, and a misspelt value
     would pass unread until a sweep reached several), by the parsers that price it; `flag`: its name in errors."""
-    from s3sim.hardware.network import link_all_reduce
+    from s3sim.hardware.network import LINK_MAX_US, LINK_MIN_GBPS, link_all_reduce
 
     where = f"{flag}={spec!r}" if flag.startswith("latency.") else f"{flag} {spec!r}"
     if spec in ("auto", "engine", "measured", "ring", "none"):
@@ -575,15 +585,16 @@ def check_all_reduce_spec(spec: str, flag: str = "latency.all_reduce") -> None:
         try:
             engine_factor(spec)
         except ConfigError:
-            raise ConfigError(f"{where}: the factor must be a finite number > 0, e.g. engine:2.31; valid: "
+            raise ConfigError(f"{where}: the factor must be a number > 0 and at most {MAX_ENGINE_FACTOR:g}, e.g. "
+                              f"engine:2.31; valid: "
                               f"{ALL_REDUCE_FORMS}") from None
         return
     if spec.startswith("link:"):
         try:
             link_all_reduce(spec)
         except ConfigError:
-            raise ConfigError(f"{where}: expected link:<GB/s, finite and > 0>:<us, finite and >= 0>, e.g. "
-                              "link:16:20") from None
+            raise ConfigError(f"{where}: expected link:<GB/s, finite and at least {LINK_MIN_GBPS:g}>:<us, 0 to "
+                              f"{LINK_MAX_US:g}>, e.g. link:16:20") from None
         return
     if not Path(spec).is_file():
         raise ConfigError(f"{where}: no such file, nor one of {ALL_REDUCE_FORMS}")
@@ -597,9 +608,9 @@ def engine_factor(spec: str) -> float | None:
         factor = float(spec.split(":", 1)[1])
     except (IndexError, ValueError):
         factor = float("nan")
-    if not (factor > 0 and math.isfinite(factor)):
-        raise ConfigError(f"latency.all_reduce={spec!r}: expected engine or engine:<factor, finite and > 0>, e.g. "
-                          "engine:2.5")
+    if not 0 < factor <= MAX_ENGINE_FACTOR:
+        raise ConfigError(f"latency.all_reduce={spec!r}: expected engine or engine:<factor, > 0 and at most "
+                          f"{MAX_ENGINE_FACTOR:g}>, e.g. engine:2.5")
     return factor
 
 

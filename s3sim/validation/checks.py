@@ -92,6 +92,9 @@ def check_meta(meta: dict, where: str) -> None:
     kv = meta.get("kv_cache") or {}
     ek = meta["engine_kwargs"]
     blocks, size, tokens = kv.get("num_gpu_blocks"), kv.get("block_size"), kv.get("num_kv_tokens")
+    for f, v in (("num_gpu_blocks", blocks), ("block_size", size), ("num_kv_tokens", tokens)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{where}: kv_cache.{f} must be a positive integer or null, got {v!r}")
     if None not in (blocks, size, tokens) and tokens != blocks * size:
         raise ConfigError(f"{where}: kv_cache.num_kv_tokens={tokens!r} must be num_gpu_blocks x block_size = "
                           f"{blocks!r} x {size!r} = {blocks * size!r} (one of the three is wrong)")
@@ -210,7 +213,7 @@ def check_requests(req: pd.DataFrame, meta: dict, path: Path, meta_where: str) -
             outside = np.flatnonzero((a < start - ARRIVAL_SLACK_S) | (a > end + ARRIVAL_SLACK_S))
             if len(outside):
                 k = int(outside[0])
-                raise ConfigError(f"{where} line {req.line[k]}: arrival_time {a[k]!r} is outside the run "
+                raise ConfigError(f"{where} line {req.line[k]}: arrival_time {float(a[k])!r} is outside the run "
                                   f"({meta_where} started_at..finished_at: {start:.1f}..{end:.1f} epoch s): "
                                   "arrival_time must be epoch seconds within the run")
     if "arrival_time" in req and len(req) > 1:

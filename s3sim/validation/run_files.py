@@ -86,6 +86,13 @@ def read_meta(path: Path) -> dict:
     for key in ("engine_kwargs", "kv_cache", "hardware"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise ConfigError(f"{str(path)!r}: {key} must be an object, got {meta[key]!r}")
+    resolved = meta.get("resolved_config")
+    if resolved is not None and not isinstance(resolved, dict):
+        raise ConfigError(f"{str(path)!r}: resolved_config must be an object (vLLM's resolved settings by section), "
+                          f"got {resolved!r:.60}")
+    for section, conf in (resolved or {}).items():
+        if section.endswith("_config") and conf is not None and not isinstance(conf, dict):
+            raise ConfigError(f"{str(path)!r}: resolved_config.{section} must be an object or null, got {conf!r:.60}")
     if not isinstance(meta.get("engine_kwargs"), dict):
         raise ConfigError(f"{str(path)!r}: missing engine_kwargs (the engine's max_num_seqs, max_num_batched_tokens)")
     return meta
@@ -93,6 +100,9 @@ def read_meta(path: Path) -> dict:
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+MAX_TOKENS = 2**31 - 1  # a request's prompt or output: beyond any model's context, and a sum that fits int64
 
 
 def read_requests(path: Path) -> pd.DataFrame:
@@ -105,8 +115,9 @@ def read_requests(path: Path) -> pd.DataFrame:
             if not is_number(row[f]):
                 raise ConfigError(f"{where}: field {f!r} must be a number, got {row[f]!r}")
         for f in ("input_toks", "output_toks"):
-            if row[f] != int(row[f]) or row[f] < 1:
-                raise ConfigError(f"{where}: field {f!r} must be a positive integer, got {row[f]!r}")
+            if row[f] != int(row[f]) or not 1 <= row[f] <= MAX_TOKENS:
+                raise ConfigError(f"{where}: field {f!r} must be a positive integer of at most {MAX_TOKENS:,} tokens, "
+                                  f"got {row[f]!r}")
         if not row["queued_ts"] <= row["first_token_ts"] <= row["last_token_ts"]:
             raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
                               f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")

@@ -6,6 +6,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from s3sim.core.errors import ConfigError
+
+
+MAX_TICKS = 10_000_000
+
 
 def timeline(real: pd.DataFrame, frames: list, capacity_tokens: int, sim_end: float) -> pd.DataFrame:
     """Running, waiting and KV use (%) at the run's 1-second ticks, real against simulated. Simulated values
@@ -16,6 +21,10 @@ def timeline(real: pd.DataFrame, frames: list, capacity_tokens: int, sim_end: fl
     tick = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
     last = t[-1] if len(t) else 0.0
     if sim_end > last:  # the replay ran longer: extend the ticks over it
+        if (sim_end - last) / tick > MAX_TICKS:
+            raise ConfigError(f"the replay ran {sim_end:.3g} s where the run took {last:.3g} s: its timeline would "
+                              f"hold over {MAX_TICKS:,} ticks; check what prices its steps (the profile's times, "
+                              "--all-reduce)")
         extra = last + tick * np.arange(1, int(math.ceil((sim_end - last) / tick)) + 2)
         t = np.concatenate([t, extra])
     def sample_one(frame, col):
