@@ -227,6 +227,26 @@ def test_a_run_alone_without_a_gpu_or_a_profile_is_told_of_both(tmp_path, capsys
     assert "no profile/ in or beside the run folder: --profile DIR names one" in err and "give --gpu" in err
 
 
+@pytest.mark.parametrize("row, words", [
+    ("{t},-1,0,5.0", "column 'running' must be a count, >= 0, got '-1'"),
+    ("{t},1,-2,5.0", "column 'waiting' must be a count, >= 0, got '-2'"),
+    ("{t},1,0,500", "column 'kv_cache_pct' must be a percentage, 0 to 100, got '500'"),
+    ("0,1,0,5.0", "t must grow from one row to the next"),
+])
+def test_a_timeseries_row_that_cannot_be_is_refused(tmp_path, capsys, row, words):
+    """The timeline is drawn from timeseries.csv: negative counts, a KV use past 100 % and a clock that does not
+    advance were drawn as they came."""
+    run = trim(R4090, tmp_path / "r")
+    lines = (run / "timeseries.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    last_t = float(lines[-1].split(",")[header.index("t")])
+    values = dict(zip(("t", "running", "waiting", "kv_cache_pct"), row.format(t=last_t + 1).split(",")))
+    lines.append(",".join(values.get(h, "0") for h in header))
+    (run / "timeseries.csv").write_text("\n".join(lines) + "\n")
+    err = refused(capsys, run, tmp_path / "out")
+    assert f"line {len(lines)}:" in err and words in err
+
+
 @pytest.mark.parametrize("field, value", [("block_size", "16"), ("num_gpu_blocks", "2588"), ("num_gpu_blocks", 2588.5),
                                           ("num_kv_tokens", True)])
 def test_kv_cache_counts_are_integers_before_they_are_multiplied(tmp_path, capsys, field, value):

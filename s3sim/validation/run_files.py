@@ -161,7 +161,14 @@ def read_timeseries(path: Path) -> pd.DataFrame:
                 raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be a number, got {cell!r}") from None
             if not math.isfinite(v):
                 raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be finite, got {cell!r}")
+            if f != "t" and not 0 <= v <= (100 if f == "kv_cache_pct" else math.inf):
+                raise ConfigError(f"{str(path)!r} line {lineno}: column {f!r} must be "
+                                  + ("a percentage, 0 to 100" if f == "kv_cache_pct" else "a count, >= 0")
+                                  + f", got {cell!r}")
             row.append(v)
+        if rows and not row[0] > rows[-1][0]:
+            raise ConfigError(f"{str(path)!r} line {lineno}: t must grow from one row to the next, got {row[0]:g} "
+                              f"after {rows[-1][0]:g}")
         rows.append(row)
     return pd.DataFrame(rows, columns=list(TIMESERIES_FIELDS), dtype=float)
 
