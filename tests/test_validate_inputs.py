@@ -308,6 +308,12 @@ def test_a_replay_that_runs_for_ages_is_refused_before_its_timeline():
         timeline(real, [], 100, 1e30)
 
 
+def test_an_empty_profile_is_no_folder(tmp_path, capsys):
+    """--profile '' named the current folder (and then found --out inside it)."""
+    run = trim(R4090, tmp_path / "r")
+    assert "--profile '': no such folder" in refused(capsys, run, tmp_path / "out", "--profile", "")
+
+
 def test_a_max_model_len_beyond_the_models_context_is_said(tmp_path, capsys):
     """vLLM refuses a max_model_len past the model's context unless told to allow it: a run that records one
     is replayed with it, and the replay says so."""

@@ -47,8 +47,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         prof = None
     else:
         prof = Path(profile)
-        if not prof.is_dir():
-            raise ConfigError(f"--profile {str(prof)!r}: no such folder (or 'none' for the datasheet operator model)")
+        if not str(profile).strip() or not prof.is_dir():
+            raise ConfigError(f"--profile {str(profile)!r}: no such folder (or 'none' for the datasheet operator model)")
     checks.check_out_apart(out, {"run folder": run.dir, "profile": prof, "the run's own profile": own,
                                  "shared data folder": SHARED_DATA_DIR})
     if fit_from is not None and prof is not None:
