@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from s3sim.cli import headline, report_failure
+from s3sim.cli import headline, report_failure, resolved_config
 from s3sim.config import CONF_DIR
 
 
@@ -43,9 +43,9 @@ def app(cfg: DictConfig) -> None:
 
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
         out.mkdir(parents=True, exist_ok=True)
         clear(out)  # an earlier run's summary must not sit beside this run's config
+        resolved = resolved_config(cfg)
         write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "resolved_config.yaml")
         ex = resolved["executor"]
         from s3sim.spec import flag

@@ -61,6 +61,17 @@ def headline(row: dict) -> str:
             + "  ".join(shown(k) for k in HEADLINE))
 
 
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as plain data, every interpolation resolved: one that cannot be is one line naming it."""
+    from omegaconf.errors import OmegaConfBaseException
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key + ': ' if key else ''}{first} (an interpolation that cannot be resolved)") from None
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> None:
     """One run into Hydra's output dir. In a sweep a failing run is recorded (failed.txt) and the sweep
@@ -78,10 +89,10 @@ def app(cfg: DictConfig) -> None:
 
         stop_with_parent()
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
         from s3sim.runner import clear
         from s3sim.spec import flag
         try:
+            resolved = resolved_config(cfg)
             write = flag(resolved.get("write_iterations"), "write_iterations", False)
         except ConfigError:
             clear(out)  # the folder holds this run's config now: an earlier run's results must not stay beside it

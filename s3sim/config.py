@@ -21,6 +21,7 @@ from s3sim.hardware.gpus import GiB, get_gpu
 from s3sim.hardware.models import get_model
 from s3sim.hardware.network import RING_FALLBACK
 from s3sim.latency import LATENCY_MODELS
+from s3sim.simulator.engine import LATEST_TIME_S as LATEST_ARRIVAL_S  # arrivals past it would come out rounded
 from s3sim.workload import arrival_times, load_workload
 from s3sim.spec import GpuEntry, RunSpec, run_spec, seed_of
 from s3sim.workload.prefix import shared_prefix
@@ -80,9 +81,11 @@ def run_notes(row: dict) -> list[str]:
     if isinstance(tail, float) and tail >= TAIL_NOTE:
         when = ("after the last arrival" if row.get("offered_rate") != float("inf") else
                 "with the batch under a tenth of its peak, a few long requests running out")
+        steady = row.get("steady_request_throughput")
         notes.append(f"note: {tail:.0%} of the run came {when} (tail_frac): request_throughput "
                      f"{row['request_throughput']:.4g} req/s counts it, steady_request_throughput "
-                     f"{row['steady_request_throughput']:.4g} req/s does not")
+                     + (f"{steady:.4g} req/s does not" if isinstance(steady, float) and steady == steady else
+                        "is undefined: fewer than two requests finished within the steady part"))
     if row.get("workload") == "trace" and row.get("arrival") != "trace":
         notes.append(f"note: the trace's timestamps are not replayed (arrival={row.get('arrival')}); "
                      f"arrival=trace replays them")
@@ -194,11 +197,6 @@ def check_fits(capacity_tokens: int, longest_prompt: int, max_seq_len: int, what
     if longest_prompt + max_seq_len > capacity_tokens:
         raise ConfigError(f"KV capacity of {capacity_tokens} tokens ({what}) cannot hold one request of "
                           f"{longest_prompt} prompt + max_seq_len={max_seq_len} tokens; {remedy}")
-
-
-# arrivals later than this (about 32 years) lose sub-microsecond resolution in float64 seconds, so a
-# run's latencies would come out rounded, even to 0
-LATEST_ARRIVAL_S = 1e9
 
 
 def build_workload(cfg):
@@ -319,7 +317,7 @@ def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
         raise ConfigError("gpu: the run names no GPU preset; valid: gpu=<a preset of s3sim/hardware/gpu_presets/>, "
                           "e.g. gpu=a100-80gb-pcie")
     gpu, num_gpus, cap = engine_capacity(spec.gpu, model, spec.kv_capacity_tokens)
-    latency = build_latency(cfg["latency"], model, gpu, num_gpus, pipeline_stages(spec.gpu, model))
+    latency = build_latency(required_node(cfg, "latency", LATENCY_MODELS), model, gpu, num_gpus, pipeline_stages(spec.gpu, model))
     if spec.gpu.data_parallel > 1:
         latency = data_parallel_latency(cfg["latency"], latency, spec.gpu, gpu)
     return Hardware(gpu, num_gpus, cap, latency, spec.gpu.data_parallel)
@@ -404,8 +402,17 @@ def build_latency(lat_cfg, model, gpu, num_gpus: int = 1, pipeline_stages: int =
     return cls.from_config(conf, model, gpu, num_gpus, pipeline_stages=pipeline_stages)
 
 
+def required_node(cfg, key: str, valid) -> dict:
+    """The run's `key` node (policy, latency), which every run has: one line where it was removed (`~key`)."""
+    node = cfg.get(key)
+    if not isinstance(node, dict):
+        raise ConfigError(f"{key}: the run has none (was it removed by ~{key}?); every run needs one; valid: "
+                          f"{key}={', '.join(valid)}")
+    return node
+
+
 def policy_class(cfg):
-    return POLICIES[choice(cfg["policy"]["name"], tuple(POLICIES), "policy.name")]
+    return POLICIES[choice(required_node(cfg, "policy", POLICIES)["name"], tuple(POLICIES), "policy.name")]
 
 
 def policy_node(cfg, spec: RunSpec | None = None) -> tuple[dict, str]:
@@ -464,6 +471,9 @@ def build_scheduler(cfg, cap: int, output, keys=None, hidden_states: bool = Fals
         raise ConfigError(f"predictor.repredict={pspec.repredict} re-ranks running requests and is read only by "
                           f"policy=vllm with policy.order=sjf or srpt, or policy.victim=longest_remaining; this run "
                           f"has policy={cls.name} with no such setting (set predictor.repredict=null)")
+    if cls.uses_predictor and pspec is None:
+        raise ConfigError(f"policy={cls.name} reserves by predicted length and needs a predictor node (was it removed "
+                          f"by ~predictor?); valid: predictor={', '.join(PREDICTORS)}")
     if cls.uses_predictor or use:
         predictor = build_predictor(cfg, max_seq_len, output, force_oracle=cls.fixed_predictor == "oracle", keys=keys,
                                     spec=pspec, seed=run.seed)

@@ -136,7 +136,7 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str, refuse
         try:
             with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
                 compose(config_name, overrides=ovs)
-        except (HydraException, OmegaConfBaseException) as e:
+        except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: `group=null`
             culprit = _culprit(e, ovs)
             others = [o for o in ovs if o != culprit]
             print(f"{prog}: error: {explain(e, culprit, conf_dir, config_name, others)}", file=sys.stderr)

@@ -88,3 +88,32 @@ def test_a_huge_block_size_or_many_prefix_groups_cost_nothing_a_run_does_not_use
     assert growth.first_need(3)[-1] == 1 and BlockGrowth(16).first_need(3).shape == (17,)
     prompts, prefixes = shared_prefix(np.array([5, 7]), 16, 1_000_000_000, seed=0)
     assert list(prompts) == [21, 23] and all(p[0] == 16 for p in prefixes)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["~policy"], "policy: the run has none (was it removed by ~policy?)"),
+    (["~latency"], "latency: the run has none (was it removed by ~latency?)"),
+    (["policy=s3", "~predictor"], "policy=s3 reserves by predicted length and needs a predictor node"),
+    (["policy.max_batch_size=${foo}"], "policy.max_batch_size: Interpolation key 'foo' not found"),
+    (["seed=${oc.env:S3SIM_NO_SUCH_VARIABLE}"], "seed: KeyError raised while resolving interpolation"),
+    (["experiment=null"], "experiment=null: Config group override must be a string"),
+    (["arrival=gamma", "arrival.burstiness=1e-30"], "arrival.burstiness must be at least 0.001"),
+    (["predictor.latency_ms=1e30"], "s of simulated time, beyond 1e+09 s"),
+    (["latency.overhead_s=1e30"], "s of simulated time, beyond 1e+09 s"),
+])
+def test_what_a_second_sweep_of_the_settings_crashed_on_is_one_line(tmp_path, args, words):
+    """A group removed with ~ (a KeyError), an interpolation that cannot be resolved, experiment=null (a Hydra
+    ValueError), a burstiness whose gamma gaps all underflow to 0 (offered_rate inf at rate 10), and steps so long
+    that the run's seconds lose their precision (tpot 0 beside an itl of 10 ms)."""
+    p = s3sim("num_requests=20", *args, f"hydra.run.dir={tmp_path}/r", cwd=tmp_path)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and words in lines[0], p.stderr[-400:]
+    assert not (tmp_path / "r" / "summary.csv").exists()
+
+
+def test_a_run_with_no_steady_part_says_so_and_prints_no_nan(tmp_path):
+    """Every request arriving before the first one finishes leaves the steady part empty: its throughput is blank in
+    summary.csv, and the note says why instead of printing nan."""
+    p = s3sim("num_requests=20", "arrival=poisson", "arrival.rate=1e6", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "nan" not in p.stdout and "steady_request_throughput is undefined" in p.stdout

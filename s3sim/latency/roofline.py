@@ -73,9 +73,9 @@ class RooflineLatency(LatencyModel):
         super().__init__(model, gpu)
         for name, value in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency)):
             if not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
+                raise ConfigError(f"latency.{name} must be in (0, 1], got {value!r}")
         if not 0 <= overhead_s < float("inf"):
-            raise ConfigError(f"overhead_s must be a finite number >= 0 seconds, got {overhead_s!r}")
+            raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds, got {overhead_s!r}")
         if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
             raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
         self.compute_efficiency = float(compute_efficiency)

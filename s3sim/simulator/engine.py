@@ -19,7 +19,7 @@ import numpy as np
 import simpy
 
 from s3sim.core.data_parallel import balancer_load
-from s3sim.core.errors import InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 from s3sim.core.policies.base import Scheduler
 from s3sim.core.request import Request
 from s3sim.core.results import IterationLog, RunResult
@@ -100,6 +100,10 @@ class ReplicaState:
                 raise InvariantViolation(f"replica {i} still shows {n} {what} after every request finished")
 
 
+# beyond this (about 32 years) float64 seconds lose sub-microsecond resolution: a run's arrivals and its end
+LATEST_TIME_S = 1e9
+
+
 @dataclass
 class ClusterResult:
     requests: list[Request]
@@ -155,6 +159,11 @@ def simulate_cluster(requests: list[Request], replicas: list[tuple], router, max
         end, steps = proc.value
         results.append(RunResult(by_replica[i], log, b.sched, end, steps, state.capacity_tokens))
     end = max((r.end_time for r in results), default=0.0)
+    if not end <= LATEST_TIME_S:
+        raise ConfigError(f"the run lasted {end:.3g} s of simulated time, beyond {LATEST_TIME_S:.0e} s, where float64 "
+                          "seconds lose the microseconds an iteration takes (its latencies would come out rounded, "
+                          "even to 0): check what prices its steps (latency.overhead_s, latency.launch_s, the "
+                          "efficiencies, predictor.latency_ms)")
     return ClusterResult(requests, results, assignment, router.name, end, states)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 
 PROCESSES = ("offline", "poisson", "gamma", "trace")
+MIN_BURSTINESS = 1e-3
 
 
 def _positive(value, field: str, what: str) -> float:
@@ -50,6 +51,10 @@ def arrival_times(n: int, process: str, rate: float | None = None, burstiness: f
         gaps = rng.exponential(1.0 / rate, size=n)
     else:
         b = _positive(burstiness, "burstiness", " (1 = Poisson, below 1 burstier)")
+        if b < MIN_BURSTINESS:
+            raise ConfigError(f"arrival.burstiness must be at least {MIN_BURSTINESS:g} (a coefficient of variation of "
+                              f"about {MIN_BURSTINESS ** -0.5:.0f}), got {burstiness!r}: below it the gamma gaps "
+                              "underflow to 0 and the requests arrive in one burst whatever the rate")
         gaps = rng.gamma(shape=b, scale=1.0 / (rate * b), size=n)
     if n == 0:
         return gaps
