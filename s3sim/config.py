@@ -176,13 +176,20 @@ def choice(value, valid, field):
 def structured(schema, node, group: str):
     """`node` (a dict or DictConfig) read into the dataclass `schema`: OmegaConf checks each field's type and
     refuses keys the schema lacks, the dataclass's `__post_init__` checks values."""
+    import dataclasses
+
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    for f in dataclasses.fields(schema):  # OmegaConf would take 2 for true
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind in ("bool", "bool | None") and f.name in node:
+            v = node[f.name]
+            if not isinstance(v, bool) and not (v is None and kind != "bool"):
+                raise ConfigError(f"{group}.{f.name} must be true or false, got {v!r}")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
-        import dataclasses
         import difflib
 
         fields = [f.name for f in dataclasses.fields(schema)]

@@ -100,6 +100,7 @@ def test_a_huge_block_size_or_many_prefix_groups_cost_nothing_a_run_does_not_use
     (["arrival=gamma", "arrival.burstiness=1e-30"], "arrival.burstiness must be at least 0.001"),
     (["predictor.latency_ms=1e30"], "s of simulated time, beyond 1e+09 s"),
     (["latency.overhead_s=1e30"], "s of simulated time, beyond 1e+09 s"),
+    (["policy=s3", "policy.make_room=2"], "policy.make_room must be true or false, got 2"),
 ])
 def test_what_a_second_sweep_of_the_settings_crashed_on_is_one_line(tmp_path, args, words):
     """A group removed with ~ (a KeyError), an interpolation that cannot be resolved, experiment=null (a Hydra
