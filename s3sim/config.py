@@ -23,7 +23,7 @@ from s3sim.hardware.network import RING_FALLBACK
 from s3sim.latency import LATENCY_MODELS
 from s3sim.simulator.engine import LATEST_TIME_S as LATEST_ARRIVAL_S  # arrivals past it would come out rounded
 from s3sim.workload import arrival_times, load_workload
-from s3sim.spec import GpuEntry, RunSpec, run_spec, seed_of
+from s3sim.spec import GpuEntry, RunSpec, flag, run_spec, seed_of
 from s3sim.workload.prefix import shared_prefix
 
 PREDICTORS = ("oracle", "synthetic", "trained")
@@ -181,12 +181,10 @@ def structured(schema, node, group: str):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    for f in dataclasses.fields(schema):  # OmegaConf would take 2 for true
+    for f in dataclasses.fields(schema):  # OmegaConf would take 2 for true: read as `flag` reads one
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        if kind in ("bool", "bool | None") and f.name in node:
-            v = node[f.name]
-            if not isinstance(v, bool) and not (v is None and kind != "bool"):
-                raise ConfigError(f"{group}.{f.name} must be true or false, got {v!r}")
+        if kind in ("bool", "bool | None") and f.name in node and node[f.name] is not None:
+            flag(node[f.name], f"{group}.{f.name}", False)
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
