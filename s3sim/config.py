@@ -322,7 +322,8 @@ def engine_hardware(cfg, spec: RunSpec, model) -> Hardware:
         raise ConfigError("gpu: the run names no GPU preset; valid: gpu=<a preset of s3sim/hardware/gpu_presets/>, "
                           "e.g. gpu=a100-80gb-pcie")
     gpu, num_gpus, cap = engine_capacity(spec.gpu, model, spec.kv_capacity_tokens)
-    latency = build_latency(required_node(cfg, "latency", LATENCY_MODELS), model, gpu, num_gpus, pipeline_stages(spec.gpu, model))
+    latency = build_latency(required_node(cfg, "latency", LATENCY_MODELS), model, gpu, num_gpus,
+                            pipeline_stages(spec.gpu, model))
     if spec.gpu.data_parallel > 1:
         latency = data_parallel_latency(cfg["latency"], latency, spec.gpu, gpu)
     return Hardware(gpu, num_gpus, cap, latency, spec.gpu.data_parallel)

@@ -675,10 +675,9 @@ def priced_logits_gather(spec: str, gpu: GpuSpec, tp: int):
 def priced_exchanges(spec: str, gpu: GpuSpec, ranks: int):
     """Expert parallelism's two exchanges a layer (vLLM's all-gather of the hidden states with the router logits,
     then reduce-scatter of the hidden states) between `ranks` GPUs, priced as `spec` (`latency.all_reduce`) prices
-    the all-reduces: auto (the GPU's measured
-    all-gather as the engine ran it where the preset names a step table, else measured alone, else a ring said to
-    be a fallback), engine[:<factor>], measured, ring, or none (free). A link or a CSV prices all-reduces only, and
-    is refused here rather than ignored."""
+    the all-reduces: auto (the GPU's measured all-gather as the engine ran it where the preset names a step table,
+    else measured alone, else a ring said to be a fallback), engine[:<factor>], measured, ring, or none (free). A
+    link or a CSV prices all-reduces only, and is refused here rather than ignored."""
     from s3sim.hardware.network import NoAllReduce, RingAllGather, all_gather_model, preset_measured
 
     if spec == "none":

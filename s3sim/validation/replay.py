@@ -48,7 +48,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     else:
         prof = Path(profile)
         if not str(profile).strip() or not prof.is_dir():
-            raise ConfigError(f"--profile {str(profile)!r}: no such folder (or 'none' for the datasheet operator model)")
+            raise ConfigError(f"--profile {str(profile)!r}: no such folder (or 'none' for the datasheet operator "
+                              "model)")
     checks.check_out_apart(out, {"run folder": run.dir, "profile": prof, "the run's own profile": own,
                                  "shared data folder": SHARED_DATA_DIR})
     if fit_from is not None and prof is not None:
@@ -113,8 +114,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     checks.check_context(req, longest, said, run.dir / REQUESTS)
     if limit is not None and limit > spec.max_context:
         echo(f"note: {said}, {limit:,} tokens, is longer than the model's context ({spec.name}: max_context "
-             f"{spec.max_context:,}), which vLLM starts with only under rope scaling or VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; "
-             f"replayed with {limit:,} as the longest request")
+             f"{spec.max_context:,}), which vLLM starts with only under rope scaling or "
+             f"VLLM_ALLOW_LONG_MAX_MODEL_LEN=1; replayed with {limit:,} as the longest request")
     if longest is not None and capacity < longest:  # vLLM refuses to start a cache that cannot hold one request of that length
         echo(f"note: the KV capacity ({capacity:,} tokens, {engine.kv_capacity_source}) holds less than one request "
              f"of {said}, {longest:,} tokens, which vLLM refuses at start: "
