@@ -98,19 +98,16 @@ def check_meta(meta: dict, where: str) -> None:
     if None not in (blocks, size, tokens) and tokens != blocks * size:
         raise ConfigError(f"{where}: kv_cache.num_kv_tokens={tokens!r} must be num_gpu_blocks x block_size = "
                           f"{blocks!r} x {size!r} = {blocks * size!r} (one of the three is wrong)")
-    resolved = meta.get("resolved_config")
-    if isinstance(resolved, dict):
-        cache = resolved.get("cache_config")
-        for f in KV_RESOLVED if isinstance(cache, dict) else ():
-            if kv.get(f) is not None and cache.get(f) is not None and kv[f] != cache[f]:
-                raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but resolved_config.cache_config.{f}="
-                                  f"{cache[f]!r}: the two must agree")
-        for f, section in ENGINE_RESOLVED:
-            conf = resolved.get(section)
-            if isinstance(conf, dict) and ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
-                raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
-                                  f"{conf[f]!r}: the two must agree")
-    cache = (resolved.get("cache_config") if isinstance(resolved, dict) else None) or {}
+    cache = resolved_section(meta, "cache_config")
+    for f in KV_RESOLVED:
+        if kv.get(f) is not None and cache.get(f) is not None and kv[f] != cache[f]:
+            raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but resolved_config.cache_config.{f}="
+                              f"{cache[f]!r}: the two must agree")
+    for f, section in ENGINE_RESOLVED:
+        conf = resolved_section(meta, section)
+        if ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
+            raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
+                              f"{conf[f]!r}: the two must agree")
     for f in KV_ENGINE:  # vLLM's engine argument of the kv_cache section's name says it a second or third time
         for other, name in ((kv, "kv_cache"), (cache, "resolved_config.cache_config")):
             if other.get(f) is not None and ek.get(f) is not None and other[f] != ek[f]:
@@ -135,10 +132,15 @@ def engine_value(meta: dict, section: str, field: str) -> tuple:
     """(an engine setting, the meta.json field it came from): `engine_kwargs` first, then where vLLM recorded
     what it resolved it to (`resolved_config.<section>`); (None, the engine_kwargs field) where neither has it.
     The checks and the replay (`s3sim.validation.engine.engine_settings`) read a setting the same way."""
-    resolved = meta.get("resolved_config")
-    conf = resolved.get(section) if isinstance(resolved, dict) else None
     return first_given((meta["engine_kwargs"].get(field), f"engine_kwargs.{field}"),
-                       (conf.get(field) if isinstance(conf, dict) else None, f"resolved_config.{section}.{field}"))
+                       (resolved_section(meta, section).get(field), f"resolved_config.{section}.{field}"))
+
+
+def resolved_section(meta: dict, name: str) -> dict:
+    """`resolved_config.<name>` (what vLLM resolved those settings to), {} where the run records none."""
+    resolved = meta.get("resolved_config")
+    section = resolved.get(name) if isinstance(resolved, dict) else None
+    return section if isinstance(section, dict) else {}
 
 
 def first_given(*candidates: tuple) -> tuple:
@@ -153,7 +155,7 @@ def first_given(*candidates: tuple) -> tuple:
 def max_model_len(meta: dict) -> tuple[int | None, str]:
     """(the longest request vLLM serves, the meta.json field that says so), (None, '') if it records none."""
     for value, field in ((meta["engine_kwargs"].get("max_model_len"), "engine_kwargs.max_model_len"),
-                         (((meta.get("resolved_config") or {}).get("model_config") or {}).get("max_model_len"),
+                         (resolved_section(meta, "model_config").get("max_model_len"),
                           "resolved_config.model_config.max_model_len")):
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -63,11 +63,6 @@ def _resolved(meta: dict) -> dict:
     return rc if isinstance(rc, dict) else {}
 
 
-def _section(meta: dict, name: str) -> dict:
-    sec = _resolved(meta).get(name)
-    return sec if isinstance(sec, dict) else {}
-
-
 # settings that change what a step does or costs, and are not modelled: (section of resolved_config, field,
 # engine_kwargs field, what is modelled); each refused where the run sets it otherwise
 UNMODELLED = (("parallel_config", "pipeline_parallel_size", "pipeline_parallel_size", 1, "one pipeline stage"),
@@ -114,12 +109,12 @@ def check_unmodelled(meta: dict, where: str) -> None:
     ek = meta["engine_kwargs"]
     for section, field, ek_field, modelled, what in UNMODELLED:
         for value, name in ((ek.get(ek_field), f"engine_kwargs.{ek_field}"),
-                            (_section(meta, section).get(field), f"resolved_config.{section}.{field}")):
+                            (checks.resolved_section(meta, section).get(field), f"resolved_config.{section}.{field}")):
             if isinstance(value, str) and isinstance(modelled, str):  # an enum's text too: SchedulerPolicy.FCFS
                 value = value.lower().rsplit(".", 1)[-1]
             if value is not None and value != modelled:
                 raise ConfigError(f"{where}: {name}={value!r} is not modelled (the replay models {what})")
-    uva = _section(meta, "offload_config").get("uva")  # vLLM 0.19 records it as its dataclass's text
+    uva = checks.resolved_section(meta, "offload_config").get("uva")  # vLLM 0.19 records it as its dataclass's text
     found = re.search(r"cpu_offload_gb=([0-9.eE+-]+)", uva) if isinstance(uva, str) else None
     if found and float(found[1]) != 0:
         raise ConfigError(f"{where}: resolved_config.offload_config.uva: cpu_offload_gb={found[1]} is not modelled "
@@ -141,7 +136,7 @@ def engine_settings(meta: dict, where: str) -> Engine:
                             ("parallel_config", ("tensor_parallel_size", "data_parallel_size"))):
         for f in fields:
             ek[f] = checks.engine_value(meta, section, f)[0]
-    cache = _section(meta, "cache_config")
+    cache = checks.resolved_section(meta, "cache_config")
     named = {f: f"kv_cache.{f}" for f, v in kv.items() if v is not None}  # the meta.json field each came from
     for f in ("block_size", "num_gpu_blocks", "gpu_memory_utilization", "enable_prefix_caching",
               "kv_cache_memory_bytes"):
@@ -264,7 +259,7 @@ def cuda_graphs(meta: dict, where: str) -> tuple[int | None, str]:
         raise ConfigError(f"{where}: {eager_from} must be true or false, got {eager!r}")
     if eager:
         return 0, eager_from
-    comp = _section(meta, "compilation_config")
+    comp = checks.resolved_section(meta, "compilation_config")
     mode = comp.get("cudagraph_mode")
     if mode is not None and str(mode).upper().rsplit(".", 1)[-1] in ("0", "NONE"):
         return 0, "resolved_config.compilation_config.cudagraph_mode"
