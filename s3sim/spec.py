@@ -135,6 +135,12 @@ class WorkloadSpec:
         if overlong not in OVERLONG:
             raise ConfigError(f"workload.overlong '{overlong}' is unknown; valid: {', '.join(OVERLONG)}")
         options = tuple((k, get(node, k)) for k in WORKLOAD_OPTIONS if get(node, k) is not None)
+        for key in ("data_dir", "path"):
+            value = get(node, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                hint = f" (quote a name that reads as a number: workload.{key}=\"'{value}'\")" if isinstance(
+                    value, (int, float)) else ""
+                raise ConfigError(f"workload.{key} must be a path or null, got {value!r}{hint}")
         return cls(name, get(node, "data_dir"), get(node, "path"), overlong, options)
 
     def option(self, key: str, default=None):
@@ -197,7 +203,7 @@ def check_arrival_knobs(arrival) -> None:
     process = get(arrival, "process", _default("arrival_process"))
     for knob in ("rate", "burstiness"):
         value = get(arrival, knob)
-        if value is not None and process in ARRIVAL_KNOBS and knob not in ARRIVAL_KNOBS[process]:
+        if value is not None and isinstance(process, str) and knob not in ARRIVAL_KNOBS.get(process, (knob,)):
             takers = [p for p, knobs in ARRIVAL_KNOBS.items() if knob in knobs]
             raise ConfigError(f"arrival.{knob}={value} is set, but arrival={process} takes no {knob}: choose "
                               f"{' or '.join(f'arrival={p}' for p in takers)} with it (e.g. arrival={takers[-1]} "

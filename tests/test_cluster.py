@@ -118,6 +118,7 @@ def test_a_replica_on_another_gpu(cfg):
     ('cluster.overrides={1: {latency: {name: roofline, launch_s: 1}}}', "cluster replica 1: latency.launch_s"),
     ('cluster.overrides={1: {policy: 3}}', "replica 1 policy must be settings such as {name: ...}, got 3"),
     ('cluster.overrides={1.5: {gpu: {count: 2}}}', "cluster.overrides: 1.5 is not a replica index (0..1)"),
+    ("cluster.overrides=0", "cluster.overrides must map replica indices to settings, got 0"),
 ])
 def test_bad_cluster_input_is_one_line(cfg, override, message):
     c = cfg(*SMALL[:-1], "model=llama-2-13b", "cluster.replicas=2", override)

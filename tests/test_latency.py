@@ -195,6 +195,17 @@ def test_a_bad_all_reduce_spec_is_one_line(spec, message):
     assert "\n" not in str(e.value)
 
 
+def test_a_bad_collective_csv_names_the_setting_that_chose_it(tmp_path):
+    from s3sim.hardware.gpus import get_gpu
+    from s3sim.hardware.network import all_reduce_model, send_recv_model
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ConfigError, match=r"^latency\.all_reduce: all-reduce profile .*missing column"):
+        all_reduce_model(str(bad), get_gpu("rtx-pro-6000"))
+    with pytest.raises(ConfigError, match=r"^latency\.send_recv: send/recv profile: no file"):
+        send_recv_model(str(tmp_path / "none.csv"), get_gpu("rtx-pro-6000"))
+
+
 def test_a_link_all_reduce_is_its_latency_plus_bytes_over_bandwidth_and_measured_needs_a_table():
     from s3sim.hardware.gpus import get_gpu
     from s3sim.hardware.network import all_reduce_model

@@ -41,6 +41,10 @@ def test_text_workloads_have_keys_and_disjoint_splits():
     ({"name": "sharegpt_pairs", "generator": "gpt4"}, "only applies to alpaca_eval"),
     ({"name": "sharegpt_pairs", "split": "val"}, "workload.split must be one of all, train, test"),
     ({"name": "sharegpt_pairs", "max_prompt": 0}, "max_prompt"),
+    ({"name": "alpaca_eval", "split_seed": 1.5}, "workload.split_seed must be a non-negative integer"),
+    ({"name": "alpaca_eval", "split_seed": True}, "workload.split_seed must be a non-negative integer"),
+    ({"name": "alpaca_eval", "test_frac": "abc"}, "workload.test_frac must be a number between 0 and 1"),
+    ({"name": "alpaca_eval", "test_frac": float("nan")}, "workload.test_frac must be a number between 0 and 1"),
 ])
 def test_text_workload_errors(kw, msg):
     with pytest.raises(ConfigError, match=msg):

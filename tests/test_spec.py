@@ -76,7 +76,9 @@ def test_the_workload_entry_is_read_once_with_its_set_options(cfg):
 
 
 @pytest.mark.parametrize("node, field", [({"name": ""}, "workload.name"), ({"name": 3}, "workload.name"),
-                                         ({"name": "alpaca", "overlong": "cut"}, "workload.overlong")])
+                                         ({"name": "alpaca", "overlong": "cut"}, "workload.overlong"),
+                                         ({"name": "trace", "path": 5}, "workload.path"),
+                                         ({"name": "alpaca", "data_dir": ["a"]}, "workload.data_dir")])
 def test_a_bad_workload_entry_is_one_line_naming_its_field(node, field):
     with pytest.raises(ConfigError, match=f"^{field}"):
         run_spec({"max_seq_len": 64, "workload": node})
@@ -97,3 +99,12 @@ def test_anything_else_is_refused_naming_the_field(value):
     from s3sim.spec import flag
     with pytest.raises(ConfigError, match=r"^executor.warmup must be true or false, got "):
         flag(value, "executor.warmup", True)
+
+
+def test_an_arrival_process_that_is_not_a_name_is_one_line_from_the_library_too(cfg):
+    """The command line's structured config refuses a list; a config handed to the library is checked as well."""
+    from s3sim.cluster.build import build
+    c = cfg("arrival=poisson", "arrival.rate=3", "num_requests=10")
+    c["arrival"]["process"] = [1]
+    with pytest.raises(ConfigError, match=r"^arrival\.process must be one of"):
+        build(c)

@@ -132,7 +132,8 @@ def _index(key) -> int | None:
 
 def replica_configs(cfg, n: int) -> list[dict]:
     """The config of each replica: the run's, with its `cluster.overrides` entry applied."""
-    overrides = get(cfg, "cluster.overrides") or {}
+    overrides = get(cfg, "cluster.overrides")
+    overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ConfigError(f"cluster.overrides must map replica indices to settings, got {overrides!r}")
     out = [cfg] * n

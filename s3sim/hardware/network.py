@@ -364,7 +364,7 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
             raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price tensor parallelism with: set "
                               f"latency.all_reduce=none or to a measured all-reduce CSV")
         return RingAllReduce(gpu.interconnect_bandwidth, source=f"ring over {gpu.name}'s interconnect")
-    return MeasuredAllReduce.from_csv(spec)
+    return _named("latency.all_reduce", MeasuredAllReduce.from_csv, spec)
 
 
 def send_recv_model(spec: str, gpu: GpuSpec):
@@ -376,4 +376,12 @@ def send_recv_model(spec: str, gpu: GpuSpec):
             raise ConfigError(f"gpu {gpu.name} has no interconnect bandwidth to price pipeline stages' send/recv "
                               f"with: set latency.send_recv=none or to a measured send/recv CSV")
         return PointToPoint(gpu.interconnect_bandwidth, source=f"over {gpu.name}'s interconnect")
-    return MeasuredSendRecv.from_csv(spec)
+    return _named("latency.send_recv", MeasuredSendRecv.from_csv, spec)
+
+
+def _named(key: str, read, spec: str):
+    """A measured table named by `key`'s value: its errors say which setting chose the file."""
+    try:
+        return read(spec)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
