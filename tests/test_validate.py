@@ -233,6 +233,11 @@ def test_a_cache_setting_is_named_where_it_was_read(tmp_path, capsys):
     assert main([str(run), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "resolved_config.cache_config.block_size=16 but engine_kwargs.block_size=32" in err
+    run = trim(R4090, tmp_path / "c")  # the same NaN twice agrees with itself, and is refused as what it is not
+    edit_meta(run, lambda m: (m["engine_kwargs"].update(max_num_seqs=float("nan")),
+                              m["resolved_config"]["scheduler_config"].update(max_num_seqs=float("nan"))))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    assert "engine_kwargs.max_num_seqs must be a positive integer, got nan" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("field, section", [("async_scheduling", "scheduler_config"),
@@ -302,6 +307,10 @@ def test_an_engine_argument_the_replay_does_not_read_is_named_in_a_note(tmp_path
             in stdout)
     assert "note: the run ran without CUDA graphs (engine_kwargs.enforce_eager)" in stdout
     assert "trust_remote_code" not in stdout and "max_logprobs" not in stdout
+    assert "schema_version" not in stdout  # the shared runs record schema 1
+    edit_meta(run, lambda m: m.update(schema_version=2))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "o3")
+    assert "note: meta.json's schema_version is 2; the replay reads schema 1's fields" in stdout
 
 
 def test_the_kv_cache_memory_a_run_sets_sizes_its_cache(tmp_path, capsys):

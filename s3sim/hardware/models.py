@@ -172,8 +172,12 @@ class ModelSpec:
         if experts:  # a mixture of experts: every MoE layer holds `experts` MLPs, a token passes `per_token`
             per_token = as_int(get("num_experts_per_tok"), "num_experts_per_tok")
             moe_inter = as_int(get("moe_intermediate_size", default=inter), "moe_intermediate_size")
+            step = cfg.get("decoder_sparse_step")  # every step-th layer is a mixture of experts (0: no such layer)
+            if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+                raise ConfigError(f"model config {where!r}: decoder_sparse_step must be a positive integer (every "
+                                  f"how many layers one is a mixture of experts), got {step!r}")
             if cfg.get("n_shared_experts") or cfg.get("shared_expert_intermediate_size") or cfg.get("mlp_only_layers") \
-                    or cfg.get("first_k_dense_replace") or (cfg.get("decoder_sparse_step") or 1) != 1:
+                    or cfg.get("first_k_dense_replace") or (step or 1) != 1:
                 raise ConfigError(f"model config {where!r}: shared experts and dense layers among MoE layers are not "
                                   f"modelled (only every layer a mixture of experts)")
             expert_params = n_layers * experts * (3 if gated else 2) * hidden * moe_inter

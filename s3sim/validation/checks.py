@@ -87,6 +87,11 @@ def recorded_duration(meta: dict, where: str) -> tuple[float, float] | None:
     return start, end
 
 
+def _same(a, b) -> bool:
+    """Two recordings of one value agree (NaN with NaN too: what it is not is said where the value is read)."""
+    return a == b or (a != a and b != b)
+
+
 def check_meta(meta: dict, where: str) -> None:
     """meta.json's values that say the same thing twice must agree."""
     kv = meta.get("kv_cache") or {}
@@ -100,17 +105,17 @@ def check_meta(meta: dict, where: str) -> None:
                           f"{blocks!r} x {size!r} = {blocks * size!r} (one of the three is wrong)")
     cache = resolved_section(meta, "cache_config")
     for f in KV_RESOLVED:
-        if kv.get(f) is not None and cache.get(f) is not None and kv[f] != cache[f]:
+        if kv.get(f) is not None and cache.get(f) is not None and not _same(kv[f], cache[f]):
             raise ConfigError(f"{where}: kv_cache.{f}={kv[f]!r} but resolved_config.cache_config.{f}="
                               f"{cache[f]!r}: the two must agree")
     for f, section in ENGINE_RESOLVED:
         conf = resolved_section(meta, section)
-        if ek.get(f) is not None and conf.get(f) is not None and ek[f] != conf[f]:
+        if ek.get(f) is not None and conf.get(f) is not None and not _same(ek[f], conf[f]):
             raise ConfigError(f"{where}: engine_kwargs.{f}={ek[f]!r} but resolved_config.{section}.{f}="
                               f"{conf[f]!r}: the two must agree")
     for f in KV_ENGINE:  # vLLM's engine argument of the kv_cache section's name says it a second or third time
         for other, name in ((kv, "kv_cache"), (cache, "resolved_config.cache_config")):
-            if other.get(f) is not None and ek.get(f) is not None and other[f] != ek[f]:
+            if other.get(f) is not None and ek.get(f) is not None and not _same(other[f], ek[f]):
                 raise ConfigError(f"{where}: {name}.{f}={other[f]!r} but engine_kwargs.{f}={ek[f]!r}: the two must "
                                   "agree")
     n = meta.get("num_requests")

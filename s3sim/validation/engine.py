@@ -19,6 +19,7 @@ VLLM_PREFIX_CACHING = True  # vLLM V1 enables prefix caching unless told not to
 VLLM_ASYNC_SCHEDULING = True  # vLLM V1 schedules a step ahead by default in recent versions (the runs' 0.19)
 DEFAULTS_CHECKED = "0.19"  # the vLLM version whose defaults (async scheduling, prefix caching) were read
 V1_FROM = (0, 8)  # the first vLLM whose engine is V1 by default
+SCHEMA_READ = 1  # the meta.json schema_version whose fields the replay reads (a run recording another is noted)
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 
 

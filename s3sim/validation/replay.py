@@ -12,7 +12,7 @@ from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import preset_of_hf_name
 from s3sim.inputs import SHARED_DATA_DIR
 from s3sim.validation import checks
-from s3sim.validation.engine import unread_engine_kwargs, engine_settings, engine_limits, other_version_note
+from s3sim.validation.engine import SCHEMA_READ, unread_engine_kwargs, engine_settings, engine_limits, other_version_note
 from s3sim.validation.kv_capacity import check_kv_memory, kv_capacity
 from s3sim.validation.metrics import real_metrics, replay_records, simulated_metrics, split_metrics, comparison
 from s3sim.validation.model_gpu import resolve_model, check_model_agrees, check_gpu_agrees, resolve_gpu
@@ -160,6 +160,10 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
     if unread:
         echo(f"note: meta.json's engine_kwargs sets {', '.join(unread)}, which the replay does not model: its "
              "effect, if any, is in the errors")
+    schema = run.meta.get("schema_version")
+    if schema is not None and schema != SCHEMA_READ:
+        echo(f"note: meta.json's schema_version is {schema!r}; the replay reads schema {SCHEMA_READ}'s fields, and a "
+             "field that a later schema renamed or added is not read")
     if prof is None:
         echo("note: no operator profile: priced from the GPU's datasheet and efficiencies fitted to operators (the "
              "line above says whose): read its errors against the band the README's 'How well it generalises' "
