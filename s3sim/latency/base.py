@@ -16,6 +16,15 @@ from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 
 
+def check_overhead(overhead_s, allow_none: bool = False) -> None:
+    """`latency.overhead_s`, seconds added to every iteration: finite and not negative (or null where allowed)."""
+    if overhead_s is None and allow_none:
+        return
+    if not 0 <= overhead_s < float("inf"):
+        raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds{' or null' if allow_none else ''}, "
+                          f"got {overhead_s!r}")
+
+
 class LatencyModel(ABC):
     """Wall time of serving iterations for one model on one GPU type. A subclass is selected by its `name`
     (`latency.name`, conf/latency/<name>.yaml) and built from its structured config `Config`."""

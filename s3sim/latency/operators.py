@@ -37,7 +37,7 @@ from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.hardware.network import top_octave
 from s3sim.inputs import first_bad_line, read_table
-from s3sim.latency.base import LatencyModel
+from s3sim.latency.base import LatencyModel, check_overhead
 from s3sim.latency.provenance import check_profile
 
 PER_LAYER = {"layernorm": 2, "qkv_proj": 1, "rotary_emb": 1, "o_proj": 1, "gate_up_proj": 1, "act_fn": 1,
@@ -69,8 +69,7 @@ class OperatorsConfig:
                               "and per_sequence.csv, or tp<N>/ folders holding them)")
         if self.tp < 1:
             raise ConfigError(f"latency.tp must be a positive integer, got {self.tp}")
-        if not 0 <= self.overhead_s < float("inf"):
-            raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds, got {self.overhead_s}")
+        check_overhead(self.overhead_s)
         if self.skew not in ("profile", "none"):
             raise ConfigError(f"latency.skew must be profile or none, got {self.skew!r}")
         if self.graph_tokens < 0:

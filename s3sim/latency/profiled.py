@@ -45,7 +45,7 @@ from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.latency.provenance import check_profile
 from s3sim.inputs import note, read_csv
-from s3sim.latency.base import LatencyModel
+from s3sim.latency.base import LatencyModel, check_overhead
 
 FEATURES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
 COLUMNS = FEATURES + ("prompts", "median_s")
@@ -185,8 +185,7 @@ class ProfiledLatency(LatencyModel):
     def __init__(self, model: ModelSpec, gpu: GpuSpec, path=None, overhead_s: float | None = None,
                  table: pd.DataFrame | None = None, meta: dict | None = None) -> None:
         super().__init__(model, gpu)
-        if overhead_s is not None and not 0 <= overhead_s < float("inf"):
-            raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds or null, got {overhead_s!r}")
+        check_overhead(overhead_s, allow_none=True)
         if table is None:
             table, meta = load_profile(path)
         self.path, self.meta = None if path is None else str(path), meta or {}

@@ -39,7 +39,7 @@ from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
 from s3sim.latency.operators import check_all_reduce_spec, priced_collectives
-from s3sim.latency.base import LatencyModel
+from s3sim.latency.base import LatencyModel, check_overhead
 
 _ARG_NAMES = ("prefill_tokens", "prefill_sq", "decode_tokens", "decode_ctx")
 
@@ -74,8 +74,7 @@ class RooflineLatency(LatencyModel):
         for name, value in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency)):
             if not 0 < value <= 1:
                 raise ConfigError(f"latency.{name} must be in (0, 1], got {value!r}")
-        if not 0 <= overhead_s < float("inf"):
-            raise ConfigError(f"latency.overhead_s must be a finite number >= 0 seconds, got {overhead_s!r}")
+        check_overhead(overhead_s)
         if isinstance(num_gpus, bool) or not isinstance(num_gpus, int) or num_gpus < 1:
             raise ConfigError(f"num_gpus must be a positive integer, got {num_gpus!r}")
         self.compute_efficiency = float(compute_efficiency)
