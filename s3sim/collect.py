@@ -22,13 +22,14 @@ import pandas as pd
 import yaml
 
 from s3sim.core.errors import ConfigError
+from s3sim.inputs import ragged_row
 from s3sim.runner import CONFIG, FAILED, SUMMARY
 
 STATUSES = ("finished", "failed", "invalid", "incomplete")
 NEVER_STARTED = "never started"  # a sweep point with no folder: listed only when there is one
 SWEEP_FILE = "multirun.yaml"
 LISTED = 20  # never-started points named one by one on stderr; the rest counted
-REQUIRED = ("policy", "num_requests", "request_throughput")  # a summary without them is not one
+REQUIRED = ("policy", "num_requests", "request_throughput")  # a summary without them (and valid) is not one
 KEY_COLUMNS = ("policy", "num_requests", "request_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
                "goodput")  # what the command prints, beside the config fields that differ between runs
 
@@ -56,17 +57,34 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def read_summary(path: Path) -> tuple[dict | None, str | None]:
-    """A summary's one row, or None and why it is not a summary."""
+    """A summary's one row, or None and why it is not a summary: unreadable, a row of more or fewer fields than
+    its header (half written, or edited), not one row, a headline column missing, or a required value that is
+    not one (no policy, a request count that is not a count, a throughput that is not a finite rate)."""
+    ragged = ragged_row(path)
+    if ragged is not None:
+        return None, f"{SUMMARY} {ragged}: not one row of its columns"
     try:
         table = pd.read_csv(path)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         return None, f"{SUMMARY} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if len(table) != 1:
         return None, f"{SUMMARY} has {len(table)} rows, not one"
-    missing = [c for c in REQUIRED if c not in table.columns]
+    missing = [c for c in KEY_COLUMNS if c not in table.columns]
     if missing:
         return None, f"{SUMMARY} lacks the column {missing[0]!r}: not a run's summary"
-    return table.iloc[0].to_dict(), None
+    row = table.iloc[0].to_dict()
+    policy, n, rate = (row[c] for c in REQUIRED)
+    if not isinstance(policy, str) or not policy.strip():
+        return None, f"{SUMMARY}: policy is {policy!r}, not a policy's name"
+    if not _number(n) or n < 0 or n != int(n):
+        return None, f"{SUMMARY}: num_requests is {n!r}, not a count of requests"
+    if not _number(rate) or not 0 <= rate < float("inf"):
+        return None, f"{SUMMARY}: request_throughput is {rate!r}, not a finite rate >= 0"
+    return row, None
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v
 
 
 def missing_outputs(d: Path) -> list[str]:

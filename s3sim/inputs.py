@@ -40,13 +40,35 @@ def note(path) -> None:
             files.add(RELATIVE)
 
 
+def ragged_row(path) -> str | None:
+    """Where a CSV's row has more or fewer fields than its header, said as `line N has F fields, the header H`;
+    None when every row matches (or the file is not text: the reader then says why). pandas reads such a row
+    silently: one field more makes the first column the index and shifts every value by one; one fewer is NaN."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            for row in rows:
+                if row and header is not None and len(row) != len(header):
+                    return f"line {rows.line_num} has {len(row)} fields, the header {len(header)}"
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
 def read_csv(path, failure: str):
-    """A CSV table a run reads (noted as read); a file that is not one is one ConfigError: `failure`, then why."""
+    """A CSV table a run reads (noted as read); a file that is not one, or has a row of more or fewer fields
+    than its header, is one ConfigError: `failure`, then why."""
     import pandas as pd
 
     from s3sim.core.errors import ConfigError
 
     note(path)
+    ragged = ragged_row(path)
+    if ragged is not None:
+        raise ConfigError(f"{failure} ({ragged})")
     try:
         return pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

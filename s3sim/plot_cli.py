@@ -12,7 +12,9 @@ when the table has a `status` column.
 
 Rows that cannot be drawn are left out and said so on stderr, count and why: not finished, an empty (NaN)
 or infinite value (an offline run's `offered_rate` is inf: every request arrives at t=0), or a value <= 0
-on a log axis. A figure (or a requested metric) left with no point is refused, exit code 2, as is bad
+on a log axis. A row with no `--hue`, `--style`, `--col` or `--row` value is drawn under the value `(none)`,
+said so; a line holding two points at one x (runs that differ in a column no option splits) is said too.
+Text is drawn as given (a `$` is a dollar sign, not mathematics). A figure (or a requested metric) left with no point is refused, exit code 2, as is bad
 input: one line naming the option and what would be valid. The figure never overwrites the table.
 
 Presets (explicit options override a preset's):
@@ -40,6 +42,7 @@ PRESETS = {
 CI_MODES = ("band", "bars", "none")
 FORMATS = ("png", "pdf", "svg")
 WHY_INF = {"offered_rate": " (offline runs: every request arrives at t=0)"}
+NONE = "(none)"  # the value drawn for a row with no value in a --hue/--style/--col/--row column
 
 
 def say(message: str) -> None:
@@ -84,11 +87,35 @@ def _drawable(table: pd.DataFrame, x: str, y: str, logx: bool, logy: bool) -> tu
     return keep, why
 
 
+def _split_values(table: pd.DataFrame, keys: dict, notes: list) -> tuple[pd.DataFrame, dict]:
+    """Each splitting column's values in reading order (`_values`), a row without one under `NONE` (after the
+    rest, said in `notes`), and the table with those rows' cells set to it."""
+    values = {}
+    for option, column in keys.items():
+        if column is None or column in values:
+            continue
+        values[column] = _values(table[column], column)
+        empty = table[column].isna()
+        if empty.any():
+            notes.append(f"{option} {column}: {int(empty.sum())} of {len(table)} rows have no value, drawn as {NONE}")
+            table = table.assign(**{column: table[column].astype(object).where(~empty, NONE)})
+            values[column].append(NONE)
+    return table, values
+
+
 def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | None = None,
            logx: bool = False, logy: bool = False, title: str = "", style: str | None = None,
            row: str | None = None, sharey: bool = True, ci: str | None = None, note=say):
     """The figure the module doc describes; `y` is a column or a list of them. What is left out is passed
-    to `note` (stderr by default); a figure or metric with nothing to draw raises ConfigError."""
+    to `note` (stderr by default); a figure or metric with nothing to draw raises ConfigError. Its text is
+    drawn as given: matplotlib would read `$...$` as mathematics (and fail on some)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _figure(table, x, y, hue, col, logx, logy, title, style, row, sharey, ci, note)
+
+
+def _figure(table, x, y, hue, col, logx, logy, title, style, row, sharey, ci, note):
     from matplotlib.lines import Line2D
 
     from s3sim.metrics.schema import axis_label
@@ -115,7 +142,7 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     if "status" in table.columns:
         done = table.status == "finished"
         if not done.all():
-            counts = table.status[~done].value_counts()
+            counts = table.status[~done].fillna("no status").value_counts()
             notes.append(f"left out {int((~done).sum())} of {len(table)} rows not finished ("
                  + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
         table = table[done]
@@ -133,13 +160,21 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
         if why:
             notes.append(f"{m} against {x}: left out {int((~keep).sum())} of {len(table)} rows: " + "; ".join(why))
         kept[m] = keep
+    table, values = _split_values(table, {"--hue": hue, "--style": style, "--col": col, "--row": row}, notes)
+    splits = [k for k in (hue, style, col, row) if k]
+    for m in metrics:
+        drawn = table[kept[m]]
+        twice = drawn.duplicated([*splits, x]).sum()
+        if twice:
+            notes.append(f"{m}: {int(twice)} point(s) share an x with another of their line (runs that differ in a "
+                         f"column no --hue/--style/--col/--row splits): the line joins them as they sort")
     for line in notes:
         note(line)
 
-    hues = palette(hue, _values(table[hue], hue)) if hue else {None: "C0"}
-    styles = line_styles(_values(table[style], style)) if style else {None: ("-", "o")}
-    col_values = _values(table[col], col) if col else [None]
-    row_values = _values(table[row], row) if row else [None]
+    hues = palette(hue, values[hue]) if hue else {None: "C0"}
+    styles = line_styles(values[style]) if style else {None: ("-", "o")}
+    col_values = values[col] if col else [None]
+    row_values = values[row] if row else [None]
     # the grid: (metric, row value, col value) per panel
     if len(metrics) > 1 and col is None:
         grid = [[(m, None, None) for m in metrics]]
@@ -211,6 +246,31 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     return fig
 
 
+def read_table(path: Path) -> pd.DataFrame:
+    """The table, refused whole where a row has more or fewer fields than the header (pandas would shift it a
+    column or fill it with NaN) or where two columns share a name (pandas renames the second `name.1`)."""
+    import csv
+
+    from s3sim.inputs import ragged_row
+
+    if not path.is_file():
+        raise ConfigError(f"no such table: {path}")
+    ragged = ragged_row(path)
+    if ragged is not None:
+        raise ConfigError(f"{path}: {ragged}; a table has one value per column in every row")
+    try:
+        table = pd.read_csv(path)
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ConfigError(f"{path} is not a CSV table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    twice = [c for c in dict.fromkeys(header) if header.count(c) > 1]
+    if twice:
+        raise ConfigError(f"{path}: the column {twice[0]!r} is named twice; name each column once")
+    return table
+
+
 def columns(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -255,12 +315,7 @@ def build(argv=None, note=say):
         raise ConfigError(f"--out {out} is the table it reads: an output never overlaps an input; name another file")
     if out.suffix.lstrip(".").lower() not in FORMATS:
         raise ConfigError(f"--out {out} must end with one of {', '.join('.' + f for f in FORMATS)}")
-    try:
-        table = pd.read_csv(path)
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"no such table: {path}") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ConfigError(f"{path} is not a CSV table ({str(e).splitlines()[0]})") from None
+    table = read_table(path)
     for option, given in from_preset.items():
         for c in [given] if isinstance(given, str) else given or []:
             if c not in table.columns:

@@ -87,12 +87,11 @@ def reusable(out: Path, text: str) -> dict | None:
             return None
         if not all((out / str(name)).is_file() for name in outputs):  # a result file deleted since
             return None
-        rows = pd.read_csv(summary)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if len(rows) != 1 or not {"policy", "request_throughput", "num_requests"} <= set(rows.columns):
-        return None
-    return rows.iloc[0].to_dict()
+    from s3sim.collect import read_summary  # one reader of a summary for the reuse and for s3sim-collect
+
+    return read_summary(summary)[0]
 
 
 def clear(out: Path) -> None:

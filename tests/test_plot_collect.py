@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -260,7 +261,8 @@ def test_log_axes_leave_out_non_positive_values_in_one_line(tmp_path):
     t = sweep_table()
     t.loc[t.index[:3], "e2e_latency_p50"] = [0.0, -1.0, 0.0]
     t.to_csv(tmp_path / "t.csv", index=False)
-    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--logy")
+    p = plot_cli(tmp_path / "t.csv", "--x", "offered_rate", "--y", "e2e_latency_p50", "--hue", "policy", "--logy",
+                 "--style", "workload.time_scale")
     assert p.returncode == 0, p.stderr
     assert "Warning" not in p.stderr and p.stderr.count("\n") == 1
     assert "left out 3 of" in p.stderr and "<= 0" in p.stderr and "--logy" in p.stderr
@@ -283,3 +285,49 @@ def test_the_figure_never_overwrites_its_table(tmp_path):
     assert (tmp_path / "t.csv").read_bytes() == before
     p = plot_cli("--help")
     assert p.returncode == 0 and "--preset" in p.stdout and "frontier" in p.stdout
+
+
+def test_a_row_without_a_facet_value_is_drawn_as_none_and_said(tmp_path):
+    """orca has no block size: its runs are a panel of their own, not dropped; a hue without a value gets its
+    own colour and legend entry, not an unlabelled grey."""
+    t = sweep_table().query("`workload.time_scale` == 1.0")
+    t = t.assign(**{"policy.block_size": np.where(t.policy == "s3", 16.0, np.nan)})
+    fig, notes = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "ttft_p50", "--col", "policy.block_size",
+                           "--hue", "policy")
+    assert [ax.get_title() for ax in fig.axes] == ["policy.block_size = 16.0", "policy.block_size = (none)"]
+    assert [len(ax.get_lines()) for ax in fig.axes] == [1, 1]
+    assert notes == ["--col policy.block_size: 3 of 6 rows have no value, drawn as (none)"]
+    fig, notes = figure_of(tmp_path, t, "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy.block_size")
+    labels = [x.get_text() for x in fig.legends[0].get_texts()]
+    assert labels == ["policy.block_size", "16.0", "(none)"]
+    assert len(set(line_colours(fig.axes[0]))) == 2
+
+
+def test_a_line_joining_runs_at_one_x_is_said_and_dollars_are_text(tmp_path):
+    fig, notes = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy",
+                           "--title", r"cost: $5 vs $\undefined{")
+    assert len(notes) == 1 and "point(s) share an x with another of their line" in notes[0]
+    assert fig._suptitle.get_text() == r"cost: $5 vs $\undefined{"
+    fig.savefig(tmp_path / "f.png")  # mathematics would fail to parse it
+    _, notes = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy",
+                         "--style", "workload.time_scale")
+    assert notes == []
+
+
+@pytest.mark.parametrize("text, message", [("a,b\n1,2,3,4\n3,4\n", "line 2 has 4 fields, the header 2"),
+                                           ("a,b\n1,2\n3\n", "line 3 has 1 fields, the header 2"),
+                                           ("a,b,b\n1,2,3\n", "the column 'b' is named twice")])
+def test_a_table_with_a_ragged_row_or_a_column_named_twice_is_refused(tmp_path, text, message):
+    (tmp_path / "t.csv").write_text(text)
+    p = plot_cli(tmp_path / "t.csv", "--x", "a", "--y", "b")
+    assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1
+    assert not (tmp_path / "t.png").exists()
+
+
+def test_line_styles_stay_distinct_past_the_markers():
+    from s3sim.plots import LINESTYLES, MARKERS, line_styles
+
+    n = len(LINESTYLES) * len(MARKERS)
+    styles = list(line_styles(range(n)).values())
+    assert len(set(styles)) == n
+    assert styles[:len(MARKERS)] == [(LINESTYLES[i % len(LINESTYLES)], m) for i, m in enumerate(MARKERS)]

@@ -189,6 +189,39 @@ def test_a_corrupt_summary_is_run_again_and_collected_as_invalid(tmp_path, conte
     assert collect(tmp_path / "run").status.tolist() == ["finished"]
 
 
+@pytest.mark.parametrize("edit, why", [
+    (lambda text: text.replace("\n", ",999\n", 2).replace(",999", "", 1), "line 2 has"),  # a field too many
+    (lambda text: text[:text.index("\n") + 1 + len(text.splitlines()[1]) // 2] + "\n", "line 2 has"),  # cut short
+    (lambda text: _cell(text, "request_throughput", "nan"), "request_throughput is nan"),
+    (lambda text: _cell(text, "request_throughput", "-5"), "request_throughput is -5"),
+    (lambda text: _cell(text, "num_requests", "abc"), "num_requests is 'abc'"),
+    (lambda text: _cell(text, "policy", ""), "policy is nan"),
+    (lambda text: text.replace("ttft_p50", "ttft_p55", 1), "lacks the column 'ttft_p50'"),
+])
+def test_a_summary_edited_or_cut_short_is_invalid_not_shifted_or_nan(tmp_path, edit, why):
+    """pandas reads a row of one field more by making the first column the index, shifting every value; one of
+    fewer fields as NaN: both were collected as finished runs."""
+    from s3sim.collect import collect
+    from s3sim.runner import run_dir
+
+    c = small_trace_cfg(tmp_path, [5, 6, 7])
+    run_dir(c, tmp_path / "run")
+    summary = tmp_path / "run" / "summary.csv"
+    summary.write_text(edit(summary.read_text()))
+    table = collect(tmp_path / "run")
+    assert table.status.tolist() == ["invalid"] and why in table.error.iloc[0], table.error.iloc[0]
+    row, reused = run_dir(c, tmp_path / "run")  # not reused: the run is simulated again
+    assert not reused and row["num_requests"] == 3
+
+
+def _cell(text: str, column: str, value: str) -> str:
+    """A one-row CSV with `column`'s cell set to `value` (no cell of the row holds a quoted comma here)."""
+    header, row = text.splitlines()[:2]
+    names, cells = header.split(","), row.split(",")
+    cells[names.index(column)] = value
+    return header + "\n" + ",".join(cells) + "\n"
+
+
 def collect_cli(*args):
     import subprocess
     import sys

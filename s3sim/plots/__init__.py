@@ -61,9 +61,11 @@ def categorical(n: int) -> list[str]:
 
 
 def line_styles(values) -> dict:
-    """A (line style, marker) pair for each value, distinct for the first 8 (markers) and then by pairing."""
+    """A (line style, marker) pair for each value: the first 8 each a marker of their own, and every pair
+    distinct up to (styles x markers), the style moving on by one each time the markers come round."""
     values = list(dict.fromkeys(values))
-    return {v: (LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)]) for i, v in enumerate(values)}
+    return {v: (LINESTYLES[(i + i // len(MARKERS)) % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+            for i, v in enumerate(values)}
 
 
 def ordered(values):
