@@ -115,15 +115,15 @@ def collect_main(argv=None) -> None:
     config) written to OUT.csv; a short one printed (key metrics and the config fields the runs vary);
     failed, invalid and unfinished runs, and the points of a Hydra sweep never started, listed on stderr.
     Exit code 0 when every run (every point) finished, 1 when some did not, 2 on bad input."""
-    from s3sim.collect import collect, read_paths, short_table, status_line
-    from s3sim.commandline import Parser
+    from s3sim.collect import RUN_FILES, collect, read_paths, short_table, status_line
+    from s3sim.commandline import Parser, given_path
 
     ap = Parser(prog="s3sim-collect", description=" ".join(collect_main.__doc__.split()).split(": ", 1)[1],
                        epilog="A killed sweep is reported whole: its multirun.yaml says which points it has, and "
                               "those with no folder are rows with status 'never started'.")
-    ap.add_argument("dir", metavar="DIR", help="a results directory: a Hydra sweep (multirun) folder, a run, or "
+    ap.add_argument("dir", metavar="DIR", type=given_path, help="a results directory: a Hydra sweep (multirun) folder, a run, or "
                                                "several of either")
-    ap.add_argument("out", metavar="OUT.csv", nargs="?",
+    ap.add_argument("out", metavar="OUT.csv", nargs="?", type=given_path,
                     help="the whole table, written atomically; not inside a run folder DIR holds, nor DIR's "
                          "multirun.yaml")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
@@ -138,10 +138,13 @@ def collect_main(argv=None) -> None:
                 what = f"lies in the run folder {inside}" if inside is not None else "is the sweep file it reads"
                 raise ConfigError(f"OUT.csv {a.out} {what}: an output never overlaps an input; write it outside "
                                   "every run folder (e.g. DIR/all.csv)")
+            if out.name in RUN_FILES:
+                raise ConfigError(f"OUT.csv {a.out} is named as a run's own file ({', '.join(RUN_FILES)}): its folder "
+                                  "would read as a run from then on; name it otherwise (e.g. all.csv)")
             try:
-                write_table(table, Path(a.out))  # wall-clock columns beside it: OUT.wall_clock.csv
+                write_table(table, a.out)  # wall-clock columns beside it: OUT.wall_clock.csv
             except OSError as e:
-                raise ConfigError(f"cannot write {a.out}: {e.strerror or e}") from None
+                raise ConfigError(f"cannot write {e.filename or a.out}: {e.strerror or e}") from None
     except ConfigError as e:
         _fail("error", e, "s3sim-collect")
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 14):

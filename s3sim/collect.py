@@ -4,16 +4,23 @@ A run is a directory holding `resolved_config.yaml`, `summary.csv` or `failed.tx
 row: its status (`finished`; `failed`; `invalid` for a summary that cannot be read, is not one row, or
 lacks the summary's columns; or `incomplete` for a run still going or killed before it could say), the
 error line of a failed or invalid one, the summary's numbers, and every field of the resolved config as
-a dotted column (`predictor.accuracy`). Files are written atomically, so a sweep still running (or one
+a dotted column (`predictor.accuracy`); a config field named as a summary column is `config.<name>`
+(`config.num_requests`, the requests asked for, beside `num_requests`, those served), so a column means
+one thing in every row. Files are written atomically, so a sweep still running (or one
 that crashed) yields a table of what is there, never a half-read row.
 
 A Hydra sweep says at its start which points it has (`<sweep>/multirun.yaml`: `hydra.overrides.task` and
 `hydra.sweeper.params`, expanded as Hydra's basic sweeper does); a point with no folder yet (the sweep was
 killed, or is still going) becomes a row `never started` named as Hydra would name its folder, so a killed
 sweep is reported whole ("6 points: 2 finished, ..., 3 never started"), not as the runs that happened to begin.
+A point is matched to its folder by the overrides Hydra recorded there (`.hydra/overrides.yaml`) or, without
+them (`hydra.output_subdir=null`), by the folder's name. What cannot be told is said (`notes`): a sweep file
+that cannot be read (its points never started are then unknown), and run folders in a sweep that are none of
+its points (an earlier sweep's, into the same folder), which are collected all the same.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 import re
 from pathlib import Path
@@ -22,16 +29,13 @@ import pandas as pd
 import yaml
 
 from s3sim.core.errors import ConfigError
-from s3sim.inputs import ragged_row
-from s3sim.runner import CONFIG, FAILED, SUMMARY
+from s3sim.runner import CONFIG, FAILED, KEY_COLUMNS, SUMMARY, read_summary
 
 STATUSES = ("finished", "failed", "invalid", "incomplete")
+RUN_FILES = (CONFIG, SUMMARY, FAILED)  # a folder holding one of them is a run
 NEVER_STARTED = "never started"  # a sweep point with no folder: listed only when there is one
 SWEEP_FILE = "multirun.yaml"
 LISTED = 20  # never-started points named one by one on stderr; the rest counted
-REQUIRED = ("policy", "num_requests", "request_throughput")  # a summary without them (and valid) is not one
-KEY_COLUMNS = ("policy", "num_requests", "request_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
-               "goodput")  # what the command prints, beside the config fields that differ between runs
 
 
 def flatten(node, prefix: str = "") -> dict:
@@ -53,38 +57,7 @@ def natural(dirs) -> list[Path]:
 
 def run_dirs(root: Path) -> list[Path]:
     """Every run directory under `root`, in natural order (a sweep's 2_... before 10_...)."""
-    return natural(p.parent for name in (CONFIG, SUMMARY, FAILED) for p in root.rglob(name))
-
-
-def read_summary(path: Path) -> tuple[dict | None, str | None]:
-    """A summary's one row, or None and why it is not a summary: unreadable, a row of more or fewer fields than
-    its header (half written, or edited), not one row, a headline column missing, or a required value that is
-    not one (no policy, a request count that is not a count, a throughput that is not a finite rate)."""
-    ragged = ragged_row(path)
-    if ragged is not None:
-        return None, f"{SUMMARY} {ragged}: not one row of its columns"
-    try:
-        table = pd.read_csv(path)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        return None, f"{SUMMARY} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if len(table) != 1:
-        return None, f"{SUMMARY} has {len(table)} rows, not one"
-    missing = [c for c in KEY_COLUMNS if c not in table.columns]
-    if missing:
-        return None, f"{SUMMARY} lacks the column {missing[0]!r}: not a run's summary"
-    row = table.iloc[0].to_dict()
-    policy, n, rate = (row[c] for c in REQUIRED)
-    if not isinstance(policy, str) or not policy.strip():
-        return None, f"{SUMMARY}: policy is {policy!r}, not a policy's name"
-    if not _number(n) or n < 0 or n != int(n):
-        return None, f"{SUMMARY}: num_requests is {n!r}, not a count of requests"
-    if not _number(rate) or not 0 <= rate < float("inf"):
-        return None, f"{SUMMARY}: request_throughput is {rate!r}, not a finite rate >= 0"
-    return row, None
-
-
-def _number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v
+    return natural(p.parent for name in RUN_FILES for p in root.rglob(name))
 
 
 def missing_outputs(d: Path) -> list[str]:
@@ -96,6 +69,18 @@ def missing_outputs(d: Path) -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [str(n) for n in outputs if not (d / str(n)).is_file()]
+
+
+@functools.cache
+def summary_columns() -> frozenset:
+    """Every column a summary may hold (`s3sim-schema summary`)."""
+    from s3sim.metrics.schema import SUMMARY as COLUMNS
+    return frozenset(n for c in COLUMNS for n in c.names())
+
+
+def printable(text: str) -> str:
+    """A line read from a run's file as it may be printed: control characters (binary junk) as `?`."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def read_run(d: Path, root: Path) -> dict:
@@ -117,7 +102,7 @@ def read_run(d: Path, root: Path) -> dict:
             lines = (d / FAILED).read_text(errors="replace").splitlines()
         except OSError as e:
             lines = [f"{FAILED} cannot be read ({e.strerror})"]
-        row["error"] = lines[0] if lines else "failed"
+        row["error"] = printable(lines[0])[:500] if lines else "failed"
     if (d / CONFIG).is_file():
         try:
             config = yaml.safe_load((d / CONFIG).read_text())
@@ -128,8 +113,12 @@ def read_run(d: Path, root: Path) -> dict:
             row.update(status="invalid" if row["status"] == "finished" else row["status"],
                        error=row["error"] or f"{CONFIG} cannot be read ({first})")
             return row
+        named = summary_columns()
         for k, v in flatten(config).items():
-            row.setdefault(k, v)
+            if k in named:
+                row[f"config.{k}"] = v
+            else:
+                row.setdefault(k, v)
     return row
 
 
@@ -174,30 +163,42 @@ def point_overrides(d: Path) -> tuple[str, ...] | None:
     return tuple(sorted(map(str, overrides))) if isinstance(overrides, list) else None
 
 
-def missing_points(root: Path, dirs: list[Path]) -> tuple[list[dict], list[Path]]:
-    """Rows for the points of every sweep under `root` that have no run folder (`never started`), and the
-    folders Hydra made for a point that died before writing anything (read as `incomplete` runs)."""
-    rows, started = [], []
+def missing_points(root: Path, dirs: list[Path]) -> tuple[list[dict], list[Path], list[str]]:
+    """Rows for the points of every sweep under `root` that have no run folder (`never started`), the
+    folders Hydra made for a point that died before writing anything (read as `incomplete` runs), and notes
+    on what could not be told (see the module doc)."""
+    rows, started, notes = [], [], []
     known = set(dirs)
     for spec in sorted(root.rglob(SWEEP_FILE)):
         sweep = spec.parent
+        rel = sweep.relative_to(root).as_posix()
         points = sweep_points(sweep)
         if points is None:
+            notes.append(f"{spec.relative_to(root).as_posix()} cannot be read as a sweep of Hydra's basic sweeper: "
+                         f"which of its points never started is not known")
             continue
         begun = {}
         for o in sweep.rglob("overrides.yaml"):
             if o.parent.name == ".hydra" and (ov := point_overrides(o.parent.parent)) is not None:
                 begun.setdefault(ov, o.parent.parent)
+        matched = set()
         for overrides, name in points:
             d = begun.get(tuple(sorted(overrides)))
+            if d is None and (sweep / name).is_dir():  # no overrides recorded (hydra.output_subdir=null)
+                d = sweep / name
             if d is None:
-                rel = sweep.relative_to(root).as_posix()
                 rows.append({"run_dir": name if rel == "." else f"{rel}/{name}", "status": NEVER_STARTED,
                              "error": None})
-            elif d not in known:
+                continue
+            matched.add(d)
+            if d not in known:
                 started.append(d)
                 known.add(d)
-    return rows, started
+        others = [d for d in dirs if d.parent == sweep and d not in matched]
+        if others:
+            notes.append(f"{len(others)} run folder(s) in {'the sweep folder' if rel == '.' else rel} are none of the points its {SWEEP_FILE} lists (an "
+                         f"earlier sweep's into the same folder?), e.g. {others[0].name}: collected all the same")
+    return rows, started, notes
 
 
 def collect(root) -> pd.DataFrame:
@@ -207,13 +208,15 @@ def collect(root) -> pd.DataFrame:
     if not root.is_dir():
         raise ConfigError(f"no such results directory: {root}")
     dirs = run_dirs(root)
-    never, started = missing_points(root, dirs)
+    never, started, notes = missing_points(root, dirs)
     dirs = natural(dirs + started)
     if not dirs and not never:
         raise ConfigError(f"no runs under {root}: no {SUMMARY}, {FAILED} or {CONFIG} there")
     rows = [read_run(d, root) for d in dirs] + never
     table = pd.DataFrame(rows)
-    return table.astype({c: "Int64" for c in whole_columns(rows) if table[c].isna().any()})
+    table = table.astype({c: "Int64" for c in whole_columns(rows) if table[c].isna().any()})
+    table.attrs["notes"] = notes  # said by `status_line`
+    return table
 
 
 def whole_columns(rows: list[dict]) -> list[str]:
@@ -237,7 +240,7 @@ def read_paths(root, table: pd.DataFrame) -> tuple[list[Path], list[Path]]:
 def short_table(table: pd.DataFrame) -> pd.DataFrame:
     """What a person reads: the run, its status, the key metrics and the config fields that differ between
     runs (what the sweep varied); the written table keeps every column."""
-    config = [c for c in table.columns if "." in c or c in ("seed", "max_seq_len", "num_requests")]
+    config = [c for c in table.columns if c not in summary_columns() and c not in ("run_dir", "status", "error")]
     began = table[table.status != NEVER_STARTED]  # a point never started has no config to differ
     varied = [c for c in config if c not in KEY_COLUMNS and c != "policy.name" and began[c].astype(str).nunique() > 1]
     keys = [c for c in KEY_COLUMNS if c in table.columns]
@@ -258,4 +261,5 @@ def status_line(table: pd.DataFrame) -> str:
         lines.append(f"  {NEVER_STARTED}: {run}")
     if never > LISTED:
         lines.append(f"  ... and {never - LISTED} more {NEVER_STARTED}")
+    lines += [f"  note: {n}" for n in table.attrs.get("notes", [])]
     return "\n".join(lines)

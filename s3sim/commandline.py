@@ -38,6 +38,14 @@ def out_path(text: str) -> Path:
     return Path(text)
 
 
+def given_path(text: str) -> Path:
+    """The type of a file or folder argument: a path, never an empty one (it would name the working directory)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty path names nothing (it would read or write the working "
+                                         "directory); give one")
+    return Path(text)
+
+
 def exit_code(prog: str, body) -> int:
     """Run `body()` as a command's work: 0 when it returns, one line on stderr and 2 for bad input
     (`ConfigError`), 3 for a violated invariant; anything else is a bug and keeps its traceback."""

@@ -14,8 +14,9 @@ Rows that cannot be drawn are left out and said so on stderr, count and why: not
 or infinite value (an offline run's `offered_rate` is inf: every request arrives at t=0), or a value <= 0
 on a log axis. A row with no `--hue`, `--style`, `--col` or `--row` value is drawn under the value `(none)`,
 said so; a line holding two points at one x (runs that differ in a column no option splits) is said too.
-Text is drawn as given (a `$` is a dollar sign, not mathematics). A figure (or a requested metric) left with no point is refused, exit code 2, as is bad
-input: one line naming the option and what would be valid. The figure never overwrites the table.
+Text is drawn as written (a `$` is a dollar sign, not mathematics). A figure (or a requested metric) left
+with no point is refused, exit code 2, as is bad input: one line naming the option and what would be valid.
+The figure never overwrites the table.
 
 Presets (explicit options override a preset's):
   --preset frontier   latency against offered load, one panel per latency (`--x offered_rate
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s3sim.commandline import Parser
+from s3sim.commandline import Parser, given_path
 from s3sim.core.errors import ConfigError
 
 PROG = "s3sim-plot"
@@ -87,6 +88,11 @@ def _drawable(table: pd.DataFrame, x: str, y: str, logx: bool, logy: bool) -> tu
     return keep, why
 
 
+def shown(text: str) -> str:
+    """Text drawn as written: matplotlib reads `$...$` as mathematics (and fails on some), so `$` is escaped."""
+    return text.replace("$", r"\$")
+
+
 def _split_values(table: pd.DataFrame, keys: dict, notes: list) -> tuple[pd.DataFrame, dict]:
     """Each splitting column's values in reading order (`_values`), a row without one under `NONE` (after the
     rest, said in `notes`), and the table with those rows' cells set to it."""
@@ -107,15 +113,8 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
            logx: bool = False, logy: bool = False, title: str = "", style: str | None = None,
            row: str | None = None, sharey: bool = True, ci: str | None = None, note=say):
     """The figure the module doc describes; `y` is a column or a list of them. What is left out is passed
-    to `note` (stderr by default); a figure or metric with nothing to draw raises ConfigError. Its text is
-    drawn as given: matplotlib would read `$...$` as mathematics (and fail on some)."""
-    import matplotlib
-
-    with matplotlib.rc_context({"text.parse_math": False}):
-        return _figure(table, x, y, hue, col, logx, logy, title, style, row, sharey, ci, note)
-
-
-def _figure(table, x, y, hue, col, logx, logy, title, style, row, sharey, ci, note):
+    to `note` (stderr by default); a figure or metric with nothing to draw raises ConfigError. Its text
+    (title, columns, values) is drawn as given (`shown`)."""
     from matplotlib.lines import Line2D
 
     from s3sim.metrics.schema import axis_label
@@ -219,25 +218,25 @@ def _figure(table, x, y, hue, col, logx, logy, title, style, row, sharey, ci, no
             if d.empty:
                 ax.text(0.5, 0.5, "no finite point", transform=ax.transAxes, ha="center", va="center", color="0.4")
             where = [f"{row} = {r}" if r is not None else "", f"{col} = {c}" if c is not None else ""]
-            ax.set(title=", ".join(w for w in where if w), xscale="log" if logx else "linear",
+            ax.set(title=shown(", ".join(w for w in where if w)), xscale="log" if logx else "linear",
                    yscale="log" if logy else "linear")
             if i == nrows - 1:
-                ax.set_xlabel(axis_label(x))
+                ax.set_xlabel(shown(axis_label(x)))
             ax.grid(alpha=0.3)
             if j == 0 or not shared:
-                ax.set_ylabel(axis_label(m))
+                ax.set_ylabel(shown(axis_label(m)))
     handles, heads = [], []  # one legend: each column's name, then its values
     if hue:
         heads.append(len(handles))
-        handles.append(Line2D([], [], ls="none", label=hue))
-        handles += [Line2D([], [], color=c, marker="o", ms=4, label=str(v)) for v, c in hues.items()]
+        handles.append(Line2D([], [], ls="none", label=shown(hue)))
+        handles += [Line2D([], [], color=c, marker="o", ms=4, label=shown(str(v))) for v, c in hues.items()]
     if style:
         heads.append(len(handles))
-        handles.append(Line2D([], [], ls="none", label=style))
-        handles += [Line2D([], [], color="0.3", ls=ls, marker=mk, ms=4, label=str(v))
+        handles.append(Line2D([], [], ls="none", label=shown(style)))
+        handles += [Line2D([], [], color="0.3", ls=ls, marker=mk, ms=4, label=shown(str(v)))
                     for v, (ls, mk) in styles.items()]
     if title:
-        fig.suptitle(title, fontsize=10, wrap=True)  # a long title wraps within the figure, not past its edges
+        fig.suptitle(shown(title), fontsize=10, wrap=True)  # a long title wraps within the figure, not past its edges
     if handles:
         texts = fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False).get_texts()
         for i in heads:
@@ -277,7 +276,7 @@ def columns(text: str) -> list[str]:
 
 def parser() -> Parser:
     ap = Parser(prog=PROG, description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("table", help="a CSV of run summaries (s3sim-collect DIR OUT.csv writes one)")
+    ap.add_argument("table", type=given_path, help="a CSV of run summaries (s3sim-collect DIR OUT.csv writes one)")
     ap.add_argument("--preset", choices=sorted(PRESETS),
                     help="a named figure (described above); options given override it")
     ap.add_argument("--x", help="the column along x")
@@ -294,7 +293,7 @@ def parser() -> Parser:
                     help="how <y>_ci95 is drawn where the table has it (default: band; asked for, a column without "
                          "it is said)")
     ap.add_argument("--title", default="", help="above the panels")
-    ap.add_argument("--out", help="the figure to write, .png, .pdf or .svg (default: TABLE with .png)")
+    ap.add_argument("--out", type=given_path, help="the figure to write, .png, .pdf or .svg (default: TABLE with .png)")
     return ap
 
 

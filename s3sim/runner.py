@@ -9,6 +9,7 @@ the summary: a run without it is never reused), and a summary that cannot be rea
 from __future__ import annotations
 
 import json
+import numbers
 import time
 import traceback
 from pathlib import Path
@@ -22,7 +23,7 @@ from s3sim.cluster.summary import run_summary
 from s3sim.config import policy_node, rows_used, structured
 from s3sim.core.policies import POLICIES
 from s3sim.core.request import make_requests
-from s3sim.inputs import fingerprint, recording, unchanged
+from s3sim.inputs import fingerprint, ragged_row, recording, unchanged
 from s3sim.metrics.summary import request_records
 from s3sim.simulator.engine import simulate_cluster
 from s3sim.spec import flag, get, run_spec
@@ -31,6 +32,9 @@ from s3sim.writers import write_csv, write_parquet, write_text
 
 SUMMARY, FAILED, CONFIG, INPUTS = "summary.csv", "failed.txt", "resolved_config.yaml", "inputs.json"
 REQUESTS = "requests.parquet"  # per request, columnar: large runs write and read it fast (pandas.read_parquet)
+REQUIRED = ("policy", "num_requests", "request_throughput")  # a summary without them (and valid) is not one
+KEY_COLUMNS = ("policy", "num_requests", "request_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p99",
+               "goodput")  # the headline a summary must hold (s3sim-collect prints them)
 RESULT_FILES = (SUMMARY, FAILED, INPUTS, REQUESTS, "requests.csv", "iterations.csv", "tokens.csv", "outputs.csv",
                 "repeats.csv", "replicas.csv")  # summary first
 
@@ -89,9 +93,38 @@ def reusable(out: Path, text: str) -> dict | None:
             return None
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    from s3sim.collect import read_summary  # one reader of a summary for the reuse and for s3sim-collect
-
     return read_summary(summary)[0]
+
+
+def read_summary(path: Path) -> tuple[dict | None, str | None]:
+    """A summary's one row, or None and why it is not a summary: unreadable, a row of more or fewer fields than
+    its header (half written, or edited), not one row, a headline column missing, or a required value that is
+    not one (no policy, a request count that is not a count, a throughput that is not a finite rate)."""
+    ragged = ragged_row(path)
+    if ragged is not None:
+        return None, f"{SUMMARY} {ragged}: not one row of its columns"
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        return None, f"{SUMMARY} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if len(table) != 1:
+        return None, f"{SUMMARY} has {len(table)} rows, not one"
+    missing = [c for c in KEY_COLUMNS if c not in table.columns]
+    if missing:
+        return None, f"{SUMMARY} lacks the column {missing[0]!r}: not a run's summary"
+    row = table.iloc[0].to_dict()
+    policy, n, rate = (row[c] for c in REQUIRED)
+    if not isinstance(policy, str) or not policy.strip():
+        return None, f"{SUMMARY}: policy is {policy!r}, not a policy's name"
+    if not _number(n) or n < 0 or n != int(n):
+        return None, f"{SUMMARY}: num_requests is {n!r}, not a count of requests"
+    if not _number(rate) or not 0 <= rate < float("inf"):
+        return None, f"{SUMMARY}: request_throughput is {rate!r}, not a finite rate >= 0"
+    return row, None
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v
 
 
 def clear(out: Path) -> None:

@@ -22,10 +22,13 @@ def write_table(df, path: Path) -> None:
     `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, run_dir, engine, policy and rate columns."""
     path = Path(path)
     wall = [c for c in WALL_CLOCK if c in df.columns]
-    write_csv(df.drop(columns=wall), path)
-    if wall:
+    companion = path.with_name(f"{path.stem}.wall_clock.csv")
+    if wall:  # the companion first: a table that cannot have its companion is not written either
         keys = [c for c in ("run", "run_dir", "engine", "policy", "rate") if c in df.columns] or [df.columns[0]]
-        write_csv(df[[*keys, *wall]], path.with_name(f"{path.stem}.wall_clock.csv"))
+        write_csv(df[[*keys, *wall]], companion)
+    elif companion.is_file():  # an earlier table's, which would sit beside this one as if its own
+        companion.unlink()
+    write_csv(df.drop(columns=wall), path)
 
 
 def write_parquet(df, path: Path) -> None:
@@ -42,6 +45,8 @@ def write_atomically(path: Path, write) -> None:
     """`write(tmp)` a temporary file beside `path`, then rename it into place, so a reader never sees half a
     file and a failed write leaves nothing behind."""
     path = Path(path)
+    if path.is_symlink():  # the file it points to is written, the link kept
+        path = path.resolve()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

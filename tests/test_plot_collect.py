@@ -75,8 +75,10 @@ def test_a_killed_sweep_reports_every_point_it_has(sweep, tmp_path):
     written = pd.read_csv(tmp_path / "all.csv")
     assert (written.status == "never started").sum() == 2
     text = pd.read_csv(tmp_path / "all.csv", dtype=str)  # whole numbers stay whole beside the empty rows
-    assert set(text.num_requests.dropna()) == {"20"} and set(text.seed.dropna()) == {"0", "1", "2"}
-    assert "seed" in p.stdout  # still the varied config field in the short table, the empty rows aside
+    assert set(text["config.num_requests"].dropna()) == {"20"}  # the config's fields named as summary columns
+    assert set(text["config.seed"].dropna()) == {"0", "1", "2"}
+    assert text.seed.notna().sum() == 2  # the summary's: the finished runs'
+    assert "config.seed" in p.stdout  # still the varied config field in the short table, the empty rows aside
     # a whole sweep says runs, as before; the points match their folders one to one
     whole = collect(sweep)
     assert (whole.status == "finished").all() and len(whole) == 6
@@ -99,6 +101,56 @@ def test_collect_refuses_an_output_that_overlaps_what_it_reads(sweep, tmp_path):
     p = collect_cli(mr, mr / "all.csv")  # beside the runs, as the sweep's own hint says: fine
     assert p.returncode == 0, p.stderr
     assert len(pd.read_csv(mr / "all.csv")) == 6
+
+
+def test_what_collect_cannot_tell_of_a_sweep_is_said(sweep, tmp_path):
+    """Folders without Hydra's record (hydra.output_subdir=null) are matched by name, not reported never
+    started; an unreadable sweep file and folders of an earlier sweep into the same folder are said."""
+    bare = tmp_path / "bare"
+    shutil.copytree(sweep, bare)
+    for d in point_dirs(bare):
+        shutil.rmtree(d / ".hydra")
+    table = collect(bare)
+    assert len(table) == 6 and (table.status == "finished").all()
+    assert status_line(table) == "6 runs: 6 finished, 0 failed, 0 invalid, 0 incomplete"
+    killed = tmp_path / "killed"
+    shutil.copytree(sweep, killed)
+    (killed / "multirun.yaml").write_text("")
+    shutil.rmtree(point_dirs(killed)[-1])
+    line = status_line(collect(killed))
+    assert line.startswith("5 runs: 5 finished") and "multirun.yaml cannot be read" in line
+    assert "which of its points never started is not known" in line
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sweep, mixed)
+    shutil.copytree(point_dirs(mixed)[0], mixed / "0_policy=vllm")
+    line = status_line(collect(mixed))
+    assert line.startswith("7 runs: 7 finished")
+    assert "1 run folder(s) in the sweep folder are none of the points its multirun.yaml lists" in line
+
+
+def test_collect_writes_no_table_it_cannot_pair_and_no_file_a_run_is_made_of(sweep, tmp_path):
+    (tmp_path / "all.wall_clock.csv").mkdir()  # the companion cannot be written: nor is the table
+    p = collect_cli(sweep, tmp_path / "all.csv")
+    assert p.returncode == 2 and "cannot write" in p.stderr and "all.wall_clock.csv" in p.stderr
+    assert not (tmp_path / "all.csv").exists()
+    for name in ("failed.txt", "summary.csv", "resolved_config.yaml"):
+        p = collect_cli(sweep, tmp_path / name)
+        assert p.returncode == 2 and "named as a run's own file" in p.stderr and not (tmp_path / name).exists()
+    p = collect_cli(sweep, "")
+    assert p.returncode == 2 and "an empty path names nothing" in p.stderr
+
+
+def test_a_table_without_wall_clock_columns_leaves_no_earlier_companion(tmp_path):
+    from s3sim.writers import write_table
+
+    write_table(pd.DataFrame({"run": [1], "sim_wall_s": [2.0]}), tmp_path / "t.csv")
+    assert (tmp_path / "t.wall_clock.csv").is_file()
+    write_table(pd.DataFrame({"run": [1]}), tmp_path / "t.csv")
+    assert not (tmp_path / "t.wall_clock.csv").exists()
+    (tmp_path / "target.csv").write_text("old\n")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "target.csv")
+    write_table(pd.DataFrame({"run": [1]}), tmp_path / "link.csv")  # the file it points to, the link kept
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "target.csv").read_text() == "run\n1\n"
 
 
 # ---- s3sim-plot ------------------------------------------------------------------------------------
@@ -307,7 +359,7 @@ def test_a_line_joining_runs_at_one_x_is_said_and_dollars_are_text(tmp_path):
     fig, notes = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy",
                            "--title", r"cost: $5 vs $\undefined{")
     assert len(notes) == 1 and "point(s) share an x with another of their line" in notes[0]
-    assert fig._suptitle.get_text() == r"cost: $5 vs $\undefined{"
+    assert fig._suptitle.get_text() == r"cost: \$5 vs \$\undefined{"  # drawn as written
     fig.savefig(tmp_path / "f.png")  # mathematics would fail to parse it
     _, notes = figure_of(tmp_path, sweep_table(), "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy",
                          "--style", "workload.time_scale")

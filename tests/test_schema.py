@@ -202,3 +202,20 @@ def test_readme_outputs_section_is_the_commands_output():
     assert text.count("\n## Outputs\n") == 1
     order = [text.index(s) for s in ("\n## Outputs\n", begin, end, "\n## How the code is laid out")]
     assert order == sorted(order)
+
+
+def test_update_readme_refuses_what_it_cannot_update_in_one_line(tmp_path):
+    from s3sim.metrics.schema import main
+
+    cases = {"binary.md": (b"\x81\xff\x00junk", "cannot be read as text"),
+             "swapped.md": (b"a\n<!-- outputs:end -->\nx\n<!-- outputs:begin -->\nold\n", "and, after it, one"),
+             "none.md": (None, "is not a file")}
+    for name, (content, message) in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        p = subprocess.run([sys.executable, "-c", "from s3sim.metrics.schema import main; import sys; "
+                            "sys.exit(main())", "--update-readme", str(tmp_path / name)], capture_output=True, text=True)
+        assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
+        if content is not None:
+            assert (tmp_path / name).read_bytes() == content
+    assert main(["summary", "--update-readme", str(tmp_path / "swapped.md")]) == 2

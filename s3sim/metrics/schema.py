@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3sim.commandline import Parser
+from s3sim.commandline import Parser, given_path
 
 PROG = "s3sim-schema"
 KINDS = ("summary", "requests", "iterations", "validation", "replicas", "timeline", "peer", "tokens", "bandwidth",
@@ -489,12 +489,23 @@ def update_readme(path: Path) -> int:
     adding it to the tables above and running `s3sim-schema --update-readme README.md`."""
     from s3sim.writers import write_text
 
-    text = path.read_text() if path.is_file() else ""
-    if text.count(BEGIN) != 1 or text.count(END) != 1:
-        print(f"{PROG}: error: {path} needs one {BEGIN.strip()} and one {END} line", file=sys.stderr)
+    def refuse(why: str) -> int:
+        print(f"{PROG}: error: {path} {why}", file=sys.stderr)
         return 2
+
+    if not path.is_file():
+        return refuse("is not a file (the README to update)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return refuse(f"cannot be read as text ({e.strerror if isinstance(e, OSError) else 'not UTF-8'})")
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        return refuse(f"needs one {BEGIN.strip()} line and, after it, one {END} line")
     head, rest = text.split(BEGIN)
-    write_text(head + BEGIN + render(KINDS, True) + END + rest.split(END, 1)[1], path)
+    try:
+        write_text(head + BEGIN + render(KINDS, True) + END + rest.split(END, 1)[1], path)
+    except OSError as e:
+        return refuse(f"cannot be written ({e.strerror or e})")
     return 0
 
 
@@ -502,14 +513,17 @@ def main(argv=None) -> int:
     p = Parser(prog=PROG, description="Print every column of the files a run writes: unit and definition.")
     p.add_argument("kind", nargs="?", help=f"one of {', '.join(KINDS)} (default: all)")
     p.add_argument("--markdown", action="store_true", help="Markdown tables (the README's Outputs section)")
-    p.add_argument("--update-readme", metavar="README", help="rewrite README's section between "
+    p.add_argument("--update-readme", metavar="README", type=given_path, help="rewrite README's section between "
                    f"{BEGIN.strip()} and {END} with the Markdown tables")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.kind is not None and args.kind not in KINDS:
         print(f"{PROG}: error: kind must be one of {', '.join(KINDS)}, got {args.kind!r}", file=sys.stderr)
         return 2
-    if args.update_readme:
-        return update_readme(Path(args.update_readme))
+    if args.update_readme is not None:
+        if args.kind is not None or args.markdown:
+            print(f"{PROG}: error: --update-readme writes every kind as Markdown; give it alone", file=sys.stderr)
+            return 2
+        return update_readme(args.update_readme)
     sys.stdout.write(render([args.kind] if args.kind else KINDS, args.markdown))
     return 0
 
