@@ -60,15 +60,22 @@ def run_dirs(root: Path) -> list[Path]:
     return natural(p.parent for name in RUN_FILES for p in root.rglob(name))
 
 
-def missing_outputs(d: Path) -> list[str]:
-    """The result files the run's inputs.json says it wrote and that are not there any more."""
+def missing_outputs(d: Path) -> tuple[list[str], str | None]:
+    """The result files the run's inputs.json says it wrote and that are not there any more, or why that
+    cannot be told (an inputs.json that cannot be read: the reuse would run it again too)."""
     import json
 
+    path = d / "inputs.json"
+    if not path.exists():
+        return [], None
     try:
-        outputs = json.loads((d / "inputs.json").read_text()).get("outputs") or []
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [str(n) for n in outputs if not (d / str(n)).is_file()]
+        outputs = json.loads(path.read_text()).get("outputs") or []
+        if not isinstance(outputs, list):
+            raise ValueError("outputs is not a list")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return [], ("inputs.json cannot be read, so which result files the run wrote is not known; running it "
+                    "again rewrites them")
+    return [str(n) for n in outputs if not (d / str(n)).is_file()], None
 
 
 @functools.cache
@@ -92,8 +99,10 @@ def read_run(d: Path, root: Path) -> dict:
         else:
             row["status"] = "finished"
             row.update(summary)
-            gone = missing_outputs(d)
-            if gone:
+            gone, unknown = missing_outputs(d)
+            if unknown:
+                row.update(status="incomplete", error=unknown)
+            elif gone:
                 row.update(status="incomplete", error=f"{gone[0]} is gone since the run finished ({len(gone)} "
                                                       f"result file(s) missing); running it again rewrites it")
     elif (d / FAILED).is_file():

@@ -27,6 +27,7 @@ Presets (explicit options override a preset's):
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def say(message: str) -> None:
 def _check_columns(table: pd.DataFrame, named: list[tuple[str, str | None]]) -> None:
     for option, column in named:
         if column is not None and column not in table.columns:
-            near = [c for c in table.columns if column.split(".")[-1] in c][:4]
+            near = list(dict.fromkeys([*difflib.get_close_matches(column, map(str, table.columns), n=4),
+                                       *(c for c in table.columns if column.split(".")[-1] in c)]))[:4]
             raise ConfigError(f"{option} {column!r} is not a column of the table" +
                               (f"; similar: {', '.join(near)}" if near else ""))
 
@@ -149,7 +151,11 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
         raise ConfigError("the table has no finished runs to plot")
     for option, column in (("--x", x), *(("--y", m) for m in metrics)):
         if not pd.api.types.is_numeric_dtype(table[column]):
-            raise ConfigError(f"{option} {column!r} is not numeric (a column of numbers is needed)")
+            cells = pd.to_numeric(table[column], errors="coerce")
+            bad = cells.isna() & table[column].notna()
+            where = (f": {table[column][bad].iloc[0]!r} in data row {int(np.flatnonzero(bad.to_numpy())[0]) + 1} "
+                     "of the finished runs") if bad.any() else ""
+            raise ConfigError(f"{option} {column!r} is not numeric (a column of numbers is needed){where}")
     kept = {}
     for m in metrics:
         keep, why = _drawable(table, x, m, logx, logy)

@@ -383,3 +383,13 @@ def test_line_styles_stay_distinct_past_the_markers():
     styles = list(line_styles(range(n)).values())
     assert len(set(styles)) == n
     assert styles[:len(MARKERS)] == [(LINESTYLES[i % len(LINESTYLES)], m) for i, m in enumerate(MARKERS)]
+
+
+def test_a_misspelt_column_gets_near_names_and_a_word_names_its_row(tmp_path):
+    t = sweep_table()
+    with pytest.raises(Exception, match=r"--y 'ttft_p55' is not a column of the table; similar: ttft_p50"):
+        figure_of(tmp_path, t, "--x", "offered_rate", "--y", "ttft_p55")
+    t["ttft_p50"] = t["ttft_p50"].astype(object)
+    t.loc[t.index[4], "ttft_p50"] = "fast"
+    with pytest.raises(Exception, match=r"--y 'ttft_p50' is not numeric .*: 'fast' in data row 5"):
+        figure_of(tmp_path, t, "--x", "offered_rate", "--y", "ttft_p50")

@@ -171,6 +171,10 @@ def test_a_run_whose_result_file_was_deleted_runs_again(tmp_path, extra):
         row, reused = run_dir(c, tmp_path / "run")
         assert not reused and (tmp_path / "run" / name).is_file() and row["num_requests"] == 4
         assert collect(tmp_path / "run").status.tolist() == ["finished"]
+    (tmp_path / "run" / "inputs.json").write_text("{not json")  # what it wrote is unknown: not finished either
+    table = collect(tmp_path / "run")
+    assert table.status.tolist() == ["incomplete"] and "inputs.json cannot be read" in table.error.iloc[0]
+    assert not run_dir(c, tmp_path / "run")[1]
 
 
 @pytest.mark.parametrize("content", [b"\x00\xff\xfe random bytes \x81", b"", b"policy,num_requests,request_throughput\n",
