@@ -79,7 +79,7 @@ def test_a_sweep_through_ray_runs_real_tasks(tmp_path):
     assert "4 runs: 2 finished, 2 failed, 0 invalid, 0 incomplete" in p.stderr
     assert "RayLauncher" in (tmp_path / "mr" / "multirun.yaml").read_text()
     table = collect(tmp_path / "mr")
-    assert sorted(zip(table["policy.name"], table.seed, table.status)) == [
+    assert sorted(zip(table["policy.name"], table["config.seed"], table.status)) == [
         ("nope", 0, "failed"), ("nope", 1, "failed"), ("s3", 0, "finished"), ("s3", 1, "finished")]
 
 
