@@ -47,8 +47,9 @@ def app(cfg: DictConfig) -> None:
         clear(out)  # an earlier run's summary must not sit beside this run's config
         resolved = resolved_config(cfg)
         write_text(OmegaConf.to_yaml(cfg, resolve=True), out / "resolved_config.yaml")
-        ex = resolved["executor"]
+        from s3exec.config import executor_node
         from s3sim.spec import flag
+        ex = executor_node(resolved)
         row, _ = run_exec(resolved, out, progress=mode_for(flag(ex.get("progress"), "executor.progress", True)),
                           write_iterations=flag(resolved.get("write_iterations"), "write_iterations", False),
                           write_tokens=flag(ex.get("write_tokens"), "executor.write_tokens", True))

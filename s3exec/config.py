@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s3sim.config import build_scheduler, check_fits, check_requests, sample_workload, served_clipped
+from s3sim.config import (build_scheduler, check_fits, check_requests, sample_workload, served_clipped,
+                          served_raised)
 from s3sim.core.errors import ConfigError
 from s3sim.spec import flag, get, positive_int, run_spec, seed_of
 from s3sim.core.predictors.reprediction import hidden_state_probe
@@ -46,6 +47,7 @@ class ExecSetup:
     clipped_outputs: int
     workload_rows: int
     clipped_prompts: int  # prompts cut to their last executor.max_prompt_len tokens
+    zero_length_rows: int = 0  # requests whose trace row had 0 tokens somewhere, served as 1 (as the simulator)
 
 
 def parse_bytes(value, field: str) -> int | float:
@@ -58,7 +60,7 @@ def parse_bytes(value, field: str) -> int | float:
             raise ConfigError(f"{field} {value!r} is not a size like '256MiB', '2GB' or a number of bytes")
         if not m.group(2):  # a bare number, quoted: read as the same number unquoted would be
             number = float(m.group(1))
-            return parse_bytes(int(number) if number.is_integer() and number > 1 else number, field)
+            return parse_bytes(int(number) if "." not in m.group(1) else number, field)
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if isinstance(value, float) and 0 < value <= 1:
         return value
@@ -92,19 +94,50 @@ def check_memory_limit(limit, asked: int, device: str) -> None:
                           f"{available / 2**30:.2f} GiB; lower it, or set executor.memory_limit=null to use that")
 
 
-def load_executor_model(cfg):
-    """The model of an executor config on its device (threads set as it says): (LoadedModel, device)."""
+MAX_THREADS = 1024  # torch's intra-op threads: past this it cannot map its segments (and no machine has them)
+
+
+def executor_node(cfg) -> dict:
+    """The run's `executor` settings (conf/exec.yaml): required."""
+    ex = get(cfg, "executor")
+    if not isinstance(ex, dict):
+        raise ConfigError(f"executor must be the executor's settings (conf/exec.yaml holds them), got {ex!r}")
+    return ex
+
+
+def model_source(cfg) -> str:
+    """What `executor.model` names, or the model preset's name where it is unset."""
+    given = get(cfg, "executor.model")
+    if given is not None:
+        if not isinstance(given, str) or not given.strip():
+            raise ConfigError(f"executor.model must name a model (smollm2, a preset, a checkpoint folder or a "
+                              f"config.json), got {given!r}")
+        return given
+    name = get(cfg, "model.name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("executor.model or model.name must name the model to run (model=<preset>)")
+    return name
+
+
+def set_threads(ex) -> None:
     import torch
 
-    from s3exec.models import load_model
-
-    ex = cfg["executor"]
     threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
+    if threads and threads > MAX_THREADS:
+        raise ConfigError(f"executor.threads must be at most {MAX_THREADS}, got {threads}")
     if threads:
         torch.set_num_threads(threads)
+
+
+def load_executor_model(cfg):
+    """The model of an executor config on its device (threads set as it says): (LoadedModel, device)."""
+    from s3exec.models import load_model
+
+    ex = executor_node(cfg)
+    set_threads(ex)
     device = str(get(ex, "device", "cpu"))
     available, where = free_memory(device)
-    source = str(get(ex, "model") or cfg["model"]["name"])
+    source = model_source(cfg)
     return load_model(source, str(get(ex, "dtype", "float32")), device, seed_of(cfg), available, where), device
 
 
@@ -134,8 +167,6 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     """Everything one run needs; `loaded` reuses a model already loaded from the same source. `prompts`
     (token ids) replaces the workload's rows: one request each, all arriving at t=0, each allowed
     `max_seq_len` output tokens (what natural mode generates up to)."""
-    import torch
-
     from s3exec.cuda_graphs import ladder
     from s3exec.base import check_mode
     from s3exec.engine import Executor
@@ -144,20 +175,29 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     from s3exec.models import load_model
     from s3exec.prompts import TEXT_WORKLOADS, synthetic_prompts, text_prompts
 
-    ex = cfg["executor"]
-    threads = positive_int(get(ex, "threads"), "executor.threads", allow_none=True)
-    if threads:
-        torch.set_num_threads(threads)
+    ex = executor_node(cfg)
+    set_threads(ex)
     mode = get(ex, "mode", "fixed")
     check_mode(mode)
     run = run_spec(cfg)
     max_seq_len, seed = run.max_seq_len, run.seed
     if get(cfg, "model.dtype") is not None:
         raise ConfigError("model.dtype is the simulator's; the executor loads its model in executor.dtype")
+    if get(cfg, "kv_capacity_tokens") is not None:
+        raise ConfigError("kv_capacity_tokens is the simulator's: the executor's KV capacity is what "
+                          "executor.kv_memory buys for its model; remove it")
     if get(cfg, "shared_prefix.tokens", 0):
         raise ConfigError("shared_prefix is the simulator's: the executor serves the workload's own prompt text "
                           "and shares no KV between requests; remove it")
     device = str(get(ex, "device", "cpu"))
+    # every executor setting checked before the model loads, whichever backend reads it
+    block = positive_int(get(ex, "block_size", 16), "executor.block_size")
+    tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
+    kernel = attention_kernel(get(ex, "attention", "auto"), device)
+    graphs = cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device)
+    chat_template = flag(get(ex, "chat_template"), "executor.chat_template", True)
+    warmup = flag(get(ex, "warmup"), "executor.warmup", True)
+    max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
     limit = get(ex, "memory_limit")
     if limit is None:
         available, where = free_memory(device)
@@ -167,7 +207,7 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
             raise ConfigError(f"executor.memory_limit must be bytes, got the fraction {limit!r}")
         check_memory_limit(limit, available, device)
         where = f"executor.memory_limit={limit}"
-    source = get(ex, "model") or cfg["model"]["name"]
+    source = model_source(cfg)
     if loaded is None:
         loaded = load_model(str(source), get(ex, "dtype", "float32"), device, seed, available, where)
 
@@ -178,10 +218,9 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         wl, idx, arrivals = sample_workload(cfg, run)
         output = wl.output_len[idx].astype(np.int64)
         if run.workload.name in TEXT_WORKLOADS:
-            prompts = text_prompts(run.workload, wl, idx, loaded.tokenizer, flag(get(ex, "chat_template"), "executor.chat_template", True))
+            prompts = text_prompts(run.workload, wl, idx, loaded.tokenizer, chat_template)
         else:
             prompts = synthetic_prompts(wl.prompt_len[idx], loaded.vocab_size, seed, avoid=loaded.eos_ids)
-    max_prompt = positive_int(get(ex, "max_prompt_len"), "executor.max_prompt_len", allow_none=True)
     clipped = 0
     if max_prompt:
         clipped = sum(len(p) > max_prompt for p in prompts)
@@ -204,6 +243,9 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
     check_fits(cap, int(plen.max()), max_seq_len,
                f"a budget of {kv_bytes} bytes of {source!r} at {loaded.kv_bytes_per_token} bytes each",
                "raise executor.kv_memory or lower max_seq_len")
+    if block > cap:  # the executor's pool is whole blocks, and one partial block per request beside them
+        raise ConfigError(f"executor.block_size={block} is larger than the KV capacity of {cap:,} tokens that "
+                          f"executor.kv_memory={get(ex, 'kv_memory', '256MiB')} buys: not one block fits; lower it")
 
     requests = make_requests(plen, output, arrivals)  # rows come in arrival order: request i is row idx[i]
     caps = [max_seq_len] * len(requests) if mode == "natural" else [r.output_len for r in requests]
@@ -219,19 +261,15 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         from s3exec.generate import GenerateExecutor
 
         executor = GenerateExecutor(loaded, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress,
-                                    warmup=flag(get(ex, "warmup"), "executor.warmup", True))
+                                    warmup=warmup)
     else:
-        block = positive_int(get(ex, "block_size", 16), "executor.block_size")
         holders = min(len(requests), max(1, cap // max(1, int(plen.min()))))  # each holds at least its prompt
         cache = KVCache.for_pool(sched.pool, loaded.num_layers, loaded.kv_heads, loaded.head_dim, need + 1, holders,
                                  block, dtype=loaded.dtype, device=device)
-        tokens = positive_int(get(ex, "max_batch_tokens"), "executor.max_batch_tokens", allow_none=True)
-        runner = ModelRunner(loaded.model, cache, tokens, kernel=attention_kernel(get(ex, "attention", "auto"), device),
-                             cuda_graphs=cuda_graphs_enabled(get(ex, "cuda_graphs", "auto"), device),
+        runner = ModelRunner(loaded.model, cache, tokens, kernel=kernel, cuda_graphs=graphs,
                              graph_sizes=ladder(min(256, len(requests))))  # no batch is larger than the run
-        executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids,
-                            progress=progress, warmup=flag(get(ex, "warmup"), "executor.warmup", True))
+        executor = Executor(runner, sched, mode=mode, eos_ids=loaded.eos_ids, progress=progress, warmup=warmup)
     return ExecSetup(loaded, requests, prompts, caps, sched, executor, Slo.from_config(cfg), kv_bytes, cap,
                      0 if wl is None else served_clipped(wl, idx),
                      len(prompts) if wl is None else len(wl.prompt_len),
-                     clipped)
+                     clipped, 0 if wl is None else served_raised(wl, idx))

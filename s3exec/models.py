@@ -132,6 +132,35 @@ def check_fits(name: str, weight_bytes: int, available: int, where: str) -> None
                           f"{available / 2**20:.1f} MiB are available ({where})")
 
 
+def _checkpoint(folder, dtype, source: str):
+    """A checkpoint folder's model with every weight its architecture has, and only those, each finite:
+    transformers would fill a missing layer with random weights (saying so in a log line the executor mutes),
+    and a NaN weight makes every token 0."""
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                           output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        if "ignore_mismatched_sizes" in first:  # transformers' word for a weight of another shape
+            first = "a weight has another shape than its config.json describes"
+        raise ConfigError(f"executor.model {source!r}: its weights cannot be loaded ({first[:300]})") from None
+    for key, what in (("missing_keys", "lacks"), ("unexpected_keys", "holds weights its architecture has not, e.g."),
+                      ("mismatched_keys", "holds weights of another shape, e.g.")):
+        keys = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(key) or ())
+        if keys:
+            raise ConfigError(f"executor.model {source!r}: the checkpoint {what} {', '.join(keys[:3])}"
+                              + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+                              + ": its weights are not the model its config.json describes")
+    bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise ConfigError(f"executor.model {source!r}: the weight {bad} holds NaN or inf")
+    return model
+
+
 def load_model(source: str, dtype: str = "float32", device: str = "cpu", seed: int = 0,
                available: int | None = None, where: str = "") -> LoadedModel:
     """Load `source` (see the module doc) in `dtype` on `device`, refusing it if its weights need more
@@ -163,7 +192,7 @@ def load_model(source: str, dtype: str = "float32", device: str = "cpu", seed: i
         weight_bytes = count_weight_bytes(config, dt)
         if available is not None:
             check_fits(source, weight_bytes, available, where)
-        model = AutoModelForCausalLM.from_pretrained(what, dtype=dt, local_files_only=True)
+        model = _checkpoint(what, dt, source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(what, local_files_only=True)
         except (OSError, ValueError):

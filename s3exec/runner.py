@@ -48,6 +48,12 @@ def exec_notes(row: dict, cfg) -> list[str]:
         limit = (cfg.get("executor") or {}).get("max_prompt_len")
         notes.append(f"note: {row['clipped_prompts']:,} prompts were cut to their last executor.max_prompt_len={limit} "
                      f"tokens (clipped_prompts); executor.max_prompt_len=null keeps them whole")
+    from s3exec.models import WEIGHT_FILES, _has_weights
+
+    folder = Path(str((cfg.get("executor") or {}).get("model") or ""))
+    if str(folder) not in ("", ".") and folder.is_dir() and not _has_weights(folder):
+        notes.append(f"note: executor.model {str(folder)!r} holds a config.json and no weight file "
+                     f"({', '.join(WEIGHT_FILES)}): its model ran with random weights (seed {cfg.get('seed', 0)})")
     return notes
 
 
@@ -82,6 +88,7 @@ def run_exec(cfg, out_dir: str | Path | None = None, progress: bool = False, wri
         # whole blocks of the cache over the budget: above 1 by at most the partial blocks a token pool's
         # requests leave (see s3exec.kv_cache)
         "peak_kv_used_frac": result.peak_kv_tokens / result.kv_capacity_tokens, "wall_s": wall,
+        **({"zero_length_rows": setup.zero_length_rows} if setup.zero_length_rows else {}),
     })
     if out_dir is not None:
         tok = setup.loaded.tokenizer

@@ -30,11 +30,16 @@ def get(cfg, path, default=None):
     return node
 
 
+MAX_COUNT = 2**31 - 1  # the largest count a setting takes: past it numpy's int64 sums and arrays overflow
+
+
 def positive_int(value, field, allow_none=False):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+    if value > MAX_COUNT:
+        raise ConfigError(f"{field} must be at most {MAX_COUNT:,}, got {value!r}")
     return int(value)
 
 
@@ -190,6 +195,8 @@ def seed_of(cfg) -> int:
     value = get(cfg, "seed", _default("seed"))
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {value!r}")
+    if value >= 2**63:
+        raise ConfigError(f"seed must be below 2**63 (what torch seeds), got {value!r}")
     return int(value)
 
 

@@ -62,6 +62,21 @@ def test_s3sim_bad_traces(tmp_path, case):
     (["+shared_prefix.tokens=64"], "shared_prefix is the simulator's"),
     (["policy=hf", "policy.sizing=actual", "executor.mode=natural"], "executor.mode=natural with policy.sizing=actual"),
     (["executor.memory_limit=1000000GB"], "executor.memory_limit=1000000GB asks for 931322.57 GiB but the available host"),
+    (["executor.block_size=4096", "executor.kv_memory=1MiB"], "executor.block_size=4096 is larger than the KV capacity"),
+    (["policy=paged", "policy.block_size=100000", "executor.kv_memory=1MiB"],
+     "policy.block_size=100000 is larger than the KV capacity of 2,048 tokens"),
+    (["max_seq_len=9223372036854775808"], "max_seq_len must be at most 2,147,483,647"),
+    (["seed=18446744073709551616"], "seed must be below 2**63"),
+    (["executor.threads=100000"], "executor.threads must be at most 1024"),
+    (["predictor.latency_ms=1e300"], "predictor.latency_ms must be at most 1e+12"),
+    (["~executor"], "executor must be the executor's settings"),
+    (["~model"], "executor.model or model.name must name the model to run"),
+    (["executor.model=''"], "executor.model must name a model"),
+    (["policy=hf", "executor.attention=flash"], "executor.attention='flash' is unknown"),  # checked, though hf reads it not
+    (["policy=hf", "executor.cuda_graphs=maybe"], "executor.cuda_graphs must be auto, true or false"),
+    (["executor.chat_template=maybe"], "executor.chat_template must be true or false"),
+    (["+kv_capacity_tokens=100"], "kv_capacity_tokens is the simulator's"),
+    (["executor.kv_memory='1'"], "executor.kv_memory must be a whole number of bytes (> 1) or a fraction"),
 ])
 def test_s3exec_bad_input(tmp_path, args, needle):
     p = cli("from s3exec.cli import main; main()", "num_requests=4", "max_seq_len=16", *args,
@@ -132,3 +147,57 @@ def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, module):
     p = cli(f"from {module}.cli import main; main()", "num_requests=4", f"hydra.run.dir={tmp_path}/afile/run",
             cwd=tmp_path)
     assert_one_line_error(p, f"hydra.run.dir={tmp_path}/afile/run: cannot write there")
+
+
+def test_s3exec_refuses_a_checkpoint_whose_weights_are_not_its_model(tmp_path):
+    """transformers fills a missing layer with random weights and says so in a log line the executor mutes;
+    NaN weights make every token 0; a weight of another shape or a damaged file is its traceback: each is one
+    line. A folder holding a config.json and no weights runs on random weights, said."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    good = tmp_path / "good"
+    AutoModelForCausalLM.from_config(config).save_pretrained(good)
+    weights = load_file(good / "model.safetensors")
+
+    def variant(name, tensors=None, raw=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text((good / "config.json").read_text())
+        if raw is not None:
+            (folder / "model.safetensors").write_bytes(raw)
+        elif tensors is not None:
+            save_file(tensors, folder / "model.safetensors")
+        return folder
+
+    cases = {
+        variant("partial", {k: v for k, v in weights.items() if ".layers.1." not in k}): "the checkpoint lacks model.layers.1.",
+        variant("nan", {**weights, "model.norm.weight": torch.full_like(weights["model.norm.weight"], float("nan"))}):
+            "the weight model.norm.weight holds NaN or inf",
+        variant("shape", {**weights, "model.norm.weight": torch.ones(7)}): "a weight has another shape",
+        variant("junk", raw=b"\x00" * 1000): "its weights cannot be loaded",
+    }
+    for folder, needle in cases.items():
+        p = cli("from s3exec.cli import main; main()", "num_requests=2", "max_seq_len=16", "executor.kv_memory=1MiB",
+                f"executor.model={folder}", "executor.progress=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+        assert_one_line_error(p, needle, tmp_path / "run")
+    bare = variant("bare")
+    p = cli("from s3exec.cli import main; main()", "num_requests=2", "max_seq_len=16", "executor.kv_memory=1MiB",
+            f"executor.model={bare}", "executor.progress=false", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert f"note: executor.model '{bare}' holds a config.json and no weight file" in p.stdout
+
+
+def test_s3exec_counts_and_says_trace_rows_of_zero_tokens_as_the_simulator_does(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "t.csv").write_text(HEADER + "0.0,5,0\n0.5,6,3\n")
+    p = cli("from s3exec.cli import main; main()", "num_requests=2", "max_seq_len=16", "executor.kv_memory=1MiB",
+            "workload=trace", "arrival=trace", f"workload.path={tmp_path / 't.csv'}", "executor.progress=false",
+            f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "note: 1 requests came from trace rows with a 0-token prompt or output, served as 1 token" in p.stdout
+    assert pd.read_csv(tmp_path / "run" / "summary.csv").zero_length_rows.tolist() == [1]

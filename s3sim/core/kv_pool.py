@@ -15,7 +15,7 @@ cached block out of its middle (`reused`), and freed units are appended to its t
 """
 from __future__ import annotations
 
-from s3sim.core.errors import InvariantViolation
+from s3sim.core.errors import ConfigError, InvariantViolation
 
 
 class KVPool:
@@ -154,3 +154,11 @@ class KVPool:
             self.free_queue.pop_head(units - reused)
         if self.used > self.peak:
             self.peak = self.used
+
+
+def block_pool(capacity_tokens: int, block_size: int) -> KVPool:
+    """A pool of the whole blocks of `block_size` tokens that `capacity_tokens` holds (at least one)."""
+    if capacity_tokens // block_size < 1:
+        raise ConfigError(f"policy.block_size={block_size} is larger than the KV capacity of {capacity_tokens:,} "
+                          f"tokens: not one block fits; lower it (or give the KV more memory)")
+    return KVPool(capacity_tokens // block_size, unit_tokens=block_size)

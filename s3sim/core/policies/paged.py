@@ -31,7 +31,7 @@ import numpy as np
 
 from s3sim.core.errors import ConfigError
 from s3sim.core.kv_blocks import BlockGrowth, Blocks
-from s3sim.core.kv_pool import KVPool
+from s3sim.core.kv_pool import block_pool
 from s3sim.core.output import SchedulerOutput, StepOutcome
 from s3sim.core.policies.base import FcfsScheduler, PolicyConfig
 from s3sim.core.request import Request
@@ -105,7 +105,7 @@ class PagedScheduler(FcfsScheduler):
     def from_config(cls, conf: Paged2023Config, capacity_tokens, max_seq_len, predictor=None,
                     feedback="mispredicted", context: int | None = None):
         """`context`: the served model's context window (what `prompt_tokens=auto` is read from)."""
-        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        pool = block_pool(capacity_tokens, conf.block_size)
         extra = {"predictor": predictor} if cls.uses_predictor else {}
         prompt_only = conf.iterations == "prompt_only"
         return cls(pool, max_seq_len, watermark=conf.watermark, max_batch_size=conf.max_batch_size,

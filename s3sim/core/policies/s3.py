@@ -27,7 +27,7 @@ import numpy as np
 from sortedcontainers import SortedKeyList
 
 from s3sim.core.errors import ConfigError, InvariantViolation
-from s3sim.core.kv_pool import KVPool
+from s3sim.core.kv_pool import block_pool
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import PolicyConfig, Scheduler
 from s3sim.core.policies.supervisor import GROW_MODES, Supervisor, check_quantile, quantile_bucket
@@ -73,7 +73,7 @@ class S3Scheduler(Scheduler):
     def from_config(cls, conf: S3Config, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
         sup = Supervisor(predictor, grow=conf.grow, in_place=conf.in_place, feedback=feedback,
                          quantile=conf.quantile)
-        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        pool = block_pool(capacity_tokens, conf.block_size)
         return cls(pool, max_seq_len, predictor, sup, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode, max_num_batched_tokens=conf.max_num_batched_tokens,
                    reserve=conf.reserve, make_room=conf.make_room, max_wait=conf.max_wait,

@@ -60,7 +60,7 @@ from typing import Optional
 from sortedcontainers import SortedKeyList
 
 from s3sim.core.errors import ConfigError
-from s3sim.core.kv_pool import KVPool
+from s3sim.core.kv_pool import block_pool
 from s3sim.core.output import SchedulerOutput
 from s3sim.core.policies.base import Progress
 from s3sim.core.policies.paged import PagedConfig, PagedScheduler
@@ -190,7 +190,7 @@ class VllmScheduler(PagedScheduler):
 
     @classmethod
     def from_config(cls, conf: VllmConfig, capacity_tokens, max_seq_len, predictor=None, feedback="mispredicted"):
-        pool = KVPool(capacity_tokens // conf.block_size, unit_tokens=conf.block_size)
+        pool = block_pool(capacity_tokens, conf.block_size)
         return cls(pool, max_seq_len, max_num_batched_tokens=conf.max_num_batched_tokens, watermark=conf.watermark,
                    prefix_caching=conf.prefix_caching, max_batch_size=conf.max_batch_size,
                    preemption_mode=conf.preemption_mode, order=conf.order, victim=conf.victim,

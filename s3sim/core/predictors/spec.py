@@ -18,6 +18,9 @@ FEEDBACK = ("mispredicted", "all")
 ERROR_SHAPES = ("uniform", "adjacent", "under", "over")
 
 
+MAX_LATENCY_MS = 1e12  # one prediction's cost at most: the simulator refuses runs past 1e9 s anyway
+
+
 @dataclass
 class PredictorSpec:
     """The fields every predictor takes."""
@@ -40,6 +43,9 @@ class PredictorSpec:
         if not 0 <= self.latency_ms < math.inf:
             raise ConfigError(f"predictor.latency_ms must be a non-negative number of milliseconds, got "
                               f"{self.latency_ms!r}")
+        if self.latency_ms > MAX_LATENCY_MS:
+            raise ConfigError(f"predictor.latency_ms must be at most {MAX_LATENCY_MS:g} (1e9 s, the simulator's latest "
+                              f"time), got {self.latency_ms!r}")
         if self.feedback not in FEEDBACK:
             raise ConfigError(f"predictor.feedback '{self.feedback}' is unknown; valid: {', '.join(FEEDBACK)}")
         if self.repredict is not None and not str(self.repredict).strip():
