@@ -20,6 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from s3sim.core.predictors.buckets import Buckets  # noqa: E402
+from s3sim.core.request import Request  # noqa: E402
 from s3sim.inputs import file_hash  # noqa: E402
 from s3sim.predictor.split import holdout_mask  # noqa: E402
 from s3sim.predictor.trained.cli import main  # noqa: E402
@@ -347,19 +348,180 @@ def test_an_output_with_nowhere_to_go_and_a_negative_learning_rate_are_refused_b
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(5, tag="lr"))
     for flag in ("--lr", "--head-lr"):  # a negative rate trained by gradient ascent and saved the result
         p = s3predict("train", data, flag, "-1", "--cache-dir", tmp_path / "cache")
-        assert p.returncode == 2 and f"argument {flag}: must be a number above 0, got -1" in p.stderr
+        assert p.returncode == 2 and f"argument {flag}: must be a number above 0 and at most 10" in p.stderr
     assert not (tmp_path / "cache").exists()
 
 
 def test_a_failed_evaluation_leaves_no_earlier_metrics_behind(tmp_path, capsys):
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs(12, tag="ev"))
-    rc, _, n = evaluate(tmp_path, capsys, data)
-    assert rc == 0 and n == 12 and (tmp_path / "ev0" / "metrics.csv").is_file()
+    ev = tmp_path / "ev0"
+    ev.mkdir()
+    stale = ev / "confusion_quantile_30_512.csv"  # an earlier evaluation's, by a predictor of another scheme
+    stale.write_text("true_bucket,0\n0,1\n")
+    assert main(["evaluate", str(data), "--threads", "1", "--no-progress", "--out", str(ev)]) == 0
+    capsys.readouterr()
+    model_schemes = json.loads((SHIPPED / "meta.json").read_text())["buckets"]
+    assert sorted(f.name for f in ev.glob("*.csv")) == sorted(
+        ["metrics.csv", *(f"confusion_{n.replace(':', '_')}.csv" for n in model_schemes)])
+    # a run that fails before its predictor loads (a missing model) clears the earlier results first too
+    assert main(["evaluate", str(data), "--model", str(tmp_path / "nope"), "--out", str(ev)]) == 2
+    assert "model folder" in capsys.readouterr().err and not list(ev.glob("*.csv"))
+    (ev / "metrics.csv").write_text("n\n12\n")  # and so does one that fails reading its data
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     assert main(["evaluate", str(tmp_path / "bad.jsonl"), "--threads", "1", "--no-progress",
                  "--out", str(tmp_path / "ev0")]) == 2
     capsys.readouterr()
     assert not list((tmp_path / "ev0").glob("*.csv"))
+
+
+# ------------------------------------------------------------------------------ options and outputs
+
+def argparse_error(capsys, *argv):
+    """The one line an argparse refusal prints (exit code 2), in this process."""
+    with pytest.raises(SystemExit) as e:
+        main([*map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "p.txt", "--threads", "100000"], "--threads: must be a whole number from 1 to 1,024"),
+    (["predict", "p.txt", "--threads", str(2**63)], "--threads: must be a whole number from 1 to 1,024"),
+    (["train", "d.jsonl", "--seed", "-1"], "--seed: must be a whole number from 0 to 4,294,967,295"),
+    (["train", "d.jsonl", "--seed", str(10**23)], "--seed: must be a whole number from 0 to 4,294,967,295"),
+    (["train", "d.jsonl", "--split-seed", "-1"], "--split-seed: must be a whole number from 0"),  # as the simulator
+    (["evaluate", "d.jsonl", "--split-seed", "-1"], "--split-seed: must be a whole number from 0"),
+    (["table", "d.jsonl", "--split-seed", "-1"], "--split-seed: must be a whole number from 0"),
+    (["train", "d.jsonl", "--lr", "1e300"], "--lr: must be a number above 0 and at most 10"),
+    (["train", "d.jsonl", "--head-lr", "1e30"], "--head-lr: must be a number above 0 and at most 10"),
+    (["train", "d.jsonl", "--lr", "1e-50"], "--lr: must be a number above 0"),  # 0 in float32
+    (["train", "d.jsonl", "--epochs", str(2**63)], "--epochs: must be a whole number from 1 to 10,000"),
+    (["train", "d.jsonl", "--name", "../../escape"], "--name: must be a folder name inside the cache folder"),
+    (["train", "d.jsonl", "--name", "a/b"], "--name: must be a folder name inside the cache folder"),
+    (["train", "d.jsonl", "--name", ""], "--name: must be a folder name inside the cache folder"),
+    (["train", "d.jsonl", "--cache-dir", ""], "--cache-dir: an empty path names nothing"),
+    (["predict", "p.txt", "--out", ""], "--out: an empty path names no file"),
+    (["table", "d.jsonl", "--out", ""], "--out: an empty path names no file"),
+    (["evaluate", "d.jsonl", "--out", ""], "--out: an empty path would write into the working directory"),
+])
+def test_an_out_of_range_option_is_one_line_naming_it(capsys, argv, needle):
+    """Each of these was a traceback (OSError, ValueError, OverflowError), a run without end, a write outside
+    the cache folder or a silent fallback to a default; now argparse refuses it before any work."""
+    err = argparse_error(capsys, *argv)
+    assert needle in err, err
+
+
+def test_a_scheme_too_large_is_one_line(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", pairs(5, tag="sch"))
+    for scheme, needle in (("equal:4:99999999999999999999", "max length must be at most 1,048,576 tokens"),
+                           ("equal:100000:2000000", "the bucket count must be at most 1024")):
+        assert main(["train", str(data), "--scheme", scheme, "--cache-dir", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and scheme in err and "\n" not in err, err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_train_refuses_what_its_encoder_cannot_take_before_any_work(tmp_path, capsys):
+    """--max-length 100000 trained and saved a model that no command could load (the encoder has 512 positions);
+    a LoRA rank above the encoder's hidden size is refused too. Nothing is written."""
+    data = write_jsonl(tmp_path / "d.jsonl", pairs(5, tag="enc"))
+    for flag, value, needle in (("--max-length", "100000", "--max-length 100000: max_length 100000 exceeds the "
+                                                            "encoder's 512 positions"),
+                                ("--lora", "100000", "--lora 100000: a LoRA rank must be 0 (the whole encoder) "
+                                                     "to the encoder's hidden size 384")):
+        assert main(["train", str(data), flag, value, "--cache-dir", str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys):
+    """A place no file can go was a traceback once the predictions were made; now one line, and nothing is
+    written or trained."""
+    data = write_jsonl(tmp_path / "d.jsonl", pairs(5, tag="w"))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    cases = [(["train", data, "--cache-dir", prompts], f"--cache-dir {prompts}: {prompts} is not a folder"),
+             (["train", data, "--cache-dir", prompts / "sub"], f"{prompts} is not a folder"),
+             (["evaluate", data, "--out", prompts / "sub"], f"--out {prompts / 'sub'}: {prompts} is not a folder")]
+    if Path("/proc/self").is_dir():  # a folder no file can be made in, even by root
+        cases += [(["predict", prompts, "--out", "/proc/p.csv"], "--out /proc/p.csv: cannot write in /proc"),
+                  (["table", data, "--out", "/proc/x.csv.gz"], "--out /proc/x.csv.gz: cannot write in /proc"),
+                  (["evaluate", data, "--out", "/proc/evx"], "--out /proc/evx: cannot write in /proc"),
+                  (["train", data, "--cache-dir", "/proc/cachex"], "--cache-dir /proc/cachex: cannot write in /proc")]
+    for argv, needle in cases:
+        assert main([*map(str, argv), "--threads", "1", "--no-progress"] if argv[0] != "predict"
+                    else [*map(str, argv), "--threads", "1"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["d.jsonl", "p.txt"]
+
+
+def test_out_is_written_in_the_format_its_extension_names(tmp_path, capsys):
+    """predict --out X.csv.gz wrote plain CSV under a .gz name, table --out X.csv gzip under a .csv name; any
+    other extension is refused before any work."""
+    from s3sim.predictor.trained.predictor import TrainedPredictor
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("Write a haiku about the sea.\nExplain how a compiler works, in depth.\n")
+    for argv in (["predict", prompts, "--out", tmp_path / "x.parquet"], ["table", prompts, "--out", tmp_path / "x"]):
+        assert main([*map(str, argv), "--threads", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out {argv[-1]}: must end in .csv (plain CSV) or .csv.gz (gzip CSV)" in err and "\n" not in err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.txt"]
+    gz = lambda f: f.read_bytes()[:2] == b"\x1f\x8b"  # noqa: E731
+    for name, zipped in (("pred.csv.gz", True), ("pred.csv", False)):
+        assert main(["predict", str(prompts), "--out", str(tmp_path / name), "--threads", "1"]) == 0
+        assert gz(tmp_path / name) == zipped and len(pd.read_csv(tmp_path / name)) == 2
+    rows = pairs(10, tag="tab")
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    for name, zipped in (("t.csv", False), ("u.csv.gz", True)):
+        out = tmp_path / name
+        assert main(["table", str(data), "--out", str(out), "--threads", "1", "--test-frac", "0.5"]) == 0
+        assert gz(out) == zipped
+        table = pd.read_csv(out, dtype={"key": str})
+        keys = table.query("split == 'test'").key.tolist()
+        p = TrainedPredictor.from_table(out, "equal:10:2048", keys)  # the simulator reads either
+        assert p.predict([Request(i, 1, 1, 0.0) for i in range(len(keys))]).tolist() == \
+            table.query("split == 'test'")["equal:10:2048:bucket"].tolist()
+    capsys.readouterr()
+
+
+def test_predict_refuses_two_prompts_of_one_id(tmp_path, capsys):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "b"},
+                                           {"id": 1, "prompt": "c"}])
+    assert main(["predict", str(f), "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{f} line 3: id '1' repeats that of {f} line 1" in err and "\n" not in err, err
+
+
+def test_a_meta_json_baseline_outside_its_buckets_is_one_line(tmp_path):
+    """A majority bucket of 99 of 10 was an IndexError deep inside `evaluate`."""
+    from s3sim.core.errors import ConfigError
+    from s3sim.predictor.trained.model import read_meta
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    meta = json.loads((SHIPPED / "meta.json").read_text())
+    assert read_meta(SHIPPED)["baselines"] == meta["baselines"]
+    for bad, needle in ((99, "baselines equal:10:2048 majority must be a bucket from 0 to 9, got 99"),
+                        (-1, "got -1"), ("0", "got '0'"), (1.5, "got 1.5")):
+        meta["baselines"]["equal:10:2048"]["majority"] = bad
+        (folder / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match=re.escape(needle)) as e:
+            read_meta(folder)
+        assert str(folder / "meta.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tokenizer_folder_without_a_tokenizer_is_one_line(tmp_path):
+    from s3sim.core.errors import ConfigError
+    from s3sim.workload.tokenizer import load_tokenizer
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a loadable Hugging Face tokenizer folder") as e:
+        load_tokenizer(str(tmp_path))
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
 
 
 # ------------------------------------------------------------------------------ no machine paths

@@ -121,3 +121,57 @@ def test_trained_predictor_in_the_simulator(cfg):
 def test_trained_predictor_needs_a_text_workload(cfg):
     with pytest.raises(ConfigError, match="needs a text workload"):
         build(cfg("policy=s3", "predictor=trained", "workload=alpaca", "num_requests=100"))
+
+
+def _damage(table, tmp_path, csv=None, side=None):
+    """The hand-made table with its CSV text and/or sidecar text replaced."""
+    if csv is not None:
+        if isinstance(csv, bytes):
+            table.write_bytes(csv)
+        else:
+            import gzip
+            with gzip.open(table, "wt") as f:
+                f.write(csv)
+    if side is not None:
+        (tmp_path / "t.json").write_text(side)
+    return table
+
+
+HEAD = "key,split,equal:4:100:bucket"
+
+
+@pytest.mark.parametrize("csv, side, needle", [
+    (f"{HEAD}\nb,test,4\n", None, "bucket must be a whole number from 0 to 3"),
+    (f"{HEAD}\nb,test,-1\n", None, "is -1; a bucket must be a whole number from 0 to 3"),  # not the last bucket
+    (f"{HEAD}\nb,test,\n", None, "is nan; a bucket must be"),
+    (f"{HEAD}\nb,test,1.5\n", None, "a bucket must be a whole number"),
+    ("key,equal:4:100:bucket\nb,1\n", None, "no column 'split'"),
+    ("key,split\nb,test\n", None, "no column 'equal:4:100:bucket'"),
+    ("", None, "not a readable prediction table"),
+    (b"not gzip at all", None, "not a readable prediction table"),
+    (f"{HEAD}\nb,test,1\nb,test,2\n", None, "key 'b' is missing or repeated"),
+    (f"{HEAD},equal:4:100:p0,equal:4:100:p1,equal:4:100:p2,equal:4:100:p3\nb,test,1,,0.5,0.5,0\n", None,
+     "probabilities equal:4:100:p0..p3 of row 'b' are not finite numbers in [0, 1] summing to 1"),
+    (f"{HEAD},equal:4:100:p0,equal:4:100:p1,equal:4:100:p2,equal:4:100:p3\nb,test,1,5,0.5,0.5,0\n", None,
+     "probabilities equal:4:100:p0..p3 of row 'b' are not finite"),
+    (None, '{"buckets": ', "t.json: not a prediction table's sidecar"),
+    (None, '{"x": 1}', "t.json: not a prediction table's sidecar: expected an object whose 'buckets'"),
+    (None, '[1, 2]', "t.json: not a prediction table's sidecar"),
+])
+def test_a_damaged_prediction_table_is_one_line_naming_the_file(table, tmp_path, csv, side, needle):
+    """Every damage is refused before a prediction is made: none may index another bucket (-1 was read as the
+    last) or carry NaN into the simulation."""
+    _damage(table, tmp_path, csv, side)
+    with pytest.raises(ConfigError) as e:
+        TrainedPredictor.from_table(table, "equal:4:100", ["b"])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg and str(tmp_path) in msg, msg
+
+
+def test_a_table_with_valid_probabilities_is_read_as_written(table, tmp_path):
+    cols = ",".join(f"equal:4:100:p{j}" for j in range(4))
+    _damage(table, tmp_path, f"{HEAD},{cols}\nb,test,2,0.1,0.2,0.6,0.1\n")
+    p = TrainedPredictor.from_table(table, "equal:4:100", ["b"])
+    reqs = [Request(0, 1, 1, 0.0)]
+    assert p.predict(reqs).tolist() == [2]
+    np.testing.assert_allclose(p.probabilities(reqs), [[0.1, 0.2, 0.6, 0.1]], rtol=1e-6)

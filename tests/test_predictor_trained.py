@@ -117,6 +117,15 @@ def test_read_pairs_recognises_each_format(tmp_path):
     ("", "is empty"),
     ("   \n", "is empty"),
     ('{"prompt": "p", "response": "r"}\n{"prompt": "p", "resp', "line 2: not valid JSON"),
+    # a field that is not text was scored as the text "None" or "['a']": refused, naming the line and field
+    ('{"prompt": "p", "response": "r"}\n{"prompt": null, "response": null}', "line 2: prompt must be text"),
+    ('{"prompt": ["a"], "response": "r"}', r"line 1: prompt must be text \(a JSON string\), got \[\"a\"\]"),
+    ('{"prompt": "p", "response": 5}', "line 1: response must be text"),
+    ('{"instruction": null, "output": "o"}', "line 1: instruction must be text"),
+    ('{"instruction": "i", "input": 3, "output": "o"}', "line 1: input must be text"),
+    ('{"instruction": "i", "output": {"x": 1}}', "line 1: output must be text"),
+    ('{"conversations": [{"from": "human", "value": null}, {"from": "gpt", "value": 5}]}',
+     "line 1: the first human turn's value must be text"),
 ])
 def test_bad_data_files_give_one_line_errors(tmp_path, content, message):
     f = tmp_path / "bad.jsonl"
@@ -208,6 +217,20 @@ def test_training_loss_falls_and_beats_chance(synthetic_file, tiny_encoder, tmp_
     assert set(conf) == {"equal:10:2048", "quantile:4:2048"}
     # a finished run is not trained again
     assert cli.train(_train_args(synthetic_file, tiny_encoder, tmp_path)) == folder
+
+
+def test_a_diverging_run_is_refused_and_never_saved_as_done(synthetic_file, tiny_encoder, tmp_path):
+    """A head learning rate of 1e30 took the loss to NaN and the run was still saved with done: true, so every
+    command then loaded a predictor of NaN probabilities. Now training stops at the first non-finite loss."""
+    from s3sim.predictor.trained import cli
+
+    a = _train_args(synthetic_file, tiny_encoder, tmp_path, epochs=1)
+    a.head_lr = 1e30  # past what --head-lr accepts: the training loop's own guard is what is tested here
+    with pytest.raises(ConfigError, match=r"training diverged \(loss nan at step \d+ is not finite\)") as e:
+        cli.train(a)
+    assert "--head-lr 1e+30" in str(e.value) and "\n" not in str(e.value)
+    meta = tmp_path / "run" / "meta.json"
+    assert not meta.is_file() or not json.loads(meta.read_text()).get("done")
 
 
 def whole_and_resumed(data, encoder, tmp_path, monkeypatch, at: int, *extra):

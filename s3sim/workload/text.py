@@ -51,10 +51,23 @@ def _where(path: Path, where) -> str:
     return f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
 
 
-def _instruction_prompt(row: dict) -> str:
+def _text(row: dict, field: str, where: str, optional: bool = False, name: str | None = None) -> str:
+    """A row's text field, as it is: a JSON string (`optional`: null or absent reads as ""). Anything else is
+    one error naming the row and the field: str() of it would be scored as the text "None" or "['a']"."""
+    value = row.get(field)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        shown = json.dumps(value)
+        raise ConfigError(f"{where}: {name or field} must be text (a JSON string), got "
+                          f"{shown if len(shown) <= 40 else shown[:37] + '...'}")
+    return value
+
+
+def _instruction_prompt(row: dict, where: str = "row") -> str:
     """An Alpaca-style prompt: the instruction, plus a newline and the input when there is one."""
-    inp = str(row.get("input") or "")
-    return str(row["instruction"]) + ("\n" + inp if inp else "")
+    inp = _text(row, "input", where, optional=True)
+    return _text(row, "instruction", where) + ("\n" + inp if inp else "")
 
 
 def _rows(path: Path) -> list:
@@ -95,18 +108,21 @@ def _pair(row, where: str, index: int) -> TextPair | None:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ConfigError(f"{where}: output_tokens must be a positive integer (the response's length in "
                               f"tokens) or absent, got {n!r}")
-        return TextPair(key, str(row["prompt"]), str(row["response"]), n)
+        return TextPair(key, _text(row, "prompt", where), _text(row, "response", where), n)
     if "conversations" in row:
         turns = row["conversations"] or []
         if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
             bad = turns if not isinstance(turns, list) else next(t for t in turns if not isinstance(t, dict))
             raise ConfigError(f"{where}: conversations must be a list of {{\"from\": ..., \"value\": ...}} objects, "
                               f"got a {type(bad).__name__}")
-        human = next((t.get("value") for t in turns if t.get("from") in ("human", "user")), None)
-        gpt = next((t.get("value") for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
-        return None if human is None or gpt is None else TextPair(key, str(human), str(gpt))
+        human = next((t for t in turns if t.get("from") in ("human", "user")), None)
+        gpt = next((t for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
+        if human is None or gpt is None:
+            return None
+        return TextPair(key, _text(human, "value", where, name="the first human turn's value"),
+                        _text(gpt, "value", where, name="the first reply's value"))
     if "instruction" in row and "output" in row:
-        return TextPair(key, _instruction_prompt(row), str(row["output"]))
+        return TextPair(key, _instruction_prompt(row, where), _text(row, "output", where))
     raise ConfigError(f"{where}: no prompt/response fields; found {sorted(row)[:6]}, expected {EXPECTED}")
 
 
@@ -132,7 +148,7 @@ def _prompt(row, where: str) -> str:
     if "prompt" in row or "text" in row:
         text = row.get("prompt", row.get("text"))
     elif "instruction" in row:
-        text = _instruction_prompt(row)
+        text = _instruction_prompt(row, where)
     elif "conversations" in row and isinstance(row["conversations"], list):
         text = next((t.get("value") for t in row["conversations"]
                      if isinstance(t, dict) and t.get("from") in ("human", "user")), None)
@@ -150,8 +166,14 @@ def read_prompts(path) -> list[tuple[str, str]]:
     if path.suffix == ".txt":
         out = [(str(n), line) for n, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
     else:
-        out = [(str(row.get("id", i)) if isinstance(row, dict) else str(i), _prompt(row, _where(path, where)))
-               for i, (where, row) in enumerate(_rows(path))]
+        out, first = [], {}
+        for i, (where, row) in enumerate(_rows(path)):
+            key = str(row.get("id", i)) if isinstance(row, dict) else str(i)
+            out.append((key, _prompt(row, _where(path, where))))
+            if key in first:  # the output is keyed by id: two rows of one key could not be told apart
+                raise ConfigError(f"{_where(path, where)}: id {key!r} repeats that of {_where(path, first[key])}; "
+                                  f"every prompt needs its own id (or none: its position)")
+            first[key] = where
     if not out:
         raise ConfigError(f"{path} holds no prompts: expected rows with {PROMPT_FIELDS}, or lines of text (.txt)")
     return out

@@ -39,7 +39,13 @@ def load_tokenizer(name: str = "smollm2"):
         return AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
     if not Path(name).is_dir():
         raise ConfigError(f"tokenizer {name!r} is neither 'smollm2' nor a local folder")
-    return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 -- transformers raises ValueError, OSError, KeyError... for a bad folder
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"tokenizer {name!r}: not a loadable Hugging Face tokenizer folder (it needs "
+                          f"tokenizer.json or tokenizer_config.json and its vocabulary; {type(e).__name__}: "
+                          f"{detail[:160]})") from None
 
 
 def count_tokens(tokenizer, texts, batch: int = 512) -> list[int]:

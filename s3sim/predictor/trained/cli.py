@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.commandline import Parser
+from s3sim.commandline import Parser, given_path, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import file_hash
 
@@ -68,13 +68,15 @@ def _non_negative(text: str) -> int:
 
 
 def _rate(text: str) -> float:
-    """A learning rate: a finite number above 0 (a negative one would train by gradient ascent)."""
+    """A learning rate: a number above 0 (a negative one would train by gradient ascent) and at most 10 (1e300
+    is no float32; far smaller ones already diverge), nonzero in float32."""
     try:
         v = float(text)
     except ValueError:
         v = float("nan")
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    if not (0 < v <= MAX_RATE and np.float32(v) > 0):  # the optimizer computes in float32: 1e-50 is 0 there
+        raise argparse.ArgumentTypeError(f"must be a number above 0 and at most {MAX_RATE:g} (not below float32's "
+                                         f"1e-45), got {text}")
     return v
 
 
@@ -85,6 +87,74 @@ def _positive(text: str) -> int:
     return v
 
 
+def _whole(text: str, low: int, high: int, what: str) -> int:
+    """A whole number in [low, high], else one line saying the range and why it is bounded."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = low - 1
+    if not low <= v <= high:
+        raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high:,} ({what}), got {text}")
+    return v
+
+
+MAX_THREADS = 1024
+MAX_EPOCHS = 10_000
+MAX_RATE = 10.0
+SEED_MAX = 2**32 - 1        # torch.manual_seed(seed * 1_000_003 + step) must stay below 2**64
+SPLIT_SEED_MAX = 2**63 - 1  # the simulator's workload.split_seed: a non-negative integer
+
+
+def _threads(text: str) -> int:
+    """torch CPU threads: a thread pool of 100,000 failed to allocate after the command had started."""
+    return _whole(text, 1, MAX_THREADS, "torch CPU threads")
+
+
+def _epochs(text: str) -> int:
+    """Epochs: 2**63 ran forever instead of failing."""
+    return _whole(text, 1, MAX_EPOCHS, "passes over the training rows")
+
+
+def _seed(text: str) -> int:
+    """A training seed that torch and numpy both accept (a negative or 10**23 was a ValueError mid-run)."""
+    return _whole(text, 0, SEED_MAX, "torch's and numpy's seed range")
+
+
+def _split_seed(text: str) -> int:
+    """The seed of the split by prompt: the range the simulator's workload.split_seed accepts, so every split
+    s3predict makes can be asked of the simulator (a negative one could not)."""
+    return _whole(text, 0, SPLIT_SEED_MAX, "as workload.split_seed")
+
+
+def _run_name(text: str) -> str:
+    """A run folder's name inside the cache folder: never empty (it fell back to the default name) and never a
+    path (../../x wrote outside the cache folder)."""
+    if not text.strip() or text in (".", "..") or "/" in text or "\\" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"must be a folder name inside the cache folder (no '/', not empty, "
+                                         f"not '.' or '..'), got {text!r}")
+    return text
+
+
+def _csv_out(text: str) -> str:
+    """--out of `predict` and `table`: a file, never empty (it fell back to the default) nor a folder; its
+    extension is checked by `_check_csv_name` (CSV was written under a .parquet or .gz name)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path names no file; give a .csv or .csv.gz file name")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (.csv or .csv.gz)")
+    return text
+
+
+def _check_csv_name(out) -> None:
+    """--out's extension names the format written (checked after the overwrite check, whose line says more)."""
+    if out and not str(out).lower().endswith((".csv", ".csv.gz")):
+        raise ConfigError(f"--out {out}: must end in .csv (plain CSV) or .csv.gz (gzip CSV), the format written")
+
+
+def _gzipped(path) -> bool:
+    return str(path).lower().endswith(".gz")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = Parser(prog="s3predict", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
@@ -92,10 +162,10 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("data", help="JSON/JSONL prompt/response file")
     common.add_argument("--tokenizer", default="smollm2", help="served model's tokenizer: smollm2 or a folder")
     common.add_argument("--limit", type=_positive, default=None, help="use only the first N rows")
-    common.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: all cores)")
+    common.add_argument("--threads", type=_threads, default=None, help="torch CPU threads (default: all cores)")
     common.add_argument("--no-progress", action="store_true")
     t = sub.add_parser("train", parents=[common], help="fine-tune a predictor (resumes a stopped run)")
-    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--split-seed", type=_split_seed, default=0)
     t.add_argument("--test-frac", type=_fraction, default=0.2, help="share of prompts held out (default 0.2)")
     t.add_argument("--scheme", action="append", default=None,
                    help="bucket scheme kind:K:max_len (repeatable; default equal:10:2048)")
@@ -103,39 +173,42 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--max-length", type=_positive, default=128, help="prompt tokens the encoder reads")
     t.add_argument("--lora", type=_non_negative, default=0,
                    help="LoRA rank: train adapters over the frozen encoder (a few MB) instead of the whole encoder")
-    t.add_argument("--epochs", type=_positive, default=3)
+    t.add_argument("--epochs", type=_epochs, default=3)
     t.add_argument("--batch-size", type=_positive, default=32)
     t.add_argument("--lr", type=_rate, default=5e-5)
     t.add_argument("--head-lr", type=_rate, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--save-every", type=_positive, default=100)
-    t.add_argument("--cache-dir", default=None)
-    t.add_argument("--name", default=None, help="run folder name (default: from the data and settings)")
+    t.add_argument("--cache-dir", type=given_path, default=None)
+    t.add_argument("--name", type=_run_name, default=None, help="run folder name (default: from the data and settings)")
     t.add_argument("--fresh", action="store_true", help="discard an existing run of the same name")
     for name, extra in (("evaluate", "report metrics on rows the predictor never trained on"),
                         ("table", "predict every row")):
         p = sub.add_parser(name, parents=[common], help=extra)
         p.add_argument("--model", default=None, help="a run folder written by `s3predict train` (default: the "
                                                      "shipped predictor, s3sim/predictor/shipped)")
-        p.add_argument("--out", default=None)
+        p.add_argument("--out", type=out_path if name == "evaluate" else _csv_out, default=None,
+                       help="a folder for metrics.csv and the confusion matrices" if name == "evaluate" else
+                       "a .csv.gz (gzip) or .csv file, and its .json sidecar (default predictions.csv.gz)")
         p.add_argument("--batch-size", type=_positive, default=64)
         if name == "evaluate":  # default: every row of another file, the held-out split of its own
-            p.add_argument("--split-seed", type=int, default=None,
+            p.add_argument("--split-seed", type=_split_seed, default=None,
                            help="seed of the --test-frac sample (its own training file: the seed it trained with)")
             p.add_argument("--test-frac", type=_fraction_or_all, default=None,
                            help="score a seeded share of a file it never trained on (default 1: every row); "
                                 "its own training file: only the held-out share it trained with")
         else:
-            p.add_argument("--split-seed", type=int, default=0)
+            p.add_argument("--split-seed", type=_split_seed, default=0)
             p.add_argument("--test-frac", type=_fraction, default=0.2)
     p = sub.add_parser("predict", help="predict the output-length bucket of every prompt of a file (no answers "
                                        "needed: JSON/JSONL rows with prompt text, or a .txt with one per line)")
     p.add_argument("data", help="prompt file")
     p.add_argument("--model", default=None, help="a run folder (default: the shipped predictor)")
     p.add_argument("--scheme", default=None, help="bucket scheme (default: the model's first, equal:10:2048)")
-    p.add_argument("--out", default=None, help="CSV of every prompt's bucket, reservation and probabilities")
+    p.add_argument("--out", type=_csv_out, default=None,
+                   help="CSV (.csv, or gzip .csv.gz) of every prompt's bucket, reservation and probabilities")
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--threads", type=_threads, default=None)
     return ap
 
 
@@ -152,7 +225,8 @@ def train(a) -> Path:
     from s3sim.predictor.trained.train import TrainConfig, Trainer, set_threads
 
     schemes = [Scheme.parse(s) for s in (a.scheme or ["equal:10:2048"])]
-    base_path(a.base)  # fail early on a missing encoder
+    check_encoder_options(base_path(a.base), a.max_length, a.lora)  # fail early: a missing encoder, or a
+    # --max-length / --lora it cannot take (such a run trained, then no command could load it)
     cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, head_lr=a.head_lr, seed=a.seed,
                       save_every=a.save_every)
     # the data's content hash too: a training file that grew or changed is another run, never a stale one
@@ -161,7 +235,9 @@ def train(a) -> Path:
                     test_frac=a.test_frac, limit=a.limit, schemes=[s.name for s in schemes], base=a.base,
                     max_length=a.max_length, train=asdict(cfg), **({"lora": a.lora} if a.lora else {}))
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    folder = cache_dir(a.cache_dir) / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
+    root = cache_dir(a.cache_dir)
+    _check_writable(root, "--cache-dir" if a.cache_dir else "the cache folder", root)
+    folder = root / (a.name or f"{Path(a.data).name.split('.')[0]}-{digest}")
     recover(folder)
     if (folder / "meta.json").is_file() and not a.fresh:
         from s3sim.predictor.trained.model import read_meta
@@ -197,6 +273,39 @@ def train(a) -> Path:
     return folder
 
 
+def check_encoder_options(base: Path, max_length: int, lora: int) -> None:
+    """--max-length within the encoder's positions (the check loading applies, so a run never saves a model no
+    command can load) and --lora at most its hidden size (a rank above it adds nothing and can exhaust memory)."""
+    from s3sim.predictor.trained.model import encoder_limits, max_length_problem
+
+    hidden, positions = encoder_limits(base)
+    problem = max_length_problem(max_length, positions)
+    if problem:
+        raise ConfigError(f"--max-length {max_length}: {problem}")
+    if hidden and lora > hidden:
+        raise ConfigError(f"--lora {lora}: a LoRA rank must be 0 (the whole encoder) to the encoder's hidden size "
+                          f"{hidden}")
+
+
+def _check_writable(folder, flag: str, value) -> None:
+    """`folder`, or the nearest folder above it that exists (where it would be made), can take a new file: else
+    one line naming the option now, not a traceback once the work is done."""
+    import tempfile
+
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        if p.is_symlink():  # a dangling link: mkdir would fail on it
+            break
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{flag} {value}: {p} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{flag} {value}: cannot write in {p} ({e.strerror or type(e).__name__})") from None
+
+
 def _model(a):
     from s3sim.predictor.trained.model import LengthClassifier, model_folder
     from s3sim.predictor.trained.train import set_threads
@@ -230,6 +339,7 @@ def predict(a):
 
     if a.out:
         _refuse_overwriting(a.data, a.out)
+        _check_csv_name(a.out)
     rows = read_prompts(a.data)
     model = _model(a)
     scheme = a.scheme or next(iter(model.buckets))
@@ -381,12 +491,16 @@ def evaluate(a, model=None, rows=None, rank: bool = True):
 
 def table(a):
     """Every row's predicted bucket and probabilities, per scheme, with its split side."""
-    out = Path(a.out or "predictions.csv.gz")
+    out = Path(a.out or DEFAULT_TABLE)
     _refuse_overwriting(a.data, out, [_sidecar(out)])
+    _check_csv_name(out)
     model = _model(a)
     rows = _rows(a)
     probs = model.probabilities(model.encode(rows["prompt"]), a.batch_size)
     return predictions_frame(rows, probs), model
+
+
+DEFAULT_TABLE = "predictions.csv.gz"
 
 
 def predictions_frame(rows, probs):
@@ -406,16 +520,9 @@ def main(argv=None) -> int:
         if a.cmd == "train":
             train(a)
         elif a.cmd == "evaluate":
-            if a.out and Path(a.out).exists() and not Path(a.out).is_dir():
-                raise ConfigError(f"--out {a.out} is a file; evaluate writes metrics.csv and the confusion "
-                                  f"matrices into a folder")
-            model = _model(a)
             if a.out:
-                mine = [Path(a.out) / "metrics.csv"] + [Path(a.out) / f"confusion_{n.replace(':', '_')}.csv"
-                                                        for n in model.buckets]
-                _refuse_overwriting(a.data, a.out, mine)
-                for f in mine:  # an earlier evaluation's files must not outlive a failed one as if its results
-                    f.unlink(missing_ok=True)
+                clear_evaluation(a.data, Path(a.out))
+            model = _model(a)
             rows, note = evaluation_rows(a, model)
             res, conf = evaluate(a, model, rows)
             print(note)
@@ -429,9 +536,9 @@ def main(argv=None) -> int:
                 from s3sim.writers import write_csv
                 out = Path(a.out)
                 out.mkdir(parents=True, exist_ok=True)
-                write_csv(res, out / "metrics.csv")
-                for n, c in conf.items():
+                for n, c in conf.items():  # the confusions first: metrics.csv is what says the evaluation finished
                     write_csv(c.reset_index(), out / f"confusion_{n.replace(':', '_')}.csv")
+                write_csv(res, out / "metrics.csv")
         elif a.cmd == "predict":
             _check_out_folder(a.out)
             df, scheme, ms = predict(a)
@@ -441,27 +548,68 @@ def main(argv=None) -> int:
             more = " (first 20 shown)" if len(df) > 20 else ""
             print(f"{len(df)} prompts{more}, buckets {scheme}, {ms:.1f} ms per prompt")
             if a.out:
-                from s3sim.writers import write_csv
-                write_csv(df, Path(a.out))
+                write_csv_as_named(df, Path(a.out))
                 print(f"-> {a.out}")
         else:
-            _check_out_folder(a.out)
+            _check_out_folder(a.out or DEFAULT_TABLE)
             df, model = table(a)
-            out = Path(a.out or "predictions.csv.gz")
+            out = Path(a.out or DEFAULT_TABLE)
             write_table(df, model, out)
             print(f"{len(df)} rows -> {out}")
     except ConfigError as e:
         print(f"s3predict: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write refused after the up-front checks (a full disk, a folder made read-only)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"s3predict: error: {where}{e.strerror or e} (could not read or write it)", file=sys.stderr)
+        return 2
     return 0
 
 
+def clear_evaluation(data, out: Path) -> None:
+    """Before any work: --out must be a folder that can be written, and an earlier evaluation's results in it
+    (metrics.csv, confusion_*.csv) are removed, so none outlives this run as if it were its result (a failed
+    run, or one whose predictor has other schemes); the input file is never among them."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; evaluate writes metrics.csv and the confusion matrices into a "
+                          f"folder")
+    _check_writable(out, "--out", out)
+    mine = [out / "metrics.csv", *sorted(out.glob("confusion_*.csv"))] if out.is_dir() else [out / "metrics.csv"]
+    _refuse_overwriting(data, out, mine)
+    for f in mine:
+        f.unlink(missing_ok=True)
+
+
 def _check_out_folder(out) -> None:
-    """--out's folder must exist before the work that fills it starts (not a traceback once it is done)."""
-    if out and not Path(out).resolve().parent.is_dir():
+    """--out's folder must exist and take a new file before the work that fills it starts (not a traceback once
+    it is done)."""
+    if not out:
+        return
+    if not Path(out).resolve().parent.is_dir():
         raise ConfigError(f"--out {out}: its folder {Path(out).parent} does not exist")
-    if out and Path(out).is_dir():
+    if Path(out).is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name")
+    _check_writable(Path(out).resolve().parent, "--out", out)
+
+
+def write_csv_as_named(df, path: Path) -> None:
+    """A CSV written atomically, gzip-compressed when its name ends in .gz (byte-stable: no time in the header)."""
+    from s3sim.writers import write_atomically, write_csv
+
+    if not _gzipped(path):
+        write_csv(df, path)
+        return
+
+    def gz(tmp):
+        import gzip
+        import io
+
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as z:
+                with io.TextIOWrapper(z, encoding="utf-8", newline="") as f:
+                    df.to_csv(f, index=False)
+
+    write_atomically(path, gz)
 
 
 def ranking_note(res) -> str:
@@ -481,15 +629,12 @@ def ranking_note(res) -> str:
 
 
 def write_table(df, model, out: Path) -> None:
-    """The predictions (gzip CSV) and a JSON sidecar with each scheme's bucket edges, written atomically."""
-    import gzip
+    """The predictions (gzip CSV, or plain where --out ends in .csv) and a JSON sidecar with each scheme's bucket
+    edges, written atomically."""
     from s3sim.writers import write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with gzip.open(tmp, "wt", compresslevel=9) as f:
-        df.to_csv(f, index=False)
-    os.replace(tmp, out)
+    write_csv_as_named(df, out)
     side = {"buckets": {n: b.upper.tolist() for n, b in model.buckets.items()},
             "settings": model.meta.get("settings"), "baselines": model.meta.get("baselines"),
             "lora": model.lora, "compressed": model.meta.get("compressed")}

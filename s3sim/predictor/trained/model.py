@@ -164,10 +164,9 @@ class LengthClassifier(nn.Module):
                 path = folder / "encoder"
                 enc = AutoModel.from_pretrained(path, local_files_only=True)
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            positions = getattr(enc.config, "max_position_embeddings", None)
-            if positions and meta["max_length"] > positions:
-                raise ConfigError(f"{folder / 'meta.json'}: max_length {meta['max_length']} exceeds the encoder's "
-                                  f"{positions} positions; it must be 1 to {positions} prompt tokens")
+            problem = max_length_problem(meta["max_length"], getattr(enc.config, "max_position_embeddings", None))
+            if problem:
+                raise ConfigError(f"{folder / 'meta.json'}: {problem}")
             m = cls(enc, tok, buckets, meta["max_length"], lora=lora, base=meta.get("base"))
             heads = _read_heads(folder)
             _check_heads(folder, heads, buckets, enc.config.hidden_size)
@@ -376,4 +375,50 @@ def read_meta(folder: Path) -> dict:
                           f"`s3predict train --fresh`") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("buckets", {}), dict):
         raise ConfigError(f"{path}: not a trained predictor's metadata (expected an object with 'buckets')")
+    _check_baselines(path, meta)
     return meta
+
+
+def _check_baselines(path: Path, meta: dict) -> None:
+    """`baselines` (where present) maps each scheme of `buckets` to its baselines' buckets, each a whole number
+    0..K-1: a majority bucket of 99 of 10 was an IndexError deep in `evaluate` (another scheme's are unused)."""
+    base = meta.get("baselines")
+    if base is None:
+        return
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: baselines must map each bucket scheme to its baselines' buckets, got {base!r:.60}")
+    buckets = meta.get("buckets") or {}
+    for scheme, named in base.items():
+        if scheme not in buckets or not isinstance(buckets[scheme], list):
+            continue  # never used: the baselines scored are those of the schemes in buckets (checked there)
+        k = len(buckets[scheme])
+        if not isinstance(named, dict):
+            raise ConfigError(f"{path}: baselines {scheme} must map each baseline (majority, median) to a bucket, "
+                              f"got {named!r:.60}")
+        for name, b in named.items():
+            if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < k:
+                raise ConfigError(f"{path}: baselines {scheme} {name} must be a bucket from 0 to {k - 1}, got {b!r}; "
+                                  f"train again with `s3predict train --fresh`, or correct the file")
+
+
+def encoder_limits(path) -> tuple[int | None, int | None]:
+    """(hidden size, position count) of the Hugging Face encoder in folder `path`, from its config.json (None where
+    it does not say): what bounds a LoRA rank and the prompt tokens the encoder can read."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    if not isinstance(cfg, dict):
+        return None, None
+    hidden, positions = cfg.get("hidden_size"), cfg.get("max_position_embeddings")
+    ok = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    return (hidden if ok(hidden) else None), (positions if ok(positions) else None)
+
+
+def max_length_problem(max_length: int, positions: int | None) -> str | None:
+    """What is wrong with reading `max_length` prompt tokens with an encoder of `positions` positions (None: fine).
+    Shared by loading a predictor and by `s3predict train`, which must not save a model no command could load."""
+    if positions and max_length > positions:
+        return (f"max_length {max_length} exceeds the encoder's {positions} positions; it must be 1 to {positions} "
+                f"prompt tokens")
+    return None

@@ -55,8 +55,6 @@ class TrainedPredictor(Predictor):
     # ------------------------------------------------------------------ table source
     @classmethod
     def from_table(cls, path, scheme: str, keys, allow_in_sample: bool = False) -> "TrainedPredictor":
-        import pandas as pd
-
         path = Path(path)
         side = path.with_suffix("").with_suffix(".json")
         if not path.is_file() or not side.is_file():
@@ -64,21 +62,8 @@ class TrainedPredictor(Predictor):
                               f"`s3predict table` or use predictor.source=model")
         note(path)
         note(side)
-        meta = json.loads(side.read_text())
-        if scheme not in meta["buckets"]:
-            raise ConfigError(f"{path.name} has no predictions for buckets {scheme}; it has "
-                              f"{', '.join(meta['buckets'])} (set predictor.bucketing/num_buckets/max_seq_len)")
-        from s3sim.predictor.trained.schemes import edges_problem
-
-        problem = edges_problem(scheme, meta["buckets"][scheme])
-        if problem:
-            raise ConfigError(f"{side}: buckets {scheme}: {problem}; a prediction table's edges must be those its "
-                              f"scheme names (write it again with `s3predict table`)")
-        buckets = Buckets(meta["buckets"][scheme])
-        header = pd.read_csv(path, nrows=0).columns
-        pcols = [f"{scheme}:p{j}" for j in range(buckets.num)]
-        pcols = pcols if all(c in header for c in pcols) else []  # a table of buckets only: one-hot
-        df = pd.read_csv(path, dtype={"key": str}, usecols=["key", "split", f"{scheme}:bucket", *pcols])
+        buckets = _table_buckets(side, scheme, path.name)
+        df, pcols = _read_table(path, scheme, buckets.num)
         row = {k: i for i, k in enumerate(df["key"])}
         keys = np.asarray(keys, dtype=object)
         missing = [k for k in keys if k not in row]
@@ -183,6 +168,81 @@ class TrainedPredictor(Predictor):
                 self._opt.step()
         self.model.eval()
         self.retrain_rounds += 1
+
+
+
+def _table_buckets(side: Path, scheme: str, table: str) -> Buckets:
+    """The bucket edges of `scheme` from a prediction table's JSON sidecar, checked: one line naming the file
+    and what is wrong (not a JSONDecodeError or a KeyError from deep in the simulator)."""
+    from s3sim.predictor.trained.schemes import edges_problem
+
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{side}: not a prediction table's sidecar ({str(e).splitlines()[0]}); write it again "
+                          f"with `s3predict table`") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("buckets"), dict) or not meta["buckets"]:
+        raise ConfigError(f"{side}: not a prediction table's sidecar: expected an object whose 'buckets' maps each "
+                          f"scheme (e.g. equal:10:2048) to its edges; write it again with `s3predict table`")
+    if scheme not in meta["buckets"]:
+        raise ConfigError(f"{table} has no predictions for buckets {scheme}; it has "
+                          f"{', '.join(meta['buckets'])} (set predictor.bucketing/num_buckets/max_seq_len)")
+    problem = edges_problem(scheme, meta["buckets"][scheme])
+    if problem:
+        raise ConfigError(f"{side}: buckets {scheme}: {problem}; a prediction table's edges must be those its "
+                          f"scheme names (write it again with `s3predict table`)")
+    return Buckets(meta["buckets"][scheme])
+
+
+def _read_table(path: Path, scheme: str, num: int):
+    """A prediction table's key, split, bucket and (where present) probability columns of `scheme`, checked:
+    every bucket a whole number 0..num-1 (a -1 would silently index the last bucket), every probability
+    finite in [0, 1] with each row summing to 1 (to the table's 3 decimals), keys unique. Else one line
+    naming the file, the column and what would be valid."""
+    import pandas as pd
+
+    bucket = f"{scheme}:bucket"
+    again = "write it again with `s3predict table`"
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        pcols = [f"{scheme}:p{j}" for j in range(num)]
+        pcols = pcols if all(c in header for c in pcols) else []  # a table of buckets only: one-hot
+        need = [c for c in ("key", "split", bucket) if c not in header]
+        if need:
+            raise ConfigError(f"{path}: no column {need[0]!r}; a prediction table needs key, split and {bucket} "
+                              f"columns ({again})")
+        df = pd.read_csv(path, dtype={"key": str, "split": str}, usecols=["key", "split", bucket, *pcols])
+    except ConfigError:
+        raise
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+        # BadGzipFile, a truncated gzip, EmptyDataError (no columns), rows of another width
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{path}: not a readable prediction table, a gzip CSV ({detail}); {again}") from None
+    if df.empty:
+        raise ConfigError(f"{path}: the prediction table has no rows; {again}")
+    if df["key"].isna().any() or df["key"].duplicated().any():
+        bad = df["key"][df["key"].isna() | df["key"].duplicated()].iloc[0]
+        raise ConfigError(f"{path}: key {bad!r} is missing or repeated; every row needs its own key ({again})")
+    if not df["split"].isin(["train", "test"]).all():
+        bad = df["split"][~df["split"].isin(["train", "test"])].iloc[0]
+        raise ConfigError(f"{path}: split must be train or test, got {bad!r} ({again})")
+    b = pd.to_numeric(df[bucket], errors="coerce").to_numpy(np.float64)
+    ok = np.isfinite(b) & (b == np.round(b)) & (b >= 0) & (b < num)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise ConfigError(f"{path}: column {bucket} of row {df['key'].iloc[i]!r} is {df[bucket].iloc[i]}; a "
+                          f"bucket must be a whole number from 0 to {num - 1} ({again})")
+    df[bucket] = b.astype(np.int64)
+    if pcols:
+        p = df[pcols].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        ok = np.isfinite(p).all(1) & (p >= 0).all(1) & (p <= 1).all(1)
+        ok &= np.abs(np.where(np.isfinite(p), p, 0).sum(1) - 1) <= 0.0005 * num + 1e-6
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise ConfigError(f"{path}: the probabilities {scheme}:p0..p{num - 1} of row {df['key'].iloc[i]!r} are "
+                              f"not finite numbers in [0, 1] summing to 1 ({again})")
+        df[pcols] = p
+    return df, pcols
 
 
 def from_config(cfg, bucketing: str, num_buckets: int, max_seq_len: int, keys, spec=None) -> TrainedPredictor:

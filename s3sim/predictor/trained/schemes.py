@@ -11,6 +11,8 @@ from s3sim.core.errors import ConfigError
 from s3sim.core.predictors.buckets import Buckets
 
 KINDS = ("equal", "quantile")
+MAX_BUCKETS = 1024        # one classifier output each
+MAX_LEN = 1 << 20         # tokens: far beyond any context window (10**20 overflowed numpy's int64)
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,12 @@ class Scheme:
             raise ConfigError(f"bucket scheme {text!r}: kind must be one of {', '.join(KINDS)}")
         if num < 2:
             raise ConfigError(f"bucket scheme {text!r}: the bucket count must be at least 2, got {num}")
+        if num > MAX_BUCKETS:
+            raise ConfigError(f"bucket scheme {text!r}: the bucket count must be at most {MAX_BUCKETS}, got {num}")
         if max_len < num:
             raise ConfigError(f"bucket scheme {text!r}: max length {max_len} must be at least the bucket count")
+        if max_len > MAX_LEN:
+            raise ConfigError(f"bucket scheme {text!r}: max length must be at most {MAX_LEN:,} tokens, got {max_len}")
         return cls(kind, num, max_len)
 
     @property

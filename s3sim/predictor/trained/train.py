@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s3sim.core.errors import ConfigError
 from s3sim.predictor.trained.model import LengthClassifier
 
 
@@ -82,10 +83,23 @@ class Trainer:
     def save(self) -> None:
         if self.folder is None:
             return
+        self.check_finite()
         meta = dict(self.meta, train=asdict(self.cfg), step=self.step, total_steps=self.total,
                     done=self.step >= self.total, losses=self.losses)
         state = {"opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step}
         self.model.save(self.folder, meta, train_state=state)
+
+    def check_finite(self) -> None:
+        """A run whose weights or losses went to inf/NaN is never saved (least of all as done): every command
+        would then load a predictor whose probabilities are NaN. One line saying what diverged and why."""
+        bad = next((f"loss {v} at step {i + 1}" for i, v in enumerate(self.losses) if not math.isfinite(v)), None)
+        if bad is None:
+            bad = next((f"weight {n} at step {self.step}" for n, p in self.model.named_parameters()
+                        if p.requires_grad and not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise ConfigError(f"training diverged ({bad} is not finite): --lr {self.cfg.lr} / --head-lr "
+                              f"{self.cfg.head_lr} are too high for this data; lower them (the run is not saved "
+                              f"as trained)")
 
     def restore(self) -> None:
         state = torch.load(self.folder / "train_state.pt", weights_only=False)
@@ -113,6 +127,8 @@ class Trainer:
                 self.sched.step()
                 self.step += 1
                 self.losses.append(round(float(loss.detach()), 5))
+                if not math.isfinite(self.losses[-1]):
+                    self.check_finite()  # stop at once: every later step, and any checkpoint, would be NaN
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(self.losses[-20:]):.3f}")
                 if self.step % self.cfg.save_every == 0 or self.step % self.steps_per_epoch == 0:
