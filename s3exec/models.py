@@ -75,7 +75,7 @@ def preset_config(name: str):
     return _hf_config(dict(p.config), str(p.path))
 
 
-def _has_weights(folder: Path) -> bool:
+def has_weights(folder: Path) -> bool:
     return any(any(folder.glob(p)) for p in WEIGHT_FILES)
 
 
@@ -89,7 +89,7 @@ def resolve_source(source: str):
         return "random", preset_config(source)
     p = Path(source)
     if p.is_dir() and (p / "config.json").is_file():
-        if _has_weights(p):
+        if has_weights(p):
             return "checkpoint", p
         p = p / "config.json"
     if p.is_file() and p.suffix == ".json":

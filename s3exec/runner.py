@@ -48,10 +48,10 @@ def exec_notes(row: dict, cfg) -> list[str]:
         limit = (cfg.get("executor") or {}).get("max_prompt_len")
         notes.append(f"note: {row['clipped_prompts']:,} prompts were cut to their last executor.max_prompt_len={limit} "
                      f"tokens (clipped_prompts); executor.max_prompt_len=null keeps them whole")
-    from s3exec.models import WEIGHT_FILES, _has_weights
+    from s3exec.models import WEIGHT_FILES, has_weights
 
     folder = Path(str((cfg.get("executor") or {}).get("model") or ""))
-    if str(folder) not in ("", ".") and folder.is_dir() and not _has_weights(folder):
+    if str(folder) not in ("", ".") and folder.is_dir() and not has_weights(folder):
         notes.append(f"note: executor.model {str(folder)!r} holds a config.json and no weight file "
                      f"({', '.join(WEIGHT_FILES)}): its model ran with random weights (seed {cfg.get('seed', 0)})")
     return notes

@@ -98,7 +98,7 @@ def test_a_huge_block_size_or_many_prefix_groups_cost_nothing_a_run_does_not_use
     (["seed=${oc.env:S3SIM_NO_SUCH_VARIABLE}"], "seed: KeyError raised while resolving interpolation"),
     (["experiment=null"], "experiment=null: Config group override must be a string"),
     (["arrival=gamma", "arrival.burstiness=1e-30"], "arrival.burstiness must be at least 0.001"),
-    (["predictor.latency_ms=1e30"], "s of simulated time, beyond 1e+09 s"),
+    (["predictor.latency_ms=1e30"], "predictor.latency_ms must be at most 1e+12"),  # refused before the run now
     (["latency.overhead_s=1e30"], "s of simulated time, beyond 1e+09 s"),
     (["policy=s3", "policy.make_room=2"], "policy.make_room must be true or false, got 2"),
 ])
