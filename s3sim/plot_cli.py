@@ -254,8 +254,6 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
 def read_table(path: Path) -> pd.DataFrame:
     """The table, refused whole where a row has more or fewer fields than the header (pandas would shift it a
     column or fill it with NaN) or where two columns share a name (pandas renames the second `name.1`)."""
-    import csv
-
     from s3sim.inputs import ragged_row
 
     if not path.is_file():
@@ -264,10 +262,9 @@ def read_table(path: Path) -> pd.DataFrame:
     if ragged is not None:
         raise ConfigError(f"{path}: {ragged}; a table has one value per column in every row")
     try:
-        table = pd.read_csv(path)
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        table = pd.read_csv(path)  # a .csv.gz too
+        header = list(pd.read_csv(path, nrows=1, header=None, dtype=str).iloc[0]) if len(table.columns) else []
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise ConfigError(f"{path} is not a CSV table ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
     twice = [c for c in dict.fromkeys(header) if header.count(c) > 1]

@@ -393,3 +393,10 @@ def test_a_misspelt_column_gets_near_names_and_a_word_names_its_row(tmp_path):
     t.loc[t.index[4], "ttft_p50"] = "fast"
     with pytest.raises(Exception, match=r"--y 'ttft_p50' is not numeric .*: 'fast' in data row 5"):
         figure_of(tmp_path, t, "--x", "offered_rate", "--y", "ttft_p50")
+
+
+def test_a_gzip_table_is_drawn_as_a_plain_one(tmp_path):
+    sweep_table().to_csv(tmp_path / "t.csv.gz", index=False)
+    p = plot_cli(tmp_path / "t.csv.gz", "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy", "--style",
+                 "workload.time_scale", "--out", tmp_path / "f.png")
+    assert p.returncode == 0 and p.stderr == "" and (tmp_path / "f.png").is_file(), p.stderr

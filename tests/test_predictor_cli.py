@@ -597,3 +597,20 @@ def test_the_shipped_predictor_beats_the_majority_class_by_ten_points_on_held_ou
     for scheme, rows in m.groupby("scheme"):
         acc = rows.set_index("predictor").accuracy
         assert acc["trained"] >= acc["majority"] + 0.10, (scheme, acc.to_dict())
+
+
+def test_a_conversation_without_a_turns_text_is_skipped_and_a_turn_of_another_type_refused(tmp_path):
+    """A null or absent value has always meant no turn (the row is skipped); a list or a number is no text."""
+    from s3sim.core.errors import ConfigError
+    from s3sim.workload.text import read_pairs
+
+    rows = [{"id": "a", "conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "hi"}]},
+            {"id": "b", "conversations": [{"from": "human"}, {"from": "gpt", "value": "hi"}]},
+            {"id": "c", "conversations": [{"from": "human", "value": "hello"}, {"from": "gpt", "value": "hi"}]}]
+    path = tmp_path / "conv.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [(p.key, p.prompt, p.response) for p in read_pairs(path)] == [("c", "hello", "hi")]
+    rows[0]["conversations"][0]["value"] = ["hello"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match="line 1: the first human turn's value must be text"):
+        read_pairs(path)

@@ -149,6 +149,9 @@ HEAD = "key,split,equal:4:100:bucket"
     ("key,split\nb,test\n", None, "no column 'equal:4:100:bucket'"),
     ("", None, "not a readable prediction table"),
     (b"not gzip at all", None, "not a readable prediction table"),
+    (bytes(b ^ (0x5a if 200 <= i < 220 else 0) for i, b in enumerate(__import__("gzip").compress(
+        (HEAD + "\n" + "".join(f"k{i},test,{i % 4}\n" for i in range(3000))).encode(), mtime=0))), None,
+     "not a readable prediction table"),  # the stream damaged inside: a zlib.error
     (f"{HEAD}\nb,test,1\nb,test,2\n", None, "key 'b' is missing or repeated"),
     (f"{HEAD},equal:4:100:p0,equal:4:100:p1,equal:4:100:p2,equal:4:100:p3\nb,test,1,,0.5,0.5,0\n", None,
      "probabilities equal:4:100:p0..p3 of row 'b' are not finite numbers in [0, 1] summing to 1"),

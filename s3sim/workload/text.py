@@ -117,8 +117,8 @@ def _pair(row, where: str, index: int) -> TextPair | None:
                               f"got a {type(bad).__name__}")
         human = next((t for t in turns if t.get("from") in ("human", "user")), None)
         gpt = next((t for t in turns if t.get("from") in ("gpt", "assistant", "chatgpt")), None)
-        if human is None or gpt is None:
-            return None
+        if human is None or gpt is None or human.get("value") is None or gpt.get("value") is None:
+            return None  # a conversation without both turns' text is skipped, as it always was
         return TextPair(key, _text(human, "value", where, name="the first human turn's value"),
                         _text(gpt, "value", where, name="the first reply's value"))
     if "instruction" in row and "output" in row:

@@ -12,6 +12,7 @@ Requests map to prompts through their row key in the workload (`request.id` inde
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def _read_table(path: Path, scheme: str, num: int):
         df = pd.read_csv(path, dtype={"key": str, "split": str}, usecols=["key", "split", bucket, *pcols])
     except ConfigError:
         raise
-    except (OSError, EOFError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error, pd.errors.ParserError) as e:
         # BadGzipFile, a truncated gzip, EmptyDataError (no columns), rows of another width
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{path}: not a readable prediction table, a gzip CSV ({detail}); {again}") from None
