@@ -124,8 +124,10 @@ def test_read_pairs_recognises_each_format(tmp_path):
     ('{"instruction": null, "output": "o"}', "line 1: instruction must be text"),
     ('{"instruction": "i", "input": 3, "output": "o"}', "line 1: input must be text"),
     ('{"instruction": "i", "output": {"x": 1}}', "line 1: output must be text"),
-    ('{"conversations": [{"from": "human", "value": null}, {"from": "gpt", "value": 5}]}',
+    ('{"conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "r"}]}',
      "line 1: the first human turn's value must be text"),
+    ('{"conversations": [{"from": "human", "value": "p"}, {"from": "gpt", "value": 5}]}',
+     "line 1: the first reply's value must be text"),
 ])
 def test_bad_data_files_give_one_line_errors(tmp_path, content, message):
     f = tmp_path / "bad.jsonl"
