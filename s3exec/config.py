@@ -14,7 +14,7 @@ import numpy as np
 from s3sim.config import (build_scheduler, check_fits, check_requests, sample_workload, served_clipped,
                           served_raised)
 from s3sim.core.errors import ConfigError
-from s3sim.spec import flag, get, positive_int, run_spec, seed_of
+from s3sim.spec import MAX_THREADS, flag, get, positive_int, run_spec, seed_of
 from s3sim.core.predictors.reprediction import hidden_state_probe
 from s3sim.core.request import Request, make_requests
 from s3sim.metrics.summary import Slo
@@ -92,9 +92,6 @@ def check_memory_limit(limit, asked: int, device: str) -> None:
     if asked > available:
         raise ConfigError(f"executor.memory_limit={limit} asks for {asked / 2**30:.2f} GiB but the {where} is "
                           f"{available / 2**30:.2f} GiB; lower it, or set executor.memory_limit=null to use that")
-
-
-MAX_THREADS = 1024  # torch's intra-op threads: past this it cannot map its segments (and no machine has them)
 
 
 def executor_node(cfg) -> dict:

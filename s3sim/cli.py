@@ -121,8 +121,8 @@ def collect_main(argv=None) -> None:
     ap = Parser(prog="s3sim-collect", description=" ".join(collect_main.__doc__.split()).split(": ", 1)[1],
                        epilog="A killed sweep is reported whole: its multirun.yaml says which points it has, and "
                               "those with no folder are rows with status 'never started'.")
-    ap.add_argument("dir", metavar="DIR", type=given_path, help="a results directory: a Hydra sweep (multirun) folder, a run, or "
-                                               "several of either")
+    ap.add_argument("dir", metavar="DIR", type=given_path,
+                    help="a results directory: a Hydra sweep (multirun) folder, a run, or several of either")
     ap.add_argument("out", metavar="OUT.csv", nargs="?", type=given_path,
                     help="the whole table, written atomically; not inside a run folder DIR holds, nor DIR's "
                          "multirun.yaml")

@@ -205,7 +205,8 @@ def missing_points(root: Path, dirs: list[Path]) -> tuple[list[dict], list[Path]
                 known.add(d)
         others = [d for d in dirs if d.parent == sweep and d not in matched]
         if others:
-            notes.append(f"{len(others)} run folder(s) in {'the sweep folder' if rel == '.' else rel} are none of the points its {SWEEP_FILE} lists (an "
+            where = "the sweep folder" if rel == "." else rel
+            notes.append(f"{len(others)} run folder(s) in {where} are none of the points its {SWEEP_FILE} lists (an "
                          f"earlier sweep's into the same folder?), e.g. {others[0].name}: collected all the same")
     return rows, started, notes
 

@@ -31,6 +31,7 @@ def get(cfg, path, default=None):
 
 
 MAX_COUNT = 2**31 - 1  # the largest count a setting takes: past it numpy's int64 sums and arrays overflow
+MAX_THREADS = 1024  # torch's CPU threads, s3exec's and s3predict's: past this torch cannot map its segments
 
 
 def positive_int(value, field, allow_none=False):

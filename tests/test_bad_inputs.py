@@ -62,7 +62,8 @@ def test_s3sim_bad_traces(tmp_path, case):
     (["+shared_prefix.tokens=64"], "shared_prefix is the simulator's"),
     (["policy=hf", "policy.sizing=actual", "executor.mode=natural"], "executor.mode=natural with policy.sizing=actual"),
     (["executor.memory_limit=1000000GB"], "executor.memory_limit=1000000GB asks for 931322.57 GiB but the available host"),
-    (["executor.block_size=4096", "executor.kv_memory=1MiB"], "executor.block_size=4096 is larger than the KV capacity"),
+    (["executor.block_size=4096", "executor.kv_memory=1MiB"],
+     "executor.block_size=4096 is larger than the KV capacity"),
     (["policy=paged", "policy.block_size=100000", "executor.kv_memory=1MiB"],
      "policy.block_size=100000 is larger than the KV capacity of 2,048 tokens"),
     (["max_seq_len=9223372036854775808"], "max_seq_len must be at most 2,147,483,647"),
@@ -72,7 +73,8 @@ def test_s3sim_bad_traces(tmp_path, case):
     (["~executor"], "executor must be the executor's settings"),
     (["~model"], "executor.model or model.name must name the model to run"),
     (["executor.model=''"], "executor.model must name a model"),
-    (["policy=hf", "executor.attention=flash"], "executor.attention='flash' is unknown"),  # checked, though hf reads it not
+    # checked, though hf does not read it
+    (["policy=hf", "executor.attention=flash"], "executor.attention='flash' is unknown"),
     (["policy=hf", "executor.cuda_graphs=maybe"], "executor.cuda_graphs must be auto, true or false"),
     (["executor.chat_template=maybe"], "executor.chat_template must be true or false"),
     (["+kv_capacity_tokens=100"], "kv_capacity_tokens is the simulator's"),
@@ -174,7 +176,8 @@ def test_s3exec_refuses_a_checkpoint_whose_weights_are_not_its_model(tmp_path):
         return folder
 
     cases = {
-        variant("partial", {k: v for k, v in weights.items() if ".layers.1." not in k}): "the checkpoint lacks model.layers.1.",
+        variant("partial", {k: v for k, v in weights.items() if ".layers.1." not in k}):
+            "the checkpoint lacks model.layers.1.",
         variant("nan", {**weights, "model.norm.weight": torch.full_like(weights["model.norm.weight"], float("nan"))}):
             "the weight model.norm.weight holds NaN or inf",
         variant("shape", {**weights, "model.norm.weight": torch.ones(7)}): "a weight has another shape",

@@ -278,8 +278,8 @@ def test_a_mixture_of_experts_holds_every_expert_and_computes_the_routed_ones(tm
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     small = ModelSpec.from_hf_config(tmp_path / "config.json")
     assert small.expert_params == 2 * 4 * 3 * 64 * 32 and small.active_params < small.n_params
-    for step, message in ((1, None), (2, "dense layers among MoE layers"), (0, "decoder_sparse_step must be a positive"),
-                          (1.5, "decoder_sparse_step must be a positive")):
+    refused = "decoder_sparse_step must be a positive"
+    for step, message in ((1, None), (2, "dense layers among MoE layers"), (0, refused), (1.5, refused)):
         (tmp_path / "config.json").write_text(json.dumps({**cfg, "decoder_sparse_step": step}))
         if message is None:
             assert ModelSpec.from_hf_config(tmp_path / "config.json").expert_params == small.expert_params

@@ -214,7 +214,8 @@ def test_update_readme_refuses_what_it_cannot_update_in_one_line(tmp_path):
         if content is not None:
             (tmp_path / name).write_bytes(content)
         p = subprocess.run([sys.executable, "-c", "from s3sim.metrics.schema import main; import sys; "
-                            "sys.exit(main())", "--update-readme", str(tmp_path / name)], capture_output=True, text=True)
+                            "sys.exit(main())", "--update-readme", str(tmp_path / name)],
+                           capture_output=True, text=True)
         assert p.returncode == 2 and message in p.stderr and p.stderr.count("\n") == 1, p.stderr
         if content is not None:
             assert (tmp_path / name).read_bytes() == content

@@ -12,10 +12,18 @@ SPLITS = ("all", "train", "test")
 _M64 = (1 << 64) - 1
 
 
+def check_split(seed, test_frac, prefix: str = "") -> None:
+    """A split's seed and test fraction: a seed of 1.5 or true, or a fraction that is not a number, is refused
+    rather than cast; `prefix` names the settings' group in that line (`workload.`)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"{prefix}split_seed must be a non-negative integer, got {seed!r}")
+    if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.number)) or not 0 < test_frac < 1:
+        raise ConfigError(f"{prefix}test_frac must be a number between 0 and 1 (exclusive), got {test_frac!r}")
+
+
 def holdout_mask(prompt_hashes, seed: int = 0, test_frac: float = 0.2) -> np.ndarray:
     """True where a row belongs to the test side. `prompt_hashes`: ints or 16-digit hex strings."""
-    if not 0 < float(test_frac) < 1:
-        raise ConfigError(f"test_frac must be between 0 and 1 (exclusive), got {test_frac!r}")
+    check_split(seed, test_frac)
     salt = splitmix64(int(seed) & _M64)
     hs = np.array([int(h, 16) if isinstance(h, str) else int(h) for h in prompt_hashes], dtype=np.uint64)
     u = splitmix64(hs ^ salt).astype(np.float64) / 2.0 ** 64

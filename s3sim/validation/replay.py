@@ -12,7 +12,8 @@ from s3sim.core.errors import ConfigError
 from s3sim.hardware.models import preset_of_hf_name
 from s3sim.inputs import SHARED_DATA_DIR
 from s3sim.validation import checks
-from s3sim.validation.engine import SCHEMA_READ, unread_engine_kwargs, engine_settings, engine_limits, other_version_note
+from s3sim.validation.engine import (SCHEMA_READ, engine_limits, engine_settings, other_version_note,
+                                     unread_engine_kwargs)
 from s3sim.validation.kv_capacity import check_kv_memory, kv_capacity
 from s3sim.validation.metrics import real_metrics, replay_records, simulated_metrics, split_metrics, comparison
 from s3sim.validation.model_gpu import resolve_model, check_model_agrees, check_gpu_agrees, resolve_gpu

@@ -94,14 +94,6 @@ def _check_options(max_output, limit) -> None:
         raise ConfigError(f"workload.limit must be a non-negative integer or null, got {limit!r}")
 
 
-def _check_split(split_seed, test_frac) -> None:
-    """The predictor's seeded split (`s3sim.predictor.split`): a seed of 1.5 or true would be cast unseen."""
-    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
-        raise ConfigError(f"workload.split_seed must be a non-negative integer, got {split_seed!r}")
-    if isinstance(test_frac, bool) or not isinstance(test_frac, (int, float, np.number)) or not 0 < test_frac < 1:
-        raise ConfigError(f"workload.test_frac must be a number between 0 and 1 (exclusive), got {test_frac!r}")
-
-
 def _finish(name, prompt, output, timestamps, max_output, limit, source, keys=None, raised=None) -> Workload:
     """Apply `limit` (first N rows) then clip outputs to `max_output`, counting what was clipped (`raised`: the
     rows whose 0 tokens were raised to 1, `at_least_one`)."""
@@ -264,10 +256,10 @@ def load_text(name: str, generator: str | None = None, split: str = "all", split
     row so that the trained predictor can find each prompt. `split` keeps the rows on one side of the
     predictor's seeded split by prompt (`train`, `test`, or `all`); `generator` picks the AlpacaEval model;
     `max_prompt` drops rows with longer prompts (as serving benchmarks filter ShareGPT)."""
-    from s3sim.predictor.split import select, holdout_mask
+    from s3sim.predictor.split import check_split, holdout_mask, select
 
     _check_options(max_output, limit)
-    _check_split(split_seed, test_frac)
+    check_split(split_seed, test_frac, prefix="workload.")  # before the table is read
     df = _text_table(name)
     if name == "alpaca_eval":
         names = sorted(df["generator"].unique())

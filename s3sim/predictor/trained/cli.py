@@ -31,6 +31,7 @@ import numpy as np
 from s3sim.commandline import Parser, given_path, out_path
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import file_hash
+from s3sim.spec import MAX_THREADS
 
 
 def cache_dir(arg: str | None = None) -> Path:
@@ -98,11 +99,10 @@ def _whole(text: str, low: int, high: int, what: str) -> int:
     return v
 
 
-MAX_THREADS = 1024
 MAX_EPOCHS = 10_000
 MAX_RATE = 10.0
 SEED_MAX = 2**32 - 1        # torch.manual_seed(seed * 1_000_003 + step) must stay below 2**64
-SPLIT_SEED_MAX = 2**63 - 1  # the simulator's workload.split_seed: a non-negative integer
+SPLIT_SEED_MAX = 2**63 - 1  # non-negative as the simulator's workload.split_seed; bounded, as argparse's int is not
 
 
 def _threads(text: str) -> int:
@@ -121,8 +121,8 @@ def _seed(text: str) -> int:
 
 
 def _split_seed(text: str) -> int:
-    """The seed of the split by prompt: the range the simulator's workload.split_seed accepts, so every split
-    s3predict makes can be asked of the simulator (a negative one could not)."""
+    """The seed of the split by prompt: non-negative, as the simulator's workload.split_seed must be, so every
+    split s3predict makes can be asked of the simulator (a negative one could not)."""
     return _whole(text, 0, SPLIT_SEED_MAX, "as workload.split_seed")
 
 
