@@ -57,6 +57,18 @@ def test_a_malformed_value_is_refused_on_one_gpu_too(cfg, spec, words, latency):
         build(cfg("num_requests=10", "max_seq_len=256", f"latency={latency}", f"latency.all_reduce={spec}"))
 
 
+@pytest.mark.parametrize("spec", ["nope", "", "LINK"])
+def test_a_malformed_send_recv_is_refused_on_one_stage_too(cfg, spec):
+    """One pipeline stage sends nothing, yet a misspelt latency.send_recv is refused there too (it passed unread
+    until a sweep reached several stages); link and none stay valid on one stage."""
+    from s3sim.cluster.build import build
+
+    with pytest.raises(ConfigError, match=f"latency.send_recv='{spec}': no such file, nor link or none"):
+        build(cfg("num_requests=10", "max_seq_len=256", f"latency.send_recv={spec}"))
+    for valid in ("link", "none", str(SEND_RECV)):
+        build(cfg("num_requests=10", "max_seq_len=256", f"latency.send_recv={valid}"))
+
+
 def test_the_engine_factor_on_a_preset_without_measurements_names_the_value_given(cfg):
     from s3sim.cluster.build import build
 

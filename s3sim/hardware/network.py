@@ -367,6 +367,13 @@ def all_reduce_model(spec: str, gpu: GpuSpec, workers: int | None = None):
     return _named("latency.all_reduce", MeasuredAllReduce.from_csv, spec)
 
 
+def check_send_recv_spec(spec: str) -> None:
+    """`latency.send_recv` read on every run, one stage too (where it prices nothing, and a misspelt value would
+    pass unread until a sweep reached several stages): link, none, or a file."""
+    if spec not in ("link", "none") and not Path(spec).is_file():
+        raise ConfigError(f"latency.send_recv={spec!r}: no such file, nor link or none")
+
+
 def send_recv_model(spec: str, gpu: GpuSpec):
     """`latency.send_recv`: over the GPU's interconnect (`link`), none, or a measured send/recv CSV."""
     if spec == "none":

@@ -43,7 +43,7 @@ import numpy as np
 from s3sim.core.errors import ConfigError
 from s3sim.hardware.gpus import GpuSpec
 from s3sim.hardware.models import ModelSpec
-from s3sim.hardware.network import FreeSendRecv, send_recv_model
+from s3sim.hardware.network import FreeSendRecv, check_send_recv_spec, send_recv_model
 from s3sim.latency.base import LatencyModel
 from s3sim.latency.operators import check_all_reduce_spec, priced_collectives
 
@@ -76,6 +76,7 @@ class DatasheetLatency(LatencyModel):
     def from_config(cls, conf: DatasheetConfig, model, gpu, num_gpus: int = 1,
                     pipeline_stages: int = 1) -> "DatasheetLatency":
         check_all_reduce_spec(conf.all_reduce)
+        check_send_recv_spec(conf.send_recv)
         return cls(model, gpu, compute_efficiency=conf.compute_efficiency, memory_efficiency=conf.memory_efficiency,
                    pipeline_stages=pipeline_stages,
                    send_recv=send_recv_model(conf.send_recv, gpu) if pipeline_stages > 1 else None,
