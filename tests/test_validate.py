@@ -104,7 +104,9 @@ def test_validation_table(tmp_path, capsys, latency):
     assert re.search(r"^replay: [\d.]+ s wall, [\d,]+ simulated iterations", stdout, re.M)
 
     table = pd.read_csv(out / "validation.csv")
-    assert list(table.columns) == ["metric", "real", "simulated", "error_pct", "sensitivity", "kv_capacity_source"]
+    assert list(table.columns) == ["metric", "real", "simulated", "error_pct", "sensitivity", "kv_capacity_source",
+                                   "unserved_requests"]
+    assert set(table.unserved_requests) == {0}
     assert set(table.kv_capacity_source) == {"recorded"}  # meta.json gives the RTX 4090 run's blocks
     assert list(table.metric) == METRICS
     assert np.isfinite(table[["real", "simulated", "error_pct"]].to_numpy()).all()
@@ -369,7 +371,7 @@ def _tp2(meta):
      ["timeseries.csv", "cannot be read"]),
     (_drop("output_toks", 3), [], ["requests.jsonl", "line 3", "'output_toks'", "missing"]),
     (_set("input_toks", 5, "1200"), [], ["requests.jsonl", "line 5", "'input_toks'", "number"]),
-    (_set("first_token_ts", 2, None), [], ["line 2", "'first_token_ts'"]),
+    (_set("first_token_ts", 2, "soon"), [], ["line 2", "'first_token_ts'", "must be a number"]),
     (lambda run: (run / "meta.json").write_text("{not json"), [], ["meta.json", "invalid JSON"]),
     (lambda run: (run / "timeseries.csv").write_text("t,running,waiting,kv_cache_pct\n1.0,5,x,1.0\n"), [],
      ["timeseries.csv", "line 2", "'waiting'"]),
@@ -653,7 +655,8 @@ def test_the_sensitivity_column_is_how_far_each_error_moves_with_steps_one_perce
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
     assert "error if steps +1 %" in stdout
     t = pd.read_csv(tmp_path / "out" / "validation.csv").set_index("metric")
-    assert list(t.columns) == ["real", "simulated", "error_pct", "sensitivity", "kv_capacity_source"]
+    assert list(t.columns) == ["real", "simulated", "error_pct", "sensitivity", "kv_capacity_source",
+                               "unserved_requests"]
     assert 0.8 < t.sensitivity["tpot_mean_ms"] < 1.2 and t.sensitivity["request_throughput"] < 0
 
     class Fixed:
@@ -676,3 +679,55 @@ def test_a_replay_without_a_profile_says_which_error_band_to_read(tmp_path, caps
     assert "not targeted): not applied (no operator profile" in stdout and "): met" not in stdout
     own = run_ok(capsys, run, "--out", tmp_path / "own")
     assert "note: no operator profile" not in own and "not applied" not in own
+
+
+UNSERVED = {"arrival_time": None, "queued_ts": None, "scheduled_ts": None, "first_token_ts": None,
+            "last_token_ts": None}  # a request the run did not serve, as the recorder writes it (no metrics)
+
+
+def test_a_request_the_run_did_not_serve_is_left_out_of_both_sides_and_said(tmp_path, capsys):
+    """Rows whose times are null (vLLM returned no metrics) are left out of the replay and of the real metrics, as
+    the peer leaves them out: the replay is the one of the served rows alone, to the bit, and the note and
+    validation.csv's unserved_requests say how many (such a run was refused whole)."""
+    run = trim(R4090, tmp_path / "rtx4090")
+    rows = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
+    served = trim(R4090, tmp_path / "served")
+    (served / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(rows) if i not in (2, 6)))
+    edit_meta(served, lambda m: m.update(num_requests=N - 2))
+    peer = peer_table(real_metrics(served / "requests.jsonl"))
+    for folder in (run.parent, served.parent):
+        (folder / "llmservingsim_summary.txt").write_text(peer)
+    for i in (2, 6):
+        rows[i].update(UNSERVED)
+    (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stdout = run_ok(capsys, run, "--out", tmp_path / "out")
+    assert f"note: 2 of the {N} requests of requests.jsonl were not served (their times are null: lines 3, 7)" in stdout
+    assert "is not about this run" not in stdout  # the real metrics are the served rows', as the peer's
+    run_ok(capsys, served, "--out", tmp_path / "out_served")
+    got, want = (pd.read_csv(tmp_path / d / "validation.csv") for d in ("out", "out_served"))
+    assert set(got.unserved_requests) == {2} and set(want.unserved_requests) == {0}
+    pd.testing.assert_frame_equal(got.drop(columns="unserved_requests"), want.drop(columns="unserved_requests"))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"queued_ts": "abc", "first_token_ts": None}, "field 'queued_ts' must be a number, got 'abc'"),
+    ({"input_toks": None, **UNSERVED}, "field 'input_toks' must be a number, got None"),
+    ({"first_token_ts": None, "output_toks": 0}, "field 'output_toks' must be a positive integer")])
+def test_an_unserved_row_still_holds_what_it_records_well_formed(tmp_path, capsys, change, words):
+    run = trim(R4090, tmp_path / "rtx4090")
+    rows = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
+    rows[4].update(change)
+    (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "line 5" in err and words in err, err
+
+
+def test_a_run_that_served_no_request_is_refused(tmp_path, capsys):
+    run = trim(R4090, tmp_path / "rtx4090")
+    rows = [{**json.loads(line), **UNSERVED} for line in (run / "requests.jsonl").read_text().splitlines()]
+    (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"no requests served (the {N} rows' queued_ts, first_token_ts, last_token_ts are null)" in err
+    assert not (tmp_path / "out").exists()

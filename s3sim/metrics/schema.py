@@ -300,8 +300,8 @@ ITERATIONS = (
     Column("replica", ID, "the replica that ran it" + _CLUSTER),
 )
 
-_VALID = ("over every request of the run (real: requests.jsonl, times from `queued_ts`; simulated: the replay, "
-          "from its arrival)")
+_VALID = ("over every request the run served (real: requests.jsonl, times from `queued_ts`; simulated: the "
+          "replay, from its arrival)")
 VALIDATION = (
     Column("metric", TEXT, "the row's measurement, one of the rows below"),
     Column("real", PER_ROW, "measured on the real vLLM run"),
@@ -312,6 +312,8 @@ VALIDATION = (
            "is a large one here"),
     Column("kv_capacity_source", TEXT, "where the replay's KV capacity came from: recorded (meta.json's "
            "kv_cache.num_gpu_blocks) or derived (vLLM's memory accounting from the recorded device memory)"),
+    Column("unserved_requests", "requests", "rows of requests.jsonl whose times are null (requests the run did not "
+           "serve), left out of the replay and of both sides' metrics; 0 where every request was served"),
     Column("ttft_{vstat}_ms", "ms", "TTFT, first token - queued, " + _VALID + "; `_mean` the mean, the rest "
            "percentiles with linear interpolation", row=True),
     Column("tpot_{vstat}_ms", "ms", "TPOT, (last token - first token) / (output tokens - 1), over requests with "

@@ -203,8 +203,9 @@ def check_requests(req: pd.DataFrame, meta: dict, path: Path, meta_where: str) -
         raise ConfigError(f"{where} line {req.line[k]}: the same request as line {req.line[int(np.argmax(same))]} "
                           "(every field equal): every request once")
     n = meta.get("num_requests")
-    if n is not None and n != len(req):
-        raise ConfigError(f"{where}: {len(req)} requests, but {meta_where} num_requests={n}: requests.jsonl must "
+    rows = len(req) + len(req.attrs.get("unserved", ()))
+    if n is not None and n != rows:
+        raise ConfigError(f"{where}: {rows} requests, but {meta_where} num_requests={n}: requests.jsonl must "
                           f"hold every request the run recorded, each once")
     span = float(req.last_token_ts.max() - req.queued_ts.min())
     duration = recorded_duration(meta, meta_where)

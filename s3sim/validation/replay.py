@@ -134,6 +134,13 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}"
          + (f"; data parallel {engine.dp}" + (" with expert parallelism" if engine.expert_parallel else "")
             if engine.dp > 1 else ""))
+    unserved = req.attrs.get("unserved", [])
+    if unserved:
+        lines = ", ".join(map(str, unserved[:5])) + (", ..." if len(unserved) > 5 else "")
+        echo(f"note: {len(unserved)} of the {len(req) + len(unserved)} requests of {REQUESTS} were not served (their "
+             f"times are null: line{'s' if len(unserved) > 1 else ''} {lines}): left out of the replay and of both "
+             "sides' metrics, as the peer leaves them out; the replay serves the others as they arrived, without any "
+             "load the unserved ones put on the engine")
     if limits_how:
         echo(limits_how)
     echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}"
@@ -233,6 +240,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         replay(ScaledLatency(latency, 1 + SENSITIVITY_PCT / 100))[0].requests)))
     table[SENSITIVITY_COLUMN] = (slower.error_pct - table.error_pct) / SENSITIVITY_PCT
     table["kv_capacity_source"] = engine.kv_capacity_source
+    table["unserved_requests"] = len(unserved)
     frames = [r.log.frame() for r in runs]
     data = timeline(run.timeseries, frames, capacity * engine.dp, float(records.last_token.max()))
 

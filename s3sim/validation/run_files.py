@@ -19,7 +19,8 @@ from s3sim.workload.text import json_lines
 
 
 META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
-REQUEST_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
+TIMES = ("queued_ts", "first_token_ts", "last_token_ts")
+REQUEST_FIELDS = ("input_toks", "output_toks") + TIMES  # a row whose TIMES are null (any of them) is a request the run did not serve
 # read when every row has them: the consistency checks, and TTFT's split at `scheduled_ts` (first scheduled)
 OPTIONAL_FIELDS = ("request_id", "arrival_time", "scheduled_ts")
 TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
@@ -106,18 +107,28 @@ MAX_TOKENS = 2**31 - 1  # a request's prompt or output: beyond any model's conte
 
 
 def read_requests(path: Path) -> pd.DataFrame:
-    rows = []
+    """The served rows of requests.jsonl, checked; `attrs["unserved"]`: the lines of the rows whose times are null
+    (a request the run recorded and did not serve: vLLM returned no metrics for it), left out of the replay and of
+    both sides' metrics, as the peer leaves them out; `attrs["lacking"]`: how many rows lack each optional field
+    (null counts as lacking)."""
+    rows, unserved = [], []
     for lineno, row in json_lines(read_text(path), repr(str(path))):
         where = f"{str(path)!r} line {lineno}"
+        row = {k: v for k, v in row.items() if not (v is None and k in OPTIONAL_FIELDS)}
         for f in REQUEST_FIELDS:
             if f not in row:
                 raise ConfigError(f"{where}: missing field {f!r}")
-            if not is_number(row[f]):
+        served = all(row[f] is not None for f in TIMES)
+        for f in REQUEST_FIELDS:
+            if not (row[f] is None and f in TIMES) and not is_number(row[f]):
                 raise ConfigError(f"{where}: field {f!r} must be a number, got {row[f]!r}")
         for f in ("input_toks", "output_toks"):
             if row[f] != int(row[f]) or not 1 <= row[f] <= MAX_TOKENS:
                 raise ConfigError(f"{where}: field {f!r} must be a positive integer of at most {MAX_TOKENS:,} tokens, "
                                   f"got {row[f]!r}")
+        if not served:
+            unserved.append(lineno)
+            continue
         if not row["queued_ts"] <= row["first_token_ts"] <= row["last_token_ts"]:
             raise ConfigError(f"{where}: expected queued_ts <= first_token_ts <= last_token_ts, got "
                               f"{row['queued_ts']}, {row['first_token_ts']}, {row['last_token_ts']}")
@@ -131,10 +142,12 @@ def read_requests(path: Path) -> pd.DataFrame:
                               f"{row['arrival_time']!r}")
         rows.append({"line": lineno, **{f: row[f] for f in REQUEST_FIELDS + OPTIONAL_FIELDS if f in row}})
     if not rows:
-        raise ConfigError(f"{str(path)!r}: no requests")
+        raise ConfigError(f"{str(path)!r}: no requests" + (f" served (the {len(unserved)} rows' {', '.join(TIMES)} "
+                                                            "are null)" if unserved else ""))
     optional = [f for f in OPTIONAL_FIELDS if all(f in r for r in rows)]
     df = pd.DataFrame(rows, columns=["line", *REQUEST_FIELDS, *optional])
     df.attrs["lacking"] = {f: sum(f not in r for r in rows) for f in OPTIONAL_FIELDS if f not in optional}
+    df.attrs["unserved"] = unserved
     return df.astype({"input_toks": np.int64, "output_toks": np.int64})
 
 
