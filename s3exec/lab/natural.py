@@ -143,6 +143,11 @@ def replay(policy: str, a, kv_tokens: int, profile: Path) -> dict:
     return {**simulate_config(sim_config(cfg, kv_tokens, profile)), "policy": policy}
 
 
+def times(value: float, base: float) -> str:
+    """`value` as a multiple of `base` ("1.23x"), or a dash where there is no base (no orca run) or no value."""
+    return "—" if not (pd.notna(value) and pd.notna(base) and base) else f"{value / base:.2f}x"
+
+
 def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
     from s3exec.lab.fidelity import rel
 
@@ -164,8 +169,8 @@ def summary_markdown(df: pd.DataFrame, a, kv_tokens: int) -> str:
                if "bucket_accuracy" in e and pd.notna(e["bucket_accuracy"]) else "—")
         lines.append(
             f"| {p} | {e['request_throughput']:.3f} | {s['request_throughput'] if s is not None else float('nan'):.3f} "
-            f"| {err:+.1%} | {e['request_throughput'] / base:.2f}x / "
-            f"{(s['request_throughput'] if s is not None else nan) / sim_base:.2f}x | {e['mean_batch_size']:.1f} / "
+            f"| {err:+.1%} | {times(e['request_throughput'], base)} / "
+            f"{times(s['request_throughput'] if s is not None else nan, sim_base)} | {e['mean_batch_size']:.1f} / "
             f"{s['mean_batch_size'] if s is not None else nan:.1f} | {step(e):.0f} / {step(s):.0f} | {int(e['preemptions'])} "
             f"({int(e['preemptions_overflow'])} / {int(e['preemptions_memory'])}) | {int(e['recomputed_tokens']):,} "
             f"| {e['kv_reserved_frac']:.0%} / {e['kv_used_frac']:.0%} | {acc} | {e['same_length_as_table']:.1%} |")
