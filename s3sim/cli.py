@@ -104,8 +104,8 @@ def app(cfg: DictConfig) -> None:
         report_failure(e, out, sweeping, "s3sim")
         return
     print(("(reused) " if reused else "") + headline(row))
-    from s3sim.config import run_notes
-    for note in run_notes(row):
+    from s3sim.config import run_notes, unread_notes
+    for note in run_notes(row) + unread_notes(resolved):
         print(note)
     print(f"results: {out}")
 

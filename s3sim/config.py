@@ -107,6 +107,17 @@ def run_notes(row: dict) -> list[str]:
     return [n for n in notes if n]
 
 
+def unread_notes(resolved: dict) -> list[str]:
+    """Lines saying which settings of the run's config nothing read: a sweep over one of them would run the same
+    experiment at every point."""
+    cluster = resolved.get("cluster") or {}
+    router = cluster.get("router")
+    if cluster.get("replicas", 1) == 1 and router not in (None, "round_robin"):
+        return [f"note: cluster.router={router} routes nothing with one replica (cluster.replicas=1): the run is the "
+                "single engine's, as with any router"]
+    return []
+
+
 def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,
                 who: str) -> tuple[np.ndarray, int]:
     """Requests as a server with a context window of `context` tokens takes them: `max_seq_len` must fit the

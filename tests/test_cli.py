@@ -195,3 +195,15 @@ def test_same_config_same_numbers(cfg):
     a, b = run_config(c), run_config(c)
     for key in ("request_throughput", "ttft_p99", "itl_p50", "preemptions", "mispredictions"):
         assert a[key] == b[key]
+
+
+def test_a_router_with_one_replica_is_said_to_route_nothing():
+    """cluster.router is read only with several replicas: a sweep over it at one replica would run one experiment
+    at every point, so the run says so (and stays silent at the default router or with replicas)."""
+    from s3sim.config import unread_notes
+
+    one = unread_notes({"cluster": {"replicas": 1, "router": "least_kv"}})
+    assert one == ["note: cluster.router=least_kv routes nothing with one replica (cluster.replicas=1): the run is "
+                   "the single engine's, as with any router"]
+    assert unread_notes({"cluster": {"replicas": 1, "router": "round_robin"}}) == []
+    assert unread_notes({"cluster": {"replicas": 4, "router": "least_kv"}}) == []
