@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from s3sim.commandline import terminable
 from s3sim.config import CONF_DIR
 from s3sim.core.errors import ConfigError, InvariantViolation
 
@@ -110,6 +111,7 @@ def app(cfg: DictConfig) -> None:
     print(f"results: {out}")
 
 
+@terminable
 def collect_main(argv=None) -> None:
     """`s3sim-collect DIR [OUT.csv]`: one table of every run under DIR (summary, status and resolved
     config) written to OUT.csv; a short one printed (key metrics and the config fields the runs vary);

@@ -4,7 +4,11 @@ empty (an empty `--out` wrote into the working directory)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from s3sim.core.errors import ConfigError, InvariantViolation
@@ -46,11 +50,42 @@ def given_path(text: str) -> Path:
     return Path(text)
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """Within it, a SIGTERM (a `timeout`, a scheduler's cancel) ends the command as Ctrl-C does, through its
+    clean-ups (a file being written atomically leaves no temporary file), with exit status 143; the handler
+    before it is restored after. Off the main thread (where no handler can be set) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def terminable(main):
+    """A command's `main` run within `sigterm_as_exit`."""
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        with sigterm_as_exit():
+            return main(*args, **kwargs)
+    return wrapped
+
+
 def exit_code(prog: str, body) -> int:
     """Run `body()` as a command's work: 0 when it returns, one line on stderr and 2 for bad input
-    (`ConfigError`), 3 for a violated invariant; anything else is a bug and keeps its traceback."""
+    (`ConfigError`), 3 for a violated invariant; anything else is a bug and keeps its traceback. A SIGTERM (a
+    `timeout`, a scheduler's cancel) ends it as Ctrl-C does, through its clean-ups (a file being written
+    atomically leaves no temporary file), with exit status 143 (`sigterm_as_exit`)."""
     try:
-        body()
+        with sigterm_as_exit():
+            body()
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s3sim.commandline import Parser, given_path
+from s3sim.commandline import Parser, given_path, terminable
 from s3sim.core.errors import ConfigError
 
 PROG = "s3sim-plot"
@@ -331,6 +331,7 @@ def build(argv=None, note=say):
     return fig, out
 
 
+@terminable
 def main(argv=None) -> None:
     from s3sim.plots import pyplot
     from s3sim.writers import write_atomically

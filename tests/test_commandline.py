@@ -36,3 +36,28 @@ def test_a_subcommands_error_names_the_command_and_its_help():
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["go", "--n", "x"])
     assert e.value.code == 2
+
+
+def test_a_sigterm_ends_a_command_through_its_clean_ups(tmp_path):
+    """A SIGTERM (a `timeout`, a scheduler's cancel) during an atomic write used to leave its hidden temporary file;
+    within `sigterm_as_exit` it ends the command with status 143 and the write's clean-up removes the file, and the
+    handler before it is back afterwards."""
+    import os
+    import signal
+    import time
+
+    from s3sim.commandline import sigterm_as_exit
+    from s3sim.writers import write_atomically
+
+    def write(tmp):
+        Path(tmp).write_text("half a figure")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        with sigterm_as_exit():
+            write_atomically(tmp_path / "figure.png", write)
+    assert stop.value.code == 143
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before

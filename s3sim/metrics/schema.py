@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from s3sim.commandline import Parser, given_path
+from s3sim.commandline import Parser, given_path, terminable
 
 PROG = "s3sim-schema"
 KINDS = ("summary", "requests", "iterations", "validation", "replicas", "timeline", "peer", "tokens", "bandwidth",
@@ -511,6 +511,7 @@ def update_readme(path: Path) -> int:
     return 0
 
 
+@terminable
 def main(argv=None) -> int:
     p = Parser(prog=PROG, description="Print every column of the files a run writes: unit and definition.")
     p.add_argument("kind", nargs="?", help=f"one of {', '.join(KINDS)} (default: all)")

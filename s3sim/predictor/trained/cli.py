@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from s3sim.commandline import Parser, given_path, out_path
+from s3sim.commandline import Parser, given_path, out_path, terminable
 from s3sim.core.errors import ConfigError
 from s3sim.inputs import file_hash
 from s3sim.spec import MAX_THREADS
@@ -514,6 +514,7 @@ def predictions_frame(rows, probs):
     return pd.DataFrame(cols)
 
 
+@terminable
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
     try:
