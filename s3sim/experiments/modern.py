@@ -15,8 +15,8 @@ other policy under the same token budget, `max_num_seqs` and KV memory:
 - `paged`: paging as vLLM did it in 2023, whole prompts in one iteration (no budget).
 Every policy runs in the run's engine loop (asynchronous scheduling as the run records it, else vLLM's default,
 as `s3sim-validate` replays it). `max_seq_len` is the smallest multiple of 128 above the run's longest output (1,024 here). Writes
-`results/modern/<run>.csv` (one row per policy: latency percentiles, throughput, batch and KV use,
-preemptions) and prints it.
+`results/modern/<run>.csv` (one row per policy: latency means and percentiles in ms, named so as in
+validation.csv (`ttft_p50_ms`), throughput, batch and KV use, preemptions) and prints it.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from s3sim.metrics.summary import summarize
 from s3sim.simulator.engine import simulate
 from s3sim.validation.engine import engine_limits, engine_settings
 from s3sim.validation.kv_capacity import kv_capacity
-from s3sim.validation.metrics import replay_records, simulated_metrics
+from s3sim.validation.metrics import metric_name, replay_records, simulated_metrics
 from s3sim.validation.model_gpu import resolve_gpu, resolve_model
 from s3sim.validation.pricing import build_latency
 from s3sim.validation.run_files import META, beside_run, read_run
@@ -91,7 +91,7 @@ def compare(run_dir: Path) -> pd.DataFrame:
         records = replay_records(result.requests)
         m = simulated_metrics(records)
         summary = summarize(result, records=records)
-        rows.append({"policy": name, **{c: m[c] for c in COLUMNS},
+        rows.append({"policy": name, **{metric_name(c): m[c] for c in COLUMNS},  # latencies in ms, named so
                      "mean_batch_size": summary["mean_batch_size"], "kv_reserved_frac": summary["kv_reserved_frac"],
                      "kv_used_frac": summary["kv_used_frac"], "preemptions": summary["preemptions"],
                      "mispredictions": summary["mispredictions"]})
