@@ -124,10 +124,13 @@ def collect_main(argv=None) -> None:
                        epilog="A killed sweep is reported whole: its multirun.yaml says which points it has, and "
                               "those with no folder are rows with status 'never started'.")
     ap.add_argument("dir", metavar="DIR", type=given_path,
-                    help="a results directory: a Hydra sweep (multirun) folder, a run, or several of either")
+                    help="one results directory: a Hydra sweep (multirun) folder, a run, or a folder holding several "
+                         "of either")
     ap.add_argument("out", metavar="OUT.csv", nargs="?", type=given_path,
-                    help="the whole table, written atomically; not inside a run folder DIR holds, nor DIR's "
-                         "multirun.yaml")
+                    help="the whole table as CSV, written atomically, in a folder that exists; not inside a run "
+                         "folder DIR holds, nor DIR's multirun.yaml. The columns that time this machine "
+                         "(sim_wall_s, sim_requests_per_s, wall_s) go beside it to OUT.wall_clock.csv, keyed by "
+                         "run, so that OUT.csv is the same on every machine")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         table = collect(a.dir)
@@ -140,9 +143,14 @@ def collect_main(argv=None) -> None:
                 what = f"lies in the run folder {inside}" if inside is not None else "is the sweep file it reads"
                 raise ConfigError(f"OUT.csv {a.out} {what}: an output never overlaps an input; write it outside "
                                   "every run folder (e.g. DIR/all.csv)")
+            if out.is_dir():
+                raise ConfigError(f"OUT.csv {a.out} is a folder: s3sim-collect reads one DIR (a folder holding several "
+                                  "sweeps or runs is one DIR) and writes the table to the file OUT.csv")
             if out.name in RUN_FILES:
                 raise ConfigError(f"OUT.csv {a.out} is named as a run's own file ({', '.join(RUN_FILES)}): its folder "
                                   "would read as a run from then on; name it otherwise (e.g. all.csv)")
+            if out.suffix.lower() != ".csv":
+                raise ConfigError(f"OUT.csv {a.out}: the table is written as CSV; name it so (e.g. all.csv)")
             try:
                 write_table(table, a.out)  # wall-clock columns beside it: OUT.wall_clock.csv
             except OSError as e:

@@ -20,7 +20,13 @@ WALL_CLOCK = ("sim_wall_s", "sim_requests_per_s", "wall_s")
 def write_table(df, path: Path) -> None:
     """A results table that stays byte-stable from run to run: its wall-clock columns go to
     `<stem>.wall_clock.csv` beside it (ignored by git), keyed by its run, run_dir, engine, policy and rate columns."""
+    import errno
+
     path = Path(path)
+    if path.is_dir():  # refused before the companion is written beside it
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not path.parent.is_dir():  # named as the table asked for, not its companion
+        raise OSError(errno.ENOENT, f"its folder {path.parent} does not exist", str(path))
     wall = [c for c in WALL_CLOCK if c in df.columns]
     companion = path.with_name(f"{path.stem}.wall_clock.csv")
     if wall:  # the companion first: a table that cannot have its companion is not written either
@@ -28,7 +34,12 @@ def write_table(df, path: Path) -> None:
         write_csv(df[[*keys, *wall]], companion)
     elif companion.is_file():  # an earlier table's, which would sit beside this one as if its own
         companion.unlink()
-    write_csv(df.drop(columns=wall), path)
+    try:
+        write_csv(df.drop(columns=wall), path)
+    except BaseException:
+        if wall:  # no companion without its table
+            companion.unlink(missing_ok=True)
+        raise
 
 
 def write_parquet(df, path: Path) -> None:

@@ -140,6 +140,18 @@ def test_collect_writes_no_table_it_cannot_pair_and_no_file_a_run_is_made_of(swe
     assert p.returncode == 2 and "an empty path names nothing" in p.stderr
 
 
+def test_collect_refuses_an_out_it_would_not_write_as_named_and_leaves_nothing(sweep, tmp_path):
+    """OUT.csv a folder (a second DIR, as a user reading "several" might give), of another format, or in a folder
+    that does not exist: one line naming OUT.csv, and no wall-clock companion left behind (it was written first)."""
+    (tmp_path / "other_sweep").mkdir()
+    for out, words in ((tmp_path / "other_sweep", "is a folder: s3sim-collect reads one DIR"),
+                       (tmp_path / "all.parquet", "the table is written as CSV"),
+                       (tmp_path / "gone" / "all.csv", f"cannot write {tmp_path / 'gone' / 'all.csv'}: its folder")):
+        p = collect_cli(sweep, out)
+        assert p.returncode == 2 and words in p.stderr, p.stderr
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["other_sweep"]
+
+
 def test_a_table_without_wall_clock_columns_leaves_no_earlier_companion(tmp_path):
     from s3sim.writers import write_table
 
