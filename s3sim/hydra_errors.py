@@ -31,7 +31,7 @@ def explain(err: Exception, override: str, conf_dir: str, config_name: str, othe
     group choices decide which keys exist)."""
     text = str(err)
     key, _, value = override.lstrip("+~").partition("=")
-    groups = [p.name for p in Path(conf_dir).iterdir() if p.is_dir()] + ["gpu", "model"]
+    groups = config_groups(conf_dir)
     if "Could not find" in text or key in groups and "Could not" in text:
         valid = _choices(conf_dir, key)
         if valid:
@@ -76,6 +76,32 @@ def addable_keys() -> set[str]:
             *(f"workload.{k}" for k in (*WORKLOAD_OPTIONS, "data_dir", "path", "overlong"))}
 
 
+def composed_groups(conf_dir: str, config_name: str) -> list[str]:
+    """The config groups `config_name`'s defaults list composes (its other groups' options are another program's)."""
+    import yaml
+
+    defaults = yaml.safe_load((Path(conf_dir) / f"{config_name}.yaml").read_text()).get("defaults") or []
+    return [next(iter(d)).lstrip("+~").split("@")[0] for d in defaults if isinstance(d, dict)]
+
+
+def foreign_group(override: str, conf_dir: str, config_name: str, prog: str) -> str | None:
+    """One line for an override of a config group `config_name` does not compose (s3exec's `gpu=...`,
+    `cluster.replicas=...`: groups of the simulator, which Hydra lists in every program's --help and refused with
+    a contradiction, 'gpu=h100-sxm: unknown; valid: ..., h100-sxm'), else None."""
+    key = override.lstrip("+~").partition("=")[0]
+    group = key.partition(".")[0]
+    own = composed_groups(conf_dir, config_name)
+    if group in own or group not in config_groups(conf_dir):
+        return None
+    said = key if "." in key else override.lstrip("+~")
+    return f"{said}: {prog} has no {group} group (it composes {', '.join(own)}); {group} is the simulator's (s3sim)"
+
+
+def config_groups(conf_dir: str) -> list[str]:
+    """Every config group: conf/'s folders (Hydra's own settings aside) and the presets kept in the package."""
+    return [p.name for p in Path(conf_dir).iterdir() if p.is_dir() and p.name != "hydra"] + ["gpu", "model"]
+
+
 def unread_addition(override: str, conf_dir: str, config_name: str, prog: str = "s3sim",
                     refused_later: tuple = ()) -> str | None:
     """One line for a `+key=value` that adds a key no code reads (it would be carried along and ignored), else
@@ -112,7 +138,8 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str, refuse
     check_output_dir(args, prog)
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     for o in overrides:
-        bad = unread_addition(o, conf_dir, config_name, prog, refused_later)
+        bad = foreign_group(o, conf_dir, config_name, prog) or unread_addition(o, conf_dir, config_name, prog,
+                                                                               refused_later)
         if bad:
             print(f"{prog}: error: {bad}", file=sys.stderr)
             sys.exit(2)

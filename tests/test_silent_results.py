@@ -397,6 +397,25 @@ def test_precheck_leaves_flags_and_unlisted_sweeps_to_hydra(tmp_path):
         precheck(conf, "config", ["-m", "policy=orca,nope"], "s3sim")
 
 
+@pytest.mark.parametrize("override, said", [("gpu=h100-sxm", "gpu=h100-sxm"), ("latency=roofline", "latency=roofline"),
+                                            ("cluster.replicas=2", "cluster.replicas"), ("+gpu.count=2", "gpu.count"),
+                                            ("experiment=accuracy", "experiment=accuracy"), ("~cluster", "cluster")])
+def test_s3exec_names_the_groups_it_does_not_compose(capsys, override, said):
+    """s3exec composes the model, workload, arrival, policy and predictor groups; a group of the simulator's only
+    (which Hydra's --help lists for both) is one line saying so, where it was a contradiction ('gpu=h100-sxm:
+    unknown; valid: ..., h100-sxm, ...') or a suggestion that failed in turn ('cluster=default: unknown')."""
+    from s3sim.hydra_errors import precheck
+
+    conf = str(__import__("s3sim.cli", fromlist=["CONF_DIR"]).CONF_DIR)
+    with pytest.raises(SystemExit) as stop:
+        precheck(conf, "exec", [override], "s3exec")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"s3exec: error: {said}: s3exec has no {said.partition('=')[0].partition('.')[0]} group (it "
+                   "composes model, workload, arrival, policy, predictor); "
+                   f"{said.partition('=')[0].partition('.')[0]} is the simulator's (s3sim)")
+
+
 
 @pytest.mark.parametrize("cap", [20_000, 3_500])
 def test_prefix_hits_are_a_share_of_what_admissions_asked_for_even_under_heavy_preemption(cap):
