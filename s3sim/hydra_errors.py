@@ -135,6 +135,7 @@ def precheck(conf_dir: str, config_name: str, args: list[str], prog: str, refuse
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    check_launcher(args, prog)
     check_output_dir(args, prog)
     overrides = [a for a in args if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     for o in overrides:
@@ -185,6 +186,37 @@ def check_output_dir(args: list[str], prog: str) -> None:
             except OSError as e:
                 print(f"{prog}: error: {key}={value}: cannot write there ({e.strerror})", file=sys.stderr)
                 sys.exit(2)
+
+
+def check_launcher(args: list[str], prog: str) -> None:
+    """A sweep sent to a launcher this machine cannot reach ends in one line (exit 2) before Hydra writes the
+    sweep's multirun.yaml (a folder of 'never started' points), not in the launcher's traceback: SLURM without its
+    commands here, or Ray told to join a running cluster (`init.address=auto`) where none runs."""
+    if not ({"-m", "--multirun"} & set(args)):
+        return
+    values = dict(a.partition("=")[::2] for a in args if "=" in a)
+    launcher = values.get("hydra/launcher")
+    problem = None
+    if launcher == "slurm":
+        import shutil
+
+        missing = [c for c in ("srun", "sbatch") if shutil.which(c) is None]
+        if missing:
+            problem = (f"hydra/launcher=slurm submits with SLURM, and this machine has no {' or '.join(missing)}: run "
+                       "the sweep on a SLURM login node, or here with hydra/launcher=local")
+    elif launcher == "ray" and values.get("hydra.launcher.ray.init.address") == "auto":
+        try:
+            from ray._private.services import get_ray_address_from_environment
+        except ImportError:  # another Ray: the launcher judges
+            return
+        try:
+            get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            problem = ("hydra.launcher.ray.init.address=auto joins a running Ray cluster, and none runs here (start "
+                       "one with `ray start --head`, or leave the address out to start one for the sweep)")
+    if problem:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _first(o) -> str:

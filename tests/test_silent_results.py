@@ -397,6 +397,34 @@ def test_precheck_leaves_flags_and_unlisted_sweeps_to_hydra(tmp_path):
         precheck(conf, "config", ["-m", "policy=orca,nope"], "s3sim")
 
 
+def _ray_cluster_running() -> bool:
+    try:
+        from ray._private.services import get_ray_address_from_environment
+        return get_ray_address_from_environment("auto", None) is not None
+    except Exception:  # noqa: BLE001 (none found, or a Ray without this function)
+        return False
+
+
+@pytest.mark.skipif(__import__("shutil").which("srun") is not None or _ray_cluster_running(),
+                    reason="this machine can reach SLURM or a running Ray cluster")
+@pytest.mark.parametrize("args, words", [
+    (["hydra/launcher=slurm", "hydra.launcher.partition=cpu"], "hydra/launcher=slurm submits with SLURM, and this "
+                                                                "machine has no srun"),
+    (["hydra/launcher=ray", "hydra.launcher.ray.init.address=auto"], "joins a running Ray cluster, and none runs here")])
+def test_a_sweep_sent_to_a_launcher_out_of_reach_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
+    """It was the launcher's traceback (exit 1) after Hydra had written the sweep's multirun.yaml, which
+    s3sim-collect then read as a sweep of points that never started."""
+    from s3sim.hydra_errors import precheck
+
+    conf = str(__import__("s3sim.cli", fromlist=["CONF_DIR"]).CONF_DIR)
+    with pytest.raises(SystemExit) as stop:
+        precheck(conf, "config", ["-m", "policy=orca,s3", *args, f"hydra.sweep.dir={tmp_path}/sweep"], "s3sim")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize("override, said", [("gpu=h100-sxm", "gpu=h100-sxm"), ("latency=roofline", "latency=roofline"),
                                             ("cluster.replicas=2", "cluster.replicas"), ("+gpu.count=2", "gpu.count"),
                                             ("experiment=accuracy", "experiment=accuracy"), ("~cluster", "cluster")])
