@@ -61,7 +61,8 @@ def run_notes(row: dict) -> list[str]:
     summary too): rows sampled or cycled, outputs cut to max_seq_len or to the model's context."""
     notes = [rows_note(row)]
     if row.get("clipped_outputs"):
-        notes.append(f"note: {row['clipped_outputs']:,} requests had their output cut to max_seq_len="
+        notes.append(f"note: {row['clipped_outputs']:,} request{'s' if row['clipped_outputs'] != 1 else ''} had "
+                     f"{'their' if row['clipped_outputs'] != 1 else 'its'} output cut to max_seq_len="
                      f"{row['max_seq_len']} (clipped_outputs)")
     if row.get("dropped_requests"):
         notes.append(f"note: {row['dropped_requests']:,} requests were dropped: their prompt leaves no room for an "

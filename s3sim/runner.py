@@ -143,7 +143,8 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
     """Simulate `cfg`; return its summary row (config fields included) and write files if `out_dir`. With
     `repeats: N` (N > 1) the run is simulated with seeds seed .. seed + N - 1 (workload sample, arrivals,
     predictor errors): the row holds each metric's mean over them, `<metric>_ci95` the half-width of its
-    95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.parquet is the first seed's."""
+    95 % confidence interval (Student's t), and `repeats.csv` every seed's row; requests.parquet is the first seed's;
+    sim_wall_s is every seed's together."""
     spec = run_spec(cfg)
     n, seed = spec.repeats, spec.seed
     if n == 1:
@@ -152,6 +153,10 @@ def run_config(cfg, out_dir: str | Path | None = None, write_iterations: bool = 
             for i in range(n)]
     row = mean_with_ci(rows)
     row.update(seed=seed, repeats=n)
+    if all("sim_wall_s" in r for r in rows):  # the simulator's time for the whole run, every seed
+        wall = sum(r["sim_wall_s"] for r in rows)
+        row.update(sim_wall_s=wall, sim_requests_per_s=sum(r["num_requests"] for r in rows) / wall if wall > 0
+                   else float("inf"))
     if out_dir is not None:
         write_csv(pd.DataFrame(rows), Path(out_dir) / "repeats.csv")
         write_csv(pd.DataFrame([row]), Path(out_dir) / SUMMARY)

@@ -44,7 +44,8 @@ class SweepReport(Callback):
         done = sum(1 for _ in root.glob("*/summary.csv"))
         failed = (Path(hc.runtime.output_dir) / "failed.txt").is_file()
         print(f"sweep: point {hc.job.num} {'FAILED (its failed.txt says why)' if failed else 'done'} "
-              f"({hc.job.override_dirname or 'no overrides'}); {done} points of {root} have a summary",
+              f"({hc.job.override_dirname or 'no overrides'}); {done} point{'s' if done != 1 else ''} of {root} "
+              f"{'have' if done != 1 else 'has'} a summary",
               file=sys.stderr, flush=True)
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -204,3 +204,15 @@ def test_s3exec_counts_and_says_trace_rows_of_zero_tokens_as_the_simulator_does(
     assert p.returncode == 0, p.stderr
     assert "note: 1 requests came from trace rows with a 0-token prompt or output, served as 1 token" in p.stdout
     assert pd.read_csv(tmp_path / "run" / "summary.csv").zero_length_rows.tolist() == [1]
+
+
+@pytest.mark.parametrize("name", ["/path/to/config.json", "missing/config.json", "config.json"])
+def test_a_model_path_that_names_nothing_says_so(name):
+    """A value meant as a path (it names a .json or a folder) and absent reads 'no such file or folder', where it
+    read 'unknown model' beside the presets (as if the path were a misspelt preset)."""
+    from s3sim.hardware.models import get_model
+
+    with pytest.raises(ConfigError, match=f"model '{name}': no such file or folder"):
+        get_model(name)
+    with pytest.raises(ConfigError, match="unknown model 'llama-9'"):
+        get_model("llama-9")

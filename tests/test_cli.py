@@ -62,6 +62,10 @@ def test_with_repeats_the_headline_says_it_holds_means_and_their_intervals(tmp_p
     ci = pd.read_csv(tmp_path / "run" / "summary.csv").request_throughput_ci95[0]
     assert line.startswith("mean of 2 seeds (± 95 % interval): policy=s3  request_throughput=")
     assert f" ± {ci:.2g} req/s" in line
+    # the simulator's time is the whole run's, every seed's together (it was the first seed's)
+    summary, seeds = (pd.read_csv(tmp_path / "run" / f) for f in ("summary.csv", "repeats.csv"))
+    assert summary.sim_wall_s[0] == pytest.approx(seeds.sim_wall_s.sum())
+    assert summary.sim_requests_per_s[0] == pytest.approx(seeds.num_requests.sum() / seeds.sim_wall_s.sum())
 
 
 def test_keys_of_a_users_own_mapping_can_be_added(tmp_path):

@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     try:
         n = "null" if args.num_requests is None else args.num_requests
-        print(f"offline: {'every workload row' if args.num_requests is None else args.num_requests} requests, "
+        print(f"offline: {'one request per workload row' if args.num_requests is None else f'{n} requests'}, "
               f"all at t=0")
         offline = run_all([[f"policy={p}", f"num_requests={n}"] for p in COMPARED]
                           + [HF_ACTUAL + [f"num_requests={n}"]], "offline")

@@ -279,6 +279,9 @@ def get_model(name_or_path: str | Path) -> ModelSpec:
         return MODEL_PRESETS[key]
     if Path(key).exists():
         return ModelSpec.from_hf_config(key)
+    if key.endswith(".json") or "/" in key or "\\" in key:  # meant as a path: say it names nothing
+        raise ConfigError(f"model {key!r}: no such file or folder (a Hugging Face config.json, or a folder holding "
+                          f"one; or a preset: {', '.join(sorted(MODEL_PRESETS))})")
     raise ConfigError(
         f"unknown model {key!r}: valid presets are {', '.join(sorted(MODEL_PRESETS))}, or a path to a config.json"
     )

@@ -227,8 +227,9 @@ SETUP = (  # what was run, and how fast
     Column("rows_used", TEXT, "how the requests (dropped ones included) relate to those rows: all (each row "
            "once), sample (a seeded sample), first (a trace's first rows, in order) or cycled (more requests than "
            "rows)"),
-    Column("sim_wall_s", "s", "wall-clock time the simulation took on this machine (simulator runs)"),
-    Column("sim_requests_per_s", "req/s", "num_requests / sim_wall_s: the simulator's speed"),
+    Column("sim_wall_s", "s", "wall-clock time the simulation took on this machine (simulator runs; with repeats, "
+           "every seed's together)"),
+    Column("sim_requests_per_s", "req/s", "requests simulated / sim_wall_s: the simulator's speed"),
     Column("repeats", "runs", "seeds simulated (`repeats`); only when above 1"),
     Column("{metric}_ci95", "the metric's", "with repeats: the half-width of the 95 % confidence interval of the "
            "metric's mean over the seeds (Student's t), in the metric's unit; the metric itself is that mean"),
