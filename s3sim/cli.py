@@ -158,7 +158,7 @@ def collect_main(argv=None) -> None:
     except ConfigError as e:
         _fail("error", e, "s3sim-collect")
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 14):
-        print(short_table(table).to_string(index=False, max_colwidth=40, float_format=lambda v: f"{v:.4g}"))
+        print(short_table(table).to_string(index=False, max_colwidth=40, float_format=lambda v: f"{v:.6g}"))
     print(status_line(table), file=sys.stderr)
     if (table.status != "finished").any():
         sys.exit(1)

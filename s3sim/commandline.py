@@ -58,11 +58,13 @@ def _terminated(signum, frame):
 def sigterm_as_exit():
     """Within it, a SIGTERM (a `timeout`, a scheduler's cancel) ends the command as Ctrl-C does, through its
     clean-ups (a file being written atomically leaves no temporary file), with exit status 143; the handler
-    before it is restored after. Off the main thread (where no handler can be set) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    before it is restored after. Off the main thread (where no handler can be set), or where SIGTERM is ignored
+    or handled outside Python, it does nothing."""
+    before = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if before in (None, signal.SIG_IGN):  # off the main thread, set outside Python, or ignored on purpose: as it is
         yield
         return
-    before = signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     finally:

@@ -56,28 +56,34 @@ def rows_note(row: dict) -> str | None:
 TAIL_NOTE = 0.1  # a run whose tail (`tail_frac`) is this share of its duration or more says so
 
 
+def counted(n: int, one: str, many: str) -> str:
+    """`n` with the words that agree with it: counted(1, 'request was', 'requests were') -> '1 request was'."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def run_notes(row: dict) -> list[str]:
     """Every line a command prints about what it changed in the workload it was given (recorded in the
     summary too): rows sampled or cycled, outputs cut to max_seq_len or to the model's context."""
     notes = [rows_note(row)]
     if row.get("clipped_outputs"):
-        notes.append(f"note: {row['clipped_outputs']:,} request{'s' if row['clipped_outputs'] != 1 else ''} had "
-                     f"{'their' if row['clipped_outputs'] != 1 else 'its'} output cut to max_seq_len="
-                     f"{row['max_seq_len']} (clipped_outputs)")
+        notes.append(f"note: {counted(row['clipped_outputs'], 'request had its', 'requests had their')} output cut "
+                     f"to max_seq_len={row['max_seq_len']} (clipped_outputs)")
     if row.get("dropped_requests"):
-        notes.append(f"note: {row['dropped_requests']:,} requests were dropped: their prompt leaves no room for an "
-                     f"output token in the model's context (dropped_requests; workload.overlong=drop, as a server "
-                     f"rejects them; workload.overlong=clip keeps their last tokens, =error refuses the run); "
-                     f"num_requests, offered_rate, goodput and slo_attainment count the served requests only")
+        notes.append(f"note: {counted(row['dropped_requests'], 'request was', 'requests were')} dropped: their "
+                     "prompt leaves no room for an output token in the model's context (dropped_requests; "
+                     "workload.overlong=drop, as a server rejects them; workload.overlong=clip keeps their last "
+                     "tokens, =error refuses the run); num_requests, offered_rate, goodput and slo_attainment count "
+                     "the served requests only")
     if row.get("zero_length_rows"):
-        notes.append(f"note: {row['zero_length_rows']:,} requests came from trace rows with a 0-token prompt or "
-                     f"output, served as 1 token (zero_length_rows): a request has a prompt and yields at least one")
+        notes.append(f"note: {counted(row['zero_length_rows'], 'request', 'requests')} came from trace rows with a "
+                     "0-token prompt or output, served as 1 token (zero_length_rows): a request has a prompt and "
+                     "yields at least one")
     if row.get("clipped_prompts"):
-        notes.append(f"note: {row['clipped_prompts']:,} prompts kept only their last tokens to fit the model's context "
-                     f"(clipped_prompts; workload.overlong=clip)")
+        notes.append(f"note: {counted(row['clipped_prompts'], 'prompt kept only its', 'prompts kept only their')} "
+                     "last tokens to fit the model's context (clipped_prompts; workload.overlong=clip)")
     if row.get("context_clipped"):
-        notes.append(f"note: {row['context_clipped']:,} requests stop where their output would run past the "
-                     f"model's context window (context_clipped)")
+        notes.append(f"note: {counted(row['context_clipped'], 'request stops where its', 'requests stop where their')}"
+                     " output would run past the model's context window (context_clipped)")
     tail = row.get("tail_frac")
     if isinstance(tail, float) and tail >= TAIL_NOTE:
         when = ("after the last arrival" if row.get("offered_rate") != float("inf") else

@@ -40,9 +40,10 @@ def register_presets() -> None:
     _registered = True
 
 
-def config_groups() -> set[str]:
-    """Every config group: the folders of conf/ and the groups presets are stored in."""
-    return {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()} | {"gpu", "model"}
+def config_groups(conf_dir: str = CONF_DIR) -> set[str]:
+    """Every config group: the folders of `conf_dir` (Hydra's own settings aside) and the groups presets are
+    stored in."""
+    return {p.name for p in Path(conf_dir).iterdir() if p.is_dir() and p.name != "hydra"} | {"gpu", "model"}
 
 
 def group_choices(group: str, conf_dir: str = CONF_DIR) -> list[str]:

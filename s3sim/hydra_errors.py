@@ -21,6 +21,11 @@ def _flat_keys(node, prefix: str = "") -> list[str]:
     return out
 
 
+def config_groups(conf_dir: str) -> set[str]:
+    from s3sim.config_groups import config_groups as groups
+    return groups(conf_dir)
+
+
 def _choices(conf_dir: str, group: str) -> list[str]:
     from s3sim.config_groups import group_choices
     return group_choices(group, conf_dir)
@@ -81,7 +86,8 @@ def composed_groups(conf_dir: str, config_name: str) -> list[str]:
     import yaml
 
     defaults = yaml.safe_load((Path(conf_dir) / f"{config_name}.yaml").read_text()).get("defaults") or []
-    return [next(iter(d)).lstrip("+~").split("@")[0] for d in defaults if isinstance(d, dict)]
+    return [next(iter(d)).lstrip("+~").removeprefix("optional ").split("@")[0] for d in defaults
+            if isinstance(d, dict)]
 
 
 def foreign_group(override: str, conf_dir: str, config_name: str, prog: str) -> str | None:
@@ -96,10 +102,6 @@ def foreign_group(override: str, conf_dir: str, config_name: str, prog: str) -> 
     said = key if "." in key else override.lstrip("+~")
     return f"{said}: {prog} has no {group} group (it composes {', '.join(own)}); {group} is the simulator's (s3sim)"
 
-
-def config_groups(conf_dir: str) -> list[str]:
-    """Every config group: conf/'s folders (Hydra's own settings aside) and the presets kept in the package."""
-    return [p.name for p in Path(conf_dir).iterdir() if p.is_dir() and p.name != "hydra"] + ["gpu", "model"]
 
 
 def unread_addition(override: str, conf_dir: str, config_name: str, prog: str = "s3sim",
@@ -200,10 +202,9 @@ def check_launcher(args: list[str], prog: str) -> None:
     if launcher == "slurm":
         import shutil
 
-        missing = [c for c in ("srun", "sbatch") if shutil.which(c) is None]
-        if missing:
-            problem = (f"hydra/launcher=slurm submits with SLURM, and this machine has no {' or '.join(missing)}: run "
-                       "the sweep on a SLURM login node, or here with hydra/launcher=local")
+        if shutil.which("sbatch") is None:
+            problem = ("hydra/launcher=slurm submits with SLURM's sbatch, which this machine lacks: run the sweep on a "
+                       "SLURM login node, or here with hydra/launcher=local")
     elif launcher == "ray" and values.get("hydra.launcher.ray.init.address") == "auto":
         try:
             from ray._private.services import get_ray_address_from_environment

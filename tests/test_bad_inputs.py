@@ -202,7 +202,7 @@ def test_s3exec_counts_and_says_trace_rows_of_zero_tokens_as_the_simulator_does(
             "workload=trace", "arrival=trace", f"workload.path={tmp_path / 't.csv'}", "executor.progress=false",
             f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "note: 1 requests came from trace rows with a 0-token prompt or output, served as 1 token" in p.stdout
+    assert "note: 1 request came from trace rows with a 0-token prompt or output, served as 1 token" in p.stdout
     assert pd.read_csv(tmp_path / "run" / "summary.csv").zero_length_rows.tolist() == [1]
 
 

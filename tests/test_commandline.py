@@ -61,3 +61,18 @@ def test_a_sigterm_ends_a_command_through_its_clean_ups(tmp_path):
     assert stop.value.code == 143
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_ignored_on_purpose_stays_ignored():
+    """A process started immune to SIGTERM (nohup-like wrappers set it ignored) keeps that within a command."""
+    import signal
+
+    from s3sim.commandline import sigterm_as_exit
+
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with sigterm_as_exit():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)

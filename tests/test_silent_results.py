@@ -405,11 +405,11 @@ def _ray_cluster_running() -> bool:
         return False
 
 
-@pytest.mark.skipif(__import__("shutil").which("srun") is not None or _ray_cluster_running(),
+@pytest.mark.skipif(__import__("shutil").which("sbatch") is not None or _ray_cluster_running(),
                     reason="this machine can reach SLURM or a running Ray cluster")
 @pytest.mark.parametrize("args, words", [
-    (["hydra/launcher=slurm", "hydra.launcher.partition=cpu"], "hydra/launcher=slurm submits with SLURM, and this "
-                                                                "machine has no srun"),
+    (["hydra/launcher=slurm", "hydra.launcher.partition=cpu"], "hydra/launcher=slurm submits with SLURM's sbatch, "
+                                                                "which this machine lacks"),
     (["hydra/launcher=ray", "hydra.launcher.ray.init.address=auto"], "joins a running Ray cluster, and none runs here")])
 def test_a_sweep_sent_to_a_launcher_out_of_reach_is_one_line_and_writes_nothing(tmp_path, capsys, args, words):
     """It was the launcher's traceback (exit 1) after Hydra had written the sweep's multirun.yaml, which

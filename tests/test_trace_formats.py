@@ -50,7 +50,8 @@ def test_a_row_with_zero_tokens_is_served_as_one_and_said(tmp_path):
         row = run_config(cfg)
         zeros = 1 if "burstgpt" in overrides[-1] else 2
         assert row["zero_length_rows"] == zeros
-        assert any(n.startswith(f"note: {zeros} requests came from trace rows with a 0-token prompt or output, "
+        said = "1 request" if zeros == 1 else f"{zeros} requests"
+        assert any(n.startswith(f"note: {said} came from trace rows with a 0-token prompt or output, "
                                 "served as 1 token")
                    for n in run_notes(row))
     row = run_config(cfg | {"num_requests": 1})  # the trace's first row alone has no zero

@@ -372,6 +372,8 @@ def _tp2(meta):
     (_drop("output_toks", 3), [], ["requests.jsonl", "line 3", "'output_toks'", "missing"]),
     (_set("input_toks", 5, "1200"), [], ["requests.jsonl", "line 5", "'input_toks'", "number"]),
     (_set("first_token_ts", 2, "soon"), [], ["line 2", "'first_token_ts'", "must be a number"]),
+    (_set("first_token_ts", 2, None), [], ["line 2", "'first_token_ts'", "must be a number"]),  # one null: damage
+    (_set("arrival_time", 2, None), [], ["line 2", "'arrival_time'", "must be a number"]),
     (lambda run: (run / "meta.json").write_text("{not json"), [], ["meta.json", "invalid JSON"]),
     (lambda run: (run / "timeseries.csv").write_text("t,running,waiting,kv_cache_pct\n1.0,5,x,1.0\n"), [],
      ["timeseries.csv", "line 2", "'waiting'"]),
@@ -701,7 +703,7 @@ def test_a_request_the_run_did_not_serve_is_left_out_of_both_sides_and_said(tmp_
         rows[i].update(UNSERVED)
     (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stdout = run_ok(capsys, run, "--out", tmp_path / "out")
-    assert f"note: 2 of the {N} requests of requests.jsonl were not served (their times are null: lines 3, 7)" in stdout
+    assert f"note: 2 of the {N} requests of requests.jsonl were not served (null times: lines 3, 7)" in stdout
     assert "is not about this run" not in stdout  # the real metrics are the served rows', as the peer's
     run_ok(capsys, served, "--out", tmp_path / "out_served")
     got, want = (pd.read_csv(tmp_path / d / "validation.csv") for d in ("out", "out_served"))
@@ -711,8 +713,9 @@ def test_a_request_the_run_did_not_serve_is_left_out_of_both_sides_and_said(tmp_
 
 @pytest.mark.parametrize("change, words", [
     ({"queued_ts": "abc", "first_token_ts": None}, "field 'queued_ts' must be a number, got 'abc'"),
+    ({"last_token_ts": None}, "field 'last_token_ts' must be a number, got None"),  # not all null: not unserved
     ({"input_toks": None, **UNSERVED}, "field 'input_toks' must be a number, got None"),
-    ({"first_token_ts": None, "output_toks": 0}, "field 'output_toks' must be a positive integer")])
+    ({**UNSERVED, "output_toks": 0}, "field 'output_toks' must be a positive integer")])
 def test_an_unserved_row_still_holds_what_it_records_well_formed(tmp_path, capsys, change, words):
     run = trim(R4090, tmp_path / "rtx4090")
     rows = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
@@ -731,3 +734,21 @@ def test_a_run_that_served_no_request_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"no requests served (the {N} rows' queued_ts, first_token_ts, last_token_ts are null)" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_make_modern_says_it_replays_the_served_requests_and_make_steps_refuses_the_run(tmp_path, capsys):
+    """read_run leaves unserved rows out: the modern comparison replays the others and says so (as s3sim-validate
+    does); the step check, which rebuilds each moment's batch from every request's times, refuses such a run."""
+    from s3sim.core.errors import ConfigError
+    from s3sim.experiments.modern import compare
+    from s3sim.lab.step_check import RunTimeline
+
+    run = trim(R4090, tmp_path / "rtx4090-llama-3.1-8b")
+    rows = [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
+    rows[3].update(UNSERVED)
+    (run / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compare(run)
+    assert f"note: 1 of the {N} requests of requests.jsonl was not served (null times: line 4)" \
+        in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"not served \(null times, 1 of them, line 4 the first\): the steps"):
+        RunTimeline(run.parent)

@@ -36,7 +36,7 @@ from s3sim.validation.kv_capacity import kv_capacity
 from s3sim.validation.metrics import metric_name, replay_records, simulated_metrics
 from s3sim.validation.model_gpu import resolve_gpu, resolve_model
 from s3sim.validation.pricing import build_latency
-from s3sim.validation.run_files import META, beside_run, read_run
+from s3sim.validation.run_files import META, beside_run, read_run, unserved_note
 
 RUNS = ("rtx4090-llama-3.1-8b", "rtxpro6000-llama-3.1-8b")
 COLUMNS = ("ttft_mean", "ttft_p50", "ttft_p99", "tpot_mean", "tpot_p50", "e2e_latency_mean", "e2e_latency_p50",
@@ -80,6 +80,8 @@ def compare(run_dir: Path) -> pd.DataFrame:
     blocks, _ = kv_capacity(engine, model, gpu)
     latency, _ = build_latency(profile, model, gpu, engine.tp)
     req = run.requests
+    if req.attrs.get("unserved"):  # every policy replays the served ones, as s3sim-validate does
+        print(unserved_note(req))
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     max_seq_len = int(-(-(int(req.output_toks.max()) + 1) // 128) * 128)
     rows = []

@@ -90,6 +90,10 @@ class RunTimeline:
 
         run = read_run(run_dir / "run")
         self.req = req = run.requests
+        if req.attrs.get("unserved"):  # the running set would miss them wherever they did run
+            raise ConfigError(f"{run.dir}: requests.jsonl holds requests that were not served (null times, "
+                              f"{len(req.attrs['unserved'])} of them, line {req.attrs['unserved'][0]} the first): the "
+                              "steps' batches cannot be rebuilt without their times")
         path = run.dir / "timeseries.csv"
         self.series = ts = read_csv(path, f"{path}: not a CSV")
         if missing := [c for c in self.NEED if c not in ts.columns]:

@@ -21,7 +21,7 @@ from s3sim.validation.outputs import clear_outputs, staged_outputs
 from s3sim.validation.peer import read_peer, peer_mismatch
 from s3sim.validation.pricing import (build_latency, profile_reach, check_all_reduce_flag, data_parallel_latency,
                                       calibrate_steps)
-from s3sim.validation.run_files import META, REQUESTS, TIMESERIES, PEER, beside_run, read_run
+from s3sim.validation.run_files import META, REQUESTS, TIMESERIES, PEER, beside_run, read_run, unserved_note
 from s3sim.validation.timeline import timeline, draw_timeline
 from s3sim.validation.verdict import format_table, target_line, SENSITIVITY_PCT, SENSITIVITY_COLUMN, small_times_note
 
@@ -136,11 +136,7 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
             if engine.dp > 1 else ""))
     unserved = req.attrs.get("unserved", [])
     if unserved:
-        lines = ", ".join(map(str, unserved[:5])) + (", ..." if len(unserved) > 5 else "")
-        echo(f"note: {len(unserved)} of the {len(req) + len(unserved)} requests of {REQUESTS} were not served (their "
-             f"times are null: line{'s' if len(unserved) > 1 else ''} {lines}): left out of the replay and of both "
-             "sides' metrics, as the peer leaves them out; the replay serves the others as they arrived, without any "
-             "load the unserved ones put on the engine")
+        echo(unserved_note(req))
     if limits_how:
         echo(limits_how)
     echo(f"KV capacity: {capacity:,} tokens ({blocks:,} blocks x {engine.block_size}), {kv_how}"

@@ -107,20 +107,19 @@ MAX_TOKENS = 2**31 - 1  # a request's prompt or output: beyond any model's conte
 
 
 def read_requests(path: Path) -> pd.DataFrame:
-    """The served rows of requests.jsonl, checked; `attrs["unserved"]`: the lines of the rows whose times are null
-    (a request the run recorded and did not serve: vLLM returned no metrics for it), left out of the replay and of
-    both sides' metrics, as the peer leaves them out; `attrs["lacking"]`: how many rows lack each optional field
-    (null counts as lacking)."""
+    """The served rows of requests.jsonl, checked; `attrs["unserved"]`: the lines of the rows whose three times are
+    all null (a request the run recorded and did not serve: vLLM returned no metrics for it), left out of the
+    replay and of both sides' metrics, as the peer leaves them out (`unserved_note`); `attrs["lacking"]`: how many
+    rows lack each optional field."""
     rows, unserved = [], []
     for lineno, row in json_lines(read_text(path), repr(str(path))):
         where = f"{str(path)!r} line {lineno}"
-        row = {k: v for k, v in row.items() if not (v is None and k in OPTIONAL_FIELDS)}
         for f in REQUEST_FIELDS:
             if f not in row:
                 raise ConfigError(f"{where}: missing field {f!r}")
-        served = all(row[f] is not None for f in TIMES)
-        for f in REQUEST_FIELDS:
-            if not (row[f] is None and f in TIMES) and not is_number(row[f]):
+        served = any(row[f] is not None for f in TIMES)  # else all null: not served (a few null is damage)
+        for f in (REQUEST_FIELDS if served else REQUEST_FIELDS[:2]):
+            if not is_number(row[f]):
                 raise ConfigError(f"{where}: field {f!r} must be a number, got {row[f]!r}")
         for f in ("input_toks", "output_toks"):
             if row[f] != int(row[f]) or not 1 <= row[f] <= MAX_TOKENS:
@@ -149,6 +148,19 @@ def read_requests(path: Path) -> pd.DataFrame:
     df.attrs["lacking"] = {f: sum(f not in r for r in rows) for f in OPTIONAL_FIELDS if f not in optional}
     df.attrs["unserved"] = unserved
     return df.astype({"input_toks": np.int64, "output_toks": np.int64})
+
+
+def unserved_note(req: pd.DataFrame) -> str:
+    """A note on the requests `read_requests` left out as not served ('' where there are none)."""
+    unserved = req.attrs.get("unserved", [])
+    if not unserved:
+        return ""
+    lines = ", ".join(map(str, unserved[:5])) + (", ..." if len(unserved) > 5 else "")
+    many = len(unserved) > 1
+    return (f"note: {len(unserved)} of the {len(req) + len(unserved)} requests of {REQUESTS} "
+            f"{'were' if many else 'was'} not served (null times: line{'s' if many else ''} {lines}): left out of the replay and of both "
+            "sides' metrics, as the peer leaves them out; the replay serves the others as they arrived, without any "
+            "load the unserved ones put on the engine")
 
 
 def read_timeseries(path: Path) -> pd.DataFrame:
