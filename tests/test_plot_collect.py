@@ -412,3 +412,18 @@ def test_a_gzip_table_is_drawn_as_a_plain_one(tmp_path):
     p = plot_cli(tmp_path / "t.csv.gz", "--x", "offered_rate", "--y", "ttft_p50", "--hue", "policy", "--style",
                  "workload.time_scale", "--out", tmp_path / "f.png")
     assert p.returncode == 0 and p.stderr == "" and (tmp_path / "f.png").is_file(), p.stderr
+
+
+def test_a_split_into_more_panels_than_a_figure_holds_is_refused(tmp_path):
+    """--col over a column of 200 values drew 200 panels (minutes, gigabytes); past 64 it is one line naming the
+    option, the column and its count, and no figure."""
+    n = 200
+    pd.DataFrame({"x": np.tile([1, 2], n), "y": np.arange(2 * n), "seed": np.repeat(np.arange(n), 2)}).to_csv(
+        tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--x", "x", "--y", "y", "--col", "seed", "--out", tmp_path / "f.png")
+    assert p.returncode == 2 and "200 panels (--col 'seed' has 200 values), beyond the 64" in p.stderr, p.stderr
+    assert not (tmp_path / "f.png").exists()
+    small = pd.read_csv(tmp_path / "t.csv").query("seed < 8")
+    small.to_csv(tmp_path / "s.csv", index=False)
+    p = plot_cli(tmp_path / "s.csv", "--x", "x", "--y", "y", "--col", "seed", "--out", tmp_path / "f.png")
+    assert p.returncode == 0, p.stderr
