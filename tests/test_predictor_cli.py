@@ -614,3 +614,20 @@ def test_a_conversation_without_a_turns_text_is_skipped_and_a_turn_of_another_ty
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ConfigError, match="line 1: the first human turn's value must be text"):
         read_pairs(path)
+
+
+def test_skipped_conversations_and_empty_prompts_are_said_where_the_rows_are_read(tmp_path, capsys):
+    """The rows s3predict trains and scores on: a conversation without both turns is left out and an empty prompt
+    kept as it is (the shared ShareGPT pairs hold 7), each said once on stderr rather than silently."""
+    from s3sim.predictor.trained.data import labelled_rows
+
+    rows = [{"id": "a", "conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "hi"}]},
+            {"id": "b", "prompt": "", "response": "fine"},
+            *({"id": f"p{i}", "prompt": f"question {i}", "response": "answer " * i} for i in range(1, 40))]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = labelled_rows(path, "smollm2")
+    assert len(df) == 40 and "" in set(df.prompt)
+    err = capsys.readouterr().err
+    assert f"note: {path}: 1 conversation(s) without a human turn and a reply left out (line 1 the first)" in err
+    assert f"note: {path}: 1 of 40 prompts are empty (or blank), kept as they are" in err

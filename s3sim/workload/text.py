@@ -126,17 +126,33 @@ def _pair(row, where: str, index: int) -> TextPair | None:
     raise ConfigError(f"{where}: no prompt/response fields; found {sorted(row)[:6]}, expected {EXPECTED}")
 
 
-def read_pairs(path) -> list[TextPair]:
-    """Every pair in the file, in file order. Conversations without a reply are skipped."""
+def read_pairs(path, skipped: list | None = None) -> list[TextPair]:
+    """Every pair in the file, in file order. Conversations without both turns' text are skipped (their rows
+    appended to `skipped` where given: `pair_notes` says so)."""
     path = Path(path)
     pairs = []
     for i, (where, row) in enumerate(_rows(path)):
         p = _pair(row, _where(path, where), i)
         if p is not None:
             pairs.append(p)
+        elif skipped is not None:
+            skipped.append(where)
     if not pairs:
         raise ConfigError(f"{path} holds no prompt/response pairs: expected rows with {EXPECTED}")
     return pairs
+
+
+def pair_notes(path, pairs: list[TextPair], skipped: list) -> list[str]:
+    """What a reader of the pairs should know: conversations skipped, and prompts that are empty (kept: the
+    predictor is trained and scored on them as they are, as a server would be asked them)."""
+    notes = []
+    if skipped:
+        notes.append(f"note: {path}: {len(skipped):,} conversation(s) without a human turn and a reply left out "
+                     f"({_where(Path(path), skipped[0]).removeprefix(f'{path} ')} the first)")
+    empty = sum(not p.prompt.strip() for p in pairs)
+    if empty:
+        notes.append(f"note: {path}: {empty:,} of {len(pairs):,} prompts are empty (or blank), kept as they are")
+    return notes
 
 
 PROMPT_FIELDS = "'prompt', 'instruction' (with an optional 'input'), 'conversations' or 'text'"

@@ -2,13 +2,14 @@
 by prompt that the simulator's text workloads use too (`s3sim.predictor.split`)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from s3sim.core.errors import ConfigError
 from s3sim.predictor.split import holdout_mask
-from s3sim.workload.text import prompt_hash, read_pairs
+from s3sim.workload.text import pair_notes, prompt_hash, read_pairs
 
 
 def labelled_rows(path, tokenizer, split_seed: int = 0, test_frac: float = 0.2, limit: int | None = None):
@@ -17,7 +18,10 @@ def labelled_rows(path, tokenizer, split_seed: int = 0, test_frac: float = 0.2, 
     has been read); it counts each response, unless the row gives its `output_tokens`."""
     from s3sim.workload.tokenizer import count_tokens, load_tokenizer
 
-    pairs = read_pairs(Path(path))
+    skipped = []
+    pairs = read_pairs(Path(path), skipped)
+    for line in pair_notes(path, pairs, skipped):
+        print(line, file=sys.stderr)
     if isinstance(tokenizer, str):
         tokenizer = load_tokenizer(tokenizer)
     if limit is not None:
