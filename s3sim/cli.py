@@ -106,7 +106,7 @@ def app(cfg: DictConfig) -> None:
         return
     print(("(reused) " if reused else "") + headline(row))
     from s3sim.config import run_notes, unread_notes
-    for note in run_notes(row) + unread_notes(resolved):
+    for note in run_notes(row) + unread_notes(resolved, row, hc.overrides.task):
         print(note)
     print(f"results: {out}")
 

@@ -114,15 +114,20 @@ def run_notes(row: dict) -> list[str]:
     return [n for n in notes if n]
 
 
-def unread_notes(resolved: dict) -> list[str]:
+def unread_notes(resolved: dict, row: dict | None = None, overrides=()) -> list[str]:
     """Lines saying which settings of the run's config nothing read: a sweep over one of them would run the same
-    experiment at every point."""
+    experiment at every point. `row`: the run's summary; `overrides`: the command line's (Hydra's task overrides)."""
+    notes = []
     cluster = resolved.get("cluster") or {}
     router = cluster.get("router")
     if cluster.get("replicas", 1) == 1 and router not in (None, "round_robin"):
-        return [f"note: cluster.router={router} routes nothing with one replica (cluster.replicas=1): the run is the "
-                "single engine's, as with any router"]
-    return []
+        notes.append(f"note: cluster.router={router} routes nothing with one replica (cluster.replicas=1): the run is "
+                     "the single engine's, as with any router")
+    given = [o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0].split(".")[0] == "predictor"]
+    if given and row is not None and row.get("predictor") == "none":
+        notes.append(f"note: {', '.join(given)}: policy={row.get('policy')} reads no length prediction, so the run "
+                     "is the same whatever the predictor (the summary's predictor column says none)")
+    return notes
 
 
 def fit_context(prompt: np.ndarray, output: np.ndarray, rows: np.ndarray, context: int, max_seq_len: int,

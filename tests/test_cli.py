@@ -211,3 +211,17 @@ def test_a_router_with_one_replica_is_said_to_route_nothing():
                    "the single engine's, as with any router"]
     assert unread_notes({"cluster": {"replicas": 1, "router": "round_robin"}}) == []
     assert unread_notes({"cluster": {"replicas": 4, "router": "least_kv"}}) == []
+
+
+def test_predictor_settings_a_policy_does_not_read_are_said_to_change_nothing(tmp_path):
+    """policy=orca reads no prediction: predictor.accuracy on its command line (a sweep over it) changes nothing,
+    and the run says so; a policy that reads one, or a command line without predictor settings, stays silent."""
+    from s3sim.config import unread_notes
+
+    said = unread_notes({}, {"policy": "orca", "predictor": "none"}, ["policy=orca", "predictor.accuracy=0.5"])
+    assert said == ["note: predictor.accuracy=0.5: policy=orca reads no length prediction, so the run is the same "
+                    "whatever the predictor (the summary's predictor column says none)"]
+    assert unread_notes({}, {"policy": "s3", "predictor": "synthetic"}, ["predictor.accuracy=0.5"]) == []
+    assert unread_notes({}, {"policy": "orca", "predictor": "none"}, ["policy=orca"]) == []
+    p = s3sim(*SMALL, "policy=orca", "predictor=oracle", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert p.returncode == 0 and "note: predictor=oracle: policy=orca reads no length prediction" in p.stdout
