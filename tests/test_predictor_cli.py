@@ -235,8 +235,8 @@ def equal_edges_for(meta, name, new):
 
 
 @pytest.mark.parametrize("change, needles", [
-    (double_edges, ["meta.json: buckets equal:10:2048: edges 410, 820, ..., 4096 are not its equal-width edges "
-                    "205, 410, ..., 2048"]),
+    (double_edges, ["meta.json: buckets equal:10:2048: edge 1 of 10 is 410, not 205: edges 410, 820, ..., 4096 are "
+                    "not its equal-width edges 205, 410, ..., 2048"]),
     (lambda m: m["buckets"].update({"quantile:10:2048": m["buckets"]["quantile:10:2048"][1:]}),
      ["meta.json: buckets quantile:10:2048: 9 edges for 10 buckets"]),
     (lambda m: m["buckets"].update({"quantile:10:2048": m["buckets"]["quantile:10:2048"][:-1] + [4096]}),
@@ -291,7 +291,7 @@ def test_heads_of_another_shape_than_the_buckets_name_the_head(tmp_path):
 
 
 @pytest.mark.parametrize("change, needle", [
-    (double_edges, "buckets equal:10:2048: edges 410, 820, ..., 4096 are not its equal-width edges"),
+    (double_edges, "buckets equal:10:2048: edge 1 of 10 is 410, not 205: edges 410, 820, ..., 4096 are not its"),
     (lambda m: m.update(max_length=-5), "max_length must be a positive whole number of prompt tokens, got -5"),
 ])
 def test_the_simulator_refuses_such_a_predictor_in_one_line(tmp_path, change, needle):
@@ -315,7 +315,7 @@ def test_a_prediction_table_whose_edges_disagree_with_its_scheme_is_refused(tmp_
     assert TrainedPredictor.from_table(src, "equal:10:2048", keys).buckets.max_len == 2048
     double_edges(side)
     (tmp_path / "sharegpt_pairs.json").write_text(json.dumps(side))
-    with pytest.raises(ConfigError, match="sharegpt_pairs.json: buckets equal:10:2048: edges 410, 820") as e:
+    with pytest.raises(ConfigError, match="sharegpt_pairs.json: buckets equal:10:2048: edge 1 of 10 is 410, not 205: edges 410, 820") as e:
         TrainedPredictor.from_table(table, "equal:10:2048", keys)
     assert "\n" not in str(e.value)
 
@@ -631,3 +631,41 @@ def test_skipped_conversations_and_empty_prompts_are_said_where_the_rows_are_rea
     err = capsys.readouterr().err
     assert f"note: {path}: 1 conversation(s) without a human turn and a reply left out (line 1 the first)" in err
     assert f"note: {path}: 1 of 40 prompts are empty (or blank), kept as they are" in err
+
+
+def test_a_training_run_stopped_part_way_is_no_predictor_until_it_finishes(tmp_path):
+    """A checkpoint (meta.json done false) was loaded as a predictor by predict, evaluate and the simulator, its
+    half-trained accuracy reported as the model's; it is refused in one line that says how to finish it."""
+    from s3sim.core.errors import ConfigError
+
+    folder = tmp_path / "run"
+    shutil.copytree(SHIPPED, folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(done=False, step=45, total_steps=120)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"a training run stopped part-way \(meta.json: done false, step 45 of 120\)"):
+        LengthClassifier.load(folder)
+    assert LengthClassifier.load(folder, trainable=True, unfinished=True).buckets  # the run resuming itself
+
+
+@pytest.mark.parametrize("gone, named", [("heads.safetensors", "no heads.safetensors (the classification heads)"),
+                                         ("adapter/adapter_model.safetensors",
+                                          "no adapter/adapter_model.safetensors (the LoRA adapter)")])
+def test_a_predictor_folder_missing_a_file_names_it(tmp_path, gone, named):
+    """It named heads.pt, a file the folder never had, or peft's 'Repo id must be a string'."""
+    from s3sim.core.errors import ConfigError
+
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED, folder)
+    (folder / gone).unlink()
+    with pytest.raises(ConfigError, match=re.escape(f"{folder}: {named}: not a complete trained predictor")):
+        LengthClassifier.load(folder)
+
+
+def test_a_scheme_with_more_parts_than_its_three_is_refused():
+    from s3sim.core.errors import ConfigError
+    from s3sim.predictor.trained.schemes import Scheme
+
+    with pytest.raises(ConfigError, match="'quantile:10:2048:x' must look like equal:10:2048"):
+        Scheme.parse("quantile:10:2048:x")
+    assert Scheme.parse("quantile:10:2048").num == 10

@@ -90,7 +90,7 @@ def test_a_prompt_file_without_text_is_one_line(tmp_path, content, needle):
 
 @pytest.mark.parametrize("damage, needle", [
     ("truncate_heads", "not a loadable trained predictor"),
-    ("drop_adapter", "not a loadable trained predictor"),
+    ("drop_adapter", "no adapter/adapter_model.safetensors (the LoRA adapter): not a complete trained predictor"),
     ("bad_meta", "not a trained predictor's metadata"),
     ("no_meta", "is not a trained predictor (no meta.json)"),
     ("misnamed_adapter_tensor", "did not load the adapter's base_model.model.pooler.dense_x.lora_A.weight"),

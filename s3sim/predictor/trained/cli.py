@@ -257,7 +257,7 @@ def train(a) -> Path:
                 train_median=float(np.median(tr["output_tokens"])),
                 baselines={n: baselines(tr["output_tokens"].to_numpy(), b) for n, b in bks.items()})
     resume = (folder / "train_state.pt").is_file() and not a.fresh
-    model = (LengthClassifier.load(folder, trainable=True) if resume
+    model = (LengthClassifier.load(folder, trainable=True, unfinished=True) if resume
              else LengthClassifier.from_base(a.base, bks, a.max_length, a.seed, lora=a.lora))
     ids = model.encode(tr["prompt"])
     trainer = Trainer(model, ids, {n: labels[n] for n in model.buckets}, cfg, folder, meta)
@@ -564,6 +564,10 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"s3predict: error: {where}{e.strerror or e} (could not read or write it)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; a training run keeps its last checkpoint
+        print("s3predict: interrupted" + ("; the run keeps its last checkpoint, and the same command resumes it"
+                                          if a.cmd == "train" else ""), file=sys.stderr)
+        return 130
     return 0
 
 

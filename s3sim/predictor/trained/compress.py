@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     from s3sim.predictor.trained import cli
     from s3sim.predictor.trained.model import LengthClassifier
 
-    ap = Parser(description=main.__doc__.splitlines()[0])
+    ap = Parser(description=" ".join(main.__doc__.split()).split(": ", 1)[1])
     ap.add_argument("run", help="a finished whole-encoder run folder")
     ap.add_argument("data", help="its prompt/response file (the held-out split is taken from it)")
     ap.add_argument("--ranks", type=int, nargs="+", default=[16, 32, 48, 64])

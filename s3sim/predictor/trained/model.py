@@ -139,8 +139,10 @@ class LengthClassifier(nn.Module):
         swap_in(tmp, folder)
 
     @classmethod
-    def load(cls, folder, trainable: bool = False):
-        """A saved classifier (`trainable`: its LoRA adapters keep learning, as when a run resumes)."""
+    def load(cls, folder, trainable: bool = False, unfinished: bool = False):
+        """A saved classifier (`trainable`: its LoRA adapters keep learning, as when a run resumes or retrains).
+        A run whose training stopped part-way (meta.json's done false: a checkpoint) is refused unless
+        `unfinished` (the run resuming itself): it would predict, score and serve as if trained."""
         _quiet()
         from transformers import AutoModel, AutoTokenizer
 
@@ -152,6 +154,11 @@ class LengthClassifier(nn.Module):
 
         note_folder(folder)
         check_meta(folder, meta)
+        if meta.get("done") is False and not unfinished:
+            raise ConfigError(f"{folder} is a training run stopped part-way (meta.json: done false, step "
+                              f"{meta.get('step', '?')} of {meta.get('total_steps', '?')}): run its `s3predict train` "
+                              "command again to finish it (it resumes), or name a finished predictor")
+        _check_files(folder, meta)
         try:
             buckets = {n: Buckets(u) for n, u in meta["buckets"].items()}
             lora = int(meta.get("lora") or 0)
@@ -259,6 +266,18 @@ def check_meta(folder: Path, meta: dict) -> None:
         if problem:
             raise ConfigError(f"{path}: buckets {name}: {problem}; a predictor's edges must be those its scheme "
                               f"names (retrain it, or correct the file)")
+
+
+def _check_files(folder: Path, meta: dict) -> None:
+    """The files a predictor folder must hold, named where one is missing (a missing heads file read as the older
+    heads.pt; a missing adapter as peft's 'Repo id must be a string')."""
+    need = [("adapter/adapter_model.safetensors", "the LoRA adapter") if meta.get("lora") else
+            ("encoder", "the fine-tuned encoder")]
+    if not any((folder / h).is_file() for h in ("heads.safetensors", "heads.pt")):
+        need.append(("heads.safetensors", "the classification heads"))
+    for name, what in need:
+        if not (folder / name).exists():
+            raise ConfigError(f"{folder}: no {name} ({what}): not a complete trained predictor")
 
 
 def _check_heads(folder: Path, heads: dict, buckets: dict[str, Buckets], hidden: int) -> None:

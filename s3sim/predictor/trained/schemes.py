@@ -25,6 +25,8 @@ class Scheme:
     def parse(cls, text: str) -> "Scheme":
         parts = str(text).split(":")
         try:
+            if len(parts) != 3:  # quantile:10:2048:x trained as quantile:10:2048
+                raise ValueError
             kind, num, max_len = parts[0], int(parts[1]), int(parts[2])
         except (IndexError, ValueError):
             raise ConfigError(f"bucket scheme {text!r} must look like equal:10:2048 or quantile:10:2048") from None
@@ -72,7 +74,11 @@ def edges_problem(name: str, upper) -> str | None:
         return f"{len(u)} edges for {s.num} buckets"
     if s.kind == "equal":
         want = Buckets.equal(s.num, s.max_len).upper
-        return None if np.array_equal(u, want) else f"edges {_short(u)} are not its equal-width edges {_short(want)}"
+        if np.array_equal(u, want):
+            return None
+        i = int(np.flatnonzero(u != want)[0])
+        return (f"edge {i + 1} of {len(u)} is {int(u[i])}, not {int(want[i])}: edges {_short(u)} are not its "
+                f"equal-width edges {_short(want)}")
     if np.any(u <= 0) or np.any(np.diff(u) <= 0):
         return f"edges {_short(u)} are not positive and strictly increasing"
     if u[-1] != s.max_len:
