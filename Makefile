@@ -50,7 +50,7 @@ gpu-check: setup
 # The pure-Python packages the check needs beyond torch and transformers, as wheels in .whl/ for a GPU image
 # that lacks them (README: The GPU check); the versions are this environment's.
 gpu-wheels: setup
-	$(BIN)/pip wheel -q --no-deps -w .whl $$($(BIN)/pip freeze | grep -i -E '^(simpy|hydra-core|omegaconf|antlr4-python3-runtime)==')
+	$(BIN)/pip wheel -q --no-deps -w .whl $$($(BIN)/pip freeze | grep -i -E '^(simpy|hydra-core|omegaconf|antlr4-python3-runtime|sortedcontainers)==')
 	ls .whl
 
 # Replay the real vLLM runs of ../shared/data/vllm_runs in the simulator (vllm policy), with each run's operator

@@ -28,6 +28,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("prog", _invoked_as())
+        kwargs.setdefault("allow_abbrev", False)  # `--smok` is an error, not --smoke (nor `--thr` --threads)
         super().__init__(*args, **kwargs)
 
     def error(self, message):

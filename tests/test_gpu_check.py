@@ -51,7 +51,7 @@ def test_the_smoke_check_shows_every_target_and_judges_none(smoke):
 
 def test_greedy_tokens_equal_generate_for_every_policy_and_kernel(smoke):
     rows = json.loads((smoke[1] / "summary.json").read_text())["greedy"]
-    assert {(r["policy"], r["attention"]) for r in rows} == {(p, k) for p in gpu_check.GREEDY_POLICIES
+    assert {(r["policy"], r["attention"]) for r in rows} == {(p, k) for p in gpu_check.greedy_policies()
                                                              for k in ("sdpa", "flex")}
     assert all(r["identical"] == r["requests"] == 8 for r in rows)
     assert any(r["preemptions"] > 0 for r in rows if r["policy"] == "s3")  # the budget made it preempt
@@ -87,8 +87,29 @@ def test_without_a_gpu_and_without_smoke_it_says_so_in_one_line(tmp_path):
 
 def test_missing_packages_name_the_wheels(monkeypatch):
     monkeypatch.setitem(gpu_check.NEEDS, "no_such_module_s3", "no-such-package")
-    with pytest.raises(gpu_check.ConfigError, match="missing Python packages no-such-package: .*make gpu-wheels"):
+    with pytest.raises(gpu_check.ConfigError, match="missing Python packages no-such-package: install the project"):
         gpu_check.preflight()
+    monkeypatch.setitem(gpu_check.PURE, "no_such_module_s3", "no-such-package")
+    with pytest.raises(gpu_check.ConfigError, match=r"make gpu-wheels` downloads \(no-such-package; README"):
+        gpu_check.preflight()
+
+
+@pytest.mark.parametrize("hidden", ["sortedcontainers", "pandas", "psutil"])
+def test_a_package_the_image_lacks_is_named_before_anything_imports_it(tmp_path, hidden):
+    """On a lent GPU (minutes, rarely) a missing package must be one line at once: sortedcontainers and pandas were
+    an import traceback before the check could look, psutil a failure of every part in turn (exit 1)."""
+    code = (f"import sys; sys.modules[{hidden!r}] = None\n"
+            "from s3exec.lab import gpu_check\n"
+            f"sys.exit(gpu_check.main(['--smoke', '--out', {str(tmp_path / 'out')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and f"missing Python packages {hidden}" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_abbreviated_option_is_refused_not_read_as_the_option_it_begins():
+    r = subprocess.run([sys.executable, "-m", "s3exec.lab.gpu_check", "--smok"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unrecognized arguments: --smok" in r.stderr
 
 
 # ---- the verdict, on fabricated measurements ------------------------------------------------------------
@@ -105,7 +126,7 @@ def measured(margin: float = 0.1) -> dict:
     """A GPU run's summary in which every part ran and every target is met by `margin` where it can be."""
     greedy = [{"model": m, "policy": p, "attention": k, "cuda_graphs": k == "flex", "requests": 8, "identical": 8,
                "graph_replays": 40 if k == "flex" else 0}
-              for m in ("tiny-llama", "smollm2-135m") for p in gpu_check.GREEDY_POLICIES for k in ("sdpa", "flex")]
+              for m in ("tiny-llama", "smollm2-135m") for p in gpu_check.greedy_policies() for k in ("sdpa", "flex")]
     return {"mode": "gpu", "errors": {}, "greedy": greedy,
             "bandwidth": {"model": "llama-2-7b", "attention": "flex", "cuda_graphs": True, "copy_gb_s": 3000.0,
                           "batches": [1, 64, 128], "batch1_vs_floor": inside("batch1_vs_floor", margin),

@@ -49,12 +49,23 @@ from typing import Callable
 
 from s3sim.commandline import Parser, out_path
 from s3sim.core.errors import ConfigError
-from s3sim.core.policies import COMPARED, POLICIES
 
-NEEDS = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime"}
+# every package the check imports, by module: looked for before any is imported (a missing one was an import
+# traceback, or a part failing in turn). A CUDA image with torch and transformers lacks the pure-Python ones
+# `make gpu-wheels` carries (PURE); the others come with the image or `make setup`.
+PURE = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-python3-runtime",
+        "sortedcontainers": "sortedcontainers"}
+NEEDS = {**PURE, "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "psutil": "psutil", "yaml": "pyyaml",
+         "safetensors": "safetensors", "torch": "torch", "transformers": "transformers"}
 PARTS = ("greedy", "bandwidth", "hf_memory", "profile", "engines", "fidelity")  # in the order they run
-# every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to compare)
-GREEDY_POLICIES = tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
+
+
+def greedy_policies() -> tuple[str, ...]:
+    """Every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to
+    compare); imported here, after `preflight`."""
+    from s3sim.core.policies import COMPARED, POLICIES
+
+    return tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
 GREEDY_REQUESTS = 8
 FIDELITY_POLICIES = ("ft", "orca", "s3", "vllm")
 FIDELITY_METRICS = ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")
@@ -186,10 +197,12 @@ def target_table(rows: list[dict]) -> list[str]:
 
 
 def preflight() -> None:
-    missing = [pkg for mod, pkg in NEEDS.items() if importlib.util.find_spec(mod) is None]
+    missing = [mod for mod in NEEDS if importlib.util.find_spec(mod) is None]
     if missing:
-        raise ConfigError(f"missing Python packages {', '.join(missing)}: install the project (make setup), or on a "
-                          f"GPU image carry the wheels `make gpu-wheels` downloads (README: The GPU check)")
+        pure = [PURE[m] for m in missing if m in PURE]
+        raise ConfigError(f"missing Python packages {', '.join(NEEDS[m] for m in missing)}: install the project "
+                          "(make setup)" + (f", or on a GPU image carry the wheels `make gpu-wheels` downloads "
+                                            f"({', '.join(pure)}; README: The GPU check)" if pure else ""))
 
 
 def trace_file(folder: Path) -> Path:
@@ -284,7 +297,7 @@ class Check:
                     source = SMOLLM2_SHAPE
             loaded = self.model(source)
             ref = None
-            for policy in GREEDY_POLICIES:
+            for policy in greedy_policies():
                 for kernel, graphs in self.kernels():
                     extra = {"predictor.accuracy": 0.0, "predictor.error_shape": "under",
                              "executor.attention": kernel, "executor.cuda_graphs": graphs}
@@ -616,15 +629,15 @@ class RerunBackend:
 def default_out(smoke: bool) -> Path:
     import torch
 
-    if smoke or not torch.cuda.is_available():
-        return Path("results/gpu/cpu-smoke")
+    if smoke or not torch.cuda.is_available():  # no device's result: kept out of results/ (outputs/ is not tracked)
+        return Path("outputs/gpu-smoke")
     name = torch.cuda.get_device_name(0).lower().replace("nvidia", "").strip()
     return Path("results/gpu") / "-".join(name.split())
 
 
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=out_path, help="folder for the results (default results/gpu/<device>)")
+    ap.add_argument("--out", type=out_path, help="folder for the results (default results/gpu/<device>; with --smoke, outputs/gpu-smoke)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about 20 s")
     args = ap.parse_args(argv)
     try:
