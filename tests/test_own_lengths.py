@@ -161,3 +161,16 @@ def test_a_cached_natural_run_is_keyed_by_the_code_that_scheduled_it():
              for p in natural.run_code()}
     assert {"policies/vllm.py", "policies/paged.py", "core/prefix_cache.py", "s3exec/engine.py",
             "s3exec/model_runner.py"} <= names
+
+
+def test_a_trial_run_cannot_rewrite_the_committed_table(capsys):
+    """Without --out the table goes to the committed smollm2_greedy.csv: settings other than those its sidecar
+    records (a trial's --rows 4 --cap 32) are refused before any work, the settings it was made with pass."""
+    from s3exec.lab.own_lengths import check_out, main, parser
+
+    assert main(["--rows", "4", "--cap", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--rows 4, --cap 32 would rewrite the committed table" in err and "give --out for another table" in err
+    check_out(parser().parse_args(["--rows", "2138"]))  # make own-lengths
+    check_out(parser().parse_args([]))  # every prompt that fits, as it was made
+    check_out(parser().parse_args(["--rows", "4", "--out", "/tmp/elsewhere.csv"]))

@@ -214,9 +214,27 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_out(a) -> None:
+    """The committed table (the default --out) is rewritten only with the settings its sidecar records: a trial
+    run (--rows 4, another --cap ...) replaced it silently, and with it every workload=smollm2_greedy run."""
+    import json
+
+    from s3sim.core.errors import ConfigError
+
+    if Path(a.out).resolve() != TABLE.resolve() or not TABLE.with_suffix(".json").is_file():
+        return
+    made = json.loads(TABLE.with_suffix(".json").read_text())
+    asked = {"rows": a.rows, "cap": a.cap, "max_prompt": a.max_prompt, "seed": a.seed}
+    changed = [f"--{k.replace('_', '-')} {v}" for k, v in asked.items()
+               if k in made and v is not None and v != made[k]]  # no --rows: every prompt that fits, as made
+    if changed or a.data_dir is not None:
+        raise ConfigError(f"{', '.join(changed) or '--data-dir'} would rewrite the committed table {TABLE}, made with "
+                          f"`{made.get('command', 'other settings')}`: give --out for another table")
+
+
 def main(argv=None) -> int:
     a = parser().parse_args(argv)
-    return exit_code("own_lengths", lambda: run(a))
+    return exit_code("own_lengths", lambda: (check_out(a), run(a)))
 
 
 if __name__ == "__main__":
