@@ -396,7 +396,8 @@ def _profile_into(args) -> None:
                                kernel=str(get(cfg["executor"], "attention", "auto")))
     out = write_operator_profile(*tables, args.out)
     print(f"{loaded.name} on {device} in {time.perf_counter() - t0:.1f} s -> {out}; simulate with it: "
-          f"s3sim latency=operators latency.path={out} model=<the preset of this shape>")
+          f"s3sim latency=operators latency.path={out} model=<the preset of this shape> latency.overhead_s=<what a "
+          "step adds around the operators: fit it on a run of the executor, as the GPU check does>")
 
 
 if __name__ == "__main__":
