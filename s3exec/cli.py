@@ -50,6 +50,10 @@ def app(cfg: DictConfig) -> None:
         from s3exec.config import executor_node
         from s3sim.spec import flag
         ex = executor_node(resolved)
+        if ex.get("attention") == "flex" and not str(ex.get("device", "cpu")).startswith("cuda"):
+            print("note: executor.attention=flex off CUDA runs FlexAttention's reference implementation, which reads "
+                  "the whole KV pool (executor.kv_memory) every step, its cost that of the pool, not of the batch's "
+                  "context; sdpa, auto's choice here, reads the context alone", flush=True)
         row, _ = run_exec(resolved, out, progress=mode_for(flag(ex.get("progress"), "executor.progress", True)),
                           write_iterations=flag(resolved.get("write_iterations"), "write_iterations", False),
                           write_tokens=flag(ex.get("write_tokens"), "executor.write_tokens", True))
