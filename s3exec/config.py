@@ -224,10 +224,14 @@ def build_exec(cfg, progress: bool = False, loaded=None, prompts=None) -> ExecSe
         prompts = [p[-max_prompt:] for p in prompts]  # keep the end: the chat template's turn header
     plen = np.array([len(p) for p in prompts], dtype=np.int64)
     worst = int(np.argmax(plen))
+    if max_seq_len >= loaded.max_context:  # no prompt leaves room: cutting prompts cannot help
+        raise ConfigError(f"max_seq_len={max_seq_len} leaves no room for a prompt in the context of {source!r} "
+                          f"({loaded.max_context} tokens): lower max_seq_len below {loaded.max_context}")
     if plen[worst] + max_seq_len > loaded.max_context:
         raise ConfigError(
             f"request {worst}: a prompt of {plen[worst]} tokens plus max_seq_len={max_seq_len} exceeds the context of "
-            f"{source!r} ({loaded.max_context} tokens); set executor.max_prompt_len or lower max_seq_len")
+            f"{source!r} ({loaded.max_context} tokens); set executor.max_prompt_len (at most "
+            f"{loaded.max_context - max_seq_len}) or lower max_seq_len")
 
     budget = parse_bytes(get(ex, "kv_memory", "256MiB"), "executor.kv_memory")
     left = available - loaded.weight_bytes
