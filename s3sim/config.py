@@ -459,9 +459,11 @@ def policy_node(cfg, spec: RunSpec | None = None) -> tuple[dict, str]:
                           f"not policy={node.get('name')}; give a number")
     spec = spec if spec is not None else run_spec(cfg)
     if spec.gpu is None:
+        cache = (" policy.prefix_caching=false (the executor keeps no prefix cache either)"
+                 if node.get("prefix_caching", True) else "")
         raise ConfigError(f"policy.{keys[0]}=auto (vllm's default) takes vLLM V1's limits for a GPU preset, and this "
                           f"run has none (the executor); give numbers, e.g. policy.max_batch_size=256 "
-                          f"policy.max_num_batched_tokens=2048 (vLLM's server default below 70 GiB)")
+                          f"policy.max_num_batched_tokens=2048 (vLLM's server default below 70 GiB){cache}")
     gpu = get_gpu(spec.gpu.name)
     seqs, tokens, why = vllm_default_limits(gpu.memory_bytes / GiB, gpu.name, spec.offline)
     if node.get("max_num_batched_tokens") == AUTO:

@@ -71,6 +71,8 @@ def test_same_config_same_requests_as_the_simulator():
     (["executor.memory_limit=1MiB", "executor.kv_memory=2MiB"], "are left after the weights"),
     (["workload=sharegpt", "executor.max_prompt_len=null"], "exceeds the context of"),
     (["max_seq_len=600"], "max_seq_len=600 leaves no room for a prompt in the context of 'tiny-llama'"),
+    (["policy=vllm"], "policy.max_num_batched_tokens=2048 \\(vLLM's server default below 70 GiB\\) "
+                      "policy.prefix_caching=false \\(the executor keeps no prefix cache either\\)"),
     (["executor.mode=greedy"], "executor.mode 'greedy' is unknown"),
     (["executor.kv_memory=lots"], "is not a size like"),
     (["executor.kv_memory=0"], "must be a whole number of bytes"),
