@@ -124,7 +124,10 @@ def unread_notes(resolved: dict, row: dict | None = None, overrides=()) -> list[
         notes.append(f"note: cluster.router={router} routes nothing with one replica (cluster.replicas=1): the run is "
                      "the single engine's, as with any router")
     given = [o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0].split(".")[0] == "predictor"]
-    if given and row is not None and row.get("predictor") == "none":
+    # one engine only: the predicted router, or a replica's own policy (cluster.overrides), may read a prediction
+    # the run's policy does not
+    alone = cluster.get("replicas", 1) == 1 and not cluster.get("overrides")
+    if given and alone and row is not None and row.get("predictor") == "none":
         notes.append(f"note: {', '.join(given)}: policy={row.get('policy')} reads no length prediction, so the run "
                      "is the same whatever the predictor (the summary's predictor column says none)")
     return notes

@@ -223,5 +223,9 @@ def test_predictor_settings_a_policy_does_not_read_are_said_to_change_nothing(tm
                     "whatever the predictor (the summary's predictor column says none)"]
     assert unread_notes({}, {"policy": "s3", "predictor": "synthetic"}, ["predictor.accuracy=0.5"]) == []
     assert unread_notes({}, {"policy": "orca", "predictor": "none"}, ["policy=orca"]) == []
+    # replicas behind the predicted router (or one with its own policy) may read the predictor: no note
+    for cluster in ({"replicas": 4, "router": "predicted"}, {"replicas": 2, "overrides": {1: {"policy": {}}}}):
+        assert unread_notes({"cluster": cluster}, {"policy": "orca", "predictor": "none"},
+                            ["predictor.accuracy=0.5"]) == []
     p = s3sim(*SMALL, "policy=orca", "predictor=oracle", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert p.returncode == 0 and "note: predictor=oracle: policy=orca reads no length prediction" in p.stdout

@@ -174,3 +174,22 @@ def test_a_trial_run_cannot_rewrite_the_committed_table(capsys):
     check_out(parser().parse_args(["--rows", "2138"]))  # make own-lengths
     check_out(parser().parse_args([]))  # every prompt that fits, as it was made
     check_out(parser().parse_args(["--rows", "4", "--out", "/tmp/elsewhere.csv"]))
+
+
+@pytest.mark.parametrize("sidecar", ['{"cap": 512, ', "[1, 2]"])
+def test_a_committed_table_whose_sidecar_cannot_be_read_is_not_rewritten_blind(tmp_path, monkeypatch, sidecar):
+    """What the table was made with is unknown: one line (a damaged sidecar was a traceback, a list let any
+    settings through); a larger --rows extends the same order and passes where the sidecar is readable."""
+    from s3exec.lab import own_lengths
+    from s3sim.core.errors import ConfigError
+
+    table = tmp_path / "t.csv"
+    table.write_text("key\n")
+    table.with_suffix(".json").write_text(sidecar)
+    monkeypatch.setattr(own_lengths, "TABLE", table)
+    with pytest.raises(ConfigError, match="cannot be read .* restore it \\(git checkout\\), or give --out"):
+        own_lengths.check_out(own_lengths.parser().parse_args(["--out", str(table)]))
+    table.with_suffix(".json").write_text('{"rows": 100, "cap": 512, "max_prompt": 512, "seed": 0}')
+    own_lengths.check_out(own_lengths.parser().parse_args(["--out", str(table), "--rows", "300"]))
+    with pytest.raises(ConfigError, match="--rows 50 would rewrite"):
+        own_lengths.check_out(own_lengths.parser().parse_args(["--out", str(table), "--rows", "50"]))

@@ -215,20 +215,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_out(a) -> None:
-    """The committed table (the default --out) is rewritten only with the settings its sidecar records: a trial
-    run (--rows 4, another --cap ...) replaced it silently, and with it every workload=smollm2_greedy run."""
-    import json
+    """The committed table (the default --out) is rewritten only as its sidecar records it was made: the same
+    cap, prompt limit, seed and data, and at least its rows (a larger --rows extends the same order). A trial run
+    (--rows 4, another --cap ...) replaced it silently, and with it every workload=smollm2_greedy run."""
+    from s3sim.inputs import SHARED_DATA_DIR
 
-    from s3sim.core.errors import ConfigError
-
-    if Path(a.out).resolve() != TABLE.resolve() or not TABLE.with_suffix(".json").is_file():
+    if Path(a.out).resolve() != TABLE.resolve() or not TABLE.is_file():
         return
-    made = json.loads(TABLE.with_suffix(".json").read_text())
-    asked = {"rows": a.rows, "cap": a.cap, "max_prompt": a.max_prompt, "seed": a.seed}
-    changed = [f"--{k.replace('_', '-')} {v}" for k, v in asked.items()
-               if k in made and v is not None and v != made[k]]  # no --rows: every prompt that fits, as made
-    if changed or a.data_dir is not None:
-        raise ConfigError(f"{', '.join(changed) or '--data-dir'} would rewrite the committed table {TABLE}, made with "
+    sidecar = TABLE.with_suffix(".json")
+    try:
+        made = json.loads(sidecar.read_text())
+        if not isinstance(made, dict):
+            raise ValueError("not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{sidecar} cannot be read ({e}), so what the committed table was made with is not known: "
+                          "restore it (git checkout), or give --out for another table") from None
+    changed = [f"--{k.replace('_', '-')} {getattr(a, k)}" for k in ("cap", "max_prompt", "seed")
+               if k in made and getattr(a, k) != made[k]]
+    if a.rows is not None and isinstance(made.get("rows"), int) and a.rows < made["rows"]:
+        changed.insert(0, f"--rows {a.rows}")
+    if a.data_dir is not None and Path(a.data_dir).resolve() != SHARED_DATA_DIR.resolve():
+        changed.append(f"--data-dir {a.data_dir}")
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} would rewrite the committed table {TABLE}, made with "
                           f"`{made.get('command', 'other settings')}`: give --out for another table")
 
 
