@@ -4,7 +4,7 @@ writing code.
 
 One line per `--hue` value (a distinct colour each; a policy keeps its own colour across every figure) and
 per `--style` value (line style and marker), `--y` against `--x`, sorted by x; one panel per `--col` value
-(columns) and per `--row` value (rows), at most `MAX_PANELS` in all; several `--y` columns give one panel each
+(columns) and per `--row` value (rows), at most 64 in all (`MAX_PANELS`); several `--y` columns give one panel each
 (rows when `--col` is given). Panels showing the same metric in a row share their y axis (`--no-sharey`: each its own). Axes are
 labelled with units (`ttft_p50 (s)`). Where the table has `<y>_ci95` (runs with `repeats` > 1) a shaded band
 shows the 95 % confidence interval (`--ci bars`: error bars; `--ci none`). Only finished runs are drawn
@@ -168,6 +168,12 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
         kept[m] = keep
     table, values = _split_values(table, {"--hue": hue, "--style": style, "--col": col, "--row": row}, notes)
     splits = [k for k in (hue, style, col, row) if k]
+    panels = (len(values[col]) if col else 1) * (len(metrics) if len(metrics) > 1 else len(values[row]) if row else 1)
+    if panels > MAX_PANELS:  # a figure of thousands of axes takes minutes and gigabytes to say nothing
+        many = [f"{o} {c!r} has {len(values[c])} values" for o, c in (("--col", col), ("--row", row)) if c]
+        many += [f"{len(metrics)} --y columns"] if len(metrics) > 1 else []
+        raise ConfigError(f"{panels} panels ({', '.join(many)}), beyond the {MAX_PANELS} a figure holds: split by a "
+                          "column with fewer values, or keep fewer rows of the table")
     for m in metrics:
         drawn = table[kept[m]]
         twice = drawn.duplicated([*splits, x]).sum()
@@ -189,11 +195,6 @@ def figure(table: pd.DataFrame, x: str, y, hue: str | None = None, col: str | No
     else:
         grid = [[(metrics[0], r, c) for c in col_values] for r in row_values]
     nrows, ncols = len(grid), len(grid[0])
-    if nrows * ncols > MAX_PANELS:  # a figure of thousands of axes takes minutes and gigabytes to say nothing
-        many = ", ".join(f"{o} {c!r} has {len(values[c])} values" for o, c in (("--col", col), ("--row", row)) if c)
-        raise ConfigError(f"{nrows * ncols} panels ({many}{', one row per --y' if len(metrics) > 1 else ''}), beyond "
-                          f"the {MAX_PANELS} a figure holds: split by a column with fewer values, or keep fewer rows "
-                          "of the table")
     names = [str(v) for v in (*(hues if hue else ()), *(styles if style else ()), hue or "", style or "")]
     legend_w = 0.7 + 0.075 * max(map(len, names)) if (hue or style) else 0.0  # inches, at font size 8
     plt = pyplot()

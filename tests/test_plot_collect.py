@@ -427,3 +427,12 @@ def test_a_split_into_more_panels_than_a_figure_holds_is_refused(tmp_path):
     small.to_csv(tmp_path / "s.csv", index=False)
     p = plot_cli(tmp_path / "s.csv", "--x", "x", "--y", "y", "--col", "seed", "--out", tmp_path / "f.png")
     assert p.returncode == 0, p.stderr
+
+
+def test_too_many_panels_from_several_y_columns_is_said_as_such(tmp_path):
+    """65 --y columns: the refusal names them (it read '65 panels (, one row per --y)'), before any other note."""
+    cols = {f"m{i}": [1.0, 2.0] for i in range(65)}
+    pd.DataFrame({"x": [1, 2], **cols}).to_csv(tmp_path / "t.csv", index=False)
+    p = plot_cli(tmp_path / "t.csv", "--x", "x", "--y", ",".join(cols), "--out", tmp_path / "f.png")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [p.stderr.strip()], p.stderr
+    assert "65 panels (65 --y columns), beyond the 64" in p.stderr

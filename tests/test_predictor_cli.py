@@ -626,11 +626,15 @@ def test_skipped_conversations_and_empty_prompts_are_said_where_the_rows_are_rea
             *({"id": f"p{i}", "prompt": f"question {i}", "response": "answer " * i} for i in range(1, 40))]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    df = labelled_rows(path, "smollm2")
+    notes = []
+    df = labelled_rows(path, "smollm2", notes=notes)
     assert len(df) == 40 and "" in set(df.prompt)
-    err = capsys.readouterr().err
-    assert f"note: {path}: 1 conversation(s) without a human turn and a reply left out (line 1 the first)" in err
-    assert f"note: {path}: 1 of 40 prompts are empty (or blank), kept as they are" in err
+    assert notes == [f"note: {path}: 1 conversation(s) without a human turn and a reply left out (line 1 the first)",
+                     f"note: {path}: 1 of 40 prompts are empty (or blank), kept as they are"]
+    labelled_rows(path, "smollm2")  # the simulator's retraining reads rows too, and says nothing of a file unnamed
+    assert capsys.readouterr().err == ""
+    p = s3predict("evaluate", path, "--test-frac", "1")  # the command line says them, on stderr
+    assert f"note: {path}: 1 of 40 prompts are empty (or blank), kept as they are" in p.stderr
 
 
 def test_a_training_run_stopped_part_way_is_no_predictor_until_it_finishes(tmp_path):

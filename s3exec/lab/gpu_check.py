@@ -29,8 +29,10 @@ with tiny shapes in about 20 s and checks only that every part runs: the targets
 shown, not judged ("smoke: parts ran; targets not judged"), and the exit code is 0 when every part ran.
 The test suite runs it so, so the script cannot rot.
 
-The check needs simpy, hydra-core, omegaconf and antlr4-python3-runtime beside torch and transformers; a
-GPU image without them gets them as wheels (`make gpu-wheels`, README: "The GPU check").
+The check looks for every package it imports (`NEEDS`) before importing any, and names the missing ones; a
+GPU image with torch, transformers and the usual scientific stack lacks the pure-Python ones (`PURE`: simpy,
+hydra-core, omegaconf, antlr4-python3-runtime, and sortedcontainers where an image has it not), which travel
+as wheels (`make gpu-wheels`, README: "The GPU check").
 """
 from __future__ import annotations
 

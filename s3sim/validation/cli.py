@@ -14,6 +14,9 @@ PROG = "s3sim-validate"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # `--ou` is an error, not --out
+
     def error(self, message):  # one line, not usage + error
         raise ConfigError(message)
 

@@ -48,7 +48,11 @@ def _read_text(path: Path) -> str:
 
 def _where(path: Path, where) -> str:
     """How an error names a row: an item of a JSON list, or a line of a JSONL file."""
-    return f"{path} {'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
+    return f"{path} {_row_name(path, where)}"
+
+
+def _row_name(path: Path, where) -> str:
+    return f"{'item' if isinstance(where, int) and path.suffix == '.json' else 'line'} {where}"
 
 
 def _text(row: dict, field: str, where: str, optional: bool = False, name: str | None = None) -> str:
@@ -148,7 +152,7 @@ def pair_notes(path, pairs: list[TextPair], skipped: list) -> list[str]:
     notes = []
     if skipped:
         notes.append(f"note: {path}: {len(skipped):,} conversation(s) without a human turn and a reply left out "
-                     f"({_where(Path(path), skipped[0]).removeprefix(f'{path} ')} the first)")
+                     f"({_row_name(Path(path), skipped[0])} the first)")
     empty = sum(not p.prompt.strip() for p in pairs)
     if empty:
         notes.append(f"note: {path}: {empty:,} of {len(pairs):,} prompts are empty (or blank), kept as they are")

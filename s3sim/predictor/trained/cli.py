@@ -213,9 +213,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _rows(a):
+    return _labelled(a.data, a.tokenizer, a.split_seed, a.test_frac, a.limit)
+
+
+def _labelled(*args):
+    """`labelled_rows`, its notes on the rows (skipped conversations, empty prompts) said on stderr."""
     from s3sim.predictor.trained.data import labelled_rows
 
-    return labelled_rows(a.data, a.tokenizer, a.split_seed, a.test_frac, a.limit)
+    notes = []
+    rows = labelled_rows(*args, notes=notes)
+    for line in notes:
+        print(line, file=sys.stderr)
+    return rows
 
 
 def train(a) -> Path:
@@ -364,7 +373,6 @@ def evaluation_rows(a, model):
     training file (the content hash its meta.json records; the recorded path where there is no hash, or
     where the file at that path changed since): only the held-out side of the split it trained with, so
     `--split-seed` and `--test-frac`, if given, must be that split's."""
-    from s3sim.predictor.trained.data import labelled_rows
     from s3sim.predictor.trained.model import training_file
 
     st = model.meta.get("settings") if isinstance(model.meta.get("settings"), dict) else {}
@@ -387,14 +395,14 @@ def evaluation_rows(a, model):
                 raise ConfigError(f"{flag} {given}: the predictor trained on {a.data}, holding out test fraction "
                                   f"{frac} with split seed {seed}; only that held-out side can be scored (leave "
                                   f"{flag} out, or evaluate another file)")
-        rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+        rows = _labelled(a.data, a.tokenizer, seed, frac, a.limit)
         n = int(rows["test"].sum())
         return rows, (f"scored the {n:,} held-out rows of its own training file (split seed {seed}, test fraction "
                       f"{frac}; the other {len(rows) - n:,} are on its training side){how}")
     seed = 0 if a.split_seed is None else a.split_seed
     if path is None:  # nothing recorded: the project's default split, unless every row is asked for
         frac = 0.2 if a.test_frac is None else a.test_frac
-        rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+        rows = _labelled(a.data, a.tokenizer, seed, frac, a.limit)
         n = int(rows["test"].sum())
         if frac >= 1:
             return rows, (f"scored all {n:,} rows (--test-frac 1): the predictor's meta.json records no training "
@@ -403,7 +411,7 @@ def evaluation_rows(a, model):
                       f"predictor's meta.json records no training file, so this is the held-out side of the "
                       f"default split; --test-frac 1 scores every row")
     frac = 1.0 if a.test_frac is None else a.test_frac
-    rows = labelled_rows(a.data, a.tokenizer, seed, frac, a.limit)
+    rows = _labelled(a.data, a.tokenizer, seed, frac, a.limit)
     sample = "" if frac >= 1 else f" (split seed {seed}, test fraction {frac})"
     seen = _trained_prompts(path, sha, st)
     if seen is None:
@@ -565,7 +573,8 @@ def main(argv=None) -> int:
         print(f"s3predict: error: {where}{e.strerror or e} (could not read or write it)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; a training run keeps its last checkpoint
-        print("s3predict: interrupted" + ("; the run keeps its last checkpoint, and the same command resumes it"
+        print("s3predict: interrupted" + ("; the same command resumes the run from its last checkpoint, if one was "
+                                          "saved (every --save-every steps), else starts it again"
                                           if a.cmd == "train" else ""), file=sys.stderr)
         return 130
     return 0
