@@ -20,7 +20,7 @@ from s3sim.workload.text import json_lines
 
 META, REQUESTS, TIMESERIES, PEER = "meta.json", "requests.jsonl", "timeseries.csv", "llmservingsim_summary.txt"
 TIMES = ("queued_ts", "first_token_ts", "last_token_ts")
-REQUEST_FIELDS = ("input_toks", "output_toks") + TIMES  # a row whose TIMES are null (any of them) is a request the run did not serve
+REQUEST_FIELDS = ("input_toks", "output_toks") + TIMES  # a row whose TIMES are all null: a request not served
 # read when every row has them: the consistency checks, and TTFT's split at `scheduled_ts` (first scheduled)
 OPTIONAL_FIELDS = ("request_id", "arrival_time", "scheduled_ts")
 TIMESERIES_FIELDS = ("t", "running", "waiting", "kv_cache_pct")
@@ -158,9 +158,9 @@ def unserved_note(req: pd.DataFrame) -> str:
     lines = ", ".join(map(str, unserved[:5])) + (", ..." if len(unserved) > 5 else "")
     many = len(unserved) > 1
     return (f"note: {len(unserved)} of the {len(req) + len(unserved)} requests of {REQUESTS} "
-            f"{'were' if many else 'was'} not served (null times: line{'s' if many else ''} {lines}): left out of the replay and of both "
-            "sides' metrics, as the peer leaves them out; the replay serves the others as they arrived, without any "
-            "load the unserved ones put on the engine")
+            f"{'were' if many else 'was'} not served (null times: line{'s' if many else ''} {lines}): left out of the "
+            "replay and of both sides' metrics, as the peer leaves them out; the replay serves the others as they "
+            "arrived, without any load the unserved ones put on the engine")
 
 
 def read_timeseries(path: Path) -> pd.DataFrame:
