@@ -34,7 +34,7 @@ from s3sim.simulator.engine import simulate
 from s3sim.validation.engine import engine_limits, engine_settings
 from s3sim.validation.kv_capacity import kv_capacity
 from s3sim.validation.metrics import metric_name, replay_records, simulated_metrics
-from s3sim.validation.model_gpu import resolve_gpu, resolve_model
+from s3sim.validation.model_gpu import resolve_gpu, resolve_model, served_16_bit
 from s3sim.validation.pricing import build_latency
 from s3sim.validation.run_files import META, beside_run, read_run, unserved_note
 
@@ -72,7 +72,9 @@ def compare(run_dir: Path) -> pd.DataFrame:
     profile = beside_run(run.dir, "profile", folder=True)
     if profile is None:
         raise ConfigError(f"{run.dir}: no operator profile in or beside the run folder (profile/)")
-    model = resolve_model(None, engine, beside_run(run.dir, "config.json"), run.dir)
+    model, served_note = served_16_bit(resolve_model(None, engine, beside_run(run.dir, "config.json"), run.dir))
+    if served_note:
+        print(served_note)
     gpu, _ = resolve_gpu(None, engine, profile, "deriving the KV capacity" if engine.num_gpu_blocks is None else
                          "vLLM's default engine limits" if None in (engine.max_num_seqs, engine.max_num_batched_tokens)
                          else None)

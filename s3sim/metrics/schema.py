@@ -313,8 +313,8 @@ VALIDATION = (
            "is a large one here"),
     Column("kv_capacity_source", TEXT, "where the replay's KV capacity came from: recorded (meta.json's "
            "kv_cache.num_gpu_blocks) or derived (vLLM's memory accounting from the recorded device memory)"),
-    Column("unserved_requests", "requests", "rows of requests.jsonl whose times are null (requests the run did not "
-           "serve), left out of the replay and of both sides' metrics; 0 where every request was served"),
+    Column("unserved_requests", "requests", "rows of requests.jsonl whose three times are all null (requests the run "
+           "did not serve), left out of the replay and of both sides' metrics; 0 where every request was served"),
     Column("ttft_{vstat}_ms", "ms", "TTFT, first token - queued, " + _VALID + "; `_mean` the mean, the rest "
            "percentiles with linear interpolation", row=True),
     Column("tpot_{vstat}_ms", "ms", "TPOT, (last token - first token) / (output tokens - 1), over requests with "

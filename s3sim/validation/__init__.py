@@ -42,7 +42,7 @@ from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last (
 error_pct, sensitivity, kv_capacity_source, unserved_requests` with error_pct = 100 * (simulated - real) / real,
 sensitivity how far error_pct moves were every step 1 % slower (a second replay), kv_capacity_source `recorded`
 (meta.json's block count) or `derived` (vLLM's memory accounting), and unserved_requests the rows of
-requests.jsonl whose times are null (requests the run did not serve: left out of both sides, and said)). They are written into a
+requests.jsonl whose three times are all null (requests the run did not serve: left out of both sides, and said)). They are written into a
 temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`outputs.OUTPUTS`)
 are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not
 write, and a replay that fails leaves no validation.csv. Other files in DIR are left alone.

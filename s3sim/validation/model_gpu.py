@@ -35,6 +35,18 @@ def resolve_model(name: str | None, engine: Engine, beside: Path | None = None, 
     return get_model(name)
 
 
+def served_16_bit(spec) -> tuple[object, str]:
+    """`spec` as the run served it: in 16 bits (meta.json's dtype is refused otherwise, and vLLM's `auto` casts a
+    float32 config to 16 bits), with a note where its config.json said otherwise ('' where it did not)."""
+    if spec.dtype_bytes == 2:
+        return spec, ""
+    from s3sim.hardware.models import with_dtype
+    note = (f"note: {spec.source or spec.name} says torch_dtype of {spec.dtype_bytes} bytes a value; the run served "
+            "it in 16 bits (meta.json's dtype is 16-bit or auto, which casts a float32 config to 16 bits), and so "
+            "does the replay: 16-bit weights and KV")
+    return with_dtype(spec, "bfloat16"), note
+
+
 def profile_field(profile: Path | None, key: str) -> str | None:
     """A text field of a profile's meta.yaml (`gpu`: the device it was measured on, `model`), if it says."""
     if profile is None or not (profile / "meta.yaml").is_file():

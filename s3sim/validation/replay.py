@@ -16,7 +16,8 @@ from s3sim.validation.engine import (SCHEMA_READ, engine_limits, engine_settings
                                      unread_engine_kwargs)
 from s3sim.validation.kv_capacity import check_kv_memory, kv_capacity
 from s3sim.validation.metrics import real_metrics, replay_records, simulated_metrics, split_metrics, comparison
-from s3sim.validation.model_gpu import resolve_model, check_model_agrees, check_gpu_agrees, resolve_gpu
+from s3sim.validation.model_gpu import (check_gpu_agrees, check_model_agrees, resolve_gpu, resolve_model,
+                                       served_16_bit)
 from s3sim.validation.outputs import clear_outputs, staged_outputs
 from s3sim.validation.peer import read_peer, peer_mismatch
 from s3sim.validation.pricing import (build_latency, profile_reach, check_all_reduce_flag, data_parallel_latency,
@@ -57,8 +58,11 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
         raise ConfigError("--fit-from prices the datasheet model, which runs without a profile: add --profile none")
     check_all_reduce_flag(all_reduce)
     from s3sim.hardware.gpus import get_gpu
-    borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
-    spec = resolve_model(model, engine, beside_run(run.dir, "config.json"), run.dir)
+    try:
+        borrowed = None if fit_from is None or fit_from == "others" else get_gpu(fit_from)
+    except ConfigError as e:
+        raise ConfigError(f"--fit-from {fit_from!r}: {e}; or others (the mean fit of every other GPU)") from None
+    spec, served_note = served_16_bit(resolve_model(model, engine, beside_run(run.dir, "config.json"), run.dir))
     if engine.tp > 1 and (spec.n_heads % engine.tp or spec.n_kv_heads % engine.tp and engine.tp % spec.n_kv_heads):
         raise ConfigError(f"{str(run.dir / META)!r}: engine_kwargs.tensor_parallel_size={engine.tp} does not divide "
                           f"{spec.name}'s {spec.n_heads} attention heads and {spec.n_kv_heads} KV heads as vLLM "
@@ -134,6 +138,8 @@ def validate(run_dir, out, profile: str | None = None, model: str | None = None,
          + (f"; gpu {gpu_how}" if gpu_how else "") + f"; tp{engine.tp}"
          + (f"; data parallel {engine.dp}" + (" with expert parallelism" if engine.expert_parallel else "")
             if engine.dp > 1 else ""))
+    if served_note:
+        echo(served_note)
     unserved = req.attrs.get("unserved", [])
     if unserved:
         echo(unserved_note(req))
