@@ -7,6 +7,7 @@ the same way, once for each value a sweep gives, and turns such an error into on
 from __future__ import annotations
 
 import difflib
+import functools
 import sys
 from pathlib import Path
 
@@ -21,11 +22,6 @@ def _flat_keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-def config_groups(conf_dir: str) -> set[str]:
-    from s3sim.config_groups import config_groups as groups
-    return groups(conf_dir)
-
-
 def _choices(conf_dir: str, group: str) -> list[str]:
     from s3sim.config_groups import group_choices
     return group_choices(group, conf_dir)
@@ -34,6 +30,8 @@ def _choices(conf_dir: str, group: str) -> list[str]:
 def explain(err: Exception, override: str, conf_dir: str, config_name: str, others: list[str] = ()) -> str:
     """One line for Hydra's error about `override` (`others`: the rest of the command line's overrides, whose
     group choices decide which keys exist)."""
+    from s3sim.config_groups import config_groups
+
     text = str(err)
     key, _, value = override.lstrip("+~").partition("=")
     groups = config_groups(conf_dir)
@@ -81,19 +79,23 @@ def addable_keys() -> set[str]:
             *(f"workload.{k}" for k in (*WORKLOAD_OPTIONS, "data_dir", "path", "overlong"))}
 
 
-def composed_groups(conf_dir: str, config_name: str) -> list[str]:
-    """The config groups `config_name`'s defaults list composes (its other groups' options are another program's)."""
+@functools.cache
+def composed_groups(conf_dir: str, config_name: str) -> tuple[str, ...]:
+    """The config groups `config_name`'s defaults list composes (its other groups' options are another program's);
+    read once, whatever the number of overrides asking."""
     import yaml
 
     defaults = yaml.safe_load((Path(conf_dir) / f"{config_name}.yaml").read_text()).get("defaults") or []
-    return [next(iter(d)).lstrip("+~").removeprefix("optional ").split("@")[0] for d in defaults
-            if isinstance(d, dict)]
+    return tuple(next(iter(d)).lstrip("+~").removeprefix("optional ").split("@")[0] for d in defaults
+                 if isinstance(d, dict))
 
 
 def foreign_group(override: str, conf_dir: str, config_name: str, prog: str) -> str | None:
     """One line for an override of a config group `config_name` does not compose (s3exec's `gpu=...`,
     `cluster.replicas=...`: groups of the simulator, which Hydra lists in every program's --help and refused with
     a contradiction, 'gpu=h100-sxm: unknown; valid: ..., h100-sxm'), else None."""
+    from s3sim.config_groups import config_groups
+
     key = override.lstrip("+~").partition("=")[0]
     group = key.partition(".")[0]
     own = composed_groups(conf_dir, config_name)
@@ -101,7 +103,6 @@ def foreign_group(override: str, conf_dir: str, config_name: str, prog: str) -> 
         return None
     said = key if "." in key else override.lstrip("+~")
     return f"{said}: {prog} has no {group} group (it composes {', '.join(own)}); {group} is the simulator's (s3sim)"
-
 
 
 def unread_addition(override: str, conf_dir: str, config_name: str, prog: str = "s3sim",

@@ -2,13 +2,13 @@
 a figure from any table `s3sim-collect` writes (or any CSV of summaries), so a sweep is looked at without
 writing code.
 
-One line per `--hue` value (a distinct colour each; a policy keeps its own colour across every figure) and
-per `--style` value (line style and marker), `--y` against `--x`, sorted by x; one panel per `--col` value
-(columns) and per `--row` value (rows), at most 64 in all (`MAX_PANELS`); several `--y` columns give one panel each
-(rows when `--col` is given). Panels showing the same metric in a row share their y axis (`--no-sharey`: each its own). Axes are
-labelled with units (`ttft_p50 (s)`). Where the table has `<y>_ci95` (runs with `repeats` > 1) a shaded band
-shows the 95 % confidence interval (`--ci bars`: error bars; `--ci none`). Only finished runs are drawn
-when the table has a `status` column.
+One line per `--hue` value (a distinct colour each; a policy keeps its own colour across every figure) and per
+`--style` value (line style and marker), `--y` against `--x`, sorted by x; one panel per `--col` value (columns) and
+per `--row` value (rows), at most 64 in all (`MAX_PANELS`); several `--y` columns give one panel each (rows when
+`--col` is given). Panels showing the same metric in a row share their y axis (`--no-sharey`: each its own). Axes
+are labelled with units (`ttft_p50 (s)`). Where the table has `<y>_ci95` (runs with `repeats` > 1) a shaded band
+shows the 95 % confidence interval (`--ci bars`: error bars; `--ci none`). Only finished runs are drawn when the
+table has a `status` column.
 
 Rows that cannot be drawn are left out and said so on stderr, count and why: not finished, an empty (NaN)
 or infinite value (an offline run's `offered_rate` is inf: every request arrives at t=0), or a value <= 0

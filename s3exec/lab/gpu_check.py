@@ -60,14 +60,6 @@ PURE = {"simpy": "simpy", "hydra": "hydra-core", "omegaconf": "omegaconf", "antl
 NEEDS = {**PURE, "numpy": "numpy", "pandas": "pandas", "pyarrow": "pyarrow", "psutil": "psutil", "yaml": "pyyaml",
          "safetensors": "safetensors", "torch": "torch", "transformers": "transformers"}
 PARTS = ("greedy", "bandwidth", "hf_memory", "profile", "engines", "fidelity")  # in the order they run
-
-
-def greedy_policies() -> tuple[str, ...]:
-    """Every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to
-    compare); imported here, after `preflight`."""
-    from s3sim.core.policies import COMPARED, POLICIES
-
-    return tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
 GREEDY_REQUESTS = 8
 FIDELITY_POLICIES = ("ft", "orca", "s3", "vllm")
 FIDELITY_METRICS = ("request_throughput", "output_throughput", "ttft_p50", "tpot_p50", "e2e_latency_p50")
@@ -196,6 +188,14 @@ def target_table(rows: list[dict]) -> list[str]:
         mark = "not judged" if r["pass"] is None else "pass" if r["pass"] else "FAIL"
         out.append(f"| {r['target']} | {r['shown']} | {r['target_value']} | {mark} | {r['detail']} |")
     return out
+
+
+def greedy_policies() -> tuple[str, ...]:
+    """Every compared policy the paged model runner serves (hf is transformers' generate itself: nothing to
+    compare); imported here, after `preflight`."""
+    from s3sim.core.policies import COMPARED, POLICIES
+
+    return tuple(p for p in COMPARED if POLICIES[p].executor_backend == "paged")
 
 
 def preflight() -> None:
@@ -639,7 +639,8 @@ def default_out(smoke: bool) -> Path:
 
 def main(argv=None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=out_path, help="folder for the results (default results/gpu/<device>; with --smoke, outputs/gpu-smoke)")
+    ap.add_argument("--out", type=out_path,
+                    help="folder for the results (default results/gpu/<device>; with --smoke, outputs/gpu-smoke)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, about 20 s")
     args = ap.parse_args(argv)
     try:

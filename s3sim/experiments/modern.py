@@ -82,8 +82,8 @@ def compare(run_dir: Path) -> pd.DataFrame:
     blocks, _ = kv_capacity(engine, model, gpu)
     latency, _ = build_latency(profile, model, gpu, engine.tp)
     req = run.requests
-    if req.attrs.get("unserved"):  # every policy replays the served ones, as s3sim-validate does
-        print(unserved_note(req))
+    if note := unserved_note(req):  # every policy replays the served ones, as s3sim-validate does
+        print(note)
     arrivals = (req.queued_ts - req.queued_ts.min()).to_numpy(dtype=float)
     max_seq_len = int(-(-(int(req.output_toks.max()) + 1) // 128) * 128)
     rows = []

@@ -36,16 +36,16 @@ memory, every request within `max_model_len`, and --gpu / --model against the GP
 profile name (a disagreement is refused: `--profile none --fit-from PRESET` prices a run with another GPU's
 fitted efficiencies, and says so).
 
-Writes into DIR only once the replay has succeeded: `timeline.png` and `timeline_data.csv` (running, waiting and
-KV use over time, real against simulated), `peer.csv` (the errors another simulator reports on the same run,
-from `llmservingsim_summary.txt`, when there is one) and `validation.csv` last (`metric, real, simulated,
-error_pct, sensitivity, kv_capacity_source, unserved_requests` with error_pct = 100 * (simulated - real) / real,
-sensitivity how far error_pct moves were every step 1 % slower (a second replay), kv_capacity_source `recorded`
-(meta.json's block count) or `derived` (vLLM's memory accounting), and unserved_requests the rows of
-requests.jsonl whose three times are all null (requests the run did not serve: left out of both sides, and said)). They are written into a
+Writes into DIR only once the replay has succeeded: `timeline.png` and `timeline_data.csv` (running, waiting and KV
+use over time, real against simulated), `peer.csv` (the errors another simulator reports on the same run, from
+`llmservingsim_summary.txt`, when there is one) and `validation.csv` last (`metric, real, simulated, error_pct,
+sensitivity, kv_capacity_source, unserved_requests` with error_pct = 100 * (simulated - real) / real, sensitivity
+how far error_pct moves were every step 1 % slower (a second replay), kv_capacity_source `recorded` (meta.json's
+block count) or `derived` (vLLM's memory accounting), and unserved_requests the rows of requests.jsonl whose three
+times are all null (requests the run did not serve: left out of both sides, and said)). They are written into a
 temporary folder inside DIR and moved into place, validation.csv last; an earlier run's outputs (`outputs.OUTPUTS`)
-are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not
-write, and a replay that fails leaves no validation.csv. Other files in DIR are left alone.
+are removed from DIR once the inputs have passed their checks, so DIR never holds a file this run did not write, and
+a replay that fails leaves no validation.csv. Other files in DIR are left alone.
 Bad input is one line on stderr and exit status 2, before the replay and before DIR is touched.
 
 The parts: `cli` (the command line), `replay` (one replay end to end), `run_files` and `checks` (reading and
